@@ -1,0 +1,1 @@
+//! Runnable clients of the control plane.

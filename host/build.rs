@@ -1,0 +1,107 @@
+//! Builds the guest plugin crates under `plugins/` for `wasm32-wasip2` and exposes them to the host.
+//!
+//! The built-in strategies are embedded as bytes (`BUILTIN_STRATEGIES`); every guest, built-in, example or test
+//! fixture, is also listed by path (`GUEST_ARTIFACTS`) so tests and benchmarks load exactly what the build made.
+//! The guests get their own target directory under `OUT_DIR`: a nested cargo on the outer target directory would
+//! wait for ever on the lock the outer cargo holds.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Guests embedded in the binary; every other guest is only listed by path.
+const BUILTINS: &[&str] = &["least_loaded", "round_robin", "random"];
+
+/// Folders (relative to `plugins/`) that hold guest crates, one crate per sub-folder.
+const GUEST_FOLDERS: &[&str] = &[".", "testing"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.parent().expect("host/ sits in the workspace root").to_path_buf();
+    let plugins = root.join("plugins");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let guest_target = out_dir.join("guests");
+
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    let crates = guest_crates(&plugins);
+    let mut artifacts = Vec::new();
+    for krate in &crates {
+        for watched in ["src", "Cargo.toml", "Cargo.lock"] {
+            println!("cargo:rerun-if-changed={}", krate.join(watched).display());
+        }
+        artifacts.push(build_guest(krate, &guest_target));
+    }
+
+    let mut generated = String::new();
+    generated.push_str("/// Every guest crate built from `plugins/`: (plugin name, path of the component).\n");
+    generated.push_str("pub const GUEST_ARTIFACTS: &[(&str, &str)] = &[\n");
+    for (name, path) in &artifacts {
+        writeln!(generated, "    ({name:?}, {:?}),", path.display().to_string()).unwrap();
+    }
+    generated.push_str("];\n\n");
+    generated.push_str("/// The built-in strategies, embedded: (plugin name, component bytes).\n");
+    generated.push_str("pub const BUILTIN_STRATEGIES: &[(&str, &[u8])] = &[\n");
+    for builtin in BUILTINS {
+        let (_, path) = artifacts
+            .iter()
+            .find(|(name, _)| name == builtin)
+            .unwrap_or_else(|| panic!("built-in plugin {builtin} has no crate under plugins/"));
+        writeln!(generated, "    ({builtin:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
+    }
+    generated.push_str("];\n");
+    fs::write(out_dir.join("guests.rs"), generated).expect("write guests.rs");
+}
+
+/// Every folder under the guest folders that holds a `Cargo.toml`, in a stable order.
+fn guest_crates(plugins: &Path) -> Vec<PathBuf> {
+    let mut crates = Vec::new();
+    for folder in GUEST_FOLDERS {
+        let dir = plugins.join(folder);
+        println!("cargo:rerun-if-changed={}", dir.display());
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.join("Cargo.toml").is_file() {
+                crates.push(path);
+            }
+        }
+    }
+    crates.sort();
+    crates
+}
+
+/// Builds one guest crate in release mode and returns (plugin name, component path).
+fn build_guest(krate: &Path, target_dir: &Path) -> (String, PathBuf) {
+    let name = krate.file_name().and_then(|n| n.to_str()).expect("guest folder name is UTF-8").to_string();
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--release", "--locked", "--quiet", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(krate.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    // The outer build's wrappers and flags target the host; the guests must not inherit them.
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
+        command.env_remove(var);
+    }
+    let status = command.status().unwrap_or_else(|e| panic!("could not run cargo for guest {name}: {e}"));
+    if !status.success() {
+        panic!(
+            "building guest plugin {name} failed ({status}); is the wasm32-wasip2 target installed? \
+             (`rustup target add wasm32-wasip2`, or run cargo from the repository so rust-toolchain.toml applies)"
+        );
+    }
+    let artifact = target_dir.join("wasm32-wasip2/release").join(format!("{name}.wasm"));
+    assert!(artifact.is_file(), "guest {name} built but {} is missing", artifact.display());
+    (name, artifact)
+}

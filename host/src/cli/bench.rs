@@ -1,0 +1,232 @@
+//! `aragora-cp bench plugins`: selection latency of a strategy plugin (warm instances, and a fresh instance per
+//! call for comparison) beside the same rule written natively, for 10, 100 and 1000 candidates. The figures go
+//! into docs/BENCHMARKS.md; nothing here is a pass/fail test.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::OutputFormat;
+use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails, HealthStatus, Priority, TaskInfo};
+use crate::plugins::builtin::builtin_bytes;
+use crate::plugins::{Manifest, PluginRuntime, PluginSource, PluginVersion, RuntimeOptions, loader};
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Strategy selection latency: plugin (warm and fresh instances) versus native, per candidate count.
+    Plugins(PluginBenchArgs),
+}
+
+/// Arguments of `bench plugins`.
+#[derive(Debug, Args)]
+pub struct PluginBenchArgs {
+    /// Calls measured per candidate count (after a warm-up of a tenth as many).
+    #[arg(long, default_value_t = 5000)]
+    pub iterations: usize,
+    /// Calls measured per candidate count with a fresh instance per call (slower; fewer are enough).
+    #[arg(long, default_value_t = 500)]
+    pub fresh_iterations: usize,
+    /// Candidate counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    pub candidates: Vec<usize>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Runs one benchmark.
+pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Plugins(args) => {
+            let rows = plugin_bench(&args)?;
+            match args.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                OutputFormat::Text => print_table(&rows),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Latency percentiles of one configuration, in microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+}
+
+/// One row of the plugin benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginBenchRow {
+    /// Candidates per call.
+    pub candidates: usize,
+    /// `least_loaded` plugin, warm instance reused across calls (what the server does).
+    pub plugin_warm: Percentiles,
+    /// `least_loaded` plugin, fresh store + instance + init per call.
+    pub plugin_fresh: Percentiles,
+    /// `least_loaded` plugin, warm, also receiving candidate-details (ids, models, providers).
+    pub plugin_with_details: Percentiles,
+    /// The same rule in Rust over the same records.
+    pub native: Percentiles,
+    /// plugin_warm p50 / native p50.
+    pub ratio_p50: f64,
+    /// Fuel one warm call burned.
+    pub fuel_per_call: u64,
+    /// Calls that failed (deadline or fuel) and would have fallen back in the server.
+    pub failures: usize,
+}
+
+/// Measures `least_loaded` as plugin (warm and fresh) and natively for each candidate count.
+pub fn plugin_bench(args: &PluginBenchArgs) -> anyhow::Result<Vec<PluginBenchRow>> {
+    let warm = load_least_loaded(true, Manifest::default())?;
+    let fresh = load_least_loaded(false, Manifest::default())?;
+    // The same plugin told to receive candidate-details: the price of the strings.
+    let detailed = load_least_loaded(true, Manifest { needs_details: true, ..Manifest::default() })?;
+    let task = TaskInfo {
+        id: "task_0190a1b2c3d4e5f60718293a4b5c6d7e".into(),
+        task_type: "code".into(),
+        priority: Priority::Normal,
+        required_capabilities: vec!["code".into()],
+        labels: Vec::new(),
+    };
+    let mut rows = Vec::new();
+    for &count in &args.candidates {
+        let (candidates, details) = synthetic_fleet(count);
+        let ctx = CallContext { now_ms: 1_700_000_000_000, seed: 1 };
+        let expected = least_loaded_native(&candidates);
+        let mut fuel_per_call = 0;
+        let mut failures = 0;
+        let plugin_warm = measure(args.iterations, || match warm.select_reporting(ctx, &task, &candidates, &details) {
+            Ok((index, report)) => {
+                assert_eq!(index, expected, "the plugin and the native rule disagree");
+                fuel_per_call = report.fuel_used;
+            }
+            // A call preempted past its deadline on a busy machine fails; the server would fall back. Count it.
+            Err(_) => failures += 1,
+        });
+        let plugin_fresh = measure(args.fresh_iterations, || {
+            if fresh.select(ctx, &task, &candidates, &details).is_err() {
+                failures += 1;
+            }
+        });
+        let plugin_with_details = measure(args.iterations, || {
+            if detailed.select(ctx, &task, &candidates, &details).is_err() {
+                failures += 1;
+            }
+        });
+        let native = measure(args.iterations, || {
+            std::hint::black_box(least_loaded_native(std::hint::black_box(&candidates)));
+        });
+        rows.push(PluginBenchRow {
+            candidates: count,
+            ratio_p50: plugin_warm.p50_us / native.p50_us.max(0.001),
+            plugin_warm,
+            plugin_fresh,
+            plugin_with_details,
+            native,
+            fuel_per_call,
+            failures,
+        });
+    }
+    Ok(rows)
+}
+
+fn load_least_loaded(reuse_instances: bool, manifest: Manifest) -> anyhow::Result<PluginVersion> {
+    let runtime = PluginRuntime::new(RuntimeOptions { reuse_instances, ..RuntimeOptions::default() })?;
+    let bytes = builtin_bytes("least_loaded").expect("least_loaded is built in");
+    Ok(loader::load(&runtime, "least_loaded", PluginSource::Builtin, bytes, manifest)?)
+}
+
+/// Candidates shaped like a real fleet (a few models and providers, varied counters, one least loaded) and
+/// their details.
+pub fn synthetic_fleet(count: usize) -> (Vec<Candidate>, Vec<CandidateDetails>) {
+    const MODELS: &[(&str, &str)] = &[
+        ("claude-sonnet-4", "anthropic"),
+        ("gpt-4.1", "openai"),
+        ("gemini-2.5-pro", "google"),
+        ("mistral-large", "mistral"),
+    ];
+    (0..count)
+        .map(|i| {
+            let (model, provider) = MODELS[i % MODELS.len()];
+            let candidate = Candidate {
+                in_flight: if i == count * 2 / 3 { 0 } else { 1 + (i as u32 * 7) % 5 },
+                max_concurrent: 8,
+                completed: (i as u64 * 13) % 100,
+                failed: (i as u64) % 3,
+                avg_latency_ms: 200 + (i as u32 * 37) % 900,
+                heartbeat_age_ms: (i as u64 * 101) % 10_000,
+                since_assigned_ms: if i % 5 == 0 { None } else { Some(i as u64 * 17) },
+                health: HealthStatus::Healthy,
+            };
+            let details = CandidateDetails {
+                agent_id: format!("agent-{i:05}"),
+                model: model.into(),
+                provider: provider.into(),
+                labels: Vec::new(),
+            };
+            (candidate, details)
+        })
+        .unzip()
+}
+
+/// The `least_loaded` rule in Rust, for the ratio: fewest in flight, then fewest completed, then lowest index.
+pub fn least_loaded_native(candidates: &[Candidate]) -> usize {
+    candidates.iter().enumerate().min_by_key(|(_, c)| (c.in_flight, c.completed)).map(|(i, _)| i).unwrap_or(0)
+}
+
+fn measure(iterations: usize, mut call: impl FnMut()) -> Percentiles {
+    for _ in 0..iterations / 10 {
+        call();
+    }
+    let mut samples: Vec<Duration> = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        call();
+        samples.push(started.elapsed());
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
+    Percentiles { p50_us: at(0.50), p99_us: at(0.99) }
+}
+
+fn print_table(rows: &[PluginBenchRow]) {
+    println!("strategy selection latency, least_loaded (µs)");
+    println!(
+        "{:>10}  {:>10} {:>10}  {:>10} {:>10}  {:>12} {:>12}  {:>10} {:>10}  {:>6}  {:>8}  {:>6}",
+        "candidates",
+        "warm p50",
+        "warm p99",
+        "fresh p50",
+        "fresh p99",
+        "details p50",
+        "details p99",
+        "native p50",
+        "native p99",
+        "ratio",
+        "fuel",
+        "failed"
+    );
+    for r in rows {
+        println!(
+            "{:>10}  {:>10.2} {:>10.2}  {:>10.2} {:>10.2}  {:>12.2} {:>12.2}  {:>10.3} {:>10.3}  {:>5.0}x  {:>8}  {:>6}",
+            r.candidates,
+            r.plugin_warm.p50_us,
+            r.plugin_warm.p99_us,
+            r.plugin_fresh.p50_us,
+            r.plugin_fresh.p99_us,
+            r.plugin_with_details.p50_us,
+            r.plugin_with_details.p99_us,
+            r.native.p50_us,
+            r.native.p99_us,
+            r.ratio_p50,
+            r.fuel_per_call,
+            r.failures
+        );
+    }
+}

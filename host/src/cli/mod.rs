@@ -1,0 +1,62 @@
+//! The `aragora-cp` command line: argument parsing and dispatch to one module per command group.
+//! `plugin.rs` holds the plugin author's tools (check, run, new); `bench.rs` the benchmarks.
+
+pub mod bench;
+pub mod plugin;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Control plane for fleets of AI agents, with WebAssembly strategy, policy and health-probe plugins.
+#[derive(Debug, Parser)]
+#[command(name = "aragora-cp", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The command groups.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plugin author's tools: check a component, run one call, scaffold a new plugin crate.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Benchmarks that print comparable figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// For scripts: one JSON document on stdout.
+    Json,
+}
+
+/// Runs the command line; the binary's `main` is this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let outcome = match cli.command {
+        Command::Plugin(command) => plugin::run(command),
+        Command::Bench(command) => bench::run(command),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

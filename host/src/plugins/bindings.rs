@@ -1,0 +1,46 @@
+//! Host bindings for the three plugin worlds of `wit/control-plane.wit`, generated here and nowhere else.
+//!
+//! The `types` interface is generated once (with the strategy world) and shared by the other two worlds, so a
+//! `TaskInfo` built for a strategy is the same type a policy receives.
+
+/// The `strategy` world: exports `selector`.
+pub mod strategy {
+    wasmtime::component::bindgen!({
+        world: "strategy",
+        path: "../wit",
+        additional_derives: [PartialEq],
+    });
+}
+
+/// The `policy` world: exports `evaluator`.
+pub mod policy {
+    wasmtime::component::bindgen!({
+        world: "policy",
+        path: "../wit",
+        additional_derives: [PartialEq],
+        with: { "aragora:control-plane/types": super::strategy::aragora::control_plane::types },
+    });
+}
+
+/// The `health-probe` world: exports `prober`.
+pub mod probe {
+    wasmtime::component::bindgen!({
+        world: "health-probe",
+        path: "../wit",
+        additional_derives: [PartialEq],
+        with: { "aragora:control-plane/types": super::strategy::aragora::control_plane::types },
+    });
+}
+
+pub use strategy::aragora::control_plane::types::{
+    AgentInfo, CallContext, Candidate, CandidateDetails, Decision, DispatchRequest, HealthStatus, HttpCheck,
+    Modification, Observations, PolicyInput, Priority, ProbeResult, RegisterChanges, SubmitChanges, SubmitRequest,
+    TaskInfo,
+};
+
+/// Fully qualified export names, by which the host recognises a component's world.
+pub const SELECTOR_EXPORT: &str = "aragora:control-plane/selector";
+/// See [`SELECTOR_EXPORT`].
+pub const EVALUATOR_EXPORT: &str = "aragora:control-plane/evaluator";
+/// See [`SELECTOR_EXPORT`].
+pub const PROBER_EXPORT: &str = "aragora:control-plane/prober";

@@ -1,0 +1,20 @@
+//! The built-in strategies (`least_loaded`, `round_robin`, `random`), compiled from `plugins/` by the build script
+//! and embedded in the binary, plus the paths of every guest the build produced (examples and test fixtures).
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+/// The embedded bytes of a built-in strategy.
+pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
+    BUILTIN_STRATEGIES.iter().find(|(builtin, _)| *builtin == name).map(|(_, bytes)| *bytes)
+}
+
+/// The path of a guest built from `plugins/` (for tests, benchmarks and examples).
+pub fn guest_path(name: &str) -> Option<&'static str> {
+    GUEST_ARTIFACTS.iter().find(|(guest, _)| *guest == name).map(|(_, path)| *path)
+}
+
+/// The strategy every failed strategy call falls back to.
+pub const FALLBACK_STRATEGY: &str = "least_loaded";
+
+/// The WIT package plugin authors build against (copied into crates made by `aragora-cp plugin new`).
+pub const WIT: &str = include_str!("../../../wit/control-plane.wit");

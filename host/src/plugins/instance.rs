@@ -1,0 +1,182 @@
+//! Running one plugin version: a pre-instantiated component plus a small pool of warm instances, and the call
+//! wrapper that applies fuel, deadline and memory limits and turns traps into [`CallError`]s.
+//!
+//! Instance reuse is a measured decision (docs/decisions/0002-plugin-instance-reuse.md, `aragora-cp bench
+//! plugins`): a fresh store + instance + `init` per call costs tens of microseconds, more than the whole goal for
+//! a 10-candidate selection, while a warm instance is a few microseconds. So an instance serves many calls, and
+//! is dropped after any trap (its state may be corrupt) and when its memory grows past half its cap (so one huge
+//! call does not pin memory for ever). Plugins must not rely on state across calls.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, Trap};
+
+use super::CallError;
+use super::runtime::{CallLimits, PluginRuntime};
+use super::sandbox::HostState;
+
+/// Warm instances kept per plugin version; more concurrent callers than this instantiate and drop extras.
+const MAX_WARM_INSTANCES: usize = 16;
+
+/// One of the three generated world bindings (`Strategy`, `Policy`, `HealthProbe`).
+pub trait World: Sized + Send + 'static {
+    /// The bindings' pre-instantiated form.
+    type Pre: Send + Sync + 'static;
+
+    /// Type-checks the component's exports against the world.
+    fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre>;
+
+    /// Instantiates into `store`.
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self>;
+
+    /// Calls the world's `init(config)`.
+    fn init(&self, store: &mut Store<HostState>, config: &str) -> wasmtime::Result<Result<(), String>>;
+}
+
+/// What a successful call returns besides its value.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CallReport {
+    /// Fuel the call burned.
+    pub fuel_used: u64,
+    /// The instance's largest linear memory so far, in bytes.
+    pub peak_memory_bytes: usize,
+    /// Wall time of the call, including taking an instance (and instantiating one if none was warm).
+    #[serde(serialize_with = "serialize_micros", rename = "wall_time_us")]
+    pub wall_time: Duration,
+    /// What the guest printed to stdout and stderr (at most 4 KiB).
+    pub log: String,
+    /// Whether the call had to instantiate (and `init`) a fresh instance.
+    pub fresh_instance: bool,
+}
+
+fn serialize_micros<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(value.as_secs_f64() * 1e6)
+}
+
+struct Warm<W> {
+    store: Store<HostState>,
+    bindings: W,
+}
+
+/// A plugin version ready to be called from any thread.
+pub struct Sandbox<W: World> {
+    runtime: PluginRuntime,
+    pre: W::Pre,
+    digest: [u8; 32],
+    config_json: String,
+    limits: CallLimits,
+    reuse: bool,
+    warm: Mutex<Vec<Warm<W>>>,
+}
+
+impl<W: World> Sandbox<W> {
+    /// Links and type-checks `component` for world `W`. `config_json` is passed to every instance's `init`.
+    pub fn new(
+        runtime: &PluginRuntime,
+        component: &wasmtime::component::Component,
+        digest: [u8; 32],
+        config_json: String,
+        limits: CallLimits,
+    ) -> Result<Self, String> {
+        let pre = runtime.linker().instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
+        let pre = W::pre(pre).map_err(|e| format!("{e:#}"))?;
+        Ok(Sandbox {
+            runtime: runtime.clone(),
+            pre,
+            digest,
+            config_json,
+            limits,
+            reuse: runtime.reuse_instances(),
+            warm: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The limits each call runs under.
+    pub fn limits(&self) -> CallLimits {
+        self.limits
+    }
+
+    /// Runs `f` on an instance under the call limits, with the guest's clock at `now_ms` and its randomness
+    /// seeded by `seed`.
+    pub fn call<R>(
+        &self,
+        now_ms: u64,
+        seed: u64,
+        f: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<(R, CallReport), CallError> {
+        let started = Instant::now();
+        let reused = if self.reuse { self.warm.lock().pop() } else { None };
+        let fresh_instance = reused.is_none();
+        let mut warm = match reused {
+            Some(warm) => warm,
+            None => self.instantiate(now_ms, seed)?,
+        };
+        self.arm(&mut warm.store, now_ms, seed);
+        let outcome = f(&warm.bindings, &mut warm.store);
+        let wall_time = started.elapsed();
+        let fuel_left = warm.store.get_fuel().unwrap_or(0);
+        let state = warm.store.data_mut();
+        let report = CallReport {
+            fuel_used: self.limits.fuel.saturating_sub(fuel_left),
+            peak_memory_bytes: state.limiter.peak_memory,
+            wall_time,
+            log: state.take_log(),
+            fresh_instance,
+        };
+        match outcome {
+            Ok(value) => {
+                if self.reuse && report.peak_memory_bytes <= self.limits.memory_bytes / 2 {
+                    let mut pool = self.warm.lock();
+                    if pool.len() < MAX_WARM_INSTANCES {
+                        pool.push(warm);
+                    }
+                }
+                Ok((value, report))
+            }
+            // The instance is dropped with `warm`: after a trap its memory may be inconsistent.
+            Err(error) => Err(self.classify(error, &warm.store)),
+        }
+    }
+
+    /// Builds a store with this version's limits, instantiates and runs `init`.
+    fn instantiate(&self, now_ms: u64, seed: u64) -> Result<Warm<W>, CallError> {
+        let state = HostState::new(self.digest, self.limits.memory_bytes, self.limits.table_elements);
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        self.arm(&mut store, now_ms, seed);
+        let bindings = W::instantiate(&self.pre, &mut store).map_err(|e| self.classify(e, &store))?;
+        // The deadline is for the guest's own work: host-side instantiation (mapping memory, building the WASI
+        // context) must not eat into `init`'s time on a busy machine. Fuel still bounds everything the guest ran.
+        store.set_epoch_deadline(self.limits.deadline_ticks());
+        match bindings.init(&mut store, &self.config_json) {
+            Ok(Ok(())) => Ok(Warm { store, bindings }),
+            Ok(Err(message)) => Err(CallError::Init(message)),
+            Err(error) => Err(self.classify(error, &store)),
+        }
+    }
+
+    fn arm(&self, store: &mut Store<HostState>, now_ms: u64, seed: u64) {
+        store.set_fuel(self.limits.fuel).expect("fuel is enabled on the engine");
+        store.set_epoch_deadline(self.limits.deadline_ticks());
+        store.data_mut().prepare_call(now_ms, seed);
+    }
+
+    fn classify(&self, error: wasmtime::Error, store: &Store<HostState>) -> CallError {
+        if store.data().limiter.denied {
+            return CallError::Memory { limit_bytes: self.limits.memory_bytes };
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => CallError::OutOfFuel { fuel: self.limits.fuel },
+            Some(Trap::Interrupt) => CallError::Deadline { deadline: self.limits.deadline },
+            Some(trap) => CallError::Trap(trap.to_string()),
+            None => CallError::Trap(first_line(&format!("{error:#}"))),
+        }
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or(text).to_string()
+}

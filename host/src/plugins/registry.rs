@@ -1,0 +1,390 @@
+//! The plugins this server has loaded, by name: which version of each is active, which are shadowed, which
+//! was rejected last and why. Activation is an atomic swap under a short write lock; callers clone an `Arc` of
+//! the active version, so calls in flight finish on the version they started with.
+//!
+//! Per name, precedence is upload > file > built-in (the order of [`PluginSource`]). Removing a source falls back
+//! to the next one, so deleting a file that overrides a built-in restores the built-in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use parking_lot::RwLock;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::bindings::{CallContext, Candidate, CandidateDetails, TaskInfo};
+use super::builtin::{BUILTIN_STRATEGIES, FALLBACK_STRATEGY};
+use super::loader::{self, StatsSnapshot};
+use super::manifest::{Manifest, OnError};
+use super::runtime::{CallLimits, PluginRuntime};
+use super::strategy::{Selection, select_with_fallback};
+use super::{LoadError, PluginKind, PluginSource, PluginVersion};
+
+/// Something that happened to a plugin; the coordinator turns these into `plugin_*` events.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PluginEvent {
+    /// A version was loaded and validated. `active` is false when a higher-precedence source shadows it.
+    PluginLoaded {
+        /// Plugin name.
+        name: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// Where it came from.
+        source: PluginSource,
+        /// sha256 of the component.
+        sha256: String,
+        /// Whether it now answers calls.
+        active: bool,
+    },
+    /// A version failed validation; the previous version (if any) keeps serving.
+    PluginRejected {
+        /// Plugin name.
+        name: String,
+        /// Where it came from.
+        source: PluginSource,
+        /// sha256 of the rejected bytes.
+        sha256: String,
+        /// Why.
+        error: String,
+    },
+    /// A source was removed (file deleted, upload deleted); the next source, if any, is active now.
+    PluginRemoved {
+        /// Plugin name.
+        name: String,
+        /// The removed source.
+        source: PluginSource,
+        /// The source active now, if any.
+        now_active: Option<PluginSource>,
+    },
+}
+
+/// The last rejected version of a name.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rejection {
+    /// Where the rejected version came from.
+    pub source: PluginSource,
+    /// sha256 of the rejected bytes.
+    pub sha256: String,
+    /// Why it was rejected.
+    pub error: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// One version as `GET /plugins` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionInfo {
+    /// The plugin's world.
+    pub kind: PluginKind,
+    /// Where it came from.
+    pub source: PluginSource,
+    /// sha256 of the component.
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// When it was loaded (RFC 3339).
+    pub loaded_at: String,
+    /// Limits per call.
+    pub limits: CallLimits,
+    /// Policies: evaluation order.
+    pub order: i64,
+    /// Policies: behaviour when the policy cannot answer.
+    pub on_error: OnError,
+    /// Metadata keys passed as labels.
+    pub labels: Vec<String>,
+    /// The component's imports.
+    pub imports: Vec<String>,
+    /// Call counters.
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+}
+
+/// Whether a name has a version that answers calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginStatus {
+    /// A version answers calls.
+    Active,
+    /// The only versions offered were rejected.
+    Rejected,
+}
+
+/// Everything about one plugin name.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginInfo {
+    /// The name.
+    pub name: String,
+    /// Whether a version answers calls.
+    pub status: PluginStatus,
+    /// The version that answers calls.
+    pub active: Option<VersionInfo>,
+    /// Loaded versions hidden by a higher-precedence source.
+    pub shadowed: Vec<VersionInfo>,
+    /// The last rejected version, if it is newer than the active one.
+    pub last_rejection: Option<Rejection>,
+    /// The server reporting.
+    pub server_id: String,
+}
+
+#[derive(Default)]
+struct Slot {
+    versions: BTreeMap<PluginSource, Arc<PluginVersion>>,
+    rejection: Option<Rejection>,
+}
+
+impl Slot {
+    fn active(&self) -> Option<&Arc<PluginVersion>> {
+        self.versions.values().next_back()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    slots: BTreeMap<String, Slot>,
+    /// Active policies in evaluation order, rebuilt on every change so the submit path does not sort.
+    policies: Arc<[Arc<PluginVersion>]>,
+    /// Active health probes by name.
+    probes: Arc<[Arc<PluginVersion>]>,
+}
+
+impl State {
+    fn rebuild_lists(&mut self) {
+        let active = || self.slots.values().filter_map(Slot::active);
+        let mut policies: Vec<_> = active().filter(|v| v.kind == PluginKind::Policy).cloned().collect();
+        policies.sort_by(|a, b| a.manifest.order().cmp(&b.manifest.order()).then_with(|| a.name.cmp(&b.name)));
+        let probes: Vec<_> = active().filter(|v| v.kind == PluginKind::HealthProbe).cloned().collect();
+        self.policies = policies.into();
+        self.probes = probes.into();
+    }
+}
+
+/// The registry of loaded plugins. Shared as `Arc<PluginRegistry>`.
+pub struct PluginRegistry {
+    runtime: PluginRuntime,
+    server_id: String,
+    state: RwLock<State>,
+    /// The embedded `least_loaded`, the fallback of every strategy call even when a file overrides the name.
+    fallback: Arc<PluginVersion>,
+    events: broadcast::Sender<PluginEvent>,
+}
+
+/// A strategy name that matches no active strategy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown strategy {0:?}")]
+pub struct UnknownStrategy(pub String);
+
+impl PluginRegistry {
+    /// A registry holding the built-in strategies.
+    pub fn new(runtime: PluginRuntime, server_id: impl Into<String>) -> Result<Self, LoadError> {
+        let mut state = State::default();
+        let mut fallback = None;
+        for (name, bytes) in BUILTIN_STRATEGIES {
+            let version = Arc::new(loader::load(&runtime, name, PluginSource::Builtin, bytes, Manifest::default())?);
+            if *name == FALLBACK_STRATEGY {
+                fallback = Some(version.clone());
+            }
+            state.slots.entry(name.to_string()).or_default().versions.insert(PluginSource::Builtin, version);
+        }
+        state.rebuild_lists();
+        let (events, _) = broadcast::channel(256);
+        Ok(PluginRegistry {
+            runtime,
+            server_id: server_id.into(),
+            state: RwLock::new(state),
+            fallback: fallback.expect("least_loaded is among the built-ins"),
+            events,
+        })
+    }
+
+    /// The runtime versions are compiled with.
+    pub fn runtime(&self) -> &PluginRuntime {
+        &self.runtime
+    }
+
+    /// The id this server reports in plugin listings.
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// Plugin events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<PluginEvent> {
+        self.events.subscribe()
+    }
+
+    /// Loads and validates `bytes` as the `source` version of `name`, and activates it if no higher-precedence
+    /// source exists. On failure the previous versions stay as they were and the rejection is recorded.
+    pub fn install(
+        &self,
+        name: &str,
+        source: PluginSource,
+        bytes: &[u8],
+        manifest: Manifest,
+    ) -> Result<Arc<PluginVersion>, LoadError> {
+        // Compile and validate outside the lock: that takes milliseconds, and calls keep flowing meanwhile.
+        match loader::load(&self.runtime, name, source, bytes, manifest) {
+            Ok(version) => {
+                let version = Arc::new(version);
+                let active = {
+                    let mut state = self.state.write();
+                    let slot = state.slots.entry(name.to_string()).or_default();
+                    slot.versions.insert(source, version.clone());
+                    slot.rejection = None;
+                    let active = slot.active().is_some_and(|a| Arc::ptr_eq(a, &version));
+                    state.rebuild_lists();
+                    active
+                };
+                tracing::info!(plugin = name, kind = %version.kind, %source, sha256 = %version.sha256, active, "plugin loaded");
+                let _ = self.events.send(PluginEvent::PluginLoaded {
+                    name: name.to_string(),
+                    kind: version.kind,
+                    source,
+                    sha256: version.sha256.clone(),
+                    active,
+                });
+                Ok(version)
+            }
+            Err(error) => {
+                self.reject(name, source, bytes, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Records that a version of `name` from `source` was refused before loading (for example, its manifest
+    /// does not parse), exactly as if validation had failed.
+    pub fn reject(&self, name: &str, source: PluginSource, bytes: &[u8], error: &LoadError) {
+        let sha256 = sha256_hex(bytes);
+        tracing::warn!(plugin = name, %source, %sha256, %error, "plugin rejected; the previous version keeps serving");
+        let rejection =
+            Rejection { source, sha256: sha256.clone(), error: error.to_string(), at: rfc3339(SystemTime::now()) };
+        self.state.write().slots.entry(name.to_string()).or_default().rejection = Some(rejection);
+        let _ = self.events.send(PluginEvent::PluginRejected {
+            name: name.to_string(),
+            source,
+            sha256,
+            error: error.to_string(),
+        });
+    }
+
+    /// Removes the `source` version of `name`; the next source (if any) becomes active. Returns whether there was
+    /// such a version.
+    pub fn remove(&self, name: &str, source: PluginSource) -> bool {
+        let (removed, now_active) = {
+            let mut state = self.state.write();
+            let Some(slot) = state.slots.get_mut(name) else { return false };
+            let removed = slot.versions.remove(&source).is_some();
+            if slot.rejection.as_ref().is_some_and(|r| r.source == source) {
+                slot.rejection = None;
+            }
+            let now_active = slot.active().map(|v| v.source);
+            if slot.versions.is_empty() && slot.rejection.is_none() {
+                state.slots.remove(name);
+            }
+            state.rebuild_lists();
+            (removed, now_active)
+        };
+        if removed {
+            tracing::info!(plugin = name, %source, ?now_active, "plugin source removed");
+            let _ = self.events.send(PluginEvent::PluginRemoved { name: name.to_string(), source, now_active });
+        }
+        removed
+    }
+
+    /// The active version of `name`.
+    pub fn active(&self, name: &str) -> Option<Arc<PluginVersion>> {
+        self.state.read().slots.get(name).and_then(Slot::active).cloned()
+    }
+
+    /// The `source` version of `name`, active or shadowed.
+    pub fn version(&self, name: &str, source: PluginSource) -> Option<Arc<PluginVersion>> {
+        self.state.read().slots.get(name).and_then(|slot| slot.versions.get(&source)).cloned()
+    }
+
+    /// The active strategy called `name`.
+    pub fn strategy(&self, name: &str) -> Result<Arc<PluginVersion>, UnknownStrategy> {
+        self.active(name).filter(|v| v.kind == PluginKind::Strategy).ok_or_else(|| UnknownStrategy(name.to_string()))
+    }
+
+    /// The embedded `least_loaded`, which answers when a strategy fails.
+    pub fn fallback_strategy(&self) -> &Arc<PluginVersion> {
+        &self.fallback
+    }
+
+    /// Chooses among `candidates` (never empty) with the strategy called `strategy`, falling back to the
+    /// embedded `least_loaded` and then to the native rule when it fails.
+    pub fn select(
+        &self,
+        strategy: &str,
+        ctx: CallContext,
+        task: &TaskInfo,
+        candidates: &[Candidate],
+        details: &[CandidateDetails],
+    ) -> Result<Selection, UnknownStrategy> {
+        let plugin = self.strategy(strategy)?;
+        Ok(select_with_fallback(&plugin, &self.fallback, ctx, task, candidates, details))
+    }
+
+    /// Active policies in evaluation order (manifest `order`, then name).
+    pub fn policies(&self) -> Arc<[Arc<PluginVersion>]> {
+        self.state.read().policies.clone()
+    }
+
+    /// Active health probes, by name.
+    pub fn probes(&self) -> Arc<[Arc<PluginVersion>]> {
+        self.state.read().probes.clone()
+    }
+
+    /// Every plugin name with its versions, by name.
+    pub fn list(&self) -> Vec<PluginInfo> {
+        let state = self.state.read();
+        state.slots.iter().map(|(name, slot)| self.info_of(name, slot)).collect()
+    }
+
+    /// One plugin name with its versions.
+    pub fn info(&self, name: &str) -> Option<PluginInfo> {
+        let state = self.state.read();
+        state.slots.get(name).map(|slot| self.info_of(name, slot))
+    }
+
+    fn info_of(&self, name: &str, slot: &Slot) -> PluginInfo {
+        let active = slot.active();
+        PluginInfo {
+            name: name.to_string(),
+            status: if active.is_some() { PluginStatus::Active } else { PluginStatus::Rejected },
+            active: active.map(|v| version_info(v)),
+            shadowed: slot.versions.values().rev().skip(1).map(|v| version_info(v)).collect(),
+            // A successful install clears the rejection, so one still here is newer than every loaded version.
+            last_rejection: slot.rejection.clone(),
+            server_id: self.server_id.clone(),
+        }
+    }
+}
+
+fn version_info(version: &PluginVersion) -> VersionInfo {
+    VersionInfo {
+        kind: version.kind,
+        source: version.source,
+        sha256: version.sha256.clone(),
+        size: version.size,
+        loaded_at: rfc3339(version.loaded_at),
+        limits: version.limits,
+        order: version.manifest.order(),
+        on_error: version.manifest.on_error,
+        labels: version.manifest.labels.clone(),
+        imports: version.imports.clone(),
+        stats: version.stats.snapshot(),
+    }
+}
+
+/// Hex sha256 of `bytes`: how plugin versions are identified everywhere.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// RFC 3339 UTC with milliseconds, the timestamp format of the wire (DESIGN §3).
+pub fn rfc3339(time: SystemTime) -> String {
+    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
+}

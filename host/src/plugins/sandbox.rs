@@ -1,0 +1,330 @@
+//! What a plugin may touch: the per-store host state (a null WASI context, the memory limiter, the log, the
+//! frozen clock and the seeded randomness), the import allowlist, and the linker that provides only those imports.
+//!
+//! Guests built with Rust std import `wasi:cli/*` and `wasi:io/*` (and `wasi:random/*` or `wasi:clocks/*` when
+//! they use them). Those are linked from a context with no environment, arguments, files or sockets; anything
+//! else rejects the component at load, naming the interface.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter};
+use wasmtime_wasi::p2::bindings::sync as wasi_sync;
+use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+/// Interface prefixes a plugin may import. Sockets, HTTP and filesystems are absent on purpose. Our own `types`
+/// interface appears as an import because the exported interfaces use its types; it holds no functions.
+const ALLOWED_IMPORT_PREFIXES: &[&str] =
+    &["wasi:cli/", "wasi:io/", "wasi:random/", "wasi:clocks/", "aragora:control-plane/types@0.1."];
+
+/// Bytes of stdout + stderr kept per call; the rest is dropped silently so a chatty plugin cannot fail a call.
+pub const LOG_BYTES_PER_CALL: usize = 4096;
+
+/// Returns the first import outside the allowlist, if any (the name of the interface, for the error message).
+pub fn forbidden_import<'a>(imports: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    imports
+        .into_iter()
+        .find(|name| !ALLOWED_IMPORT_PREFIXES.iter().any(|prefix| name.starts_with(prefix)))
+        .map(str::to_string)
+}
+
+/// Builds the one linker of the process: the allowed WASI interfaces and nothing else.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    let l = &mut linker;
+    wasi_sync::io::error::add_to_linker::<HostState, HasTable>(l, |s| &mut s.table)?;
+    wasi_sync::io::poll::add_to_linker::<HostState, HasTable>(l, |s| &mut s.table)?;
+    wasi_sync::io::streams::add_to_linker::<HostState, HasTable>(l, |s| &mut s.table)?;
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::random::WasiRandom;
+    cli::environment::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::exit::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_input::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_output::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    clocks::wall_clock::add_to_linker::<HostState, WasiClocks>(l, HostState::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(l, HostState::clocks)?;
+    random::random::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
+    random::insecure::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
+    random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
+    Ok(linker)
+}
+
+struct HasTable;
+
+impl HasData for HasTable {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// The data of one wasmtime `Store`: everything a guest can reach, and the meters the host reads after a call.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory and table caps, with the peak the guest reached.
+    pub(crate) limiter: CallLimiter,
+    log: PluginLog,
+    clock: FrozenClock,
+    rng: CallRng,
+}
+
+impl HostState {
+    /// A fresh sandbox for a plugin whose sha256 is `identity`.
+    pub fn new(identity: [u8; 32], memory_bytes: usize, table_elements: usize) -> Self {
+        let log = PluginLog::default();
+        let clock = FrozenClock::default();
+        let rng = CallRng::new(identity);
+        let mut builder = WasiCtx::builder();
+        builder
+            .stdout(log.clone())
+            .stderr(log.clone())
+            .wall_clock(clock.clone())
+            .monotonic_clock(clock.clone())
+            .secure_random(rng.clone())
+            .insecure_random(rng.clone())
+            .insecure_random_seed(u128::from_le_bytes(identity[..16].try_into().expect("16 bytes")))
+            .allow_blocking_current_thread(true);
+        HostState {
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            limiter: CallLimiter::new(memory_bytes, table_elements),
+            log,
+            clock,
+            rng,
+        }
+    }
+
+    /// Sets what the guest sees during the next call: its clocks read `now_ms`, its randomness follows `seed`.
+    pub fn prepare_call(&mut self, now_ms: u64, seed: u64) {
+        self.clock.set(now_ms);
+        self.rng.reseed(seed);
+        self.log.clear();
+        self.limiter.denied = false;
+    }
+
+    /// Takes what the guest wrote to stdout and stderr during the call.
+    pub fn take_log(&mut self) -> String {
+        self.log.take()
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory and tables per store and remembers the largest memory the guest asked for.
+pub struct CallLimiter {
+    memory_bytes: usize,
+    table_elements: usize,
+    /// Largest linear memory granted, in bytes: the plugin's peak memory.
+    pub peak_memory: usize,
+    /// The guest asked for more memory than its cap during the current call.
+    pub denied: bool,
+}
+
+impl CallLimiter {
+    fn new(memory_bytes: usize, table_elements: usize) -> Self {
+        CallLimiter { memory_bytes, table_elements, peak_memory: 0, denied: false }
+    }
+}
+
+impl ResourceLimiter for CallLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes || maximum.is_some_and(|max| desired > max) {
+            self.denied = true;
+            return Ok(false);
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements && maximum.is_none_or(|max| desired <= max))
+    }
+}
+
+/// The guest's stdout and stderr: one bounded buffer per store, emptied at every call.
+#[derive(Clone, Default)]
+struct PluginLog(Arc<Mutex<Vec<u8>>>);
+
+impl PluginLog {
+    fn clear(&self) {
+        self.0.lock().clear();
+    }
+
+    fn take(&self) -> String {
+        let mut buffer = self.0.lock();
+        if buffer.is_empty() {
+            return String::new();
+        }
+        let text = String::from_utf8_lossy(&buffer).into_owned();
+        buffer.clear();
+        text
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for PluginLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for PluginLog {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for PluginLog {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        let mut buffer = self.0.lock();
+        let room = LOG_BYTES_PER_CALL.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        // Always accept: overflow is dropped in `write`, so the guest never blocks or fails on its log.
+        Ok(LOG_BYTES_PER_CALL)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for PluginLog {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for PluginLog {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut buffer = self.0.lock();
+        let room = LOG_BYTES_PER_CALL.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&buf[..buf.len().min(room)]);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Both guest clocks, frozen at the call's `now`: a plugin's answer depends only on its inputs.
+#[derive(Clone, Default)]
+struct FrozenClock(Arc<AtomicU64>);
+
+impl FrozenClock {
+    fn set(&self, now_ms: u64) {
+        self.0.store(now_ms, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        FrozenClock::now(self)
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+
+    fn now(&self) -> u64 {
+        FrozenClock::now(self).as_nanos() as u64
+    }
+}
+
+/// WASI randomness seeded from the plugin's sha256 and the call's seed. The generator is built lazily, so the
+/// calls that draw nothing (most of them) pay nothing.
+#[derive(Clone)]
+struct CallRng(Arc<Mutex<CallRngState>>);
+
+struct CallRngState {
+    identity: [u8; 32],
+    seed: u64,
+    rng: Option<StdRng>,
+}
+
+impl CallRng {
+    fn new(identity: [u8; 32]) -> Self {
+        CallRng(Arc::new(Mutex::new(CallRngState { identity, seed: 0, rng: None })))
+    }
+
+    fn reseed(&self, seed: u64) {
+        let mut state = self.0.lock();
+        state.seed = seed;
+        state.rng = None;
+    }
+
+    fn with_rng<R>(&self, f: impl FnOnce(&mut StdRng) -> R) -> R {
+        let mut state = self.0.lock();
+        let CallRngState { identity, seed, rng } = &mut *state;
+        let rng = rng.get_or_insert_with(|| {
+            let digest = Sha256::new().chain_update(identity).chain_update(seed.to_le_bytes()).finalize();
+            StdRng::from_seed(digest.into())
+        });
+        f(rng)
+    }
+}
+
+impl rand::TryRng for CallRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.with_rng(rand::Rng::next_u32))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.with_rng(rand::Rng::next_u64))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.with_rng(|rng| rand::Rng::fill_bytes(rng, dst));
+        Ok(())
+    }
+}

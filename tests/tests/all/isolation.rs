@@ -1,0 +1,144 @@
+//! Misbehaving plugins are stopped or rejected with a clear error, and the host keeps serving.
+//! The fixtures under `plugins/testing/` behave during the load-time trial call and misbehave only for tasks of
+//! type `misbehave`, so these tests reach the call-time limits, not just load-time validation.
+
+use std::time::Duration;
+
+use aragora_cp::plugins::strategy::Answerer;
+use aragora_cp::plugins::{
+    CallError, CallLimits, LoadError, Manifest, PluginKind, PluginSource, PluginVersion, loader,
+};
+use aragora_cp_tests::{candidate, ctx, details, guest_bytes, registry, runtime, task};
+
+fn fixture(name: &str) -> PluginVersion {
+    fixture_with(name, Manifest::default())
+}
+
+fn fixture_with(name: &str, manifest: Manifest) -> PluginVersion {
+    loader::load(&runtime(), name, PluginSource::File, &guest_bytes(name), manifest).expect("fixture loads")
+}
+
+fn three() -> Vec<aragora_cp::plugins::bindings::Candidate> {
+    vec![candidate(2, 0, None), candidate(0, 0, None), candidate(1, 0, None)]
+}
+
+/// After a failed call, the same version answers the next ordinary call (on a fresh instance).
+fn still_serves(plugin: &PluginVersion) {
+    assert_eq!(plugin.select(ctx(1), &task("code"), &three(), &[]), Ok(0), "{} stopped serving", plugin.name);
+}
+
+#[test]
+fn an_endless_loop_runs_out_of_fuel() {
+    let plugin = fixture("spin_forever");
+    let outcome = plugin.select(ctx(1), &task("misbehave"), &three(), &[]);
+    assert_eq!(outcome, Err(CallError::OutOfFuel { fuel: CallLimits::default_for(PluginKind::Strategy).fuel }));
+    still_serves(&plugin);
+    assert_eq!(plugin.stats.snapshot().failures, 1);
+}
+
+#[test]
+fn an_endless_loop_with_ample_fuel_hits_the_deadline() {
+    // 100 M fuel lasts tens of milliseconds of spinning, so the default 5 ms deadline fires first.
+    let manifest = Manifest::parse("[limits]\nfuel = 100000000\ndeadline_ms = 5\n").unwrap();
+    let plugin = fixture_with("spin_forever", manifest);
+    assert_eq!(plugin.limits.deadline, Duration::from_millis(5));
+    let outcome = plugin.select(ctx(1), &task("misbehave"), &three(), &[]);
+    assert_eq!(outcome, Err(CallError::Deadline { deadline: Duration::from_millis(5) }));
+    still_serves(&plugin);
+}
+
+#[test]
+fn a_trap_is_reported_and_the_instance_replaced() {
+    let plugin = fixture("trap");
+    match plugin.select(ctx(1), &task("misbehave"), &three(), &[]) {
+        Err(CallError::Trap(message)) => assert!(!message.is_empty()),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    still_serves(&plugin);
+}
+
+#[test]
+fn growing_memory_without_end_hits_the_memory_cap() {
+    // Enough fuel and time that memory is the limit that stops it.
+    let manifest = Manifest::parse("[limits]\nfuel = 100000000\ndeadline_ms = 2000\n").unwrap();
+    let plugin = fixture_with("memory_hog", manifest);
+    let outcome = plugin.select(ctx(1), &task("misbehave"), &three(), &[]);
+    assert_eq!(outcome, Err(CallError::Memory { limit_bytes: 16 * 1024 * 1024 }));
+    still_serves(&plugin);
+}
+
+#[test]
+fn a_plugin_importing_the_filesystem_is_rejected_naming_the_interface() {
+    let error =
+        loader::load(&runtime(), "fs", PluginSource::File, &guest_bytes("forbidden_import"), Manifest::default())
+            .expect_err("must be rejected");
+    match &error {
+        LoadError::ForbiddenImport(interface) => assert!(interface.starts_with("wasi:filesystem/"), "{interface}"),
+        other => panic!("expected a forbidden import, got {other:?}"),
+    }
+    assert!(error.to_string().contains("wasi:filesystem"));
+}
+
+#[test]
+fn a_plugin_whose_init_fails_is_rejected_with_its_message() {
+    let error = loader::load(&runtime(), "b", PluginSource::File, &guest_bytes("bad_init"), Manifest::default())
+        .expect_err("must be rejected");
+    assert_eq!(error, LoadError::Init("bad_init refuses to start".into()));
+}
+
+#[test]
+fn bytes_that_are_not_a_component_are_rejected_clearly() {
+    let runtime = runtime();
+    let garbage = loader::load(&runtime, "g", PluginSource::File, b"definitely not wasm", Manifest::default());
+    assert!(matches!(garbage, Err(LoadError::NotAComponent(_))), "{garbage:?}");
+    let core_module = b"\0asm\x01\0\0\0";
+    let module = loader::load(&runtime, "m", PluginSource::File, core_module, Manifest::default());
+    match module {
+        Err(LoadError::NotAComponent(message)) => assert!(message.contains("core WebAssembly module"), "{message}"),
+        other => panic!("expected a clear rejection, got {other:?}"),
+    }
+    let truncated = &guest_bytes("least_loaded")[..1000];
+    assert!(loader::load(&runtime, "t", PluginSource::File, truncated, Manifest::default()).is_err());
+}
+
+#[test]
+fn a_manifest_declaring_another_kind_is_rejected() {
+    let manifest = Manifest::parse("kind = \"policy\"").unwrap();
+    let error = loader::load(&runtime(), "x", PluginSource::File, &guest_bytes("highest_index"), manifest).unwrap_err();
+    assert_eq!(error, LoadError::KindMismatch { declared: PluginKind::Policy, actual: PluginKind::Strategy });
+}
+
+#[test]
+fn manifest_limits_are_capped_by_the_server_maxima() {
+    let manifest = Manifest::parse("[limits]\nfuel = 999999999999\nmemory_mib = 4096\n").unwrap();
+    let plugin = fixture_with("highest_index", manifest);
+    assert_eq!(plugin.limits.fuel, CallLimits::server_maxima().fuel);
+    assert_eq!(plugin.limits.memory_bytes, CallLimits::server_maxima().memory_bytes);
+}
+
+#[test]
+fn a_failing_strategy_falls_back_to_the_embedded_least_loaded_and_counts_it() {
+    let registry = registry();
+    registry.install("trap", PluginSource::File, &guest_bytes("trap"), Manifest::default()).unwrap();
+    let set = three();
+    let selection = registry.select("trap", ctx(1), &task("misbehave"), &set, &details(3)).unwrap();
+    assert_eq!(selection.answered_by, Answerer::EmbeddedLeastLoaded);
+    assert_eq!(selection.index, 1, "least_loaded picks the candidate with nothing in flight");
+    assert!(selection.fallback_reason.unwrap().contains("trapped"));
+    let stats = registry.active("trap").unwrap().stats.snapshot();
+    assert_eq!((stats.calls, stats.failures, stats.fallbacks), (1, 1, 1));
+    assert!(stats.last_error.is_some());
+    // The host kept serving: the same strategy answers the next ordinary task itself.
+    let next = registry.select("trap", ctx(2), &task("code"), &set, &[]).unwrap();
+    assert_eq!((next.answered_by, next.index), (Answerer::Plugin, 0));
+}
+
+#[test]
+fn plugin_output_becomes_its_log_and_clocks_read_the_call_time() {
+    let plugin = fixture("chatty");
+    let (index, report) = plugin.select_reporting(ctx(1), &task("code"), &three(), &details(3)).unwrap();
+    assert_eq!(index, 0);
+    assert!(report.log.contains("chatty"), "log was {:?}", report.log);
+    assert!(report.fuel_used > 0);
+    assert!(report.peak_memory_bytes > 0);
+}

@@ -1,0 +1,7 @@
+//! The end-to-end test binary: one module per area, shared support in the `aragora_cp_tests` library.
+//! Run with `cargo test --workspace` (see tests/README.md).
+
+mod builtin_strategies;
+mod example_plugins;
+mod hot_reload;
+mod isolation;
