@@ -371,7 +371,7 @@ const STRATEGY_TEMPLATE: &str = r#"//! Strategy plugin `{name}`: chooses which w
 
 wit_bindgen::generate!({ world: "{world}", path: "wit" });
 
-use aragora::control_plane::types::{CallContext, Candidate, TaskInfo};
+use aragora::control_plane::types::{CallContext, Candidate, CandidateDetails, TaskInfo};
 use exports::aragora::control_plane::selector::Guest;
 
 struct Plugin;
@@ -382,9 +382,15 @@ impl Guest for Plugin {
         Ok(())
     }
 
-    /// Returns the index of the chosen candidate. This template picks the lowest average latency, ties to the
-    /// lowest index; replace the rule with yours.
-    fn select(_ctx: CallContext, _task: TaskInfo, candidates: Vec<Candidate>) -> Result<u32, String> {
+    /// Returns the index of the chosen candidate. `details` (ids, models, providers, labels) is empty unless the
+    /// manifest sets `needs_details = true`. This template picks the lowest average latency, ties to the lowest
+    /// index; replace the rule with yours.
+    fn select(
+        _ctx: CallContext,
+        _task: TaskInfo,
+        candidates: Vec<Candidate>,
+        _details: Vec<CandidateDetails>,
+    ) -> Result<u32, String> {
         candidates
             .iter()
             .enumerate()

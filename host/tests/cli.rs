@@ -1,0 +1,175 @@
+//! The plugin author's path through the real `aragora-cp` binary, as docs/PLUGINS.md tells it: scaffold a crate,
+//! build it for wasm32-wasip2, check it, run it, and watch it hot-load. Also the CLI's verdicts on bad plugins.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use aragora_cp::plugins::builtin::guest_path;
+use serde_json::Value;
+
+fn aragora_cp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().expect("run aragora-cp");
+    eprintln!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).expect("stdout is JSON")
+}
+
+/// Scaffolded crates share one target directory, so wit-bindgen is compiled once per test run.
+fn scaffold_target_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("scaffolded-plugins")
+}
+
+/// `cargo build --release --target wasm32-wasip2` in a scaffolded crate, as the docs say; returns the component.
+fn build_scaffold(dir: &Path, name: &str) -> PathBuf {
+    let target_dir = scaffold_target_dir();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "the scaffolded crate {name} builds");
+    target_dir.join("wasm32-wasip2/release").join(format!("{name}.wasm"))
+}
+
+#[test]
+fn a_scaffolded_strategy_builds_checks_runs_and_hot_loads() {
+    let work = tempfile::tempdir().unwrap();
+    let crate_dir = work.path().join("fastest");
+    let created = run(aragora_cp().args(["plugin", "new", "--kind", "strategy", "fastest", "--dir"]).arg(&crate_dir));
+    assert!(created.status.success());
+    for file in ["Cargo.toml", "src/lib.rs", "wit/control-plane.wit", "fastest.toml"] {
+        assert!(crate_dir.join(file).is_file(), "{file} scaffolded");
+    }
+    let component = build_scaffold(&crate_dir, "fastest");
+
+    let checked = run(aragora_cp()
+        .args(["plugin", "check", "--output", "json", "--manifest"])
+        .arg(crate_dir.join("fastest.toml"))
+        .arg(&component));
+    assert!(checked.status.success());
+    let report = json_of(&checked);
+    assert_eq!(report["verdict"], "ok");
+    assert_eq!(report["kind"], "strategy");
+    assert_eq!(report["exports"][0], "aragora:control-plane/selector@0.1.0");
+
+    let input =
+        r#"{"candidates": [{"agent_id": "a", "avg_latency_ms": 900}, {"agent_id": "b", "avg_latency_ms": 300}]}"#;
+    let ran = run(aragora_cp().args(["plugin", "run", "--output", "json", "--input", input]).arg(&component));
+    assert!(ran.status.success());
+    let result = json_of(&ran);
+    assert_eq!(result["output"], serde_json::json!({"index": 1, "agent_id": "b"}));
+    assert!(result["report"]["fuel_used"].as_u64().unwrap() > 0);
+
+    // The hot-reload loop: follow a directory, drop the component in, see it load and answer.
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let mut watcher = aragora_cp()
+        .args(["plugin", "watch", "--input", input])
+        .arg(&plugins)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start plugin watch");
+    let (lines, received) = mpsc::channel();
+    let stdout = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let next_line = || received.recv_timeout(Duration::from_secs(10)).expect("plugin watch printed a line");
+    assert!(next_line().starts_with("watching"));
+    std::fs::copy(&component, plugins.join("fastest.wasm")).unwrap();
+    let loaded = next_line();
+    let answered = next_line();
+    watcher.kill().unwrap();
+    let _ = watcher.wait();
+    assert!(loaded.starts_with("loaded    fastest (strategy, file"), "{loaded}");
+    assert!(answered.contains(r#""agent_id":"b""#), "{answered}");
+}
+
+#[test]
+fn scaffolded_policies_and_probes_build_and_pass_the_check() {
+    let work = tempfile::tempdir().unwrap();
+    for (kind, name) in [("policy", "deny_forbidden"), ("health-probe", "stale_heartbeat")] {
+        let dir = work.path().join(name);
+        assert!(run(aragora_cp().args(["plugin", "new", "--kind", kind, name, "--dir"]).arg(&dir)).status.success());
+        let component = build_scaffold(&dir, name);
+        let checked = run(aragora_cp().args(["plugin", "check", "--output", "json"]).arg(&component));
+        assert!(checked.status.success(), "{kind} passes the check");
+        assert_eq!(json_of(&checked)["kind"], if kind == "policy" { "policy" } else { "health_probe" });
+    }
+    let policy = work.path().join("deny_forbidden");
+    let component = scaffold_target_dir().join("wasm32-wasip2/release/deny_forbidden.wasm");
+    let denied = run(aragora_cp()
+        .args([
+            "plugin",
+            "run",
+            "--output",
+            "json",
+            "--input",
+            r#"{"stage": "submit", "task": {"task_type": "forbidden"}}"#,
+        ])
+        .arg(&component));
+    assert_eq!(json_of(&denied)["output"]["decision"], "deny");
+    assert!(policy.join("deny_forbidden.toml").is_file());
+}
+
+#[test]
+fn check_rejects_a_plugin_importing_the_filesystem_with_exit_code_one() {
+    let forbidden = guest_path("forbidden_import").unwrap();
+    let checked = run(aragora_cp().args(["plugin", "check", forbidden]));
+    assert_eq!(checked.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(stdout.contains("rejected") && stdout.contains("wasi:filesystem"), "{stdout}");
+}
+
+#[test]
+fn run_reports_the_log_and_a_failed_call() {
+    let chatty = guest_path("chatty").unwrap();
+    let ran = run(aragora_cp().args(["plugin", "run", chatty, "--input", r#"{"candidates": [{"agent_id": "a"}]}"#]));
+    assert!(ran.status.success());
+    assert!(String::from_utf8_lossy(&ran.stdout).contains("| chatty"), "the plugin's output is shown as its log");
+
+    let trap = guest_path("trap").unwrap();
+    let input = r#"{"task": {"task_type": "misbehave"}, "candidates": [{"agent_id": "a"}, {"agent_id": "b"}]}"#;
+    let failed = run(aragora_cp().args(["plugin", "run", trap, "--output", "json", "--input", input]));
+    assert_eq!(failed.status.code(), Some(1));
+    let result = json_of(&failed);
+    assert_eq!(result["ok"], false);
+    assert!(result["error"].as_str().unwrap().contains("trapped"));
+}
+
+#[test]
+fn bad_input_and_bad_names_are_refused_with_a_message() {
+    let least_loaded = guest_path("least_loaded").unwrap();
+    let bad_json = run(aragora_cp().args(["plugin", "run", least_loaded, "--input", "{not json"]));
+    assert_eq!(bad_json.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_json.stderr).contains("--input is not valid JSON"));
+    let empty = run(aragora_cp().args(["plugin", "run", least_loaded, "--input", r#"{"candidates": []}"#]));
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&empty.stdout).contains("at least one candidate"));
+    let bad_name = run(aragora_cp().args(["plugin", "new", "--kind", "strategy", "Bad-Name"]));
+    assert_eq!(bad_name.status.code(), Some(2));
+}
