@@ -11,4 +11,6 @@
 //! strategy (a plugin) or pulls it with a claim; health probes (plugins) and breakers decide who may take work.
 
 pub mod cli;
+pub mod model;
 pub mod plugins;
+pub mod store;

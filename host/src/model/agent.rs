@@ -1,0 +1,197 @@
+//! Agents: the record the registry keeps (`Agent`), and what agents send to register and heartbeat.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{CapabilitySet, MAX_AGENT_CAPABILITIES, MAX_METADATA_BYTES, TaskId, ValidationError, check_json_size};
+
+/// Lifecycle of an agent (DESIGN §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Registered, not ready yet (reported by the agent).
+    Starting,
+    /// Ready for work.
+    #[default]
+    Ready,
+    /// At capacity (set by the server when `in_flight` reaches `max_concurrent_tasks`), or reported busy.
+    Busy,
+    /// Finishing current work, taking no more.
+    Draining,
+    /// Heartbeats stopped (set by the server).
+    Offline,
+    /// Reported a fatal error, or judged unhealthy.
+    Failed,
+}
+
+impl AgentStatus {
+    /// All statuses, for counters.
+    pub const ALL: [AgentStatus; 6] = [
+        AgentStatus::Starting,
+        AgentStatus::Ready,
+        AgentStatus::Busy,
+        AgentStatus::Draining,
+        AgentStatus::Offline,
+        AgentStatus::Failed,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Starting => "starting",
+            AgentStatus::Ready => "ready",
+            AgentStatus::Busy => "busy",
+            AgentStatus::Draining => "draining",
+            AgentStatus::Offline => "offline",
+            AgentStatus::Failed => "failed",
+        }
+    }
+
+    /// Statuses an agent may report itself (register or heartbeat); `offline` is the server's to set.
+    pub fn reportable(self) -> bool {
+        !matches!(self, AgentStatus::Offline)
+    }
+}
+
+/// An agent as the API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    /// Chosen by the agent: 1–128 characters of `[A-Za-z0-9._:-]`.
+    pub agent_id: String,
+    /// What it can do, normalised and sorted.
+    pub capabilities: CapabilitySet,
+    /// Lifecycle status.
+    pub status: AgentStatus,
+    /// Model it runs (may be empty).
+    pub model: String,
+    /// Provider of the model (may be empty).
+    pub provider: String,
+    /// Free-form metadata (≤ 16 KiB).
+    pub metadata: Map<String, Value>,
+    /// Tasks it may hold at once.
+    pub max_concurrent_tasks: u32,
+    /// Leases it holds now (derived from the leases, never a separate counter).
+    pub in_flight: u32,
+    /// Tasks completed since registration.
+    pub tasks_completed: u64,
+    /// Tasks failed since registration.
+    pub tasks_failed: u64,
+    /// Rolling average latency of completed tasks (claim to completion), in ms.
+    pub avg_latency_ms: f64,
+    /// First registration (RFC 3339).
+    pub registered_at: String,
+    /// Last heartbeat, claim or registration (RFC 3339).
+    pub last_heartbeat: String,
+    /// Last time it was given a task (RFC 3339).
+    pub last_assigned_at: Option<String>,
+    /// Tasks it holds.
+    pub current_task_ids: Vec<TaskId>,
+    /// URL the health probe's HTTP check fetches.
+    pub health_url: Option<String>,
+    /// Paused by an operator: no new work.
+    pub paused: bool,
+    /// Session of the live registration; a register with another session revokes this one's leases.
+    pub session_id: String,
+}
+
+/// `POST /agents` (and `register_agent`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The agent's id.
+    pub agent_id: String,
+    /// Its capabilities.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Its model.
+    #[serde(default)]
+    pub model: String,
+    /// Its provider.
+    #[serde(default)]
+    pub provider: String,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// Tasks it may hold at once (default 1).
+    #[serde(default)]
+    pub max_concurrent_tasks: Option<u32>,
+    /// URL for the probe's HTTP check.
+    #[serde(default)]
+    pub health_url: Option<String>,
+    /// Initial status: `starting` or `ready` (default).
+    #[serde(default)]
+    pub status: Option<AgentStatus>,
+    /// The agent's session; omitted by existing clients (then existing leases are kept).
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+impl RegisterRequest {
+    /// Validates and normalises the request; errors name the field.
+    pub fn validate(&self) -> Result<(CapabilitySet, u32), ValidationError> {
+        validate_agent_id("agent_id", &self.agent_id)?;
+        let capabilities = CapabilitySet::parse("capabilities", &self.capabilities, MAX_AGENT_CAPABILITIES)?;
+        check_json_size("metadata", &Value::Object(self.metadata.clone()), MAX_METADATA_BYTES)?;
+        for (field, value) in [("model", &self.model), ("provider", &self.provider)] {
+            if value.len() > 128 {
+                return Err(ValidationError::new(field, "at most 128 characters"));
+            }
+        }
+        let max_concurrent = self.max_concurrent_tasks.unwrap_or(1);
+        if !(1..=1024).contains(&max_concurrent) {
+            return Err(ValidationError::new("max_concurrent_tasks", "must be 1 to 1024"));
+        }
+        if let Some(status) = self.status
+            && !matches!(status, AgentStatus::Starting | AgentStatus::Ready)
+        {
+            return Err(ValidationError::new("status", "an agent registers as starting or ready"));
+        }
+        if let Some(url) = &self.health_url {
+            let lower = url.to_ascii_lowercase();
+            if url.len() > 2048 || !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                return Err(ValidationError::new("health_url", "must be an http:// or https:// URL"));
+            }
+        }
+        if let Some(session) = &self.session_id
+            && (session.is_empty() || session.len() > 128)
+        {
+            return Err(ValidationError::new("session_id", "must be 1 to 128 characters"));
+        }
+        Ok((capabilities, max_concurrent))
+    }
+}
+
+/// `POST /agents/{id}/heartbeat`; every field optional (existing clients post no body).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// A status the agent reports (`starting`, `ready`, `busy`, `draining`, `failed`).
+    #[serde(default)]
+    pub status: Option<AgentStatus>,
+    /// The tasks the agent believes it holds: older leases missing here are released as undelivered.
+    #[serde(default)]
+    pub current_task_ids: Option<Vec<TaskId>>,
+    /// The agent's session, checked against the live one.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+impl HeartbeatRequest {
+    /// Validates the request.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(status) = self.status
+            && !status.reportable()
+        {
+            return Err(ValidationError::new("status", "offline is set by the server, not reported"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks an agent id: 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn validate_agent_id(field: &str, id: &str) -> Result<(), ValidationError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok { Ok(()) } else { Err(ValidationError::new(field, "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")) }
+}

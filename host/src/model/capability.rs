@@ -1,0 +1,106 @@
+//! Capabilities: what an agent can do and a task requires. At most 64 characters of `[a-z0-9._:-]` after trimming
+//! and lower-casing. A set is kept sorted and deduplicated, so the sorted required set of a task is its
+//! *signature*: the key of the pending index a claim looks up (DESIGN §4).
+
+use serde::{Deserialize, Serialize};
+
+use super::ValidationError;
+
+/// Normalises one capability (trim, lower-case) and checks its characters and length.
+pub fn normalize_capability(field: &str, raw: &str) -> Result<String, ValidationError> {
+    let capability = raw.trim().to_ascii_lowercase();
+    if capability.is_empty() || capability.len() > 64 {
+        return Err(ValidationError::new(field, "a capability must be 1 to 64 characters"));
+    }
+    if !capability.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+        return Err(ValidationError::new(field, format!("{raw:?} may only contain a-z, 0-9, '.', '_', ':' and '-'")));
+    }
+    Ok(capability)
+}
+
+/// A sorted, deduplicated set of capabilities.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CapabilitySet(Vec<String>);
+
+impl CapabilitySet {
+    /// Validates and normalises `raw` (field name for errors, e.g. `required_capabilities`), at most `limit`.
+    pub fn parse(field: &str, raw: &[String], limit: usize) -> Result<Self, ValidationError> {
+        let mut capabilities = raw
+            .iter()
+            .enumerate()
+            .map(|(i, c)| normalize_capability(&format!("{field}[{i}]"), c))
+            .collect::<Result<Vec<_>, _>>()?;
+        capabilities.sort();
+        capabilities.dedup();
+        if capabilities.len() > limit {
+            return Err(ValidationError::new(field, format!("at most {limit} capabilities")));
+        }
+        Ok(CapabilitySet(capabilities))
+    }
+
+    /// A set from already-normalised capabilities (sorted and deduplicated here).
+    pub fn from_normalized(mut capabilities: Vec<String>) -> Self {
+        capabilities.sort();
+        capabilities.dedup();
+        CapabilitySet(capabilities)
+    }
+
+    /// Whether every capability of `self` is in `other` (all-of matching; the empty set matches anyone).
+    pub fn is_subset_of(&self, other: &CapabilitySet) -> bool {
+        // Both sorted: one merge pass.
+        let mut theirs = other.0.iter();
+        self.0.iter().all(|mine| theirs.any(|t| t == mine))
+    }
+
+    /// Whether the set holds `capability`.
+    pub fn contains(&self, capability: &str) -> bool {
+        self.0.binary_search_by(|c| c.as_str().cmp(capability)).is_ok()
+    }
+
+    /// The capabilities, sorted.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Number of capabilities.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds and removes capabilities (policy modifications), keeping the set sorted.
+    pub fn apply(&mut self, add: &[String], remove: &[String]) {
+        self.0.retain(|c| !remove.contains(c));
+        self.0.extend(add.iter().cloned());
+        self.0.sort();
+        self.0.dedup();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> CapabilitySet {
+        CapabilitySet::parse("c", &items.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 64).unwrap()
+    }
+
+    #[test]
+    fn normalises_sorts_and_deduplicates() {
+        assert_eq!(set(&[" Code", "debate", "code"]).as_slice(), &["code".to_string(), "debate".to_string()]);
+        let error = CapabilitySet::parse("required_capabilities", &["ok".into(), "no spaces".into()], 16).unwrap_err();
+        assert_eq!(error.field, "required_capabilities[1]");
+    }
+
+    #[test]
+    fn subset_is_all_of() {
+        assert!(set(&[]).is_subset_of(&set(&["a"])));
+        assert!(set(&["a", "c"]).is_subset_of(&set(&["a", "b", "c"])));
+        assert!(!set(&["a", "d"]).is_subset_of(&set(&["a", "b", "c"])));
+    }
+}

@@ -1,0 +1,104 @@
+//! Events: what happened, emitted by the transition that made it happen (DESIGN §6). They carry ids and small
+//! facts, never payloads or results, and feed SSE, `wait_for_result`, waiter wake-ups and plugin updates.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The kinds of event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A task was accepted.
+    TaskSubmitted,
+    /// A lease was granted (claim or routed assignment).
+    TaskClaimed,
+    /// The agent started the task.
+    TaskStarted,
+    /// The agent reported progress.
+    TaskProgress,
+    /// The task completed.
+    TaskCompleted,
+    /// The task failed for good.
+    TaskFailed,
+    /// The task went back to pending for another attempt.
+    TaskRetried,
+    /// An attempt ran past `timeout_seconds`.
+    TaskTimeout,
+    /// The task was cancelled.
+    TaskCancelled,
+    /// A grant was released without counting a retry (undelivered claim).
+    TaskReleased,
+    /// An agent registered.
+    AgentRegistered,
+    /// An agent registered with a new session; the old session's leases were revoked.
+    AgentRestarted,
+    /// An agent's status changed.
+    AgentStatusChanged,
+    /// An agent stopped heartbeating.
+    AgentOffline,
+    /// An agent unregistered.
+    AgentUnregistered,
+    /// A policy denied or warned.
+    PolicyViolation,
+    /// A plugin version was loaded.
+    PluginLoaded,
+    /// A plugin version was rejected.
+    PluginRejected,
+    /// A plugin source was removed.
+    PluginRemoved,
+    /// An agent's circuit breaker changed state.
+    BreakerChanged,
+    /// An agent's health changed.
+    HealthChanged,
+}
+
+impl EventKind {
+    /// The snake_case name, as in the `type` field and SSE `event:` lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::TaskSubmitted => "task_submitted",
+            EventKind::TaskClaimed => "task_claimed",
+            EventKind::TaskStarted => "task_started",
+            EventKind::TaskProgress => "task_progress",
+            EventKind::TaskCompleted => "task_completed",
+            EventKind::TaskFailed => "task_failed",
+            EventKind::TaskRetried => "task_retried",
+            EventKind::TaskTimeout => "task_timeout",
+            EventKind::TaskCancelled => "task_cancelled",
+            EventKind::TaskReleased => "task_released",
+            EventKind::AgentRegistered => "agent_registered",
+            EventKind::AgentRestarted => "agent_restarted",
+            EventKind::AgentStatusChanged => "agent_status_changed",
+            EventKind::AgentOffline => "agent_offline",
+            EventKind::AgentUnregistered => "agent_unregistered",
+            EventKind::PolicyViolation => "policy_violation",
+            EventKind::PluginLoaded => "plugin_loaded",
+            EventKind::PluginRejected => "plugin_rejected",
+            EventKind::PluginRemoved => "plugin_removed",
+            EventKind::BreakerChanged => "breaker_changed",
+            EventKind::HealthChanged => "health_changed",
+        }
+    }
+}
+
+/// One event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// `<ms>-<seq>`, as Redis stream ids; opaque to clients.
+    pub id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// Store time (RFC 3339).
+    pub time: String,
+    /// The server whose request caused it.
+    pub server_id: String,
+    /// The task concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// The agent concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Small facts (status, reason, attempt…); never payloads or results.
+    pub data: Value,
+}

@@ -1,0 +1,80 @@
+//! The wire types of DESIGN §3: agents, tasks, priorities, capabilities, events, and the validation that turns a
+//! client's mistake into an error naming the field. Everything the API, the CLI, the engine and the stores
+//! exchange is defined here; nothing here knows about storage or HTTP.
+
+mod agent;
+mod capability;
+mod event;
+mod priority;
+mod task;
+
+pub use agent::{Agent, AgentStatus, HeartbeatRequest, RegisterRequest, validate_agent_id};
+pub use capability::{CapabilitySet, normalize_capability};
+pub use event::{Event, EventKind};
+pub use priority::Priority;
+pub use task::{FailKind, NewTask, SubmitRequest, Task, TaskError, TaskId, TaskStatus};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// Largest task payload, serialized (DESIGN §3).
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Largest metadata object, serialized.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Capabilities a task may require.
+pub const MAX_TASK_CAPABILITIES: usize = 16;
+/// Capabilities an agent may hold.
+pub const MAX_AGENT_CAPABILITIES: usize = 64;
+/// Bounds of `timeout_seconds`.
+pub const TIMEOUT_SECONDS_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
+/// Upper bound of `max_retries`.
+pub const MAX_RETRIES_LIMIT: u32 = 100;
+
+/// A client's mistake, naming the field: the API answers 400 (or 413 for sizes) with this message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The offending field, as written on the wire (`payload`, `required_capabilities[2]`, …).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+    /// Whether the problem is a size limit (413) rather than a bad value (400).
+    pub too_large: bool,
+}
+
+impl ValidationError {
+    /// A bad value.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError { field: field.into(), message: message.into(), too_large: false }
+    }
+
+    /// A size over its limit.
+    pub fn too_large(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError { field: field.into(), message: message.into(), too_large: true }
+    }
+}
+
+/// Milliseconds since the Unix epoch, as stored; rendered with [`rfc3339_ms`].
+pub type Millis = u64;
+
+/// Renders store milliseconds as RFC 3339 UTC with milliseconds (the wire's timestamp format).
+pub fn rfc3339_ms(ms: Millis) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Renders a `SystemTime` as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(time: SystemTime) -> String {
+    rfc3339_ms(time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+}
+
+/// Checks that a JSON object serializes within `limit` bytes.
+pub(crate) fn check_json_size(field: &str, value: &serde_json::Value, limit: usize) -> Result<(), ValidationError> {
+    let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > limit {
+        return Err(ValidationError::too_large(field, format!("{size} bytes, over the {limit}-byte limit")));
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Tasks: the record the scheduler keeps (`Task`), what clients submit (`SubmitRequest`, validated into
+//! `NewTask`), and the statuses of the state machine of DESIGN §4.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{
+    CapabilitySet, MAX_METADATA_BYTES, MAX_PAYLOAD_BYTES, MAX_RETRIES_LIMIT, MAX_TASK_CAPABILITIES, Priority,
+    TIMEOUT_SECONDS_RANGE, ValidationError, check_json_size,
+};
+
+/// A task id: `task_` + 32 lower-case hex digits of a UUIDv7. Opaque: nothing orders by it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(String);
+
+impl TaskId {
+    /// A fresh id.
+    pub fn generate() -> Self {
+        TaskId(format!("task_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// Parses an id from a path or body; errors name `field`.
+    pub fn parse(field: &str, text: &str) -> Result<Self, ValidationError> {
+        let ok = text.len() == 37
+            && text.starts_with("task_")
+            && text[5..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(TaskId(text.to_string()))
+        } else {
+            Err(ValidationError::new(field, "a task id is task_ followed by 32 lower-case hex digits"))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The task state machine (DESIGN §4). Terminal states change only by a manual retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Waiting for an agent.
+    Pending,
+    /// A lease is granted; the agent has not reported starting.
+    Claimed,
+    /// The agent started (start call, progress report, or a heartbeat listing it).
+    Running,
+    /// Done, with a result.
+    Completed,
+    /// Failed for good (retries exhausted or not requested).
+    Failed,
+    /// Cancelled by its submitter or an admin.
+    Cancelled,
+    /// Its last attempt timed out with no retries left.
+    Timeout,
+}
+
+impl TaskStatus {
+    /// All statuses, for counters.
+    pub const ALL: [TaskStatus; 7] = [
+        TaskStatus::Pending,
+        TaskStatus::Claimed,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+        TaskStatus::Timeout,
+    ];
+
+    /// Whether the status is final (until a manual retry).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Timeout)
+    }
+
+    /// Whether an agent holds a lease in this status.
+    pub fn is_leased(self) -> bool {
+        matches!(self, TaskStatus::Claimed | TaskStatus::Running)
+    }
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Claimed => "claimed",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Timeout => "timeout",
+        }
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = ValidationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        TaskStatus::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| {
+            ValidationError::new("status", "must be pending, claimed, running, completed, failed, cancelled or timeout")
+        })
+    }
+}
+
+/// What a failure is blamed on: the task (a poison input) or the agent (feeds its circuit breaker).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailKind {
+    /// The task itself failed (does not count against the agent's breaker).
+    #[default]
+    Task,
+    /// The agent failed (counts against its breaker).
+    Agent,
+}
+
+/// A recorded error: a machine-readable code and a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// `task_failed`, `timeout`, `agent_lost`, …
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// A task as the API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// The id.
+    pub task_id: TaskId,
+    /// The id again, for clients of the guide's API.
+    pub id: TaskId,
+    /// Chosen by the submitter.
+    pub task_type: String,
+    /// The input (a JSON object ≤ 1 MiB).
+    pub payload: Value,
+    /// Capabilities an agent must all hold.
+    pub required_capabilities: CapabilitySet,
+    /// Priority.
+    pub priority: Priority,
+    /// State.
+    pub status: TaskStatus,
+    /// Submission time (RFC 3339).
+    pub created_at: String,
+    /// Time of the current attempt's grant.
+    pub claimed_at: Option<String>,
+    /// Time the current attempt started.
+    pub started_at: Option<String>,
+    /// Time it reached a terminal state.
+    pub completed_at: Option<String>,
+    /// The agent holding (or last holding) it.
+    pub assigned_agent: Option<String>,
+    /// The current lease (absent when none is valid).
+    pub lease_id: Option<String>,
+    /// Grant number, from 1: a fencing token for downstream systems.
+    pub attempt: u32,
+    /// Cap on each attempt, counted from `claimed_at`.
+    pub timeout_seconds: u32,
+    /// Automatic retries allowed.
+    pub max_retries: u32,
+    /// Automatic retries used.
+    pub retries: u32,
+    /// Manual retries (`POST /tasks/{id}/retry`).
+    pub manual_retries: u32,
+    /// The result, once completed.
+    pub result: Option<Value>,
+    /// The failure message, once failed.
+    pub error: Option<String>,
+    /// The most recent error of any attempt.
+    pub last_error: Option<TaskError>,
+    /// Free-form metadata (≤ 16 KiB).
+    pub metadata: Map<String, Value>,
+    /// The strategy that routes it to waiting agents (default: the server's `DEFAULT_STRATEGY`).
+    pub strategy: Option<String>,
+    /// Scopes idempotent submission with the submitter.
+    pub idempotency_key: Option<String>,
+    /// The token subject that submitted it.
+    pub submitted_by: String,
+    /// Not claimable before this time (retry backoff).
+    pub available_at: Option<String>,
+    /// The last outcome arrived without a lease or agent to fence it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unfenced: bool,
+    /// The latest progress report of the running attempt.
+    pub progress: Option<Value>,
+}
+
+/// `POST /tasks` (and `submit_task`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The task type.
+    pub task_type: String,
+    /// The input; `{}` when absent.
+    #[serde(default)]
+    pub payload: Option<Value>,
+    /// Capabilities required.
+    #[serde(default)]
+    pub required_capabilities: Vec<String>,
+    /// Priority (default normal).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Timeout per attempt (default `TASK_TIMEOUT`).
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+    /// Automatic retries (default `MAX_TASK_RETRIES`).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Strategy for routing.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// Idempotency key (also accepted as the `Idempotency-Key` header).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A validated submission, ready for the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    /// The id the store will use (generated before the store call, so a retried submit can be recognised).
+    pub task_id: TaskId,
+    /// The task type.
+    pub task_type: String,
+    /// The input object.
+    pub payload: Value,
+    /// Required capabilities: the signature.
+    pub required_capabilities: CapabilitySet,
+    /// Priority.
+    pub priority: Priority,
+    /// Timeout per attempt.
+    pub timeout_seconds: u32,
+    /// Automatic retries.
+    pub max_retries: u32,
+    /// Metadata.
+    pub metadata: Map<String, Value>,
+    /// Strategy name.
+    pub strategy: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Token subject of the submitter.
+    pub submitted_by: String,
+    /// sha256 of the canonical request, compared on an idempotent replay.
+    pub fingerprint: String,
+}
+
+impl SubmitRequest {
+    /// Validates the request and fills the defaults; errors name the field.
+    pub fn validate(
+        self,
+        submitted_by: &str,
+        default_timeout: u32,
+        default_retries: u32,
+    ) -> Result<NewTask, ValidationError> {
+        let task_type = self.task_type.trim().to_string();
+        if task_type.is_empty()
+            || task_type.len() > 128
+            || !task_type.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        {
+            return Err(ValidationError::new("task_type", "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"));
+        }
+        let payload = match self.payload {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(object @ Value::Object(_)) => object,
+            Some(_) => return Err(ValidationError::new("payload", "must be a JSON object")),
+        };
+        check_json_size("payload", &payload, MAX_PAYLOAD_BYTES)?;
+        let required = CapabilitySet::parse("required_capabilities", &self.required_capabilities, MAX_TASK_CAPABILITIES)?;
+        let timeout_seconds = self.timeout_seconds.unwrap_or(default_timeout);
+        if !TIMEOUT_SECONDS_RANGE.contains(&timeout_seconds) {
+            return Err(ValidationError::new("timeout_seconds", "must be 1 to 86400"));
+        }
+        let max_retries = self.max_retries.unwrap_or(default_retries);
+        if max_retries > MAX_RETRIES_LIMIT {
+            return Err(ValidationError::new("max_retries", "must be 0 to 100"));
+        }
+        let metadata = self.metadata.unwrap_or_default();
+        check_json_size("metadata", &Value::Object(metadata.clone()), MAX_METADATA_BYTES)?;
+        if let Some(strategy) = &self.strategy
+            && crate::plugins::validate_name(strategy).is_err()
+        {
+            return Err(ValidationError::new("strategy", "must be a plugin name: 1 to 64 characters of A-Z a-z 0-9 _ . -"));
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > 256)
+        {
+            return Err(ValidationError::new("idempotency_key", "must be 1 to 256 characters"));
+        }
+        let priority = self.priority.unwrap_or_default();
+        let canonical = serde_json::json!({
+            "task_type": task_type,
+            "payload": payload,
+            "required_capabilities": required,
+            "priority": priority,
+            "timeout_seconds": timeout_seconds,
+            "max_retries": max_retries,
+            "metadata": metadata,
+            "strategy": self.strategy,
+        });
+        let fingerprint = crate::plugins::registry::sha256_hex(canonical.to_string().as_bytes());
+        Ok(NewTask {
+            task_id: TaskId::generate(),
+            task_type,
+            payload,
+            required_capabilities: required,
+            priority,
+            timeout_seconds,
+            max_retries,
+            metadata,
+            strategy: self.strategy,
+            idempotency_key: self.idempotency_key,
+            submitted_by: submitted_by.to_string(),
+            fingerprint,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_the_documented_shape() {
+        let id = TaskId::generate();
+        assert!(TaskId::parse("task_id", id.as_str()).is_ok());
+        assert!(TaskId::parse("task_id", "task_XYZ").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_field_and_fills_defaults() {
+        let bad = SubmitRequest { task_type: "code".into(), timeout_seconds: Some(0), ..Default::default() };
+        assert_eq!(bad.validate("me", 300, 3).unwrap_err().field, "timeout_seconds");
+        let ok = SubmitRequest { task_type: "code".into(), ..Default::default() }.validate("me", 300, 3).unwrap();
+        assert_eq!((ok.timeout_seconds, ok.max_retries, ok.priority), (300, 3, Priority::Normal));
+        assert_eq!(ok.payload, serde_json::json!({}));
+        let array = SubmitRequest { task_type: "x".into(), payload: Some(serde_json::json!([1])), ..Default::default() };
+        assert_eq!(array.validate("me", 300, 3).unwrap_err().field, "payload");
+    }
+}

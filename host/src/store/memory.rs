@@ -1,0 +1,1209 @@
+//! The in-memory store, the embedded default: all state behind one mutex, so every transition is atomic by
+//! construction. Time comes from an injected [`Clock`].
+//!
+//! Indexes keep every hot operation independent of the backlog: pending work is kept per capability signature in
+//! an ordered set by score (a claim looks only at the heads of the signatures its agent covers), leases are
+//! ordered by deadline and agents by heartbeat expiry (sweeps take from the front), delayed retries by due time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rand::RngExt;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::{
+    AgentFilter, AgentRegistration, ClaimRequest, Clock, FailRequest, Fence, HeartbeatOutcome, Registered,
+    RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult, StoreStats, Submitted, TaskFilter, TaskPage,
+    Waiter, Withdrawn,
+};
+use crate::model::{
+    Agent, AgentStatus, CapabilitySet, Event, EventKind, FailKind, HeartbeatRequest, NewTask, Priority, Task,
+    TaskError, TaskId, TaskStatus, rfc3339_ms,
+};
+
+/// Ordering key of a pending task: score (priority and age), then the store-issued sequence.
+type QueueKey = (u64, u64, TaskId);
+
+/// Leases revoked per task that are remembered, to answer a late outcome with the right 409 code.
+const REVOKED_HISTORY: usize = 8;
+
+struct TaskRecord {
+    task: Task,
+    /// Store-issued sequence: FIFO within a score.
+    seq: u64,
+    /// Priority score (DESIGN §4), fixed at submit so a requeued task returns to its place.
+    score: u64,
+    claimed_at_ms: Option<u64>,
+    lease_deadline_ms: Option<u64>,
+    available_at_ms: Option<u64>,
+    /// The lease that produced the terminal outcome, for idempotent repeats.
+    outcome_lease: Option<String>,
+    /// Recently revoked leases and why.
+    revoked: VecDeque<(String, RevokeReason)>,
+}
+
+impl TaskRecord {
+    fn key(&self) -> QueueKey {
+        (self.score, self.seq, self.task.task_id.clone())
+    }
+}
+
+struct AgentRecord {
+    agent: Agent,
+    last_heartbeat_ms: u64,
+    expiry_ms: u64,
+    /// Lease grant time per held task (for the heartbeat's `current_task_ids` rule).
+    leases: BTreeMap<TaskId, u64>,
+    /// Leases lost since the last heartbeat.
+    revocations: Vec<Revoked>,
+    completed_latency_total_ms: f64,
+}
+
+#[derive(Default)]
+struct State {
+    seq: u64,
+    tasks: HashMap<TaskId, TaskRecord>,
+    /// Pending, claimable work per signature.
+    ready: HashMap<CapabilitySet, BTreeSet<QueueKey>>,
+    /// Requeued tasks not claimable before their time.
+    delayed: BTreeSet<(u64, TaskId)>,
+    /// Leases by deadline.
+    leases: BTreeSet<(u64, TaskId)>,
+    /// All tasks by sequence, for listing newest first.
+    by_seq: BTreeMap<u64, TaskId>,
+    agents: BTreeMap<String, AgentRecord>,
+    /// Agents by heartbeat expiry.
+    expiry: BTreeSet<(u64, String)>,
+    waiters: BTreeMap<String, (u64, Waiter)>,
+    /// Tokens consumed by `assign`, answered at withdrawal.
+    consumed: HashMap<String, TaskId>,
+    idempotency: HashMap<(String, String), (TaskId, String, u64)>,
+    events: VecDeque<Event>,
+    event_seq: u64,
+    last_event_ms: u64,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    tasks_by_status: BTreeMap<TaskStatus, u64>,
+    pending_by_priority: BTreeMap<Priority, u64>,
+    tasks_by_type: BTreeMap<String, u64>,
+    last_claim_examined: u64,
+}
+
+/// The in-memory store.
+pub struct MemoryStore {
+    config: StoreConfig,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    events: broadcast::Sender<Event>,
+}
+
+impl MemoryStore {
+    /// A store with `config`, reading time from `clock`.
+    pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
+        let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
+        MemoryStore { config, clock, state: Mutex::new(State::default()), events }
+    }
+
+    fn score(&self, priority: Priority, seq: u64, now: u64) -> u64 {
+        match self.config.priority_aging_ms {
+            None => (u64::from(priority.level()) << 40) + seq,
+            Some(aging) => now + u64::from(priority.level()) * aging,
+        }
+    }
+
+    /// Runs one transition under the lock and publishes the events it emitted.
+    fn transition<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> StoreResult<R>) -> StoreResult<R> {
+        let now = self.clock.now_ms();
+        let (result, emitted) = {
+            let mut state = self.state.lock();
+            let mut tx = Tx { state: &mut state, store: self, now, emitted: Vec::new() };
+            let result = f(&mut tx);
+            let emitted = std::mem::take(&mut tx.emitted);
+            (result, emitted)
+        };
+        for event in emitted {
+            let _ = self.events.send(event);
+        }
+        result
+    }
+}
+
+/// One transition in progress: the locked state, the time it runs at, and the events it emitted.
+struct Tx<'a> {
+    state: &'a mut State,
+    store: &'a MemoryStore,
+    now: u64,
+    emitted: Vec<Event>,
+}
+
+impl Tx<'_> {
+    fn emit(&mut self, kind: EventKind, task_id: Option<&TaskId>, agent_id: Option<&str>, data: Value) {
+        let state = &mut *self.state;
+        if self.now == state.last_event_ms {
+            state.event_seq += 1;
+        } else {
+            state.last_event_ms = self.now.max(state.last_event_ms);
+            state.event_seq = 0;
+        }
+        let event = Event {
+            id: format!("{}-{}", state.last_event_ms, state.event_seq),
+            kind,
+            time: rfc3339_ms(self.now),
+            server_id: self.store.config.server_id.clone(),
+            task_id: task_id.map(|t| t.to_string()),
+            agent_id: agent_id.map(str::to_string),
+            data,
+        };
+        state.events.push_back(event.clone());
+        while state.events.len() > self.store.config.event_buffer {
+            state.events.pop_front();
+        }
+        self.emitted.push(event);
+    }
+
+    fn task(&mut self, task_id: &TaskId) -> StoreResult<&mut TaskRecord> {
+        self.state.tasks.get_mut(task_id).ok_or_else(|| StoreError::TaskNotFound(task_id.clone()))
+    }
+
+    fn set_status(&mut self, task_id: &TaskId, status: TaskStatus) {
+        let record = self.state.tasks.get_mut(task_id).expect("task exists");
+        let old = record.task.status;
+        if old == status {
+            return;
+        }
+        let priority = record.task.priority;
+        record.task.status = status;
+        let counters = &mut self.state.stats;
+        *counters.tasks_by_status.entry(old).or_default() -= 1;
+        *counters.tasks_by_status.entry(status).or_default() += 1;
+        if old == TaskStatus::Pending {
+            *counters.pending_by_priority.entry(priority).or_default() -= 1;
+        }
+        if status == TaskStatus::Pending {
+            *counters.pending_by_priority.entry(priority).or_default() += 1;
+        }
+        if status.is_terminal() {
+            record.task.completed_at = Some(rfc3339_ms(self.now));
+        }
+    }
+
+    /// Puts a pending task into the claim index (or the delayed set while it waits out a backoff).
+    fn enqueue(&mut self, task_id: &TaskId) {
+        let record = &self.state.tasks[task_id];
+        match record.available_at_ms {
+            Some(at) if at > self.now => {
+                self.state.delayed.insert((at, task_id.clone()));
+            }
+            _ => {
+                let key = record.key();
+                let signature = record.task.required_capabilities.clone();
+                self.state.ready.entry(signature).or_default().insert(key);
+            }
+        }
+    }
+
+    fn dequeue(&mut self, task_id: &TaskId) {
+        let record = &self.state.tasks[task_id];
+        let key = record.key();
+        if let Some(at) = record.available_at_ms {
+            self.state.delayed.remove(&(at, task_id.clone()));
+        }
+        let signature = &record.task.required_capabilities;
+        if let Some(queue) = self.state.ready.get_mut(signature) {
+            queue.remove(&key);
+            if queue.is_empty() {
+                self.state.ready.remove(signature);
+            }
+        }
+    }
+
+    /// Moves delayed tasks whose backoff is over into the claim index.
+    fn promote_due(&mut self) {
+        while let Some((at, task_id)) = self.state.delayed.first().cloned() {
+            if at > self.now {
+                break;
+            }
+            self.state.delayed.pop_first();
+            if let Some(record) = self.state.tasks.get_mut(&task_id) {
+                record.available_at_ms = None;
+                record.task.available_at = None;
+                self.enqueue(&task_id);
+            }
+        }
+    }
+
+    fn agent(&mut self, agent_id: &str) -> StoreResult<&mut AgentRecord> {
+        self.state.agents.get_mut(agent_id).ok_or_else(|| StoreError::AgentNotFound(agent_id.to_string()))
+    }
+
+    fn check_session(&mut self, agent_id: &str, session: Option<&str>) -> StoreResult<()> {
+        let record = self.agent(agent_id)?;
+        match session {
+            Some(session) if session != record.agent.session_id => Err(StoreError::conflict(
+                "session_replaced",
+                format!("session {session} of agent {agent_id} was replaced by a newer registration"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps an agent alive: heartbeat time, expiry, and `offline` → `ready`.
+    fn touch(&mut self, agent_id: &str) {
+        let now = self.now;
+        let timeout = self.store.config.heartbeat_timeout_ms;
+        let record = self.state.agents.get_mut(agent_id).expect("agent exists");
+        self.state.expiry.remove(&(record.expiry_ms, agent_id.to_string()));
+        record.last_heartbeat_ms = now;
+        record.expiry_ms = now + timeout;
+        record.agent.last_heartbeat = rfc3339_ms(now);
+        self.state.expiry.insert((now + timeout, agent_id.to_string()));
+        if matches!(record.agent.status, AgentStatus::Offline | AgentStatus::Starting) {
+            self.set_agent_status(agent_id, AgentStatus::Ready);
+        }
+        self.refresh_capacity(agent_id);
+    }
+
+    fn set_agent_status(&mut self, agent_id: &str, status: AgentStatus) {
+        let record = self.state.agents.get_mut(agent_id).expect("agent exists");
+        let old = record.agent.status;
+        if old == status {
+            return;
+        }
+        record.agent.status = status;
+        self.emit(
+            EventKind::AgentStatusChanged,
+            None,
+            Some(agent_id),
+            json!({"from": old.as_str(), "to": status.as_str()}),
+        );
+    }
+
+    /// Re-derives `in_flight`, `current_task_ids` and the capacity status (`busy` at capacity, back to `ready`).
+    fn refresh_capacity(&mut self, agent_id: &str) {
+        let record = self.state.agents.get_mut(agent_id).expect("agent exists");
+        record.agent.in_flight = record.leases.len() as u32;
+        record.agent.current_task_ids = record.leases.keys().cloned().collect();
+        let at_capacity = record.agent.in_flight >= record.agent.max_concurrent_tasks;
+        let status = record.agent.status;
+        if at_capacity && status == AgentStatus::Ready {
+            self.set_agent_status(agent_id, AgentStatus::Busy);
+        } else if !at_capacity && status == AgentStatus::Busy {
+            self.set_agent_status(agent_id, AgentStatus::Ready);
+        }
+    }
+
+    /// Grants a pending task (already out of the index) to an agent.
+    fn grant(&mut self, task_id: &TaskId, agent_id: &str, via: &str) -> Task {
+        let now = self.now;
+        let lease_id = format!("{:032x}", rand::rng().random::<u128>());
+        let record = self.state.tasks.get_mut(task_id).expect("task exists");
+        record.task.attempt += 1;
+        record.task.lease_id = Some(lease_id);
+        record.task.assigned_agent = Some(agent_id.to_string());
+        record.task.claimed_at = Some(rfc3339_ms(now));
+        record.task.started_at = None;
+        record.task.progress = None;
+        record.task.unfenced = false;
+        record.claimed_at_ms = Some(now);
+        let deadline = now + u64::from(record.task.timeout_seconds) * 1000;
+        record.lease_deadline_ms = Some(deadline);
+        let attempt = record.task.attempt;
+        self.state.leases.insert((deadline, task_id.clone()));
+        self.set_status(task_id, TaskStatus::Claimed);
+        let agent = self.state.agents.get_mut(agent_id).expect("agent exists");
+        agent.leases.insert(task_id.clone(), now);
+        agent.agent.last_assigned_at = Some(rfc3339_ms(now));
+        self.refresh_capacity(agent_id);
+        self.emit(EventKind::TaskClaimed, Some(task_id), Some(agent_id), json!({"attempt": attempt, "via": via}));
+        self.state.tasks[task_id].task.clone()
+    }
+
+    /// Ends the current lease of a leased task: off the deadline index and the agent's leases.
+    fn drop_lease(&mut self, task_id: &TaskId, revoked: Option<RevokeReason>) {
+        let record = self.state.tasks.get_mut(task_id).expect("task exists");
+        if let Some(deadline) = record.lease_deadline_ms.take() {
+            self.state.leases.remove(&(deadline, task_id.clone()));
+        }
+        let lease = record.task.lease_id.take();
+        if let (Some(lease), Some(reason)) = (&lease, revoked) {
+            record.revoked.push_back((lease.clone(), reason));
+            while record.revoked.len() > REVOKED_HISTORY {
+                record.revoked.pop_front();
+            }
+        }
+        let holder = record.task.assigned_agent.clone();
+        if let Some(agent_id) = holder
+            && let Some(agent) = self.state.agents.get_mut(&agent_id)
+            && agent.leases.remove(task_id).is_some()
+        {
+            if let Some(reason) = revoked {
+                agent.revocations.push(Revoked { task_id: task_id.clone(), reason });
+            }
+            self.refresh_capacity(&agent_id);
+        }
+    }
+
+    /// Puts a task back to pending at its original place, optionally counting a retry and applying backoff.
+    fn requeue(&mut self, task_id: &TaskId, count_retry: bool, error: Option<TaskError>) {
+        let now = self.now;
+        let config = &self.store.config;
+        let (base, cap) = (config.retry_backoff_base_ms, config.retry_backoff_max_ms);
+        let record = self.state.tasks.get_mut(task_id).expect("task exists");
+        if count_retry {
+            record.task.retries += 1;
+        }
+        if let Some(error) = error {
+            record.task.last_error = Some(error);
+        }
+        record.task.claimed_at = None;
+        record.task.started_at = None;
+        record.claimed_at_ms = None;
+        if count_retry && base > 0 {
+            let exponent = record.task.retries.saturating_sub(1).min(30);
+            let backoff = base.saturating_mul(1u64 << exponent).min(cap);
+            let jitter = rand::rng().random_range(0..=backoff / 2);
+            let at = now + backoff / 2 + jitter;
+            record.available_at_ms = Some(at);
+            record.task.available_at = Some(rfc3339_ms(at));
+        }
+        self.set_status(task_id, TaskStatus::Pending);
+        self.enqueue(task_id);
+    }
+
+    /// Agent loss for one lease: requeue counting a retry, or fail with `agent_lost` when retries are exhausted.
+    fn lose(&mut self, task_id: &TaskId, why: &str) {
+        self.drop_lease(task_id, Some(RevokeReason::Reassigned));
+        let record = &self.state.tasks[task_id];
+        let error = TaskError { code: "agent_lost".into(), message: why.to_string() };
+        if record.task.retries < record.task.max_retries {
+            self.requeue(task_id, true, Some(error.clone()));
+            self.emit(EventKind::TaskRetried, Some(task_id), None, json!({"reason": "agent_lost", "error": why}));
+        } else {
+            let record = self.state.tasks.get_mut(task_id).expect("task exists");
+            record.task.error = Some(why.to_string());
+            record.task.last_error = Some(error);
+            self.set_status(task_id, TaskStatus::Failed);
+            self.emit(EventKind::TaskFailed, Some(task_id), None, json!({"reason": "agent_lost", "error": why}));
+        }
+    }
+
+    /// Takes every lease of an agent away (offline, unregistered, session replaced).
+    fn lose_all(&mut self, agent_id: &str, why: &str) {
+        let held: Vec<TaskId> = self.state.agents[agent_id].leases.keys().cloned().collect();
+        for task_id in held {
+            self.lose(&task_id, why);
+        }
+    }
+
+    fn remove_waiters_of(&mut self, agent_id: &str) {
+        self.state.waiters.retain(|_, (_, waiter)| waiter.agent_id != agent_id);
+    }
+
+    /// Whether the agent may be given work now (registered, not paused, not draining, not failed).
+    fn eligible(&self, agent_id: &str) -> bool {
+        self.state.agents.get(agent_id).is_some_and(|a| {
+            !a.agent.paused && !matches!(a.agent.status, AgentStatus::Draining | AgentStatus::Failed)
+        })
+    }
+
+    /// The best claimable task for `capabilities` (lowest score among the signatures it covers), counting how
+    /// many index heads it examined.
+    fn best_for(&mut self, capabilities: &CapabilitySet, skip: &BTreeSet<TaskId>) -> Option<TaskId> {
+        let mut best: Option<&QueueKey> = None;
+        let mut examined = 0;
+        for (signature, queue) in &self.state.ready {
+            if !signature.is_subset_of(capabilities) {
+                continue;
+            }
+            for key in queue.iter().filter(|k| !skip.contains(&k.2)).take(1) {
+                examined += 1;
+                if best.is_none_or(|b| key < b) {
+                    best = Some(key);
+                }
+            }
+        }
+        let found = best.map(|k| k.2.clone());
+        self.state.stats.last_claim_examined = examined;
+        found
+    }
+
+    /// Checks that `fence` holds the task's current lease; explains a revoked one.
+    fn check_fence(&mut self, task_id: &TaskId, fence: &Fence) -> StoreResult<()> {
+        let record = self.task(task_id)?;
+        let status = record.task.status;
+        let revoked_reason = |lease: &str| record.revoked.iter().find(|(l, _)| l == lease).map(|(_, r)| *r);
+        match (status, fence) {
+            (TaskStatus::Claimed | TaskStatus::Running, Fence::Lease(lease)) => {
+                if record.task.lease_id.as_deref() == Some(lease.as_str()) {
+                    return Ok(());
+                }
+                let code = revoked_reason(lease).map(RevokeReason::conflict_code).unwrap_or("lease_lost");
+                Err(StoreError::conflict(code, format!("lease {lease} no longer holds task {task_id}")))
+            }
+            (TaskStatus::Claimed | TaskStatus::Running, Fence::Agent(agent)) => {
+                if record.task.assigned_agent.as_deref() == Some(agent.as_str()) {
+                    Ok(())
+                } else {
+                    Err(StoreError::conflict("lease_lost", format!("agent {agent} does not hold task {task_id}")))
+                }
+            }
+            (TaskStatus::Claimed | TaskStatus::Running, Fence::Unfenced) => Ok(()),
+            (TaskStatus::Cancelled, _) => {
+                Err(StoreError::conflict("task_cancelled", format!("task {task_id} was cancelled")))
+            }
+            (TaskStatus::Timeout, _) => Err(StoreError::conflict("task_timeout", format!("task {task_id} timed out"))),
+            (_, Fence::Lease(lease)) if revoked_reason(lease).is_some() => {
+                let code = revoked_reason(lease).map(RevokeReason::conflict_code).unwrap_or("lease_lost");
+                Err(StoreError::conflict(code, format!("lease {lease} no longer holds task {task_id}")))
+            }
+            _ => Err(StoreError::conflict(
+                "lease_lost",
+                format!("task {task_id} is {} and held by no lease of yours", status.as_str()),
+            )),
+        }
+    }
+
+    /// For an outcome on a finished task: the same outcome from the same holder answers the stored task; anything
+    /// else conflicts. Returns `None` when the task is not finished (the outcome should proceed).
+    fn repeated_outcome(&mut self, task_id: &TaskId, fence: &Fence, outcome: &Outcome) -> StoreResult<Option<Task>> {
+        let record = self.task(task_id)?;
+        let status = record.task.status;
+        if !matches!(status, TaskStatus::Completed | TaskStatus::Failed) {
+            return Ok(None);
+        }
+        let same_holder = match fence {
+            Fence::Lease(lease) => record.outcome_lease.as_deref() == Some(lease.as_str()),
+            Fence::Agent(agent) => record.task.assigned_agent.as_deref() == Some(agent.as_str()),
+            Fence::Unfenced => true,
+        };
+        let same_outcome = match outcome {
+            Outcome::Completed(result) => status == TaskStatus::Completed && record.task.result.as_ref() == Some(result),
+            Outcome::Failed(error) => status == TaskStatus::Failed && record.task.error.as_deref() == Some(error.as_str()),
+        };
+        if same_holder && same_outcome {
+            return Ok(Some(record.task.clone()));
+        }
+        if same_holder {
+            return Err(StoreError::conflict(
+                "outcome_conflict",
+                format!("task {task_id} already ended {} with a different outcome", status.as_str()),
+            ));
+        }
+        Err(StoreError::conflict("lease_lost", format!("task {task_id} already ended {}", status.as_str())))
+    }
+
+    /// Claimed → running, if not yet.
+    fn mark_started(&mut self, task_id: &TaskId) {
+        if self.state.tasks[task_id].task.status == TaskStatus::Claimed {
+            let now = self.now;
+            self.state.tasks.get_mut(task_id).expect("task exists").task.started_at = Some(rfc3339_ms(now));
+            self.set_status(task_id, TaskStatus::Running);
+            let agent = self.state.tasks[task_id].task.assigned_agent.clone();
+            self.emit(EventKind::TaskStarted, Some(task_id), agent.as_deref(), json!({}));
+        }
+    }
+
+    fn record_outcome_lease(&mut self, task_id: &TaskId, fence: &Fence) {
+        let record = self.state.tasks.get_mut(task_id).expect("task exists");
+        record.outcome_lease = record.task.lease_id.clone();
+        record.task.unfenced = matches!(fence, Fence::Unfenced);
+    }
+
+    fn insert_task(&mut self, new: NewTask) -> Submitted {
+        let now = self.now;
+        self.state.seq += 1;
+        let seq = self.state.seq;
+        let score = self.store.score(new.priority, seq, now);
+        let task_id = new.task_id.clone();
+        let task = Task {
+            task_id: task_id.clone(),
+            id: task_id.clone(),
+            task_type: new.task_type.clone(),
+            payload: new.payload,
+            required_capabilities: new.required_capabilities,
+            priority: new.priority,
+            status: TaskStatus::Pending,
+            created_at: rfc3339_ms(now),
+            claimed_at: None,
+            started_at: None,
+            completed_at: None,
+            assigned_agent: None,
+            lease_id: None,
+            attempt: 0,
+            timeout_seconds: new.timeout_seconds,
+            max_retries: new.max_retries,
+            retries: 0,
+            manual_retries: 0,
+            result: None,
+            error: None,
+            last_error: None,
+            metadata: new.metadata,
+            strategy: new.strategy,
+            idempotency_key: new.idempotency_key.clone(),
+            submitted_by: new.submitted_by.clone(),
+            available_at: None,
+            unfenced: false,
+            progress: None,
+        };
+        let priority = task.priority;
+        let data = json!({"task_type": task.task_type, "priority": priority, "required_capabilities": task.required_capabilities});
+        self.state.tasks.insert(
+            task_id.clone(),
+            TaskRecord {
+                task,
+                seq,
+                score,
+                claimed_at_ms: None,
+                lease_deadline_ms: None,
+                available_at_ms: None,
+                outcome_lease: None,
+                revoked: VecDeque::new(),
+            },
+        );
+        self.state.by_seq.insert(seq, task_id.clone());
+        let counters = &mut self.state.stats;
+        *counters.tasks_by_status.entry(TaskStatus::Pending).or_default() += 1;
+        *counters.pending_by_priority.entry(priority).or_default() += 1;
+        *counters.tasks_by_type.entry(new.task_type).or_default() += 1;
+        if let Some(key) = new.idempotency_key {
+            let expires = now + self.store.config.idempotency_ttl_ms;
+            self.state.idempotency.insert((new.submitted_by, key), (task_id.clone(), new.fingerprint, expires));
+        }
+        self.enqueue(&task_id);
+        self.emit(EventKind::TaskSubmitted, Some(&task_id), None, data);
+        Submitted { task_id, replayed: false }
+    }
+
+    /// The idempotency check of a submit: `Some` for a replay, an error for a reused key, `None` to go ahead.
+    fn idempotent_replay(&mut self, new: &NewTask) -> StoreResult<Option<Submitted>> {
+        let Some(key) = &new.idempotency_key else { return Ok(None) };
+        let slot = (new.submitted_by.clone(), key.clone());
+        match self.state.idempotency.get(&slot) {
+            Some((_, _, expires)) if *expires <= self.now => {
+                self.state.idempotency.remove(&slot);
+                Ok(None)
+            }
+            Some((task_id, fingerprint, _)) if *fingerprint == new.fingerprint => {
+                Ok(Some(Submitted { task_id: task_id.clone(), replayed: true }))
+            }
+            Some(_) => Err(StoreError::conflict(
+                "idempotency_key_reused",
+                format!("idempotency key {key:?} was used for a different task"),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn check_new_signature(&self, signatures: &BTreeSet<&CapabilitySet>) -> StoreResult<()> {
+        let new = signatures.iter().filter(|s| !self.state.ready.contains_key(**s)).count();
+        let max = self.store.config.max_signatures;
+        if new > 0 && self.state.ready.len() + new > max {
+            return Err(StoreError::TooManySignatures(max));
+        }
+        Ok(())
+    }
+}
+
+enum Outcome {
+    Completed(Value),
+    Failed(String),
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn describe(&self) -> String {
+        "memory (state is lost when the process exits)".into()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>> {
+        let state = self.state.lock();
+        let start = match after {
+            None => 0,
+            Some(id) => match state.events.iter().position(|e| e.id == id) {
+                Some(position) => position + 1,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(state.events.iter().skip(start).take(limit).cloned().collect()))
+    }
+
+    async fn register(&self, registration: AgentRegistration) -> StoreResult<Registered> {
+        self.transition(|tx| {
+            let now = tx.now;
+            let id = registration.agent_id.clone();
+            let existing = tx.state.agents.contains_key(&id);
+            let mut restarted = false;
+            if existing {
+                let live_session = tx.state.agents[&id].agent.session_id.clone();
+                if let Some(session) = &registration.session_id
+                    && *session != live_session
+                {
+                    tx.lose_all(&id, "the agent registered again with a new session");
+                    restarted = true;
+                }
+                let record = tx.state.agents.get_mut(&id).expect("agent exists");
+                let agent = &mut record.agent;
+                agent.capabilities = registration.capabilities.clone();
+                agent.model = registration.model.clone();
+                agent.provider = registration.provider.clone();
+                agent.metadata = registration.metadata.clone();
+                agent.max_concurrent_tasks = registration.max_concurrent_tasks;
+                agent.health_url = registration.health_url.clone();
+                if let Some(session) = &registration.session_id {
+                    agent.session_id = session.clone();
+                }
+                if matches!(agent.status, AgentStatus::Offline | AgentStatus::Failed | AgentStatus::Starting) {
+                    tx.set_agent_status(&id, registration.status);
+                }
+            } else {
+                let session_id =
+                    registration.session_id.clone().unwrap_or_else(|| format!("{:032x}", rand::rng().random::<u128>()));
+                let agent = Agent {
+                    agent_id: id.clone(),
+                    capabilities: registration.capabilities.clone(),
+                    status: registration.status,
+                    model: registration.model.clone(),
+                    provider: registration.provider.clone(),
+                    metadata: registration.metadata.clone(),
+                    max_concurrent_tasks: registration.max_concurrent_tasks,
+                    in_flight: 0,
+                    tasks_completed: 0,
+                    tasks_failed: 0,
+                    avg_latency_ms: 0.0,
+                    registered_at: rfc3339_ms(now),
+                    last_heartbeat: rfc3339_ms(now),
+                    last_assigned_at: None,
+                    current_task_ids: Vec::new(),
+                    health_url: registration.health_url.clone(),
+                    paused: false,
+                    session_id,
+                };
+                tx.state.agents.insert(
+                    id.clone(),
+                    AgentRecord {
+                        agent,
+                        last_heartbeat_ms: now,
+                        expiry_ms: now,
+                        leases: BTreeMap::new(),
+                        revocations: Vec::new(),
+                        completed_latency_total_ms: 0.0,
+                    },
+                );
+                tx.state.expiry.insert((now, id.clone()));
+            }
+            let status = tx.state.agents[&id].agent.status;
+            tx.touch(&id);
+            if status == AgentStatus::Starting {
+                // `touch` makes a claiming agent ready; a registration keeps the status the agent reported.
+                tx.set_agent_status(&id, AgentStatus::Starting);
+            }
+            let kind = if restarted { EventKind::AgentRestarted } else { EventKind::AgentRegistered };
+            tx.emit(kind, None, Some(&id), json!({"created": !existing}));
+            Ok(Registered { agent: tx.state.agents[&id].agent.clone(), created: !existing, restarted })
+        })
+    }
+
+    async fn heartbeat(&self, agent_id: &str, heartbeat: &HeartbeatRequest) -> StoreResult<HeartbeatOutcome> {
+        self.transition(|tx| {
+            tx.check_session(agent_id, heartbeat.session_id.as_deref())?;
+            tx.touch(agent_id);
+            if let Some(listed) = &heartbeat.current_task_ids {
+                let now = tx.now;
+                let young = tx.store.config.heartbeat_interval_ms;
+                let held: Vec<(TaskId, u64)> =
+                    tx.state.agents[agent_id].leases.iter().map(|(t, at)| (t.clone(), *at)).collect();
+                for (task_id, granted_at) in held {
+                    if listed.contains(&task_id) {
+                        tx.mark_started(&task_id);
+                    } else if now.saturating_sub(granted_at) >= young {
+                        // The agent never heard of this grant: release it, no retry counted.
+                        tx.drop_lease(&task_id, Some(RevokeReason::Reassigned));
+                        tx.requeue(&task_id, false, None);
+                        tx.emit(EventKind::TaskReleased, Some(&task_id), Some(agent_id), json!({"reason": "undelivered"}));
+                    }
+                }
+            }
+            if let Some(status) = heartbeat.status {
+                let current = tx.state.agents[agent_id].agent.status;
+                let target = match status {
+                    // Capacity decides between ready and busy.
+                    AgentStatus::Ready | AgentStatus::Busy => AgentStatus::Ready,
+                    other => other,
+                };
+                if current != target {
+                    tx.set_agent_status(agent_id, target);
+                }
+                tx.refresh_capacity(agent_id);
+                if status == AgentStatus::Busy {
+                    tx.set_agent_status(agent_id, AgentStatus::Busy);
+                }
+            }
+            let record = tx.agent(agent_id)?;
+            let revoked = std::mem::take(&mut record.revocations);
+            Ok(HeartbeatOutcome { status: record.agent.status, revoked })
+        })
+    }
+
+    async fn unregister(&self, agent_id: &str) -> StoreResult<()> {
+        self.transition(|tx| {
+            tx.agent(agent_id)?;
+            tx.lose_all(agent_id, "the agent unregistered");
+            tx.remove_waiters_of(agent_id);
+            let record = tx.state.agents.remove(agent_id).expect("agent exists");
+            tx.state.expiry.remove(&(record.expiry_ms, agent_id.to_string()));
+            tx.emit(EventKind::AgentUnregistered, None, Some(agent_id), json!({}));
+            Ok(())
+        })
+    }
+
+    async fn set_paused(&self, agent_id: &str, paused: bool) -> StoreResult<Agent> {
+        self.transition(|tx| {
+            let record = tx.agent(agent_id)?;
+            if record.agent.paused != paused {
+                record.agent.paused = paused;
+                let status = record.agent.status.as_str();
+                tx.emit(EventKind::AgentStatusChanged, None, Some(agent_id), json!({"paused": paused, "to": status}));
+            }
+            Ok(tx.state.agents[agent_id].agent.clone())
+        })
+    }
+
+    async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>> {
+        Ok(self.state.lock().agents.get(agent_id).map(|r| r.agent.clone()))
+    }
+
+    async fn list_agents(&self, filter: &AgentFilter) -> StoreResult<Vec<Agent>> {
+        let state = self.state.lock();
+        Ok(state
+            .agents
+            .values()
+            .map(|r| &r.agent)
+            .filter(|a| filter.capability.as_ref().is_none_or(|c| a.capabilities.contains(c)))
+            .filter(|a| filter.available.is_none_or(|want| is_available(a) == want))
+            .cloned()
+            .collect())
+    }
+
+    async fn submit(&self, task: NewTask) -> StoreResult<Submitted> {
+        self.transition(|tx| {
+            if let Some(replay) = tx.idempotent_replay(&task)? {
+                return Ok(replay);
+            }
+            tx.check_new_signature(&BTreeSet::from([&task.required_capabilities]))?;
+            Ok(tx.insert_task(task))
+        })
+    }
+
+    async fn submit_batch(&self, tasks: Vec<NewTask>) -> StoreResult<Vec<Submitted>> {
+        self.transition(|tx| {
+            // Check everything before changing anything: all or nothing.
+            let mut replays = Vec::with_capacity(tasks.len());
+            for task in &tasks {
+                replays.push(tx.idempotent_replay(task)?);
+            }
+            let signatures: BTreeSet<&CapabilitySet> = tasks.iter().map(|t| &t.required_capabilities).collect();
+            tx.check_new_signature(&signatures)?;
+            Ok(tasks
+                .into_iter()
+                .zip(replays)
+                .map(|(task, replay)| replay.unwrap_or_else(|| tx.insert_task(task)))
+                .collect())
+        })
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Task>> {
+        self.transition(|tx| {
+            tx.check_session(&request.agent_id, request.session_id.as_deref())?;
+            tx.touch(&request.agent_id);
+            if !tx.eligible(&request.agent_id) {
+                return Ok(Vec::new());
+            }
+            tx.promote_due();
+            let mut granted = Vec::new();
+            while granted.len() < request.max_tasks {
+                let Some(task_id) = tx.best_for(&request.capabilities, &BTreeSet::new()) else { break };
+                tx.dequeue(&task_id);
+                granted.push(tx.grant(&task_id, &request.agent_id, "claim"));
+            }
+            Ok(granted)
+        })
+    }
+
+    async fn peek(&self, capabilities: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>> {
+        self.transition(|tx| {
+            tx.promote_due();
+            let mut seen = BTreeSet::new();
+            let mut peeked = Vec::new();
+            while peeked.len() < limit {
+                let Some(task_id) = tx.best_for(capabilities, &seen) else { break };
+                peeked.push(tx.state.tasks[&task_id].task.clone());
+                seen.insert(task_id);
+            }
+            Ok(peeked)
+        })
+    }
+
+    async fn claim_if(&self, task_id: &TaskId, request: &ClaimRequest) -> StoreResult<Option<Task>> {
+        self.transition(|tx| {
+            tx.check_session(&request.agent_id, request.session_id.as_deref())?;
+            tx.touch(&request.agent_id);
+            let now = tx.now;
+            let record = tx.task(task_id)?;
+            let claimable = record.task.status == TaskStatus::Pending
+                && record.available_at_ms.is_none_or(|at| at <= now)
+                && record.task.required_capabilities.is_subset_of(&request.capabilities);
+            if !claimable || !tx.eligible(&request.agent_id) {
+                return Ok(None);
+            }
+            tx.dequeue(task_id);
+            Ok(Some(tx.grant(task_id, &request.agent_id, "claim")))
+        })
+    }
+
+    async fn register_waiter(&self, waiter: Waiter) -> StoreResult<()> {
+        self.transition(|tx| {
+            tx.agent(&waiter.agent_id)?;
+            let seq = {
+                tx.state.seq += 1;
+                tx.state.seq
+            };
+            tx.state.waiters.insert(waiter.token.clone(), (seq, waiter));
+            Ok(())
+        })
+    }
+
+    async fn withdraw_waiter(&self, token: &str) -> StoreResult<Withdrawn> {
+        self.transition(|tx| {
+            if tx.state.waiters.remove(token).is_some() {
+                return Ok(Withdrawn::Unused);
+            }
+            match tx.state.consumed.remove(token) {
+                Some(task_id) => Ok(Withdrawn::Assigned(Box::new(tx.task(&task_id)?.task.clone()))),
+                None => Ok(Withdrawn::Unused),
+            }
+        })
+    }
+
+    async fn waiters_for(&self, required: &CapabilitySet, limit: usize) -> StoreResult<Vec<Waiter>> {
+        let state = self.state.lock();
+        let mut waiters: Vec<&(u64, Waiter)> =
+            state.waiters.values().filter(|(_, w)| required.is_subset_of(&w.capabilities)).collect();
+        waiters.sort_by_key(|(seq, _)| *seq);
+        Ok(waiters.into_iter().take(limit).map(|(_, w)| w.clone()).collect())
+    }
+
+    async fn assign(&self, task_id: &TaskId, token: &str) -> StoreResult<Option<Task>> {
+        self.transition(|tx| {
+            let Some((_, waiter)) = tx.state.waiters.get(token).cloned() else { return Ok(None) };
+            let now = tx.now;
+            let record = tx.task(task_id)?;
+            let claimable = record.task.status == TaskStatus::Pending
+                && record.available_at_ms.is_none_or(|at| at <= now)
+                && record.task.required_capabilities.is_subset_of(&waiter.capabilities);
+            if !claimable || !tx.eligible(&waiter.agent_id) {
+                return Ok(None);
+            }
+            tx.state.waiters.remove(token);
+            tx.state.consumed.insert(token.to_string(), task_id.clone());
+            tx.dequeue(task_id);
+            tx.touch(&waiter.agent_id);
+            Ok(Some(tx.grant(task_id, &waiter.agent_id, "routed")))
+        })
+    }
+
+    async fn start(&self, task_id: &TaskId, fence: &Fence) -> StoreResult<Task> {
+        self.transition(|tx| {
+            tx.check_fence(task_id, fence)?;
+            tx.mark_started(task_id);
+            Ok(tx.state.tasks[task_id].task.clone())
+        })
+    }
+
+    async fn progress(&self, task_id: &TaskId, fence: &Fence, progress: Value) -> StoreResult<Task> {
+        self.transition(|tx| {
+            tx.check_fence(task_id, fence)?;
+            tx.mark_started(task_id);
+            tx.task(task_id)?.task.progress = Some(progress);
+            let agent = tx.state.tasks[task_id].task.assigned_agent.clone();
+            tx.emit(EventKind::TaskProgress, Some(task_id), agent.as_deref(), json!({}));
+            Ok(tx.state.tasks[task_id].task.clone())
+        })
+    }
+
+    async fn complete(&self, task_id: &TaskId, fence: &Fence, result: Value) -> StoreResult<Task> {
+        self.transition(|tx| {
+            if let Some(stored) = tx.repeated_outcome(task_id, fence, &Outcome::Completed(result.clone()))? {
+                return Ok(stored);
+            }
+            tx.check_fence(task_id, fence)?;
+            let now = tx.now;
+            tx.record_outcome_lease(task_id, fence);
+            let record = tx.state.tasks.get_mut(task_id).expect("task exists");
+            record.task.result = Some(result);
+            let latency = record.claimed_at_ms.map(|at| now.saturating_sub(at) as f64);
+            let agent_id = record.task.assigned_agent.clone();
+            tx.drop_lease(task_id, None);
+            tx.set_status(task_id, TaskStatus::Completed);
+            if let Some(agent_id) = &agent_id
+                && let Some(agent) = tx.state.agents.get_mut(agent_id)
+            {
+                agent.agent.tasks_completed += 1;
+                if let Some(latency) = latency {
+                    agent.completed_latency_total_ms += latency;
+                    agent.agent.avg_latency_ms = agent.completed_latency_total_ms / agent.agent.tasks_completed as f64;
+                }
+            }
+            let unfenced = matches!(fence, Fence::Unfenced);
+            tx.emit(EventKind::TaskCompleted, Some(task_id), agent_id.as_deref(), json!({"unfenced": unfenced}));
+            Ok(tx.state.tasks[task_id].task.clone())
+        })
+    }
+
+    async fn fail(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> StoreResult<Task> {
+        self.transition(|tx| {
+            if let Some(stored) = tx.repeated_outcome(task_id, fence, &Outcome::Failed(failure.error.clone()))? {
+                return Ok(stored);
+            }
+            tx.check_fence(task_id, fence)?;
+            let record = &tx.state.tasks[task_id];
+            let agent_id = record.task.assigned_agent.clone();
+            let retry = failure.requeue && record.task.retries < record.task.max_retries;
+            let error = TaskError { code: "task_failed".into(), message: failure.error.clone() };
+            if let Some(agent_id) = &agent_id
+                && let Some(agent) = tx.state.agents.get_mut(agent_id)
+            {
+                agent.agent.tasks_failed += 1;
+            }
+            let kind = match failure.kind {
+                FailKind::Task => "task",
+                FailKind::Agent => "agent",
+            };
+            if retry {
+                tx.drop_lease(task_id, None);
+                tx.requeue(task_id, true, Some(error));
+                let retries = tx.state.tasks[task_id].task.retries;
+                tx.emit(
+                    EventKind::TaskRetried,
+                    Some(task_id),
+                    agent_id.as_deref(),
+                    json!({"error": failure.error, "kind": kind, "retries": retries}),
+                );
+            } else {
+                tx.record_outcome_lease(task_id, fence);
+                tx.drop_lease(task_id, None);
+                let record = tx.state.tasks.get_mut(task_id).expect("task exists");
+                record.task.error = Some(failure.error.clone());
+                record.task.last_error = Some(error);
+                tx.set_status(task_id, TaskStatus::Failed);
+                tx.emit(EventKind::TaskFailed, Some(task_id), agent_id.as_deref(), json!({"error": failure.error, "kind": kind}));
+            }
+            Ok(tx.state.tasks[task_id].task.clone())
+        })
+    }
+
+    async fn cancel(&self, task_id: &TaskId) -> StoreResult<Task> {
+        self.transition(|tx| {
+            let status = tx.task(task_id)?.task.status;
+            match status {
+                TaskStatus::Cancelled => {}
+                TaskStatus::Pending => {
+                    tx.dequeue(task_id);
+                    tx.set_status(task_id, TaskStatus::Cancelled);
+                    tx.emit(EventKind::TaskCancelled, Some(task_id), None, json!({"was": "pending"}));
+                }
+                TaskStatus::Claimed | TaskStatus::Running => {
+                    let agent_id = tx.state.tasks[task_id].task.assigned_agent.clone();
+                    tx.drop_lease(task_id, Some(RevokeReason::Cancelled));
+                    tx.set_status(task_id, TaskStatus::Cancelled);
+                    tx.emit(EventKind::TaskCancelled, Some(task_id), agent_id.as_deref(), json!({"was": status.as_str()}));
+                }
+                _ => {
+                    return Err(StoreError::conflict(
+                        "invalid_transition",
+                        format!("task {task_id} already ended {}; it cannot be cancelled", status.as_str()),
+                    ));
+                }
+            }
+            Ok(tx.state.tasks[task_id].task.clone())
+        })
+    }
+
+    async fn retry(&self, task_id: &TaskId) -> StoreResult<Task> {
+        self.transition(|tx| {
+            let status = tx.task(task_id)?.task.status;
+            if !matches!(status, TaskStatus::Failed | TaskStatus::Timeout | TaskStatus::Cancelled) {
+                return Err(StoreError::conflict(
+                    "invalid_transition",
+                    format!("task {task_id} is {}; only failed, timed-out or cancelled tasks can be retried", status.as_str()),
+                ));
+            }
+            let record = tx.state.tasks.get_mut(task_id).expect("task exists");
+            record.task.retries = 0;
+            record.task.manual_retries += 1;
+            record.task.result = None;
+            record.task.error = None;
+            record.task.completed_at = None;
+            record.outcome_lease = None;
+            record.available_at_ms = None;
+            record.task.available_at = None;
+            tx.set_status(task_id, TaskStatus::Pending);
+            tx.state.tasks.get_mut(task_id).expect("task exists").task.completed_at = None;
+            tx.enqueue(task_id);
+            tx.emit(EventKind::TaskRetried, Some(task_id), None, json!({"manual": true}));
+            Ok(tx.state.tasks[task_id].task.clone())
+        })
+    }
+
+    async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<()> {
+        self.transition(|tx| {
+            let record = tx.task(task_id)?;
+            if !record.task.status.is_leased() || record.task.lease_id.as_deref() != Some(lease_id) {
+                return Ok(());
+            }
+            let agent_id = record.task.assigned_agent.clone();
+            tx.drop_lease(task_id, Some(RevokeReason::Reassigned));
+            tx.requeue(task_id, false, None);
+            tx.emit(EventKind::TaskReleased, Some(task_id), agent_id.as_deref(), json!({"reason": "undelivered"}));
+            Ok(())
+        })
+    }
+
+    async fn get_task(&self, task_id: &TaskId) -> StoreResult<Option<Task>> {
+        Ok(self.state.lock().tasks.get(task_id).map(|r| r.task.clone()))
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<TaskPage> {
+        let state = self.state.lock();
+        let before = match &filter.cursor {
+            None => u64::MAX,
+            Some(cursor) => cursor.parse::<u64>().map_err(|_| StoreError::conflict("invalid_cursor", "cursor is not one this server issued"))?,
+        };
+        let limit = filter.limit.clamp(1, 1000);
+        let mut tasks = Vec::new();
+        let mut next_cursor = None;
+        for (seq, task_id) in state.by_seq.range(..before).rev() {
+            let task = &state.tasks[task_id].task;
+            let matches = filter.status.is_none_or(|s| s == task.status)
+                && filter.task_type.as_ref().is_none_or(|t| *t == task.task_type)
+                && filter.agent_id.as_ref().is_none_or(|a| task.assigned_agent.as_ref() == Some(a));
+            if !matches {
+                continue;
+            }
+            if tasks.len() == limit {
+                next_cursor = Some((seq + 1).to_string());
+                break;
+            }
+            tasks.push(task.clone());
+        }
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    async fn sweep_timeouts(&self, limit: usize) -> StoreResult<usize> {
+        self.transition(|tx| {
+            let mut swept = 0;
+            while swept < limit {
+                let Some((deadline, task_id)) = tx.state.leases.first().cloned() else { break };
+                if deadline > tx.now {
+                    break;
+                }
+                swept += 1;
+                let agent_id = tx.state.tasks[&task_id].task.assigned_agent.clone();
+                let attempt = tx.state.tasks[&task_id].task.attempt;
+                tx.drop_lease(&task_id, Some(RevokeReason::Timeout));
+                tx.emit(EventKind::TaskTimeout, Some(&task_id), agent_id.as_deref(), json!({"attempt": attempt}));
+                let record = &tx.state.tasks[&task_id];
+                let error = TaskError {
+                    code: "timeout".into(),
+                    message: format!("attempt {attempt} ran past {} s", record.task.timeout_seconds),
+                };
+                if record.task.retries < record.task.max_retries {
+                    tx.requeue(&task_id, true, Some(error));
+                    tx.emit(EventKind::TaskRetried, Some(&task_id), None, json!({"reason": "timeout"}));
+                } else {
+                    tx.task(&task_id)?.task.last_error = Some(error);
+                    tx.set_status(&task_id, TaskStatus::Timeout);
+                }
+            }
+            Ok(swept)
+        })
+    }
+
+    async fn sweep_offline(&self, limit: usize) -> StoreResult<usize> {
+        self.transition(|tx| {
+            let mut swept = 0;
+            while swept < limit {
+                let Some((expiry, agent_id)) = tx.state.expiry.first().cloned() else { break };
+                if expiry > tx.now {
+                    break;
+                }
+                swept += 1;
+                // Off the expiry index until the agent shows a sign of life again.
+                tx.state.expiry.pop_first();
+                tx.lose_all(&agent_id, "the agent stopped heartbeating");
+                tx.remove_waiters_of(&agent_id);
+                tx.set_agent_status(&agent_id, AgentStatus::Offline);
+                tx.emit(EventKind::AgentOffline, None, Some(&agent_id), json!({}));
+            }
+            Ok(swept)
+        })
+    }
+
+    async fn next_deadline(&self) -> StoreResult<Option<u64>> {
+        let state = self.state.lock();
+        let candidates = [
+            state.leases.first().map(|(at, _)| *at),
+            state.expiry.first().map(|(at, _)| *at),
+            state.delayed.first().map(|(at, _)| *at),
+        ];
+        Ok(candidates.into_iter().flatten().min())
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let state = self.state.lock();
+        let mut stats = StoreStats {
+            total_agents: state.agents.len() as u64,
+            waiting_claims: state.waiters.len() as u64,
+            live_signatures: state.ready.len() as u64,
+            last_claim_examined: state.stats.last_claim_examined,
+            ..StoreStats::default()
+        };
+        for record in state.agents.values() {
+            let agent = &record.agent;
+            *stats.agents_by_status.entry(agent.status.as_str().into()).or_default() += 1;
+            *stats.agents_by_provider.entry(agent.provider.clone()).or_default() += 1;
+            for capability in agent.capabilities.as_slice() {
+                *stats.agents_by_capability.entry(capability.clone()).or_default() += 1;
+            }
+            if is_available(agent) {
+                stats.available_agents += 1;
+            }
+        }
+        for (status, count) in &state.stats.tasks_by_status {
+            stats.tasks_by_status.insert(status.as_str().into(), *count);
+        }
+        for (priority, count) in &state.stats.pending_by_priority {
+            stats.pending_by_priority.insert(priority.as_str().into(), *count);
+        }
+        stats.tasks_by_type = state.stats.tasks_by_type.clone();
+        Ok(stats)
+    }
+}
+
+/// Whether an agent could take work now: alive, not paused, not draining or failed, below capacity.
+pub fn is_available(agent: &Agent) -> bool {
+    !agent.paused && matches!(agent.status, AgentStatus::Ready) && agent.in_flight < agent.max_concurrent_tasks
+}

@@ -1,0 +1,398 @@
+//! The `Store` trait: all control-plane state, changed only through named transitions. Each method is one atomic
+//! step (the memory store holds one lock; the Redis store will run one Lua script), so two servers can never both
+//! claim or both finish a task, and a process dying between two calls leaves nothing half-done.
+//!
+//! Transitions take no "now": the store reads its own clock, so every server agrees on time. Backends: `memory`
+//! (the embedded default, `memory.rs`); `redis` comes with its own issue and must pass the same conformance suite
+//! (`tests/tests/all/store_conformance.rs`).
+
+pub mod clock;
+pub mod memory;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::broadcast;
+
+use crate::model::{
+    Agent, AgentStatus, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Task, TaskId, TaskStatus,
+};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use memory::MemoryStore;
+
+/// Settings the store's transitions depend on (from the server configuration, DESIGN §8).
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The id written into events this process causes.
+    pub server_id: String,
+    /// Silence after which an agent is offline, in ms.
+    pub heartbeat_timeout_ms: u64,
+    /// The agents' heartbeat period, in ms: leases younger than this are not released by a heartbeat that omits
+    /// them (the agent may not know of them yet).
+    pub heartbeat_interval_ms: u64,
+    /// Live capability signatures allowed (DESIGN §4).
+    pub max_signatures: usize,
+    /// Priority aging period in ms (`None` = strict priority).
+    pub priority_aging_ms: Option<u64>,
+    /// Retry backoff base in ms (0 = requeued tasks are claimable at once).
+    pub retry_backoff_base_ms: u64,
+    /// Retry backoff cap in ms.
+    pub retry_backoff_max_ms: u64,
+    /// Events kept for resume (SSE `Last-Event-ID`).
+    pub event_buffer: usize,
+    /// Idempotency keys are remembered this long, in ms.
+    pub idempotency_ttl_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            server_id: "local".into(),
+            heartbeat_timeout_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+            max_signatures: 4096,
+            priority_aging_ms: None,
+            retry_backoff_base_ms: 0,
+            retry_backoff_max_ms: 60_000,
+            event_buffer: 10_000,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// Why a transition was refused. Each variant maps to one HTTP status in the API.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// 404: no such agent (a claim tells the agent to register).
+    #[error("agent {0} is not registered")]
+    AgentNotFound(String),
+    /// 404: no such task.
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    /// 409: the transition does not apply to the current state; `code` says why (`lease_lost`, `task_cancelled`,
+    /// `task_timeout`, `outcome_conflict`, `session_replaced`, `idempotency_key_reused`, `invalid_transition`).
+    #[error("{message}")]
+    Conflict {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// 503: the pending index already has `MAX_SIGNATURES` distinct capability sets.
+    #[error("too many distinct capability signatures pending ({0}); retry later")]
+    TooManySignatures(usize),
+    /// 503: the store cannot be reached; the outcome of a write is unknown.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        StoreError::Conflict { code, message: message.into() }
+    }
+}
+
+/// Result of a store transition.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How a task outcome proves its sender holds the task (DESIGN §4, leases and fencing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// The lease id of the grant.
+    Lease(String),
+    /// The holding agent (body `agent_id`, or an `agent:<id>` token).
+    Agent(String),
+    /// Neither (existing clients complete with no body): applies to the current attempt, recorded `unfenced`.
+    Unfenced,
+}
+
+/// A validated registration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRegistration {
+    /// The agent id.
+    pub agent_id: String,
+    /// Its capabilities.
+    pub capabilities: CapabilitySet,
+    /// Its model.
+    pub model: String,
+    /// Its provider.
+    pub provider: String,
+    /// Its metadata.
+    pub metadata: Map<String, Value>,
+    /// Tasks it may hold at once.
+    pub max_concurrent_tasks: u32,
+    /// URL for the probe's HTTP check.
+    pub health_url: Option<String>,
+    /// `starting` or `ready`.
+    pub status: AgentStatus,
+    /// The agent's session, if it sent one.
+    pub session_id: Option<String>,
+}
+
+/// What `register` did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registered {
+    /// The agent now.
+    pub agent: Agent,
+    /// It was not registered before.
+    pub created: bool,
+    /// It came back with a new session: the old session's leases were revoked.
+    pub restarted: bool,
+}
+
+/// Why an agent lost a lease, as a heartbeat reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// The task was cancelled.
+    Cancelled,
+    /// The attempt timed out.
+    Timeout,
+    /// The task was taken away (agent presumed lost, session replaced, undelivered grant released).
+    Reassigned,
+}
+
+impl RevokeReason {
+    /// The 409 `code` for an outcome sent on a lease revoked for this reason.
+    pub fn conflict_code(self) -> &'static str {
+        match self {
+            RevokeReason::Cancelled => "task_cancelled",
+            RevokeReason::Timeout => "task_timeout",
+            RevokeReason::Reassigned => "lease_lost",
+        }
+    }
+}
+
+/// A lease the agent lost since its last heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// The task.
+    pub task_id: TaskId,
+    /// Why.
+    pub reason: RevokeReason,
+}
+
+/// What a heartbeat answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatOutcome {
+    /// The agent's status now.
+    pub status: AgentStatus,
+    /// Leases lost since the last heartbeat.
+    pub revoked: Vec<Revoked>,
+}
+
+/// What `submit` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    /// The task's id (the first one's, on a replay).
+    pub task_id: TaskId,
+    /// The same idempotency key and body were seen before: nothing new was created.
+    pub replayed: bool,
+}
+
+/// A claim: who asks, with which capabilities, for how many tasks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimRequest {
+    /// The agent.
+    pub agent_id: String,
+    /// Capabilities to match on: the registered ones, narrowed by the claim body's.
+    pub capabilities: CapabilitySet,
+    /// Tasks to take at most.
+    pub max_tasks: usize,
+    /// The agent's session, checked against the live one.
+    pub session_id: Option<String>,
+}
+
+/// A blocked claim waiting for a routed task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waiter {
+    /// Single-use token.
+    pub token: String,
+    /// The waiting agent.
+    pub agent_id: String,
+    /// The capabilities it claims with.
+    pub capabilities: CapabilitySet,
+}
+
+/// What withdrawing a waiter found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Withdrawn {
+    /// The token was still unused: nothing was assigned.
+    Unused,
+    /// A submit consumed the token first: this task is the claim's answer.
+    Assigned(Box<Task>),
+}
+
+/// A failure report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailRequest {
+    /// What went wrong.
+    pub error: String,
+    /// Try again if retries remain (default true).
+    pub requeue: bool,
+    /// Blame the task or the agent.
+    pub kind: FailKind,
+}
+
+/// Filters of `GET /agents`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentFilter {
+    /// Only agents holding this capability.
+    pub capability: Option<String>,
+    /// Only agents that could take work now (or only those that could not).
+    pub available: Option<bool>,
+}
+
+/// Filters and paging of `GET /tasks`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskFilter {
+    /// Only this status.
+    pub status: Option<TaskStatus>,
+    /// Only this type.
+    pub task_type: Option<String>,
+    /// Only tasks assigned to this agent.
+    pub agent_id: Option<String>,
+    /// Page size (≤ 1,000).
+    pub limit: usize,
+    /// Continue after this cursor (from the previous page).
+    pub cursor: Option<String>,
+}
+
+/// A page of tasks, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TaskPage {
+    /// The tasks.
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Counters kept by the transitions (never computed by scanning).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// Registered agents.
+    pub total_agents: u64,
+    /// Agents that could take work now.
+    pub available_agents: u64,
+    /// Agents by status.
+    pub agents_by_status: std::collections::BTreeMap<String, u64>,
+    /// Agents by capability.
+    pub agents_by_capability: std::collections::BTreeMap<String, u64>,
+    /// Agents by provider.
+    pub agents_by_provider: std::collections::BTreeMap<String, u64>,
+    /// Tasks by status.
+    pub tasks_by_status: std::collections::BTreeMap<String, u64>,
+    /// Pending tasks by priority.
+    pub pending_by_priority: std::collections::BTreeMap<String, u64>,
+    /// Tasks by type (all statuses retained).
+    pub tasks_by_type: std::collections::BTreeMap<String, u64>,
+    /// Blocked claims waiting now.
+    pub waiting_claims: u64,
+    /// Live capability signatures in the pending index.
+    pub live_signatures: u64,
+    /// Pending index entries examined by the last claim (a complexity probe: flat in the backlog).
+    pub last_claim_examined: u64,
+}
+
+/// All control-plane state. Every method is one atomic transition (or one consistent read).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// One line for the start-up log ("memory", "redis at 127.0.0.1:6379, prefix aragora:cp:").
+    fn describe(&self) -> String;
+
+    /// The store's clock, in ms since the Unix epoch.
+    fn now_ms(&self) -> u64;
+
+    /// Events from now on (every transition's events, from every server of the store).
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+
+    /// Events after `after` (or the oldest kept), at most `limit`; `None` when `after` fell out of the buffer.
+    async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>>;
+
+    /// Registers or re-registers an agent (upsert). A different session revokes the old session's leases.
+    async fn register(&self, registration: AgentRegistration) -> StoreResult<Registered>;
+
+    /// Records a heartbeat: keeps the agent alive, applies its reported status and `current_task_ids`, and
+    /// reports the leases it lost.
+    async fn heartbeat(&self, agent_id: &str, heartbeat: &HeartbeatRequest) -> StoreResult<HeartbeatOutcome>;
+
+    /// Removes an agent; its tasks are requeued (counting a retry) or failed with `agent_lost`.
+    async fn unregister(&self, agent_id: &str) -> StoreResult<()>;
+
+    /// Pauses or resumes an agent.
+    async fn set_paused(&self, agent_id: &str, paused: bool) -> StoreResult<Agent>;
+
+    /// One agent.
+    async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>>;
+
+    /// Agents matching the filter, by id.
+    async fn list_agents(&self, filter: &AgentFilter) -> StoreResult<Vec<Agent>>;
+
+    /// Accepts a task: pending and indexed under its capability signature, or a replay of an idempotent submit.
+    async fn submit(&self, task: NewTask) -> StoreResult<Submitted>;
+
+    /// Accepts several tasks, all or nothing.
+    async fn submit_batch(&self, tasks: Vec<NewTask>) -> StoreResult<Vec<Submitted>>;
+
+    /// Grants the best pending tasks the agent can take (priority, then FIFO), at most `max_tasks`.
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Task>>;
+
+    /// The next pending tasks the capabilities match, in claim order, without taking them (dispatch policies).
+    async fn peek(&self, capabilities: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>>;
+
+    /// Grants `task_id` to the agent if it is still pending and claimable by it.
+    async fn claim_if(&self, task_id: &TaskId, request: &ClaimRequest) -> StoreResult<Option<Task>>;
+
+    /// Registers a blocked claim's single-use waiter token.
+    async fn register_waiter(&self, waiter: Waiter) -> StoreResult<()>;
+
+    /// Withdraws a waiter token: unused, or the task a submit assigned through it.
+    async fn withdraw_waiter(&self, token: &str) -> StoreResult<Withdrawn>;
+
+    /// Waiters whose capabilities cover `required`, oldest first, at most `limit`.
+    async fn waiters_for(&self, required: &CapabilitySet, limit: usize) -> StoreResult<Vec<Waiter>>;
+
+    /// Grants `task_id` through a waiter token: only if the task is still pending, the token unused and the agent
+    /// still eligible.
+    async fn assign(&self, task_id: &TaskId, token: &str) -> StoreResult<Option<Task>>;
+
+    /// The agent started the task (claimed → running).
+    async fn start(&self, task_id: &TaskId, fence: &Fence) -> StoreResult<Task>;
+
+    /// The agent reports progress (claimed → running, progress recorded).
+    async fn progress(&self, task_id: &TaskId, fence: &Fence, progress: Value) -> StoreResult<Task>;
+
+    /// The task completed with `result`. Repeating the same outcome on the same lease answers the stored task.
+    async fn complete(&self, task_id: &TaskId, fence: &Fence, result: Value) -> StoreResult<Task>;
+
+    /// The attempt failed: requeued while retries remain (if asked), else failed.
+    async fn fail(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> StoreResult<Task>;
+
+    /// Cancels a pending or leased task (revoking its lease); cancelling a cancelled task is a no-op.
+    async fn cancel(&self, task_id: &TaskId) -> StoreResult<Task>;
+
+    /// Manual retry of a failed, timed-out or cancelled task: back to pending, `retries` reset.
+    async fn retry(&self, task_id: &TaskId) -> StoreResult<Task>;
+
+    /// Releases a committed grant that never reached its agent: back to pending at its place, no retry counted.
+    async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<()>;
+
+    /// One task.
+    async fn get_task(&self, task_id: &TaskId) -> StoreResult<Option<Task>>;
+
+    /// Tasks matching the filter, newest first, one page.
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<TaskPage>;
+
+    /// Ends attempts past their timeout (requeue or `timeout`); at most `limit`. Returns how many.
+    async fn sweep_timeouts(&self, limit: usize) -> StoreResult<usize>;
+
+    /// Marks agents silent past the heartbeat timeout offline and requeues their tasks; at most `limit`.
+    async fn sweep_offline(&self, limit: usize) -> StoreResult<usize>;
+
+    /// The earliest timeout, heartbeat expiry or backoff deadline, in store ms (what the sweeper sleeps to).
+    async fn next_deadline(&self) -> StoreResult<Option<u64>>;
+
+    /// The counters.
+    async fn stats(&self) -> StoreResult<StoreStats>;
+}
