@@ -184,6 +184,7 @@ pub fn least_loaded_native(candidates: &[Candidate]) -> usize {
 }
 
 fn measure(iterations: usize, mut call: impl FnMut()) -> Percentiles {
+    let iterations = iterations.max(1);
     for _ in 0..iterations / 10 {
         call();
     }

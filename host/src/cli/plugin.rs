@@ -122,10 +122,12 @@ fn read_manifest(file: &Path, explicit: Option<&Path>) -> anyhow::Result<Manifes
     Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// Loads a component as the server would. Instances are not reused, so the call `plugin run` makes runs on a
+/// fresh instance (its report includes `init`'s log and memory) rather than on the one the trial call warmed.
 fn load(file: &Path, manifest: Option<&Path>) -> anyhow::Result<(Result<PluginVersion, String>, usize)> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let manifest = read_manifest(file, manifest)?;
-    let runtime = PluginRuntime::new(RuntimeOptions::default())?;
+    let runtime = PluginRuntime::new(RuntimeOptions { reuse_instances: false, ..RuntimeOptions::default() })?;
     let version =
         loader::load(&runtime, &name_of(file)?, PluginSource::File, &bytes, manifest).map_err(|e| e.to_string());
     Ok((version, bytes.len()))
@@ -235,7 +237,8 @@ fn run_once(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let input = args.input.as_deref().map(read_input).transpose()?;
-    let runtime = PluginRuntime::new(RuntimeOptions::default())?;
+    let runtime =
+        PluginRuntime::new(RuntimeOptions { cache_dir: RuntimeOptions::user_cache_dir(), ..Default::default() })?;
     let registry = std::sync::Arc::new(PluginRegistry::new(runtime, "plugin-watch")?);
     let mut events = registry.subscribe();
     let (_watcher, report) = PluginWatcher::start(&args.dir, registry.clone(), WatchOptions::default())?;

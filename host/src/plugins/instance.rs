@@ -4,7 +4,7 @@
 //! Instance reuse is a measured decision (docs/decisions/0002-plugin-instance-reuse.md, `aragora-cp bench
 //! plugins`): a fresh store + instance + `init` per call costs tens of microseconds, more than the whole goal for
 //! a 10-candidate selection, while a warm instance is a few microseconds. So an instance serves many calls, and
-//! is dropped after any trap (its state may be corrupt) and when its memory grows past half its cap (so one huge
+//! is dropped after any failed call (its state may be corrupt) and when its memory grows past half its cap (so one huge
 //! call does not pin memory for ever). Plugins must not rely on state across calls.
 
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ pub trait World: Sized + Send + 'static {
 pub struct CallReport {
     /// Fuel the call burned.
     pub fuel_used: u64,
-    /// The instance's largest linear memory so far, in bytes.
+    /// The instance's linear memory after the call (all memories), in bytes: it only grows, so this is the peak.
     pub peak_memory_bytes: usize,
     /// Wall time of the call, including taking an instance (and instantiating one if none was warm).
     #[serde(serialize_with = "serialize_micros", rename = "wall_time_us")]
@@ -99,34 +99,58 @@ impl<W: World> Sandbox<W> {
     }
 
     /// Runs `f` on an instance under the call limits, with the guest's clock at `now_ms` and its randomness
-    /// seeded by `seed`.
-    pub fn call<R>(
+    /// seeded by `seed`. `f` returns the guest's answer, already checked: an `Err(CallError)` from it (a bad
+    /// index, a decision that does not fit) fails the call like a trap does, and the instance is not reused.
+    ///
+    /// wasmtime-wasi's synchronous bindings block on tokio when a guest writes to stdout, which panics on a
+    /// runtime worker thread; so on a multi-thread runtime the call runs inside `block_in_place`, and on a
+    /// current-thread runtime on a scoped thread. Outside tokio (CLI, watcher, benchmarks) it runs directly.
+    pub fn call<R: Send>(
         &self,
         now_ms: u64,
         seed: u64,
-        f: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<Result<R, CallError>> + Send,
+    ) -> Result<(R, CallReport), CallError> {
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => self.call_here(now_ms, seed, f),
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => std::thread::scope(|scope| {
+                scope.spawn(|| self.call_here(now_ms, seed, f)).join().expect("plugin call thread panicked")
+            }),
+            Ok(_) => tokio::task::block_in_place(|| self.call_here(now_ms, seed, f)),
+        }
+    }
+
+    fn call_here<R>(
+        &self,
+        now_ms: u64,
+        seed: u64,
+        f: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<Result<R, CallError>>,
     ) -> Result<(R, CallReport), CallError> {
         let started = Instant::now();
         let reused = if self.reuse { self.warm.lock().pop() } else { None };
         let fresh_instance = reused.is_none();
         let mut warm = match reused {
-            Some(warm) => warm,
+            Some(mut warm) => {
+                // A fresh instance keeps what `init` printed in this call's log; a reused one starts clean.
+                warm.store.data_mut().prepare_call(now_ms, seed);
+                warm
+            }
             None => self.instantiate(now_ms, seed)?,
         };
-        self.arm(&mut warm.store, now_ms, seed);
+        self.arm(&mut warm.store);
         let outcome = f(&warm.bindings, &mut warm.store);
         let wall_time = started.elapsed();
         let fuel_left = warm.store.get_fuel().unwrap_or(0);
         let state = warm.store.data_mut();
         let report = CallReport {
             fuel_used: self.limits.fuel.saturating_sub(fuel_left),
-            peak_memory_bytes: state.limiter.peak_memory,
+            peak_memory_bytes: state.limiter.memory_in_use,
             wall_time,
             log: state.take_log(),
             fresh_instance,
         };
         match outcome {
-            Ok(value) => {
+            Ok(Ok(value)) => {
                 if self.reuse && report.peak_memory_bytes <= self.limits.memory_bytes / 2 {
                     let mut pool = self.warm.lock();
                     if pool.len() < MAX_WARM_INSTANCES {
@@ -135,7 +159,9 @@ impl<W: World> Sandbox<W> {
                 }
                 Ok((value, report))
             }
-            // The instance is dropped with `warm`: after a trap its memory may be inconsistent.
+            // In both failure cases the instance is dropped with `warm`: after a trap its memory may be
+            // inconsistent, and a guest that answered nonsense may have done so because of its state.
+            Ok(Err(bad_answer)) => Err(bad_answer),
             Err(error) => Err(self.classify(error, &warm.store)),
         }
     }
@@ -146,11 +172,12 @@ impl<W: World> Sandbox<W> {
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
-        self.arm(&mut store, now_ms, seed);
+        store.data_mut().prepare_call(now_ms, seed);
+        self.arm(&mut store);
         let bindings = W::instantiate(&self.pre, &mut store).map_err(|e| self.classify(e, &store))?;
         // The deadline is for the guest's own work: host-side instantiation (mapping memory, building the WASI
         // context) must not eat into `init`'s time on a busy machine. Fuel still bounds everything the guest ran.
-        store.set_epoch_deadline(self.limits.deadline_ticks());
+        self.arm(&mut store);
         match bindings.init(&mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(message)) => Err(CallError::Init(message)),
@@ -158,19 +185,18 @@ impl<W: World> Sandbox<W> {
         }
     }
 
-    fn arm(&self, store: &mut Store<HostState>, now_ms: u64, seed: u64) {
+    /// Gives the next guest step its full fuel and a fresh deadline.
+    fn arm(&self, store: &mut Store<HostState>) {
         store.set_fuel(self.limits.fuel).expect("fuel is enabled on the engine");
         store.set_epoch_deadline(self.limits.deadline_ticks());
-        store.data_mut().prepare_call(now_ms, seed);
     }
 
     fn classify(&self, error: wasmtime::Error, store: &Store<HostState>) -> CallError {
-        if store.data().limiter.denied {
-            return CallError::Memory { limit_bytes: self.limits.memory_bytes };
-        }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => CallError::OutOfFuel { fuel: self.limits.fuel },
             Some(Trap::Interrupt) => CallError::Deadline { deadline: self.limits.deadline },
+            // A refused memory grow usually surfaces as an abort in the guest's allocator: name the cause.
+            _ if store.data().limiter.denied => CallError::Memory { limit_bytes: self.limits.memory_bytes },
             Some(trap) => CallError::Trap(trap.to_string()),
             None => CallError::Trap(first_line(&format!("{error:#}"))),
         }

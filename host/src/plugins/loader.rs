@@ -167,7 +167,7 @@ pub fn load(
     match trial {
         Ok(()) => {}
         Err(CallError::Init(message)) => return Err(LoadError::Init(message)),
-        Err(error) => return Err(LoadError::Trial(error.to_string())),
+        Err(error) => return Err(LoadError::Trial(error)),
     }
     Ok(PluginVersion {
         name: name.to_string(),

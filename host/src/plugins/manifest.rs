@@ -79,6 +79,10 @@ pub struct Manifest {
     pub config: toml::Table,
 }
 
+/// Largest `deadline_ms` a manifest may write (the server maxima cap it further); keeps the conversion to a
+/// `Duration` in range.
+const MAX_DEADLINE_MS: f64 = 3_600_000.0;
+
 /// Order of policies without one in their manifest.
 pub const DEFAULT_ORDER: i64 = 100;
 
@@ -87,9 +91,11 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         if let Some(ms) = manifest.limits.deadline_ms
-            && !(ms.is_finite() && ms > 0.0)
+            && !(ms.is_finite() && ms > 0.0 && ms <= MAX_DEADLINE_MS)
         {
-            return Err(format!("limits.deadline_ms must be a positive number of milliseconds, got {ms}"));
+            return Err(format!(
+                "limits.deadline_ms must be a positive number of milliseconds up to one hour, got {ms}"
+            ));
         }
         for label in &manifest.labels {
             if label.is_empty() || label.len() > 64 {

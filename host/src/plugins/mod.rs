@@ -133,10 +133,30 @@ pub enum LoadError {
     Init(String),
     /// The trial call trapped, ran out of fuel or time, or answered nonsense.
     #[error("trial call failed: {0}")]
-    Trial(String),
+    Trial(CallError),
+    /// The name is taken by a plugin of another kind (from another source).
+    #[error("the name {name} belongs to a {existing} ({source_of_existing}); a {offered} cannot take it")]
+    KindConflict {
+        /// The plugin name.
+        name: String,
+        /// Kind of the versions already under the name.
+        existing: PluginKind,
+        /// Where that version comes from.
+        source_of_existing: PluginSource,
+        /// Kind of the version offered.
+        offered: PluginKind,
+    },
     /// The plugin name is not usable.
     #[error("invalid plugin name {0:?}: use 1 to 64 characters of [A-Za-z0-9_.-]")]
     InvalidName(String),
+}
+
+impl LoadError {
+    /// Whether the rejection may not happen again with the same bytes: the trial call missed its wall-clock
+    /// deadline, which a busy machine can cause.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LoadError::Trial(CallError::Deadline { .. }))
+    }
 }
 
 /// Why a plugin call produced no answer. The server keeps serving; the failure is counted on the version.

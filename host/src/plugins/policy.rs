@@ -38,22 +38,20 @@ impl PolicyPlugin {
     /// Asks the policy about one stage. A modification that does not fit the stage (a register change for a
     /// submit, any change for a dispatch) is a bad answer.
     pub fn evaluate(&self, ctx: CallContext, input: &PolicyInput) -> Result<(Decision, CallReport), CallError> {
-        let (decision, report) = self.sandbox.call(ctx.now_ms, ctx.seed, |bindings, store| {
-            bindings.aragora_control_plane_evaluator().call_evaluate(store, ctx, input)
-        })?;
-        let fits = match (&decision, input) {
-            (Decision::Modify(Modification::Submit(_)), PolicyInput::Submit(_)) => true,
-            (Decision::Modify(Modification::Register(_)), PolicyInput::Register(_)) => true,
-            (Decision::Modify(_), _) => false,
-            _ => true,
-        };
-        if !fits {
-            return Err(CallError::BadDecision(format!(
-                "a {} decision does not fit this stage",
-                decision_name(&decision)
-            )));
-        }
-        Ok((decision, report))
+        self.sandbox.call(ctx.now_ms, ctx.seed, |bindings, store| {
+            let decision = bindings.aragora_control_plane_evaluator().call_evaluate(store, ctx, input)?;
+            let fits = match (&decision, input) {
+                (Decision::Modify(Modification::Submit(_)), PolicyInput::Submit(_)) => true,
+                (Decision::Modify(Modification::Register(_)), PolicyInput::Register(_)) => true,
+                (Decision::Modify(_), _) => false,
+                _ => true,
+            };
+            Ok(if fits {
+                Ok(decision)
+            } else {
+                Err(CallError::BadDecision(format!("a {} decision does not fit this stage", decision_name(&decision))))
+            })
+        })
     }
 
     pub(crate) fn trial(&self) -> Result<(), CallError> {

@@ -40,7 +40,7 @@ impl ProbePlugin {
         observed: &Observations,
     ) -> Result<(ProbeResult, CallReport), CallError> {
         self.sandbox.call(ctx.now_ms, ctx.seed, |bindings, store| {
-            bindings.aragora_control_plane_prober().call_probe(store, ctx, agent, observed)
+            bindings.aragora_control_plane_prober().call_probe(store, ctx, agent, observed).map(Ok)
         })
     }
 

@@ -166,6 +166,8 @@ pub struct PluginRegistry {
     runtime: PluginRuntime,
     server_id: String,
     state: RwLock<State>,
+    /// Serialises installs and removals (never held by calls).
+    changes: parking_lot::Mutex<()>,
     /// The embedded `least_loaded`, the fallback of every strategy call even when a file overrides the name.
     fallback: Arc<PluginVersion>,
     events: broadcast::Sender<PluginEvent>,
@@ -194,6 +196,7 @@ impl PluginRegistry {
             runtime,
             server_id: server_id.into(),
             state: RwLock::new(state),
+            changes: parking_lot::Mutex::new(()),
             fallback: fallback.expect("least_loaded is among the built-ins"),
             events,
         })
@@ -223,15 +226,26 @@ impl PluginRegistry {
         bytes: &[u8],
         manifest: Manifest,
     ) -> Result<Arc<PluginVersion>, LoadError> {
-        // Compile and validate outside the lock: that takes milliseconds, and calls keep flowing meanwhile.
-        match loader::load(&self.runtime, name, source, bytes, manifest) {
+        // Installs and removals are serialised, so a slow validation cannot overwrite a newer version or bring
+        // back a removed one. Calls are not blocked: they only take the state lock, briefly.
+        let _changes = self.changes.lock();
+        // Compile and validate outside the state lock: that takes milliseconds, and calls keep flowing meanwhile.
+        let loaded = loader::load(&self.runtime, name, source, bytes, manifest).and_then(|version| {
+            match self.kind_taken(name, source, version.kind) {
+                Some(conflict) => Err(conflict),
+                None => Ok(version),
+            }
+        });
+        match loaded {
             Ok(version) => {
                 let version = Arc::new(version);
                 let active = {
                     let mut state = self.state.write();
                     let slot = state.slots.entry(name.to_string()).or_default();
                     slot.versions.insert(source, version.clone());
-                    slot.rejection = None;
+                    if slot.rejection.as_ref().is_some_and(|r| r.source == source) {
+                        slot.rejection = None;
+                    }
                     let active = slot.active().is_some_and(|a| Arc::ptr_eq(a, &version));
                     state.rebuild_lists();
                     active
@@ -253,6 +267,20 @@ impl PluginRegistry {
         }
     }
 
+    /// A name keeps one kind across its sources: a policy file must not shadow the built-in strategy of the
+    /// same name (the default strategy would vanish and the file would join the submit chain).
+    fn kind_taken(&self, name: &str, source: PluginSource, kind: PluginKind) -> Option<LoadError> {
+        let state = self.state.read();
+        let slot = state.slots.get(name)?;
+        let (other_source, other) = slot.versions.iter().find(|(s, v)| **s != source && v.kind != kind)?;
+        Some(LoadError::KindConflict {
+            name: name.to_string(),
+            existing: other.kind,
+            source_of_existing: *other_source,
+            offered: kind,
+        })
+    }
+
     /// Records that a version of `name` from `source` was refused before loading (for example, its manifest
     /// does not parse), exactly as if validation had failed.
     pub fn reject(&self, name: &str, source: PluginSource, bytes: &[u8], error: &LoadError) {
@@ -272,6 +300,7 @@ impl PluginRegistry {
     /// Removes the `source` version of `name`; the next source (if any) becomes active. Returns whether there was
     /// such a version.
     pub fn remove(&self, name: &str, source: PluginSource) -> bool {
+        let _changes = self.changes.lock();
         let (removed, now_active) = {
             let mut state = self.state.write();
             let Some(slot) = state.slots.get_mut(name) else { return false };

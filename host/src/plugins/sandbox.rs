@@ -1,9 +1,14 @@
 //! What a plugin may touch: the per-store host state (a null WASI context, the memory limiter, the log, the
 //! frozen clock and the seeded randomness), the import allowlist, and the linker that provides only those imports.
 //!
-//! Guests built with Rust std import `wasi:cli/*` and `wasi:io/*` (and `wasi:random/*` or `wasi:clocks/*` when
-//! they use them). Those are linked from a context with no environment, arguments, files or sockets; anything
-//! else rejects the component at load, naming the interface.
+//! Guests built with Rust std import `wasi:cli/*` and `wasi:io/*` (and `wasi:random/*` or
+//! `wasi:clocks/wall-clock` when they use them). Those are linked from a context with no environment, arguments,
+//! files or sockets; anything else rejects the component at load, naming the interface.
+//!
+//! Both clocks read the call's frozen `now`. The monotonic clock is our own: wasmtime-wasi's `subscribe-duration`
+//! is a real sleep in host code, where neither fuel nor the epoch deadline can interrupt it, so a plugin calling
+//! `sleep` would hold its caller for as long as it liked. Here every clock subscription is ready at once: time
+//! does not pass inside a call, and a plugin that waits for it only burns its own fuel.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +22,8 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::p2::bindings::sync as wasi_sync;
 use wasmtime_wasi::p2::bindings::{cli, clocks, random};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 /// Interface prefixes a plugin may import. Sockets, HTTP and filesystems are absent on purpose. Our own `types`
 /// interface appears as an import because the exported interfaces use its types; it holds no functions.
@@ -57,11 +62,54 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     clocks::wall_clock::add_to_linker::<HostState, WasiClocks>(l, HostState::clocks)?;
-    clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(l, HostState::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<HostState, FrozenMonotonic>(l, |s| FrozenMonotonicView {
+        now_ns: s.clock.now().as_nanos() as u64,
+        table: &mut s.table,
+    })?;
     random::random::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
     random::insecure::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
     random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
     Ok(linker)
+}
+
+/// The monotonic clock plugins see: frozen at the call's `now`, every subscription ready at once.
+struct FrozenMonotonic;
+
+impl HasData for FrozenMonotonic {
+    type Data<'a> = FrozenMonotonicView<'a>;
+}
+
+struct FrozenMonotonicView<'a> {
+    now_ns: u64,
+    table: &'a mut ResourceTable,
+}
+
+/// A clock subscription that is already over.
+struct Elapsed;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Elapsed {
+    async fn ready(&mut self) {}
+}
+
+impl clocks::monotonic_clock::Host for FrozenMonotonicView<'_> {
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.now_ns)
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<u64> {
+        Ok(1_000_000)
+    }
+
+    fn subscribe_instant(&mut self, _when: u64) -> wasmtime::Result<wasmtime::component::Resource<DynPollable>> {
+        let elapsed = self.table.push(Elapsed)?;
+        wasmtime_wasi::p2::subscribe(self.table, elapsed)
+    }
+
+    fn subscribe_duration(&mut self, _duration: u64) -> wasmtime::Result<wasmtime::component::Resource<DynPollable>> {
+        let elapsed = self.table.push(Elapsed)?;
+        wasmtime_wasi::p2::subscribe(self.table, elapsed)
+    }
 }
 
 struct HasTable;
@@ -92,7 +140,6 @@ impl HostState {
             .stdout(log.clone())
             .stderr(log.clone())
             .wall_clock(clock.clone())
-            .monotonic_clock(clock.clone())
             .secure_random(rng.clone())
             .insecure_random(rng.clone())
             .insecure_random_seed(u128::from_le_bytes(identity[..16].try_into().expect("16 bytes")))
@@ -108,7 +155,7 @@ impl HostState {
     }
 
     /// Sets what the guest sees during the next call: its clocks read `now_ms`, its randomness follows `seed`.
-    pub fn prepare_call(&mut self, now_ms: u64, seed: u64) {
+    pub(crate) fn prepare_call(&mut self, now_ms: u64, seed: u64) {
         self.clock.set(now_ms);
         self.rng.reseed(seed);
         self.log.clear();
@@ -127,34 +174,43 @@ impl WasiView for HostState {
     }
 }
 
-/// Caps linear memory and tables per store and remembers the largest memory the guest asked for.
+/// Caps the linear memory and table elements of a whole store (all memories and tables of all the component's
+/// core instances together, so a component with several memories gets one budget, not one each).
 pub struct CallLimiter {
     memory_bytes: usize,
     table_elements: usize,
-    /// Largest linear memory granted, in bytes: the plugin's peak memory.
-    pub peak_memory: usize,
+    /// Bytes of linear memory the store holds now, over all memories: the plugin's memory footprint.
+    pub memory_in_use: usize,
+    /// Table elements the store holds now, over all tables.
+    tables_in_use: usize,
     /// The guest asked for more memory than its cap during the current call.
     pub denied: bool,
 }
 
 impl CallLimiter {
     fn new(memory_bytes: usize, table_elements: usize) -> Self {
-        CallLimiter { memory_bytes, table_elements, peak_memory: 0, denied: false }
+        CallLimiter { memory_bytes, table_elements, memory_in_use: 0, tables_in_use: 0, denied: false }
     }
 }
 
 impl ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes || maximum.is_some_and(|max| desired > max) {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory_in_use - current.min(self.memory_in_use) + desired;
+        if total > self.memory_bytes || maximum.is_some_and(|max| desired > max) {
             self.denied = true;
             return Ok(false);
         }
-        self.peak_memory = self.peak_memory.max(desired);
+        self.memory_in_use = total;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= self.table_elements && maximum.is_none_or(|max| desired <= max))
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.tables_in_use - current.min(self.tables_in_use) + desired;
+        if total > self.table_elements || maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        self.tables_in_use = total;
+        Ok(true)
     }
 }
 
@@ -194,12 +250,19 @@ impl wasmtime_wasi::cli::StdoutStream for PluginLog {
     }
 }
 
-#[wasmtime_wasi::async_trait]
-impl OutputStream for PluginLog {
-    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+impl PluginLog {
+    /// Appends what fits in the call's 4 KiB and drops the rest.
+    fn append(&self, bytes: &[u8]) {
         let mut buffer = self.0.lock();
         let room = LOG_BYTES_PER_CALL.saturating_sub(buffer.len());
         buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for PluginLog {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.append(&bytes);
         Ok(())
     }
 
@@ -224,9 +287,7 @@ impl tokio::io::AsyncWrite for PluginLog {
         _cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let mut buffer = self.0.lock();
-        let room = LOG_BYTES_PER_CALL.saturating_sub(buffer.len());
-        buffer.extend_from_slice(&buf[..buf.len().min(room)]);
+        self.append(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
@@ -245,7 +306,7 @@ impl tokio::io::AsyncWrite for PluginLog {
     }
 }
 
-/// Both guest clocks, frozen at the call's `now`: a plugin's answer depends only on its inputs.
+/// The guest's wall clock, frozen at the call's `now`: a plugin's answer depends only on its inputs.
 #[derive(Clone, Default)]
 struct FrozenClock(Arc<AtomicU64>);
 
@@ -266,16 +327,6 @@ impl HostWallClock for FrozenClock {
 
     fn now(&self) -> Duration {
         FrozenClock::now(self)
-    }
-}
-
-impl HostMonotonicClock for FrozenClock {
-    fn resolution(&self) -> u64 {
-        1_000_000
-    }
-
-    fn now(&self) -> u64 {
-        FrozenClock::now(self).as_nanos() as u64
     }
 }
 

@@ -43,14 +43,15 @@ impl StrategyPlugin {
         candidates: &[Candidate],
         details: &[CandidateDetails],
     ) -> Result<(u32, CallReport), CallError> {
-        let (answer, report) = self.sandbox.call(ctx.now_ms, ctx.seed, |bindings, store| {
-            bindings.aragora_control_plane_selector().call_select(store, ctx, task, candidates, details)
-        })?;
-        match answer {
-            Ok(index) if (index as usize) < candidates.len() => Ok((index, report)),
-            Ok(index) => Err(CallError::BadIndex { index, candidates: candidates.len() }),
-            Err(message) => Err(CallError::Guest(message)),
-        }
+        self.sandbox.call(ctx.now_ms, ctx.seed, |bindings, store| {
+            let answer =
+                bindings.aragora_control_plane_selector().call_select(store, ctx, task, candidates, details)?;
+            Ok(match answer {
+                Ok(index) if (index as usize) < candidates.len() => Ok(index),
+                Ok(index) => Err(CallError::BadIndex { index, candidates: candidates.len() }),
+                Err(message) => Err(CallError::Guest(message)),
+            })
+        })
     }
 
     /// The validation call made before a version is activated: three candidates that differ in every counter.
@@ -134,6 +135,8 @@ pub fn select_with_fallback(
     if candidates.len() == 1 {
         return Selection { index: 0, answered_by: Answerer::Plugin, sha256: None, fallback_reason: None };
     }
+    // When the requested strategy is the embedded one, asking it again would only fail (and count) twice.
+    let embedded_failed = std::ptr::eq(plugin, embedded);
     let reason = match plugin.select(ctx, task, candidates, details) {
         Ok(index) => {
             return Selection {
@@ -146,7 +149,7 @@ pub fn select_with_fallback(
         Err(error) => error.to_string(),
     };
     plugin.stats.record_fallback();
-    if let Ok(index) = embedded.select(ctx, task, candidates, &[]) {
+    if !embedded_failed && let Ok(index) = embedded.select(ctx, task, candidates, &[]) {
         return Selection {
             index,
             answered_by: Answerer::EmbeddedLeastLoaded,
@@ -154,7 +157,9 @@ pub fn select_with_fallback(
             fallback_reason: Some(reason),
         };
     }
-    embedded.stats.record_fallback();
+    if !embedded_failed {
+        embedded.stats.record_fallback();
+    }
     Selection {
         index: fewest_in_flight(candidates),
         answered_by: Answerer::Native,

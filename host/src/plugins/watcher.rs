@@ -17,6 +17,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
 use super::manifest::Manifest;
+use super::runtime::MAX_COMPONENT_BYTES;
 use super::{LoadError, PluginRegistry, PluginSource};
 
 /// Timing of the watcher.
@@ -117,11 +118,12 @@ impl DirectorySync {
     /// Makes the registry's `file` version of `name` match the directory.
     fn reconcile(&mut self, name: &str, report: &mut SyncReport) {
         self.seen.insert(name.to_string(), self.stamp(name));
-        let bytes = match std::fs::read(self.wasm_path(name)) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+        let bytes = match read_bounded(&self.wasm_path(name), MAX_COMPONENT_BYTES) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                // No component (perhaps a lone NAME.toml): drop any file version; the stamp stays recorded so the
+                // rescan does not come back to it until something changes.
                 self.tried.remove(name);
-                self.seen.remove(name);
                 if self.registry.remove(name, PluginSource::File) {
                     report.removed.push(name.to_string());
                 }
@@ -133,21 +135,25 @@ impl DirectorySync {
                 return;
             }
         };
-        let manifest_text = match std::fs::read_to_string(self.manifest_path(name)) {
-            Ok(text) => Some(text),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => Some(format!("# unreadable: {error}")),
+        let manifest_text = match read_bounded(&self.manifest_path(name), MAX_MANIFEST_BYTES) {
+            Ok(None) => Ok(None),
+            Ok(Some(raw)) => String::from_utf8(raw).map(Some).map_err(|_| "NAME.toml is not UTF-8".to_string()),
+            Err(error) => Err(format!("cannot read the manifest: {error}")),
         };
         let fingerprint: [u8; 32] = Sha256::new()
             .chain_update(&bytes)
-            .chain_update(manifest_text.as_deref().unwrap_or("\0no manifest"))
+            .chain_update(match &manifest_text {
+                Ok(Some(text)) => text.as_bytes(),
+                Ok(None) => b"\0no manifest",
+                Err(error) => error.as_bytes(),
+            })
             .finalize()
             .into();
         if self.tried.get(name) == Some(&fingerprint) {
             return;
         }
         self.tried.insert(name.to_string(), fingerprint);
-        let manifest = match manifest_text.as_deref().map(Manifest::parse).transpose() {
+        let manifest = match manifest_text.and_then(|text| text.as_deref().map(Manifest::parse).transpose()) {
             Ok(manifest) => manifest.unwrap_or_default(),
             Err(message) => {
                 self.registry.reject(name, PluginSource::File, &bytes, &LoadError::Manifest(message));
@@ -157,9 +163,40 @@ impl DirectorySync {
         };
         match self.registry.install(name, PluginSource::File, &bytes, manifest) {
             Ok(_) => report.loaded.push(name.to_string()),
-            Err(_) => report.rejected.push(name.to_string()),
+            Err(error) => {
+                if error.is_transient() {
+                    // A trial call that missed its wall-clock deadline on a busy machine says little about the
+                    // plugin: forget this attempt so the next rescan tries again.
+                    self.tried.remove(name);
+                    self.seen.remove(name);
+                }
+                report.rejected.push(name.to_string());
+            }
         }
     }
+}
+
+/// Largest manifest read.
+const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+
+/// Reads a regular file of at most `limit` bytes (one more is read to notice an oversized file, which the loader
+/// then rejects with its size). `None` when there is no such regular file: FIFOs, devices and directories are
+/// never opened, so a stray `x.wasm` pipe cannot block the watcher.
+fn read_bounded(path: &Path, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(file) => file.take(limit as u64 + 1).read_to_end(&mut bytes)?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    Ok(Some(bytes))
 }
 
 /// The plugin name a path stands for: a top-level `NAME.wasm` or `NAME.toml` of `dir`.
@@ -260,11 +297,12 @@ fn follow(
         match receiver.recv_timeout(wait) {
             Ok(WatchMessage::Changed(name)) => {
                 pending.insert(name, Instant::now());
-                continue;
             }
             Ok(WatchMessage::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
         }
+        // Due work runs on every turn, not only on timeouts: a steady stream of events about one file must not
+        // hold back another file's reload or the rescan.
         let now = Instant::now();
         let due: Vec<String> =
             pending.iter().filter(|(_, last)| now >= **last + options.debounce).map(|(name, _)| name.clone()).collect();
@@ -274,10 +312,7 @@ fn follow(
             sync.reconcile(&name, &mut report);
         }
         if now >= next_rescan {
-            let rescanned = sync.rescan();
-            report.loaded.extend(rescanned.loaded);
-            report.rejected.extend(rescanned.rejected);
-            report.removed.extend(rescanned.removed);
+            sync.rescan();
             next_rescan = now + options.rescan;
         }
     }

@@ -200,3 +200,50 @@ fn a_manifest_change_alone_reloads_the_plugin() {
         .expect("bad manifest rejected");
     assert_eq!(registry.active("limited").unwrap().limits.fuel, 2_000_000, "previous version still serving");
 }
+
+#[test]
+fn a_fifo_or_directory_named_like_a_plugin_does_not_block_the_watcher() {
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("mkfifo").arg(dir.path().join("pipe.wasm")).status().unwrap();
+    assert!(made.success());
+    std::fs::create_dir(dir.path().join("folder.wasm")).unwrap();
+    std::fs::write(dir.path().join("real.wasm"), guest_bytes("highest_index")).unwrap();
+    // Start-up reads the directory on this thread: a blocking open of the FIFO would hang the test here.
+    let (_watcher, report) = PluginWatcher::start(dir.path(), registry.clone(), WatchOptions::default()).unwrap();
+    assert_eq!(report.loaded, vec!["real".to_string()]);
+    assert!(registry.info("pipe").is_none() && registry.info("folder").is_none());
+}
+
+#[test]
+fn compiled_code_is_cached_in_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("compiled");
+    let runtime = aragora_cp::plugins::PluginRuntime::new(aragora_cp::plugins::RuntimeOptions {
+        cache_dir: Some(dir.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let bytes = guest_bytes("lowest_latency");
+    aragora_cp::plugins::loader::load(&runtime, "cached", PluginSource::File, &bytes, Default::default()).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the cache directory is private to the server's user");
+    let cached = wait_until(Duration::from_secs(5), || {
+        walk(&dir).iter().any(|path| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0))
+    });
+    assert!(cached.is_some(), "compiled code was written to the cache");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use aragora_cp::plugins::strategy::Answerer;
 use aragora_cp::plugins::{
-    CallError, CallLimits, LoadError, Manifest, PluginKind, PluginSource, PluginVersion, loader,
+    CallError, CallLimits, LoadError, Manifest, PluginKind, PluginRuntime, PluginSource, PluginVersion, RuntimeOptions,
+    loader,
 };
-use aragora_cp_tests::{candidate, ctx, details, guest_bytes, registry, runtime, task};
+use aragora_cp_tests::{candidate, ctx, details, guest_bytes, registry, runtime, task, test_limits};
 
 fn fixture(name: &str) -> PluginVersion {
     fixture_with(name, Manifest::default())
@@ -22,9 +23,12 @@ fn three() -> Vec<aragora_cp::plugins::bindings::Candidate> {
     vec![candidate(2, 0, None), candidate(0, 0, None), candidate(1, 0, None)]
 }
 
-/// After a failed call, the same version answers the next ordinary call (on a fresh instance).
+/// After a failed call, the same version answers the next ordinary call, on a fresh instance: the failed one
+/// was not put back in the pool.
 fn still_serves(plugin: &PluginVersion) {
-    assert_eq!(plugin.select(ctx(1), &task("code"), &three(), &[]), Ok(0), "{} stopped serving", plugin.name);
+    let (index, report) = plugin.select_reporting(ctx(1), &task("code"), &three(), &[]).expect("serves again");
+    assert_eq!(index, 0, "{} answers", plugin.name);
+    assert!(report.fresh_instance, "{}: the instance of the failed call must not be reused", plugin.name);
 }
 
 #[test]
@@ -38,9 +42,14 @@ fn an_endless_loop_runs_out_of_fuel() {
 
 #[test]
 fn an_endless_loop_with_ample_fuel_hits_the_deadline() {
-    // 100 M fuel lasts tens of milliseconds of spinning, so the default 5 ms deadline fires first.
-    let manifest = Manifest::parse("[limits]\nfuel = 100000000\ndeadline_ms = 5\n").unwrap();
-    let plugin = fixture_with("spin_forever", manifest);
+    // Fuel practically unlimited (a runtime whose maxima allow it), so only the wall-clock deadline can stop the
+    // loop, however long the test machine keeps the epoch ticker waiting.
+    let maxima = CallLimits { fuel: u64::MAX / 2, ..CallLimits::server_maxima() };
+    let runtime =
+        PluginRuntime::new(RuntimeOptions { maxima, default_limits: test_limits, ..RuntimeOptions::default() })
+            .unwrap();
+    let manifest = Manifest::parse("[limits]\nfuel = 1000000000000\ndeadline_ms = 5\n").unwrap();
+    let plugin = loader::load(&runtime, "spin", PluginSource::File, &guest_bytes("spin_forever"), manifest).unwrap();
     assert_eq!(plugin.limits.deadline, Duration::from_millis(5));
     let outcome = plugin.select(ctx(1), &task("misbehave"), &three(), &[]);
     assert_eq!(outcome, Err(CallError::Deadline { deadline: Duration::from_millis(5) }));
@@ -134,11 +143,61 @@ fn a_failing_strategy_falls_back_to_the_embedded_least_loaded_and_counts_it() {
 }
 
 #[test]
-fn plugin_output_becomes_its_log_and_clocks_read_the_call_time() {
+fn plugin_output_becomes_its_log() {
     let plugin = fixture("chatty");
     let (index, report) = plugin.select_reporting(ctx(1), &task("code"), &three(), &details(3)).unwrap();
     assert_eq!(index, 0);
     assert!(report.log.contains("chatty"), "log was {:?}", report.log);
     assert!(report.fuel_used > 0);
     assert!(report.peak_memory_bytes > 0);
+    // The log belongs to its call: the next call starts with an empty one (then fills it again).
+    let (_, again) = plugin.select_reporting(ctx(2), &task("code"), &three(), &[]).unwrap();
+    assert_eq!(again.log.matches("chatty").count(), report.log.matches("chatty").count());
+}
+
+#[test]
+fn guest_clocks_read_the_call_time() {
+    let plugin = fixture("clock_reader");
+    for now_ms in [1_700_000_000_000, 1_800_000_000_123] {
+        let context = aragora_cp::plugins::bindings::CallContext { now_ms, seed: 1 };
+        let outcome = plugin.select(context, &task("read-clock"), &three(), &[]);
+        assert_eq!(outcome, Err(CallError::Guest(format!("now_ms={now_ms}"))));
+    }
+}
+
+#[test]
+fn a_plugin_that_sleeps_does_not_hold_its_caller() {
+    // The fixture sleeps an hour; clock subscriptions in the sandbox are ready at once, so it answers now.
+    let plugin = fixture("sleeper");
+    let started = std::time::Instant::now();
+    assert_eq!(plugin.select(ctx(1), &task("code"), &three(), &[]), Ok(2));
+    assert!(started.elapsed() < Duration::from_secs(60), "the sleep was not cut short");
+}
+
+#[test]
+fn a_strategy_answering_an_out_of_range_index_fails_and_its_instance_is_dropped() {
+    let plugin = fixture("highest_index");
+    let outcome = plugin.select(ctx(1), &task("misbehave"), &three(), &[]);
+    assert_eq!(outcome, Err(CallError::BadIndex { index: 3, candidates: 3 }));
+    let (index, report) = plugin.select_reporting(ctx(1), &task("code"), &three(), &[]).unwrap();
+    assert_eq!(index, 2);
+    assert!(report.fresh_instance, "an instance that answered nonsense is not reused");
+}
+
+#[test]
+fn a_name_keeps_its_kind_across_sources() {
+    let registry = registry();
+    let error = registry
+        .install("least_loaded", PluginSource::File, &guest_bytes("payload_size_policy"), Manifest::default())
+        .expect_err("a policy must not shadow the built-in strategy");
+    assert!(matches!(error, LoadError::KindConflict { .. }), "{error:?}");
+    assert_eq!(registry.active("least_loaded").unwrap().source, PluginSource::Builtin);
+    assert!(registry.policies().is_empty());
+}
+
+#[test]
+fn a_manifest_with_an_absurd_deadline_is_refused_not_a_panic() {
+    assert!(Manifest::parse("[limits]\ndeadline_ms = 1e300\n").is_err());
+    assert!(Manifest::parse("[limits]\ndeadline_ms = -1\n").is_err());
+    assert!(Manifest::parse("unknown_key = 1\n").is_err());
 }

@@ -15,10 +15,14 @@ impl Guest for HighestIndex {
 
     fn select(
         _ctx: CallContext,
-        _task: TaskInfo,
+        task: TaskInfo,
         candidates: Vec<Candidate>,
         _details: Vec<CandidateDetails>,
     ) -> Result<u32, String> {
+        if task.task_type == "misbehave" {
+            // One past the end: the host must treat it as a failed call.
+            return Ok(candidates.len() as u32);
+        }
         candidates.len().checked_sub(1).map(|index| index as u32).ok_or_else(|| "no candidates".to_string())
     }
 }
