@@ -11,6 +11,10 @@
 //! strategy (a plugin) or pulls it with a claim; health probes (plugins) and breakers decide who may take work.
 
 pub mod cli;
+pub mod config;
+pub mod coordinator;
 pub mod model;
 pub mod plugins;
+pub mod registry;
+pub mod scheduler;
 pub mod store;

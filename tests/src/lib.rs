@@ -1,5 +1,8 @@
 //! Shared support for the end-to-end tests: plugin runtimes with test-friendly limits, the guests built from
-//! `plugins/`, candidate builders, temporary plugin directories and polling helpers.
+//! `plugins/`, candidate builders, temporary plugin directories and polling helpers; and, in [`store_harness`], the
+//! store-agnostic harness of the store conformance suite and model test.
+
+pub mod store_harness;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -18,6 +18,8 @@ use crate::plugins::{Manifest, PluginRuntime, PluginSource, PluginVersion, Runti
 pub enum BenchCommand {
     /// Strategy selection latency: plugin (warm and fresh instances) versus native, per candidate count.
     Plugins(PluginBenchArgs),
+    /// In-process engine on the memory store: lifecycle throughput and claim latency against the backlog.
+    Engine(super::bench_engine::EngineBenchArgs),
 }
 
 /// Arguments of `bench plugins`.
@@ -48,6 +50,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        BenchCommand::Engine(args) => super::bench_engine::run(args),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The `aragora-cp` command line: argument parsing and dispatch to one module per command group.
-//! `plugin.rs` holds the plugin author's tools (check, run, new); `bench.rs` the benchmarks.
+//! `plugin.rs` holds the plugin author's tools (check, run, new, watch); `bench.rs` and `bench_engine.rs` the
+//! benchmarks.
 
 pub mod bench;
+pub mod bench_engine;
 pub mod plugin;
 
 use std::process::ExitCode;

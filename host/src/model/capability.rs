@@ -12,7 +12,10 @@ pub fn normalize_capability(field: &str, raw: &str) -> Result<String, Validation
     if capability.is_empty() || capability.len() > 64 {
         return Err(ValidationError::new(field, "a capability must be 1 to 64 characters"));
     }
-    if !capability.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+    if !capability
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
         return Err(ValidationError::new(field, format!("{raw:?} may only contain a-z, 0-9, '.', '_', ':' and '-'")));
     }
     Ok(capability)

@@ -60,9 +60,7 @@ pub type Millis = u64;
 
 /// Renders store milliseconds as RFC 3339 UTC with milliseconds (the wire's timestamp format).
 pub fn rfc3339_ms(ms: Millis) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms as i64)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Renders a `SystemTime` as RFC 3339 UTC with milliseconds.

@@ -276,7 +276,8 @@ impl SubmitRequest {
             Some(_) => return Err(ValidationError::new("payload", "must be a JSON object")),
         };
         check_json_size("payload", &payload, MAX_PAYLOAD_BYTES)?;
-        let required = CapabilitySet::parse("required_capabilities", &self.required_capabilities, MAX_TASK_CAPABILITIES)?;
+        let required =
+            CapabilitySet::parse("required_capabilities", &self.required_capabilities, MAX_TASK_CAPABILITIES)?;
         let timeout_seconds = self.timeout_seconds.unwrap_or(default_timeout);
         if !TIMEOUT_SECONDS_RANGE.contains(&timeout_seconds) {
             return Err(ValidationError::new("timeout_seconds", "must be 1 to 86400"));
@@ -290,7 +291,10 @@ impl SubmitRequest {
         if let Some(strategy) = &self.strategy
             && crate::plugins::validate_name(strategy).is_err()
         {
-            return Err(ValidationError::new("strategy", "must be a plugin name: 1 to 64 characters of A-Z a-z 0-9 _ . -"));
+            return Err(ValidationError::new(
+                "strategy",
+                "must be a plugin name: 1 to 64 characters of A-Z a-z 0-9 _ . -",
+            ));
         }
         if let Some(key) = &self.idempotency_key
             && (key.is_empty() || key.len() > 256)
@@ -344,7 +348,8 @@ mod tests {
         let ok = SubmitRequest { task_type: "code".into(), ..Default::default() }.validate("me", 300, 3).unwrap();
         assert_eq!((ok.timeout_seconds, ok.max_retries, ok.priority), (300, 3, Priority::Normal));
         assert_eq!(ok.payload, serde_json::json!({}));
-        let array = SubmitRequest { task_type: "x".into(), payload: Some(serde_json::json!([1])), ..Default::default() };
+        let array =
+            SubmitRequest { task_type: "x".into(), payload: Some(serde_json::json!([1])), ..Default::default() };
         assert_eq!(array.validate("me", 300, 3).unwrap_err().field, "payload");
     }
 }

@@ -119,15 +119,16 @@ impl MemoryStore {
 
     /// Runs one transition under the lock and publishes the events it emitted.
     fn transition<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> StoreResult<R>) -> StoreResult<R> {
+        // Both the clock read and the publication happen under the lock (conformance fix): reading `now` before
+        // locking let a transition that waited for the lock commit with an older time than the one before it
+        // (time going backwards across transitions, duplicate event ids), and publishing after unlocking let
+        // subscribers receive events out of log order (a client resuming after the last id it saw could miss one).
+        // `broadcast::Sender::send` never blocks, so sending under the lock is cheap.
+        let mut state = self.state.lock();
         let now = self.clock.now_ms();
-        let (result, emitted) = {
-            let mut state = self.state.lock();
-            let mut tx = Tx { state: &mut state, store: self, now, emitted: Vec::new() };
-            let result = f(&mut tx);
-            let emitted = std::mem::take(&mut tx.emitted);
-            (result, emitted)
-        };
-        for event in emitted {
+        let mut tx = Tx { state: &mut state, store: self, now, emitted: Vec::new() };
+        let result = f(&mut tx);
+        for event in std::mem::take(&mut tx.emitted) {
             let _ = self.events.send(event);
         }
         result
@@ -145,7 +146,9 @@ struct Tx<'a> {
 impl Tx<'_> {
     fn emit(&mut self, kind: EventKind, task_id: Option<&TaskId>, agent_id: Option<&str>, data: Value) {
         let state = &mut *self.state;
-        if self.now == state.last_event_ms {
+        // `<=`, not `==` (conformance fix): an event at an earlier ms than the last one keeps the last ms and must
+        // take the next sequence number, not restart at 0 (which repeated an id already issued).
+        if self.now <= state.last_event_ms {
             state.event_seq += 1;
         } else {
             state.last_event_ms = self.now.max(state.last_event_ms);
@@ -407,9 +410,10 @@ impl Tx<'_> {
 
     /// Whether the agent may be given work now (registered, not paused, not draining, not failed).
     fn eligible(&self, agent_id: &str) -> bool {
-        self.state.agents.get(agent_id).is_some_and(|a| {
-            !a.agent.paused && !matches!(a.agent.status, AgentStatus::Draining | AgentStatus::Failed)
-        })
+        self.state
+            .agents
+            .get(agent_id)
+            .is_some_and(|a| !a.agent.paused && !matches!(a.agent.status, AgentStatus::Draining | AgentStatus::Failed))
     }
 
     /// The best claimable task for `capabilities` (lowest score among the signatures it covers), counting how
@@ -483,8 +487,12 @@ impl Tx<'_> {
             Fence::Unfenced => true,
         };
         let same_outcome = match outcome {
-            Outcome::Completed(result) => status == TaskStatus::Completed && record.task.result.as_ref() == Some(result),
-            Outcome::Failed(error) => status == TaskStatus::Failed && record.task.error.as_deref() == Some(error.as_str()),
+            Outcome::Completed(result) => {
+                status == TaskStatus::Completed && record.task.result.as_ref() == Some(result)
+            }
+            Outcome::Failed(error) => {
+                status == TaskStatus::Failed && record.task.error.as_deref() == Some(error.as_str())
+            }
         };
         if same_holder && same_outcome {
             return Ok(Some(record.task.clone()));
@@ -733,7 +741,12 @@ impl Store for MemoryStore {
                         // The agent never heard of this grant: release it, no retry counted.
                         tx.drop_lease(&task_id, Some(RevokeReason::Reassigned));
                         tx.requeue(&task_id, false, None);
-                        tx.emit(EventKind::TaskReleased, Some(&task_id), Some(agent_id), json!({"reason": "undelivered"}));
+                        tx.emit(
+                            EventKind::TaskReleased,
+                            Some(&task_id),
+                            Some(agent_id),
+                            json!({"reason": "undelivered"}),
+                        );
                     }
                 }
             }
@@ -811,8 +824,27 @@ impl Store for MemoryStore {
     async fn submit_batch(&self, tasks: Vec<NewTask>) -> StoreResult<Vec<Submitted>> {
         self.transition(|tx| {
             // Check everything before changing anything: all or nothing.
-            let mut replays = Vec::with_capacity(tasks.len());
-            for task in &tasks {
+            let mut replays: Vec<Option<Submitted>> = Vec::with_capacity(tasks.len());
+            // Conformance fix: a key repeated within the batch is a replay of its first use in the batch (same
+            // body) or a conflict (different body); before, both entries were inserted as separate tasks.
+            let mut first_use: HashMap<(&str, &str), usize> = HashMap::new();
+            for (i, task) in tasks.iter().enumerate() {
+                if let Some(key) = &task.idempotency_key
+                    && let Some(&first) = first_use.get(&(task.submitted_by.as_str(), key.as_str()))
+                {
+                    if tasks[first].fingerprint != task.fingerprint {
+                        return Err(StoreError::conflict(
+                            "idempotency_key_reused",
+                            format!("idempotency key {key:?} is used for two different tasks of the batch"),
+                        ));
+                    }
+                    let task_id = replays[first].as_ref().map_or(&tasks[first].task_id, |s| &s.task_id).clone();
+                    replays.push(Some(Submitted { task_id, replayed: true }));
+                    continue;
+                }
+                if let Some(key) = &task.idempotency_key {
+                    first_use.insert((task.submitted_by.as_str(), key.as_str()), i);
+                }
                 replays.push(tx.idempotent_replay(task)?);
             }
             let signatures: BTreeSet<&CapabilitySet> = tasks.iter().map(|t| &t.required_capabilities).collect();
@@ -1009,7 +1041,12 @@ impl Store for MemoryStore {
                 record.task.error = Some(failure.error.clone());
                 record.task.last_error = Some(error);
                 tx.set_status(task_id, TaskStatus::Failed);
-                tx.emit(EventKind::TaskFailed, Some(task_id), agent_id.as_deref(), json!({"error": failure.error, "kind": kind}));
+                tx.emit(
+                    EventKind::TaskFailed,
+                    Some(task_id),
+                    agent_id.as_deref(),
+                    json!({"error": failure.error, "kind": kind}),
+                );
             }
             Ok(tx.state.tasks[task_id].task.clone())
         })
@@ -1029,7 +1066,12 @@ impl Store for MemoryStore {
                     let agent_id = tx.state.tasks[task_id].task.assigned_agent.clone();
                     tx.drop_lease(task_id, Some(RevokeReason::Cancelled));
                     tx.set_status(task_id, TaskStatus::Cancelled);
-                    tx.emit(EventKind::TaskCancelled, Some(task_id), agent_id.as_deref(), json!({"was": status.as_str()}));
+                    tx.emit(
+                        EventKind::TaskCancelled,
+                        Some(task_id),
+                        agent_id.as_deref(),
+                        json!({"was": status.as_str()}),
+                    );
                 }
                 _ => {
                     return Err(StoreError::conflict(
@@ -1048,7 +1090,10 @@ impl Store for MemoryStore {
             if !matches!(status, TaskStatus::Failed | TaskStatus::Timeout | TaskStatus::Cancelled) {
                 return Err(StoreError::conflict(
                     "invalid_transition",
-                    format!("task {task_id} is {}; only failed, timed-out or cancelled tasks can be retried", status.as_str()),
+                    format!(
+                        "task {task_id} is {}; only failed, timed-out or cancelled tasks can be retried",
+                        status.as_str()
+                    ),
                 ));
             }
             let record = tx.state.tasks.get_mut(task_id).expect("task exists");
@@ -1090,7 +1135,9 @@ impl Store for MemoryStore {
         let state = self.state.lock();
         let before = match &filter.cursor {
             None => u64::MAX,
-            Some(cursor) => cursor.parse::<u64>().map_err(|_| StoreError::conflict("invalid_cursor", "cursor is not one this server issued"))?,
+            Some(cursor) => cursor
+                .parse::<u64>()
+                .map_err(|_| StoreError::conflict("invalid_cursor", "cursor is not one this server issued"))?,
         };
         let limit = filter.limit.clamp(1, 1000);
         let mut tasks = Vec::new();

@@ -2,6 +2,9 @@
 //! Run with `cargo test --workspace` (see tests/README.md).
 
 mod builtin_strategies;
+mod engine;
 mod example_plugins;
 mod hot_reload;
 mod isolation;
+mod store_conformance;
+mod store_model;

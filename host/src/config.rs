@@ -1,0 +1,80 @@
+//! The validated configuration of a control plane (DESIGN §8), with the defaults of the guide. Built once; the
+//! parts read it, never the environment. The clap layer that fills it from flags and environment variables comes
+//! with `aragora-cp serve`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the engine's behaviour depends on.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This server's id, written into events and plugin listings.
+    pub server_id: String,
+    /// The agents' heartbeat period (`HEARTBEAT_INTERVAL`, 10 s).
+    pub heartbeat_interval: Duration,
+    /// Silence after which an agent is offline (`HEARTBEAT_TIMEOUT`, 30 s).
+    pub heartbeat_timeout: Duration,
+    /// Default timeout of a task attempt (`TASK_TIMEOUT`, 300 s).
+    pub task_timeout: Duration,
+    /// Default automatic retries (`MAX_TASK_RETRIES`, 3).
+    pub max_task_retries: u32,
+    /// Retry backoff base (`RETRY_BACKOFF_BASE`, 0 = off).
+    pub retry_backoff_base: Duration,
+    /// Retry backoff cap (`RETRY_BACKOFF_MAX`, 60 s).
+    pub retry_backoff_max: Duration,
+    /// Priority aging period (`PRIORITY_AGING_SECONDS`, off).
+    pub priority_aging: Option<Duration>,
+    /// Housekeeping period (`CLEANUP_INTERVAL`, 60 s).
+    pub cleanup_interval: Duration,
+    /// Strategy for tasks that name none (`DEFAULT_STRATEGY`, least_loaded).
+    pub default_strategy: String,
+    /// Candidates passed to a strategy at most (`MAX_STRATEGY_CANDIDATES`, 64).
+    pub max_strategy_candidates: usize,
+    /// Pending tasks a claim peeks at when dispatch policies are active (`DISPATCH_SCAN`, 8).
+    pub dispatch_scan: usize,
+    /// Live capability signatures allowed (`MAX_SIGNATURES`, 4096).
+    pub max_signatures: usize,
+    /// Where plugins are loaded from and watched (`PLUGINS_DIR`, ./plugins); `None` loads only the built-ins.
+    pub plugins_dir: Option<PathBuf>,
+    /// Events kept for resume (`SSE_BUFFER`, 10000).
+    pub event_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_id: format!("cp-{:08x}", rand::random::<u32>()),
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(30),
+            task_timeout: Duration::from_secs(300),
+            max_task_retries: 3,
+            retry_backoff_base: Duration::ZERO,
+            retry_backoff_max: Duration::from_secs(60),
+            priority_aging: None,
+            cleanup_interval: Duration::from_secs(60),
+            default_strategy: "least_loaded".into(),
+            max_strategy_candidates: 64,
+            dispatch_scan: 8,
+            max_signatures: 4096,
+            plugins_dir: None,
+            event_buffer: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// The store's view of the configuration.
+    pub fn store_config(&self) -> crate::store::StoreConfig {
+        crate::store::StoreConfig {
+            server_id: self.server_id.clone(),
+            heartbeat_timeout_ms: self.heartbeat_timeout.as_millis() as u64,
+            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+            max_signatures: self.max_signatures,
+            priority_aging_ms: self.priority_aging.map(|d| d.as_millis() as u64),
+            retry_backoff_base_ms: self.retry_backoff_base.as_millis() as u64,
+            retry_backoff_max_ms: self.retry_backoff_max.as_millis() as u64,
+            event_buffer: self.event_buffer,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+        }
+    }
+}

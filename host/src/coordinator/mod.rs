@@ -1,0 +1,420 @@
+//! The coordinator: the façade the API, the CLI and embedding programs use, mirroring the guide's Python API in
+//! idiomatic Rust (`ControlPlaneCoordinator::create(config)`, `register_agent`, `submit_task`, `claim_task`,
+//! `complete_task`, `wait_for_result`, `select_agent`, `get_stats`, `shutdown`…). It owns the parts (store,
+//! plugins, scheduler, agent registry), their background duties (sweeper, plugin watcher, event forwarding) and
+//! one typed event stream of everything that happens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::model::{
+    Agent, AgentStatus, CapabilitySet, Event, EventKind, HeartbeatRequest, RegisterRequest, SubmitRequest, Task,
+    TaskId, rfc3339_ms,
+};
+use crate::plugins::watcher::WatchOptions;
+use crate::plugins::{PluginEvent, PluginRegistry, PluginRuntime, PluginWatcher, RuntimeOptions};
+use crate::registry::AgentRegistry;
+use crate::scheduler::routing::AgentSelection;
+use crate::scheduler::{Claim, ClaimOutcome, EngineError, Scheduler, Violation};
+use crate::store::memory::is_available;
+use crate::store::{
+    AgentFilter, FailRequest, Fence, HeartbeatOutcome, MemoryStore, Registered, Store, StoreError, StoreStats,
+    Submitted, SystemClock, TaskFilter, TaskPage,
+};
+
+/// An agent's health (DESIGN §3).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentHealth {
+    /// The agent.
+    pub agent_id: String,
+    /// healthy, degraded, unhealthy or unknown.
+    pub status: &'static str,
+    /// Last judgement (RFC 3339).
+    pub last_check: String,
+    /// Failed checks in a row.
+    pub consecutive_failures: u32,
+    /// Latency seen by the last check, in ms.
+    pub latency_ms: Option<f64>,
+    /// Why.
+    pub message: String,
+    /// Circuit breaker state: closed, open or half_open.
+    pub breaker: &'static str,
+}
+
+/// The fleet's health.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SystemHealth {
+    /// healthy (no agent unhealthy), degraded (some), unhealthy (all), or unknown (no agents).
+    pub status: &'static str,
+    /// Per agent.
+    pub agents: std::collections::BTreeMap<String, AgentHealth>,
+}
+
+/// `get_stats()`: the guide's sections, from the store's counters.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stats {
+    /// Agents.
+    pub registry: Value,
+    /// Tasks.
+    pub scheduler: Value,
+    /// Health.
+    pub health: Value,
+}
+
+/// The control plane, as one handle. Create it with [`create`](Self::create); share the `Arc`.
+pub struct ControlPlaneCoordinator {
+    config: Config,
+    store: Arc<dyn Store>,
+    plugins: Arc<PluginRegistry>,
+    scheduler: Arc<Scheduler>,
+    registry: AgentRegistry,
+    events: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
+    background: Mutex<Vec<JoinHandle<()>>>,
+    watcher: Mutex<Option<PluginWatcher>>,
+}
+
+impl ControlPlaneCoordinator {
+    /// A control plane on the embedded memory store: built-in strategies, plugins from `config.plugins_dir`
+    /// (watched for changes), the sweeper running. Needs a tokio runtime.
+    pub async fn create(config: Config) -> anyhow::Result<Arc<Self>> {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
+        let runtime =
+            PluginRuntime::new(RuntimeOptions { cache_dir: RuntimeOptions::user_cache_dir(), ..Default::default() })?;
+        let plugins = Arc::new(PluginRegistry::new(runtime, config.server_id.clone())?);
+        Self::with_parts(config, store, plugins).await
+    }
+
+    /// A control plane over the given store and plugin registry (tests inject a clock or a Redis store here).
+    pub async fn with_parts(
+        config: Config,
+        store: Arc<dyn Store>,
+        plugins: Arc<PluginRegistry>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let scheduler = Arc::new(Scheduler::new(store.clone(), plugins.clone(), config.clone()));
+        let registry = AgentRegistry::new(scheduler.clone());
+        let (events, _) = broadcast::channel(config.event_buffer.clamp(64, 65_536));
+        let coordinator = Arc::new(ControlPlaneCoordinator {
+            config: config.clone(),
+            store: store.clone(),
+            plugins: plugins.clone(),
+            scheduler: scheduler.clone(),
+            registry,
+            events: events.clone(),
+            shutdown: CancellationToken::new(),
+            background: Mutex::new(Vec::new()),
+            watcher: Mutex::new(None),
+        });
+        let mut background = Vec::new();
+        background.push(forward(store.subscribe(), events.clone(), coordinator.shutdown.clone(), Some));
+        background.push(forward(scheduler.subscribe(), events.clone(), coordinator.shutdown.clone(), Some));
+        let server_id = config.server_id.clone();
+        let clock_store = store.clone();
+        background.push(forward(plugins.subscribe(), events, coordinator.shutdown.clone(), move |event| {
+            Some(plugin_event(event, &server_id, clock_store.now_ms()))
+        }));
+        background.push(tokio::spawn(scheduler.run_sweeper(coordinator.shutdown.clone())));
+        *coordinator.background.lock() = background;
+        if let Some(dir) = &config.plugins_dir {
+            let (watcher, report) = PluginWatcher::start(dir, plugins, WatchOptions::default())?;
+            tracing::info!(dir = %dir.display(), loaded = ?report.loaded, rejected = ?report.rejected, "plugins loaded");
+            *coordinator.watcher.lock() = Some(watcher);
+        }
+        tracing::info!(store = %store.describe(), server_id = %config.server_id, "control plane ready");
+        Ok(coordinator)
+    }
+
+    /// Every event from now on: tasks, agents, policies, plugins.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The plugin registry (`GET /plugins`).
+    pub fn plugins(&self) -> &Arc<PluginRegistry> {
+        &self.plugins
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Registers (or re-registers) an agent.
+    pub async fn register_agent(&self, request: RegisterRequest) -> Result<Registered, EngineError> {
+        self.registry.register(request).await
+    }
+
+    /// Records an agent's heartbeat.
+    pub async fn heartbeat(
+        &self,
+        agent_id: &str,
+        heartbeat: HeartbeatRequest,
+    ) -> Result<HeartbeatOutcome, EngineError> {
+        self.registry.heartbeat(agent_id, heartbeat).await
+    }
+
+    /// Unregisters an agent; its work is requeued.
+    pub async fn unregister_agent(&self, agent_id: &str) -> Result<(), EngineError> {
+        self.registry.unregister(agent_id).await
+    }
+
+    /// Pauses an agent (no new work).
+    pub async fn pause_agent(&self, agent_id: &str) -> Result<Agent, EngineError> {
+        self.registry.set_paused(agent_id, true).await
+    }
+
+    /// Resumes a paused agent.
+    pub async fn resume_agent(&self, agent_id: &str) -> Result<Agent, EngineError> {
+        self.registry.set_paused(agent_id, false).await
+    }
+
+    /// One agent.
+    pub async fn get_agent(&self, agent_id: &str) -> Result<Agent, EngineError> {
+        self.registry.get(agent_id).await
+    }
+
+    /// Agents by capability and availability.
+    pub async fn list_agents(&self, filter: &AgentFilter) -> Result<Vec<Agent>, EngineError> {
+        self.registry.list(filter).await
+    }
+
+    /// Whether the agent could take work now.
+    pub async fn is_agent_available(&self, agent_id: &str) -> Result<bool, EngineError> {
+        Ok(is_available(&self.registry.get(agent_id).await?))
+    }
+
+    /// Submits a task (policies, idempotency, routing to a waiting agent).
+    pub async fn submit_task(&self, request: SubmitRequest, submitted_by: &str) -> Result<Submitted, EngineError> {
+        self.scheduler.submit(request, submitted_by).await
+    }
+
+    /// Submits several tasks, all or nothing.
+    pub async fn submit_batch(
+        &self,
+        requests: Vec<SubmitRequest>,
+        submitted_by: &str,
+    ) -> Result<Vec<Submitted>, EngineError> {
+        self.scheduler.submit_batch(requests, submitted_by).await
+    }
+
+    /// Takes work for an agent, blocking up to `claim.block` when none is pending.
+    pub async fn claim_task(&self, claim: &Claim) -> Result<ClaimOutcome, EngineError> {
+        self.scheduler.claim(claim).await
+    }
+
+    /// The agent started the task.
+    pub async fn start_task(&self, task_id: &TaskId, fence: &Fence) -> Result<Task, EngineError> {
+        Ok(self.store.start(task_id, fence).await?)
+    }
+
+    /// The agent reports progress.
+    pub async fn report_progress(&self, task_id: &TaskId, fence: &Fence, progress: Value) -> Result<Task, EngineError> {
+        Ok(self.store.progress(task_id, fence, progress).await?)
+    }
+
+    /// The task completed.
+    pub async fn complete_task(&self, task_id: &TaskId, fence: &Fence, result: Value) -> Result<Task, EngineError> {
+        Ok(self.store.complete(task_id, fence, result).await?)
+    }
+
+    /// The attempt failed (requeued while retries remain, if asked).
+    pub async fn fail_task(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> Result<Task, EngineError> {
+        Ok(self.store.fail(task_id, fence, failure).await?)
+    }
+
+    /// Cancels a task.
+    pub async fn cancel_task(&self, task_id: &TaskId) -> Result<Task, EngineError> {
+        Ok(self.store.cancel(task_id).await?)
+    }
+
+    /// Retries a failed, timed-out or cancelled task.
+    pub async fn retry_task(&self, task_id: &TaskId) -> Result<Task, EngineError> {
+        let task = self.store.retry(task_id).await?;
+        Ok(task)
+    }
+
+    /// One task.
+    pub async fn get_task(&self, task_id: &TaskId) -> Result<Task, EngineError> {
+        self.store.get_task(task_id).await?.ok_or_else(|| StoreError::TaskNotFound(task_id.clone()).into())
+    }
+
+    /// Tasks, newest first, one page.
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<TaskPage, EngineError> {
+        Ok(self.store.list_tasks(filter).await?)
+    }
+
+    /// Waits (on a notification, not a poll) until the task is terminal or `timeout` passes; returns the task as
+    /// it is then.
+    pub async fn wait_for_result(&self, task_id: &TaskId, timeout: Duration) -> Result<Task, EngineError> {
+        let mut events = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let task = self.get_task(task_id).await?;
+            if task.status.is_terminal() {
+                return Ok(task);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_) => return self.get_task(task_id).await,
+                    Ok(Ok(event)) if event.task_id.as_deref() == Some(task_id.as_str()) => break,
+                    Ok(Ok(_)) => {}
+                    // Fell behind: re-read the task rather than trust the stream.
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return self.get_task(task_id).await,
+                }
+            }
+        }
+    }
+
+    /// Which agent the strategy would choose for `capabilities` now (the guide's `select_agent`).
+    pub async fn select_agent(
+        &self,
+        capabilities: &CapabilitySet,
+        strategy: Option<&str>,
+        exclude: &[String],
+    ) -> Result<Option<AgentSelection>, EngineError> {
+        self.scheduler.select_agent(capabilities, strategy, exclude).await
+    }
+
+    /// Policy violations recorded on this server, newest first.
+    pub fn violations(&self, limit: usize) -> Vec<Violation> {
+        self.scheduler.violations(limit)
+    }
+
+    /// One agent's health. Until the probe-driven monitor lands this is liveness: an agent heartbeating within
+    /// `HEARTBEAT_TIMEOUT` is healthy, an offline or failed one unhealthy; breakers stay closed.
+    pub async fn get_agent_health(&self, agent_id: &str) -> Result<AgentHealth, EngineError> {
+        let agent = self.registry.get(agent_id).await?;
+        Ok(self.health_of(&agent))
+    }
+
+    fn health_of(&self, agent: &Agent) -> AgentHealth {
+        let (status, message) = match agent.status {
+            AgentStatus::Offline => ("unhealthy", "no heartbeat within HEARTBEAT_TIMEOUT"),
+            AgentStatus::Failed => ("unhealthy", "the agent reported a fatal error"),
+            _ => ("healthy", "heartbeating"),
+        };
+        AgentHealth {
+            agent_id: agent.agent_id.clone(),
+            status,
+            last_check: rfc3339_ms(self.store.now_ms()),
+            consecutive_failures: 0,
+            latency_ms: (agent.avg_latency_ms > 0.0).then_some(agent.avg_latency_ms),
+            message: message.into(),
+            breaker: "closed",
+        }
+    }
+
+    /// The fleet's health.
+    pub async fn get_system_health(&self) -> Result<SystemHealth, EngineError> {
+        let agents = self.registry.list(&AgentFilter::default()).await?;
+        let health: std::collections::BTreeMap<String, AgentHealth> =
+            agents.iter().map(|agent| (agent.agent_id.clone(), self.health_of(agent))).collect();
+        let unhealthy = health.values().filter(|h| h.status == "unhealthy").count();
+        let status = match (health.len(), unhealthy) {
+            (0, _) => "unknown",
+            (_, 0) => "healthy",
+            (total, bad) if bad == total => "unhealthy",
+            _ => "degraded",
+        };
+        Ok(SystemHealth { status, agents: health })
+    }
+
+    /// Counters, in the guide's sections.
+    pub async fn get_stats(&self) -> Result<Stats, EngineError> {
+        let s: StoreStats = self.store.stats().await?;
+        let count = |map: &std::collections::BTreeMap<String, u64>, key: &str| map.get(key).copied().unwrap_or(0);
+        let healthy = s.total_agents - count(&s.agents_by_status, "offline") - count(&s.agents_by_status, "failed");
+        Ok(Stats {
+            registry: json!({
+                "total_agents": s.total_agents,
+                "available_agents": s.available_agents,
+                "by_status": s.agents_by_status,
+                "by_capability": s.agents_by_capability,
+                "by_provider": s.agents_by_provider,
+            }),
+            scheduler: json!({
+                "pending_tasks": count(&s.tasks_by_status, "pending"),
+                "running_tasks": count(&s.tasks_by_status, "claimed") + count(&s.tasks_by_status, "running"),
+                "by_status": s.tasks_by_status,
+                "by_priority": s.pending_by_priority,
+                "by_type": s.tasks_by_type,
+                "waiting_claims": s.waiting_claims,
+            }),
+            health: json!({
+                "healthy_count": healthy,
+                "unhealthy_count": s.total_agents - healthy,
+                "open_breakers": 0,
+            }),
+        })
+    }
+
+    /// Stops the background duties (sweeper, watcher, event forwarding) and waits for them.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        if let Some(watcher) = self.watcher.lock().take() {
+            watcher.stop();
+        }
+        let background = std::mem::take(&mut *self.background.lock());
+        for task in background {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Forwards one event source into the coordinator's stream until shutdown.
+fn forward<T: Clone + Send + 'static>(
+    mut source: broadcast::Receiver<T>,
+    sink: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
+    convert: impl Fn(T) -> Option<Event> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = source.recv() => match received {
+                    Ok(item) => {
+                        if let Some(event) = convert(item) {
+                            let _ = sink.send(event);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "event forwarding fell behind; subscribers may miss events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    })
+}
+
+fn plugin_event(event: PluginEvent, server_id: &str, now_ms: u64) -> Event {
+    let (kind, data) = match &event {
+        PluginEvent::PluginLoaded { .. } => (EventKind::PluginLoaded, serde_json::to_value(&event)),
+        PluginEvent::PluginRejected { .. } => (EventKind::PluginRejected, serde_json::to_value(&event)),
+        PluginEvent::PluginRemoved { .. } => (EventKind::PluginRemoved, serde_json::to_value(&event)),
+    };
+    Event {
+        id: format!("{now_ms}-p"),
+        kind,
+        time: rfc3339_ms(now_ms),
+        server_id: server_id.to_string(),
+        task_id: None,
+        agent_id: None,
+        data: data.unwrap_or(Value::Null),
+    }
+}

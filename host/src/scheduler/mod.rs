@@ -1,0 +1,376 @@
+//! The scheduler: how work moves. Submits run the submit policies and land in the store; new work is routed to
+//! waiting agents by the task's strategy plugin; claims take the best pending task or block, woken by a
+//! notification (never a poll loop); sweeps end timed-out attempts and requeue the work of silent agents.
+//!
+//! The store does every state change atomically; this layer decides *which* change to ask for and delivers the
+//! result to the right waiter. A grant that cannot be delivered (the claimer went away) is released back to its
+//! place without counting a retry (DESIGN §4, "delivery is part of the claim").
+
+mod policies;
+pub mod routing;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot};
+
+pub use policies::{PolicyDenied, Violation};
+
+use crate::config::Config;
+use crate::model::{CapabilitySet, Event, NewTask, SubmitRequest, Task, ValidationError};
+use crate::plugins::PluginRegistry;
+use crate::store::{ClaimRequest, Store, StoreError, Submitted, Waiter, Withdrawn};
+
+/// Why the engine refused a request. Each variant maps to one HTTP status in the API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// 400/413: the request is malformed; the error names the field.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A store refusal (404, 409, 503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// 403: a policy denied the request.
+    #[error(transparent)]
+    Denied(#[from] PolicyDenied),
+    /// 400: the task names a strategy no plugin provides.
+    #[error("strategy: unknown strategy {0:?} (see GET /plugins)")]
+    UnknownStrategy(String),
+}
+
+/// The answer to a claim.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ClaimOutcome {
+    /// The granted tasks (at most `max_tasks`), best first.
+    pub tasks: Vec<Task>,
+    /// Why nothing was granted, when the agent may not take work (`paused`, `draining`, …).
+    pub reason: Option<String>,
+}
+
+/// A claim as an agent asks for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claim {
+    /// The agent.
+    pub agent_id: String,
+    /// Narrows the registered capabilities for this claim.
+    pub capabilities: Option<CapabilitySet>,
+    /// How long to wait for work when none is pending.
+    pub block: Duration,
+    /// Tasks to take at most.
+    pub max_tasks: usize,
+    /// The agent's session.
+    pub session_id: Option<String>,
+}
+
+/// Longest a claim may block (DESIGN §4).
+pub const MAX_BLOCK: Duration = Duration::from_secs(60);
+
+/// The scheduler; shared as `Arc<Scheduler>`.
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    plugins: Arc<PluginRegistry>,
+    config: Config,
+    /// Blocked claims of this server, by waiter token: woken when a task is assigned through the token.
+    waiting: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    violations: policies::ViolationLog,
+    /// Events that are not store transitions (policy violations), merged into the coordinator's stream.
+    events: broadcast::Sender<Event>,
+}
+
+impl Scheduler {
+    /// A scheduler over `store`, routing with the strategies of `plugins`.
+    pub fn new(store: Arc<dyn Store>, plugins: Arc<PluginRegistry>, config: Config) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Scheduler {
+            store,
+            plugins,
+            config,
+            waiting: Mutex::new(HashMap::new()),
+            violations: policies::ViolationLog::new(10_000, events.clone()),
+            events,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Events of this scheduler that are not store transitions (policy violations).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Validates, runs the submit policies, stores the task and routes it to a waiting agent if one fits.
+    pub async fn submit(&self, request: SubmitRequest, submitted_by: &str) -> Result<Submitted, EngineError> {
+        let mut task = request.validate(
+            submitted_by,
+            self.config.task_timeout.as_secs().clamp(1, 86_400) as u32,
+            self.config.max_task_retries,
+        )?;
+        self.check_strategy(&task)?;
+        self.apply_submit_policies(&mut task)?;
+        let submitted = self.store.submit(task).await?;
+        if !submitted.replayed {
+            self.route(&submitted.task_id).await;
+        }
+        Ok(submitted)
+    }
+
+    fn apply_submit_policies(&self, task: &mut NewTask) -> Result<(), EngineError> {
+        match policies::on_submit(&self.plugins, task, self.store.now_ms()) {
+            Ok(warnings) => {
+                self.record(warnings);
+                Ok(())
+            }
+            Err((mut denied, violations)) => {
+                denied.violation_id = self.record(violations).pop().map(|v| v.id);
+                Err(denied.into())
+            }
+        }
+    }
+
+    /// Records violations in this server's log and emits their events.
+    pub(crate) fn record(&self, pending: Vec<policies::PendingViolation>) -> Vec<Violation> {
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        self.violations.record_all(pending, self.store.now_ms(), &self.config.server_id)
+    }
+
+    /// Submits several tasks, all or nothing.
+    pub async fn submit_batch(
+        &self,
+        requests: Vec<SubmitRequest>,
+        submitted_by: &str,
+    ) -> Result<Vec<Submitted>, EngineError> {
+        let mut tasks: Vec<NewTask> = Vec::with_capacity(requests.len());
+        let mut keys = std::collections::HashSet::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            let mut task = request
+                .validate(
+                    submitted_by,
+                    self.config.task_timeout.as_secs().clamp(1, 86_400) as u32,
+                    self.config.max_task_retries,
+                )
+                .map_err(|e| ValidationError { field: format!("tasks[{index}].{}", e.field), ..e })?;
+            if let Some(key) = &task.idempotency_key
+                && !keys.insert(key.clone())
+            {
+                return Err(
+                    ValidationError::new(format!("tasks[{index}].idempotency_key"), "repeated in this batch").into()
+                );
+            }
+            self.check_strategy(&task)?;
+            self.apply_submit_policies(&mut task)?;
+            tasks.push(task);
+        }
+        let submitted = self.store.submit_batch(tasks).await?;
+        for done in submitted.iter().filter(|s| !s.replayed) {
+            self.route(&done.task_id).await;
+        }
+        Ok(submitted)
+    }
+
+    fn check_strategy(&self, task: &NewTask) -> Result<(), EngineError> {
+        let name = task.strategy.as_deref().unwrap_or(&self.config.default_strategy);
+        self.plugins.strategy(name).map(|_| ()).map_err(|_| EngineError::UnknownStrategy(name.to_string()))
+    }
+
+    /// Takes work for an agent: at once if some is pending, else after waiting up to `block` for a routed task.
+    pub async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, EngineError> {
+        let agent = self.store.get_agent(&claim.agent_id).await?.ok_or_else(|| {
+            StoreError::AgentNotFound(format!("{} (register with POST /agents before claiming)", claim.agent_id))
+        })?;
+        let capabilities = match &claim.capabilities {
+            None => agent.capabilities.clone(),
+            Some(narrowed) => CapabilitySet::from_normalized(
+                narrowed.as_slice().iter().filter(|c| agent.capabilities.contains(c)).cloned().collect(),
+            ),
+        };
+        let block = claim.block.min(MAX_BLOCK);
+        if let Some(reason) = refusal(&agent) {
+            // A refused agent waits its full block, so it cannot spin on the claim endpoint.
+            tokio::time::sleep(block).await;
+            return Ok(ClaimOutcome { tasks: Vec::new(), reason: Some(reason.into()) });
+        }
+        let request = ClaimRequest {
+            agent_id: claim.agent_id.clone(),
+            capabilities: capabilities.clone(),
+            max_tasks: claim.max_tasks.max(1),
+            session_id: claim.session_id.clone(),
+        };
+        let tasks = self.claim_now(&request).await?;
+        if !tasks.is_empty() || block.is_zero() {
+            return Ok(ClaimOutcome { tasks, reason: None });
+        }
+        self.wait_for_work(&request, block).await
+    }
+
+    /// One attempt at taking pending work, through the dispatch policies when there are any.
+    async fn claim_now(&self, request: &ClaimRequest) -> Result<Vec<Task>, EngineError> {
+        if self.plugins.policies().is_empty() {
+            return Ok(self.store.claim(request).await?);
+        }
+        let Some(agent) = self.store.get_agent(&request.agent_id).await? else {
+            return Err(StoreError::AgentNotFound(request.agent_id.clone()).into());
+        };
+        let mut granted = Vec::new();
+        for task in self.store.peek(&request.capabilities, self.config.dispatch_scan).await? {
+            if granted.len() >= request.max_tasks {
+                break;
+            }
+            let denials = policies::on_dispatch(&self.plugins, &task, &agent, self.store.now_ms());
+            if !denials.is_empty() {
+                self.record(denials);
+                continue;
+            }
+            if let Some(task) = self.store.claim_if(&task.task_id, request).await? {
+                granted.push(task);
+            }
+        }
+        Ok(granted)
+    }
+
+    /// Registers a waiter and waits for a routed task, keeping the agent alive meanwhile.
+    ///
+    /// The task assigned through the waiter token is always taken from `withdraw_waiter`, never from the wake-up:
+    /// the wake-up only says "look now". So a grant reaches the claim exactly once whatever the interleaving, and
+    /// a claim that went away (future dropped) has its grant released by [`WaiterGuard`].
+    async fn wait_for_work(&self, request: &ClaimRequest, block: Duration) -> Result<ClaimOutcome, EngineError> {
+        let token = format!("{:032x}", rand::random::<u128>());
+        let (sender, mut woken) = oneshot::channel();
+        self.waiting.lock().insert(token.clone(), sender);
+        let mut guard = WaiterGuard { scheduler: self, token: token.clone(), armed: true };
+        self.store
+            .register_waiter(Waiter {
+                token: token.clone(),
+                agent_id: request.agent_id.clone(),
+                capabilities: request.capabilities.clone(),
+            })
+            .await?;
+        // Work submitted between the first attempt and the registration saw no waiter: look once more.
+        let mut tasks = self.claim_now(request).await?;
+        if tasks.is_empty() {
+            let deadline = tokio::time::Instant::now() + block;
+            let keepalive = self.config.heartbeat_interval.max(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = &mut woken => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = tokio::time::sleep(keepalive) => {
+                        // While a claim is blocked the agent is alive (DESIGN §4).
+                        let _ = self.store.heartbeat(&request.agent_id, &Default::default()).await;
+                    }
+                }
+            }
+        }
+        self.waiting.lock().remove(&token);
+        let assigned = self.store.withdraw_waiter(&token).await?;
+        guard.armed = false;
+        if let Withdrawn::Assigned(task) = assigned {
+            tasks.push(*task);
+        }
+        Ok(ClaimOutcome { tasks, reason: None })
+    }
+
+    /// Wakes the blocked claim that registered `token` (a task was assigned through it).
+    fn wake(&self, token: &str) {
+        if let Some(sender) = self.waiting.lock().remove(token) {
+            let _ = sender.send(());
+        }
+    }
+
+    /// Policy violations recorded on this server, newest first.
+    pub fn violations(&self, limit: usize) -> Vec<Violation> {
+        self.violations.recent(limit)
+    }
+
+    /// The plugins.
+    pub fn plugins(&self) -> &Arc<PluginRegistry> {
+        &self.plugins
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs the deadline-driven sweeps until `shutdown` fires: sleeps to the store's earliest deadline (at least
+    /// 250 ms, with jitter), then ends timed-out attempts and requeues silent agents' work, 100 at a time.
+    pub async fn run_sweeper(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let now = self.store.now_ms();
+            let next = self.store.next_deadline().await.ok().flatten().unwrap_or(now + 1000);
+            let wait_ms = next.saturating_sub(now).clamp(250, 1000) + rand::random::<u64>() % 50;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            }
+            while matches!(self.store.sweep_timeouts(100).await, Ok(100)) {}
+            while matches!(self.store.sweep_offline(100).await, Ok(100)) {}
+        }
+    }
+}
+
+/// Why an agent may not take work now, if it may not.
+fn refusal(agent: &crate::model::Agent) -> Option<&'static str> {
+    use crate::model::AgentStatus;
+    if agent.paused {
+        return Some("paused");
+    }
+    match agent.status {
+        AgentStatus::Draining => Some("draining"),
+        AgentStatus::Failed => Some("failed"),
+        _ => None,
+    }
+}
+
+/// Withdraws a blocked claim's waiter if the claim future is dropped (client gone) before it answered, and
+/// releases a task assigned to it meanwhile, so nothing is stranded.
+struct WaiterGuard<'a> {
+    scheduler: &'a Scheduler,
+    token: String,
+    armed: bool,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.scheduler.waiting.lock().remove(&self.token);
+        let store = self.scheduler.store.clone();
+        let token = std::mem::take(&mut self.token);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Ok(Withdrawn::Assigned(task)) = store.withdraw_waiter(&token).await
+                    && let Some(lease) = &task.lease_id
+                {
+                    let _ = store.release(&task.task_id, lease).await;
+                }
+            });
+        }
+    }
+}
+
+/// Runs the register policies over a registration (the agent registry's entry to the policy stage), recording
+/// violations in the scheduler's log.
+pub fn policies_on_register(
+    scheduler: &Scheduler,
+    registration: &mut crate::store::AgentRegistration,
+) -> Result<(), EngineError> {
+    match policies::on_register(&scheduler.plugins, registration, scheduler.store.now_ms()) {
+        Ok(warnings) => {
+            scheduler.record(warnings);
+            Ok(())
+        }
+        Err((mut denied, violations)) => {
+            denied.violation_id = scheduler.record(violations).pop().map(|v| v.id);
+            Err(denied.into())
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Policy plugins at the three stages (DESIGN §5): submit and register policies run in manifest order, each
+//! seeing the changes of the earlier ones, and the first deny wins; dispatch policies only allow or deny a pending
+//! task for a claiming agent. Denials and warnings become violations; a policy that cannot answer denies unless
+//! its manifest says `on_error = "allow"`.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+use crate::model::{Agent, CapabilitySet, Event, EventKind, NewTask, Priority, Task, normalize_capability, rfc3339_ms};
+use crate::plugins::bindings::{
+    self, AgentInfo, CallContext, Decision, DispatchRequest, Modification, PolicyInput, SubmitRequest, TaskInfo,
+};
+use crate::plugins::io::POLICY_PAYLOAD_LIMIT;
+use crate::plugins::manifest::OnError;
+use crate::plugins::{PluginRegistry, PluginVersion};
+use crate::store::AgentRegistration;
+
+/// A policy refused a submit or a registration: the API answers 403 naming the policy and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("denied by policy {policy}: {reason}")]
+pub struct PolicyDenied {
+    /// The policy's plugin name.
+    pub policy: String,
+    /// Its reason.
+    pub reason: String,
+    /// The id of the violation recorded for it.
+    pub violation_id: Option<String>,
+}
+
+/// A recorded deny or warn.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// `viol_` + a sequence number of this server.
+    pub id: String,
+    /// The policy's plugin name.
+    pub policy: String,
+    /// `submit`, `register` or `dispatch`.
+    pub stage: &'static str,
+    /// `deny` or `warn`.
+    pub decision: &'static str,
+    /// The policy's reason.
+    pub reason: String,
+    /// The task concerned (the id it was to get, for a denied submit).
+    pub task_id: Option<String>,
+    /// The agent concerned.
+    pub agent_id: Option<String>,
+    /// When (RFC 3339).
+    pub time: String,
+}
+
+/// A violation before it gets its id and time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingViolation {
+    policy: String,
+    stage: &'static str,
+    decision: &'static str,
+    reason: String,
+    task_id: Option<String>,
+    agent_id: Option<String>,
+}
+
+/// The violations of this server: a bounded log, newest last, plus the `policy_violation` events.
+pub(crate) struct ViolationLog {
+    entries: Mutex<VecDeque<Violation>>,
+    /// (policy, task, agent) of dispatch denials already recorded: each is recorded once.
+    dispatch_seen: Mutex<HashSet<(String, String, String)>>,
+    sequence: std::sync::atomic::AtomicU64,
+    capacity: usize,
+    events: broadcast::Sender<Event>,
+}
+
+impl ViolationLog {
+    pub(crate) fn new(capacity: usize, events: broadcast::Sender<Event>) -> Self {
+        ViolationLog {
+            entries: Mutex::new(VecDeque::new()),
+            dispatch_seen: Mutex::new(HashSet::new()),
+            sequence: Default::default(),
+            capacity,
+            events,
+        }
+    }
+
+    /// Records violations at `now_ms` with server `server_id`, emitting one `policy_violation` event each.
+    pub(crate) fn record_all(&self, pending: Vec<PendingViolation>, now_ms: u64, server_id: &str) -> Vec<Violation> {
+        let mut recorded = Vec::new();
+        for violation in pending {
+            if violation.stage == "dispatch" {
+                let key = (
+                    violation.policy.clone(),
+                    violation.task_id.clone().unwrap_or_default(),
+                    violation.agent_id.clone().unwrap_or_default(),
+                );
+                let mut seen = self.dispatch_seen.lock();
+                if seen.len() >= self.capacity {
+                    seen.clear();
+                }
+                if !seen.insert(key) {
+                    continue;
+                }
+            }
+            let number = self.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let entry = Violation {
+                id: format!("viol_{number}"),
+                policy: violation.policy,
+                stage: violation.stage,
+                decision: violation.decision,
+                reason: violation.reason,
+                task_id: violation.task_id,
+                agent_id: violation.agent_id,
+                time: rfc3339_ms(now_ms),
+            };
+            let _ = self.events.send(Event {
+                id: format!("{now_ms}-v{number}"),
+                kind: EventKind::PolicyViolation,
+                time: entry.time.clone(),
+                server_id: server_id.to_string(),
+                task_id: entry.task_id.clone(),
+                agent_id: entry.agent_id.clone(),
+                data: json!({"policy": entry.policy, "stage": entry.stage, "decision": entry.decision,
+                             "reason": entry.reason, "violation_id": entry.id}),
+            });
+            let mut entries = self.entries.lock();
+            entries.push_back(entry.clone());
+            while entries.len() > self.capacity {
+                entries.pop_front();
+            }
+            recorded.push(entry);
+        }
+        recorded
+    }
+
+    /// The newest `limit` violations, newest first.
+    pub(crate) fn recent(&self, limit: usize) -> Vec<Violation> {
+        self.entries.lock().iter().rev().take(limit).cloned().collect()
+    }
+}
+
+/// The labels a plugin asked for (manifest `labels`), taken from a metadata object; non-string values as JSON.
+fn labels_for(plugin: &PluginVersion, metadata: &Map<String, Value>) -> Vec<(String, String)> {
+    plugin
+        .manifest
+        .labels
+        .iter()
+        .filter_map(|key| {
+            metadata.get(key).map(|value| {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (key.clone(), text)
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn wit_priority(priority: Priority) -> bindings::Priority {
+    match priority {
+        Priority::Critical => bindings::Priority::Critical,
+        Priority::High => bindings::Priority::High,
+        Priority::Normal => bindings::Priority::Normal,
+        Priority::Low => bindings::Priority::Low,
+    }
+}
+
+fn model_priority(priority: bindings::Priority) -> Priority {
+    match priority {
+        bindings::Priority::Critical => Priority::Critical,
+        bindings::Priority::High => Priority::High,
+        bindings::Priority::Normal => Priority::Normal,
+        bindings::Priority::Low => Priority::Low,
+    }
+}
+
+/// The task as a plugin sees it (labels chosen by `plugin`'s manifest).
+pub(crate) fn task_info(
+    plugin: &PluginVersion,
+    id: &str,
+    task_type: &str,
+    priority: Priority,
+    required: &CapabilitySet,
+    metadata: &Map<String, Value>,
+) -> TaskInfo {
+    TaskInfo {
+        id: id.to_string(),
+        task_type: task_type.to_string(),
+        priority: wit_priority(priority),
+        required_capabilities: required.as_slice().to_vec(),
+        labels: labels_for(plugin, metadata),
+    }
+}
+
+fn agent_info(plugin: &PluginVersion, agent: &Agent) -> AgentInfo {
+    AgentInfo {
+        agent_id: agent.agent_id.clone(),
+        model: agent.model.clone(),
+        provider: agent.provider.clone(),
+        capabilities: agent.capabilities.as_slice().to_vec(),
+        labels: labels_for(plugin, &agent.metadata),
+    }
+}
+
+fn ctx(now_ms: u64) -> CallContext {
+    CallContext { now_ms, seed: rand::random() }
+}
+
+/// What one policy's answer means for the request.
+enum Verdict {
+    Allow,
+    Deny(String),
+    Warn(String),
+    Modify(Modification),
+}
+
+/// Runs one policy; a failure becomes a deny or an allow by its `on_error`.
+fn verdict(policy: &Arc<PluginVersion>, input: &PolicyInput, now_ms: u64) -> Verdict {
+    match policy.evaluate(ctx(now_ms), input) {
+        Ok((Decision::Allow, _)) => Verdict::Allow,
+        Ok((Decision::Deny(reason), _)) => Verdict::Deny(reason),
+        Ok((Decision::Warn(reason), _)) => Verdict::Warn(reason),
+        Ok((Decision::Modify(modification), _)) => Verdict::Modify(modification),
+        Err(error) => match policy.manifest.on_error {
+            OnError::Deny => Verdict::Deny(format!("the policy failed ({error}) and fails closed")),
+            OnError::Allow => {
+                tracing::warn!(policy = %policy.name, %error, "policy failed; on_error = allow lets the request through");
+                Verdict::Allow
+            }
+        },
+    }
+}
+
+fn violation(
+    policy: &str,
+    stage: &'static str,
+    decision: &'static str,
+    reason: String,
+    task_id: Option<String>,
+    agent_id: Option<String>,
+) -> PendingViolation {
+    PendingViolation { policy: policy.to_string(), stage, decision, reason, task_id, agent_id }
+}
+
+/// Runs the submit policies over `task`, applying their modifications. Returns the warnings, or the deny (with
+/// the warnings recorded before it).
+pub(crate) fn on_submit(
+    plugins: &PluginRegistry,
+    task: &mut NewTask,
+    now_ms: u64,
+) -> Result<Vec<PendingViolation>, (PolicyDenied, Vec<PendingViolation>)> {
+    let mut violations = Vec::new();
+    for policy in plugins.policies().iter() {
+        let payload_text = task.payload.to_string();
+        let info = task_info(
+            policy,
+            task.task_id.as_str(),
+            &task.task_type,
+            task.priority,
+            &task.required_capabilities,
+            &task.metadata,
+        );
+        let input = PolicyInput::Submit(SubmitRequest {
+            task: info,
+            payload_bytes: u32::try_from(payload_text.len()).unwrap_or(u32::MAX),
+            payload: (policy.manifest.needs_payload && payload_text.len() <= POLICY_PAYLOAD_LIMIT)
+                .then_some(payload_text),
+        });
+        let task_id = Some(task.task_id.to_string());
+        match verdict(policy, &input, now_ms) {
+            Verdict::Allow => {}
+            Verdict::Warn(reason) => violations.push(violation(&policy.name, "submit", "warn", reason, task_id, None)),
+            Verdict::Deny(reason) => {
+                violations.push(violation(&policy.name, "submit", "deny", reason.clone(), task_id, None));
+                return Err((PolicyDenied { policy: policy.name.clone(), reason, violation_id: None }, violations));
+            }
+            Verdict::Modify(Modification::Submit(changes)) => {
+                if let Some(priority) = changes.priority {
+                    task.priority = model_priority(priority);
+                }
+                let mut added = Vec::new();
+                for capability in &changes.add_capabilities {
+                    match normalize_capability("add_capabilities", capability) {
+                        Ok(capability) => added.push(capability),
+                        Err(error) => {
+                            let reason = format!("the policy added an invalid capability: {error}");
+                            violations.push(violation(&policy.name, "submit", "deny", reason.clone(), task_id, None));
+                            return Err((
+                                PolicyDenied { policy: policy.name.clone(), reason, violation_id: None },
+                                violations,
+                            ));
+                        }
+                    }
+                }
+                let mut required = task.required_capabilities.clone();
+                required.apply(&added, &[]);
+                task.required_capabilities = required;
+                for (key, value) in changes.metadata {
+                    task.metadata.insert(key, Value::String(value));
+                }
+            }
+            Verdict::Modify(Modification::Register(_)) => {}
+        }
+    }
+    Ok(violations)
+}
+
+/// Runs the register policies over a registration, applying their capability changes.
+pub(crate) fn on_register(
+    plugins: &PluginRegistry,
+    registration: &mut AgentRegistration,
+    now_ms: u64,
+) -> Result<Vec<PendingViolation>, (PolicyDenied, Vec<PendingViolation>)> {
+    let mut violations = Vec::new();
+    for policy in plugins.policies().iter() {
+        let info = AgentInfo {
+            agent_id: registration.agent_id.clone(),
+            model: registration.model.clone(),
+            provider: registration.provider.clone(),
+            capabilities: registration.capabilities.as_slice().to_vec(),
+            labels: labels_for(policy, &registration.metadata),
+        };
+        let agent_id = Some(registration.agent_id.clone());
+        match verdict(policy, &PolicyInput::Register(info), now_ms) {
+            Verdict::Allow => {}
+            Verdict::Warn(reason) => {
+                violations.push(violation(&policy.name, "register", "warn", reason, None, agent_id))
+            }
+            Verdict::Deny(reason) => {
+                violations.push(violation(&policy.name, "register", "deny", reason.clone(), None, agent_id));
+                return Err((PolicyDenied { policy: policy.name.clone(), reason, violation_id: None }, violations));
+            }
+            Verdict::Modify(Modification::Register(changes)) => {
+                let normalize = |list: &[String]| -> Vec<String> {
+                    list.iter().filter_map(|c| normalize_capability("capabilities", c).ok()).collect()
+                };
+                registration
+                    .capabilities
+                    .apply(&normalize(&changes.add_capabilities), &normalize(&changes.remove_capabilities));
+            }
+            Verdict::Modify(Modification::Submit(_)) => {}
+        }
+    }
+    Ok(violations)
+}
+
+/// Runs the dispatch policies for `task` going to `agent`: the denials (empty = allowed).
+pub(crate) fn on_dispatch(plugins: &PluginRegistry, task: &Task, agent: &Agent, now_ms: u64) -> Vec<PendingViolation> {
+    for policy in plugins.policies().iter() {
+        let input = PolicyInput::Dispatch(DispatchRequest {
+            task: task_info(
+                policy,
+                task.task_id.as_str(),
+                &task.task_type,
+                task.priority,
+                &task.required_capabilities,
+                &task.metadata,
+            ),
+            agent: agent_info(policy, agent),
+        });
+        if let Verdict::Deny(reason) = verdict(policy, &input, now_ms) {
+            return vec![violation(
+                &policy.name,
+                "dispatch",
+                "deny",
+                reason,
+                Some(task.task_id.to_string()),
+                Some(agent.agent_id.clone()),
+            )];
+        }
+    }
+    Vec::new()
+}

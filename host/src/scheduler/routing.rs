@@ -1,0 +1,185 @@
+//! Routing new work to waiting agents through strategy plugins (DESIGN §4): after a submit commits, the task's
+//! strategy chooses among the blocked claims that could take it, and the store's `assign` hands it over only if
+//! the task is still pending, the waiter token unused and the agent still eligible; on failure the next choice is
+//! tried once, then the task is left to be pulled. `select_agent` exposes the same choice directly.
+
+use chrono::DateTime;
+use serde::Serialize;
+
+use super::policies::task_info;
+use super::{EngineError, Scheduler};
+use crate::model::{Agent, AgentStatus, CapabilitySet, Priority, TaskId};
+use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails, HealthStatus};
+use crate::plugins::{Answerer, Selection};
+use crate::store::{AgentFilter, Waiter};
+
+/// Milliseconds since an RFC 3339 time, or `None` when absent or unreadable.
+fn age_ms(time: Option<&str>, now_ms: u64) -> Option<u64> {
+    let parsed = DateTime::parse_from_rfc3339(time?).ok()?;
+    Some(now_ms.saturating_sub(parsed.timestamp_millis().max(0) as u64))
+}
+
+/// An agent as a strategy sees it.
+pub fn candidate_of(agent: &Agent, now_ms: u64) -> (Candidate, CandidateDetails) {
+    let candidate = Candidate {
+        in_flight: agent.in_flight,
+        max_concurrent: agent.max_concurrent_tasks,
+        completed: agent.tasks_completed,
+        failed: agent.tasks_failed,
+        avg_latency_ms: agent.avg_latency_ms.round().clamp(0.0, u32::MAX as f64) as u32,
+        heartbeat_age_ms: age_ms(Some(&agent.last_heartbeat), now_ms).unwrap_or(0),
+        since_assigned_ms: age_ms(agent.last_assigned_at.as_deref(), now_ms),
+        // The health monitor's verdicts feed this once it lands; until then every agent is unknown.
+        health: HealthStatus::Unknown,
+    };
+    let details = CandidateDetails {
+        agent_id: agent.agent_id.clone(),
+        model: agent.model.clone(),
+        provider: agent.provider.clone(),
+        labels: agent
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect(),
+    };
+    (candidate, details)
+}
+
+/// Whether an agent may be routed or selected: alive, not paused, not draining or failed, below capacity.
+fn routable(agent: &Agent) -> bool {
+    !agent.paused
+        && matches!(agent.status, AgentStatus::Ready | AgentStatus::Starting)
+        && agent.in_flight < agent.max_concurrent_tasks
+}
+
+/// A seed derived from the task id: the same task gets the same `random` choice on every server.
+fn seed_of(task_id: &str) -> u64 {
+    task_id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The answer of `select_agent`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentSelection {
+    /// The chosen agent.
+    pub agent_id: String,
+    /// The strategy asked.
+    pub strategy: String,
+    /// Who answered (the plugin, or a fallback).
+    pub answered_by: Answerer,
+    /// Agents considered.
+    pub candidates: usize,
+}
+
+impl Scheduler {
+    /// Offers a newly pending task to the blocked claims that could take it.
+    pub(super) async fn route(&self, task_id: &TaskId) {
+        if let Err(error) = self.try_route(task_id).await {
+            tracing::debug!(%task_id, %error, "routing skipped; the task waits to be claimed");
+        }
+    }
+
+    async fn try_route(&self, task_id: &TaskId) -> Result<(), EngineError> {
+        let Some(task) = self.store.get_task(task_id).await? else { return Ok(()) };
+        let limit = self.config.max_strategy_candidates;
+        let waiters = self.store.waiters_for(&task.required_capabilities, limit).await?;
+        if waiters.is_empty() {
+            return Ok(());
+        }
+        let mut pool: Vec<(Waiter, Agent)> = Vec::with_capacity(waiters.len());
+        for waiter in waiters {
+            if let Some(agent) = self.store.get_agent(&waiter.agent_id).await?
+                && routable(&agent)
+            {
+                pool.push((waiter, agent));
+            }
+        }
+        let strategy = task.strategy.clone().unwrap_or_else(|| self.config.default_strategy.clone());
+        for _ in 0..2 {
+            if pool.is_empty() {
+                break;
+            }
+            let agents: Vec<&Agent> = pool.iter().map(|(_, agent)| agent).collect();
+            let selection = self.choose(
+                &strategy,
+                task_id,
+                task.priority,
+                &task.task_type,
+                &task.required_capabilities,
+                &task.metadata,
+                &agents,
+            )?;
+            let (waiter, _) = pool.remove(selection.index);
+            if self.store.assign(task_id, &waiter.token).await?.is_some() {
+                self.wake(&waiter.token);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `strategy` over `agents` (never empty).
+    #[allow(clippy::too_many_arguments)]
+    fn choose(
+        &self,
+        strategy: &str,
+        task_id: &TaskId,
+        priority: Priority,
+        task_type: &str,
+        required: &CapabilitySet,
+        metadata: &serde_json::Map<String, serde_json::Value>,
+        agents: &[&Agent],
+    ) -> Result<Selection, EngineError> {
+        let plugin = self.plugins.strategy(strategy).map_err(|_| EngineError::UnknownStrategy(strategy.to_string()))?;
+        let now = self.store.now_ms();
+        let info = task_info(&plugin, task_id.as_str(), task_type, priority, required, metadata);
+        let wants_details = plugin.wants_details();
+        let (candidates, details): (Vec<Candidate>, Vec<CandidateDetails>) =
+            agents.iter().map(|agent| candidate_of(agent, now)).unzip();
+        let details = if wants_details { details } else { Vec::new() };
+        let ctx = CallContext { now_ms: now, seed: seed_of(task_id.as_str()) };
+        self.plugins
+            .select(strategy, ctx, &info, &candidates, &details)
+            .map_err(|_| EngineError::UnknownStrategy(strategy.to_string()))
+    }
+
+    /// The guide's `select_agent`: which available agent holding `capabilities` (minus `exclude`) the strategy
+    /// would choose now. `None` when no agent qualifies.
+    pub async fn select_agent(
+        &self,
+        capabilities: &CapabilitySet,
+        strategy: Option<&str>,
+        exclude: &[String],
+    ) -> Result<Option<AgentSelection>, EngineError> {
+        let strategy = strategy.unwrap_or(&self.config.default_strategy).to_string();
+        let agents: Vec<Agent> = self
+            .store
+            .list_agents(&AgentFilter::default())
+            .await?
+            .into_iter()
+            .filter(|agent| routable(agent) && capabilities.is_subset_of(&agent.capabilities))
+            .filter(|agent| !exclude.contains(&agent.agent_id))
+            .take(self.config.max_strategy_candidates)
+            .collect();
+        if agents.is_empty() {
+            self.plugins.strategy(&strategy).map_err(|_| EngineError::UnknownStrategy(strategy.clone()))?;
+            return Ok(None);
+        }
+        let refs: Vec<&Agent> = agents.iter().collect();
+        let selection_id = TaskId::generate();
+        let selection = self.choose(
+            &strategy,
+            &selection_id,
+            Priority::Normal,
+            "select_agent",
+            capabilities,
+            &serde_json::Map::new(),
+            &refs,
+        )?;
+        Ok(Some(AgentSelection {
+            agent_id: agents[selection.index].agent_id.clone(),
+            strategy,
+            answered_by: selection.answered_by,
+            candidates: agents.len(),
+        }))
+    }
+}

@@ -1,0 +1,280 @@
+//! The engine through the coordinator: routing of new work to blocked claims by strategy plugins (and after a
+//! hot swap), policies at submit and register, refusals, wait-for-result. Real plugins, the memory store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aragora_cp::config::Config;
+use aragora_cp::coordinator::ControlPlaneCoordinator;
+use aragora_cp::model::{CapabilitySet, EventKind, RegisterRequest, SubmitRequest, Task, TaskId, TaskStatus};
+use aragora_cp::plugins::{PluginRegistry, PluginSource};
+use aragora_cp::scheduler::{Claim, EngineError};
+use aragora_cp::store::{Fence, MemoryStore, Store, SystemClock};
+use aragora_cp_tests::{example_manifest, guest_bytes, runtime, wait_until};
+use serde_json::json;
+
+async fn coordinator(plugins_dir: Option<&std::path::Path>) -> Arc<ControlPlaneCoordinator> {
+    let config = Config { plugins_dir: plugins_dir.map(|p| p.to_path_buf()), ..Config::default() };
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
+    let plugins = Arc::new(PluginRegistry::new(runtime(), config.server_id.clone()).unwrap());
+    ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap()
+}
+
+async fn register(cp: &ControlPlaneCoordinator, id: &str, capabilities: &[&str]) {
+    let request = RegisterRequest {
+        agent_id: id.into(),
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+        max_concurrent_tasks: Some(8),
+        ..Default::default()
+    };
+    cp.register_agent(request).await.unwrap();
+}
+
+async fn submit(cp: &ControlPlaneCoordinator, task_type: &str) -> TaskId {
+    let request = SubmitRequest { task_type: task_type.into(), ..Default::default() };
+    cp.submit_task(request, "tester").await.unwrap().task_id
+}
+
+fn claim(agent: &str, block_ms: u64) -> Claim {
+    Claim {
+        agent_id: agent.into(),
+        capabilities: None,
+        block: Duration::from_millis(block_ms),
+        max_tasks: 1,
+        session_id: None,
+    }
+}
+
+/// Gives `agent` `count` tasks in flight (claimed, not finished).
+async fn load(cp: &ControlPlaneCoordinator, agent: &str, count: usize) {
+    for _ in 0..count {
+        submit(cp, "load").await;
+        let outcome = cp.claim_task(&claim(agent, 0)).await.unwrap();
+        assert_eq!(outcome.tasks.len(), 1);
+    }
+}
+
+/// Starts blocked claims for `agents`, in this order (the order strategies see them), and waits until all wait.
+async fn block_claims(
+    cp: &Arc<ControlPlaneCoordinator>,
+    agents: &[&str],
+) -> Vec<(String, tokio::task::JoinHandle<Vec<Task>>)> {
+    let mut handles = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let worker = cp.clone();
+        let agent_id = agent.to_string();
+        let handle = tokio::spawn(async move { worker.claim_task(&claim(&agent_id, 3_000)).await.unwrap().tasks });
+        let store = cp.store().clone();
+        let waiting = async {
+            loop {
+                if store.stats().await.unwrap().waiting_claims as usize == i + 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("claim blocked");
+        handles.push((agent.to_string(), handle));
+    }
+    handles
+}
+
+/// Which of the blocked claims got `task_id`; the others are left to time out.
+async fn receiver_of(handles: Vec<(String, tokio::task::JoinHandle<Vec<Task>>)>, task_id: &TaskId) -> String {
+    let mut receiver = None;
+    for (agent, handle) in handles {
+        let tasks = handle.await.unwrap();
+        if tasks.iter().any(|t| &t.task_id == task_id) {
+            assert!(receiver.is_none(), "the task reached two claims");
+            receiver = Some(agent);
+        }
+    }
+    receiver.expect("one blocked claim received the routed task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_loaded_routes_to_the_least_loaded_waiter_and_a_hot_swapped_strategy_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = coordinator(Some(dir.path())).await;
+    for agent in ["busy", "medium", "idle"] {
+        register(&cp, agent, &["code"]).await;
+    }
+    load(&cp, "busy", 3).await;
+    load(&cp, "medium", 1).await;
+
+    let waiting = block_claims(&cp, &["busy", "medium", "idle"]).await;
+    let routed = submit(&cp, "code").await;
+    assert_eq!(receiver_of(waiting, &routed).await, "idle", "least_loaded chose the agent with nothing in flight");
+
+    // Override the default strategy by dropping another plugin under its name: highest_index picks the last
+    // waiter, which is now the busiest agent.
+    std::fs::write(dir.path().join("least_loaded.wasm"), guest_bytes("highest_index")).unwrap();
+    let plugins = cp.plugins().clone();
+    wait_until(Duration::from_secs(5), || {
+        plugins.active("least_loaded").is_some_and(|v| v.source == PluginSource::File)
+    })
+    .expect("the override is active");
+    for _ in 0..2 {
+        let waiting = block_claims(&cp, &["idle", "medium", "busy"]).await;
+        let routed = submit(&cp, "code").await;
+        assert_eq!(receiver_of(waiting, &routed).await, "busy", "the swapped-in strategy decides now");
+    }
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_claim_times_out_empty_and_leaves_no_waiter_behind() {
+    let cp = coordinator(None).await;
+    register(&cp, "a", &["code"]).await;
+    let outcome = cp.claim_task(&claim("a", 150)).await.unwrap();
+    assert!(outcome.tasks.is_empty());
+    assert_eq!(cp.store().stats().await.unwrap().waiting_claims, 0);
+    // A task submitted afterwards waits to be pulled, not routed to a ghost.
+    let task = submit(&cp, "code").await;
+    assert_eq!(cp.get_task(&task).await.unwrap().status, TaskStatus::Pending);
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_from_an_unregistered_agent_is_told_to_register() {
+    let cp = coordinator(None).await;
+    match cp.claim_task(&claim("ghost", 0)).await {
+        Err(EngineError::Store(error)) => assert!(error.to_string().contains("register"), "{error}"),
+        other => panic!("expected agent not found, got {other:?}"),
+    }
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_agent_is_refused_for_its_whole_block_then_served_when_resumed() {
+    let cp = coordinator(None).await;
+    register(&cp, "a", &[]).await;
+    submit(&cp, "code").await;
+    cp.pause_agent("a").await.unwrap();
+    let started = std::time::Instant::now();
+    let refused = cp.claim_task(&claim("a", 200)).await.unwrap();
+    assert!(refused.tasks.is_empty());
+    assert_eq!(refused.reason.as_deref(), Some("paused"));
+    assert!(started.elapsed() >= Duration::from_millis(200), "a refused claim waits its full block");
+    cp.resume_agent("a").await.unwrap();
+    assert_eq!(cp.claim_task(&claim("a", 0)).await.unwrap().tasks.len(), 1);
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_policy_denies_with_a_recorded_violation_and_an_event() {
+    let cp = coordinator(None).await;
+    cp.plugins()
+        .install(
+            "payload_size_policy",
+            PluginSource::File,
+            &guest_bytes("payload_size_policy"),
+            example_manifest("payload_size_policy"),
+        )
+        .unwrap();
+    let mut events = cp.subscribe();
+    let big = SubmitRequest {
+        task_type: "code".into(),
+        payload: Some(json!({"blob": "x".repeat(70_000)})),
+        ..Default::default()
+    };
+    match cp.submit_task(big, "tester").await {
+        Err(EngineError::Denied(denied)) => {
+            assert_eq!(denied.policy, "payload_size_policy");
+            assert!(denied.reason.contains("65536"), "{}", denied.reason);
+        }
+        other => panic!("expected a policy denial, got {other:?}"),
+    }
+    let violations = cp.violations(10);
+    assert_eq!(violations.len(), 1);
+    assert_eq!((violations[0].stage, violations[0].decision), ("submit", "deny"));
+    let event = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.kind == EventKind::PolicyViolation {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a policy_violation event");
+    assert_eq!(event.data["policy"], "payload_size_policy");
+    assert_eq!(cp.get_stats().await.unwrap().scheduler["pending_tasks"], 0, "nothing was stored");
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_region_policy_routes_sensitive_work_only_to_approved_agents() {
+    let cp = coordinator(None).await;
+    cp.plugins()
+        .install("region_policy", PluginSource::File, &guest_bytes("region_policy"), example_manifest("region_policy"))
+        .unwrap();
+    let eu = RegisterRequest {
+        agent_id: "eu".into(),
+        metadata: json!({"region": "eu-west-1"}).as_object().unwrap().clone(),
+        ..Default::default()
+    };
+    let us = RegisterRequest {
+        agent_id: "us".into(),
+        capabilities: vec!["region:approved".into()],
+        metadata: json!({"region": "us-east-1"}).as_object().unwrap().clone(),
+        ..Default::default()
+    };
+    let eu = cp.register_agent(eu).await.unwrap().agent;
+    let us = cp.register_agent(us).await.unwrap().agent;
+    assert!(eu.capabilities.contains("region:approved"), "granted from its region");
+    assert!(!us.capabilities.contains("region:approved"), "a self-declared approval is taken away");
+
+    let sensitive = SubmitRequest {
+        task_type: "code".into(),
+        metadata: Some(json!({"sensitive": "true"}).as_object().unwrap().clone()),
+        ..Default::default()
+    };
+    let task_id = cp.submit_task(sensitive, "tester").await.unwrap().task_id;
+    let task = cp.get_task(&task_id).await.unwrap();
+    assert_eq!(task.required_capabilities, CapabilitySet::from_normalized(vec!["region:approved".into()]));
+    assert!(cp.claim_task(&claim("us", 0)).await.unwrap().tasks.is_empty());
+    assert_eq!(cp.claim_task(&claim("eu", 0)).await.unwrap().tasks[0].task_id, task_id);
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_result_returns_when_the_task_completes() {
+    let cp = coordinator(None).await;
+    register(&cp, "a", &[]).await;
+    let task_id = submit(&cp, "code").await;
+    let waiter = {
+        let cp = cp.clone();
+        let task_id = task_id.clone();
+        tokio::spawn(async move { cp.wait_for_result(&task_id, Duration::from_secs(5)).await.unwrap() })
+    };
+    let granted = cp.claim_task(&claim("a", 0)).await.unwrap().tasks.remove(0);
+    let lease = Fence::Lease(granted.lease_id.clone().unwrap());
+    cp.complete_task(&task_id, &lease, json!({"answer": 42})).await.unwrap();
+    let done = waiter.await.unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(done.result, Some(json!({"answer": 42})));
+    let stats = cp.get_stats().await.unwrap();
+    assert_eq!(stats.scheduler["by_status"]["completed"], 1);
+    assert_eq!(stats.registry["total_agents"], 1);
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_agent_applies_the_strategy_to_available_agents() {
+    let cp = coordinator(None).await;
+    for agent in ["a", "b", "c"] {
+        register(&cp, agent, &["code"]).await;
+    }
+    load(&cp, "a", 2).await;
+    load(&cp, "b", 1).await;
+    let code = CapabilitySet::from_normalized(vec!["code".into()]);
+    let chosen = cp.select_agent(&code, None, &[]).await.unwrap().unwrap();
+    assert_eq!(chosen.agent_id, "c");
+    let without_c = cp.select_agent(&code, Some("least_loaded"), &["c".into()]).await.unwrap().unwrap();
+    assert_eq!(without_c.agent_id, "b");
+    let nobody = cp.select_agent(&CapabilitySet::from_normalized(vec!["judge".into()]), None, &[]).await.unwrap();
+    assert!(nobody.is_none());
+    assert!(matches!(cp.select_agent(&code, Some("nope"), &[]).await, Err(EngineError::UnknownStrategy(_))));
+    cp.shutdown().await;
+}
