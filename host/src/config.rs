@@ -38,6 +38,14 @@ pub struct Config {
     pub plugins_dir: Option<PathBuf>,
     /// Events kept for resume (`SSE_BUFFER`, 10000).
     pub event_buffer: usize,
+    /// Breaker failures that open it (`BREAKER_THRESHOLD`, 5).
+    pub breaker_threshold: u32,
+    /// Window those failures count in (`BREAKER_WINDOW`, 60 s).
+    pub breaker_window: Duration,
+    /// Open time before a half-open trial (`BREAKER_COOLDOWN`, 30 s).
+    pub breaker_cooldown: Duration,
+    /// Health probing (`PROBE_INTERVAL`, `PROBE_TIMEOUT`, `PROBE_CONCURRENCY`, `PROBE_ALLOWED_HOSTS`).
+    pub probes: crate::health::ProbeSettings,
 }
 
 impl Default for Config {
@@ -58,6 +66,10 @@ impl Default for Config {
             max_signatures: 4096,
             plugins_dir: None,
             event_buffer: 10_000,
+            breaker_threshold: 5,
+            breaker_window: Duration::from_secs(60),
+            breaker_cooldown: Duration::from_secs(30),
+            probes: crate::health::ProbeSettings::default(),
         }
     }
 }
@@ -75,6 +87,9 @@ impl Config {
             retry_backoff_max_ms: self.retry_backoff_max.as_millis() as u64,
             event_buffer: self.event_buffer,
             idempotency_ttl_ms: 24 * 3600 * 1000,
+            breaker_threshold: self.breaker_threshold,
+            breaker_window_ms: self.breaker_window.as_millis() as u64,
+            breaker_cooldown_ms: self.breaker_cooldown.as_millis() as u64,
         }
     }
 }

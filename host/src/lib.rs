@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod coordinator;
+pub mod health;
 pub mod model;
 pub mod plugins;
 pub mod registry;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::health::HealthMonitor;
 use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, EventKind, HeartbeatRequest, RegisterRequest, SubmitRequest, Task,
     TaskId, rfc3339_ms,
@@ -26,28 +27,9 @@ use crate::scheduler::routing::AgentSelection;
 use crate::scheduler::{Claim, ClaimOutcome, EngineError, Scheduler, Violation};
 use crate::store::memory::is_available;
 use crate::store::{
-    AgentFilter, FailRequest, Fence, HeartbeatOutcome, MemoryStore, Registered, Store, StoreError, StoreStats,
-    Submitted, SystemClock, TaskFilter, TaskPage,
+    AgentFilter, AgentHealth, FailRequest, Fence, HealthState, HeartbeatOutcome, MemoryStore, Registered, Store,
+    StoreError, StoreStats, Submitted, SystemClock, TaskFilter, TaskPage,
 };
-
-/// An agent's health (DESIGN §3).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct AgentHealth {
-    /// The agent.
-    pub agent_id: String,
-    /// healthy, degraded, unhealthy or unknown.
-    pub status: &'static str,
-    /// Last judgement (RFC 3339).
-    pub last_check: String,
-    /// Failed checks in a row.
-    pub consecutive_failures: u32,
-    /// Latency seen by the last check, in ms.
-    pub latency_ms: Option<f64>,
-    /// Why.
-    pub message: String,
-    /// Circuit breaker state: closed, open or half_open.
-    pub breaker: &'static str,
-}
 
 /// The fleet's health.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -56,6 +38,15 @@ pub struct SystemHealth {
     pub status: &'static str,
     /// Per agent.
     pub agents: std::collections::BTreeMap<String, AgentHealth>,
+}
+
+/// An offline agent is unhealthy whatever its last probe said: liveness is part of health.
+fn with_liveness(mut health: AgentHealth, agent: &Agent) -> AgentHealth {
+    if agent.status == AgentStatus::Offline {
+        health.status = HealthState::Unhealthy;
+        health.message = format!("offline: no heartbeat within HEARTBEAT_TIMEOUT (last probe: {})", health.message);
+    }
+    health
 }
 
 /// `get_stats()`: the guide's sections, from the store's counters.
@@ -76,6 +67,7 @@ pub struct ControlPlaneCoordinator {
     plugins: Arc<PluginRegistry>,
     scheduler: Arc<Scheduler>,
     registry: AgentRegistry,
+    health: Arc<HealthMonitor>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
     background: Mutex<Vec<JoinHandle<()>>>,
@@ -101,6 +93,7 @@ impl ControlPlaneCoordinator {
     ) -> anyhow::Result<Arc<Self>> {
         let scheduler = Arc::new(Scheduler::new(store.clone(), plugins.clone(), config.clone()));
         let registry = AgentRegistry::new(scheduler.clone());
+        let health = Arc::new(HealthMonitor::new(store.clone(), plugins.clone(), config.probes.clone()));
         let (events, _) = broadcast::channel(config.event_buffer.clamp(64, 65_536));
         let coordinator = Arc::new(ControlPlaneCoordinator {
             config: config.clone(),
@@ -108,6 +101,7 @@ impl ControlPlaneCoordinator {
             plugins: plugins.clone(),
             scheduler: scheduler.clone(),
             registry,
+            health: health.clone(),
             events: events.clone(),
             shutdown: CancellationToken::new(),
             background: Mutex::new(Vec::new()),
@@ -122,6 +116,7 @@ impl ControlPlaneCoordinator {
             Some(plugin_event(event, &server_id, clock_store.now_ms()))
         }));
         background.push(tokio::spawn(scheduler.run_sweeper(coordinator.shutdown.clone())));
+        background.push(tokio::spawn(health.run(coordinator.shutdown.clone())));
         *coordinator.background.lock() = background;
         if let Some(dir) = &config.plugins_dir {
             let (watcher, report) = PluginWatcher::start(dir, plugins, WatchOptions::default())?;
@@ -279,14 +274,21 @@ impl ControlPlaneCoordinator {
         }
     }
 
-    /// Which agent the strategy would choose for `capabilities` now (the guide's `select_agent`).
+    /// Which agent the strategy chooses for `capabilities` now (the guide's `select_agent`); unless `dry_run`,
+    /// the choice counts as an assignment, so `round_robin` rotates.
     pub async fn select_agent(
         &self,
         capabilities: &CapabilitySet,
         strategy: Option<&str>,
         exclude: &[String],
+        dry_run: bool,
     ) -> Result<Option<AgentSelection>, EngineError> {
-        self.scheduler.select_agent(capabilities, strategy, exclude).await
+        self.scheduler.select_agent(capabilities, strategy, exclude, dry_run).await
+    }
+
+    /// Runs one probe round now (the monitor also runs every `PROBE_INTERVAL`); returns the verdicts recorded.
+    pub async fn probe_now(&self) -> usize {
+        self.health.probe_round().await
     }
 
     /// Policy violations recorded on this server, newest first.
@@ -294,36 +296,27 @@ impl ControlPlaneCoordinator {
         self.scheduler.violations(limit)
     }
 
-    /// One agent's health. Until the probe-driven monitor lands this is liveness: an agent heartbeating within
-    /// `HEARTBEAT_TIMEOUT` is healthy, an offline or failed one unhealthy; breakers stay closed.
+    /// One agent's health and breaker. An offline agent is unhealthy whatever its last probe said.
     pub async fn get_agent_health(&self, agent_id: &str) -> Result<AgentHealth, EngineError> {
         let agent = self.registry.get(agent_id).await?;
-        Ok(self.health_of(&agent))
+        let health =
+            self.store.agent_health(agent_id).await?.ok_or_else(|| StoreError::AgentNotFound(agent_id.to_string()))?;
+        Ok(with_liveness(health, &agent))
     }
 
-    fn health_of(&self, agent: &Agent) -> AgentHealth {
-        let (status, message) = match agent.status {
-            AgentStatus::Offline => ("unhealthy", "no heartbeat within HEARTBEAT_TIMEOUT"),
-            AgentStatus::Failed => ("unhealthy", "the agent reported a fatal error"),
-            _ => ("healthy", "heartbeating"),
-        };
-        AgentHealth {
-            agent_id: agent.agent_id.clone(),
-            status,
-            last_check: rfc3339_ms(self.store.now_ms()),
-            consecutive_failures: 0,
-            latency_ms: (agent.avg_latency_ms > 0.0).then_some(agent.avg_latency_ms),
-            message: message.into(),
-            breaker: "closed",
-        }
-    }
-
-    /// The fleet's health.
+    /// The fleet's health: healthy when no agent is unhealthy, degraded when some are, unhealthy when all are,
+    /// unknown with no agents.
     pub async fn get_system_health(&self) -> Result<SystemHealth, EngineError> {
-        let agents = self.registry.list(&AgentFilter::default()).await?;
-        let health: std::collections::BTreeMap<String, AgentHealth> =
-            agents.iter().map(|agent| (agent.agent_id.clone(), self.health_of(agent))).collect();
-        let unhealthy = health.values().filter(|h| h.status == "unhealthy").count();
+        let agents: std::collections::HashMap<String, Agent> =
+            self.registry.list(&AgentFilter::default()).await?.into_iter().map(|a| (a.agent_id.clone(), a)).collect();
+        let health: std::collections::BTreeMap<String, AgentHealth> = self
+            .store
+            .all_health()
+            .await?
+            .into_iter()
+            .filter_map(|h| agents.get(&h.agent_id).map(|agent| (h.agent_id.clone(), with_liveness(h, agent))))
+            .collect();
+        let unhealthy = health.values().filter(|h| h.status == HealthState::Unhealthy).count();
         let status = match (health.len(), unhealthy) {
             (0, _) => "unknown",
             (_, 0) => "healthy",
@@ -337,7 +330,7 @@ impl ControlPlaneCoordinator {
     pub async fn get_stats(&self) -> Result<Stats, EngineError> {
         let s: StoreStats = self.store.stats().await?;
         let count = |map: &std::collections::BTreeMap<String, u64>, key: &str| map.get(key).copied().unwrap_or(0);
-        let healthy = s.total_agents - count(&s.agents_by_status, "offline") - count(&s.agents_by_status, "failed");
+        let healthy = count(&s.agents_by_health, "healthy");
         Ok(Stats {
             registry: json!({
                 "total_agents": s.total_agents,
@@ -356,8 +349,8 @@ impl ControlPlaneCoordinator {
             }),
             health: json!({
                 "healthy_count": healthy,
-                "unhealthy_count": s.total_agents - healthy,
-                "open_breakers": 0,
+                "by_status": s.agents_by_health,
+                "open_breakers": s.open_breakers,
             }),
         })
     }

@@ -112,6 +112,20 @@ impl Scheduler {
             self.config.max_task_retries,
         )?;
         self.check_strategy(&task)?;
+        // Idempotency is checked before the policies (DESIGN §4): a replay answers the first task even if a policy
+        // changed since. The store checks again atomically when it commits.
+        if let Some(key) = &task.idempotency_key
+            && let Some((task_id, fingerprint)) = self.store.idempotent_task(submitted_by, key).await?
+        {
+            if fingerprint == task.fingerprint {
+                return Ok(Submitted { task_id, replayed: true });
+            }
+            return Err(StoreError::conflict(
+                "idempotency_key_reused",
+                format!("idempotency key {key:?} was used for a different task"),
+            )
+            .into());
+        }
         self.apply_submit_policies(&mut task)?;
         let submitted = self.store.submit(task).await?;
         if !submitted.replayed {
@@ -192,7 +206,8 @@ impl Scheduler {
             ),
         };
         let block = claim.block.min(MAX_BLOCK);
-        if let Some(reason) = refusal(&agent) {
+        let health = self.store.agent_health(&claim.agent_id).await?;
+        if let Some(reason) = refusal(&agent, health.as_ref()) {
             // A refused agent waits its full block, so it cannot spin on the claim endpoint.
             tokio::time::sleep(block).await;
             return Ok(ClaimOutcome { tasks: Vec::new(), reason: Some(reason.into()) });
@@ -317,10 +332,19 @@ impl Scheduler {
 }
 
 /// Why an agent may not take work now, if it may not.
-fn refusal(agent: &crate::model::Agent) -> Option<&'static str> {
+fn refusal(agent: &crate::model::Agent, health: Option<&crate::store::AgentHealth>) -> Option<&'static str> {
     use crate::model::AgentStatus;
+    use crate::store::{BreakerState, HealthState};
     if agent.paused {
         return Some("paused");
+    }
+    if let Some(health) = health {
+        if health.status == HealthState::Unhealthy {
+            return Some("unhealthy");
+        }
+        if health.breaker == BreakerState::Open {
+            return Some("breaker_open");
+        }
     }
     match agent.status {
         AgentStatus::Draining => Some("draining"),

@@ -143,12 +143,14 @@ impl Scheduler {
     }
 
     /// The guide's `select_agent`: which available agent holding `capabilities` (minus `exclude`) the strategy
-    /// would choose now. `None` when no agent qualifies.
+    /// would choose now. `None` when no agent qualifies. Unless `dry_run`, the choice counts as an assignment
+    /// (`last_assigned_at`, in store time), so `round_robin` rotates across calls and servers.
     pub async fn select_agent(
         &self,
         capabilities: &CapabilitySet,
         strategy: Option<&str>,
         exclude: &[String],
+        dry_run: bool,
     ) -> Result<Option<AgentSelection>, EngineError> {
         let strategy = strategy.unwrap_or(&self.config.default_strategy).to_string();
         let agents: Vec<Agent> = self
@@ -175,8 +177,12 @@ impl Scheduler {
             &serde_json::Map::new(),
             &refs,
         )?;
+        let chosen = &agents[selection.index].agent_id;
+        if !dry_run {
+            self.store.mark_assigned(chosen).await?;
+        }
         Ok(Some(AgentSelection {
-            agent_id: agents[selection.index].agent_id.clone(),
+            agent_id: chosen.clone(),
             strategy,
             answered_by: selection.answered_by,
             candidates: agents.len(),

@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::{
-    AgentFilter, AgentRegistration, ClaimRequest, Clock, FailRequest, Fence, HeartbeatOutcome, Registered,
-    RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult, StoreStats, Submitted, TaskFilter, TaskPage,
-    Waiter, Withdrawn,
+    AgentFilter, AgentHealth, AgentRegistration, BreakerState, ClaimRequest, Clock, FailRequest, Fence, HealthState,
+    HealthVerdict, HeartbeatOutcome, Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult,
+    StoreStats, Submitted, TaskFilter, TaskPage, Waiter, Withdrawn,
 };
 use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, EventKind, FailKind, HeartbeatRequest, NewTask, Priority, Task,
@@ -60,6 +60,29 @@ struct AgentRecord {
     /// Leases lost since the last heartbeat.
     revocations: Vec<Revoked>,
     completed_latency_total_ms: f64,
+    health: HealthRecord,
+    breaker: Breaker,
+}
+
+#[derive(Default)]
+struct HealthRecord {
+    status: HealthState,
+    last_check_ms: Option<u64>,
+    consecutive_failures: u32,
+    latency_ms: Option<f64>,
+    message: String,
+    /// The agent is `failed` because of an unhealthy verdict (a healthy one clears it; a fatal report does not).
+    failed_by_probe: bool,
+}
+
+#[derive(Default)]
+struct Breaker {
+    state: BreakerState,
+    /// Recent failures: when, and the task (none for probe failures).
+    failures: VecDeque<(u64, Option<TaskId>)>,
+    opened_at_ms: u64,
+    /// The half-open trial lease.
+    trial: Option<TaskId>,
 }
 
 #[derive(Default)]
@@ -322,6 +345,9 @@ impl Tx<'_> {
         let agent = self.state.agents.get_mut(agent_id).expect("agent exists");
         agent.leases.insert(task_id.clone(), now);
         agent.agent.last_assigned_at = Some(rfc3339_ms(now));
+        if agent.breaker.state == BreakerState::HalfOpen && agent.breaker.trial.is_none() {
+            agent.breaker.trial = Some(task_id.clone());
+        }
         self.refresh_capacity(agent_id);
         self.emit(EventKind::TaskClaimed, Some(task_id), Some(agent_id), json!({"attempt": attempt, "via": via}));
         self.state.tasks[task_id].task.clone()
@@ -345,6 +371,11 @@ impl Tx<'_> {
             && let Some(agent) = self.state.agents.get_mut(&agent_id)
             && agent.leases.remove(task_id).is_some()
         {
+            if agent.breaker.trial.as_ref() == Some(task_id) && agent.breaker.state == BreakerState::HalfOpen {
+                // Decided by `breaker_success`/`breaker_failure` when the outcome is known; a trial that just
+                // ends (cancelled, released) frees the slot for another one.
+                agent.breaker.trial = None;
+            }
             if let Some(reason) = revoked {
                 agent.revocations.push(Revoked { task_id: task_id.clone(), reason });
             }
@@ -408,12 +439,80 @@ impl Tx<'_> {
         self.state.waiters.retain(|_, (_, waiter)| waiter.agent_id != agent_id);
     }
 
-    /// Whether the agent may be given work now (registered, not paused, not draining, not failed).
-    fn eligible(&self, agent_id: &str) -> bool {
-        self.state
-            .agents
-            .get(agent_id)
-            .is_some_and(|a| !a.agent.paused && !matches!(a.agent.status, AgentStatus::Draining | AgentStatus::Failed))
+    /// Whether the agent may be given work now: registered, not paused, not draining or failed, not unhealthy,
+    /// and its breaker lets a lease through (an open breaker past its cooldown turns half-open here, and a
+    /// half-open one lets exactly one trial lease through).
+    fn eligible(&mut self, agent_id: &str) -> bool {
+        let now = self.now;
+        let cooldown = self.store.config.breaker_cooldown_ms;
+        let Some(record) = self.state.agents.get_mut(agent_id) else { return false };
+        if record.agent.paused
+            || matches!(record.agent.status, AgentStatus::Draining | AgentStatus::Failed)
+            || record.health.status == HealthState::Unhealthy
+        {
+            return false;
+        }
+        match record.breaker.state {
+            BreakerState::Closed => true,
+            BreakerState::HalfOpen => record.breaker.trial.is_none(),
+            BreakerState::Open if now >= record.breaker.opened_at_ms + cooldown => {
+                record.breaker.state = BreakerState::HalfOpen;
+                record.breaker.trial = None;
+                self.emit(EventKind::BreakerChanged, None, Some(agent_id), json!({"from": "open", "to": "half_open"}));
+                true
+            }
+            BreakerState::Open => false,
+        }
+    }
+
+    /// Counts a failure against the agent's breaker (agent-kind failures, attempt timeouts, unhealthy probes):
+    /// it opens after `breaker_threshold` failures over at least two distinct tasks within the window, and a
+    /// failed half-open trial opens it again.
+    fn breaker_failure(&mut self, agent_id: &str, task_id: Option<&TaskId>) {
+        let now = self.now;
+        let config = &self.store.config;
+        let (threshold, window) = (config.breaker_threshold as usize, config.breaker_window_ms);
+        let Some(record) = self.state.agents.get_mut(agent_id) else { return };
+        let breaker = &mut record.breaker;
+        breaker.failures.push_back((now, task_id.cloned()));
+        while breaker.failures.front().is_some_and(|(at, _)| *at + window < now) {
+            breaker.failures.pop_front();
+        }
+        let distinct_tasks: BTreeSet<&TaskId> = breaker.failures.iter().filter_map(|(_, t)| t.as_ref()).collect();
+        let from = breaker.state;
+        let open = match from {
+            BreakerState::Closed => breaker.failures.len() >= threshold.max(1) && distinct_tasks.len() >= 2,
+            BreakerState::HalfOpen => true,
+            BreakerState::Open => false,
+        };
+        if open {
+            breaker.state = BreakerState::Open;
+            breaker.opened_at_ms = now;
+            breaker.trial = None;
+            self.emit(EventKind::BreakerChanged, None, Some(agent_id), json!({"from": from.as_str(), "to": "open"}));
+        }
+    }
+
+    /// A task the agent completed: a successful half-open trial closes its breaker.
+    fn breaker_success(&mut self, agent_id: &str, task_id: &TaskId) {
+        let Some(record) = self.state.agents.get_mut(agent_id) else { return };
+        if record.breaker.state == BreakerState::HalfOpen && record.breaker.trial.as_ref() == Some(task_id) {
+            record.breaker = Breaker::default();
+            self.emit(EventKind::BreakerChanged, None, Some(agent_id), json!({"from": "half_open", "to": "closed"}));
+        }
+    }
+
+    fn health_of(&self, agent_id: &str) -> Option<AgentHealth> {
+        let record = self.state.agents.get(agent_id)?;
+        Some(AgentHealth {
+            agent_id: agent_id.to_string(),
+            status: record.health.status,
+            last_check: record.health.last_check_ms.map(rfc3339_ms),
+            consecutive_failures: record.health.consecutive_failures,
+            latency_ms: record.health.latency_ms,
+            message: record.health.message.clone(),
+            breaker: record.breaker.state,
+        })
     }
 
     /// The best claimable task for `capabilities` (lowest score among the signatures it covers), counting how
@@ -674,9 +773,12 @@ impl Store for MemoryStore {
                 if let Some(session) = &registration.session_id {
                     agent.session_id = session.clone();
                 }
-                if matches!(agent.status, AgentStatus::Offline | AgentStatus::Failed | AgentStatus::Starting) {
+                // Registering again is a fresh start: draining, failed (also by an unhealthy verdict), offline or
+                // starting agents take the status they register with; capacity then decides ready or busy.
+                if !matches!(agent.status, AgentStatus::Ready | AgentStatus::Busy) {
                     tx.set_agent_status(&id, registration.status);
                 }
+                tx.state.agents.get_mut(&id).expect("agent exists").health.failed_by_probe = false;
             } else {
                 let session_id =
                     registration.session_id.clone().unwrap_or_else(|| format!("{:032x}", rand::rng().random::<u128>()));
@@ -709,6 +811,8 @@ impl Store for MemoryStore {
                         leases: BTreeMap::new(),
                         revocations: Vec::new(),
                         completed_latency_total_ms: 0.0,
+                        health: HealthRecord::default(),
+                        breaker: Breaker::default(),
                     },
                 );
                 tx.state.expiry.insert((now, id.clone()));
@@ -865,9 +969,15 @@ impl Store for MemoryStore {
                 return Ok(Vec::new());
             }
             tx.promote_due();
+            // The store enforces narrowing itself: a claim may not ask for capabilities the agent does not hold.
+            let registered = tx.state.agents[&request.agent_id].agent.capabilities.clone();
+            let capabilities = CapabilitySet::from_normalized(
+                request.capabilities.as_slice().iter().filter(|c| registered.contains(c)).cloned().collect(),
+            );
             let mut granted = Vec::new();
-            while granted.len() < request.max_tasks {
-                let Some(task_id) = tx.best_for(&request.capabilities, &BTreeSet::new()) else { break };
+            // Eligibility is checked before every grant: a half-open breaker lets one trial lease through.
+            while granted.len() < request.max_tasks && (granted.is_empty() || tx.eligible(&request.agent_id)) {
+                let Some(task_id) = tx.best_for(&capabilities, &BTreeSet::new()) else { break };
                 tx.dequeue(&task_id);
                 granted.push(tx.grant(&task_id, &request.agent_id, "claim"));
             }
@@ -988,6 +1098,9 @@ impl Store for MemoryStore {
             record.task.result = Some(result);
             let latency = record.claimed_at_ms.map(|at| now.saturating_sub(at) as f64);
             let agent_id = record.task.assigned_agent.clone();
+            if let Some(agent_id) = &agent_id {
+                tx.breaker_success(agent_id, task_id);
+            }
             tx.drop_lease(task_id, None);
             tx.set_status(task_id, TaskStatus::Completed);
             if let Some(agent_id) = &agent_id
@@ -1024,6 +1137,13 @@ impl Store for MemoryStore {
                 FailKind::Task => "task",
                 FailKind::Agent => "agent",
             };
+            // Only failures blamed on the agent feed its breaker: a poison task must not open the breakers of
+            // every agent it visits.
+            if failure.kind == FailKind::Agent
+                && let Some(agent_id) = &agent_id
+            {
+                tx.breaker_failure(agent_id, Some(task_id));
+            }
             if retry {
                 tx.drop_lease(task_id, None);
                 tx.requeue(task_id, true, Some(error));
@@ -1105,6 +1225,11 @@ impl Store for MemoryStore {
             record.outcome_lease = None;
             record.available_at_ms = None;
             record.task.available_at = None;
+            record.task.unfenced = false;
+            if tx.store.config.priority_aging_ms.is_some() {
+                // With aging, a manual retry is new work: it ages from now, not from its first submission.
+                record.score = tx.store.score(record.task.priority, record.seq, tx.now);
+            }
             tx.set_status(task_id, TaskStatus::Pending);
             tx.state.tasks.get_mut(task_id).expect("task exists").task.completed_at = None;
             tx.enqueue(task_id);
@@ -1170,6 +1295,9 @@ impl Store for MemoryStore {
                 swept += 1;
                 let agent_id = tx.state.tasks[&task_id].task.assigned_agent.clone();
                 let attempt = tx.state.tasks[&task_id].task.attempt;
+                if let Some(agent_id) = &agent_id {
+                    tx.breaker_failure(agent_id, Some(&task_id));
+                }
                 tx.drop_lease(&task_id, Some(RevokeReason::Timeout));
                 tx.emit(EventKind::TaskTimeout, Some(&task_id), agent_id.as_deref(), json!({"attempt": attempt}));
                 let record = &tx.state.tasks[&task_id];
@@ -1219,6 +1347,93 @@ impl Store for MemoryStore {
         Ok(candidates.into_iter().flatten().min())
     }
 
+    async fn record_health(&self, agent_id: &str, verdict: HealthVerdict) -> StoreResult<AgentHealth> {
+        self.transition(|tx| {
+            let now = tx.now;
+            let record = tx.agent(agent_id)?;
+            let previous = record.health.status;
+            let health = &mut record.health;
+            health.status = verdict.status;
+            health.last_check_ms = Some(now);
+            health.latency_ms = verdict.latency_ms;
+            health.message = verdict.message.clone();
+            let status = record.agent.status;
+            match verdict.status {
+                HealthState::Unhealthy => {
+                    record.health.consecutive_failures += 1;
+                    tx.breaker_failure(agent_id, None);
+                    if !matches!(status, AgentStatus::Offline | AgentStatus::Failed) {
+                        tx.agent(agent_id)?.health.failed_by_probe = true;
+                        tx.set_agent_status(agent_id, AgentStatus::Failed);
+                    }
+                }
+                HealthState::Healthy | HealthState::Degraded => {
+                    record.health.consecutive_failures = 0;
+                    if status == AgentStatus::Failed && record.health.failed_by_probe {
+                        record.health.failed_by_probe = false;
+                        tx.set_agent_status(agent_id, AgentStatus::Ready);
+                        tx.refresh_capacity(agent_id);
+                    }
+                }
+                HealthState::Unknown => {}
+            }
+            if previous != verdict.status {
+                tx.emit(
+                    EventKind::HealthChanged,
+                    None,
+                    Some(agent_id),
+                    json!({"from": previous.as_str(), "to": verdict.status.as_str(), "message": verdict.message}),
+                );
+            }
+            Ok(tx.health_of(agent_id).expect("agent exists"))
+        })
+    }
+
+    async fn agent_health(&self, agent_id: &str) -> StoreResult<Option<AgentHealth>> {
+        self.transition(|tx| {
+            // Reading turns an open breaker past its cooldown half-open, so the answer is current.
+            if tx.state.agents.contains_key(agent_id) {
+                let _ = tx.eligible(agent_id);
+            }
+            Ok(tx.health_of(agent_id))
+        })
+    }
+
+    async fn all_health(&self) -> StoreResult<Vec<AgentHealth>> {
+        let state = self.state.lock();
+        let tx_free = |id: &String| {
+            let record = &state.agents[id];
+            AgentHealth {
+                agent_id: id.clone(),
+                status: record.health.status,
+                last_check: record.health.last_check_ms.map(rfc3339_ms),
+                consecutive_failures: record.health.consecutive_failures,
+                latency_ms: record.health.latency_ms,
+                message: record.health.message.clone(),
+                breaker: record.breaker.state,
+            }
+        };
+        Ok(state.agents.keys().map(tx_free).collect())
+    }
+
+    async fn mark_assigned(&self, agent_id: &str) -> StoreResult<()> {
+        self.transition(|tx| {
+            let now = tx.now;
+            tx.agent(agent_id)?.agent.last_assigned_at = Some(rfc3339_ms(now));
+            Ok(())
+        })
+    }
+
+    async fn idempotent_task(&self, submitted_by: &str, key: &str) -> StoreResult<Option<(TaskId, String)>> {
+        let now = self.clock.now_ms();
+        let state = self.state.lock();
+        Ok(state
+            .idempotency
+            .get(&(submitted_by.to_string(), key.to_string()))
+            .filter(|(_, _, expires)| *expires > now)
+            .map(|(task_id, fingerprint, _)| (task_id.clone(), fingerprint.clone())))
+    }
+
     async fn stats(&self) -> StoreResult<StoreStats> {
         let state = self.state.lock();
         let mut stats = StoreStats {
@@ -1237,6 +1452,10 @@ impl Store for MemoryStore {
             }
             if is_available(agent) {
                 stats.available_agents += 1;
+            }
+            *stats.agents_by_health.entry(record.health.status.as_str().into()).or_default() += 1;
+            if record.breaker.state != BreakerState::Closed {
+                stats.open_breakers += 1;
             }
         }
         for (status, count) in &state.stats.tasks_by_status {

@@ -43,6 +43,12 @@ pub struct StoreConfig {
     pub event_buffer: usize,
     /// Idempotency keys are remembered this long, in ms.
     pub idempotency_ttl_ms: u64,
+    /// Breaker failures (agent-kind failures, attempt timeouts, unhealthy probes) that open it.
+    pub breaker_threshold: u32,
+    /// Window in which those failures count, in ms.
+    pub breaker_window_ms: u64,
+    /// Time an open breaker waits before a half-open trial, in ms.
+    pub breaker_cooldown_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -57,6 +63,9 @@ impl Default for StoreConfig {
             retry_backoff_max_ms: 60_000,
             event_buffer: 10_000,
             idempotency_ttl_ms: 24 * 3600 * 1000,
+            breaker_threshold: 5,
+            breaker_window_ms: 60_000,
+            breaker_cooldown_ms: 30_000,
         }
     }
 }
@@ -235,6 +244,87 @@ pub struct FailRequest {
     pub kind: FailKind,
 }
 
+/// An agent's health as the probes judged it (DESIGN §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// The last probe passed.
+    Healthy,
+    /// Working, but something is off.
+    Degraded,
+    /// No work for it.
+    Unhealthy,
+    /// Not probed yet, or the probe could not answer.
+    #[default]
+    Unknown,
+}
+
+impl HealthState {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Degraded => "degraded",
+            HealthState::Unhealthy => "unhealthy",
+            HealthState::Unknown => "unknown",
+        }
+    }
+}
+
+/// A per-agent circuit breaker (DESIGN §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Work flows.
+    #[default]
+    Closed,
+    /// Too many failures: no work until the cooldown passes.
+    Open,
+    /// After the cooldown: exactly one trial lease; its success closes the breaker, its failure reopens it.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A probe round's verdict on one agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthVerdict {
+    /// The verdict.
+    pub status: HealthState,
+    /// Why.
+    pub message: String,
+    /// Latency the check saw, in ms.
+    pub latency_ms: Option<f64>,
+}
+
+/// An agent's health record (`GET /health/{agent_id}`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentHealth {
+    /// The agent.
+    pub agent_id: String,
+    /// Its health.
+    pub status: HealthState,
+    /// When it was last judged (RFC 3339).
+    pub last_check: Option<String>,
+    /// Unhealthy verdicts in a row.
+    pub consecutive_failures: u32,
+    /// Latency seen by the last check, in ms.
+    pub latency_ms: Option<f64>,
+    /// The last verdict's explanation.
+    pub message: String,
+    /// Its circuit breaker.
+    pub breaker: BreakerState,
+}
+
 /// Filters of `GET /agents`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AgentFilter {
@@ -293,6 +383,10 @@ pub struct StoreStats {
     pub live_signatures: u64,
     /// Pending index entries examined by the last claim (a complexity probe: flat in the backlog).
     pub last_claim_examined: u64,
+    /// Agents by health.
+    pub agents_by_health: std::collections::BTreeMap<String, u64>,
+    /// Agents whose breaker is open or half-open.
+    pub open_breakers: u64,
 }
 
 /// All control-plane state. Every method is one atomic transition (or one consistent read).
@@ -392,6 +486,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// The earliest timeout, heartbeat expiry or backoff deadline, in store ms (what the sweeper sleeps to).
     async fn next_deadline(&self) -> StoreResult<Option<u64>>;
+
+    /// Records a probe verdict: health, `failed` status while unhealthy (cleared by a healthy verdict), and an
+    /// unhealthy verdict feeds the agent's breaker.
+    async fn record_health(&self, agent_id: &str, verdict: HealthVerdict) -> StoreResult<AgentHealth>;
+
+    /// An agent's health and breaker.
+    async fn agent_health(&self, agent_id: &str) -> StoreResult<Option<AgentHealth>>;
+
+    /// Every agent's health and breaker, by agent id.
+    async fn all_health(&self) -> StoreResult<Vec<AgentHealth>>;
+
+    /// Records that the agent was chosen (a non-dry-run `select_agent`): `last_assigned_at` in store time.
+    async fn mark_assigned(&self, agent_id: &str) -> StoreResult<()>;
+
+    /// The task an idempotency key already created for this submitter, if the key is live.
+    async fn idempotent_task(&self, submitted_by: &str, key: &str) -> StoreResult<Option<(TaskId, String)>>;
 
     /// The counters.
     async fn stats(&self) -> StoreResult<StoreStats>;

@@ -269,12 +269,78 @@ async fn select_agent_applies_the_strategy_to_available_agents() {
     load(&cp, "a", 2).await;
     load(&cp, "b", 1).await;
     let code = CapabilitySet::from_normalized(vec!["code".into()]);
-    let chosen = cp.select_agent(&code, None, &[]).await.unwrap().unwrap();
+    let chosen = cp.select_agent(&code, None, &[], true).await.unwrap().unwrap();
     assert_eq!(chosen.agent_id, "c");
-    let without_c = cp.select_agent(&code, Some("least_loaded"), &["c".into()]).await.unwrap().unwrap();
+    let without_c = cp.select_agent(&code, Some("least_loaded"), &["c".into()], true).await.unwrap().unwrap();
     assert_eq!(without_c.agent_id, "b");
-    let nobody = cp.select_agent(&CapabilitySet::from_normalized(vec!["judge".into()]), None, &[]).await.unwrap();
+    let nobody = cp.select_agent(&CapabilitySet::from_normalized(vec!["judge".into()]), None, &[], true).await.unwrap();
     assert!(nobody.is_none());
-    assert!(matches!(cp.select_agent(&code, Some("nope"), &[]).await, Err(EngineError::UnknownStrategy(_))));
+    assert!(matches!(cp.select_agent(&code, Some("nope"), &[], true).await, Err(EngineError::UnknownStrategy(_))));
+    cp.shutdown().await;
+}
+
+/// A tiny HTTP server answering every request with `status`; returns its port.
+fn http_server(status: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buffer = [0u8; 1024];
+            let _ = stream.read(&mut buffer);
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_judge_agents_by_heartbeat_and_http_and_unhealthy_agents_get_no_work() {
+    let mut config = Config::default();
+    config.probes.allowed_hosts = vec!["127.0.0.1".into()];
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
+    let plugins = Arc::new(PluginRegistry::new(runtime(), config.server_id.clone()).unwrap());
+    plugins
+        .install(
+            "heartbeat_probe",
+            PluginSource::File,
+            &guest_bytes("heartbeat_probe"),
+            example_manifest("heartbeat_probe"),
+        )
+        .unwrap();
+    let cp = ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap();
+    let failing = http_server("503 Service Unavailable");
+    let working = http_server("200 OK");
+    for (agent, url) in [
+        ("down", Some(format!("http://127.0.0.1:{failing}/health"))),
+        ("up", Some(format!("http://127.0.0.1:{working}/health"))),
+        ("metadata", Some("http://169.254.169.254/latest/meta-data".to_string())),
+        ("plain", None),
+    ] {
+        let request = RegisterRequest { agent_id: agent.into(), health_url: url, ..Default::default() };
+        cp.register_agent(request).await.unwrap();
+    }
+    assert_eq!(cp.probe_now().await, 4);
+
+    let down = cp.get_agent_health("down").await.unwrap();
+    assert_eq!(down.status.as_str(), "unhealthy", "{}", down.message);
+    assert!(down.message.contains("503"), "{}", down.message);
+    assert_eq!(cp.get_agent_health("up").await.unwrap().status.as_str(), "healthy");
+    assert_eq!(cp.get_agent_health("plain").await.unwrap().status.as_str(), "healthy");
+    let metadata = cp.get_agent_health("metadata").await.unwrap();
+    assert_eq!(metadata.status.as_str(), "unhealthy");
+    assert!(metadata.message.contains("refused address"), "{}", metadata.message);
+
+    submit(&cp, "code").await;
+    let refused = cp.claim_task(&claim("down", 0)).await.unwrap();
+    assert!(refused.tasks.is_empty());
+    assert_eq!(refused.reason.as_deref(), Some("unhealthy"));
+    assert_eq!(cp.claim_task(&claim("up", 0)).await.unwrap().tasks.len(), 1);
+
+    let system = cp.get_system_health().await.unwrap();
+    assert_eq!(system.status, "degraded");
+    assert_eq!(system.agents.len(), 4);
+    assert_eq!(cp.get_stats().await.unwrap().health["healthy_count"], 2);
     cp.shutdown().await;
 }

@@ -85,6 +85,11 @@ macro_rules! conformance {
                 list_tasks_pages_newest_first_and_filters,
                 list_agents_filters_by_capability_and_availability,
                 operations_on_unknown_tasks_and_agents_are_not_found,
+                agent_failures_over_two_tasks_open_the_breaker_and_a_half_open_trial_closes_it,
+                task_kind_failures_never_open_a_breaker,
+                failures_of_a_single_task_never_open_a_breaker,
+                a_failed_half_open_trial_opens_the_breaker_again,
+                an_unhealthy_verdict_fails_the_agent_until_a_healthy_one,
             ]);
 
             conformance!(@multi_thread [
@@ -1622,4 +1627,113 @@ async fn operations_on_unknown_tasks_and_agents_are_not_found(h: Harness) {
     let task = h.submit(request("x")).await;
     assert!(agent_not_found(h.store.claim_if(&task, &claim_request("ghost", &[], None)).await.map(|_| ())));
     assert_eq!(h.status(&task).await, TaskStatus::Pending);
+}
+
+// ---- circuit breakers and health (DESIGN §4, §5) ----
+
+/// Without requeue, so each failure is on a different task (a requeued task comes back first, and failures of one
+/// task alone never open a breaker: see the next tests).
+fn agent_failure(error: &str) -> FailRequest {
+    FailRequest { error: error.into(), requeue: false, kind: FailKind::Agent }
+}
+
+/// Claims one task for `agent` and fails it with kind `agent`.
+async fn fail_one_as_agent(h: &Harness, agent: &str) {
+    let task = h.claim(agent).await.expect("a task to fail");
+    h.store.fail(&task.task_id, &lease(&task), &agent_failure("model crashed")).await.unwrap();
+}
+
+async fn agent_failures_over_two_tasks_open_the_breaker_and_a_half_open_trial_closes_it(h: Harness) {
+    let h = h
+        .reopen(|c| {
+            c.breaker_threshold = 3;
+            c.breaker_cooldown_ms = 10_000;
+        })
+        .await;
+    h.register("flaky", &[]).await;
+    for n in 0..6 {
+        h.submit(request(&format!("t{n}"))).await;
+    }
+    // Three agent failures over three tasks: the breaker opens.
+    for _ in 0..3 {
+        fail_one_as_agent(&h, "flaky").await;
+    }
+    let health = h.store.agent_health("flaky").await.unwrap().unwrap();
+    assert_eq!(health.breaker, aragora_cp::store::BreakerState::Open);
+    assert!(h.claim("flaky").await.is_none(), "an open breaker gets no work");
+    assert!(h.stats().await.open_breakers >= 1);
+    // After the cooldown: half-open, exactly one trial lease.
+    h.advance(10_001).await;
+    let trial = h.claim_with("flaky", caps(&[]), 3).await;
+    assert_eq!(trial.len(), 1, "half-open lets one trial lease through");
+    assert!(h.claim("flaky").await.is_none(), "no second lease while the trial runs");
+    h.complete(&trial[0], json!({"ok": true})).await;
+    let health = h.store.agent_health("flaky").await.unwrap().unwrap();
+    assert_eq!(health.breaker, aragora_cp::store::BreakerState::Closed);
+    assert!(h.claim("flaky").await.is_some(), "a closed breaker lets work flow again");
+}
+
+async fn task_kind_failures_never_open_a_breaker(h: Harness) {
+    let h = h.reopen(|c| c.breaker_threshold = 2).await;
+    h.register("a", &[]).await;
+    for n in 0..4 {
+        h.submit(SubmitRequest { max_retries: Some(0), ..request(&format!("poison{n}")) }).await;
+    }
+    for _ in 0..4 {
+        let task = h.claim("a").await.unwrap();
+        let failure = FailRequest { error: "bad input".into(), requeue: true, kind: FailKind::Task };
+        h.store.fail(&task.task_id, &lease(&task), &failure).await.unwrap();
+    }
+    let health = h.store.agent_health("a").await.unwrap().unwrap();
+    assert_eq!(health.breaker, aragora_cp::store::BreakerState::Closed);
+}
+
+async fn a_failed_half_open_trial_opens_the_breaker_again(h: Harness) {
+    let h = h
+        .reopen(|c| {
+            c.breaker_threshold = 2;
+            c.breaker_cooldown_ms = 1_000;
+        })
+        .await;
+    h.register("flaky", &[]).await;
+    for n in 0..4 {
+        h.submit(request(&format!("t{n}"))).await;
+    }
+    fail_one_as_agent(&h, "flaky").await;
+    fail_one_as_agent(&h, "flaky").await;
+    assert!(h.claim("flaky").await.is_none());
+    h.advance(1_001).await;
+    fail_one_as_agent(&h, "flaky").await;
+    let health = h.store.agent_health("flaky").await.unwrap().unwrap();
+    assert_eq!(health.breaker, aragora_cp::store::BreakerState::Open, "a failed trial reopens the breaker");
+    assert!(h.claim("flaky").await.is_none());
+}
+
+async fn an_unhealthy_verdict_fails_the_agent_until_a_healthy_one(h: Harness) {
+    use aragora_cp::store::{HealthState, HealthVerdict};
+    h.register("a", &[]).await;
+    h.submit(request("t")).await;
+    let verdict = |status, message: &str| HealthVerdict { status, message: message.into(), latency_ms: Some(12.0) };
+    let recorded = h.store.record_health("a", verdict(HealthState::Unhealthy, "http 503")).await.unwrap();
+    assert_eq!((recorded.status, recorded.consecutive_failures), (HealthState::Unhealthy, 1));
+    assert_eq!(h.agent("a").await.status, AgentStatus::Failed);
+    assert!(h.claim("a").await.is_none(), "an unhealthy agent gets no work");
+    h.store.record_health("a", verdict(HealthState::Healthy, "http 200")).await.unwrap();
+    assert_eq!(h.agent("a").await.status, AgentStatus::Ready);
+    assert!(h.claim("a").await.is_some());
+    let health = h.store.agent_health("a").await.unwrap().unwrap();
+    assert_eq!((health.status, health.consecutive_failures), (HealthState::Healthy, 0));
+}
+
+async fn failures_of_a_single_task_never_open_a_breaker(h: Harness) {
+    let h = h.reopen(|c| c.breaker_threshold = 2).await;
+    h.register("a", &[]).await;
+    h.submit(SubmitRequest { max_retries: Some(5), ..request("one") }).await;
+    for _ in 0..4 {
+        let task = h.claim("a").await.expect("the requeued task comes back");
+        let failure = FailRequest { error: "crash".into(), requeue: true, kind: FailKind::Agent };
+        h.store.fail(&task.task_id, &lease(&task), &failure).await.unwrap();
+    }
+    let health = h.store.agent_health("a").await.unwrap().unwrap();
+    assert_eq!(health.breaker, aragora_cp::store::BreakerState::Closed, "two distinct tasks are needed");
 }

@@ -1,0 +1,176 @@
+//! The host's HTTP check of an agent's `health_url` (DESIGN §5): an SSRF-safe GET. The URL's host is resolved
+//! once and every address is checked before any connection; the connection goes to a checked address (never
+//! re-resolved); unspecified, link-local, cloud-metadata, IPv4-mapped, multicast and broadcast addresses are
+//! refused, and loopback unless the host is in `PROBE_ALLOWED_HOSTS`. No redirects are followed, no proxy is
+//! used, at most 4 KiB is read. Only `http://` is checked for now; `https://` reports an error saying so.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::plugins::bindings::HttpCheck;
+
+/// Bytes read from the response, headers included.
+const MAX_RESPONSE_BYTES: usize = 4096;
+/// Bytes of the body passed to probes.
+const BODY_PREFIX_BYTES: usize = 1024;
+
+/// Why an address may not be checked, if it may not.
+pub fn refused(ip: IpAddr, loopback_allowed: bool) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => refused_v4(v4, loopback_allowed),
+        IpAddr::V6(v6) => {
+            if let Some(mapped) = v6.to_ipv4_mapped() {
+                return refused_v4(mapped, loopback_allowed).or(Some("an IPv4-mapped IPv6 address"));
+            }
+            if v6.is_unspecified() {
+                Some("unspecified")
+            } else if v6.is_loopback() {
+                (!loopback_allowed).then_some("loopback (allow it with PROBE_ALLOWED_HOSTS)")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else if (v6.segments()[0] & 0xffc0) == 0xfe80 {
+                Some("link-local")
+            } else if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+                Some("a cloud metadata address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn refused_v4(v4: Ipv4Addr, loopback_allowed: bool) -> Option<&'static str> {
+    if v4.is_unspecified() {
+        Some("unspecified")
+    } else if v4.is_loopback() {
+        (!loopback_allowed).then_some("loopback (allow it with PROBE_ALLOWED_HOSTS)")
+    } else if v4 == Ipv4Addr::new(169, 254, 169, 254) || v4 == Ipv4Addr::new(100, 100, 100, 200) {
+        Some("a cloud metadata address")
+    } else if v4.is_link_local() {
+        Some("link-local")
+    } else if v4.is_multicast() {
+        Some("multicast")
+    } else if v4.is_broadcast() {
+        Some("broadcast")
+    } else {
+        None
+    }
+}
+
+fn failed(started: Instant, error: impl Into<String>) -> HttpCheck {
+    HttpCheck {
+        status: None,
+        latency_ms: started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+        body_prefix: String::new(),
+        error: Some(error.into()),
+    }
+}
+
+/// GETs `url` within `timeout`; loopback targets only when the URL's host is in `allowed_hosts`.
+pub async fn check(url: &str, allowed_hosts: &[String], timeout: Duration) -> HttpCheck {
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, check_inner(url, allowed_hosts, started)).await {
+        Ok(result) => result,
+        Err(_) => failed(started, format!("timed out after {timeout:?}")),
+    }
+}
+
+async fn check_inner(url: &str, allowed_hosts: &[String], started: Instant) -> HttpCheck {
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) => parsed,
+        Err(error) => return failed(started, format!("invalid URL: {error}")),
+    };
+    match parsed.scheme() {
+        "http" => {}
+        "https" => return failed(started, "https health URLs are not checked yet (use http, or no health_url)"),
+        other => return failed(started, format!("scheme {other} is not http or https")),
+    }
+    let Some(host) = parsed.host_str() else { return failed(started, "the URL has no host") };
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let addresses: Vec<SocketAddr> = match tokio::net::lookup_host((host_for_lookup.as_str(), port)).await {
+        Ok(addresses) => addresses.collect(),
+        Err(error) => return failed(started, format!("cannot resolve {host}: {error}")),
+    };
+    if addresses.is_empty() {
+        return failed(started, format!("{host} resolves to no address"));
+    }
+    let loopback_allowed = allowed_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host));
+    for address in &addresses {
+        if let Some(why) = refused(address.ip(), loopback_allowed) {
+            return failed(started, format!("refused address {} ({why})", address.ip()));
+        }
+    }
+    let target = addresses[0];
+    let mut stream = match tokio::net::TcpStream::connect(target).await {
+        Ok(stream) => stream,
+        Err(error) => return failed(started, format!("connect to {target}: {error}")),
+    };
+    let path = match parsed.query() {
+        Some(query) => format!("{}?{query}", parsed.path()),
+        None => parsed.path().to_string(),
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: aragora-cp-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        parsed.host_str().unwrap_or(host)
+    );
+    if let Err(error) = stream.write_all(request.as_bytes()).await {
+        return failed(started, format!("send: {error}"));
+    }
+    let mut response = Vec::with_capacity(MAX_RESPONSE_BYTES);
+    let mut buffer = [0u8; 1024];
+    let mut latency_ms = None;
+    while response.len() < MAX_RESPONSE_BYTES {
+        match stream.read(&mut buffer).await {
+            Ok(0) => break,
+            Ok(read) => {
+                response.extend_from_slice(&buffer[..read.min(MAX_RESPONSE_BYTES - response.len())]);
+                if latency_ms.is_none() && response.windows(4).any(|w| w == b"\r\n\r\n") {
+                    latency_ms = Some(started.elapsed().as_millis().min(u32::MAX as u128) as u32);
+                }
+            }
+            Err(error) => return failed(started, format!("read: {error}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&response);
+    let status =
+        text.lines().next().and_then(|line| line.split_whitespace().nth(1)).and_then(|code| code.parse::<u16>().ok());
+    let Some(status) = status else { return failed(started, "not an HTTP response") };
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
+    let body_prefix: String = body.chars().take(BODY_PREFIX_BYTES).collect();
+    HttpCheck {
+        status: Some(status),
+        latency_ms: latency_ms.unwrap_or_else(|| started.elapsed().as_millis().min(u32::MAX as u128) as u32),
+        body_prefix,
+        error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_the_addresses_of_the_design() {
+        for bad in [
+            "0.0.0.0",
+            "169.254.169.254",
+            "100.100.100.200",
+            "169.254.1.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(refused(bad.parse().unwrap(), false).is_some(), "{bad}");
+        }
+        assert!(refused("127.0.0.1".parse().unwrap(), false).is_some());
+        assert!(refused("127.0.0.1".parse().unwrap(), true).is_none());
+        assert!(refused("93.184.216.34".parse().unwrap(), false).is_none());
+    }
+}

@@ -1,0 +1,196 @@
+//! Health monitoring: every `PROBE_INTERVAL` each live agent is judged by the active health-probe plugins from
+//! what the host observed (heartbeat age, outcomes since the last round, latency, the HTTP check of its
+//! `health_url`), within `PROBE_TIMEOUT`, at most `PROBE_CONCURRENCY` at once. The verdict goes to the store,
+//! which keeps health and the circuit breakers (so every server sees them) and refuses work to unhealthy agents
+//! and open breakers. With no probe plugin loaded, health is liveness alone.
+
+pub mod http_check;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Agent, AgentStatus};
+use crate::plugins::bindings::{AgentInfo, CallContext, HealthStatus, Observations};
+use crate::plugins::{PluginRegistry, PluginVersion};
+use crate::store::{AgentFilter, HealthState, HealthVerdict, Store};
+
+/// How probing runs (DESIGN §8).
+#[derive(Clone, Debug)]
+pub struct ProbeSettings {
+    /// Time between rounds (`PROBE_INTERVAL`, 30 s).
+    pub interval: Duration,
+    /// Time one agent's probing may take, HTTP check included (`PROBE_TIMEOUT`, 10 s).
+    pub timeout: Duration,
+    /// Agents probed at once (`PROBE_CONCURRENCY`, 32).
+    pub concurrency: usize,
+    /// Hosts whose loopback addresses the HTTP check may reach (`PROBE_ALLOWED_HOSTS`).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            concurrency: 32,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// The health monitor; shared as `Arc<HealthMonitor>`.
+pub struct HealthMonitor {
+    store: Arc<dyn Store>,
+    plugins: Arc<PluginRegistry>,
+    settings: ProbeSettings,
+    /// Per agent, (completed, failed) at the previous round: "recent" outcomes are the difference.
+    last_counts: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+fn state_of(status: HealthStatus) -> HealthState {
+    match status {
+        HealthStatus::Healthy => HealthState::Healthy,
+        HealthStatus::Degraded => HealthState::Degraded,
+        HealthStatus::Unhealthy => HealthState::Unhealthy,
+        HealthStatus::Unknown => HealthState::Unknown,
+    }
+}
+
+/// Severity for combining several probes: the worst verdict wins; `unknown` says least.
+fn severity(state: HealthState) -> u8 {
+    match state {
+        HealthState::Unknown => 0,
+        HealthState::Healthy => 1,
+        HealthState::Degraded => 2,
+        HealthState::Unhealthy => 3,
+    }
+}
+
+impl HealthMonitor {
+    /// A monitor probing the agents of `store` with the probe plugins of `plugins`.
+    pub fn new(store: Arc<dyn Store>, plugins: Arc<PluginRegistry>, settings: ProbeSettings) -> Self {
+        HealthMonitor { store, plugins, settings, last_counts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Probes every live agent once; returns how many verdicts were recorded.
+    pub async fn probe_round(self: &Arc<Self>) -> usize {
+        let probes = self.plugins.probes();
+        if probes.is_empty() {
+            return 0;
+        }
+        let Ok(agents) = self.store.list_agents(&AgentFilter::default()).await else { return 0 };
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1)));
+        let mut rounds = Vec::new();
+        for agent in agents.into_iter().filter(|a| a.status != AgentStatus::Offline) {
+            let monitor = self.clone();
+            let probes = probes.clone();
+            let semaphore = semaphore.clone();
+            rounds.push(tokio::spawn(async move {
+                let _permit = semaphore.acquire_owned().await.ok()?;
+                // Jitter spreads a round's HTTP checks instead of firing them all at once.
+                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 50)).await;
+                let verdict = tokio::time::timeout(monitor.settings.timeout, monitor.judge(&agent, &probes))
+                    .await
+                    .unwrap_or_else(|_| HealthVerdict {
+                        status: HealthState::Unknown,
+                        message: format!("probing took longer than {:?}", monitor.settings.timeout),
+                        latency_ms: None,
+                    });
+                monitor.store.record_health(&agent.agent_id, verdict).await.ok()
+            }));
+        }
+        let mut recorded = 0;
+        for round in rounds {
+            if let Ok(Some(_)) = round.await {
+                recorded += 1;
+            }
+        }
+        recorded
+    }
+
+    /// Observes one agent and asks every probe; the worst verdict wins.
+    async fn judge(&self, agent: &Agent, probes: &[Arc<PluginVersion>]) -> HealthVerdict {
+        let now = self.store.now_ms();
+        let (successes, failures) = {
+            let mut last = self.last_counts.lock();
+            let previous = last.insert(agent.agent_id.clone(), (agent.tasks_completed, agent.tasks_failed));
+            let (completed, failed) = previous.unwrap_or((agent.tasks_completed, agent.tasks_failed));
+            (agent.tasks_completed.saturating_sub(completed), agent.tasks_failed.saturating_sub(failed))
+        };
+        let http = match &agent.health_url {
+            Some(url) => Some(http_check::check(url, &self.settings.allowed_hosts, self.settings.timeout).await),
+            None => None,
+        };
+        let latency_ms = http.as_ref().and_then(|h| h.error.is_none().then_some(f64::from(h.latency_ms)));
+        let heartbeat_age_ms = chrono::DateTime::parse_from_rfc3339(&agent.last_heartbeat)
+            .map(|t| now.saturating_sub(t.timestamp_millis().max(0) as u64))
+            .unwrap_or(0);
+        let observed = Observations {
+            heartbeat_age_ms,
+            recent_successes: successes.min(u64::from(u32::MAX)) as u32,
+            recent_failures: failures.min(u64::from(u32::MAX)) as u32,
+            latency_p50_ms: agent.avg_latency_ms.round().clamp(0.0, f64::from(u32::MAX)) as u32,
+            http,
+        };
+        let mut worst: Option<HealthVerdict> = None;
+        for probe in probes {
+            let info = AgentInfo {
+                agent_id: agent.agent_id.clone(),
+                model: agent.model.clone(),
+                provider: agent.provider.clone(),
+                capabilities: agent.capabilities.as_slice().to_vec(),
+                labels: probe
+                    .manifest
+                    .labels
+                    .iter()
+                    .filter_map(|k| {
+                        agent
+                            .metadata
+                            .get(k)
+                            .map(|v| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                    })
+                    .collect(),
+            };
+            let probe = probe.clone();
+            let observed = observed.clone();
+            let ctx = CallContext { now_ms: now, seed: rand::random() };
+            // Probes may take up to their deadline (1 s by default): off the async workers.
+            let answer = tokio::task::spawn_blocking(move || {
+                probe.probe(ctx, &info, &observed).map(|(r, _)| (probe.name.clone(), r))
+            })
+            .await;
+            let verdict = match answer {
+                Ok(Ok((name, result))) => HealthVerdict {
+                    status: state_of(result.status),
+                    message: format!("{name}: {}", result.message),
+                    latency_ms,
+                },
+                Ok(Err(error)) => HealthVerdict {
+                    status: HealthState::Unknown,
+                    message: format!("probe failed: {error}"),
+                    latency_ms,
+                },
+                Err(_) => HealthVerdict { status: HealthState::Unknown, message: "probe panicked".into(), latency_ms },
+            };
+            if worst.as_ref().is_none_or(|w| severity(verdict.status) > severity(w.status)) {
+                worst = Some(verdict);
+            }
+        }
+        worst.unwrap_or(HealthVerdict { status: HealthState::Unknown, message: "no probe".into(), latency_ms })
+    }
+
+    /// Probes every `PROBE_INTERVAL` until `shutdown` fires.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.interval) => {}
+            }
+            self.probe_round().await;
+        }
+    }
+}
