@@ -26,6 +26,8 @@ pub struct Config {
     pub priority_aging: Option<Duration>,
     /// Housekeeping period (`CLEANUP_INTERVAL`, 60 s).
     pub cleanup_interval: Duration,
+    /// How long terminal tasks are kept (`TASK_RETENTION`, 24 h); offline agents are kept as long.
+    pub task_retention: Duration,
     /// Strategy for tasks that name none (`DEFAULT_STRATEGY`, least_loaded).
     pub default_strategy: String,
     /// Candidates passed to a strategy at most (`MAX_STRATEGY_CANDIDATES`, 64).
@@ -60,6 +62,7 @@ impl Default for Config {
             retry_backoff_max: Duration::from_secs(60),
             priority_aging: None,
             cleanup_interval: Duration::from_secs(60),
+            task_retention: Duration::from_secs(86_400),
             default_strategy: "least_loaded".into(),
             max_strategy_candidates: 64,
             dispatch_scan: 8,

@@ -225,6 +225,35 @@ impl ControlPlaneCoordinator {
         Ok(self.store.complete(task_id, fence, result).await?)
     }
 
+    /// Completes a task and takes the agent's next one (BullMQ's worker pattern): the completion and an immediate
+    /// claim are one atomic step; only if that finds nothing does the claim block for `next.block`.
+    pub async fn complete_and_claim(
+        &self,
+        task_id: &TaskId,
+        fence: &Fence,
+        result: Value,
+        next: &Claim,
+    ) -> Result<(Task, ClaimOutcome), EngineError> {
+        if !self.plugins.policies().is_empty() {
+            // Dispatch policies must see every grant, which the store's combined step cannot run.
+            let done = self.complete_task(task_id, fence, result).await?;
+            return Ok((done, self.claim_task(next).await?));
+        }
+        let agent = self.registry.get(&next.agent_id).await?;
+        let capabilities = next.capabilities.clone().unwrap_or(agent.capabilities);
+        let request = crate::store::ClaimRequest {
+            agent_id: next.agent_id.clone(),
+            capabilities,
+            max_tasks: next.max_tasks.max(1),
+            session_id: next.session_id.clone(),
+        };
+        let (done, tasks) = self.store.complete_and_claim(task_id, fence, result, &request).await?;
+        if !tasks.is_empty() || next.block.is_zero() {
+            return Ok((done, ClaimOutcome { tasks, reason: None }));
+        }
+        Ok((done, self.claim_task(next).await?))
+    }
+
     /// The attempt failed (requeued while retries remain, if asked).
     pub async fn fail_task(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> Result<Task, EngineError> {
         Ok(self.store.fail(task_id, fence, failure).await?)

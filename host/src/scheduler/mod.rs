@@ -315,9 +315,16 @@ impl Scheduler {
     }
 
     /// Runs the deadline-driven sweeps until `shutdown` fires: sleeps to the store's earliest deadline (at least
-    /// 250 ms, with jitter), then ends timed-out attempts and requeues silent agents' work, 100 at a time.
+    /// 250 ms, with jitter), then ends timed-out attempts and requeues silent agents' work, 100 at a time; every
+    /// `CLEANUP_INTERVAL` it also applies retention.
     pub async fn run_sweeper(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
         loop {
+            if tokio::time::Instant::now() >= next_cleanup {
+                let retention = self.config.task_retention.as_millis() as u64;
+                while matches!(self.store.housekeeping(retention, retention, 1000).await, Ok(1000)) {}
+                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+            }
             let now = self.store.now_ms();
             let next = self.store.next_deadline().await.ok().flatten().unwrap_or(now + 1000);
             let wait_ms = next.saturating_sub(now).clamp(250, 1000) + rand::random::<u64>() % 50;

@@ -43,6 +43,8 @@ struct TaskRecord {
     outcome_lease: Option<String>,
     /// Recently revoked leases and why.
     revoked: VecDeque<(String, RevokeReason)>,
+    /// When it reached its terminal state (retention counts from here).
+    finished_at_ms: Option<u64>,
 }
 
 impl TaskRecord {
@@ -97,6 +99,8 @@ struct State {
     leases: BTreeSet<(u64, TaskId)>,
     /// All tasks by sequence, for listing newest first.
     by_seq: BTreeMap<u64, TaskId>,
+    /// Terminal tasks by the time they ended, for retention.
+    finished: BTreeSet<(u64, TaskId)>,
     agents: BTreeMap<String, AgentRecord>,
     /// Agents by heartbeat expiry.
     expiry: BTreeSet<(u64, String)>,
@@ -214,8 +218,15 @@ impl Tx<'_> {
         if status == TaskStatus::Pending {
             *counters.pending_by_priority.entry(priority).or_default() += 1;
         }
+        if old.is_terminal()
+            && let Some(ended) = record.finished_at_ms.take()
+        {
+            self.state.finished.remove(&(ended, task_id.clone()));
+        }
         if status.is_terminal() {
             record.task.completed_at = Some(rfc3339_ms(self.now));
+            record.finished_at_ms = Some(self.now);
+            self.state.finished.insert((self.now, task_id.clone()));
         }
     }
 
@@ -622,6 +633,60 @@ impl Tx<'_> {
         record.task.unfenced = matches!(fence, Fence::Unfenced);
     }
 
+    /// Completes a leased task (or answers a repeat of the same outcome).
+    fn complete(&mut self, task_id: &TaskId, fence: &Fence, result: Value) -> StoreResult<Task> {
+        if let Some(stored) = self.repeated_outcome(task_id, fence, &Outcome::Completed(result.clone()))? {
+            return Ok(stored);
+        }
+        self.check_fence(task_id, fence)?;
+        let now = self.now;
+        self.record_outcome_lease(task_id, fence);
+        let record = self.state.tasks.get_mut(task_id).expect("task exists");
+        record.task.result = Some(result);
+        let latency = record.claimed_at_ms.map(|at| now.saturating_sub(at) as f64);
+        let agent_id = record.task.assigned_agent.clone();
+        if let Some(agent_id) = &agent_id {
+            self.breaker_success(agent_id, task_id);
+        }
+        self.drop_lease(task_id, None);
+        self.set_status(task_id, TaskStatus::Completed);
+        if let Some(agent_id) = &agent_id
+            && let Some(agent) = self.state.agents.get_mut(agent_id)
+        {
+            agent.agent.tasks_completed += 1;
+            if let Some(latency) = latency {
+                agent.completed_latency_total_ms += latency;
+                agent.agent.avg_latency_ms = agent.completed_latency_total_ms / agent.agent.tasks_completed as f64;
+            }
+        }
+        let unfenced = matches!(fence, Fence::Unfenced);
+        self.emit(EventKind::TaskCompleted, Some(task_id), agent_id.as_deref(), json!({"unfenced": unfenced}));
+        Ok(self.state.tasks[task_id].task.clone())
+    }
+
+    /// Grants the best pending tasks the agent can take (priority, then FIFO), at most `max_tasks`.
+    fn claim(&mut self, request: &ClaimRequest) -> StoreResult<Vec<Task>> {
+        self.check_session(&request.agent_id, request.session_id.as_deref())?;
+        self.touch(&request.agent_id);
+        if !self.eligible(&request.agent_id) {
+            return Ok(Vec::new());
+        }
+        self.promote_due();
+        // The store enforces narrowing itself: a claim may not ask for capabilities the agent does not hold.
+        let registered = self.state.agents[&request.agent_id].agent.capabilities.clone();
+        let capabilities = CapabilitySet::from_normalized(
+            request.capabilities.as_slice().iter().filter(|c| registered.contains(c)).cloned().collect(),
+        );
+        let mut granted = Vec::new();
+        // Eligibility is checked before every grant: a half-open breaker lets one trial lease through.
+        while granted.len() < request.max_tasks && (granted.is_empty() || self.eligible(&request.agent_id)) {
+            let Some(task_id) = self.best_for(&capabilities, &BTreeSet::new()) else { break };
+            self.dequeue(&task_id);
+            granted.push(self.grant(&task_id, &request.agent_id, "claim"));
+        }
+        Ok(granted)
+    }
+
     fn insert_task(&mut self, new: NewTask) -> Submitted {
         let now = self.now;
         self.state.seq += 1;
@@ -671,6 +736,7 @@ impl Tx<'_> {
                 available_at_ms: None,
                 outcome_lease: None,
                 revoked: VecDeque::new(),
+                finished_at_ms: None,
             },
         );
         self.state.by_seq.insert(seq, task_id.clone());
@@ -962,27 +1028,7 @@ impl Store for MemoryStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Task>> {
-        self.transition(|tx| {
-            tx.check_session(&request.agent_id, request.session_id.as_deref())?;
-            tx.touch(&request.agent_id);
-            if !tx.eligible(&request.agent_id) {
-                return Ok(Vec::new());
-            }
-            tx.promote_due();
-            // The store enforces narrowing itself: a claim may not ask for capabilities the agent does not hold.
-            let registered = tx.state.agents[&request.agent_id].agent.capabilities.clone();
-            let capabilities = CapabilitySet::from_normalized(
-                request.capabilities.as_slice().iter().filter(|c| registered.contains(c)).cloned().collect(),
-            );
-            let mut granted = Vec::new();
-            // Eligibility is checked before every grant: a half-open breaker lets one trial lease through.
-            while granted.len() < request.max_tasks && (granted.is_empty() || tx.eligible(&request.agent_id)) {
-                let Some(task_id) = tx.best_for(&capabilities, &BTreeSet::new()) else { break };
-                tx.dequeue(&task_id);
-                granted.push(tx.grant(&task_id, &request.agent_id, "claim"));
-            }
-            Ok(granted)
-        })
+        self.transition(|tx| tx.claim(request))
     }
 
     async fn peek(&self, capabilities: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>> {
@@ -1087,34 +1133,26 @@ impl Store for MemoryStore {
     }
 
     async fn complete(&self, task_id: &TaskId, fence: &Fence, result: Value) -> StoreResult<Task> {
+        self.transition(|tx| tx.complete(task_id, fence, result))
+    }
+
+    async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Value)>) -> StoreResult<Vec<StoreResult<Task>>> {
         self.transition(|tx| {
-            if let Some(stored) = tx.repeated_outcome(task_id, fence, &Outcome::Completed(result.clone()))? {
-                return Ok(stored);
-            }
-            tx.check_fence(task_id, fence)?;
-            let now = tx.now;
-            tx.record_outcome_lease(task_id, fence);
-            let record = tx.state.tasks.get_mut(task_id).expect("task exists");
-            record.task.result = Some(result);
-            let latency = record.claimed_at_ms.map(|at| now.saturating_sub(at) as f64);
-            let agent_id = record.task.assigned_agent.clone();
-            if let Some(agent_id) = &agent_id {
-                tx.breaker_success(agent_id, task_id);
-            }
-            tx.drop_lease(task_id, None);
-            tx.set_status(task_id, TaskStatus::Completed);
-            if let Some(agent_id) = &agent_id
-                && let Some(agent) = tx.state.agents.get_mut(agent_id)
-            {
-                agent.agent.tasks_completed += 1;
-                if let Some(latency) = latency {
-                    agent.completed_latency_total_ms += latency;
-                    agent.agent.avg_latency_ms = agent.completed_latency_total_ms / agent.agent.tasks_completed as f64;
-                }
-            }
-            let unfenced = matches!(fence, Fence::Unfenced);
-            tx.emit(EventKind::TaskCompleted, Some(task_id), agent_id.as_deref(), json!({"unfenced": unfenced}));
-            Ok(tx.state.tasks[task_id].task.clone())
+            Ok(outcomes.into_iter().map(|(task_id, fence, result)| tx.complete(&task_id, &fence, result)).collect())
+        })
+    }
+
+    async fn complete_and_claim(
+        &self,
+        task_id: &TaskId,
+        fence: &Fence,
+        result: Value,
+        next: &ClaimRequest,
+    ) -> StoreResult<(Task, Vec<Task>)> {
+        self.transition(|tx| {
+            let completed = tx.complete(task_id, fence, result)?;
+            let claimed = tx.claim(next)?;
+            Ok((completed, claimed))
         })
     }
 
@@ -1334,6 +1372,49 @@ impl Store for MemoryStore {
                 tx.emit(EventKind::AgentOffline, None, Some(&agent_id), json!({}));
             }
             Ok(swept)
+        })
+    }
+
+    async fn housekeeping(&self, task_retention_ms: u64, agent_retention_ms: u64, limit: usize) -> StoreResult<usize> {
+        self.transition(|tx| {
+            let now = tx.now;
+            let mut removed = 0;
+            while removed < limit {
+                let Some((ended, task_id)) = tx.state.finished.first().cloned() else { break };
+                if ended + task_retention_ms > now {
+                    break;
+                }
+                tx.state.finished.pop_first();
+                if let Some(record) = tx.state.tasks.remove(&task_id) {
+                    tx.state.by_seq.remove(&record.seq);
+                    let counters = &mut tx.state.stats;
+                    *counters.tasks_by_status.entry(record.task.status).or_default() -= 1;
+                    if let Some(count) = counters.tasks_by_type.get_mut(&record.task.task_type) {
+                        *count -= 1;
+                        if *count == 0 {
+                            counters.tasks_by_type.remove(&record.task.task_type);
+                        }
+                    }
+                    removed += 1;
+                }
+            }
+            let stale: Vec<String> = tx
+                .state
+                .agents
+                .iter()
+                .filter(|(_, a)| {
+                    a.agent.status == AgentStatus::Offline && a.last_heartbeat_ms + agent_retention_ms <= now
+                })
+                .map(|(id, _)| id.clone())
+                .take(limit.saturating_sub(removed))
+                .collect();
+            for agent_id in stale {
+                tx.state.agents.remove(&agent_id);
+                tx.emit(EventKind::AgentUnregistered, None, Some(&agent_id), json!({"reason": "retention"}));
+                removed += 1;
+            }
+            tx.state.idempotency.retain(|_, (_, _, expires)| *expires > now);
+            Ok(removed)
         })
     }
 

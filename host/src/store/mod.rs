@@ -460,6 +460,19 @@ pub trait Store: Send + Sync + 'static {
     /// The task completed with `result`. Repeating the same outcome on the same lease answers the stored task.
     async fn complete(&self, task_id: &TaskId, fence: &Fence, result: Value) -> StoreResult<Task>;
 
+    /// Completes several tasks in one step; each outcome stands alone (a conflict on one does not undo others).
+    async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Value)>) -> StoreResult<Vec<StoreResult<Task>>>;
+
+    /// Completes a task and claims the agent's next work in one atomic step (BullMQ's worker pattern). Any wait
+    /// after an empty claim is the caller's, not part of this step.
+    async fn complete_and_claim(
+        &self,
+        task_id: &TaskId,
+        fence: &Fence,
+        result: Value,
+        next: &ClaimRequest,
+    ) -> StoreResult<(Task, Vec<Task>)>;
+
     /// The attempt failed: requeued while retries remain (if asked), else failed.
     async fn fail(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> StoreResult<Task>;
 
@@ -483,6 +496,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks agents silent past the heartbeat timeout offline and requeues their tasks; at most `limit`.
     async fn sweep_offline(&self, limit: usize) -> StoreResult<usize>;
+
+    /// Retention (`CLEANUP_INTERVAL` housekeeping): removes terminal tasks ended more than `task_retention_ms` ago,
+    /// offline agents silent for `agent_retention_ms`, and expired idempotency keys; at most `limit` records.
+    async fn housekeeping(&self, task_retention_ms: u64, agent_retention_ms: u64, limit: usize) -> StoreResult<usize>;
 
     /// The earliest timeout, heartbeat expiry or backoff deadline, in store ms (what the sweeper sleeps to).
     async fn next_deadline(&self) -> StoreResult<Option<u64>>;

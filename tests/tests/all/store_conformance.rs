@@ -87,6 +87,9 @@ macro_rules! conformance {
                 operations_on_unknown_tasks_and_agents_are_not_found,
                 agent_failures_over_two_tasks_open_the_breaker_and_a_half_open_trial_closes_it,
                 task_kind_failures_never_open_a_breaker,
+                complete_and_claim_finishes_one_task_and_grants_the_next_in_one_step,
+                complete_batch_answers_each_outcome_on_its_own,
+                housekeeping_removes_old_terminal_tasks_and_long_offline_agents_and_keeps_the_rest,
                 failures_of_a_single_task_never_open_a_breaker,
                 a_failed_half_open_trial_opens_the_breaker_again,
                 an_unhealthy_verdict_fails_the_agent_until_a_healthy_one,
@@ -1736,4 +1739,72 @@ async fn failures_of_a_single_task_never_open_a_breaker(h: Harness) {
     }
     let health = h.store.agent_health("a").await.unwrap().unwrap();
     assert_eq!(health.breaker, aragora_cp::store::BreakerState::Closed, "two distinct tasks are needed");
+}
+
+// ---- batch and combined outcomes (DESIGN §6, §7) ----
+
+async fn complete_and_claim_finishes_one_task_and_grants_the_next_in_one_step(h: Harness) {
+    h.register("a", &[]).await;
+    let first = h.submit(request("first")).await;
+    let second = h.submit(request("second")).await;
+    let held = h.claim("a").await.unwrap();
+    assert_eq!(held.task_id, first);
+    let next = ClaimRequest { agent_id: "a".into(), capabilities: caps(&[]), max_tasks: 1, session_id: None };
+    let (done, claimed) = h.store.complete_and_claim(&first, &lease(&held), json!({"ok": 1}), &next).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].task_id, second);
+    assert_eq!(h.task(&second).await.assigned_agent.as_deref(), Some("a"));
+    // Nothing left: the claim part answers empty, the completion still counts.
+    let (_, nothing) = h.store.complete_and_claim(&second, &lease(&claimed[0]), json!({}), &next).await.unwrap();
+    assert!(nothing.is_empty());
+    assert_eq!(h.agent("a").await.in_flight, 0);
+    // A stale lease fails the whole step: no completion, no claim.
+    let third = h.submit(request("third")).await;
+    let stale = h.store.complete_and_claim(&first, &lease(&held), json!({"other": true}), &next).await;
+    assert!(stale.is_err());
+    assert_eq!(h.status(&third).await, TaskStatus::Pending);
+}
+
+async fn complete_batch_answers_each_outcome_on_its_own(h: Harness) {
+    h.register("a", &[]).await;
+    for n in 0..2 {
+        h.submit(request(&format!("t{n}"))).await;
+    }
+    let tasks = h.claim_with("a", caps(&[]), 2).await;
+    assert_eq!(tasks.len(), 2);
+    let outcomes = vec![
+        (tasks[0].task_id.clone(), lease(&tasks[0]), json!({"n": 0})),
+        (tasks[1].task_id.clone(), Fence::Lease("ffffffffffffffffffffffffffffffff".into()), json!({"n": 1})),
+    ];
+    let results = h.store.complete_batch(outcomes).await.unwrap();
+    assert_eq!(results[0].as_ref().unwrap().status, TaskStatus::Completed);
+    assert_eq!(conflict_code(results[1].clone()), "lease_lost");
+    assert_eq!(h.status(&tasks[1].task_id).await, TaskStatus::Claimed, "the conflict left the other task alone");
+}
+
+async fn housekeeping_removes_old_terminal_tasks_and_long_offline_agents_and_keeps_the_rest(h: Harness) {
+    h.register("a", &[]).await;
+    h.register("gone", &[]).await;
+    let done = h.submit(request("done")).await;
+    let open = h.submit(request("open")).await;
+    let held = h.claim("a").await.unwrap();
+    assert_eq!(held.task_id, done);
+    h.complete(&held, json!({})).await;
+    assert_eq!(h.store.housekeeping(60_000, 60_000, 100).await.unwrap(), 0, "nothing is old yet");
+    // "gone" falls silent and goes offline; "a" keeps heartbeating.
+    h.advance(31_000).await;
+    h.heartbeat("a").await;
+    h.store.sweep_offline(100).await.unwrap();
+    h.advance(30_000).await;
+    h.heartbeat("a").await;
+    let removed = h.store.housekeeping(60_000, 60_000, 100).await.unwrap();
+    assert_eq!(removed, 2, "the finished task and the long-offline agent");
+    assert!(h.store.get_task(&done).await.unwrap().is_none());
+    assert_eq!(h.status(&open).await, TaskStatus::Pending, "live work is never removed");
+    assert!(h.store.get_agent("gone").await.unwrap().is_none());
+    assert!(h.store.get_agent("a").await.unwrap().is_some());
+    let stats = h.stats().await;
+    assert_eq!(stats.tasks_by_status.get("completed").copied().unwrap_or(0), 0);
+    assert_eq!(stats.tasks_by_status.get("pending").copied(), Some(1));
 }
