@@ -1,14 +1,23 @@
 //! Aragora control plane: service discovery, priority scheduling, health monitoring and load balancing for fleets
 //! of AI agents, with agent-selection strategies, policies and health probes as sandboxed WebAssembly plugins.
 //!
-//! The map of the crate:
-//! - [`plugins`]: the WebAssembly plugin platform (WIT bindings, wasmtime runtime and sandbox, loader, registry,
-//!   hot-reload watcher, the embedded built-in strategies).
-//! - [`cli`]: the `aragora-cp` command line (plugin tools, benchmarks).
+//! The map of the crate (docs/ARCHITECTURE.md tells the same with more words):
+//! - [`model`]: wire types and input validation.
+//! - [`store`]: all state, changed only by atomic transitions (`Store` trait; the in-memory backend).
+//! - [`plugins`]: the WebAssembly plugin platform (bindings, runtime and sandbox, loader, registry, watcher, the
+//!   embedded built-in strategies).
+//! - [`scheduler`]: submits through policies, routing of new work to waiting agents by strategy plugins,
+//!   blocking claims, sweeps.
+//! - [`registry`]: agent registration, heartbeats, pause/resume.
+//! - [`health`]: probe rounds over health-probe plugins and the HTTP check.
+//! - [`coordinator`]: the façade the API and CLI use (the guide's API) and the one event stream.
+//! - [`config`]: the validated configuration. [`cli`]: the `aragora-cp` command line.
 //!
-//! How a task will flow (the engine lands with the next modules): a client submits through the API to the
-//! coordinator, policies (plugins) check it, the store indexes it; a waiting agent is chosen by the task's
-//! strategy (a plugin) or pulls it with a claim; health probes (plugins) and breakers decide who may take work.
+//! A task's flow: a client submits through the coordinator → the scheduler validates it and runs the submit
+//! policies → the store commits it, indexed by capability signature → if agents are blocked in a claim, the
+//! task's strategy plugin picks one and the store assigns it through that claim's waiter token; otherwise the
+//! next claim pulls it in priority order → the agent completes or fails it, fenced by its lease → the sweeper
+//! recovers timed-out attempts and silent agents' work. Every transition emits an event.
 
 pub mod cli;
 pub mod config;
