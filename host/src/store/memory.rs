@@ -27,6 +27,9 @@ use crate::model::{
 /// Ordering key of a pending task: score (priority and age), then the store-issued sequence.
 type QueueKey = (u64, u64, TaskId);
 
+/// Weight of the newest completion in an agent's rolling `avg_latency_ms`.
+const LATENCY_SMOOTHING: f64 = 0.2;
+
 /// Leases revoked per task that are remembered, to answer a late outcome with the right 409 code.
 const REVOKED_HISTORY: usize = 8;
 
@@ -61,7 +64,6 @@ struct AgentRecord {
     leases: BTreeMap<TaskId, u64>,
     /// Leases lost since the last heartbeat.
     revocations: Vec<Revoked>,
-    completed_latency_total_ms: f64,
     health: HealthRecord,
     breaker: Breaker,
 }
@@ -655,8 +657,13 @@ impl Tx<'_> {
         {
             agent.agent.tasks_completed += 1;
             if let Some(latency) = latency {
-                agent.completed_latency_total_ms += latency;
-                agent.agent.avg_latency_ms = agent.completed_latency_total_ms / agent.agent.tasks_completed as f64;
+                // Rolling: an exponentially weighted average, so an agent that got slower shows it within a few
+                // tasks (the first completion sets it outright).
+                agent.agent.avg_latency_ms = if agent.agent.tasks_completed == 1 {
+                    latency
+                } else {
+                    agent.agent.avg_latency_ms * (1.0 - LATENCY_SMOOTHING) + latency * LATENCY_SMOOTHING
+                };
             }
         }
         let unfenced = matches!(fence, Fence::Unfenced);
@@ -876,7 +883,6 @@ impl Store for MemoryStore {
                         expiry_ms: now,
                         leases: BTreeMap::new(),
                         revocations: Vec::new(),
-                        completed_latency_total_ms: 0.0,
                         health: HealthRecord::default(),
                         breaker: Breaker::default(),
                     },
