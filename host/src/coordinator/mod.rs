@@ -115,8 +115,9 @@ impl ControlPlaneCoordinator {
         background.push(forward(plugins.subscribe(), events, coordinator.shutdown.clone(), move |event| {
             Some(plugin_event(event, &server_id, clock_store.now_ms()))
         }));
-        background.push(tokio::spawn(scheduler.run_sweeper(coordinator.shutdown.clone())));
+        background.push(tokio::spawn(scheduler.clone().run_sweeper(coordinator.shutdown.clone())));
         background.push(tokio::spawn(health.run(coordinator.shutdown.clone())));
+        background.push(tokio::spawn(scheduler.clone().run_router(coordinator.shutdown.clone())));
         *coordinator.background.lock() = background;
         if let Some(dir) = &config.plugins_dir {
             let (watcher, report) = PluginWatcher::start(dir, plugins, WatchOptions::default())?;

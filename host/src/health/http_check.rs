@@ -21,8 +21,10 @@ pub fn refused(ip: IpAddr, loopback_allowed: bool) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => refused_v4(v4, loopback_allowed),
         IpAddr::V6(v6) => {
-            if let Some(mapped) = v6.to_ipv4_mapped() {
-                return refused_v4(mapped, loopback_allowed).or(Some("an IPv4-mapped IPv6 address"));
+            if let Some(embedded) = embedded_v4(v6) {
+                // IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms reach an IPv4 host: refused outright, so no
+                // translation can lead to a metadata or private service.
+                return refused_v4(embedded, loopback_allowed).or(Some("an IPv6 form of an IPv4 address"));
             }
             if v6.is_unspecified() {
                 Some("unspecified")
@@ -41,9 +43,29 @@ pub fn refused(ip: IpAddr, loopback_allowed: bool) -> Option<&'static str> {
     }
 }
 
+/// The IPv4 address inside an IPv6 one, for the forms that reach IPv4 hosts: `::ffff:a.b.c.d` (mapped),
+/// `::a.b.c.d` (compatible, not `::` or `::1`), `64:ff9b::a.b.c.d` (NAT64), `2002:AABB:CCDD::` (6to4).
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        return Some(mapped);
+    }
+    if s[..6] == [0, 0, 0, 0, 0, 0] && !(v6.is_unspecified() || v6.is_loopback()) {
+        return Some(tail);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(tail);
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
+    }
+    None
+}
+
 fn refused_v4(v4: Ipv4Addr, loopback_allowed: bool) -> Option<&'static str> {
-    if v4.is_unspecified() {
-        Some("unspecified")
+    if v4.octets()[0] == 0 {
+        Some("unspecified (0.0.0.0/8)")
     } else if v4.is_loopback() {
         (!loopback_allowed).then_some("loopback (allow it with PROBE_ALLOWED_HOSTS)")
     } else if v4 == Ipv4Addr::new(169, 254, 169, 254) || v4 == Ipv4Addr::new(100, 100, 100, 200) {
@@ -97,7 +119,9 @@ async fn check_inner(url: &str, allowed_hosts: &[String], started: Instant) -> H
     if addresses.is_empty() {
         return failed(started, format!("{host} resolves to no address"));
     }
-    let loopback_allowed = allowed_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host));
+    let loopback_allowed = allowed_hosts
+        .iter()
+        .any(|allowed| allowed.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(&host_for_lookup));
     for address in &addresses {
         if let Some(why) = refused(address.ip(), loopback_allowed) {
             return failed(started, format!("refused address {} ({why})", address.ip()));
@@ -112,9 +136,12 @@ async fn check_inner(url: &str, allowed_hosts: &[String], started: Instant) -> H
         Some(query) => format!("{}?{query}", parsed.path()),
         None => parsed.path().to_string(),
     };
+    let host_header = match parsed.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: aragora-cp-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        parsed.host_str().unwrap_or(host)
+        "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: aragora-cp-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
     if let Err(error) = stream.write_all(request.as_bytes()).await {
         return failed(started, format!("send: {error}"));
@@ -134,12 +161,15 @@ async fn check_inner(url: &str, allowed_hosts: &[String], started: Instant) -> H
             Err(error) => return failed(started, format!("read: {error}")),
         }
     }
-    let text = String::from_utf8_lossy(&response);
-    let status =
-        text.lines().next().and_then(|line| line.split_whitespace().nth(1)).and_then(|code| code.parse::<u16>().ok());
+    let status = String::from_utf8_lossy(response.split(|b| *b == b'\n').next().unwrap_or_default())
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok());
     let Some(status) = status else { return failed(started, "not an HTTP response") };
-    let body = text.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
-    let body_prefix: String = body.chars().take(BODY_PREFIX_BYTES).collect();
+    // The first KiB of the body, in bytes (then decoded), so a multi-byte body cannot pass more.
+    let body_start = response.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4).unwrap_or(response.len());
+    let body = &response[body_start..];
+    let body_prefix = String::from_utf8_lossy(&body[..body.len().min(BODY_PREFIX_BYTES)]).into_owned();
     HttpCheck {
         status: Some(status),
         latency_ms: latency_ms.unwrap_or_else(|| started.elapsed().as_millis().min(u32::MAX as u128) as u32),
@@ -156,6 +186,10 @@ mod tests {
     fn refuses_the_addresses_of_the_design() {
         for bad in [
             "0.0.0.0",
+            "0.1.2.3",
+            "::a9fe:a9fe",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
             "169.254.169.254",
             "100.100.100.200",
             "169.254.1.1",

@@ -122,7 +122,8 @@ impl HealthMonitor {
             (agent.tasks_completed.saturating_sub(completed), agent.tasks_failed.saturating_sub(failed))
         };
         let http = match &agent.health_url {
-            Some(url) => Some(http_check::check(url, &self.settings.allowed_hosts, self.settings.timeout).await),
+            // Half the probing budget: a blackholed URL must leave time for the probes to judge the failure.
+            Some(url) => Some(http_check::check(url, &self.settings.allowed_hosts, self.settings.timeout / 2).await),
             None => None,
         };
         let latency_ms = http.as_ref().and_then(|h| h.error.is_none().then_some(f64::from(h.latency_ms)));

@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, oneshot};
 pub use policies::{PolicyDenied, Violation};
 
 use crate::config::Config;
-use crate::model::{CapabilitySet, Event, NewTask, SubmitRequest, Task, ValidationError};
+use crate::model::{CapabilitySet, Event, NewTask, SubmitRequest, Task, TaskId, ValidationError};
 use crate::plugins::PluginRegistry;
 use crate::store::{ClaimRequest, Store, StoreError, Submitted, Waiter, Withdrawn};
 
@@ -208,8 +208,8 @@ impl Scheduler {
         let block = claim.block.min(MAX_BLOCK);
         let health = self.store.agent_health(&claim.agent_id).await?;
         if let Some(reason) = refusal(&agent, health.as_ref()) {
-            // A refused agent waits its full block, so it cannot spin on the claim endpoint.
-            tokio::time::sleep(block).await;
+            // A refused agent waits its full block, so it cannot spin on the claim endpoint; it is alive meanwhile.
+            self.keep_alive_for(&claim.agent_id, block).await;
             return Ok(ClaimOutcome { tasks: Vec::new(), reason: Some(reason.into()) });
         }
         let request = ClaimRequest {
@@ -277,8 +277,9 @@ impl Scheduler {
                     _ = &mut woken => break,
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = tokio::time::sleep(keepalive) => {
-                        // While a claim is blocked the agent is alive (DESIGN §4).
-                        let _ = self.store.heartbeat(&request.agent_id, &Default::default()).await;
+                        // While a claim is blocked the agent is alive (DESIGN §4); not a heartbeat, which would
+                        // consume the revocation notices meant for the agent's own next heartbeat.
+                        let _ = self.store.keep_alive(&request.agent_id).await;
                     }
                 }
             }
@@ -287,9 +288,70 @@ impl Scheduler {
         let assigned = self.store.withdraw_waiter(&token).await?;
         guard.armed = false;
         if let Withdrawn::Assigned(task) = assigned {
-            tasks.push(*task);
+            if tasks.len() < request.max_tasks {
+                tasks.push(*task);
+            } else if let Some(lease) = &task.lease_id {
+                // The second look filled the claim and a submit routed one more: give the extra back unharmed.
+                self.store.release(&task.task_id, lease).await?;
+            }
         }
         Ok(ClaimOutcome { tasks, reason: None })
+    }
+
+    /// Keeps an agent alive for `period` (a refused claim's wait).
+    async fn keep_alive_for(&self, agent_id: &str, period: Duration) {
+        let deadline = tokio::time::Instant::now() + period;
+        let keepalive = self.config.heartbeat_interval.max(Duration::from_millis(100));
+        loop {
+            let _ = self.store.keep_alive(agent_id).await;
+            let next = (tokio::time::Instant::now() + keepalive).min(deadline);
+            tokio::time::sleep_until(next).await;
+            if next >= deadline {
+                return;
+            }
+        }
+    }
+
+    /// Offers requeued and released work to blocked claims, as a submit offers new work: claims wait on
+    /// notifications only, so work that becomes pending again must be routed too (once its backoff is over).
+    pub async fn run_router(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        use crate::model::EventKind;
+        let mut events = self.store.subscribe();
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = events.recv() => match received {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if !matches!(event.kind, EventKind::TaskRetried | EventKind::TaskReleased) {
+                continue;
+            }
+            let Some(task_id) = event.task_id.as_deref().and_then(|id| TaskId::parse("task_id", id).ok()) else {
+                continue;
+            };
+            let Ok(Some(task)) = self.store.get_task(&task_id).await else { continue };
+            let due_in = task
+                .available_at
+                .as_deref()
+                .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                .map(|at| (at.timestamp_millis().max(0) as u64).saturating_sub(self.store.now_ms()));
+            match due_in {
+                Some(wait) if wait > 0 => {
+                    let scheduler = self.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(wait)) => scheduler.route(&task_id).await,
+                        }
+                    });
+                }
+                _ => self.route(&task_id).await,
+            }
+        }
     }
 
     /// Wakes the blocked claim that registered `token` (a task was assigned through it).

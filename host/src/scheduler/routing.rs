@@ -11,7 +11,7 @@ use super::{EngineError, Scheduler};
 use crate::model::{Agent, AgentStatus, CapabilitySet, Priority, TaskId};
 use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails, HealthStatus};
 use crate::plugins::{Answerer, Selection};
-use crate::store::{AgentFilter, Waiter};
+use crate::store::{AgentFilter, AgentHealth, BreakerState, HealthState, Waiter};
 
 /// Milliseconds since an RFC 3339 time, or `None` when absent or unreadable.
 fn age_ms(time: Option<&str>, now_ms: u64) -> Option<u64> {
@@ -19,8 +19,14 @@ fn age_ms(time: Option<&str>, now_ms: u64) -> Option<u64> {
     Some(now_ms.saturating_sub(parsed.timestamp_millis().max(0) as u64))
 }
 
-/// An agent as a strategy sees it.
-pub fn candidate_of(agent: &Agent, now_ms: u64) -> (Candidate, CandidateDetails) {
+/// An agent as a strategy sees it: its health from the store, and in the details only the metadata keys the
+/// strategy's manifest lists.
+pub fn candidate_of(
+    agent: &Agent,
+    health: HealthState,
+    label_keys: &[String],
+    now_ms: u64,
+) -> (Candidate, CandidateDetails) {
     let candidate = Candidate {
         in_flight: agent.in_flight,
         max_concurrent: agent.max_concurrent_tasks,
@@ -29,27 +35,37 @@ pub fn candidate_of(agent: &Agent, now_ms: u64) -> (Candidate, CandidateDetails)
         avg_latency_ms: agent.avg_latency_ms.round().clamp(0.0, u32::MAX as f64) as u32,
         heartbeat_age_ms: age_ms(Some(&agent.last_heartbeat), now_ms).unwrap_or(0),
         since_assigned_ms: age_ms(agent.last_assigned_at.as_deref(), now_ms),
-        // The health monitor's verdicts feed this once it lands; until then every agent is unknown.
-        health: HealthStatus::Unknown,
+        health: match health {
+            HealthState::Healthy => HealthStatus::Healthy,
+            HealthState::Degraded => HealthStatus::Degraded,
+            HealthState::Unhealthy => HealthStatus::Unhealthy,
+            HealthState::Unknown => HealthStatus::Unknown,
+        },
     };
     let details = CandidateDetails {
         agent_id: agent.agent_id.clone(),
         model: agent.model.clone(),
         provider: agent.provider.clone(),
-        labels: agent
-            .metadata
+        labels: label_keys
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .filter_map(|k| {
+                agent
+                    .metadata
+                    .get(k)
+                    .map(|v| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            })
             .collect(),
     };
     (candidate, details)
 }
 
-/// Whether an agent may be routed or selected: alive, not paused, not draining or failed, below capacity.
-fn routable(agent: &Agent) -> bool {
+/// Whether an agent may be routed or selected (DESIGN §4: eligible to claim, alive, not busy by capacity):
+/// not paused, ready or starting, below capacity, not unhealthy, breaker not open.
+fn routable_now(agent: &Agent, health: Option<&AgentHealth>) -> bool {
     !agent.paused
         && matches!(agent.status, AgentStatus::Ready | AgentStatus::Starting)
         && agent.in_flight < agent.max_concurrent_tasks
+        && health.is_none_or(|h| h.status != HealthState::Unhealthy && h.breaker != BreakerState::Open)
 }
 
 /// A seed derived from the task id: the same task gets the same `random` choice on every server.
@@ -71,6 +87,12 @@ pub struct AgentSelection {
 }
 
 impl Scheduler {
+    /// The agent's health if it may be routed or selected now, `None` if it may not.
+    async fn routable(&self, agent: &Agent) -> Result<Option<HealthState>, EngineError> {
+        let health = self.store.agent_health(&agent.agent_id).await?;
+        Ok(routable_now(agent, health.as_ref()).then(|| health.map(|h| h.status).unwrap_or_default()))
+    }
+
     /// Offers a newly pending task to the blocked claims that could take it.
     pub(super) async fn route(&self, task_id: &TaskId) {
         if let Err(error) = self.try_route(task_id).await {
@@ -85,20 +107,25 @@ impl Scheduler {
         if waiters.is_empty() {
             return Ok(());
         }
-        let mut pool: Vec<(Waiter, Agent)> = Vec::with_capacity(waiters.len());
+        let mut pool: Vec<(Waiter, Agent, HealthState)> = Vec::with_capacity(waiters.len());
+        let now = self.store.now_ms();
         for waiter in waiters {
-            if let Some(agent) = self.store.get_agent(&waiter.agent_id).await?
-                && routable(&agent)
-            {
-                pool.push((waiter, agent));
+            let Some(agent) = self.store.get_agent(&waiter.agent_id).await? else { continue };
+            let Some(health) = self.routable(&agent).await? else { continue };
+            // Dispatch policies decide who may take what, for routed work as for claimed work.
+            let denials = super::policies::on_dispatch(&self.plugins, &task, &agent, now);
+            if !denials.is_empty() {
+                self.record(denials);
+                continue;
             }
+            pool.push((waiter, agent, health));
         }
         let strategy = task.strategy.clone().unwrap_or_else(|| self.config.default_strategy.clone());
         for _ in 0..2 {
             if pool.is_empty() {
                 break;
             }
-            let agents: Vec<&Agent> = pool.iter().map(|(_, agent)| agent).collect();
+            let agents: Vec<(&Agent, HealthState)> = pool.iter().map(|(_, agent, health)| (agent, *health)).collect();
             let selection = self.choose(
                 &strategy,
                 task_id,
@@ -108,7 +135,7 @@ impl Scheduler {
                 &task.metadata,
                 &agents,
             )?;
-            let (waiter, _) = pool.remove(selection.index);
+            let (waiter, _, _) = pool.remove(selection.index);
             if self.store.assign(task_id, &waiter.token).await?.is_some() {
                 self.wake(&waiter.token);
                 return Ok(());
@@ -127,14 +154,15 @@ impl Scheduler {
         task_type: &str,
         required: &CapabilitySet,
         metadata: &serde_json::Map<String, serde_json::Value>,
-        agents: &[&Agent],
+        agents: &[(&Agent, HealthState)],
     ) -> Result<Selection, EngineError> {
         let plugin = self.plugins.strategy(strategy).map_err(|_| EngineError::UnknownStrategy(strategy.to_string()))?;
         let now = self.store.now_ms();
         let info = task_info(&plugin, task_id.as_str(), task_type, priority, required, metadata);
         let wants_details = plugin.wants_details();
+        let labels = &plugin.manifest.labels;
         let (candidates, details): (Vec<Candidate>, Vec<CandidateDetails>) =
-            agents.iter().map(|agent| candidate_of(agent, now)).unzip();
+            agents.iter().map(|(agent, health)| candidate_of(agent, *health, labels, now)).unzip();
         let details = if wants_details { details } else { Vec::new() };
         let ctx = CallContext { now_ms: now, seed: seed_of(task_id.as_str()) };
         self.plugins
@@ -153,20 +181,23 @@ impl Scheduler {
         dry_run: bool,
     ) -> Result<Option<AgentSelection>, EngineError> {
         let strategy = strategy.unwrap_or(&self.config.default_strategy).to_string();
-        let agents: Vec<Agent> = self
-            .store
-            .list_agents(&AgentFilter::default())
-            .await?
-            .into_iter()
-            .filter(|agent| routable(agent) && capabilities.is_subset_of(&agent.capabilities))
-            .filter(|agent| !exclude.contains(&agent.agent_id))
-            .take(self.config.max_strategy_candidates)
-            .collect();
+        let mut agents: Vec<(Agent, HealthState)> = Vec::new();
+        for agent in self.store.list_agents(&AgentFilter::default()).await? {
+            if agents.len() >= self.config.max_strategy_candidates {
+                break;
+            }
+            if !capabilities.is_subset_of(&agent.capabilities) || exclude.contains(&agent.agent_id) {
+                continue;
+            }
+            if let Some(health) = self.routable(&agent).await? {
+                agents.push((agent, health));
+            }
+        }
         if agents.is_empty() {
             self.plugins.strategy(&strategy).map_err(|_| EngineError::UnknownStrategy(strategy.clone()))?;
             return Ok(None);
         }
-        let refs: Vec<&Agent> = agents.iter().collect();
+        let refs: Vec<(&Agent, HealthState)> = agents.iter().map(|(agent, health)| (agent, *health)).collect();
         let selection_id = TaskId::generate();
         let selection = self.choose(
             &strategy,
@@ -177,7 +208,7 @@ impl Scheduler {
             &serde_json::Map::new(),
             &refs,
         )?;
-        let chosen = &agents[selection.index].agent_id;
+        let chosen = &agents[selection.index].0.agent_id;
         if !dry_run {
             self.store.mark_assigned(chosen).await?;
         }

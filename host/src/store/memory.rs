@@ -48,6 +48,8 @@ struct TaskRecord {
     revoked: VecDeque<(String, RevokeReason)>,
     /// When it reached its terminal state (retention counts from here).
     finished_at_ms: Option<u64>,
+    /// The lease and error of the last failure that requeued the task, so a repeat of that fail answers 200.
+    requeued_by: Option<(String, String)>,
 }
 
 impl TaskRecord {
@@ -77,6 +79,8 @@ struct HealthRecord {
     message: String,
     /// The agent is `failed` because of an unhealthy verdict (a healthy one clears it; a fatal report does not).
     failed_by_probe: bool,
+    /// The status the agent had when an unhealthy verdict failed it: a draining agent goes back to draining.
+    status_before_failure: Option<AgentStatus>,
 }
 
 #[derive(Default)]
@@ -108,7 +112,7 @@ struct State {
     expiry: BTreeSet<(u64, String)>,
     waiters: BTreeMap<String, (u64, Waiter)>,
     /// Tokens consumed by `assign`, answered at withdrawal.
-    consumed: HashMap<String, TaskId>,
+    consumed: HashMap<String, (TaskId, String)>,
     idempotency: HashMap<(String, String), (TaskId, String, u64)>,
     events: VecDeque<Event>,
     event_seq: u64,
@@ -315,6 +319,10 @@ impl Tx<'_> {
             return;
         }
         record.agent.status = status;
+        if old == AgentStatus::Failed {
+            // Whatever made it leave `failed`, a later healthy verdict must not undo a later fatal report.
+            record.health.failed_by_probe = false;
+        }
         self.emit(
             EventKind::AgentStatusChanged,
             None,
@@ -349,6 +357,7 @@ impl Tx<'_> {
         record.task.started_at = None;
         record.task.progress = None;
         record.task.unfenced = false;
+        record.requeued_by = None;
         record.claimed_at_ms = Some(now);
         let deadline = now + u64::from(record.task.timeout_seconds) * 1000;
         record.lease_deadline_ms = Some(deadline);
@@ -590,6 +599,17 @@ impl Tx<'_> {
     fn repeated_outcome(&mut self, task_id: &TaskId, fence: &Fence, outcome: &Outcome) -> StoreResult<Option<Task>> {
         let record = self.task(task_id)?;
         let status = record.task.status;
+        if let (Fence::Lease(lease), Some((requeued_lease, error))) = (fence, &record.requeued_by)
+            && lease == requeued_lease
+        {
+            return match outcome {
+                Outcome::Failed(again) if again == error => Ok(Some(record.task.clone())),
+                _ => Err(StoreError::conflict(
+                    "outcome_conflict",
+                    format!("lease {lease} already failed task {task_id}, which was requeued"),
+                )),
+            };
+        }
         if !matches!(status, TaskStatus::Completed | TaskStatus::Failed) {
             return Ok(None);
         }
@@ -744,6 +764,7 @@ impl Tx<'_> {
                 outcome_lease: None,
                 revoked: VecDeque::new(),
                 finished_at_ms: None,
+                requeued_by: None,
             },
         );
         self.state.by_seq.insert(seq, task_id.clone());
@@ -833,6 +854,8 @@ impl Store for MemoryStore {
                     && *session != live_session
                 {
                     tx.lose_all(&id, "the agent registered again with a new session");
+                    // The old session's blocked claims must not receive work meant for the new one.
+                    tx.remove_waiters_of(&id);
                     restarted = true;
                 }
                 let record = tx.state.agents.get_mut(&id).expect("agent exists");
@@ -851,7 +874,12 @@ impl Store for MemoryStore {
                 if !matches!(agent.status, AgentStatus::Ready | AgentStatus::Busy) {
                     tx.set_agent_status(&id, registration.status);
                 }
-                tx.state.agents.get_mut(&id).expect("agent exists").health.failed_by_probe = false;
+                // A new registration is a fresh start for health too (DESIGN §3: re-registering clears `failed`);
+                // the breaker keeps its state, which is about recent failures, not about the registration.
+                let health = &mut tx.state.agents.get_mut(&id).expect("agent exists").health;
+                health.failed_by_probe = false;
+                health.status = HealthState::Unknown;
+                health.consecutive_failures = 0;
             } else {
                 let session_id =
                     registration.session_id.clone().unwrap_or_else(|| format!("{:032x}", rand::rng().random::<u128>()));
@@ -1086,7 +1114,14 @@ impl Store for MemoryStore {
                 return Ok(Withdrawn::Unused);
             }
             match tx.state.consumed.remove(token) {
-                Some(task_id) => Ok(Withdrawn::Assigned(Box::new(tx.task(&task_id)?.task.clone()))),
+                // Only while the grant still stands: a task cancelled, timed out or requeued since the hand-off
+                // is not the claim's to return.
+                Some((task_id, lease)) => match tx.state.tasks.get(&task_id) {
+                    Some(record) if record.task.lease_id.as_deref() == Some(lease.as_str()) => {
+                        Ok(Withdrawn::Assigned(Box::new(record.task.clone())))
+                    }
+                    _ => Ok(Withdrawn::Unused),
+                },
                 None => Ok(Withdrawn::Unused),
             }
         })
@@ -1103,19 +1138,26 @@ impl Store for MemoryStore {
     async fn assign(&self, task_id: &TaskId, token: &str) -> StoreResult<Option<Task>> {
         self.transition(|tx| {
             let Some((_, waiter)) = tx.state.waiters.get(token).cloned() else { return Ok(None) };
+            let Some(agent) = tx.state.agents.get(&waiter.agent_id) else { return Ok(None) };
+            // The waiter's capabilities may have been narrowed by the claim, never widened past the registration
+            // (which a re-register or a register policy may have changed since).
+            let holds = agent.agent.capabilities.clone();
             let now = tx.now;
             let record = tx.task(task_id)?;
             let claimable = record.task.status == TaskStatus::Pending
                 && record.available_at_ms.is_none_or(|at| at <= now)
-                && record.task.required_capabilities.is_subset_of(&waiter.capabilities);
+                && record.task.required_capabilities.is_subset_of(&waiter.capabilities)
+                && record.task.required_capabilities.is_subset_of(&holds);
             if !claimable || !tx.eligible(&waiter.agent_id) {
                 return Ok(None);
             }
             tx.state.waiters.remove(token);
-            tx.state.consumed.insert(token.to_string(), task_id.clone());
             tx.dequeue(task_id);
             tx.touch(&waiter.agent_id);
-            Ok(Some(tx.grant(task_id, &waiter.agent_id, "routed")))
+            let task = tx.grant(task_id, &waiter.agent_id, "routed");
+            let lease = task.lease_id.clone().unwrap_or_default();
+            tx.state.consumed.insert(token.to_string(), (task_id.clone(), lease));
+            Ok(Some(task))
         })
     }
 
@@ -1156,6 +1198,8 @@ impl Store for MemoryStore {
         next: &ClaimRequest,
     ) -> StoreResult<(Task, Vec<Task>)> {
         self.transition(|tx| {
+            // Refuse before changing anything: the step is all or nothing.
+            tx.check_session(&next.agent_id, next.session_id.as_deref())?;
             let completed = tx.complete(task_id, fence, result)?;
             let claimed = tx.claim(next)?;
             Ok((completed, claimed))
@@ -1189,6 +1233,9 @@ impl Store for MemoryStore {
                 tx.breaker_failure(agent_id, Some(task_id));
             }
             if retry {
+                let lease = tx.state.tasks[task_id].task.lease_id.clone();
+                tx.state.tasks.get_mut(task_id).expect("task exists").requeued_by =
+                    lease.map(|lease| (lease, failure.error.clone()));
                 tx.drop_lease(task_id, None);
                 tx.requeue(task_id, true, Some(error));
                 let retries = tx.state.tasks[task_id].task.retries;
@@ -1275,7 +1322,6 @@ impl Store for MemoryStore {
                 record.score = tx.store.score(record.task.priority, record.seq, tx.now);
             }
             tx.set_status(task_id, TaskStatus::Pending);
-            tx.state.tasks.get_mut(task_id).expect("task exists").task.completed_at = None;
             tx.enqueue(task_id);
             tx.emit(EventKind::TaskRetried, Some(task_id), None, json!({"manual": true}));
             Ok(tx.state.tasks[task_id].task.clone())
@@ -1450,15 +1496,20 @@ impl Store for MemoryStore {
                     record.health.consecutive_failures += 1;
                     tx.breaker_failure(agent_id, None);
                     if !matches!(status, AgentStatus::Offline | AgentStatus::Failed) {
-                        tx.agent(agent_id)?.health.failed_by_probe = true;
                         tx.set_agent_status(agent_id, AgentStatus::Failed);
+                        let health = &mut tx.agent(agent_id)?.health;
+                        health.failed_by_probe = true;
+                        health.status_before_failure = Some(status);
                     }
                 }
                 HealthState::Healthy | HealthState::Degraded => {
                     record.health.consecutive_failures = 0;
                     if status == AgentStatus::Failed && record.health.failed_by_probe {
-                        record.health.failed_by_probe = false;
-                        tx.set_agent_status(agent_id, AgentStatus::Ready);
+                        let back = match record.health.status_before_failure.take() {
+                            Some(AgentStatus::Draining) => AgentStatus::Draining,
+                            _ => AgentStatus::Ready,
+                        };
+                        tx.set_agent_status(agent_id, back);
                         tx.refresh_capacity(agent_id);
                     }
                 }
@@ -1487,20 +1538,25 @@ impl Store for MemoryStore {
     }
 
     async fn all_health(&self) -> StoreResult<Vec<AgentHealth>> {
-        let state = self.state.lock();
-        let tx_free = |id: &String| {
-            let record = &state.agents[id];
-            AgentHealth {
-                agent_id: id.clone(),
-                status: record.health.status,
-                last_check: record.health.last_check_ms.map(rfc3339_ms),
-                consecutive_failures: record.health.consecutive_failures,
-                latency_ms: record.health.latency_ms,
-                message: record.health.message.clone(),
-                breaker: record.breaker.state,
-            }
-        };
-        Ok(state.agents.keys().map(tx_free).collect())
+        self.transition(|tx| {
+            let ids: Vec<String> = tx.state.agents.keys().cloned().collect();
+            Ok(ids
+                .iter()
+                .filter_map(|id| {
+                    // As `agent_health`: an open breaker past its cooldown reads half-open.
+                    let _ = tx.eligible(id);
+                    tx.health_of(id)
+                })
+                .collect())
+        })
+    }
+
+    async fn keep_alive(&self, agent_id: &str) -> StoreResult<()> {
+        self.transition(|tx| {
+            tx.agent(agent_id)?;
+            tx.touch(agent_id);
+            Ok(())
+        })
     }
 
     async fn mark_assigned(&self, agent_id: &str) -> StoreResult<()> {

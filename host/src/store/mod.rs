@@ -514,6 +514,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every agent's health and breaker, by agent id.
     async fn all_health(&self) -> StoreResult<Vec<AgentHealth>>;
 
+    /// Keeps an agent alive (a blocked or refused claim is a sign of life) without consuming its revocation
+    /// notices, which only a heartbeat answers.
+    async fn keep_alive(&self, agent_id: &str) -> StoreResult<()>;
+
     /// Records that the agent was chosen (a non-dry-run `select_agent`): `last_assigned_at` in store time.
     async fn mark_assigned(&self, agent_id: &str) -> StoreResult<()>;
 

@@ -344,3 +344,18 @@ async fn probes_judge_agents_by_heartbeat_and_http_and_unhealthy_agents_get_no_w
     assert_eq!(cp.get_stats().await.unwrap().health["healthy_count"], 2);
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeued_work_reaches_a_claim_that_is_already_blocked() {
+    let cp = coordinator(None).await;
+    register(&cp, "first", &[]).await;
+    register(&cp, "second", &[]).await;
+    let task_id = submit(&cp, "code").await;
+    let held = cp.claim_task(&claim("first", 0)).await.unwrap().tasks.remove(0);
+    // "second" blocks with nothing pending; then "first" fails its task with requeue.
+    let waiting = block_claims(&cp, &["second"]).await;
+    let failure = aragora_cp::store::FailRequest { error: "crash".into(), requeue: true, kind: Default::default() };
+    cp.fail_task(&task_id, &Fence::Lease(held.lease_id.unwrap()), &failure).await.unwrap();
+    assert_eq!(receiver_of(waiting, &task_id).await, "second", "the requeued task was routed, not left to a poll");
+    cp.shutdown().await;
+}

@@ -87,6 +87,10 @@ macro_rules! conformance {
                 operations_on_unknown_tasks_and_agents_are_not_found,
                 agent_failures_over_two_tasks_open_the_breaker_and_a_half_open_trial_closes_it,
                 task_kind_failures_never_open_a_breaker,
+                a_repeated_fail_that_requeued_answers_the_same_task_and_a_different_outcome_conflicts,
+                a_withdrawn_token_whose_task_was_cancelled_since_returns_nothing,
+                a_new_session_drops_the_old_sessions_waiters,
+                keep_alive_keeps_the_agent_alive_without_consuming_revocations,
                 complete_and_claim_finishes_one_task_and_grants_the_next_in_one_step,
                 complete_batch_answers_each_outcome_on_its_own,
                 housekeeping_removes_old_terminal_tasks_and_long_offline_agents_and_keeps_the_rest,
@@ -866,7 +870,8 @@ async fn a_stale_lease_from_an_earlier_attempt_is_refused(h: Harness) {
     let task_id = h.submit(with_retries("twice", 3)).await;
     let one = h.claim("first").await.expect("claimable");
     h.store.fail(&task_id, &lease(&one), &fail("flaky", true)).await.expect("fail");
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&one), json!({})).await), "lease_lost", "pending");
+    // The same lease already failed the task (DESIGN §4: same lease, different outcome).
+    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&one), json!({})).await), "outcome_conflict");
     let two = h.claim("second").await.expect("claimable again");
     assert_ne!(one.lease_id, two.lease_id);
     assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&one), json!({})).await), "lease_lost");
@@ -1807,4 +1812,54 @@ async fn housekeeping_removes_old_terminal_tasks_and_long_offline_agents_and_kee
     let stats = h.stats().await;
     assert_eq!(stats.tasks_by_status.get("completed").copied().unwrap_or(0), 0);
     assert_eq!(stats.tasks_by_status.get("pending").copied(), Some(1));
+}
+
+// ---- review fixes: repeated outcomes, waiters and sessions, keep-alive ----
+
+async fn a_repeated_fail_that_requeued_answers_the_same_task_and_a_different_outcome_conflicts(h: Harness) {
+    h.register("a", &[]).await;
+    let id = h.submit(request("t")).await;
+    let held = h.claim("a").await.unwrap();
+    let failure = FailRequest { error: "flaky".into(), requeue: true, kind: FailKind::Task };
+    let first = h.store.fail(&id, &lease(&held), &failure).await.unwrap();
+    assert_eq!(first.status, TaskStatus::Pending);
+    let again = h.store.fail(&id, &lease(&held), &failure).await.expect("same lease, same outcome: 200");
+    assert_eq!((again.status, again.retries), (TaskStatus::Pending, 1), "nothing happened twice");
+    let other = FailRequest { error: "other".into(), ..failure };
+    assert_eq!(conflict_code(h.store.fail(&id, &lease(&held), &other).await), "outcome_conflict");
+    assert_eq!(conflict_code(h.store.complete(&id, &lease(&held), json!({})).await), "outcome_conflict");
+}
+
+async fn a_withdrawn_token_whose_task_was_cancelled_since_returns_nothing(h: Harness) {
+    h.register("a", &[]).await;
+    let id = h.submit(request("t")).await;
+    let waiter = Waiter { token: "tok-cancel".into(), agent_id: "a".into(), capabilities: caps(&[]) };
+    h.store.register_waiter(waiter).await.unwrap();
+    assert!(h.store.assign(&id, "tok-cancel").await.unwrap().is_some());
+    h.store.cancel(&id).await.unwrap();
+    assert_eq!(h.store.withdraw_waiter("tok-cancel").await.unwrap(), Withdrawn::Unused);
+}
+
+async fn a_new_session_drops_the_old_sessions_waiters(h: Harness) {
+    h.register_with(AgentRegistration { session_id: Some("s1".into()), ..registration("a", &[]) }).await;
+    let waiter = Waiter { token: "tok-old".into(), agent_id: "a".into(), capabilities: caps(&[]) };
+    h.store.register_waiter(waiter).await.unwrap();
+    h.register_with(AgentRegistration { session_id: Some("s2".into()), ..registration("a", &[]) }).await;
+    let id = h.submit(request("t")).await;
+    assert!(h.store.assign(&id, "tok-old").await.unwrap().is_none(), "the old session's claim gets nothing");
+    assert_eq!(h.status(&id).await, TaskStatus::Pending);
+}
+
+async fn keep_alive_keeps_the_agent_alive_without_consuming_revocations(h: Harness) {
+    h.register("a", &[]).await;
+    let id = h.submit(request("t")).await;
+    h.claim("a").await.unwrap();
+    h.store.cancel(&id).await.unwrap();
+    h.advance(25_000).await;
+    h.store.keep_alive("a").await.unwrap();
+    h.advance(25_000).await;
+    h.store.sweep_offline(100).await.unwrap();
+    assert_ne!(h.agent("a").await.status, AgentStatus::Offline, "kept alive");
+    let beat = h.heartbeat("a").await;
+    assert_eq!(beat.revoked, vec![Revoked { task_id: id, reason: RevokeReason::Cancelled }]);
 }
