@@ -124,6 +124,8 @@ struct ModelTask {
     claimed_at: u64,
     outcome: Option<Outcome>,
     outcome_lease: Option<String>,
+    /// The lease and error of the last failure that requeued the task (a repeat of it answers 200).
+    requeued_by: Option<(String, u8)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -274,6 +276,7 @@ async fn apply(h: &Harness, m: &mut Model, op: &Op) -> Option<usize> {
                 claimed_at: 0,
                 outcome: None,
                 outcome_lease: None,
+                requeued_by: None,
             });
         }
         Op::Claim { agent } => {
@@ -295,6 +298,7 @@ async fn apply(h: &Harness, m: &mut Model, op: &Op) -> Option<usize> {
                 t.holder = Some(agent);
                 t.lease = Some(lease.clone());
                 t.leases.push(lease);
+                t.requeued_by = None;
                 t.claimed_at = m.now;
             }
         }
@@ -331,13 +335,23 @@ async fn apply(h: &Harness, m: &mut Model, op: &Op) -> Option<usize> {
             let fence = m.fence(i, fence);
             let failure = FailRequest { error: format!("boom-{error}"), requeue, kind: Default::default() };
             let result = h.store.fail(&m.tasks[i].id, &fence, &failure).await;
-            if m.is_repeat(i, &fence, &Outcome::Failed(error)) {
+            let requeued_by = m.tasks[i].requeued_by.clone();
+            if let (Fence::Lease(lease), Some((requeued_lease, requeued_error))) = (&fence, &requeued_by)
+                && lease == requeued_lease
+            {
+                if *requeued_error == error {
+                    assert_eq!(result.expect("a repeat of the failure that requeued").status, m.tasks[i].status);
+                } else {
+                    expect_conflict(result, "another outcome on a lease that already failed");
+                }
+            } else if m.is_repeat(i, &fence, &Outcome::Failed(error)) {
                 assert_eq!(result.expect("a repeated failure").status, TaskStatus::Failed);
             } else if m.fence_holds(i, &fence) {
                 let t = &mut m.tasks[i];
                 if requeue && t.retries < t.max_retries {
                     t.retries += 1;
                     t.status = TaskStatus::Pending;
+                    t.requeued_by = t.lease.clone().map(|lease| (lease, error));
                 } else {
                     t.outcome_lease = t.lease.clone();
                     t.outcome = Some(Outcome::Failed(error));
