@@ -11,6 +11,7 @@
 //! - [`registry`]: agent registration, heartbeats, pause/resume.
 //! - [`health`]: probe rounds over health-probe plugins and the HTTP check.
 //! - [`coordinator`]: the façade the API and CLI use (the guide's API) and the one event stream.
+//! - [`api`]: the REST API (axum): a router file per resource, bearer-token auth, problem+json errors, SSE.
 //! - [`config`]: the validated configuration. [`cli`]: the `aragora-cp` command line.
 //!
 //! A task's flow: a client submits through the coordinator → the scheduler validates it and runs the submit
@@ -19,6 +20,7 @@
 //! next claim pulls it in priority order → the agent completes or fails it, fenced by its lease → the sweeper
 //! recovers timed-out attempts and silent agents' work. Every transition emits an event.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod coordinator;

@@ -2,6 +2,7 @@
 //! `plugins/`, candidate builders, temporary plugin directories and polling helpers; and, in [`store_harness`], the
 //! store-agnostic harness of the store conformance suite and model test.
 
+pub mod server;
 pub mod store_harness;
 
 use std::path::{Path, PathBuf};

@@ -1,10 +1,11 @@
 //! The `aragora-cp` command line: argument parsing and dispatch to one module per command group.
 //! `plugin.rs` holds the plugin author's tools (check, run, new, watch); `bench.rs` and `bench_engine.rs` the
-//! benchmarks.
+//! benchmarks; `serve.rs` the server (`serve`) and its token tool (`token`).
 
 pub mod bench;
 pub mod bench_engine;
 pub mod plugin;
+pub mod serve;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,10 @@ pub enum Command {
     /// Benchmarks that print comparable figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Runs the REST API server.
+    Serve(Box<serve::ServeArgs>),
+    /// Prints a bearer token signed with ARAGORA_JWT_SECRET.
+    Token(serve::TokenArgs),
 }
 
 /// How results are printed.
@@ -43,10 +48,12 @@ pub enum OutputFormat {
 /// Runs the command line; the binary's `main` is this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
     let outcome = match cli.command {
         Command::Plugin(command) => plugin::run(command),
         Command::Bench(command) => bench::run(command),
+        Command::Serve(args) => serve::run(*args),
+        Command::Token(args) => serve::token(args),
     };
     match outcome {
         Ok(code) => code,
@@ -57,8 +64,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

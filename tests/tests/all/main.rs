@@ -1,6 +1,7 @@
 //! The end-to-end test binary: one module per area, shared support in the `aragora_cp_tests` library.
 //! Run with `cargo test --workspace` (see tests/README.md).
 
+mod api;
 mod builtin_strategies;
 mod engine;
 mod example_plugins;

@@ -1,0 +1,303 @@
+//! Authentication and authorisation (DESIGN §7): Bearer JWTs signed HS256 with `ARAGORA_JWT_SECRET`, the algorithm
+//! pinned (`none` and every other `alg` refused), `exp` required, 60 s leeway. A verified token becomes a
+//! [`Caller`]: its subject, its permissions, and — for `sub = agent:<id>` — the one agent it may act for.
+//! Handlers ask the caller for what they need; nothing else here knows about routes.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::ApiState;
+use super::errors::{ApiError, ApiResult};
+
+/// Shortest HS256 secret accepted (DESIGN §7).
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECONDS: u64 = 60;
+
+/// A permission a token may carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Register, heartbeat, pause, select agents.
+    Agents,
+    /// Submit, claim, report and manage tasks.
+    Tasks,
+    /// Every GET.
+    Read,
+    /// Manage plugins.
+    Plugins,
+    /// Everything.
+    Admin,
+}
+
+impl Permission {
+    /// All permissions.
+    pub const ALL: [Permission; 5] =
+        [Permission::Agents, Permission::Tasks, Permission::Read, Permission::Plugins, Permission::Admin];
+
+    /// The name in tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Agents => "controlplane:agents",
+            Permission::Tasks => "controlplane:tasks",
+            Permission::Read => "controlplane:read",
+            Permission::Plugins => "controlplane:plugins",
+            Permission::Admin => "controlplane:admin",
+        }
+    }
+
+    /// The permission of a token's name (`controlplane:tasks`, or the short `tasks`).
+    pub fn parse(name: &str) -> Option<Permission> {
+        Permission::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name || p.as_str().strip_prefix("controlplane:") == Some(name))
+    }
+}
+
+/// The claims we read and write.
+#[derive(Debug, Deserialize, Serialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    permissions: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    caps: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// Why an authenticator could not be built (errors name the variable).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// The secret is too short to resist guessing.
+    #[error("ARAGORA_JWT_SECRET: must be at least {MIN_SECRET_BYTES} bytes (got {0})")]
+    SecretTooShort(usize),
+}
+
+/// Verified tokens remembered at most: past this the cache is emptied (tokens are re-verified, nothing breaks).
+const TOKEN_CACHE_LIMIT: usize = 10_000;
+
+/// Verifies and issues tokens.
+pub struct Authenticator {
+    /// Verified tokens and their `exp`, so the hot path skips the HMAC (DESIGN §9); a lock held for one lookup.
+    cache: parking_lot::Mutex<std::collections::HashMap<String, (Caller, u64)>>,
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("algorithm", &"HS256").finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// HS256 with `secret` (≥ 32 bytes); `iss`/`aud` checked when given.
+    pub fn hs256(secret: &[u8], issuer: Option<String>, audience: Option<String>) -> Result<Self, AuthConfigError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(AuthConfigError::SecretTooShort(secret.len()));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Authenticator {
+            cache: parking_lot::Mutex::default(),
+            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret),
+            validation,
+            issuer,
+            audience,
+        })
+    }
+
+    /// A random secret for one run (loopback development servers with no configured secret).
+    pub fn generated_secret() -> Vec<u8> {
+        let bytes: [u8; 32] = rand::random();
+        hex::encode(bytes).into_bytes()
+    }
+
+    /// Signs a token for `sub` with `permissions`, valid for `ttl`.
+    pub fn issue(&self, sub: &str, permissions: &[Permission], ttl: Duration) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let claims = Claims {
+            sub: Some(sub.to_string()),
+            exp: (now + ttl).as_secs(),
+            permissions: Some(permissions.iter().map(|p| p.as_str().to_string()).collect()),
+            scope: None,
+            caps: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing of plain claims cannot fail")
+    }
+
+    /// Verifies a bearer token into a caller (from the cache until its `exp`); any failure is a 401.
+    pub fn verify(&self, token: &str) -> ApiResult<Caller> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if let Some((caller, exp)) = self.cache.lock().get(token)
+            && now <= exp.saturating_add(LEEWAY_SECONDS)
+        {
+            return Ok(caller.clone());
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        let exp = data.claims.exp;
+        let caller = Self::caller(data.claims)?;
+        let mut cache = self.cache.lock();
+        if cache.len() >= TOKEN_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(token.to_string(), (caller.clone(), exp));
+        Ok(caller)
+    }
+
+    fn caller(claims: Claims) -> ApiResult<Caller> {
+        let sub = claims.sub.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::unauthorized("token has no sub"))?;
+        let scope = claims.scope.unwrap_or_default();
+        let names =
+            claims.permissions.unwrap_or_default().into_iter().chain(scope.split_whitespace().map(str::to_string));
+        let permissions = names.filter_map(|n| Permission::parse(&n)).collect();
+        let agent = sub.strip_prefix("agent:").map(str::to_string);
+        let caps = claims.caps.map(|caps| caps.iter().map(|c| c.trim().to_ascii_lowercase()).collect());
+        Ok(Caller { sub, permissions, agent, caps })
+    }
+}
+
+/// Who is calling, from a verified token.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The token's subject (`submitted_by` of the tasks it submits).
+    pub sub: String,
+    permissions: HashSet<Permission>,
+    /// The agent an `agent:<id>` token is bound to.
+    pub agent: Option<String>,
+    /// The capabilities the token may register (its `caps` claim), lower-cased; `None` = any.
+    pub caps: Option<HashSet<String>>,
+}
+
+impl Caller {
+    /// Whether the token carries `permission` (admin carries all).
+    pub fn has(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission) || self.permissions.contains(&Permission::Admin)
+    }
+
+    /// 403 unless the token carries `permission`.
+    pub fn require(&self, permission: Permission) -> ApiResult<()> {
+        if self.has(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("the token lacks the {} permission", permission.as_str())))
+        }
+    }
+
+    /// Whether the token is an admin's.
+    pub fn is_admin(&self) -> bool {
+        self.permissions.contains(&Permission::Admin)
+    }
+
+    /// 403 when an agent token tries to act for another agent.
+    pub fn acting_for(&self, agent_id: &str) -> ApiResult<()> {
+        match &self.agent {
+            Some(own) if own != agent_id => Err(ApiError::forbidden(format!(
+                "a token for agent {own} may act only for that agent, not for {agent_id}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// 403 when the token's `caps` claim does not cover every capability in `capabilities`.
+    pub fn may_register(&self, capabilities: &[String]) -> ApiResult<()> {
+        let Some(caps) = &self.caps else { return Ok(()) };
+        match capabilities.iter().find(|c| !caps.contains(&c.trim().to_ascii_lowercase())) {
+            Some(outside) => {
+                Err(ApiError::forbidden(format!("the token's caps claim does not allow capability {outside:?}")))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// 403 for agent tokens: they may only do their own agent's work.
+    pub fn not_an_agent(&self, action: &str) -> ApiResult<()> {
+        match &self.agent {
+            Some(own) => Err(ApiError::forbidden(format!("a token for agent {own} may not {action}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+        let text = header.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        state.auth.verify(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_short_secret_is_refused_naming_the_variable() {
+        let error = Authenticator::hs256(b"short", None, None).unwrap_err();
+        assert!(error.to_string().starts_with("ARAGORA_JWT_SECRET"), "{error}");
+    }
+
+    #[test]
+    fn issued_tokens_verify_into_their_caller_and_stay_cached() {
+        let auth = Authenticator::hs256(SECRET, None, None).unwrap();
+        let token = auth.issue("agent:a-1", &[Permission::Tasks], Duration::from_secs(60));
+        for _ in 0..2 {
+            let caller = auth.verify(&token).unwrap();
+            assert_eq!(caller.agent.as_deref(), Some("a-1"));
+            assert!(caller.has(Permission::Tasks) && !caller.has(Permission::Read));
+            assert!(caller.acting_for("a-2").is_err() && caller.acting_for("a-1").is_ok());
+        }
+        let other = Authenticator::hs256(b"another-secret-another-secret-xx", None, None).unwrap();
+        assert_eq!(other.verify(&token).unwrap_err().status(), axum::http::StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn permissions_parse_long_and_short_names() {
+        assert_eq!(Permission::parse("controlplane:read"), Some(Permission::Read));
+        assert_eq!(Permission::parse("admin"), Some(Permission::Admin));
+        assert_eq!(Permission::parse("root"), None);
+    }
+}

@@ -1,0 +1,141 @@
+//! `GET /events`: the coordinator's event stream as Server-Sent Events. Each event carries `id:` (resume with
+//! `Last-Event-ID`, replayed from the store's buffer, or a `reset` event when that id fell out of it), `event:`
+//! (its type) and the event as JSON (ids and small facts, never payloads). `?types=a,b` filters by type; an agent
+//! token sees only its own agent's events; comment lines keep idle connections open.
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::get;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use super::ApiState;
+use super::auth::{Caller, Permission};
+use super::errors::{ApiError, ApiResult};
+use super::extract::ApiQuery;
+use crate::model::{Event, EventKind};
+
+/// Events replayed at most on a resume.
+pub const MAX_REPLAY: usize = 10_000;
+/// Period of the keep-alive comments.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The event route, relative to the API prefix.
+pub fn routes() -> Router<ApiState> {
+    Router::new().route("/events", get(events_stream))
+}
+
+/// `GET /events` query.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    types: Option<String>,
+    last_event_id: Option<String>,
+}
+
+/// Which events a connection receives.
+struct Filter {
+    types: Option<HashSet<String>>,
+    agent: Option<String>,
+}
+
+impl Filter {
+    fn accepts(&self, event: &Event) -> bool {
+        self.types.as_ref().is_none_or(|types| types.contains(event.kind.as_str()))
+            && self.agent.as_ref().is_none_or(|own| event.agent_id.as_deref() == Some(own.as_str()))
+    }
+}
+
+/// A connection's position: replayed events first, then the live stream (skipping what the replay covered).
+struct Feed {
+    backlog: VecDeque<SseEvent>,
+    replayed: HashSet<String>,
+    live: broadcast::Receiver<Event>,
+    filter: Filter,
+}
+
+fn to_sse(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.id.clone())
+        .event(event.kind.as_str())
+        .data(serde_json::to_string(event).unwrap_or_else(|_| "{}".into()))
+}
+
+fn reset(reason: &str) -> SseEvent {
+    SseEvent::default().event("reset").data(json!({"reason": reason}).to_string())
+}
+
+/// `GET /events?types=` with optional `Last-Event-ID`.
+pub async fn events_stream(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    caller.require(Permission::Read)?;
+    let types = match query.types.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        None => None,
+        Some(list) => {
+            let types: HashSet<String> =
+                list.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+            if let Some(unknown) = types.iter().find(|t| !is_event_type(t)) {
+                return Err(ApiError::invalid("types", format!("unknown event type {unknown:?}")));
+            }
+            Some(types)
+        }
+    };
+    let filter = Filter { types, agent: caller.agent.clone() };
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(query.last_event_id)
+        .filter(|id| !id.is_empty());
+    // Subscribe before reading the buffer, so nothing falls between the replay and the live stream.
+    let live = state.coordinator.subscribe();
+    let mut backlog = VecDeque::new();
+    let mut replayed = HashSet::new();
+    if let Some(after) = &last_event_id {
+        match state.coordinator.store().events_after(Some(after), MAX_REPLAY).await? {
+            None => backlog.push_back(reset("last_event_id_expired")),
+            Some(events) => {
+                for event in events {
+                    replayed.insert(event.id.clone());
+                    if filter.accepts(&event) {
+                        backlog.push_back(to_sse(&event));
+                    }
+                }
+            }
+        }
+    }
+    let feed = Feed { backlog, replayed, live, filter };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        if let Some(next) = feed.backlog.pop_front() {
+            return Some((Ok(next), feed));
+        }
+        loop {
+            match feed.live.recv().await {
+                Ok(event) => {
+                    if feed.replayed.remove(&event.id) || !feed.filter.accepts(&event) {
+                        continue;
+                    }
+                    return Some((Ok(to_sse(&event)), feed));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => return Some((Ok(reset("lagged")), feed)),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+fn is_event_type(name: &str) -> bool {
+    serde_json::from_value::<EventKind>(json!(name)).is_ok()
+}

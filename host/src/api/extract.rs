@@ -1,0 +1,101 @@
+//! Extractors that answer a client's mistake in our error format: `ApiJson` (JSON bodies, with the leniency
+//! existing clients need: a POST with no body is `{}`) and `ApiQuery` (query strings). Axum's own extractors answer
+//! in plain text, so handlers never use them for bodies or queries.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::errors::ApiError;
+use crate::model::ValidationError;
+
+/// A JSON body deserialized into `T`. No body at all (whatever the Content-Type) is `{}`; a Content-Type other
+/// than JSON is 415; malformed JSON, a missing or unknown field is 400 naming the field; a body over
+/// `MAX_BODY_BYTES` is 413.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = request.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?").to_owned());
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ValidationError::too_large("body", "the request body is over the MAX_BODY_BYTES limit").into()
+            } else {
+                ApiError::invalid("body", rejection.body_text())
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return parse(b"{}").map(ApiJson);
+        }
+        if let Some(content_type) = content_type
+            && !is_json(&content_type)
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("Content-Type {content_type:?} is not JSON: send application/json"),
+            ));
+        }
+        parse(&bytes).map(ApiJson)
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Deserializes a body, naming the field at fault.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = inner.to_string();
+        let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(head, _)| head).to_string();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::invalid("body", format!("malformed JSON: {message}"));
+        }
+        let named = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|prefix| message.strip_prefix(prefix))
+            .and_then(|rest| rest.split('`').next());
+        let field = match (named, path.as_str()) {
+            (Some(name), "." | "") => name.to_string(),
+            (Some(name), parent) if !parent.ends_with(name) => format!("{parent}.{name}"),
+            (_, "." | "") => "body".to_string(),
+            (_, path) => path.to_string(),
+        };
+        ApiError::invalid(field, message)
+    })?;
+    deserializer.end().map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+/// A query string deserialized into `T`, refused as 400 in our format.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))
+    }
+}
+
+/// Parses an optional query parameter, naming it on failure.
+pub fn query_param<T: std::str::FromStr>(name: &str, raw: Option<&str>, expected: &str) -> Result<Option<T>, ApiError> {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| ApiError::invalid(name, format!("must be {expected}"))),
+    }
+}

@@ -1,0 +1,127 @@
+//! The REST API (DESIGN §7): one router file per resource (`agents`, `tasks`, `health`, `plugins`, `events` for
+//! SSE), `auth` for tokens and permissions, `errors` for the one error type, `extract` for body and query
+//! extractors that answer in that format. Handlers are thin: extract, call the coordinator (the only part of the
+//! engine the API sees), map. [`router`] builds the routes (tests call it directly); [`serve`] runs them on a
+//! listener until shutdown.
+
+pub mod agents;
+pub mod auth;
+pub mod errors;
+pub mod events;
+pub mod extract;
+pub mod health;
+pub mod metrics;
+pub mod plugins;
+pub mod tasks;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::coordinator::ControlPlaneCoordinator;
+pub use auth::{Authenticator, Caller, Permission};
+pub use errors::{ApiError, ApiResult};
+
+/// Largest request body by default (`MAX_BODY_BYTES`, 2 MiB): a 1 MiB payload plus metadata and JSON overhead.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// The path prefixes every resource is served under: the current one and the guide's legacy alias.
+pub const PREFIXES: [&str; 2] = ["/api/v1/control-plane", "/api/control-plane"];
+
+/// What every handler gets: the coordinator and the token verifier.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The control plane.
+    pub coordinator: Arc<ControlPlaneCoordinator>,
+    /// Verifies bearer tokens.
+    pub auth: Arc<Authenticator>,
+    /// Largest request body accepted (`MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Bearer token `/metrics` requires (`METRICS_TOKEN`); open when `None`.
+    pub metrics_token: Option<String>,
+    /// Request counters for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl ApiState {
+    /// State with the default body limit.
+    pub fn new(coordinator: Arc<ControlPlaneCoordinator>, auth: Arc<Authenticator>) -> Self {
+        ApiState { coordinator, auth, max_body_bytes: MAX_BODY_BYTES, metrics_token: None, metrics: Arc::default() }
+    }
+}
+
+/// Every route: the resources under both prefixes, `/livez`, `/readyz` and `/metrics` at the root (open), a request id on
+/// every response and in every request's log span.
+pub fn router(state: ApiState) -> Router {
+    let resources = Router::new()
+        .merge(agents::routes())
+        .merge(tasks::routes())
+        .merge(health::routes())
+        .merge(plugins::routes())
+        .merge(events::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    let mut app = Router::new();
+    for prefix in PREFIXES {
+        app = app.nest(prefix, resources.clone());
+    }
+    app.route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics_get))
+        .with_state(state.clone())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|request: &Request<_>| {
+                            let request_id =
+                                request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
+                        })
+                        // 5xx causes are logged once, where the error is mapped (errors.rs), not again here.
+                        .on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves, then stops accepting and waits for in-flight
+/// requests (bounding that wait is the caller's business).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn livez() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<ApiState>) -> impl IntoResponse {
+    match state.coordinator.get_stats().await {
+        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"}))).into_response(),
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not take that method")
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint (see DESIGN §7 for the routes)")
+}

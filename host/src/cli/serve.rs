@@ -1,0 +1,391 @@
+//! `aragora-cp serve` and `aragora-cp token`. Configuration in two layers (DESIGN §8): [`ServeArgs`] declares each
+//! flag with its environment variable and default; [`ServeArgs::validate`] turns it into the engine's `Config` plus
+//! the server's own settings, with errors naming the variable. Nothing else reads the environment.
+//!
+//! Shutdown on SIGINT/SIGTERM: stop accepting, let in-flight requests finish for at most `--drain-seconds`, then
+//! stop the coordinator's background duties.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::api::{self, ApiState, Authenticator, Permission};
+use crate::config::Config;
+use crate::coordinator::ControlPlaneCoordinator;
+use crate::health::ProbeSettings;
+
+/// How long the printed development admin token lives.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Token settings shared by `serve` and `token`.
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// HS256 secret for bearer tokens (≥ 32 bytes). Without it, a loopback `serve` generates one for the run.
+    #[arg(long, env = "ARAGORA_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Required `iss` of tokens.
+    #[arg(long, env = "ARAGORA_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of tokens.
+    #[arg(long, env = "ARAGORA_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+impl AuthArgs {
+    fn authenticator(&self, secret: &[u8]) -> anyhow::Result<Authenticator> {
+        Ok(Authenticator::hs256(secret, self.jwt_issuer.clone(), self.jwt_audience.clone())?)
+    }
+}
+
+/// `aragora-cp serve`: every flag also reads the environment variable of DESIGN §8. Durations are in seconds and
+/// accept decimals.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// The agents' heartbeat period.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = 10.0)]
+    pub heartbeat_interval: f64,
+    /// Silence after which an agent is offline.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT", default_value_t = 30.0)]
+    pub heartbeat_timeout: f64,
+    /// Time between health-probe rounds.
+    #[arg(long, env = "PROBE_INTERVAL", default_value_t = 30.0)]
+    pub probe_interval: f64,
+    /// Time one agent's probing may take.
+    #[arg(long, env = "PROBE_TIMEOUT", default_value_t = 10.0)]
+    pub probe_timeout: f64,
+    /// Agents probed at once.
+    #[arg(long, env = "PROBE_CONCURRENCY", default_value_t = 32)]
+    pub probe_concurrency: usize,
+    /// Hosts whose loopback addresses the HTTP check may reach (comma-separated).
+    #[arg(long, env = "PROBE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub probe_allowed_hosts: Vec<String>,
+    /// Default timeout of a task attempt.
+    #[arg(long, env = "TASK_TIMEOUT", default_value_t = 300.0)]
+    pub task_timeout: f64,
+    /// Default automatic retries of a task.
+    #[arg(long, env = "MAX_TASK_RETRIES", default_value_t = 3)]
+    pub max_task_retries: u32,
+    /// Retry backoff base (0 = off).
+    #[arg(long, env = "RETRY_BACKOFF_BASE", default_value_t = 0.0)]
+    pub retry_backoff_base: f64,
+    /// Retry backoff cap.
+    #[arg(long, env = "RETRY_BACKOFF_MAX", default_value_t = 60.0)]
+    pub retry_backoff_max: f64,
+    /// Priority aging period (off when absent).
+    #[arg(long, env = "PRIORITY_AGING_SECONDS")]
+    pub priority_aging_seconds: Option<f64>,
+    /// Housekeeping period.
+    #[arg(long, env = "CLEANUP_INTERVAL", default_value_t = 60.0)]
+    pub cleanup_interval: f64,
+    /// How long terminal tasks (and offline agents) are kept.
+    #[arg(long, env = "TASK_RETENTION", default_value_t = 86_400.0)]
+    pub task_retention: f64,
+    /// Breaker failures that open it.
+    #[arg(long, env = "BREAKER_THRESHOLD", default_value_t = 5)]
+    pub breaker_threshold: u32,
+    /// Window those failures count in.
+    #[arg(long, env = "BREAKER_WINDOW", default_value_t = 60.0)]
+    pub breaker_window: f64,
+    /// Open time before a half-open trial.
+    #[arg(long, env = "BREAKER_COOLDOWN", default_value_t = 30.0)]
+    pub breaker_cooldown: f64,
+    /// Strategy for tasks that name none.
+    #[arg(long, env = "DEFAULT_STRATEGY", default_value = "least_loaded")]
+    pub default_strategy: String,
+    /// Candidates passed to a strategy at most.
+    #[arg(long, env = "MAX_STRATEGY_CANDIDATES", default_value_t = 64)]
+    pub max_strategy_candidates: usize,
+    /// Pending tasks a claim peeks at when dispatch policies are active.
+    #[arg(long, env = "DISPATCH_SCAN", default_value_t = 8)]
+    pub dispatch_scan: usize,
+    /// Live capability signatures allowed.
+    #[arg(long, env = "MAX_SIGNATURES", default_value_t = 4096)]
+    pub max_signatures: usize,
+    /// Folder of plugins, loaded at start-up and watched (missing: built-ins only, with a warning).
+    #[arg(long, env = "PLUGINS_DIR", default_value = "./plugins")]
+    pub plugins_dir: PathBuf,
+    /// Events kept for resume.
+    #[arg(long, env = "SSE_BUFFER", default_value_t = 10_000)]
+    pub sse_buffer: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = api::MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Bearer token `/metrics` requires (open without it).
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Longest wait for in-flight requests on shutdown.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_seconds: f64,
+    /// Tokens.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// The server's settings beyond the engine's `Config`.
+#[derive(Debug)]
+pub struct ServerSettings {
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Bounded drain on shutdown.
+    pub drain: Duration,
+}
+
+/// A configuration value that does not validate; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (and flag) at fault.
+    pub variable: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn error(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { variable, message: message.into() }
+}
+
+/// Seconds (decimals allowed) as a duration, `min` inclusive.
+fn seconds(variable: &'static str, value: f64, min: f64) -> Result<Duration, ConfigError> {
+    if !value.is_finite() || value < min || value > 1e9 {
+        return Err(error(variable, format!("must be a number of seconds ≥ {min} (got {value})")));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn positive(variable: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 { Err(error(variable, "must be at least 1")) } else { Ok(value) }
+}
+
+impl ServeArgs {
+    /// Validates the arguments into the engine's configuration and the server's settings.
+    pub fn validate(&self) -> Result<(Config, ServerSettings), ConfigError> {
+        let bind: SocketAddr = self
+            .bind
+            .parse()
+            .map_err(|_| error("BIND", format!("{:?} is not an address such as 127.0.0.1:8080", self.bind)))?;
+        let heartbeat_interval = seconds("HEARTBEAT_INTERVAL", self.heartbeat_interval, 0.1)?;
+        let heartbeat_timeout = seconds("HEARTBEAT_TIMEOUT", self.heartbeat_timeout, 0.1)?;
+        if heartbeat_timeout <= heartbeat_interval {
+            return Err(error("HEARTBEAT_TIMEOUT", "must be longer than HEARTBEAT_INTERVAL"));
+        }
+        let task_timeout = seconds("TASK_TIMEOUT", self.task_timeout, 1.0)?;
+        if task_timeout > Duration::from_secs(86_400) {
+            return Err(error("TASK_TIMEOUT", "must be at most 86400 seconds"));
+        }
+        if self.max_task_retries > crate::model::MAX_RETRIES_LIMIT {
+            return Err(error("MAX_TASK_RETRIES", "must be 0 to 100"));
+        }
+        let priority_aging = match self.priority_aging_seconds {
+            Some(value) => Some(seconds("PRIORITY_AGING_SECONDS", value, 0.001)?),
+            None => None,
+        };
+        if self.default_strategy.trim().is_empty() {
+            return Err(error("DEFAULT_STRATEGY", "must name a strategy plugin"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(error("MAX_BODY_BYTES", "must be at least 1024"));
+        }
+        let config = Config {
+            heartbeat_interval,
+            heartbeat_timeout,
+            task_timeout,
+            max_task_retries: self.max_task_retries,
+            retry_backoff_base: seconds("RETRY_BACKOFF_BASE", self.retry_backoff_base, 0.0)?,
+            retry_backoff_max: seconds("RETRY_BACKOFF_MAX", self.retry_backoff_max, 0.0)?,
+            priority_aging,
+            cleanup_interval: seconds("CLEANUP_INTERVAL", self.cleanup_interval, 0.1)?,
+            task_retention: seconds("TASK_RETENTION", self.task_retention, 0.0)?,
+            default_strategy: self.default_strategy.trim().to_string(),
+            max_strategy_candidates: positive("MAX_STRATEGY_CANDIDATES", self.max_strategy_candidates)?,
+            dispatch_scan: positive("DISPATCH_SCAN", self.dispatch_scan)?,
+            max_signatures: positive("MAX_SIGNATURES", self.max_signatures)?,
+            plugins_dir: Some(self.plugins_dir.clone()),
+            event_buffer: positive("SSE_BUFFER", self.sse_buffer)?,
+            breaker_threshold: positive("BREAKER_THRESHOLD", self.breaker_threshold as usize)? as u32,
+            breaker_window: seconds("BREAKER_WINDOW", self.breaker_window, 0.001)?,
+            breaker_cooldown: seconds("BREAKER_COOLDOWN", self.breaker_cooldown, 0.0)?,
+            probes: ProbeSettings {
+                interval: seconds("PROBE_INTERVAL", self.probe_interval, 0.1)?,
+                timeout: seconds("PROBE_TIMEOUT", self.probe_timeout, 0.1)?,
+                concurrency: positive("PROBE_CONCURRENCY", self.probe_concurrency)?,
+                allowed_hosts: self
+                    .probe_allowed_hosts
+                    .iter()
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty())
+                    .collect(),
+            },
+            ..Config::default()
+        };
+        let settings = ServerSettings {
+            bind,
+            max_body_bytes: self.max_body_bytes,
+            drain: seconds("--drain-seconds", self.drain_seconds, 0.0)?,
+        };
+        Ok((config, settings))
+    }
+}
+
+/// Runs `serve` until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (mut config, settings) = args.validate()?;
+    let (secret, generated) = match &args.auth.jwt_secret {
+        Some(secret) => (secret.clone().into_bytes(), false),
+        None if settings.bind.ip().is_loopback() => (Authenticator::generated_secret(), true),
+        None => anyhow::bail!("ARAGORA_JWT_SECRET: required when BIND is not a loopback address"),
+    };
+    let auth = Arc::new(args.auth.authenticator(&secret)?);
+    if let Some(dir) = &config.plugins_dir
+        && !dir.is_dir()
+    {
+        tracing::warn!(dir = %dir.display(), "PLUGINS_DIR does not exist: serving the built-in plugins only");
+        config.plugins_dir = None;
+    }
+    let metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
+    let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("BIND: cannot listen on {}", settings.bind))?;
+        let coordinator = ControlPlaneCoordinator::create(config).await?;
+        let state = ApiState {
+            max_body_bytes: settings.max_body_bytes,
+            metrics_token,
+            ..ApiState::new(coordinator.clone(), auth.clone())
+        };
+        let address = listener.local_addr()?;
+        println!("aragora-cp listening on http://{address}");
+        if generated {
+            println!("no ARAGORA_JWT_SECRET: generated a secret for this run; an admin token valid 24 h:");
+            println!("{}", auth.issue("admin", &[Permission::Admin], DEV_TOKEN_TTL));
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::spawn(api::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        tokio::select! {
+            outcome = &mut server => {
+                coordinator.shutdown().await;
+                outcome.context("server task")?.context("server")?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = shutdown_signal() => {}
+        }
+        tracing::info!(drain = ?settings.drain, "shutting down: no new connections, draining in-flight requests");
+        let _ = stop.send(());
+        match tokio::time::timeout(settings.drain, &mut server).await {
+            Ok(outcome) => outcome.context("server task")?.context("server")?,
+            Err(_) => {
+                tracing::warn!("drain timed out; dropping the remaining requests");
+                server.abort();
+            }
+        }
+        coordinator.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
+
+/// `aragora-cp token`: prints a token signed with the configured secret.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Permissions, comma- or space-separated (`controlplane:tasks`, or short: `tasks`).
+    #[arg(long, default_value = "controlplane:admin")]
+    pub permissions: String,
+    /// The subject (`agent:<id>` binds the token to one agent).
+    #[arg(long, default_value = "admin")]
+    pub sub: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    pub ttl: f64,
+    /// Tokens.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Prints a token.
+pub fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let secret = args.auth.jwt_secret.clone().context("ARAGORA_JWT_SECRET: required to sign a token")?;
+    let auth = args.auth.authenticator(secret.as_bytes())?;
+    let permissions = args
+        .permissions
+        .split([',', ' '])
+        .filter(|p| !p.is_empty())
+        .map(|p| Permission::parse(p).with_context(|| format!("--permissions: unknown permission {p:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ttl = seconds("--ttl", args.ttl, 1.0)?;
+    println!("{}", auth.issue(&args.sub, &permissions, ttl));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let argv = ["aragora-cp", "serve"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv).expect("arguments parse").command {
+            Command::Serve(args) => *args,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_fill_the_config_with_decimal_seconds() {
+        let (config, settings) =
+            serve_args(&["--bind", "127.0.0.1:0", "--heartbeat-interval", "0.5", "--max-task-retries", "7"])
+                .validate()
+                .expect("valid");
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(config.max_task_retries, 7);
+        assert!(settings.bind.ip().is_loopback());
+    }
+
+    #[test]
+    fn validation_errors_name_the_variable() {
+        let cases: [(&[&str], &str); 4] = [
+            (&["--bind", "nowhere"], "BIND"),
+            (&["--heartbeat-interval", "40", "--heartbeat-timeout", "30"], "HEARTBEAT_TIMEOUT"),
+            (&["--task-timeout=-1"], "TASK_TIMEOUT"),
+            (&["--max-signatures", "0"], "MAX_SIGNATURES"),
+        ];
+        for (args, variable) in cases {
+            let error = serve_args(args).validate().expect_err("invalid");
+            assert_eq!(error.variable, variable, "{error}");
+        }
+    }
+}

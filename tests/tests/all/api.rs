@@ -1,0 +1,474 @@
+//! The REST API end to end: a real server on 127.0.0.1 port 0 (`aragora_cp::api::serve`), spoken to over HTTP.
+//! Covers the guide's walk-through under both prefixes, the error format and its statuses, and authentication.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aragora_cp::api::{PREFIXES, Permission};
+use aragora_cp_tests::server::{TEST_SECRET, TestServer};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Sends `body` (JSON) with `token`, returning status, headers and the JSON body (`null` when empty).
+async fn call(
+    server: &TestServer,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut request = server.client.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body read");
+    let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("JSON body") };
+    (status, headers, value)
+}
+
+async fn post(server: &TestServer, url: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    let (status, _, value) = call(server, reqwest::Method::POST, url, token, Some(body)).await;
+    (status, value)
+}
+
+async fn get(server: &TestServer, url: &str, token: &str) -> (StatusCode, Value) {
+    let (status, _, value) = call(server, reqwest::Method::GET, url, token, None).await;
+    (status, value)
+}
+
+/// Asserts a problem+json refusal with `status`, naming `field` when given; returns its body.
+fn assert_problem(status: StatusCode, headers: &reqwest::header::HeaderMap, body: &Value, expected: StatusCode) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(headers.get("content-type").unwrap(), "application/problem+json", "{body}");
+    assert_eq!(body["status"], expected.as_u16(), "{body}");
+    assert_eq!(body["error"], body["detail"], "{body}");
+    for member in ["type", "title", "code"] {
+        assert!(body[member].is_string(), "{member} missing in {body}");
+    }
+}
+
+async fn register(server: &TestServer, base: &str, token: &str, agent_id: &str, session: Option<&str>) -> Value {
+    let mut body = json!({"agent_id": agent_id, "capabilities": ["code"], "model": "m", "provider": "p"});
+    if let Some(session) = session {
+        body["session_id"] = json!(session);
+    }
+    let (status, agent) = post(server, &format!("{base}/agents"), token, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{agent}");
+    agent
+}
+
+async fn submit(server: &TestServer, base: &str, token: &str) -> String {
+    let body = json!({"task_type": "code", "payload": {"q": 1}, "required_capabilities": ["code"]});
+    let (status, answer) = post(server, &format!("{base}/tasks"), token, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    answer["task_id"].as_str().expect("task_id").to_string()
+}
+
+async fn claim(server: &TestServer, base: &str, token: &str, agent_id: &str) -> Value {
+    let body = json!({"agent_id": agent_id, "block_ms": 0});
+    let (status, answer) = post(server, &format!("{base}/tasks/claim"), token, body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+#[tokio::test]
+async fn the_guide_walk_through_works_under_both_prefixes() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    for (n, prefix) in PREFIXES.iter().enumerate() {
+        let base = server.url(prefix);
+        let agent_id = format!("agent-{n}");
+        let agent = register(&server, &base, &admin, &agent_id, None).await;
+        assert!(agent["session_id"].is_string(), "{agent}");
+        let task_id = submit(&server, &base, &admin).await;
+        let claimed = claim(&server, &base, &admin, &agent_id).await;
+        assert_eq!(claimed["task"]["task_id"], task_id.as_str(), "{claimed}");
+        assert_eq!(claimed["tasks"].as_array().unwrap().len(), 1);
+        let lease = claimed["task"]["lease_id"].as_str().expect("lease").to_string();
+        let (status, done) = post(
+            &server,
+            &format!("{base}/tasks/{task_id}/complete"),
+            &admin,
+            json!({"lease_id": lease, "result": {"answer": 42}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+        let (status, task) = get(&server, &format!("{base}/tasks/{task_id}?wait=1"), &admin).await;
+        assert_eq!(status, StatusCode::OK, "{task}");
+        assert_eq!(task["status"], "completed");
+        assert_eq!(task["result"], json!({"answer": 42}));
+        let (status, beat) = post(&server, &format!("{base}/agents/{agent_id}/heartbeat"), &admin, json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{beat}");
+        assert!(beat["revoked"].is_array() && beat["heartbeat_interval"].is_number(), "{beat}");
+        for path in ["/health", "/stats", "/plugins", "/agents", "/tasks?status=completed", "/policies/violations"] {
+            let (status, body) = get(&server, &format!("{base}{path}"), &admin).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn complete_and_heartbeat_with_no_body_and_no_content_type_work() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    register(&server, &base, &admin, "bodiless", None).await;
+    let task_id = submit(&server, &base, &admin).await;
+    claim(&server, &base, &admin, "bodiless").await;
+    for path in ["/agents/bodiless/heartbeat".to_string(), format!("/tasks/{task_id}/complete")] {
+        let response = server.client.post(server.api(&path)).bearer_auth(&admin).send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "{path}: {}", response.text().await.unwrap());
+    }
+    let (_, task) = get(&server, &server.api(&format!("/tasks/{task_id}")), &admin).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["unfenced"], true, "{task}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotent_replay_answers_200_with_the_first_task() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let send = || {
+        server
+            .client
+            .post(server.api("/tasks"))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", "key-1")
+            .json(&json!({"task_type": "code"}))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let replay = send().await.unwrap();
+    assert_eq!(replay.status(), StatusCode::OK);
+    assert_eq!(replay.headers().get("idempotent-replayed").unwrap(), "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(first["task_id"], replay["task_id"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_mistakes_are_problems_naming_the_field() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let post_json = |path: &str, body: Value| {
+        let url = server.api(path);
+        let admin = admin.clone();
+        let client = server.client.clone();
+        async move {
+            let response = client.post(url).bearer_auth(admin).json(&body).send().await.unwrap();
+            let (status, headers) = (response.status(), response.headers().clone());
+            (status, headers, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, headers, body) = post_json("/tasks", json!({"payload": {}})).await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "task_type", "{body}");
+    let (status, headers, body) = post_json("/tasks", json!({"task_type": "x", "priority": "asap"})).await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "priority", "{body}");
+    let (status, headers, body) = post_json("/tasks", json!({"task_type": "x", "colour": "red"})).await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "colour", "{body}");
+    let (status, headers, body) = post_json("/tasks", json!({"task_type": "x", "timeout_seconds": 0})).await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "timeout_seconds", "{body}");
+
+    let (status, headers, body) =
+        call(&server, reqwest::Method::GET, &server.api("/tasks?status=finished"), &admin, None).await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "status", "{body}");
+    let missing = format!("/tasks/task_{}", "0".repeat(32));
+    for path in [missing.as_str(), "/tasks/nonsense", "/agents/nobody", "/health/nobody", "/plugins/nothing"] {
+        let (status, headers, body) = call(&server, reqwest::Method::GET, &server.api(path), &admin, None).await;
+        assert_problem(status, &headers, &body, StatusCode::NOT_FOUND);
+    }
+
+    let response = server
+        .client
+        .post(server.api("/tasks"))
+        .bearer_auth(&admin)
+        .header("content-type", "text/plain")
+        .body("task_type=code")
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    assert_problem(status, &headers, &response.json().await.unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let response = server
+        .client
+        .post(server.api("/tasks"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body("{\"task_type\": ")
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    assert_problem(status, &headers, &response.json().await.unwrap(), StatusCode::BAD_REQUEST);
+
+    let (status, headers, body) = call(&server, reqwest::Method::DELETE, &server.api("/tasks"), &admin, None).await;
+    assert_problem(status, &headers, &body, StatusCode::METHOD_NOT_ALLOWED);
+
+    let huge = json!({"task_type": "x", "payload": {"blob": "x".repeat(3 * 1024 * 1024)}});
+    let (status, headers, body) = post_json("/tasks", huge).await;
+    assert_problem(status, &headers, &body, StatusCode::PAYLOAD_TOO_LARGE);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_report_on_a_revoked_lease_is_409_lease_lost() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    register(&server, &base, &admin, "restarter", Some("session-1")).await;
+    let task_id = submit(&server, &base, &admin).await;
+    let claimed = claim(&server, &base, &admin, "restarter").await;
+    let lease = claimed["task"]["lease_id"].as_str().unwrap().to_string();
+    register(&server, &base, &admin, "restarter", Some("session-2")).await;
+    let (status, headers, body) = call(
+        &server,
+        reqwest::Method::POST,
+        &server.api(&format!("/tasks/{task_id}/complete")),
+        &admin,
+        Some(json!({"lease_id": lease})),
+    )
+    .await;
+    assert_problem(status, &headers, &body, StatusCode::CONFLICT);
+    assert_eq!(body["code"], "lease_lost", "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let server = TestServer::start().await;
+    for url in [server.url("/livez"), server.api("/stats"), server.url("/nowhere")] {
+        let response = server.client.get(&url).send().await.unwrap();
+        assert!(response.headers().get("x-request-id").is_some(), "{url}");
+    }
+    let response = server.client.get(server.url("/livez")).header("x-request-id", "mine-1").send().await.unwrap();
+    assert_eq!(response.headers().get("x-request-id").unwrap(), "mine-1");
+    server.stop().await;
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn sign(algorithm: jsonwebtoken::Algorithm, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(algorithm),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_401_with_a_challenge() {
+    let server = TestServer::start().await;
+    let stats = server.api("/stats");
+    let response = server.client.get(&stats).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().get("www-authenticate").unwrap().to_str().unwrap().starts_with("Bearer"));
+
+    let all = json!(["controlplane:admin"]);
+    let expired = sign(jsonwebtoken::Algorithm::HS256, &json!({"sub": "x", "exp": now() - 3600, "permissions": all}));
+    let wrong_algorithm =
+        sign(jsonwebtoken::Algorithm::HS384, &json!({"sub": "x", "exp": now() + 3600, "permissions": all}));
+    let no_exp = sign(jsonwebtoken::Algorithm::HS256, &json!({"sub": "x", "permissions": all}));
+    let encode = |v: Value| {
+        use std::fmt::Write;
+        // base64url without padding, by hand: the tests need no base64 crate for one forged token.
+        let bytes = v.to_string().into_bytes();
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                let _ = write!(out, "{}", alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    };
+    let none = format!(
+        "{}.{}.",
+        encode(json!({"alg": "none", "typ": "JWT"})),
+        encode(json!({"sub": "x", "exp": now() + 3600, "permissions": all}))
+    );
+    for token in [expired, wrong_algorithm, no_exp, none, "garbage".to_string()] {
+        let response = server.client.get(&stats).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{token}");
+        assert!(response.headers().get("www-authenticate").is_some());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized", "{body}");
+    }
+    let scoped =
+        sign(jsonwebtoken::Algorithm::HS256, &json!({"sub": "x", "exp": now() - 30, "scope": "controlplane:read"}));
+    let response = server.client.get(&stats).bearer_auth(&scoped).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "expired within the leeway, scope as a string");
+    for open in ["/livez", "/readyz"] {
+        assert_eq!(server.client.get(server.url(open)).send().await.unwrap().status(), StatusCode::OK);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn permissions_and_agent_tokens_bound_what_a_caller_may_do() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    let reader = server.token("reader", &[Permission::Read]);
+    let (status, body) = post(&server, &server.api("/tasks"), &reader, json!({"task_type": "code"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(get(&server, &server.api("/stats"), &reader).await.0, StatusCode::OK);
+
+    let agent_a = server.token("agent:a", &[Permission::Agents, Permission::Tasks, Permission::Read]);
+    register(&server, &base, &agent_a, "a", None).await;
+    register(&server, &base, &admin, "b", None).await;
+    let (status, body) = post(&server, &server.api("/agents"), &agent_a, json!({"agent_id": "b"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post(&server, &server.api("/agents/b/heartbeat"), &agent_a, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post(&server, &server.api("/tasks/claim"), &agent_a, json!({"agent_id": "b"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post(&server, &server.api("/tasks/claim"), &admin, json!({"block_ms": 0})).await;
+    assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("agent_id")), "{body}");
+    let (status, body) = post(&server, &server.api("/tasks/claim"), &agent_a, json!({"block_ms": 0})).await;
+    assert_eq!(status, StatusCode::OK, "an agent token claims as its agent by default: {body}");
+
+    // b holds a task: a may neither read nor complete it; the submitter may cancel it, another submitter not.
+    let submitter = server.token("svc-1", &[Permission::Tasks, Permission::Read]);
+    let task_id = submit(&server, &base, &submitter).await;
+    claim(&server, &base, &admin, "b").await;
+    let (status, body) = get(&server, &server.api(&format!("/tasks/{task_id}")), &agent_a).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) =
+        post(&server, &server.api(&format!("/tasks/{task_id}/complete")), &agent_a, json!({"agent_id": "b"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post(&server, &server.api(&format!("/tasks/{task_id}/complete")), &agent_a, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a's agent fence does not hold b's task: {body}");
+    let other = server.token("svc-2", &[Permission::Tasks]);
+    let (status, body) = post(&server, &server.api(&format!("/tasks/{task_id}/cancel")), &other, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post(&server, &server.api(&format!("/tasks/{task_id}/cancel")), &submitter, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    server.stop().await;
+}
+
+/// Reads an SSE response until `needle` appears; returns everything read so far.
+async fn read_until(response: &mut reqwest::Response, seen: &mut String, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s; got {seen}"))
+            .expect("stream read")
+            .expect("stream still open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen.clone()
+}
+
+#[tokio::test]
+async fn events_stream_with_ids_filters_by_type_and_resumes_after_an_id() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    let mut filtered =
+        server.client.get(server.api("/events?types=task_submitted")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(filtered.status(), StatusCode::OK);
+    assert!(filtered.headers().get("content-type").unwrap().to_str().unwrap().starts_with("text/event-stream"));
+    register(&server, &base, &admin, "watched", None).await;
+    let first = submit(&server, &base, &admin).await;
+    let mut text = String::new();
+    let seen = read_until(&mut filtered, &mut text, &first).await;
+    assert!(seen.contains("event: task_submitted"), "{seen}");
+    assert!(!seen.contains("agent_registered"), "the filter lets only task_submitted through: {seen}");
+    let id = seen
+        .lines()
+        .find_map(|line| line.strip_prefix("id: ").or_else(|| line.strip_prefix("id:")))
+        .expect("an id line")
+        .trim()
+        .to_string();
+    drop(filtered);
+
+    // Resume after the first submit: the second one is replayed from the store's buffer.
+    let second = submit(&server, &base, &admin).await;
+    let mut resumed =
+        server.client.get(server.api("/events")).bearer_auth(&admin).header("Last-Event-ID", &id).send().await.unwrap();
+    let mut text = String::new();
+    let seen = read_until(&mut resumed, &mut text, &second).await;
+    assert!(!seen.contains(&first), "nothing before the resume point is replayed: {seen}");
+    drop(resumed);
+
+    let mut expired = server
+        .client
+        .get(server.api("/events"))
+        .bearer_auth(&admin)
+        .header("Last-Event-ID", "1-0")
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    read_until(&mut expired, &mut text, "event: reset").await;
+    drop(expired);
+
+    let response = server.client.get(server.api("/events?types=nonsense")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_open_prometheus_text_labelled_by_route_template() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    register(&server, &base, &admin, "counted", None).await;
+    let task_id = submit(&server, &base, &admin).await;
+    assert_eq!(get(&server, &server.api(&format!("/tasks/{task_id}")), &admin).await.0, StatusCode::OK);
+    let response = server.client.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("content-type").unwrap().to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains(
+            "aragora_cp_http_requests_total{method=\"GET\",route=\"/api/v1/control-plane/tasks/{task_id}\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains(&task_id), "no task ids in labels: {text}");
+    assert!(text.contains("aragora_cp_registry_total_agents 1"), "{text}");
+    assert!(text.contains("aragora_cp_scheduler_pending_tasks 1"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn complete_with_claim_next_hands_over_the_next_task() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    register(&server, &base, &admin, "worker", None).await;
+    let first = submit(&server, &base, &admin).await;
+    let second = submit(&server, &base, &admin).await;
+    let claimed = claim(&server, &base, &admin, "worker").await;
+    assert_eq!(claimed["task"]["task_id"], first.as_str());
+    let body = json!({"lease_id": claimed["task"]["lease_id"], "result": {}, "claim_next": {"block_ms": 0}});
+    let (status, answer) = post(&server, &server.api(&format!("/tasks/{first}/complete")), &admin, body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["completed"], true);
+    assert_eq!(answer["task"]["status"], "completed");
+    assert_eq!(answer["next"]["task_id"], second.as_str(), "{answer}");
+    let body = json!({"claim_next": {"block_ms": 60_001}});
+    let (status, answer) = post(&server, &server.api(&format!("/tasks/{second}/complete")), &admin, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["field"], "claim_next.block_ms");
+    server.stop().await;
+}
