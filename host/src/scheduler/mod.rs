@@ -135,7 +135,12 @@ impl Scheduler {
     }
 
     fn apply_submit_policies(&self, task: &mut NewTask) -> Result<(), EngineError> {
-        match policies::on_submit(&self.plugins, task, self.store.now_ms()) {
+        self.settle(policies::on_submit(&self.plugins, task, self.store.now_ms()))
+    }
+
+    /// Records a policy stage's violations; a deny becomes the error, carrying its violation's id.
+    fn settle(&self, outcome: policies::StageOutcome) -> Result<(), EngineError> {
+        match outcome {
             Ok(warnings) => {
                 self.record(warnings);
                 Ok(())
@@ -456,14 +461,5 @@ pub fn policies_on_register(
     scheduler: &Scheduler,
     registration: &mut crate::store::AgentRegistration,
 ) -> Result<(), EngineError> {
-    match policies::on_register(&scheduler.plugins, registration, scheduler.store.now_ms()) {
-        Ok(warnings) => {
-            scheduler.record(warnings);
-            Ok(())
-        }
-        Err((mut denied, violations)) => {
-            denied.violation_id = scheduler.record(violations).pop().map(|v| v.id);
-            Err(denied.into())
-        }
-    }
+    scheduler.settle(policies::on_register(&scheduler.plugins, registration, scheduler.store.now_ms()))
 }

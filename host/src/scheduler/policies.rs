@@ -53,6 +53,9 @@ pub struct Violation {
     pub time: String,
 }
 
+/// What a submit or register stage ends with: its warnings, or the deny with the violations recorded up to it.
+pub(crate) type StageOutcome = Result<Vec<PendingViolation>, (PolicyDenied, Vec<PendingViolation>)>;
+
 /// A violation before it gets its id and time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingViolation {
@@ -246,11 +249,7 @@ fn violation(
 
 /// Runs the submit policies over `task`, applying their modifications. Returns the warnings, or the deny (with
 /// the warnings recorded before it).
-pub(crate) fn on_submit(
-    plugins: &PluginRegistry,
-    task: &mut NewTask,
-    now_ms: u64,
-) -> Result<Vec<PendingViolation>, (PolicyDenied, Vec<PendingViolation>)> {
+pub(crate) fn on_submit(plugins: &PluginRegistry, task: &mut NewTask, now_ms: u64) -> StageOutcome {
     let mut violations = Vec::new();
     for policy in plugins.policies().iter() {
         let payload_text = task.payload.to_string();
@@ -308,11 +307,7 @@ pub(crate) fn on_submit(
 }
 
 /// Runs the register policies over a registration, applying their capability changes.
-pub(crate) fn on_register(
-    plugins: &PluginRegistry,
-    registration: &mut AgentRegistration,
-    now_ms: u64,
-) -> Result<Vec<PendingViolation>, (PolicyDenied, Vec<PendingViolation>)> {
+pub(crate) fn on_register(plugins: &PluginRegistry, registration: &mut AgentRegistration, now_ms: u64) -> StageOutcome {
     let mut violations = Vec::new();
     for policy in plugins.policies().iter() {
         let info = AgentInfo {
