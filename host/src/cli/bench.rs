@@ -74,6 +74,9 @@ pub struct PluginBenchRow {
     pub plugin_fresh: Percentiles,
     /// `least_loaded` plugin, warm, also receiving candidate-details (ids, models, providers), with 10 M fuel.
     pub plugin_with_details: Percentiles,
+    /// `least_loaded` plugin, warm, called from a tokio worker thread (as routing does): the call goes through
+    /// `block_in_place`, which the synchronous WASI bindings need there.
+    pub plugin_from_async: Percentiles,
     /// The same rule in Rust over the same records.
     pub native: Percentiles,
     /// plugin_warm p50 / native p50.
@@ -86,7 +89,7 @@ pub struct PluginBenchRow {
 
 /// Measures `least_loaded` as plugin (warm and fresh) and natively for each candidate count.
 pub fn plugin_bench(args: &PluginBenchArgs) -> anyhow::Result<Vec<PluginBenchRow>> {
-    let warm = load_least_loaded(true, Manifest::default())?;
+    let warm = std::sync::Arc::new(load_least_loaded(true, Manifest::default())?);
     let fresh = load_least_loaded(false, Manifest::default())?;
     // The same plugin told to receive candidate-details: the price of the strings.
     // Ten times the default fuel, so that 1000 candidates with strings finish and their cost shows as time.
@@ -128,12 +131,27 @@ pub fn plugin_bench(args: &PluginBenchArgs) -> anyhow::Result<Vec<PluginBenchRow
         let native = measure(args.iterations, || {
             std::hint::black_box(least_loaded_native(std::hint::black_box(&candidates)));
         });
+        let plugin_from_async = {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build()?;
+            let (warm, task, candidates, details) = (warm.clone(), task.clone(), candidates.clone(), details.clone());
+            let iterations = args.iterations;
+            // Spawned, so the calls run on a runtime worker thread as a router's would.
+            runtime.block_on(async move {
+                tokio::spawn(async move {
+                    measure(iterations, || {
+                        std::hint::black_box(warm.select(ctx, &task, &candidates, &details).ok());
+                    })
+                })
+                .await
+            })?
+        };
         rows.push(PluginBenchRow {
             candidates: count,
             ratio_p50: plugin_warm.p50_us / native.p50_us.max(0.001),
             plugin_warm,
             plugin_fresh,
             plugin_with_details,
+            plugin_from_async,
             native,
             fuel_per_call,
             failures,
@@ -206,10 +224,12 @@ fn measure(iterations: usize, mut call: impl FnMut()) -> Percentiles {
 pub fn print_plugin_table(rows: &[PluginBenchRow]) {
     println!("strategy selection latency, least_loaded (µs)");
     println!(
-        "{:>10}  {:>10} {:>10}  {:>10} {:>10}  {:>12} {:>12}  {:>10} {:>10}  {:>6}  {:>8}  {:>6}",
+        "{:>10}  {:>10} {:>10}  {:>10} {:>10}  {:>10} {:>10}  {:>12} {:>12}  {:>10} {:>10}  {:>6}  {:>8}  {:>6}",
         "candidates",
         "warm p50",
         "warm p99",
+        "async p50",
+        "async p99",
         "fresh p50",
         "fresh p99",
         "details p50",
@@ -222,10 +242,12 @@ pub fn print_plugin_table(rows: &[PluginBenchRow]) {
     );
     for r in rows {
         println!(
-            "{:>10}  {:>10.2} {:>10.2}  {:>10.2} {:>10.2}  {:>12.2} {:>12.2}  {:>10.3} {:>10.3}  {:>5.0}x  {:>8}  {:>6}",
+            "{:>10}  {:>10.2} {:>10.2}  {:>10.2} {:>10.2}  {:>10.2} {:>10.2}  {:>12.2} {:>12.2}  {:>10.3} {:>10.3}  {:>5.0}x  {:>8}  {:>6}",
             r.candidates,
             r.plugin_warm.p50_us,
             r.plugin_warm.p99_us,
+            r.plugin_from_async.p50_us,
+            r.plugin_from_async.p99_us,
             r.plugin_fresh.p50_us,
             r.plugin_fresh.p99_us,
             r.plugin_with_details.p50_us,
