@@ -1,9 +1,11 @@
 //! The `aragora-cp` command line: argument parsing and dispatch to one module per command group.
 //! `plugin.rs` holds the plugin author's tools (check, run, new, watch); `bench.rs` and `bench_engine.rs` the
-//! benchmarks; `serve.rs` the server (`serve`) and its token tool (`token`).
+//! benchmarks; `serve.rs` the server (`serve`) and its token tool (`token`); `client.rs` the commands that talk
+//! to a running server (`agents`, `tasks`, `health`, `stats`, `plugins`, `events`).
 
 pub mod bench;
 pub mod bench_engine;
+pub mod client;
 pub mod plugin;
 pub mod serve;
 
@@ -33,6 +35,51 @@ pub enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Prints a bearer token signed with ARAGORA_JWT_SECRET.
     Token(serve::TokenArgs),
+    /// Agents on a running server: list, get, register, unregister.
+    Agents {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::AgentsCommand,
+    },
+    /// Tasks on a running server: submit, get, list, cancel, watch.
+    Tasks {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::TasksCommand,
+    },
+    /// The fleet's health.
+    Health {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// The server's counters.
+    Stats {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// The plugins a server has loaded.
+    Plugins {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Follow the server's event stream.
+    Events {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+        /// Only these event types (comma-separated), e.g. task_completed,agent_offline.
+        #[arg(long)]
+        types: Option<String>,
+    },
 }
 
 /// How results are printed.
@@ -54,6 +101,12 @@ pub fn main() -> ExitCode {
         Command::Bench(command) => bench::run(command),
         Command::Serve(args) => serve::run(*args),
         Command::Token(args) => serve::token(args),
+        Command::Agents { connection, command } => client::run(connection, client::ClientCommand::Agents(command)),
+        Command::Tasks { connection, command } => client::run(connection, client::ClientCommand::Tasks(command)),
+        Command::Health { connection } => client::run(connection, client::ClientCommand::Health),
+        Command::Stats { connection } => client::run(connection, client::ClientCommand::Stats),
+        Command::Plugins { connection } => client::run(connection, client::ClientCommand::Plugins),
+        Command::Events { connection, types } => client::run(connection, client::ClientCommand::Events { types }),
     };
     match outcome {
         Ok(code) => code,

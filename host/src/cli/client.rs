@@ -1,0 +1,415 @@
+//! Client commands for people who live in a terminal: `aragora-cp agents|tasks|health|stats|plugins|events`
+//! against a running server (`--server`, `--token` or `ARAGORA_TOKEN`). Tables for people (`--output table`),
+//! the server's JSON for scripts (`--output json`). A refused request prints the server's problem detail and
+//! exits 1.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+/// Where and as whom.
+#[derive(Debug, Args, Clone)]
+pub struct Connection {
+    /// The server's base URL.
+    #[arg(long, env = "ARAGORA_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// A bearer token (`aragora-cp token`, or the one `serve` printed).
+    #[arg(long, env = "ARAGORA_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Table for people, JSON for scripts.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The server's JSON.
+    Json,
+}
+
+/// `aragora-cp agents …`.
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List agents.
+    List {
+        /// Only agents holding this capability.
+        #[arg(long)]
+        capability: Option<String>,
+        /// Only agents that could take work now.
+        #[arg(long)]
+        available: bool,
+    },
+    /// Show one agent.
+    Get {
+        /// The agent id.
+        agent_id: String,
+    },
+    /// Register (or re-register) an agent.
+    Register {
+        /// The agent id.
+        agent_id: String,
+        /// A capability (repeat for several).
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// Its model.
+        #[arg(long, default_value = "")]
+        model: String,
+        /// Its provider.
+        #[arg(long, default_value = "")]
+        provider: String,
+        /// Tasks it may hold at once.
+        #[arg(long, default_value_t = 1)]
+        max_concurrent: u32,
+    },
+    /// Unregister an agent (its work is requeued).
+    Unregister {
+        /// The agent id.
+        agent_id: String,
+    },
+}
+
+/// `aragora-cp tasks …`.
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Submit a task (always with an idempotency key, so a retry after an unknown outcome is safe).
+    Submit {
+        /// The task type.
+        task_type: String,
+        /// The payload, a JSON object.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Priority: critical, high, normal, low.
+        #[arg(long, default_value = "normal")]
+        priority: String,
+        /// A required capability (repeat for several).
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// The idempotency key (default: a fresh one).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show one task, optionally waiting up to `--wait` seconds for its result.
+    Get {
+        /// The task id.
+        task_id: String,
+        /// Seconds to wait for a terminal state (≤ 60).
+        #[arg(long)]
+        wait: Option<u32>,
+    },
+    /// List tasks, newest first.
+    List {
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this type.
+        #[arg(long = "type")]
+        task_type: Option<String>,
+        /// Only tasks of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// The task id.
+        task_id: String,
+    },
+    /// Follow a task until it ends, printing each status it passes through.
+    Watch {
+        /// The task id.
+        task_id: String,
+    },
+}
+
+/// A client request, as the dispatcher sees it.
+pub enum ClientCommand {
+    /// `agents …`.
+    Agents(AgentsCommand),
+    /// `tasks …`.
+    Tasks(TasksCommand),
+    /// `health`.
+    Health,
+    /// `stats`.
+    Stats,
+    /// `plugins`.
+    Plugins,
+    /// `events`.
+    Events {
+        /// Comma-separated event types.
+        types: Option<String>,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+/// The outcome of one request: the JSON body, or the server's refusal.
+enum Answer {
+    Ok(Value),
+    Refused(u16, Value),
+}
+
+impl Client {
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1/control-plane{path}", self.base.trim_end_matches('/'))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request.send().await.with_context(|| format!("cannot reach {}", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Ok(if status.is_success() { Answer::Ok(body) } else { Answer::Refused(status.as_u16(), body) })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Answer> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Answer> {
+        self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<Answer> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+}
+
+/// Runs one client command.
+pub fn run(connection: Connection, command: ClientCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(run_async(connection, command))
+}
+
+async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Result<ExitCode> {
+    let client = Client {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?,
+        base: connection.server.clone(),
+        token: connection.token.clone(),
+    };
+    let output = connection.output;
+    let answer = match command {
+        ClientCommand::Agents(command) => agents(&client, command).await?,
+        ClientCommand::Tasks(TasksCommand::Watch { task_id }) => return watch(&client, &task_id, output).await,
+        ClientCommand::Tasks(command) => tasks(&client, command).await?,
+        ClientCommand::Health => client.get("/health").await?,
+        ClientCommand::Stats => client.get("/stats").await?,
+        ClientCommand::Plugins => client.get("/plugins").await?,
+        ClientCommand::Events { types } => return events(&client, types.as_deref(), output).await,
+    };
+    match answer {
+        Answer::Ok(body) => {
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+                Output::Table => print_table(&body),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Answer::Refused(status, problem) => Ok(refused(status, &problem)),
+    }
+}
+
+fn refused(status: u16, problem: &Value) -> ExitCode {
+    let detail = problem["detail"].as_str().unwrap_or("no detail");
+    let code = problem["code"].as_str().unwrap_or("error");
+    eprintln!("error: {status} {code}: {detail}");
+    ExitCode::FAILURE
+}
+
+async fn agents(client: &Client, command: AgentsCommand) -> anyhow::Result<Answer> {
+    match command {
+        AgentsCommand::List { capability, available } => {
+            let mut query = Vec::new();
+            if let Some(capability) = capability {
+                query.push(format!("capability={capability}"));
+            }
+            if available {
+                query.push("available=true".into());
+            }
+            let suffix = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+            client.get(&format!("/agents{suffix}")).await
+        }
+        AgentsCommand::Get { agent_id } => client.get(&format!("/agents/{agent_id}")).await,
+        AgentsCommand::Register { agent_id, capabilities, model, provider, max_concurrent } => {
+            let body = json!({"agent_id": agent_id, "capabilities": capabilities, "model": model,
+                              "provider": provider, "max_concurrent_tasks": max_concurrent});
+            client.post("/agents", body).await
+        }
+        AgentsCommand::Unregister { agent_id } => client.delete(&format!("/agents/{agent_id}")).await,
+    }
+}
+
+async fn tasks(client: &Client, command: TasksCommand) -> anyhow::Result<Answer> {
+    match command {
+        TasksCommand::Submit { task_type, payload, priority, capabilities, idempotency_key } => {
+            let payload: Value = serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+            let key = idempotency_key.unwrap_or_else(|| format!("cli-{:032x}", rand::random::<u128>()));
+            let body = json!({"task_type": task_type, "payload": payload, "priority": priority,
+                              "required_capabilities": capabilities, "idempotency_key": key});
+            client.post("/tasks", body).await
+        }
+        TasksCommand::Get { task_id, wait } => {
+            let suffix = wait.map(|w| format!("?wait={w}")).unwrap_or_default();
+            client.get(&format!("/tasks/{task_id}{suffix}")).await
+        }
+        TasksCommand::List { status, task_type, agent, limit } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (key, value) in [("status", status), ("task_type", task_type), ("agent_id", agent)] {
+                if let Some(value) = value {
+                    query.push(format!("{key}={value}"));
+                }
+            }
+            client.get(&format!("/tasks?{}", query.join("&"))).await
+        }
+        TasksCommand::Cancel { task_id } => client.post(&format!("/tasks/{task_id}/cancel"), json!({})).await,
+        TasksCommand::Watch { .. } => unreachable!("watch is handled by its own loop"),
+    }
+}
+
+/// Polls `GET /tasks/{id}?wait=` (a server-side wait, not a busy loop) until the task ends.
+async fn watch(client: &Client, task_id: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let mut last = String::new();
+    loop {
+        let task = match client.get(&format!("/tasks/{task_id}?wait=30")).await? {
+            Answer::Ok(task) => task,
+            Answer::Refused(status, problem) => return Ok(refused(status, &problem)),
+        };
+        let status = task["status"].as_str().unwrap_or_default().to_string();
+        if status != last {
+            match output {
+                Output::Json => println!("{task}"),
+                Output::Table => println!("{task_id}  {status}  {}", task["assigned_agent"].as_str().unwrap_or("-")),
+            }
+            last = status.clone();
+        }
+        if matches!(status.as_str(), "completed" | "failed" | "cancelled" | "timeout") {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// Follows `GET /events` and prints each event line as it arrives.
+async fn events(client: &Client, types: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
+    let suffix = types.map(|t| format!("?types={t}")).unwrap_or_default();
+    let mut request = reqwest::Client::new().get(client.url(&format!("/events{suffix}")));
+    if let Some(token) = &client.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach {}", client.base))?;
+    if !response.status().is_success() {
+        let status = response.status().as_u16();
+        return Ok(refused(status, &response.json().await.unwrap_or(Value::Null)));
+    }
+    let mut response = response;
+    let mut pending = String::new();
+    while let Some(chunk) = response.chunk().await? {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let frame: String = pending.drain(..end + 2).collect();
+            let data =
+                frame.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect::<Vec<_>>().join("");
+            if data.is_empty() {
+                continue;
+            }
+            match output {
+                Output::Json => println!("{data}"),
+                Output::Table => {
+                    let event: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    println!(
+                        "{}  {:<22} task={} agent={}",
+                        event["time"].as_str().unwrap_or("-"),
+                        event["type"].as_str().unwrap_or("-"),
+                        event["task_id"].as_str().unwrap_or("-"),
+                        event["agent_id"].as_str().unwrap_or("-"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a list of objects as aligned columns, an object as key/value lines.
+fn print_table(body: &Value) {
+    let rows = match body {
+        Value::Array(items) => Some(items.clone()),
+        Value::Object(map) => ["agents", "tasks", "plugins", "violations"]
+            .iter()
+            .find_map(|key| map.get(*key).and_then(Value::as_array).cloned()),
+        _ => None,
+    };
+    match rows {
+        Some(items) => print_rows(&items),
+        None => print_object("", body),
+    }
+}
+
+const COLUMNS: &[&str] = &[
+    "agent_id",
+    "task_id",
+    "name",
+    "task_type",
+    "status",
+    "priority",
+    "in_flight",
+    "assigned_agent",
+    "model",
+    "capabilities",
+];
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn print_rows(items: &[Value]) {
+    if items.is_empty() {
+        println!("(none)");
+        return;
+    }
+    let columns: Vec<&str> = COLUMNS.iter().copied().filter(|c| items.iter().any(|i| i.get(*c).is_some())).collect();
+    let table: Vec<Vec<String>> =
+        items.iter().map(|item| columns.iter().map(|c| cell(item.get(*c).unwrap_or(&Value::Null))).collect()).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| table.iter().map(|row| row[i].len()).max().unwrap_or(0).max(c.len()))
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    println!("{}", line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    for row in table {
+        println!("{}", line(row));
+    }
+}
+
+fn print_object(prefix: &str, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                print_object(&path, inner);
+            }
+        }
+        other => println!("{prefix:<40} {}", cell(other)),
+    }
+}

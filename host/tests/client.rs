@@ -1,0 +1,89 @@
+//! The client commands against a real server on an ephemeral port: register an agent, submit a task, list, get,
+//! cancel, stats and plugins, as tables and as JSON; a refused request exits 1 with the server's detail.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aragora_cp::api::{self, ApiState, Authenticator, Permission};
+use aragora_cp::config::Config;
+use aragora_cp::coordinator::ControlPlaneCoordinator;
+use aragora_cp::plugins::{PluginRegistry, PluginRuntime, RuntimeOptions};
+use aragora_cp::store::{MemoryStore, Store, SystemClock};
+use serde_json::Value;
+
+const SECRET: &[u8] = b"client-test-secret-0123456789abcdef0123";
+
+struct Server {
+    base: String,
+    token: String,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn server() -> Server {
+    let config = Config::default();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
+    let plugins = Arc::new(PluginRegistry::new(PluginRuntime::new(RuntimeOptions::default()).unwrap(), "t").unwrap());
+    let coordinator = ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap();
+    let auth = Arc::new(Authenticator::hs256(SECRET, None, None).unwrap());
+    let token = auth.issue("admin", &[Permission::Admin], Duration::from_secs(600));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(api::serve(listener, ApiState::new(coordinator, auth), async move {
+        let _ = signal.await;
+    }));
+    Server { base, token, shutdown }
+}
+
+/// Runs the binary off the async runtime (it blocks) with the server and token in its environment.
+async fn cli(server: &Server, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aragora-cp"));
+    command.args(args).env("ARAGORA_SERVER", &server.base).env("ARAGORA_TOKEN", &server.token);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run aragora-cp")).await.unwrap();
+    eprintln!("{args:?}\n{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_commands_drive_a_running_server() {
+    let server = server().await;
+    let registered =
+        cli(&server, &["agents", "register", "cli-agent", "--capability", "code", "--output", "json"]).await;
+    assert!(registered.status.success());
+    assert_eq!(json(&registered)["agent_id"], "cli-agent");
+
+    let listed = cli(&server, &["agents", "list"]).await;
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(table.starts_with("AGENT_ID") && table.contains("cli-agent"), "{table}");
+
+    let submitted = cli(&server, &["tasks", "submit", "code", "--capability", "code", "--output", "json"]).await;
+    assert!(submitted.status.success());
+    let task_id = json(&submitted)["task_id"].as_str().unwrap().to_string();
+
+    let got = cli(&server, &["tasks", "get", &task_id, "--output", "json"]).await;
+    assert_eq!(json(&got)["status"], "pending");
+    let tasks = cli(&server, &["tasks", "list", "--status", "pending", "--output", "json"]).await;
+    assert_eq!(json(&tasks)["tasks"][0]["task_id"], task_id.as_str());
+
+    let cancelled = cli(&server, &["tasks", "cancel", &task_id, "--output", "json"]).await;
+    assert_eq!(json(&cancelled)["status"], "cancelled");
+    let watched = cli(&server, &["tasks", "watch", &task_id]).await;
+    assert!(String::from_utf8_lossy(&watched.stdout).contains("cancelled"));
+
+    let stats = cli(&server, &["stats", "--output", "json"]).await;
+    assert_eq!(json(&stats)["registry"]["total_agents"], 1);
+    let plugins = cli(&server, &["plugins"]).await;
+    assert!(String::from_utf8_lossy(&plugins.stdout).contains("least_loaded"));
+    let health = cli(&server, &["health", "--output", "json"]).await;
+    assert!(json(&health)["agents"]["cli-agent"].is_object());
+
+    let missing = cli(&server, &["tasks", "get", "task_00000000000000000000000000000000"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    let _ = server.shutdown.send(());
+}
