@@ -2,6 +2,7 @@
 //! Run with `cargo test --workspace` (see tests/README.md).
 
 mod api;
+mod api_fuzz;
 mod builtin_strategies;
 mod engine;
 mod example_plugins;
