@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Agent, AgentStatus};
-use crate::plugins::bindings::{AgentInfo, CallContext, HealthStatus, Observations};
+use crate::plugins::bindings::{AgentInfo, CallContext, Observations};
 use crate::plugins::{PluginRegistry, PluginVersion};
 use crate::store::{AgentFilter, HealthState, HealthVerdict, Store};
 
@@ -49,15 +49,6 @@ pub struct HealthMonitor {
     settings: ProbeSettings,
     /// Per agent, (completed, failed) at the previous round: "recent" outcomes are the difference.
     last_counts: Mutex<HashMap<String, (u64, u64)>>,
-}
-
-fn state_of(status: HealthStatus) -> HealthState {
-    match status {
-        HealthStatus::Healthy => HealthState::Healthy,
-        HealthStatus::Degraded => HealthState::Degraded,
-        HealthStatus::Unhealthy => HealthState::Unhealthy,
-        HealthStatus::Unknown => HealthState::Unknown,
-    }
 }
 
 /// Severity for combining several probes: the worst verdict wins; `unknown` says least.
@@ -166,7 +157,7 @@ impl HealthMonitor {
             .await;
             let verdict = match answer {
                 Ok(Ok((name, result))) => HealthVerdict {
-                    status: state_of(result.status),
+                    status: result.status.into(),
                     message: format!("{name}: {}", result.message),
                     latency_ms,
                 },

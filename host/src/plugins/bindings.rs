@@ -44,3 +44,49 @@ pub const SELECTOR_EXPORT: &str = "aragora:control-plane/selector";
 pub const EVALUATOR_EXPORT: &str = "aragora:control-plane/evaluator";
 /// See [`SELECTOR_EXPORT`].
 pub const PROBER_EXPORT: &str = "aragora:control-plane/prober";
+
+// Conversions between the wire model and the plugin records: one place, so the two enums cannot drift apart.
+
+impl From<crate::model::Priority> for Priority {
+    fn from(priority: crate::model::Priority) -> Self {
+        match priority {
+            crate::model::Priority::Critical => Priority::Critical,
+            crate::model::Priority::High => Priority::High,
+            crate::model::Priority::Normal => Priority::Normal,
+            crate::model::Priority::Low => Priority::Low,
+        }
+    }
+}
+
+impl From<Priority> for crate::model::Priority {
+    fn from(priority: Priority) -> Self {
+        match priority {
+            Priority::Critical => crate::model::Priority::Critical,
+            Priority::High => crate::model::Priority::High,
+            Priority::Normal => crate::model::Priority::Normal,
+            Priority::Low => crate::model::Priority::Low,
+        }
+    }
+}
+
+impl From<crate::store::HealthState> for HealthStatus {
+    fn from(state: crate::store::HealthState) -> Self {
+        match state {
+            crate::store::HealthState::Healthy => HealthStatus::Healthy,
+            crate::store::HealthState::Degraded => HealthStatus::Degraded,
+            crate::store::HealthState::Unhealthy => HealthStatus::Unhealthy,
+            crate::store::HealthState::Unknown => HealthStatus::Unknown,
+        }
+    }
+}
+
+impl From<HealthStatus> for crate::store::HealthState {
+    fn from(status: HealthStatus) -> Self {
+        match status {
+            HealthStatus::Healthy => crate::store::HealthState::Healthy,
+            HealthStatus::Degraded => crate::store::HealthState::Degraded,
+            HealthStatus::Unhealthy => crate::store::HealthState::Unhealthy,
+            HealthStatus::Unknown => crate::store::HealthState::Unknown,
+        }
+    }
+}

@@ -24,35 +24,9 @@ fn labels(map: &BTreeMap<String, String>) -> Vec<(String, String)> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// Parses a priority name (any case, `urgent` = `critical`) or number 0–3.
-pub fn parse_priority(text: &str) -> Option<Priority> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "critical" | "urgent" | "0" => Some(Priority::Critical),
-        "high" | "1" => Some(Priority::High),
-        "normal" | "2" => Some(Priority::Normal),
-        "low" | "3" => Some(Priority::Low),
-        _ => None,
-    }
-}
-
-/// The lower-case name of a priority.
-pub fn priority_name(priority: Priority) -> &'static str {
-    match priority {
-        Priority::Critical => "critical",
-        Priority::High => "high",
-        Priority::Normal => "normal",
-        Priority::Low => "low",
-    }
-}
-
-/// The lower-case name of a health status.
-pub fn health_name(status: HealthStatus) -> &'static str {
-    match status {
-        HealthStatus::Healthy => "healthy",
-        HealthStatus::Degraded => "degraded",
-        HealthStatus::Unhealthy => "unhealthy",
-        HealthStatus::Unknown => "unknown",
-    }
+/// Parses a priority as the API does (name in any case, `urgent`, or 0–3).
+fn parse_priority(text: &str) -> Option<Priority> {
+    text.parse::<crate::model::Priority>().ok().map(Priority::from)
 }
 
 fn parse_health(text: &str) -> Result<HealthStatus, String> {
@@ -366,7 +340,7 @@ pub fn decision_json(decision: &Decision) -> Value {
         Decision::Modify(Modification::Submit(changes)) => json!({
             "decision": "modify",
             "stage": "submit",
-            "priority": changes.priority.map(priority_name),
+            "priority": changes.priority.map(|p| crate::model::Priority::from(p).as_str()),
             "add_capabilities": changes.add_capabilities,
             "metadata": changes.metadata.iter().cloned().collect::<BTreeMap<_, _>>(),
         }),
@@ -390,5 +364,5 @@ pub struct ProbeJsonResult<'a> {
 
 /// A probe result as JSON.
 pub fn probe_json(result: &ProbeResult) -> Value {
-    json!(ProbeJsonResult { status: health_name(result.status), message: &result.message })
+    json!(ProbeJsonResult { status: crate::store::HealthState::from(result.status).as_str(), message: &result.message })
 }

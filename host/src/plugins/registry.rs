@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use crate::model::rfc3339;
 use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -411,9 +411,4 @@ fn version_info(version: &PluginVersion) -> VersionInfo {
 /// Hex sha256 of `bytes`: how plugin versions are identified everywhere.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
-}
-
-/// RFC 3339 UTC with milliseconds, the timestamp format of the wire (DESIGN §3).
-pub fn rfc3339(time: SystemTime) -> String {
-    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
 }

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::model::{Agent, CapabilitySet, Event, EventKind, NewTask, Priority, Task, normalize_capability, rfc3339_ms};
 use crate::plugins::bindings::{
-    self, AgentInfo, CallContext, Decision, DispatchRequest, Modification, PolicyInput, SubmitRequest, TaskInfo,
+    AgentInfo, CallContext, Decision, DispatchRequest, Modification, PolicyInput, SubmitRequest, TaskInfo,
 };
 use crate::plugins::io::POLICY_PAYLOAD_LIMIT;
 use crate::plugins::manifest::OnError;
@@ -161,24 +161,6 @@ fn labels_for(plugin: &PluginVersion, metadata: &Map<String, Value>) -> Vec<(Str
         .collect()
 }
 
-pub(crate) fn wit_priority(priority: Priority) -> bindings::Priority {
-    match priority {
-        Priority::Critical => bindings::Priority::Critical,
-        Priority::High => bindings::Priority::High,
-        Priority::Normal => bindings::Priority::Normal,
-        Priority::Low => bindings::Priority::Low,
-    }
-}
-
-fn model_priority(priority: bindings::Priority) -> Priority {
-    match priority {
-        bindings::Priority::Critical => Priority::Critical,
-        bindings::Priority::High => Priority::High,
-        bindings::Priority::Normal => Priority::Normal,
-        bindings::Priority::Low => Priority::Low,
-    }
-}
-
 /// The task as a plugin sees it (labels chosen by `plugin`'s manifest).
 pub(crate) fn task_info(
     plugin: &PluginVersion,
@@ -191,7 +173,7 @@ pub(crate) fn task_info(
     TaskInfo {
         id: id.to_string(),
         task_type: task_type.to_string(),
-        priority: wit_priority(priority),
+        priority: priority.into(),
         required_capabilities: required.as_slice().to_vec(),
         labels: labels_for(plugin, metadata),
     }
@@ -277,7 +259,7 @@ pub(crate) fn on_submit(plugins: &PluginRegistry, task: &mut NewTask, now_ms: u6
             }
             Verdict::Modify(Modification::Submit(changes)) => {
                 if let Some(priority) = changes.priority {
-                    task.priority = model_priority(priority);
+                    task.priority = priority.into();
                 }
                 let mut added = Vec::new();
                 for capability in &changes.add_capabilities {

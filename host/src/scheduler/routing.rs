@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::policies::task_info;
 use super::{EngineError, Scheduler};
 use crate::model::{Agent, AgentStatus, CapabilitySet, Priority, TaskId};
-use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails, HealthStatus};
+use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails};
 use crate::plugins::{Answerer, Selection};
 use crate::store::{AgentFilter, AgentHealth, BreakerState, HealthState, Waiter};
 
@@ -35,12 +35,7 @@ pub fn candidate_of(
         avg_latency_ms: agent.avg_latency_ms.round().clamp(0.0, u32::MAX as f64) as u32,
         heartbeat_age_ms: age_ms(Some(&agent.last_heartbeat), now_ms).unwrap_or(0),
         since_assigned_ms: age_ms(agent.last_assigned_at.as_deref(), now_ms),
-        health: match health {
-            HealthState::Healthy => HealthStatus::Healthy,
-            HealthState::Degraded => HealthStatus::Degraded,
-            HealthState::Unhealthy => HealthStatus::Unhealthy,
-            HealthState::Unknown => HealthStatus::Unknown,
-        },
+        health: health.into(),
     };
     let details = CandidateDetails {
         agent_id: agent.agent_id.clone(),
