@@ -26,7 +26,7 @@ async fn server() -> Server {
     let plugins = Arc::new(PluginRegistry::new(PluginRuntime::new(RuntimeOptions::default()).unwrap(), "t").unwrap());
     let coordinator = ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap();
     let auth = Arc::new(Authenticator::hs256(SECRET, None, None).unwrap());
-    let token = auth.issue("admin", &[Permission::Admin], Duration::from_secs(600));
+    let token = auth.issue("admin", &[Permission::Admin], Duration::from_secs(600)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();

@@ -1,5 +1,6 @@
-//! Authentication and authorisation (DESIGN §7): Bearer JWTs signed HS256 with `ARAGORA_JWT_SECRET`, the algorithm
-//! pinned (`none` and every other `alg` refused), `exp` required, 60 s leeway. A verified token becomes a
+//! Authentication and authorisation (DESIGN §7): Bearer JWTs signed HS256 with `ARAGORA_JWT_SECRET`, or RS256 /
+//! EdDSA verified with `ARAGORA_JWT_PUBLIC_KEY` (the key's type decides which); the algorithm pinned (`none` and
+//! every other `alg` refused), `exp` required, 60 s leeway. A verified token becomes a
 //! [`Caller`]: its subject, its permissions, and — for `sub = agent:<id>` — the one agent it may act for.
 //! Handlers ask the caller for what they need; nothing else here knows about routes.
 
@@ -82,6 +83,14 @@ pub enum AuthConfigError {
     /// The secret is too short to resist guessing.
     #[error("ARAGORA_JWT_SECRET: must be at least {MIN_SECRET_BYTES} bytes (got {0})")]
     SecretTooShort(usize),
+    /// The public key is neither an RSA nor an Ed25519 PEM.
+    #[error("ARAGORA_JWT_PUBLIC_KEY: {0}")]
+    BadPublicKey(String),
+    /// Only the holder of the private key signs RS256/EdDSA tokens; this server verifies them.
+    #[error(
+        "this server verifies {0:?} tokens with a public key and cannot sign any (issue them where the private key is)"
+    )]
+    CannotIssue(Algorithm),
 }
 
 /// Verified tokens remembered at most: past this the cache is emptied (tokens are re-verified, nothing breaks).
@@ -92,7 +101,9 @@ pub struct Authenticator {
     /// Verified tokens and their `exp`, so the hot path skips the HMAC (DESIGN §9); a lock held for one lookup.
     cache: parking_lot::Mutex<std::collections::HashMap<String, (Caller, u64)>>,
     decoding: DecodingKey,
-    encoding: EncodingKey,
+    /// The HS256 secret signs too; with a public key there is nothing to sign with.
+    encoding: Option<EncodingKey>,
+    algorithm: Algorithm,
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
@@ -100,7 +111,7 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("algorithm", &"HS256").finish_non_exhaustive()
+        f.debug_struct("Authenticator").field("algorithm", &self.algorithm).finish_non_exhaustive()
     }
 }
 
@@ -110,7 +121,35 @@ impl Authenticator {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(AuthConfigError::SecretTooShort(secret.len()));
         }
-        let mut validation = Validation::new(Algorithm::HS256);
+        let keys = (DecodingKey::from_secret(secret), Some(EncodingKey::from_secret(secret)));
+        Ok(Self::with_keys(Algorithm::HS256, keys, issuer, audience))
+    }
+
+    /// RS256 or EdDSA, verified with a PEM public key (`-----BEGIN PUBLIC KEY-----`): an Ed25519 key pins EdDSA,
+    /// an RSA key RS256. Such a server cannot issue tokens.
+    pub fn public_key(pem: &[u8], issuer: Option<String>, audience: Option<String>) -> Result<Self, AuthConfigError> {
+        let (algorithm, decoding) = match DecodingKey::from_ed_pem(pem) {
+            Ok(key) => (Algorithm::EdDSA, key),
+            Err(_) => match DecodingKey::from_rsa_pem(pem) {
+                Ok(key) => (Algorithm::RS256, key),
+                Err(error) => {
+                    return Err(AuthConfigError::BadPublicKey(format!(
+                        "not an Ed25519 or RSA public key in PEM form ({error})"
+                    )));
+                }
+            },
+        };
+        Ok(Self::with_keys(algorithm, (decoding, None), issuer, audience))
+    }
+
+    fn with_keys(
+        algorithm: Algorithm,
+        (decoding, encoding): (DecodingKey, Option<EncodingKey>),
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Self {
+        // `Validation::new` pins the one algorithm: a token whose header names another (or `none`) is refused.
+        let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
@@ -123,14 +162,20 @@ impl Authenticator {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(Authenticator {
+        Authenticator {
             cache: parking_lot::Mutex::default(),
-            decoding: DecodingKey::from_secret(secret),
-            encoding: EncodingKey::from_secret(secret),
+            decoding,
+            encoding,
+            algorithm,
             validation,
             issuer,
             audience,
-        })
+        }
+    }
+
+    /// The pinned algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
     }
 
     /// A random secret for one run (loopback development servers with no configured secret).
@@ -139,8 +184,9 @@ impl Authenticator {
         hex::encode(bytes).into_bytes()
     }
 
-    /// Signs a token for `sub` with `permissions`, valid for `ttl`.
-    pub fn issue(&self, sub: &str, permissions: &[Permission], ttl: Duration) -> String {
+    /// Signs a token for `sub` with `permissions`, valid for `ttl` (HS256 servers only).
+    pub fn issue(&self, sub: &str, permissions: &[Permission], ttl: Duration) -> Result<String, AuthConfigError> {
+        let encoding = self.encoding.as_ref().ok_or(AuthConfigError::CannotIssue(self.algorithm))?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let claims = Claims {
             sub: Some(sub.to_string()),
@@ -151,8 +197,8 @@ impl Authenticator {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing of plain claims cannot fail")
+        Ok(jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding)
+            .expect("HS256 signing of plain claims cannot fail"))
     }
 
     /// Verifies a bearer token into a caller (from the cache until its `exp`); any failure is a 401.
@@ -283,7 +329,7 @@ mod tests {
     #[test]
     fn issued_tokens_verify_into_their_caller_and_stay_cached() {
         let auth = Authenticator::hs256(SECRET, None, None).unwrap();
-        let token = auth.issue("agent:a-1", &[Permission::Tasks], Duration::from_secs(60));
+        let token = auth.issue("agent:a-1", &[Permission::Tasks], Duration::from_secs(60)).unwrap();
         for _ in 0..2 {
             let caller = auth.verify(&token).unwrap();
             assert_eq!(caller.agent.as_deref(), Some("a-1"));
@@ -292,6 +338,19 @@ mod tests {
         }
         let other = Authenticator::hs256(b"another-secret-another-secret-xx", None, None).unwrap();
         assert_eq!(other.verify(&token).unwrap_err().status(), axum::http::StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn a_public_key_pins_its_algorithm_and_cannot_issue() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/jwt");
+        let ed = std::fs::read(format!("{fixtures}/ed25519-public.pem")).unwrap();
+        let rsa = std::fs::read(format!("{fixtures}/rsa-public.pem")).unwrap();
+        assert_eq!(Authenticator::public_key(&ed, None, None).unwrap().algorithm(), Algorithm::EdDSA);
+        let rsa = Authenticator::public_key(&rsa, None, None).unwrap();
+        assert_eq!(rsa.algorithm(), Algorithm::RS256);
+        assert!(matches!(rsa.issue("x", &[], Duration::from_secs(1)), Err(AuthConfigError::CannotIssue(_))));
+        let error = Authenticator::public_key(b"not a key", None, None).unwrap_err();
+        assert!(error.to_string().starts_with("ARAGORA_JWT_PUBLIC_KEY"), "{error}");
     }
 
     #[test]

@@ -17,6 +17,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "aragora-cp", version, about)]
 pub struct Cli {
+    /// Log lines on stderr: `pretty` for people, `json` (one object per line) for log collectors. `RUST_LOG`
+    /// sets the level.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -82,6 +86,16 @@ pub enum Command {
     },
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line, with the request span's fields (method, uri, request_id).
+    Json,
+}
+
 /// How results are printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -95,7 +109,7 @@ pub enum OutputFormat {
 /// Runs the command line; the binary's `main` is this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
+    init_tracing(cli.log_format, if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
     let outcome = match cli.command {
         Command::Plugin(command) => plugin::run(command),
         Command::Bench(command) => bench::run(command),
@@ -117,8 +131,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default_filter: &str) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => logs.try_init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }

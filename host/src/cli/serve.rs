@@ -28,6 +28,10 @@ pub struct AuthArgs {
     /// HS256 secret for bearer tokens (≥ 32 bytes). Without it, a loopback `serve` generates one for the run.
     #[arg(long, env = "ARAGORA_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// RS256 or EdDSA public key (PEM text, or the path of a PEM file) that tokens are verified with instead of a
+    /// secret; the key's type pins the algorithm.
+    #[arg(long, env = "ARAGORA_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    pub jwt_public_key: Option<String>,
     /// Required `iss` of tokens.
     #[arg(long, env = "ARAGORA_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -39,6 +43,19 @@ pub struct AuthArgs {
 impl AuthArgs {
     fn authenticator(&self, secret: &[u8]) -> anyhow::Result<Authenticator> {
         Ok(Authenticator::hs256(secret, self.jwt_issuer.clone(), self.jwt_audience.clone())?)
+    }
+
+    /// The verifier of `ARAGORA_JWT_PUBLIC_KEY`, when one is configured.
+    fn public_key_authenticator(&self) -> anyhow::Result<Option<Authenticator>> {
+        let Some(key) = self.jwt_public_key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
+            return Ok(None);
+        };
+        let pem = if key.starts_with("-----BEGIN") {
+            key.as_bytes().to_vec()
+        } else {
+            std::fs::read(key).with_context(|| format!("ARAGORA_JWT_PUBLIC_KEY: cannot read the PEM file {key:?}"))?
+        };
+        Ok(Some(Authenticator::public_key(&pem, self.jwt_issuer.clone(), self.jwt_audience.clone())?))
     }
 }
 
@@ -239,12 +256,17 @@ impl ServeArgs {
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (mut config, settings) = args.validate()?;
-    let (secret, generated) = match &args.auth.jwt_secret {
-        Some(secret) => (secret.clone().into_bytes(), false),
-        None if settings.bind.ip().is_loopback() => (Authenticator::generated_secret(), true),
-        None => anyhow::bail!("ARAGORA_JWT_SECRET: required when BIND is not a loopback address"),
+    let (auth, generated) = match (args.auth.public_key_authenticator()?, &args.auth.jwt_secret) {
+        (Some(verifier), _) => (verifier, false),
+        (None, Some(secret)) => (args.auth.authenticator(secret.as_bytes())?, false),
+        (None, None) if settings.bind.ip().is_loopback() => {
+            (args.auth.authenticator(&Authenticator::generated_secret())?, true)
+        }
+        (None, None) => {
+            anyhow::bail!("ARAGORA_JWT_SECRET or ARAGORA_JWT_PUBLIC_KEY: required when BIND is not a loopback address")
+        }
     };
-    let auth = Arc::new(args.auth.authenticator(&secret)?);
+    let auth = Arc::new(auth);
     if let Some(dir) = &config.plugins_dir
         && !dir.is_dir()
     {
@@ -263,11 +285,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             metrics_token,
             ..ApiState::new(coordinator.clone(), auth.clone())
         };
+        let draining = state.draining.clone();
         let address = listener.local_addr()?;
         println!("aragora-cp listening on http://{address}");
         if generated {
             println!("no ARAGORA_JWT_SECRET: generated a secret for this run; an admin token valid 24 h:");
-            println!("{}", auth.issue("admin", &[Permission::Admin], DEV_TOKEN_TTL));
+            println!("{}", auth.issue("admin", &[Permission::Admin], DEV_TOKEN_TTL)?);
         }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut server = tokio::spawn(api::serve(listener, state, async move {
@@ -282,6 +305,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             _ = shutdown_signal() => {}
         }
         tracing::info!(drain = ?settings.drain, "shutting down: no new connections, draining in-flight requests");
+        draining.cancel();
         let _ = stop.send(());
         match tokio::time::timeout(settings.drain, &mut server).await {
             Ok(outcome) => outcome.context("server task")?.context("server")?,
@@ -345,7 +369,7 @@ pub fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
         .map(|p| Permission::parse(p).with_context(|| format!("--permissions: unknown permission {p:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let ttl = seconds("--ttl", args.ttl, 1.0)?;
-    println!("{}", auth.issue(&args.sub, &permissions, ttl));
+    println!("{}", auth.issue(&args.sub, &permissions, ttl)?);
     Ok(ExitCode::SUCCESS)
 }
 

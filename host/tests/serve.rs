@@ -1,0 +1,86 @@
+//! `aragora-cp serve` as a process: it prints where it listens and a development token, writes JSON log lines
+//! with request ids under `--log-format json`, and on SIGTERM fails readiness, ends event streams and exits 0
+//! well within its drain bound.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Served {
+    child: Child,
+    base: String,
+    token: String,
+}
+
+fn start() -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
+        .args(["--log-format", "json", "serve", "--drain-seconds", "20"])
+        .env("BIND", "127.0.0.1:0")
+        .env("REDIS_URL", "memory://")
+        .env("PLUGINS_DIR", "/nonexistent-plugins-dir")
+        .env("RUST_LOG", "info,tower_http=debug")
+        .env_remove("ARAGORA_JWT_SECRET")
+        .env_remove("ARAGORA_JWT_PUBLIC_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aragora-cp serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().expect("a first line").unwrap();
+    let base = listening.strip_prefix("aragora-cp listening on ").expect("the listening line").to_string();
+    let token = lines.find_map(|line| line.ok().filter(|l| l.starts_with("ey"))).expect("a printed admin token");
+    Served { child, base, token }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_request_ids_and_sigterm_drains_promptly() {
+    let mut served = start();
+    let client = reqwest::Client::new();
+    let stats = format!("{}/api/v1/control-plane/stats", served.base);
+    let response =
+        client.get(&stats).bearer_auth(&served.token).header("x-request-id", "trace-me-42").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let ready = client.get(format!("{}/readyz", served.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let mut events = client
+        .get(format!("{}/api/v1/control-plane/events", served.base))
+        .bearer_auth(&served.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let asked = Instant::now();
+    terminate(&served.child);
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), async { while let Ok(Some(_)) = events.chunk().await {} }).await;
+    assert!(ended.is_ok(), "the event stream ends when draining begins");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = served.child.wait().unwrap();
+        let mut stderr = String::new();
+        served.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        (status, stderr)
+    });
+    let (status, stderr) = tokio::time::timeout(Duration::from_secs(15), status).await.expect("exits").unwrap();
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(asked.elapsed() < Duration::from_secs(15), "a drain with an open event stream must not wait its bound");
+
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "no log lines");
+    assert!(
+        lines.iter().any(|l| l["span"]["request_id"] == "trace-me-42"),
+        "no log line carries the request id:\n{stderr}"
+    );
+    assert!(lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("shutting down"))));
+}
