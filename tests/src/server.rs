@@ -24,6 +24,7 @@ pub struct TestServer {
     pub auth: Arc<Authenticator>,
     /// A client with no default headers.
     pub client: reqwest::Client,
+    draining: tokio_util::sync::CancellationToken,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -36,19 +37,27 @@ impl TestServer {
 
     /// Starts a server with `config`.
     pub async fn start_with(config: Config) -> TestServer {
+        let auth = Authenticator::hs256(TEST_SECRET, None, None).expect("test secret is long enough");
+        TestServer::start_with_auth(config, auth).await
+    }
+
+    /// Starts a server with `config` that verifies tokens with `auth` (public-key tests; [`token`](Self::token)
+    /// then cannot sign).
+    pub async fn start_with_auth(config: Config, auth: Authenticator) -> TestServer {
+        let auth = Arc::new(auth);
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
         let coordinator =
             ControlPlaneCoordinator::with_parts(config, store, crate::registry()).await.expect("coordinator starts");
-        let auth = Arc::new(Authenticator::hs256(TEST_SECRET, None, None).expect("test secret is long enough"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let base = format!("http://{}", listener.local_addr().expect("local address"));
         let (shutdown, signal) = oneshot::channel::<()>();
         let state = ApiState::new(coordinator.clone(), auth.clone());
+        let draining = state.draining.clone();
         let handle = tokio::spawn(api::serve(listener, state, async move {
             let _ = signal.await;
         }));
         let client = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("http client");
-        TestServer { base, coordinator, auth, client, shutdown: Some(shutdown), handle: Some(handle) }
+        TestServer { base, coordinator, auth, client, draining, shutdown: Some(shutdown), handle: Some(handle) }
     }
 
     /// `base` + `path` (a root path such as `/livez`).
@@ -63,7 +72,7 @@ impl TestServer {
 
     /// A token for `sub` with `permissions`, valid for an hour.
     pub fn token(&self, sub: &str, permissions: &[Permission]) -> String {
-        self.auth.issue(sub, permissions, Duration::from_secs(3600))
+        self.auth.issue(sub, permissions, Duration::from_secs(3600)).expect("the test server signs HS256")
     }
 
     /// An admin token (`sub = admin`).
@@ -71,8 +80,14 @@ impl TestServer {
         self.token("admin", &[Permission::Admin])
     }
 
+    /// What `serve` does first on SIGTERM: `/readyz` starts failing and SSE streams end.
+    pub fn begin_drain(&self) {
+        self.draining.cancel();
+    }
+
     /// Stops accepting, waits for the server and the coordinator's background tasks.
     pub async fn stop(mut self) {
+        self.begin_drain();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

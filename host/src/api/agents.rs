@@ -6,15 +6,17 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::ApiResult;
 use super::extract::{ApiJson, ApiQuery, query_param};
-use crate::model::{Agent, CapabilitySet, HeartbeatRequest, MAX_TASK_CAPABILITIES, RegisterRequest};
-use crate::store::AgentFilter;
+use crate::model::{Agent, AgentStatus, CapabilitySet, HeartbeatRequest, MAX_TASK_CAPABILITIES, RegisterRequest};
+use crate::scheduler::routing::AgentSelection;
+use crate::store::{AgentFilter, Revoked};
 
 /// The agent routes, relative to the API prefix.
 pub fn routes() -> Router<ApiState> {
@@ -34,12 +36,28 @@ pub struct AgentsQuery {
     available: Option<String>,
 }
 
+/// `GET /agents` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    /// The agents that match.
+    pub agents: Vec<Agent>,
+    /// How many.
+    pub count: usize,
+}
+
 /// `GET /agents?capability=&available=`.
+#[utoipa::path(get, path = "/agents", tag = "agents",
+    params(
+        ("capability" = Option<String>, Query, description = "Only agents holding this capability"),
+        ("available" = Option<bool>, Query, description = "Only agents that may take work now (true) or may not (false)"),
+    ),
+    responses((status = 200, description = "The agents", body = AgentList)),
+    security(("bearer" = ["controlplane:read"])))]
 pub async fn agents_list(
     State(state): State<ApiState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<AgentsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AgentList>> {
     caller.require(Permission::Read)?;
     caller.not_an_agent("list agents")?;
     let capability = match query.capability.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
@@ -48,10 +66,17 @@ pub async fn agents_list(
     };
     let available = query_param::<bool>("available", query.available.as_deref(), "true or false")?;
     let agents = state.coordinator.list_agents(&AgentFilter { capability, available }).await?;
-    Ok(Json(json!({"agents": agents, "count": agents.len()})))
+    Ok(Json(AgentList { count: agents.len(), agents }))
 }
 
 /// `POST /agents` → 201 with the agent (its `session_id` included).
+#[utoipa::path(post, path = "/agents", tag = "agents", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered; keep the `session_id` for claims", body = Agent),
+        (status = 403, description = "A registration policy denied it (`policy_denied`), or an agent token registers another agent or capabilities outside its `caps`", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The agent id is registered with another session that is still alive (`session_replaced` rules, DESIGN §4)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:agents"])))]
 pub async fn agents_register(
     State(state): State<ApiState>,
     caller: Caller,
@@ -65,6 +90,9 @@ pub async fn agents_register(
 }
 
 /// `GET /agents/{id}`.
+#[utoipa::path(get, path = "/agents/{agent_id}", tag = "agents", params(("agent_id" = String, Path, description = "The agent's id")),
+    responses((status = 200, description = "The agent", body = Agent)),
+    security(("bearer" = ["controlplane:read"])))]
 pub async fn agents_get(
     State(state): State<ApiState>,
     caller: Caller,
@@ -75,36 +103,66 @@ pub async fn agents_get(
     Ok(Json(state.coordinator.get_agent(&agent_id).await?))
 }
 
+/// `DELETE /agents/{id}` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Unregistered {
+    /// The agent.
+    pub agent_id: String,
+    /// Always true.
+    pub unregistered: bool,
+}
+
 /// `DELETE /agents/{id}`: its work is requeued.
+#[utoipa::path(delete, path = "/agents/{agent_id}", tag = "agents", params(("agent_id" = String, Path, description = "The agent's id")),
+    responses((status = 200, description = "Unregistered; the tasks it held are requeued", body = Unregistered)),
+    security(("bearer" = ["controlplane:agents"])))]
 pub async fn agents_unregister(
     State(state): State<ApiState>,
     caller: Caller,
     Path(agent_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Unregistered>> {
     caller.require(Permission::Agents)?;
     caller.acting_for(&agent_id)?;
     state.coordinator.unregister_agent(&agent_id).await?;
-    Ok(Json(json!({"agent_id": agent_id, "unregistered": true})))
+    Ok(Json(Unregistered { agent_id, unregistered: true }))
+}
+
+/// `POST /agents/{id}/heartbeat` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatAnswer {
+    /// The agent's status now.
+    pub status: AgentStatus,
+    /// Leases the agent lost since its last heartbeat: stop working on these tasks.
+    pub revoked: Vec<Revoked>,
+    /// Seconds until the next heartbeat is due.
+    pub heartbeat_interval: f64,
 }
 
 /// `POST /agents/{id}/heartbeat` (body optional) → `{status, revoked, heartbeat_interval}`.
+#[utoipa::path(post, path = "/agents/{agent_id}/heartbeat", tag = "agents", params(("agent_id" = String, Path, description = "The agent's id")),
+    request_body(content = Option<HeartbeatRequest>, description = "Optional: no body and no Content-Type is a plain heartbeat"),
+    responses((status = 200, description = "Alive; `revoked` lists leases lost since the last heartbeat", body = HeartbeatAnswer)),
+    security(("bearer" = ["controlplane:agents"])))]
 pub async fn agents_heartbeat(
     State(state): State<ApiState>,
     caller: Caller,
     Path(agent_id): Path<String>,
     ApiJson(heartbeat): ApiJson<HeartbeatRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<HeartbeatAnswer>> {
     caller.require(Permission::Agents)?;
     caller.acting_for(&agent_id)?;
     let outcome = state.coordinator.heartbeat(&agent_id, heartbeat).await?;
-    Ok(Json(json!({
-        "status": outcome.status,
-        "revoked": outcome.revoked,
-        "heartbeat_interval": state.coordinator.config().heartbeat_interval.as_secs_f64(),
-    })))
+    Ok(Json(HeartbeatAnswer {
+        status: outcome.status,
+        revoked: outcome.revoked,
+        heartbeat_interval: state.coordinator.config().heartbeat_interval.as_secs_f64(),
+    }))
 }
 
 /// `POST /agents/{id}/pause`.
+#[utoipa::path(post, path = "/agents/{agent_id}/pause", tag = "agents", params(("agent_id" = String, Path, description = "The agent's id")),
+    responses((status = 200, description = "Paused: gets no new work, keeps what it holds", body = Agent)),
+    security(("bearer" = ["controlplane:agents"])))]
 pub async fn agents_pause(
     State(state): State<ApiState>,
     caller: Caller,
@@ -116,6 +174,9 @@ pub async fn agents_pause(
 }
 
 /// `POST /agents/{id}/resume`.
+#[utoipa::path(post, path = "/agents/{agent_id}/resume", tag = "agents", params(("agent_id" = String, Path, description = "The agent's id")),
+    responses((status = 200, description = "Takes work again", body = Agent)),
+    security(("bearer" = ["controlplane:agents"])))]
 pub async fn agents_resume(
     State(state): State<ApiState>,
     caller: Caller,
@@ -127,7 +188,7 @@ pub async fn agents_resume(
 }
 
 /// `POST /agents/select`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SelectRequest {
     /// Capabilities the agent must hold.
@@ -145,6 +206,12 @@ pub struct SelectRequest {
 }
 
 /// `POST /agents/select {capabilities, strategy, exclude, dry_run?}` → the choice, `agent_id: null` when none fits.
+#[utoipa::path(post, path = "/agents/select", tag = "agents", request_body = SelectRequest,
+    responses(
+        (status = 200, description = "The strategy's choice; `{\"agent_id\": null}` when no available agent fits", body = AgentSelection),
+        (status = 400, description = "Unknown strategy (`unknown_strategy`) or bad capabilities", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:agents"])))]
 pub async fn agents_select(
     State(state): State<ApiState>,
     caller: Caller,

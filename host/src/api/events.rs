@@ -1,7 +1,8 @@
 //! `GET /events`: the coordinator's event stream as Server-Sent Events. Each event carries `id:` (resume with
 //! `Last-Event-ID`, replayed from the store's buffer, or a `reset` event when that id fell out of it), `event:`
 //! (its type) and the event as JSON (ids and small facts, never payloads). `?types=a,b` filters by type; an agent
-//! token sees only its own agent's events; comment lines keep idle connections open.
+//! token sees only its own agent's events; comment lines keep idle connections open. Streams end when the server
+//! starts draining.
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -59,6 +60,7 @@ struct Feed {
     replayed: HashSet<String>,
     live: broadcast::Receiver<Event>,
     filter: Filter,
+    draining: tokio_util::sync::CancellationToken,
 }
 
 fn to_sse(event: &Event) -> SseEvent {
@@ -73,6 +75,14 @@ fn reset(reason: &str) -> SseEvent {
 }
 
 /// `GET /events?types=` with optional `Last-Event-ID`.
+#[utoipa::path(get, path = "/events", tag = "events",
+    params(
+        ("types" = Option<String>, Query, description = "Comma-separated event types, e.g. `task_completed,agent_offline`"),
+        ("last_event_id" = Option<String>, Query, description = "Resume after this id (as the `Last-Event-ID` header)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id; a `reset` event says it fell out of the buffer"),
+    ),
+    responses((status = 200, description = "Server-Sent Events: `id:` (opaque, for resume), `event:` (the type), `data:` the event as JSON (`Event`); comment lines every 15 s; the stream ends when the server drains", content_type = "text/event-stream", body = crate::model::Event)),
+    security(("bearer" = ["controlplane:read"])))]
 pub async fn events_stream(
     State(state): State<ApiState>,
     caller: Caller,
@@ -115,13 +125,17 @@ pub async fn events_stream(
             }
         }
     }
-    let feed = Feed { backlog, replayed, live, filter };
+    let feed = Feed { backlog, replayed, live, filter, draining: state.draining.clone() };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         if let Some(next) = feed.backlog.pop_front() {
             return Some((Ok(next), feed));
         }
         loop {
-            match feed.live.recv().await {
+            let received = tokio::select! {
+                _ = feed.draining.cancelled() => return None,
+                received = feed.live.recv() => received,
+            };
+            match received {
                 Ok(event) => {
                     if feed.replayed.remove(&event.id) || !feed.filter.accepts(&event) {
                         continue;

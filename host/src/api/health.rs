@@ -4,14 +4,15 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, query_param};
 use crate::coordinator::{Stats, SystemHealth};
+use crate::scheduler::Violation;
 use crate::store::AgentHealth;
 
 /// Violations listed at most per request.
@@ -27,6 +28,9 @@ pub fn routes() -> Router<ApiState> {
 }
 
 /// `GET /health` → `{"status", "agents": {id: …}}`.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "healthy, degraded (some agents unhealthy), unhealthy (all) or unknown (no agents), per agent", body = SystemHealth)),
+    security(("bearer" = ["controlplane:read"])))]
 pub async fn health_system(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<SystemHealth>> {
     caller.require(Permission::Read)?;
     caller.not_an_agent("read the fleet's health")?;
@@ -34,6 +38,10 @@ pub async fn health_system(State(state): State<ApiState>, caller: Caller) -> Api
 }
 
 /// `GET /health/{agent_id}`.
+#[utoipa::path(get, path = "/health/{agent_id}", tag = "health",
+    params(("agent_id" = String, Path, description = "The agent's id")),
+    responses((status = 200, description = "The agent's last probe verdict and breaker", body = AgentHealth)),
+    security(("bearer" = ["controlplane:read"])))]
 pub async fn health_agent(
     State(state): State<ApiState>,
     caller: Caller,
@@ -45,6 +53,9 @@ pub async fn health_agent(
 }
 
 /// `GET /stats`: the guide's sections.
+#[utoipa::path(get, path = "/stats", tag = "health",
+    responses((status = 200, description = "Counters: registry, scheduler (tasks by status, queue depth by priority), health", body = Stats)),
+    security(("bearer" = ["controlplane:read"])))]
 pub async fn stats_get(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Stats>> {
     caller.require(Permission::Read)?;
     caller.not_an_agent("read the stats")?;
@@ -57,17 +68,28 @@ pub struct ViolationsQuery {
     limit: Option<String>,
 }
 
+/// `GET /policies/violations` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViolationList {
+    /// Newest first.
+    pub violations: Vec<Violation>,
+}
+
 /// `GET /policies/violations?limit=` → `{"violations": [...]}`, newest first.
+#[utoipa::path(get, path = "/policies/violations", tag = "health",
+    params(("limit" = Option<usize>, Query, description = "How many, 1–1000 (default 100)")),
+    responses((status = 200, description = "Policy denials, newest first", body = ViolationList)),
+    security(("bearer" = ["controlplane:read"])))]
 pub async fn violations_list(
     State(state): State<ApiState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ViolationsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ViolationList>> {
     caller.require(Permission::Read)?;
     caller.not_an_agent("read policy violations")?;
     let limit = query_param::<usize>("limit", query.limit.as_deref(), "a number from 1 to 1000")?.unwrap_or(100);
     if !(1..=MAX_VIOLATIONS).contains(&limit) {
         return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_VIOLATIONS}")));
     }
-    Ok(Json(json!({"violations": state.coordinator.violations(limit)})))
+    Ok(Json(ViolationList { violations: state.coordinator.violations(limit) }))
 }

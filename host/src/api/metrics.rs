@@ -1,5 +1,6 @@
-//! `/metrics` in the Prometheus text format: request counters and latency sums labelled by route template (never
-//! by agent or task id, so the series stay bounded), and the coordinator's counters as gauges. Open unless
+//! `/metrics` in the Prometheus text format: request counters and latency histograms labelled by route template
+//! (never by agent or task id, so the series stay bounded), the store's counters as gauges (tasks by status, queue
+//! depth by priority, agents by status, claims waiting), and plugin call counters. Open unless
 //! `METRICS_TOKEN` is set, then that exact bearer token is required.
 
 use std::collections::BTreeMap;
@@ -11,7 +12,6 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use serde_json::Value;
 
 use super::ApiState;
 use super::errors::{ApiError, ApiResult};
@@ -19,19 +19,33 @@ use super::errors::{ApiError, ApiResult};
 /// A request series: method, route template, status.
 type Series = (String, String, u16);
 
+/// Upper bounds of the request-latency histogram buckets, in seconds (`+Inf` is implied).
+const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
+/// One series' histogram: per-bucket counts (not cumulative; summed on output), total count and seconds.
+#[derive(Clone, Debug, Default)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
 /// Request counters of this server, by (method, route template, status).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Count and total seconds per series; a mutex held only to add two numbers.
-    requests: Mutex<BTreeMap<Series, (u64, f64)>>,
+    /// A histogram per series; the mutex is held only to add to one.
+    requests: Mutex<BTreeMap<Series, Histogram>>,
 }
 
 impl Metrics {
     fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let mut requests = self.requests.lock();
         let entry = requests.entry((method.to_string(), route.to_string(), status)).or_default();
-        entry.0 += 1;
-        entry.1 += seconds;
+        entry.count += 1;
+        entry.sum += seconds;
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            entry.buckets[bucket] += 1;
+        }
     }
 }
 
@@ -48,6 +62,11 @@ pub async fn track(State(state): State<ApiState>, request: Request, next: Next) 
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format: requests by route template and status with latency histograms, tasks by status, queue depth by priority, agents by status, plugin calls, failures and latency, claims waiting", content_type = "text/plain"),
+        (status = 401, description = "`METRICS_TOKEN` is set and the bearer token is not it", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn metrics_get(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     if let Some(expected) = &state.metrics_token {
         let given =
@@ -57,50 +76,87 @@ pub async fn metrics_get(State(state): State<ApiState>, headers: HeaderMap) -> A
         }
     }
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP aragora_cp_http_requests_total HTTP requests by route template and status.");
-    let _ = writeln!(out, "# TYPE aragora_cp_http_requests_total counter");
-    let requests = state.metrics.requests.lock().clone();
-    for ((method, route, status), (count, _)) in &requests {
-        let _ = writeln!(
-            out,
-            "aragora_cp_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {count}",
-            escape(route)
-        );
-    }
-    let _ = writeln!(out, "# HELP aragora_cp_http_request_duration_seconds_sum Time spent answering, by route.");
-    let _ = writeln!(out, "# TYPE aragora_cp_http_request_duration_seconds_sum counter");
-    for ((method, route, status), (_, seconds)) in &requests {
-        let _ = writeln!(
-            out,
-            "aragora_cp_http_request_duration_seconds_sum{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {seconds}",
-            escape(route)
-        );
-    }
-    let stats = state.coordinator.get_stats().await?;
-    let sections = [("registry", &stats.registry), ("scheduler", &stats.scheduler), ("health", &stats.health)];
-    for (section, values) in sections {
-        let Value::Object(values) = values else { continue };
+    write_requests(&mut out, &state.metrics.requests.lock().clone());
+    let stats = state.coordinator.store().stats().await?;
+    let gauges: [(&str, &str, &str, &BTreeMap<String, u64>); 5] = [
+        ("aragora_cp_tasks", "Tasks by status.", "status", &stats.tasks_by_status),
+        ("aragora_cp_queue_depth", "Pending tasks by priority.", "priority", &stats.pending_by_priority),
+        ("aragora_cp_agents", "Agents by status.", "status", &stats.agents_by_status),
+        ("aragora_cp_agents_by_health", "Agents by last probe verdict.", "health", &stats.agents_by_health),
+        ("aragora_cp_tasks_by_type", "Tasks by type.", "task_type", &stats.tasks_by_type),
+    ];
+    for (name, help, label, values) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (key, value) in values {
-            let name = format!("aragora_cp_{section}_{key}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            match value {
-                Value::Number(n) => {
-                    let _ = writeln!(out, "{name} {n}");
-                }
-                Value::Object(breakdown) => {
-                    for (label, n) in breakdown {
-                        let _ = writeln!(out, "{name}{{key=\"{}\"}} {n}", escape(label));
-                    }
-                }
-                _ => {}
-            }
+            let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {value}", escape(key));
         }
     }
+    let scalars = [
+        ("aragora_cp_claims_waiting", "Blocked claims waiting for work.", stats.waiting_claims),
+        ("aragora_cp_agents_available", "Agents that may take work now.", stats.available_agents),
+        ("aragora_cp_open_breakers", "Agents whose circuit breaker is open.", stats.open_breakers),
+        ("aragora_cp_live_signatures", "Distinct capability sets with pending work.", stats.live_signatures),
+    ];
+    for (name, help, value) in scalars {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    write_plugins(&mut out, &state.coordinator.plugins().list());
     let mut response = out.into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(response)
+}
+
+fn write_requests(out: &mut String, requests: &BTreeMap<Series, Histogram>) {
+    let name = "aragora_cp_http_request_duration_seconds";
+    let _ = writeln!(out, "# HELP {name} Time to answer, by method, route template and status.");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for ((method, route, status), histogram) in requests {
+        let labels = format!("method=\"{method}\",route=\"{}\",status=\"{status}\"", escape(route));
+        let mut cumulative = 0;
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(histogram.buckets) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", histogram.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", histogram.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", histogram.count);
+    }
+    let total = "aragora_cp_http_requests_total";
+    let _ = writeln!(out, "# HELP {total} HTTP requests by method, route template and status.");
+    let _ = writeln!(out, "# TYPE {total} counter");
+    for ((method, route, status), histogram) in requests {
+        let route = escape(route);
+        let _ =
+            writeln!(out, "{total}{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {}", histogram.count);
+    }
+}
+
+/// Plugin call counters of the active versions, by plugin name and kind.
+fn write_plugins(out: &mut String, plugins: &[crate::plugins::registry::PluginInfo]) {
+    let series = [
+        ("aragora_cp_plugin_calls_total", "counter", "Plugin calls made."),
+        ("aragora_cp_plugin_failures_total", "counter", "Plugin calls that produced no answer."),
+        ("aragora_cp_plugin_fallbacks_total", "counter", "Times a fallback answered instead of the plugin."),
+        ("aragora_cp_plugin_latency_mean_seconds", "gauge", "Mean plugin call latency."),
+        ("aragora_cp_plugin_latency_max_seconds", "gauge", "Slowest plugin call."),
+    ];
+    for (index, (name, kind, help)) in series.into_iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for plugin in plugins {
+            let Some(active) = &plugin.active else { continue };
+            let stats = &active.stats;
+            let value = match index {
+                0 => stats.calls as f64,
+                1 => stats.failures as f64,
+                2 => stats.fallbacks as f64,
+                3 => stats.latency_us_mean / 1e6,
+                _ => stats.latency_us_max / 1e6,
+            };
+            let _ = writeln!(out, "{name}{{plugin=\"{}\",kind=\"{}\"}} {value}", escape(&plugin.name), active.kind);
+        }
+    }
 }
 
 fn escape(label: &str) -> String {

@@ -11,6 +11,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod plugins;
 pub mod tasks;
 
@@ -22,6 +23,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -49,12 +51,22 @@ pub struct ApiState {
     pub metrics_token: Option<String>,
     /// Request counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Cancelled when shutdown begins: `/readyz` fails (load balancers stop sending) and SSE streams end (so the
+    /// drain does not wait for them; clients resume elsewhere with `Last-Event-ID`).
+    pub draining: CancellationToken,
 }
 
 impl ApiState {
     /// State with the default body limit.
     pub fn new(coordinator: Arc<ControlPlaneCoordinator>, auth: Arc<Authenticator>) -> Self {
-        ApiState { coordinator, auth, max_body_bytes: MAX_BODY_BYTES, metrics_token: None, metrics: Arc::default() }
+        ApiState {
+            coordinator,
+            auth,
+            max_body_bytes: MAX_BODY_BYTES,
+            metrics_token: None,
+            metrics: Arc::default(),
+            draining: CancellationToken::new(),
+        }
     }
 }
 
@@ -67,6 +79,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(health::routes())
         .merge(plugins::routes())
         .merge(events::routes())
+        .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
@@ -107,15 +120,39 @@ pub async fn serve(
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
-async fn livez() -> impl IntoResponse {
+/// `/livez`: the process is up (no dependency is checked: a failing store must not get the process restarted).
+#[utoipa::path(get, path = "/livez", tag = "operations", security(()),
+    responses((status = 200, description = "Up", body = Object, example = json!({"status": "ok"}))))]
+pub async fn livez() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(axum::extract::State(state): axum::extract::State<ApiState>) -> impl IntoResponse {
-    match state.coordinator.get_stats().await {
-        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"}))).into_response(),
-        Err(error) => ApiError::from(error).into_response(),
-    }
+/// `/readyz`: 200 when this server should get traffic — the store answers, the default strategy is loaded, and
+/// shutdown has not begun; 503 otherwise. The body names each check either way.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Ready: `{\"status\": \"ready\", \"checks\": {\"store\": \"ok\", \"plugins\": \"ok\", \"draining\": false}}`", body = Object),
+        (status = 503, description = "Not ready: the failing checks say why", body = Object),
+    ))]
+pub async fn readyz(axum::extract::State(state): axum::extract::State<ApiState>) -> impl IntoResponse {
+    let coordinator = &state.coordinator;
+    let store = match coordinator.store().stats().await {
+        Ok(_) => "ok".to_string(),
+        Err(error) => error.to_string(),
+    };
+    let default_strategy = &coordinator.config().default_strategy;
+    let plugins = match coordinator.plugins().strategy(default_strategy) {
+        Ok(_) => "ok".to_string(),
+        Err(error) => format!("DEFAULT_STRATEGY: {error}"),
+    };
+    let draining = state.draining.is_cancelled();
+    let ready = store == "ok" && plugins == "ok" && !draining;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {"store": store, "plugins": plugins, "draining": draining},
+    });
+    (status, axum::Json(body))
 }
 
 async fn method_not_allowed() -> ApiError {

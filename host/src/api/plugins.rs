@@ -4,7 +4,8 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::{Caller, Permission};
@@ -22,13 +23,27 @@ fn may_read(caller: &Caller) -> ApiResult<()> {
     if caller.has(Permission::Plugins) { Ok(()) } else { caller.require(Permission::Read) }
 }
 
+/// `GET /plugins` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginList {
+    /// Every plugin name this server holds.
+    pub plugins: Vec<PluginInfo>,
+}
+
 /// `GET /plugins` → `{"plugins": [...]}`.
-pub async fn plugins_list(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/plugins", tag = "plugins",
+    responses((status = 200, description = "Strategies, policies and probes: active version, shadowed versions, last rejection, call counters", body = PluginList)),
+    security(("bearer" = ["controlplane:read"]), ("bearer" = ["controlplane:plugins"])))]
+pub async fn plugins_list(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<PluginList>> {
     may_read(&caller)?;
-    Ok(Json(json!({"plugins": state.coordinator.plugins().list()})))
+    Ok(Json(PluginList { plugins: state.coordinator.plugins().list() }))
 }
 
 /// `GET /plugins/{name}`.
+#[utoipa::path(get, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses((status = 200, description = "One plugin", body = PluginInfo)),
+    security(("bearer" = ["controlplane:read"]), ("bearer" = ["controlplane:plugins"])))]
 pub async fn plugins_get(
     State(state): State<ApiState>,
     caller: Caller,

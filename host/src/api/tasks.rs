@@ -11,8 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::{Caller, Permission};
@@ -41,6 +42,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/tasks", get(tasks_list).post(tasks_submit))
         .route("/tasks/batch", post(tasks_submit_batch))
         .route("/tasks/claim", post(tasks_claim))
+        .route("/tasks/complete", post(tasks_complete_batch))
         .route("/tasks/{task_id}", get(tasks_get))
         .route("/tasks/{task_id}/start", post(tasks_start))
         .route("/tasks/{task_id}/progress", post(tasks_progress))
@@ -70,7 +72,87 @@ fn merge_idempotency_key(headers: &HeaderMap, request: &mut SubmitRequest) -> Ap
     }
 }
 
+/// `POST /tasks` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmitAnswer {
+    /// The new task's id (the first submit's, on an idempotent replay).
+    pub task_id: TaskId,
+}
+
+/// `POST /tasks/batch` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchSubmitAnswer {
+    /// The ids, in the order of the request.
+    pub task_ids: Vec<TaskId>,
+}
+
+/// `POST /tasks/claim` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimAnswer {
+    /// The first task granted, or null when none was (within `block_ms`).
+    pub task: Option<Task>,
+    /// Every task granted (up to `max_tasks`).
+    pub tasks: Vec<Task>,
+    /// Why the agent may not take work now (paused, breaker open, …), when that is why nothing was granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /tasks/{id}/complete` answer with `claim_next`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompleteAndNextAnswer {
+    /// Always true.
+    pub completed: bool,
+    /// The completed task.
+    pub task: Task,
+    /// The agent's next task, or null when none came within `claim_next.block_ms`.
+    pub next: Option<Task>,
+}
+
+/// `POST /tasks/{id}/complete` answer: the task, or with `claim_next` the task and the next one (boxed: both are
+/// large, and only one exists per response).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum CompleteAnswer {
+    /// Without `claim_next`.
+    Completed(Box<Task>),
+    /// With `claim_next`.
+    WithNext(Box<CompleteAndNextAnswer>),
+}
+
+/// One refused outcome of `POST /tasks/complete`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchConflict {
+    /// The task.
+    pub task_id: String,
+    /// The status the single-task call would have answered (404, 409).
+    pub status: u16,
+    /// Machine-readable reason (`task_not_found`, `lease_lost`, `outcome_conflict`, …).
+    pub code: String,
+    /// Human-readable detail.
+    pub error: String,
+}
+
+/// `POST /tasks/complete` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchCompleteAnswer {
+    /// The tasks completed by this call.
+    pub completed: Vec<Task>,
+    /// The outcomes refused, each with its reason.
+    pub conflicts: Vec<BatchConflict>,
+}
+
 /// `POST /tasks` → 201 `{"task_id"}`; a replay of an idempotent submit → 200 with `Idempotent-Replayed: true`.
+#[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = SubmitRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same as the body's `idempotency_key` (they must agree)")),
+    responses(
+        (status = 201, description = "Submitted", body = SubmitAnswer),
+        (status = 200, description = "An idempotent replay: the first submit's task (header `Idempotent-Replayed: true`)", body = SubmitAnswer,
+            headers(("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 403, description = "A submit policy denied it (`policy_denied`, with `policy`, `reason`, `violation_id`), or an agent token submits", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The idempotency key was used with another body (`idempotency_key_reused`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_submit(
     State(state): State<ApiState>,
     caller: Caller,
@@ -81,7 +163,7 @@ pub async fn tasks_submit(
     caller.not_an_agent("submit tasks")?;
     merge_idempotency_key(&headers, &mut request)?;
     let submitted = state.coordinator.submit_task(request, &caller.sub).await?;
-    let body = Json(json!({"task_id": submitted.task_id}));
+    let body = Json(SubmitAnswer { task_id: submitted.task_id });
     if submitted.replayed {
         let mut response = (StatusCode::OK, body).into_response();
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -91,26 +173,32 @@ pub async fn tasks_submit(
 }
 
 /// `POST /tasks/batch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     tasks: Vec<SubmitRequest>,
 }
 
 /// `POST /tasks/batch {"tasks": [...]}` → 201 `{"task_ids": [...]}`, all or nothing.
+#[utoipa::path(post, path = "/tasks/batch", tag = "tasks", request_body = BatchRequest,
+    responses(
+        (status = 201, description = "All submitted (all or nothing)", body = BatchSubmitAnswer),
+        (status = 403, description = "A submit policy denied one of them: none was submitted", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_submit_batch(
     State(state): State<ApiState>,
     caller: Caller,
     ApiJson(batch): ApiJson<BatchRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<BatchSubmitAnswer>)> {
     caller.require(Permission::Tasks)?;
     caller.not_an_agent("submit tasks")?;
     if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
         return Err(ApiError::invalid("tasks", format!("must hold 1 to {MAX_BATCH} tasks")));
     }
     let submitted = state.coordinator.submit_batch(batch.tasks, &caller.sub).await?;
-    let ids: Vec<&TaskId> = submitted.iter().map(|s| &s.task_id).collect();
-    Ok((StatusCode::CREATED, Json(json!({"task_ids": ids}))))
+    let task_ids = submitted.into_iter().map(|s| s.task_id).collect();
+    Ok((StatusCode::CREATED, Json(BatchSubmitAnswer { task_ids })))
 }
 
 /// `GET /tasks/{id}` query.
@@ -120,6 +208,10 @@ pub struct GetQuery {
 }
 
 /// `GET /tasks/{id}[?wait=SECONDS]`: with `wait`, answers when the task is terminal or the wait (≤ 60 s) ends.
+#[utoipa::path(get, path = "/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "The task's id (`task_` + 32 hex digits)"), ("wait" = Option<f64>, Query, description = "Seconds (0–60) to wait for a terminal status before answering")),
+    responses((status = 200, description = "The task (terminal, or as it is when the wait ends)", body = Task)),
+    security(("bearer" = ["controlplane:read"])))]
 pub async fn tasks_get(
     State(state): State<ApiState>,
     caller: Caller,
@@ -161,6 +253,16 @@ pub struct ListQuery {
 }
 
 /// `GET /tasks?status=&task_type=&agent_id=&limit=&cursor=` → `{tasks, next_cursor}`, newest first.
+#[utoipa::path(get, path = "/tasks", tag = "tasks",
+    params(
+        ("status" = Option<TaskStatus>, Query, description = "Only tasks in this status"),
+        ("task_type" = Option<String>, Query, description = "Only tasks of this type"),
+        ("agent_id" = Option<String>, Query, description = "Only tasks assigned to this agent"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, description = "One page, newest first", body = crate::store::TaskPage)),
+    security(("bearer" = ["controlplane:read"])))]
 pub async fn tasks_list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -192,7 +294,7 @@ pub async fn tasks_list(
 }
 
 /// `POST /tasks/claim`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimBody {
     /// The claiming agent; defaults to the agent of an `agent:<id>` token.
@@ -210,11 +312,18 @@ pub struct ClaimBody {
 
 /// `POST /tasks/claim {agent_id, capabilities?, block_ms?, max_tasks?}` → `{"task": first-or-null, "tasks": [...]}`
 /// plus `reason` when the agent may not take work.
+#[utoipa::path(post, path = "/tasks/claim", tag = "tasks", request_body = ClaimBody,
+    responses(
+        (status = 200, description = "Granted tasks (each with its `lease_id`), or `task: null` when none came within `block_ms`", body = ClaimAnswer),
+        (status = 404, description = "The agent is not registered (`agent_not_found`): register, then claim", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The claim's `session_id` is not the agent's current session (`session_replaced`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_claim(
     State(state): State<ApiState>,
     caller: Caller,
     ApiJson(body): ApiJson<ClaimBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ClaimAnswer>> {
     caller.require(Permission::Tasks)?;
     let agent_id = body
         .agent_id
@@ -231,11 +340,7 @@ pub async fn tasks_claim(
         "",
     )?;
     let outcome = state.coordinator.claim_task(&claim).await?;
-    let mut answer = json!({"task": outcome.tasks.first(), "tasks": outcome.tasks});
-    if let Some(reason) = outcome.reason {
-        answer["reason"] = json!(reason);
-    }
-    Ok(Json(answer))
+    Ok(Json(ClaimAnswer { task: outcome.tasks.first().cloned(), tasks: outcome.tasks, reason: outcome.reason }))
 }
 
 /// Validates a claim's fields (`prefix` names where they sit in the body).
@@ -262,7 +367,7 @@ fn claim_request(
 }
 
 /// The fencing fields every report may carry.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FenceBody {
     #[serde(default)]
@@ -304,6 +409,10 @@ async fn fence(
 }
 
 /// `POST /tasks/{id}/start`.
+#[utoipa::path(post, path = "/tasks/{task_id}/start", tag = "tasks", params(("task_id" = String, Path, description = "The task's id (`task_` + 32 hex digits)")),
+    request_body(content = Option<FenceBody>, description = "Optional fence: `lease_id`, else `agent_id`"),
+    responses((status = 200, description = "Running", body = Task), (status = 409, description = "The lease is no longer this attempt's (`lease_lost`, `task_cancelled`, `task_timeout`) or the task is already finished (`outcome_conflict`, `invalid_transition`)", body = super::openapi::ProblemBody, content_type = "application/problem+json")),
+    security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_start(
     State(state): State<ApiState>,
     caller: Caller,
@@ -316,7 +425,7 @@ pub async fn tasks_start(
 }
 
 /// `POST /tasks/{id}/progress`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressBody {
     #[serde(default)]
@@ -329,6 +438,10 @@ pub struct ProgressBody {
 }
 
 /// `POST /tasks/{id}/progress {progress}`.
+#[utoipa::path(post, path = "/tasks/{task_id}/progress", tag = "tasks", params(("task_id" = String, Path, description = "The task's id (`task_` + 32 hex digits)")),
+    request_body(content = Option<ProgressBody>),
+    responses((status = 200, description = "Progress recorded (the task is running)", body = Task), (status = 409, description = "The lease is no longer this attempt's (`lease_lost`, `task_cancelled`, `task_timeout`) or the task is already finished (`outcome_conflict`, `invalid_transition`)", body = super::openapi::ProblemBody, content_type = "application/problem+json")),
+    security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_progress(
     State(state): State<ApiState>,
     caller: Caller,
@@ -343,7 +456,7 @@ pub async fn tasks_progress(
 }
 
 /// `POST /tasks/{id}/complete`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     #[serde(default)]
@@ -358,7 +471,7 @@ pub struct CompleteBody {
 }
 
 /// The `claim_next` of a complete: the claim to make once the task is completed.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimNext {
     #[serde(default)]
@@ -371,18 +484,25 @@ pub struct ClaimNext {
 
 /// `POST /tasks/{id}/complete {result?, claim_next?}`; no body at all completes the current attempt, unfenced.
 /// With `claim_next` the answer is `{"completed": true, "task": the completed task, "next": task-or-null}`.
+#[utoipa::path(post, path = "/tasks/{task_id}/complete", tag = "tasks", params(("task_id" = String, Path, description = "The task's id (`task_` + 32 hex digits)")),
+    request_body(content = Option<CompleteBody>, description = "Optional: no body and no Content-Type completes the current attempt, unfenced"),
+    responses(
+        (status = 200, description = "Completed: the task, or with `claim_next` the task and the next one", body = CompleteAnswer),
+        (status = 409, description = "The lease is no longer this attempt's (`lease_lost`, `task_cancelled`, `task_timeout`) or the task is already finished (`outcome_conflict`, `invalid_transition`)", body = super::openapi::ProblemBody, content_type = "application/problem+json")),
+    security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_complete(
     State(state): State<ApiState>,
     caller: Caller,
     Path(raw_id): Path<String>,
     ApiJson(body): ApiJson<CompleteBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CompleteAnswer>> {
     let id = task_id(&raw_id)?;
     let fence = fence(&state, &caller, &id, body.lease_id, body.agent_id).await?;
     let result = body.result.unwrap_or(Value::Null);
     crate::model::check_json_size("result", &result, crate::model::MAX_PAYLOAD_BYTES)?;
     let Some(next) = body.claim_next else {
-        return Ok(Json(json!(state.coordinator.complete_task(&id, &fence, result).await?)));
+        let done = state.coordinator.complete_task(&id, &fence, result).await?;
+        return Ok(Json(CompleteAnswer::Completed(Box::new(done))));
     };
     let agent_id = match &fence {
         Fence::Agent(agent) => agent.clone(),
@@ -394,11 +514,82 @@ pub async fn tasks_complete(
     let claim =
         claim_request(agent_id, next.capabilities.as_deref(), next.block_ms, 1, next.session_id, "claim_next.")?;
     let (done, outcome) = state.coordinator.complete_and_claim(&id, &fence, result, &claim).await?;
-    Ok(Json(json!({"completed": true, "task": done, "next": outcome.tasks.first()})))
+    let next = outcome.tasks.into_iter().next();
+    Ok(Json(CompleteAnswer::WithNext(Box::new(CompleteAndNextAnswer { completed: true, task: done, next }))))
+}
+
+/// One outcome of `POST /tasks/complete`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchOutcome {
+    task_id: String,
+    #[serde(default)]
+    lease_id: Option<String>,
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    result: Option<Value>,
+}
+
+/// `POST /tasks/complete`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBatchRequest {
+    results: Vec<BatchOutcome>,
+}
+
+/// `POST /tasks/complete {"results": [{task_id, lease_id?, agent_id?, result?}]}` → `{"completed": [tasks],
+/// "conflicts": [{task_id, status, code, error}]}`: one store step, each outcome standing alone, so a stale lease
+/// on one task does not undo the others. A field error or a task the caller may not report on refuses the batch.
+#[utoipa::path(post, path = "/tasks/complete", tag = "tasks", request_body = CompleteBatchRequest,
+    responses((status = 200, description = "What was completed and what was refused, each outcome on its own", body = BatchCompleteAnswer)),
+    security(("bearer" = ["controlplane:tasks"])))]
+pub async fn tasks_complete_batch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(batch): ApiJson<CompleteBatchRequest>,
+) -> ApiResult<Json<BatchCompleteAnswer>> {
+    caller.require(Permission::Tasks)?;
+    if batch.results.is_empty() || batch.results.len() > MAX_BATCH {
+        return Err(ApiError::invalid("results", format!("must hold 1 to {MAX_BATCH} outcomes")));
+    }
+    let mut outcomes = Vec::with_capacity(batch.results.len());
+    // Conflicts keep the request's order: (position in the request, conflict).
+    let mut conflicts = Vec::new();
+    for (index, outcome) in batch.results.into_iter().enumerate() {
+        let result = outcome.result.unwrap_or(Value::Null);
+        crate::model::check_json_size(&format!("results[{index}].result"), &result, crate::model::MAX_PAYLOAD_BYTES)?;
+        let Ok(id) = TaskId::parse("task_id", &outcome.task_id) else {
+            let error = format!("task {} not found", outcome.task_id);
+            let code = "task_not_found".to_string();
+            conflicts.push((index, BatchConflict { task_id: outcome.task_id, status: 404, code, error }));
+            continue;
+        };
+        let fence = fence(&state, &caller, &id, outcome.lease_id, outcome.agent_id).await?;
+        outcomes.push((index, id, fence, result));
+    }
+    let positions: Vec<(usize, TaskId)> = outcomes.iter().map(|(index, id, _, _)| (*index, id.clone())).collect();
+    let outcomes = outcomes.into_iter().map(|(_, id, fence, result)| (id, fence, result)).collect();
+    let answers = state.coordinator.complete_batch(outcomes).await?;
+    let mut completed = Vec::new();
+    for ((index, id), answer) in positions.into_iter().zip(answers) {
+        match answer {
+            Ok(task) => completed.push(task),
+            Err(error) => {
+                let refusal = ApiError::from(error);
+                let (status, code) = (refusal.status().as_u16(), refusal.code().to_string());
+                let conflict = BatchConflict { task_id: id.to_string(), status, code, error: refusal.0.detail };
+                conflicts.push((index, conflict));
+            }
+        }
+    }
+    conflicts.sort_by_key(|(index, _)| *index);
+    let conflicts = conflicts.into_iter().map(|(_, conflict)| conflict).collect();
+    Ok(Json(BatchCompleteAnswer { completed, conflicts }))
 }
 
 /// `POST /tasks/{id}/fail`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
     #[serde(default)]
@@ -414,6 +605,10 @@ pub struct FailBody {
 }
 
 /// `POST /tasks/{id}/fail {error, requeue=true, kind=task|agent}`.
+#[utoipa::path(post, path = "/tasks/{task_id}/fail", tag = "tasks", params(("task_id" = String, Path, description = "The task's id (`task_` + 32 hex digits)")),
+    request_body(content = Option<FailBody>, description = "`requeue` (default true) retries while retries remain; `kind: agent` counts against the agent's breaker"),
+    responses((status = 200, description = "Failed, or pending again when requeued", body = Task), (status = 409, description = "The lease is no longer this attempt's (`lease_lost`, `task_cancelled`, `task_timeout`) or the task is already finished (`outcome_conflict`, `invalid_transition`)", body = super::openapi::ProblemBody, content_type = "application/problem+json")),
+    security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_fail(
     State(state): State<ApiState>,
     caller: Caller,
@@ -443,6 +638,13 @@ async fn submitter_or_admin(state: &ApiState, caller: &Caller, id: &TaskId, acti
 }
 
 /// `POST /tasks/{id}/cancel` (any body or none).
+#[utoipa::path(post, path = "/tasks/{task_id}/cancel", tag = "tasks", params(("task_id" = String, Path, description = "The task's id (`task_` + 32 hex digits)")),
+    responses(
+        (status = 200, description = "Cancelled; the holder's lease is revoked", body = Task),
+        (status = 403, description = "Neither the task's submitter nor an admin", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Already terminal (`invalid_transition`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_cancel(
     State(state): State<ApiState>,
     caller: Caller,
@@ -454,6 +656,13 @@ pub async fn tasks_cancel(
 }
 
 /// `POST /tasks/{id}/retry` (any body or none).
+#[utoipa::path(post, path = "/tasks/{task_id}/retry", tag = "tasks", params(("task_id" = String, Path, description = "The task's id (`task_` + 32 hex digits)")),
+    responses(
+        (status = 200, description = "Pending again, with a fresh retry budget", body = Task),
+        (status = 403, description = "Neither the task's submitter nor an admin", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Not failed, timed out or cancelled (`invalid_transition`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_retry(
     State(state): State<ApiState>,
     caller: Caller,

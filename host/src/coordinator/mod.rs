@@ -32,7 +32,7 @@ use crate::store::{
 };
 
 /// The fleet's health.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SystemHealth {
     /// healthy (no agent unhealthy), degraded (some), unhealthy (all), or unknown (no agents).
     pub status: &'static str,
@@ -50,7 +50,7 @@ fn with_liveness(mut health: AgentHealth, agent: &Agent) -> AgentHealth {
 }
 
 /// `get_stats()`: the guide's sections, from the store's counters.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     /// Agents.
     pub registry: Value,
@@ -224,6 +224,15 @@ impl ControlPlaneCoordinator {
     /// The task completed.
     pub async fn complete_task(&self, task_id: &TaskId, fence: &Fence, result: Value) -> Result<Task, EngineError> {
         Ok(self.store.complete(task_id, fence, result).await?)
+    }
+
+    /// Completes several tasks in one store step; each outcome stands alone (a stale lease on one does not
+    /// undo the others).
+    pub async fn complete_batch(
+        &self,
+        outcomes: Vec<(TaskId, Fence, Value)>,
+    ) -> Result<Vec<Result<Task, StoreError>>, EngineError> {
+        Ok(self.store.complete_batch(outcomes).await?)
     }
 
     /// Completes a task and takes the agent's next one (BullMQ's worker pattern): the completion and an immediate

@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 use super::{CapabilitySet, MAX_AGENT_CAPABILITIES, MAX_METADATA_BYTES, TaskId, ValidationError, check_json_size};
 
 /// Lifecycle of an agent (DESIGN §3).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {
     /// Registered, not ready yet (reported by the agent).
@@ -54,7 +56,7 @@ impl AgentStatus {
 }
 
 /// An agent as the API returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Agent {
     /// Chosen by the agent: 1–128 characters of `[A-Za-z0-9._:-]`.
     pub agent_id: String,
@@ -95,7 +97,7 @@ pub struct Agent {
 }
 
 /// `POST /agents` (and `register_agent`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The agent's id.
@@ -162,7 +164,7 @@ impl RegisterRequest {
 }
 
 /// `POST /agents/{id}/heartbeat`; every field optional (existing clients post no body).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// A status the agent reports (`starting`, `ready`, `busy`, `draining`, `failed`).

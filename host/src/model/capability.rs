@@ -22,7 +22,7 @@ pub fn normalize_capability(field: &str, raw: &str) -> Result<String, Validation
 }
 
 /// A sorted, deduplicated set of capabilities.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct CapabilitySet(Vec<String>);
 

@@ -96,6 +96,29 @@ impl<'de> Deserialize<'de> for Priority {
     }
 }
 
+/// Written by hand because the wire form is looser than the enum: a name in any case, `urgent`, or a level.
+impl utoipa::PartialSchema for Priority {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+        let name = ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .enum_values(Some(["critical", "high", "normal", "low", "urgent"]))
+            .description(Some("A name in any case; `urgent` is an alias of `critical`. Answers use the name."));
+        let level = ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::Integer))
+            .minimum(Some(0))
+            .maximum(Some(3))
+            .description(Some("0 = critical … 3 = low."));
+        OneOfBuilder::new()
+            .item(name)
+            .item(level)
+            .description(Some("Task priority: critical, high, normal (the default) or low."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Priority {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

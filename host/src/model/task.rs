@@ -12,7 +12,7 @@ use super::{
 };
 
 /// A task id: `task_` + 32 lower-case hex digits of a UUIDv7. Opaque: nothing orders by it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct TaskId(String);
 
@@ -47,7 +47,7 @@ impl fmt::Display for TaskId {
 }
 
 /// The task state machine (DESIGN §4). Terminal states change only by a manual retry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Waiting for an agent.
@@ -113,7 +113,7 @@ impl std::str::FromStr for TaskStatus {
 }
 
 /// What a failure is blamed on: the task (a poison input) or the agent (feeds its circuit breaker).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailKind {
     /// The task itself failed (does not count against the agent's breaker).
@@ -124,7 +124,7 @@ pub enum FailKind {
 }
 
 /// A recorded error: a machine-readable code and a message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskError {
     /// `task_failed`, `timeout`, `agent_lost`, …
     pub code: String,
@@ -133,7 +133,7 @@ pub struct TaskError {
 }
 
 /// A task as the API returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     /// The id.
     pub task_id: TaskId,
@@ -195,7 +195,7 @@ pub struct Task {
 }
 
 /// `POST /tasks` (and `submit_task`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The task type.

@@ -41,7 +41,7 @@ pub struct PluginStats {
 }
 
 /// A snapshot of [`PluginStats`], as `GET /plugins` shows it.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StatsSnapshot {
     /// Calls made.
     pub calls: u64,

@@ -27,7 +27,7 @@ use super::PluginKind;
 use super::runtime::CallLimits;
 
 /// What a policy does when it cannot answer (trap, timeout, bad answer).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// Fail closed: treat the failure as a deny.

@@ -39,7 +39,7 @@ pub use strategy::{Answerer, Selection};
 pub use watcher::PluginWatcher;
 
 /// The three plugin worlds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginKind {
     /// World `strategy`: chooses an agent for a task.
@@ -62,7 +62,7 @@ impl fmt::Display for PluginKind {
 }
 
 /// Where a plugin version came from. The derived order is the precedence: a later variant shadows an earlier one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginSource {
     /// Embedded in the binary.

@@ -62,7 +62,7 @@ pub enum PluginEvent {
 }
 
 /// The last rejected version of a name.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Rejection {
     /// Where the rejected version came from.
     pub source: PluginSource,
@@ -75,7 +75,7 @@ pub struct Rejection {
 }
 
 /// One version as `GET /plugins` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     /// The plugin's world.
     pub kind: PluginKind,
@@ -103,7 +103,7 @@ pub struct VersionInfo {
 }
 
 /// Whether a name has a version that answers calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginStatus {
     /// A version answers calls.
@@ -113,7 +113,7 @@ pub enum PluginStatus {
 }
 
 /// Everything about one plugin name.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PluginInfo {
     /// The name.
     pub name: String,

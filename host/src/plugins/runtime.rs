@@ -31,12 +31,13 @@ pub const MAX_COMPONENT_BYTES: usize = 8 * 1024 * 1024;
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Resource limits of one plugin call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CallLimits {
     /// Fuel units (roughly one per wasm instruction) a call may burn.
     pub fuel: u64,
     /// Wall-clock time a call may take, enforced through epoch interruption.
     #[serde(serialize_with = "serialize_millis", rename = "deadline_ms")]
+    #[schema(value_type = f64)]
     pub deadline: Duration,
     /// Largest linear memory of an instance, in bytes.
     pub memory_bytes: usize,

@@ -96,7 +96,7 @@ pub(crate) fn trial_task() -> TaskInfo {
 }
 
 /// Who answered a selection.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Answerer {
     /// The requested plugin (or the only candidate, without a call).

@@ -33,7 +33,7 @@ pub struct PolicyDenied {
 }
 
 /// A recorded deny or warn.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Violation {
     /// `viol_` + a sequence number of this server.
     pub id: String,

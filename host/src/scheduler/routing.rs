@@ -69,7 +69,7 @@ fn seed_of(task_id: &str) -> u64 {
 }
 
 /// The answer of `select_agent`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct AgentSelection {
     /// The chosen agent.
     pub agent_id: String,

@@ -151,7 +151,7 @@ pub struct Registered {
 }
 
 /// Why an agent lost a lease, as a heartbeat reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
     /// The task was cancelled.
@@ -174,7 +174,7 @@ impl RevokeReason {
 }
 
 /// A lease the agent lost since its last heartbeat.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Revoked {
     /// The task.
     pub task_id: TaskId,
@@ -183,7 +183,7 @@ pub struct Revoked {
 }
 
 /// What a heartbeat answers.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatOutcome {
     /// The agent's status now.
     pub status: AgentStatus,
@@ -245,7 +245,7 @@ pub struct FailRequest {
 }
 
 /// An agent's health as the probes judged it (DESIGN §3).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
     /// The last probe passed.
@@ -272,7 +272,7 @@ impl HealthState {
 }
 
 /// A per-agent circuit breaker (DESIGN §4).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Work flows.
@@ -307,7 +307,7 @@ pub struct HealthVerdict {
 }
 
 /// An agent's health record (`GET /health/{agent_id}`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AgentHealth {
     /// The agent.
     pub agent_id: String,
@@ -350,7 +350,7 @@ pub struct TaskFilter {
 }
 
 /// A page of tasks, newest first.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TaskPage {
     /// The tasks.
     pub tasks: Vec<Task>,
@@ -359,7 +359,7 @@ pub struct TaskPage {
 }
 
 /// Counters kept by the transitions (never computed by scanning).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoreStats {
     /// Registered agents.
     pub total_agents: u64,

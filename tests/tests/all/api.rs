@@ -445,8 +445,18 @@ async fn metrics_are_open_prometheus_text_labelled_by_route_template() {
         "{text}"
     );
     assert!(!text.contains(&task_id), "no task ids in labels: {text}");
-    assert!(text.contains("aragora_cp_registry_total_agents 1"), "{text}");
-    assert!(text.contains("aragora_cp_scheduler_pending_tasks 1"), "{text}");
+    let histogram = "aragora_cp_http_request_duration_seconds_bucket{method=\"GET\",\
+                     route=\"/api/v1/control-plane/tasks/{task_id}\",status=\"200\",le=\"+Inf\"} 1";
+    assert!(text.contains(histogram), "{text}");
+    for line in [
+        "aragora_cp_agents{status=\"ready\"} 1",
+        "aragora_cp_tasks{status=\"pending\"} 1",
+        "aragora_cp_queue_depth{priority=\"normal\"} 1",
+        "aragora_cp_claims_waiting 0",
+        "aragora_cp_plugin_calls_total{plugin=\"least_loaded\",kind=\"strategy\"}",
+    ] {
+        assert!(text.contains(line), "{line} missing in {text}");
+    }
     server.stop().await;
 }
 

@@ -3,10 +3,12 @@
 
 mod api;
 mod api_fuzz;
+mod api_operations;
 mod builtin_strategies;
 mod engine;
 mod example_plugins;
 mod hot_reload;
 mod isolation;
+mod openapi;
 mod store_conformance;
 mod store_model;
