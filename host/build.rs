@@ -24,12 +24,12 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let guest_target = out_dir.join("guests");
 
-    println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    let crates = guest_crates(&plugins);
+    watch(&root, &root.join("wit"));
+    let crates = guest_crates(&root, &plugins);
     let mut artifacts = Vec::new();
     for krate in &crates {
         for watched in ["src", "Cargo.toml", "Cargo.lock"] {
-            println!("cargo:rerun-if-changed={}", krate.join(watched).display());
+            watch(&root, &krate.join(watched));
         }
         artifacts.push(build_guest(krate, &guest_target));
     }
@@ -54,12 +54,20 @@ fn main() {
     fs::write(out_dir.join("guests.rs"), generated).expect("write guests.rs");
 }
 
+/// Asks cargo to rerun this script when `path` changes, naming it relative to `host/`. Cargo resolves relative
+/// paths against the package being built, so two checkouts sharing one `CARGO_TARGET_DIR` (CI's cache, git
+/// worktrees) each watch their own files; absolute paths would leave one checkout watching the other's.
+fn watch(root: &Path, path: &Path) {
+    let relative = path.strip_prefix(root).expect("watched paths sit in the workspace");
+    println!("cargo:rerun-if-changed={}", Path::new("..").join(relative).display());
+}
+
 /// Every folder under the guest folders that holds a `Cargo.toml`, in a stable order.
-fn guest_crates(plugins: &Path) -> Vec<PathBuf> {
+fn guest_crates(root: &Path, plugins: &Path) -> Vec<PathBuf> {
     let mut crates = Vec::new();
     for folder in GUEST_FOLDERS {
         let dir = plugins.join(folder);
-        println!("cargo:rerun-if-changed={}", dir.display());
+        watch(root, &dir);
         let Ok(entries) = fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
             let path = entry.path();
