@@ -6,6 +6,7 @@ mod api_fuzz;
 mod builtin_strategies;
 mod engine;
 mod example_plugins;
+mod example_strategy;
 mod hot_reload;
 mod isolation;
 mod store_conformance;
