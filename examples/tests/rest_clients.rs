@@ -284,7 +284,7 @@ async fn python_agent_completes_three_tasks_with_its_results_then_exits_and_unre
 async fn python_agent_drops_a_task_whose_lease_was_lost_and_goes_on() {
     let server = TestServer::start().await;
     let admin = server.admin();
-    let args = ["--capabilities", "slow", "--max-tasks", "1", "--work-ms", "1500"];
+    let args = ["--capabilities", "slow", "--max-tasks", "1", "--work-ms", "3000"];
     let agent = PythonAgent::start(&server, "py-slow", &args).await;
 
     let body = |n: u32| json!({"task_type": "t", "required_capabilities": ["slow"], "payload": {"n": n}});
