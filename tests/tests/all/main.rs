@@ -7,6 +7,7 @@ mod api_operations;
 mod builtin_strategies;
 mod engine;
 mod example_plugins;
+mod example_strategy;
 mod hot_reload;
 mod isolation;
 mod openapi;
