@@ -29,9 +29,10 @@ const GUARD: &str =
 pub struct RedisServer {
     /// Its TCP port.
     pub port: u16,
+    args: Vec<String>,
     guard: Child,
     stdin: Option<ChildStdin>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -65,26 +66,30 @@ impl RedisServer {
                 "--logfile".into(),
                 dir.path().join("redis.log").display().to_string(),
             ];
+            // Later arguments win: `extra` may turn the append-only file on.
             args.extend(extra.iter().map(|a| a.replace("{dir}", &dir_text).replace("{bus}", &bus)));
-            let mut guard = Command::new("sh")
-                .arg("-c")
-                .arg(GUARD)
-                .arg("redis-guard")
-                .args(&args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn sh for redis-server");
-            let stdin = guard.stdin.take();
-            let mut server = RedisServer { port, guard, stdin, _dir: dir };
+            let (guard, stdin) = spawn_guarded(&args);
+            let mut server = RedisServer { port, args, guard, stdin, dir };
             if server.wait_ready() {
                 return server;
             }
-            last_error = std::fs::read_to_string(server._dir.path().join("redis.log")).unwrap_or_default();
+            last_error = server.log();
             server.stop();
         }
         panic!("redis-server did not start after {PORT_TRIES} tries; its log:\n{last_error}");
+    }
+
+    /// Stops the server (`SHUTDOWN`-like: the guard's SIGTERM lets Redis flush its append-only file) and starts it
+    /// again on the same port and directory, as an operator's restart would.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (guard, stdin) = spawn_guarded(&self.args);
+        (self.guard, self.stdin) = (guard, stdin);
+        assert!(self.wait_ready(), "redis-server did not come back; its log:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -194,6 +199,22 @@ pub fn unique_prefix(name: &str) -> String {
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("test:{name}:{}:{n}:{nanos}:", std::process::id())
+}
+
+/// Starts `redis-server args…` under the shell guard; the guard's stdin is the test process's handle on it.
+fn spawn_guarded(args: &[String]) -> (Child, Option<ChildStdin>) {
+    let mut guard = Command::new("sh")
+        .arg("-c")
+        .arg(GUARD)
+        .arg("redis-guard")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sh for redis-server");
+    let stdin = guard.stdin.take();
+    (guard, stdin)
 }
 
 fn require_binary(name: &str) {

@@ -10,3 +10,4 @@ mod hot_reload;
 mod isolation;
 mod store_conformance;
 mod store_model;
+mod store_redis;
