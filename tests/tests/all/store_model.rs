@@ -7,7 +7,8 @@
 //! equal the leased tasks assigned to it; agent status follows liveness and capacity; terminal tasks never change
 //! except by a manual retry; and `stats()` counters equal the counts of `get_task` over all tasks.
 //!
-//! The default is 64 cases of up to 40 operations (`PROPTEST_CASES` overrides the case count).
+//! Run against the memory store, the Redis store and the Redis store on a cluster. The default is 64 cases of up to
+//! 40 operations (`PROPTEST_CASES` overrides the case count).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use std::sync::Arc;
 use aragora_cp::model::{AgentStatus, HeartbeatRequest, Priority, Task, TaskId, TaskStatus};
 use aragora_cp::store::{FailRequest, Fence, RevokeReason, StoreError};
 use aragora_cp_tests::store_harness::{
-    Harness, MemoryBackend, StoreBackend, T0_MS, caps, new_task, nonzero, registration, request_for,
+    Harness, MemoryBackend, RedisBackend, RedisClusterBackend, StoreBackend, T0_MS, caps, new_task, nonzero,
+    registration, request_for,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -567,3 +569,5 @@ macro_rules! model_test {
 }
 
 model_test!(the_memory_store_follows_the_task_state_machine_model, MemoryBackend);
+model_test!(the_redis_store_follows_the_task_state_machine_model, RedisBackend);
+model_test!(the_redis_cluster_store_follows_the_task_state_machine_model, RedisClusterBackend);
