@@ -112,7 +112,7 @@ fn field<'a>(map: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     map.get(name).map(String::as_str)
 }
 
-fn int<T: std::str::FromStr + Default>(map: &HashMap<String, String>, name: &str) -> T {
+fn parsed<T: std::str::FromStr + Default>(map: &HashMap<String, String>, name: &str) -> T {
     field(map, name).and_then(|v| v.parse().ok()).unwrap_or_default()
 }
 
@@ -147,7 +147,7 @@ fn task_id(text: &str) -> StoreResult<TaskId> {
 pub(super) fn task(value: &Value) -> StoreResult<Task> {
     let map = hash(value)?;
     let id = task_id(field(&map, "id").unwrap_or_default())?;
-    let level: i64 = int(&map, "prio");
+    let level: i64 = parsed(&map, "prio");
     let last_error = match (field(&map, "le_code"), field(&map, "le_msg")) {
         (Some(code), Some(message)) => Some(TaskError { code: code.to_string(), message: message.to_string() }),
         _ => None,
@@ -166,11 +166,11 @@ pub(super) fn task(value: &Value) -> StoreResult<Task> {
         completed_at: time(&map, "completed"),
         assigned_agent: field(&map, "agent").map(str::to_string),
         lease_id: field(&map, "lease").map(str::to_string),
-        attempt: int(&map, "attempt"),
-        timeout_seconds: int(&map, "timeout"),
-        max_retries: int(&map, "max_retries"),
-        retries: int(&map, "retries"),
-        manual_retries: int(&map, "manual"),
+        attempt: parsed(&map, "attempt"),
+        timeout_seconds: parsed(&map, "timeout"),
+        max_retries: parsed(&map, "max_retries"),
+        retries: parsed(&map, "retries"),
+        manual_retries: parsed(&map, "manual"),
         result: parse_json(&map, "result")?,
         error: field(&map, "error").map(str::to_string),
         last_error,
@@ -208,11 +208,11 @@ pub(super) fn agent(value: &Value) -> StoreResult<Agent> {
         model: field(&map, "model").unwrap_or_default().to_string(),
         provider: field(&map, "provider").unwrap_or_default().to_string(),
         metadata: object(&map, "metadata")?,
-        max_concurrent_tasks: int(&map, "max"),
+        max_concurrent_tasks: parsed(&map, "max"),
         in_flight: current_task_ids.len() as u32,
-        tasks_completed: int(&map, "completed"),
-        tasks_failed: int(&map, "failed"),
-        avg_latency_ms: int(&map, "latency"),
+        tasks_completed: parsed(&map, "completed"),
+        tasks_failed: parsed(&map, "failed"),
+        avg_latency_ms: parsed(&map, "latency"),
         registered_at: time(&map, "registered").unwrap_or_default(),
         last_heartbeat: rfc3339_ms(number(beat)?),
         last_assigned_at: time(&map, "assigned"),
@@ -230,7 +230,7 @@ pub(super) fn health(value: &Value) -> StoreResult<AgentHealth> {
         agent_id: field(&map, "id").unwrap_or_default().to_string(),
         status: parse_enum::<HealthState>(field(&map, "h_status").unwrap_or("unknown"))?,
         last_check: time(&map, "h_check"),
-        consecutive_failures: int(&map, "h_fails"),
+        consecutive_failures: parsed(&map, "h_fails"),
         latency_ms: field(&map, "h_latency").and_then(|v| v.parse().ok()),
         message: field(&map, "h_message").unwrap_or_default().to_string(),
         breaker: parse_enum::<BreakerState>(field(&map, "b_state").unwrap_or("closed"))?,
@@ -246,13 +246,13 @@ pub(super) fn event(entry: &Value) -> StoreResult<(Event, u64)> {
     let event = Event {
         id: text(id).unwrap_or_default(),
         kind: parse_enum::<EventKind>(field(&map, "type").unwrap_or_default())?,
-        time: rfc3339_ms(int(&map, "time")),
+        time: rfc3339_ms(parsed(&map, "time")),
         server_id: field(&map, "server").unwrap_or_default().to_string(),
         task_id: non_empty("task"),
         agent_id: non_empty("agent"),
         data: parse_json(&map, "data")?.unwrap_or(Json::Object(Map::new())),
     };
-    Ok((event, int(&map, "n")))
+    Ok((event, parsed(&map, "n")))
 }
 
 /// A stream id as (ms, seq), for ordering.

@@ -24,8 +24,12 @@ const BLOCK_MS: u64 = 5_000;
 /// Entries read per call.
 const BATCH: usize = 1_000;
 
-/// Pause before reconnecting after an error.
+/// Pause before the first reconnection attempt after an error; it doubles up to [`RETRY_MAX`] while Redis stays
+/// away, so an outage costs a few log lines, not four a second.
 const RETRY: Duration = Duration::from_millis(250);
+
+/// Longest pause between reconnection attempts.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What the reader shares with the store.
 pub(super) struct Feed {
@@ -46,6 +50,7 @@ pub(super) async fn follow(
     feed: Feed,
 ) {
     let (mut ms, mut seq, mut last_n) = start;
+    let mut retry = RETRY;
     loop {
         let reply: Result<Value, _> = redis::cmd("XREAD")
             .arg("COUNT")
@@ -60,19 +65,22 @@ pub(super) async fn follow(
         let reply = match reply {
             Ok(reply) => reply,
             Err(error) => {
-                feed.live.store(false, Ordering::SeqCst);
-                tracing::warn!(%error, "redis event reader lost its connection; reconnecting");
-                tokio::time::sleep(RETRY).await;
+                if feed.live.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(%error, "redis event reader lost its connection; reconnecting");
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
                 match target.blocking().await {
-                    Ok(fresh) => {
-                        connection = fresh;
-                        feed.live.store(true, Ordering::SeqCst);
-                    }
+                    Ok(fresh) => connection = fresh,
                     Err(error) => tracing::warn!(%error, "redis event reader could not reconnect"),
                 }
                 continue;
             }
         };
+        if !feed.live.swap(true, Ordering::SeqCst) {
+            tracing::info!("redis event reader follows the stream again");
+        }
+        retry = RETRY;
         let entries = match entries_of(&reply) {
             Ok(entries) => entries,
             Err(error) => {
