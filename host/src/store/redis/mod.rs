@@ -113,7 +113,7 @@ impl RedisStore {
             config.heartbeat_timeout_ms.to_string(),
             config.heartbeat_interval_ms.to_string(),
             config.max_signatures.to_string(),
-            config.priority_aging_ms.unwrap_or(0).to_string(),
+            config.priority_aging_ms.map(|ms| ms.to_string()).unwrap_or_default(),
             config.retry_backoff_base_ms.to_string(),
             config.retry_backoff_max_ms.to_string(),
             config.event_buffer.max(1).to_string(),

@@ -3,7 +3,7 @@
 -- run by EVALSHA as one atomic step.
 --
 -- Calling convention: KEYS[1] is the tagged prefix (`<prefix>{main}:`), so every key below is derived from it and
--- lives in one cluster slot. ARGV[1..12] is the store configuration (see `Config` in scripts.rs); a body reads its
+-- lives in one cluster slot. ARGV[1..12] is the store configuration (`config_args` in mod.rs); a body reads its
 -- own arguments with `arg(i)`. Bodies never raise on a refused transition: they return `fail(...)`, so everything
 -- the script changed before the refusal stays consistent (a transition checks before it changes, like memory's).
 
@@ -14,7 +14,7 @@ local CFG = {
   heartbeat_timeout = tonumber(ARGV[2]),
   heartbeat_interval = tonumber(ARGV[3]),
   max_signatures = tonumber(ARGV[4]),
-  aging = tonumber(ARGV[5]), -- 0 = strict priority
+  aging = tonumber(ARGV[5]), -- nil (ARGV '') = strict priority
   backoff_base = tonumber(ARGV[6]),
   backoff_max = tonumber(ARGV[7]),
   event_buffer = ARGV[8],
@@ -279,7 +279,7 @@ local function best_for(caps, skip)
 end
 
 local function score_of(level, seq)
-  if CFG.aging > 0 then return NOW + level * CFG.aging end
+  if CFG.aging then return NOW + level * CFG.aging end
   return level * 1099511627776 + seq -- 2^40
 end
 

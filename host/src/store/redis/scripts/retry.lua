@@ -11,7 +11,7 @@ end
 redis.call('HSET', k, 'retries', '0', 'unfenced', '0')
 redis.call('HINCRBY', k, 'manual', 1)
 redis.call('HDEL', k, 'result', 'error', 'completed', 'outcome_lease', 'avail')
-if CFG.aging > 0 then
+if CFG.aging then
   -- With aging, a manual retry is new work: it ages from now, not from its first submission.
   redis.call('HSET', k, 'score', n2s(score_of(tonumber(t[2]), tonumber(t[3]))))
 end
