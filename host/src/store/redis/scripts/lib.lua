@@ -454,8 +454,10 @@ local function drop_lease(id, reason)
     redis.call('HSET', k, 'revoked', table.concat(history, ','))
   end
   local holder = t[3]
-  if holder and agent_exists(holder) and redis.call('HDEL', lkey(holder), id) == 1 then
+  if holder and agent_exists(holder) and redis.call('HEXISTS', lkey(holder), id) == 1 then
+    -- Marked before the lease goes: the holder's counted contribution is the one before this change.
     mark(holder)
+    redis.call('HDEL', lkey(holder), id)
     local b = redis.call('HMGET', akey(holder), 'b_state', 'b_trial')
     if b[2] == id and b[1] == 'half_open' then
       -- Decided by breaker_success/breaker_failure when the outcome is known; a trial that just ends frees the slot.
