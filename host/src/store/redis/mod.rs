@@ -105,6 +105,10 @@ impl RedisStore {
     }
 
     async fn open(target: Target, prefix: &str, config: StoreConfig) -> StoreResult<RedisStore> {
+        // Cluster hashes the first `{…}` of a key: a brace in the prefix would move keys out of the `{main}` slot.
+        if prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(format!("redis: the key prefix {prefix:?} may not contain braces")));
+        }
         let commands = target.commands().await?;
         let reader_connection = target.blocking().await?;
         let root = format!("{prefix}{{main}}:");
