@@ -3,7 +3,7 @@
 //!
 //! The map of the crate (docs/ARCHITECTURE.md tells the same with more words):
 //! - [`model`]: wire types and input validation.
-//! - [`store`]: all state, changed only by atomic transitions (`Store` trait; the in-memory backend).
+//! - [`store`]: all state, changed only by atomic transitions (`Store` trait; the in-memory and Redis backends).
 //! - [`plugins`]: the WebAssembly plugin platform (bindings, runtime and sandbox, loader, registry, watcher, the
 //!   embedded built-in strategies).
 //! - [`scheduler`]: submits through policies, routing of new work to waiting agents by strategy plugins,

@@ -1,7 +1,9 @@
 //! Shared support for the end-to-end tests: plugin runtimes with test-friendly limits, the guests built from
-//! `plugins/`, candidate builders, temporary plugin directories and polling helpers; and, in [`store_harness`], the
-//! store-agnostic harness of the store conformance suite and model test.
+//! `plugins/`, candidate builders, temporary plugin directories and polling helpers; in [`store_harness`], the
+//! store-agnostic harness of the store conformance suite and model test; in [`redis_server`], real `redis-server`
+//! processes (standalone and a 3-master cluster).
 
+pub mod redis_server;
 pub mod server;
 pub mod store_harness;
 

@@ -2,10 +2,10 @@
 //! test (`store_model.rs`): a [`StoreBackend`] opens a fresh, empty store with a given configuration and hands back
 //! the store with a [`TestClock`] that moves the store's time.
 //!
-//! Adding a backend (Redis) takes a `StoreBackend` impl here and one line in each test file. Each `open` must give
-//! an isolated store (Redis: a fresh key prefix per open, so tests run in parallel), and its `TestClock` must move the
-//! time the store's transitions read (the memory store reads a [`ManualClock`]; Redis scripts read `TIME`, so a
-//! Redis backend would move a test-only clock offset the scripts add, or a similar hook).
+//! Adding a backend takes a `StoreBackend` impl here and one line in each test file. Each `open` gives an isolated
+//! store (Redis: a fresh key prefix per open on one shared server, so tests run in parallel), and its `TestClock`
+//! moves the time the store's transitions read (the memory store reads a [`ManualClock`]; Redis scripts read `TIME`
+//! unless the test-only clock in Redis pins it, which [`RedisBackend`] does at [`T0_MS`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,8 +15,8 @@ use aragora_cp::model::{
     Agent, AgentStatus, CapabilitySet, HeartbeatRequest, NewTask, Priority, SubmitRequest, Task, TaskId, TaskStatus,
 };
 use aragora_cp::store::{
-    AgentRegistration, ClaimRequest, Fence, HeartbeatOutcome, ManualClock, MemoryStore, Store, StoreConfig, StoreError,
-    StoreStats,
+    AgentRegistration, ClaimRequest, Fence, HeartbeatOutcome, ManualClock, MemoryStore, RedisStore, Store, StoreConfig,
+    StoreError, StoreStats,
 };
 use serde_json::Map;
 
@@ -69,6 +69,59 @@ impl StoreBackend for MemoryBackend {
         let clock = ManualClock::new(T0_MS);
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config, Arc::new(clock.clone())));
         Box::pin(std::future::ready(Ok(Opened { store, clock: Arc::new(clock) })))
+    }
+}
+
+/// The Redis store on the test binary's shared `redis-server`, a fresh key prefix per store, its clock pinned at
+/// [`T0_MS`] through the store's test-only clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RedisBackend;
+
+impl StoreBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn open(&self, config: StoreConfig) -> BoxFuture<'_, anyhow::Result<Opened>> {
+        Box::pin(async move {
+            let url = crate::redis_server::shared_server().url();
+            let store = RedisStore::connect(&url, &crate::redis_server::unique_prefix("conformance"), config).await?;
+            opened_redis(store).await
+        })
+    }
+}
+
+/// The Redis store on the test binary's shared 3-master Redis Cluster, otherwise as [`RedisBackend`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RedisClusterBackend;
+
+impl StoreBackend for RedisClusterBackend {
+    fn name(&self) -> &'static str {
+        "redis cluster"
+    }
+
+    fn open(&self, config: StoreConfig) -> BoxFuture<'_, anyhow::Result<Opened>> {
+        Box::pin(async move {
+            let nodes = crate::redis_server::shared_cluster().urls();
+            let prefix = crate::redis_server::unique_prefix("conformance");
+            let store = RedisStore::connect_cluster(&nodes, &prefix, config).await?;
+            opened_redis(store).await
+        })
+    }
+}
+
+async fn opened_redis(store: RedisStore) -> anyhow::Result<Opened> {
+    let store = Arc::new(store);
+    store.pin_test_clock(T0_MS).await?;
+    Ok(Opened { store: store.clone(), clock: Arc::new(RedisTestClock(store)) })
+}
+
+/// Moves a Redis store's pinned test clock.
+struct RedisTestClock(Arc<RedisStore>);
+
+impl TestClock for RedisTestClock {
+    fn advance(&self, ms: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.0.advance_test_clock(ms).await.expect("advance the Redis test clock") })
     }
 }
 

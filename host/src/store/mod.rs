@@ -3,11 +3,12 @@
 //! claim or both finish a task, and a process dying between two calls leaves nothing half-done.
 //!
 //! Transitions take no "now": the store reads its own clock, so every server agrees on time. Backends: `memory`
-//! (the embedded default, `memory.rs`); `redis` comes with its own issue and must pass the same conformance suite
-//! (`tests/tests/all/store_conformance.rs`).
+//! (the embedded default, `memory.rs`) and `redis` (one Lua script per transition, `redis/`); both pass the same
+//! conformance suite (`tests/tests/all/store_conformance.rs`).
 
 pub mod clock;
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Task, TaskId, TaskStatus,
 };
 
+pub use self::redis::RedisStore;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryStore;
 

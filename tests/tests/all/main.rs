@@ -13,3 +13,4 @@ mod isolation;
 mod openapi;
 mod store_conformance;
 mod store_model;
+mod store_redis;

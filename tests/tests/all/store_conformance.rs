@@ -2,9 +2,10 @@
 //! exposes them, run against every store implementation.
 //!
 //! Each test is an `async fn name(h: Harness)` below; the `conformance!` macro expands every one of them into a
-//! `#[tokio::test]` inside a module named after the store (`store_conformance::memory::name`). A new store (Redis)
-//! joins with one line: `conformance!(redis, RedisBackend::new());` (see `aragora_cp_tests::store_harness`). A test
-//! fn missing from the macro's lists is dead code, which `clippy -D warnings` rejects, so none is forgotten.
+//! `#[tokio::test]` inside a module named after the store (`store_conformance::memory::name`); each store joins with
+//! one line (`conformance!(redis, RedisBackend)`, see `aragora_cp_tests::store_harness`). The Redis flavours run on
+//! real `redis-server` processes the test binary starts (one standalone server, one 3-master cluster). A test fn
+//! missing from the macro's lists is dead code, which `clippy -D warnings` rejects, so none is forgotten.
 //!
 //! Time moves only through the harness's clock (`h.advance`), never by sleeping.
 
@@ -124,6 +125,8 @@ macro_rules! conformance {
 }
 
 conformance!(memory, aragora_cp_tests::store_harness::MemoryBackend);
+conformance!(redis, aragora_cp_tests::store_harness::RedisBackend);
+conformance!(redis_cluster, aragora_cp_tests::store_harness::RedisClusterBackend);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers

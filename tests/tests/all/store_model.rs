@@ -5,9 +5,11 @@
 //! After every step: each task's status, retries, attempt, lease and holder equal the model's; at most one lease
 //! is valid per task and exactly one agent lists a leased task; each agent's `in_flight` and `current_task_ids`
 //! equal the leased tasks assigned to it; agent status follows liveness and capacity; terminal tasks never change
-//! except by a manual retry; and `stats()` counters equal the counts of `get_task` over all tasks.
+//! except by a manual retry; and `stats()` counters equal the counts of `get_task` over all tasks and of
+//! `list_agents` over the agents.
 //!
-//! The default is 64 cases of up to 40 operations (`PROPTEST_CASES` overrides the case count).
+//! Run against the memory store, the Redis store and the Redis store on a cluster. The default is 64 cases of up to
+//! 40 operations (`PROPTEST_CASES` overrides the case count).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,7 +17,8 @@ use std::sync::Arc;
 use aragora_cp::model::{AgentStatus, HeartbeatRequest, Priority, Task, TaskId, TaskStatus};
 use aragora_cp::store::{FailRequest, Fence, RevokeReason, StoreError};
 use aragora_cp_tests::store_harness::{
-    Harness, MemoryBackend, StoreBackend, T0_MS, caps, new_task, nonzero, registration, request_for,
+    Harness, MemoryBackend, RedisBackend, RedisClusterBackend, StoreBackend, T0_MS, caps, new_task, nonzero,
+    registration, request_for,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -546,6 +549,25 @@ async fn check(h: &Harness, m: &Model, before: &[Task], retried: Option<usize>, 
     }
     assert_eq!(nonzero(&stats.tasks_by_status), by_status, "tasks_by_status {at}");
     assert_eq!(nonzero(&stats.pending_by_priority), pending_by_priority, "pending_by_priority {at}");
+
+    // Agent counters (kept incrementally by the Redis scripts) equal a count over the agents.
+    let agents = h.store.list_agents(&aragora_cp::store::AgentFilter::default()).await.expect("list agents");
+    let mut by_agent_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_capability: BTreeMap<String, u64> = BTreeMap::new();
+    for agent in &agents {
+        *by_agent_status.entry(agent.status.as_str().into()).or_default() += 1;
+        for capability in agent.capabilities.as_slice() {
+            *by_capability.entry(capability.clone()).or_default() += 1;
+        }
+    }
+    let available = agents
+        .iter()
+        .filter(|a| !a.paused && a.status == AgentStatus::Ready && a.in_flight < a.max_concurrent_tasks)
+        .count() as u64;
+    assert_eq!(stats.total_agents, agents.len() as u64, "total_agents {at}");
+    assert_eq!(nonzero(&stats.agents_by_status), by_agent_status, "agents_by_status {at}");
+    assert_eq!(nonzero(&stats.agents_by_capability), by_capability, "agents_by_capability {at}");
+    assert_eq!(stats.available_agents, available, "available_agents {at}");
 }
 
 /// 64 cases unless `PROPTEST_CASES` says otherwise.
@@ -567,3 +589,5 @@ macro_rules! model_test {
 }
 
 model_test!(the_memory_store_follows_the_task_state_machine_model, MemoryBackend);
+model_test!(the_redis_store_follows_the_task_state_machine_model, RedisBackend);
+model_test!(the_redis_cluster_store_follows_the_task_state_machine_model, RedisClusterBackend);

@@ -1,0 +1,262 @@
+//! Decoding script replies into the model: the reply header every script returns (`{'ok'|'err', now, pinned, last
+//! event id, ...}`), task and agent hashes (field names as `scripts/lib.lua` writes them), and stream entries.
+
+use std::collections::HashMap;
+
+use redis::Value;
+use serde_json::{Map, Value as Json};
+
+use crate::model::{
+    Agent, AgentStatus, CapabilitySet, Event, EventKind, Priority, Task, TaskError, TaskId, TaskStatus, rfc3339_ms,
+};
+use crate::store::{AgentHealth, BreakerState, HealthState, StoreError, StoreResult};
+
+/// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
+const CONFLICT_CODES: [&str; 7] = [
+    "lease_lost",
+    "task_cancelled",
+    "task_timeout",
+    "outcome_conflict",
+    "session_replaced",
+    "idempotency_key_reused",
+    "invalid_transition",
+];
+
+/// A decoded reply: the store clock it ran at, its last event, and the body (or the refusal).
+pub(super) struct Reply {
+    pub(super) now: u64,
+    pub(super) pinned: bool,
+    pub(super) last_event: Option<String>,
+    pub(super) body: StoreResult<Vec<Value>>,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis: unexpected reply ({what})"))
+}
+
+/// A string from a bulk, simple or integer reply; `None` for nil.
+pub(super) fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+pub(super) fn array(value: &Value) -> StoreResult<&[Value]> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(&[]),
+        other => Err(corrupt(format!("expected an array, got {other:?}"))),
+    }
+}
+
+pub(super) fn number(value: &Value) -> StoreResult<u64> {
+    text(value).and_then(|t| t.parse().ok()).ok_or_else(|| corrupt("expected a number"))
+}
+
+/// A flat field/value list (HGETALL) as a map.
+pub(super) fn hash(value: &Value) -> StoreResult<HashMap<String, String>> {
+    let items = array(value)?;
+    let mut map = HashMap::with_capacity(items.len() / 2);
+    for pair in items.chunks(2) {
+        if let [field, value] = pair {
+            map.insert(text(field).unwrap_or_default(), text(value).unwrap_or_default());
+        }
+    }
+    Ok(map)
+}
+
+/// The header and body of a script reply.
+pub(super) fn reply(value: Value) -> StoreResult<Reply> {
+    let Value::Array(mut items) = value else { return Err(corrupt("a script reply is an array")) };
+    if items.len() < 4 {
+        return Err(corrupt("a script reply has a header"));
+    }
+    let mut rest = items.split_off(4);
+    let status = text(&items[0]).unwrap_or_default();
+    let now = number(&items[1])?;
+    let pinned = text(&items[2]).as_deref() == Some("1");
+    let last_event = text(&items[3]).filter(|id| !id.is_empty());
+    let body = if status == "ok" {
+        Ok(rest)
+    } else {
+        let mut parts = rest.drain(..).map(|v| text(&v).unwrap_or_default());
+        let (kind, code, message) =
+            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        Err(error(&kind, &code, message))
+    };
+    Ok(Reply { now, pinned, last_event, body })
+}
+
+/// A refusal as the scripts spell it: kind, code, message (the id, for not-found kinds).
+pub(super) fn error(kind: &str, code: &str, message: String) -> StoreError {
+    match kind {
+        "task_not_found" => match TaskId::parse("task_id", &message) {
+            Ok(id) => StoreError::TaskNotFound(id),
+            Err(_) => corrupt("task id"),
+        },
+        "agent_not_found" => StoreError::AgentNotFound(message),
+        "too_many_signatures" => StoreError::TooManySignatures(message.parse().unwrap_or(0)),
+        "conflict" => {
+            let code = CONFLICT_CODES.iter().find(|c| **c == code).copied().unwrap_or("conflict");
+            StoreError::conflict(code, message)
+        }
+        other => corrupt(format!("unknown refusal {other}")),
+    }
+}
+
+fn field<'a>(map: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    map.get(name).map(String::as_str)
+}
+
+fn parsed<T: std::str::FromStr + Default>(map: &HashMap<String, String>, name: &str) -> T {
+    field(map, name).and_then(|v| v.parse().ok()).unwrap_or_default()
+}
+
+fn time(map: &HashMap<String, String>, name: &str) -> Option<String> {
+    field(map, name).and_then(|v| v.parse::<u64>().ok()).map(rfc3339_ms)
+}
+
+fn parse_json(map: &HashMap<String, String>, name: &str) -> StoreResult<Option<Json>> {
+    field(map, name).map(|raw| serde_json::from_str(raw).map_err(|e| corrupt(format!("{name}: {e}")))).transpose()
+}
+
+fn object(map: &HashMap<String, String>, name: &str) -> StoreResult<Map<String, Json>> {
+    match parse_json(map, name)? {
+        Some(Json::Object(object)) => Ok(object),
+        _ => Ok(Map::new()),
+    }
+}
+
+fn capabilities(text: &str) -> CapabilitySet {
+    CapabilitySet::from_normalized(text.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect())
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(value: &str) -> StoreResult<T> {
+    serde_json::from_value(Json::String(value.to_string())).map_err(|_| corrupt(format!("unknown value {value}")))
+}
+
+fn task_id(text: &str) -> StoreResult<TaskId> {
+    TaskId::parse("task_id", text).map_err(|_| corrupt(format!("task id {text}")))
+}
+
+/// A task from its hash.
+pub(super) fn task(value: &Value) -> StoreResult<Task> {
+    let map = hash(value)?;
+    let id = task_id(field(&map, "id").unwrap_or_default())?;
+    let level: i64 = parsed(&map, "prio");
+    let last_error = match (field(&map, "le_code"), field(&map, "le_msg")) {
+        (Some(code), Some(message)) => Some(TaskError { code: code.to_string(), message: message.to_string() }),
+        _ => None,
+    };
+    Ok(Task {
+        task_id: id.clone(),
+        id,
+        task_type: field(&map, "type").unwrap_or_default().to_string(),
+        payload: parse_json(&map, "payload")?.unwrap_or(Json::Object(Map::new())),
+        required_capabilities: capabilities(field(&map, "caps").unwrap_or_default()),
+        priority: Priority::from_level(level).ok_or_else(|| corrupt("priority"))?,
+        status: field(&map, "status").unwrap_or_default().parse::<TaskStatus>().map_err(|_| corrupt("status"))?,
+        created_at: time(&map, "created").unwrap_or_default(),
+        claimed_at: time(&map, "claimed"),
+        started_at: time(&map, "started"),
+        completed_at: time(&map, "completed"),
+        assigned_agent: field(&map, "agent").map(str::to_string),
+        lease_id: field(&map, "lease").map(str::to_string),
+        attempt: parsed(&map, "attempt"),
+        timeout_seconds: parsed(&map, "timeout"),
+        max_retries: parsed(&map, "max_retries"),
+        retries: parsed(&map, "retries"),
+        manual_retries: parsed(&map, "manual"),
+        result: parse_json(&map, "result")?,
+        error: field(&map, "error").map(str::to_string),
+        last_error,
+        metadata: object(&map, "metadata")?,
+        strategy: field(&map, "strategy").map(str::to_string),
+        idempotency_key: field(&map, "idem").map(str::to_string),
+        submitted_by: field(&map, "by").unwrap_or_default().to_string(),
+        available_at: time(&map, "avail"),
+        unfenced: field(&map, "unfenced") == Some("1"),
+        progress: parse_json(&map, "progress")?,
+    })
+}
+
+/// An optional task: absent when the reply has no such item.
+pub(super) fn maybe_task(body: &[Value], at: usize) -> StoreResult<Option<Task>> {
+    body.get(at).filter(|v| !matches!(v, Value::Nil)).map(task).transpose()
+}
+
+/// Tasks from an array of hashes.
+pub(super) fn tasks(value: &Value) -> StoreResult<Vec<Task>> {
+    array(value)?.iter().map(task).collect()
+}
+
+/// An agent from its view: `{hash, sorted lease task ids, last heartbeat ms}`.
+pub(super) fn agent(value: &Value) -> StoreResult<Agent> {
+    let parts = array(value)?;
+    let [record, leases, beat] = parts else { return Err(corrupt("an agent view has three parts")) };
+    let map = hash(record)?;
+    let current_task_ids =
+        array(leases)?.iter().map(|v| task_id(&text(v).unwrap_or_default())).collect::<StoreResult<Vec<TaskId>>>()?;
+    Ok(Agent {
+        agent_id: field(&map, "id").unwrap_or_default().to_string(),
+        capabilities: capabilities(field(&map, "caps").unwrap_or_default()),
+        status: parse_enum::<AgentStatus>(field(&map, "status").unwrap_or_default())?,
+        model: field(&map, "model").unwrap_or_default().to_string(),
+        provider: field(&map, "provider").unwrap_or_default().to_string(),
+        metadata: object(&map, "metadata")?,
+        max_concurrent_tasks: parsed(&map, "max"),
+        in_flight: current_task_ids.len() as u32,
+        tasks_completed: parsed(&map, "completed"),
+        tasks_failed: parsed(&map, "failed"),
+        avg_latency_ms: parsed(&map, "latency"),
+        registered_at: time(&map, "registered").unwrap_or_default(),
+        last_heartbeat: rfc3339_ms(number(beat)?),
+        last_assigned_at: time(&map, "assigned"),
+        current_task_ids,
+        health_url: field(&map, "health_url").map(str::to_string),
+        paused: field(&map, "paused") == Some("1"),
+        session_id: field(&map, "session").unwrap_or_default().to_string(),
+    })
+}
+
+/// An agent's health and breaker from its hash.
+pub(super) fn health(value: &Value) -> StoreResult<AgentHealth> {
+    let map = hash(value)?;
+    Ok(AgentHealth {
+        agent_id: field(&map, "id").unwrap_or_default().to_string(),
+        status: parse_enum::<HealthState>(field(&map, "h_status").unwrap_or("unknown"))?,
+        last_check: time(&map, "h_check"),
+        consecutive_failures: parsed(&map, "h_fails"),
+        latency_ms: field(&map, "h_latency").and_then(|v| v.parse().ok()),
+        message: field(&map, "h_message").unwrap_or_default().to_string(),
+        breaker: parse_enum::<BreakerState>(field(&map, "b_state").unwrap_or("closed"))?,
+    })
+}
+
+/// A stream entry `[id, [field, value, ...]]` as an event, with its store-wide number (`n`, for gap detection).
+pub(super) fn event(entry: &Value) -> StoreResult<(Event, u64)> {
+    let parts = array(entry)?;
+    let [id, fields] = parts else { return Err(corrupt("a stream entry is [id, fields]")) };
+    let map = hash(fields)?;
+    let non_empty = |name: &str| field(&map, name).filter(|v| !v.is_empty()).map(str::to_string);
+    let event = Event {
+        id: text(id).unwrap_or_default(),
+        kind: parse_enum::<EventKind>(field(&map, "type").unwrap_or_default())?,
+        time: rfc3339_ms(parsed(&map, "time")),
+        server_id: field(&map, "server").unwrap_or_default().to_string(),
+        task_id: non_empty("task"),
+        agent_id: non_empty("agent"),
+        data: parse_json(&map, "data")?.unwrap_or(Json::Object(Map::new())),
+    };
+    Ok((event, parsed(&map, "n")))
+}
+
+/// A stream id as (ms, seq), for ordering.
+pub(super) fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}

@@ -1,0 +1,758 @@
+//! The Redis store: every transition is one Lua script (`scripts/`), run by SHA, that reads time with `TIME`,
+//! changes state, updates the counters and appends its events to a capped stream, all or nothing. Works on one
+//! server or on a Redis Cluster: every key shares the hash tag `{main}` (`<prefix>{main}:…`), so one deployment
+//! lives in one slot (cluster for failover, not for sharding). Key layout, time and durability: docs/REDIS.md.
+//!
+//! This file turns trait calls into script arguments and replies into the model; `connection.rs` owns the
+//! connections, `events.rs` the one stream reader per store, `decode.rs` the reply formats.
+
+mod connection;
+mod decode;
+mod events;
+mod scripts;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rand::RngExt;
+use redis::{Script, Value};
+use serde_json::{Value as Json, json};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use self::connection::{Commands, Target, unavailable};
+use self::decode::{Reply, text};
+use self::scripts::Scripts;
+use super::{
+    AgentFilter, AgentHealth, AgentRegistration, ClaimRequest, FailRequest, Fence, HealthVerdict, HeartbeatOutcome,
+    Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult, StoreStats, Submitted, TaskFilter,
+    TaskPage, Waiter, Withdrawn,
+};
+use crate::model::{
+    Agent, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
+};
+
+/// The default key prefix (`CONTROL_PLANE_PREFIX`).
+pub const DEFAULT_PREFIX: &str = "aragora:cp:";
+
+/// The URL scheme that names a cluster by its seed nodes: `redis+cluster://host1:port1,host2:port2`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// How long a transition waits for the event reader to publish its events before returning anyway (the reader is
+/// behind or reconnecting; subscribers then see the events a little later).
+const DELIVERY_WAIT: Duration = Duration::from_secs(2);
+
+/// Lease ids drawn per claim at most (a claim grants at most this many tasks).
+const MAX_GRANTS: usize = 1_000;
+
+/// The store clock as last seen in a reply, so `now_ms` needs no round trip.
+struct ClockEstimate {
+    store_ms: u64,
+    at: Instant,
+    /// The test-only clock pins time: it moves only when told.
+    pinned: bool,
+}
+
+/// The Redis store. Dropping it stops its event reader.
+pub struct RedisStore {
+    target: Target,
+    /// The tagged prefix, `<prefix>{main}:`: KEYS[1] of every script.
+    root: String,
+    prefix: String,
+    commands: Commands,
+    scripts: Scripts,
+    /// ARGV[1..12] of every script.
+    config_args: Vec<String>,
+    events: broadcast::Sender<Event>,
+    delivered: watch::Receiver<(u64, u64)>,
+    reader_live: Arc<AtomicBool>,
+    reader: JoinHandle<()>,
+    clock: Mutex<ClockEstimate>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url`: `redis://host:port[/db]` for one server, or `redis+cluster://host:port,host:port` for a
+    /// cluster (see [`RedisStore::connect_cluster`]). `prefix` starts every key (default [`DEFAULT_PREFIX`]).
+    pub async fn connect(url: &str, prefix: &str, config: StoreConfig) -> StoreResult<RedisStore> {
+        if let Some(nodes) = url.strip_prefix(CLUSTER_SCHEME) {
+            let nodes: Vec<String> = nodes
+                .trim_end_matches('/')
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("redis://{n}"))
+                .collect();
+            return RedisStore::connect_cluster(&nodes, prefix, config).await;
+        }
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        RedisStore::open(Target::Standalone(client), prefix, config).await
+    }
+
+    /// Connects to a Redis Cluster through its seed nodes (`redis://host:port` each).
+    pub async fn connect_cluster(nodes: &[String], prefix: &str, config: StoreConfig) -> StoreResult<RedisStore> {
+        if nodes.is_empty() {
+            return Err(StoreError::Unavailable("redis cluster: no seed nodes".into()));
+        }
+        RedisStore::open(Target::Cluster(nodes.to_vec()), prefix, config).await
+    }
+
+    async fn open(target: Target, prefix: &str, config: StoreConfig) -> StoreResult<RedisStore> {
+        // Cluster hashes the first `{…}` of a key: a brace in the prefix would move keys out of the `{main}` slot.
+        if prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(format!("redis: the key prefix {prefix:?} may not contain braces")));
+        }
+        let commands = target.commands().await?;
+        let reader_connection = target.blocking().await?;
+        let root = format!("{prefix}{{main}}:");
+        let config_args = vec![
+            config.server_id.clone(),
+            config.heartbeat_timeout_ms.to_string(),
+            config.heartbeat_interval_ms.to_string(),
+            config.max_signatures.to_string(),
+            config.priority_aging_ms.map(|ms| ms.to_string()).unwrap_or_default(),
+            config.retry_backoff_base_ms.to_string(),
+            config.retry_backoff_max_ms.to_string(),
+            config.event_buffer.max(1).to_string(),
+            config.idempotency_ttl_ms.to_string(),
+            config.breaker_threshold.to_string(),
+            config.breaker_window_ms.to_string(),
+            config.breaker_cooldown_ms.to_string(),
+        ];
+        let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
+        let stream = format!("{root}events");
+        let start = stream_tail(&mut commands.clone(), &stream).await?;
+        let (delivered_tx, delivered) = watch::channel((start.0, start.1));
+        let reader_live = Arc::new(AtomicBool::new(true));
+        let feed = events::Feed { events: events.clone(), delivered: delivered_tx, live: reader_live.clone() };
+        let reader = tokio::spawn(events::follow(target.clone(), reader_connection, stream, start, feed));
+        let store = RedisStore {
+            target,
+            root,
+            prefix: prefix.to_string(),
+            commands,
+            scripts: Scripts::new(),
+            config_args,
+            events,
+            delivered,
+            reader_live,
+            reader,
+            clock: Mutex::new(ClockEstimate { store_ms: 0, at: Instant::now(), pinned: false }),
+        };
+        store.run(&store.scripts.now, Vec::new()).await?;
+        Ok(store)
+    }
+
+    /// Whether Redis answers (`PING`).
+    pub async fn ping(&self) -> StoreResult<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.commands.clone()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Redis's `maxmemory-policy` (anything but `noeviction` may evict control-plane state: warn at start-up).
+    pub async fn maxmemory_policy(&self) -> StoreResult<String> {
+        let reply: Value = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        find_config_value(&reply, "maxmemory-policy")
+            .ok_or_else(|| StoreError::Unavailable("redis: CONFIG GET maxmemory-policy answered nothing".into()))
+    }
+
+    /// TEST ONLY: pins the store clock at `ms`: every script reads it instead of `TIME` until cleared. Tests use it
+    /// to move time exactly (a lease due at 10,000 ms must not be due at 9,999), which an offset on a moving `TIME`
+    /// cannot promise. The clock lives in Redis (`test:clock`), so every store on the prefix sees the same time.
+    pub async fn pin_test_clock(&self, ms: u64) -> StoreResult<()> {
+        self.run(&self.scripts.test_clock, vec!["pin".into(), ms.to_string()]).await?.body.map(|_| ())
+    }
+
+    /// TEST ONLY: moves the store clock forward by `ms`: a pinned clock, or else the offset scripts add to `TIME`.
+    pub async fn advance_test_clock(&self, ms: u64) -> StoreResult<()> {
+        self.run(&self.scripts.test_clock, vec!["advance".into(), ms.to_string()]).await?.body.map(|_| ())
+    }
+
+    /// TEST ONLY: back to `TIME` alone.
+    pub async fn clear_test_clock(&self) -> StoreResult<()> {
+        self.run(&self.scripts.test_clock, vec!["clear".into(), "0".into()]).await?.body.map(|_| ())
+    }
+
+    /// Runs a script with the configuration and `args`; updates the clock estimate and, when the script emitted
+    /// events, waits until the reader published them (so subscribers have a transition's events when it returns).
+    async fn run(&self, script: &Script, args: Vec<String>) -> StoreResult<Reply> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&self.root);
+        for arg in self.config_args.iter().chain(args.iter()) {
+            invocation.arg(arg.as_bytes());
+        }
+        let value: Value = invocation.invoke_async(&mut self.commands.clone()).await.map_err(|error| {
+            tracing::error!(%error, "redis store script failed");
+            unavailable(error)
+        })?;
+        let reply = decode::reply(value)?;
+        {
+            let mut clock = self.clock.lock();
+            if reply.pinned || clock.pinned || reply.now >= clock.store_ms + clock.at.elapsed().as_millis() as u64 {
+                *clock = ClockEstimate { store_ms: reply.now, at: Instant::now(), pinned: reply.pinned };
+            }
+        }
+        if let Some(last) = reply.last_event.as_deref().and_then(decode::stream_id)
+            && self.reader_live.load(Ordering::SeqCst)
+        {
+            let mut delivered = self.delivered.clone();
+            let _ = tokio::time::timeout(DELIVERY_WAIT, delivered.wait_for(|d| *d >= last)).await;
+        }
+        Ok(reply)
+    }
+
+    /// Runs a script and answers its body, or its refusal.
+    async fn call(&self, script: &Script, args: Vec<String>) -> StoreResult<Vec<Value>> {
+        self.run(script, args).await?.body
+    }
+
+    fn lease_ids(count: usize) -> Vec<String> {
+        let mut rng = rand::rng();
+        (0..count.min(MAX_GRANTS)).map(|_| format!("{:032x}", rng.random::<u128>())).collect()
+    }
+
+    fn seed() -> String {
+        rand::rng().random_range(1..2_147_483_647u32).to_string()
+    }
+
+    fn claim_args(request: &ClaimRequest) -> Vec<String> {
+        let mut args = vec![
+            request.agent_id.clone(),
+            caps(&request.capabilities),
+            request.max_tasks.to_string(),
+            request.session_id.clone().unwrap_or_default(),
+        ];
+        args.extend(RedisStore::lease_ids(request.max_tasks));
+        args
+    }
+}
+
+/// A capability set as scripts keep it: comma-joined, sorted.
+fn caps(set: &CapabilitySet) -> String {
+    set.as_slice().join(",")
+}
+
+fn fence_args(fence: &Fence) -> [String; 2] {
+    match fence {
+        Fence::Lease(lease) => ["lease".into(), lease.clone()],
+        Fence::Agent(agent) => ["agent".into(), agent.clone()],
+        Fence::Unfenced => ["none".into(), String::new()],
+    }
+}
+
+/// JSON as the scripts store it: serde_json's canonical form (sorted keys), so equal values compare equal as text.
+fn json_text(value: &Json) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+fn first(body: &[Value]) -> StoreResult<&Value> {
+    body.first().ok_or_else(|| StoreError::Unavailable("redis: a script answered nothing".into()))
+}
+
+/// The stream's last id and event number, where a new reader starts.
+async fn stream_tail(commands: &mut Commands, stream: &str) -> StoreResult<(u64, u64, u64)> {
+    let reply: Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(commands)
+        .await
+        .map_err(unavailable)?;
+    match decode::array(&reply)?.first() {
+        None => Ok((0, 0, 0)),
+        Some(entry) => {
+            let (event, n) = decode::event(entry)?;
+            let (ms, seq) = decode::stream_id(&event.id).unwrap_or((0, 0));
+            Ok((ms, seq, n))
+        }
+    }
+}
+
+/// The value after `name` in a CONFIG GET reply (a flat list, a map, or per-node nestings of either).
+fn find_config_value(reply: &Value, name: &str) -> Option<String> {
+    match reply {
+        Value::Array(items) => {
+            for pair in items.windows(2) {
+                if text(&pair[0]).as_deref() == Some(name) {
+                    return text(&pair[1]);
+                }
+            }
+            items.iter().find_map(|item| find_config_value(item, name))
+        }
+        Value::Map(pairs) => pairs
+            .iter()
+            .find_map(|(k, v)| if text(k).as_deref() == Some(name) { text(v) } else { find_config_value(v, name) }),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn describe(&self) -> String {
+        format!("{}, prefix {}", self.target.describe(), self.prefix)
+    }
+
+    fn now_ms(&self) -> u64 {
+        let clock = self.clock.lock();
+        if clock.pinned { clock.store_ms } else { clock.store_ms + clock.at.elapsed().as_millis() as u64 }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>> {
+        let after = match after {
+            None => String::new(),
+            // An id that is no stream id was never issued: as memory, "not in the buffer".
+            Some(id) if decode::stream_id(id).is_none() => return Ok(None),
+            Some(id) => id.to_string(),
+        };
+        let body = self.call(&self.scripts.events_after, vec![after, limit.max(1).to_string()]).await?;
+        if text(first(&body)?).as_deref() != Some("kept") {
+            return Ok(None);
+        }
+        let entries = body.get(1).map(decode::array).transpose()?.unwrap_or(&[]);
+        let events = entries.iter().map(|e| decode::event(e).map(|(event, _)| event)).collect::<StoreResult<_>>()?;
+        Ok(Some(if limit == 0 { Vec::new() } else { events }))
+    }
+
+    async fn register(&self, registration: AgentRegistration) -> StoreResult<Registered> {
+        let fresh_session = format!("{:032x}", rand::rng().random::<u128>());
+        let args = vec![
+            registration.agent_id.clone(),
+            caps(&registration.capabilities),
+            registration.model.clone(),
+            registration.provider.clone(),
+            json_text(&Json::Object(registration.metadata.clone())),
+            registration.max_concurrent_tasks.to_string(),
+            registration.status.as_str().to_string(),
+            registration.session_id.clone().unwrap_or_default(),
+            fresh_session,
+            registration.health_url.clone().unwrap_or_default(),
+            if registration.health_url.is_some() { "1" } else { "0" }.to_string(),
+        ];
+        let body = self.call(&self.scripts.register, args).await?;
+        let agent = decode::agent(first(&body)?)?;
+        let flag = |i: usize| body.get(i).and_then(text).as_deref() == Some("1");
+        Ok(Registered { agent, created: flag(1), restarted: flag(2) })
+    }
+
+    async fn heartbeat(&self, agent_id: &str, heartbeat: &HeartbeatRequest) -> StoreResult<HeartbeatOutcome> {
+        let mut args = vec![
+            agent_id.to_string(),
+            heartbeat.session_id.clone().unwrap_or_default(),
+            heartbeat.status.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            if heartbeat.current_task_ids.is_some() { "1" } else { "0" }.to_string(),
+        ];
+        args.extend(heartbeat.current_task_ids.iter().flatten().map(|t| t.to_string()));
+        let body = self.call(&self.scripts.heartbeat, args).await?;
+        let status = serde_json::from_value(Json::String(text(first(&body)?).unwrap_or_default()))
+            .map_err(|_| StoreError::Unavailable("redis: agent status".into()))?;
+        let mut revoked = Vec::new();
+        for entry in body.get(1).map(decode::array).transpose()?.unwrap_or(&[]) {
+            let entry = text(entry).unwrap_or_default();
+            let Some((task, reason)) = entry.split_once(' ') else { continue };
+            let reason = match reason {
+                "cancelled" => RevokeReason::Cancelled,
+                "timeout" => RevokeReason::Timeout,
+                _ => RevokeReason::Reassigned,
+            };
+            let task_id = TaskId::parse("task_id", task)
+                .map_err(|_| StoreError::Unavailable(format!("redis: revoked task id {task}")))?;
+            revoked.push(Revoked { task_id, reason });
+        }
+        Ok(HeartbeatOutcome { status, revoked })
+    }
+
+    async fn unregister(&self, agent_id: &str) -> StoreResult<()> {
+        self.call(&self.scripts.unregister, vec![agent_id.to_string()]).await.map(|_| ())
+    }
+
+    async fn set_paused(&self, agent_id: &str, paused: bool) -> StoreResult<Agent> {
+        let body =
+            self.call(&self.scripts.set_paused, vec![agent_id.to_string(), u8::from(paused).to_string()]).await?;
+        decode::agent(first(&body)?)
+    }
+
+    async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>> {
+        if agent_id.is_empty() {
+            return Ok(None);
+        }
+        let body = self.call(&self.scripts.read_agents, vec![agent_id.to_string()]).await?;
+        body.first().map(decode::agent).transpose()
+    }
+
+    async fn list_agents(&self, filter: &AgentFilter) -> StoreResult<Vec<Agent>> {
+        let body = self.call(&self.scripts.read_agents, vec![String::new()]).await?;
+        let agents = decode::array(first(&body)?)?.iter().map(decode::agent).collect::<StoreResult<Vec<_>>>()?;
+        Ok(agents
+            .into_iter()
+            .filter(|a| filter.capability.as_ref().is_none_or(|c| a.capabilities.contains(c)))
+            .filter(|a| filter.available.is_none_or(|want| super::memory::is_available(a) == want))
+            .collect())
+    }
+
+    async fn submit(&self, task: NewTask) -> StoreResult<Submitted> {
+        let mut submitted = self.submit_batch(vec![task]).await?;
+        submitted.pop().ok_or_else(|| StoreError::Unavailable("redis: submit answered nothing".into()))
+    }
+
+    async fn submit_batch(&self, tasks: Vec<NewTask>) -> StoreResult<Vec<Submitted>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = Vec::with_capacity(1 + tasks.len() * 15);
+        args.push(tasks.len().to_string());
+        for task in tasks {
+            let data = json!({
+                "task_type": task.task_type,
+                "priority": task.priority,
+                "required_capabilities": task.required_capabilities,
+            });
+            args.extend([
+                task.task_id.to_string(),
+                task.task_type,
+                json_text(&task.payload),
+                caps(&task.required_capabilities),
+                task.priority.level().to_string(),
+                task.timeout_seconds.to_string(),
+                task.max_retries.to_string(),
+                json_text(&Json::Object(task.metadata)),
+                task.strategy.clone().unwrap_or_default(),
+                if task.strategy.is_some() { "1" } else { "0" }.to_string(),
+                task.idempotency_key.clone().unwrap_or_default(),
+                if task.idempotency_key.is_some() { "1" } else { "0" }.to_string(),
+                task.submitted_by,
+                task.fingerprint,
+                json_text(&data),
+            ]);
+        }
+        let body = self.call(&self.scripts.submit, args).await?;
+        let answers = decode::array(first(&body)?)?;
+        answers
+            .chunks(2)
+            .map(|pair| {
+                let id = text(&pair[0]).unwrap_or_default();
+                let task_id = TaskId::parse("task_id", &id)
+                    .map_err(|_| StoreError::Unavailable(format!("redis: submitted task id {id}")))?;
+                Ok(Submitted { task_id, replayed: pair.get(1).and_then(text).as_deref() == Some("1") })
+            })
+            .collect()
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Task>> {
+        let body = self.call(&self.scripts.claim, RedisStore::claim_args(request)).await?;
+        decode::tasks(first(&body)?)
+    }
+
+    async fn peek(&self, capabilities: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>> {
+        let body = self.call(&self.scripts.peek, vec![caps(capabilities), limit.to_string()]).await?;
+        decode::tasks(first(&body)?)
+    }
+
+    async fn claim_if(&self, task_id: &TaskId, request: &ClaimRequest) -> StoreResult<Option<Task>> {
+        let args = vec![
+            task_id.to_string(),
+            request.agent_id.clone(),
+            caps(&request.capabilities),
+            request.session_id.clone().unwrap_or_default(),
+            RedisStore::lease_ids(1).remove(0),
+        ];
+        let body = self.call(&self.scripts.claim_if, args).await?;
+        decode::maybe_task(&body, 0)
+    }
+
+    async fn register_waiter(&self, waiter: Waiter) -> StoreResult<()> {
+        let args = vec![waiter.token, waiter.agent_id, caps(&waiter.capabilities)];
+        self.call(&self.scripts.register_waiter, args).await.map(|_| ())
+    }
+
+    async fn withdraw_waiter(&self, token: &str) -> StoreResult<Withdrawn> {
+        let body = self.call(&self.scripts.withdraw_waiter, vec![token.to_string()]).await?;
+        Ok(match decode::maybe_task(&body, 0)? {
+            Some(task) => Withdrawn::Assigned(Box::new(task)),
+            None => Withdrawn::Unused,
+        })
+    }
+
+    async fn waiters_for(&self, required: &CapabilitySet, limit: usize) -> StoreResult<Vec<Waiter>> {
+        let body = self.call(&self.scripts.waiters_for, vec![caps(required), limit.to_string()]).await?;
+        decode::array(first(&body)?)?
+            .iter()
+            .map(|w| {
+                let parts = decode::array(w)?;
+                let part = |i: usize| parts.get(i).and_then(text).unwrap_or_default();
+                Ok(Waiter {
+                    token: part(0),
+                    agent_id: part(1),
+                    capabilities: CapabilitySet::from_normalized(
+                        part(2).split(',').filter(|c| !c.is_empty()).map(str::to_string).collect(),
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    async fn assign(&self, task_id: &TaskId, token: &str) -> StoreResult<Option<Task>> {
+        let args = vec![task_id.to_string(), token.to_string(), RedisStore::lease_ids(1).remove(0)];
+        let body = self.call(&self.scripts.assign, args).await?;
+        decode::maybe_task(&body, 0)
+    }
+
+    async fn start(&self, task_id: &TaskId, fence: &Fence) -> StoreResult<Task> {
+        let [kind, value] = fence_args(fence);
+        let body = self.call(&self.scripts.start, vec![task_id.to_string(), kind, value]).await?;
+        decode::task(first(&body)?)
+    }
+
+    async fn progress(&self, task_id: &TaskId, fence: &Fence, progress: Json) -> StoreResult<Task> {
+        let [kind, value] = fence_args(fence);
+        let args = vec![task_id.to_string(), kind, value, json_text(&progress)];
+        let body = self.call(&self.scripts.progress, args).await?;
+        decode::task(first(&body)?)
+    }
+
+    async fn complete(&self, task_id: &TaskId, fence: &Fence, result: Json) -> StoreResult<Task> {
+        let mut results = self.complete_batch(vec![(task_id.clone(), fence.clone(), result)]).await?;
+        results.pop().unwrap_or_else(|| Err(StoreError::Unavailable("redis: complete answered nothing".into())))
+    }
+
+    async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Json)>) -> StoreResult<Vec<StoreResult<Task>>> {
+        let mut args = vec![outcomes.len().to_string()];
+        for (task_id, fence, result) in &outcomes {
+            let [kind, value] = fence_args(fence);
+            args.extend([task_id.to_string(), kind, value, json_text(result)]);
+        }
+        let body = self.call(&self.scripts.complete, args).await?;
+        decode::array(first(&body)?)?
+            .iter()
+            .map(|item| {
+                let parts = decode::array(item)?;
+                let part = |i: usize| parts.get(i).and_then(text).unwrap_or_default();
+                if part(0) == "ok" {
+                    Ok(parts
+                        .get(1)
+                        .map(decode::task)
+                        .transpose()?
+                        .ok_or_else(|| StoreError::Unavailable("redis: a completion answered no task".into())))
+                } else {
+                    Ok(Err(decode::error(&part(1), &part(2), part(3))))
+                }
+            })
+            .collect()
+    }
+
+    async fn complete_and_claim(
+        &self,
+        task_id: &TaskId,
+        fence: &Fence,
+        result: Json,
+        next: &ClaimRequest,
+    ) -> StoreResult<(Task, Vec<Task>)> {
+        let [kind, value] = fence_args(fence);
+        let mut args = vec![task_id.to_string(), kind, value, json_text(&result)];
+        args.extend(RedisStore::claim_args(next));
+        let body = self.call(&self.scripts.complete_and_claim, args).await?;
+        let done = decode::task(first(&body)?)?;
+        let claimed = body.get(1).map(decode::tasks).transpose()?.unwrap_or_default();
+        Ok((done, claimed))
+    }
+
+    async fn fail(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> StoreResult<Task> {
+        let [kind, value] = fence_args(fence);
+        let blame = match failure.kind {
+            FailKind::Task => "task",
+            FailKind::Agent => "agent",
+        };
+        let args = vec![
+            task_id.to_string(),
+            kind,
+            value,
+            failure.error.clone(),
+            u8::from(failure.requeue).to_string(),
+            blame.to_string(),
+            RedisStore::seed(),
+        ];
+        let body = self.call(&self.scripts.fail, args).await?;
+        decode::task(first(&body)?)
+    }
+
+    async fn cancel(&self, task_id: &TaskId) -> StoreResult<Task> {
+        let body = self.call(&self.scripts.cancel, vec![task_id.to_string()]).await?;
+        decode::task(first(&body)?)
+    }
+
+    async fn retry(&self, task_id: &TaskId) -> StoreResult<Task> {
+        let body = self.call(&self.scripts.retry, vec![task_id.to_string()]).await?;
+        decode::task(first(&body)?)
+    }
+
+    async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<()> {
+        self.call(&self.scripts.release, vec![task_id.to_string(), lease_id.to_string()]).await.map(|_| ())
+    }
+
+    async fn get_task(&self, task_id: &TaskId) -> StoreResult<Option<Task>> {
+        let value: Value = redis::cmd("HGETALL")
+            .arg(format!("{}task:{task_id}", self.root))
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        if decode::array(&value).map(<[Value]>::is_empty).unwrap_or(true) {
+            return Ok(None);
+        }
+        decode::task(&value).map(Some)
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<TaskPage> {
+        let before = match &filter.cursor {
+            None => u64::MAX,
+            Some(cursor) => cursor
+                .parse::<u64>()
+                .map_err(|_| StoreError::conflict("invalid_cursor", "cursor is not one this server issued"))?,
+        };
+        // Sequences stay far below 2^53; a larger cursor means "from the newest".
+        let before = before.min(1 << 53);
+        let args = vec![
+            before.to_string(),
+            filter.limit.clamp(1, 1000).to_string(),
+            filter.status.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            filter.task_type.clone().unwrap_or_default(),
+            filter.agent_id.clone().unwrap_or_default(),
+        ];
+        let body = self.call(&self.scripts.list_tasks, args).await?;
+        let tasks = decode::tasks(first(&body)?)?;
+        let next_cursor = body.get(1).and_then(text).filter(|c| !c.is_empty());
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    async fn sweep_timeouts(&self, limit: usize) -> StoreResult<usize> {
+        let body = self.call(&self.scripts.sweep_timeouts, vec![limit.to_string(), RedisStore::seed()]).await?;
+        Ok(decode::number(first(&body)?)? as usize)
+    }
+
+    async fn sweep_offline(&self, limit: usize) -> StoreResult<usize> {
+        let body = self.call(&self.scripts.sweep_offline, vec![limit.to_string(), RedisStore::seed()]).await?;
+        Ok(decode::number(first(&body)?)? as usize)
+    }
+
+    async fn housekeeping(&self, task_retention_ms: u64, agent_retention_ms: u64, limit: usize) -> StoreResult<usize> {
+        let args = vec![task_retention_ms.to_string(), agent_retention_ms.to_string(), limit.to_string()];
+        let body = self.call(&self.scripts.housekeeping, args).await?;
+        Ok(decode::number(first(&body)?)? as usize)
+    }
+
+    async fn next_deadline(&self) -> StoreResult<Option<u64>> {
+        let body = self.call(&self.scripts.next_deadline, Vec::new()).await?;
+        Ok(text(first(&body)?).and_then(|t| t.parse().ok()))
+    }
+
+    async fn record_health(&self, agent_id: &str, verdict: HealthVerdict) -> StoreResult<AgentHealth> {
+        let args = vec![
+            agent_id.to_string(),
+            verdict.status.as_str().to_string(),
+            verdict.message,
+            verdict.latency_ms.map(|l| l.to_string()).unwrap_or_default(),
+        ];
+        let body = self.call(&self.scripts.record_health, args).await?;
+        decode::health(first(&body)?)
+    }
+
+    async fn agent_health(&self, agent_id: &str) -> StoreResult<Option<AgentHealth>> {
+        if agent_id.is_empty() {
+            return Ok(None);
+        }
+        let body = self.call(&self.scripts.health, vec![agent_id.to_string()]).await?;
+        decode::array(first(&body)?)?.first().map(decode::health).transpose()
+    }
+
+    async fn all_health(&self) -> StoreResult<Vec<AgentHealth>> {
+        let body = self.call(&self.scripts.health, vec![String::new()]).await?;
+        decode::array(first(&body)?)?.iter().map(decode::health).collect()
+    }
+
+    async fn keep_alive(&self, agent_id: &str) -> StoreResult<()> {
+        self.call(&self.scripts.keep_alive, vec![agent_id.to_string()]).await.map(|_| ())
+    }
+
+    async fn mark_assigned(&self, agent_id: &str) -> StoreResult<()> {
+        self.call(&self.scripts.mark_assigned, vec![agent_id.to_string()]).await.map(|_| ())
+    }
+
+    async fn idempotent_task(&self, submitted_by: &str, key: &str) -> StoreResult<Option<(TaskId, String)>> {
+        let body = self.call(&self.scripts.idempotent_task, vec![submitted_by.to_string(), key.to_string()]).await?;
+        let (Some(task), Some(fingerprint)) = (body.first().and_then(text), body.get(1).and_then(text)) else {
+            return Ok(None);
+        };
+        let task_id = TaskId::parse("task_id", &task)
+            .map_err(|_| StoreError::Unavailable(format!("redis: idempotent task id {task}")))?;
+        Ok(Some((task_id, fingerprint)))
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let body = self.call(&self.scripts.stats, Vec::new()).await?;
+        let tasks = decode::hash(first(&body)?)?;
+        let agents = body.get(1).map(decode::hash).transpose()?.unwrap_or_default();
+        let count = |i: usize| body.get(i).and_then(text).and_then(|t| t.parse().ok()).unwrap_or(0u64);
+        let mut stats = StoreStats { live_signatures: count(2), waiting_claims: count(3), ..StoreStats::default() };
+        for (field, value) in tasks {
+            let Ok(value) = value.parse::<i64>() else { continue };
+            let value = value.max(0) as u64;
+            if let Some(status) = field.strip_prefix("status:") {
+                if status.parse::<TaskStatus>().is_ok() {
+                    stats.tasks_by_status.insert(status.to_string(), value);
+                }
+            } else if let Some(priority) = field.strip_prefix("prio:") {
+                if priority.parse::<Priority>().is_ok() {
+                    stats.pending_by_priority.insert(priority.to_string(), value);
+                }
+            } else if let Some(task_type) = field.strip_prefix("type:") {
+                if value > 0 {
+                    stats.tasks_by_type.insert(task_type.to_string(), value);
+                }
+            } else if field == "examined" {
+                stats.last_claim_examined = value;
+            }
+        }
+        for (field, value) in agents {
+            let Ok(value) = value.parse::<i64>() else { continue };
+            let value = value.max(0) as u64;
+            let entry = |map: &mut std::collections::BTreeMap<String, u64>, key: &str| {
+                if value > 0 {
+                    map.insert(key.to_string(), value);
+                }
+            };
+            if let Some(status) = field.strip_prefix("status:") {
+                entry(&mut stats.agents_by_status, status);
+            } else if let Some(capability) = field.strip_prefix("cap:") {
+                entry(&mut stats.agents_by_capability, capability);
+            } else if let Some(provider) = field.strip_prefix("provider:") {
+                entry(&mut stats.agents_by_provider, provider);
+            } else if let Some(health) = field.strip_prefix("health:") {
+                entry(&mut stats.agents_by_health, health);
+            } else {
+                match field.as_str() {
+                    "total" => stats.total_agents = value,
+                    "available" => stats.available_agents = value,
+                    "open_breakers" => stats.open_breakers = value,
+                    _ => {}
+                }
+            }
+        }
+        Ok(stats)
+    }
+}

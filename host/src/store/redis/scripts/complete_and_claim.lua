@@ -1,0 +1,21 @@
+-- complete_and_claim(task, fence kind, fence value, result, agent, caps, max_tasks, session|'', lease ids...): the
+-- completion and the next claim in one step, refused before any change when the claimant's session is stale.
+local id, kind, fence, result = arg(1), arg(2), arg(3), arg(4)
+local agent, caps, max_tasks, session = arg(5), arg(6), tonumber(arg(7)), arg(8)
+local leases = {}
+local i = 9
+while arg(i) do
+  table.insert(leases, arg(i))
+  i = i + 1
+end
+local e = check_session(agent, session)
+if e then return fail(e) end
+e = complete(id, kind, fence, result)
+if e then return fail(e) end
+local done = task_view(id)
+local granted
+granted, e = claim(agent, caps, max_tasks, session, leases)
+if e then return fail(e) end
+local views = {}
+for _, g in ipairs(granted) do table.insert(views, task_view(g)) end
+return ok(done, views)

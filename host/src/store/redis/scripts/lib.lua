@@ -1,0 +1,657 @@
+-- The shared prelude of every store script: the key layout, the clock, events, counters and the helpers that mirror
+-- the memory store's transition steps (memory.rs `Tx`). Each script is this prelude followed by one transition body,
+-- run by EVALSHA as one atomic step.
+--
+-- Calling convention: KEYS[1] is the tagged prefix (`<prefix>{main}:`), so every key below is derived from it and
+-- lives in one cluster slot. ARGV[1..12] is the store configuration (`config_args` in mod.rs); a body reads its
+-- own arguments with `arg(i)`. Bodies never raise on a refused transition: they return `fail(...)`, so everything
+-- the script changed before the refusal stays consistent (a transition checks before it changes, like memory's).
+
+local P = KEYS[1]
+
+local CFG = {
+  server = ARGV[1],
+  heartbeat_timeout = tonumber(ARGV[2]),
+  heartbeat_interval = tonumber(ARGV[3]),
+  max_signatures = tonumber(ARGV[4]),
+  aging = tonumber(ARGV[5]), -- nil (ARGV '') = strict priority
+  backoff_base = tonumber(ARGV[6]),
+  backoff_max = tonumber(ARGV[7]),
+  event_buffer = ARGV[8],
+  idempotency_ttl = tonumber(ARGV[9]),
+  breaker_threshold = tonumber(ARGV[10]),
+  breaker_window = tonumber(ARGV[11]),
+  breaker_cooldown = tonumber(ARGV[12]),
+}
+local ARG_BASE = 12
+local function arg(i) return ARGV[ARG_BASE + i] end
+
+-- Keys (docs/REDIS.md lists each with its type and the scripts that touch it).
+local K = {
+  seq = P .. 'seq',
+  sigs = P .. 'sigs',
+  delayed = P .. 'delayed',
+  leases = P .. 'leases',
+  tasks = P .. 'tasks',
+  finished = P .. 'finished',
+  agents = P .. 'agents',
+  expiry = P .. 'expiry',
+  offline = P .. 'offline',
+  beats = P .. 'beats',
+  waiters = P .. 'waiters',
+  consumed = P .. 'consumed',
+  idem = P .. 'idem',
+  idem_exp = P .. 'idem:exp',
+  stats = P .. 'stats',
+  agent_stats = P .. 'agent-stats',
+  events = P .. 'events',
+  event_count = P .. 'event-count',
+  test_clock = P .. 'test:clock',
+}
+local function tkey(id) return P .. 'task:' .. id end
+local function rkey(sig) return P .. 'ready:' .. sig end
+local function akey(id) return P .. 'agent:' .. id end
+local function lkey(id) return P .. 'agent:' .. id .. ':leases' end
+local function revkey(id) return P .. 'agent:' .. id .. ':revoked' end
+local function fkey(id) return P .. 'agent:' .. id .. ':failures' end
+local function wskey(id) return P .. 'agent:' .. id .. ':waiters' end
+local function wkey(token) return P .. 'waiter:' .. token end
+
+-- Integers as decimal strings: Lua numbers are doubles, and `tostring` would print large ones in exponent form.
+local function n2s(x) return string.format('%d', x) end
+
+-- The store clock: Redis TIME, unless the test-only clock (`test:clock`) pins it or shifts it.
+local function clock()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local tc = redis.call('HMGET', K.test_clock, 'pinned', 'offset')
+  if tc[1] then return tonumber(tc[1]), '1' end
+  if tc[2] then now = now + tonumber(tc[2]) end
+  return now, '0'
+end
+local NOW, PINNED = clock()
+
+-- Randomness comes from the host (a script's own PRNG is seeded the same on every call): a Park-Miller generator
+-- over a host-drawn seed, for backoff jitter. Lease ids are drawn by the host in full (128 bits).
+local SEED = 1
+local function seed(s) SEED = math.max(1, math.floor(tonumber(s) or 1) % 2147483647) end
+local function random()
+  SEED = (SEED * 16807) % 2147483647
+  return SEED / 2147483647
+end
+
+local PRIORITY = { [0] = 'critical', [1] = 'high', [2] = 'normal', [3] = 'low' }
+local TERMINAL = { completed = true, failed = true, cancelled = true, timeout = true }
+local LATENCY_SMOOTHING = 0.2
+local REVOKED_HISTORY = 8
+
+-- ------------------------------------------------------------------------------------------------------------------
+-- Events: appended to the capped stream in the same script as the change they describe.
+
+local LAST_EVENT = false
+
+local function json(tbl)
+  if next(tbl) == nil then return '{}' end
+  return cjson.encode(tbl)
+end
+
+local function emit(kind, task, agent, data)
+  local n = redis.call('INCR', K.event_count)
+  LAST_EVENT = redis.call('XADD', K.events, 'MAXLEN', '~', CFG.event_buffer, '*',
+    'n', n2s(n), 'type', kind, 'time', n2s(NOW), 'server', CFG.server,
+    'task', task or '', 'agent', agent or '', 'data', data)
+end
+
+-- ------------------------------------------------------------------------------------------------------------------
+-- Agent counters: an agent's contribution is taken out before the script first changes it and added back at the end,
+-- so the counters follow every change without each step keeping them by hand.
+
+local MARKED = {}
+local MARKED_ORDER = {}
+
+local function contribution(id, sign)
+  local a = redis.call('HMGET', akey(id), 'status', 'provider', 'caps', 'h_status', 'b_state', 'paused', 'max')
+  if not a[1] then return end
+  local S = K.agent_stats
+  redis.call('HINCRBY', S, 'total', sign)
+  redis.call('HINCRBY', S, 'status:' .. a[1], sign)
+  redis.call('HINCRBY', S, 'provider:' .. a[2], sign)
+  redis.call('HINCRBY', S, 'health:' .. a[4], sign)
+  if a[3] ~= '' then
+    for cap in string.gmatch(a[3], '[^,]+') do redis.call('HINCRBY', S, 'cap:' .. cap, sign) end
+  end
+  if a[5] ~= 'closed' then redis.call('HINCRBY', S, 'open_breakers', sign) end
+  if a[6] == '0' and a[1] == 'ready' and redis.call('HLEN', lkey(id)) < tonumber(a[7]) then
+    redis.call('HINCRBY', S, 'available', sign)
+  end
+end
+
+local function mark(id)
+  if MARKED[id] then return end
+  MARKED[id] = true
+  table.insert(MARKED_ORDER, id)
+  contribution(id, -1)
+end
+
+local function finish()
+  for _, id in ipairs(MARKED_ORDER) do contribution(id, 1) end
+  MARKED = {}
+  MARKED_ORDER = {}
+end
+
+-- Replies: {'ok'|'err', now, pinned, last event id, ...}.
+local function ok(...)
+  finish()
+  return { 'ok', n2s(NOW), PINNED, LAST_EVENT or '', ... }
+end
+
+-- An error as a value: {kind, code, message}; kinds are task_not_found, agent_not_found, conflict,
+-- too_many_signatures.
+local function err(kind, code, message) return { kind, code, message } end
+
+local function fail(e)
+  finish()
+  return { 'err', n2s(NOW), PINNED, LAST_EVENT or '', e[1], e[2], e[3] }
+end
+
+-- ------------------------------------------------------------------------------------------------------------------
+-- Capability sets are comma-joined sorted lists ('' is the empty set): a task's is its signature.
+
+local function cap_set(text)
+  local set = {}
+  if text and text ~= '' then
+    for cap in string.gmatch(text, '[^,]+') do set[cap] = true end
+  end
+  return set
+end
+
+local function subset(text, set)
+  if text == '' then return true end
+  for cap in string.gmatch(text, '[^,]+') do
+    if not set[cap] then return false end
+  end
+  return true
+end
+
+-- ------------------------------------------------------------------------------------------------------------------
+-- Views returned to the host.
+
+local function task_view(id) return redis.call('HGETALL', tkey(id)) end
+
+local function agent_view(id)
+  local leases = redis.call('HKEYS', lkey(id))
+  table.sort(leases)
+  return { redis.call('HGETALL', akey(id)), leases, redis.call('HGET', K.beats, id) or '0' }
+end
+
+local function task_exists(id) return redis.call('EXISTS', tkey(id)) == 1 end
+local function agent_exists(id) return redis.call('EXISTS', akey(id)) == 1 end
+
+local function no_task(id) return err('task_not_found', '', id) end
+local function no_agent(id) return err('agent_not_found', '', id) end
+
+-- ------------------------------------------------------------------------------------------------------------------
+-- Tasks
+
+local function set_status(id, status)
+  local k = tkey(id)
+  local t = redis.call('HMGET', k, 'status', 'prio', 'finished')
+  local old = t[1]
+  if old == status then return end
+  redis.call('HSET', k, 'status', status)
+  redis.call('HINCRBY', K.stats, 'status:' .. old, -1)
+  redis.call('HINCRBY', K.stats, 'status:' .. status, 1)
+  local priority = PRIORITY[tonumber(t[2])]
+  if old == 'pending' then redis.call('HINCRBY', K.stats, 'prio:' .. priority, -1) end
+  if status == 'pending' then redis.call('HINCRBY', K.stats, 'prio:' .. priority, 1) end
+  if TERMINAL[old] and t[3] then
+    redis.call('HDEL', k, 'finished')
+    redis.call('ZREM', K.finished, id)
+  end
+  if TERMINAL[status] then
+    redis.call('HSET', k, 'completed', n2s(NOW), 'finished', n2s(NOW))
+    redis.call('ZADD', K.finished, NOW, id)
+  end
+end
+
+-- The ready-set member: the sequence zero-padded, so equal scores order by sequence (FIFO), as memory's
+-- (score, seq, id) key does.
+local function member(seq, id) return string.format('%016d', tonumber(seq)) .. '|' .. id end
+local function member_id(m) return string.sub(m, 18) end
+
+local function enqueue(id)
+  local t = redis.call('HMGET', tkey(id), 'avail', 'score', 'seq', 'caps')
+  if t[1] and tonumber(t[1]) > NOW then
+    redis.call('ZADD', K.delayed, t[1], id)
+  else
+    redis.call('ZADD', rkey(t[4]), t[2], member(t[3], id))
+    redis.call('SADD', K.sigs, t[4])
+  end
+end
+
+local function dequeue(id)
+  local t = redis.call('HMGET', tkey(id), 'avail', 'seq', 'caps')
+  if t[1] then redis.call('ZREM', K.delayed, id) end
+  local ready = rkey(t[3])
+  if redis.call('ZREM', ready, member(t[2], id)) == 1 and redis.call('EXISTS', ready) == 0 then
+    redis.call('SREM', K.sigs, t[3])
+  end
+end
+
+-- Moves delayed tasks whose backoff is over into the claim index (bounded per call; the rest follow next time).
+local function promote_due()
+  local due = redis.call('ZRANGEBYSCORE', K.delayed, '-inf', NOW, 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', K.delayed, id)
+    if task_exists(id) then
+      redis.call('HDEL', tkey(id), 'avail')
+      enqueue(id)
+    end
+  end
+end
+
+-- The best claimable task among the signatures `caps` covers: the lowest (score, member) of their heads, counting
+-- the heads examined (`last_claim_examined`: flat in the backlog). `skip` (for peek) holds ids already taken.
+local function best_for(caps, skip)
+  local best_score, best_member = nil, nil
+  local examined = 0
+  for _, sig in ipairs(redis.call('SMEMBERS', K.sigs)) do
+    if subset(sig, caps) then
+      local offset = 0
+      while true do
+        local head = redis.call('ZRANGE', rkey(sig), offset, offset, 'WITHSCORES')
+        if #head == 0 then break end
+        local m, score = head[1], tonumber(head[2])
+        if not (skip and skip[member_id(m)]) then
+          examined = examined + 1
+          if best_score == nil or score < best_score or (score == best_score and m < best_member) then
+            best_score, best_member = score, m
+          end
+          break
+        end
+        offset = offset + 1
+      end
+    end
+  end
+  redis.call('HSET', K.stats, 'examined', examined)
+  if best_member then return member_id(best_member) end
+  return nil
+end
+
+local function score_of(level, seq)
+  if CFG.aging then return NOW + level * CFG.aging end
+  return level * 1099511627776 + seq -- 2^40
+end
+
+-- ------------------------------------------------------------------------------------------------------------------
+-- Agents
+
+local function set_agent_status(id, status)
+  mark(id)
+  local k = akey(id)
+  local old = redis.call('HGET', k, 'status')
+  if old == status then return end
+  redis.call('HSET', k, 'status', status)
+  if old == 'failed' then
+    -- Whatever made it leave `failed`, a later healthy verdict must not undo a later fatal report.
+    redis.call('HSET', k, 'h_byprobe', '0')
+  end
+  -- Offline agents are indexed by their last heartbeat, for retention without a scan.
+  if status == 'offline' then
+    redis.call('ZADD', K.offline, redis.call('HGET', K.beats, id) or NOW, id)
+  elseif old == 'offline' then
+    redis.call('ZREM', K.offline, id)
+  end
+  emit('agent_status_changed', nil, id, json({ from = old, to = status }))
+end
+
+-- Capacity decides between ready and busy.
+local function refresh_capacity(id)
+  mark(id)
+  local a = redis.call('HMGET', akey(id), 'status', 'max')
+  local at_capacity = redis.call('HLEN', lkey(id)) >= tonumber(a[2])
+  if at_capacity and a[1] == 'ready' then
+    set_agent_status(id, 'busy')
+  elseif not at_capacity and a[1] == 'busy' then
+    set_agent_status(id, 'ready')
+  end
+end
+
+-- Keeps an agent alive: the small heartbeat writes (beats, expiry) apart from the record, and offline or starting
+-- becomes ready.
+local function touch(id)
+  mark(id)
+  redis.call('HSET', K.beats, id, n2s(NOW))
+  redis.call('ZADD', K.expiry, NOW + CFG.heartbeat_timeout, id)
+  local status = redis.call('HGET', akey(id), 'status')
+  if status == 'offline' or status == 'starting' then set_agent_status(id, 'ready') end
+  refresh_capacity(id)
+end
+
+local function check_session(id, session)
+  if not agent_exists(id) then return no_agent(id) end
+  if session and session ~= '' and session ~= redis.call('HGET', akey(id), 'session') then
+    return err('conflict', 'session_replaced',
+      'session ' .. session .. ' of agent ' .. id .. ' was replaced by a newer registration')
+  end
+  return nil
+end
+
+-- Whether the agent may be given work now; an open breaker past its cooldown turns half-open here.
+local function eligible(id)
+  local a = redis.call('HMGET', akey(id), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial')
+  if not a[2] then return false end
+  if a[1] == '1' or a[2] == 'draining' or a[2] == 'failed' or a[3] == 'unhealthy' then return false end
+  if a[4] == 'closed' then return true end
+  if a[4] == 'half_open' then return not a[6] end
+  if NOW >= tonumber(a[5]) + CFG.breaker_cooldown then
+    mark(id)
+    redis.call('HSET', akey(id), 'b_state', 'half_open')
+    redis.call('HDEL', akey(id), 'b_trial')
+    emit('breaker_changed', nil, id, json({ from = 'open', to = 'half_open' }))
+    return true
+  end
+  return false
+end
+
+-- A failure against the breaker: it opens after `breaker_threshold` failures over at least two distinct tasks within
+-- the window, and a failed half-open trial opens it again.
+local function breaker_failure(id, task)
+  if not agent_exists(id) then return end
+  local fk = fkey(id)
+  redis.call('RPUSH', fk, n2s(NOW) .. '|' .. (task or ''))
+  while true do
+    local first = redis.call('LINDEX', fk, 0)
+    if not first then break end
+    local at = tonumber(string.match(first, '^(%d+)|'))
+    if at + CFG.breaker_window >= NOW then break end
+    redis.call('LPOP', fk)
+  end
+  local failures = redis.call('LRANGE', fk, 0, -1)
+  local distinct, count = {}, 0
+  for _, f in ipairs(failures) do
+    local t = string.match(f, '|(.*)$')
+    if t ~= '' and not distinct[t] then
+      distinct[t] = true
+      count = count + 1
+    end
+  end
+  local from = redis.call('HGET', akey(id), 'b_state')
+  local open = false
+  if from == 'closed' then
+    open = #failures >= math.max(CFG.breaker_threshold, 1) and count >= 2
+  elseif from == 'half_open' then
+    open = true
+  end
+  if open then
+    mark(id)
+    redis.call('HSET', akey(id), 'b_state', 'open', 'b_opened', n2s(NOW))
+    redis.call('HDEL', akey(id), 'b_trial')
+    emit('breaker_changed', nil, id, json({ from = from, to = 'open' }))
+  end
+end
+
+-- A completed half-open trial closes the breaker.
+local function breaker_success(id, task)
+  if not agent_exists(id) then return end
+  local a = redis.call('HMGET', akey(id), 'b_state', 'b_trial')
+  if a[1] == 'half_open' and a[2] == task then
+    mark(id)
+    redis.call('HSET', akey(id), 'b_state', 'closed', 'b_opened', '0')
+    redis.call('HDEL', akey(id), 'b_trial')
+    redis.call('DEL', fkey(id))
+    emit('breaker_changed', nil, id, json({ from = 'half_open', to = 'closed' }))
+  end
+end
+
+local function remove_waiters_of(id)
+  for _, token in ipairs(redis.call('SMEMBERS', wskey(id))) do
+    redis.call('ZREM', K.waiters, token)
+    redis.call('DEL', wkey(token))
+  end
+  redis.call('DEL', wskey(id))
+end
+
+-- ------------------------------------------------------------------------------------------------------------------
+-- Leases
+
+-- Grants a pending task (already out of the index) to an agent under the host-drawn `lease`.
+local function grant(id, agent, via, lease)
+  local k = tkey(id)
+  local attempt = redis.call('HINCRBY', k, 'attempt', 1)
+  redis.call('HSET', k, 'lease', lease, 'agent', agent, 'claimed', n2s(NOW), 'unfenced', '0')
+  redis.call('HDEL', k, 'started', 'progress', 'rq_lease', 'rq_error')
+  local deadline = NOW + tonumber(redis.call('HGET', k, 'timeout')) * 1000
+  redis.call('HSET', k, 'deadline', n2s(deadline))
+  redis.call('ZADD', K.leases, deadline, id)
+  set_status(id, 'claimed')
+  mark(agent)
+  redis.call('HSET', lkey(agent), id, n2s(NOW))
+  redis.call('HSET', akey(agent), 'assigned', n2s(NOW))
+  local b = redis.call('HMGET', akey(agent), 'b_state', 'b_trial')
+  if b[1] == 'half_open' and not b[2] then redis.call('HSET', akey(agent), 'b_trial', id) end
+  refresh_capacity(agent)
+  emit('task_claimed', id, agent, json({ attempt = attempt, via = via }))
+end
+
+-- Ends the current lease: off the deadline index and the holder's leases; a revocation is remembered on the task
+-- (to answer a late outcome with the right code) and queued for the holder's next heartbeat.
+local function drop_lease(id, reason)
+  local k = tkey(id)
+  local t = redis.call('HMGET', k, 'deadline', 'lease', 'agent', 'revoked')
+  if t[1] then
+    redis.call('HDEL', k, 'deadline')
+    redis.call('ZREM', K.leases, id)
+  end
+  redis.call('HDEL', k, 'lease')
+  if t[2] and reason then
+    local history = {}
+    if t[4] and t[4] ~= '' then
+      for entry in string.gmatch(t[4], '[^,]+') do table.insert(history, entry) end
+    end
+    table.insert(history, t[2] .. ':' .. reason)
+    while #history > REVOKED_HISTORY do table.remove(history, 1) end
+    redis.call('HSET', k, 'revoked', table.concat(history, ','))
+  end
+  local holder = t[3]
+  if holder and agent_exists(holder) and redis.call('HEXISTS', lkey(holder), id) == 1 then
+    -- Marked before the lease goes: the holder's counted contribution is the one before this change.
+    mark(holder)
+    redis.call('HDEL', lkey(holder), id)
+    local b = redis.call('HMGET', akey(holder), 'b_state', 'b_trial')
+    if b[2] == id and b[1] == 'half_open' then
+      -- Decided by breaker_success/breaker_failure when the outcome is known; a trial that just ends frees the slot.
+      redis.call('HDEL', akey(holder), 'b_trial')
+    end
+    if reason then redis.call('RPUSH', revkey(holder), id .. ' ' .. reason) end
+    refresh_capacity(holder)
+  end
+end
+
+local function revoked_reason(history, lease)
+  if not history or history == '' then return nil end
+  for entry in string.gmatch(history, '[^,]+') do
+    local l, r = string.match(entry, '^([^:]*):(.*)$')
+    if l == lease then return r end
+  end
+  return nil
+end
+
+local CONFLICT_CODE = { cancelled = 'task_cancelled', timeout = 'task_timeout', reassigned = 'lease_lost' }
+
+-- Back to pending at the original place, optionally counting a retry and applying backoff.
+local function requeue(id, count_retry, code, message)
+  local k = tkey(id)
+  local retries = tonumber(redis.call('HGET', k, 'retries'))
+  if count_retry then
+    retries = retries + 1
+    redis.call('HSET', k, 'retries', retries)
+  end
+  if code then redis.call('HSET', k, 'le_code', code, 'le_msg', message) end
+  redis.call('HDEL', k, 'claimed', 'started')
+  if count_retry and CFG.backoff_base > 0 then
+    local exponent = math.min(math.max(retries - 1, 0), 30)
+    local backoff = math.min(CFG.backoff_base * 2 ^ exponent, CFG.backoff_max)
+    local half = math.floor(backoff / 2)
+    local jitter = math.floor(random() * (half + 1))
+    redis.call('HSET', k, 'avail', n2s(NOW + half + jitter))
+  end
+  set_status(id, 'pending')
+  enqueue(id)
+end
+
+-- Agent loss for one lease: requeue counting a retry, or fail with agent_lost when retries are exhausted.
+local function lose(id, why)
+  drop_lease(id, 'reassigned')
+  local t = redis.call('HMGET', tkey(id), 'retries', 'max_retries')
+  if tonumber(t[1]) < tonumber(t[2]) then
+    requeue(id, true, 'agent_lost', why)
+    emit('task_retried', id, nil, json({ reason = 'agent_lost', error = why }))
+  else
+    redis.call('HSET', tkey(id), 'error', why, 'le_code', 'agent_lost', 'le_msg', why)
+    set_status(id, 'failed')
+    emit('task_failed', id, nil, json({ reason = 'agent_lost', error = why }))
+  end
+end
+
+local function lose_all(agent, why)
+  local held = redis.call('HKEYS', lkey(agent))
+  table.sort(held)
+  for _, id in ipairs(held) do lose(id, why) end
+end
+
+-- Checks that the fence holds the task's current lease; explains a revoked one. Fence kinds: lease, agent, none.
+local function check_fence(id, kind, value)
+  if not task_exists(id) then return no_task(id) end
+  local t = redis.call('HMGET', tkey(id), 'status', 'lease', 'agent', 'revoked')
+  local status = t[1]
+  if status == 'claimed' or status == 'running' then
+    if kind == 'lease' then
+      if t[2] == value then return nil end
+      local code = CONFLICT_CODE[revoked_reason(t[4], value) or 'reassigned']
+      return err('conflict', code, 'lease ' .. value .. ' no longer holds task ' .. id)
+    elseif kind == 'agent' then
+      if t[3] == value then return nil end
+      return err('conflict', 'lease_lost', 'agent ' .. value .. ' does not hold task ' .. id)
+    end
+    return nil
+  end
+  if status == 'cancelled' then return err('conflict', 'task_cancelled', 'task ' .. id .. ' was cancelled') end
+  if status == 'timeout' then return err('conflict', 'task_timeout', 'task ' .. id .. ' timed out') end
+  if kind == 'lease' then
+    local reason = revoked_reason(t[4], value)
+    if reason then
+      return err('conflict', CONFLICT_CODE[reason], 'lease ' .. value .. ' no longer holds task ' .. id)
+    end
+  end
+  return err('conflict', 'lease_lost', 'task ' .. id .. ' is ' .. status .. ' and held by no lease of yours')
+end
+
+-- For an outcome on a finished task: the same outcome from the same holder answers the stored task ('stored');
+-- anything else conflicts; nil when the task is not finished. `outcome` is 'completed' (value: the result as JSON)
+-- or 'failed' (value: the error).
+local function repeated_outcome(id, kind, fence, outcome, value)
+  if not task_exists(id) then return nil, no_task(id) end
+  local t = redis.call('HMGET', tkey(id), 'status', 'rq_lease', 'rq_error', 'outcome_lease', 'agent', 'result',
+    'error')
+  local status = t[1]
+  if kind == 'lease' and t[2] and fence == t[2] then
+    if outcome == 'failed' and value == t[3] then return 'stored', nil end
+    return nil, err('conflict', 'outcome_conflict',
+      'lease ' .. fence .. ' already failed task ' .. id .. ', which was requeued')
+  end
+  if status ~= 'completed' and status ~= 'failed' then return nil, nil end
+  local same_holder
+  if kind == 'lease' then
+    same_holder = t[4] == fence
+  elseif kind == 'agent' then
+    same_holder = t[5] == fence
+  else
+    same_holder = true
+  end
+  local same_outcome
+  if outcome == 'completed' then
+    same_outcome = status == 'completed' and t[6] == value
+  else
+    same_outcome = status == 'failed' and t[7] == value
+  end
+  if same_holder and same_outcome then return 'stored', nil end
+  if same_holder then
+    return nil, err('conflict', 'outcome_conflict',
+      'task ' .. id .. ' already ended ' .. status .. ' with a different outcome')
+  end
+  return nil, err('conflict', 'lease_lost', 'task ' .. id .. ' already ended ' .. status)
+end
+
+-- Claimed → running, if not yet.
+local function mark_started(id)
+  local t = redis.call('HMGET', tkey(id), 'status', 'agent')
+  if t[1] == 'claimed' then
+    redis.call('HSET', tkey(id), 'started', n2s(NOW))
+    set_status(id, 'running')
+    emit('task_started', id, t[2] or nil, '{}')
+  end
+end
+
+local function record_outcome_lease(id, kind)
+  local k = tkey(id)
+  local lease = redis.call('HGET', k, 'lease')
+  if lease then redis.call('HSET', k, 'outcome_lease', lease) else redis.call('HDEL', k, 'outcome_lease') end
+  redis.call('HSET', k, 'unfenced', kind == 'none' and '1' or '0')
+end
+
+-- Completes a leased task (or answers a repeat of the same outcome). Returns an error value or nil.
+local function complete(id, kind, fence, result)
+  local stored, e = repeated_outcome(id, kind, fence, 'completed', result)
+  if e then return e end
+  if stored then return nil end
+  e = check_fence(id, kind, fence)
+  if e then return e end
+  local k = tkey(id)
+  record_outcome_lease(id, kind)
+  redis.call('HSET', k, 'result', result)
+  local t = redis.call('HMGET', k, 'claimed', 'agent')
+  local latency = t[1] and math.max(NOW - tonumber(t[1]), 0) or nil
+  local agent = t[2]
+  if agent then breaker_success(agent, id) end
+  drop_lease(id, nil)
+  set_status(id, 'completed')
+  if agent and agent_exists(agent) then
+    local done = redis.call('HINCRBY', akey(agent), 'completed', 1)
+    if latency then
+      -- Rolling: an exponentially weighted average (the first completion sets it outright).
+      local avg = latency
+      if done ~= 1 then
+        avg = tonumber(redis.call('HGET', akey(agent), 'latency')) * (1 - LATENCY_SMOOTHING) + latency *
+            LATENCY_SMOOTHING
+      end
+      redis.call('HSET', akey(agent), 'latency', string.format('%.17g', avg))
+    end
+  end
+  emit('task_completed', id, agent or nil, json({ unfenced = kind == 'none' }))
+  return nil
+end
+
+-- Grants the best pending tasks the agent can take; `leases` are host-drawn lease ids, one per task at most.
+local function claim(agent, caps_text, max_tasks, session, leases)
+  local e = check_session(agent, session)
+  if e then return nil, e end
+  touch(agent)
+  if not eligible(agent) then return {}, nil end
+  promote_due()
+  -- The store enforces narrowing itself: a claim may not ask for capabilities the agent does not hold.
+  local registered = cap_set(redis.call('HGET', akey(agent), 'caps'))
+  local caps = {}
+  for cap in pairs(cap_set(caps_text)) do
+    if registered[cap] then caps[cap] = true end
+  end
+  local granted = {}
+  while #granted < max_tasks and #granted < #leases and (#granted == 0 or eligible(agent)) do
+    local id = best_for(caps, nil)
+    if not id then break end
+    dequeue(id)
+    grant(id, agent, 'claim', leases[#granted + 1])
+    table.insert(granted, id)
+  end
+  return granted, nil
+end

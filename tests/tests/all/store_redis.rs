@@ -1,0 +1,118 @@
+//! What only the Redis store has to show, beyond the conformance suite: it answers `Unavailable` (never panics) when
+//! Redis goes away, several stores on one prefix (several servers) share state, events and clock, every key of a
+//! deployment carries the one hash tag, and the start-up probes (`ping`, `maxmemory_policy`, `describe`) work on a
+//! server and on a cluster.
+
+use std::time::Duration;
+
+use aragora_cp::model::EventKind;
+use aragora_cp::store::{ClaimRequest, RedisStore, Store, StoreError};
+use aragora_cp_tests::redis_server::{RedisServer, shared_cluster, shared_server, unique_prefix};
+use aragora_cp_tests::store_harness::{T0_MS, caps, new_task, registration, request, test_config};
+
+#[tokio::test]
+async fn a_store_whose_redis_went_away_answers_unavailable() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), &unique_prefix("gone"), test_config()).await.expect("connect");
+    store.register(registration("a", &[])).await.expect("register while Redis is up");
+    drop(server);
+    let submit = store.submit(new_task("tester", request("t"))).await;
+    assert!(matches!(submit, Err(StoreError::Unavailable(_))), "{submit:?}");
+    let claim = ClaimRequest { agent_id: "a".into(), capabilities: caps(&[]), max_tasks: 1, session_id: None };
+    assert!(matches!(store.claim(&claim).await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(store.stats().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn stores_on_one_prefix_share_tasks_events_and_the_clock() {
+    let prefix = unique_prefix("shared");
+    let url = shared_server().url();
+    let one = RedisStore::connect(&url, &prefix, test_config()).await.expect("connect");
+    let two = RedisStore::connect(&url, &prefix, test_config()).await.expect("connect");
+    one.pin_test_clock(T0_MS).await.expect("pin");
+    let mut events = two.subscribe();
+    let submitted = one.submit(new_task("tester", request("shared"))).await.expect("submit");
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("in time").expect("event");
+    assert_eq!((event.kind, event.task_id.as_deref()), (EventKind::TaskSubmitted, Some(submitted.task_id.as_str())));
+    two.register(registration("b", &[])).await.expect("register");
+    assert_eq!(two.now_ms(), T0_MS, "the test clock lives in Redis, shared by every store of the prefix");
+    let claim = ClaimRequest { agent_id: "b".into(), capabilities: caps(&[]), max_tasks: 1, session_id: None };
+    let granted = two.claim(&claim).await.expect("claim");
+    assert_eq!(granted.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>(), vec![submitted.task_id.clone()]);
+    assert!(one.claim(&claim).await.expect("claim").is_empty(), "claimed exactly once across stores");
+}
+
+#[tokio::test]
+async fn every_key_of_a_deployment_carries_the_one_hash_tag() {
+    let prefix = unique_prefix("layout");
+    let server = shared_server();
+    let store = RedisStore::connect(&server.url(), &prefix, test_config()).await.expect("connect");
+    store.register(registration("a", &["code"])).await.expect("register");
+    store.submit(new_task("tester", request("t"))).await.expect("submit");
+    let claim = ClaimRequest { agent_id: "a".into(), capabilities: caps(&["code"]), max_tasks: 1, session_id: None };
+    store.claim(&claim).await.expect("claim");
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut connection).await.expect("KEYS (test only)");
+    assert!(keys.len() >= 10, "{keys:?}");
+    let tagged = format!("{prefix}{{main}}:");
+    for key in &keys {
+        assert!(key.starts_with(&tagged), "{key} lies outside the hash tag");
+    }
+}
+
+#[tokio::test]
+async fn ping_describe_and_maxmemory_policy_work_on_a_server_and_a_cluster() {
+    let server = shared_server();
+    let store = RedisStore::connect(&server.url(), "probe:", test_config()).await.expect("connect");
+    store.ping().await.expect("ping");
+    assert_eq!(store.describe(), format!("redis at 127.0.0.1:{}, prefix probe:", server.port));
+    assert_eq!(store.maxmemory_policy().await.expect("policy"), "noeviction");
+
+    let cluster = shared_cluster();
+    let url = format!(
+        "redis+cluster://{}",
+        cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    );
+    let store = RedisStore::connect(&url, "probe:", test_config()).await.expect("connect to the cluster");
+    store.ping().await.expect("ping");
+    assert!(store.describe().starts_with("redis cluster at "), "{}", store.describe());
+    assert_eq!(store.maxmemory_policy().await.expect("policy"), "noeviction");
+}
+
+#[tokio::test]
+async fn with_appendfsync_always_an_acknowledged_submit_survives_a_redis_restart() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let store = RedisStore::connect(&server.url(), &unique_prefix("durable"), test_config()).await.expect("connect");
+    store.register(registration("a", &[])).await.expect("register");
+    let submitted = store.submit(new_task("tester", request("durable"))).await.expect("acknowledged");
+    server.restart();
+    // The first calls may meet the broken connection (503, outcome unknown) while the store reconnects.
+    let mut task = None;
+    for _ in 0..50 {
+        match store.get_task(&submitted.task_id).await {
+            Ok(found) => {
+                task = found;
+                break;
+            }
+            Err(StoreError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(task.map(|t| t.task_id), Some(submitted.task_id.clone()), "the acknowledged task survived");
+    // Scripts are loaded again by SHA on first use, and the event reader follows the stream again.
+    let mut events = store.subscribe();
+    let claim = ClaimRequest { agent_id: "a".into(), capabilities: caps(&[]), max_tasks: 1, session_id: None };
+    let granted = store.claim(&claim).await.expect("claim after the restart");
+    assert_eq!(granted.into_iter().map(|t| t.task_id).collect::<Vec<_>>(), vec![submitted.task_id.clone()]);
+    let claimed = loop {
+        let event =
+            tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("in time").expect("event");
+        if event.kind == EventKind::TaskClaimed {
+            break event;
+        }
+    };
+    assert_eq!(claimed.task_id.as_deref(), Some(submitted.task_id.as_str()));
+}
