@@ -18,6 +18,7 @@ use crate::api::{self, ApiState, Authenticator, Permission};
 use crate::config::Config;
 use crate::coordinator::ControlPlaneCoordinator;
 use crate::health::ProbeSettings;
+use crate::store::open::{StoreKind, StoreOptions};
 
 /// How long the printed development admin token lives.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -141,6 +142,19 @@ pub struct ServeArgs {
     /// Longest wait for in-flight requests on shutdown.
     #[arg(long, default_value_t = 10.0)]
     pub drain_seconds: f64,
+    /// The store: `redis://host:port`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`, or `memory://`. Unset: the
+    /// Redis at localhost:6379 if one answers, else memory with a warning.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// How long an explicit REDIS_URL is retried at start-up before the server gives up.
+    #[arg(long, env = "REDIS_CONNECT_TIMEOUT", default_value_t = 30.0)]
+    pub redis_connect_timeout: f64,
+    /// Refuse to fall back to the memory store when REDIS_URL is unset and no Redis answers.
+    #[arg(long, env = "ARAGORA_REQUIRE_REDIS", action = clap::ArgAction::SetTrue)]
+    pub require_redis: bool,
+    /// The start of every Redis key (one deployment per prefix).
+    #[arg(long, env = "CONTROL_PLANE_PREFIX", default_value = crate::store::redis::DEFAULT_PREFIX)]
+    pub prefix: String,
     /// Tokens.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -155,6 +169,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Bounded drain on shutdown.
     pub drain: Duration,
+    /// How to choose the store.
+    pub store: StoreOptions,
 }
 
 /// A configuration value that does not validate; the message names the variable.
@@ -248,6 +264,12 @@ impl ServeArgs {
             bind,
             max_body_bytes: self.max_body_bytes,
             drain: seconds("--drain-seconds", self.drain_seconds, 0.0)?,
+            store: StoreOptions {
+                redis_url: self.redis_url.clone().filter(|u| !u.trim().is_empty()),
+                require_redis: self.require_redis,
+                connect_timeout: seconds("REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout, 0.0)?,
+                prefix: self.prefix.clone(),
+            },
         };
         Ok((config, settings))
     }
@@ -256,17 +278,6 @@ impl ServeArgs {
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (mut config, settings) = args.validate()?;
-    let (auth, generated) = match (args.auth.public_key_authenticator()?, &args.auth.jwt_secret) {
-        (Some(verifier), _) => (verifier, false),
-        (None, Some(secret)) => (args.auth.authenticator(secret.as_bytes())?, false),
-        (None, None) if settings.bind.ip().is_loopback() => {
-            (args.auth.authenticator(&Authenticator::generated_secret())?, true)
-        }
-        (None, None) => {
-            anyhow::bail!("ARAGORA_JWT_SECRET or ARAGORA_JWT_PUBLIC_KEY: required when BIND is not a loopback address")
-        }
-    };
-    let auth = Arc::new(auth);
     if let Some(dir) = &config.plugins_dir
         && !dir.is_dir()
     {
@@ -276,10 +287,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
     let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
     runtime.block_on(async move {
+        let (store, kind) = crate::store::open::open(&settings.store, config.store_config()).await?;
+        let (auth, generated) = authenticator(&args.auth, &settings, kind)?;
+        let auth = Arc::new(auth);
         let listener = tokio::net::TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("BIND: cannot listen on {}", settings.bind))?;
-        let coordinator = ControlPlaneCoordinator::create(config).await?;
+        let coordinator = ControlPlaneCoordinator::with_store(config, store).await?;
         let state = ApiState {
             max_body_bytes: settings.max_body_bytes,
             metrics_token,
@@ -317,6 +331,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         coordinator.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The token verifier, and whether its secret was generated for this run. A generated secret is only for a
+/// loopback server on the memory store: servers sharing a Redis must share their secret, so they cannot invent one.
+fn authenticator(
+    auth: &AuthArgs,
+    settings: &ServerSettings,
+    store: StoreKind,
+) -> anyhow::Result<(Authenticator, bool)> {
+    if let Some(verifier) = auth.public_key_authenticator()? {
+        return Ok((verifier, false));
+    }
+    if let Some(secret) = &auth.jwt_secret {
+        return Ok((auth.authenticator(secret.as_bytes())?, false));
+    }
+    if !settings.bind.ip().is_loopback() {
+        anyhow::bail!("ARAGORA_JWT_SECRET or ARAGORA_JWT_PUBLIC_KEY: required when BIND is not a loopback address");
+    }
+    if store == StoreKind::Redis {
+        anyhow::bail!(
+            "ARAGORA_JWT_SECRET or ARAGORA_JWT_PUBLIC_KEY: required with the Redis store (the servers sharing it \
+             must accept each other's tokens); or set REDIS_URL=memory:// for a single development server"
+        );
+    }
+    Ok((auth.authenticator(&Authenticator::generated_secret())?, true))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

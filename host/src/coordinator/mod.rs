@@ -79,6 +79,12 @@ impl ControlPlaneCoordinator {
     /// (watched for changes), the sweeper running. Needs a tokio runtime.
     pub async fn create(config: Config) -> anyhow::Result<Arc<Self>> {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
+        Self::with_store(config, store).await
+    }
+
+    /// A control plane over `store` (memory or Redis, see `store::open`), with the built-in strategies and the
+    /// plugins of `config.plugins_dir`. Needs a tokio runtime.
+    pub async fn with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
         let runtime =
             PluginRuntime::new(RuntimeOptions { cache_dir: RuntimeOptions::user_cache_dir(), ..Default::default() })?;
         let plugins = Arc::new(PluginRegistry::new(runtime, config.server_id.clone())?);

@@ -386,18 +386,42 @@ impl Scheduler {
     /// `CLEANUP_INTERVAL` it also applies retention.
     pub async fn run_sweeper(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+        // After losing the store for over a second, agents could not heartbeat or renew leases meanwhile: give
+        // them a full HEARTBEAT_TIMEOUT before sweeping, or one outage would mark the whole fleet offline.
+        let mut store_lost_at: Option<tokio::time::Instant> = None;
+        let mut sweeps_resume_at = tokio::time::Instant::now();
         loop {
-            if tokio::time::Instant::now() >= next_cleanup {
-                let retention = self.config.task_retention.as_millis() as u64;
-                while matches!(self.store.housekeeping(retention, retention, 1000).await, Ok(1000)) {}
-                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
-            }
             let now = self.store.now_ms();
-            let next = self.store.next_deadline().await.ok().flatten().unwrap_or(now + 1000);
+            let next = match self.store.next_deadline().await {
+                Ok(next) => {
+                    if let Some(lost) = store_lost_at.take()
+                        && lost.elapsed() > Duration::from_secs(1)
+                    {
+                        sweeps_resume_at = tokio::time::Instant::now() + self.config.heartbeat_timeout;
+                        tracing::warn!(
+                            outage = ?lost.elapsed(),
+                            "store is back after an outage: no timeout or offline sweeps for HEARTBEAT_TIMEOUT"
+                        );
+                    }
+                    next.unwrap_or(now + 1000)
+                }
+                Err(_) => {
+                    store_lost_at.get_or_insert_with(tokio::time::Instant::now);
+                    now + 1000
+                }
+            };
             let wait_ms = next.saturating_sub(now).clamp(250, 1000) + rand::random::<u64>() % 50;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            }
+            if store_lost_at.is_some() || tokio::time::Instant::now() < sweeps_resume_at {
+                continue;
+            }
+            if tokio::time::Instant::now() >= next_cleanup {
+                let retention = self.config.task_retention.as_millis() as u64;
+                while matches!(self.store.housekeeping(retention, retention, 1000).await, Ok(1000)) {}
+                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
             }
             while matches!(self.store.sweep_timeouts(100).await, Ok(100)) {}
             while matches!(self.store.sweep_offline(100).await, Ok(100)) {}

@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod memory;
+pub mod open;
 pub mod redis;
 
 use async_trait::async_trait;
