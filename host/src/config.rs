@@ -48,12 +48,16 @@ pub struct Config {
     pub breaker_cooldown: Duration,
     /// Health probing (`PROBE_INTERVAL`, `PROBE_TIMEOUT`, `PROBE_CONCURRENCY`, `PROBE_ALLOWED_HOSTS`).
     pub probes: crate::health::ProbeSettings,
+    /// Fleet-wide plugin uploads over the API (`ARAGORA_CONTROL_PLANE_POLICY_SOURCE=auto`; `inprocess` turns
+    /// them off: folder and built-in plugins only).
+    pub uploads_enabled: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             server_id: format!("cp-{:08x}", rand::random::<u32>()),
+            uploads_enabled: true,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(300),

@@ -44,8 +44,18 @@ impl TestServer {
     /// Starts a server with `config` that verifies tokens with `auth` (public-key tests; [`token`](Self::token)
     /// then cannot sign).
     pub async fn start_with_auth(config: Config, auth: Authenticator) -> TestServer {
-        let auth = Arc::new(auth);
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
+        TestServer::start_on(config, store, auth).await
+    }
+
+    /// Starts a server with `config` over `store` (several servers on one Redis make a fleet).
+    pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> TestServer {
+        let auth = Authenticator::hs256(TEST_SECRET, None, None).expect("test secret is long enough");
+        TestServer::start_on(config, store, auth).await
+    }
+
+    async fn start_on(config: Config, store: Arc<dyn Store>, auth: Authenticator) -> TestServer {
+        let auth = Arc::new(auth);
         let coordinator =
             ControlPlaneCoordinator::with_parts(config, store, crate::registry()).await.expect("coordinator starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");

@@ -110,6 +110,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::AgentNotFound(_) => ApiError::not_found("agent_not_found", error.to_string()),
+            StoreError::PluginNotFound(_) => ApiError::not_found("plugin_not_found", error.to_string()),
             StoreError::TaskNotFound(_) => ApiError::not_found("task_not_found", error.to_string()),
             StoreError::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
             StoreError::TooManySignatures(_) => {

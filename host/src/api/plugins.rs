@@ -1,26 +1,83 @@
-//! `/plugins`: what the plugin registry holds (strategies, policies, probes; built-in and loaded), read-only here.
+//! `/plugins`: what this server's plugin registry holds (strategies, policies, probes; built-in, folder and
+//! uploaded), merged with the fleet's record of each name; and the fleet-wide changes: `PUT` an upload, `DELETE`
+//! it, enable or disable a name. Changes are recorded in the store and applied by every server
+//! (`coordinator::fleet_plugins`).
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::routing::get;
-use serde::Serialize;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
+use super::extract::{is_json, parse};
+use crate::coordinator::fleet_plugins::{FleetPluginError, MAX_UPLOAD_BYTES};
 use crate::plugins::registry::PluginInfo;
+use crate::store::PluginAction;
 
 /// The plugin routes, relative to the API prefix.
 pub fn routes() -> Router<ApiState> {
-    Router::new().route("/plugins", get(plugins_list)).route("/plugins/{name}", get(plugins_get))
+    Router::new()
+        .route("/plugins", get(plugins_list))
+        .route(
+            "/plugins/{name}",
+            get(plugins_get)
+                .put(plugins_upload)
+                .delete(plugins_delete)
+                // Base64 in JSON makes an 8 MiB component about 11 MiB of body.
+                .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES * 4 / 3 + 64 * 1024)),
+        )
+        .route("/plugins/{name}/enable", post(plugins_enable))
+        .route("/plugins/{name}/disable", post(plugins_disable))
 }
 
 /// Reading plugins takes `read` or `plugins`.
 fn may_read(caller: &Caller) -> ApiResult<()> {
     caller.not_an_agent("read plugins")?;
     if caller.has(Permission::Plugins) { Ok(()) } else { caller.require(Permission::Read) }
+}
+
+/// Changing plugins takes `plugins`.
+fn may_change(caller: &Caller) -> ApiResult<()> {
+    caller.not_an_agent("change plugins")?;
+    caller.require(Permission::Plugins)
+}
+
+/// A plugin name from the path: what a `NAME.wasm` file could be called.
+fn plugin_name(raw: &str) -> ApiResult<String> {
+    let valid = !raw.is_empty()
+        && raw.len() <= 64
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && !raw.starts_with('-');
+    if valid {
+        Ok(raw.to_string())
+    } else {
+        Err(ApiError::invalid("name", "a plugin name is 1 to 64 letters, digits, '_' or '-'"))
+    }
+}
+
+impl From<FleetPluginError> for ApiError {
+    fn from(error: FleetPluginError) -> Self {
+        match error {
+            FleetPluginError::BadManifest(detail) => ApiError::invalid("manifest", detail),
+            FleetPluginError::Rejected(load) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "plugin_rejected",
+                format!("the component was rejected; the previous version keeps serving: {load}"),
+            )
+            .with_field("component"),
+            FleetPluginError::UploadsDisabled => {
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "uploads_disabled", error.to_string())
+            }
+            FleetPluginError::Refused(detail) => ApiError::new(StatusCode::CONFLICT, "plugin_change_refused", detail),
+            FleetPluginError::Store(store) => store.into(),
+        }
+    }
 }
 
 /// `GET /plugins` answer.
@@ -32,17 +89,30 @@ pub struct PluginList {
 
 /// `GET /plugins` → `{"plugins": [...]}`.
 #[utoipa::path(get, path = "/plugins", tag = "plugins",
-    responses((status = 200, description = "Strategies, policies and probes: active version, shadowed versions, last rejection, call counters", body = PluginList)),
+    responses((status = 200, description = "Strategies, policies and probes: active version, shadowed versions, last rejection, call counters, the fleet version applied", body = PluginList)),
     security(("bearer" = ["controlplane:read"]), ("bearer" = ["controlplane:plugins"])))]
 pub async fn plugins_list(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<PluginList>> {
     may_read(&caller)?;
     Ok(Json(PluginList { plugins: state.coordinator.plugins().list() }))
 }
 
+/// This server's view of `name` with the fleet's record, or 404 when neither knows it.
+async fn view(state: &ApiState, name: &str) -> ApiResult<PluginInfo> {
+    let fleet = state.coordinator.fleet_plugins().record(name).await?;
+    let registry = state.coordinator.plugins();
+    let mut info = match (registry.info(name), &fleet) {
+        (Some(info), _) => info,
+        (None, Some(_)) => registry.absent(name),
+        (None, None) => return Err(ApiError::not_found("plugin_not_found", format!("no plugin named {name:?}"))),
+    };
+    info.fleet = fleet;
+    Ok(info)
+}
+
 /// `GET /plugins/{name}`.
 #[utoipa::path(get, path = "/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
-    responses((status = 200, description = "One plugin", body = PluginInfo)),
+    responses((status = 200, description = "This server's versions of the plugin, and the fleet's record with its history (who, when, sha256)", body = PluginInfo)),
     security(("bearer" = ["controlplane:read"]), ("bearer" = ["controlplane:plugins"])))]
 pub async fn plugins_get(
     State(state): State<ApiState>,
@@ -50,10 +120,125 @@ pub async fn plugins_get(
     Path(name): Path<String>,
 ) -> ApiResult<Json<PluginInfo>> {
     may_read(&caller)?;
-    state
-        .coordinator
-        .plugins()
-        .info(&name)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("plugin_not_found", format!("no plugin named {name:?}")))
+    Ok(Json(view(&state, &name).await?))
+}
+
+/// The JSON form of an upload, for a manifest to travel with the component.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    /// The component, base64 (standard alphabet, padded).
+    component: String,
+    /// The manifest (`NAME.toml` of a plugins folder), as TOML text.
+    #[serde(default)]
+    manifest: Option<String>,
+}
+
+/// `PUT /plugins/{name}`: validated here, then recorded for the fleet; every server loads it.
+#[utoipa::path(put, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name: 1 to 64 letters, digits, '_' or '-'")),
+    request_body(description = "The component itself (`application/wasm` or `application/octet-stream`), or JSON with the component in base64 and an optional manifest",
+        content(
+            (Vec<u8> = "application/wasm"),
+            (UploadRequest = "application/json"),
+        )),
+    responses(
+        (status = 200, description = "Validated, recorded and active on this server; the other servers load it from the store", body = PluginInfo),
+        (status = 400, description = "The component was rejected (`plugin_rejected`: not a component, wrong world, bad import, failing init or trial call) or the manifest does not parse; the previous version keeps serving", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 405, description = "Uploads are disabled (`ARAGORA_CONTROL_PLANE_POLICY_SOURCE=inprocess`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:plugins"])))]
+pub async fn plugins_upload(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(raw_name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<PluginInfo>> {
+    may_change(&caller)?;
+    let name = plugin_name(&raw_name)?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let (component, manifest) = if is_json(content_type) {
+        use base64::Engine as _;
+        let upload: UploadRequest = parse(&body)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(upload.component.trim())
+            .map_err(|e| ApiError::invalid("component", format!("not base64: {e}")))?;
+        (bytes, upload.manifest)
+    } else if essence == "application/wasm" || essence == "application/octet-stream" {
+        (body.to_vec(), None)
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type {content_type:?}: send application/wasm (the component) or application/json"),
+        ));
+    };
+    if component.is_empty() {
+        return Err(ApiError::invalid("component", "is empty"));
+    }
+    if component.len() > MAX_UPLOAD_BYTES {
+        return Err(crate::model::ValidationError::too_large("component", "over the 8 MiB upload limit").into());
+    }
+    state.coordinator.fleet_plugins().upload(&name, component, manifest, &caller.sub).await?;
+    Ok(Json(view(&state, &name).await?))
+}
+
+async fn change(
+    state: &ApiState,
+    caller: &Caller,
+    raw_name: &str,
+    action: PluginAction,
+) -> ApiResult<Json<PluginInfo>> {
+    may_change(caller)?;
+    let name = plugin_name(raw_name)
+        .map_err(|_| ApiError::not_found("plugin_not_found", format!("no plugin named {raw_name:?}")))?;
+    state.coordinator.fleet_plugins().change(&name, action, &caller.sub).await?;
+    Ok(Json(view(state, &name).await?))
+}
+
+/// `DELETE /plugins/{name}`: removes the fleet's upload; the file or built-in of the name, if any, answers again.
+#[utoipa::path(delete, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "The upload is removed fleet-wide", body = PluginInfo),
+        (status = 405, description = "Uploads are disabled (`ARAGORA_CONTROL_PLANE_POLICY_SOURCE=inprocess`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:plugins"])))]
+pub async fn plugins_delete(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PluginInfo>> {
+    change(&state, &caller, &name, PluginAction::Delete).await
+}
+
+/// `POST /plugins/{name}/enable`.
+#[utoipa::path(post, path = "/plugins/{name}/enable", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses((status = 200, description = "The name answers calls again on every server", body = PluginInfo)),
+    security(("bearer" = ["controlplane:plugins"])))]
+pub async fn plugins_enable(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PluginInfo>> {
+    change(&state, &caller, &name, PluginAction::Enable).await
+}
+
+/// `POST /plugins/{name}/disable`.
+#[utoipa::path(post, path = "/plugins/{name}/disable", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "No version of the name answers calls on any server: a strategy is unknown, a policy or probe skipped", body = PluginInfo),
+        (status = 409, description = "The name is `DEFAULT_STRATEGY` (`plugin_change_refused`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:plugins"])))]
+pub async fn plugins_disable(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PluginInfo>> {
+    change(&state, &caller, &name, PluginAction::Disable).await
 }

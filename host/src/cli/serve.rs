@@ -152,12 +152,25 @@ pub struct ServeArgs {
     /// Refuse to fall back to the memory store when REDIS_URL is unset and no Redis answers.
     #[arg(long, env = "ARAGORA_REQUIRE_REDIS", action = clap::ArgAction::SetTrue)]
     pub require_redis: bool,
+    /// Where policies and other plugins may come from: `auto` (folder, built-ins and fleet-wide uploads over the
+    /// API) or `inprocess` (folder and built-ins only: PUT/DELETE /plugins answer 405).
+    #[arg(long, env = "ARAGORA_CONTROL_PLANE_POLICY_SOURCE", value_enum, default_value_t = PolicySource::Auto)]
+    pub policy_source: PolicySource,
     /// The start of every Redis key (one deployment per prefix).
     #[arg(long, env = "CONTROL_PLANE_PREFIX", default_value = crate::store::redis::DEFAULT_PREFIX)]
     pub prefix: String,
     /// Tokens.
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+/// `ARAGORA_CONTROL_PLANE_POLICY_SOURCE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicySource {
+    /// Folder, built-ins and uploads.
+    Auto,
+    /// Folder and built-ins only.
+    Inprocess,
 }
 
 /// The server's settings beyond the engine's `Config`.
@@ -243,6 +256,7 @@ impl ServeArgs {
             dispatch_scan: positive("DISPATCH_SCAN", self.dispatch_scan)?,
             max_signatures: positive("MAX_SIGNATURES", self.max_signatures)?,
             plugins_dir: Some(self.plugins_dir.clone()),
+            uploads_enabled: self.policy_source == PolicySource::Auto,
             event_buffer: positive("SSE_BUFFER", self.sse_buffer)?,
             breaker_threshold: positive("BREAKER_THRESHOLD", self.breaker_threshold as usize)? as u32,
             breaker_window: seconds("BREAKER_WINDOW", self.breaker_window, 0.001)?,

@@ -2,7 +2,10 @@
 //! idiomatic Rust (`ControlPlaneCoordinator::create(config)`, `register_agent`, `submit_task`, `claim_task`,
 //! `complete_task`, `wait_for_result`, `select_agent`, `get_stats`, `shutdown`…). It owns the parts (store,
 //! plugins, scheduler, agent registry), their background duties (sweeper, plugin watcher, event forwarding) and
-//! one typed event stream of everything that happens.
+//! one typed event stream of everything that happens. `fleet_plugins.rs` applies the fleet's plugin uploads and
+//! enable/disable records to this server's registry.
+
+pub mod fleet_plugins;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +75,7 @@ pub struct ControlPlaneCoordinator {
     shutdown: CancellationToken,
     background: Mutex<Vec<JoinHandle<()>>>,
     watcher: Mutex<Option<PluginWatcher>>,
+    fleet_plugins: Arc<fleet_plugins::FleetPlugins>,
 }
 
 impl ControlPlaneCoordinator {
@@ -101,6 +105,17 @@ impl ControlPlaneCoordinator {
         let registry = AgentRegistry::new(scheduler.clone());
         let health = Arc::new(HealthMonitor::new(store.clone(), plugins.clone(), config.probes.clone()));
         let (events, _) = broadcast::channel(config.event_buffer.clamp(64, 65_536));
+        let fleet_plugins = Arc::new(fleet_plugins::FleetPlugins::new(
+            store.clone(),
+            plugins.clone(),
+            config.uploads_enabled,
+            config.default_strategy.clone(),
+        ));
+        // Subscribe before the first sync, so a change landing in between is applied by the follower.
+        let fleet_events = store.subscribe();
+        if let Err(error) = fleet_plugins.sync_all().await {
+            tracing::warn!(%error, "cannot read the fleet's plugin uploads at start-up; following changes only");
+        }
         let coordinator = Arc::new(ControlPlaneCoordinator {
             config: config.clone(),
             store: store.clone(),
@@ -112,6 +127,7 @@ impl ControlPlaneCoordinator {
             shutdown: CancellationToken::new(),
             background: Mutex::new(Vec::new()),
             watcher: Mutex::new(None),
+            fleet_plugins: fleet_plugins.clone(),
         });
         let mut background = Vec::new();
         background.push(forward(store.subscribe(), events.clone(), coordinator.shutdown.clone(), Some));
@@ -124,6 +140,7 @@ impl ControlPlaneCoordinator {
         background.push(tokio::spawn(scheduler.clone().run_sweeper(coordinator.shutdown.clone())));
         background.push(tokio::spawn(health.run(coordinator.shutdown.clone())));
         background.push(tokio::spawn(scheduler.clone().run_router(coordinator.shutdown.clone())));
+        background.push(tokio::spawn(fleet_plugins.run(fleet_events, coordinator.shutdown.clone())));
         *coordinator.background.lock() = background;
         if let Some(dir) = &config.plugins_dir {
             let (watcher, report) = PluginWatcher::start(dir, plugins, WatchOptions::default())?;
@@ -147,6 +164,11 @@ impl ControlPlaneCoordinator {
     /// The plugin registry (`GET /plugins`).
     pub fn plugins(&self) -> &Arc<PluginRegistry> {
         &self.plugins
+    }
+
+    /// Fleet-wide plugin uploads and enable/disable.
+    pub fn fleet_plugins(&self) -> &Arc<fleet_plugins::FleetPlugins> {
+        &self.fleet_plugins
     }
 
     /// The configuration.

@@ -46,6 +46,14 @@ pub enum EventKind {
     PluginRejected,
     /// A plugin source was removed.
     PluginRemoved,
+    /// A component was uploaded for the fleet.
+    PluginUploaded,
+    /// A fleet upload was deleted.
+    PluginDeleted,
+    /// A plugin name was enabled fleet-wide.
+    PluginEnabled,
+    /// A plugin name was disabled fleet-wide.
+    PluginDisabled,
     /// An agent's circuit breaker changed state.
     BreakerChanged,
     /// An agent's health changed.
@@ -75,6 +83,10 @@ impl EventKind {
             EventKind::PluginLoaded => "plugin_loaded",
             EventKind::PluginRejected => "plugin_rejected",
             EventKind::PluginRemoved => "plugin_removed",
+            EventKind::PluginUploaded => "plugin_uploaded",
+            EventKind::PluginDeleted => "plugin_deleted",
+            EventKind::PluginEnabled => "plugin_enabled",
+            EventKind::PluginDisabled => "plugin_disabled",
             EventKind::BreakerChanged => "breaker_changed",
             EventKind::HealthChanged => "health_changed",
         }

@@ -110,6 +110,10 @@ pub enum PluginStatus {
     Active,
     /// The only versions offered were rejected.
     Rejected,
+    /// Disabled fleet-wide: no version answers calls.
+    Disabled,
+    /// This server holds no version (the fleet's record, with its history, remains).
+    Absent,
 }
 
 /// Everything about one plugin name.
@@ -125,6 +129,11 @@ pub struct PluginInfo {
     pub shadowed: Vec<VersionInfo>,
     /// The last rejected version, if it is newer than the active one.
     pub last_rejection: Option<Rejection>,
+    /// The fleet version (`PUT`/`DELETE`/enable/disable) this server has applied to the name, if any.
+    pub active_version: Option<u64>,
+    /// The fleet's record of the name (uploads, enable/disable, history), when the API asks the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::store::PluginRecord>,
     /// The server reporting.
     pub server_id: String,
 }
@@ -133,11 +142,25 @@ pub struct PluginInfo {
 struct Slot {
     versions: BTreeMap<PluginSource, Arc<PluginVersion>>,
     rejection: Option<Rejection>,
+    /// Disabled fleet-wide: the versions stay loaded (enable is instant) but none answers.
+    disabled: bool,
+    /// The fleet version last applied to this name.
+    fleet_version: Option<u64>,
 }
 
 impl Slot {
+    /// The version that answers calls.
     fn active(&self) -> Option<&Arc<PluginVersion>> {
+        if self.disabled { None } else { self.top() }
+    }
+
+    /// The highest-precedence version, answering or not.
+    fn top(&self) -> Option<&Arc<PluginVersion>> {
         self.versions.values().next_back()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.versions.is_empty() && self.rejection.is_none() && !self.disabled
     }
 }
 
@@ -267,6 +290,47 @@ impl PluginRegistry {
         }
     }
 
+    /// Validates `bytes` as the `source` version of `name` without activating it (an upload is checked by the
+    /// server that receives it before the fleet hears of it). A failure is recorded as a rejection.
+    pub fn validate(
+        &self,
+        name: &str,
+        source: PluginSource,
+        bytes: &[u8],
+        manifest: Manifest,
+    ) -> Result<(), LoadError> {
+        let checked = loader::load(&self.runtime, name, source, bytes, manifest)
+            .and_then(|version| self.kind_taken(name, source, version.kind).map_or(Ok(()), Err));
+        if let Err(error) = &checked {
+            self.reject(name, source, bytes, error);
+        }
+        checked
+    }
+
+    /// Disables or enables `name` on this server (a fleet-wide change, applied by the coordinator): a disabled
+    /// name answers no calls — its strategy is unknown, its policy or probe skipped — while its versions stay
+    /// loaded.
+    pub fn set_disabled(&self, name: &str, disabled: bool) {
+        let _changes = self.changes.lock();
+        let mut state = self.state.write();
+        let slot = state.slots.entry(name.to_string()).or_default();
+        if slot.disabled != disabled {
+            slot.disabled = disabled;
+            tracing::info!(plugin = name, disabled, "plugin {}", if disabled { "disabled" } else { "enabled" });
+        }
+        if slot.is_empty() {
+            state.slots.remove(name);
+        }
+        state.rebuild_lists();
+    }
+
+    /// Records the fleet version this server has applied to `name` (a name it holds nothing of has no slot).
+    pub fn set_fleet_version(&self, name: &str, version: u64) {
+        if let Some(slot) = self.state.write().slots.get_mut(name) {
+            slot.fleet_version = Some(version);
+        }
+    }
+
     /// A name keeps one kind across its sources: a policy file must not shadow the built-in strategy of the
     /// same name (the default strategy would vanish and the file would join the submit chain).
     fn kind_taken(&self, name: &str, source: PluginSource, kind: PluginKind) -> Option<LoadError> {
@@ -309,7 +373,7 @@ impl PluginRegistry {
                 slot.rejection = None;
             }
             let now_active = slot.active().map(|v| v.source);
-            if slot.versions.is_empty() && slot.rejection.is_none() {
+            if slot.is_empty() {
                 state.slots.remove(name);
             }
             state.rebuild_lists();
@@ -378,15 +442,36 @@ impl PluginRegistry {
         state.slots.get(name).map(|slot| self.info_of(name, slot))
     }
 
-    fn info_of(&self, name: &str, slot: &Slot) -> PluginInfo {
-        let active = slot.active();
+    /// What this server says of a name it holds nothing of.
+    pub fn absent(&self, name: &str) -> PluginInfo {
         PluginInfo {
             name: name.to_string(),
-            status: if active.is_some() { PluginStatus::Active } else { PluginStatus::Rejected },
-            active: active.map(|v| version_info(v)),
+            status: PluginStatus::Absent,
+            active: None,
+            shadowed: Vec::new(),
+            last_rejection: None,
+            active_version: None,
+            fleet: None,
+            server_id: self.server_id.clone(),
+        }
+    }
+
+    fn info_of(&self, name: &str, slot: &Slot) -> PluginInfo {
+        let top = slot.top();
+        let status = match (slot.disabled, top) {
+            (true, _) => PluginStatus::Disabled,
+            (false, Some(_)) => PluginStatus::Active,
+            (false, None) => PluginStatus::Rejected,
+        };
+        PluginInfo {
+            name: name.to_string(),
+            status,
+            active: top.map(|v| version_info(v)),
             shadowed: slot.versions.values().rev().skip(1).map(|v| version_info(v)).collect(),
             // A successful install clears the rejection, so one still here is newer than every loaded version.
             last_rejection: slot.rejection.clone(),
+            active_version: slot.fleet_version,
+            fleet: None,
             server_id: self.server_id.clone(),
         }
     }

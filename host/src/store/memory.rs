@@ -16,8 +16,9 @@ use tokio::sync::broadcast;
 
 use super::{
     AgentFilter, AgentHealth, AgentRegistration, BreakerState, ClaimRequest, Clock, FailRequest, Fence, HealthState,
-    HealthVerdict, HeartbeatOutcome, Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult,
-    StoreStats, Submitted, TaskFilter, TaskPage, Waiter, Withdrawn,
+    HealthVerdict, HeartbeatOutcome, PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord,
+    Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult, StoreStats, Submitted, TaskFilter,
+    TaskPage, Waiter, Withdrawn,
 };
 use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, EventKind, FailKind, HeartbeatRequest, NewTask, Priority, Task,
@@ -118,6 +119,8 @@ struct State {
     event_seq: u64,
     last_event_ms: u64,
     stats: Counters,
+    /// Fleet plugin records and the current upload's bytes, by name.
+    plugins: BTreeMap<String, (PluginRecord, Option<Vec<u8>>)>,
 }
 
 #[derive(Default)]
@@ -1575,6 +1578,74 @@ impl Store for MemoryStore {
             .get(&(submitted_by.to_string(), key.to_string()))
             .filter(|(_, _, expires)| *expires > now)
             .map(|(task_id, fingerprint, _)| (task_id.clone(), fingerprint.clone())))
+    }
+
+    async fn change_plugin(&self, change: PluginChange) -> StoreResult<PluginRecord> {
+        self.transition(|tx| {
+            let now = tx.now;
+            let PluginChange { name, action, by } = change;
+            let has_upload = tx.state.plugins.get(&name).is_some_and(|(record, _)| record.sha256.is_some());
+            if action == PluginAction::Delete && !has_upload {
+                return Err(StoreError::PluginNotFound(name));
+            }
+            let kind = match &action {
+                PluginAction::Upload { .. } => EventKind::PluginUploaded,
+                PluginAction::Delete => EventKind::PluginDeleted,
+                PluginAction::Enable => EventKind::PluginEnabled,
+                PluginAction::Disable => EventKind::PluginDisabled,
+            };
+            let verb = action.as_str().to_string();
+            let (record, bytes) = tx.state.plugins.entry(name.clone()).or_insert_with(|| {
+                let record = PluginRecord {
+                    name: name.clone(),
+                    version: 0,
+                    enabled: true,
+                    sha256: None,
+                    size: None,
+                    manifest: None,
+                    history: Vec::new(),
+                };
+                (record, None)
+            });
+            record.version += 1;
+            match action {
+                PluginAction::Upload { bytes: component, sha256, manifest } => {
+                    record.sha256 = Some(sha256);
+                    record.size = Some(component.len() as u64);
+                    record.manifest = manifest;
+                    *bytes = Some(component);
+                }
+                PluginAction::Delete => {
+                    (record.sha256, record.size, record.manifest) = (None, None, None);
+                    *bytes = None;
+                }
+                PluginAction::Enable => record.enabled = true,
+                PluginAction::Disable => record.enabled = false,
+            }
+            let entry = PluginHistoryEntry {
+                version: record.version,
+                action: verb,
+                sha256: record.sha256.clone(),
+                by,
+                at: rfc3339_ms(now),
+            };
+            record.history.insert(0, entry);
+            record.history.truncate(PLUGIN_HISTORY);
+            let record = record.clone();
+            let data =
+                json!({"name": name, "version": record.version, "sha256": record.sha256, "enabled": record.enabled});
+            tx.emit(kind, None, None, data);
+            Ok(record)
+        })
+    }
+
+    async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>> {
+        Ok(self.state.lock().plugins.values().map(|(record, _)| record.clone()).collect())
+    }
+
+    async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+        let state = self.state.lock();
+        Ok(state.plugins.get(name).and_then(|(record, bytes)| Some((record.sha256.clone()?, bytes.clone()?))))
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {

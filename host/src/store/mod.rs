@@ -79,6 +79,9 @@ pub enum StoreError {
     /// 404: no such agent (a claim tells the agent to register).
     #[error("agent {0} is not registered")]
     AgentNotFound(String),
+    /// 404: no uploaded plugin of that name (delete, enable or disable of a name the fleet never heard of).
+    #[error("no plugin named {0:?} in the fleet's uploads")]
+    PluginNotFound(String),
     /// 404: no such task.
     #[error("task {0} not found")]
     TaskNotFound(TaskId),
@@ -118,6 +121,90 @@ pub enum Fence {
     /// Neither (existing clients complete with no body): applies to the current attempt, recorded `unfenced`.
     Unfenced,
 }
+
+/// A fleet-wide plugin change, as the API asks for it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PluginAction {
+    /// A new component (validated by the server that received it) with its manifest text.
+    Upload {
+        /// The component.
+        bytes: Vec<u8>,
+        /// Its sha256, hex.
+        sha256: String,
+        /// The manifest (TOML), if one was sent.
+        manifest: Option<String>,
+    },
+    /// Remove the upload: the file or built-in of the name (if any) answers again.
+    Delete,
+    /// Let the name answer calls again.
+    Enable,
+    /// No version of the name answers calls, on any server.
+    Disable,
+}
+
+impl PluginAction {
+    /// The history and event name of the action (`uploaded`, `deleted`, `enabled`, `disabled`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PluginAction::Upload { .. } => "uploaded",
+            PluginAction::Delete => "deleted",
+            PluginAction::Enable => "enabled",
+            PluginAction::Disable => "disabled",
+        }
+    }
+}
+
+/// A change to a plugin name, by whom.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginChange {
+    /// The plugin name.
+    pub name: String,
+    /// What to do.
+    pub action: PluginAction,
+    /// The token subject asking.
+    pub by: String,
+}
+
+/// One entry of a plugin's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginHistoryEntry {
+    /// The fleet version this change made.
+    pub version: u64,
+    /// `uploaded`, `deleted`, `enabled` or `disabled`.
+    pub action: String,
+    /// The component's sha256 (uploads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Who (the token's `sub`).
+    pub by: String,
+    /// When (RFC 3339, store clock).
+    pub at: String,
+}
+
+/// What the fleet holds for a plugin name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginRecord {
+    /// The plugin name.
+    pub name: String,
+    /// Bumped by every change: servers report the version they applied.
+    pub version: u64,
+    /// Whether the name may answer calls.
+    pub enabled: bool,
+    /// sha256 of the current upload, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Size of the current upload in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The current upload's manifest (TOML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// The most recent changes, newest first (at most [`PLUGIN_HISTORY`]).
+    pub history: Vec<PluginHistoryEntry>,
+}
+
+/// Changes kept per plugin name.
+pub const PLUGIN_HISTORY: usize = 100;
 
 /// A validated registration.
 #[derive(Clone, Debug, PartialEq)]
@@ -529,4 +616,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// The counters.
     async fn stats(&self) -> StoreResult<StoreStats>;
+
+    /// Records a fleet-wide plugin change (upload, delete, enable, disable) with its author, bumps the name's fleet
+    /// version, appends to its history and emits `plugin_<action>` so every server applies it. Delete, enable
+    /// and disable of a name with no record → `PluginNotFound` (enable/disable create a record for names that only
+    /// exist as built-ins or files, so a built-in can be disabled fleet-wide; see `PluginChange`).
+    async fn change_plugin(&self, change: PluginChange) -> StoreResult<PluginRecord>;
+
+    /// The fleet's plugin records (without component bytes), by name.
+    async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>>;
+
+    /// One name's uploaded component: (sha256, bytes), if an upload is current.
+    async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>>;
 }

@@ -98,6 +98,7 @@ macro_rules! conformance {
                 failures_of_a_single_task_never_open_a_breaker,
                 a_failed_half_open_trial_opens_the_breaker_again,
                 an_unhealthy_verdict_fails_the_agent_until_a_healthy_one,
+                plugin_changes_keep_versions_bytes_history_and_emit_events,
             ]);
 
             conformance!(@multi_thread [
@@ -1865,4 +1866,35 @@ async fn keep_alive_keeps_the_agent_alive_without_consuming_revocations(h: Harne
     assert_ne!(h.agent("a").await.status, AgentStatus::Offline, "kept alive");
     let beat = h.heartbeat("a").await;
     assert_eq!(beat.revoked, vec![Revoked { task_id: id, reason: RevokeReason::Cancelled }]);
+}
+
+async fn plugin_changes_keep_versions_bytes_history_and_emit_events(h: Harness) {
+    use aragora_cp::model::EventKind;
+    use aragora_cp::store::{PluginAction, PluginChange, StoreError};
+    let change = |action, by: &str| PluginChange { name: "fleet".into(), action, by: by.into() };
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let upload =
+        PluginAction::Upload { bytes: bytes.clone(), sha256: "ab12".into(), manifest: Some("order = 5".into()) };
+    assert!(matches!(
+        h.store.change_plugin(change(PluginAction::Delete, "x")).await,
+        Err(StoreError::PluginNotFound(_))
+    ));
+    let mut rx = h.store.subscribe();
+    let record = h.store.change_plugin(change(upload, "alice")).await.expect("upload");
+    assert_eq!((record.version, record.enabled, record.size), (1, true, Some(70_000)));
+    assert_eq!((record.sha256.as_deref(), record.manifest.as_deref()), (Some("ab12"), Some("order = 5")));
+    assert_eq!(h.store.plugin_component("fleet").await.expect("read"), Some(("ab12".to_string(), bytes)));
+    let record = h.store.change_plugin(change(PluginAction::Disable, "bob")).await.expect("disable");
+    assert_eq!((record.version, record.enabled), (2, false));
+    let record = h.store.change_plugin(change(PluginAction::Delete, "carol")).await.expect("delete");
+    assert_eq!((record.version, record.sha256.clone(), record.enabled), (3, None, false));
+    assert_eq!(h.store.plugin_component("fleet").await.expect("read"), None);
+    let history: Vec<(u64, &str, &str)> =
+        record.history.iter().map(|e| (e.version, e.action.as_str(), e.by.as_str())).collect();
+    assert_eq!(history, [(3, "deleted", "carol"), (2, "disabled", "bob"), (1, "uploaded", "alice")]);
+    assert_eq!(record.history[1].sha256.as_deref(), Some("ab12"), "the disable happened while ab12 was current");
+    let kinds: Vec<EventKind> = received(&mut rx).iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::PluginUploaded, EventKind::PluginDisabled, EventKind::PluginDeleted]);
+    let records = h.store.plugin_records().await.expect("records");
+    assert_eq!(records, [record]);
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value as Json};
 use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, EventKind, Priority, Task, TaskError, TaskId, TaskStatus, rfc3339_ms,
 };
-use crate::store::{AgentHealth, BreakerState, HealthState, StoreError, StoreResult};
+use crate::store::{AgentHealth, BreakerState, HealthState, PluginHistoryEntry, PluginRecord, StoreError, StoreResult};
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
 const CONFLICT_CODES: [&str; 7] = [
@@ -99,6 +99,7 @@ pub(super) fn error(kind: &str, code: &str, message: String) -> StoreError {
             Err(_) => corrupt("task id"),
         },
         "agent_not_found" => StoreError::AgentNotFound(message),
+        "plugin_not_found" => StoreError::PluginNotFound(message),
         "too_many_signatures" => StoreError::TooManySignatures(message.parse().unwrap_or(0)),
         "conflict" => {
             let code = CONFLICT_CODES.iter().find(|c| **c == code).copied().unwrap_or("conflict");
@@ -259,4 +260,50 @@ pub(super) fn event(entry: &Value) -> StoreResult<(Event, u64)> {
 pub(super) fn stream_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
     Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// A plugin record as `plugin_change`/`plugin_read` keep it (JSON), with its history entries.
+pub(super) fn plugin_record(record: &Value, history: &Value) -> StoreResult<PluginRecord> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        name: String,
+        version: u64,
+        enabled: bool,
+        sha256: Option<String>,
+        size: Option<u64>,
+        manifest: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        version: u64,
+        action: String,
+        by: String,
+        at: f64,
+        sha256: Option<String>,
+    }
+    let raw = text(record).ok_or_else(|| corrupt("plugin record"))?;
+    let stored: Stored = serde_json::from_str(&raw).map_err(|e| corrupt(format!("plugin record: {e}")))?;
+    let history = array(history)?
+        .iter()
+        .map(|entry| {
+            let raw = text(entry).ok_or_else(|| corrupt("plugin history"))?;
+            let entry: Entry = serde_json::from_str(&raw).map_err(|e| corrupt(format!("plugin history: {e}")))?;
+            Ok(PluginHistoryEntry {
+                version: entry.version,
+                action: entry.action,
+                sha256: entry.sha256,
+                by: entry.by,
+                at: rfc3339_ms(entry.at as u64),
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(PluginRecord {
+        name: stored.name,
+        version: stored.version,
+        enabled: stored.enabled,
+        sha256: stored.sha256,
+        size: stored.size,
+        manifest: stored.manifest,
+        history,
+    })
 }

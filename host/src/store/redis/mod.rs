@@ -28,8 +28,8 @@ use self::decode::{Reply, text};
 use self::scripts::Scripts;
 use super::{
     AgentFilter, AgentHealth, AgentRegistration, ClaimRequest, FailRequest, Fence, HealthVerdict, HeartbeatOutcome,
-    Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult, StoreStats, Submitted, TaskFilter,
-    TaskPage, Waiter, Withdrawn,
+    PluginAction, PluginChange, PluginRecord, Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError,
+    StoreResult, StoreStats, Submitted, TaskFilter, TaskPage, Waiter, Withdrawn,
 };
 use crate::model::{
     Agent, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
@@ -701,6 +701,57 @@ impl Store for RedisStore {
         let task_id = TaskId::parse("task_id", &task)
             .map_err(|_| StoreError::Unavailable(format!("redis: idempotent task id {task}")))?;
         Ok(Some((task_id, fingerprint)))
+    }
+
+    async fn change_plugin(&self, change: PluginChange) -> StoreResult<PluginRecord> {
+        use base64::Engine as _;
+        let verb = change.action.as_str().to_string();
+        let (sha256, manifest, size, bytes) = match change.action {
+            PluginAction::Upload { bytes, sha256, manifest } => (
+                sha256,
+                manifest.unwrap_or_default(),
+                bytes.len().to_string(),
+                base64::engine::general_purpose::STANDARD.encode(&bytes),
+            ),
+            _ => Default::default(),
+        };
+        let body = self
+            .call(&self.scripts.plugin_change, vec![change.name, verb, change.by, sha256, manifest, size, bytes])
+            .await?;
+        let history =
+            body.get(1).ok_or_else(|| StoreError::Unavailable("redis: plugin_change answered no history".into()))?;
+        decode::plugin_record(first(&body)?, history)
+    }
+
+    async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>> {
+        let body = self.call(&self.scripts.plugin_read, vec![String::new(), "0".into()]).await?;
+        decode::array(first(&body)?)?
+            .iter()
+            .map(|entry| {
+                let parts = decode::array(entry)?;
+                match parts {
+                    [record, history, ..] => decode::plugin_record(record, history),
+                    _ => Err(StoreError::Unavailable("redis: malformed plugin record".into())),
+                }
+            })
+            .collect()
+    }
+
+    async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+        use base64::Engine as _;
+        let body = self.call(&self.scripts.plugin_read, vec![name.to_string(), "1".into()]).await?;
+        let Some(entry) = decode::array(first(&body)?)?.first() else { return Ok(None) };
+        let [record, history, bytes] = decode::array(entry)? else {
+            return Err(StoreError::Unavailable("redis: malformed plugin record".into()));
+        };
+        let record = decode::plugin_record(record, history)?;
+        let (Some(sha256), Some(encoded)) = (record.sha256, text(bytes).filter(|b| !b.is_empty())) else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| StoreError::Unavailable(format!("redis: plugin {name} bytes: {e}")))?;
+        Ok(Some((sha256, bytes)))
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {

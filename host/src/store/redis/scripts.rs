@@ -56,6 +56,8 @@ scripts!(
     next_deadline: READS,
     now: READS,
     peek: WRITES,
+    plugin_change: WRITES,
+    plugin_read: READS,
     progress: WRITES,
     read_agents: READS,
     record_health: WRITES,

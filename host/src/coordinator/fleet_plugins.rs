@@ -1,0 +1,213 @@
+//! Fleet-wide plugins (DESIGN §5, §6): uploads, deletes and enable/disable are recorded in the store — one record
+//! per name, a fleet version per change, who and when in its history — and every server applies the records to
+//! its own plugin registry: all of them at start-up, then one name at each `plugin_*` store event. With Redis that
+//! is every server of the fleet within the event stream's latency; with the memory store, this server.
+//!
+//! An upload is validated by the server that receives it before the fleet hears of it, so a component that does
+//! not load never reaches the store and the last good version keeps serving everywhere. Compilation is one at a
+//! time (a mutex), off the request path of other calls.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Event, EventKind};
+use crate::plugins::manifest::Manifest;
+use crate::plugins::registry::sha256_hex;
+use crate::plugins::{LoadError, PluginRegistry, PluginSource};
+use crate::store::{PluginAction, PluginChange, PluginRecord, Store, StoreError};
+
+/// Largest uploaded component (DESIGN §5).
+pub const MAX_UPLOAD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why an upload or change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetPluginError {
+    /// The manifest does not parse (400, naming `manifest`).
+    #[error("manifest: {0}")]
+    BadManifest(String),
+    /// The component did not validate here; nothing was stored (400 `plugin_rejected`).
+    #[error("{0}")]
+    Rejected(LoadError),
+    /// Uploads are off (`ARAGORA_CONTROL_PLANE_POLICY_SOURCE=inprocess`; 405).
+    #[error("uploads are disabled on this server (ARAGORA_CONTROL_PLANE_POLICY_SOURCE=inprocess)")]
+    UploadsDisabled,
+    /// A change the fleet's state refuses (404 for an unknown name, 409 for disabling the default strategy).
+    #[error("{0}")]
+    Refused(String),
+    /// The store refused or could not be reached.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Applies fleet plugin records to this server's registry, and makes changes on behalf of the API.
+pub struct FleetPlugins {
+    store: Arc<dyn Store>,
+    registry: Arc<PluginRegistry>,
+    uploads_enabled: bool,
+    default_strategy: String,
+    /// One compilation at a time; also keeps two applications of one name from interleaving.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl FleetPlugins {
+    /// Fleet plugins over `store` for `registry`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<PluginRegistry>,
+        uploads_enabled: bool,
+        default_strategy: String,
+    ) -> Self {
+        FleetPlugins { store, registry, uploads_enabled, default_strategy, applying: Default::default() }
+    }
+
+    /// Validates `bytes` (with its manifest text) as an upload of `name`, records it for the fleet and applies it
+    /// here. Other servers apply it when they see the store's `plugin_uploaded` event.
+    pub async fn upload(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest: Option<String>,
+        by: &str,
+    ) -> Result<PluginRecord, FleetPluginError> {
+        if !self.uploads_enabled {
+            return Err(FleetPluginError::UploadsDisabled);
+        }
+        let parsed = match &manifest {
+            Some(text) => Manifest::parse(text).map_err(FleetPluginError::BadManifest)?,
+            None => Manifest::default(),
+        };
+        {
+            let _applying = self.applying.lock().await;
+            let registry = self.registry.clone();
+            let (name_owned, bytes_ref) = (name.to_string(), bytes.clone());
+            tokio::task::spawn_blocking(move || {
+                registry.validate(&name_owned, PluginSource::Upload, &bytes_ref, parsed)
+            })
+            .await
+            .map_err(|e| FleetPluginError::Refused(format!("validation did not finish: {e}")))?
+            .map_err(FleetPluginError::Rejected)?;
+        }
+        let sha256 = sha256_hex(&bytes);
+        let action = PluginAction::Upload { bytes, sha256, manifest };
+        let record = self.store.change_plugin(PluginChange { name: name.into(), action, by: by.into() }).await?;
+        self.apply(&record).await;
+        Ok(record)
+    }
+
+    /// Deletes the upload of `name`, or enables or disables the name, for the whole fleet.
+    pub async fn change(&self, name: &str, action: PluginAction, by: &str) -> Result<PluginRecord, FleetPluginError> {
+        match &action {
+            PluginAction::Upload { .. } => unreachable!("uploads go through FleetPlugins::upload"),
+            PluginAction::Delete if !self.uploads_enabled => return Err(FleetPluginError::UploadsDisabled),
+            PluginAction::Disable if name == self.default_strategy => {
+                return Err(FleetPluginError::Refused(format!(
+                    "{name} is DEFAULT_STRATEGY: tasks that name no strategy would have none; change DEFAULT_STRATEGY first"
+                )));
+            }
+            PluginAction::Enable | PluginAction::Disable => {
+                let known = self.registry.info(name).is_some() || self.record(name).await?.is_some();
+                if !known {
+                    return Err(StoreError::PluginNotFound(name.to_string()).into());
+                }
+            }
+            PluginAction::Delete => {}
+        }
+        let record = self.store.change_plugin(PluginChange { name: name.into(), action, by: by.into() }).await?;
+        self.apply(&record).await;
+        Ok(record)
+    }
+
+    /// The fleet's record of `name`, if it has one.
+    pub async fn record(&self, name: &str) -> Result<Option<PluginRecord>, StoreError> {
+        Ok(self.store.plugin_records().await?.into_iter().find(|r| r.name == name))
+    }
+
+    /// Applies every fleet record (at start-up, and after missing events).
+    pub async fn sync_all(&self) -> Result<(), StoreError> {
+        for record in self.store.plugin_records().await? {
+            self.apply(&record).await;
+        }
+        Ok(())
+    }
+
+    /// Brings this server's registry in line with `record`: the upload installed (or removed), the name enabled
+    /// or disabled, the fleet version noted. Failures are recorded on the registry (as a rejection) and logged.
+    async fn apply(&self, record: &PluginRecord) {
+        let _applying = self.applying.lock().await;
+        let name = &record.name;
+        let current = self.registry.version(name, PluginSource::Upload).map(|v| v.sha256.clone());
+        match &record.sha256 {
+            Some(sha256) if current.as_ref() != Some(sha256) => match self.store.plugin_component(name).await {
+                Ok(Some((stored_sha, bytes))) if &stored_sha == sha256 && sha256_hex(&bytes) == *sha256 => {
+                    let manifest = match record.manifest.as_deref().map(Manifest::parse).transpose() {
+                        Ok(manifest) => manifest.unwrap_or_default(),
+                        Err(error) => {
+                            tracing::warn!(plugin = %name, %error, "fleet upload has a bad manifest; not applied");
+                            return;
+                        }
+                    };
+                    let registry = self.registry.clone();
+                    let name = name.clone();
+                    let installed = tokio::task::spawn_blocking(move || {
+                        registry.install(&name, PluginSource::Upload, &bytes, manifest).map(|_| ())
+                    })
+                    .await;
+                    if let Ok(Err(error)) = installed {
+                        tracing::warn!(plugin = %record.name, %error, "fleet upload rejected on this server");
+                    }
+                }
+                // A newer change replaced it meanwhile: its own event brings it.
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(plugin = %name, %error, "cannot read the fleet upload; will retry on the next event");
+                    return;
+                }
+            },
+            Some(_) => {}
+            None => {
+                if current.is_some() {
+                    self.registry.remove(name, PluginSource::Upload);
+                }
+            }
+        }
+        self.registry.set_disabled(name, !record.enabled);
+        self.registry.set_fleet_version(name, record.version);
+    }
+
+    /// Follows the store's `plugin_*` events until shutdown, applying each named change.
+    pub async fn run(self: Arc<Self>, mut events: broadcast::Receiver<Event>, shutdown: CancellationToken) {
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = events.recv() => received,
+            };
+            match received {
+                Ok(event) if is_fleet_plugin_event(event.kind) => {
+                    let Some(name) = event.data.get("name").and_then(Value::as_str) else { continue };
+                    match self.record(name).await {
+                        Ok(Some(record)) => self.apply(&record).await,
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(plugin = name, %error, "cannot read a fleet plugin change"),
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(error) = self.sync_all().await {
+                        tracing::warn!(%error, "cannot resync fleet plugins after missing events");
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+fn is_fleet_plugin_event(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::PluginUploaded | EventKind::PluginDeleted | EventKind::PluginEnabled | EventKind::PluginDisabled
+    )
+}
