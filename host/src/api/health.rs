@@ -12,8 +12,8 @@ use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, query_param};
 use crate::coordinator::{Stats, SystemHealth};
-use crate::scheduler::Violation;
 use crate::store::AgentHealth;
+use crate::store::Violation;
 
 /// Violations listed at most per request.
 pub const MAX_VIOLATIONS: usize = 1000;
@@ -91,5 +91,5 @@ pub async fn violations_list(
     if !(1..=MAX_VIOLATIONS).contains(&limit) {
         return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_VIOLATIONS}")));
     }
-    Ok(Json(ViolationList { violations: state.coordinator.violations(limit) }))
+    Ok(Json(ViolationList { violations: state.coordinator.violations(limit).await? }))
 }

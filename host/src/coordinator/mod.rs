@@ -131,7 +131,6 @@ impl ControlPlaneCoordinator {
         });
         let mut background = Vec::new();
         background.push(forward(store.subscribe(), events.clone(), coordinator.shutdown.clone(), Some));
-        background.push(forward(scheduler.subscribe(), events.clone(), coordinator.shutdown.clone(), Some));
         let server_id = config.server_id.clone();
         let clock_store = store.clone();
         background.push(forward(plugins.subscribe(), events, coordinator.shutdown.clone(), move |event| {
@@ -359,8 +358,8 @@ impl ControlPlaneCoordinator {
     }
 
     /// Policy violations recorded on this server, newest first.
-    pub fn violations(&self, limit: usize) -> Vec<Violation> {
-        self.scheduler.violations(limit)
+    pub async fn violations(&self, limit: usize) -> Result<Vec<Violation>, EngineError> {
+        self.scheduler.violations(limit).await
     }
 
     /// One agent's health and breaker. An offline agent is unhealthy whatever its last probe said.

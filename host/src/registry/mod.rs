@@ -35,7 +35,7 @@ impl AgentRegistry {
             status: request.status.unwrap_or(AgentStatus::Ready),
             session_id: request.session_id,
         };
-        policies_on_register(&self.scheduler, &mut registration)?;
+        policies_on_register(&self.scheduler, &mut registration).await?;
         Ok(self.store.register(registration).await?)
     }
 

@@ -17,10 +17,11 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
-pub use policies::{PolicyDenied, Violation};
+pub use crate::store::Violation;
+pub use policies::PolicyDenied;
 
 use crate::config::Config;
-use crate::model::{CapabilitySet, Event, NewTask, SubmitRequest, Task, TaskId, ValidationError};
+use crate::model::{CapabilitySet, NewTask, SubmitRequest, Task, TaskId, ValidationError};
 use crate::plugins::PluginRegistry;
 use crate::store::{ClaimRequest, Store, StoreError, Submitted, Waiter, Withdrawn};
 
@@ -75,33 +76,25 @@ pub struct Scheduler {
     config: Config,
     /// Blocked claims of this server, by waiter token: woken when a task is assigned through the token.
     waiting: Mutex<HashMap<String, oneshot::Sender<()>>>,
-    violations: policies::ViolationLog,
-    /// Events that are not store transitions (policy violations), merged into the coordinator's stream.
-    events: broadcast::Sender<Event>,
+    /// Dispatch denials already recorded by this server.
+    dispatch_seen: policies::DispatchSeen,
 }
 
 impl Scheduler {
     /// A scheduler over `store`, routing with the strategies of `plugins`.
     pub fn new(store: Arc<dyn Store>, plugins: Arc<PluginRegistry>, config: Config) -> Self {
-        let (events, _) = broadcast::channel(1024);
         Scheduler {
             store,
             plugins,
             config,
             waiting: Mutex::new(HashMap::new()),
-            violations: policies::ViolationLog::new(10_000, events.clone()),
-            events,
+            dispatch_seen: policies::DispatchSeen::new(crate::store::VIOLATIONS_KEPT),
         }
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
-    }
-
-    /// Events of this scheduler that are not store transitions (policy violations).
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
     }
 
     /// Validates, runs the submit policies, stores the task and routes it to a waiting agent if one fits.
@@ -126,7 +119,7 @@ impl Scheduler {
             )
             .into());
         }
-        self.apply_submit_policies(&mut task)?;
+        self.apply_submit_policies(&mut task).await?;
         let submitted = self.store.submit(task).await?;
         if !submitted.replayed {
             self.route(&submitted.task_id).await;
@@ -134,30 +127,38 @@ impl Scheduler {
         Ok(submitted)
     }
 
-    fn apply_submit_policies(&self, task: &mut NewTask) -> Result<(), EngineError> {
-        self.settle(policies::on_submit(&self.plugins, task, self.store.now_ms()))
+    async fn apply_submit_policies(&self, task: &mut NewTask) -> Result<(), EngineError> {
+        self.settle(policies::on_submit(&self.plugins, task, self.store.now_ms())).await
     }
 
     /// Records a policy stage's violations; a deny becomes the error, carrying its violation's id.
-    fn settle(&self, outcome: policies::StageOutcome) -> Result<(), EngineError> {
+    async fn settle(&self, outcome: policies::StageOutcome) -> Result<(), EngineError> {
         match outcome {
             Ok(warnings) => {
-                self.record(warnings);
+                self.record(warnings).await;
                 Ok(())
             }
             Err((mut denied, violations)) => {
-                denied.violation_id = self.record(violations).pop().map(|v| v.id);
+                denied.violation_id = self.record(violations).await.pop().map(|v| v.id);
                 Err(denied.into())
             }
         }
     }
 
-    /// Records violations in this server's log and emits their events.
-    pub(crate) fn record(&self, pending: Vec<policies::PendingViolation>) -> Vec<Violation> {
+    /// Records violations in the store (fleet-wide, with their events). A store that cannot record them does not
+    /// change the verdict: a deny still denies, without a violation id.
+    pub(crate) async fn record(&self, pending: Vec<policies::PendingViolation>) -> Vec<Violation> {
+        let pending = self.dispatch_seen.first_time(pending);
         if pending.is_empty() {
             return Vec::new();
         }
-        self.violations.record_all(pending, self.store.now_ms(), &self.config.server_id)
+        match self.store.record_violations(pending).await {
+            Ok(recorded) => recorded,
+            Err(error) => {
+                tracing::warn!(%error, "policy violations not recorded");
+                Vec::new()
+            }
+        }
     }
 
     /// Submits several tasks, all or nothing.
@@ -184,7 +185,7 @@ impl Scheduler {
                 );
             }
             self.check_strategy(&task)?;
-            self.apply_submit_policies(&mut task)?;
+            self.apply_submit_policies(&mut task).await?;
             tasks.push(task);
         }
         let submitted = self.store.submit_batch(tasks).await?;
@@ -245,7 +246,7 @@ impl Scheduler {
             }
             let denials = policies::on_dispatch(&self.plugins, &task, &agent, self.store.now_ms());
             if !denials.is_empty() {
-                self.record(denials);
+                self.record(denials).await;
                 continue;
             }
             if let Some(task) = self.store.claim_if(&task.task_id, request).await? {
@@ -366,9 +367,9 @@ impl Scheduler {
         }
     }
 
-    /// Policy violations recorded on this server, newest first.
-    pub fn violations(&self, limit: usize) -> Vec<Violation> {
-        self.violations.recent(limit)
+    /// Policy violations of the fleet, newest first.
+    pub async fn violations(&self, limit: usize) -> Result<Vec<Violation>, EngineError> {
+        Ok(self.store.violations(limit).await?)
     }
 
     /// The plugins.
@@ -481,9 +482,9 @@ impl Drop for WaiterGuard<'_> {
 
 /// Runs the register policies over a registration (the agent registry's entry to the policy stage), recording
 /// violations in the scheduler's log.
-pub fn policies_on_register(
+pub async fn policies_on_register(
     scheduler: &Scheduler,
     registration: &mut crate::store::AgentRegistration,
 ) -> Result<(), EngineError> {
-    scheduler.settle(policies::on_register(&scheduler.plugins, registration, scheduler.store.now_ms()))
+    scheduler.settle(policies::on_register(&scheduler.plugins, registration, scheduler.store.now_ms())).await
 }

@@ -3,15 +3,13 @@
 //! task for a claiming agent. Denials and warnings become violations; a policy that cannot answer denies unless
 //! its manifest says `on_error = "allow"`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde::Serialize;
-use serde_json::{Map, Value, json};
-use tokio::sync::broadcast;
+use serde_json::{Map, Value};
 
-use crate::model::{Agent, CapabilitySet, Event, EventKind, NewTask, Priority, Task, normalize_capability, rfc3339_ms};
+use crate::model::{Agent, CapabilitySet, NewTask, Priority, Task, normalize_capability};
 use crate::plugins::bindings::{
     AgentInfo, CallContext, Decision, DispatchRequest, Modification, PolicyInput, SubmitRequest, TaskInfo,
 };
@@ -32,114 +30,43 @@ pub struct PolicyDenied {
     pub violation_id: Option<String>,
 }
 
-/// A recorded deny or warn.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Violation {
-    /// `viol_` + a sequence number of this server.
-    pub id: String,
-    /// The policy's plugin name.
-    pub policy: String,
-    /// `submit`, `register` or `dispatch`.
-    pub stage: &'static str,
-    /// `deny` or `warn`.
-    pub decision: &'static str,
-    /// The policy's reason.
-    pub reason: String,
-    /// The task concerned (the id it was to get, for a denied submit).
-    pub task_id: Option<String>,
-    /// The agent concerned.
-    pub agent_id: Option<String>,
-    /// When (RFC 3339).
-    pub time: String,
-}
-
 /// What a submit or register stage ends with: its warnings, or the deny with the violations recorded up to it.
 pub(crate) type StageOutcome = Result<Vec<PendingViolation>, (PolicyDenied, Vec<PendingViolation>)>;
 
-/// A violation before it gets its id and time.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PendingViolation {
-    policy: String,
-    stage: &'static str,
-    decision: &'static str,
-    reason: String,
-    task_id: Option<String>,
-    agent_id: Option<String>,
-}
+/// A violation before the store gives it its id and time.
+pub type PendingViolation = crate::store::NewViolation;
 
-/// The violations of this server: a bounded log, newest last, plus the `policy_violation` events.
-pub(crate) struct ViolationLog {
-    entries: Mutex<VecDeque<Violation>>,
-    /// (policy, task, agent) of dispatch denials already recorded: each is recorded once.
-    dispatch_seen: Mutex<HashSet<(String, String, String)>>,
-    sequence: std::sync::atomic::AtomicU64,
+/// Dispatch denials already recorded, by (policy, task, agent): a claimer peeking at the same denied task again
+/// must not flood the log (DESIGN §5: recorded at most once per triple). Per server; bounded by emptying it.
+pub(crate) struct DispatchSeen {
+    seen: Mutex<HashSet<(String, String, String)>>,
     capacity: usize,
-    events: broadcast::Sender<Event>,
 }
 
-impl ViolationLog {
-    pub(crate) fn new(capacity: usize, events: broadcast::Sender<Event>) -> Self {
-        ViolationLog {
-            entries: Mutex::new(VecDeque::new()),
-            dispatch_seen: Mutex::new(HashSet::new()),
-            sequence: Default::default(),
-            capacity,
-            events,
-        }
+impl DispatchSeen {
+    pub(crate) fn new(capacity: usize) -> Self {
+        DispatchSeen { seen: Mutex::new(HashSet::new()), capacity }
     }
 
-    /// Records violations at `now_ms` with server `server_id`, emitting one `policy_violation` event each.
-    pub(crate) fn record_all(&self, pending: Vec<PendingViolation>, now_ms: u64, server_id: &str) -> Vec<Violation> {
-        let mut recorded = Vec::new();
-        for violation in pending {
-            if violation.stage == "dispatch" {
-                let key = (
-                    violation.policy.clone(),
-                    violation.task_id.clone().unwrap_or_default(),
-                    violation.agent_id.clone().unwrap_or_default(),
-                );
-                let mut seen = self.dispatch_seen.lock();
+    /// The violations not recorded before (every non-dispatch one, and the first of each dispatch triple).
+    pub(crate) fn first_time(&self, pending: Vec<PendingViolation>) -> Vec<PendingViolation> {
+        let mut seen = self.seen.lock();
+        pending
+            .into_iter()
+            .filter(|violation| {
+                if violation.stage != "dispatch" {
+                    return true;
+                }
                 if seen.len() >= self.capacity {
                     seen.clear();
                 }
-                if !seen.insert(key) {
-                    continue;
-                }
-            }
-            let number = self.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let entry = Violation {
-                id: format!("viol_{number}"),
-                policy: violation.policy,
-                stage: violation.stage,
-                decision: violation.decision,
-                reason: violation.reason,
-                task_id: violation.task_id,
-                agent_id: violation.agent_id,
-                time: rfc3339_ms(now_ms),
-            };
-            let _ = self.events.send(Event {
-                id: format!("{now_ms}-v{number}"),
-                kind: EventKind::PolicyViolation,
-                time: entry.time.clone(),
-                server_id: server_id.to_string(),
-                task_id: entry.task_id.clone(),
-                agent_id: entry.agent_id.clone(),
-                data: json!({"policy": entry.policy, "stage": entry.stage, "decision": entry.decision,
-                             "reason": entry.reason, "violation_id": entry.id}),
-            });
-            let mut entries = self.entries.lock();
-            entries.push_back(entry.clone());
-            while entries.len() > self.capacity {
-                entries.pop_front();
-            }
-            recorded.push(entry);
-        }
-        recorded
-    }
-
-    /// The newest `limit` violations, newest first.
-    pub(crate) fn recent(&self, limit: usize) -> Vec<Violation> {
-        self.entries.lock().iter().rev().take(limit).cloned().collect()
+                seen.insert((
+                    violation.policy.clone(),
+                    violation.task_id.clone().unwrap_or_default(),
+                    violation.agent_id.clone().unwrap_or_default(),
+                ))
+            })
+            .collect()
     }
 }
 

@@ -110,7 +110,7 @@ impl Scheduler {
             // Dispatch policies decide who may take what, for routed work as for claimed work.
             let denials = super::policies::on_dispatch(&self.plugins, &task, &agent, now);
             if !denials.is_empty() {
-                self.record(denials);
+                self.record(denials).await;
                 continue;
             }
             pool.push((waiter, agent, health));

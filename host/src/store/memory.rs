@@ -16,9 +16,9 @@ use tokio::sync::broadcast;
 
 use super::{
     AgentFilter, AgentHealth, AgentRegistration, BreakerState, ClaimRequest, Clock, FailRequest, Fence, HealthState,
-    HealthVerdict, HeartbeatOutcome, PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord,
-    Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult, StoreStats, Submitted, TaskFilter,
-    TaskPage, Waiter, Withdrawn,
+    HealthVerdict, HeartbeatOutcome, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry,
+    PluginRecord, Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult, StoreStats,
+    Submitted, TaskFilter, TaskPage, VIOLATIONS_KEPT, Violation, Waiter, Withdrawn,
 };
 use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, EventKind, FailKind, HeartbeatRequest, NewTask, Priority, Task,
@@ -121,6 +121,9 @@ struct State {
     stats: Counters,
     /// Fleet plugin records and the current upload's bytes, by name.
     plugins: BTreeMap<String, (PluginRecord, Option<Vec<u8>>)>,
+    /// Policy violations, newest last, and the last id number issued.
+    violations: VecDeque<Violation>,
+    violation_seq: u64,
 }
 
 #[derive(Default)]
@@ -1637,6 +1640,39 @@ impl Store for MemoryStore {
             tx.emit(kind, None, None, data);
             Ok(record)
         })
+    }
+
+    async fn record_violations(&self, violations: Vec<NewViolation>) -> StoreResult<Vec<Violation>> {
+        self.transition(|tx| {
+            let mut recorded = Vec::with_capacity(violations.len());
+            for new in violations {
+                tx.state.violation_seq += 1;
+                let violation = Violation {
+                    id: format!("viol_{}", tx.state.violation_seq),
+                    policy: new.policy,
+                    stage: new.stage.to_string(),
+                    decision: new.decision.to_string(),
+                    reason: new.reason,
+                    task_id: new.task_id,
+                    agent_id: new.agent_id,
+                    time: rfc3339_ms(tx.now),
+                };
+                let data = json!({"policy": violation.policy, "stage": violation.stage, "decision": violation.decision,
+                                  "reason": violation.reason, "violation_id": violation.id});
+                let task_id = violation.task_id.as_deref().and_then(|t| TaskId::parse("task_id", t).ok());
+                tx.emit(EventKind::PolicyViolation, task_id.as_ref(), violation.agent_id.as_deref(), data);
+                tx.state.violations.push_back(violation.clone());
+                if tx.state.violations.len() > VIOLATIONS_KEPT {
+                    tx.state.violations.pop_front();
+                }
+                recorded.push(violation);
+            }
+            Ok(recorded)
+        })
+    }
+
+    async fn violations(&self, limit: usize) -> StoreResult<Vec<Violation>> {
+        Ok(self.state.lock().violations.iter().rev().take(limit).cloned().collect())
     }
 
     async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>> {

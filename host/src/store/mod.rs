@@ -203,6 +203,49 @@ pub struct PluginRecord {
     pub history: Vec<PluginHistoryEntry>,
 }
 
+/// A policy deny or warn, as the policy stage reports it (DESIGN §5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewViolation {
+    /// The policy's plugin name.
+    pub policy: String,
+    /// `submit`, `register` or `dispatch`.
+    pub stage: &'static str,
+    /// `deny` or `warn`.
+    pub decision: &'static str,
+    /// The policy's reason.
+    pub reason: String,
+    /// The task concerned (the id it was to get, for a denied submit).
+    pub task_id: Option<String>,
+    /// The agent concerned.
+    pub agent_id: Option<String>,
+}
+
+/// A recorded deny or warn: fleet-wide, newest first in `GET /policies/violations`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Violation {
+    /// `viol_` + a fleet-wide sequence number.
+    pub id: String,
+    /// The policy's plugin name.
+    pub policy: String,
+    /// `submit`, `register` or `dispatch`.
+    pub stage: String,
+    /// `deny` or `warn`.
+    pub decision: String,
+    /// The policy's reason.
+    pub reason: String,
+    /// The task concerned (the id it was to get, for a denied submit).
+    #[serde(default)]
+    pub task_id: Option<String>,
+    /// The agent concerned.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// When (RFC 3339, store clock).
+    pub time: String,
+}
+
+/// Violations kept (the oldest are dropped past this).
+pub const VIOLATIONS_KEPT: usize = 10_000;
+
 /// Changes kept per plugin name.
 pub const PLUGIN_HISTORY: usize = 100;
 
@@ -622,6 +665,13 @@ pub trait Store: Send + Sync + 'static {
     /// and disable of a name with no record → `PluginNotFound` (enable/disable create a record for names that only
     /// exist as built-ins or files, so a built-in can be disabled fleet-wide; see `PluginChange`).
     async fn change_plugin(&self, change: PluginChange) -> StoreResult<PluginRecord>;
+
+    /// Records policy violations, each with a fleet-wide id and a `policy_violation` event, keeping the newest
+    /// [`VIOLATIONS_KEPT`].
+    async fn record_violations(&self, violations: Vec<NewViolation>) -> StoreResult<Vec<Violation>>;
+
+    /// The newest `limit` violations, newest first.
+    async fn violations(&self, limit: usize) -> StoreResult<Vec<Violation>>;
 
     /// The fleet's plugin records (without component bytes), by name.
     async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>>;

@@ -185,9 +185,9 @@ async fn a_submit_policy_denies_with_a_recorded_violation_and_an_event() {
         }
         other => panic!("expected a policy denial, got {other:?}"),
     }
-    let violations = cp.violations(10);
+    let violations = cp.violations(10).await.expect("violations");
     assert_eq!(violations.len(), 1);
-    assert_eq!((violations[0].stage, violations[0].decision), ("submit", "deny"));
+    assert_eq!((violations[0].stage.as_str(), violations[0].decision.as_str()), ("submit", "deny"));
     let event = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             let event = events.recv().await.unwrap();

@@ -99,6 +99,7 @@ macro_rules! conformance {
                 a_failed_half_open_trial_opens_the_breaker_again,
                 an_unhealthy_verdict_fails_the_agent_until_a_healthy_one,
                 plugin_changes_keep_versions_bytes_history_and_emit_events,
+                violations_get_fleet_ids_events_and_are_listed_newest_first,
             ]);
 
             conformance!(@multi_thread [
@@ -1897,4 +1898,43 @@ async fn plugin_changes_keep_versions_bytes_history_and_emit_events(h: Harness) 
     assert_eq!(kinds, [EventKind::PluginUploaded, EventKind::PluginDisabled, EventKind::PluginDeleted]);
     let records = h.store.plugin_records().await.expect("records");
     assert_eq!(records, [record]);
+}
+
+async fn violations_get_fleet_ids_events_and_are_listed_newest_first(h: Harness) {
+    use aragora_cp::model::EventKind;
+    use aragora_cp::store::NewViolation;
+    let task = TaskId::generate();
+    let deny = NewViolation {
+        policy: "payload_size_policy".into(),
+        stage: "submit",
+        decision: "deny",
+        reason: "too big".into(),
+        task_id: Some(task.to_string()),
+        agent_id: None,
+    };
+    let warn = NewViolation {
+        stage: "register",
+        decision: "warn",
+        task_id: None,
+        agent_id: Some("a-1".into()),
+        ..deny.clone()
+    };
+    let mut rx = h.store.subscribe();
+    let recorded = h.store.record_violations(vec![deny, warn]).await.expect("record");
+    assert_eq!(recorded.len(), 2);
+    assert_ne!(recorded[0].id, recorded[1].id);
+    assert!(recorded.iter().all(|v| v.id.starts_with("viol_") && !v.time.is_empty()));
+    let events = received(&mut rx);
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::PolicyViolation, EventKind::PolicyViolation]
+    );
+    assert_eq!(events[0].task_id.as_deref(), Some(task.as_str()));
+    assert_eq!(events[1].agent_id.as_deref(), Some("a-1"));
+    assert_eq!(events[0].data["violation_id"], recorded[0].id.as_str());
+    let newest = h.store.violations(1).await.expect("list");
+    assert_eq!(newest, [recorded[1].clone()]);
+    let all = h.store.violations(10).await.expect("list");
+    assert_eq!(all, [recorded[1].clone(), recorded[0].clone()]);
+    assert_eq!((all[1].stage.as_str(), all[1].task_id.as_deref()), ("submit", Some(task.as_str())));
 }

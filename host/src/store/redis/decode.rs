@@ -9,7 +9,9 @@ use serde_json::{Map, Value as Json};
 use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, EventKind, Priority, Task, TaskError, TaskId, TaskStatus, rfc3339_ms,
 };
-use crate::store::{AgentHealth, BreakerState, HealthState, PluginHistoryEntry, PluginRecord, StoreError, StoreResult};
+use crate::store::{
+    AgentHealth, BreakerState, HealthState, PluginHistoryEntry, PluginRecord, StoreError, StoreResult, Violation,
+};
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
 const CONFLICT_CODES: [&str; 7] = [
@@ -306,4 +308,36 @@ pub(super) fn plugin_record(record: &Value, history: &Value) -> StoreResult<Plug
         manifest: stored.manifest,
         history,
     })
+}
+
+/// Violations as `record_violations`/`violations` keep them (JSON, time in store ms).
+pub(super) fn violations(value: &Value) -> StoreResult<Vec<Violation>> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        id: String,
+        policy: String,
+        stage: String,
+        decision: String,
+        reason: String,
+        task_id: Option<String>,
+        agent_id: Option<String>,
+        time: f64,
+    }
+    array(value)?
+        .iter()
+        .map(|entry| {
+            let raw = text(entry).ok_or_else(|| corrupt("violation"))?;
+            let v: Stored = serde_json::from_str(&raw).map_err(|e| corrupt(format!("violation: {e}")))?;
+            Ok(Violation {
+                id: v.id,
+                policy: v.policy,
+                stage: v.stage,
+                decision: v.decision,
+                reason: v.reason,
+                task_id: v.task_id,
+                agent_id: v.agent_id,
+                time: rfc3339_ms(v.time as u64),
+            })
+        })
+        .collect()
 }

@@ -28,8 +28,8 @@ use self::decode::{Reply, text};
 use self::scripts::Scripts;
 use super::{
     AgentFilter, AgentHealth, AgentRegistration, ClaimRequest, FailRequest, Fence, HealthVerdict, HeartbeatOutcome,
-    PluginAction, PluginChange, PluginRecord, Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError,
-    StoreResult, StoreStats, Submitted, TaskFilter, TaskPage, Waiter, Withdrawn,
+    NewViolation, PluginAction, PluginChange, PluginRecord, Registered, RevokeReason, Revoked, Store, StoreConfig,
+    StoreError, StoreResult, StoreStats, Submitted, TaskFilter, TaskPage, Violation, Waiter, Withdrawn,
 };
 use crate::model::{
     Agent, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
@@ -721,6 +721,33 @@ impl Store for RedisStore {
         let history =
             body.get(1).ok_or_else(|| StoreError::Unavailable("redis: plugin_change answered no history".into()))?;
         decode::plugin_record(first(&body)?, history)
+    }
+
+    async fn record_violations(&self, violations: Vec<NewViolation>) -> StoreResult<Vec<Violation>> {
+        if violations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec![violations.len().to_string()];
+        for v in violations {
+            args.extend([
+                v.policy,
+                v.stage.to_string(),
+                v.decision.to_string(),
+                v.reason,
+                v.task_id.unwrap_or_default(),
+                v.agent_id.unwrap_or_default(),
+            ]);
+        }
+        let body = self.call(&self.scripts.record_violations, args).await?;
+        decode::violations(first(&body)?)
+    }
+
+    async fn violations(&self, limit: usize) -> StoreResult<Vec<Violation>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let body = self.call(&self.scripts.violations, vec![limit.to_string()]).await?;
+        decode::violations(first(&body)?)
     }
 
     async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>> {

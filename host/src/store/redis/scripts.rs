@@ -61,6 +61,7 @@ scripts!(
     progress: WRITES,
     read_agents: READS,
     record_health: WRITES,
+    record_violations: WRITES,
     register: WRITES,
     register_waiter: WRITES,
     release: WRITES,
@@ -73,6 +74,7 @@ scripts!(
     sweep_timeouts: WRITES,
     test_clock: WRITES,
     unregister: WRITES,
+    violations: READS,
     waiters_for: READS,
     withdraw_waiter: WRITES,
 );
