@@ -103,7 +103,12 @@ impl ControlPlaneCoordinator {
     ) -> anyhow::Result<Arc<Self>> {
         let scheduler = Arc::new(Scheduler::new(store.clone(), plugins.clone(), config.clone()));
         let registry = AgentRegistry::new(scheduler.clone());
-        let health = Arc::new(HealthMonitor::new(store.clone(), plugins.clone(), config.probes.clone()));
+        let health = Arc::new(HealthMonitor::new(
+            config.server_id.clone(),
+            store.clone(),
+            plugins.clone(),
+            config.probes.clone(),
+        ));
         let (events, _) = broadcast::channel(config.event_buffer.clamp(64, 65_536));
         let fleet_plugins = Arc::new(fleet_plugins::FleetPlugins::new(
             store.clone(),
@@ -357,7 +362,7 @@ impl ControlPlaneCoordinator {
         self.health.probe_round().await
     }
 
-    /// Policy violations recorded on this server, newest first.
+    /// Policy violations of the fleet, newest first.
     pub async fn violations(&self, limit: usize) -> Result<Vec<Violation>, EngineError> {
         self.scheduler.violations(limit).await
     }

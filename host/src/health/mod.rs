@@ -3,6 +3,10 @@
 //! `health_url`), within `PROBE_TIMEOUT`, at most `PROBE_CONCURRENCY` at once. The verdict goes to the store,
 //! which keeps health and the circuit breakers (so every server sees them) and refuses work to unhealthy agents
 //! and open breakers. With no probe plugin loaded, health is liveness alone.
+//!
+//! With several servers on one store, each agent is probed by one of them: every round a server records itself
+//! as alive in the store and takes the agents whose rendezvous hash over the live servers names it, so a fleet of
+//! N servers probes each agent once per round and a dead server's agents move to the others within a round or two.
 
 pub mod http_check;
 
@@ -44,11 +48,31 @@ impl Default for ProbeSettings {
 
 /// The health monitor; shared as `Arc<HealthMonitor>`.
 pub struct HealthMonitor {
+    server_id: String,
     store: Arc<dyn Store>,
     plugins: Arc<PluginRegistry>,
     settings: ProbeSettings,
     /// Per agent, (completed, failed) at the previous round: "recent" outcomes are the difference.
     last_counts: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+/// The server that probes `agent_id`: the one with the highest hash of (server, agent). Stable (FNV-1a, not the
+/// process-seeded std hasher, so every server computes the same owner) and minimal in movement: when a server
+/// joins or leaves, only the agents it wins or held change hands.
+pub fn rendezvous_owner<'a>(agent_id: &str, servers: &'a [String]) -> Option<&'a str> {
+    let score = |server: &str| {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in server.bytes().chain([0xff]).chain(agent_id.bytes()) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        // FNV's low bits mix poorly on similar inputs; a final avalanche (splitmix64) spreads them.
+        hash ^= hash >> 30;
+        hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        hash ^= hash >> 27;
+        hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+        hash ^ (hash >> 31)
+    };
+    servers.iter().max_by_key(|server| (score(server), server.as_str())).map(String::as_str)
 }
 
 /// Severity for combining several probes: the worst verdict wins; `unknown` says least.
@@ -63,17 +87,32 @@ fn severity(state: HealthState) -> u8 {
 
 impl HealthMonitor {
     /// A monitor probing the agents of `store` with the probe plugins of `plugins`.
-    pub fn new(store: Arc<dyn Store>, plugins: Arc<PluginRegistry>, settings: ProbeSettings) -> Self {
-        HealthMonitor { store, plugins, settings, last_counts: Mutex::new(HashMap::new()) }
+    pub fn new(
+        server_id: String,
+        store: Arc<dyn Store>,
+        plugins: Arc<PluginRegistry>,
+        settings: ProbeSettings,
+    ) -> Self {
+        HealthMonitor { server_id, store, plugins, settings, last_counts: Mutex::new(HashMap::new()) }
     }
 
-    /// Probes every live agent once; returns how many verdicts were recorded.
+    /// Probes every live agent this server owns once; returns how many verdicts were recorded.
     pub async fn probe_round(self: &Arc<Self>) -> usize {
+        // Presence is recorded even with no probe loaded, so other servers count this one consistently.
+        let alive_for = (self.settings.interval * 3).as_millis() as u64;
+        let servers = match self.store.server_alive(&self.server_id, alive_for).await {
+            Ok(servers) => servers,
+            Err(_) => return 0,
+        };
         let probes = self.plugins.probes();
         if probes.is_empty() {
             return 0;
         }
         let Ok(agents) = self.store.list_agents(&AgentFilter::default()).await else { return 0 };
+        let agents: Vec<Agent> = agents
+            .into_iter()
+            .filter(|a| rendezvous_owner(&a.agent_id, &servers).is_none_or(|owner| owner == self.server_id))
+            .collect();
         let semaphore = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1)));
         let mut rounds = Vec::new();
         for agent in agents.into_iter().filter(|a| a.status != AgentStatus::Offline) {
@@ -184,5 +223,29 @@ impl HealthMonitor {
             }
             self.probe_round().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rendezvous_owner;
+
+    #[test]
+    fn rendezvous_spreads_agents_and_moves_only_a_leaving_servers_share() {
+        let three: Vec<String> = ["cp-a", "cp-b", "cp-c"].map(String::from).to_vec();
+        let agents: Vec<String> = (0..3000).map(|n| format!("agent-{n}")).collect();
+        let owners: Vec<&str> = agents.iter().map(|a| rendezvous_owner(a, &three).unwrap()).collect();
+        for server in &three {
+            let share = owners.iter().filter(|o| **o == server.as_str()).count();
+            assert!((800..1200).contains(&share), "{server} owns {share} of 3000");
+        }
+        let two: Vec<String> = three[..2].to_vec();
+        for (agent, before) in agents.iter().zip(&owners) {
+            let after = rendezvous_owner(agent, &two).unwrap();
+            if *before != "cp-c" {
+                assert_eq!(after, *before, "{agent} moved although its server stayed");
+            }
+        }
+        assert_eq!(rendezvous_owner("x", &[]), None);
     }
 }

@@ -124,6 +124,8 @@ struct State {
     /// Policy violations, newest last, and the last id number issued.
     violations: VecDeque<Violation>,
     violation_seq: u64,
+    /// Live servers and when their presence expires (store ms).
+    servers: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -1640,6 +1642,14 @@ impl Store for MemoryStore {
             tx.emit(kind, None, None, data);
             Ok(record)
         })
+    }
+
+    async fn server_alive(&self, server_id: &str, ttl_ms: u64) -> StoreResult<Vec<String>> {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        state.servers.insert(server_id.to_string(), now.saturating_add(ttl_ms));
+        state.servers.retain(|_, expires| *expires > now);
+        Ok(state.servers.keys().cloned().collect())
     }
 
     async fn record_violations(&self, violations: Vec<NewViolation>) -> StoreResult<Vec<Violation>> {

@@ -666,6 +666,10 @@ pub trait Store: Send + Sync + 'static {
     /// exist as built-ins or files, so a built-in can be disabled fleet-wide; see `PluginChange`).
     async fn change_plugin(&self, change: PluginChange) -> StoreResult<PluginRecord>;
 
+    /// Records `server_id` as alive for `ttl_ms` more and answers the ids of every live server, sorted (health
+    /// probing divides the agents among them).
+    async fn server_alive(&self, server_id: &str, ttl_ms: u64) -> StoreResult<Vec<String>>;
+
     /// Records policy violations, each with a fleet-wide id and a `policy_violation` event, keeping the newest
     /// [`VIOLATIONS_KEPT`].
     async fn record_violations(&self, violations: Vec<NewViolation>) -> StoreResult<Vec<Violation>>;

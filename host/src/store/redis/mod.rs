@@ -723,6 +723,14 @@ impl Store for RedisStore {
         decode::plugin_record(first(&body)?, history)
     }
 
+    async fn server_alive(&self, server_id: &str, ttl_ms: u64) -> StoreResult<Vec<String>> {
+        let body = self.call(&self.scripts.server_alive, vec![server_id.to_string(), ttl_ms.to_string()]).await?;
+        decode::array(first(&body)?)?
+            .iter()
+            .map(|v| text(v).ok_or_else(|| StoreError::Unavailable("redis: a server id is not text".into())))
+            .collect()
+    }
+
     async fn record_violations(&self, violations: Vec<NewViolation>) -> StoreResult<Vec<Violation>> {
         if violations.is_empty() {
             return Ok(Vec::new());

@@ -66,6 +66,7 @@ scripts!(
     register_waiter: WRITES,
     release: WRITES,
     retry: WRITES,
+    server_alive: WRITES,
     set_paused: WRITES,
     start: WRITES,
     stats: READS,
