@@ -64,10 +64,12 @@ struct Feed {
 }
 
 fn to_sse(event: &Event) -> SseEvent {
-    SseEvent::default()
-        .id(event.id.clone())
-        .event(event.kind.as_str())
-        .data(serde_json::to_string(event).unwrap_or_else(|_| "{}".into()))
+    let mut data = serde_json::to_value(event).unwrap_or_default();
+    // The waiter token of a routed grant is for the servers (to wake the blocked claim), not for clients.
+    if let Some(fields) = data.get_mut("data").and_then(serde_json::Value::as_object_mut) {
+        fields.remove("waiter");
+    }
+    SseEvent::default().id(event.id.clone()).event(event.kind.as_str()).data(data.to_string())
 }
 
 fn reset(reason: &str) -> SseEvent {

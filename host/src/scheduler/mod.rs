@@ -332,6 +332,13 @@ impl Scheduler {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             };
+            // A task routed to a blocked claim of this server, possibly by another server's router.
+            if event.kind == EventKind::TaskClaimed
+                && let Some(token) = event.data.get("waiter").and_then(serde_json::Value::as_str)
+            {
+                self.wake(token);
+                continue;
+            }
             if !matches!(event.kind, EventKind::TaskRetried | EventKind::TaskReleased) {
                 continue;
             }

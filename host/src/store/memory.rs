@@ -354,7 +354,9 @@ impl Tx<'_> {
     }
 
     /// Grants a pending task (already out of the index) to an agent.
-    fn grant(&mut self, task_id: &TaskId, agent_id: &str, via: &str) -> Task {
+    /// Grants a pending task to an agent. A routed grant names the waiter token it consumed in its event, so the
+    /// server holding that blocked claim wakes it (the router may run on another server).
+    fn grant(&mut self, task_id: &TaskId, agent_id: &str, via: &str, waiter: Option<&str>) -> Task {
         let now = self.now;
         let lease_id = format!("{:032x}", rand::rng().random::<u128>());
         let record = self.state.tasks.get_mut(task_id).expect("task exists");
@@ -379,7 +381,11 @@ impl Tx<'_> {
             agent.breaker.trial = Some(task_id.clone());
         }
         self.refresh_capacity(agent_id);
-        self.emit(EventKind::TaskClaimed, Some(task_id), Some(agent_id), json!({"attempt": attempt, "via": via}));
+        let mut data = json!({"attempt": attempt, "via": via});
+        if let Some(token) = waiter {
+            data["waiter"] = json!(token);
+        }
+        self.emit(EventKind::TaskClaimed, Some(task_id), Some(agent_id), data);
         self.state.tasks[task_id].task.clone()
     }
 
@@ -717,7 +723,7 @@ impl Tx<'_> {
         while granted.len() < request.max_tasks && (granted.is_empty() || self.eligible(&request.agent_id)) {
             let Some(task_id) = self.best_for(&capabilities, &BTreeSet::new()) else { break };
             self.dequeue(&task_id);
-            granted.push(self.grant(&task_id, &request.agent_id, "claim"));
+            granted.push(self.grant(&task_id, &request.agent_id, "claim", None));
         }
         Ok(granted)
     }
@@ -1100,7 +1106,7 @@ impl Store for MemoryStore {
                 return Ok(None);
             }
             tx.dequeue(task_id);
-            Ok(Some(tx.grant(task_id, &request.agent_id, "claim")))
+            Ok(Some(tx.grant(task_id, &request.agent_id, "claim", None)))
         })
     }
 
@@ -1162,7 +1168,7 @@ impl Store for MemoryStore {
             tx.state.waiters.remove(token);
             tx.dequeue(task_id);
             tx.touch(&waiter.agent_id);
-            let task = tx.grant(task_id, &waiter.agent_id, "routed");
+            let task = tx.grant(task_id, &waiter.agent_id, "routed", Some(token));
             let lease = task.lease_id.clone().unwrap_or_default();
             tx.state.consumed.insert(token.to_string(), (task_id.clone(), lease));
             Ok(Some(task))

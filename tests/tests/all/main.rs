@@ -8,6 +8,7 @@ mod builtin_strategies;
 mod engine;
 mod example_plugins;
 mod example_strategy;
+mod fleet_claims;
 mod fleet_health;
 mod fleet_plugins;
 mod hot_reload;

@@ -416,7 +416,8 @@ end
 -- Leases
 
 -- Grants a pending task (already out of the index) to an agent under the host-drawn `lease`.
-local function grant(id, agent, via, lease)
+-- A routed grant names the waiter token it consumed in its event, so the server holding that blocked claim wakes it.
+local function grant(id, agent, via, lease, waiter)
   local k = tkey(id)
   local attempt = redis.call('HINCRBY', k, 'attempt', 1)
   redis.call('HSET', k, 'lease', lease, 'agent', agent, 'claimed', n2s(NOW), 'unfenced', '0')
@@ -431,7 +432,7 @@ local function grant(id, agent, via, lease)
   local b = redis.call('HMGET', akey(agent), 'b_state', 'b_trial')
   if b[1] == 'half_open' and not b[2] then redis.call('HSET', akey(agent), 'b_trial', id) end
   refresh_capacity(agent)
-  emit('task_claimed', id, agent, json({ attempt = attempt, via = via }))
+  emit('task_claimed', id, agent, json({ attempt = attempt, via = via, waiter = waiter }))
 end
 
 -- Ends the current lease: off the deadline index and the holder's leases; a revocation is remembered on the task
