@@ -51,6 +51,8 @@ pub struct Config {
     /// Fleet-wide plugin uploads over the API (`ARAGORA_CONTROL_PLANE_POLICY_SOURCE=auto`; `inprocess` turns
     /// them off: folder and built-in plugins only).
     pub uploads_enabled: bool,
+    /// Replicas each Redis write must reach before it is acknowledged (`REDIS_WAIT_REPLICAS`, 0).
+    pub wait_replicas: u32,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
         Config {
             server_id: format!("cp-{:08x}", rand::random::<u32>()),
             uploads_enabled: true,
+            wait_replicas: 0,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(300),
@@ -86,6 +89,7 @@ impl Config {
     pub fn store_config(&self) -> crate::store::StoreConfig {
         crate::store::StoreConfig {
             server_id: self.server_id.clone(),
+            wait_replicas: self.wait_replicas,
             heartbeat_timeout_ms: self.heartbeat_timeout.as_millis() as u64,
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
             max_signatures: self.max_signatures,

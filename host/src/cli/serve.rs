@@ -156,6 +156,9 @@ pub struct ServeArgs {
     /// API) or `inprocess` (folder and built-ins only: PUT/DELETE /plugins answer 405).
     #[arg(long, env = "ARAGORA_CONTROL_PLANE_POLICY_SOURCE", value_enum, default_value_t = PolicySource::Auto)]
     pub policy_source: PolicySource,
+    /// Replicas each Redis write must reach before it is acknowledged (0 = don't wait; standalone Redis only).
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
     /// The start of every Redis key (one deployment per prefix).
     #[arg(long, env = "CONTROL_PLANE_PREFIX", default_value = crate::store::redis::DEFAULT_PREFIX)]
     pub prefix: String,
@@ -257,6 +260,7 @@ impl ServeArgs {
             max_signatures: positive("MAX_SIGNATURES", self.max_signatures)?,
             plugins_dir: Some(self.plugins_dir.clone()),
             uploads_enabled: self.policy_source == PolicySource::Auto,
+            wait_replicas: self.redis_wait_replicas,
             event_buffer: positive("SSE_BUFFER", self.sse_buffer)?,
             breaker_threshold: positive("BREAKER_THRESHOLD", self.breaker_threshold as usize)? as u32,
             breaker_window: seconds("BREAKER_WINDOW", self.breaker_window, 0.001)?,

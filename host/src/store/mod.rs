@@ -52,6 +52,8 @@ pub struct StoreConfig {
     pub breaker_window_ms: u64,
     /// Time an open breaker waits before a half-open trial, in ms.
     pub breaker_cooldown_ms: u64,
+    /// Replicas a Redis write must reach before it is acknowledged (`REDIS_WAIT_REPLICAS`; 0 = don't wait).
+    pub wait_replicas: u32,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +71,7 @@ impl Default for StoreConfig {
             breaker_threshold: 5,
             breaker_window_ms: 60_000,
             breaker_cooldown_ms: 30_000,
+            wait_replicas: 0,
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aragora_cp::model::EventKind;
-use aragora_cp::store::{ClaimRequest, RedisStore, Store, StoreError};
+use aragora_cp::store::{ClaimRequest, RedisStore, Store, StoreConfig, StoreError};
 use aragora_cp_tests::redis_server::{RedisServer, shared_cluster, shared_server, unique_prefix};
 use aragora_cp_tests::store_harness::{T0_MS, caps, new_task, registration, request, test_config};
 
@@ -115,4 +115,31 @@ async fn with_appendfsync_always_an_acknowledged_submit_survives_a_redis_restart
         }
     };
     assert_eq!(claimed.task_id.as_deref(), Some(submitted.task_id.as_str()));
+}
+
+/// `REDIS_WAIT_REPLICAS`: a write is acknowledged once a replica holds it; with the replica gone, the write is
+/// answered as unavailable (its outcome unknown) rather than as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_replicas_and_say_so_when_none_confirms() {
+    let primary = RedisServer::start();
+    let replica_of = primary.port.to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]);
+    let linked = aragora_cp_tests::wait_until(Duration::from_secs(10), || {
+        primary.command("INFO replication").is_ok_and(|info| info.contains("connected_slaves:1"))
+            && replica.command("INFO replication").is_ok_and(|info| info.contains("master_link_status:up"))
+    });
+    assert!(linked.is_some(), "the replica never synchronised");
+    let config = StoreConfig { wait_replicas: 1, ..test_config() };
+    let prefix = unique_prefix("replicas");
+    let store = RedisStore::connect(&primary.url(), &prefix, config).await.expect("connect");
+    let submitted = store.submit(new_task("alice", request("replicated"))).await.expect("a replica confirms the write");
+    let key = format!("{prefix}{{main}}:task:{}", submitted.task_id);
+    assert!(replica.command(&format!("EXISTS {key}")).unwrap().contains(":1"), "the replica holds the task");
+
+    drop(replica);
+    let refused = store.submit(new_task("alice", request("unconfirmed"))).await;
+    match refused {
+        Err(StoreError::Unavailable(message)) => assert!(message.contains("REDIS_WAIT_REPLICAS"), "{message}"),
+        other => panic!("expected an unconfirmed write to be unavailable, got {other:?}"),
+    }
 }

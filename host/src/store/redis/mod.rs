@@ -66,12 +66,17 @@ pub struct RedisStore {
     scripts: Scripts,
     /// ARGV[1..12] of every script.
     config_args: Vec<String>,
+    /// `REDIS_WAIT_REPLICAS`.
+    wait_replicas: u32,
     events: broadcast::Sender<Event>,
     delivered: watch::Receiver<(u64, u64)>,
     reader_live: Arc<AtomicBool>,
     reader: JoinHandle<()>,
     clock: Mutex<ClockEstimate>,
 }
+
+/// How long a write waits for `REDIS_WAIT_REPLICAS` replicas.
+const WAIT_REPLICAS_TIMEOUT_MS: u64 = 1000;
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
@@ -109,6 +114,12 @@ impl RedisStore {
         if prefix.contains(['{', '}']) {
             return Err(StoreError::Unavailable(format!("redis: the key prefix {prefix:?} may not contain braces")));
         }
+        // WAIT is keyless: a cluster connection would send it to any node, not the one holding our slot.
+        if config.wait_replicas > 0 && matches!(target, Target::Cluster(_)) {
+            return Err(StoreError::Unavailable(
+                "REDIS_WAIT_REPLICAS is supported with a standalone Redis and its replicas, not a cluster URL".into(),
+            ));
+        }
         let commands = target.commands().await?;
         let reader_connection = target.blocking().await?;
         let root = format!("{prefix}{{main}}:");
@@ -140,6 +151,7 @@ impl RedisStore {
             commands,
             scripts: Scripts::new(),
             config_args,
+            wait_replicas: config.wait_replicas,
             events,
             delivered,
             reader_live,
@@ -198,6 +210,9 @@ impl RedisStore {
             unavailable(error)
         })?;
         let reply = decode::reply(value)?;
+        if self.wait_replicas > 0 && self.scripts.is_write(script) {
+            self.wait_for_replicas().await?;
+        }
         {
             let mut clock = self.clock.lock();
             if reply.pinned || clock.pinned || reply.now >= clock.store_ms + clock.at.elapsed().as_millis() as u64 {
@@ -211,6 +226,25 @@ impl RedisStore {
             let _ = tokio::time::timeout(DELIVERY_WAIT, delivered.wait_for(|d| *d >= last)).await;
         }
         Ok(reply)
+    }
+
+    /// Waits until `wait_replicas` replicas hold every write so far (at most a second). A write they did not
+    /// confirm is answered as unavailable: it happened on the primary, but a failover could still lose it, so the
+    /// client must treat the outcome as unknown (and retry idempotently).
+    async fn wait_for_replicas(&self) -> StoreResult<()> {
+        let acknowledged: i64 = redis::cmd("WAIT")
+            .arg(self.wait_replicas)
+            .arg(WAIT_REPLICAS_TIMEOUT_MS)
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        if acknowledged < i64::from(self.wait_replicas) {
+            return Err(StoreError::Unavailable(format!(
+                "redis: a write reached {acknowledged} of the {} replicas REDIS_WAIT_REPLICAS asks for within {} ms",
+                self.wait_replicas, WAIT_REPLICAS_TIMEOUT_MS
+            )));
+        }
+        Ok(())
     }
 
     /// Runs a script and answers its body, or its refusal.

@@ -24,6 +24,14 @@ macro_rules! scripts {
         }
 
         impl Scripts {
+            /// Whether `script` may write (`REDIS_WAIT_REPLICAS` waits after those only).
+            pub(super) fn is_write(&self, script: &Script) -> bool {
+                $(if $kind == WRITES && script.get_hash() == self.$name.get_hash() {
+                    return true;
+                })*
+                false
+            }
+
             pub(super) fn new() -> Self {
                 Scripts {
                     $($name: Script::new(&format!(
