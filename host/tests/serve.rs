@@ -84,3 +84,18 @@ async fn json_logs_carry_request_ids_and_sigterm_drains_promptly() {
     );
     assert!(lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("shutting down"))));
 }
+
+#[test]
+fn require_redis_accepts_1_and_refuses_a_memory_url() {
+    let output = Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
+        .arg("serve")
+        .env("BIND", "127.0.0.1:0")
+        .env("REDIS_URL", "memory://")
+        .env("ARAGORA_REQUIRE_REDIS", "1")
+        .env("PLUGINS_DIR", "/nonexistent-plugins-dir")
+        .output()
+        .expect("aragora-cp runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ARAGORA_REQUIRE_REDIS=1 contradicts REDIS_URL=memory://"), "{stderr}");
+}

@@ -72,9 +72,8 @@ pub async fn agents_list(
 /// `POST /agents` → 201 with the agent (its `session_id` included).
 #[utoipa::path(post, path = "/agents", tag = "agents", request_body = RegisterRequest,
     responses(
-        (status = 201, description = "Registered; keep the `session_id` for claims", body = Agent),
+        (status = 201, description = "Registered; keep the `session_id` for claims. Registering again with a new session revokes the old session's leases (DESIGN §4)", body = Agent),
         (status = 403, description = "A registration policy denied it (`policy_denied`), or an agent token registers another agent or capabilities outside its `caps`", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The agent id is registered with another session that is still alive (`session_replaced` rules, DESIGN §4)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["controlplane:agents"])))]
 pub async fn agents_register(

@@ -150,7 +150,8 @@ pub struct ServeArgs {
     #[arg(long, env = "REDIS_CONNECT_TIMEOUT", default_value_t = 30.0)]
     pub redis_connect_timeout: f64,
     /// Refuse to fall back to the memory store when REDIS_URL is unset and no Redis answers.
-    #[arg(long, env = "ARAGORA_REQUIRE_REDIS", action = clap::ArgAction::SetTrue)]
+    #[arg(long, env = "ARAGORA_REQUIRE_REDIS", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub require_redis: bool,
     /// Where policies and other plugins may come from: `auto` (folder, built-ins and fleet-wide uploads over the
     /// API) or `inprocess` (folder and built-ins only: PUT/DELETE /plugins answer 405).
