@@ -18,6 +18,7 @@ use crate::api::{self, ApiState, Authenticator, Permission};
 use crate::config::Config;
 use crate::coordinator::ControlPlaneCoordinator;
 use crate::health::ProbeSettings;
+use crate::store::Store;
 use crate::store::open::{StoreKind, StoreOptions};
 
 /// How long the printed development admin token lives.
@@ -294,6 +295,94 @@ impl ServeArgs {
     }
 }
 
+/// A control plane serving the REST API on a bound listener: what `serve` runs until a signal, and what `demo`
+/// embeds. Built in one place so both get the same coordinator, API state and drain.
+pub struct RunningServer {
+    /// Where it listens (the port is known even when `BIND` asked for port 0).
+    pub address: SocketAddr,
+    /// The engine behind the API.
+    pub coordinator: Arc<ControlPlaneCoordinator>,
+    draining: tokio_util::sync::CancellationToken,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Set once `server` has been awaited to the end: a finished join handle must not be polled again.
+    finished: bool,
+    drain: Duration,
+}
+
+impl RunningServer {
+    /// Binds `settings.bind`, starts the coordinator on `config` over `store` (opened by `store::open` from
+    /// `settings.store`) and serves the API with `auth`. Needs a tokio runtime.
+    pub async fn start(
+        config: Config,
+        settings: &ServerSettings,
+        store: Arc<dyn Store>,
+        auth: Arc<Authenticator>,
+        metrics_token: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("BIND: cannot listen on {}", settings.bind))?;
+        let coordinator = ControlPlaneCoordinator::with_store(config, store).await?;
+        let state = ApiState {
+            max_body_bytes: settings.max_body_bytes,
+            metrics_token,
+            ..ApiState::new(coordinator.clone(), auth)
+        };
+        let draining = state.draining.clone();
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunningServer {
+            address,
+            coordinator,
+            draining,
+            stop: Some(stop),
+            server,
+            finished: false,
+            drain: settings.drain,
+        })
+    }
+
+    /// Resolves when the server stops by itself, before any [`shutdown`](Self::shutdown) (in practice: it
+    /// failed); the coordinator is stopped then too.
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        if self.finished {
+            return std::future::pending().await;
+        }
+        let outcome = (&mut self.server).await;
+        self.finished = true;
+        self.coordinator.shutdown().await;
+        outcome.context("server task")?.context("server")?;
+        Ok(())
+    }
+
+    /// Graceful stop: readiness fails and event streams end, no new connections, in-flight requests get the drain
+    /// bound, then the coordinator's background duties stop.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        tracing::info!(drain = ?self.drain, "shutting down: no new connections, draining in-flight requests");
+        self.draining.cancel();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if self.finished {
+            return Ok(());
+        }
+        let outcome = match tokio::time::timeout(self.drain, &mut self.server).await {
+            Ok(outcome) => outcome.context("server task").and_then(|served| served.context("server")),
+            Err(_) => {
+                tracing::warn!("drain timed out; dropping the remaining requests");
+                self.server.abort();
+                Ok(())
+            }
+        };
+        self.coordinator.shutdown().await;
+        outcome
+    }
+}
+
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (mut config, settings) = args.validate()?;
@@ -309,45 +398,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (store, kind) = crate::store::open::open(&settings.store, config.store_config()).await?;
         let (auth, generated) = authenticator(&args.auth, &settings, kind)?;
         let auth = Arc::new(auth);
-        let listener = tokio::net::TcpListener::bind(settings.bind)
-            .await
-            .with_context(|| format!("BIND: cannot listen on {}", settings.bind))?;
-        let coordinator = ControlPlaneCoordinator::with_store(config, store).await?;
-        let state = ApiState {
-            max_body_bytes: settings.max_body_bytes,
-            metrics_token,
-            ..ApiState::new(coordinator.clone(), auth.clone())
-        };
-        let draining = state.draining.clone();
-        let address = listener.local_addr()?;
-        println!("aragora-cp listening on http://{address}");
+        let mut server = RunningServer::start(config, &settings, store, auth.clone(), metrics_token).await?;
+        println!("aragora-cp listening on http://{}", server.address);
         if generated {
             println!("no ARAGORA_JWT_SECRET: generated a secret for this run; an admin token valid 24 h:");
             println!("{}", auth.issue("admin", &[Permission::Admin], DEV_TOKEN_TTL)?);
         }
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut server = tokio::spawn(api::serve(listener, state, async move {
-            let _ = stopped.await;
-        }));
         tokio::select! {
-            outcome = &mut server => {
-                coordinator.shutdown().await;
-                outcome.context("server task")?.context("server")?;
-                return Ok(ExitCode::SUCCESS);
-            }
+            outcome = server.stopped() => return outcome.map(|()| ExitCode::SUCCESS),
             _ = shutdown_signal() => {}
         }
-        tracing::info!(drain = ?settings.drain, "shutting down: no new connections, draining in-flight requests");
-        draining.cancel();
-        let _ = stop.send(());
-        match tokio::time::timeout(settings.drain, &mut server).await {
-            Ok(outcome) => outcome.context("server task")?.context("server")?,
-            Err(_) => {
-                tracing::warn!("drain timed out; dropping the remaining requests");
-                server.abort();
-            }
-        }
-        coordinator.shutdown().await;
+        server.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -378,7 +439,7 @@ fn authenticator(
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };
