@@ -1,6 +1,7 @@
 //! Builds the guest plugin crates under `plugins/` for `wasm32-wasip2` and exposes them to the host.
 //!
-//! The built-in strategies are embedded as bytes (`BUILTIN_STRATEGIES`); every guest, built-in, example or test
+//! The built-in strategies are embedded as bytes (`BUILTIN_STRATEGIES`), and so are the example plugins the `demo`
+//! command installs at run time (`EMBEDDED_EXAMPLES`, with their manifests); every guest, built-in, example or test
 //! fixture, is also listed by path (`GUEST_ARTIFACTS`) so tests and benchmarks load exactly what the build made.
 //! The guests get their own target directory under `OUT_DIR`: a nested cargo on the outer target directory would
 //! wait for ever on the lock the outer cargo holds.
@@ -13,6 +14,10 @@ use std::process::Command;
 
 /// Guests embedded in the binary; every other guest is only listed by path.
 const BUILTINS: &[&str] = &["least_loaded", "round_robin", "random"];
+
+/// Example guests embedded with their manifests (`plugins/NAME/NAME.toml`): `aragora-cp demo` writes them into
+/// the folder it watches, and the binary must not need the source tree at run time.
+const EMBEDDED_EXAMPLES: &[&str] = &["cheapest_within_latency", "payload_size_policy"];
 
 /// Folders (relative to `plugins/`) that hold guest crates, one crate per sub-folder.
 const GUEST_FOLDERS: &[&str] = &[".", "testing"];
@@ -49,6 +54,25 @@ fn main() {
             .find(|(name, _)| name == builtin)
             .unwrap_or_else(|| panic!("built-in plugin {builtin} has no crate under plugins/"));
         writeln!(generated, "    ({builtin:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
+    }
+    generated.push_str("];\n\n");
+    generated.push_str("/// Example plugins embedded for `demo`: (plugin name, component bytes, manifest text).\n");
+    generated.push_str("pub const EMBEDDED_EXAMPLES: &[(&str, &[u8], &str)] = &[\n");
+    for example in EMBEDDED_EXAMPLES {
+        let (_, path) = artifacts
+            .iter()
+            .find(|(name, _)| name == example)
+            .unwrap_or_else(|| panic!("embedded example {example} has no crate under plugins/"));
+        let manifest = plugins.join(example).join(format!("{example}.toml"));
+        assert!(manifest.is_file(), "embedded example {example} has no manifest at {}", manifest.display());
+        watch(&root, &manifest);
+        writeln!(
+            generated,
+            "    ({example:?}, include_bytes!({:?}), include_str!({:?})),",
+            path.display().to_string(),
+            manifest.display().to_string()
+        )
+        .unwrap();
     }
     generated.push_str("];\n");
     fs::write(out_dir.join("guests.rs"), generated).expect("write guests.rs");

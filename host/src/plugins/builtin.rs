@@ -1,11 +1,17 @@
 //! The built-in strategies (`least_loaded`, `round_robin`, `random`), compiled from `plugins/` by the build script
-//! and embedded in the binary, plus the paths of every guest the build produced (examples and test fixtures).
+//! and embedded in the binary, the example plugins `demo` installs (embedded with their manifests), plus the paths
+//! of every guest the build produced (examples and test fixtures).
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 /// The embedded bytes of a built-in strategy.
 pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
     BUILTIN_STRATEGIES.iter().find(|(builtin, _)| *builtin == name).map(|(_, bytes)| *bytes)
+}
+
+/// The embedded bytes and manifest text of an example plugin (`cheapest_within_latency`, `payload_size_policy`).
+pub fn embedded_example(name: &str) -> Option<(&'static [u8], &'static str)> {
+    EMBEDDED_EXAMPLES.iter().find(|(example, _, _)| *example == name).map(|(_, bytes, manifest)| (*bytes, *manifest))
 }
 
 /// The path of a guest built from `plugins/` (for tests, benchmarks and examples).
