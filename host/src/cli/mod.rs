@@ -1,11 +1,13 @@
 //! The `aragora-cp` command line: argument parsing and dispatch to one module per command group.
 //! `plugin.rs` holds the plugin author's tools (check, run, new, watch); `bench.rs` and `bench_engine.rs` the
 //! benchmarks; `serve.rs` the server (`serve`) and its token tool (`token`); `client.rs` the commands that talk
-//! to a running server (`agents`, `tasks`, `health`, `stats`, `plugins`, `events`).
+//! to a running server (`agents`, `tasks`, `health`, `stats`, `plugins`, `events`); `demo/` the narrated
+//! walkthrough on an embedded server (`demo`).
 
 pub mod bench;
 pub mod bench_engine;
 pub mod client;
+pub mod demo;
 pub mod plugin;
 pub mod serve;
 
@@ -37,6 +39,9 @@ pub enum Command {
     Bench(bench::BenchCommand),
     /// Runs the REST API server.
     Serve(Box<serve::ServeArgs>),
+    /// A narrated walkthrough on an embedded server: simulated agents, routing, a hot-swapped strategy, a policy
+    /// denial, an agent lost mid-task, the stats.
+    Demo(demo::DemoArgs),
     /// Prints a bearer token signed with ARAGORA_JWT_SECRET.
     Token(serve::TokenArgs),
     /// Agents on a running server: list, get, register, unregister.
@@ -115,6 +120,7 @@ pub fn main() -> ExitCode {
         Command::Bench(command) => bench::run(command),
         Command::Serve(args) => serve::run(*args),
         Command::Token(args) => serve::token(args),
+        Command::Demo(args) => demo::run(args),
         Command::Agents { connection, command } => client::run(connection, client::ClientCommand::Agents(command)),
         Command::Tasks { connection, command } => client::run(connection, client::ClientCommand::Tasks(command)),
         Command::Health { connection } => client::run(connection, client::ClientCommand::Health),
