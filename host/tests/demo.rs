@@ -1,0 +1,306 @@
+//! `aragora-cp demo --quick` run as a user runs it. It must exit 0, and every narrated step must have happened as
+//! the server reported it: the `--summary-json` the demo writes is built from API answers and the event stream,
+//! and these tests check those facts against each other — each routing decision against the fleet the strategy
+//! saw, the violation against the refusal, the requeued task's attempts against the agent that was killed, the
+//! completions per agent against the stats counters. Ctrl-C is checked on the server's event stream: every live
+//! agent unregisters before the server drains. No timing is asserted; the bounds below only stop a hung run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Longest a quick demo may take before the test gives up on it (it takes seconds; CI machines are busy).
+const HUNG: Duration = Duration::from_secs(300);
+
+fn demo(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aragora-cp"));
+    command.arg("demo").args(args).env_remove("RUST_LOG").stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+}
+
+/// Waits for the child to exit, killing it after `HUNG`; returns (success, stdout, stderr).
+fn finish(mut child: Child) -> (bool, String, String) {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    }
+    // A pipe the caller already took is read by the caller.
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + HUNG;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not finish within {HUNG:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (status.success(), out.join().unwrap(), err.join().unwrap())
+}
+
+fn agents_by_id(fleet_before: &Value) -> Vec<&Value> {
+    fleet_before.as_array().expect("fleet_before is a list").iter().collect()
+}
+
+/// The agents that could take `task` when it was submitted: holding every required capability, ready, not paused.
+fn capable<'a>(task: &'a Value) -> Vec<&'a Value> {
+    let required: Vec<&str> =
+        task["required_capabilities"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    agents_by_id(&task["fleet_before"])
+        .into_iter()
+        .filter(|a| {
+            let held: Vec<&str> = a["capabilities"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+            required.iter().all(|r| held.contains(r)) && a["status"] == "ready" && a["paused"] == false
+        })
+        .collect()
+}
+
+fn agent<'a>(agents: &[&'a Value], id: &str) -> &'a Value {
+    agents.iter().find(|a| a["agent_id"] == id).unwrap_or_else(|| panic!("{id} was not a capable agent"))
+}
+
+/// Tasks whose first attempt the strategy plugin itself decided (routed to a waiting agent, no failed call, no
+/// fallback), with the agent it chose and the agents it chose among.
+fn decided(phase: &Value) -> Vec<(&Value, String, Vec<&Value>)> {
+    let tasks = phase["tasks"].as_array().expect("tasks");
+    assert!(!tasks.is_empty(), "no tasks in {}", phase["strategy"]);
+    let mut decided = Vec::new();
+    for task in tasks {
+        assert_eq!(task["status"], "completed", "{task}");
+        let first = &task["attempts"][0];
+        assert_eq!(first["attempt"], 1, "the first recorded attempt is attempt 1: {task}");
+        let plugin_answered = task["strategy_failures"] == 0 && task["strategy_fallbacks"] == 0;
+        if first["via"] == "routed" && plugin_answered {
+            let candidates = capable(task);
+            for candidate in &candidates {
+                assert_eq!(candidate["in_flight"], 0, "the fleet was idle before each submit: {task}");
+            }
+            decided.push((task, first["agent_id"].as_str().unwrap().to_string(), candidates));
+        }
+    }
+    // Nearly every task is routed; a claim expiring at the very moment of a submit may pull one instead.
+    assert!(decided.len() * 2 >= tasks.len(), "too few routed decisions to judge {}: {phase}", phase["strategy"]);
+    decided
+}
+
+/// `least_loaded`: nothing was in flight, so the choice has the fewest completed tasks among the capable agents.
+fn check_least_loaded(phase: &Value) {
+    for (task, chosen, candidates) in decided(phase) {
+        let fewest = candidates.iter().map(|a| a["tasks_completed"].as_u64().unwrap()).min().unwrap();
+        let chosen = agent(&candidates, &chosen);
+        assert_eq!(chosen["tasks_completed"].as_u64().unwrap(), fewest, "least_loaded chose {chosen} for {task}");
+    }
+}
+
+/// `cheapest_within_latency`: the lowest cost among capable agents whose latency (observed once it completed a
+/// task, else declared) meets the bound; the fastest when none does.
+fn check_cheapest(phase: &Value) -> BTreeMap<String, u64> {
+    let bound = phase["max_latency_ms"].as_f64().expect("max_latency_ms");
+    let latency = |a: &Value| {
+        let observed = a["avg_latency_ms"].as_f64().unwrap().round();
+        if a["tasks_completed"].as_u64().unwrap() > 0 && observed > 0.0 {
+            observed
+        } else {
+            a["latency_ms"].as_f64().unwrap()
+        }
+    };
+    let mut chosen_counts = BTreeMap::new();
+    for (task, chosen, candidates) in decided(phase) {
+        let within: Vec<&&Value> = candidates.iter().filter(|a| latency(a) <= bound).collect();
+        let chosen_agent = agent(&candidates, &chosen);
+        if within.is_empty() {
+            let fastest = candidates.iter().map(|a| latency(a)).fold(f64::INFINITY, f64::min);
+            assert_eq!(latency(chosen_agent), fastest, "no agent met the bound; {chosen} is not the fastest: {task}");
+        } else {
+            let cheapest = within.iter().map(|a| a["cost"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
+            assert!(latency(chosen_agent) <= bound, "{chosen} does not meet {bound} ms: {task}");
+            assert_eq!(chosen_agent["cost"].as_f64().unwrap(), cheapest, "{chosen} is not the cheapest: {task}");
+        }
+        *chosen_counts.entry(chosen).or_default() += 1;
+    }
+    chosen_counts
+}
+
+#[test]
+fn quick_demo_shows_every_step_as_the_server_recorded_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("summary.json");
+    let child = demo(&["--quick", "--summary-json", path.to_str().unwrap()]).spawn().expect("aragora-cp demo starts");
+    let (success, stdout, stderr) = finish(child);
+    assert!(success, "demo --quick failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("the summary was written"))
+        .expect("the summary is JSON");
+    assert_eq!(summary["completed"], true);
+    assert_eq!(summary["steps"], json!(["fleet", "routing", "hot_swap", "policy", "agent_loss", "stats"]));
+
+    // 1. Five agents with different models and providers, registered and ready.
+    let fleet = summary["fleet"].as_array().unwrap();
+    assert_eq!(fleet.len(), 5);
+    let providers: BTreeSet<&str> = fleet.iter().map(|a| a["provider"].as_str().unwrap()).collect();
+    assert_eq!(providers.len(), 5, "five providers: {fleet:?}");
+    assert!(fleet.iter().all(|a| a["status"] == "ready"), "{fleet:?}");
+
+    // 2. least_loaded spread the work, each decision by its rule.
+    let before = &summary["routing"];
+    assert_eq!(before["strategy"], "least_loaded");
+    check_least_loaded(before);
+    let spread = before["first_attempts_per_agent"].as_object().unwrap();
+    assert!(spread.len() >= 3, "least_loaded spreads work over the fleet: {spread:?}");
+
+    // 3. The dropped plugin is the one active, from the folder, and every decision after the swap follows it.
+    let after = &summary["hot_swap"];
+    assert_eq!(after["strategy"], "cheapest_within_latency");
+    assert_eq!(after["refused_before_install"], json!({"status": 400, "code": "unknown_strategy"}));
+    assert_eq!(after["plugin"]["status"], "active");
+    assert_eq!(after["plugin"]["source"], "file");
+    assert_eq!(after["plugin"]["sha256"], after["plugin"]["expected_sha256"]);
+    let chosen = check_cheapest(after);
+    let concentrated = after["first_attempts_per_agent"].as_object().unwrap();
+    assert!(concentrated.len() < spread.len(), "the swap changed the distribution: {spread:?} → {concentrated:?}");
+    assert!(!chosen.contains_key("llama-local"), "the cheapest agent is too slow for the bound: {chosen:?}");
+
+    // 4. The policy denied the oversized task; the violation names the policy and matches the refusal.
+    let policy = &summary["policy"];
+    assert_eq!(policy["plugin"]["source"], "file");
+    assert_eq!(policy["refusal"]["status"], 403);
+    assert_eq!(policy["refusal"]["code"], "policy_denied");
+    let violation = &policy["violation"];
+    assert_eq!(violation["policy"], "payload_size_policy");
+    assert_eq!(violation["stage"], "submit");
+    assert_eq!(violation["decision"], "deny");
+    assert_eq!(violation["id"], policy["refusal"]["problem"]["violation_id"]);
+    assert!(policy["payload_bytes"].as_u64().unwrap() > 65_536);
+    assert_eq!(policy["denied_task_lookup_status"], 404, "a denied task is never stored");
+    assert_eq!(policy["allowed_task"]["status"], "completed");
+
+    // 5. The killed agent held attempt 1; another agent finished the task on a later attempt.
+    let loss = &summary["agent_loss"];
+    let killed = loss["killed_agent"].as_str().unwrap();
+    let attempts = loss["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 2, "{loss}");
+    assert_eq!(attempts[0]["agent_id"], killed);
+    for (n, attempt) in attempts.iter().enumerate() {
+        assert_eq!(attempt["attempt"], n as u64 + 1, "attempts are numbered in order: {loss}");
+    }
+    let last = attempts.last().unwrap();
+    assert_eq!(loss["final"]["status"], "completed");
+    assert_ne!(loss["final"]["assigned_agent"], killed);
+    assert_eq!(loss["final"]["assigned_agent"], last["agent_id"]);
+    assert_eq!(loss["final"]["attempt"], last["attempt"]);
+    assert_eq!(loss["final"]["last_error"]["code"], "agent_lost");
+    assert!(loss["final"]["retries"].as_u64().unwrap() >= 1);
+    assert_eq!(loss["killed_agent_status"], "offline");
+    let history: Vec<&str> = loss["history"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let position =
+        |kind: &str| history.iter().position(|k| *k == kind).unwrap_or_else(|| panic!("{kind}: {history:?}"));
+    assert!(position("task_started") < position("task_retried"), "{history:?}");
+    assert!(position("task_retried") < history.iter().rposition(|k| *k == "task_claimed").unwrap(), "{history:?}");
+    assert_eq!(history.last(), Some(&"task_completed"));
+
+    // 6. The stats agree with the walkthrough: completions per agent (from the task list) sum to the counter, and
+    //    every completed task is one the walkthrough submitted and saw complete.
+    let stats = &summary["stats"];
+    let completed: u64 =
+        summary["completed_per_agent"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(completed, summary["tasks_completed"].as_u64().unwrap());
+    assert_eq!(completed, stats["scheduler"]["by_status"]["completed"].as_u64().unwrap());
+    let walkthrough_tasks = before["tasks"].as_array().unwrap().len() + after["tasks"].as_array().unwrap().len() + 2;
+    assert_eq!(completed, walkthrough_tasks as u64, "routing + swap tasks, the allowed task and the requeued one");
+    assert_eq!(stats["scheduler"]["pending_tasks"], 0);
+    assert_eq!(stats["scheduler"]["running_tasks"], 0);
+    assert_eq!(stats["registry"]["total_agents"], 5);
+    assert_eq!(stats["registry"]["by_status"]["offline"], 1, "the killed agent");
+}
+
+#[test]
+fn ctrl_c_unregisters_the_agents_before_the_server_drains() {
+    let mut child = demo(&["--quick", "--hold"]).spawn().expect("aragora-cp demo starts");
+    let stdout = child.stdout.take().unwrap();
+    let (lines, seen) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut base = None;
+    let mut token = None;
+    let deadline = Instant::now() + HUNG;
+    loop {
+        let line =
+            seen.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the demo reaches hold");
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["control", "plane", url, ..] => base = Some(url.to_string()),
+            ["admin", "token", value] => token = Some(value.to_string()),
+            ["holding:", ..] => break,
+            _ => {}
+        }
+    }
+    let (base, token) = (base.expect("the URL was printed"), token.expect("the admin token was printed"));
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let unregistered = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let agents: Value = client
+            .get(format!("{base}/api/v1/control-plane/agents"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let live: Vec<String> = agents["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["status"] != "offline")
+            .map(|a| a["agent_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(live.len(), 4, "four agents outlive the walkthrough: {agents}");
+        let mut events = client
+            .get(format!("{base}/api/v1/control-plane/events?types=agent_unregistered"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(events.status().is_success());
+        let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        assert!(interrupted.success());
+        // The stream ends when the server starts draining; everything before that is what Ctrl-C did first.
+        let mut body = String::new();
+        let read = tokio::time::timeout(HUNG, async {
+            while let Ok(Some(chunk)) = events.chunk().await {
+                body.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        });
+        read.await.expect("the event stream ends when the server drains");
+        let mut gone: Vec<String> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+            .map(|event| event["agent_id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        gone.sort();
+        let mut live = live;
+        live.sort();
+        (gone, live)
+    });
+    let (success, stdout, stderr) = finish(child);
+    assert!(success, "the demo exits 0 after Ctrl-C in --hold\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(unregistered.0, unregistered.1, "every live agent unregistered before the server drained");
+}
