@@ -65,6 +65,13 @@ impl CallError {
         }
     }
 
+    /// Whether a policy denied the request because the policy itself failed (a trap, or its deadline passed on a
+    /// busy machine) and fails closed, rather than because of the request: worth sending again.
+    pub fn policy_failed(&self) -> bool {
+        self.code() == Some("policy_denied")
+            && self.problem()["reason"].as_str().is_some_and(|reason| reason.starts_with("the policy failed"))
+    }
+
     /// Whether the outcome is unknown and the request may be sent again (with the same idempotency key).
     pub fn retryable(&self) -> bool {
         match self {
@@ -148,14 +155,14 @@ impl Api {
         self.call(Method::DELETE, path, None).await
     }
 
-    /// `POST path` again while the outcome is unknown (503, no answer): safe only for bodies that carry an
-    /// idempotency key, which is why every submit of the demo has one (DESIGN §4).
+    /// `POST path` again while the outcome is unknown (503, no answer) or a policy failed rather than decided: safe
+    /// only for bodies that carry an idempotency key, which is why every submit of the demo has one (DESIGN §4).
     pub async fn post_idempotent(&self, path: &str, body: &Value) -> Result<Value, CallError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.post(path, body).await {
-                Err(error) if error.retryable() && attempt < 5 => {
+                Err(error) if (error.retryable() || error.policy_failed()) && attempt < 5 => {
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
                 outcome => return outcome,

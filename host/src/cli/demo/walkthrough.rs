@@ -26,6 +26,8 @@ const POLICY: &str = "payload_size_policy";
 const VICTIM: &str = "llama-local";
 /// How long one claim blocks: long, so an idle agent is almost always waiting in a claim when a task arrives.
 const BLOCK_MS: u64 = 30_000;
+/// Call deadline the demo writes into the manifests of the plugins it installs.
+const DEMO_DEADLINE_MS: u32 = 50;
 /// The longest the demo waits for anything (a task to end, a plugin to load, the fleet to settle): generous,
 /// because a busy machine is slow, not wrong.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -175,19 +177,20 @@ async fn policy(demo: &mut Demo, total: usize) -> anyhow::Result<()> {
     let payload_bytes = serde_json::to_vec(&payload)?.len();
     let body = json!({"task_type": "summarize", "required_capabilities": ["summarize"], "payload": payload,
                       "idempotency_key": key(demo)});
-    let denial = match demo.submitter.post("/tasks", &body).await {
+    let denial = match demo.submitter.post_idempotent("/tasks", &body).await {
         Ok(answer) => bail!("the server accepted a {payload_bytes}-byte payload that {POLICY} should deny: {answer}"),
         Err(error) if error.status() == Some(StatusCode::FORBIDDEN) => error,
         Err(error) => return Err(error).context("submitting the oversized task"),
     };
     show::say(format!("A summarize task with a {payload_bytes}-byte payload: 403 {}", denial.code().unwrap_or("-")));
     show::say(format!("  \"{}\"", denial.problem()["detail"].as_str().unwrap_or_default()));
+    let violation_id = denial.problem()["violation_id"].as_str().context("the denial names no violation_id")?;
     let violations = demo.admin.get("/policies/violations?limit=50").await?;
     let violation = violations["violations"]
         .as_array()
-        .and_then(|all| all.iter().find(|v| v["policy"] == POLICY && v["stage"] == "submit"))
+        .and_then(|all| all.iter().find(|v| v["id"] == violation_id))
         .cloned()
-        .context("GET /policies/violations lists no submit violation of payload_size_policy")?;
+        .with_context(|| format!("GET /policies/violations does not list {violation_id}, named by the denial"))?;
     let denied_id = text(&violation["task_id"]);
     let lookup = demo.admin.get(&format!("/tasks/{denied_id}")).await;
     let lookup_status = match &lookup {
@@ -485,6 +488,11 @@ async fn install(demo: &Demo, name: &str, bytes: &[u8], manifest: &str) -> anyho
         let path = dir.join(file);
         std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
     };
+    // The shipped manifest, with a call deadline a busy laptop can keep: the default 5 ms is for servers, and a
+    // policy that misses it fails closed, which would turn a slow moment into a denied task.
+    let manifest = format!(
+        "{manifest}\n# Added by `aragora-cp demo`: room for a busy machine.\n[limits]\ndeadline_ms = {DEMO_DEADLINE_MS}\n"
+    );
     write(&format!("{name}.toml"), manifest.as_bytes())?;
     write(&format!(".{name}.partial"), bytes)?;
     std::fs::rename(dir.join(format!(".{name}.partial")), dir.join(format!("{name}.wasm")))
