@@ -55,7 +55,7 @@ fn agents_by_id(fleet_before: &Value) -> Vec<&Value> {
 }
 
 /// The agents that could take `task` when it was submitted: holding every required capability, ready, not paused.
-fn capable<'a>(task: &'a Value) -> Vec<&'a Value> {
+fn capable(task: &Value) -> Vec<&Value> {
     let required: Vec<&str> =
         task["required_capabilities"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     agents_by_id(&task["fleet_before"])
