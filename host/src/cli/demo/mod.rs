@@ -326,11 +326,12 @@ async fn run_async(args: DemoArgs, bind: SocketAddr) -> anyhow::Result<ExitCode>
         outcome = server.stopped() => Some(outcome.and_then(|()| Err(anyhow::anyhow!("the server stopped")))),
         _ = shutdown_signal() => None,
     };
+    let mut signalled = outcome.is_none();
     if args.hold && matches!(outcome, Some(Ok(()))) {
         println!();
         println!("holding: the server and agents keep running at {base}; Ctrl-C stops them");
         tokio::select! {
-            _ = shutdown_signal() => {}
+            _ = shutdown_signal() => signalled = true,
             stopped = server.stopped() => stopped?,
         }
     }
@@ -340,6 +341,19 @@ async fn run_async(args: DemoArgs, bind: SocketAddr) -> anyhow::Result<ExitCode>
     }
     let stopped = demo.stop_fleet().await;
     demo.events = None;
+    // What the server says is left once the agents stopped: they should have unregistered, leaving only an agent
+    // that died without a word (step 5), now offline.
+    if let Ok(agents) = demo.admin.get("/agents").await {
+        let left: Vec<Value> = agents["agents"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|a| json!({"agent_id": a["agent_id"], "status": a["status"]}))
+            .collect();
+        demo.record("agents_after_stop", json!(left));
+    }
+    demo.record("stopped_by_signal", json!(signalled));
     demo.record("elapsed_seconds", json!(started.elapsed().as_secs_f64()));
     demo.record("completed", json!(matches!(outcome, Some(Ok(())))));
     if let Some(path) = &args.summary_json {

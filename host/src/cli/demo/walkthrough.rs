@@ -78,7 +78,7 @@ async fn register_fleet(demo: &mut Demo, total: usize) -> anyhow::Result<()> {
             text(&agent["model"]),
             text(&agent["provider"]),
             list(&agent["capabilities"]),
-            text(&agent["metadata"]["cost"]),
+            agent["metadata"]["cost"].as_f64().map(|cost| cost.to_string()).unwrap_or_else(|| "-".into()),
             format!("{} ms", text(&agent["metadata"]["latency_ms"])),
             format!("{:.0}%", profile.failure_rate * 100.0),
             text(&agent["status"]),
