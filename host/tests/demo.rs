@@ -140,16 +140,66 @@ fn check_cheapest(phase: &Value) -> BTreeMap<String, u64> {
     chosen_counts
 }
 
-#[test]
-fn quick_demo_shows_every_step_as_the_server_recorded_it() {
+/// Runs `demo --quick` with `extra` arguments to the end and returns its summary.
+fn quick_demo(extra: &[&str]) -> Value {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("summary.json");
-    let child = demo(&["--quick", "--summary-json", path.to_str().unwrap()]).spawn().expect("aragora-cp demo starts");
+    let mut args = vec!["--quick", "--summary-json", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let child = demo(&args).spawn().expect("aragora-cp demo starts");
     let (success, stdout, stderr) = finish(child);
-    assert!(success, "demo --quick failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("the summary was written"))
-        .expect("the summary is JSON");
+    assert!(success, "demo {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("the summary was written"))
+        .expect("the summary is JSON")
+}
+
+#[test]
+fn quick_demo_shows_every_step_as_the_server_recorded_it() {
+    check_walkthrough(&quick_demo(&[]));
+}
+
+#[test]
+fn quick_demo_runs_the_same_on_redis() {
+    let redis = Redis::start();
+    let summary = quick_demo(&["--redis", &format!("redis://127.0.0.1:{}", redis.port)]);
+    check_walkthrough(&summary);
+}
+
+/// A `redis-server` on a free loopback port, without persistence, killed when dropped.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        let child = Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is needed by this test: install it (apt-get install redis-server)");
+        let redis = Redis { port, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every step of a finished walkthrough, checked against the rest of the summary.
+fn check_walkthrough(summary: &Value) {
     assert_eq!(summary["completed"], true);
     assert_eq!(summary["steps"], json!(["fleet", "routing", "hot_swap", "policy", "agent_loss", "stats"]));
 

@@ -1,6 +1,7 @@
-//! `aragora-cp demo`: an embedded control plane (memory store, a temporary plugins folder it watches) started the
-//! way `serve` starts one, then a narrated walkthrough against it over HTTP — five simulated agents, routing by
-//! `least_loaded`, a strategy hot-loaded from the folder, a policy denial, an agent lost mid-task, the stats.
+//! `aragora-cp demo`: an embedded control plane (memory store or `--redis`, a temporary plugins folder it watches)
+//! started the way `serve` starts one, then a narrated walkthrough against it over HTTP — five simulated agents,
+//! routing by `least_loaded`, a strategy hot-loaded from the folder, a policy denial, an agent lost mid-task, the
+//! stats.
 //!
 //! `walkthrough.rs` holds the steps; `agent.rs` the simulated agents' loop; `events.rs` the record of the event
 //! stream that task histories come from; `load.rs` the optional load run; `show.rs` the narration and tables.
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, Authenticator, Permission};
 use crate::cli::serve::{RunningServer, ServerSettings, shutdown_signal};
 use crate::config::Config;
-use crate::store::open::StoreOptions;
+use crate::store::open::{StoreKind, StoreOptions};
 use agent::{Controls, Ending, LoopOptions, Profile};
 use http::Api;
 
@@ -51,6 +52,11 @@ pub struct DemoArgs {
     /// Address of the embedded server; port 0 picks a free port. Loopback only: the demo signs its own tokens.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub bind: String,
+    /// Run the embedded server on this Redis (`redis://`, `rediss://`, `redis+cluster://`) instead of the memory
+    /// store. Keys go under a fresh prefix per run (printed), so a deployment's keys are never touched; they are
+    /// left behind for inspection.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
     /// Seed of the simulated agents' failures, so a run can be repeated.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -283,13 +289,21 @@ async fn run_async(args: DemoArgs, bind: SocketAddr) -> anyhow::Result<ExitCode>
         max_body_bytes: api::MAX_BODY_BYTES,
         drain: Duration::from_secs(5),
         store: StoreOptions {
-            redis_url: Some("memory://".into()),
-            require_redis: false,
+            // Memory unless asked: never the probe of localhost:6379 that `serve` does with REDIS_URL unset, so a
+            // demo does not write into a Redis it was not told about.
+            redis_url: Some(args.redis.clone().unwrap_or_else(|| "memory://".into())),
+            require_redis: args.redis.is_some(),
             connect_timeout: Duration::from_secs(10),
-            prefix: crate::store::redis::DEFAULT_PREFIX.into(),
+            prefix: format!("{}demo-{:08x}:", crate::store::redis::DEFAULT_PREFIX, rand::random::<u32>()),
         },
     };
-    let (store, _) = crate::store::open::open(&settings.store, config.store_config()).await?;
+    let (store, kind) = crate::store::open::open(&settings.store, config.store_config())
+        .await
+        .context("--redis: cannot open the store")?;
+    let store_line = match kind {
+        StoreKind::Memory => "memory store".to_string(),
+        StoreKind::Redis => format!("Redis, keys under {}", settings.store.prefix),
+    };
     let mut server = RunningServer::start(config, &settings, store, auth.clone(), None).await?;
     let base = format!("http://{}", server.address);
     let admin_token = auth.issue("admin", &[Permission::Admin], Duration::from_secs(24 * 3600))?;
@@ -297,7 +311,7 @@ async fn run_async(args: DemoArgs, bind: SocketAddr) -> anyhow::Result<ExitCode>
         auth.issue("demo-submitter", &[Permission::Tasks, Permission::Read], Duration::from_secs(24 * 3600))?;
 
     println!("aragora-cp demo{}", if args.quick { " (quick)" } else { "" });
-    println!("   control plane  {base}  (memory store)");
+    println!("   control plane  {base}  ({store_line})");
     println!("   plugins folder {}  (watched: files dropped here load while it runs)", folder.path().display());
     println!("   admin token    {admin_token}");
     println!("   watch it live: ARAGORA_SERVER={base} ARAGORA_TOKEN=<token> aragora-cp events");
