@@ -65,6 +65,10 @@ impl RedisServer {
                 dir_text.clone(),
                 "--logfile".into(),
                 dir.path().join("redis.log").display().to_string(),
+                // The suites share one server; a 10,000-task batch script on a loaded 2-core machine can run past
+                // the default 5 s, after which every other test's call would be answered BUSY instead of waiting.
+                "--busy-reply-threshold".into(),
+                "60000".into(),
             ];
             // Later arguments win: `extra` may turn the append-only file on.
             args.extend(extra.iter().map(|a| a.replace("{dir}", &dir_text).replace("{bus}", &bus)));

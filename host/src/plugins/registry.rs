@@ -201,32 +201,13 @@ pub struct PluginRegistry {
 #[error("unknown strategy {0:?}")]
 pub struct UnknownStrategy(pub String);
 
-/// Trial calls a built-in may miss before start-up gives up on it.
-const BUILTIN_LOAD_ATTEMPTS: u32 = 5;
-
-/// Loads a built-in, trying again when its trial call missed the wall-clock deadline: the bytes are ours and known
-/// good, so a miss says only that the machine was busy (the watcher forgives folder plugins the same way), and a
-/// server must not fail to start over it.
-fn load_builtin(runtime: &PluginRuntime, name: &str, bytes: &[u8]) -> Result<PluginVersion, LoadError> {
-    let mut attempt = 1;
-    loop {
-        match loader::load(runtime, name, PluginSource::Builtin, bytes, Manifest::default()) {
-            Err(error) if error.is_transient() && attempt < BUILTIN_LOAD_ATTEMPTS => {
-                tracing::warn!(plugin = name, %error, attempt, "built-in trial call missed its deadline; trying again");
-                attempt += 1;
-            }
-            outcome => return outcome,
-        }
-    }
-}
-
 impl PluginRegistry {
     /// A registry holding the built-in strategies.
     pub fn new(runtime: PluginRuntime, server_id: impl Into<String>) -> Result<Self, LoadError> {
         let mut state = State::default();
         let mut fallback = None;
         for (name, bytes) in BUILTIN_STRATEGIES {
-            let version = Arc::new(load_builtin(&runtime, name, bytes)?);
+            let version = Arc::new(loader::load(&runtime, name, PluginSource::Builtin, bytes, Manifest::default())?);
             if *name == FALLBACK_STRATEGY {
                 fallback = Some(version.clone());
             }
