@@ -63,6 +63,23 @@ pub struct Percentiles {
     pub p99_us: f64,
 }
 
+impl Percentiles {
+    /// p50 and p99 of `samples` (zeros when there are none).
+    pub fn of(mut samples: Vec<Duration>) -> Percentiles {
+        samples.sort_unstable();
+        Percentiles { p50_us: percentile_us(&samples, 0.50), p99_us: percentile_us(&samples, 0.99) }
+    }
+}
+
+/// The `q` quantile (0–1) of `sorted` samples in µs, by nearest rank; 0 when there are none. Every bench reports
+/// through this one function, so their figures are comparable.
+pub fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6
+}
+
 /// One row of the plugin benchmark.
 #[derive(Clone, Debug, Serialize)]
 pub struct PluginBenchRow {
@@ -215,9 +232,7 @@ fn measure(iterations: usize, mut call: impl FnMut()) -> Percentiles {
         call();
         samples.push(started.elapsed());
     }
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
-    Percentiles { p50_us: at(0.50), p99_us: at(0.99) }
+    Percentiles::of(samples)
 }
 
 /// Prints the rows as the table docs/BENCHMARKS.md quotes.
