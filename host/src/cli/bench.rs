@@ -20,6 +20,9 @@ pub enum BenchCommand {
     Plugins(PluginBenchArgs),
     /// In-process engine on the memory store: lifecycle throughput and claim latency against the backlog.
     Engine(super::bench_engine::EngineBenchArgs),
+    /// HTTP load against a running server: simulated agents and submitters, throughput, latency percentiles,
+    /// errors, and a check that every submitted task was completed exactly once.
+    Load(Box<super::bench_load::LoadBenchArgs>),
 }
 
 /// Arguments of `bench plugins`.
@@ -51,6 +54,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Engine(args) => super::bench_engine::run(args),
+        BenchCommand::Load(args) => super::bench_load::run(*args),
     }
 }
 

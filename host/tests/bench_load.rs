@@ -1,0 +1,142 @@
+//! `aragora-cp bench load` against a real server on an ephemeral port: the library entry point for a timed run
+//! and the binary for a counted one, each checked against the server's own state (every task it reports
+//! completed is completed there, once, and nothing is left pending or held). No timing is asserted.
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use aragora_cp::cli::bench::BenchCommand;
+use aragora_cp::cli::bench_load::{Interrupt, run_load};
+use aragora_cp::cli::{Cli, Command as CliCommand};
+use clap::Parser;
+use serde_json::Value;
+use support::{Server, server};
+
+async fn get(server: &Server, path: &str) -> Value {
+    let url = format!("{}/api/v1/control-plane{path}", server.base);
+    let response = reqwest::Client::new().get(url).bearer_auth(&server.token).send().await.unwrap();
+    assert!(response.status().is_success(), "GET {path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+/// Every completed task on the server, through the pages of `GET /tasks?status=completed`.
+async fn completed_tasks(server: &Server) -> Vec<Value> {
+    let mut tasks = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = get(server, &format!("/tasks?status=completed&limit=1000&cursor={cursor}")).await;
+        tasks.extend(page["tasks"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => return tasks,
+        }
+    }
+}
+
+/// The server holds exactly `completed` completed tasks, each once, each by one of the run's agents with its
+/// lease; nothing pending or held; the agents are gone.
+async fn assert_server_agrees(server: &Server, run_id: &str, completed: u64) {
+    let stats = get(server, "/stats").await;
+    eprintln!("{stats:#}");
+    assert_eq!(stats["scheduler"]["by_status"]["completed"], completed, "{stats}");
+    assert_eq!(stats["scheduler"]["pending_tasks"], 0);
+    assert_eq!(stats["scheduler"]["running_tasks"], 0);
+    assert_eq!(stats["registry"]["total_agents"], 0, "the agents were unregistered");
+    let tasks = completed_tasks(server).await;
+    let ids: HashSet<&str> = tasks.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    assert_eq!((tasks.len(), ids.len()), (completed as usize, completed as usize), "one record per task");
+    for task in &tasks {
+        let agent = task["assigned_agent"].as_str().unwrap_or_default();
+        assert!(agent.starts_with(run_id), "{task}");
+        assert_eq!(task["result"]["agent_id"], agent, "completed by the agent that held it: {task}");
+        assert!(task.get("unfenced").is_none(), "completed with its lease: {task}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_run_completes_every_task_once_and_the_server_agrees() {
+    let server = server().await;
+    let cli = Cli::try_parse_from([
+        "aragora-cp",
+        "bench",
+        "load",
+        "--server",
+        &server.base,
+        "--token",
+        &server.token,
+        "--agents",
+        "3",
+        "--submitters",
+        "2",
+        "--duration",
+        "1.5",
+        "--task-types",
+        "code,debate",
+        "--priorities",
+        "high,normal,low",
+        "--block-ms",
+        "200",
+        "--quiet",
+    ])
+    .unwrap();
+    let CliCommand::Bench(BenchCommand::Load(args)) = cli.command else { panic!("bench load parses as such") };
+    let report = run_load(&args, &Interrupt::default()).await.unwrap();
+    eprintln!("{report:#?}");
+
+    assert!(report.oracle.passed, "{:?}", report.oracle);
+    assert!(report.submitted > 0);
+    assert_eq!((report.oracle.lost, report.oracle.completed_twice, report.oracle.foreign), (0, 0, 0));
+    assert_eq!(report.oracle.completed, report.submitted);
+    assert_eq!(report.completed, report.submitted);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.latency.submit.count as u64, report.submitted, "one request per task without --batch");
+    assert_server_agrees(&server, &report.run_id, report.submitted).await;
+
+    let json = serde_json::to_value(&report).unwrap();
+    for field in [
+        "tasks_per_second",
+        "submitted",
+        "completed",
+        "load_seconds",
+        "drain_seconds",
+        "window_seconds",
+        "errors_by_status",
+    ] {
+        assert!(json.get(field).is_some(), "{field} missing from {json}");
+    }
+    for kind in ["submit", "claim", "complete", "heartbeat"] {
+        for field in ["count", "p50_us", "p90_us", "p99_us", "max_us"] {
+            assert!(json["latency"][kind][field].is_number(), "latency.{kind}.{field} missing from {json}");
+        }
+    }
+    assert_eq!(json["oracle"]["passed"], true);
+    let _ = server.shutdown.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counted_run_of_the_binary_with_batches_and_claim_next_submits_exactly_that_many() {
+    let server = server().await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aragora-cp"));
+    command
+        .args(["bench", "load", "--agents", "2", "--submitters", "2", "--tasks", "500", "--batch", "50"])
+        .args(["--claim-next", "--priorities", "critical,low", "--output", "json"])
+        .env("ARAGORA_SERVER", &server.base)
+        .env("ARAGORA_TOKEN", &server.token);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run aragora-cp")).await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{}\n{stderr}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.status.success(), "exit status {:?}: {stderr}", output.status);
+    let report: Value = serde_json::from_slice(&output.stdout).expect("the report as JSON on stdout");
+
+    assert_eq!(report["submitted"], 500);
+    assert_eq!(report["completed"], 500);
+    assert_eq!(report["batch"], 50);
+    assert_eq!(report["claim_next"], true);
+    assert_eq!(report["latency"]["submit"]["count"], 10, "ten batches of fifty");
+    assert_eq!(report["oracle"]["passed"], true);
+    assert_eq!(report["errors"], serde_json::json!([]));
+    assert_server_agrees(&server, report["run_id"].as_str().unwrap(), 500).await;
+    let _ = server.shutdown.send(());
+}
