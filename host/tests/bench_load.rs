@@ -140,3 +140,17 @@ async fn a_counted_run_of_the_binary_with_batches_and_claim_next_submits_exactly
     assert_server_agrees(&server, report["run_id"].as_str().unwrap(), 500).await;
     let _ = server.shutdown.send(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_stops_the_run_before_any_load_with_the_servers_word() {
+    let server = server().await;
+    let cli =
+        Cli::try_parse_from(["aragora-cp", "bench", "load", "--server", &server.base, "--token", "not-a-jwt"]).unwrap();
+    let CliCommand::Bench(BenchCommand::Load(args)) = cli.command else { panic!("bench load parses as such") };
+    let error = run_load(&args, &Interrupt::default()).await.expect_err("a bad token is refused");
+    assert!(format!("{error:#}").contains("401"), "{error:#}");
+    let stats = get(&server, "/stats").await;
+    assert_eq!(stats["registry"]["total_agents"], 0, "no agent left behind: {stats}");
+    assert_eq!(stats["scheduler"]["by_status"], serde_json::json!({}), "nothing submitted: {stats}");
+    let _ = server.shutdown.send(());
+}

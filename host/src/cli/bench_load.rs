@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
-use futures_util::future::{join_all, try_join_all};
+use futures_util::future::join_all;
 use reqwest::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -359,6 +359,15 @@ async fn register(shared: &Shared, index: usize) -> anyhow::Result<Seat> {
         Reply::Refused { status, code, detail } => bail!("registering agent {agent_id}: {status} {code}: {detail}"),
         Reply::Lost(_, error) => Err(anyhow::anyhow!(error)).with_context(|| shared.connection.unreachable()),
     }
+}
+
+/// `DELETE /agents/{id}` for each agent (its work, if any, is requeued).
+async fn unregister(shared: &Shared, seats: &[Arc<Seat>]) -> Vec<Reply<Value>> {
+    let calls = seats.iter().map(|seat| {
+        let url = shared.connection.url(&format!("/agents/{}", seat.agent_id));
+        shared.call::<Value>(shared.http.delete(url))
+    });
+    join_all(calls).await.into_iter().map(|(_, reply)| reply).collect()
 }
 
 /// An agent: claim (blocking), complete at once with the lease; with `claim_next` the complete brings the next
@@ -742,9 +751,20 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
         draining: AtomicBool::new(false),
     });
 
-    // Register every agent before the clock starts: a wrong URL or token fails here, with the server's word.
-    let seats: Vec<Arc<Seat>> =
-        try_join_all((0..args.agents).map(|i| register(&shared, i))).await?.into_iter().map(Arc::new).collect();
+    // Register every agent before the clock starts: a wrong URL or token fails here, with the server's word, and
+    // leaves no agent of the run behind.
+    let mut seats = Vec::with_capacity(args.agents);
+    let mut refusal = None;
+    for registered in join_all((0..args.agents).map(|i| register(&shared, i))).await {
+        match registered {
+            Ok(seat) => seats.push(Arc::new(seat)),
+            Err(error) => refusal = refusal.or(Some(error)),
+        }
+    }
+    if let Some(error) = refusal {
+        unregister(&shared, &seats).await;
+        return Err(error);
+    }
     let stop_agents = CancellationToken::new();
     let mut agent_tasks: Vec<JoinHandle<Tally>> = Vec::new();
     for seat in &seats {
@@ -810,13 +830,8 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
     for joined in submitted_tallies.into_iter().chain(join_all(agent_tasks).await) {
         tally.merge(joined.context("a load task panicked")?);
     }
-    for reply in join_all(seats.iter().map(|seat| {
-        let path = format!("/agents/{}", seat.agent_id);
-        shared.call::<Value>(shared.http.delete(shared.connection.url(&path)))
-    }))
-    .await
-    {
-        shared.failed(&mut tally, "unregister", &reply.1);
+    for reply in unregister(&shared, &seats).await {
+        shared.failed(&mut tally, "unregister", &reply);
     }
     stop_progress.cancel();
     if let Some(task) = progress_task {
