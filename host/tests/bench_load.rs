@@ -1,18 +1,28 @@
-//! `aragora-cp bench load` against a real server on an ephemeral port: the library entry point for a timed run
-//! and the binary for a counted one, each checked against the server's own state (every task it reports
-//! completed is completed there, once, and nothing is left pending or held). No timing is asserted.
+//! `aragora-cp bench load` against a real server on an ephemeral port, through the library entry point with
+//! arguments parsed by the real command line (in-process: the binary in a shared target directory may be another
+//! checkout's). Each run is checked against the server's own state: every task it reports completed is completed
+//! there, once, and nothing is left pending or held. No timing is asserted.
 
 mod support;
 
 use std::collections::HashSet;
-use std::process::Command;
 
 use aragora_cp::cli::bench::BenchCommand;
-use aragora_cp::cli::bench_load::{Interrupt, run_load};
+use aragora_cp::cli::bench_load::{Interrupt, LoadBenchArgs, run_load};
 use aragora_cp::cli::{Cli, Command as CliCommand};
 use clap::Parser;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{Server, server};
+
+/// `aragora-cp bench load --server … --token … --quiet ARGS`, parsed by the real command line.
+fn load_args(server: &Server, args: &[&str]) -> LoadBenchArgs {
+    let mut line = vec!["aragora-cp", "bench", "load", "--server", &server.base, "--token", &server.token, "--quiet"];
+    line.extend_from_slice(args);
+    match Cli::try_parse_from(line).unwrap().command {
+        CliCommand::Bench(BenchCommand::Load(args)) => *args,
+        other => panic!("bench load parsed as {other:?}"),
+    }
+}
 
 async fn get(server: &Server, path: &str) -> Value {
     let url = format!("{}/api/v1/control-plane{path}", server.base);
@@ -58,31 +68,10 @@ async fn assert_server_agrees(server: &Server, run_id: &str, completed: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_run_completes_every_task_once_and_the_server_agrees() {
     let server = server().await;
-    let cli = Cli::try_parse_from([
-        "aragora-cp",
-        "bench",
-        "load",
-        "--server",
-        &server.base,
-        "--token",
-        &server.token,
-        "--agents",
-        "3",
-        "--submitters",
-        "2",
-        "--duration",
-        "1.5",
-        "--task-types",
-        "code,debate",
-        "--priorities",
-        "high,normal,low",
-        "--block-ms",
-        "200",
-        "--quiet",
-    ])
-    .unwrap();
-    let CliCommand::Bench(BenchCommand::Load(args)) = cli.command else { panic!("bench load parses as such") };
-    let report = run_load(&args, &Interrupt::default()).await.unwrap();
+    let mixed = ["--task-types", "code,debate", "--priorities", "high,normal,low", "--block-ms", "200"];
+    let mut line = vec!["--agents", "3", "--submitters", "2", "--duration", "1.5"];
+    line.extend(mixed);
+    let report = run_load(&load_args(&server, &line), &Interrupt::default()).await.unwrap();
     eprintln!("{report:#?}");
 
     assert!(report.oracle.passed, "{:?}", report.oracle);
@@ -95,48 +84,37 @@ async fn a_timed_run_completes_every_task_once_and_the_server_agrees() {
     assert_server_agrees(&server, &report.run_id, report.submitted).await;
 
     let json = serde_json::to_value(&report).unwrap();
-    for field in [
-        "tasks_per_second",
-        "submitted",
-        "completed",
-        "load_seconds",
-        "drain_seconds",
-        "window_seconds",
-        "errors_by_status",
-    ] {
-        assert!(json.get(field).is_some(), "{field} missing from {json}");
+    for field in ["tasks_per_second", "submitted", "completed", "load_seconds", "drain_seconds", "window_seconds"] {
+        assert!(json[field].is_number(), "{field} missing from {json}");
     }
     for kind in ["submit", "claim", "complete", "heartbeat"] {
         for field in ["count", "p50_us", "p90_us", "p99_us", "max_us"] {
             assert!(json["latency"][kind][field].is_number(), "latency.{kind}.{field} missing from {json}");
         }
     }
+    assert_eq!(json["errors"], json!([]));
+    assert_eq!(json["errors_by_status"], json!({}));
     assert_eq!(json["oracle"]["passed"], true);
     let _ = server.shutdown.send(());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_counted_run_of_the_binary_with_batches_and_claim_next_submits_exactly_that_many() {
+async fn a_counted_paced_run_with_batches_and_claim_next_submits_exactly_that_many() {
     let server = server().await;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_aragora-cp"));
-    command
-        .args(["bench", "load", "--agents", "2", "--submitters", "2", "--tasks", "500", "--batch", "50"])
-        .args(["--claim-next", "--priorities", "critical,low", "--output", "json"])
-        .env("ARAGORA_SERVER", &server.base)
-        .env("ARAGORA_TOKEN", &server.token);
-    let output = tokio::task::spawn_blocking(move || command.output().expect("run aragora-cp")).await.unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{}\n{stderr}", String::from_utf8_lossy(&output.stdout));
-    assert!(output.status.success(), "exit status {:?}: {stderr}", output.status);
-    let report: Value = serde_json::from_slice(&output.stdout).expect("the report as JSON on stdout");
+    let line =
+        ["--agents", "2", "--submitters", "2", "--tasks", "500", "--batch", "50", "--claim-next", "--rate", "5000"];
+    let report =
+        serde_json::to_value(run_load(&load_args(&server, &line), &Interrupt::default()).await.unwrap()).unwrap();
+    eprintln!("{report:#}");
 
     assert_eq!(report["submitted"], 500);
     assert_eq!(report["completed"], 500);
     assert_eq!(report["batch"], 50);
     assert_eq!(report["claim_next"], true);
+    assert_eq!(report["rate"], 5000.0);
     assert_eq!(report["latency"]["submit"]["count"], 10, "ten batches of fifty");
     assert_eq!(report["oracle"]["passed"], true);
-    assert_eq!(report["errors"], serde_json::json!([]));
+    assert_eq!(report["errors"], json!([]));
     assert_server_agrees(&server, report["run_id"].as_str().unwrap(), 500).await;
     let _ = server.shutdown.send(());
 }
@@ -144,13 +122,35 @@ async fn a_counted_run_of_the_binary_with_batches_and_claim_next_submits_exactly
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_stops_the_run_before_any_load_with_the_servers_word() {
     let server = server().await;
-    let cli =
-        Cli::try_parse_from(["aragora-cp", "bench", "load", "--server", &server.base, "--token", "not-a-jwt"]).unwrap();
-    let CliCommand::Bench(BenchCommand::Load(args)) = cli.command else { panic!("bench load parses as such") };
+    let mut args = load_args(&server, &[]);
+    args.connection.token = Some("not-a-jwt".into());
     let error = run_load(&args, &Interrupt::default()).await.expect_err("a bad token is refused");
     assert!(format!("{error:#}").contains("401"), "{error:#}");
     let stats = get(&server, "/stats").await;
     assert_eq!(stats["registry"]["total_agents"], 0, "no agent left behind: {stats}");
-    assert_eq!(stats["scheduler"]["by_status"], serde_json::json!({}), "nothing submitted: {stats}");
+    assert_eq!(stats["scheduler"]["by_status"], json!({}), "nothing submitted: {stats}");
+    let _ = server.shutdown.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_left_when_the_drain_times_out_are_reported_lost_and_the_server_still_holds_them_pending() {
+    let server = server().await;
+    // One agent cannot work off 3,000 tasks in a 0.1 s drain; with --claim-next it must still stop taking work
+    // when the drain ends (it used to chain through the whole backlog).
+    let line = ["--agents", "1", "--submitters", "1", "--tasks", "3000", "--batch", "1000", "--claim-next"];
+    let mut args = load_args(&server, &line);
+    args.drain_timeout = 0.1;
+    let report = run_load(&args, &Interrupt::default()).await.unwrap();
+    eprintln!("{:#?}", report.oracle);
+
+    assert_eq!(report.submitted, 3000);
+    assert!(!report.oracle.passed);
+    assert!(report.oracle.lost > 0);
+    assert_eq!(report.oracle.lost + report.oracle.completed, 3000);
+    assert!(report.oracle.lost_sample.iter().all(|lost| lost.server_status == "pending"), "{:?}", report.oracle);
+    let stats = get(&server, "/stats").await;
+    assert_eq!(stats["scheduler"]["pending_tasks"], report.oracle.lost, "{stats}");
+    assert_eq!(stats["scheduler"]["by_status"]["completed"], report.oracle.completed, "{stats}");
+    assert_eq!(stats["scheduler"]["running_tasks"], 0, "the agent holds nothing once unregistered: {stats}");
     let _ = server.shutdown.send(());
 }

@@ -61,6 +61,10 @@ pub struct LoadBenchArgs {
     /// Tasks to submit in all (refused submits count); with --duration, whichever comes first ends the load.
     #[arg(long)]
     pub tasks: Option<u64>,
+    /// Tasks per second to submit, shared by the submitters (default: as fast as the server answers). Without it,
+    /// batch submitters can outpace the agents many times over, and the run then measures a growing backlog.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Task types, cycled through; each is also a capability the task requires and every agent holds.
     #[arg(long, value_delimiter = ',', default_value = "bench")]
     pub task_types: Vec<String>,
@@ -103,6 +107,8 @@ struct Plan {
     priorities: Vec<Priority>,
     heartbeat: Option<Duration>,
     drain: Duration,
+    /// `--rate` divided among the submitters.
+    rate_per_submitter: Option<f64>,
 }
 
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
@@ -141,6 +147,12 @@ impl Plan {
             priorities: args.priorities.clone(),
             heartbeat: args.heartbeat_interval.map(|h| seconds("--heartbeat-interval", h)).transpose()?,
             drain: seconds("--drain-timeout", args.drain_timeout)?,
+            rate_per_submitter: match args.rate {
+                Some(rate) if !rate.is_finite() || rate <= 0.0 => {
+                    bail!("--rate: must be a positive number, not {rate}")
+                }
+                rate => rate.map(|r| r / args.submitters as f64),
+            },
         })
     }
 }
@@ -407,15 +419,16 @@ async fn agent(shared: Arc<Shared>, seat: Arc<Seat>, stop: CancellationToken) ->
         };
         shared.counters.claimed.fetch_add(1, Ordering::Relaxed);
         tally.granted.push(granted.task_id.clone());
-        next = complete(&shared, &seat, granted, &mut tally).await;
+        // Once stopping, no next task: a complete with `claim_next` would keep the agent working off the backlog.
+        next = complete(&shared, &seat, granted, shared.claim_next && !stop.is_cancelled(), &mut tally).await;
     }
     tally
 }
 
-async fn complete(shared: &Shared, seat: &Seat, task: Granted, tally: &mut Tally) -> Option<Granted> {
+async fn complete(shared: &Shared, seat: &Seat, task: Granted, claim_next: bool, tally: &mut Tally) -> Option<Granted> {
     let url = shared.connection.url(&format!("/tasks/{}/complete", task.task_id));
     let mut body = json!({"lease_id": task.lease_id, "result": {"agent_id": seat.agent_id}});
-    if shared.claim_next {
+    if claim_next {
         // No wait: the complete's latency stays the service time; an agent finding nothing claims, blocking.
         body["claim_next"] = json!({"block_ms": 0, "session_id": seat.session_id});
     }
@@ -474,7 +487,19 @@ async fn submitter(shared: Arc<Shared>, index: usize, stop: CancellationToken) -
     let mut tally = Tally::default();
     let url = &shared.connection.url(if shared.plan.batch.is_some() { "/tasks/batch" } else { "/tasks" });
     let mut n = 0;
+    let mut due = tokio::time::Instant::now();
     while !stop.is_cancelled() {
+        if let Some(rate) = shared.plan.rate_per_submitter {
+            // Paced by a schedule; after a stall it catches up by at most a second's worth, so that a server that
+            // paused is not then flooded.
+            let now = tokio::time::Instant::now();
+            due = due.max(now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            due += Duration::from_secs_f64(shared.plan.batch.unwrap_or(1) as f64 / rate);
+        }
         let count = shared.reserve(shared.plan.batch.unwrap_or(1));
         if count == 0 {
             break;
@@ -690,6 +715,8 @@ pub struct LoadReport {
     pub batch: usize,
     /// Whether agents took their next task in the complete call.
     pub claim_next: bool,
+    /// The submit rate asked for (tasks/s), if any.
+    pub rate: Option<f64>,
     /// The load phase: from the first submit until the submitters stopped (duration, task count or Ctrl-C).
     pub load_seconds: f64,
     /// From the end of the load phase until every submitted task was completed (or the drain ended).
@@ -866,6 +893,7 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
         submitters: args.submitters,
         batch: shared.plan.batch.unwrap_or(1),
         claim_next: args.claim_next,
+        rate: args.rate,
         load_seconds,
         drain_seconds: drain.as_secs_f64(),
         window_seconds,
@@ -931,6 +959,10 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
 pub fn print_report(r: &LoadReport) {
     let submits = if r.batch > 1 { format!("batches of {}", r.batch) } else { "single submits".into() };
     let next = if r.claim_next { ", claim_next" } else { "" };
+    let submits = match r.rate {
+        Some(rate) => format!("{submits} at {rate:.0} tasks/s"),
+        None => submits,
+    };
     println!(
         "HTTP load against {} (run {}): {} agents, {} submitters, {submits}{next}",
         r.server, r.run_id, r.agents, r.submitters
@@ -982,6 +1014,11 @@ pub fn print_report(r: &LoadReport) {
         );
         for lost in &o.lost_sample {
             println!("    lost {}  (server: {})", lost.task_id, lost.server_status);
+        }
+        if !o.lost_sample.is_empty() && o.lost_sample.iter().all(|lost| lost.server_status == "pending") {
+            println!(
+                "    (still pending: the submitters outpaced the agents; try --rate, --tasks or a longer --drain-timeout)"
+            );
         }
         for id in &o.completed_twice_sample {
             println!("    completed twice {id}");
