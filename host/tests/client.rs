@@ -1,40 +1,12 @@
 //! The client commands against a real server on an ephemeral port: register an agent, submit a task, list, get,
 //! cancel, stats and plugins, as tables and as JSON; a refused request exits 1 with the server's detail.
 
+mod support;
+
 use std::process::{Command, Output};
-use std::sync::Arc;
-use std::time::Duration;
 
-use aragora_cp::api::{self, ApiState, Authenticator, Permission};
-use aragora_cp::config::Config;
-use aragora_cp::coordinator::ControlPlaneCoordinator;
-use aragora_cp::plugins::{PluginRegistry, PluginRuntime, RuntimeOptions};
-use aragora_cp::store::{MemoryStore, Store, SystemClock};
 use serde_json::Value;
-
-const SECRET: &[u8] = b"client-test-secret-0123456789abcdef0123";
-
-struct Server {
-    base: String,
-    token: String,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn server() -> Server {
-    let config = Config::default();
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
-    let plugins = Arc::new(PluginRegistry::new(PluginRuntime::new(RuntimeOptions::default()).unwrap(), "t").unwrap());
-    let coordinator = ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap();
-    let auth = Arc::new(Authenticator::hs256(SECRET, None, None).unwrap());
-    let token = auth.issue("admin", &[Permission::Admin], Duration::from_secs(600)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(api::serve(listener, ApiState::new(coordinator, auth), async move {
-        let _ = signal.await;
-    }));
-    Server { base, token, shutdown }
-}
+use support::{Server, server};
 
 /// Runs the binary off the async runtime (it blocks) with the server and token in its environment.
 async fn cli(server: &Server, args: &[&str]) -> Output {

@@ -20,6 +20,9 @@ pub enum BenchCommand {
     Plugins(PluginBenchArgs),
     /// In-process engine on the memory store: lifecycle throughput and claim latency against the backlog.
     Engine(super::bench_engine::EngineBenchArgs),
+    /// HTTP load against a running server: simulated agents and submitters, throughput, latency percentiles,
+    /// errors, and a check that every submitted task was completed exactly once.
+    Load(Box<super::bench_load::LoadBenchArgs>),
 }
 
 /// Arguments of `bench plugins`.
@@ -51,6 +54,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Engine(args) => super::bench_engine::run(args),
+        BenchCommand::Load(args) => super::bench_load::run(*args),
     }
 }
 
@@ -61,6 +65,23 @@ pub struct Percentiles {
     pub p50_us: f64,
     /// 99th percentile.
     pub p99_us: f64,
+}
+
+impl Percentiles {
+    /// p50 and p99 of `samples` (zeros when there are none).
+    pub fn of(mut samples: Vec<Duration>) -> Percentiles {
+        samples.sort_unstable();
+        Percentiles { p50_us: percentile_us(&samples, 0.50), p99_us: percentile_us(&samples, 0.99) }
+    }
+}
+
+/// The `q` quantile (0–1) of `sorted` samples in µs, by nearest rank; 0 when there are none. Every bench reports
+/// through this one function, so their figures are comparable.
+pub fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6
 }
 
 /// One row of the plugin benchmark.
@@ -215,9 +236,7 @@ fn measure(iterations: usize, mut call: impl FnMut()) -> Percentiles {
         call();
         samples.push(started.elapsed());
     }
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
-    Percentiles { p50_us: at(0.50), p99_us: at(0.99) }
+    Percentiles::of(samples)
 }
 
 /// Prints the rows as the table docs/BENCHMARKS.md quotes.

@@ -39,23 +39,8 @@ pub struct EngineBenchArgs {
     pub output: OutputFormat,
 }
 
-/// p50 / p99 of one call, in µs.
-#[derive(Clone, Debug, Serialize)]
-pub struct Latency {
-    /// Median.
-    pub p50_us: f64,
-    /// 99th percentile.
-    pub p99_us: f64,
-}
-
-fn latency(mut samples: Vec<Duration>) -> Latency {
-    if samples.is_empty() {
-        return Latency { p50_us: 0.0, p99_us: 0.0 };
-    }
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
-    Latency { p50_us: at(0.5), p99_us: at(0.99) }
-}
+/// p50 / p99 of one call, in µs (the plugin bench's type, so both print alike).
+pub use super::bench::Percentiles as Latency;
 
 /// The figures.
 #[derive(Clone, Debug, Serialize)]
@@ -137,7 +122,7 @@ async fn sequential(tasks: usize) -> anyhow::Result<(f64, Latency, Latency, Late
     }
     let rate = tasks as f64 / started.elapsed().as_secs_f64();
     cp.shutdown().await;
-    Ok((rate, latency(submits), latency(claims), latency(completes)))
+    Ok((rate, Latency::of(submits), Latency::of(claims), Latency::of(completes)))
 }
 
 async fn parallel(tasks: usize, agents: usize) -> anyhow::Result<f64> {
@@ -200,7 +185,7 @@ async fn backlog(pending: usize, claims: usize) -> anyhow::Result<BacklogRow> {
     }
     let examined = store.stats().await?.last_claim_examined;
     cp.shutdown().await;
-    Ok(BacklogRow { pending, claim: latency(samples), examined_per_claim: examined })
+    Ok(BacklogRow { pending, claim: Latency::of(samples), examined_per_claim: examined })
 }
 
 /// Runs the engine benchmark.

@@ -24,6 +24,26 @@ pub struct Connection {
     pub output: Output,
 }
 
+impl Connection {
+    /// The URL of `path` under the API prefix.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}{path}", self.server.trim_end_matches('/'), crate::api::PREFIXES[0])
+    }
+
+    /// `request` with the bearer token, when there is one.
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// What to say when the server cannot be reached.
+    pub fn unreachable(&self) -> String {
+        format!("cannot reach {}", self.server)
+    }
+}
+
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -150,8 +170,7 @@ pub enum ClientCommand {
 
 struct Client {
     http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+    connection: Connection,
 }
 
 /// The outcome of one request: the JSON body, or the server's refusal.
@@ -162,15 +181,12 @@ enum Answer {
 
 impl Client {
     fn url(&self, path: &str) -> String {
-        format!("{}/api/v1/control-plane{path}", self.base.trim_end_matches('/'))
+        self.connection.url(path)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
-        let request = match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
-        let response = request.send().await.with_context(|| format!("cannot reach {}", self.base))?;
+        let response =
+            self.connection.authorize(request).send().await.with_context(|| self.connection.unreachable())?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         Ok(if status.is_success() { Answer::Ok(body) } else { Answer::Refused(status.as_u16(), body) })
@@ -196,12 +212,8 @@ pub fn run(connection: Connection, command: ClientCommand) -> anyhow::Result<Exi
 }
 
 async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Result<ExitCode> {
-    let client = Client {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?,
-        base: connection.server.clone(),
-        token: connection.token.clone(),
-    };
     let output = connection.output;
+    let client = Client { http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?, connection };
     let answer = match command {
         ClientCommand::Agents(command) => agents(&client, command).await?,
         ClientCommand::Tasks(TasksCommand::Watch { task_id }) => return watch(&client, &task_id, output).await,
@@ -305,11 +317,8 @@ async fn watch(client: &Client, task_id: &str, output: Output) -> anyhow::Result
 /// Follows `GET /events` and prints each event line as it arrives.
 async fn events(client: &Client, types: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
     let suffix = types.map(|t| format!("?types={t}")).unwrap_or_default();
-    let mut request = reqwest::Client::new().get(client.url(&format!("/events{suffix}")));
-    if let Some(token) = &client.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.with_context(|| format!("cannot reach {}", client.base))?;
+    let request = client.connection.authorize(reqwest::Client::new().get(client.url(&format!("/events{suffix}"))));
+    let response = request.send().await.with_context(|| client.connection.unreachable())?;
     if !response.status().is_success() {
         let status = response.status().as_u16();
         return Ok(refused(status, &response.json().await.unwrap_or(Value::Null)));
