@@ -104,9 +104,21 @@ impl Scheduler {
         }
         let mut pool: Vec<(Waiter, Agent, HealthState)> = Vec::with_capacity(waiters.len());
         let now = self.store.now_ms();
+        // One read for every waiting agent and its health (one round trip on Redis, not two per waiter).
+        let ids: Vec<String> = waiters.iter().map(|w| w.agent_id.clone()).collect();
+        let candidates: std::collections::HashMap<String, (Agent, Option<AgentHealth>)> = self
+            .store
+            .agents_with_health(&ids)
+            .await?
+            .into_iter()
+            .map(|(agent, health)| (agent.agent_id.clone(), (agent, health)))
+            .collect();
         for waiter in waiters {
-            let Some(agent) = self.store.get_agent(&waiter.agent_id).await? else { continue };
-            let Some(health) = self.routable(&agent).await? else { continue };
+            let Some((agent, health)) = candidates.get(&waiter.agent_id).cloned() else { continue };
+            if !routable_now(&agent, health.as_ref()) {
+                continue;
+            }
+            let health = health.map(|h| h.status).unwrap_or_default();
             // Dispatch policies decide who may take what, for routed work as for claimed work.
             let denials = super::policies::on_dispatch(&self.plugins, &task, &agent, now);
             if !denials.is_empty() {

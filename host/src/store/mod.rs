@@ -669,6 +669,19 @@ pub trait Store: Send + Sync + 'static {
     /// exist as built-ins or files, so a built-in can be disabled fleet-wide; see `PluginChange`).
     async fn change_plugin(&self, change: PluginChange) -> StoreResult<PluginRecord>;
 
+    /// The agents `ids` that exist, each with its health record, in the order asked: what routing reads to
+    /// choose among waiting claims. The default asks agent by agent; a networked store answers in one call.
+    async fn agents_with_health(&self, ids: &[String]) -> StoreResult<Vec<(Agent, Option<AgentHealth>)>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(agent) = self.get_agent(id).await? {
+                let health = self.agent_health(id).await?;
+                found.push((agent, health));
+            }
+        }
+        Ok(found)
+    }
+
     /// Records `server_id` as alive for `ttl_ms` more and answers the ids of every live server, sorted (health
     /// probing divides the agents among them).
     async fn server_alive(&self, server_id: &str, ttl_ms: u64) -> StoreResult<Vec<String>>;

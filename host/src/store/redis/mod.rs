@@ -714,6 +714,20 @@ impl Store for RedisStore {
         decode::array(first(&body)?)?.first().map(decode::health).transpose()
     }
 
+    async fn agents_with_health(&self, ids: &[String]) -> StoreResult<Vec<(Agent, Option<AgentHealth>)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body = self.call(&self.scripts.read_candidates, ids.to_vec()).await?;
+        decode::array(first(&body)?)?
+            .iter()
+            .map(|pair| match decode::array(pair)? {
+                [agent, health] => Ok((decode::agent(agent)?, Some(decode::health(health)?))),
+                _ => Err(StoreError::Unavailable("redis: malformed candidate".into())),
+            })
+            .collect()
+    }
+
     async fn all_health(&self) -> StoreResult<Vec<AgentHealth>> {
         let body = self.call(&self.scripts.health, vec![String::new()]).await?;
         decode::array(first(&body)?)?.iter().map(decode::health).collect()

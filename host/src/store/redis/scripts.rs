@@ -68,6 +68,7 @@ scripts!(
     plugin_read: READS,
     progress: WRITES,
     read_agents: READS,
+    read_candidates: WRITES,
     record_health: WRITES,
     record_violations: WRITES,
     register: WRITES,
