@@ -315,12 +315,19 @@ pub struct AgentSpec {
     pub home: usize,
     /// Whether it asks for its next task in the complete call (`claim_next`) instead of a separate claim.
     pub claim_next: bool,
+    /// Whether its heartbeats list the tasks it holds (`current_task_ids`); existing clients' do not.
+    pub reports_tasks: bool,
 }
 
 /// `count` agents spread round-robin over `servers` servers; every other one uses `claim_next`.
 pub fn agents(count: usize, servers: usize) -> Vec<AgentSpec> {
     (0..count)
-        .map(|i| AgentSpec { id: format!("fleet-agent-{i:03}"), home: i % servers, claim_next: i % 2 == 1 })
+        .map(|i| AgentSpec {
+            id: format!("fleet-agent-{i:03}"),
+            home: i % servers,
+            claim_next: i % 2 == 1,
+            reports_tasks: true,
+        })
         .collect()
 }
 
@@ -340,8 +347,9 @@ pub async fn run_agent(run: Arc<Run>, spec: AgentSpec) {
     assert_eq!(status, StatusCode::CREATED, "register {}: {agent}", spec.id);
 
     let held: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let reported = if spec.reports_tasks { Some(held.clone()) } else { None };
     let heartbeats =
-        tokio::spawn(heartbeat(run.clone(), spec.id.clone(), token.clone(), session.clone(), at.clone(), held.clone()));
+        tokio::spawn(heartbeat(run.clone(), spec.id.clone(), token.clone(), session.clone(), at.clone(), reported));
 
     let claim = json!({"agent_id": spec.id, "block_ms": CLAIM_BLOCK_MS, "session_id": session});
     let mut next: Option<Value> = None;
@@ -403,21 +411,24 @@ pub async fn run_agent(run: Arc<Run>, spec: AgentSpec) {
     heartbeats.abort();
 }
 
-/// The agent's heartbeat: every [`HEARTBEAT_INTERVAL`], with the tasks it holds (so a grant whose answer was lost
-/// with a dead server is released, DESIGN §4). A transport error moves the agent to the next server.
+/// The agent's heartbeat: every [`HEARTBEAT_INTERVAL`], with the tasks it holds when `held` is given (so a grant
+/// whose answer was lost with a dead server is released, DESIGN §4). A transport error moves the agent to the next
+/// server.
 async fn heartbeat(
     run: Arc<Run>,
     id: String,
     token: String,
     session: String,
     at: Arc<AtomicUsize>,
-    held: Arc<Mutex<BTreeSet<String>>>,
+    held: Option<Arc<Mutex<BTreeSet<String>>>>,
 ) {
     let path = format!("{API}/agents/{id}/heartbeat");
     loop {
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
-        let current: Vec<String> = held.lock().iter().cloned().collect();
-        let body = json!({"session_id": session, "current_task_ids": current});
+        let mut body = json!({"session_id": session});
+        if let Some(held) = &held {
+            body["current_task_ids"] = json!(held.lock().iter().cloned().collect::<Vec<String>>());
+        }
         let server = at.load(Ordering::SeqCst);
         match run.send(server, Method::POST, &path, &token, Some(&body)).await {
             Ok((StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE, _)) => {}

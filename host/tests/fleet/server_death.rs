@@ -38,3 +38,50 @@ async fn a_server_killed_mid_run_loses_no_task_and_completes_none_twice() {
     assert!(run.ledger.failovers.load(Ordering::SeqCst) > 0, "the dead server's clients failed over");
     eprintln!("server death: {}", fleet.summary(&report, started));
 }
+
+/// Agents blocked in claims on a server that dies leave their waiter tokens in the store. A submit routed to such a
+/// token grants work to a claim nobody waits on; an agent whose heartbeats do not list its tasks (existing clients)
+/// never hears of it, and the task sits until `TASK_TIMEOUT` (300 s). A token dies with its claim's block, so work
+/// submitted once the dead server's claims would have ended reaches live claims only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_its_agents_wait_strands_no_routed_task() {
+    const TASKS: usize = 60;
+    let _heavy = HEAVY.lock().await;
+    let started = Instant::now();
+    let mut fleet = Fleet::start(RedisServer::start(), 3, "fleet-death-idle");
+    let run = fleet.run.clone();
+    let (events, reader) = EventLog::follow(run.clone(), 0).await;
+    let specs: Vec<_> =
+        agents(6, 3).into_iter().map(|spec| crate::harness::AgentSpec { reports_tasks: false, ..spec }).collect();
+    let agents = fleet.spawn_agents(specs);
+    wait_for_waiting_claims(&run, 6).await;
+    fleet.servers[2].kill9();
+    // Its agents move to a live server at once (their blocked claims fail). Its claims' tokens die with their blocks
+    // (plus half a second of grace): wait for that.
+    tokio::time::sleep(Duration::from_millis(crate::harness::CLAIM_BLOCK_MS + 1500)).await;
+    submit_all(run.clone(), TASKS, 1, 1).await;
+    wait_for("every task completed, well before TASK_TIMEOUT", Duration::from_secs(60), || {
+        events.completed.load(Ordering::SeqCst) >= TASKS
+    })
+    .await;
+    let report = fleet.finish(TASKS, &events, agents, 0).await;
+    reader.abort();
+    eprintln!("server death while waiting: {}", fleet.summary(&report, started));
+}
+
+/// Waits until `count` claims are blocked (the fleet's `waiting_claims`).
+async fn wait_for_waiting_claims(run: &crate::harness::Run, count: u64) {
+    let admin = run.admin();
+    let started = Instant::now();
+    loop {
+        let (_, stats) = run
+            .send(0, reqwest::Method::GET, &format!("{}/stats", crate::harness::API), &admin, None)
+            .await
+            .expect("stats");
+        if stats["scheduler"]["waiting_claims"].as_u64() == Some(count) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "claims never all blocked: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
