@@ -33,10 +33,27 @@ const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Serialises the heavy runs: each of them wants both cores.
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The `aragora-cp` binary the servers run: the one cargo built for these tests, or `FLEET_SERVE_BINARY` (a copy
+/// taken right after the build, or a release build). Checkouts sharing one target directory overwrite cargo's with
+/// their own build, so a run checks that the binary did not change since its first server: servers of one run must
+/// all run the same code, and a failure caused by another checkout's binary says so instead of misleading.
+fn binary() -> String {
+    static FIRST_SEEN: std::sync::OnceLock<Option<std::time::SystemTime>> = std::sync::OnceLock::new();
+    let path = std::env::var("FLEET_SERVE_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_aragora-cp").to_string());
+    let modified = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let first = *FIRST_SEEN.get_or_init(modified);
+    assert_eq!(
+        modified(),
+        first,
+        "{path} was rebuilt during this run (another checkout sharing the target directory?): rerun the tests"
+    );
+    path
+}
+
 /// `aragora-cp serve` with a clean environment (a developer's `REDIS_URL` or JWT settings must not leak in) and
 /// the fleet's settings; callers add `REDIS_URL` and the rest.
 pub fn serve_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_aragora-cp"));
+    let mut command = Command::new(binary());
     command.arg("serve").env_clear();
     for kept in ["PATH", "HOME", "XDG_CACHE_HOME", "TMPDIR"] {
         if let Some(value) = std::env::var_os(kept) {

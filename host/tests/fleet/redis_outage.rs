@@ -79,6 +79,14 @@ async fn a_redis_outage_answers_503_and_the_fleet_resumes_losing_nothing() {
     reader.abort();
     assert!(run.ledger.unavailable.load(Ordering::SeqCst) > 0, "clients saw 503 store_unavailable");
     assert_eq!(report.counts.get("agent_offline"), None, "an outage must not mark agents offline");
+    for server in &fleet.servers {
+        let log = server.log();
+        assert!(
+            log.contains("store is back after an outage"),
+            "server {} did not hold its sweeps back after the outage (DESIGN §6); its log:\n{log}",
+            server.index
+        );
+    }
     eprintln!("redis outage: {}", fleet.summary(&report, started));
 }
 
