@@ -618,7 +618,7 @@ impl Fleet {
 
         for server in &mut self.servers {
             if server.exited.is_none() {
-                let status = server.terminate();
+                let status = tokio::task::block_in_place(|| server.terminate());
                 assert!(status.success(), "server {} exited {status}; its log:\n{}", server.index, server.log());
             }
             server.assert_no_panic();
