@@ -601,6 +601,31 @@ impl Fleet {
         assert_eq!(stored_ids, acknowledged, "the store holds exactly the acknowledged tasks");
         let unfinished: Vec<&Value> = stored.values().filter(|t| t["status"] != "completed").take(5).collect();
         assert!(unfinished.is_empty(), "tasks not completed: {unfinished:?}");
+        // A second completion is refused whichever server it reaches: another lease's (409 lease_lost), the same
+        // lease's with another result (409 outcome_conflict); the same outcome again is answered from the store.
+        for (i, completion) in completions.iter().take(30).enumerate() {
+            let server = (reader_server + 1 + i) % self.servers.len();
+            let server = if self.servers[server].exited.is_some() { reader_server } else { server };
+            let path = format!("{API}/tasks/{}/complete", completion.task_id);
+            let stored_result = &stored[&completion.task_id]["result"];
+            let attempts = [
+                (
+                    json!({"lease_id": format!("{:032x}", rand::random::<u128>()), "result": stored_result}),
+                    "lease_lost",
+                ),
+                (json!({"lease_id": completion.lease_id, "result": {"another": "outcome"}}), "outcome_conflict"),
+            ];
+            for (body, code) in attempts {
+                let (status, answer) =
+                    run.send(server, Method::POST, &path, &run.admin(), Some(&body)).await.expect("an answer");
+                assert_eq!((status, answer["code"].as_str()), (StatusCode::CONFLICT, Some(code)), "{body} → {answer}");
+            }
+            let same = json!({"lease_id": completion.lease_id, "result": stored_result});
+            let (status, answer) =
+                run.send(server, Method::POST, &path, &run.admin(), Some(&same)).await.expect("an answer");
+            assert_eq!(status, StatusCode::OK, "the same outcome again: {answer}");
+            assert_eq!((&answer["status"], &answer["result"]), (&json!("completed"), stored_result), "{answer}");
+        }
         let (status, stats) =
             run.send(reader_server, Method::GET, &format!("{API}/stats"), &run.admin(), None).await.expect("stats");
         assert_eq!(status, StatusCode::OK, "{stats}");
