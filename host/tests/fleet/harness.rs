@@ -668,3 +668,20 @@ impl Fleet {
         )
     }
 }
+
+impl Drop for Fleet {
+    /// A failed run shows the end of every server's log (the logs live in a directory removed with the fleet).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for server in &self.servers {
+            let log = server.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- the last lines of server {}'s log:", server.index);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
