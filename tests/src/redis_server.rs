@@ -87,6 +87,32 @@ impl RedisServer {
     /// again on the same port and directory, as an operator's restart would.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Kills the server with SIGKILL, as a crash or an OOM kill would: no flush, no goodbye to clients. Only what
+    /// the append-only file already holds survives (everything acknowledged, with `--appendfsync always`). Bring
+    /// it back with [`start_again`](Self::start_again).
+    pub fn crash(&mut self) {
+        let info = self.command("INFO server").expect("INFO server before the crash");
+        let pid = info
+            .lines()
+            .find_map(|line| line.strip_prefix("process_id:"))
+            .map(|pid| pid.trim().to_string())
+            .expect("INFO server names the process id");
+        let status = Command::new("kill").args(["-KILL", &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -KILL {pid} failed");
+        let started = Instant::now();
+        while self.command("PING").is_ok() {
+            assert!(started.elapsed() < START_TIMEOUT, "redis-server {pid} still answers after SIGKILL");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop();
+    }
+
+    /// Starts a stopped or crashed server again with the same arguments: same port, same directory, so it reloads
+    /// its append-only file.
+    pub fn start_again(&mut self) {
         let (guard, stdin) = spawn_guarded(&self.args);
         (self.guard, self.stdin) = (guard, stdin);
         assert!(self.wait_ready(), "redis-server did not come back; its log:\n{}", self.log());

@@ -25,6 +25,12 @@ use crate::model::{CapabilitySet, NewTask, SubmitRequest, Task, TaskId, Validati
 use crate::plugins::PluginRegistry;
 use crate::store::{ClaimRequest, Store, StoreError, Submitted, Waiter, Withdrawn};
 
+/// How long a waiter token outlives its claim's block in the store. The claim measures its block on this host from
+/// after the registration returns, so a token dying exactly at the block would refuse hand-offs in the claim's last
+/// moments; a token that outlives its claim is harmless (the claim withdraws it), unless the server died holding the
+/// claim — then this grace is how long work can still be routed to a claim nobody waits on.
+const WAITER_GRACE: Duration = Duration::from_millis(500);
+
 /// Why the engine refused a request. Each variant maps to one HTTP status in the API.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -267,11 +273,14 @@ impl Scheduler {
         self.waiting.lock().insert(token.clone(), sender);
         let mut guard = WaiterGuard { scheduler: self, token: token.clone(), armed: true };
         self.store
-            .register_waiter(Waiter {
-                token: token.clone(),
-                agent_id: request.agent_id.clone(),
-                capabilities: request.capabilities.clone(),
-            })
+            .register_waiter(
+                Waiter {
+                    token: token.clone(),
+                    agent_id: request.agent_id.clone(),
+                    capabilities: request.capabilities.clone(),
+                },
+                block + WAITER_GRACE,
+            )
             .await?;
         // Work submitted between the first attempt and the registration saw no waiter: look once more.
         let mut tasks = self.claim_now(request).await?;

@@ -111,7 +111,8 @@ struct State {
     agents: BTreeMap<String, AgentRecord>,
     /// Agents by heartbeat expiry.
     expiry: BTreeSet<(u64, String)>,
-    waiters: BTreeMap<String, (u64, Waiter)>,
+    /// Waiter tokens: (sequence, expiry in store ms, waiter).
+    waiters: BTreeMap<String, (u64, u64, Waiter)>,
     /// Tokens consumed by `assign`, answered at withdrawal.
     consumed: HashMap<String, (TaskId, String)>,
     idempotency: HashMap<(String, String), (TaskId, String, u64)>,
@@ -472,7 +473,7 @@ impl Tx<'_> {
     }
 
     fn remove_waiters_of(&mut self, agent_id: &str) {
-        self.state.waiters.retain(|_, (_, waiter)| waiter.agent_id != agent_id);
+        self.state.waiters.retain(|_, (_, _, waiter)| waiter.agent_id != agent_id);
     }
 
     /// Whether the agent may be given work now: registered, not paused, not draining or failed, not unhealthy,
@@ -1110,14 +1111,18 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn register_waiter(&self, waiter: Waiter) -> StoreResult<()> {
+    async fn register_waiter(&self, waiter: Waiter, lifetime: std::time::Duration) -> StoreResult<()> {
         self.transition(|tx| {
             tx.agent(&waiter.agent_id)?;
+            // Only a dead server leaves an expired token behind, and a memory store dies with its server: the
+            // claim withdraws every token it registered, so there is nothing to sweep here.
+            let now = tx.now;
             let seq = {
                 tx.state.seq += 1;
                 tx.state.seq
             };
-            tx.state.waiters.insert(waiter.token.clone(), (seq, waiter));
+            let until = now + lifetime.as_millis() as u64;
+            tx.state.waiters.insert(waiter.token.clone(), (seq, until, waiter));
             Ok(())
         })
     }
@@ -1143,15 +1148,24 @@ impl Store for MemoryStore {
 
     async fn waiters_for(&self, required: &CapabilitySet, limit: usize) -> StoreResult<Vec<Waiter>> {
         let state = self.state.lock();
-        let mut waiters: Vec<&(u64, Waiter)> =
-            state.waiters.values().filter(|(_, w)| required.is_subset_of(&w.capabilities)).collect();
-        waiters.sort_by_key(|(seq, _)| *seq);
-        Ok(waiters.into_iter().take(limit).map(|(_, w)| w.clone()).collect())
+        let now = self.clock.now_ms();
+        let mut waiters: Vec<&(u64, u64, Waiter)> = state
+            .waiters
+            .values()
+            .filter(|(_, until, w)| *until > now && required.is_subset_of(&w.capabilities))
+            .collect();
+        waiters.sort_by_key(|(seq, _, _)| *seq);
+        Ok(waiters.into_iter().take(limit).map(|(_, _, w)| w.clone()).collect())
     }
 
     async fn assign(&self, task_id: &TaskId, token: &str) -> StoreResult<Option<Task>> {
         self.transition(|tx| {
-            let Some((_, waiter)) = tx.state.waiters.get(token).cloned() else { return Ok(None) };
+            let Some((_, until, waiter)) = tx.state.waiters.get(token).cloned() else { return Ok(None) };
+            if until <= tx.now {
+                // Its claim is over: withdrawn by now, or its server died. Nobody would receive the task.
+                tx.state.waiters.remove(token);
+                return Ok(None);
+            }
             let Some(agent) = tx.state.agents.get(&waiter.agent_id) else { return Ok(None) };
             // The waiter's capabilities may have been narrowed by the claim, never widened past the registration
             // (which a re-register or a register policy may have changed since).

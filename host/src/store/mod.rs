@@ -574,17 +574,20 @@ pub trait Store: Send + Sync + 'static {
     /// Grants `task_id` to the agent if it is still pending and claimable by it.
     async fn claim_if(&self, task_id: &TaskId, request: &ClaimRequest) -> StoreResult<Option<Task>>;
 
-    /// Registers a blocked claim's single-use waiter token.
-    async fn register_waiter(&self, waiter: Waiter) -> StoreResult<()>;
+    /// Registers a blocked claim's single-use waiter token, alive for `lifetime` (store time): the claim's block.
+    /// Past it the claim has withdrawn the token — or the server holding the claim died without withdrawing it, and
+    /// nobody would receive a task assigned through it — so an expired token is never listed nor assigned, and
+    /// registrations drop expired ones.
+    async fn register_waiter(&self, waiter: Waiter, lifetime: std::time::Duration) -> StoreResult<()>;
 
     /// Withdraws a waiter token: unused, or the task a submit assigned through it.
     async fn withdraw_waiter(&self, token: &str) -> StoreResult<Withdrawn>;
 
-    /// Waiters whose capabilities cover `required`, oldest first, at most `limit`.
+    /// Live (unexpired) waiters whose capabilities cover `required`, oldest first, at most `limit`.
     async fn waiters_for(&self, required: &CapabilitySet, limit: usize) -> StoreResult<Vec<Waiter>>;
 
-    /// Grants `task_id` through a waiter token: only if the task is still pending, the token unused and the agent
-    /// still eligible.
+    /// Grants `task_id` through a waiter token: only if the task is still pending, the token unused and unexpired,
+    /// and the agent still eligible.
     async fn assign(&self, task_id: &TaskId, token: &str) -> StoreResult<Option<Task>>;
 
     /// The agent started the task (claimed → running).

@@ -98,11 +98,8 @@ async fn connect_with_retries(
     loop {
         attempt += 1;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let outcome = tokio::time::timeout(
-            remaining.clamp(Duration::from_millis(100), Duration::from_secs(5)),
-            RedisStore::connect(url, &options.prefix, config.clone()),
-        )
-        .await;
+        let bound = remaining.clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let outcome = tokio::time::timeout(bound, RedisStore::connect(url, &options.prefix, config.clone())).await;
         let error = match outcome {
             Ok(Ok(store)) => {
                 tracing::info!(url = %shown, attempt, "connected to Redis");
@@ -110,7 +107,7 @@ async fn connect_with_retries(
                 return Ok(Arc::new(store));
             }
             Ok(Err(error)) => error.to_string(),
-            Err(_) => "no answer within 5 s".to_string(),
+            Err(_) => format!("no answer within {} s", bound.as_secs_f64()),
         };
         if tokio::time::Instant::now() >= deadline {
             bail!(

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use aragora_cp::model::{
     AgentStatus, Event, EventKind, FailKind, HeartbeatRequest, Priority, SubmitRequest, TaskId, TaskStatus,
@@ -68,6 +69,7 @@ macro_rules! conformance {
                 every_grant_gets_a_fresh_128_bit_lease_and_the_next_attempt_number,
                 start_progress_and_a_listing_heartbeat_move_a_claimed_task_to_running,
                 a_waiter_token_routes_a_task_to_its_agent_once,
+                a_waiter_token_dies_when_its_claims_block_ends,
                 assign_refuses_a_task_no_longer_pending_or_an_agent_no_longer_eligible,
                 releasing_an_undelivered_grant_puts_the_task_back_at_its_place_without_counting_a_retry,
                 a_heartbeat_omitting_an_older_lease_releases_it_but_keeps_a_younger_one,
@@ -186,6 +188,9 @@ fn claim_request(agent_id: &str, capabilities: &[&str], session: Option<&str>) -
         session_id: session.map(str::to_string),
     }
 }
+
+/// The block of the claims behind the waiters of these tests: longer than any of them runs.
+const BLOCK: Duration = Duration::from_secs(600);
 
 fn waiter(token: &str, agent_id: &str, capabilities: &[&str]) -> Waiter {
     Waiter { token: token.into(), agent_id: agent_id.into(), capabilities: caps(capabilities) }
@@ -624,7 +629,7 @@ async fn unregistering_an_agent_requeues_its_tasks_counting_a_retry(h: Harness) 
     h.register("staying", &[]).await;
     let task_id = h.submit(with_retries("handover", 3)).await;
     let held = h.claim("leaving").await.expect("claimable");
-    h.store.register_waiter(waiter("tok-leaving", "leaving", &[])).await.expect("waiter");
+    h.store.register_waiter(waiter("tok-leaving", "leaving", &[]), BLOCK).await.expect("waiter");
     h.store.unregister("leaving").await.expect("unregister");
     assert!(h.store.get_agent("leaving").await.expect("get_agent").is_none());
     let task = h.task(&task_id).await;
@@ -993,8 +998,8 @@ async fn start_progress_and_a_listing_heartbeat_move_a_claimed_task_to_running(h
 async fn a_waiter_token_routes_a_task_to_its_agent_once(h: Harness) {
     h.register("waiting", &["code"]).await;
     h.register("later", &["code", "debate"]).await;
-    h.store.register_waiter(waiter("tok-1", "waiting", &["code"])).await.expect("register waiter");
-    h.store.register_waiter(waiter("tok-2", "later", &["code", "debate"])).await.expect("register waiter");
+    h.store.register_waiter(waiter("tok-1", "waiting", &["code"]), BLOCK).await.expect("register waiter");
+    h.store.register_waiter(waiter("tok-2", "later", &["code", "debate"]), BLOCK).await.expect("register waiter");
     assert_eq!(h.stats().await.waiting_claims, 2);
     let for_code = h.store.waiters_for(&caps(&["code"]), 10).await.expect("waiters");
     assert_eq!(for_code.iter().map(|w| w.token.as_str()).collect::<Vec<_>>(), vec!["tok-1", "tok-2"], "oldest first");
@@ -1031,6 +1036,26 @@ async fn a_waiter_token_routes_a_task_to_its_agent_once(h: Harness) {
     assert_eq!(h.status(&second).await, TaskStatus::Pending);
 }
 
+/// A server killed while a claim blocks never withdraws the claim's token: once the block is over nobody waits on
+/// it, so it is neither listed nor assigned (a task routed through it would reach no one).
+async fn a_waiter_token_dies_when_its_claims_block_ends(h: Harness) {
+    h.register("waiting", &["code"]).await;
+    let block = Duration::from_secs(5);
+    h.store.register_waiter(waiter("tok-old", "waiting", &["code"]), block).await.expect("waiter");
+    h.advance(4_999).await;
+    assert_eq!(h.store.waiters_for(&caps(&["code"]), 10).await.expect("waiters").len(), 1, "live during its block");
+    h.advance(1).await;
+    assert!(h.store.waiters_for(&caps(&["code"]), 10).await.expect("waiters").is_empty(), "dead once it ended");
+    let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
+    assert_eq!(h.store.assign(&task_id, "tok-old").await.expect("assign"), None, "an expired token is not assigned");
+    assert_eq!(h.status(&task_id).await, TaskStatus::Pending);
+    assert_eq!(h.store.withdraw_waiter("tok-old").await.expect("withdraw"), Withdrawn::Unused);
+    h.store.register_waiter(waiter("tok-new", "waiting", &["code"]), block).await.expect("waiter");
+    let granted = h.store.assign(&task_id, "tok-new").await.expect("assign").expect("a live token still routes");
+    assert_eq!(granted.assigned_agent.as_deref(), Some("waiting"));
+    assert_eq!(h.stats().await.waiting_claims, 0);
+}
+
 async fn assign_refuses_a_task_no_longer_pending_or_an_agent_no_longer_eligible(h: Harness) {
     h.register("router", &["code"]).await;
     h.register("puller", &["code"]).await;
@@ -1038,7 +1063,7 @@ async fn assign_refuses_a_task_no_longer_pending_or_an_agent_no_longer_eligible(
     let needs_debate = h.submit(request_for("assign", Priority::Normal, &["debate"])).await;
     let open = h.submit(request("assign")).await;
     assert_eq!(h.claim("puller").await.map(|t| t.task_id), Some(pulled.clone()));
-    h.store.register_waiter(waiter("tok", "router", &["code"])).await.expect("waiter");
+    h.store.register_waiter(waiter("tok", "router", &["code"]), BLOCK).await.expect("waiter");
     assert_eq!(h.store.assign(&pulled, "tok").await.expect("assign"), None, "taken by a pull first");
     assert_eq!(h.store.assign(&needs_debate, "tok").await.expect("assign"), None, "the waiter lacks debate");
     h.store.set_paused("router", true).await.expect("pause");
@@ -1047,7 +1072,7 @@ async fn assign_refuses_a_task_no_longer_pending_or_an_agent_no_longer_eligible(
     let granted = h.store.assign(&open, "tok").await.expect("assign").expect("the token survived the refusals");
     assert_eq!(granted.assigned_agent.as_deref(), Some("router"));
     assert_eq!(h.status(&needs_debate).await, TaskStatus::Pending);
-    let unknown = h.store.register_waiter(waiter("tok-x", "nobody", &[])).await;
+    let unknown = h.store.register_waiter(waiter("tok-x", "nobody", &[]), BLOCK).await;
     assert!(matches!(unknown, Err(StoreError::AgentNotFound(_))), "{unknown:?}");
 }
 
@@ -1306,7 +1331,7 @@ async fn counters_match_the_tasks_and_agents_after_a_mixed_sequence(h: Harness) 
     h.register_with(AgentRegistration { provider: "openai".into(), ..registration("beta", &["code"]) }).await;
     h.register("gamma", &["audit"]).await;
     h.store.set_paused("gamma", true).await.expect("pause");
-    h.store.register_waiter(waiter("tok", "beta", &["code"])).await.expect("waiter");
+    h.store.register_waiter(waiter("tok", "beta", &["code"]), BLOCK).await.expect("waiter");
 
     // (type, priority, required, timeout_seconds, max_retries)
     let plan: [(&str, Priority, &[&str], u32, u32); 10] = [
@@ -1839,7 +1864,7 @@ async fn a_withdrawn_token_whose_task_was_cancelled_since_returns_nothing(h: Har
     h.register("a", &[]).await;
     let id = h.submit(request("t")).await;
     let waiter = Waiter { token: "tok-cancel".into(), agent_id: "a".into(), capabilities: caps(&[]) };
-    h.store.register_waiter(waiter).await.unwrap();
+    h.store.register_waiter(waiter, BLOCK).await.unwrap();
     assert!(h.store.assign(&id, "tok-cancel").await.unwrap().is_some());
     h.store.cancel(&id).await.unwrap();
     assert_eq!(h.store.withdraw_waiter("tok-cancel").await.unwrap(), Withdrawn::Unused);
@@ -1848,7 +1873,7 @@ async fn a_withdrawn_token_whose_task_was_cancelled_since_returns_nothing(h: Har
 async fn a_new_session_drops_the_old_sessions_waiters(h: Harness) {
     h.register_with(AgentRegistration { session_id: Some("s1".into()), ..registration("a", &[]) }).await;
     let waiter = Waiter { token: "tok-old".into(), agent_id: "a".into(), capabilities: caps(&[]) };
-    h.store.register_waiter(waiter).await.unwrap();
+    h.store.register_waiter(waiter, BLOCK).await.unwrap();
     h.register_with(AgentRegistration { session_id: Some("s2".into()), ..registration("a", &[]) }).await;
     let id = h.submit(request("t")).await;
     assert!(h.store.assign(&id, "tok-old").await.unwrap().is_none(), "the old session's claim gets nothing");

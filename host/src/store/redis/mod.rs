@@ -511,8 +511,9 @@ impl Store for RedisStore {
         decode::maybe_task(&body, 0)
     }
 
-    async fn register_waiter(&self, waiter: Waiter) -> StoreResult<()> {
-        let args = vec![waiter.token, waiter.agent_id, caps(&waiter.capabilities)];
+    async fn register_waiter(&self, waiter: Waiter, lifetime: Duration) -> StoreResult<()> {
+        let lifetime = lifetime.as_millis().to_string();
+        let args = vec![waiter.token, waiter.agent_id, caps(&waiter.capabilities), lifetime];
         self.call(&self.scripts.register_waiter, args).await.map(|_| ())
     }
 

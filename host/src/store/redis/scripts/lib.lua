@@ -404,6 +404,15 @@ local function breaker_success(id, task)
   end
 end
 
+-- Waiter tokens looked at by a registration for expiry (the oldest ones).
+local WAITER_SWEEP = 16
+
+-- A waiter token is dead once its claim's block is over (`until`, store ms). Tokens written before expiries
+-- existed have none and stay live, as they always did.
+local function waiter_expired(deadline)
+  return deadline ~= false and deadline ~= nil and tonumber(deadline) <= NOW
+end
+
 local function remove_waiters_of(id)
   for _, token in ipairs(redis.call('SMEMBERS', wskey(id))) do
     redis.call('ZREM', K.waiters, token)

@@ -1,0 +1,19 @@
+//! Fleets on a real Redis: several `aragora-cp serve` processes (this package's binary) share one `redis-server`
+//! that the test starts, and tokio tasks of the test act as agents and submitters over real HTTP. The oracles are
+//! DESIGN §9's for multi-server runs: every acknowledged task ends completed exactly once (every completion any
+//! server accepted is recorded), and the event stream read from one server — which must carry every server's
+//! events — shows no two valid leases of a task at once and every re-claim preceded by a revoke or requeue.
+//!
+//! - `three_servers`: three servers, one Redis, 20,000 tasks.
+//! - `server_death`: the same, with one server killed with SIGKILL mid-run; its agents fail over.
+//! - `redis_outage`: Redis crashes for 5 s mid-run and comes back from its append-only file.
+//! - `startup`: how `serve` refuses to start (unreachable Redis, no JWT secret) and warns (eviction policy).
+//!
+//! The heavy runs take a process-wide lock so they never share the two cores with each other.
+
+mod harness;
+mod oracle;
+mod redis_outage;
+mod server_death;
+mod startup;
+mod three_servers;
