@@ -122,7 +122,7 @@ impl FleetPlugins {
 
     /// The fleet's record of `name`, if it has one.
     pub async fn record(&self, name: &str) -> Result<Option<PluginRecord>, StoreError> {
-        Ok(self.store.plugin_records().await?.into_iter().find(|r| r.name == name))
+        self.store.plugin_record(name).await
     }
 
     /// Applies every fleet record (at start-up, and after missing events).

@@ -1709,6 +1709,10 @@ impl Store for MemoryStore {
         Ok(self.state.lock().plugins.values().map(|(record, _)| record.clone()).collect())
     }
 
+    async fn plugin_record(&self, name: &str) -> StoreResult<Option<PluginRecord>> {
+        Ok(self.state.lock().plugins.get(name).map(|(record, _)| record.clone()))
+    }
+
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
         let state = self.state.lock();
         Ok(state.plugins.get(name).and_then(|(record, bytes)| Some((record.sha256.clone()?, bytes.clone()?))))

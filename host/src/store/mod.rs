@@ -699,6 +699,9 @@ pub trait Store: Send + Sync + 'static {
     /// The fleet's plugin records (without component bytes), by name.
     async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>>;
 
+    /// The fleet's record of one name (without component bytes), if it has one.
+    async fn plugin_record(&self, name: &str) -> StoreResult<Option<PluginRecord>>;
+
     /// One name's uploaded component: (sha256, bytes), if an upload is current.
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>>;
 }

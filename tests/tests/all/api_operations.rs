@@ -47,29 +47,14 @@ async fn batch_completion_completes_what_it_holds_and_lists_each_conflict() {
     assert_eq!((conflicts[1]["code"].as_str(), conflicts[1]["status"].as_u64()), (Some("task_not_found"), Some(404)));
 
     // The stale lease did not touch the third task; the first two are done with their results.
-    let third = held[2]["task_id"].as_str().unwrap();
-    let task: Value = server
-        .client
-        .get(server.api(&format!("/tasks/{third}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = |id: &str| {
+        let request = server.client.get(server.api(&format!("/tasks/{id}"))).bearer_auth(&admin);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let task = read(held[2]["task_id"].as_str().unwrap()).await;
     assert_eq!(task["status"], "claimed", "{task}");
     let first = held[0]["task_id"].as_str().unwrap();
-    let task: Value = server
-        .client
-        .get(server.api(&format!("/tasks/{first}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task = read(first).await;
     assert_eq!((task["status"].as_str(), &task["result"]), (Some("completed"), &json!({"ok": first})));
 
     for bad in [json!({"results": []}), json!({"results": [{"lease_id": "x"}]}), json!({})] {

@@ -1921,6 +1921,8 @@ async fn plugin_changes_keep_versions_bytes_history_and_emit_events(h: Harness) 
     assert_eq!(record.history[1].sha256.as_deref(), Some("ab12"), "the disable happened while ab12 was current");
     let kinds: Vec<EventKind> = received(&mut rx).iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventKind::PluginUploaded, EventKind::PluginDisabled, EventKind::PluginDeleted]);
+    assert_eq!(h.store.plugin_record("fleet").await.expect("record"), Some(record.clone()));
+    assert_eq!(h.store.plugin_record("never-uploaded").await.expect("record"), None);
     let records = h.store.plugin_records().await.expect("records");
     assert_eq!(records, [record]);
 }

@@ -247,6 +247,18 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The plugin records of `name`, or of every name when it is empty (one `plugin_read`, no bytes).
+    async fn read_plugins(&self, name: &str) -> StoreResult<Vec<PluginRecord>> {
+        let body = self.call(&self.scripts.plugin_read, vec![name.to_string(), "0".into()]).await?;
+        decode::array(first(&body)?)?
+            .iter()
+            .map(|entry| match decode::array(entry)? {
+                [record, history, ..] => decode::plugin_record(record, history),
+                _ => Err(StoreError::Unavailable("redis: malformed plugin record".into())),
+            })
+            .collect()
+    }
+
     /// Runs a script and answers its body, or its refusal.
     async fn call(&self, script: &Script, args: Vec<String>) -> StoreResult<Vec<Value>> {
         self.run(script, args).await?.body
@@ -808,17 +820,11 @@ impl Store for RedisStore {
     }
 
     async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>> {
-        let body = self.call(&self.scripts.plugin_read, vec![String::new(), "0".into()]).await?;
-        decode::array(first(&body)?)?
-            .iter()
-            .map(|entry| {
-                let parts = decode::array(entry)?;
-                match parts {
-                    [record, history, ..] => decode::plugin_record(record, history),
-                    _ => Err(StoreError::Unavailable("redis: malformed plugin record".into())),
-                }
-            })
-            .collect()
+        self.read_plugins("").await
+    }
+
+    async fn plugin_record(&self, name: &str) -> StoreResult<Option<PluginRecord>> {
+        Ok(self.read_plugins(name).await?.pop())
     }
 
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
