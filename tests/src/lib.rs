@@ -3,6 +3,7 @@
 //! store-agnostic harness of the store conformance suite and model test; in [`redis_server`], real `redis-server`
 //! processes (standalone and a 3-master cluster).
 
+pub mod python_sdk;
 pub mod redis_server;
 pub mod server;
 pub mod store_harness;

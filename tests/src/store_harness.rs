@@ -249,7 +249,7 @@ impl Harness {
     /// Completes through the task's current lease.
     pub async fn complete(&self, task: &Task, result: serde_json::Value) -> Task {
         self.store
-            .complete(&task.task_id, &lease(task), result)
+            .complete(&task.task_id, &lease(task), result.into())
             .await
             .unwrap_or_else(|e| panic!("complete {}: {e}", task.task_id))
     }

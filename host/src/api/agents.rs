@@ -43,6 +43,8 @@ pub struct AgentList {
     pub agents: Vec<Agent>,
     /// How many.
     pub count: usize,
+    /// How many (the name Aragora's clients read).
+    pub total: usize,
 }
 
 /// `GET /agents?capability=&available=`.
@@ -66,7 +68,7 @@ pub async fn agents_list(
     };
     let available = query_param::<bool>("available", query.available.as_deref(), "true or false")?;
     let agents = state.coordinator.list_agents(&AgentFilter { capability, available }).await?;
-    Ok(Json(AgentList { count: agents.len(), agents }))
+    Ok(Json(AgentList { count: agents.len(), total: agents.len(), agents }))
 }
 
 /// `POST /agents` → 201 with the agent (its `session_id` included).

@@ -73,9 +73,11 @@ pub struct ViolationsQuery {
 pub struct ViolationList {
     /// Newest first.
     pub violations: Vec<Violation>,
+    /// How many in this answer.
+    pub total: usize,
 }
 
-/// `GET /policies/violations?limit=` → `{"violations": [...]}`, newest first.
+/// `GET /policies/violations?limit=` → `{"violations": [...], "total"}`, newest first.
 #[utoipa::path(get, path = "/policies/violations", tag = "health",
     params(("limit" = Option<usize>, Query, description = "How many, 1–1000 (default 100)")),
     responses((status = 200, description = "Policy denials, newest first", body = ViolationList)),
@@ -91,5 +93,6 @@ pub async fn violations_list(
     if !(1..=MAX_VIOLATIONS).contains(&limit) {
         return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_VIOLATIONS}")));
     }
-    Ok(Json(ViolationList { violations: state.coordinator.violations(limit).await? }))
+    let violations = state.coordinator.violations(limit).await?;
+    Ok(Json(ViolationList { total: violations.len(), violations }))
 }

@@ -160,5 +160,8 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("not_found", "no such endpoint (see DESIGN §7 for the routes)")
+    ApiError::not_found(
+        "not_found",
+        "no such endpoint: the routes are listed in docs/CONTROL_PLANE.md and in GET /api/v1/control-plane/openapi.json",
+    )
 }

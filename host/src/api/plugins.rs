@@ -85,15 +85,18 @@ impl From<FleetPluginError> for ApiError {
 pub struct PluginList {
     /// Every plugin name this server holds.
     pub plugins: Vec<PluginInfo>,
+    /// How many (every list answer carries `total`, as Aragora's do).
+    pub total: usize,
 }
 
-/// `GET /plugins` → `{"plugins": [...]}`.
+/// `GET /plugins` → `{"plugins": [...], "total"}`.
 #[utoipa::path(get, path = "/plugins", tag = "plugins",
     responses((status = 200, description = "Strategies, policies and probes: active version, shadowed versions, last rejection, call counters, the fleet version applied", body = PluginList)),
     security(("bearer" = ["controlplane:read"]), ("bearer" = ["controlplane:plugins"])))]
 pub async fn plugins_list(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<PluginList>> {
     may_read(&caller)?;
-    Ok(Json(PluginList { plugins: state.coordinator.plugins().list() }))
+    let plugins = state.coordinator.plugins().list();
+    Ok(Json(PluginList { total: plugins.len(), plugins }))
 }
 
 /// This server's view of `name` with the fleet's record, or 404 when neither knows it.

@@ -21,7 +21,7 @@ use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, query_param};
 use crate::model::{CapabilitySet, FailKind, MAX_AGENT_CAPABILITIES, SubmitRequest, Task, TaskId, TaskStatus};
 use crate::scheduler::{Claim, MAX_BLOCK};
-use crate::store::{FailRequest, Fence, TaskFilter};
+use crate::store::{Completion, FailRequest, Fence, TaskFilter};
 
 /// Tasks in one batch at most (DESIGN §7).
 pub const MAX_BATCH: usize = 1000;
@@ -252,7 +252,18 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-/// `GET /tasks?status=&task_type=&agent_id=&limit=&cursor=` → `{tasks, next_cursor}`, newest first.
+/// `GET /tasks` answer: one page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskList {
+    /// The tasks, newest first.
+    pub tasks: Vec<Task>,
+    /// How many in this page (every list answer carries `total`, as Aragora's do).
+    pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /tasks?status=&task_type=&agent_id=&limit=&cursor=` → `{tasks, total, next_cursor}`, newest first.
 #[utoipa::path(get, path = "/tasks", tag = "tasks",
     params(
         ("status" = Option<TaskStatus>, Query, description = "Only tasks in this status"),
@@ -261,13 +272,13 @@ pub struct ListQuery {
         ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
-    responses((status = 200, description = "One page, newest first", body = crate::store::TaskPage)),
+    responses((status = 200, description = "One page, newest first", body = TaskList)),
     security(("bearer" = ["controlplane:read"])))]
 pub async fn tasks_list(
     State(state): State<ApiState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> ApiResult<Json<crate::store::TaskPage>> {
+) -> ApiResult<Json<TaskList>> {
     caller.require(Permission::Read)?;
     let status: Option<TaskStatus> = match query.status.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(text) => Some(text.parse()?),
@@ -290,7 +301,8 @@ pub async fn tasks_list(
         limit,
         cursor: query.cursor.filter(|c| !c.is_empty()),
     };
-    Ok(Json(state.coordinator.list_tasks(&filter).await?))
+    let page = state.coordinator.list_tasks(&filter).await?;
+    Ok(Json(TaskList { total: page.tasks.len(), tasks: page.tasks, next_cursor: page.next_cursor }))
 }
 
 /// `POST /tasks/claim`.
@@ -465,9 +477,27 @@ pub struct CompleteBody {
     agent_id: Option<String>,
     #[serde(default)]
     result: Option<Value>,
+    /// How long the work took by the agent's own clock, in ms: it feeds the agent's `avg_latency_ms` (else the
+    /// time from claim to completion does).
+    #[serde(default)]
+    latency_ms: Option<f64>,
+    /// Accepted for Aragora clients; this server has no SLA policies (a task's `timeout_seconds` bounds it).
+    #[serde(default)]
+    #[allow(dead_code, reason = "accepted so existing clients are not refused; nothing reads it")]
+    sla_policy_id: Option<String>,
     /// Take the agent's next task in the same call (BullMQ's worker pattern).
     #[serde(default)]
     claim_next: Option<ClaimNext>,
+}
+
+/// The agent's reported latency, checked: a number of ms from 0 to a day.
+fn reported_latency(field: &str, latency_ms: Option<f64>) -> ApiResult<Option<f64>> {
+    match latency_ms {
+        Some(ms) if !(0.0..=86_400_000.0).contains(&ms) => {
+            Err(ApiError::invalid(field, "must be a number of milliseconds from 0 to 86400000"))
+        }
+        other => Ok(other),
+    }
 }
 
 /// The `claim_next` of a complete: the claim to make once the task is completed.
@@ -500,8 +530,9 @@ pub async fn tasks_complete(
     let fence = fence(&state, &caller, &id, body.lease_id, body.agent_id).await?;
     let result = body.result.unwrap_or(Value::Null);
     crate::model::check_json_size("result", &result, crate::model::MAX_PAYLOAD_BYTES)?;
+    let completion = Completion { result, latency_ms: reported_latency("latency_ms", body.latency_ms)? };
     let Some(next) = body.claim_next else {
-        let done = state.coordinator.complete_task(&id, &fence, result).await?;
+        let done = state.coordinator.complete_task(&id, &fence, completion).await?;
         return Ok(Json(CompleteAnswer::Completed(Box::new(done))));
     };
     let agent_id = match &fence {
@@ -513,7 +544,7 @@ pub async fn tasks_complete(
     caller.acting_for(&agent_id)?;
     let claim =
         claim_request(agent_id, next.capabilities.as_deref(), next.block_ms, 1, next.session_id, "claim_next.")?;
-    let (done, outcome) = state.coordinator.complete_and_claim(&id, &fence, result, &claim).await?;
+    let (done, outcome) = state.coordinator.complete_and_claim(&id, &fence, completion, &claim).await?;
     let next = outcome.tasks.into_iter().next();
     Ok(Json(CompleteAnswer::WithNext(Box::new(CompleteAndNextAnswer { completed: true, task: done, next }))))
 }
@@ -529,6 +560,9 @@ pub struct BatchOutcome {
     agent_id: Option<String>,
     #[serde(default)]
     result: Option<Value>,
+    /// The agent's own latency, in ms (as in the single complete).
+    #[serde(default)]
+    latency_ms: Option<f64>,
 }
 
 /// `POST /tasks/complete`.
@@ -559,6 +593,7 @@ pub async fn tasks_complete_batch(
     for (index, outcome) in batch.results.into_iter().enumerate() {
         let result = outcome.result.unwrap_or(Value::Null);
         crate::model::check_json_size(&format!("results[{index}].result"), &result, crate::model::MAX_PAYLOAD_BYTES)?;
+        let latency_ms = reported_latency(&format!("results[{index}].latency_ms"), outcome.latency_ms)?;
         let Ok(id) = TaskId::parse("task_id", &outcome.task_id) else {
             let error = format!("task {} not found", outcome.task_id);
             let code = "task_not_found".to_string();
@@ -566,7 +601,7 @@ pub async fn tasks_complete_batch(
             continue;
         };
         let fence = fence(&state, &caller, &id, outcome.lease_id, outcome.agent_id).await?;
-        outcomes.push((index, id, fence, result));
+        outcomes.push((index, id, fence, Completion { result, latency_ms }));
     }
     let positions: Vec<(usize, TaskId)> = outcomes.iter().map(|(index, id, _, _)| (*index, id.clone())).collect();
     let outcomes = outcomes.into_iter().map(|(_, id, fence, result)| (id, fence, result)).collect();
@@ -602,6 +637,14 @@ pub struct FailBody {
     requeue: Option<bool>,
     #[serde(default)]
     kind: Option<FailKind>,
+    /// Accepted for Aragora clients; a failure's duration does not feed `avg_latency_ms`, which describes how
+    /// long the agent takes to do the work.
+    #[serde(default)]
+    latency_ms: Option<f64>,
+    /// Accepted for Aragora clients; this server has no SLA policies.
+    #[serde(default)]
+    #[allow(dead_code, reason = "accepted so existing clients are not refused; nothing reads it")]
+    sla_policy_id: Option<String>,
 }
 
 /// `POST /tasks/{id}/fail {error, requeue=true, kind=task|agent}`.
@@ -617,6 +660,7 @@ pub async fn tasks_fail(
 ) -> ApiResult<Json<Task>> {
     let id = task_id(&raw_id)?;
     let fence = fence(&state, &caller, &id, body.lease_id, body.agent_id).await?;
+    reported_latency("latency_ms", body.latency_ms)?;
     let error = body.error.unwrap_or_else(|| "failed (no error given)".into());
     if error.len() > 16 * 1024 {
         return Err(crate::model::ValidationError::too_large("error", "over the 16384-byte limit").into());

@@ -180,7 +180,7 @@ async fn backlog(pending: usize, claims: usize) -> anyhow::Result<BacklogRow> {
         let t = Instant::now();
         let granted = store.claim(&request).await?.pop().expect("backlog not empty");
         let fence = Fence::Lease(granted.lease_id.clone().unwrap_or_default());
-        store.complete(&granted.task_id, &fence, serde_json::json!({})).await?;
+        store.complete(&granted.task_id, &fence, serde_json::json!({}).into()).await?;
         samples.push(t.elapsed());
     }
     let examined = store.stats().await?.last_claim_examined;

@@ -30,8 +30,8 @@ use crate::scheduler::routing::AgentSelection;
 use crate::scheduler::{Claim, ClaimOutcome, EngineError, Scheduler, Violation};
 use crate::store::memory::is_available;
 use crate::store::{
-    AgentFilter, AgentHealth, FailRequest, Fence, HealthState, HeartbeatOutcome, MemoryStore, Registered, Store,
-    StoreError, StoreStats, Submitted, SystemClock, TaskFilter, TaskPage,
+    AgentFilter, AgentHealth, Completion, FailRequest, Fence, HealthState, HeartbeatOutcome, MemoryStore, Registered,
+    Store, StoreError, StoreStats, Submitted, SystemClock, TaskFilter, TaskPage,
 };
 
 /// The fleet's health.
@@ -253,16 +253,21 @@ impl ControlPlaneCoordinator {
         Ok(self.store.progress(task_id, fence, progress).await?)
     }
 
-    /// The task completed.
-    pub async fn complete_task(&self, task_id: &TaskId, fence: &Fence, result: Value) -> Result<Task, EngineError> {
-        Ok(self.store.complete(task_id, fence, result).await?)
+    /// The task completed: with its result (a JSON value), or a [`Completion`] carrying the agent's own latency.
+    pub async fn complete_task(
+        &self,
+        task_id: &TaskId,
+        fence: &Fence,
+        completion: impl Into<Completion>,
+    ) -> Result<Task, EngineError> {
+        Ok(self.store.complete(task_id, fence, completion.into()).await?)
     }
 
     /// Completes several tasks in one store step; each outcome stands alone (a stale lease on one does not
     /// undo the others).
     pub async fn complete_batch(
         &self,
-        outcomes: Vec<(TaskId, Fence, Value)>,
+        outcomes: Vec<(TaskId, Fence, Completion)>,
     ) -> Result<Vec<Result<Task, StoreError>>, EngineError> {
         Ok(self.store.complete_batch(outcomes).await?)
     }
@@ -273,12 +278,12 @@ impl ControlPlaneCoordinator {
         &self,
         task_id: &TaskId,
         fence: &Fence,
-        result: Value,
+        completion: Completion,
         next: &Claim,
     ) -> Result<(Task, ClaimOutcome), EngineError> {
         if !self.plugins.policies().is_empty() {
             // Dispatch policies must see every grant, which the store's combined step cannot run.
-            let done = self.complete_task(task_id, fence, result).await?;
+            let done = self.complete_task(task_id, fence, completion).await?;
             return Ok((done, self.claim_task(next).await?));
         }
         let agent = self.registry.get(&next.agent_id).await?;
@@ -289,7 +294,7 @@ impl ControlPlaneCoordinator {
             max_tasks: next.max_tasks.max(1),
             session_id: next.session_id.clone(),
         };
-        let (done, tasks) = self.store.complete_and_claim(task_id, fence, result, &request).await?;
+        let (done, tasks) = self.store.complete_and_claim(task_id, fence, completion, &request).await?;
         if !tasks.is_empty() || next.block.is_zero() {
             return Ok((done, ClaimOutcome { tasks, reason: None }));
         }

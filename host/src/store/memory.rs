@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::{
-    AgentFilter, AgentHealth, AgentRegistration, BreakerState, ClaimRequest, Clock, FailRequest, Fence, HealthState,
-    HealthVerdict, HeartbeatOutcome, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry,
-    PluginRecord, Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult, StoreStats,
-    Submitted, TaskFilter, TaskPage, VIOLATIONS_KEPT, Violation, Waiter, Withdrawn,
+    AgentFilter, AgentHealth, AgentRegistration, BreakerState, ClaimRequest, Clock, Completion, FailRequest, Fence,
+    HealthState, HealthVerdict, HeartbeatOutcome, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange,
+    PluginHistoryEntry, PluginRecord, Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult,
+    StoreStats, Submitted, TaskFilter, TaskPage, VIOLATIONS_KEPT, Violation, Waiter, Withdrawn,
 };
 use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, EventKind, FailKind, HeartbeatRequest, NewTask, Priority, Task,
@@ -671,7 +671,8 @@ impl Tx<'_> {
     }
 
     /// Completes a leased task (or answers a repeat of the same outcome).
-    fn complete(&mut self, task_id: &TaskId, fence: &Fence, result: Value) -> StoreResult<Task> {
+    fn complete(&mut self, task_id: &TaskId, fence: &Fence, completion: Completion) -> StoreResult<Task> {
+        let Completion { result, latency_ms } = completion;
         if let Some(stored) = self.repeated_outcome(task_id, fence, &Outcome::Completed(result.clone()))? {
             return Ok(stored);
         }
@@ -680,7 +681,8 @@ impl Tx<'_> {
         self.record_outcome_lease(task_id, fence);
         let record = self.state.tasks.get_mut(task_id).expect("task exists");
         record.task.result = Some(result);
-        let latency = record.claimed_at_ms.map(|at| now.saturating_sub(at) as f64);
+        // The agent's own figure when it sent one; else claim to completion as the store saw it.
+        let latency = latency_ms.or(record.claimed_at_ms.map(|at| now.saturating_sub(at) as f64));
         let agent_id = record.task.assigned_agent.clone();
         if let Some(agent_id) = &agent_id {
             self.breaker_success(agent_id, task_id);
@@ -1208,13 +1210,13 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn complete(&self, task_id: &TaskId, fence: &Fence, result: Value) -> StoreResult<Task> {
-        self.transition(|tx| tx.complete(task_id, fence, result))
+    async fn complete(&self, task_id: &TaskId, fence: &Fence, completion: Completion) -> StoreResult<Task> {
+        self.transition(|tx| tx.complete(task_id, fence, completion))
     }
 
-    async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Value)>) -> StoreResult<Vec<StoreResult<Task>>> {
+    async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Completion)>) -> StoreResult<Vec<StoreResult<Task>>> {
         self.transition(|tx| {
-            Ok(outcomes.into_iter().map(|(task_id, fence, result)| tx.complete(&task_id, &fence, result)).collect())
+            Ok(outcomes.into_iter().map(|(task_id, fence, done)| tx.complete(&task_id, &fence, done)).collect())
         })
     }
 
@@ -1222,13 +1224,13 @@ impl Store for MemoryStore {
         &self,
         task_id: &TaskId,
         fence: &Fence,
-        result: Value,
+        completion: Completion,
         next: &ClaimRequest,
     ) -> StoreResult<(Task, Vec<Task>)> {
         self.transition(|tx| {
             // Refuse before changing anything: the step is all or nothing.
             tx.check_session(&next.agent_id, next.session_id.as_deref())?;
-            let completed = tx.complete(task_id, fence, result)?;
+            let completed = tx.complete(task_id, fence, completion)?;
             let claimed = tx.claim(next)?;
             Ok((completed, claimed))
         })

@@ -125,6 +125,23 @@ pub enum Fence {
     Unfenced,
 }
 
+/// A task's successful outcome, as the agent reports it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Completion {
+    /// The result (any JSON; `null` when the agent sent none).
+    pub result: Value,
+    /// How long the agent says the work took, in ms (Aragora clients send it). It feeds the agent's
+    /// `avg_latency_ms` in place of the store's own measure (claim to completion), which includes queueing on the
+    /// agent's side and the network.
+    pub latency_ms: Option<f64>,
+}
+
+impl From<Value> for Completion {
+    fn from(result: Value) -> Self {
+        Completion { result, latency_ms: None }
+    }
+}
+
 /// A fleet-wide plugin change, as the API asks for it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PluginAction {
@@ -597,10 +614,10 @@ pub trait Store: Send + Sync + 'static {
     async fn progress(&self, task_id: &TaskId, fence: &Fence, progress: Value) -> StoreResult<Task>;
 
     /// The task completed with `result`. Repeating the same outcome on the same lease answers the stored task.
-    async fn complete(&self, task_id: &TaskId, fence: &Fence, result: Value) -> StoreResult<Task>;
+    async fn complete(&self, task_id: &TaskId, fence: &Fence, completion: Completion) -> StoreResult<Task>;
 
     /// Completes several tasks in one step; each outcome stands alone (a conflict on one does not undo others).
-    async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Value)>) -> StoreResult<Vec<StoreResult<Task>>>;
+    async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Completion)>) -> StoreResult<Vec<StoreResult<Task>>>;
 
     /// Completes a task and claims the agent's next work in one atomic step (BullMQ's worker pattern). Any wait
     /// after an empty claim is the caller's, not part of this step.
@@ -608,7 +625,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         task_id: &TaskId,
         fence: &Fence,
-        result: Value,
+        completion: Completion,
         next: &ClaimRequest,
     ) -> StoreResult<(Task, Vec<Task>)>;
 

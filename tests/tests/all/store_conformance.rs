@@ -552,7 +552,7 @@ async fn an_attempt_past_its_timeout_is_swept_then_requeued_and_its_old_lease_ge
     assert_eq!((task.status, task.retries, task.lease_id.clone()), (TaskStatus::Pending, 1, None));
     assert_eq!(task.last_error.map(|e| e.code), Some("timeout".into()));
     assert_eq!(kinds_for(&received(&mut rx), &task_id), vec![EventKind::TaskTimeout, EventKind::TaskRetried]);
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&first), json!({})).await), "task_timeout");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&first), json!({}).into()).await), "task_timeout");
     let beat = h.heartbeat("slow").await;
     assert_eq!(beat.revoked, vec![Revoked { task_id: task_id.clone(), reason: RevokeReason::Timeout }]);
     assert!(h.heartbeat("slow").await.revoked.is_empty(), "a revocation is reported once");
@@ -569,8 +569,8 @@ async fn an_attempt_past_its_timeout_is_swept_then_requeued_and_its_old_lease_ge
     assert_eq!((task.status, task.retries, task.lease_id.clone()), (TaskStatus::Timeout, 1, None));
     assert_eq!(task.last_error.map(|e| e.code), Some("timeout".into()));
     assert_eq!(kinds_for(&received(&mut rx), &task_id), vec![EventKind::TaskClaimed, EventKind::TaskTimeout]);
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&second), json!({})).await), "task_timeout");
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&first), json!({})).await), "task_timeout");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&second), json!({}).into()).await), "task_timeout");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&first), json!({}).into()).await), "task_timeout");
     assert_eq!(h.store.sweep_timeouts(100).await.expect("sweep"), 0, "a sweep is idempotent");
     assert!(h.claim("next").await.is_none());
 }
@@ -604,7 +604,10 @@ async fn an_agent_that_stops_heartbeating_goes_offline_and_its_task_is_claimable
 
     let taken = h.claim("live").await.expect("another agent takes it");
     assert_eq!((taken.task_id.clone(), taken.attempt), (task_id.clone(), 2));
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&held), json!({"late": true})).await), "lease_lost");
+    assert_eq!(
+        conflict_code(h.store.complete(&task_id, &lease(&held), json!({"late": true}).into()).await),
+        "lease_lost"
+    );
     assert_eq!(h.complete(&taken, json!({"on": "time"})).await.result, Some(json!({"on": "time"})));
     // The dead agent comes back: it is alive again and learns what it lost.
     let beat = h.heartbeat("dead").await;
@@ -636,7 +639,7 @@ async fn unregistering_an_agent_requeues_its_tasks_counting_a_retry(h: Harness) 
     assert_eq!((task.status, task.retries), (TaskStatus::Pending, 1));
     assert_eq!(task.last_error.map(|e| e.code), Some("agent_lost".into()));
     assert!(h.store.waiters_for(&caps(&[]), 10).await.expect("waiters").is_empty(), "its waiters went with it");
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&held), json!({})).await), "lease_lost");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&held), json!({}).into()).await), "lease_lost");
     let claim = h.store.claim(&claim_request("leaving", &[], None)).await;
     assert!(matches!(claim, Err(StoreError::AgentNotFound(_))), "{claim:?}");
     assert_eq!(h.claim("staying").await.map(|t| t.task_id), Some(task_id));
@@ -667,7 +670,7 @@ async fn a_registration_with_a_new_session_revokes_the_old_sessions_leases(h: Ha
     assert_eq!((task.status, task.retries), (TaskStatus::Pending, 1), "agent loss counts a retry");
     assert_eq!(task.last_error.map(|e| e.code), Some("agent_lost".into()));
     assert!(received(&mut rx).iter().any(|e| e.kind == EventKind::AgentRestarted));
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&held), json!({})).await), "lease_lost");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&held), json!({}).into()).await), "lease_lost");
 
     let stale = h.store.claim(&claim_request("phoenix", &[], Some("session-1"))).await;
     assert_eq!(conflict_code(stale), "session_replaced");
@@ -702,7 +705,7 @@ async fn cancelling_a_running_task_revokes_its_lease(h: Harness) {
     assert_eq!((cancelled.status, cancelled.lease_id.clone()), (TaskStatus::Cancelled, None));
     let agent = h.agent("worker").await;
     assert_eq!((agent.in_flight, agent.current_task_ids.len()), (0, 0));
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&held), json!({})).await), "task_cancelled");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&held), json!({}).into()).await), "task_cancelled");
     assert_eq!(conflict_code(h.store.fail(&task_id, &lease(&held), &fail("x", true)).await), "task_cancelled");
     assert_eq!(conflict_code(h.store.start(&task_id, &lease(&held)).await), "task_cancelled");
     let progress = h.store.progress(&task_id, &lease(&held), json!({"pct": 50})).await;
@@ -713,7 +716,10 @@ async fn cancelling_a_running_task_revokes_its_lease(h: Harness) {
     let claimed_id = h.submit(request("short")).await;
     let claimed = h.claim("worker").await.expect("claimable");
     h.store.cancel(&claimed_id).await.expect("cancel");
-    assert_eq!(conflict_code(h.store.complete(&claimed_id, &lease(&claimed), json!({})).await), "task_cancelled");
+    assert_eq!(
+        conflict_code(h.store.complete(&claimed_id, &lease(&claimed), json!({}).into()).await),
+        "task_cancelled"
+    );
     assert_eq!(h.status(&task_id).await, TaskStatus::Cancelled);
 }
 
@@ -852,15 +858,16 @@ async fn a_completion_on_the_current_lease_is_idempotent_and_a_different_outcome
     let task_id = h.submit(request("fenced")).await;
     let held = h.claim("worker").await.expect("claimable");
     let mut rx = h.store.subscribe();
-    let done = h.store.complete(&task_id, &lease(&held), json!({"answer": 42})).await.expect("complete");
+    let done = h.store.complete(&task_id, &lease(&held), json!({"answer": 42}).into()).await.expect("complete");
     assert_eq!(
         (done.status, done.result.clone(), done.unfenced),
         (TaskStatus::Completed, Some(json!({"answer": 42})), false)
     );
     assert!(done.completed_at.is_some());
-    let again = h.store.complete(&task_id, &lease(&held), json!({"answer": 42})).await.expect("same outcome again");
+    let again =
+        h.store.complete(&task_id, &lease(&held), json!({"answer": 42}).into()).await.expect("same outcome again");
     assert_eq!(again, done, "the stored outcome");
-    let other = h.store.complete(&task_id, &lease(&held), json!({"answer": 43})).await;
+    let other = h.store.complete(&task_id, &lease(&held), json!({"answer": 43}).into()).await;
     assert_eq!(conflict_code(other), "outcome_conflict");
     assert_eq!(conflict_code(h.store.fail(&task_id, &lease(&held), &fail("late", true)).await), "outcome_conflict");
     assert_eq!(h.task(&task_id).await, done, "conflicts change nothing");
@@ -871,7 +878,7 @@ async fn a_completion_on_the_current_lease_is_idempotent_and_a_different_outcome
     let failed = h.store.fail(&failing, &lease(&held), &fail("broken", false)).await.expect("fail");
     assert_eq!(h.store.fail(&failing, &lease(&held), &fail("broken", false)).await.expect("repeat"), failed);
     assert_eq!(conflict_code(h.store.fail(&failing, &lease(&held), &fail("other", false)).await), "outcome_conflict");
-    assert_eq!(conflict_code(h.store.complete(&failing, &lease(&held), json!({})).await), "outcome_conflict");
+    assert_eq!(conflict_code(h.store.complete(&failing, &lease(&held), json!({}).into()).await), "outcome_conflict");
 }
 
 async fn a_stale_lease_from_an_earlier_attempt_is_refused(h: Harness) {
@@ -881,17 +888,20 @@ async fn a_stale_lease_from_an_earlier_attempt_is_refused(h: Harness) {
     let one = h.claim("first").await.expect("claimable");
     h.store.fail(&task_id, &lease(&one), &fail("flaky", true)).await.expect("fail");
     // The same lease already failed the task (DESIGN §4: same lease, different outcome).
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&one), json!({})).await), "outcome_conflict");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&one), json!({}).into()).await), "outcome_conflict");
     let two = h.claim("second").await.expect("claimable again");
     assert_ne!(one.lease_id, two.lease_id);
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&one), json!({})).await), "lease_lost");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&one), json!({}).into()).await), "lease_lost");
     assert_eq!(conflict_code(h.store.start(&task_id, &lease(&one)).await), "lease_lost");
     assert_eq!(conflict_code(h.store.fail(&task_id, &lease(&one), &fail("x", false)).await), "lease_lost");
     assert_eq!(h.status(&task_id).await, TaskStatus::Claimed, "the stale calls changed nothing");
     let unknown = Fence::Lease("0123456789abcdef0123456789abcdef".into());
-    assert_eq!(conflict_code(h.store.complete(&task_id, &unknown, json!({})).await), "lease_lost");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &unknown, json!({}).into()).await), "lease_lost");
     h.complete(&two, json!({"by": "second"})).await;
-    assert_eq!(conflict_code(h.store.complete(&task_id, &lease(&one), json!({"by": "second"})).await), "lease_lost");
+    assert_eq!(
+        conflict_code(h.store.complete(&task_id, &lease(&one), json!({"by": "second"}).into()).await),
+        "lease_lost"
+    );
     assert_eq!(h.task(&task_id).await.result, Some(json!({"by": "second"})));
 }
 
@@ -903,30 +913,33 @@ async fn an_agent_fence_works_for_the_holder_only(h: Harness) {
     let other = Fence::Agent("other".into());
     let holder = Fence::Agent("holder".into());
     assert_eq!(conflict_code(h.store.start(&task_id, &other).await), "lease_lost");
-    assert_eq!(conflict_code(h.store.complete(&task_id, &other, json!({})).await), "lease_lost");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &other, json!({}).into()).await), "lease_lost");
     assert_eq!(h.store.start(&task_id, &holder).await.expect("start").status, TaskStatus::Running);
-    let done = h.store.complete(&task_id, &holder, json!({"v": 1})).await.expect("complete");
+    let done = h.store.complete(&task_id, &holder, json!({"v": 1}).into()).await.expect("complete");
     assert_eq!((done.status, done.unfenced), (TaskStatus::Completed, false));
-    assert_eq!(h.store.complete(&task_id, &holder, json!({"v": 1})).await.expect("repeat"), done);
-    assert_eq!(conflict_code(h.store.complete(&task_id, &holder, json!({"v": 2})).await), "outcome_conflict");
-    assert_eq!(conflict_code(h.store.complete(&task_id, &other, json!({"v": 1})).await), "lease_lost");
+    assert_eq!(h.store.complete(&task_id, &holder, json!({"v": 1}).into()).await.expect("repeat"), done);
+    assert_eq!(conflict_code(h.store.complete(&task_id, &holder, json!({"v": 2}).into()).await), "outcome_conflict");
+    assert_eq!(conflict_code(h.store.complete(&task_id, &other, json!({"v": 1}).into()).await), "lease_lost");
 }
 
 async fn an_unfenced_completion_applies_to_the_current_attempt_and_is_recorded(h: Harness) {
     h.register("worker", &[]).await;
     let pending = h.submit(request("unfenced")).await;
-    assert_eq!(conflict_code(h.store.complete(&pending, &Fence::Unfenced, json!({})).await), "lease_lost");
+    assert_eq!(conflict_code(h.store.complete(&pending, &Fence::Unfenced, json!({}).into()).await), "lease_lost");
     assert_eq!(h.status(&pending).await, TaskStatus::Pending, "nothing to complete before a grant");
     let held = h.claim("worker").await.expect("claimable");
-    let done = h.store.complete(&pending, &Fence::Unfenced, json!({"legacy": true})).await.expect("complete");
+    let done = h.store.complete(&pending, &Fence::Unfenced, json!({"legacy": true}).into()).await.expect("complete");
     assert_eq!((done.status, done.unfenced), (TaskStatus::Completed, true));
     assert_eq!(done.result, Some(json!({"legacy": true})));
     assert_eq!(h.agent("worker").await.in_flight, 0, "the holder's lease ended");
-    let again = h.store.complete(&pending, &Fence::Unfenced, json!({"legacy": true})).await.expect("repeat");
+    let again = h.store.complete(&pending, &Fence::Unfenced, json!({"legacy": true}).into()).await.expect("repeat");
     assert_eq!(again, done, "an unfenced repeat answers the stored outcome");
-    let other = h.store.complete(&pending, &Fence::Unfenced, json!({"legacy": false})).await;
+    let other = h.store.complete(&pending, &Fence::Unfenced, json!({"legacy": false}).into()).await;
     assert_eq!(conflict_code(other), "outcome_conflict");
-    assert_eq!(conflict_code(h.store.complete(&pending, &lease(&held), json!({"x": 1})).await), "outcome_conflict");
+    assert_eq!(
+        conflict_code(h.store.complete(&pending, &lease(&held), json!({"x": 1}).into()).await),
+        "outcome_conflict"
+    );
     // An unfenced failure applies too.
     let other = h.submit(with_retries("unfenced", 1)).await;
     h.claim("worker").await.expect("claimable");
@@ -1096,7 +1109,7 @@ async fn releasing_an_undelivered_grant_puts_the_task_back_at_its_place_without_
     assert_eq!(released[0].data["reason"], "undelivered");
     h.store.release(&a, &lease_id).await.expect("a second release is a no-op");
     assert!(kinds(&received(&mut rx)).is_empty());
-    assert_eq!(conflict_code(h.store.complete(&a, &lease(&held), json!({})).await), "lease_lost");
+    assert_eq!(conflict_code(h.store.complete(&a, &lease(&held), json!({}).into()).await), "lease_lost");
     // Back at its place, and with max_retries 0 it still has its attempt.
     assert_eq!(h.drain("worker").await, vec![a.clone(), b]);
     assert_eq!(h.task(&a).await.attempt, 2);
@@ -1457,7 +1470,10 @@ async fn every_transition_emits_its_event_to_subscribers_and_the_log(h: Harness)
     step(&mut rx, &mut seen, &[TaskReleased], "release");
     let held = h.claim("agent").await.expect("claim");
     step(&mut rx, &mut seen, &[TaskClaimed], "claim");
-    h.store.complete(&task_id, &lease(&held), json!({"secret": "r3sult-must-not-leak"})).await.expect("complete");
+    h.store
+        .complete(&task_id, &lease(&held), json!({"secret": "r3sult-must-not-leak"}).into())
+        .await
+        .expect("complete");
     step(&mut rx, &mut seen, &[TaskCompleted], "complete");
     let second = h.submit(with_retries("events", 0)).await;
     step(&mut rx, &mut seen, &[TaskSubmitted], "submit");
@@ -1544,8 +1560,8 @@ async fn a_transition_that_changes_nothing_emits_no_event(h: Harness) {
     assert_eq!(h.store.sweep_timeouts(100).await.expect("sweep"), 0);
     assert_eq!(h.store.sweep_offline(100).await.expect("sweep"), 0);
     h.store.peek(&caps(&[]), 10).await.expect("peek");
-    h.store.complete(&done, &lease(&held), json!({})).await.expect("repeat");
-    assert!(h.store.complete(&done, &lease(&held), json!({"other": 1})).await.is_err());
+    h.store.complete(&done, &lease(&held), json!({}).into()).await.expect("repeat");
+    assert!(h.store.complete(&done, &lease(&held), json!({"other": 1}).into()).await.is_err());
     assert!(h.store.retry(&done).await.is_err());
     assert!(h.store.cancel(&done).await.is_err());
     h.store.set_paused("worker", false).await.expect("resume an agent that is not paused");
@@ -1647,7 +1663,7 @@ async fn operations_on_unknown_tasks_and_agents_are_not_found(h: Harness) {
     let not_found =
         |result: Result<(), StoreError>| matches!(result, Err(StoreError::TaskNotFound(ref id)) if *id == ghost);
     assert_eq!(h.store.get_task(&ghost).await.expect("get"), None);
-    assert!(not_found(h.store.complete(&ghost, &Fence::Unfenced, json!({})).await.map(|_| ())));
+    assert!(not_found(h.store.complete(&ghost, &Fence::Unfenced, json!({}).into()).await.map(|_| ())));
     assert!(not_found(h.store.fail(&ghost, &Fence::Unfenced, &fail("x", true)).await.map(|_| ())));
     assert!(not_found(h.store.start(&ghost, &Fence::Unfenced).await.map(|_| ())));
     assert!(not_found(h.store.progress(&ghost, &Fence::Unfenced, json!({})).await.map(|_| ())));
@@ -1785,18 +1801,19 @@ async fn complete_and_claim_finishes_one_task_and_grants_the_next_in_one_step(h:
     let held = h.claim("a").await.unwrap();
     assert_eq!(held.task_id, first);
     let next = ClaimRequest { agent_id: "a".into(), capabilities: caps(&[]), max_tasks: 1, session_id: None };
-    let (done, claimed) = h.store.complete_and_claim(&first, &lease(&held), json!({"ok": 1}), &next).await.unwrap();
+    let (done, claimed) =
+        h.store.complete_and_claim(&first, &lease(&held), json!({"ok": 1}).into(), &next).await.unwrap();
     assert_eq!(done.status, TaskStatus::Completed);
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].task_id, second);
     assert_eq!(h.task(&second).await.assigned_agent.as_deref(), Some("a"));
     // Nothing left: the claim part answers empty, the completion still counts.
-    let (_, nothing) = h.store.complete_and_claim(&second, &lease(&claimed[0]), json!({}), &next).await.unwrap();
+    let (_, nothing) = h.store.complete_and_claim(&second, &lease(&claimed[0]), json!({}).into(), &next).await.unwrap();
     assert!(nothing.is_empty());
     assert_eq!(h.agent("a").await.in_flight, 0);
     // A stale lease fails the whole step: no completion, no claim.
     let third = h.submit(request("third")).await;
-    let stale = h.store.complete_and_claim(&first, &lease(&held), json!({"other": true}), &next).await;
+    let stale = h.store.complete_and_claim(&first, &lease(&held), json!({"other": true}).into(), &next).await;
     assert!(stale.is_err());
     assert_eq!(h.status(&third).await, TaskStatus::Pending);
 }
@@ -1809,8 +1826,8 @@ async fn complete_batch_answers_each_outcome_on_its_own(h: Harness) {
     let tasks = h.claim_with("a", caps(&[]), 2).await;
     assert_eq!(tasks.len(), 2);
     let outcomes = vec![
-        (tasks[0].task_id.clone(), lease(&tasks[0]), json!({"n": 0})),
-        (tasks[1].task_id.clone(), Fence::Lease("ffffffffffffffffffffffffffffffff".into()), json!({"n": 1})),
+        (tasks[0].task_id.clone(), lease(&tasks[0]), json!({"n": 0}).into()),
+        (tasks[1].task_id.clone(), Fence::Lease("ffffffffffffffffffffffffffffffff".into()), json!({"n": 1}).into()),
     ];
     let results = h.store.complete_batch(outcomes).await.unwrap();
     assert_eq!(results[0].as_ref().unwrap().status, TaskStatus::Completed);
@@ -1857,7 +1874,7 @@ async fn a_repeated_fail_that_requeued_answers_the_same_task_and_a_different_out
     assert_eq!((again.status, again.retries), (TaskStatus::Pending, 1), "nothing happened twice");
     let other = FailRequest { error: "other".into(), ..failure };
     assert_eq!(conflict_code(h.store.fail(&id, &lease(&held), &other).await), "outcome_conflict");
-    assert_eq!(conflict_code(h.store.complete(&id, &lease(&held), json!({})).await), "outcome_conflict");
+    assert_eq!(conflict_code(h.store.complete(&id, &lease(&held), json!({}).into()).await), "outcome_conflict");
 }
 
 async fn a_withdrawn_token_whose_task_was_cancelled_since_returns_nothing(h: Harness) {

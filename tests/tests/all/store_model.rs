@@ -319,7 +319,7 @@ async fn apply(h: &Harness, m: &mut Model, op: &Op) -> Option<usize> {
         Op::Complete { task, fence, result: value } => {
             let i = pick(task, m)?; // no task yet: nothing to do
             let fence = m.fence(i, fence);
-            let result = h.store.complete(&m.tasks[i].id, &fence, json!({"r": value})).await;
+            let result = h.store.complete(&m.tasks[i].id, &fence, json!({"r": value}).into()).await;
             if m.is_repeat(i, &fence, &Outcome::Completed(value)) {
                 assert_eq!(result.expect("a repeated completion").status, TaskStatus::Completed);
             } else if m.fence_holds(i, &fence) {

@@ -27,9 +27,9 @@ use self::connection::{Commands, Target, unavailable};
 use self::decode::{Reply, text};
 use self::scripts::Scripts;
 use super::{
-    AgentFilter, AgentHealth, AgentRegistration, ClaimRequest, FailRequest, Fence, HealthVerdict, HeartbeatOutcome,
-    NewViolation, PluginAction, PluginChange, PluginRecord, Registered, RevokeReason, Revoked, Store, StoreConfig,
-    StoreError, StoreResult, StoreStats, Submitted, TaskFilter, TaskPage, Violation, Waiter, Withdrawn,
+    AgentFilter, AgentHealth, AgentRegistration, ClaimRequest, Completion, FailRequest, Fence, HealthVerdict,
+    HeartbeatOutcome, NewViolation, PluginAction, PluginChange, PluginRecord, Registered, RevokeReason, Revoked, Store,
+    StoreConfig, StoreError, StoreResult, StoreStats, Submitted, TaskFilter, TaskPage, Violation, Waiter, Withdrawn,
 };
 use crate::model::{
     Agent, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
@@ -296,6 +296,12 @@ fn fence_args(fence: &Fence) -> [String; 2] {
         Fence::Agent(agent) => ["agent".into(), agent.clone()],
         Fence::Unfenced => ["none".into(), String::new()],
     }
+}
+
+/// A completion as the scripts take it: the result JSON, then the reported latency in ms (empty when absent).
+fn completion_args(completion: &Completion) -> [String; 2] {
+    let reported = completion.latency_ms.filter(|ms| ms.is_finite() && *ms >= 0.0).map(|ms| ms.to_string());
+    [json_text(&completion.result), reported.unwrap_or_default()]
 }
 
 /// JSON as the scripts store it: serde_json's canonical form (sorted keys), so equal values compare equal as text.
@@ -574,16 +580,17 @@ impl Store for RedisStore {
         decode::task(first(&body)?)
     }
 
-    async fn complete(&self, task_id: &TaskId, fence: &Fence, result: Json) -> StoreResult<Task> {
-        let mut results = self.complete_batch(vec![(task_id.clone(), fence.clone(), result)]).await?;
+    async fn complete(&self, task_id: &TaskId, fence: &Fence, completion: Completion) -> StoreResult<Task> {
+        let mut results = self.complete_batch(vec![(task_id.clone(), fence.clone(), completion)]).await?;
         results.pop().unwrap_or_else(|| Err(StoreError::Unavailable("redis: complete answered nothing".into())))
     }
 
-    async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Json)>) -> StoreResult<Vec<StoreResult<Task>>> {
+    async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Completion)>) -> StoreResult<Vec<StoreResult<Task>>> {
         let mut args = vec![outcomes.len().to_string()];
-        for (task_id, fence, result) in &outcomes {
+        for (task_id, fence, completion) in &outcomes {
             let [kind, value] = fence_args(fence);
-            args.extend([task_id.to_string(), kind, value, json_text(result)]);
+            args.extend([task_id.to_string(), kind, value]);
+            args.extend(completion_args(completion));
         }
         let body = self.call(&self.scripts.complete, args).await?;
         decode::array(first(&body)?)?
@@ -608,11 +615,12 @@ impl Store for RedisStore {
         &self,
         task_id: &TaskId,
         fence: &Fence,
-        result: Json,
+        completion: Completion,
         next: &ClaimRequest,
     ) -> StoreResult<(Task, Vec<Task>)> {
         let [kind, value] = fence_args(fence);
-        let mut args = vec![task_id.to_string(), kind, value, json_text(&result)];
+        let mut args = vec![task_id.to_string(), kind, value];
+        args.extend(completion_args(&completion));
         args.extend(RedisStore::claim_args(next));
         let body = self.call(&self.scripts.complete_and_claim, args).await?;
         let done = decode::task(first(&body)?)?;

@@ -610,8 +610,9 @@ local function record_outcome_lease(id, kind)
   redis.call('HSET', k, 'unfenced', kind == 'none' and '1' or '0')
 end
 
--- Completes a leased task (or answers a repeat of the same outcome). Returns an error value or nil.
-local function complete(id, kind, fence, result)
+-- Completes a leased task (or answers a repeat of the same outcome). `reported` is the agent's own latency in ms
+-- ('' when it sent none), which feeds its average in place of claim-to-completion. Returns an error value or nil.
+local function complete(id, kind, fence, result, reported)
   local stored, e = repeated_outcome(id, kind, fence, 'completed', result)
   if e then return e end
   if stored then return nil end
@@ -621,7 +622,7 @@ local function complete(id, kind, fence, result)
   record_outcome_lease(id, kind)
   redis.call('HSET', k, 'result', result)
   local t = redis.call('HMGET', k, 'claimed', 'agent')
-  local latency = t[1] and math.max(NOW - tonumber(t[1]), 0) or nil
+  local latency = tonumber(reported or '') or (t[1] and math.max(NOW - tonumber(t[1]), 0)) or nil
   local agent = t[2]
   if agent then breaker_success(agent, id) end
   drop_lease(id, nil)

@@ -1,0 +1,66 @@
+//! The real `aragora-sdk` Python client (2.11.0, from PyPI) for compatibility tests: a virtual environment built once
+//! per machine under the system's temporary folder (an atomic rename publishes it, so concurrent test binaries never
+//! see a half-built one), and a runner for the scripts in `tests/fixtures/sdk/`, which print one JSON document.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The client version existing Aragora users script with.
+pub const SDK_VERSION: &str = "2.11.0";
+
+/// The Python of a virtual environment holding `aragora-sdk` [`SDK_VERSION`]; built on first use (needs `python3`
+/// with `venv` and the package index).
+pub fn sdk_python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let home = std::env::temp_dir().join(format!("aragora-cp-sdk-{SDK_VERSION}"));
+        let python = home.join("bin/python");
+        if python.is_file() {
+            return python;
+        }
+        let building = std::env::temp_dir().join(format!("aragora-cp-sdk-{SDK_VERSION}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&building);
+        run(Command::new("python3").args(["-m", "venv"]).arg(&building), "python3 -m venv");
+        run(
+            Command::new(building.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .arg(format!("aragora-sdk=={SDK_VERSION}")),
+            "pip install aragora-sdk",
+        );
+        // A venv's scripts name their folder: publish it under the final name, then drop ours if another won.
+        if std::fs::rename(&building, &home).is_err() {
+            let _ = std::fs::remove_dir_all(&building);
+        }
+        // `bin/python` is a link to the system's interpreter, which does not care where the venv lives.
+        assert!(python.is_file(), "the SDK environment at {} has no python", home.display());
+        python
+    })
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e} (python3 with venv and pip is needed)"));
+    assert!(output.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Runs `tests/fixtures/sdk/SCRIPT` with the SDK against `base_url` (the server root) with `token`, passing `args`;
+/// answers the JSON document it prints on its last line.
+pub fn run_script(script: &str, base_url: &str, token: &str, args: &[&str]) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sdk").join(script);
+    let output = Command::new(sdk_python())
+        .arg(&path)
+        .args(args)
+        .env("ARAGORA_API_URL", base_url)
+        .env("ARAGORA_API_KEY", token)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}):\n{stdout}"))
+}

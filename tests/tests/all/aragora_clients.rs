@@ -1,0 +1,102 @@
+//! Existing Aragora clients against a live server: the bodies Aragora's own server takes (`latency_ms`,
+//! `sla_policy_id`, `requeue` on complete and fail), `total` on every list answer, a 404 that points users at the
+//! routes they can read, and the real `aragora-sdk` 2.11.0 (from PyPI) driving a new user's first hour.
+
+use aragora_cp_tests::python_sdk;
+use aragora_cp_tests::server::TestServer;
+use serde_json::{Value, json};
+
+async fn send(server: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = server.client.request(method, server.api(path)).bearer_auth(server.admin());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn claimed_task(server: &TestServer, agent: &str) -> String {
+    let register = json!({"agent_id": agent, "capabilities": ["code"]});
+    assert_eq!(send(server, reqwest::Method::POST, "/agents", Some(register)).await.0, 201);
+    let task = json!({"task_type": "code", "required_capabilities": ["code"]});
+    let (status, submitted) = send(server, reqwest::Method::POST, "/tasks", Some(task)).await;
+    assert_eq!(status, 201);
+    let claim = json!({"agent_id": agent, "block_ms": 0});
+    let (_, claimed) = send(server, reqwest::Method::POST, "/tasks/claim", Some(claim)).await;
+    assert_eq!(claimed["task"]["task_id"], submitted["task_id"]);
+    submitted["task_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn complete_takes_the_body_aragoras_server_takes_and_the_agents_latency_feeds_its_average() {
+    let server = TestServer::start().await;
+    let task = claimed_task(&server, "latency-agent").await;
+    let body = json!({"result": {"ok": true}, "agent_id": "latency-agent", "latency_ms": 150, "sla_policy_id": "p1"});
+    let (status, done) = send(&server, reqwest::Method::POST, &format!("/tasks/{task}/complete"), Some(body)).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("completed")), "{done}");
+    let (_, agent) = send(&server, reqwest::Method::GET, "/agents/latency-agent", None).await;
+    assert_eq!(agent["avg_latency_ms"], 150.0, "the agent's own figure, not the server's claim-to-complete time");
+
+    let negative = json!({"latency_ms": -1});
+    let (status, problem) =
+        send(&server, reqwest::Method::POST, &format!("/tasks/{task}/complete"), Some(negative)).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("latency_ms")), "{problem}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn fail_takes_latency_ms_requeue_and_sla_policy_id() {
+    let server = TestServer::start().await;
+    let task = claimed_task(&server, "failing-agent").await;
+    let body = json!({"error": "model refused", "agent_id": "failing-agent", "latency_ms": 80, "requeue": false,
+                      "sla_policy_id": "p1"});
+    let (status, failed) = send(&server, reqwest::Method::POST, &format!("/tasks/{task}/fail"), Some(body)).await;
+    assert_eq!((status, failed["status"].as_str()), (200, Some("failed")), "{failed}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_list_answer_carries_total() {
+    let server = TestServer::start().await;
+    claimed_task(&server, "listed-agent").await;
+    for (path, key) in
+        [("/agents", "agents"), ("/tasks", "tasks"), ("/plugins", "plugins"), ("/policies/violations", "violations")]
+    {
+        let (status, answer) = send(&server, reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}");
+        let listed = answer[key].as_array().unwrap_or_else(|| panic!("{path}: {answer}")).len();
+        assert_eq!(answer["total"].as_u64(), Some(listed as u64), "{path}: {answer}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_route_points_at_the_guide_and_the_openapi_document() {
+    let server = TestServer::start().await;
+    let (status, problem) = send(&server, reqwest::Method::GET, "/no/such/route", None).await;
+    assert_eq!(status, 404);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("docs/CONTROL_PLANE.md") && detail.contains("openapi.json"), "{detail}");
+    assert!(!detail.contains("DESIGN"), "users have no DESIGN document: {detail}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
+    let server = TestServer::start().await;
+    let (base, token) = (server.base.clone(), server.admin());
+    let out =
+        tokio::task::spawn_blocking(move || python_sdk::run_script("first_hour.py", &base, &token, &[])).await.unwrap();
+    assert_eq!(out["list_agents"]["total"], 2, "{out}");
+    assert_eq!(out["list_agents"]["ids"], json!(["sdk-agent-1", "sdk-agent-2"]));
+    assert_eq!(out["claimed"], true);
+    assert_eq!(out["completed_status"], "completed");
+    assert_eq!(out["agent_after_complete"]["avg_latency_ms"], 150.0);
+    assert_eq!(out["failed_status"], "failed");
+    assert_eq!(out["bare_complete_status"], "completed");
+    assert_eq!(out["task"]["result"], json!({"ok": true}));
+    assert_eq!(out["stats"]["scheduler"]["by_status"]["completed"], 2, "{}", out["stats"]);
+    assert_eq!(out["violations_total"], 0);
+    server.stop().await;
+}
