@@ -173,3 +173,34 @@ fn bad_input_and_bad_names_are_refused_with_a_message() {
     let bad_name = run(aragora_cp().args(["plugin", "new", "--kind", "strategy", "Bad-Name"]));
     assert_eq!(bad_name.status.code(), Some(2));
 }
+
+#[test]
+fn run_finds_the_manifest_in_the_crate_that_built_the_component_and_says_when_it_has_none() {
+    // The layout `cargo build --release --target wasm32-wasip2` leaves in a scaffolded crate.
+    let work = tempfile::tempdir().unwrap();
+    let crate_dir = work.path().join("size_limit");
+    let release = crate_dir.join("target/wasm32-wasip2/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(crate_dir.join("Cargo.toml"), "[package]\nname = \"size_limit\"\n").unwrap();
+    std::fs::write(crate_dir.join("size_limit.toml"), "kind = \"policy\"\n[config]\nmax_payload_bytes = 10\n").unwrap();
+    let component = release.join("size_limit.wasm");
+    std::fs::copy(guest_path("payload_size_policy").unwrap(), &component).unwrap();
+    let input = r#"{"stage": "submit", "task": {"task_type": "t"}, "payload": {"text": "longer than ten bytes"}}"#;
+
+    let ran = run(aragora_cp().args(["plugin", "run", "--output", "json", "--input", input]).arg(&component));
+    assert!(ran.status.success());
+    assert_eq!(json_of(&ran)["output"]["decision"], "deny", "the crate's manifest set the 10-byte limit");
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(stderr.contains(&format!("manifest: {}", crate_dir.join("size_limit.toml").display())), "{stderr}");
+
+    // The same component alone: no manifest anywhere, so the defaults (64 KiB) apply, and the user is told.
+    let alone = work.path().join("size_limit.wasm");
+    std::fs::copy(&component, &alone).unwrap();
+    let ran = run(aragora_cp().args(["plugin", "run", "--output", "json", "--input", input]).arg(&alone));
+    assert_eq!(json_of(&ran)["output"]["decision"], "allow");
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(stderr.contains("manifest: none found") && stderr.contains("--manifest"), "{stderr}");
+
+    let checked = run(aragora_cp().args(["plugin", "check", "--output", "json"]).arg(&component));
+    assert_eq!(json_of(&checked)["manifest"], crate_dir.join("size_limit.toml").display().to_string());
+}

@@ -47,7 +47,7 @@ pub struct WatchArgs {
 pub struct CheckArgs {
     /// The component (`.wasm`).
     pub file: PathBuf,
-    /// The manifest; defaults to the `.toml` beside the component, if there is one.
+    /// The manifest; defaults to `NAME.toml` beside the component, else in the crate that built it.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// Output format.
@@ -63,7 +63,7 @@ pub struct RunArgs {
     /// The call's input as JSON, or `@PATH` to read it from a file (see docs/PLUGINS.md for the shapes).
     #[arg(long)]
     pub input: String,
-    /// The manifest; defaults to the `.toml` beside the component, if there is one.
+    /// The manifest; defaults to `NAME.toml` beside the component, else in the crate that built it.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// Output format.
@@ -111,33 +111,77 @@ fn name_of(file: &Path) -> anyhow::Result<String> {
     file.file_stem().and_then(|s| s.to_str()).map(str::to_string).context("the file name is not valid UTF-8")
 }
 
-fn read_manifest(file: &Path, explicit: Option<&Path>) -> anyhow::Result<Manifest> {
-    let beside = file.with_extension("toml");
+/// The places a component's manifest is looked for, in order: `NAME.toml` beside the component (a plugins folder),
+/// then in the crate that built it (`plugin new`'s layout: the component sits in `target/wasm32-wasip2/release/`
+/// below the crate, whose root holds `NAME.toml`).
+fn manifest_candidates(file: &Path) -> Vec<PathBuf> {
+    let mut candidates = vec![file.with_extension("toml")];
+    let Some(stem) = file.file_stem() else { return candidates };
+    let manifest_name = Path::new(stem).with_extension("toml");
+    let crate_root = file.ancestors().skip(1).find(|dir| dir.join("Cargo.toml").is_file());
+    if let Some(root) = crate_root {
+        candidates.push(root.join(&manifest_name));
+    }
+    candidates
+}
+
+/// The manifest to load a component with, and where it came from (`None`: the defaults, for want of a file).
+fn read_manifest(file: &Path, explicit: Option<&Path>) -> anyhow::Result<(Manifest, Option<PathBuf>)> {
     let path = match explicit {
         Some(path) => path.to_path_buf(),
-        None if beside.is_file() => beside,
-        None => return Ok(Manifest::default()),
+        None => match manifest_candidates(file).into_iter().find(|path| path.is_file()) {
+            Some(found) => found,
+            None => return Ok((Manifest::default(), None)),
+        },
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let manifest = Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((manifest, Some(path)))
+}
+
+/// Says which manifest a command used, on stderr (so `--output json` stays one document): a plugin loaded with the
+/// defaults has no labels and an empty `[config]`, which changes what it decides.
+fn announce_manifest(file: &Path, used: Option<&Path>) {
+    match used {
+        Some(path) => eprintln!("manifest: {}", path.display()),
+        None => {
+            let looked: Vec<String> = manifest_candidates(file).iter().map(|p| p.display().to_string()).collect();
+            eprintln!(
+                "manifest: none found (looked for {}); using the defaults: no labels, empty [config], kind from the \
+                 exports. Pass --manifest PATH if the plugin has one.",
+                looked.join(", ")
+            );
+        }
+    }
 }
 
 /// Loads a component as the server would. Instances are not reused, so the call `plugin run` makes runs on a
 /// fresh instance (its report includes `init`'s log and memory) rather than on the one the trial call warmed.
-fn load(file: &Path, manifest: Option<&Path>) -> anyhow::Result<(Result<PluginVersion, String>, usize)> {
+fn load(file: &Path, manifest: Option<&Path>) -> anyhow::Result<Loaded> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let manifest = read_manifest(file, manifest)?;
+    let (manifest, used) = read_manifest(file, manifest)?;
+    announce_manifest(file, used.as_deref());
     let runtime = PluginRuntime::new(RuntimeOptions { reuse_instances: false, ..RuntimeOptions::default() })?;
     let version =
         loader::load(&runtime, &name_of(file)?, PluginSource::File, &bytes, manifest).map_err(|e| e.to_string());
-    Ok((version, bytes.len()))
+    Ok(Loaded { outcome: version, size: bytes.len(), manifest: used })
+}
+
+/// A component loaded by `check` or `run`.
+struct Loaded {
+    outcome: Result<PluginVersion, String>,
+    size: usize,
+    /// The manifest file used (`None`: the defaults).
+    manifest: Option<PathBuf>,
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let (outcome, size) = load(&args.file, args.manifest.as_deref())?;
+    let Loaded { outcome, size, manifest } = load(&args.file, args.manifest.as_deref())?;
+    let manifest = manifest.map(|path| path.display().to_string());
     let report = match &outcome {
         Ok(version) => json!({
             "file": args.file.display().to_string(),
+            "manifest": manifest,
             "verdict": "ok",
             "name": version.name,
             "kind": version.kind,
@@ -148,7 +192,8 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             "limits": version.limits,
         }),
         Err(error) => {
-            json!({"file": args.file.display().to_string(), "verdict": "rejected", "size": size, "error": error})
+            json!({"file": args.file.display().to_string(), "manifest": manifest, "verdict": "rejected", "size": size,
+                   "error": error})
         }
     };
     match args.output {
@@ -158,6 +203,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 println!("{}: ok", args.file.display());
                 println!("  name     {}", version.name);
                 println!("  kind     {}", version.kind);
+                println!("  manifest {}", manifest.as_deref().unwrap_or("(none: defaults)"));
                 println!("  sha256   {}", version.sha256);
                 println!("  size     {size} bytes");
                 println!("  exports  {}", version.exports.join(", "));
@@ -191,8 +237,7 @@ fn read_input(argument: &str) -> anyhow::Result<Value> {
 
 fn run_once(args: RunArgs) -> anyhow::Result<ExitCode> {
     let input = read_input(&args.input)?;
-    let (outcome, _) = load(&args.file, args.manifest.as_deref())?;
-    let version = match outcome {
+    let version = match load(&args.file, args.manifest.as_deref())?.outcome {
         Ok(version) => version,
         Err(error) => bail!("{} was rejected: {error}", args.file.display()),
     };
