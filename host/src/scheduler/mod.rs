@@ -218,6 +218,11 @@ impl Scheduler {
             ),
         };
         let block = claim.block.min(MAX_BLOCK);
+        if matches!(agent.status, crate::model::AgentStatus::Offline | crate::model::AgentStatus::Starting) {
+            // A claim is a sign of life and brings the agent back before anything else looks at it: routing
+            // offers work only to live agents, and the policy path below may wait without touching the store.
+            self.store.keep_alive(&claim.agent_id).await?;
+        }
         let health = self.store.agent_health(&claim.agent_id).await?;
         if let Some(reason) = refusal(&agent, health.as_ref()) {
             // A refused agent waits its full block, so it cannot spin on the claim endpoint; it is alive meanwhile.

@@ -18,3 +18,4 @@ mod openapi;
 mod store_conformance;
 mod store_model;
 mod store_redis;
+mod waiting_claims;
