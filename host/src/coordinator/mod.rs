@@ -23,6 +23,7 @@ use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, EventKind, HeartbeatRequest, RegisterRequest, SubmitRequest, Task,
     TaskId, rfc3339_ms,
 };
+use crate::plugins::registry::Liveness;
 use crate::plugins::watcher::WatchOptions;
 use crate::plugins::{PluginEvent, PluginRegistry, PluginRuntime, PluginWatcher, RuntimeOptions};
 use crate::registry::AgentRegistry;
@@ -91,7 +92,9 @@ impl ControlPlaneCoordinator {
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
         let runtime =
             PluginRuntime::new(RuntimeOptions { cache_dir: RuntimeOptions::user_cache_dir(), ..Default::default() })?;
-        let plugins = Arc::new(PluginRegistry::new(runtime, config.server_id.clone())?);
+        let liveness =
+            Liveness { heartbeat_interval: config.heartbeat_interval, heartbeat_timeout: config.heartbeat_timeout };
+        let plugins = Arc::new(PluginRegistry::with_liveness(runtime, config.server_id.clone(), liveness)?);
         Self::with_parts(config, store, plugins).await
     }
 

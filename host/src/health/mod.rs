@@ -2,7 +2,8 @@
 //! what the host observed (heartbeat age, outcomes since the last round, latency, the HTTP check of its
 //! `health_url`), within `PROBE_TIMEOUT`, at most `PROBE_CONCURRENCY` at once. The verdict goes to the store,
 //! which keeps health and the circuit breakers (so every server sees them) and refuses work to unhealthy agents
-//! and open breakers. With no probe plugin loaded, health is liveness alone.
+//! and open breakers. The built-in `heartbeat_probe` is active unless overridden or disabled; with no probe at all,
+//! health is liveness alone.
 //!
 //! With several servers on one store, each agent is probed by one of them: every round a server records itself
 //! as alive in the store and takes the agents whose rendezvous hash over the live servers names it, so a fleet of

@@ -1,6 +1,7 @@
-//! The built-in strategies (`least_loaded`, `round_robin`, `random`), compiled from `plugins/` by the build script
-//! and embedded in the binary, the example plugins `demo` installs (embedded with their manifests), plus the paths
-//! of every guest the build produced (examples and test fixtures).
+//! The built-in strategies (`least_loaded`, `round_robin`, `random`) and health probe (`heartbeat_probe`), compiled
+//! from `plugins/` by the build script (or taken from `plugins/prebuilt/`, decision 0009) and embedded in the
+//! binary; the example plugins `demo` installs (embedded with their manifests); the paths of every guest the build
+//! produced (examples and test fixtures).
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 

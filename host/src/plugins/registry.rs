@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::model::rfc3339;
 use parking_lot::RwLock;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::bindings::{CallContext, Candidate, CandidateDetails, TaskInfo};
-use super::builtin::{BUILTIN_STRATEGIES, FALLBACK_STRATEGY};
+use super::builtin::{BUILTIN_PROBES, BUILTIN_STRATEGIES, FALLBACK_STRATEGY};
 use super::loader::{self, StatsSnapshot};
 use super::manifest::{Manifest, OnError};
 use super::runtime::{CallLimits, PluginRuntime};
@@ -201,9 +201,50 @@ pub struct PluginRegistry {
 #[error("unknown strategy {0:?}")]
 pub struct UnknownStrategy(pub String);
 
+/// The agents' heartbeat settings, which the built-in health probe judges heartbeat ages against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// `HEARTBEAT_INTERVAL`.
+    pub heartbeat_interval: Duration,
+    /// `HEARTBEAT_TIMEOUT`.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness { heartbeat_interval: Duration::from_secs(10), heartbeat_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// The built-in probe's manifest: its embedded one, with the heartbeat thresholds of this server (unhealthy past
+/// the offline timeout, degraded past two missed heartbeats) and failure rates that only degrade. Task failures
+/// alone never make an agent unhealthy here: a poison task failing everywhere must not take the fleet out of
+/// service (breakers, fed by failures blamed on the agent, are for that).
+fn builtin_probe_manifest(embedded: &str, liveness: Liveness) -> Result<Manifest, LoadError> {
+    let mut manifest = Manifest::parse(embedded).map_err(LoadError::Manifest)?;
+    let timeout = liveness.heartbeat_timeout.as_millis().min(i64::MAX as u128) as i64;
+    let interval = liveness.heartbeat_interval.as_millis().min(i64::MAX as u128) as i64;
+    let config = &mut manifest.config;
+    config.insert("max_heartbeat_age_ms".into(), toml::Value::Integer(timeout));
+    config.insert("degraded_heartbeat_age_ms".into(), toml::Value::Integer(interval.saturating_mul(2).min(timeout)));
+    config.insert("max_failure_rate".into(), toml::Value::Float(1.0));
+    config.insert("degraded_failure_rate".into(), toml::Value::Float(0.5));
+    Ok(manifest)
+}
+
 impl PluginRegistry {
-    /// A registry holding the built-in strategies.
+    /// A registry holding the built-in strategies and the built-in health probe, judging heartbeats against the
+    /// default settings (10 s interval, 30 s timeout).
     pub fn new(runtime: PluginRuntime, server_id: impl Into<String>) -> Result<Self, LoadError> {
+        PluginRegistry::with_liveness(runtime, server_id, Liveness::default())
+    }
+
+    /// A registry holding the built-ins, its probe judging heartbeats against `liveness`.
+    pub fn with_liveness(
+        runtime: PluginRuntime,
+        server_id: impl Into<String>,
+        liveness: Liveness,
+    ) -> Result<Self, LoadError> {
         let mut state = State::default();
         let mut fallback = None;
         for (name, bytes) in BUILTIN_STRATEGIES {
@@ -211,6 +252,11 @@ impl PluginRegistry {
             if *name == FALLBACK_STRATEGY {
                 fallback = Some(version.clone());
             }
+            state.slots.entry(name.to_string()).or_default().versions.insert(PluginSource::Builtin, version);
+        }
+        for (name, bytes, embedded) in BUILTIN_PROBES {
+            let manifest = builtin_probe_manifest(embedded, liveness)?;
+            let version = Arc::new(loader::load(&runtime, name, PluginSource::Builtin, bytes, manifest)?);
             state.slots.entry(name.to_string()).or_default().versions.insert(PluginSource::Builtin, version);
         }
         state.rebuild_lists();

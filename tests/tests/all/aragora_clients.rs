@@ -100,3 +100,30 @@ async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
     assert_eq!(out["violations_total"], 0);
     server.stop().await;
 }
+
+/// `demo` used to end with `healthy_count 0` while every agent heartbeated: no probe was loaded, so health stayed
+/// `unknown`. The heartbeat probe is a built-in now, overridable and removable like the built-in strategies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeating_fleet_reads_healthy_out_of_the_box_and_the_builtin_probe_can_be_disabled() {
+    let server = TestServer::start().await;
+    for agent in ["well-1", "well-2", "well-3"] {
+        let register = json!({"agent_id": agent, "capabilities": ["code"]});
+        assert_eq!(send(&server, reqwest::Method::POST, "/agents", Some(register)).await.0, 201);
+        assert_eq!(send(&server, reqwest::Method::POST, &format!("/agents/{agent}/heartbeat"), None).await.0, 200);
+    }
+    let (_, probe) = send(&server, reqwest::Method::GET, "/plugins/heartbeat_probe", None).await;
+    assert_eq!(
+        (probe["active"]["kind"].as_str(), probe["active"]["source"].as_str()),
+        (Some("health_probe"), Some("builtin"))
+    );
+    assert_eq!(server.coordinator.probe_now().await, 3);
+    let (_, stats) = send(&server, reqwest::Method::GET, "/stats", None).await;
+    assert_eq!(stats["health"]["healthy_count"], 3, "{stats}");
+    let (_, health) = send(&server, reqwest::Method::GET, "/health", None).await;
+    assert_eq!(health["status"], "healthy", "{health}");
+
+    let (status, _) = send(&server, reqwest::Method::POST, "/plugins/heartbeat_probe/disable", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(server.coordinator.probe_now().await, 0, "a disabled probe judges nobody");
+    server.stop().await;
+}
