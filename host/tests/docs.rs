@@ -180,6 +180,7 @@ fn run_doc(doc: &str, blocks: &[Block], work: &Path) -> Result<(usize, usize), S
         .env("SERVER", &server.base)
         .env("TOKEN", &server.token)
         .env("PLUGIN_WASM", plugin)
+        .env("PLUGIN_TOML", repo_root().join("plugins/cheapest_within_latency/cheapest_within_latency.toml"))
         .stdin(Stdio::null())
         .stdout(fs::File::create(&stdout_path).unwrap())
         .stderr(fs::File::create(&stderr_path).unwrap())

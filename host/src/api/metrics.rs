@@ -133,7 +133,7 @@ fn write_requests(out: &mut String, requests: &BTreeMap<Series, Histogram>) {
     }
 }
 
-/// Plugin call counters of the active versions, by plugin name and kind.
+/// Plugin call counters by plugin name and kind, over every version loaded since the server started.
 fn write_plugins(out: &mut String, plugins: &[crate::plugins::registry::PluginInfo]) {
     let series = [
         ("aragora_cp_plugin_calls_total", "counter", "Plugin calls made."),
@@ -145,8 +145,9 @@ fn write_plugins(out: &mut String, plugins: &[crate::plugins::registry::PluginIn
     for (index, (name, kind, help)) in series.into_iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for plugin in plugins {
+            // The active version names the kind; the counters cover every version since start (swaps add to them).
             let Some(active) = &plugin.active else { continue };
-            let stats = &active.stats;
+            let stats = &plugin.totals;
             let value = match index {
                 0 => stats.calls as f64,
                 1 => stats.failures as f64,

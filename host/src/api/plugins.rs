@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,9 @@ impl From<FleetPluginError> for ApiError {
     fn from(error: FleetPluginError) -> Self {
         match error {
             FleetPluginError::BadManifest(detail) => ApiError::invalid("manifest", detail),
+            FleetPluginError::ManifestRequired(detail) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "manifest_required", detail).with_field("manifest")
+            }
             FleetPluginError::Rejected(load) => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "plugin_rejected",
@@ -137,13 +140,25 @@ pub struct UploadRequest {
     manifest: Option<String>,
 }
 
+/// The multipart form of an upload (for the OpenAPI document; the handler reads the parts itself).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code, reason = "describes the multipart parts in the OpenAPI document")]
+pub struct MultipartUpload {
+    /// The component (`NAME.wasm`).
+    #[schema(format = Binary, value_type = String)]
+    component: Vec<u8>,
+    /// The manifest (`NAME.toml`), as text.
+    manifest: Option<String>,
+}
+
 /// `PUT /plugins/{name}`: validated here, then recorded for the fleet; every server loads it.
 #[utoipa::path(put, path = "/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name: 1 to 64 letters, digits, '_' or '-'")),
-    request_body(description = "The component itself (`application/wasm` or `application/octet-stream`), or JSON with the component in base64 and an optional manifest",
+    request_body(description = "The component itself (`application/wasm` or `application/octet-stream`), multipart/form-data with the parts `component` and `manifest` (the NAME.toml text), or JSON with the component in base64 and an optional manifest. Without a manifest, an upload replacing a version that runs with one (labels, config, order, …) is refused (`manifest_required`)",
         content(
             (Vec<u8> = "application/wasm"),
             (UploadRequest = "application/json"),
+            (MultipartUpload = "multipart/form-data"),
         )),
     responses(
         (status = 200, description = "Validated, recorded and active on this server; the other servers load it from the store", body = PluginInfo),
@@ -169,13 +184,18 @@ pub async fn plugins_upload(
             .decode(upload.component.trim())
             .map_err(|e| ApiError::invalid("component", format!("not base64: {e}")))?;
         (bytes, upload.manifest)
+    } else if essence == "multipart/form-data" {
+        multipart_upload(&headers, body).await?
     } else if essence == "application/wasm" || essence == "application/octet-stream" {
         (body.to_vec(), None)
     } else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("Content-Type {content_type:?}: send application/wasm (the component) or application/json"),
+            format!(
+                "Content-Type {content_type:?}: send application/wasm (the component), multipart/form-data (parts \
+                 `component` and `manifest`) or application/json"
+            ),
         ));
     };
     if component.is_empty() {
@@ -186,6 +206,30 @@ pub async fn plugins_upload(
     }
     state.coordinator.fleet_plugins().upload(&name, component, manifest, &caller.sub).await?;
     Ok(Json(view(&state, &name).await?))
+}
+
+/// The parts of a `multipart/form-data` upload (`curl -F component=@x.wasm -F manifest=@x.toml`): the component,
+/// and the manifest's TOML text if sent.
+async fn multipart_upload(headers: &HeaderMap, body: Bytes) -> ApiResult<(Vec<u8>, Option<String>)> {
+    let mut request = axum::extract::Request::new(axum::body::Body::from(body));
+    *request.headers_mut() = headers.clone();
+    let malformed = |e: &dyn std::fmt::Display| ApiError::invalid("body", format!("malformed multipart body: {e}"));
+    let mut parts = Multipart::from_request(request, &()).await.map_err(|e| malformed(&e))?;
+    let (mut component, mut manifest) = (None, None);
+    while let Some(part) = parts.next_field().await.map_err(|e| malformed(&e))? {
+        match part.name().unwrap_or_default() {
+            "component" => component = Some(part.bytes().await.map_err(|e| malformed(&e))?.to_vec()),
+            "manifest" => {
+                let text = part.text().await.map_err(|e| ApiError::invalid("manifest", format!("not text: {e}")))?;
+                manifest = Some(text);
+            }
+            other => {
+                return Err(ApiError::invalid(other, "an upload takes the parts `component` and `manifest` only"));
+            }
+        }
+    }
+    let component = component.ok_or_else(|| ApiError::invalid("component", "missing part `component`"))?;
+    Ok((component, manifest))
 }
 
 async fn change(

@@ -28,6 +28,10 @@ pub enum FleetPluginError {
     /// The manifest does not parse (400, naming `manifest`).
     #[error("manifest: {0}")]
     BadManifest(String),
+    /// An upload without a manifest would drop the settings the name's active version runs with (400
+    /// `manifest_required`): its labels or config would silently vanish.
+    #[error("{0}")]
+    ManifestRequired(String),
     /// The component did not validate here; nothing was stored (400 `plugin_rejected`).
     #[error("{0}")]
     Rejected(LoadError),
@@ -77,7 +81,10 @@ impl FleetPlugins {
         }
         let parsed = match &manifest {
             Some(text) => Manifest::parse(text).map_err(FleetPluginError::BadManifest)?,
-            None => Manifest::default(),
+            None => {
+                self.check_settings_kept(name)?;
+                Manifest::default()
+            }
         };
         {
             let _applying = self.applying.lock().await;
@@ -95,6 +102,44 @@ impl FleetPlugins {
         let record = self.store.change_plugin(PluginChange { name: name.into(), action, by: by.into() }).await?;
         self.apply(&record).await;
         Ok(record)
+    }
+
+    /// An upload with no manifest replaces the name's active version with one that has no labels, no config and
+    /// default settings. When the active version has any of those, that is almost always a mistake (a policy
+    /// uploaded this way never saw its labels and let forbidden tasks through), so it is refused, naming what
+    /// would be lost; an explicitly empty manifest says "drop them".
+    fn check_settings_kept(&self, name: &str) -> Result<(), FleetPluginError> {
+        let Some(active) = self.registry.active(name) else { return Ok(()) };
+        let manifest = &active.manifest;
+        let mut settings = Vec::new();
+        if !manifest.labels.is_empty() {
+            settings.push(format!("labels {:?}", manifest.labels));
+        }
+        if !manifest.config.is_empty() {
+            let keys: Vec<&String> = manifest.config.keys().collect();
+            settings.push(format!("config keys {keys:?}"));
+        }
+        if manifest.needs_details {
+            settings.push("needs_details".into());
+        }
+        if manifest.needs_payload {
+            settings.push("needs_payload".into());
+        }
+        if manifest.order.is_some() {
+            settings.push(format!("order {}", manifest.order()));
+        }
+        if manifest.on_error != Default::default() {
+            settings.push("on_error = \"allow\"".into());
+        }
+        if settings.is_empty() {
+            return Ok(());
+        }
+        Err(FleetPluginError::ManifestRequired(format!(
+            "the active {} version of {name} runs with a manifest ({}); send the manifest with the upload \
+             (multipart part `manifest`, or the JSON field `manifest`), or an empty one to drop those settings",
+            active.source,
+            settings.join(", ")
+        )))
     }
 
     /// Deletes the upload of `name`, or enables or disables the name, for the whole fleet.
@@ -138,17 +183,19 @@ impl FleetPlugins {
     async fn apply(&self, record: &PluginRecord) {
         let _applying = self.applying.lock().await;
         let name = &record.name;
-        let current = self.registry.version(name, PluginSource::Upload).map(|v| v.sha256.clone());
+        let current = self.registry.version(name, PluginSource::Upload);
+        let manifest = match record.manifest.as_deref().map(Manifest::parse).transpose() {
+            Ok(manifest) => manifest.unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(plugin = %name, %error, "fleet upload has a bad manifest; not applied");
+                return;
+            }
+        };
+        // The same bytes with another manifest are a new version too (new labels, config or limits).
+        let applied = |sha256: &str| current.as_ref().is_some_and(|v| v.sha256 == sha256 && v.manifest == manifest);
         match &record.sha256 {
-            Some(sha256) if current.as_ref() != Some(sha256) => match self.store.plugin_component(name).await {
+            Some(sha256) if !applied(sha256) => match self.store.plugin_component(name).await {
                 Ok(Some((stored_sha, bytes))) if &stored_sha == sha256 && sha256_hex(&bytes) == *sha256 => {
-                    let manifest = match record.manifest.as_deref().map(Manifest::parse).transpose() {
-                        Ok(manifest) => manifest.unwrap_or_default(),
-                        Err(error) => {
-                            tracing::warn!(plugin = %name, %error, "fleet upload has a bad manifest; not applied");
-                            return;
-                        }
-                    };
                     let registry = self.registry.clone();
                     let name = name.clone();
                     let installed = tokio::task::spawn_blocking(move || {

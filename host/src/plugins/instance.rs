@@ -7,6 +7,7 @@
 //! is dropped after any failed call (its state may be corrupt) and when its memory grows past half its cap (so one huge
 //! call does not pin memory for ever). Plugins must not rely on state across calls.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -15,7 +16,7 @@ use wasmtime::{Store, Trap};
 
 use super::CallError;
 use super::runtime::{CallLimits, PluginRuntime};
-use super::sandbox::HostState;
+use super::sandbox::{HostState, LogTail};
 
 /// Warm instances kept per plugin version; more concurrent callers than this instantiate and drop extras.
 const MAX_WARM_INSTANCES: usize = 16;
@@ -69,6 +70,8 @@ pub struct Sandbox<W: World> {
     limits: CallLimits,
     reuse: bool,
     warm: Mutex<Vec<Warm<W>>>,
+    /// Where every call's output goes, whether the call succeeded or not (a panic message matters most).
+    tail: Arc<LogTail>,
 }
 
 impl<W: World> Sandbox<W> {
@@ -79,6 +82,7 @@ impl<W: World> Sandbox<W> {
         digest: [u8; 32],
         config_json: String,
         limits: CallLimits,
+        tail: Arc<LogTail>,
     ) -> Result<Self, String> {
         let pre = runtime.linker().instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
         let pre = W::pre(pre).map_err(|e| format!("{e:#}"))?;
@@ -90,6 +94,7 @@ impl<W: World> Sandbox<W> {
             limits,
             reuse: runtime.reuse_instances(),
             warm: Mutex::new(Vec::new()),
+            tail,
         })
     }
 
@@ -149,6 +154,7 @@ impl<W: World> Sandbox<W> {
             log: state.take_log(),
             fresh_instance,
         };
+        self.tail.record(&report.log);
         match outcome {
             Ok(Ok(value)) => {
                 if self.reuse && report.peak_memory_bytes <= self.limits.memory_bytes / 2 {
@@ -178,11 +184,14 @@ impl<W: World> Sandbox<W> {
         // The deadline is for the guest's own work: host-side instantiation (mapping memory, building the WASI
         // context) must not eat into `init`'s time on a busy machine. Fuel still bounds everything the guest ran.
         self.arm(&mut store);
-        match bindings.init(&mut store, &self.config_json) {
-            Ok(Ok(())) => Ok(Warm { store, bindings }),
-            Ok(Err(message)) => Err(CallError::Init(message)),
-            Err(error) => Err(self.classify(error, &store)),
-        }
+        let failed = match bindings.init(&mut store, &self.config_json) {
+            Ok(Ok(())) => return Ok(Warm { store, bindings }),
+            Ok(Err(message)) => CallError::Init(message),
+            Err(error) => self.classify(error, &store),
+        };
+        // What `init` printed before failing is the author's best clue.
+        self.tail.record(&store.data_mut().take_log());
+        Err(failed)
     }
 
     /// Gives the next guest step its full fuel and a fresh deadline.

@@ -2,6 +2,7 @@
 //! [`LoadError`] saying why not. Runs once per version, off the request path (watcher thread, upload handler,
 //! start-up, CLI).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
@@ -16,6 +17,7 @@ use super::manifest::Manifest;
 use super::policy::PolicyPlugin;
 use super::probe::ProbePlugin;
 use super::runtime::{CallLimits, PluginRuntime};
+use super::sandbox::LogTail;
 use super::strategy::StrategyPlugin;
 use super::{CallError, LoadError, PluginKind, PluginSource, validate_name};
 
@@ -111,8 +113,13 @@ pub struct PluginVersion {
     pub imports: Vec<String>,
     /// The component's exports.
     pub exports: Vec<String>,
-    /// Call counters.
+    /// Call counters of this version.
     pub stats: PluginStats,
+    /// Call counters of every version of this name on this server since it started (a new version adds to them:
+    /// `aragora_cp_plugin_calls_total` is a Prometheus counter, which only the process may reset).
+    pub totals: Arc<PluginStats>,
+    /// What this version printed, last lines.
+    pub log: Arc<LogTail>,
     /// The callable part.
     pub handle: PluginHandle,
 }
@@ -140,6 +147,18 @@ pub fn load(
     bytes: &[u8],
     manifest: Manifest,
 ) -> Result<PluginVersion, LoadError> {
+    load_counted(runtime, name, source, bytes, manifest, Arc::default())
+}
+
+/// Like [`load`], adding the version's calls to `totals` as well (the registry's counters for the name).
+pub fn load_counted(
+    runtime: &PluginRuntime,
+    name: &str,
+    source: PluginSource,
+    bytes: &[u8],
+    manifest: Manifest,
+    totals: Arc<PluginStats>,
+) -> Result<PluginVersion, LoadError> {
     validate_name(name)?;
     let compiled = runtime.compile(bytes)?;
     if let Some(declared) = manifest.kind
@@ -151,16 +170,17 @@ pub fn load(
     let limits = manifest.limits(runtime.default_limits(kind), runtime.maxima());
     let config = manifest.config_json();
     let type_check = |message| LoadError::TypeCheck { kind, message };
+    let log = Arc::new(LogTail::new(name));
+    macro_rules! sandbox {
+        () => {
+            Sandbox::new(runtime, &compiled.component, compiled.digest, config, limits, log.clone())
+                .map_err(type_check)?
+        };
+    }
     let handle = match kind {
-        PluginKind::Strategy => PluginHandle::Strategy(StrategyPlugin {
-            sandbox: Sandbox::new(runtime, &compiled.component, compiled.digest, config, limits).map_err(type_check)?,
-        }),
-        PluginKind::Policy => PluginHandle::Policy(PolicyPlugin {
-            sandbox: Sandbox::new(runtime, &compiled.component, compiled.digest, config, limits).map_err(type_check)?,
-        }),
-        PluginKind::HealthProbe => PluginHandle::HealthProbe(ProbePlugin {
-            sandbox: Sandbox::new(runtime, &compiled.component, compiled.digest, config, limits).map_err(type_check)?,
-        }),
+        PluginKind::Strategy => PluginHandle::Strategy(StrategyPlugin { sandbox: sandbox!() }),
+        PluginKind::Policy => PluginHandle::Policy(PolicyPlugin { sandbox: sandbox!() }),
+        PluginKind::HealthProbe => PluginHandle::HealthProbe(ProbePlugin { sandbox: sandbox!() }),
     };
     // The deadline is wall-clock: on a busy machine (a test run, a fleet starting at once) a good plugin can miss
     // it once by being descheduled. Only deadline misses are retried; fuel, traps and bad answers are verdicts.
@@ -193,6 +213,8 @@ pub fn load(
         imports: compiled.imports,
         exports: compiled.exports,
         stats: PluginStats::default(),
+        totals,
+        log,
         handle,
     })
 }
@@ -230,7 +252,7 @@ impl PluginVersion {
             }
             _ => Err(self.wrong_kind(PluginKind::Strategy)),
         };
-        self.stats.record(started, &outcome);
+        self.record(started, &outcome);
         outcome
     }
 
@@ -241,7 +263,7 @@ impl PluginVersion {
             PluginHandle::Policy(plugin) => plugin.evaluate(ctx, input),
             _ => Err(self.wrong_kind(PluginKind::Policy)),
         };
-        self.stats.record(started, &outcome);
+        self.record(started, &outcome);
         outcome
     }
 
@@ -257,8 +279,19 @@ impl PluginVersion {
             PluginHandle::HealthProbe(plugin) => plugin.probe(ctx, agent, observed),
             _ => Err(self.wrong_kind(PluginKind::HealthProbe)),
         };
-        self.stats.record(started, &outcome);
+        self.record(started, &outcome);
         outcome
+    }
+
+    fn record<T>(&self, started: Instant, outcome: &Result<T, CallError>) {
+        self.stats.record(started, outcome);
+        self.totals.record(started, outcome);
+    }
+
+    /// Counts one answer given by a fallback instead of this version.
+    pub fn record_fallback(&self) {
+        self.stats.record_fallback();
+        self.totals.record_fallback();
     }
 
     fn wrong_kind(&self, expected: PluginKind) -> CallError {

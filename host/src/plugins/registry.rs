@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use super::bindings::{CallContext, Candidate, CandidateDetails, TaskInfo};
 use super::builtin::{BUILTIN_PROBES, BUILTIN_STRATEGIES, FALLBACK_STRATEGY};
-use super::loader::{self, StatsSnapshot};
+use super::loader::{self, PluginStats, StatsSnapshot};
 use super::manifest::{Manifest, OnError};
 use super::runtime::{CallLimits, PluginRuntime};
 use super::strategy::{Selection, select_with_fallback};
@@ -97,9 +97,18 @@ pub struct VersionInfo {
     pub labels: Vec<String>,
     /// The component's imports.
     pub imports: Vec<String>,
-    /// Call counters.
+    /// Strategies: whether it receives candidate details (ids, models, providers, labels).
+    pub needs_details: bool,
+    /// Submit policies: whether it receives the payload.
+    pub needs_payload: bool,
+    /// The manifest's `[config]`, as passed to `init`.
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    /// Call counters of this version.
     #[serde(flatten)]
     pub stats: StatsSnapshot,
+    /// The last lines this version printed (stdout and stderr), oldest first.
+    pub log: Vec<String>,
 }
 
 /// Whether a name has a version that answers calls.
@@ -129,6 +138,8 @@ pub struct PluginInfo {
     pub shadowed: Vec<VersionInfo>,
     /// The last rejected version, if it is newer than the active one.
     pub last_rejection: Option<Rejection>,
+    /// Calls of every version of the name on this server since it started (what `/metrics` counts).
+    pub totals: StatsSnapshot,
     /// The fleet version (`PUT`/`DELETE`/enable/disable) this server has applied to the name, if any.
     pub active_version: Option<u64>,
     /// The fleet's record of the name (uploads, enable/disable, history), when the API asks the store.
@@ -194,6 +205,8 @@ pub struct PluginRegistry {
     /// The embedded `least_loaded`, the fallback of every strategy call even when a file overrides the name.
     fallback: Arc<PluginVersion>,
     events: broadcast::Sender<PluginEvent>,
+    /// Call counters per name over every version loaded since start (swaps never reset them).
+    totals: parking_lot::Mutex<BTreeMap<String, Arc<PluginStats>>>,
 }
 
 /// A strategy name that matches no active strategy.
@@ -247,17 +260,22 @@ impl PluginRegistry {
     ) -> Result<Self, LoadError> {
         let mut state = State::default();
         let mut fallback = None;
+        let mut totals: BTreeMap<String, Arc<PluginStats>> = BTreeMap::new();
+        let mut builtin = |name: &str, bytes: &[u8], manifest| -> Result<Arc<PluginVersion>, LoadError> {
+            let counted = totals.entry(name.to_string()).or_default().clone();
+            let version = loader::load_counted(&runtime, name, PluginSource::Builtin, bytes, manifest, counted)?;
+            let version = Arc::new(version);
+            state.slots.entry(name.to_string()).or_default().versions.insert(PluginSource::Builtin, version.clone());
+            Ok(version)
+        };
         for (name, bytes) in BUILTIN_STRATEGIES {
-            let version = Arc::new(loader::load(&runtime, name, PluginSource::Builtin, bytes, Manifest::default())?);
+            let version = builtin(name, bytes, Manifest::default())?;
             if *name == FALLBACK_STRATEGY {
-                fallback = Some(version.clone());
+                fallback = Some(version);
             }
-            state.slots.entry(name.to_string()).or_default().versions.insert(PluginSource::Builtin, version);
         }
         for (name, bytes, embedded) in BUILTIN_PROBES {
-            let manifest = builtin_probe_manifest(embedded, liveness)?;
-            let version = Arc::new(loader::load(&runtime, name, PluginSource::Builtin, bytes, manifest)?);
-            state.slots.entry(name.to_string()).or_default().versions.insert(PluginSource::Builtin, version);
+            builtin(name, bytes, builtin_probe_manifest(embedded, liveness)?)?;
         }
         state.rebuild_lists();
         let (events, _) = broadcast::channel(256);
@@ -268,6 +286,7 @@ impl PluginRegistry {
             changes: parking_lot::Mutex::new(()),
             fallback: fallback.expect("least_loaded is among the built-ins"),
             events,
+            totals: parking_lot::Mutex::new(totals),
         })
     }
 
@@ -299,7 +318,8 @@ impl PluginRegistry {
         // back a removed one. Calls are not blocked: they only take the state lock, briefly.
         let _changes = self.changes.lock();
         // Compile and validate outside the state lock: that takes milliseconds, and calls keep flowing meanwhile.
-        let loaded = loader::load(&self.runtime, name, source, bytes, manifest).and_then(|version| {
+        let totals = self.totals.lock().entry(name.to_string()).or_default().clone();
+        let loaded = loader::load_counted(&self.runtime, name, source, bytes, manifest, totals).and_then(|version| {
             match self.kind_taken(name, source, version.kind) {
                 Some(conflict) => Err(conflict),
                 None => Ok(version),
@@ -496,10 +516,15 @@ impl PluginRegistry {
             active: None,
             shadowed: Vec::new(),
             last_rejection: None,
+            totals: self.totals_of(name),
             active_version: None,
             fleet: None,
             server_id: self.server_id.clone(),
         }
+    }
+
+    fn totals_of(&self, name: &str) -> StatsSnapshot {
+        self.totals.lock().get(name).map(|totals| totals.snapshot()).unwrap_or_default()
     }
 
     fn info_of(&self, name: &str, slot: &Slot) -> PluginInfo {
@@ -516,6 +541,7 @@ impl PluginRegistry {
             shadowed: slot.versions.values().rev().skip(1).map(|v| version_info(v)).collect(),
             // A successful install clears the rejection, so one still here is newer than every loaded version.
             last_rejection: slot.rejection.clone(),
+            totals: self.totals_of(name),
             active_version: slot.fleet_version,
             fleet: None,
             server_id: self.server_id.clone(),
@@ -535,7 +561,11 @@ fn version_info(version: &PluginVersion) -> VersionInfo {
         on_error: version.manifest.on_error,
         labels: version.manifest.labels.clone(),
         imports: version.imports.clone(),
+        needs_details: version.manifest.needs_details,
+        needs_payload: version.manifest.needs_payload,
+        config: serde_json::to_value(&version.manifest.config).unwrap_or_default(),
         stats: version.stats.snapshot(),
+        log: version.log.lines(),
     }
 }
 

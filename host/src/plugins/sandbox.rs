@@ -214,6 +214,48 @@ impl ResourceLimiter for CallLimiter {
     }
 }
 
+/// Lines a plugin version printed, newest last, as `GET /plugins/{name}` shows them; each is also logged at `info`
+/// with the plugin's name, so what a plugin prints is found where users look.
+pub struct LogTail {
+    plugin: String,
+    lines: Mutex<std::collections::VecDeque<String>>,
+}
+
+/// Lines kept per plugin version.
+pub const LOG_TAIL_LINES: usize = 50;
+
+impl LogTail {
+    /// An empty tail for the plugin called `plugin`.
+    pub fn new(plugin: &str) -> Self {
+        LogTail { plugin: plugin.to_string(), lines: Mutex::new(std::collections::VecDeque::new()) }
+    }
+
+    /// Records one call's output (what [`HostState::take_log`] gave), line by line.
+    pub fn record(&self, output: &str) {
+        if output.is_empty() {
+            return;
+        }
+        let mut lines = self.lines.lock();
+        for line in output.lines().filter(|l| !l.trim().is_empty()) {
+            // The guest chose these bytes: control characters are escaped so it cannot forge log lines.
+            let line: String = line
+                .chars()
+                .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+                .collect();
+            tracing::info!(plugin = %self.plugin, "plugin output: {line}");
+            if lines.len() == LOG_TAIL_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line);
+        }
+    }
+
+    /// The kept lines, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().iter().cloned().collect()
+    }
+}
+
 /// The guest's stdout and stderr: one bounded buffer per store, emptied at every call.
 #[derive(Clone, Default)]
 struct PluginLog(Arc<Mutex<Vec<u8>>>);

@@ -148,7 +148,7 @@ pub fn select_with_fallback(
         }
         Err(error) => error.to_string(),
     };
-    plugin.stats.record_fallback();
+    plugin.record_fallback();
     if !embedded_failed && let Ok(index) = embedded.select(ctx, task, candidates, &[]) {
         return Selection {
             index,
@@ -158,7 +158,7 @@ pub fn select_with_fallback(
         };
     }
     if !embedded_failed {
-        embedded.stats.record_fallback();
+        embedded.record_fallback();
     }
     Selection {
         index: fewest_in_flight(candidates),

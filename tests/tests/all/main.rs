@@ -15,6 +15,7 @@ mod fleet_plugins;
 mod hot_reload;
 mod isolation;
 mod openapi;
+mod plugin_uploads;
 mod store_conformance;
 mod store_model;
 mod store_redis;
