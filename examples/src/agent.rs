@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aragora_cp::coordinator::ControlPlaneCoordinator;
+use aragora_cp::model::Fence;
 use aragora_cp::model::{AgentStatus, HeartbeatRequest, RegisterRequest};
 use aragora_cp::scheduler::Claim;
-use aragora_cp::store::Fence;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use aragora_cp::config::Config;
 use aragora_cp::coordinator::ControlPlaneCoordinator;
+use aragora_cp::model::AgentFilter;
 use aragora_cp::model::{SubmitRequest, TaskStatus};
-use aragora_cp::store::AgentFilter;
 use aragora_cp_examples::agent::run_agent;
 use tokio_util::sync::CancellationToken;
 

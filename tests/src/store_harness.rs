@@ -14,10 +14,8 @@ use std::sync::Arc;
 use aragora_cp::model::{
     Agent, AgentStatus, CapabilitySet, HeartbeatRequest, NewTask, Priority, SubmitRequest, Task, TaskId, TaskStatus,
 };
-use aragora_cp::store::{
-    AgentRegistration, ClaimRequest, Fence, HeartbeatOutcome, ManualClock, MemoryStore, RedisStore, Store, StoreConfig,
-    StoreError, StoreStats,
-};
+use aragora_cp::model::{AgentRegistration, Fence, FleetStats, HeartbeatOutcome, StoreError};
+use aragora_cp::store::{ClaimRequest, ManualClock, MemoryStore, RedisStore, Store, StoreConfig};
 use serde_json::Map;
 
 /// A boxed future, so backends and clocks stay object-safe without an extra dependency.
@@ -205,9 +203,9 @@ impl Harness {
     /// Submits a validated request as `submitted_by`; panics on refusal.
     pub async fn submit_as(&self, submitted_by: &str, request: SubmitRequest) -> TaskId {
         let task = new_task(submitted_by, request);
-        let submitted = self.store.submit(task).await.unwrap_or_else(|e| panic!("submit: {e}"));
-        assert!(!submitted.replayed, "a fresh submit is not a replay");
-        submitted.task_id
+        let committed = self.store.submit(task, 64).await.unwrap_or_else(|e| panic!("submit: {e}"));
+        assert!(!committed.submitted.replayed, "a fresh submit is not a replay");
+        committed.submitted.task_id
     }
 
     /// One claim with the agent's registered capabilities: the granted task, if any.
@@ -218,7 +216,8 @@ impl Harness {
 
     /// A claim with explicit capabilities (already narrowed) and batch size.
     pub async fn claim_with(&self, agent_id: &str, capabilities: CapabilitySet, max_tasks: usize) -> Vec<Task> {
-        let request = ClaimRequest { agent_id: agent_id.into(), capabilities, max_tasks, session_id: None };
+        let request =
+            ClaimRequest { agent_id: agent_id.into(), capabilities: Some(capabilities), max_tasks, session_id: None };
         self.store.claim(&request).await.unwrap_or_else(|e| panic!("claim by {agent_id}: {e}"))
     }
 
@@ -254,8 +253,14 @@ impl Harness {
             .unwrap_or_else(|e| panic!("complete {}: {e}", task.task_id))
     }
 
+    /// The tokens of the waiting claims the store offers for a pending task, in its order, at most `limit`.
+    pub async fn offered(&self, task_id: &TaskId, limit: usize) -> Vec<String> {
+        let offer = self.store.offer(task_id, limit, None).await.expect("offer");
+        offer.map(|offer| offer.waiting.into_iter().map(|claim| claim.token).collect()).unwrap_or_default()
+    }
+
     /// The counters.
-    pub async fn stats(&self) -> StoreStats {
+    pub async fn stats(&self) -> FleetStats {
         self.store.stats().await.expect("stats")
     }
 }

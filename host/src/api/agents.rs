@@ -15,8 +15,8 @@ use super::auth::{Caller, Permission};
 use super::errors::ApiResult;
 use super::extract::{ApiJson, ApiQuery, query_param};
 use crate::model::{Agent, AgentStatus, CapabilitySet, HeartbeatRequest, MAX_TASK_CAPABILITIES, RegisterRequest};
+use crate::model::{AgentFilter, Revoked};
 use crate::scheduler::routing::AgentSelection;
-use crate::store::{AgentFilter, Revoked};
 
 /// The agent routes, relative to the API prefix.
 pub fn routes() -> Router<ApiState> {

@@ -6,9 +6,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use crate::model::StoreError;
 use crate::model::ValidationError;
 use crate::scheduler::EngineError;
-use crate::store::StoreError;
 
 /// Media type of error bodies (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";

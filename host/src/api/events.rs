@@ -115,7 +115,7 @@ pub async fn events_stream(
     let mut backlog = VecDeque::new();
     let mut replayed = HashSet::new();
     if let Some(after) = &last_event_id {
-        match state.coordinator.store().events_after(Some(after), MAX_REPLAY).await? {
+        match state.coordinator.events_after(Some(after), MAX_REPLAY).await? {
             None => backlog.push_back(reset("last_event_id_expired")),
             Some(events) => {
                 for event in events {

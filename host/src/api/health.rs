@@ -12,8 +12,8 @@ use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, query_param};
 use crate::coordinator::{Stats, SystemHealth};
-use crate::store::AgentHealth;
-use crate::store::Violation;
+use crate::model::AgentHealth;
+use crate::model::Violation;
 
 /// Violations listed at most per request.
 pub const MAX_VIOLATIONS: usize = 1000;

@@ -77,7 +77,7 @@ pub async fn metrics_get(State(state): State<ApiState>, headers: HeaderMap) -> A
     }
     let mut out = String::new();
     write_requests(&mut out, &state.metrics.requests.lock().clone());
-    let stats = state.coordinator.store().stats().await?;
+    let stats = state.coordinator.counters().await?;
     let gauges: [(&str, &str, &str, &BTreeMap<String, u64>); 5] = [
         ("aragora_cp_tasks", "Tasks by status.", "status", &stats.tasks_by_status),
         ("aragora_cp_queue_depth", "Pending tasks by priority.", "priority", &stats.pending_by_priority),

@@ -136,7 +136,7 @@ pub async fn livez() -> impl IntoResponse {
     ))]
 pub async fn readyz(axum::extract::State(state): axum::extract::State<ApiState>) -> impl IntoResponse {
     let coordinator = &state.coordinator;
-    let store = match coordinator.store().stats().await {
+    let store = match coordinator.counters().await {
         Ok(_) => "ok".to_string(),
         Err(error) => error.to_string(),
     };

@@ -17,8 +17,8 @@ use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{is_json, parse};
 use crate::coordinator::fleet_plugins::{FleetPluginError, MAX_UPLOAD_BYTES};
+use crate::model::PluginAction;
 use crate::plugins::registry::PluginInfo;
-use crate::store::PluginAction;
 
 /// The plugin routes, relative to the API prefix.
 pub fn routes() -> Router<ApiState> {

@@ -20,8 +20,8 @@ use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, query_param};
 use crate::model::{CapabilitySet, FailKind, MAX_AGENT_CAPABILITIES, SubmitRequest, Task, TaskId, TaskStatus};
+use crate::model::{Completion, FailRequest, Fence, TaskFilter};
 use crate::scheduler::{Claim, MAX_BLOCK};
-use crate::store::{Completion, FailRequest, Fence, TaskFilter};
 
 /// Tasks in one batch at most (DESIGN §7).
 pub const MAX_BATCH: usize = 1000;

@@ -14,10 +14,11 @@ use serde::Serialize;
 use super::OutputFormat;
 use crate::config::Config;
 use crate::coordinator::ControlPlaneCoordinator;
+use crate::model::Fence;
 use crate::model::{RegisterRequest, SubmitRequest};
 use crate::plugins::{PluginRegistry, PluginRuntime, RuntimeOptions};
 use crate::scheduler::Claim;
-use crate::store::{ClaimRequest, Fence, MemoryStore, Store, SystemClock};
+use crate::store::{ClaimRequest, MemoryStore, Store, SystemClock};
 
 /// Arguments of `bench engine`.
 #[derive(Debug, Args)]
@@ -73,10 +74,15 @@ pub struct BacklogRow {
 }
 
 async fn coordinator() -> anyhow::Result<Arc<ControlPlaneCoordinator>> {
+    Ok(coordinator_and_store().await?.0)
+}
+
+/// A coordinator, and its store for the measurements made beneath it.
+async fn coordinator_and_store() -> anyhow::Result<(Arc<ControlPlaneCoordinator>, Arc<dyn Store>)> {
     let config = Config { heartbeat_timeout: Duration::from_secs(3600), ..Config::default() };
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
     let plugins = Arc::new(PluginRegistry::new(PluginRuntime::new(RuntimeOptions::default())?, "bench")?);
-    ControlPlaneCoordinator::with_parts(config, store, plugins).await
+    Ok((ControlPlaneCoordinator::with_parts(config, store.clone(), plugins).await?, store))
 }
 
 fn task(n: usize, capability: &str) -> SubmitRequest {
@@ -161,9 +167,8 @@ async fn parallel(tasks: usize, agents: usize) -> anyhow::Result<f64> {
 }
 
 async fn backlog(pending: usize, claims: usize) -> anyhow::Result<BacklogRow> {
-    let cp = coordinator().await?;
+    let (cp, store) = coordinator_and_store().await?;
     register(&cp, "claimer").await?;
-    let store = cp.store().clone();
     // Fill through submit_batch (1,000 at a time), spread over three signatures.
     let signatures = ["code", "debate", "judge"];
     let mut n = 0;
@@ -173,8 +178,12 @@ async fn backlog(pending: usize, claims: usize) -> anyhow::Result<BacklogRow> {
         cp.submit_batch(batch, "bench").await?;
     }
     let agent = store.get_agent("claimer").await?.expect("registered");
-    let request =
-        ClaimRequest { agent_id: "claimer".into(), capabilities: agent.capabilities, max_tasks: 1, session_id: None };
+    let request = ClaimRequest {
+        agent_id: "claimer".into(),
+        capabilities: Some(agent.capabilities),
+        max_tasks: 1,
+        session_id: None,
+    };
     let mut samples = Vec::with_capacity(claims);
     for _ in 0..claims {
         let t = Instant::now();

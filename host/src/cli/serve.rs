@@ -395,6 +395,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
     let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
     runtime.block_on(async move {
+        let mut signal = ShutdownSignal::install()?;
         let (store, kind) = crate::store::open::open(&settings.store, config.store_config()).await?;
         let (auth, generated) = authenticator(&args.auth, &settings, kind)?;
         let auth = Arc::new(auth);
@@ -406,7 +407,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::select! {
             outcome = server.stopped() => return outcome.map(|()| ExitCode::SUCCESS),
-            _ = shutdown_signal() => {}
+            _ = signal.recv() => {}
         }
         server.shutdown().await?;
         Ok(ExitCode::SUCCESS)
@@ -438,25 +439,40 @@ fn authenticator(
     Ok((auth.authenticator(&Authenticator::generated_secret())?, true))
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the moment it is made: made before a server says it listens,
+/// so a supervisor that stops it right after start-up gets a graceful stop, not the default action (death by the
+/// signal, a failed exit).
+pub(crate) struct ShutdownSignal {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    /// Installs the handlers (needs a tokio runtime).
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(ShutdownSignal {
+                interrupt: signal(SignalKind::interrupt()).context("listen for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("listen for SIGTERM")?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    pub(crate) async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -13,11 +13,12 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::sha256_hex;
 use crate::model::{Event, EventKind};
+use crate::model::{PluginAction, PluginChange, PluginRecord, StoreError};
 use crate::plugins::manifest::Manifest;
-use crate::plugins::registry::sha256_hex;
 use crate::plugins::{LoadError, PluginRegistry, PluginSource};
-use crate::store::{PluginAction, PluginChange, PluginRecord, Store, StoreError};
+use crate::store::Store;
 
 /// Largest uploaded component (DESIGN §5).
 pub const MAX_UPLOAD_BYTES: usize = 8 * 1024 * 1024;

@@ -23,17 +23,17 @@ use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, EventKind, HeartbeatRequest, RegisterRequest, SubmitRequest, Task,
     TaskId, rfc3339_ms,
 };
+use crate::model::{
+    AgentFilter, AgentHealth, Completion, FailRequest, Fence, FleetStats, HealthState, HeartbeatOutcome, Registered,
+    StoreError, Submitted, TaskFilter, TaskPage,
+};
 use crate::plugins::registry::Liveness;
 use crate::plugins::watcher::WatchOptions;
 use crate::plugins::{PluginEvent, PluginRegistry, PluginRuntime, PluginWatcher, RuntimeOptions};
 use crate::registry::AgentRegistry;
 use crate::scheduler::routing::AgentSelection;
 use crate::scheduler::{Claim, ClaimOutcome, EngineError, Scheduler, Violation};
-use crate::store::memory::is_available;
-use crate::store::{
-    AgentFilter, AgentHealth, Completion, FailRequest, Fence, HealthState, HeartbeatOutcome, MemoryStore, Registered,
-    Store, StoreError, StoreStats, Submitted, SystemClock, TaskFilter, TaskPage,
-};
+use crate::store::{MemoryStore, Store, SystemClock};
 
 /// The fleet's health.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
@@ -104,7 +104,7 @@ impl ControlPlaneCoordinator {
         store: Arc<dyn Store>,
         plugins: Arc<PluginRegistry>,
     ) -> anyhow::Result<Arc<Self>> {
-        let scheduler = Arc::new(Scheduler::new(store.clone(), plugins.clone(), config.clone()));
+        let scheduler = Scheduler::new(store.clone(), plugins.clone(), config.clone());
         let registry = AgentRegistry::new(scheduler.clone());
         let health = Arc::new(HealthMonitor::new(
             config.server_id.clone(),
@@ -146,7 +146,7 @@ impl ControlPlaneCoordinator {
         }));
         background.push(tokio::spawn(scheduler.clone().run_sweeper(coordinator.shutdown.clone())));
         background.push(tokio::spawn(health.run(coordinator.shutdown.clone())));
-        background.push(tokio::spawn(scheduler.clone().run_router(coordinator.shutdown.clone())));
+        background.push(tokio::spawn(scheduler.clone().run_events(coordinator.shutdown.clone())));
         background.push(tokio::spawn(fleet_plugins.run(fleet_events, coordinator.shutdown.clone())));
         *coordinator.background.lock() = background;
         if let Some(dir) = &config.plugins_dir {
@@ -163,14 +163,25 @@ impl ControlPlaneCoordinator {
         self.events.subscribe()
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    /// The plugin registry (`GET /plugins`).
+    /// The plugin registry: what this server has loaded (`GET /plugins`), and where plugins are installed.
     pub fn plugins(&self) -> &Arc<PluginRegistry> {
         &self.plugins
+    }
+
+    /// Events after `after` (or the oldest kept), at most `limit`; `None` when `after` fell out of the buffer
+    /// (SSE resume with `Last-Event-ID`).
+    pub async fn events_after(&self, after: Option<&str>, limit: usize) -> Result<Option<Vec<Event>>, EngineError> {
+        Ok(self.store.events_after(after, limit).await?)
+    }
+
+    /// The store's counters as they are (`/metrics`, readiness).
+    pub async fn counters(&self) -> Result<FleetStats, EngineError> {
+        Ok(self.store.stats().await?)
+    }
+
+    /// One line for logs: which store this control plane runs on.
+    pub fn describe_store(&self) -> String {
+        self.store.describe()
     }
 
     /// Fleet-wide plugin uploads and enable/disable.
@@ -222,9 +233,18 @@ impl ControlPlaneCoordinator {
         self.registry.list(filter).await
     }
 
-    /// Whether the agent could take work now.
+    /// Whether the agent could take work now and has room for it (the eligibility rule, `Standing::available`).
     pub async fn is_agent_available(&self, agent_id: &str) -> Result<bool, EngineError> {
-        Ok(is_available(&self.registry.get(agent_id).await?))
+        let agent = self.registry.get(agent_id).await?;
+        let health = self.store.agent_health(agent_id).await?;
+        let standing = crate::model::Standing {
+            paused: agent.paused,
+            status: agent.status,
+            health: health.as_ref().map(|h| h.status).unwrap_or_default(),
+            breaker: health.as_ref().map(|h| h.breaker).unwrap_or_default(),
+            trial_in_flight: false,
+        };
+        Ok(standing.available(agent.in_flight, agent.max_concurrent_tasks))
     }
 
     /// Submits a task (policies, idempotency, routing to a waiting agent).
@@ -248,12 +268,12 @@ impl ControlPlaneCoordinator {
 
     /// The agent started the task.
     pub async fn start_task(&self, task_id: &TaskId, fence: &Fence) -> Result<Task, EngineError> {
-        Ok(self.store.start(task_id, fence).await?)
+        self.scheduler.start(task_id, fence).await
     }
 
     /// The agent reports progress.
     pub async fn report_progress(&self, task_id: &TaskId, fence: &Fence, progress: Value) -> Result<Task, EngineError> {
-        Ok(self.store.progress(task_id, fence, progress).await?)
+        self.scheduler.progress(task_id, fence, progress).await
     }
 
     /// The task completed: with its result (a JSON value), or a [`Completion`] carrying the agent's own latency.
@@ -263,7 +283,7 @@ impl ControlPlaneCoordinator {
         fence: &Fence,
         completion: impl Into<Completion>,
     ) -> Result<Task, EngineError> {
-        Ok(self.store.complete(task_id, fence, completion.into()).await?)
+        self.scheduler.complete(task_id, fence, completion.into()).await
     }
 
     /// Completes several tasks in one store step; each outcome stands alone (a stale lease on one does not
@@ -272,11 +292,11 @@ impl ControlPlaneCoordinator {
         &self,
         outcomes: Vec<(TaskId, Fence, Completion)>,
     ) -> Result<Vec<Result<Task, StoreError>>, EngineError> {
-        Ok(self.store.complete_batch(outcomes).await?)
+        self.scheduler.complete_batch(outcomes).await
     }
 
     /// Completes a task and takes the agent's next one (BullMQ's worker pattern): the completion and an immediate
-    /// claim are one atomic step; only if that finds nothing does the claim block for `next.block`.
+    /// claim are one atomic step; only if that finds nothing does the claim wait for `next.block`.
     pub async fn complete_and_claim(
         &self,
         task_id: &TaskId,
@@ -284,40 +304,22 @@ impl ControlPlaneCoordinator {
         completion: Completion,
         next: &Claim,
     ) -> Result<(Task, ClaimOutcome), EngineError> {
-        if !self.plugins.policies().is_empty() {
-            // Dispatch policies must see every grant, which the store's combined step cannot run.
-            let done = self.complete_task(task_id, fence, completion).await?;
-            return Ok((done, self.claim_task(next).await?));
-        }
-        let agent = self.registry.get(&next.agent_id).await?;
-        let capabilities = next.capabilities.clone().unwrap_or(agent.capabilities);
-        let request = crate::store::ClaimRequest {
-            agent_id: next.agent_id.clone(),
-            capabilities,
-            max_tasks: next.max_tasks.max(1),
-            session_id: next.session_id.clone(),
-        };
-        let (done, tasks) = self.store.complete_and_claim(task_id, fence, completion, &request).await?;
-        if !tasks.is_empty() || next.block.is_zero() {
-            return Ok((done, ClaimOutcome { tasks, reason: None }));
-        }
-        Ok((done, self.claim_task(next).await?))
+        self.scheduler.complete_and_claim(task_id, fence, completion, next).await
     }
 
     /// The attempt failed (requeued while retries remain, if asked).
     pub async fn fail_task(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> Result<Task, EngineError> {
-        Ok(self.store.fail(task_id, fence, failure).await?)
+        self.scheduler.fail(task_id, fence, failure).await
     }
 
     /// Cancels a task.
     pub async fn cancel_task(&self, task_id: &TaskId) -> Result<Task, EngineError> {
-        Ok(self.store.cancel(task_id).await?)
+        self.scheduler.cancel(task_id).await
     }
 
     /// Retries a failed, timed-out or cancelled task.
     pub async fn retry_task(&self, task_id: &TaskId) -> Result<Task, EngineError> {
-        let task = self.store.retry(task_id).await?;
-        Ok(task)
+        self.scheduler.retry(task_id).await
     }
 
     /// One task.
@@ -407,7 +409,7 @@ impl ControlPlaneCoordinator {
 
     /// Counters, in the guide's sections.
     pub async fn get_stats(&self) -> Result<Stats, EngineError> {
-        let s: StoreStats = self.store.stats().await?;
+        let s: FleetStats = self.store.stats().await?;
         let count = |map: &std::collections::BTreeMap<String, u64>, key: &str| map.get(key).copied().unwrap_or(0);
         let healthy = count(&s.agents_by_health, "healthy");
         Ok(Stats {
@@ -444,6 +446,7 @@ impl ControlPlaneCoordinator {
         for task in background {
             let _ = task.await;
         }
+        self.scheduler.drain_routes().await;
     }
 }
 

@@ -19,9 +19,11 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Agent, AgentStatus};
-use crate::plugins::bindings::{AgentInfo, CallContext, Observations};
+use crate::model::{AgentFilter, HealthState, HealthVerdict};
+use crate::plugins::bindings::{CallContext, Observations};
+use crate::plugins::convert;
 use crate::plugins::{PluginRegistry, PluginVersion};
-use crate::store::{AgentFilter, HealthState, HealthVerdict, Store};
+use crate::store::Store;
 
 /// How probing runs (DESIGN §8).
 #[derive(Clone, Debug)]
@@ -158,9 +160,7 @@ impl HealthMonitor {
             None => None,
         };
         let latency_ms = http.as_ref().and_then(|h| h.error.is_none().then_some(f64::from(h.latency_ms)));
-        let heartbeat_age_ms = chrono::DateTime::parse_from_rfc3339(&agent.last_heartbeat)
-            .map(|t| now.saturating_sub(t.timestamp_millis().max(0) as u64))
-            .unwrap_or(0);
+        let heartbeat_age_ms = convert::age_ms(&agent.last_heartbeat, now);
         let observed = Observations {
             heartbeat_age_ms,
             recent_successes: successes.min(u64::from(u32::MAX)) as u32,
@@ -170,23 +170,7 @@ impl HealthMonitor {
         };
         let mut worst: Option<HealthVerdict> = None;
         for probe in probes {
-            let info = AgentInfo {
-                agent_id: agent.agent_id.clone(),
-                model: agent.model.clone(),
-                provider: agent.provider.clone(),
-                capabilities: agent.capabilities.as_slice().to_vec(),
-                labels: probe
-                    .manifest
-                    .labels
-                    .iter()
-                    .filter_map(|k| {
-                        agent
-                            .metadata
-                            .get(k)
-                            .map(|v| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-                    })
-                    .collect(),
-            };
+            let info = convert::agent_info(agent, &probe.manifest.labels);
             let probe = probe.clone();
             let observed = observed.clone();
             let ctx = CallContext { now_ms: now, seed: rand::random() };

@@ -197,3 +197,93 @@ pub fn validate_agent_id(field: &str, id: &str) -> Result<(), ValidationError> {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
     if ok { Ok(()) } else { Err(ValidationError::new(field, "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")) }
 }
+
+/// A validated registration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRegistration {
+    /// The agent id.
+    pub agent_id: String,
+    /// Its capabilities.
+    pub capabilities: CapabilitySet,
+    /// Its model.
+    pub model: String,
+    /// Its provider.
+    pub provider: String,
+    /// Its metadata.
+    pub metadata: Map<String, Value>,
+    /// Tasks it may hold at once.
+    pub max_concurrent_tasks: u32,
+    /// URL for the probe's HTTP check.
+    pub health_url: Option<String>,
+    /// `starting` or `ready`.
+    pub status: AgentStatus,
+    /// The agent's session, if it sent one.
+    pub session_id: Option<String>,
+}
+
+/// What `register` did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registered {
+    /// The agent now.
+    pub agent: Agent,
+    /// It was not registered before.
+    pub created: bool,
+    /// It came back with a new session: the old session's leases were revoked.
+    pub restarted: bool,
+    /// Tasks the revoked leases put back to pending, claimable now (routing offers them to waiting claims).
+    pub requeued: Vec<TaskId>,
+}
+
+/// Why an agent lost a lease, as a heartbeat reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// The task was cancelled.
+    Cancelled,
+    /// The attempt timed out.
+    Timeout,
+    /// The task was taken away (agent presumed lost, session replaced, undelivered grant released).
+    Reassigned,
+}
+
+impl RevokeReason {
+    /// The 409 `code` for an outcome sent on a lease revoked for this reason.
+    pub fn conflict_code(self) -> &'static str {
+        match self {
+            RevokeReason::Cancelled => "task_cancelled",
+            RevokeReason::Timeout => "task_timeout",
+            RevokeReason::Reassigned => "lease_lost",
+        }
+    }
+}
+
+/// A lease the agent lost since its last heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Revoked {
+    /// The task.
+    pub task_id: TaskId,
+    /// Why.
+    pub reason: RevokeReason,
+}
+
+/// What a heartbeat answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatOutcome {
+    /// The agent's status now.
+    pub status: AgentStatus,
+    /// Leases lost since the last heartbeat.
+    pub revoked: Vec<Revoked>,
+    /// Grants the heartbeat released (the agent did not list them), pending and claimable again: routing offers
+    /// them to waiting claims. Not part of the answer.
+    #[serde(skip)]
+    pub requeued: Vec<TaskId>,
+}
+
+/// Filters of `GET /agents`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentFilter {
+    /// Only agents holding this capability.
+    pub capability: Option<String>,
+    /// Only agents that could take work now (or only those that could not).
+    pub available: Option<bool>,
+}

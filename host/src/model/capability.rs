@@ -49,6 +49,12 @@ impl CapabilitySet {
         CapabilitySet(capabilities)
     }
 
+    /// The capabilities of `self` that `registered` holds: a claim's capabilities narrowed to the agent's, never
+    /// wider than its registration.
+    pub fn narrowed_to(&self, registered: &CapabilitySet) -> CapabilitySet {
+        CapabilitySet(self.0.iter().filter(|c| registered.contains(c)).cloned().collect())
+    }
+
     /// Whether every capability of `self` is in `other` (all-of matching; the empty set matches anyone).
     pub fn is_subset_of(&self, other: &CapabilitySet) -> bool {
         // Both sorted: one merge pass.

@@ -1,18 +1,39 @@
-//! The wire types of DESIGN §3: agents, tasks, priorities, capabilities, events, and the validation that turns a
-//! client's mistake into an error naming the field. Everything the API, the CLI, the engine and the stores
-//! exchange is defined here; nothing here knows about storage or HTTP.
+//! The vocabulary of the control plane (DESIGN §3): agents, tasks, priorities, capabilities, events, health and
+//! breakers, plugin records, violations, counters, the errors of state transitions, and the validation that turns
+//! a client's mistake into an error naming the field. Everything the API, the CLI, the engine, the plugin runtime
+//! and the stores exchange is defined here; nothing here knows about storage, plugins or HTTP, and this module
+//! depends on nothing else of the crate.
 
 mod agent;
 mod capability;
+mod eligibility;
+mod error;
 mod event;
+mod health;
+mod outcome;
+mod plugin;
 mod priority;
+mod stats;
 mod task;
+mod violation;
 
-pub use agent::{Agent, AgentStatus, HeartbeatRequest, RegisterRequest, validate_agent_id};
+pub use agent::{
+    Agent, AgentFilter, AgentRegistration, AgentStatus, HeartbeatOutcome, HeartbeatRequest, RegisterRequest,
+    Registered, RevokeReason, Revoked, validate_agent_id,
+};
 pub use capability::{CapabilitySet, normalize_capability};
+pub use eligibility::{Refusal, Standing};
+pub use error::{StoreError, StoreResult};
 pub use event::{Event, EventKind};
+pub use health::{AgentHealth, BreakerState, CandidateNumbers, HealthState, HealthVerdict};
+pub use outcome::{Completion, FailRequest, Fence, Submitted};
+pub use plugin::{
+    PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord, is_plugin_name, sha256_hex,
+};
 pub use priority::Priority;
-pub use task::{FailKind, NewTask, SubmitRequest, Task, TaskError, TaskId, TaskStatus};
+pub use stats::FleetStats;
+pub use task::{FailKind, NewTask, SubmitRequest, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus};
+pub use violation::{NewViolation, VIOLATIONS_KEPT, Violation};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -289,7 +289,7 @@ impl SubmitRequest {
         let metadata = self.metadata.unwrap_or_default();
         check_json_size("metadata", &Value::Object(metadata.clone()), MAX_METADATA_BYTES)?;
         if let Some(strategy) = &self.strategy
-            && crate::plugins::validate_name(strategy).is_err()
+            && !super::is_plugin_name(strategy)
         {
             return Err(ValidationError::new(
                 "strategy",
@@ -312,7 +312,7 @@ impl SubmitRequest {
             "metadata": metadata,
             "strategy": self.strategy,
         });
-        let fingerprint = crate::plugins::registry::sha256_hex(canonical.to_string().as_bytes());
+        let fingerprint = super::sha256_hex(canonical.to_string().as_bytes());
         Ok(NewTask {
             task_id: TaskId::generate(),
             task_type,
@@ -352,4 +352,28 @@ mod tests {
             SubmitRequest { task_type: "x".into(), payload: Some(serde_json::json!([1])), ..Default::default() };
         assert_eq!(array.validate("me", 300, 3).unwrap_err().field, "payload");
     }
+}
+
+/// Filters and paging of `GET /tasks`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskFilter {
+    /// Only this status.
+    pub status: Option<TaskStatus>,
+    /// Only this type.
+    pub task_type: Option<String>,
+    /// Only tasks assigned to this agent.
+    pub agent_id: Option<String>,
+    /// Page size (≤ 1,000).
+    pub limit: usize,
+    /// Continue after this cursor (from the previous page).
+    pub cursor: Option<String>,
+}
+
+/// A page of tasks, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct TaskPage {
+    /// The tasks.
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }

@@ -69,24 +69,24 @@ impl From<Priority> for crate::model::Priority {
     }
 }
 
-impl From<crate::store::HealthState> for HealthStatus {
-    fn from(state: crate::store::HealthState) -> Self {
+impl From<crate::model::HealthState> for HealthStatus {
+    fn from(state: crate::model::HealthState) -> Self {
         match state {
-            crate::store::HealthState::Healthy => HealthStatus::Healthy,
-            crate::store::HealthState::Degraded => HealthStatus::Degraded,
-            crate::store::HealthState::Unhealthy => HealthStatus::Unhealthy,
-            crate::store::HealthState::Unknown => HealthStatus::Unknown,
+            crate::model::HealthState::Healthy => HealthStatus::Healthy,
+            crate::model::HealthState::Degraded => HealthStatus::Degraded,
+            crate::model::HealthState::Unhealthy => HealthStatus::Unhealthy,
+            crate::model::HealthState::Unknown => HealthStatus::Unknown,
         }
     }
 }
 
-impl From<HealthStatus> for crate::store::HealthState {
+impl From<HealthStatus> for crate::model::HealthState {
     fn from(status: HealthStatus) -> Self {
         match status {
-            HealthStatus::Healthy => crate::store::HealthState::Healthy,
-            HealthStatus::Degraded => crate::store::HealthState::Degraded,
-            HealthStatus::Unhealthy => crate::store::HealthState::Unhealthy,
-            HealthStatus::Unknown => crate::store::HealthState::Unknown,
+            HealthStatus::Healthy => crate::model::HealthState::Healthy,
+            HealthStatus::Degraded => crate::model::HealthState::Degraded,
+            HealthStatus::Unhealthy => crate::model::HealthState::Unhealthy,
+            HealthStatus::Unknown => crate::model::HealthState::Unknown,
         }
     }
 }

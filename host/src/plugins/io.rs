@@ -364,5 +364,5 @@ pub struct ProbeJsonResult<'a> {
 
 /// A probe result as JSON.
 pub fn probe_json(result: &ProbeResult) -> Value {
-    json!(ProbeJsonResult { status: crate::store::HealthState::from(result.status).as_str(), message: &result.message })
+    json!(ProbeJsonResult { status: crate::model::HealthState::from(result.status).as_str(), message: &result.message })
 }

@@ -8,6 +8,7 @@
 //! labels = ["region"]        # metadata keys passed to the plugin as labels
 //! needs_payload = false      # submit policies: also pass the payload (≤ 64 KiB)
 //! needs_details = false      # strategies: also pass candidate-details (ids, models, providers, labels)
+//! max_candidates = 8         # strategies: choose among at most this many waiting agents, longest-waiting first
 //!
 //! [limits]                   # each capped by the server maxima
 //! fuel = 1000000
@@ -71,6 +72,10 @@ pub struct Manifest {
     /// Strategies: pass `candidate-details` too (implied by `labels`).
     #[serde(default)]
     pub needs_details: bool,
+    /// Strategies: how many waiting agents to choose among at most, the longest-waiting first (default and cap:
+    /// the server's `MAX_STRATEGY_CANDIDATES`). The built-ins ask for 8: routing costs the same with 10 or 1,000
+    /// agents waiting.
+    pub max_candidates: Option<usize>,
     /// Call limit overrides.
     #[serde(default)]
     pub limits: ManifestLimits,
@@ -96,6 +101,9 @@ impl Manifest {
             return Err(format!(
                 "limits.deadline_ms must be a positive number of milliseconds up to one hour, got {ms}"
             ));
+        }
+        if manifest.max_candidates == Some(0) {
+            return Err("max_candidates must be at least 1".to_string());
         }
         for label in &manifest.labels {
             if label.is_empty() || label.len() > 64 {

@@ -8,11 +8,12 @@
 //!   built-in. Calls in flight keep the version they started on (they hold an `Arc`).
 //! - **call** (`strategy.rs`, `policy.rs`, `probe.rs`, on `instance.rs`): fuel, deadline and memory cap per call.
 //!
-//! `watcher.rs` feeds the registry from `PLUGINS_DIR`; `builtin.rs` holds the embedded strategies. Bindings are
-//! generated once, in `bindings.rs`. Plugins never see the store or HTTP: the engine passes them plain records.
+//! `watcher.rs` feeds the registry from `PLUGINS_DIR`; `builtin.rs` holds the embedded plugins. Bindings are
+//! generated once, in `bindings.rs`, and the engine builds plugin inputs from the model only in `convert.rs`. Plugins never see the store or HTTP: the engine passes them plain records.
 
 pub mod bindings;
 pub mod builtin;
+pub mod convert;
 pub mod instance;
 pub mod io;
 pub mod loader;
@@ -212,8 +213,5 @@ pub enum CallError {
 
 /// Checks a plugin name (a file stem or an upload's name).
 pub fn validate_name(name: &str) -> Result<(), LoadError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok { Ok(()) } else { Err(LoadError::InvalidName(name.to_string())) }
+    if crate::model::is_plugin_name(name) { Ok(()) } else { Err(LoadError::InvalidName(name.to_string())) }
 }

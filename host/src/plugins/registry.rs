@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::model::rfc3339;
+use crate::model::{rfc3339, sha256_hex};
 use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -144,7 +144,7 @@ pub struct PluginInfo {
     pub active_version: Option<u64>,
     /// The fleet's record of the name (uploads, enable/disable, history), when the API asks the store.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<crate::store::PluginRecord>,
+    pub fleet: Option<crate::model::PluginRecord>,
     /// The server reporting.
     pub server_id: String,
 }
@@ -214,6 +214,12 @@ pub struct PluginRegistry {
 #[error("unknown strategy {0:?}")]
 pub struct UnknownStrategy(pub String);
 
+/// How many waiting agents the built-in strategies choose among, the longest-waiting first: enough for "fewest in
+/// flight" and "longest since assigned" to mean something, few enough that a choice costs the same whatever the
+/// size of the fleet (Envoy's least-request balancer samples two for the same reason). A file or upload of the
+/// same name sets its own.
+pub const BUILTIN_MAX_CANDIDATES: usize = 8;
+
 /// The agents' heartbeat settings, which the built-in health probe judges heartbeat ages against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Liveness {
@@ -269,7 +275,8 @@ impl PluginRegistry {
             Ok(version)
         };
         for (name, bytes) in BUILTIN_STRATEGIES {
-            let version = builtin(name, bytes, Manifest::default())?;
+            let manifest = Manifest { max_candidates: Some(BUILTIN_MAX_CANDIDATES), ..Manifest::default() };
+            let version = builtin(name, bytes, manifest)?;
             if *name == FALLBACK_STRATEGY {
                 fallback = Some(version);
             }
@@ -567,9 +574,4 @@ fn version_info(version: &PluginVersion) -> VersionInfo {
         stats: version.stats.snapshot(),
         log: version.log.lines(),
     }
-}
-
-/// Hex sha256 of `bytes`: how plugin versions are identified everywhere.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }

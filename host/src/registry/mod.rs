@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
-use crate::model::{Agent, AgentStatus, HeartbeatRequest, RegisterRequest};
-use crate::scheduler::{EngineError, Scheduler, policies_on_register};
-use crate::store::{AgentFilter, AgentRegistration, HeartbeatOutcome, Registered, Store, StoreError};
+use crate::model::{
+    Agent, AgentFilter, AgentRegistration, AgentStatus, HeartbeatOutcome, HeartbeatRequest, RegisterRequest,
+    Registered, StoreError,
+};
+use crate::scheduler::{EngineError, Scheduler};
+use crate::store::Store;
 
 /// The registry; cheap to clone.
 #[derive(Clone)]
@@ -35,8 +38,11 @@ impl AgentRegistry {
             status: request.status.unwrap_or(AgentStatus::Ready),
             session_id: request.session_id,
         };
-        policies_on_register(&self.scheduler, &mut registration).await?;
-        Ok(self.store.register(registration).await?)
+        self.scheduler.policies_on_register(&mut registration).await?;
+        let registered = self.store.register(registration).await?;
+        // A new session revoked the old one's leases: that work goes to the claims waiting for it.
+        self.scheduler.route_requeued(registered.requeued.clone());
+        Ok(registered)
     }
 
     /// Records a heartbeat.
@@ -46,12 +52,17 @@ impl AgentRegistry {
         heartbeat: HeartbeatRequest,
     ) -> Result<HeartbeatOutcome, EngineError> {
         heartbeat.validate()?;
-        Ok(self.store.heartbeat(agent_id, &heartbeat).await?)
+        let outcome = self.store.heartbeat(agent_id, &heartbeat).await?;
+        // Grants the agent never heard of were released: they go to the claims waiting for them.
+        self.scheduler.route_requeued(outcome.requeued.clone());
+        Ok(outcome)
     }
 
     /// Removes an agent (its work is requeued).
     pub async fn unregister(&self, agent_id: &str) -> Result<(), EngineError> {
-        Ok(self.store.unregister(agent_id).await?)
+        let requeued = self.store.unregister(agent_id).await?;
+        self.scheduler.route_requeued(requeued);
+        Ok(())
     }
 
     /// Pauses (no new work) or resumes an agent.

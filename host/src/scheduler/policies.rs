@@ -7,16 +7,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde_json::{Map, Value};
 
-use crate::model::{Agent, CapabilitySet, NewTask, Priority, Task, normalize_capability};
-use crate::plugins::bindings::{
-    AgentInfo, CallContext, Decision, DispatchRequest, Modification, PolicyInput, SubmitRequest, TaskInfo,
-};
+use crate::model::AgentRegistration;
+use crate::model::{Agent, NewTask, Task, normalize_capability};
+use crate::plugins::bindings::{CallContext, Decision, DispatchRequest, Modification, PolicyInput, SubmitRequest};
+use crate::plugins::convert::{self, TaskView};
 use crate::plugins::io::POLICY_PAYLOAD_LIMIT;
 use crate::plugins::manifest::OnError;
 use crate::plugins::{PluginRegistry, PluginVersion};
-use crate::store::AgentRegistration;
 
 /// A policy refused a submit or a registration: the API answers 403 naming the policy and the reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,7 +32,7 @@ pub struct PolicyDenied {
 pub(crate) type StageOutcome = Result<Vec<PendingViolation>, (PolicyDenied, Vec<PendingViolation>)>;
 
 /// A violation before the store gives it its id and time.
-pub type PendingViolation = crate::store::NewViolation;
+pub type PendingViolation = crate::model::NewViolation;
 
 /// Dispatch denials already recorded, by (policy, task, agent): a claimer peeking at the same denied task again
 /// must not flood the log (DESIGN §5: recorded at most once per triple). Per server; bounded by emptying it.
@@ -70,49 +68,25 @@ impl DispatchSeen {
     }
 }
 
-/// The labels a plugin asked for (manifest `labels`), taken from a metadata object; non-string values as JSON.
-fn labels_for(plugin: &PluginVersion, metadata: &Map<String, Value>) -> Vec<(String, String)> {
-    plugin
-        .manifest
-        .labels
-        .iter()
-        .filter_map(|key| {
-            metadata.get(key).map(|value| {
-                let text = match value {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (key.clone(), text)
-            })
-        })
-        .collect()
-}
-
-/// The task as a plugin sees it (labels chosen by `plugin`'s manifest).
-pub(crate) fn task_info(
-    plugin: &PluginVersion,
-    id: &str,
-    task_type: &str,
-    priority: Priority,
-    required: &CapabilitySet,
-    metadata: &Map<String, Value>,
-) -> TaskInfo {
-    TaskInfo {
-        id: id.to_string(),
-        task_type: task_type.to_string(),
-        priority: priority.into(),
-        required_capabilities: required.as_slice().to_vec(),
-        labels: labels_for(plugin, metadata),
+/// What plugins read of a task about to be submitted.
+fn new_task_view(task: &NewTask) -> TaskView<'_> {
+    TaskView {
+        id: &task.task_id,
+        task_type: &task.task_type,
+        priority: task.priority,
+        required: &task.required_capabilities,
+        metadata: &task.metadata,
     }
 }
 
-fn agent_info(plugin: &PluginVersion, agent: &Agent) -> AgentInfo {
-    AgentInfo {
-        agent_id: agent.agent_id.clone(),
-        model: agent.model.clone(),
-        provider: agent.provider.clone(),
-        capabilities: agent.capabilities.as_slice().to_vec(),
-        labels: labels_for(plugin, &agent.metadata),
+/// What plugins read of a stored task.
+pub(crate) fn task_view(task: &Task) -> TaskView<'_> {
+    TaskView {
+        id: &task.task_id,
+        task_type: &task.task_type,
+        priority: task.priority,
+        required: &task.required_capabilities,
+        metadata: &task.metadata,
     }
 }
 
@@ -162,14 +136,7 @@ pub(crate) fn on_submit(plugins: &PluginRegistry, task: &mut NewTask, now_ms: u6
     let mut violations = Vec::new();
     for policy in plugins.policies().iter() {
         let payload_text = task.payload.to_string();
-        let info = task_info(
-            policy,
-            task.task_id.as_str(),
-            &task.task_type,
-            task.priority,
-            &task.required_capabilities,
-            &task.metadata,
-        );
+        let info = convert::task_info(new_task_view(task), &policy.manifest.labels);
         let input = PolicyInput::Submit(SubmitRequest {
             task: info,
             payload_bytes: u32::try_from(payload_text.len()).unwrap_or(u32::MAX),
@@ -206,7 +173,7 @@ pub(crate) fn on_submit(plugins: &PluginRegistry, task: &mut NewTask, now_ms: u6
                 required.apply(&added, &[]);
                 task.required_capabilities = required;
                 for (key, value) in changes.metadata {
-                    task.metadata.insert(key, Value::String(value));
+                    task.metadata.insert(key, serde_json::Value::String(value));
                 }
             }
             Verdict::Modify(Modification::Register(_)) => {}
@@ -219,13 +186,7 @@ pub(crate) fn on_submit(plugins: &PluginRegistry, task: &mut NewTask, now_ms: u6
 pub(crate) fn on_register(plugins: &PluginRegistry, registration: &mut AgentRegistration, now_ms: u64) -> StageOutcome {
     let mut violations = Vec::new();
     for policy in plugins.policies().iter() {
-        let info = AgentInfo {
-            agent_id: registration.agent_id.clone(),
-            model: registration.model.clone(),
-            provider: registration.provider.clone(),
-            capabilities: registration.capabilities.as_slice().to_vec(),
-            labels: labels_for(policy, &registration.metadata),
-        };
+        let info = convert::registration_info(registration, &policy.manifest.labels);
         let agent_id = Some(registration.agent_id.clone());
         match verdict(policy, &PolicyInput::Register(info), now_ms) {
             Verdict::Allow => {}
@@ -254,15 +215,8 @@ pub(crate) fn on_register(plugins: &PluginRegistry, registration: &mut AgentRegi
 pub(crate) fn on_dispatch(plugins: &PluginRegistry, task: &Task, agent: &Agent, now_ms: u64) -> Vec<PendingViolation> {
     for policy in plugins.policies().iter() {
         let input = PolicyInput::Dispatch(DispatchRequest {
-            task: task_info(
-                policy,
-                task.task_id.as_str(),
-                &task.task_type,
-                task.priority,
-                &task.required_capabilities,
-                &task.metadata,
-            ),
-            agent: agent_info(policy, agent),
+            task: convert::task_info(task_view(task), &policy.manifest.labels),
+            agent: convert::agent_info(agent, &policy.manifest.labels),
         });
         if let Verdict::Deny(reason) = verdict(policy, &input, now_ms) {
             return vec![violation(

@@ -1,66 +1,63 @@
-//! Routing new work to waiting agents through strategy plugins (DESIGN §4): after a submit commits, the task's
-//! strategy chooses among the blocked claims that could take it, and the store's `assign` hands it over only if
-//! the task is still pending, the waiter token unused and the agent still eligible; on failure the next choice is
-//! tried once, then the task is left to be pulled. `select_agent` exposes the same choice directly.
+//! Routing work to waiting claims through strategy plugins (DESIGN §4). When a task becomes pending (submitted,
+//! requeued, released, due after its backoff), the store makes an offer in the same step: the claims waiting for
+//! such work, the longest-waiting first, at most the strategy's `max_candidates`, each with the numbers a strategy
+//! reads. The strategy chooses among the agents below capacity; the store's `assign` then hands the task to the
+//! first of the choice, the rest of the offer and — failing those, when no dispatch policy must judge the agent —
+//! any claim still waiting for it. So routing costs the same whatever the size of the fleet, never reads or clones
+//! an agent record, and never leaves work pending while a claim that may take it waits.
+//!
+//! `select_agent` exposes the strategy's choice directly.
 
-use chrono::DateTime;
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use serde::Serialize;
 
-use super::policies::task_info;
+use super::claims::Wake;
+use super::policies::{on_dispatch, task_view};
 use super::{EngineError, Scheduler};
-use crate::model::{Agent, AgentStatus, CapabilitySet, Priority, TaskId};
-use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails};
-use crate::plugins::{Answerer, Selection};
-use crate::store::{AgentFilter, AgentHealth, BreakerState, HealthState, Waiter};
+use crate::config::Config;
+use crate::model::{AgentFilter, CandidateNumbers, CapabilitySet, NewTask, Priority, Standing, TaskId, TaskStatus};
+use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails, TaskInfo};
+use crate::plugins::convert::{self, TaskView};
+use crate::plugins::strategy::select_with_fallback;
+use crate::plugins::{Answerer, PluginVersion};
+use crate::store::{Offer, WaitingClaim};
 
-/// Milliseconds since an RFC 3339 time, or `None` when absent or unreadable.
-fn age_ms(time: Option<&str>, now_ms: u64) -> Option<u64> {
-    let parsed = DateTime::parse_from_rfc3339(time?).ok()?;
-    Some(now_ms.saturating_sub(parsed.timestamp_millis().max(0) as u64))
+/// A task as routing carries it: its strategy and what that strategy sees of it (never the payload).
+pub(super) struct Route {
+    task_id: TaskId,
+    strategy: Arc<PluginVersion>,
+    info: TaskInfo,
 }
 
-/// An agent as a strategy sees it: its health from the store, and in the details only the metadata keys the
-/// strategy's manifest lists.
-pub fn candidate_of(
-    agent: &Agent,
-    health: HealthState,
-    label_keys: &[String],
-    now_ms: u64,
-) -> (Candidate, CandidateDetails) {
-    let candidate = Candidate {
-        in_flight: agent.in_flight,
-        max_concurrent: agent.max_concurrent_tasks,
-        completed: agent.tasks_completed,
-        failed: agent.tasks_failed,
-        avg_latency_ms: agent.avg_latency_ms.round().clamp(0.0, u32::MAX as f64) as u32,
-        heartbeat_age_ms: age_ms(Some(&agent.last_heartbeat), now_ms).unwrap_or(0),
-        since_assigned_ms: age_ms(agent.last_assigned_at.as_deref(), now_ms),
-        health: health.into(),
-    };
-    let details = CandidateDetails {
-        agent_id: agent.agent_id.clone(),
-        model: agent.model.clone(),
-        provider: agent.provider.clone(),
-        labels: label_keys
-            .iter()
-            .filter_map(|k| {
-                agent
-                    .metadata
-                    .get(k)
-                    .map(|v| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-            })
-            .collect(),
-    };
-    (candidate, details)
-}
+impl Route {
+    /// The route of a task about to be committed.
+    pub(super) fn new(task: &NewTask, strategy: &Arc<PluginVersion>) -> Route {
+        let view = TaskView {
+            id: &task.task_id,
+            task_type: &task.task_type,
+            priority: task.priority,
+            required: &task.required_capabilities,
+            metadata: &task.metadata,
+        };
+        Route::of(view, strategy)
+    }
 
-/// Whether an agent may be routed or selected (DESIGN §4: eligible to claim, alive, not busy by capacity):
-/// not paused, ready or starting, below capacity, not unhealthy, breaker not open.
-fn routable_now(agent: &Agent, health: Option<&AgentHealth>) -> bool {
-    !agent.paused
-        && matches!(agent.status, AgentStatus::Ready | AgentStatus::Starting)
-        && agent.in_flight < agent.max_concurrent_tasks
-        && health.is_none_or(|h| h.status != HealthState::Unhealthy && h.breaker != BreakerState::Open)
+    fn of(view: TaskView<'_>, strategy: &Arc<PluginVersion>) -> Route {
+        Route {
+            task_id: view.id.clone(),
+            strategy: strategy.clone(),
+            info: convert::task_info(view, &strategy.manifest.labels),
+        }
+    }
+
+    /// How many waiting claims to offer the strategy: its manifest's `max_candidates`, capped by
+    /// `MAX_STRATEGY_CANDIDATES` (which is also the default).
+    pub(super) fn offer_limit(&self, config: &Config) -> usize {
+        let cap = config.max_strategy_candidates.max(1);
+        self.strategy.manifest.max_candidates.unwrap_or(cap).clamp(1, cap)
+    }
 }
 
 /// A seed derived from the task id: the same task gets the same `random` choice on every server.
@@ -82,99 +79,176 @@ pub struct AgentSelection {
 }
 
 impl Scheduler {
-    /// The agent's health if it may be routed or selected now, `None` if it may not.
-    async fn routable(&self, agent: &Agent) -> Result<Option<HealthState>, EngineError> {
-        let health = self.store.agent_health(&agent.agent_id).await?;
-        Ok(routable_now(agent, health.as_ref()).then(|| health.map(|h| h.status).unwrap_or_default()))
+    /// Routes tasks from their offers after the caller's answer: one task after another, so a claim one of them
+    /// took is not offered to the next (a batch shares one offer per signature).
+    pub(super) fn spawn_routes(&self, routes: Vec<(Route, Arc<Offer>)>) {
+        let Some(me) = self.me.upgrade() else { return };
+        self.routes.spawn(async move {
+            let mut taken: HashSet<String> = HashSet::new();
+            // An offer whose claims are all gone (assign found none, not even another waiting claim) is spent.
+            let mut spent: HashSet<usize> = HashSet::new();
+            for (route, offer) in routes {
+                let identity = Arc::as_ptr(&offer) as usize;
+                if spent.contains(&identity) {
+                    continue;
+                }
+                match me.route(&route, &offer, &taken).await {
+                    Ok(Some(token)) => {
+                        taken.insert(token);
+                    }
+                    Ok(None) => {
+                        spent.insert(identity);
+                    }
+                    Err(error) => tracing::debug!(task_id = %route.task_id, %error, "routing skipped"),
+                }
+            }
+        });
     }
 
-    /// Offers a newly pending task to the blocked claims that could take it.
-    pub(super) async fn route(&self, task_id: &TaskId) {
-        if let Err(error) = self.try_route(task_id).await {
+    /// Routes a task that is pending again (requeued, released, due), from a fresh offer.
+    pub(super) async fn route_pending(&self, task_id: &TaskId) {
+        let routed = async {
+            let Some(task) = self.store.get_task(task_id).await? else { return Ok(()) };
+            if task.status != TaskStatus::Pending {
+                return Ok(());
+            }
+            // A strategy removed since the task was submitted: the default one routes it.
+            let name = task.strategy.as_deref().unwrap_or(&self.config.default_strategy);
+            let strategy = match self.plugins.strategy(name) {
+                Ok(strategy) => strategy,
+                Err(_) => self
+                    .plugins
+                    .strategy(&self.config.default_strategy)
+                    .map_err(|_| EngineError::UnknownStrategy(self.config.default_strategy.clone()))?,
+            };
+            let route = Route::of(task_view(&task), &strategy);
+            if let Some(offer) = self.store.offer(task_id, route.offer_limit(&self.config), None).await? {
+                self.route(&route, &offer, &HashSet::new()).await?;
+            }
+            Ok::<(), EngineError>(())
+        };
+        if let Err(error) = routed.await {
             tracing::debug!(%task_id, %error, "routing skipped; the task waits to be claimed");
         }
     }
 
-    async fn try_route(&self, task_id: &TaskId) -> Result<(), EngineError> {
-        let Some(task) = self.store.get_task(task_id).await? else { return Ok(()) };
-        let limit = self.config.max_strategy_candidates;
-        let waiters = self.store.waiters_for(&task.required_capabilities, limit).await?;
-        if waiters.is_empty() {
-            return Ok(());
-        }
-        let mut pool: Vec<(Waiter, Agent, HealthState)> = Vec::with_capacity(waiters.len());
-        let now = self.store.now_ms();
-        // One read for every waiting agent and its health (one round trip on Redis, not two per waiter).
-        let ids: Vec<String> = waiters.iter().map(|w| w.agent_id.clone()).collect();
-        let candidates: std::collections::HashMap<String, (Agent, Option<AgentHealth>)> = self
-            .store
-            .agents_with_health(&ids)
-            .await?
-            .into_iter()
-            .map(|(agent, health)| (agent.agent_id.clone(), (agent, health)))
-            .collect();
-        for waiter in waiters {
-            let Some((agent, health)) = candidates.get(&waiter.agent_id).cloned() else { continue };
-            if !routable_now(&agent, health.as_ref()) {
-                continue;
+    /// Hands the task to one of the offer's claims (not those in `taken`): the strategy's choice among the agents
+    /// below capacity first. Answers the token it went through, or `None` when no claim could take it.
+    async fn route(
+        &self,
+        route: &Route,
+        offer: &Offer,
+        taken: &HashSet<String>,
+    ) -> Result<Option<String>, EngineError> {
+        let has_dispatch_policies = !self.plugins.policies().is_empty();
+        let mut offer = std::borrow::Cow::Borrowed(offer);
+        loop {
+            let mut claims: Vec<&WaitingClaim> = offer.waiting.iter().filter(|c| !taken.contains(&c.token)).collect();
+            // Agents at capacity come last in an offer, so its furthest place in the waiting order is the cursor.
+            let last_seq = offer.waiting.iter().map(|c| c.seq).max();
+            if has_dispatch_policies {
+                claims = self.allowed_by_policies(&route.task_id, claims).await?;
             }
-            let health = health.map(|h| h.status).unwrap_or_default();
-            // Dispatch policies decide who may take what, for routed work as for claimed work.
-            let denials = super::policies::on_dispatch(&self.plugins, &task, &agent, now);
-            if !denials.is_empty() {
-                self.record(denials).await;
-                continue;
+            let tokens = self.in_preference_order(route, offer.now_ms, &claims).await?;
+            // Without dispatch policies any waiting claim may take it, so the store looks past the offer too.
+            if let Some(assigned) = self.store.assign(&route.task_id, &tokens, !has_dispatch_policies).await? {
+                if let Err(Wake::Assigned(_)) = self.waiting.wake(&assigned.token, Wake::Assigned(Box::new(assigned.task))) {
+                    // Not a claim of this server (its server wakes it from the event), or one that stopped
+                    // waiting this instant (it takes the task from its token's withdrawal).
+                }
+                return Ok(Some(assigned.token));
             }
-            pool.push((waiter, agent, health));
-        }
-        let strategy = task.strategy.clone().unwrap_or_else(|| self.config.default_strategy.clone());
-        for _ in 0..2 {
-            if pool.is_empty() {
-                break;
-            }
-            let agents: Vec<(&Agent, HealthState)> = pool.iter().map(|(_, agent, health)| (agent, *health)).collect();
-            let selection = self.choose(
-                &strategy,
-                task_id,
-                task.priority,
-                &task.task_type,
-                &task.required_capabilities,
-                &task.metadata,
-                &agents,
-            )?;
-            let (waiter, _, _) = pool.remove(selection.index);
-            if self.store.assign(task_id, &waiter.token).await?.is_some() {
-                self.wake(&waiter.token);
-                return Ok(());
+            // With dispatch policies, the claims past this offer are judged a page at a time.
+            let next = match (has_dispatch_policies, last_seq) {
+                (true, Some(after)) => {
+                    self.store.offer(&route.task_id, route.offer_limit(&self.config), Some(after)).await?
+                }
+                _ => None,
+            };
+            match next {
+                Some(next) => offer = std::borrow::Cow::Owned(next),
+                None => return Ok(None),
             }
         }
-        Ok(())
     }
 
-    /// Runs `strategy` over `agents` (never empty).
-    #[allow(clippy::too_many_arguments)]
-    fn choose(
+    /// The offer's tokens in the order to try them: the strategy's choice among the claims of agents below capacity,
+    /// the rest of those, then the agents at capacity (a claim may take work at capacity; routing prefers not).
+    async fn in_preference_order(
         &self,
-        strategy: &str,
+        route: &Route,
+        now_ms: u64,
+        claims: &[&WaitingClaim],
+    ) -> Result<Vec<String>, EngineError> {
+        let below: Vec<&WaitingClaim> =
+            claims.iter().copied().filter(|c| c.numbers.in_flight < c.numbers.max_concurrent).collect();
+        let mut order: Vec<String> = Vec::with_capacity(claims.len());
+        if below.len() >= 2 {
+            let chosen = self.choose(route, now_ms, &below).await?;
+            order.push(below[chosen].token.clone());
+        }
+        for claim in below.iter().chain(claims.iter().filter(|c| c.numbers.in_flight >= c.numbers.max_concurrent)) {
+            if !order.contains(&claim.token) {
+                order.push(claim.token.clone());
+            }
+        }
+        Ok(order)
+    }
+
+    /// Runs the route's strategy over `claims` (at least two): the index it chose.
+    async fn choose(&self, route: &Route, now_ms: u64, claims: &[&WaitingClaim]) -> Result<usize, EngineError> {
+        let candidates: Vec<Candidate> = claims.iter().map(|c| convert::candidate(&c.numbers, now_ms)).collect();
+        let details = if route.strategy.wants_details() {
+            let ids: Vec<String> = claims.iter().map(|c| c.agent_id.clone()).collect();
+            let agents = self.store.agents_with_health(&ids).await?;
+            let labels = &route.strategy.manifest.labels;
+            ids.iter()
+                .map(|id| match agents.iter().find(|(agent, _)| &agent.agent_id == id) {
+                    Some((agent, _)) => convert::candidate_details(agent, labels),
+                    None => CandidateDetails {
+                        agent_id: id.clone(),
+                        model: String::new(),
+                        provider: String::new(),
+                        labels: Vec::new(),
+                    },
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ctx = CallContext { now_ms, seed: seed_of(route.task_id.as_str()) };
+        let selection = select_with_fallback(
+            &route.strategy,
+            self.plugins.fallback_strategy(),
+            ctx,
+            &route.info,
+            &candidates,
+            &details,
+        );
+        Ok(selection.index)
+    }
+
+    /// The claims whose agents the dispatch policies allow to take the task (denials are recorded).
+    async fn allowed_by_policies<'a>(
+        &self,
         task_id: &TaskId,
-        priority: Priority,
-        task_type: &str,
-        required: &CapabilitySet,
-        metadata: &serde_json::Map<String, serde_json::Value>,
-        agents: &[(&Agent, HealthState)],
-    ) -> Result<Selection, EngineError> {
-        let plugin = self.plugins.strategy(strategy).map_err(|_| EngineError::UnknownStrategy(strategy.to_string()))?;
+        claims: Vec<&'a WaitingClaim>,
+    ) -> Result<Vec<&'a WaitingClaim>, EngineError> {
+        let Some(task) = self.store.get_task(task_id).await? else { return Ok(Vec::new()) };
+        let ids: Vec<String> = claims.iter().map(|c| c.agent_id.clone()).collect();
+        let agents = self.store.agents_with_health(&ids).await?;
         let now = self.store.now_ms();
-        let info = task_info(&plugin, task_id.as_str(), task_type, priority, required, metadata);
-        let wants_details = plugin.wants_details();
-        let labels = &plugin.manifest.labels;
-        let (candidates, details): (Vec<Candidate>, Vec<CandidateDetails>) =
-            agents.iter().map(|(agent, health)| candidate_of(agent, *health, labels, now)).unzip();
-        let details = if wants_details { details } else { Vec::new() };
-        let ctx = CallContext { now_ms: now, seed: seed_of(task_id.as_str()) };
-        self.plugins
-            .select(strategy, ctx, &info, &candidates, &details)
-            .map_err(|_| EngineError::UnknownStrategy(strategy.to_string()))
+        let mut allowed = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let Some((agent, _)) = agents.iter().find(|(agent, _)| agent.agent_id == claim.agent_id) else { continue };
+            let denials = on_dispatch(&self.plugins, &task, agent, now);
+            if denials.is_empty() {
+                allowed.push(claim);
+            } else {
+                self.record(denials).await;
+            }
+        }
+        Ok(allowed)
     }
 
     /// The guide's `select_agent`: which available agent holding `capabilities` (minus `exclude`) the strategy
@@ -187,43 +261,78 @@ impl Scheduler {
         exclude: &[String],
         dry_run: bool,
     ) -> Result<Option<AgentSelection>, EngineError> {
-        let strategy = strategy.unwrap_or(&self.config.default_strategy).to_string();
-        let mut agents: Vec<(Agent, HealthState)> = Vec::new();
+        let name = strategy.unwrap_or(&self.config.default_strategy).to_string();
+        let plugin = self.plugins.strategy(&name).map_err(|_| EngineError::UnknownStrategy(name.clone()))?;
+        let health: std::collections::HashMap<String, crate::model::AgentHealth> =
+            self.store.all_health().await?.into_iter().map(|h| (h.agent_id.clone(), h)).collect();
+        let now = self.store.now_ms();
+        let mut chosen_from: Vec<(String, CandidateNumbers)> = Vec::new();
+        let mut agents = Vec::new();
         for agent in self.store.list_agents(&AgentFilter::default()).await? {
-            if agents.len() >= self.config.max_strategy_candidates {
+            if chosen_from.len() >= self.config.max_strategy_candidates {
                 break;
             }
             if !capabilities.is_subset_of(&agent.capabilities) || exclude.contains(&agent.agent_id) {
                 continue;
             }
-            if let Some(health) = self.routable(&agent).await? {
-                agents.push((agent, health));
+            let health = health.get(&agent.agent_id);
+            let standing = Standing {
+                paused: agent.paused,
+                status: agent.status,
+                health: health.map(|h| h.status).unwrap_or_default(),
+                breaker: health.map(|h| h.breaker).unwrap_or_default(),
+                trial_in_flight: false,
+            };
+            if standing.refusal().is_some() || agent.in_flight >= agent.max_concurrent_tasks {
+                continue;
             }
+            let numbers = CandidateNumbers {
+                in_flight: agent.in_flight,
+                max_concurrent: agent.max_concurrent_tasks,
+                completed: agent.tasks_completed,
+                failed: agent.tasks_failed,
+                avg_latency_ms: agent.avg_latency_ms,
+                last_heartbeat_ms: now.saturating_sub(convert::age_ms(&agent.last_heartbeat, now)),
+                last_assigned_ms: agent
+                    .last_assigned_at
+                    .as_deref()
+                    .map(|at| now.saturating_sub(convert::age_ms(at, now))),
+                health: standing.health,
+            };
+            chosen_from.push((agent.agent_id.clone(), numbers));
+            agents.push(agent);
         }
-        if agents.is_empty() {
-            self.plugins.strategy(&strategy).map_err(|_| EngineError::UnknownStrategy(strategy.clone()))?;
+        if chosen_from.is_empty() {
             return Ok(None);
         }
-        let refs: Vec<(&Agent, HealthState)> = agents.iter().map(|(agent, health)| (agent, *health)).collect();
         let selection_id = TaskId::generate();
-        let selection = self.choose(
-            &strategy,
-            &selection_id,
-            Priority::Normal,
-            "select_agent",
-            capabilities,
-            &serde_json::Map::new(),
-            &refs,
-        )?;
-        let chosen = &agents[selection.index].0.agent_id;
+        let empty = serde_json::Map::new();
+        let view = TaskView {
+            id: &selection_id,
+            task_type: "select_agent",
+            priority: Priority::Normal,
+            required: capabilities,
+            metadata: &empty,
+        };
+        let info = convert::task_info(view, &plugin.manifest.labels);
+        let candidates: Vec<Candidate> = chosen_from.iter().map(|(_, n)| convert::candidate(n, now)).collect();
+        let details: Vec<CandidateDetails> = if plugin.wants_details() {
+            agents.iter().map(|agent| convert::candidate_details(agent, &plugin.manifest.labels)).collect()
+        } else {
+            Vec::new()
+        };
+        let ctx = CallContext { now_ms: now, seed: seed_of(selection_id.as_str()) };
+        let selection =
+            select_with_fallback(&plugin, self.plugins.fallback_strategy(), ctx, &info, &candidates, &details);
+        let chosen = &chosen_from[selection.index].0;
         if !dry_run {
             self.store.mark_assigned(chosen).await?;
         }
         Ok(Some(AgentSelection {
             agent_id: chosen.clone(),
-            strategy,
+            strategy: name,
             answered_by: selection.answered_by,
-            candidates: agents.len(),
+            candidates: chosen_from.len(),
         }))
     }
 }

@@ -12,12 +12,14 @@ pub mod open;
 pub mod redis;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::model::{
-    Agent, AgentStatus, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Task, TaskId, TaskStatus,
+    Agent, AgentFilter, AgentHealth, AgentRegistration, CandidateNumbers, CapabilitySet, Completion, Event,
+    FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation,
+    PluginChange, PluginRecord, Refusal, Registered, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage,
+    Violation,
 };
 
 pub use self::redis::RedisStore;
@@ -76,294 +78,85 @@ impl Default for StoreConfig {
     }
 }
 
-/// Why a transition was refused. Each variant maps to one HTTP status in the API.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// 404: no such agent (a claim tells the agent to register).
-    #[error("agent {0} is not registered")]
-    AgentNotFound(String),
-    /// 404: no uploaded plugin of that name (delete, enable or disable of a name the fleet never heard of).
-    #[error("no plugin named {0:?} in the fleet's uploads")]
-    PluginNotFound(String),
-    /// 404: no such task.
-    #[error("task {0} not found")]
-    TaskNotFound(TaskId),
-    /// 409: the transition does not apply to the current state; `code` says why (`lease_lost`, `task_cancelled`,
-    /// `task_timeout`, `outcome_conflict`, `session_replaced`, `idempotency_key_reused`, `invalid_transition`).
-    #[error("{message}")]
-    Conflict {
-        /// Machine-readable reason.
-        code: &'static str,
-        /// Human-readable detail.
-        message: String,
-    },
-    /// 503: the pending index already has `MAX_SIGNATURES` distinct capability sets.
-    #[error("too many distinct capability signatures pending ({0}); retry later")]
-    TooManySignatures(usize),
-    /// 503: the store cannot be reached; the outcome of a write is unknown.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl StoreError {
-    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        StoreError::Conflict { code, message: message.into() }
-    }
-}
-
-/// Result of a store transition.
-pub type StoreResult<T> = Result<T, StoreError>;
-
-/// How a task outcome proves its sender holds the task (DESIGN §4, leases and fencing).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Fence {
-    /// The lease id of the grant.
-    Lease(String),
-    /// The holding agent (body `agent_id`, or an `agent:<id>` token).
-    Agent(String),
-    /// Neither (existing clients complete with no body): applies to the current attempt, recorded `unfenced`.
-    Unfenced,
-}
-
-/// A task's successful outcome, as the agent reports it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Completion {
-    /// The result (any JSON; `null` when the agent sent none).
-    pub result: Value,
-    /// How long the agent says the work took, in ms (Aragora clients send it). It feeds the agent's
-    /// `avg_latency_ms` in place of the store's own measure (claim to completion), which includes queueing on the
-    /// agent's side and the network.
-    pub latency_ms: Option<f64>,
-}
-
-impl From<Value> for Completion {
-    fn from(result: Value) -> Self {
-        Completion { result, latency_ms: None }
-    }
-}
-
-/// A fleet-wide plugin change, as the API asks for it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PluginAction {
-    /// A new component (validated by the server that received it) with its manifest text.
-    Upload {
-        /// The component.
-        bytes: Vec<u8>,
-        /// Its sha256, hex.
-        sha256: String,
-        /// The manifest (TOML), if one was sent.
-        manifest: Option<String>,
-    },
-    /// Remove the upload: the file or built-in of the name (if any) answers again.
-    Delete,
-    /// Let the name answer calls again.
-    Enable,
-    /// No version of the name answers calls, on any server.
-    Disable,
-}
-
-impl PluginAction {
-    /// The history and event name of the action (`uploaded`, `deleted`, `enabled`, `disabled`).
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            PluginAction::Upload { .. } => "uploaded",
-            PluginAction::Delete => "deleted",
-            PluginAction::Enable => "enabled",
-            PluginAction::Disable => "disabled",
-        }
-    }
-}
-
-/// A change to a plugin name, by whom.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PluginChange {
-    /// The plugin name.
-    pub name: String,
-    /// What to do.
-    pub action: PluginAction,
-    /// The token subject asking.
-    pub by: String,
-}
-
-/// One entry of a plugin's history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PluginHistoryEntry {
-    /// The fleet version this change made.
-    pub version: u64,
-    /// `uploaded`, `deleted`, `enabled` or `disabled`.
-    pub action: String,
-    /// The component's sha256 (uploads).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// Who (the token's `sub`).
-    pub by: String,
-    /// When (RFC 3339, store clock).
-    pub at: String,
-}
-
-/// What the fleet holds for a plugin name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PluginRecord {
-    /// The plugin name.
-    pub name: String,
-    /// Bumped by every change: servers report the version they applied.
-    pub version: u64,
-    /// Whether the name may answer calls.
-    pub enabled: bool,
-    /// sha256 of the current upload, if there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// Size of the current upload in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    /// The current upload's manifest (TOML).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<String>,
-    /// The most recent changes, newest first (at most [`PLUGIN_HISTORY`]).
-    pub history: Vec<PluginHistoryEntry>,
-}
-
-/// A policy deny or warn, as the policy stage reports it (DESIGN §5).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewViolation {
-    /// The policy's plugin name.
-    pub policy: String,
-    /// `submit`, `register` or `dispatch`.
-    pub stage: &'static str,
-    /// `deny` or `warn`.
-    pub decision: &'static str,
-    /// The policy's reason.
-    pub reason: String,
-    /// The task concerned (the id it was to get, for a denied submit).
-    pub task_id: Option<String>,
-    /// The agent concerned.
-    pub agent_id: Option<String>,
-}
-
-/// A recorded deny or warn: fleet-wide, newest first in `GET /policies/violations`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Violation {
-    /// `viol_` + a fleet-wide sequence number.
-    pub id: String,
-    /// The policy's plugin name.
-    pub policy: String,
-    /// `submit`, `register` or `dispatch`.
-    pub stage: String,
-    /// `deny` or `warn`.
-    pub decision: String,
-    /// The policy's reason.
-    pub reason: String,
-    /// The task concerned (the id it was to get, for a denied submit).
-    #[serde(default)]
-    pub task_id: Option<String>,
-    /// The agent concerned.
-    #[serde(default)]
-    pub agent_id: Option<String>,
-    /// When (RFC 3339, store clock).
-    pub time: String,
-}
-
-/// Violations kept (the oldest are dropped past this).
-pub const VIOLATIONS_KEPT: usize = 10_000;
-
-/// Changes kept per plugin name.
-pub const PLUGIN_HISTORY: usize = 100;
-
-/// A validated registration.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AgentRegistration {
-    /// The agent id.
-    pub agent_id: String,
-    /// Its capabilities.
-    pub capabilities: CapabilitySet,
-    /// Its model.
-    pub model: String,
-    /// Its provider.
-    pub provider: String,
-    /// Its metadata.
-    pub metadata: Map<String, Value>,
-    /// Tasks it may hold at once.
-    pub max_concurrent_tasks: u32,
-    /// URL for the probe's HTTP check.
-    pub health_url: Option<String>,
-    /// `starting` or `ready`.
-    pub status: AgentStatus,
-    /// The agent's session, if it sent one.
-    pub session_id: Option<String>,
-}
-
-/// What `register` did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Registered {
-    /// The agent now.
-    pub agent: Agent,
-    /// It was not registered before.
-    pub created: bool,
-    /// It came back with a new session: the old session's leases were revoked.
-    pub restarted: bool,
-}
-
-/// Why an agent lost a lease, as a heartbeat reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RevokeReason {
-    /// The task was cancelled.
-    Cancelled,
-    /// The attempt timed out.
-    Timeout,
-    /// The task was taken away (agent presumed lost, session replaced, undelivered grant released).
-    Reassigned,
-}
-
-impl RevokeReason {
-    /// The 409 `code` for an outcome sent on a lease revoked for this reason.
-    pub fn conflict_code(self) -> &'static str {
-        match self {
-            RevokeReason::Cancelled => "task_cancelled",
-            RevokeReason::Timeout => "task_timeout",
-            RevokeReason::Reassigned => "lease_lost",
-        }
-    }
-}
-
-/// A lease the agent lost since its last heartbeat.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Revoked {
-    /// The task.
-    pub task_id: TaskId,
-    /// Why.
-    pub reason: RevokeReason,
-}
-
-/// What a heartbeat answers.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct HeartbeatOutcome {
-    /// The agent's status now.
-    pub status: AgentStatus,
-    /// Leases lost since the last heartbeat.
-    pub revoked: Vec<Revoked>,
-}
-
-/// What `submit` did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Submitted {
-    /// The task's id (the first one's, on a replay).
-    pub task_id: TaskId,
-    /// The same idempotency key and body were seen before: nothing new was created.
-    pub replayed: bool,
-}
-
 /// A claim: who asks, with which capabilities, for how many tasks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClaimRequest {
     /// The agent.
     pub agent_id: String,
-    /// Capabilities to match on: the registered ones, narrowed by the claim body's.
-    pub capabilities: CapabilitySet,
+    /// Narrows the registered capabilities for this claim (the store never widens past the registration);
+    /// `None` claims with all of them.
+    pub capabilities: Option<CapabilitySet>,
     /// Tasks to take at most.
     pub max_tasks: usize,
     /// The agent's session, checked against the live one.
     pub session_id: Option<String>,
+}
+
+/// The waiter a claim registers, in the same step, when it finds nothing to take (DESIGN §4: a blocked claim
+/// waits on a single-use token that routing assigns a task through).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitSpec {
+    /// The single-use token (128 random bits, hex).
+    pub token: String,
+    /// How long it lives, store time: the claim's block and a grace. Past it the claim has withdrawn the token, or
+    /// the server holding the claim died; an expired token is never offered nor assigned.
+    pub lifetime: std::time::Duration,
+}
+
+/// What a claim (or the claim half of a complete-and-claim) found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClaimAnswer {
+    /// The tasks granted, best first.
+    pub tasks: Vec<Task>,
+    /// Why the agent may not take work now; nothing was granted nor registered.
+    pub refusal: Option<Refusal>,
+    /// Nothing was pending for it: the claim's waiter token is registered.
+    pub waiting: bool,
+    /// Requeued tasks whose backoff ended, made claimable by this step and not granted here (the caller routes
+    /// them to other waiting claims).
+    pub promoted: Vec<TaskId>,
+}
+
+/// A waiting claim as routing offers it to a strategy: its token, its agent and the numbers a strategy reads, as
+/// the store held them when the offer was made. Routing never reads the agent record itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WaitingClaim {
+    /// The claim's waiter token.
+    pub token: String,
+    /// The waiting agent.
+    pub agent_id: String,
+    /// Its load and history.
+    pub numbers: CandidateNumbers,
+    /// Its place in the waiting order (earlier = waiting longer); a cursor for a further offer.
+    pub seq: u64,
+}
+
+/// The claims a pending task may go to: the longest-waiting ones first, at most the strategy's `max_candidates`,
+/// only agents the eligibility rule allows. Agents at capacity come after every agent below it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Offer {
+    /// The store's time when the offer was made (ages are measured from it).
+    pub now_ms: u64,
+    /// The claims, longest-waiting first (those at capacity last).
+    pub waiting: Vec<WaitingClaim>,
+}
+
+/// What a submit committed, and the offer of waiting claims routing starts from (`None`: none waits for it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Committed {
+    /// The task id, and whether the submit was an idempotent replay (nothing new: nothing to route).
+    pub submitted: Submitted,
+    /// The waiting claims that could take it.
+    pub offer: Option<std::sync::Arc<Offer>>,
+}
+
+/// A task assigned through a waiter token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assigned {
+    /// The token it went through (the claim to wake).
+    pub token: String,
+    /// The task, granted to the token's agent.
+    pub task: Task,
 }
 
 /// A blocked claim waiting for a routed task.
@@ -377,6 +170,15 @@ pub struct Waiter {
     pub capabilities: CapabilitySet,
 }
 
+/// What a sweep did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Swept {
+    /// Items swept (attempts ended, agents marked offline).
+    pub count: usize,
+    /// Tasks pending again and claimable now (the caller routes them).
+    pub requeued: Vec<TaskId>,
+}
+
 /// What withdrawing a waiter found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Withdrawn {
@@ -384,162 +186,6 @@ pub enum Withdrawn {
     Unused,
     /// A submit consumed the token first: this task is the claim's answer.
     Assigned(Box<Task>),
-}
-
-/// A failure report.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FailRequest {
-    /// What went wrong.
-    pub error: String,
-    /// Try again if retries remain (default true).
-    pub requeue: bool,
-    /// Blame the task or the agent.
-    pub kind: FailKind,
-}
-
-/// An agent's health as the probes judged it (DESIGN §3).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum HealthState {
-    /// The last probe passed.
-    Healthy,
-    /// Working, but something is off.
-    Degraded,
-    /// No work for it.
-    Unhealthy,
-    /// Not probed yet, or the probe could not answer.
-    #[default]
-    Unknown,
-}
-
-impl HealthState {
-    /// The snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HealthState::Healthy => "healthy",
-            HealthState::Degraded => "degraded",
-            HealthState::Unhealthy => "unhealthy",
-            HealthState::Unknown => "unknown",
-        }
-    }
-}
-
-/// A per-agent circuit breaker (DESIGN §4).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakerState {
-    /// Work flows.
-    #[default]
-    Closed,
-    /// Too many failures: no work until the cooldown passes.
-    Open,
-    /// After the cooldown: exactly one trial lease; its success closes the breaker, its failure reopens it.
-    HalfOpen,
-}
-
-impl BreakerState {
-    /// The snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        }
-    }
-}
-
-/// A probe round's verdict on one agent.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HealthVerdict {
-    /// The verdict.
-    pub status: HealthState,
-    /// Why.
-    pub message: String,
-    /// Latency the check saw, in ms.
-    pub latency_ms: Option<f64>,
-}
-
-/// An agent's health record (`GET /health/{agent_id}`).
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct AgentHealth {
-    /// The agent.
-    pub agent_id: String,
-    /// Its health.
-    pub status: HealthState,
-    /// When it was last judged (RFC 3339).
-    pub last_check: Option<String>,
-    /// Unhealthy verdicts in a row.
-    pub consecutive_failures: u32,
-    /// Latency seen by the last check, in ms.
-    pub latency_ms: Option<f64>,
-    /// The last verdict's explanation.
-    pub message: String,
-    /// Its circuit breaker.
-    pub breaker: BreakerState,
-}
-
-/// Filters of `GET /agents`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AgentFilter {
-    /// Only agents holding this capability.
-    pub capability: Option<String>,
-    /// Only agents that could take work now (or only those that could not).
-    pub available: Option<bool>,
-}
-
-/// Filters and paging of `GET /tasks`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TaskFilter {
-    /// Only this status.
-    pub status: Option<TaskStatus>,
-    /// Only this type.
-    pub task_type: Option<String>,
-    /// Only tasks assigned to this agent.
-    pub agent_id: Option<String>,
-    /// Page size (≤ 1,000).
-    pub limit: usize,
-    /// Continue after this cursor (from the previous page).
-    pub cursor: Option<String>,
-}
-
-/// A page of tasks, newest first.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct TaskPage {
-    /// The tasks.
-    pub tasks: Vec<Task>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// Counters kept by the transitions (never computed by scanning).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct StoreStats {
-    /// Registered agents.
-    pub total_agents: u64,
-    /// Agents that could take work now.
-    pub available_agents: u64,
-    /// Agents by status.
-    pub agents_by_status: std::collections::BTreeMap<String, u64>,
-    /// Agents by capability.
-    pub agents_by_capability: std::collections::BTreeMap<String, u64>,
-    /// Agents by provider.
-    pub agents_by_provider: std::collections::BTreeMap<String, u64>,
-    /// Tasks by status.
-    pub tasks_by_status: std::collections::BTreeMap<String, u64>,
-    /// Pending tasks by priority.
-    pub pending_by_priority: std::collections::BTreeMap<String, u64>,
-    /// Tasks by type (all statuses retained).
-    pub tasks_by_type: std::collections::BTreeMap<String, u64>,
-    /// Blocked claims waiting now.
-    pub waiting_claims: u64,
-    /// Live capability signatures in the pending index.
-    pub live_signatures: u64,
-    /// Pending index entries examined by the last claim (a complexity probe: flat in the backlog).
-    pub last_claim_examined: u64,
-    /// Agents by health.
-    pub agents_by_health: std::collections::BTreeMap<String, u64>,
-    /// Agents whose breaker is open or half-open.
-    pub open_breakers: u64,
 }
 
 /// All control-plane state. Every method is one atomic transition (or one consistent read).
@@ -564,8 +210,9 @@ pub trait Store: Send + Sync + 'static {
     /// reports the leases it lost.
     async fn heartbeat(&self, agent_id: &str, heartbeat: &HeartbeatRequest) -> StoreResult<HeartbeatOutcome>;
 
-    /// Removes an agent; its tasks are requeued (counting a retry) or failed with `agent_lost`.
-    async fn unregister(&self, agent_id: &str) -> StoreResult<()>;
+    /// Removes an agent; its tasks are requeued (counting a retry) or failed with `agent_lost`. Answers the tasks
+    /// that are pending again and claimable now (the caller routes them).
+    async fn unregister(&self, agent_id: &str) -> StoreResult<Vec<TaskId>>;
 
     /// Pauses or resumes an agent.
     async fn set_paused(&self, agent_id: &str, paused: bool) -> StoreResult<Agent>;
@@ -577,13 +224,22 @@ pub trait Store: Send + Sync + 'static {
     async fn list_agents(&self, filter: &AgentFilter) -> StoreResult<Vec<Agent>>;
 
     /// Accepts a task: pending and indexed under its capability signature, or a replay of an idempotent submit.
-    async fn submit(&self, task: NewTask) -> StoreResult<Submitted>;
+    /// In the same step it makes the offer routing starts from: up to `offer_limit` claims waiting for such work.
+    async fn submit(&self, task: NewTask, offer_limit: usize) -> StoreResult<Committed>;
 
-    /// Accepts several tasks, all or nothing.
-    async fn submit_batch(&self, tasks: Vec<NewTask>) -> StoreResult<Vec<Submitted>>;
+    /// Accepts several tasks, all or nothing, each with its offer (shared by the tasks of one signature).
+    async fn submit_batch(&self, tasks: Vec<NewTask>, offer_limit: usize) -> StoreResult<Vec<Committed>>;
 
-    /// Grants the best pending tasks the agent can take (priority, then FIFO), at most `max_tasks`.
-    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Task>>;
+    /// Grants the best pending tasks the agent can take (priority, then FIFO), at most `max_tasks`; with `wait`,
+    /// registers that waiter in the same step when nothing was granted, so no submit can fall between the look and
+    /// the registration. A claim is a sign of life: it keeps the agent alive and brings an offline or starting one
+    /// back before the eligibility rule is asked.
+    async fn claim_or_wait(&self, request: &ClaimRequest, wait: Option<WaitSpec>) -> StoreResult<ClaimAnswer>;
+
+    /// [`claim_or_wait`](Self::claim_or_wait) without a wait: the granted tasks.
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Task>> {
+        Ok(self.claim_or_wait(request, None).await?.tasks)
+    }
 
     /// The next pending tasks the capabilities match, in claim order, without taking them (dispatch policies).
     async fn peek(&self, capabilities: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>>;
@@ -600,12 +256,16 @@ pub trait Store: Send + Sync + 'static {
     /// Withdraws a waiter token: unused, or the task a submit assigned through it.
     async fn withdraw_waiter(&self, token: &str) -> StoreResult<Withdrawn>;
 
-    /// Live (unexpired) waiters whose capabilities cover `required`, oldest first, at most `limit`.
-    async fn waiters_for(&self, required: &CapabilitySet, limit: usize) -> StoreResult<Vec<Waiter>>;
+    /// The offer for a pending task (requeued, released, due after its backoff): up to `limit` live waiting claims
+    /// that could take it, longest-waiting first, after the waiting place `after` if given. `None` when the task is
+    /// not pending or none waits.
+    async fn offer(&self, task_id: &TaskId, limit: usize, after: Option<u64>) -> StoreResult<Option<Offer>>;
 
-    /// Grants `task_id` through a waiter token: only if the task is still pending, the token unused and unexpired,
-    /// and the agent still eligible.
-    async fn assign(&self, task_id: &TaskId, token: &str) -> StoreResult<Option<Task>>;
+    /// Grants `task_id` through the first of `tokens` that can still take it (task pending, token live, agent
+    /// eligible and holding the capabilities); with `any_waiter`, then through any live waiting claim that can,
+    /// longest-waiting first. So work that the strategy's choices cannot take goes to a waiting claim rather than
+    /// waiting for the next claim to arrive.
+    async fn assign(&self, task_id: &TaskId, tokens: &[String], any_waiter: bool) -> StoreResult<Option<Assigned>>;
 
     /// The agent started the task (claimed → running).
     async fn start(&self, task_id: &TaskId, fence: &Fence) -> StoreResult<Task>;
@@ -619,15 +279,16 @@ pub trait Store: Send + Sync + 'static {
     /// Completes several tasks in one step; each outcome stands alone (a conflict on one does not undo others).
     async fn complete_batch(&self, outcomes: Vec<(TaskId, Fence, Completion)>) -> StoreResult<Vec<StoreResult<Task>>>;
 
-    /// Completes a task and claims the agent's next work in one atomic step (BullMQ's worker pattern). Any wait
-    /// after an empty claim is the caller's, not part of this step.
+    /// Completes a task and claims the agent's next work in one atomic step (BullMQ's worker pattern), registering
+    /// `wait` when nothing was granted, as [`claim_or_wait`](Self::claim_or_wait).
     async fn complete_and_claim(
         &self,
         task_id: &TaskId,
         fence: &Fence,
         completion: Completion,
         next: &ClaimRequest,
-    ) -> StoreResult<(Task, Vec<Task>)>;
+        wait: Option<WaitSpec>,
+    ) -> StoreResult<(Task, ClaimAnswer)>;
 
     /// The attempt failed: requeued while retries remain (if asked), else failed.
     async fn fail(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> StoreResult<Task>;
@@ -639,7 +300,8 @@ pub trait Store: Send + Sync + 'static {
     async fn retry(&self, task_id: &TaskId) -> StoreResult<Task>;
 
     /// Releases a committed grant that never reached its agent: back to pending at its place, no retry counted.
-    async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<()>;
+    /// Answers whether it did (the lease may have ended meanwhile).
+    async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<bool>;
 
     /// One task.
     async fn get_task(&self, task_id: &TaskId) -> StoreResult<Option<Task>>;
@@ -647,11 +309,14 @@ pub trait Store: Send + Sync + 'static {
     /// Tasks matching the filter, newest first, one page.
     async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<TaskPage>;
 
-    /// Ends attempts past their timeout (requeue or `timeout`); at most `limit`. Returns how many.
-    async fn sweep_timeouts(&self, limit: usize) -> StoreResult<usize>;
+    /// Ends attempts past their timeout (requeue or `timeout`); at most `limit`.
+    async fn sweep_timeouts(&self, limit: usize) -> StoreResult<Swept>;
 
-    /// Marks agents silent past the heartbeat timeout offline and requeues their tasks; at most `limit`.
-    async fn sweep_offline(&self, limit: usize) -> StoreResult<usize>;
+    /// Marks agents silent past the heartbeat timeout offline and requeues their tasks; at most `limit` agents.
+    async fn sweep_offline(&self, limit: usize) -> StoreResult<Swept>;
+
+    /// Makes requeued tasks whose backoff is over claimable; at most `limit`. Answers them (the caller routes them).
+    async fn promote_due(&self, limit: usize) -> StoreResult<Vec<TaskId>>;
 
     /// Retention (`CLEANUP_INTERVAL` housekeeping): removes terminal tasks ended more than `task_retention_ms` ago,
     /// offline agents silent for `agent_retention_ms`, and expired idempotency keys; at most `limit` records.
@@ -681,7 +346,7 @@ pub trait Store: Send + Sync + 'static {
     async fn idempotent_task(&self, submitted_by: &str, key: &str) -> StoreResult<Option<(TaskId, String)>>;
 
     /// The counters.
-    async fn stats(&self) -> StoreResult<StoreStats>;
+    async fn stats(&self) -> StoreResult<FleetStats>;
 
     /// Records a fleet-wide plugin change (upload, delete, enable, disable) with its author, bumps the name's fleet
     /// version, appends to its history and emits `plugin_<action>` so every server applies it. Delete, enable

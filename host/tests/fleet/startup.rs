@@ -76,11 +76,13 @@ fn a_redis_that_may_evict_keys_is_a_startup_warning() {
             && l.contains("allkeys-lru")),
         "no eviction warning in the start-up log:\n{log}"
     );
-    assert!(servers[0].terminate().success());
+    let status = servers[0].terminate();
+    assert!(status.success(), "SIGTERM ended the server with {status}; its log:\n{}", servers[0].log());
 
     // And none with noeviction (the shared server runs Redis's default).
     let mut quiet = Server::start_fleet(1, &shared_server().url(), &unique_prefix("fleet-noeviction"), logs.path());
     assert!(!quiet[0].log().contains("maxmemory-policy"), "a warning with noeviction:\n{}", quiet[0].log());
-    assert!(quiet[0].terminate().success());
+    let status = quiet[0].terminate();
+    assert!(status.success(), "SIGTERM ended the server with {status}; its log:\n{}", quiet[0].log());
     drop(servers);
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use aragora_cp::config::Config;
 use aragora_cp::coordinator::ControlPlaneCoordinator;
+use aragora_cp::model::Fence;
 use aragora_cp::model::{CapabilitySet, EventKind, RegisterRequest, SubmitRequest, Task, TaskId, TaskStatus};
 use aragora_cp::plugins::{PluginRegistry, PluginSource};
 use aragora_cp::scheduler::{Claim, EngineError};
-use aragora_cp::store::{Fence, MemoryStore, Store, SystemClock};
+use aragora_cp::store::{MemoryStore, Store, SystemClock};
 use aragora_cp_tests::{example_manifest, guest_bytes, runtime, wait_until};
 use serde_json::json;
 
@@ -64,10 +65,10 @@ async fn block_claims(
         let worker = cp.clone();
         let agent_id = agent.to_string();
         let handle = tokio::spawn(async move { worker.claim_task(&claim(&agent_id, 3_000)).await.unwrap().tasks });
-        let store = cp.store().clone();
+        let coordinator = cp.clone();
         let waiting = async {
             loop {
-                if store.stats().await.unwrap().waiting_claims as usize == i + 1 {
+                if coordinator.counters().await.unwrap().waiting_claims as usize == i + 1 {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -128,7 +129,7 @@ async fn a_blocked_claim_times_out_empty_and_leaves_no_waiter_behind() {
     register(&cp, "a", &["code"]).await;
     let outcome = cp.claim_task(&claim("a", 150)).await.unwrap();
     assert!(outcome.tasks.is_empty());
-    assert_eq!(cp.store().stats().await.unwrap().waiting_claims, 0);
+    assert_eq!(cp.counters().await.unwrap().waiting_claims, 0);
     // A task submitted afterwards waits to be pulled, not routed to a ghost.
     let task = submit(&cp, "code").await;
     assert_eq!(cp.get_task(&task).await.unwrap().status, TaskStatus::Pending);
@@ -354,7 +355,7 @@ async fn requeued_work_reaches_a_claim_that_is_already_blocked() {
     let held = cp.claim_task(&claim("first", 0)).await.unwrap().tasks.remove(0);
     // "second" blocks with nothing pending; then "first" fails its task with requeue.
     let waiting = block_claims(&cp, &["second"]).await;
-    let failure = aragora_cp::store::FailRequest { error: "crash".into(), requeue: true, kind: Default::default() };
+    let failure = aragora_cp::model::FailRequest { error: "crash".into(), requeue: true, kind: Default::default() };
     cp.fail_task(&task_id, &Fence::Lease(held.lease_id.unwrap()), &failure).await.unwrap();
     assert_eq!(receiver_of(waiting, &task_id).await, "second", "the requeued task was routed, not left to a poll");
     cp.shutdown().await;

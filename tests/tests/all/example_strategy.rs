@@ -230,9 +230,9 @@ async fn cheapest_within_latency_from_a_plugins_folder_selects_and_routes_throug
             .json(&json!({"agent_id": agent, "block_ms": 5_000}))
             .send();
         claims.push((agent, tokio::spawn(async move { request.await.unwrap().json::<Value>().await.unwrap() })));
-        let store = server.coordinator.store().clone();
+        let coordinator = server.coordinator.clone();
         let blocked = async {
-            while store.stats().await.unwrap().waiting_claims as usize != waiting + 1 {
+            while coordinator.counters().await.unwrap().waiting_claims as usize != waiting + 1 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aragora_cp::api::Permission;
 use aragora_cp::config::Config;
-use aragora_cp::plugins::registry::sha256_hex;
+use aragora_cp::model::sha256_hex;
 use aragora_cp::store::{RedisStore, Store};
 use aragora_cp_tests::guest_bytes;
 use aragora_cp_tests::redis_server::{shared_server, unique_prefix};

@@ -26,7 +26,7 @@ fn active_sha(registry: &PluginRegistry, name: &str) -> Option<String> {
 }
 
 fn sha_of(bytes: &[u8]) -> String {
-    aragora_cp::plugins::registry::sha256_hex(bytes)
+    aragora_cp::model::sha256_hex(bytes)
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use aragora_cp::model::{AgentStatus, HeartbeatRequest, Priority, Task, TaskId, TaskStatus};
-use aragora_cp::store::{FailRequest, Fence, RevokeReason, StoreError};
+use aragora_cp::model::{FailRequest, Fence, RevokeReason, StoreError};
 use aragora_cp_tests::store_harness::{
     Harness, MemoryBackend, RedisBackend, RedisClusterBackend, StoreBackend, T0_MS, caps, new_task, nonzero,
     registration, request_for,
@@ -262,7 +262,7 @@ async fn apply(h: &Harness, m: &mut Model, op: &Op) -> Option<usize> {
             let mut request = request_for("model", Priority::ALL[priority], SIGNATURES[signature]);
             request.max_retries = Some(max_retries);
             request.timeout_seconds = Some(timeout_s);
-            let submitted = h.store.submit(new_task("model", request)).await.expect("submit");
+            let submitted = h.store.submit(new_task("model", request), 64).await.map(|c| c.submitted).expect("submit");
             m.tasks.push(ModelTask {
                 id: submitted.task_id,
                 seq: m.tasks.len(),
@@ -432,23 +432,29 @@ async fn apply(h: &Harness, m: &mut Model, op: &Op) -> Option<usize> {
             let due: Vec<usize> = (0..m.tasks.len())
                 .filter(|&i| m.tasks[i].status.is_leased() && m.tasks[i].claimed_at + m.tasks[i].timeout_ms <= m.now)
                 .collect();
-            assert_eq!(swept, due.len(), "attempts past their timeout");
+            assert_eq!(swept.count, due.len(), "attempts past their timeout");
+            let mut requeued = Vec::new();
             for i in due {
                 m.end_lease(i, Some(RevokeReason::Timeout));
                 let t = &mut m.tasks[i];
                 if t.retries < t.max_retries {
                     t.retries += 1;
                     t.status = TaskStatus::Pending;
+                    requeued.push(t.id.clone());
                 } else {
                     t.status = TaskStatus::Timeout;
                 }
             }
+            let mut answered = swept.requeued.clone();
+            answered.sort();
+            requeued.sort();
+            assert_eq!(answered, requeued, "the sweep answers the tasks it made pending again");
         }
         Op::SweepOffline => {
             let swept = h.store.sweep_offline(1_000).await.expect("sweep_offline");
             let silent: Vec<usize> =
                 (0..AGENTS.len()).filter(|&a| !m.agents[a].offline && m.agents[a].expiry <= m.now).collect();
-            assert_eq!(swept, silent.len(), "agents silent past the heartbeat timeout");
+            assert_eq!(swept.count, silent.len(), "agents silent past the heartbeat timeout");
             for agent in silent {
                 m.agents[agent].offline = true;
                 for i in m.held_by(agent) {
@@ -463,7 +469,7 @@ async fn apply(h: &Harness, m: &mut Model, op: &Op) -> Option<usize> {
                 format!("{id}-session-{}", m.agents[agent].sessions)
             });
             let registered =
-                h.store.register(aragora_cp::store::AgentRegistration { session_id, ..registration(id, capabilities) });
+                h.store.register(aragora_cp::model::AgentRegistration { session_id, ..registration(id, capabilities) });
             let registered = registered.await.expect("register");
             assert_eq!(registered.restarted, new_session, "a new session restarts the agent");
             if new_session {
@@ -551,7 +557,7 @@ async fn check(h: &Harness, m: &Model, before: &[Task], retried: Option<usize>, 
     assert_eq!(nonzero(&stats.pending_by_priority), pending_by_priority, "pending_by_priority {at}");
 
     // Agent counters (kept incrementally by the Redis scripts) equal a count over the agents.
-    let agents = h.store.list_agents(&aragora_cp::store::AgentFilter::default()).await.expect("list agents");
+    let agents = h.store.list_agents(&aragora_cp::model::AgentFilter::default()).await.expect("list agents");
     let mut by_agent_status: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_capability: BTreeMap<String, u64> = BTreeMap::new();
     for agent in &agents {

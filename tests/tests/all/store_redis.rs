@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use aragora_cp::model::EventKind;
-use aragora_cp::store::{ClaimRequest, RedisStore, Store, StoreConfig, StoreError};
+use aragora_cp::model::StoreError;
+use aragora_cp::store::{ClaimRequest, RedisStore, Store, StoreConfig};
 use aragora_cp_tests::redis_server::{RedisServer, shared_cluster, shared_server, unique_prefix};
 use aragora_cp_tests::store_harness::{T0_MS, caps, new_task, registration, request, test_config};
 
@@ -16,9 +17,9 @@ async fn a_store_whose_redis_went_away_answers_unavailable() {
     let store = RedisStore::connect(&server.url(), &unique_prefix("gone"), test_config()).await.expect("connect");
     store.register(registration("a", &[])).await.expect("register while Redis is up");
     drop(server);
-    let submit = store.submit(new_task("tester", request("t"))).await;
+    let submit = store.submit(new_task("tester", request("t")), 64).await.map(|c| c.submitted);
     assert!(matches!(submit, Err(StoreError::Unavailable(_))), "{submit:?}");
-    let claim = ClaimRequest { agent_id: "a".into(), capabilities: caps(&[]), max_tasks: 1, session_id: None };
+    let claim = ClaimRequest { agent_id: "a".into(), capabilities: Some(caps(&[])), max_tasks: 1, session_id: None };
     assert!(matches!(store.claim(&claim).await, Err(StoreError::Unavailable(_))));
     assert!(matches!(store.stats().await, Err(StoreError::Unavailable(_))));
     assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
@@ -32,12 +33,12 @@ async fn stores_on_one_prefix_share_tasks_events_and_the_clock() {
     let two = RedisStore::connect(&url, &prefix, test_config()).await.expect("connect");
     one.pin_test_clock(T0_MS).await.expect("pin");
     let mut events = two.subscribe();
-    let submitted = one.submit(new_task("tester", request("shared"))).await.expect("submit");
+    let submitted = one.submit(new_task("tester", request("shared")), 64).await.expect("submit").submitted;
     let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("in time").expect("event");
     assert_eq!((event.kind, event.task_id.as_deref()), (EventKind::TaskSubmitted, Some(submitted.task_id.as_str())));
     two.register(registration("b", &[])).await.expect("register");
     assert_eq!(two.now_ms(), T0_MS, "the test clock lives in Redis, shared by every store of the prefix");
-    let claim = ClaimRequest { agent_id: "b".into(), capabilities: caps(&[]), max_tasks: 1, session_id: None };
+    let claim = ClaimRequest { agent_id: "b".into(), capabilities: Some(caps(&[])), max_tasks: 1, session_id: None };
     let granted = two.claim(&claim).await.expect("claim");
     assert_eq!(granted.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>(), vec![submitted.task_id.clone()]);
     assert!(one.claim(&claim).await.expect("claim").is_empty(), "claimed exactly once across stores");
@@ -49,8 +50,9 @@ async fn every_key_of_a_deployment_carries_the_one_hash_tag() {
     let server = shared_server();
     let store = RedisStore::connect(&server.url(), &prefix, test_config()).await.expect("connect");
     store.register(registration("a", &["code"])).await.expect("register");
-    store.submit(new_task("tester", request("t"))).await.expect("submit");
-    let claim = ClaimRequest { agent_id: "a".into(), capabilities: caps(&["code"]), max_tasks: 1, session_id: None };
+    store.submit(new_task("tester", request("t")), 64).await.map(|c| c.submitted).expect("submit");
+    let claim =
+        ClaimRequest { agent_id: "a".into(), capabilities: Some(caps(&["code"])), max_tasks: 1, session_id: None };
     store.claim(&claim).await.expect("claim");
     let client = redis::Client::open(server.url()).expect("client");
     let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
@@ -87,7 +89,8 @@ async fn with_appendfsync_always_an_acknowledged_submit_survives_a_redis_restart
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let store = RedisStore::connect(&server.url(), &unique_prefix("durable"), test_config()).await.expect("connect");
     store.register(registration("a", &[])).await.expect("register");
-    let submitted = store.submit(new_task("tester", request("durable"))).await.expect("acknowledged");
+    let submitted =
+        store.submit(new_task("tester", request("durable")), 64).await.map(|c| c.submitted).expect("acknowledged");
     server.restart();
     // The first calls may meet the broken connection (503, outcome unknown) while the store reconnects.
     let mut task = None;
@@ -104,7 +107,7 @@ async fn with_appendfsync_always_an_acknowledged_submit_survives_a_redis_restart
     assert_eq!(task.map(|t| t.task_id), Some(submitted.task_id.clone()), "the acknowledged task survived");
     // Scripts are loaded again by SHA on first use, and the event reader follows the stream again.
     let mut events = store.subscribe();
-    let claim = ClaimRequest { agent_id: "a".into(), capabilities: caps(&[]), max_tasks: 1, session_id: None };
+    let claim = ClaimRequest { agent_id: "a".into(), capabilities: Some(caps(&[])), max_tasks: 1, session_id: None };
     let granted = store.claim(&claim).await.expect("claim after the restart");
     assert_eq!(granted.into_iter().map(|t| t.task_id).collect::<Vec<_>>(), vec![submitted.task_id.clone()]);
     let claimed = loop {
@@ -132,12 +135,16 @@ async fn writes_wait_for_replicas_and_say_so_when_none_confirms() {
     let config = StoreConfig { wait_replicas: 1, ..test_config() };
     let prefix = unique_prefix("replicas");
     let store = RedisStore::connect(&primary.url(), &prefix, config).await.expect("connect");
-    let submitted = store.submit(new_task("alice", request("replicated"))).await.expect("a replica confirms the write");
+    let submitted = store
+        .submit(new_task("alice", request("replicated")), 64)
+        .await
+        .map(|c| c.submitted)
+        .expect("a replica confirms the write");
     let key = format!("{prefix}{{main}}:task:{}", submitted.task_id);
     assert!(replica.command(&format!("EXISTS {key}")).unwrap().contains(":1"), "the replica holds the task");
 
     drop(replica);
-    let refused = store.submit(new_task("alice", request("unconfirmed"))).await;
+    let refused = store.submit(new_task("alice", request("unconfirmed")), 64).await.map(|c| c.submitted);
     match refused {
         Err(StoreError::Unavailable(message)) => assert!(message.contains("REDIS_WAIT_REPLICAS"), "{message}"),
         other => panic!("expected an unconfirmed write to be unavailable, got {other:?}"),

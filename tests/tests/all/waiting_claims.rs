@@ -201,3 +201,172 @@ async fn an_offline_agents_claim_brings_it_back_with_a_policy_loaded_on_memory()
 async fn an_offline_agents_claim_brings_it_back_with_a_policy_loaded_on_redis() {
     an_offline_agents_claim_brings_it_back_with_a_policy_loaded(Backend::Redis).await;
 }
+
+/// The routing protocol's invariant under random interleavings, on the engine itself (the coordinator over the
+/// memory store, real strategy plugins): agents with different capabilities claim with random blocks, tasks of
+/// random signatures arrive, held tasks fail (requeued or not) or complete, claims are abandoned (client gone),
+/// agents are paused and resumed. Once routing has caught up, no pending task may have a live waiting claim that
+/// could take it, and no attempt of a task was ever handed to two claims.
+mod interleavings {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use aragora_cp::config::Config;
+    use aragora_cp::coordinator::ControlPlaneCoordinator;
+    use aragora_cp::model::{FailRequest, Fence, RegisterRequest, SubmitRequest, Task, TaskFilter, TaskStatus};
+    use aragora_cp::plugins::PluginRegistry;
+    use aragora_cp::scheduler::Claim;
+    use aragora_cp::store::{MemoryStore, Store, SystemClock};
+    use aragora_cp_tests::runtime;
+    use parking_lot::Mutex;
+    use proptest::prelude::*;
+
+    /// Agents and their capabilities: narrow, other, wide, none.
+    const AGENTS: [(&str, &[&str]); 4] = [("ia", &["a"]), ("ib", &["b"]), ("iab", &["a", "b"]), ("i0", &[])];
+    const SIGNATURES: [&[&str]; 4] = [&[], &["a"], &["b"], &["a", "b"]];
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Claim { agent: usize, block_ms: u64 },
+        Submit { signature: usize },
+        Fail { requeue: bool },
+        Complete,
+        Abandon,
+        Pause { agent: usize, paused: bool },
+        Pass { ms: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..AGENTS.len(), 50u64..600).prop_map(|(agent, block_ms)| Op::Claim { agent, block_ms }),
+            4 => (0..SIGNATURES.len()).prop_map(|signature| Op::Submit { signature }),
+            1 => any::<bool>().prop_map(|requeue| Op::Fail { requeue }),
+            1 => Just(Op::Complete),
+            1 => Just(Op::Abandon),
+            1 => (0..AGENTS.len(), any::<bool>()).prop_map(|(agent, paused)| Op::Pause { agent, paused }),
+            2 => (0u64..30).prop_map(|ms| Op::Pass { ms }),
+        ]
+    }
+
+    async fn run(ops: Vec<Op>) {
+        let config = Config::default();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
+        let plugins = Arc::new(PluginRegistry::new(runtime(), config.server_id.clone()).expect("built-ins"));
+        let cp = ControlPlaneCoordinator::with_parts(config, store.clone(), plugins).await.expect("coordinator");
+        for (agent, capabilities) in AGENTS {
+            let request = RegisterRequest {
+                agent_id: agent.into(),
+                capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+                max_concurrent_tasks: Some(2),
+                ..Default::default()
+            };
+            cp.register_agent(request).await.expect("register");
+        }
+        let held: Arc<Mutex<Vec<Task>>> = Arc::default();
+        let granted: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+        let mut claims = Vec::new();
+        for op in ops {
+            match op {
+                Op::Claim { agent, block_ms } => {
+                    let (cp, held, granted) = (cp.clone(), held.clone(), granted.clone());
+                    claims.push(tokio::spawn(async move {
+                        let claim = Claim {
+                            agent_id: AGENTS[agent].0.into(),
+                            capabilities: None,
+                            block: Duration::from_millis(block_ms),
+                            max_tasks: 1,
+                            session_id: None,
+                        };
+                        if let Ok(outcome) = cp.claim_task(&claim).await {
+                            for task in outcome.tasks {
+                                granted.lock().push((task.task_id.to_string(), task.attempt));
+                                held.lock().push(task);
+                            }
+                        }
+                    }));
+                }
+                Op::Submit { signature } => {
+                    let request = SubmitRequest {
+                        task_type: "interleaved".into(),
+                        required_capabilities: SIGNATURES[signature].iter().map(|c| c.to_string()).collect(),
+                        max_retries: Some(3),
+                        ..Default::default()
+                    };
+                    cp.submit_task(request, "prop").await.expect("submit");
+                }
+                Op::Fail { requeue } => {
+                    let task = held.lock().pop();
+                    if let Some(task) = task {
+                        let failure = FailRequest { error: "x".into(), requeue, kind: Default::default() };
+                        let _ = cp.fail_task(&task.task_id, &Fence::Lease(task.lease_id.unwrap()), &failure).await;
+                    }
+                }
+                Op::Complete => {
+                    let task = held.lock().pop();
+                    if let Some(task) = task {
+                        let lease = Fence::Lease(task.lease_id.unwrap());
+                        let _ = cp.complete_task(&task.task_id, &lease, serde_json::json!({})).await;
+                    }
+                }
+                Op::Abandon => {
+                    if let Some(claim) = claims.iter().find(|c| !c.is_finished()) {
+                        claim.abort();
+                    }
+                }
+                Op::Pause { agent, paused } => {
+                    let agent = AGENTS[agent].0;
+                    let _ = if paused { cp.pause_agent(agent).await } else { cp.resume_agent(agent).await };
+                }
+                Op::Pass { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
+            }
+        }
+        // Once routing caught up: no pending task has a live waiting claim that could take it.
+        let started = std::time::Instant::now();
+        loop {
+            let filter = TaskFilter { status: Some(TaskStatus::Pending), limit: 1000, ..TaskFilter::default() };
+            let pending = cp.list_tasks(&filter).await.expect("list").tasks;
+            let mut stranded = Vec::new();
+            for task in &pending {
+                if let Some(offer) = store.offer(&task.task_id, 64, None).await.expect("offer") {
+                    stranded.push((
+                        task.task_id.to_string(),
+                        offer.waiting.iter().map(|c| c.agent_id.clone()).collect::<Vec<_>>(),
+                    ));
+                }
+            }
+            if stranded.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "pending tasks with waiting claims that could take them: {stranded:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for claim in &claims {
+            claim.abort();
+        }
+        let granted = granted.lock().clone();
+        let unique: HashSet<&(String, u32)> = granted.iter().collect();
+        assert_eq!(unique.len(), granted.len(), "an attempt handed to two claims: {granted:?}");
+        cp.shutdown().await;
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(16)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn no_task_stays_pending_while_a_claim_that_may_take_it_waits(ops in prop::collection::vec(op(), 1..=40)) {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(run(ops));
+        }
+    }
+}

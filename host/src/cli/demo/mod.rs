@@ -27,7 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Authenticator, Permission};
-use crate::cli::serve::{RunningServer, ServerSettings, shutdown_signal};
+use crate::cli::serve::{RunningServer, ServerSettings, ShutdownSignal};
 use crate::config::Config;
 use crate::store::open::{StoreKind, StoreOptions};
 use agent::{Controls, Ending, LoopOptions, Profile};
@@ -304,6 +304,7 @@ async fn run_async(args: DemoArgs, bind: SocketAddr) -> anyhow::Result<ExitCode>
         StoreKind::Memory => "memory store".to_string(),
         StoreKind::Redis => format!("Redis, keys under {}", settings.store.prefix),
     };
+    let mut signal = ShutdownSignal::install()?;
     let mut server = RunningServer::start(config, &settings, store, auth.clone(), None).await?;
     let base = format!("http://{}", server.address);
     let admin_token = auth.issue("admin", &[Permission::Admin], Duration::from_secs(24 * 3600))?;
@@ -338,14 +339,14 @@ async fn run_async(args: DemoArgs, bind: SocketAddr) -> anyhow::Result<ExitCode>
     let outcome = tokio::select! {
         outcome = walkthrough::run(&mut demo, &args) => Some(outcome),
         outcome = server.stopped() => Some(outcome.and_then(|()| Err(anyhow::anyhow!("the server stopped")))),
-        _ = shutdown_signal() => None,
+        _ = signal.recv() => None,
     };
     let mut signalled = outcome.is_none();
     if args.hold && matches!(outcome, Some(Ok(()))) {
         println!();
         println!("holding: the server and agents keep running at {base}; Ctrl-C stops them");
         tokio::select! {
-            _ = shutdown_signal() => signalled = true,
+            _ = signal.recv() => signalled = true,
             stopped = server.stopped() => stopped?,
         }
     }

@@ -9,7 +9,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
 
-use crate::store::StoreError;
+use crate::model::StoreError;
 
 /// How long a command or script may take before the call fails as `Unavailable`. Generous: a batch submit of ten
 /// thousand tasks is one script, and a busy two-core machine can stretch it.

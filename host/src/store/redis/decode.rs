@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use redis::Value;
 use serde_json::{Map, Value as Json};
 
+use super::super::{ClaimAnswer, WaitingClaim};
 use crate::model::{
-    Agent, AgentStatus, CapabilitySet, Event, EventKind, Priority, Task, TaskError, TaskId, TaskStatus, rfc3339_ms,
-};
-use crate::store::{
-    AgentHealth, BreakerState, HealthState, PluginHistoryEntry, PluginRecord, StoreError, StoreResult, Violation,
+    Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, Event, EventKind, HealthState,
+    PluginHistoryEntry, PluginRecord, Priority, Refusal, StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus,
+    Violation, rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
@@ -200,7 +200,8 @@ pub(super) fn tasks(value: &Value) -> StoreResult<Vec<Task>> {
 /// An agent from its view: `{hash, sorted lease task ids, last heartbeat ms}`.
 pub(super) fn agent(value: &Value) -> StoreResult<Agent> {
     let parts = array(value)?;
-    let [record, leases, beat] = parts else { return Err(corrupt("an agent view has three parts")) };
+    // A fourth part, when present, is the agent's refusal (read_agents); the caller reads it.
+    let [record, leases, beat, ..] = parts else { return Err(corrupt("an agent view has three parts")) };
     let map = hash(record)?;
     let current_task_ids =
         array(leases)?.iter().map(|v| task_id(&text(v).unwrap_or_default())).collect::<StoreResult<Vec<TaskId>>>()?;
@@ -224,6 +225,44 @@ pub(super) fn agent(value: &Value) -> StoreResult<Agent> {
         paused: field(&map, "paused") == Some("1"),
         session_id: field(&map, "session").unwrap_or_default().to_string(),
     })
+}
+
+/// A claim's reply (lib.lua `claim_reply`): `{task views, refusal|'', '1' if waiting, promoted ids}`.
+pub(super) fn claim_answer(value: &Value) -> StoreResult<ClaimAnswer> {
+    let parts = array(value)?;
+    let [granted, refusal, waiting, promoted] = parts else { return Err(corrupt("a claim reply has four parts")) };
+    let refusal = text(refusal).filter(|r| !r.is_empty()).map(|r| parse_enum::<Refusal>(&r)).transpose()?;
+    let promoted =
+        array(promoted)?.iter().map(|v| task_id(&text(v).unwrap_or_default())).collect::<StoreResult<_>>()?;
+    Ok(ClaimAnswer { tasks: tasks(granted)?, refusal, waiting: text(waiting).as_deref() == Some("1"), promoted })
+}
+
+/// Waiting claims of an offer (lib.lua `offer`): each `{token, agent, seq, in flight, max, completed, failed,
+/// latency, last heartbeat, last assigned|'', health}`.
+pub(super) fn waiting_claims(value: &Value) -> StoreResult<Vec<WaitingClaim>> {
+    array(value)?
+        .iter()
+        .map(|claim| {
+            let parts = array(claim)?;
+            let at = |i: usize| parts.get(i).and_then(text).unwrap_or_default();
+            let number = |i: usize| at(i).parse::<u64>().unwrap_or(0);
+            Ok(WaitingClaim {
+                token: at(0),
+                agent_id: at(1),
+                seq: number(2),
+                numbers: CandidateNumbers {
+                    in_flight: number(3) as u32,
+                    max_concurrent: number(4) as u32,
+                    completed: number(5),
+                    failed: number(6),
+                    avg_latency_ms: at(7).parse().unwrap_or(0.0),
+                    last_heartbeat_ms: number(8),
+                    last_assigned_ms: at(9).parse().ok(),
+                    health: parse_enum::<HealthState>(&at(10)).unwrap_or_default(),
+                },
+            })
+        })
+        .collect()
 }
 
 /// An agent's health and breaker from its hash.

@@ -118,7 +118,7 @@ pub(super) async fn follow(
 }
 
 /// The entries of an `XREAD` reply on one stream (none on a timeout).
-fn entries_of(reply: &Value) -> Result<&[Value], crate::store::StoreError> {
+fn entries_of(reply: &Value) -> Result<&[Value], crate::model::StoreError> {
     let streams = decode::array(reply)?;
     let Some(stream) = streams.first() else { return Ok(&[]) };
     match decode::array(stream)? {

@@ -27,12 +27,15 @@ use self::connection::{Commands, Target, unavailable};
 use self::decode::{Reply, text};
 use self::scripts::Scripts;
 use super::{
-    AgentFilter, AgentHealth, AgentRegistration, ClaimRequest, Completion, FailRequest, Fence, HealthVerdict,
-    HeartbeatOutcome, NewViolation, PluginAction, PluginChange, PluginRecord, Registered, RevokeReason, Revoked, Store,
-    StoreConfig, StoreError, StoreResult, StoreStats, Submitted, TaskFilter, TaskPage, Violation, Waiter, Withdrawn,
+    Assigned, ClaimAnswer, ClaimRequest, Committed, Offer, Store, StoreConfig, Swept, WaitSpec, Waiter, Withdrawn,
 };
 use crate::model::{
     Agent, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
+};
+use crate::model::{
+    AgentFilter, AgentHealth, AgentRegistration, Completion, FailRequest, Fence, FleetStats, HealthVerdict,
+    HeartbeatOutcome, NewViolation, PluginAction, PluginChange, PluginRecord, Registered, RevokeReason, Revoked,
+    StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation,
 };
 
 /// The default key prefix (`CONTROL_PLANE_PREFIX`).
@@ -273,16 +276,35 @@ impl RedisStore {
         rand::rng().random_range(1..2_147_483_647u32).to_string()
     }
 
-    fn claim_args(request: &ClaimRequest) -> Vec<String> {
+    /// A claim's arguments (lib.lua `claim_args`): agent, has_caps, caps, max_tasks, session, wait token, wait
+    /// lifetime, lease count, lease ids.
+    fn claim_args(request: &ClaimRequest, wait: Option<&WaitSpec>) -> Vec<String> {
+        let leases = RedisStore::lease_ids(request.max_tasks);
         let mut args = vec![
             request.agent_id.clone(),
-            caps(&request.capabilities),
+            if request.capabilities.is_some() { "1" } else { "0" }.to_string(),
+            request.capabilities.as_ref().map(caps).unwrap_or_default(),
             request.max_tasks.to_string(),
             request.session_id.clone().unwrap_or_default(),
+            wait.map(|w| w.token.clone()).unwrap_or_default(),
+            wait.map(|w| w.lifetime.as_millis().to_string()).unwrap_or_default(),
+            leases.len().to_string(),
         ];
-        args.extend(RedisStore::lease_ids(request.max_tasks));
+        args.extend(leases);
         args
     }
+}
+
+/// Task ids a script answered as a list (requeued, promoted); none when absent.
+fn task_ids(list: Option<&Value>) -> StoreResult<Vec<TaskId>> {
+    let Some(list) = list else { return Ok(Vec::new()) };
+    decode::array(list)?
+        .iter()
+        .map(|id| {
+            let id = text(id).unwrap_or_default();
+            TaskId::parse("task_id", &id).map_err(|_| StoreError::Unavailable(format!("redis: task id {id}")))
+        })
+        .collect()
 }
 
 /// A capability set as scripts keep it: comma-joined, sorted.
@@ -401,7 +423,7 @@ impl Store for RedisStore {
         let body = self.call(&self.scripts.register, args).await?;
         let agent = decode::agent(first(&body)?)?;
         let flag = |i: usize| body.get(i).and_then(text).as_deref() == Some("1");
-        Ok(Registered { agent, created: flag(1), restarted: flag(2) })
+        Ok(Registered { agent, created: flag(1), restarted: flag(2), requeued: task_ids(body.get(3))? })
     }
 
     async fn heartbeat(&self, agent_id: &str, heartbeat: &HeartbeatRequest) -> StoreResult<HeartbeatOutcome> {
@@ -428,11 +450,12 @@ impl Store for RedisStore {
                 .map_err(|_| StoreError::Unavailable(format!("redis: revoked task id {task}")))?;
             revoked.push(Revoked { task_id, reason });
         }
-        Ok(HeartbeatOutcome { status, revoked })
+        Ok(HeartbeatOutcome { status, revoked, requeued: task_ids(body.get(2))? })
     }
 
-    async fn unregister(&self, agent_id: &str) -> StoreResult<()> {
-        self.call(&self.scripts.unregister, vec![agent_id.to_string()]).await.map(|_| ())
+    async fn unregister(&self, agent_id: &str) -> StoreResult<Vec<TaskId>> {
+        let body = self.call(&self.scripts.unregister, vec![agent_id.to_string()]).await?;
+        task_ids(body.first())
     }
 
     async fn set_paused(&self, agent_id: &str, paused: bool) -> StoreResult<Agent> {
@@ -451,24 +474,38 @@ impl Store for RedisStore {
 
     async fn list_agents(&self, filter: &AgentFilter) -> StoreResult<Vec<Agent>> {
         let body = self.call(&self.scripts.read_agents, vec![String::new()]).await?;
-        let agents = decode::array(first(&body)?)?.iter().map(decode::agent).collect::<StoreResult<Vec<_>>>()?;
-        Ok(agents
-            .into_iter()
-            .filter(|a| filter.capability.as_ref().is_none_or(|c| a.capabilities.contains(c)))
-            .filter(|a| filter.available.is_none_or(|want| super::memory::is_available(a) == want))
-            .collect())
+        let mut agents = Vec::new();
+        for view in decode::array(first(&body)?)? {
+            let agent = decode::agent(view)?;
+            if filter.capability.as_ref().is_some_and(|c| !agent.capabilities.contains(c)) {
+                continue;
+            }
+            if let Some(want) = filter.available {
+                // The rule as the script judged it (`refusal_of`), plus readiness and room: `Standing::available`.
+                let refused = decode::array(view)?.get(3).and_then(text).is_some_and(|r| !r.is_empty());
+                let available = !refused
+                    && agent.status == crate::model::AgentStatus::Ready
+                    && agent.in_flight < agent.max_concurrent_tasks;
+                if available != want {
+                    continue;
+                }
+            }
+            agents.push(agent);
+        }
+        Ok(agents)
     }
 
-    async fn submit(&self, task: NewTask) -> StoreResult<Submitted> {
-        let mut submitted = self.submit_batch(vec![task]).await?;
-        submitted.pop().ok_or_else(|| StoreError::Unavailable("redis: submit answered nothing".into()))
+    async fn submit(&self, task: NewTask, offer_limit: usize) -> StoreResult<Committed> {
+        let mut committed = self.submit_batch(vec![task], offer_limit).await?;
+        committed.pop().ok_or_else(|| StoreError::Unavailable("redis: submit answered nothing".into()))
     }
 
-    async fn submit_batch(&self, tasks: Vec<NewTask>) -> StoreResult<Vec<Submitted>> {
+    async fn submit_batch(&self, tasks: Vec<NewTask>, offer_limit: usize) -> StoreResult<Vec<Committed>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut args = Vec::with_capacity(1 + tasks.len() * 15);
+        let mut args = Vec::with_capacity(2 + tasks.len() * 15);
+        args.push(offer_limit.to_string());
         args.push(tasks.len().to_string());
         for task in tasks {
             let data = json!({
@@ -494,22 +531,34 @@ impl Store for RedisStore {
                 json_text(&data),
             ]);
         }
-        let body = self.call(&self.scripts.submit, args).await?;
-        let answers = decode::array(first(&body)?)?;
-        answers
-            .chunks(2)
-            .map(|pair| {
-                let id = text(&pair[0]).unwrap_or_default();
+        let reply = self.run(&self.scripts.submit, args).await?;
+        let now_ms = reply.now;
+        let body = reply.body?;
+        let offers: Vec<Arc<Offer>> = body
+            .get(1)
+            .map(decode::array)
+            .transpose()?
+            .unwrap_or(&[])
+            .iter()
+            .map(|claims| Ok(Arc::new(Offer { now_ms, waiting: decode::waiting_claims(claims)? })))
+            .collect::<StoreResult<_>>()?;
+        decode::array(first(&body)?)?
+            .chunks(3)
+            .map(|answer| {
+                let id = text(&answer[0]).unwrap_or_default();
                 let task_id = TaskId::parse("task_id", &id)
                     .map_err(|_| StoreError::Unavailable(format!("redis: submitted task id {id}")))?;
-                Ok(Submitted { task_id, replayed: pair.get(1).and_then(text).as_deref() == Some("1") })
+                let replayed = answer.get(1).and_then(text).as_deref() == Some("1");
+                let offer_number: usize = answer.get(2).and_then(text).and_then(|n| n.parse().ok()).unwrap_or(0);
+                let offer = offer_number.checked_sub(1).and_then(|i| offers.get(i)).cloned();
+                Ok(Committed { submitted: Submitted { task_id, replayed }, offer })
             })
             .collect()
     }
 
-    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Task>> {
-        let body = self.call(&self.scripts.claim, RedisStore::claim_args(request)).await?;
-        decode::tasks(first(&body)?)
+    async fn claim_or_wait(&self, request: &ClaimRequest, wait: Option<WaitSpec>) -> StoreResult<ClaimAnswer> {
+        let body = self.call(&self.scripts.claim, RedisStore::claim_args(request, wait.as_ref())).await?;
+        decode::claim_answer(first(&body)?)
     }
 
     async fn peek(&self, capabilities: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>> {
@@ -521,7 +570,8 @@ impl Store for RedisStore {
         let args = vec![
             task_id.to_string(),
             request.agent_id.clone(),
-            caps(&request.capabilities),
+            if request.capabilities.is_some() { "1" } else { "0" }.to_string(),
+            request.capabilities.as_ref().map(caps).unwrap_or_default(),
             request.session_id.clone().unwrap_or_default(),
             RedisStore::lease_ids(1).remove(0),
         ];
@@ -543,28 +593,22 @@ impl Store for RedisStore {
         })
     }
 
-    async fn waiters_for(&self, required: &CapabilitySet, limit: usize) -> StoreResult<Vec<Waiter>> {
-        let body = self.call(&self.scripts.waiters_for, vec![caps(required), limit.to_string()]).await?;
-        decode::array(first(&body)?)?
-            .iter()
-            .map(|w| {
-                let parts = decode::array(w)?;
-                let part = |i: usize| parts.get(i).and_then(text).unwrap_or_default();
-                Ok(Waiter {
-                    token: part(0),
-                    agent_id: part(1),
-                    capabilities: CapabilitySet::from_normalized(
-                        part(2).split(',').filter(|c| !c.is_empty()).map(str::to_string).collect(),
-                    ),
-                })
-            })
-            .collect()
+    async fn offer(&self, task_id: &TaskId, limit: usize, after: Option<u64>) -> StoreResult<Option<Offer>> {
+        let args = vec![task_id.to_string(), limit.to_string(), after.unwrap_or(0).to_string()];
+        let reply = self.run(&self.scripts.offer, args).await?;
+        let now_ms = reply.now;
+        let waiting = decode::waiting_claims(first(&reply.body?)?)?;
+        Ok((!waiting.is_empty()).then_some(Offer { now_ms, waiting }))
     }
 
-    async fn assign(&self, task_id: &TaskId, token: &str) -> StoreResult<Option<Task>> {
-        let args = vec![task_id.to_string(), token.to_string(), RedisStore::lease_ids(1).remove(0)];
+    async fn assign(&self, task_id: &TaskId, tokens: &[String], any_waiter: bool) -> StoreResult<Option<Assigned>> {
+        let mut args = vec![task_id.to_string(), RedisStore::lease_ids(1).remove(0), u8::from(any_waiter).to_string()];
+        args.extend(tokens.iter().cloned());
         let body = self.call(&self.scripts.assign, args).await?;
-        decode::maybe_task(&body, 0)
+        let Some(token) = body.first().and_then(text) else { return Ok(None) };
+        let task = decode::maybe_task(&body, 1)?
+            .ok_or_else(|| StoreError::Unavailable("redis: an assignment answered no task".into()))?;
+        Ok(Some(Assigned { token, task }))
     }
 
     async fn start(&self, task_id: &TaskId, fence: &Fence) -> StoreResult<Task> {
@@ -617,14 +661,17 @@ impl Store for RedisStore {
         fence: &Fence,
         completion: Completion,
         next: &ClaimRequest,
-    ) -> StoreResult<(Task, Vec<Task>)> {
+        wait: Option<WaitSpec>,
+    ) -> StoreResult<(Task, ClaimAnswer)> {
         let [kind, value] = fence_args(fence);
         let mut args = vec![task_id.to_string(), kind, value];
         args.extend(completion_args(&completion));
-        args.extend(RedisStore::claim_args(next));
+        args.extend(RedisStore::claim_args(next, wait.as_ref()));
         let body = self.call(&self.scripts.complete_and_claim, args).await?;
         let done = decode::task(first(&body)?)?;
-        let claimed = body.get(1).map(decode::tasks).transpose()?.unwrap_or_default();
+        let claimed = decode::claim_answer(
+            body.get(1).ok_or_else(|| StoreError::Unavailable("redis: complete_and_claim answered no claim".into()))?,
+        )?;
         Ok((done, claimed))
     }
 
@@ -657,8 +704,9 @@ impl Store for RedisStore {
         decode::task(first(&body)?)
     }
 
-    async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<()> {
-        self.call(&self.scripts.release, vec![task_id.to_string(), lease_id.to_string()]).await.map(|_| ())
+    async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<bool> {
+        let body = self.call(&self.scripts.release, vec![task_id.to_string(), lease_id.to_string()]).await?;
+        Ok(body.first().and_then(text).as_deref() == Some("1"))
     }
 
     async fn get_task(&self, task_id: &TaskId) -> StoreResult<Option<Task>> {
@@ -695,14 +743,19 @@ impl Store for RedisStore {
         Ok(TaskPage { tasks, next_cursor })
     }
 
-    async fn sweep_timeouts(&self, limit: usize) -> StoreResult<usize> {
+    async fn sweep_timeouts(&self, limit: usize) -> StoreResult<Swept> {
         let body = self.call(&self.scripts.sweep_timeouts, vec![limit.to_string(), RedisStore::seed()]).await?;
-        Ok(decode::number(first(&body)?)? as usize)
+        Ok(Swept { count: decode::number(first(&body)?)? as usize, requeued: task_ids(body.get(1))? })
     }
 
-    async fn sweep_offline(&self, limit: usize) -> StoreResult<usize> {
+    async fn sweep_offline(&self, limit: usize) -> StoreResult<Swept> {
         let body = self.call(&self.scripts.sweep_offline, vec![limit.to_string(), RedisStore::seed()]).await?;
-        Ok(decode::number(first(&body)?)? as usize)
+        Ok(Swept { count: decode::number(first(&body)?)? as usize, requeued: task_ids(body.get(1))? })
+    }
+
+    async fn promote_due(&self, limit: usize) -> StoreResult<Vec<TaskId>> {
+        let body = self.call(&self.scripts.promote_due, vec![limit.to_string()]).await?;
+        task_ids(body.first())
     }
 
     async fn housekeeping(&self, task_retention_ms: u64, agent_retention_ms: u64, limit: usize) -> StoreResult<usize> {
@@ -852,12 +905,12 @@ impl Store for RedisStore {
         Ok(Some((sha256, bytes)))
     }
 
-    async fn stats(&self) -> StoreResult<StoreStats> {
+    async fn stats(&self) -> StoreResult<FleetStats> {
         let body = self.call(&self.scripts.stats, Vec::new()).await?;
         let tasks = decode::hash(first(&body)?)?;
         let agents = body.get(1).map(decode::hash).transpose()?.unwrap_or_default();
         let count = |i: usize| body.get(i).and_then(text).and_then(|t| t.parse().ok()).unwrap_or(0u64);
-        let mut stats = StoreStats { live_signatures: count(2), waiting_claims: count(3), ..StoreStats::default() };
+        let mut stats = FleetStats { live_signatures: count(2), waiting_claims: count(3), ..FleetStats::default() };
         for (field, value) in tasks {
             let Ok(value) = value.parse::<i64>() else { continue };
             let value = value.max(0) as u64;

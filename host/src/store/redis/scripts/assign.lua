@@ -1,29 +1,54 @@
--- assign(task, token, lease): grants the task through a waiter token, only if the task is still pending, the token
--- unused and unexpired, and the agent still eligible.
-local id, token, lease = arg(1), arg(2), arg(3)
-local w = redis.call('HMGET', wkey(token), 'agent', 'caps', 'until')
-if not w[1] or redis.call('ZSCORE', K.waiters, token) == false then return ok() end
-local agent = w[1]
-if waiter_expired(w[3]) then
-  -- Its claim is over: withdrawn by now, or its server died. Nobody would receive the task.
-  redis.call('ZREM', K.waiters, token)
-  redis.call('DEL', wkey(token))
-  redis.call('SREM', wskey(agent), token)
-  return ok()
+-- assign(task, lease, any_waiter, tokens...): grants the task through the first token that can still take it (task
+-- pending and due, token live, agent eligible and holding the capabilities); with any_waiter '1', then through any
+-- live waiting claim that can, longest-waiting first. Answers {token, task view}, or nothing.
+
+-- Grants `id` through `token` if it can; answers whether it did.
+local function through(id, token, lease)
+  local w = redis.call('HMGET', wkey(token), 'agent', 'caps', 'until')
+  if not w[1] or redis.call('ZSCORE', K.waiters, token) == false then return false end
+  local agent = w[1]
+  if waiter_expired(w[3]) then
+    -- Its claim is over: withdrawn by now, or its server died. Nobody would receive the task.
+    remove_waiter(token)
+    return false
+  end
+  if not agent_exists(agent) then return false end
+  -- The waiter's capabilities may have been narrowed by the claim, never widened past the registration.
+  local holds = cap_set(redis.call('HGET', akey(agent), 'caps'))
+  local t = redis.call('HMGET', tkey(id), 'status', 'avail', 'caps')
+  local claimable = t[1] == 'pending' and (not t[2] or tonumber(t[2]) <= NOW) and subset(t[3], cap_set(w[2]))
+      and subset(t[3], holds)
+  if not claimable or not eligible(agent) then return false end
+  remove_waiter(token)
+  dequeue(id)
+  touch(agent)
+  grant(id, agent, 'routed', lease, token)
+  -- Answered at withdrawal for as long as the claim's token would have lived, and a second more (a claim woken with
+  -- its task by this server never withdraws, so the record must go by itself).
+  local ttl = math.max(tonumber(w[3]) - NOW, 0) + 1000
+  redis.call('SET', P .. 'consumed:' .. token, id .. ' ' .. lease, 'PX', n2s(ttl))
+  return true
 end
-if not agent_exists(agent) then return ok() end
--- The waiter's capabilities may have been narrowed by the claim, never widened past the registration.
-local holds = cap_set(redis.call('HGET', akey(agent), 'caps'))
+
+local id, lease, any_waiter = arg(1), arg(2), arg(3) == '1'
 if not task_exists(id) then return fail(no_task(id)) end
-local t = redis.call('HMGET', tkey(id), 'status', 'avail', 'caps')
-local claimable = t[1] == 'pending' and (not t[2] or tonumber(t[2]) <= NOW) and subset(t[3], cap_set(w[2]))
-    and subset(t[3], holds)
-if not claimable or not eligible(agent) then return ok() end
-redis.call('ZREM', K.waiters, token)
-redis.call('DEL', wkey(token))
-redis.call('SREM', wskey(agent), token)
-dequeue(id)
-touch(agent)
-grant(id, agent, 'routed', lease, token)
-redis.call('HSET', K.consumed, token, id .. ' ' .. lease)
-return ok(task_view(id))
+local status = redis.call('HGET', tkey(id), 'status')
+if status ~= 'pending' then return ok() end
+local i = 4
+while arg(i) do
+  if through(id, arg(i), lease) then return ok(arg(i), task_view(id)) end
+  i = i + 1
+end
+if any_waiter then
+  local sig = redis.call('HGET', tkey(id), 'caps')
+  local after = 0
+  while true do
+    local page = covering(sig, after, 32)
+    if #page == 0 then break end
+    after = page[#page][1]
+    for _, entry in ipairs(page) do
+      if through(id, entry[2], lease) then return ok(entry[2], task_view(id)) end
+    end
+  end
+end
+return ok()

@@ -1,12 +1,6 @@
--- claim(agent, caps, max_tasks, session|'', lease ids...): grants the best pending tasks the agent can take.
-local leases = {}
-local i = 5
-while arg(i) do
-  table.insert(leases, arg(i))
-  i = i + 1
-end
-local granted, e = claim(arg(1), arg(2), tonumber(arg(3)), arg(4), leases)
+-- claim(agent, has_caps, caps, max_tasks, session|'', wait token|'', wait lifetime ms, lease count, lease ids...):
+-- grants the best pending tasks the agent can take, or registers its waiting claim when there are none (one step,
+-- so no submit falls between the look and the registration). Answers the claim reply (lib.lua `claim_reply`).
+local answer, e = claim(claim_args(1))
 if e then return fail(e) end
-local views = {}
-for _, id in ipairs(granted) do table.insert(views, task_view(id)) end
-return ok(views)
+return ok(claim_reply(answer))

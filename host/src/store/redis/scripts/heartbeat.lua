@@ -38,4 +38,4 @@ if status ~= '' then
 end
 local revoked = redis.call('LRANGE', revkey(id), 0, -1)
 redis.call('DEL', revkey(id))
-return ok(redis.call('HGET', akey(id), 'status'), revoked)
+return ok(redis.call('HGET', akey(id), 'status'), revoked, REQUEUED)

@@ -39,6 +39,7 @@ local K = {
   offline = P .. 'offline',
   beats = P .. 'beats',
   waiters = P .. 'waiters',
+  waiting_sets = P .. 'waiting-sets',
   consumed = P .. 'consumed',
   idem = P .. 'idem',
   idem_exp = P .. 'idem:exp',
@@ -56,6 +57,8 @@ local function revkey(id) return P .. 'agent:' .. id .. ':revoked' end
 local function fkey(id) return P .. 'agent:' .. id .. ':failures' end
 local function wskey(id) return P .. 'agent:' .. id .. ':waiters' end
 local function wkey(token) return P .. 'waiter:' .. token end
+-- Waiting claims of one capability set, by waiting order (the store sequence).
+local function gkey(caps) return P .. 'waiting:' .. caps end
 
 -- Integers as decimal strings: Lua numbers are doubles, and `tostring` would print large ones in exponent form.
 local function n2s(x) return string.format('%d', x) end
@@ -90,6 +93,9 @@ local REVOKED_HISTORY = 8
 
 local LAST_EVENT = false
 
+-- Tasks this script put back to pending, claimable now: answered to the host, which routes them.
+local REQUEUED = {}
+
 local function json(tbl)
   if next(tbl) == nil then return '{}' end
   return cjson.encode(tbl)
@@ -100,6 +106,24 @@ local function emit(kind, task, agent, data)
   LAST_EVENT = redis.call('XADD', K.events, 'MAXLEN', '~', CFG.event_buffer, '*',
     'n', n2s(n), 'type', kind, 'time', n2s(NOW), 'server', CFG.server,
     'task', task or '', 'agent', agent or '', 'data', data)
+end
+
+-- ------------------------------------------------------------------------------------------------------------------
+-- "May this agent take work?": the mirror of the model's rule (`model/eligibility.rs`, `Standing::refusal`), which
+-- the store conformance suite pins it to. A breaker open past its cooldown counts as half-open with no trial out;
+-- `refusal` (below) also makes that transition. Answers the reason, or nil.
+
+local function refusal_of(id)
+  local a = redis.call('HMGET', akey(id), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial')
+  if not a[2] then return 'offline' end
+  if a[1] == '1' then return 'paused' end
+  if a[3] == 'unhealthy' then return 'unhealthy' end
+  local breaker, trial = a[4], a[6]
+  if breaker == 'open' and NOW >= tonumber(a[5]) + CFG.breaker_cooldown then breaker, trial = 'half_open', false end
+  if breaker == 'open' then return 'breaker_open' end
+  if breaker == 'half_open' and trial then return 'breaker_trial_in_flight' end
+  if a[2] == 'ready' or a[2] == 'busy' then return nil end
+  return a[2] -- draining, failed, offline, starting: the reason is the status
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
@@ -121,7 +145,7 @@ local function contribution(id, sign)
     for cap in string.gmatch(a[3], '[^,]+') do redis.call('HINCRBY', S, 'cap:' .. cap, sign) end
   end
   if a[5] ~= 'closed' then redis.call('HINCRBY', S, 'open_breakers', sign) end
-  if a[6] == '0' and a[1] == 'ready' and redis.call('HLEN', lkey(id)) < tonumber(a[7]) then
+  if a[1] == 'ready' and refusal_of(id) == nil and redis.call('HLEN', lkey(id)) < tonumber(a[7]) then
     redis.call('HINCRBY', S, 'available', sign)
   end
 end
@@ -238,16 +262,20 @@ local function dequeue(id)
   end
 end
 
--- Moves delayed tasks whose backoff is over into the claim index (bounded per call; the rest follow next time).
-local function promote_due()
-  local due = redis.call('ZRANGEBYSCORE', K.delayed, '-inf', NOW, 'LIMIT', 0, 1000)
+-- Moves delayed tasks whose backoff is over into the claim index (at most `limit`; the rest follow next time) and
+-- answers them.
+local function promote_due(limit)
+  local promoted = {}
+  local due = redis.call('ZRANGEBYSCORE', K.delayed, '-inf', NOW, 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
     redis.call('ZREM', K.delayed, id)
     if task_exists(id) then
       redis.call('HDEL', tkey(id), 'avail')
       enqueue(id)
+      table.insert(promoted, id)
     end
   end
+  return promoted
 end
 
 -- The best claimable task among the signatures `caps` covers: the lowest (score, member) of their heads, counting
@@ -337,22 +365,20 @@ local function check_session(id, session)
   return nil
 end
 
--- Whether the agent may be given work now; an open breaker past its cooldown turns half-open here.
-local function eligible(id)
-  local a = redis.call('HMGET', akey(id), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial')
-  if not a[2] then return false end
-  if a[1] == '1' or a[2] == 'draining' or a[2] == 'failed' or a[3] == 'unhealthy' then return false end
-  if a[4] == 'closed' then return true end
-  if a[4] == 'half_open' then return not a[6] end
-  if NOW >= tonumber(a[5]) + CFG.breaker_cooldown then
+-- The eligibility rule now (`refusal_of`); an open breaker past its cooldown turns half-open here, with its event.
+local function refusal(id)
+  local a = redis.call('HMGET', akey(id), 'b_state', 'b_opened')
+  if a[1] == 'open' and NOW >= tonumber(a[2]) + CFG.breaker_cooldown then
     mark(id)
     redis.call('HSET', akey(id), 'b_state', 'half_open')
     redis.call('HDEL', akey(id), 'b_trial')
     emit('breaker_changed', nil, id, json({ from = 'open', to = 'half_open' }))
-    return true
   end
-  return false
+  return refusal_of(id)
 end
+
+-- Whether the agent may be given work now.
+local function eligible(id) return refusal(id) == nil end
 
 -- A failure against the breaker: it opens after `breaker_threshold` failures over at least two distinct tasks within
 -- the window, and a failed half-open trial opens it again.
@@ -413,12 +439,86 @@ local function waiter_expired(deadline)
   return deadline ~= false and deadline ~= nil and tonumber(deadline) <= NOW
 end
 
+-- Drops a waiting claim from every index (a no-op for an unknown token).
+local function remove_waiter(token)
+  local w = redis.call('HMGET', wkey(token), 'agent', 'caps')
+  redis.call('ZREM', K.waiters, token)
+  redis.call('DEL', wkey(token))
+  if w[1] then redis.call('SREM', wskey(w[1]), token) end
+  if w[2] then redis.call('ZREM', gkey(w[2]), token) end
+end
+
 local function remove_waiters_of(id)
-  for _, token in ipairs(redis.call('SMEMBERS', wskey(id))) do
-    redis.call('ZREM', K.waiters, token)
-    redis.call('DEL', wkey(token))
-  end
+  for _, token in ipairs(redis.call('SMEMBERS', wskey(id))) do remove_waiter(token) end
   redis.call('DEL', wskey(id))
+end
+
+-- Registers a waiting claim: its token, ordered by the store sequence and dead `lifetime` ms from now (the claim's
+-- block). A server killed while claims block leaves their tokens behind; the oldest few are looked at here and the
+-- expired ones dropped, so they neither pile up nor get offered.
+local function add_waiter(token, agent, caps, lifetime)
+  for _, old in ipairs(redis.call('ZRANGE', K.waiters, 0, WAITER_SWEEP - 1)) do
+    if waiter_expired(redis.call('HGET', wkey(old), 'until')) then remove_waiter(old) end
+  end
+  remove_waiter(token)
+  local seq = redis.call('INCR', K.seq)
+  redis.call('ZADD', K.waiters, seq, token)
+  redis.call('ZADD', gkey(caps), seq, token)
+  redis.call('SADD', K.waiting_sets, caps)
+  redis.call('HSET', wkey(token), 'agent', agent, 'caps', caps, 'until', n2s(NOW + lifetime), 'seq', n2s(seq))
+  redis.call('SADD', wskey(agent), token)
+end
+
+-- Up to `limit` waiting claims whose capabilities cover `sig`, in waiting order, after the place `after`: pairs
+-- {seq, token}, read only from the capability sets that cover the signature.
+local function covering(sig, after, limit)
+  local found = {}
+  for _, set in ipairs(redis.call('SMEMBERS', K.waiting_sets)) do
+    if subset(sig, cap_set(set)) then
+      local page = redis.call('ZRANGEBYSCORE', gkey(set), '(' .. n2s(after), '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+      if #page == 0 and redis.call('EXISTS', gkey(set)) == 0 then redis.call('SREM', K.waiting_sets, set) end
+      for i = 1, #page, 2 do table.insert(found, { tonumber(page[i + 1]), page[i] }) end
+    end
+  end
+  table.sort(found, function(x, y) return x[1] < y[1] end)
+  while #found > limit do table.remove(found) end
+  return found
+end
+
+-- The numbers a strategy reads of an agent: in flight, max, completed, failed, latency, last heartbeat,
+-- last assigned ('' if never), health.
+local function numbers(id)
+  local a = redis.call('HMGET', akey(id), 'max', 'completed', 'failed', 'latency', 'assigned', 'h_status')
+  return { n2s(redis.call('HLEN', lkey(id))), a[1], a[2], a[3], a[4], redis.call('HGET', K.beats, id) or '0',
+    a[5] or '', a[6] }
+end
+
+-- The offer for work of `sig`: up to `limit` live waiting claims of agents the rule allows, longest-waiting first,
+-- agents at capacity after the others. Each: {token, agent, seq, numbers...}.
+local function offer(sig, limit, after)
+  local below, full = {}, {}
+  local cursor = after
+  local scanned = 0
+  -- Refused agents are skipped and agents below capacity looked for past those at capacity, within a bounded scan
+  -- (as memory's OFFER_SCAN_FACTOR).
+  while #below < limit and scanned < 4 * limit do
+    local page = covering(sig, cursor, limit)
+    if #page == 0 then break end
+    cursor = page[#page][1]
+    scanned = scanned + #page
+    for _, entry in ipairs(page) do
+      local token = entry[2]
+      local w = redis.call('HMGET', wkey(token), 'agent', 'until')
+      if w[1] and not waiter_expired(w[2]) and agent_exists(w[1]) and refusal_of(w[1]) == nil then
+        local n = numbers(w[1])
+        local claim = { token, w[1], n2s(entry[1]), unpack(n) }
+        if tonumber(n[1]) >= tonumber(n[2]) then table.insert(full, claim) else table.insert(below, claim) end
+      end
+    end
+  end
+  for _, claim in ipairs(full) do table.insert(below, claim) end
+  while #below > limit do table.remove(below) end
+  return below
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
@@ -508,6 +608,7 @@ local function requeue(id, count_retry, code, message)
   end
   set_status(id, 'pending')
   enqueue(id)
+  if not redis.call('HGET', k, 'avail') then table.insert(REQUEUED, id) end
 end
 
 -- Agent loss for one lease: requeue counting a retry, or fail with agent_lost when retries are exhausted.
@@ -643,19 +744,30 @@ local function complete(id, kind, fence, result, reported)
   return nil
 end
 
--- Grants the best pending tasks the agent can take; `leases` are host-drawn lease ids, one per task at most.
-local function claim(agent, caps_text, max_tasks, session, leases)
+-- Grants the best pending tasks the agent can take; `leases` are host-drawn lease ids, one per task at most. With a
+-- `wait` ({token, lifetime}) it registers that waiting claim when nothing was granted. A claim keeps its agent alive
+-- first. Answers {granted ids, refusal or nil, waiting, promoted ids} or nil and an error.
+local function claim(agent, caps_text, has_caps, max_tasks, session, leases, wait)
   local e = check_session(agent, session)
   if e then return nil, e end
   touch(agent)
-  if not eligible(agent) then return {}, nil end
-  promote_due()
+  local refused = refusal(agent)
+  if refused then return { granted = {}, refusal = refused, waiting = false, promoted = {} }, nil end
+  local promoted = promote_due(1000)
   -- The store enforces narrowing itself: a claim may not ask for capabilities the agent does not hold.
-  local registered = cap_set(redis.call('HGET', akey(agent), 'caps'))
-  local caps = {}
-  for cap in pairs(cap_set(caps_text)) do
-    if registered[cap] then caps[cap] = true end
+  local registered_text = redis.call('HGET', akey(agent), 'caps')
+  local caps_list = {}
+  if has_caps then
+    local registered = cap_set(registered_text)
+    for cap in string.gmatch(caps_text, '[^,]+') do
+      if registered[cap] then table.insert(caps_list, cap) end
+    end
+  else
+    for cap in string.gmatch(registered_text, '[^,]+') do table.insert(caps_list, cap) end
   end
+  table.sort(caps_list)
+  local caps = {}
+  for _, cap in ipairs(caps_list) do caps[cap] = true end
   local granted = {}
   while #granted < max_tasks and #granted < #leases and (#granted == 0 or eligible(agent)) do
     local id = best_for(caps, nil)
@@ -664,5 +776,34 @@ local function claim(agent, caps_text, max_tasks, session, leases)
     grant(id, agent, 'claim', leases[#granted + 1])
     table.insert(granted, id)
   end
-  return granted, nil
+  local still = {}
+  for _, id in ipairs(promoted) do
+    if redis.call('HGET', tkey(id), 'status') == 'pending' then table.insert(still, id) end
+  end
+  local waiting = false
+  if #granted == 0 and wait then
+    add_waiter(wait.token, agent, table.concat(caps_list, ','), wait.lifetime)
+    waiting = true
+  end
+  return { granted = granted, refusal = nil, waiting = waiting, promoted = still }, nil
+end
+
+-- A claim's answer as the host reads it: {task views, refusal or '', '1' if waiting, promoted ids}.
+local function claim_reply(answer)
+  local views = {}
+  for _, id in ipairs(answer.granted) do table.insert(views, task_view(id)) end
+  return { views, answer.refusal or '', answer.waiting and '1' or '0', answer.promoted }
+end
+
+-- Reads a claim's arguments from position `at`: agent, has_caps, caps, max_tasks, session|'', wait token|'',
+-- wait lifetime ms, lease count, lease ids... Answers the values and the next position.
+local function claim_args(at)
+  local agent, has_caps, caps, max_tasks, session = arg(at), arg(at + 1) == '1', arg(at + 2), tonumber(arg(at + 3)),
+      arg(at + 4)
+  local wait = nil
+  if arg(at + 5) ~= '' then wait = { token = arg(at + 5), lifetime = tonumber(arg(at + 6)) } end
+  local count = tonumber(arg(at + 7))
+  local leases = {}
+  for i = 1, count do table.insert(leases, arg(at + 7 + i)) end
+  return agent, caps, has_caps, max_tasks, session, leases, wait
 end

@@ -1,7 +1,6 @@
 -- peek(caps, limit): the next pending tasks the capabilities match, in claim order, taking none.
 local caps = cap_set(arg(1))
 local limit = tonumber(arg(2))
-promote_due()
 local skip, views = {}, {}
 while #views < limit do
   local id = best_for(caps, skip)

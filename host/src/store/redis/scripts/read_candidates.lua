@@ -4,7 +4,7 @@ local found = {}
 for i = 1, #ARGV - ARG_BASE do
   local id = arg(i)
   if agent_exists(id) then
-    eligible(id)
+    refusal(id)
     table.insert(found, { agent_view(id), redis.call('HGETALL', akey(id)) })
   end
 end

@@ -43,4 +43,4 @@ if registered_status == 'starting' then
   set_agent_status(id, 'starting')
 end
 emit(restarted and 'agent_restarted' or 'agent_registered', nil, id, json({ created = not existing }))
-return ok(agent_view(id), existing and '0' or '1', restarted and '1' or '0')
+return ok(agent_view(id), existing and '0' or '1', restarted and '1' or '0', REQUEUED)

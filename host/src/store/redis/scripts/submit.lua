@@ -1,11 +1,13 @@
--- submit(count, then per task 15 fields: id, type, payload, caps, level, timeout, max_retries, metadata,
+-- submit(offer limit, count, then per task 15 fields: id, type, payload, caps, level, timeout, max_retries, metadata,
 -- strategy|'', has_strategy, key|'', has_key, submitted_by, fingerprint, event data): all or nothing. Every check
--- (idempotency, signatures) runs before the first insert. Answers per task: id and '1' if replayed.
+-- (idempotency, signatures) runs before the first insert. In the same step, the offer of waiting claims for each
+-- signature the batch created work for. Answers {per task: id, '1' if replayed, offer number (0: none)}, {offers}.
 local FIELDS = 15
-local count = tonumber(arg(1))
+local offer_limit = tonumber(arg(1))
+local count = tonumber(arg(2))
 local tasks = {}
 for i = 1, count do
-  local b = 1 + (i - 1) * FIELDS
+  local b = 2 + (i - 1) * FIELDS
   tasks[i] = {
     id = arg(b + 1), type = arg(b + 2), payload = arg(b + 3), caps = arg(b + 4), level = tonumber(arg(b + 5)),
     timeout = arg(b + 6), max_retries = arg(b + 7), metadata = arg(b + 8), strategy = arg(b + 9),
@@ -65,11 +67,12 @@ if new > 0 and redis.call('SCARD', K.sigs) + new > CFG.max_signatures then
   return fail(err('too_many_signatures', '', n2s(CFG.max_signatures)))
 end
 
-local answers = {}
+local answers, offers, offer_of = {}, {}, {}
 for i, t in ipairs(tasks) do
   if replays[i] then
     table.insert(answers, replays[i])
     table.insert(answers, '1')
+    table.insert(answers, '0')
   else
     local seq = redis.call('INCR', K.seq)
     local k = tkey(t.id)
@@ -90,8 +93,18 @@ for i, t in ipairs(tasks) do
     end
     enqueue(t.id)
     emit('task_submitted', t.id, nil, t.data)
+    if offer_of[t.caps] == nil then
+      local claims = offer(t.caps, offer_limit, 0)
+      if #claims > 0 then
+        table.insert(offers, claims)
+        offer_of[t.caps] = #offers
+      else
+        offer_of[t.caps] = 0
+      end
+    end
     table.insert(answers, t.id)
     table.insert(answers, '0')
+    table.insert(answers, n2s(offer_of[t.caps]))
   end
 end
-return ok(answers)
+return ok(answers, offers)

@@ -14,4 +14,4 @@ while swept < limit do
   set_agent_status(id, 'offline')
   emit('agent_offline', nil, id, '{}')
 end
-return ok(n2s(swept))
+return ok(n2s(swept), REQUEUED)

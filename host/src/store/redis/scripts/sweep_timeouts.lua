@@ -22,4 +22,4 @@ while swept < limit do
     set_status(id, 'timeout')
   end
 end
-return ok(n2s(swept))
+return ok(n2s(swept), REQUEUED)

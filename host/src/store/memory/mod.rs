@@ -14,25 +14,50 @@ use rand::RngExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+mod waiting;
+
 use super::{
-    AgentFilter, AgentHealth, AgentRegistration, BreakerState, ClaimRequest, Clock, Completion, FailRequest, Fence,
-    HealthState, HealthVerdict, HeartbeatOutcome, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange,
-    PluginHistoryEntry, PluginRecord, Registered, RevokeReason, Revoked, Store, StoreConfig, StoreError, StoreResult,
-    StoreStats, Submitted, TaskFilter, TaskPage, VIOLATIONS_KEPT, Violation, Waiter, Withdrawn,
+    Assigned, ClaimAnswer, ClaimRequest, Clock, Committed, Offer, Store, StoreConfig, Swept, WaitSpec, Waiter,
+    WaitingClaim, Withdrawn,
 };
 use crate::model::{
-    Agent, AgentStatus, CapabilitySet, Event, EventKind, FailKind, HeartbeatRequest, NewTask, Priority, Task,
-    TaskError, TaskId, TaskStatus, rfc3339_ms,
+    Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet,
+    Completion, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, HealthState, HealthVerdict,
+    HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange,
+    PluginHistoryEntry, PluginRecord, Priority, Refusal, Registered, RevokeReason, Revoked, Standing, StoreError,
+    StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation,
+    rfc3339_ms,
 };
+use waiting::WaitingIndex;
 
 /// Ordering key of a pending task: score (priority and age), then the store-issued sequence.
 type QueueKey = (u64, u64, TaskId);
+
+/// An offer looks at most this many times its limit of waiting claims (skipping refused agents and those at
+/// capacity), so its cost stays bounded whatever waits.
+const OFFER_SCAN_FACTOR: usize = 4;
 
 /// Weight of the newest completion in an agent's rolling `avg_latency_ms`.
 const LATENCY_SMOOTHING: f64 = 0.2;
 
 /// Leases revoked per task that are remembered, to answer a late outcome with the right 409 code.
 const REVOKED_HISTORY: usize = 8;
+
+/// What the eligibility rule reads of an agent record at `now`: a breaker open past its cooldown counts as half-open
+/// with no trial out (the transition itself happens when work is given).
+fn standing(record: &AgentRecord, now: u64, cooldown_ms: u64) -> Standing {
+    let (mut breaker, mut trial_in_flight) = (record.breaker.state, record.breaker.trial.is_some());
+    if breaker == BreakerState::Open && now >= record.breaker.opened_at_ms + cooldown_ms {
+        (breaker, trial_in_flight) = (BreakerState::HalfOpen, false);
+    }
+    Standing {
+        paused: record.agent.paused,
+        status: record.agent.status,
+        health: record.health.status,
+        breaker,
+        trial_in_flight,
+    }
+}
 
 struct TaskRecord {
     task: Task,
@@ -62,6 +87,8 @@ impl TaskRecord {
 struct AgentRecord {
     agent: Agent,
     last_heartbeat_ms: u64,
+    /// `last_assigned_at` as store ms (strategies read ages, never timestamps).
+    last_assigned_ms: Option<u64>,
     expiry_ms: u64,
     /// Lease grant time per held task (for the heartbeat's `current_task_ids` rule).
     leases: BTreeMap<TaskId, u64>,
@@ -111,10 +138,13 @@ struct State {
     agents: BTreeMap<String, AgentRecord>,
     /// Agents by heartbeat expiry.
     expiry: BTreeSet<(u64, String)>,
-    /// Waiter tokens: (sequence, expiry in store ms, waiter).
-    waiters: BTreeMap<String, (u64, u64, Waiter)>,
-    /// Tokens consumed by `assign`, answered at withdrawal.
-    consumed: HashMap<String, (TaskId, String)>,
+    /// Claims waiting for routed work.
+    waiting: WaitingIndex,
+    /// Tokens consumed by `assign`: the task and lease, answered at withdrawal, and when the entry may go (the
+    /// token's own deadline: a claim that took its task from the wake-up never withdraws).
+    consumed: HashMap<String, (TaskId, String, u64)>,
+    /// `consumed` by deadline, to drop entries nobody will withdraw.
+    consumed_until: BTreeSet<(u64, String)>,
     idempotency: HashMap<(String, String), (TaskId, String, u64)>,
     events: VecDeque<Event>,
     event_seq: u64,
@@ -168,7 +198,7 @@ impl MemoryStore {
         // `broadcast::Sender::send` never blocks, so sending under the lock is cheap.
         let mut state = self.state.lock();
         let now = self.clock.now_ms();
-        let mut tx = Tx { state: &mut state, store: self, now, emitted: Vec::new() };
+        let mut tx = Tx { state: &mut state, store: self, now, emitted: Vec::new(), requeued: Vec::new() };
         let result = f(&mut tx);
         for event in std::mem::take(&mut tx.emitted) {
             let _ = self.events.send(event);
@@ -183,6 +213,8 @@ struct Tx<'a> {
     store: &'a MemoryStore,
     now: u64,
     emitted: Vec<Event>,
+    /// Tasks this transition put back to pending, claimable now: what the caller routes.
+    requeued: Vec<TaskId>,
 }
 
 impl Tx<'_> {
@@ -276,8 +308,12 @@ impl Tx<'_> {
     }
 
     /// Moves delayed tasks whose backoff is over into the claim index.
-    fn promote_due(&mut self) {
-        while let Some((at, task_id)) = self.state.delayed.first().cloned() {
+    /// Answers the tasks it made claimable, at most `limit`.
+    fn promote_due(&mut self, limit: usize) -> Vec<TaskId> {
+        let mut promoted = Vec::new();
+        while promoted.len() < limit
+            && let Some((at, task_id)) = self.state.delayed.first().cloned()
+        {
             if at > self.now {
                 break;
             }
@@ -286,8 +322,10 @@ impl Tx<'_> {
                 record.available_at_ms = None;
                 record.task.available_at = None;
                 self.enqueue(&task_id);
+                promoted.push(task_id);
             }
         }
+        promoted
     }
 
     fn agent(&mut self, agent_id: &str) -> StoreResult<&mut AgentRecord> {
@@ -378,6 +416,7 @@ impl Tx<'_> {
         let agent = self.state.agents.get_mut(agent_id).expect("agent exists");
         agent.leases.insert(task_id.clone(), now);
         agent.agent.last_assigned_at = Some(rfc3339_ms(now));
+        agent.last_assigned_ms = Some(now);
         if agent.breaker.state == BreakerState::HalfOpen && agent.breaker.trial.is_none() {
             agent.breaker.trial = Some(task_id.clone());
         }
@@ -445,6 +484,9 @@ impl Tx<'_> {
         }
         self.set_status(task_id, TaskStatus::Pending);
         self.enqueue(task_id);
+        if self.state.tasks[task_id].available_at_ms.is_none() {
+            self.requeued.push(task_id.clone());
+        }
     }
 
     /// Agent loss for one lease: requeue counting a retry, or fail with `agent_lost` when retries are exhausted.
@@ -473,33 +515,26 @@ impl Tx<'_> {
     }
 
     fn remove_waiters_of(&mut self, agent_id: &str) {
-        self.state.waiters.retain(|_, (_, _, waiter)| waiter.agent_id != agent_id);
+        self.state.waiting.remove_agent(agent_id);
     }
 
-    /// Whether the agent may be given work now: registered, not paused, not draining or failed, not unhealthy,
-    /// and its breaker lets a lease through (an open breaker past its cooldown turns half-open here, and a
-    /// half-open one lets exactly one trial lease through).
-    fn eligible(&mut self, agent_id: &str) -> bool {
+    /// The eligibility rule ([`Standing::refusal`]) for an agent now. An open breaker past its cooldown turns
+    /// half-open here (with its event), so the answer is current; an agent that is not registered is offline.
+    fn refusal(&mut self, agent_id: &str) -> Option<Refusal> {
         let now = self.now;
         let cooldown = self.store.config.breaker_cooldown_ms;
-        let Some(record) = self.state.agents.get_mut(agent_id) else { return false };
-        if record.agent.paused
-            || matches!(record.agent.status, AgentStatus::Draining | AgentStatus::Failed)
-            || record.health.status == HealthState::Unhealthy
-        {
-            return false;
+        let Some(record) = self.state.agents.get_mut(agent_id) else { return Some(Refusal::Offline) };
+        if record.breaker.state == BreakerState::Open && now >= record.breaker.opened_at_ms + cooldown {
+            record.breaker.state = BreakerState::HalfOpen;
+            record.breaker.trial = None;
+            self.emit(EventKind::BreakerChanged, None, Some(agent_id), json!({"from": "open", "to": "half_open"}));
         }
-        match record.breaker.state {
-            BreakerState::Closed => true,
-            BreakerState::HalfOpen => record.breaker.trial.is_none(),
-            BreakerState::Open if now >= record.breaker.opened_at_ms + cooldown => {
-                record.breaker.state = BreakerState::HalfOpen;
-                record.breaker.trial = None;
-                self.emit(EventKind::BreakerChanged, None, Some(agent_id), json!({"from": "open", "to": "half_open"}));
-                true
-            }
-            BreakerState::Open => false,
-        }
+        standing(&self.state.agents[agent_id], now, cooldown).refusal()
+    }
+
+    /// Whether the agent may be given work now (the rule finds no refusal).
+    fn eligible(&mut self, agent_id: &str) -> bool {
+        self.refusal(agent_id).is_none()
     }
 
     /// Counts a failure against the agent's breaker (agent-kind failures, attempt timeouts, unhealthy probes):
@@ -709,18 +744,25 @@ impl Tx<'_> {
     }
 
     /// Grants the best pending tasks the agent can take (priority, then FIFO), at most `max_tasks`.
-    fn claim(&mut self, request: &ClaimRequest) -> StoreResult<Vec<Task>> {
+    /// The capabilities a claim matches on: the registered ones, narrowed by the claim's (never widened).
+    fn claim_capabilities(&self, request: &ClaimRequest) -> CapabilitySet {
+        let registered = &self.state.agents[&request.agent_id].agent.capabilities;
+        match &request.capabilities {
+            None => registered.clone(),
+            Some(narrowed) => narrowed.narrowed_to(registered),
+        }
+    }
+
+    /// Grants the best pending tasks the agent can take (priority, then FIFO), or registers `wait` when there are
+    /// none. A claim keeps its agent alive first, so an offline or starting agent that claims is back.
+    fn claim(&mut self, request: &ClaimRequest, wait: Option<WaitSpec>) -> StoreResult<ClaimAnswer> {
         self.check_session(&request.agent_id, request.session_id.as_deref())?;
         self.touch(&request.agent_id);
-        if !self.eligible(&request.agent_id) {
-            return Ok(Vec::new());
+        if let Some(refusal) = self.refusal(&request.agent_id) {
+            return Ok(ClaimAnswer { refusal: Some(refusal), ..ClaimAnswer::default() });
         }
-        self.promote_due();
-        // The store enforces narrowing itself: a claim may not ask for capabilities the agent does not hold.
-        let registered = self.state.agents[&request.agent_id].agent.capabilities.clone();
-        let capabilities = CapabilitySet::from_normalized(
-            request.capabilities.as_slice().iter().filter(|c| registered.contains(c)).cloned().collect(),
-        );
+        let mut promoted = self.promote_due(usize::MAX);
+        let capabilities = self.claim_capabilities(request);
         let mut granted = Vec::new();
         // Eligibility is checked before every grant: a half-open breaker lets one trial lease through.
         while granted.len() < request.max_tasks && (granted.is_empty() || self.eligible(&request.agent_id)) {
@@ -728,7 +770,112 @@ impl Tx<'_> {
             self.dequeue(&task_id);
             granted.push(self.grant(&task_id, &request.agent_id, "claim", None));
         }
-        Ok(granted)
+        promoted.retain(|id| self.state.tasks.get(id).is_some_and(|r| r.task.status == TaskStatus::Pending));
+        let waiting = granted.is_empty()
+            && match wait {
+                Some(wait) => {
+                    self.add_waiter(wait, &request.agent_id, capabilities);
+                    true
+                }
+                None => false,
+            };
+        Ok(ClaimAnswer { tasks: granted, refusal: None, waiting, promoted })
+    }
+
+    /// Registers a waiting claim: its token lives `wait.lifetime` from now.
+    fn add_waiter(&mut self, wait: WaitSpec, agent_id: &str, capabilities: CapabilitySet) {
+        self.state.seq += 1;
+        let seq = self.state.seq;
+        let until = self.now + wait.lifetime.as_millis() as u64;
+        // Consumed tokens nobody withdrew (their claims took the task from the wake-up) go once their deadline passed.
+        while let Some((deadline, token)) = self.state.consumed_until.first().cloned() {
+            if deadline > self.now {
+                break;
+            }
+            self.state.consumed_until.pop_first();
+            self.state.consumed.remove(&token);
+        }
+        self.state.waiting.insert(wait.token, seq, until, agent_id.to_string(), capabilities);
+    }
+
+    /// The numbers a strategy reads of a registered agent.
+    fn numbers(&self, agent_id: &str) -> Option<CandidateNumbers> {
+        let record = self.state.agents.get(agent_id)?;
+        Some(CandidateNumbers {
+            in_flight: record.leases.len() as u32,
+            max_concurrent: record.agent.max_concurrent_tasks,
+            completed: record.agent.tasks_completed,
+            failed: record.agent.tasks_failed,
+            avg_latency_ms: record.agent.avg_latency_ms,
+            last_heartbeat_ms: record.last_heartbeat_ms,
+            last_assigned_ms: record.last_assigned_ms,
+            health: record.health.status,
+        })
+    }
+
+    /// Up to `limit` waiting claims that could take work of `signature`, after the waiting place `after`: live
+    /// tokens of agents the rule allows, longest-waiting first, agents at capacity after all the others. Reads
+    /// only the waiting groups that cover the signature.
+    fn offer(&mut self, signature: &CapabilitySet, limit: usize, after: u64) -> Option<Offer> {
+        let (now, cooldown) = (self.now, self.store.config.breaker_cooldown_ms);
+        let mut waiting: Vec<WaitingClaim> = Vec::new();
+        let mut at_capacity: Vec<WaitingClaim> = Vec::new();
+        let mut cursor = after;
+        // Judged a page at a time: claims of refused agents are skipped, not counted against the limit, and agents
+        // below capacity are looked for past those at capacity, within a bounded scan.
+        let mut scanned = 0;
+        while waiting.len() < limit && scanned < OFFER_SCAN_FACTOR * limit {
+            let page = self.state.waiting.covering(signature, cursor, limit);
+            let Some(last) = page.last().map(|(seq, _)| *seq) else { break };
+            cursor = last;
+            scanned += page.len();
+            for (seq, token) in page {
+                let Some(claim) = self.state.waiting.get(&token) else { continue };
+                let Some(record) = self.state.agents.get(&claim.agent_id) else { continue };
+                if claim.until <= now || standing(record, now, cooldown).refusal().is_some() {
+                    continue;
+                }
+                let Some(numbers) = self.numbers(&claim.agent_id) else { continue };
+                let full = numbers.in_flight >= numbers.max_concurrent;
+                let offered = WaitingClaim { token, agent_id: claim.agent_id.clone(), numbers, seq };
+                if full { at_capacity.push(offered) } else { waiting.push(offered) }
+            }
+        }
+        waiting.extend(at_capacity);
+        waiting.truncate(limit);
+        (!waiting.is_empty()).then_some(Offer { now_ms: now, waiting })
+    }
+
+    /// Grants `task_id` through `token` if the task is pending and due, the token live, and its agent eligible
+    /// and holding the task's capabilities.
+    fn assign_through(&mut self, task_id: &TaskId, token: &str) -> Option<Task> {
+        let claim = self.state.waiting.get(token)?;
+        if claim.until <= self.now {
+            // Its claim is over: withdrawn by now, or its server died. Nobody would receive the task.
+            self.state.waiting.remove(token);
+            return None;
+        }
+        let (agent_id, claim_capabilities, until) = (claim.agent_id.clone(), claim.capabilities.clone(), claim.until);
+        let holds = &self.state.agents.get(&agent_id)?.agent.capabilities;
+        let now = self.now;
+        let record = self.state.tasks.get(task_id)?;
+        // The waiter's capabilities may have been narrowed by the claim, never widened past the registration
+        // (which a re-register or a register policy may have changed since).
+        let claimable = record.task.status == TaskStatus::Pending
+            && record.available_at_ms.is_none_or(|at| at <= now)
+            && record.task.required_capabilities.is_subset_of(&claim_capabilities)
+            && record.task.required_capabilities.is_subset_of(holds);
+        if !claimable || !self.eligible(&agent_id) {
+            return None;
+        }
+        self.state.waiting.remove(token);
+        self.dequeue(task_id);
+        self.touch(&agent_id);
+        let task = self.grant(task_id, &agent_id, "routed", Some(token));
+        let lease = task.lease_id.clone().unwrap_or_default();
+        self.state.consumed.insert(token.to_string(), (task_id.clone(), lease, until));
+        self.state.consumed_until.insert((until, token.to_string()));
+        Some(task)
     }
 
     fn insert_task(&mut self, new: NewTask) -> Submitted {
@@ -925,6 +1072,7 @@ impl Store for MemoryStore {
                     AgentRecord {
                         agent,
                         last_heartbeat_ms: now,
+                        last_assigned_ms: None,
                         expiry_ms: now,
                         leases: BTreeMap::new(),
                         revocations: Vec::new(),
@@ -942,7 +1090,8 @@ impl Store for MemoryStore {
             }
             let kind = if restarted { EventKind::AgentRestarted } else { EventKind::AgentRegistered };
             tx.emit(kind, None, Some(&id), json!({"created": !existing}));
-            Ok(Registered { agent: tx.state.agents[&id].agent.clone(), created: !existing, restarted })
+            let requeued = std::mem::take(&mut tx.requeued);
+            Ok(Registered { agent: tx.state.agents[&id].agent.clone(), created: !existing, restarted, requeued })
         })
     }
 
@@ -988,19 +1137,21 @@ impl Store for MemoryStore {
             }
             let record = tx.agent(agent_id)?;
             let revoked = std::mem::take(&mut record.revocations);
-            Ok(HeartbeatOutcome { status: record.agent.status, revoked })
+            let status = record.agent.status;
+            Ok(HeartbeatOutcome { status, revoked, requeued: std::mem::take(&mut tx.requeued) })
         })
     }
 
-    async fn unregister(&self, agent_id: &str) -> StoreResult<()> {
+    async fn unregister(&self, agent_id: &str) -> StoreResult<Vec<TaskId>> {
         self.transition(|tx| {
             tx.agent(agent_id)?;
             tx.lose_all(agent_id, "the agent unregistered");
             tx.remove_waiters_of(agent_id);
-            let record = tx.state.agents.remove(agent_id).expect("agent exists");
-            tx.state.expiry.remove(&(record.expiry_ms, agent_id.to_string()));
+            if let Some(record) = tx.state.agents.remove(agent_id) {
+                tx.state.expiry.remove(&(record.expiry_ms, agent_id.to_string()));
+            }
             tx.emit(EventKind::AgentUnregistered, None, Some(agent_id), json!({}));
-            Ok(())
+            Ok(std::mem::take(&mut tx.requeued))
         })
     }
 
@@ -1022,27 +1173,30 @@ impl Store for MemoryStore {
 
     async fn list_agents(&self, filter: &AgentFilter) -> StoreResult<Vec<Agent>> {
         let state = self.state.lock();
+        let (now, cooldown) = (self.clock.now_ms(), self.config.breaker_cooldown_ms);
         Ok(state
             .agents
             .values()
-            .map(|r| &r.agent)
-            .filter(|a| filter.capability.as_ref().is_none_or(|c| a.capabilities.contains(c)))
-            .filter(|a| filter.available.is_none_or(|want| is_available(a) == want))
-            .cloned()
+            .filter(|r| filter.capability.as_ref().is_none_or(|c| r.agent.capabilities.contains(c)))
+            .filter(|r| filter.available.is_none_or(|want| available(r, now, cooldown) == want))
+            .map(|r| r.agent.clone())
             .collect())
     }
 
-    async fn submit(&self, task: NewTask) -> StoreResult<Submitted> {
+    async fn submit(&self, task: NewTask, offer_limit: usize) -> StoreResult<Committed> {
         self.transition(|tx| {
-            if let Some(replay) = tx.idempotent_replay(&task)? {
-                return Ok(replay);
+            if let Some(submitted) = tx.idempotent_replay(&task)? {
+                return Ok(Committed { submitted, offer: None });
             }
             tx.check_new_signature(&BTreeSet::from([&task.required_capabilities]))?;
-            Ok(tx.insert_task(task))
+            let signature = task.required_capabilities.clone();
+            let submitted = tx.insert_task(task);
+            let offer = tx.offer(&signature, offer_limit, 0).map(Arc::new);
+            Ok(Committed { submitted, offer })
         })
     }
 
-    async fn submit_batch(&self, tasks: Vec<NewTask>) -> StoreResult<Vec<Submitted>> {
+    async fn submit_batch(&self, tasks: Vec<NewTask>, offer_limit: usize) -> StoreResult<Vec<Committed>> {
         self.transition(|tx| {
             // Check everything before changing anything: all or nothing.
             let mut replays: Vec<Option<Submitted>> = Vec::with_capacity(tasks.len());
@@ -1070,21 +1224,39 @@ impl Store for MemoryStore {
             }
             let signatures: BTreeSet<&CapabilitySet> = tasks.iter().map(|t| &t.required_capabilities).collect();
             tx.check_new_signature(&signatures)?;
+            // One offer per signature, shared by the batch's tasks of that signature.
+            let mut offers: HashMap<CapabilitySet, Option<Arc<Offer>>> = HashMap::new();
             Ok(tasks
                 .into_iter()
                 .zip(replays)
-                .map(|(task, replay)| replay.unwrap_or_else(|| tx.insert_task(task)))
+                .map(|(task, replay)| match replay {
+                    Some(submitted) => Committed { submitted, offer: None },
+                    None => {
+                        let signature = task.required_capabilities.clone();
+                        let submitted = tx.insert_task(task);
+                        let offer = match offers.get(&signature) {
+                            Some(offer) => offer.clone(),
+                            None => {
+                                let offer = tx.offer(&signature, offer_limit, 0).map(Arc::new);
+                                offers.insert(signature, offer.clone());
+                                offer
+                            }
+                        };
+                        Committed { submitted, offer }
+                    }
+                })
                 .collect())
         })
     }
 
-    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<Task>> {
-        self.transition(|tx| tx.claim(request))
+    async fn claim_or_wait(&self, request: &ClaimRequest, wait: Option<WaitSpec>) -> StoreResult<ClaimAnswer> {
+        self.transition(|tx| tx.claim(request, wait))
     }
 
     async fn peek(&self, capabilities: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>> {
+        // No promotion of backed-off tasks here: that happens in claims (which answer what they promoted) and in
+        // `promote_due`, so every task that becomes claimable is offered to waiting claims.
         self.transition(|tx| {
-            tx.promote_due();
             let mut seen = BTreeSet::new();
             let mut peeked = Vec::new();
             while peeked.len() < limit {
@@ -1101,10 +1273,11 @@ impl Store for MemoryStore {
             tx.check_session(&request.agent_id, request.session_id.as_deref())?;
             tx.touch(&request.agent_id);
             let now = tx.now;
+            let capabilities = tx.claim_capabilities(request);
             let record = tx.task(task_id)?;
             let claimable = record.task.status == TaskStatus::Pending
                 && record.available_at_ms.is_none_or(|at| at <= now)
-                && record.task.required_capabilities.is_subset_of(&request.capabilities);
+                && record.task.required_capabilities.is_subset_of(&capabilities);
             if !claimable || !tx.eligible(&request.agent_id) {
                 return Ok(None);
             }
@@ -1116,78 +1289,75 @@ impl Store for MemoryStore {
     async fn register_waiter(&self, waiter: Waiter, lifetime: std::time::Duration) -> StoreResult<()> {
         self.transition(|tx| {
             tx.agent(&waiter.agent_id)?;
-            // Only a dead server leaves an expired token behind, and a memory store dies with its server: the
-            // claim withdraws every token it registered, so there is nothing to sweep here.
-            let now = tx.now;
-            let seq = {
-                tx.state.seq += 1;
-                tx.state.seq
-            };
-            let until = now + lifetime.as_millis() as u64;
-            tx.state.waiters.insert(waiter.token.clone(), (seq, until, waiter));
+            let wait = WaitSpec { token: waiter.token, lifetime };
+            tx.add_waiter(wait, &waiter.agent_id, waiter.capabilities);
             Ok(())
         })
     }
 
     async fn withdraw_waiter(&self, token: &str) -> StoreResult<Withdrawn> {
         self.transition(|tx| {
-            if tx.state.waiters.remove(token).is_some() {
+            if tx.state.waiting.remove(token).is_some() {
                 return Ok(Withdrawn::Unused);
             }
             match tx.state.consumed.remove(token) {
                 // Only while the grant still stands: a task cancelled, timed out or requeued since the hand-off
                 // is not the claim's to return.
-                Some((task_id, lease)) => match tx.state.tasks.get(&task_id) {
-                    Some(record) if record.task.lease_id.as_deref() == Some(lease.as_str()) => {
-                        Ok(Withdrawn::Assigned(Box::new(record.task.clone())))
+                Some((task_id, lease, until)) => {
+                    tx.state.consumed_until.remove(&(until, token.to_string()));
+                    match tx.state.tasks.get(&task_id) {
+                        Some(record) if record.task.lease_id.as_deref() == Some(lease.as_str()) => {
+                            Ok(Withdrawn::Assigned(Box::new(record.task.clone())))
+                        }
+                        _ => Ok(Withdrawn::Unused),
                     }
-                    _ => Ok(Withdrawn::Unused),
-                },
+                }
                 None => Ok(Withdrawn::Unused),
             }
         })
     }
 
-    async fn waiters_for(&self, required: &CapabilitySet, limit: usize) -> StoreResult<Vec<Waiter>> {
-        let state = self.state.lock();
-        let now = self.clock.now_ms();
-        let mut waiters: Vec<&(u64, u64, Waiter)> = state
-            .waiters
-            .values()
-            .filter(|(_, until, w)| *until > now && required.is_subset_of(&w.capabilities))
-            .collect();
-        waiters.sort_by_key(|(seq, _, _)| *seq);
-        Ok(waiters.into_iter().take(limit).map(|(_, _, w)| w.clone()).collect())
+    async fn offer(&self, task_id: &TaskId, limit: usize, after: Option<u64>) -> StoreResult<Option<Offer>> {
+        self.transition(|tx| {
+            let Some(record) = tx.state.tasks.get(task_id) else { return Ok(None) };
+            let due = record.available_at_ms.is_none_or(|at| at <= tx.now);
+            if record.task.status != TaskStatus::Pending || !due {
+                return Ok(None);
+            }
+            let signature = record.task.required_capabilities.clone();
+            Ok(tx.offer(&signature, limit, after.unwrap_or(0)))
+        })
     }
 
-    async fn assign(&self, task_id: &TaskId, token: &str) -> StoreResult<Option<Task>> {
+    async fn assign(&self, task_id: &TaskId, tokens: &[String], any_waiter: bool) -> StoreResult<Option<Assigned>> {
         self.transition(|tx| {
-            let Some((_, until, waiter)) = tx.state.waiters.get(token).cloned() else { return Ok(None) };
-            if until <= tx.now {
-                // Its claim is over: withdrawn by now, or its server died. Nobody would receive the task.
-                tx.state.waiters.remove(token);
+            let Some(record) = tx.state.tasks.get(task_id) else {
+                return Err(StoreError::TaskNotFound(task_id.clone()));
+            };
+            if record.task.status != TaskStatus::Pending {
                 return Ok(None);
             }
-            let Some(agent) = tx.state.agents.get(&waiter.agent_id) else { return Ok(None) };
-            // The waiter's capabilities may have been narrowed by the claim, never widened past the registration
-            // (which a re-register or a register policy may have changed since).
-            let holds = agent.agent.capabilities.clone();
-            let now = tx.now;
-            let record = tx.task(task_id)?;
-            let claimable = record.task.status == TaskStatus::Pending
-                && record.available_at_ms.is_none_or(|at| at <= now)
-                && record.task.required_capabilities.is_subset_of(&waiter.capabilities)
-                && record.task.required_capabilities.is_subset_of(&holds);
-            if !claimable || !tx.eligible(&waiter.agent_id) {
+            let signature = record.task.required_capabilities.clone();
+            for token in tokens {
+                if let Some(task) = tx.assign_through(task_id, token) {
+                    return Ok(Some(Assigned { token: token.clone(), task }));
+                }
+            }
+            if !any_waiter {
                 return Ok(None);
             }
-            tx.state.waiters.remove(token);
-            tx.dequeue(task_id);
-            tx.touch(&waiter.agent_id);
-            let task = tx.grant(task_id, &waiter.agent_id, "routed", Some(token));
-            let lease = task.lease_id.clone().unwrap_or_default();
-            tx.state.consumed.insert(token.to_string(), (task_id.clone(), lease));
-            Ok(Some(task))
+            // The choices could not take it: any claim that can, longest-waiting first, a page at a time.
+            let mut after = 0;
+            loop {
+                let page = tx.state.waiting.covering(&signature, after, 32);
+                let Some(last) = page.last().map(|(seq, _)| *seq) else { return Ok(None) };
+                after = last;
+                for (_, token) in page {
+                    if let Some(task) = tx.assign_through(task_id, &token) {
+                        return Ok(Some(Assigned { token, task }));
+                    }
+                }
+            }
         })
     }
 
@@ -1226,12 +1396,13 @@ impl Store for MemoryStore {
         fence: &Fence,
         completion: Completion,
         next: &ClaimRequest,
-    ) -> StoreResult<(Task, Vec<Task>)> {
+        wait: Option<WaitSpec>,
+    ) -> StoreResult<(Task, ClaimAnswer)> {
         self.transition(|tx| {
             // Refuse before changing anything: the step is all or nothing.
             tx.check_session(&next.agent_id, next.session_id.as_deref())?;
             let completed = tx.complete(task_id, fence, completion)?;
-            let claimed = tx.claim(next)?;
+            let claimed = tx.claim(next, wait)?;
             Ok((completed, claimed))
         })
     }
@@ -1358,17 +1529,17 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<()> {
+    async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<bool> {
         self.transition(|tx| {
             let record = tx.task(task_id)?;
             if !record.task.status.is_leased() || record.task.lease_id.as_deref() != Some(lease_id) {
-                return Ok(());
+                return Ok(false);
             }
             let agent_id = record.task.assigned_agent.clone();
             tx.drop_lease(task_id, Some(RevokeReason::Reassigned));
             tx.requeue(task_id, false, None);
             tx.emit(EventKind::TaskReleased, Some(task_id), agent_id.as_deref(), json!({"reason": "undelivered"}));
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -1404,7 +1575,7 @@ impl Store for MemoryStore {
         Ok(TaskPage { tasks, next_cursor })
     }
 
-    async fn sweep_timeouts(&self, limit: usize) -> StoreResult<usize> {
+    async fn sweep_timeouts(&self, limit: usize) -> StoreResult<Swept> {
         self.transition(|tx| {
             let mut swept = 0;
             while swept < limit {
@@ -1433,11 +1604,11 @@ impl Store for MemoryStore {
                     tx.set_status(&task_id, TaskStatus::Timeout);
                 }
             }
-            Ok(swept)
+            Ok(Swept { count: swept, requeued: std::mem::take(&mut tx.requeued) })
         })
     }
 
-    async fn sweep_offline(&self, limit: usize) -> StoreResult<usize> {
+    async fn sweep_offline(&self, limit: usize) -> StoreResult<Swept> {
         self.transition(|tx| {
             let mut swept = 0;
             while swept < limit {
@@ -1453,8 +1624,12 @@ impl Store for MemoryStore {
                 tx.set_agent_status(&agent_id, AgentStatus::Offline);
                 tx.emit(EventKind::AgentOffline, None, Some(&agent_id), json!({}));
             }
-            Ok(swept)
+            Ok(Swept { count: swept, requeued: std::mem::take(&mut tx.requeued) })
         })
+    }
+
+    async fn promote_due(&self, limit: usize) -> StoreResult<Vec<TaskId>> {
+        self.transition(|tx| Ok(tx.promote_due(limit)))
     }
 
     async fn housekeeping(&self, task_retention_ms: u64, agent_retention_ms: u64, limit: usize) -> StoreResult<usize> {
@@ -1592,7 +1767,9 @@ impl Store for MemoryStore {
     async fn mark_assigned(&self, agent_id: &str) -> StoreResult<()> {
         self.transition(|tx| {
             let now = tx.now;
-            tx.agent(agent_id)?.agent.last_assigned_at = Some(rfc3339_ms(now));
+            let record = tx.agent(agent_id)?;
+            record.agent.last_assigned_at = Some(rfc3339_ms(now));
+            record.last_assigned_ms = Some(now);
             Ok(())
         })
     }
@@ -1720,15 +1897,16 @@ impl Store for MemoryStore {
         Ok(state.plugins.get(name).and_then(|(record, bytes)| Some((record.sha256.clone()?, bytes.clone()?))))
     }
 
-    async fn stats(&self) -> StoreResult<StoreStats> {
+    async fn stats(&self) -> StoreResult<FleetStats> {
         let state = self.state.lock();
-        let mut stats = StoreStats {
+        let mut stats = FleetStats {
             total_agents: state.agents.len() as u64,
-            waiting_claims: state.waiters.len() as u64,
+            waiting_claims: state.waiting.len() as u64,
             live_signatures: state.ready.len() as u64,
             last_claim_examined: state.stats.last_claim_examined,
-            ..StoreStats::default()
+            ..FleetStats::default()
         };
+        let (now, cooldown) = (self.clock.now_ms(), self.config.breaker_cooldown_ms);
         for record in state.agents.values() {
             let agent = &record.agent;
             *stats.agents_by_status.entry(agent.status.as_str().into()).or_default() += 1;
@@ -1736,7 +1914,7 @@ impl Store for MemoryStore {
             for capability in agent.capabilities.as_slice() {
                 *stats.agents_by_capability.entry(capability.clone()).or_default() += 1;
             }
-            if is_available(agent) {
+            if available(record, now, cooldown) {
                 stats.available_agents += 1;
             }
             *stats.agents_by_health.entry(record.health.status.as_str().into()).or_default() += 1;
@@ -1755,7 +1933,7 @@ impl Store for MemoryStore {
     }
 }
 
-/// Whether an agent could take work now: alive, not paused, not draining or failed, below capacity.
-pub fn is_available(agent: &Agent) -> bool {
-    !agent.paused && matches!(agent.status, AgentStatus::Ready) && agent.in_flight < agent.max_concurrent_tasks
+/// Whether an agent could take work now and has room for it ([`Standing::available`]).
+fn available(record: &AgentRecord, now: u64, cooldown_ms: u64) -> bool {
+    standing(record, now, cooldown_ms).available(record.leases.len() as u32, record.agent.max_concurrent_tasks)
 }

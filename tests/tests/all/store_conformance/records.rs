@@ -1,0 +1,428 @@
+//! Counters, events, listings, deadlines, retention, plugin records and violations.
+
+use super::*;
+
+pub(super) async fn counters_match_the_tasks_and_agents_after_a_mixed_sequence(h: Harness) {
+    h.register_with(AgentRegistration {
+        provider: "anthropic".into(),
+        max_concurrent_tasks: 8,
+        ..registration("alpha", &["code", "debate"])
+    })
+    .await;
+    h.register_with(AgentRegistration { provider: "openai".into(), ..registration("beta", &["code"]) }).await;
+    h.register("gamma", &["audit"]).await;
+    h.store.set_paused("gamma", true).await.expect("pause");
+    h.store.register_waiter(waiter("tok", "beta", &["code"]), BLOCK).await.expect("waiter");
+
+    // (type, priority, required, timeout_seconds, max_retries)
+    let plan: [(&str, Priority, &[&str], u32, u32); 10] = [
+        ("code", Priority::Critical, &["code"], 5, 0),
+        ("code", Priority::High, &["code"], 300, 1),
+        ("debate", Priority::Normal, &["debate"], 300, 1),
+        ("debate", Priority::Normal, &["code", "debate"], 300, 1),
+        ("misc", Priority::Low, &[], 300, 1),
+        ("misc", Priority::Low, &[], 300, 1),
+        ("misc", Priority::Normal, &[], 300, 1),
+        ("audit", Priority::High, &["audit"], 300, 1),
+        ("audit", Priority::Critical, &["audit"], 300, 1),
+        ("code", Priority::Normal, &["code"], 300, 1),
+    ];
+    let mut ids = Vec::new();
+    for (task_type, priority, required, timeout, retries) in plan {
+        let submit = SubmitRequest {
+            timeout_seconds: Some(timeout),
+            max_retries: Some(retries),
+            ..request_for(task_type, priority, required)
+        };
+        ids.push(h.submit(submit).await);
+    }
+    let claimed = h.claim_with("alpha", caps(&["code", "debate"]), 4).await;
+    let claimed_ids: Vec<_> = claimed.iter().map(|t| t.task_id.clone()).collect();
+    assert_eq!(claimed_ids, ids[..4].to_vec(), "critical, high, then the two oldest normal tasks");
+    h.store.start(&ids[0], &lease(&claimed[0])).await.expect("start");
+    h.complete(&claimed[1], json!({})).await;
+    h.store.fail(&ids[3], &lease(&claimed[3]), &fail("x", false)).await.expect("fail");
+    h.store.cancel(&ids[4]).await.expect("cancel pending");
+    h.store.fail(&ids[2], &lease(&claimed[2]), &fail("again", true)).await.expect("requeue");
+    assert_eq!(h.claim("beta").await.map(|t| t.task_id), Some(ids[6].clone()));
+    h.advance(h.config.heartbeat_timeout_ms + 1_000).await;
+    h.heartbeat("alpha").await;
+    h.heartbeat("gamma").await;
+    assert_eq!(h.store.sweep_timeouts(100).await.expect("sweep").count, 1, "ids[0], 5 s, no retry");
+    assert_eq!(h.store.sweep_offline(100).await.expect("sweep").count, 1, "beta went silent");
+    let more = h.claim_with("alpha", caps(&["code", "debate"]), 2).await;
+    assert_eq!(more.len(), 2);
+    h.store.start(&more[0].task_id, &lease(&more[0])).await.expect("start");
+
+    let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut pending_by_priority: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+    let mut pending_signatures = HashSet::new();
+    for id in &ids {
+        let task = h.task(id).await;
+        *by_status.entry(task.status.as_str().into()).or_default() += 1;
+        *by_type.entry(task.task_type.clone()).or_default() += 1;
+        if task.status == TaskStatus::Pending {
+            *pending_by_priority.entry(task.priority.as_str().into()).or_default() += 1;
+            pending_signatures.insert(task.required_capabilities.clone());
+        }
+    }
+    assert_eq!(by_status.len(), 7, "the sequence reached every status: {by_status:?}");
+    let stats = h.stats().await;
+    assert_eq!(nonzero(&stats.tasks_by_status), by_status);
+    assert_eq!(nonzero(&stats.pending_by_priority), pending_by_priority);
+    assert_eq!(nonzero(&stats.tasks_by_type), by_type);
+    assert_eq!(stats.live_signatures, pending_signatures.len() as u64);
+    for status in TaskStatus::ALL {
+        let filter = TaskFilter { status: Some(status), limit: 1_000, ..TaskFilter::default() };
+        let listed = h.store.list_tasks(&filter).await.expect("list").tasks.len() as u64;
+        assert_eq!(listed, by_status.get(status.as_str()).copied().unwrap_or(0), "{status:?}");
+    }
+
+    let agents = h.store.list_agents(&AgentFilter::default()).await.expect("agents");
+    assert_eq!(stats.total_agents, agents.len() as u64);
+    let mut by_agent_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_capability: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_provider: BTreeMap<String, u64> = BTreeMap::new();
+    let mut available = 0;
+    for agent in &agents {
+        *by_agent_status.entry(agent.status.as_str().into()).or_default() += 1;
+        *by_provider.entry(agent.provider.clone()).or_default() += 1;
+        for capability in agent.capabilities.as_slice() {
+            *by_capability.entry(capability.clone()).or_default() += 1;
+        }
+        if !agent.paused && agent.status == AgentStatus::Ready && agent.in_flight < agent.max_concurrent_tasks {
+            available += 1;
+        }
+    }
+    assert_eq!(h.agent("beta").await.status, AgentStatus::Offline);
+    assert_eq!(nonzero(&stats.agents_by_status), by_agent_status);
+    assert_eq!(nonzero(&stats.agents_by_capability), by_capability);
+    assert_eq!(nonzero(&stats.agents_by_provider), by_provider);
+    assert_eq!(stats.available_agents, available);
+    assert_eq!(stats.waiting_claims, 0, "an offline agent's waiter is gone");
+    let in_flight: u32 = agents.iter().map(|a| a.in_flight).sum();
+    let leased = by_status.get("claimed").copied().unwrap_or(0) + by_status.get("running").copied().unwrap_or(0);
+    assert_eq!(u64::from(in_flight), leased, "every lease is held by one agent");
+}
+
+pub(super) async fn every_transition_emits_its_event_to_subscribers_and_the_log(h: Harness) {
+    use EventKind::*;
+    let mut rx = h.store.subscribe();
+    let mut seen = Vec::new();
+    let step = |rx: &mut broadcast::Receiver<Event>, seen: &mut Vec<Event>, expected: &[EventKind], what: &str| {
+        let events = received(rx);
+        assert_eq!(kinds(&events), expected, "{what}: {events:#?}");
+        seen.extend(events.iter().cloned());
+        events
+    };
+    h.register_with(AgentRegistration { session_id: Some("s1".into()), ..registration("agent", &[]) }).await;
+    step(&mut rx, &mut seen, &[AgentRegistered], "register");
+    let secret = json!({"secret": "p4yl0ad-must-not-leak"});
+    let task_id = h.submit(SubmitRequest { payload: Some(secret), max_retries: Some(1), ..request("events") }).await;
+    let submitted = step(&mut rx, &mut seen, &[TaskSubmitted], "submit");
+    assert_eq!(of_kind(&submitted, TaskSubmitted).task_id.as_deref(), Some(task_id.as_str()));
+    let held = h.claim("agent").await.expect("claim");
+    let claimed = step(&mut rx, &mut seen, &[TaskClaimed], "claim");
+    assert_eq!(of_kind(&claimed, TaskClaimed).agent_id.as_deref(), Some("agent"));
+    assert_eq!(of_kind(&claimed, TaskClaimed).task_id.as_deref(), Some(task_id.as_str()));
+    h.store.start(&task_id, &lease(&held)).await.expect("start");
+    step(&mut rx, &mut seen, &[TaskStarted], "start");
+    h.store.progress(&task_id, &lease(&held), json!({"pct": 1})).await.expect("progress");
+    step(&mut rx, &mut seen, &[TaskProgress], "progress");
+    h.store.fail(&task_id, &lease(&held), &fail("once", true)).await.expect("fail");
+    step(&mut rx, &mut seen, &[TaskRetried], "fail with requeue");
+    let held = h.claim("agent").await.expect("claim");
+    step(&mut rx, &mut seen, &[TaskClaimed], "claim");
+    h.store.release(&task_id, held.lease_id.as_deref().expect("lease")).await.expect("release");
+    step(&mut rx, &mut seen, &[TaskReleased], "release");
+    let held = h.claim("agent").await.expect("claim");
+    step(&mut rx, &mut seen, &[TaskClaimed], "claim");
+    h.store
+        .complete(&task_id, &lease(&held), json!({"secret": "r3sult-must-not-leak"}).into())
+        .await
+        .expect("complete");
+    step(&mut rx, &mut seen, &[TaskCompleted], "complete");
+    let second = h.submit(with_retries("events", 0)).await;
+    step(&mut rx, &mut seen, &[TaskSubmitted], "submit");
+    h.store.cancel(&second).await.expect("cancel");
+    step(&mut rx, &mut seen, &[TaskCancelled], "cancel");
+    h.store.retry(&second).await.expect("retry");
+    step(&mut rx, &mut seen, &[TaskRetried], "manual retry");
+    let held = h.claim("agent").await.expect("claim");
+    step(&mut rx, &mut seen, &[TaskClaimed], "claim");
+    h.store.fail(&second, &lease(&held), &fail("fatal", false)).await.expect("fail");
+    step(&mut rx, &mut seen, &[TaskFailed], "fail");
+    h.store.retry(&second).await.expect("retry");
+    step(&mut rx, &mut seen, &[TaskRetried], "manual retry");
+    h.claim("agent").await.expect("claim");
+    step(&mut rx, &mut seen, &[TaskClaimed], "claim");
+    h.store.cancel(&second).await.expect("cancel");
+    step(&mut rx, &mut seen, &[TaskCancelled], "cancel with a lease");
+
+    let timed = h.submit(SubmitRequest { timeout_seconds: Some(1), max_retries: Some(0), ..request("events") }).await;
+    step(&mut rx, &mut seen, &[TaskSubmitted], "submit");
+    h.claim("agent").await.expect("claim");
+    step(&mut rx, &mut seen, &[TaskClaimed], "claim");
+    h.advance(1_000).await;
+    h.store.sweep_timeouts(10).await.expect("sweep");
+    let timeout = step(&mut rx, &mut seen, &[TaskTimeout], "timeout with no retry left");
+    assert_eq!(of_kind(&timeout, TaskTimeout).task_id.as_deref(), Some(timed.as_str()));
+    h.store.set_paused("agent", true).await.expect("pause");
+    let paused = step(&mut rx, &mut seen, &[], "pause");
+    assert!(paused.iter().any(|e| e.kind == AgentStatusChanged), "pausing changes the agent's status: {paused:?}");
+    h.store.set_paused("agent", false).await.expect("resume");
+    seen.extend(received(&mut rx));
+    h.register_with(AgentRegistration { session_id: Some("s2".into()), ..registration("agent", &[]) }).await;
+    step(&mut rx, &mut seen, &[AgentRestarted], "register with a new session");
+    h.advance(h.config.heartbeat_timeout_ms).await;
+    h.store.sweep_offline(10).await.expect("sweep");
+    let offline = step(&mut rx, &mut seen, &[AgentOffline], "offline");
+    assert_eq!(of_kind(&offline, AgentOffline).agent_id.as_deref(), Some("agent"));
+    let status_changes: Vec<_> = offline.iter().filter(|e| e.kind == AgentStatusChanged).collect();
+    assert_eq!(status_changes.len(), 1, "offline is a status change");
+    h.store.unregister("agent").await.expect("unregister");
+    step(&mut rx, &mut seen, &[AgentUnregistered], "unregister");
+
+    let log = all_events(&h).await;
+    assert_eq!(seen, log, "the subscriber saw exactly the logged events, in order");
+    let mut rx_all = h.store.subscribe();
+    assert!(received(&mut rx_all).is_empty(), "a subscription starts now");
+    let logged = serde_json::to_string(&log).expect("serialise");
+    assert!(!logged.contains("must-not-leak"), "events never carry payloads or results");
+    for event in &log {
+        assert_eq!(event.server_id, "conformance");
+        assert!(looks_like_rfc3339(&event.time), "RFC 3339 time: {}", event.time);
+        event_order(&event.id);
+    }
+    // Resume after any event: the rest of the log, in order.
+    let middle = &log[log.len() / 2];
+    let rest = h.store.events_after(Some(&middle.id), 1_000).await.expect("events_after").expect("kept");
+    assert_eq!(rest, log[log.len() / 2 + 1..].to_vec());
+    let two = h.store.events_after(Some(&middle.id), 2).await.expect("events_after").expect("kept");
+    assert_eq!(two, log[log.len() / 2 + 1..log.len() / 2 + 3].to_vec(), "at most limit");
+    let last = &log[log.len() - 1];
+    assert_eq!(h.store.events_after(Some(&last.id), 10).await.expect("events_after"), Some(vec![]));
+    assert_eq!(h.store.events_after(Some("1-0"), 10).await.expect("events_after"), None, "not in the buffer");
+}
+
+pub(super) async fn a_transition_that_changes_nothing_emits_no_event(h: Harness) {
+    h.register("worker", &[]).await;
+    let keyed_request = || SubmitRequest { idempotency_key: Some("k".into()), ..request("quiet") };
+    h.submit(keyed_request()).await;
+    let cancelled = h.submit(request("quiet")).await;
+    h.store.cancel(&cancelled).await.expect("cancel");
+    let held = h.claim("worker").await.expect("claims the keyed task");
+    let done = held.task_id.clone();
+    h.complete(&held, json!({})).await;
+    let mut rx = h.store.subscribe();
+    let logged = all_events(&h).await.len();
+
+    assert!(
+        h.store.submit(new_task("tester", keyed_request()), 64).await.map(|c| c.submitted).expect("replay").replayed
+    );
+    h.store.cancel(&cancelled).await.expect("cancel again");
+    h.store.release(&done, "00000000000000000000000000000000").await.expect("release of an ended lease");
+    assert_eq!(h.store.sweep_timeouts(100).await.expect("sweep").count, 0);
+    assert_eq!(h.store.sweep_offline(100).await.expect("sweep").count, 0);
+    h.store.peek(&caps(&[]), 10).await.expect("peek");
+    h.store.complete(&done, &lease(&held), json!({}).into()).await.expect("repeat");
+    assert!(h.store.complete(&done, &lease(&held), json!({"other": 1}).into()).await.is_err());
+    assert!(h.store.retry(&done).await.is_err());
+    assert!(h.store.cancel(&done).await.is_err());
+    h.store.set_paused("worker", false).await.expect("resume an agent that is not paused");
+    h.store.withdraw_waiter("no-such-token").await.expect("withdraw");
+    assert!(h.claim("worker").await.is_none(), "nothing pending");
+    assert!(received(&mut rx).is_empty(), "no-op transitions emit nothing");
+    assert_eq!(all_events(&h).await.len(), logged, "and log nothing");
+}
+
+pub(super) async fn next_deadline_is_the_earliest_lease_heartbeat_or_backoff_deadline(h: Harness) {
+    assert_eq!(h.store.next_deadline().await.expect("next_deadline"), None, "an empty store has none");
+    let timeout = h.config.heartbeat_timeout_ms;
+    h.register("worker", &[]).await;
+    assert_eq!(h.store.next_deadline().await.expect("next_deadline"), Some(T0_MS + timeout));
+    h.submit(SubmitRequest { timeout_seconds: Some(10), ..request("deadline") }).await;
+    h.advance(1_000).await;
+    let held = h.claim("worker").await.expect("claim");
+    assert_eq!(h.store.next_deadline().await.expect("next_deadline"), Some(T0_MS + 1_000 + 10_000), "the lease");
+    h.complete(&held, json!({})).await;
+    assert_eq!(
+        h.store.next_deadline().await.expect("next_deadline"),
+        Some(T0_MS + 1_000 + timeout),
+        "the heartbeat expiry, renewed by the claim"
+    );
+}
+
+pub(super) async fn list_tasks_pages_newest_first_and_filters(h: Harness) {
+    h.register("worker", &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(h.submit(request(if i % 2 == 0 { "even" } else { "odd" })).await);
+    }
+    let held = h.claim("worker").await.expect("claim");
+    assert_eq!(held.task_id, ids[0]);
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = h.store.list_tasks(&TaskFilter { limit: 2, cursor, ..TaskFilter::default() }).await.expect("list");
+        assert!(page.tasks.len() <= 2);
+        seen.extend(page.tasks.into_iter().map(|t| t.task_id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids.iter().rev().cloned().collect::<Vec<_>>(), "newest first, every task once");
+    let list = |filter: TaskFilter| {
+        let store = h.store.clone();
+        async move {
+            store.list_tasks(&filter).await.expect("list").tasks.into_iter().map(|t| t.task_id).collect::<Vec<_>>()
+        }
+    };
+    let pending = list(TaskFilter { status: Some(TaskStatus::Pending), limit: 10, ..TaskFilter::default() }).await;
+    assert_eq!(pending, vec![ids[4].clone(), ids[3].clone(), ids[2].clone(), ids[1].clone()]);
+    let even = list(TaskFilter { task_type: Some("even".into()), limit: 10, ..TaskFilter::default() }).await;
+    assert_eq!(even, vec![ids[4].clone(), ids[2].clone(), ids[0].clone()]);
+    let mine = list(TaskFilter { agent_id: Some("worker".into()), limit: 10, ..TaskFilter::default() }).await;
+    assert_eq!(mine, vec![ids[0].clone()]);
+}
+
+pub(super) async fn list_agents_filters_by_capability_and_availability(h: Harness) {
+    h.register("coder", &["code"]).await;
+    h.register("auditor", &["audit", "code"]).await;
+    h.register("idle", &["debate"]).await;
+    h.store.set_paused("idle", true).await.expect("pause");
+    let ids = |agents: Vec<aragora_cp::model::Agent>| agents.into_iter().map(|a| a.agent_id).collect::<Vec<_>>();
+    let all = h.store.list_agents(&AgentFilter::default()).await.expect("list");
+    assert_eq!(ids(all), vec!["auditor", "coder", "idle"], "by id");
+    let code = AgentFilter { capability: Some("code".into()), ..AgentFilter::default() };
+    assert_eq!(ids(h.store.list_agents(&code).await.expect("list")), vec!["auditor", "coder"]);
+    let available = AgentFilter { available: Some(true), ..AgentFilter::default() };
+    assert_eq!(ids(h.store.list_agents(&available).await.expect("list")), vec!["auditor", "coder"]);
+    let unavailable = AgentFilter { available: Some(false), ..AgentFilter::default() };
+    assert_eq!(ids(h.store.list_agents(&unavailable).await.expect("list")), vec!["idle"]);
+}
+
+pub(super) async fn operations_on_unknown_tasks_and_agents_are_not_found(h: Harness) {
+    let ghost = TaskId::generate();
+    let not_found =
+        |result: Result<(), StoreError>| matches!(result, Err(StoreError::TaskNotFound(ref id)) if *id == ghost);
+    assert_eq!(h.store.get_task(&ghost).await.expect("get"), None);
+    assert!(not_found(h.store.complete(&ghost, &Fence::Unfenced, json!({}).into()).await.map(|_| ())));
+    assert!(not_found(h.store.fail(&ghost, &Fence::Unfenced, &fail("x", true)).await.map(|_| ())));
+    assert!(not_found(h.store.start(&ghost, &Fence::Unfenced).await.map(|_| ())));
+    assert!(not_found(h.store.progress(&ghost, &Fence::Unfenced, json!({})).await.map(|_| ())));
+    assert!(not_found(h.store.cancel(&ghost).await.map(|_| ())));
+    assert!(not_found(h.store.retry(&ghost).await.map(|_| ())));
+    assert!(not_found(h.store.release(&ghost, "lease").await.map(|_| ())));
+    assert_eq!(h.store.get_agent("ghost").await.expect("get"), None);
+    let agent_not_found =
+        |result: Result<(), StoreError>| matches!(result, Err(StoreError::AgentNotFound(ref a)) if a == "ghost");
+    assert!(agent_not_found(h.store.claim(&claim_request("ghost", &[], None)).await.map(|_| ())));
+    assert!(agent_not_found(h.store.heartbeat("ghost", &HeartbeatRequest::default()).await.map(|_| ())));
+    assert!(agent_not_found(h.store.set_paused("ghost", true).await.map(|_| ())));
+    assert!(agent_not_found(h.store.unregister("ghost").await.map(|_| ())));
+    h.register("real", &[]).await;
+    let task = h.submit(request("x")).await;
+    assert!(agent_not_found(h.store.claim_if(&task, &claim_request("ghost", &[], None)).await.map(|_| ())));
+    assert_eq!(h.status(&task).await, TaskStatus::Pending);
+}
+
+pub(super) async fn housekeeping_removes_old_terminal_tasks_and_long_offline_agents_and_keeps_the_rest(h: Harness) {
+    h.register("a", &[]).await;
+    h.register("gone", &[]).await;
+    let done = h.submit(request("done")).await;
+    let open = h.submit(request("open")).await;
+    let held = h.claim("a").await.unwrap();
+    assert_eq!(held.task_id, done);
+    h.complete(&held, json!({})).await;
+    assert_eq!(h.store.housekeeping(60_000, 60_000, 100).await.unwrap(), 0, "nothing is old yet");
+    // "gone" falls silent and goes offline; "a" keeps heartbeating.
+    h.advance(31_000).await;
+    h.heartbeat("a").await;
+    h.store.sweep_offline(100).await.unwrap();
+    h.advance(30_000).await;
+    h.heartbeat("a").await;
+    let removed = h.store.housekeeping(60_000, 60_000, 100).await.unwrap();
+    assert_eq!(removed, 2, "the finished task and the long-offline agent");
+    assert!(h.store.get_task(&done).await.unwrap().is_none());
+    assert_eq!(h.status(&open).await, TaskStatus::Pending, "live work is never removed");
+    assert!(h.store.get_agent("gone").await.unwrap().is_none());
+    assert!(h.store.get_agent("a").await.unwrap().is_some());
+    let stats = h.stats().await;
+    assert_eq!(stats.tasks_by_status.get("completed").copied().unwrap_or(0), 0);
+    assert_eq!(stats.tasks_by_status.get("pending").copied(), Some(1));
+}
+
+pub(super) async fn plugin_changes_keep_versions_bytes_history_and_emit_events(h: Harness) {
+    use aragora_cp::model::EventKind;
+    use aragora_cp::model::{PluginAction, PluginChange, StoreError};
+    let change = |action, by: &str| PluginChange { name: "fleet".into(), action, by: by.into() };
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let upload =
+        PluginAction::Upload { bytes: bytes.clone(), sha256: "ab12".into(), manifest: Some("order = 5".into()) };
+    assert!(matches!(
+        h.store.change_plugin(change(PluginAction::Delete, "x")).await,
+        Err(StoreError::PluginNotFound(_))
+    ));
+    let mut rx = h.store.subscribe();
+    let record = h.store.change_plugin(change(upload, "alice")).await.expect("upload");
+    assert_eq!((record.version, record.enabled, record.size), (1, true, Some(70_000)));
+    assert_eq!((record.sha256.as_deref(), record.manifest.as_deref()), (Some("ab12"), Some("order = 5")));
+    assert_eq!(h.store.plugin_component("fleet").await.expect("read"), Some(("ab12".to_string(), bytes)));
+    let record = h.store.change_plugin(change(PluginAction::Disable, "bob")).await.expect("disable");
+    assert_eq!((record.version, record.enabled), (2, false));
+    let record = h.store.change_plugin(change(PluginAction::Delete, "carol")).await.expect("delete");
+    assert_eq!((record.version, record.sha256.clone(), record.enabled), (3, None, false));
+    assert_eq!(h.store.plugin_component("fleet").await.expect("read"), None);
+    let history: Vec<(u64, &str, &str)> =
+        record.history.iter().map(|e| (e.version, e.action.as_str(), e.by.as_str())).collect();
+    assert_eq!(history, [(3, "deleted", "carol"), (2, "disabled", "bob"), (1, "uploaded", "alice")]);
+    assert_eq!(record.history[1].sha256.as_deref(), Some("ab12"), "the disable happened while ab12 was current");
+    let kinds: Vec<EventKind> = received(&mut rx).iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::PluginUploaded, EventKind::PluginDisabled, EventKind::PluginDeleted]);
+    assert_eq!(h.store.plugin_record("fleet").await.expect("record"), Some(record.clone()));
+    assert_eq!(h.store.plugin_record("never-uploaded").await.expect("record"), None);
+    let records = h.store.plugin_records().await.expect("records");
+    assert_eq!(records, [record]);
+}
+
+pub(super) async fn violations_get_fleet_ids_events_and_are_listed_newest_first(h: Harness) {
+    use aragora_cp::model::EventKind;
+    use aragora_cp::model::NewViolation;
+    let task = TaskId::generate();
+    let deny = NewViolation {
+        policy: "payload_size_policy".into(),
+        stage: "submit",
+        decision: "deny",
+        reason: "too big".into(),
+        task_id: Some(task.to_string()),
+        agent_id: None,
+    };
+    let warn = NewViolation {
+        stage: "register",
+        decision: "warn",
+        task_id: None,
+        agent_id: Some("a-1".into()),
+        ..deny.clone()
+    };
+    let mut rx = h.store.subscribe();
+    let recorded = h.store.record_violations(vec![deny, warn]).await.expect("record");
+    assert_eq!(recorded.len(), 2);
+    assert_ne!(recorded[0].id, recorded[1].id);
+    assert!(recorded.iter().all(|v| v.id.starts_with("viol_") && !v.time.is_empty()));
+    let events = received(&mut rx);
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::PolicyViolation, EventKind::PolicyViolation]
+    );
+    assert_eq!(events[0].task_id.as_deref(), Some(task.as_str()));
+    assert_eq!(events[1].agent_id.as_deref(), Some("a-1"));
+    assert_eq!(events[0].data["violation_id"], recorded[0].id.as_str());
+    let newest = h.store.violations(1).await.expect("list");
+    assert_eq!(newest, [recorded[1].clone()]);
+    let all = h.store.violations(10).await.expect("list");
+    assert_eq!(all, [recorded[1].clone(), recorded[0].clone()]);
+    assert_eq!((all[1].stage.as_str(), all[1].task_id.as_deref()), ("submit", Some(task.as_str())));
+}
