@@ -8,7 +8,7 @@ mod support;
 use std::collections::HashSet;
 
 use aragora_cp::cli::bench::BenchCommand;
-use aragora_cp::cli::bench_load::{Interrupt, LoadBenchArgs, run_load};
+use aragora_cp::cli::bench::load::{Interrupt, LoadBenchArgs, run_load};
 use aragora_cp::cli::{Cli, Command as CliCommand};
 use clap::Parser;
 use serde_json::{Value, json};

@@ -1,13 +1,11 @@
 //! The `aragora-cp` command line: argument parsing and dispatch to one module per command group.
-//! `plugin.rs` holds the plugin author's tools (check, run, new, watch); `bench.rs`, `bench_engine.rs` and
-//! `bench_load.rs` the benchmarks (the last an HTTP load generator against a running server); `serve.rs` the
+//! `plugin.rs` holds the plugin author's tools (check, run, new, watch); `bench/` the benchmarks (plugins, the
+//! engine, HTTP load and the sweep that compares it with the reference ceiling); `serve.rs` the
 //! server (`serve`) and its token tool (`token`); `client.rs` the commands that talk to a running server
 //! (`agents`, `tasks`, `health`, `stats`, `plugins`, `events`); `demo/` the narrated walkthrough on an embedded
 //! server (`demo`).
 
 pub mod bench;
-pub mod bench_engine;
-pub mod bench_load;
 pub mod client;
 pub mod demo;
 pub mod plugin;

@@ -152,7 +152,9 @@ impl Scheduler {
             let tokens = self.in_preference_order(route, offer.now_ms, &claims).await?;
             // Without dispatch policies any waiting claim may take it, so the store looks past the offer too.
             if let Some(assigned) = self.store.assign(&route.task_id, &tokens, !has_dispatch_policies).await? {
-                if let Err(Wake::Assigned(_)) = self.waiting.wake(&assigned.token, Wake::Assigned(Box::new(assigned.task))) {
+                if let Err(Wake::Assigned(_)) =
+                    self.waiting.wake(&assigned.token, Wake::Assigned(Box::new(assigned.task)))
+                {
                     // Not a claim of this server (its server wakes it from the event), or one that stopped
                     // waiting this instant (it takes the task from its token's withdrawal).
                 }

@@ -2,7 +2,7 @@
 //! then loop blocking claim → complete with the lease (optionally taking the next task in the complete call) while
 //! heartbeating on the server's schedule; submitters post tasks, one by one or in batches, until a duration or a
 //! task count. Then it drains, unregisters the agents, and reports throughput, latency percentiles (through
-//! [`bench::percentile_us`](super::bench::percentile_us), like the other benches) and errors by status. Its oracle:
+//! [`bench::percentile_us`](super::percentile_us), like the other benches) and errors by status. Its oracle:
 //! every task it submitted must be completed exactly once, else the exit status is 1.
 //!
 //! Server, token and `--output` follow the client commands ([`Connection`]); [`run_load`] is the library entry
@@ -26,8 +26,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::bench::percentile_us;
-use super::client::{Connection, Output};
+use super::percentile_us;
+use crate::cli::client::{Connection, Output};
 use crate::model::{Priority, RegisterRequest, SubmitRequest, normalize_capability};
 
 /// Tries of a submit or a complete whose answer was lost (no answer, or 503): both are safe to repeat, a submit
@@ -86,6 +86,13 @@ pub struct LoadBenchArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// The server is the reference ceiling (`../shared/bench/ceiling`), which answers only register, submit, claim
+    /// and complete: no heartbeats, leases, sessions or unregistering are sent, and lost tasks are not looked up.
+    #[arg(long)]
+    pub ceiling: bool,
+    /// The server process's id: its CPU time (from `/proc`) over the run is reported per task.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 /// What stops a run early: `load` ends the load phase (the drain still runs), `drain` cuts the drain short.
@@ -237,6 +244,8 @@ struct SubmitAnswer {
 
 #[derive(Deserialize)]
 struct Registered {
+    /// The ceiling answers none.
+    #[serde(default)]
     session_id: String,
 }
 
@@ -750,6 +759,10 @@ pub struct LoadReport {
     /// CPU time (user + system) this process used over the window: the load generator's cost when the server runs
     /// elsewhere (the whole process's when, as in the tests, the server runs inside it).
     pub process_cpu_seconds: Option<f64>,
+    /// CPU time (user + system) of the server process (`--server-pid`) over the window.
+    pub server_cpu_seconds: Option<f64>,
+    /// The server's CPU time per completed task, in µs.
+    pub server_cpu_per_task_us: Option<f64>,
 }
 
 /// Runs the load against `args.connection.server` and returns the report; `Err` only when the run cannot start
@@ -796,10 +809,13 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
     let mut agent_tasks: Vec<JoinHandle<Tally>> = Vec::new();
     for seat in &seats {
         agent_tasks.push(tokio::spawn(agent(shared.clone(), seat.clone(), stop_agents.clone())));
-        agent_tasks.push(tokio::spawn(heartbeats(shared.clone(), seat.clone(), stop_agents.clone())));
+        if !args.ceiling {
+            agent_tasks.push(tokio::spawn(heartbeats(shared.clone(), seat.clone(), stop_agents.clone())));
+        }
     }
     let started = Instant::now();
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = process_cpu_seconds("self");
+    let server_cpu_before = args.server_pid.and_then(|pid| process_cpu_seconds(&pid.to_string()));
     let stop_progress = CancellationToken::new();
     let progress_task = (!args.quiet).then(|| tokio::spawn(progress(shared.clone(), started, stop_progress.clone())));
 
@@ -851,14 +867,21 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
     }
     let drain = drain_started.elapsed();
     let window = started.elapsed();
-    let cpu = process_cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
+    let cpu = process_cpu_seconds("self").zip(cpu_before).map(|(after, before)| after - before);
+    let server_cpu = args
+        .server_pid
+        .and_then(|pid| process_cpu_seconds(&pid.to_string()))
+        .zip(server_cpu_before)
+        .map(|(after, before)| after - before);
     stop_agents.cancel();
     let mut tally = Tally::default();
     for joined in submitted_tallies.into_iter().chain(join_all(agent_tasks).await) {
         tally.merge(joined.context("a load task panicked")?);
     }
-    for reply in unregister(&shared, &seats).await {
-        shared.failed(&mut tally, "unregister", &reply);
+    if !args.ceiling {
+        for reply in unregister(&shared, &seats).await {
+            shared.failed(&mut tally, "unregister", &reply);
+        }
     }
     stop_progress.cancel();
     if let Some(task) = progress_task {
@@ -867,7 +890,7 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
 
     let mut oracle = Oracle::judge(&tally.submitted, &tally.granted, &tally.completed);
     oracle.revoked = tally.revoked;
-    for lost in &mut oracle.lost_sample {
+    for lost in oracle.lost_sample.iter_mut().filter(|_| !args.ceiling) {
         let path = format!("/tasks/{}", lost.task_id);
         lost.server_status = match shared.call::<Value>(shared.http.get(shared.connection.url(&path))).await.1 {
             Reply::Ok(task) => task["status"].as_str().unwrap_or("?").to_string(),
@@ -914,12 +937,14 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
         errors_by_status,
         oracle,
         process_cpu_seconds: cpu,
+        server_cpu_seconds: server_cpu,
+        server_cpu_per_task_us: server_cpu.filter(|_| completed > 0).map(|cpu| cpu * 1e6 / completed as f64),
     })
 }
 
-/// This process's user + system CPU time, from `/proc/self/stat` (Linux; `None` elsewhere).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// A process's user + system CPU time, from `/proc/<pid>/stat` (`self` for this one; Linux; `None` elsewhere).
+pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces, so split after its closing parenthesis): state is
     // the first, utime and stime the 12th and 13th, in clock ticks of 1/100 s (USER_HZ, fixed for /proc).
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -1033,6 +1058,9 @@ pub fn print_report(r: &LoadReport) {
     if let Some(cpu) = r.process_cpu_seconds {
         let wall = r.window_seconds;
         println!("  this process used {cpu:.1} s of CPU over {wall:.1} s ({:.2} cores)", cpu / wall.max(1e-9));
+    }
+    if let (Some(cpu), Some(per_task)) = (r.server_cpu_seconds, r.server_cpu_per_task_us) {
+        println!("  the server used {cpu:.1} s of CPU: {per_task:.0} µs per task");
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::OutputFormat;
+use crate::cli::OutputFormat;
 use crate::config::Config;
 use crate::coordinator::ControlPlaneCoordinator;
 use crate::model::Fence;
@@ -41,7 +41,7 @@ pub struct EngineBenchArgs {
 }
 
 /// p50 / p99 of one call, in µs (the plugin bench's type, so both print alike).
-pub use super::bench::Percentiles as Latency;
+pub use super::Percentiles as Latency;
 
 /// The figures.
 #[derive(Clone, Debug, Serialize)]

@@ -1,29 +1,16 @@
 //! `aragora-cp bench plugins`: selection latency of a strategy plugin (warm instances, and a fresh instance per
-//! call for comparison) beside the same rule written natively, for 10, 100 and 1000 candidates. The figures go
-//! into docs/BENCHMARKS.md; nothing here is a pass/fail test.
+//! call for comparison) beside the same rule written natively, for 10, 100 and 1000 candidates.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Subcommand};
+use clap::Args;
 use serde::Serialize;
 
-use super::OutputFormat;
+use super::Percentiles;
+use crate::cli::OutputFormat;
 use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails, HealthStatus, Priority, TaskInfo};
 use crate::plugins::builtin::builtin_bytes;
 use crate::plugins::{Manifest, PluginRuntime, PluginSource, PluginVersion, RuntimeOptions, loader};
-
-/// The benchmarks.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Strategy selection latency: plugin (warm and fresh instances) versus native, per candidate count.
-    Plugins(PluginBenchArgs),
-    /// In-process engine on the memory store: lifecycle throughput and claim latency against the backlog.
-    Engine(super::bench_engine::EngineBenchArgs),
-    /// HTTP load against a running server: simulated agents and submitters, throughput, latency percentiles,
-    /// errors, and a check that every submitted task was completed exactly once.
-    Load(Box<super::bench_load::LoadBenchArgs>),
-}
 
 /// Arguments of `bench plugins`.
 #[derive(Debug, Args)]
@@ -40,48 +27,6 @@ pub struct PluginBenchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
-}
-
-/// Runs one benchmark.
-pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        BenchCommand::Plugins(args) => {
-            let rows = plugin_bench(&args)?;
-            match args.output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                OutputFormat::Text => print_plugin_table(&rows),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        BenchCommand::Engine(args) => super::bench_engine::run(args),
-        BenchCommand::Load(args) => super::bench_load::run(*args),
-    }
-}
-
-/// Latency percentiles of one configuration, in microseconds.
-#[derive(Clone, Debug, Serialize)]
-pub struct Percentiles {
-    /// Median.
-    pub p50_us: f64,
-    /// 99th percentile.
-    pub p99_us: f64,
-}
-
-impl Percentiles {
-    /// p50 and p99 of `samples` (zeros when there are none).
-    pub fn of(mut samples: Vec<Duration>) -> Percentiles {
-        samples.sort_unstable();
-        Percentiles { p50_us: percentile_us(&samples, 0.50), p99_us: percentile_us(&samples, 0.99) }
-    }
-}
-
-/// The `q` quantile (0–1) of `sorted` samples in µs, by nearest rank; 0 when there are none. Every bench reports
-/// through this one function, so their figures are comparable.
-pub fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6
 }
 
 /// One row of the plugin benchmark.

@@ -1,0 +1,317 @@
+//! `aragora-cp bench compare`: the HTTP load of `bench load` as users load a fleet (many agents waiting in claims,
+//! many submitters), swept over the number of waiting agents and submitters, against servers this command starts
+//! itself: a fresh `aragora-cp serve` per run (this binary; the memory store, or `--redis`), and, with
+//! `--ceiling PATH`, the reference ceiling (`../shared/bench/ceiling`: the thinnest possible lifecycle server) in
+//! alternation, A B A B, so that both see the same machine. Reports tasks/s, p50/p99 per step and the server's CPU
+//! per task (from `/proc`), and the control plane's throughput as a ratio to the ceiling's measured in the same run.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+
+use super::load::{Interrupt, LoadBenchArgs, LoadReport, run_load};
+use crate::api::{Authenticator, Permission};
+use crate::cli::client::{Connection, Output};
+use crate::model::Priority;
+
+/// Arguments of `bench compare`.
+#[derive(Debug, Args)]
+pub struct CompareBenchArgs {
+    /// Numbers of agents waiting in claims to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "8,50")]
+    pub agents: Vec<usize>,
+    /// Numbers of concurrent submitters to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    pub submitters: Vec<usize>,
+    /// Tasks per run.
+    #[arg(long, default_value_t = 20_000)]
+    pub tasks: u64,
+    /// Runs per point and target, alternated with the ceiling's (A B A B); the medians are compared.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// The reference ceiling's binary (build `../shared/bench/ceiling` with `cargo build --release`).
+    #[arg(long)]
+    pub ceiling: Option<std::path::PathBuf>,
+    /// Run the control plane on this Redis (`redis://…`; the ceiling too, in its Redis mode), under a fresh key
+    /// prefix per run; without it, the memory store.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// `HEARTBEAT_INTERVAL` of the servers, in seconds: agents heartbeat that often.
+    #[arg(long, default_value_t = 1.0)]
+    pub heartbeat_interval: f64,
+    /// A claim's `block_ms`.
+    #[arg(long, default_value_t = 500)]
+    pub block_ms: u64,
+    /// Ask for the next task in the complete call.
+    #[arg(long)]
+    pub claim_next: bool,
+    /// Table for people, JSON for scripts.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// One run: a target at a point of the sweep.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareRun {
+    /// `control-plane` or `ceiling`.
+    pub target: &'static str,
+    /// Agents waiting in claims.
+    pub agents: usize,
+    /// Concurrent submitters.
+    pub submitters: usize,
+    /// Round number (from 1).
+    pub round: usize,
+    /// The load's report.
+    pub report: LoadReport,
+}
+
+/// A point of the sweep, summarised.
+#[derive(Clone, Debug, Serialize)]
+pub struct ComparePoint {
+    /// Agents waiting in claims.
+    pub agents: usize,
+    /// Concurrent submitters.
+    pub submitters: usize,
+    /// Median tasks/s of the control plane's rounds.
+    pub control_plane_tasks_per_second: f64,
+    /// Median server CPU per task, µs.
+    pub control_plane_cpu_per_task_us: Option<f64>,
+    /// Median tasks/s of the ceiling's rounds.
+    pub ceiling_tasks_per_second: Option<f64>,
+    /// Control plane / ceiling.
+    pub ratio: Option<f64>,
+    /// Every run's oracle passed (nothing lost or completed twice).
+    pub oracle_passed: bool,
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareReport {
+    /// Per point.
+    pub points: Vec<ComparePoint>,
+    /// Every run.
+    pub runs: Vec<CompareRun>,
+}
+
+/// A server process this command started; killed when dropped.
+struct Spawned {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released: the server binds it a moment later).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `aragora-cp serve` on a free port; answers when it listens.
+fn spawn_control_plane(args: &CompareBenchArgs, secret: &str, prefix: &str) -> anyhow::Result<Spawned> {
+    let port = free_port()?;
+    let mut command = Command::new(std::env::current_exe().context("this binary")?);
+    command
+        .arg("serve")
+        .env("BIND", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", args.redis.as_deref().unwrap_or("memory://"))
+        .env("CONTROL_PLANE_PREFIX", prefix)
+        .env("ARAGORA_JWT_SECRET", secret)
+        .env("HEARTBEAT_INTERVAL", args.heartbeat_interval.to_string())
+        .env("PLUGINS_DIR", std::env::temp_dir().join("aragora-cp-bench-no-plugins"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().context("start aragora-cp serve")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening on") => break,
+            Some(_) if Instant::now() < deadline => continue,
+            _ => bail!("aragora-cp serve did not start listening"),
+        }
+    }
+    // Keep reading its stdout so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Spawned { child, base: format!("http://127.0.0.1:{port}") })
+}
+
+/// Starts the ceiling on a free port; answers when `/livez` answers.
+async fn spawn_ceiling(path: &std::path::Path, redis: Option<&str>) -> anyhow::Result<Spawned> {
+    let port = free_port()?;
+    let mut command = Command::new(path);
+    command.env("BIND", format!("127.0.0.1:{port}")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some(url) = redis {
+        command.env("REDIS", url);
+    }
+    let child = command.spawn().with_context(|| format!("start the ceiling {}", path.display()))?;
+    let spawned = Spawned { child, base: format!("http://127.0.0.1:{port}") };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{}/livez", spawned.base)).send().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the ceiling did not answer /livez");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(spawned)
+}
+
+fn load_args(
+    args: &CompareBenchArgs,
+    base: &str,
+    token: Option<String>,
+    agents: usize,
+    submitters: usize,
+) -> LoadBenchArgs {
+    LoadBenchArgs {
+        connection: Connection { server: base.to_string(), token, output: Output::Json },
+        agents,
+        submitters,
+        batch: None,
+        duration: None,
+        tasks: Some(args.tasks),
+        rate: None,
+        task_types: vec!["bench".into()],
+        priorities: vec![Priority::Normal],
+        block_ms: args.block_ms,
+        claim_next: args.claim_next,
+        heartbeat_interval: None,
+        drain_timeout: 60.0,
+        quiet: true,
+        ceiling: false,
+        server_pid: None,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] })
+}
+
+/// Runs the sweep.
+pub async fn run_compare(args: &CompareBenchArgs) -> anyhow::Result<CompareReport> {
+    let secret = format!("{:064x}", rand::random::<u128>());
+    let auth = Authenticator::hs256(secret.as_bytes(), None, None)?;
+    let token = auth.issue("bench", &[Permission::Admin], Duration::from_secs(24 * 3600))?;
+    let interrupt = Interrupt::default();
+    let mut runs = Vec::new();
+    let mut points = Vec::new();
+    for &submitters in &args.submitters {
+        for &agents in &args.agents {
+            let mut ours = Vec::new();
+            let mut theirs = Vec::new();
+            for round in 1..=args.rounds {
+                let prefix = format!("aragora:cp:bench-{:08x}:", rand::random::<u32>());
+                let server = spawn_control_plane(args, &secret, &prefix)?;
+                let mut load = load_args(args, &server.base, Some(token.clone()), agents, submitters);
+                load.server_pid = Some(server.child.id());
+                eprintln!("control plane: {agents} agents, {submitters} submitters, round {round}");
+                let report = run_load(&load, &interrupt).await?;
+                drop(server);
+                ours.push(report.clone());
+                runs.push(CompareRun { target: "control-plane", agents, submitters, round, report });
+                if let Some(path) = &args.ceiling {
+                    let ceiling = spawn_ceiling(path, args.redis.as_deref()).await?;
+                    let mut load = load_args(args, &ceiling.base, None, agents, submitters);
+                    load.ceiling = true;
+                    load.server_pid = Some(ceiling.child.id());
+                    eprintln!("ceiling:       {agents} agents, {submitters} submitters, round {round}");
+                    let report = run_load(&load, &interrupt).await?;
+                    drop(ceiling);
+                    theirs.push(report.clone());
+                    runs.push(CompareRun { target: "ceiling", agents, submitters, round, report });
+                }
+            }
+            let ours_tps = median(ours.iter().map(|r| r.tasks_per_second).collect()).unwrap_or(0.0);
+            let theirs_tps = median(theirs.iter().map(|r| r.tasks_per_second).collect());
+            points.push(ComparePoint {
+                agents,
+                submitters,
+                control_plane_tasks_per_second: ours_tps,
+                control_plane_cpu_per_task_us: median(ours.iter().filter_map(|r| r.server_cpu_per_task_us).collect()),
+                ceiling_tasks_per_second: theirs_tps,
+                ratio: theirs_tps.filter(|t| *t > 0.0).map(|t| ours_tps / t),
+                oracle_passed: ours.iter().all(|r| r.oracle.passed),
+            });
+        }
+    }
+    Ok(CompareReport { points, runs })
+}
+
+/// `aragora-cp bench compare`: runs the sweep, prints it, exits 1 when an oracle failed.
+pub fn run(args: CompareBenchArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(run_compare(&args))?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => print_compare(&report),
+    }
+    Ok(if report.points.iter().all(|p| p.oracle_passed) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_compare(report: &CompareReport) {
+    println!(
+        "{:<14} {:>6} {:>4} {:>5} {:>9} {:>15} {:>15} {:>15} {:>9} {:>6}",
+        "target",
+        "agents",
+        "subs",
+        "round",
+        "tasks/s",
+        "submit p50/p99",
+        "claim p50/p99",
+        "complete p50/p99",
+        "cpu/task",
+        "oracle"
+    );
+    for run in &report.runs {
+        let r = &run.report;
+        let l = &r.latency;
+        let pair = |s: &super::load::LatencySummary| format!("{:.2}/{:.2}", s.p50_us / 1e3, s.p99_us / 1e3);
+        println!(
+            "{:<14} {:>6} {:>4} {:>5} {:>9.0} {:>15} {:>15} {:>15} {:>9} {:>6}",
+            run.target,
+            run.agents,
+            run.submitters,
+            run.round,
+            r.tasks_per_second,
+            pair(&l.submit),
+            pair(&l.claim),
+            pair(&l.complete),
+            r.server_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
+            if r.oracle.passed { "ok" } else { "FAILED" }
+        );
+    }
+    println!();
+    println!(
+        "{:>6} {:>4} {:>12} {:>12} {:>12} {:>7}",
+        "agents", "subs", "cp tasks/s", "cp cpu/task", "ceiling", "ratio"
+    );
+    for p in &report.points {
+        println!(
+            "{:>6} {:>4} {:>12.0} {:>12} {:>12} {:>7}",
+            p.agents,
+            p.submitters,
+            p.control_plane_tasks_per_second,
+            p.control_plane_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
+            p.ceiling_tasks_per_second.map(|t| format!("{t:.0}")).unwrap_or_default(),
+            p.ratio.map(|r| format!("{r:.2}×")).unwrap_or_default()
+        );
+    }
+}

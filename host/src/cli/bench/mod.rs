@@ -1,0 +1,77 @@
+//! `aragora-cp bench`: the benchmarks, whose figures go into docs/BENCHMARKS.md (nothing here is a pass/fail test).
+//! `plugins.rs` measures a strategy plugin's selection latency; `engine.rs` the engine in-process; `load.rs` is the
+//! HTTP load generator (simulated agents and submitters against a server, with its oracle); `compare.rs` starts
+//! the servers itself and runs that load as a sweep, alternated with the reference ceiling.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::OutputFormat;
+
+pub mod compare;
+pub mod engine;
+pub mod load;
+pub mod plugins;
+
+pub use plugins::{PluginBenchArgs, plugin_bench, print_plugin_table};
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Strategy selection latency: plugin (warm and fresh instances) versus native, per candidate count.
+    Plugins(plugins::PluginBenchArgs),
+    /// In-process engine on the memory store: lifecycle throughput and claim latency against the backlog.
+    Engine(engine::EngineBenchArgs),
+    /// HTTP load against a running server: simulated agents and submitters, throughput, latency percentiles,
+    /// errors, and a check that every submitted task was completed exactly once.
+    Load(Box<load::LoadBenchArgs>),
+    /// The HTTP load against servers this command starts (the control plane, and the reference ceiling in
+    /// alternation), swept over waiting agents and submitters: tasks/s, latency, server CPU per task, ratio.
+    Compare(Box<compare::CompareBenchArgs>),
+}
+
+/// Runs one benchmark.
+pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Plugins(args) => {
+            let rows = plugins::plugin_bench(&args)?;
+            match args.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                OutputFormat::Text => plugins::print_plugin_table(&rows),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Engine(args) => engine::run(args),
+        BenchCommand::Load(args) => load::run(*args),
+        BenchCommand::Compare(args) => compare::run(*args),
+    }
+}
+
+/// Latency percentiles of one configuration, in microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+}
+
+impl Percentiles {
+    /// p50 and p99 of `samples` (zeros when there are none).
+    pub fn of(mut samples: Vec<Duration>) -> Percentiles {
+        samples.sort_unstable();
+        Percentiles { p50_us: percentile_us(&samples, 0.50), p99_us: percentile_us(&samples, 0.99) }
+    }
+}
+
+/// The `q` quantile (0–1) of `sorted` samples in µs, by nearest rank; 0 when there are none. Every bench reports
+/// through this one function, so their figures are comparable.
+pub fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6
+}
