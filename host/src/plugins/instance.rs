@@ -21,6 +21,10 @@ use super::sandbox::{HostState, LogTail};
 /// Warm instances kept per plugin version; more concurrent callers than this instantiate and drop extras.
 const MAX_WARM_INSTANCES: usize = 16;
 
+/// Longest deadline of a call made on a runtime worker's own thread (the defaults of strategies and policies, 5
+/// ms, are below it; probes, at 1 s, are not).
+pub const INLINE_CALL_LIMIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// One of the three generated world bindings (`Strategy`, `Policy`, `HealthProbe`).
 pub trait World: Sized + Send + 'static {
     /// The bindings' pre-instantiated form.
@@ -107,21 +111,22 @@ impl<W: World> Sandbox<W> {
     /// seeded by `seed`. `f` returns the guest's answer, already checked: an `Err(CallError)` from it (a bad
     /// index, a decision that does not fit) fails the call like a trap does, and the instance is not reused.
     ///
-    /// wasmtime-wasi's synchronous bindings block on tokio when a guest writes to stdout, which panics on a
-    /// runtime worker thread; so on a multi-thread runtime the call runs inside `block_in_place`, and on a
-    /// current-thread runtime on a scoped thread. Outside tokio (CLI, watcher, benchmarks) it runs directly.
+    /// A call runs on the caller's thread, a runtime worker included (the sandbox's I/O never waits, see
+    /// `ready_io.rs`): handing a few microseconds of guest code to another thread cost more than the call. A
+    /// version whose deadline is longer than [`INLINE_CALL_LIMIT`] may hold its thread that long, so on a
+    /// multi-thread runtime it runs inside `block_in_place`, and the worker's other tasks move on meanwhile.
     pub fn call<R: Send>(
         &self,
         now_ms: u64,
         seed: u64,
         f: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<Result<R, CallError>> + Send,
     ) -> Result<(R, CallReport), CallError> {
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Err(_) => self.call_here(now_ms, seed, f),
-            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => std::thread::scope(|scope| {
-                scope.spawn(|| self.call_here(now_ms, seed, f)).join().expect("plugin call thread panicked")
-            }),
-            Ok(_) => tokio::task::block_in_place(|| self.call_here(now_ms, seed, f)),
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread && self.limits.deadline > INLINE_CALL_LIMIT {
+            tokio::task::block_in_place(|| self.call_here(now_ms, seed, f))
+        } else {
+            self.call_here(now_ms, seed, f)
         }
     }
 

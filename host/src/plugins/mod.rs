@@ -20,6 +20,7 @@ pub mod loader;
 pub mod manifest;
 pub mod policy;
 pub mod probe;
+mod ready_io;
 pub mod registry;
 pub mod runtime;
 pub mod sandbox;

@@ -25,6 +25,8 @@ use wasmtime_wasi::p2::bindings::{cli, clocks, random};
 use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
+use super::ready_io::{ReadyIo, ReadyTable};
+
 /// Interface prefixes a plugin may import. Sockets, HTTP and filesystems are absent on purpose. Our own `types`
 /// interface appears as an import because the exported interfaces use its types; it holds no functions.
 const ALLOWED_IMPORT_PREFIXES: &[&str] =
@@ -46,8 +48,8 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     let l = &mut linker;
     wasi_sync::io::error::add_to_linker::<HostState, HasTable>(l, |s| &mut s.table)?;
-    wasi_sync::io::poll::add_to_linker::<HostState, HasTable>(l, |s| &mut s.table)?;
-    wasi_sync::io::streams::add_to_linker::<HostState, HasTable>(l, |s| &mut s.table)?;
+    wasi_sync::io::poll::add_to_linker::<HostState, ReadyIo>(l, |s| ReadyTable(&mut s.table))?;
+    wasi_sync::io::streams::add_to_linker::<HostState, ReadyIo>(l, |s| ReadyTable(&mut s.table))?;
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
     use wasmtime_wasi::random::WasiRandom;
