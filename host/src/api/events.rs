@@ -58,7 +58,7 @@ impl Filter {
 struct Feed {
     backlog: VecDeque<SseEvent>,
     replayed: HashSet<String>,
-    live: broadcast::Receiver<Event>,
+    live: broadcast::Receiver<std::sync::Arc<Event>>,
     filter: Filter,
     draining: tokio_util::sync::CancellationToken,
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::sha256_hex;
@@ -225,31 +225,48 @@ impl FleetPlugins {
         self.registry.set_fleet_version(name, record.version);
     }
 
-    /// Follows the store's `plugin_*` events until shutdown, applying each named change.
-    pub async fn run(self: Arc<Self>, mut events: broadcast::Receiver<Event>, shutdown: CancellationToken) {
+    /// Applies the changes the coordinator's event pump hands over (see [`FleetChange::of`]) until shutdown.
+    pub async fn run(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<FleetChange>, shutdown: CancellationToken) {
         loop {
-            let received = tokio::select! {
+            let change = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                received = events.recv() => received,
+                change = changes.recv() => match change {
+                    Some(change) => change,
+                    None => return,
+                },
             };
-            match received {
-                Ok(event) if is_fleet_plugin_event(event.kind) => {
-                    let Some(name) = event.data.get("name").and_then(Value::as_str) else { continue };
-                    match self.record(name).await {
-                        Ok(Some(record)) => self.apply(&record).await,
-                        Ok(None) => {}
-                        Err(error) => tracing::warn!(plugin = name, %error, "cannot read a fleet plugin change"),
-                    }
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => {
+            match change {
+                FleetChange::Named(name) => match self.record(&name).await {
+                    Ok(Some(record)) => self.apply(&record).await,
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(plugin = name, %error, "cannot read a fleet plugin change"),
+                },
+                FleetChange::Missed => {
                     if let Err(error) = self.sync_all().await {
                         tracing::warn!(%error, "cannot resync fleet plugins after missing events");
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+}
+
+/// What the store's events say about fleet plugins.
+#[derive(Debug)]
+pub enum FleetChange {
+    /// The record of this name changed.
+    Named(String),
+    /// Events were missed: resync every name.
+    Missed,
+}
+
+impl FleetChange {
+    /// The change a store event announces, if it is a `plugin_*` store event.
+    pub fn of(event: &Event) -> Option<FleetChange> {
+        if !is_fleet_plugin_event(event.kind) {
+            return None;
+        }
+        event.data.get("name").and_then(Value::as_str).map(|name| FleetChange::Named(name.to_string()))
     }
 }
 

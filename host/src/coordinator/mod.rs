@@ -1,10 +1,12 @@
 //! The coordinator: the façade the API, the CLI and embedding programs use, mirroring the guide's Python API in
 //! idiomatic Rust (`ControlPlaneCoordinator::create(config)`, `register_agent`, `submit_task`, `claim_task`,
 //! `complete_task`, `wait_for_result`, `select_agent`, `get_stats`, `shutdown`…). It owns the parts (store,
-//! plugins, scheduler, agent registry), their background duties (sweeper, plugin watcher, event forwarding) and
-//! one typed event stream of everything that happens. `fleet_plugins.rs` applies the fleet's plugin uploads and
-//! enable/disable records to this server's registry.
+//! plugins, scheduler, agent registry), their background duties (sweeper, plugin watcher, the event pump) and
+//! one typed event stream of everything that happens. `event_pump.rs` hands each store event to the parts that
+//! act on it; `fleet_plugins.rs` applies the fleet's plugin uploads and enable/disable records to this server's
+//! registry.
 
+mod event_pump;
 pub mod fleet_plugins;
 
 use std::sync::Arc;
@@ -20,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::health::HealthMonitor;
 use crate::model::{
-    Agent, AgentStatus, CapabilitySet, Event, EventKind, HeartbeatRequest, RegisterRequest, SubmitRequest, Task,
-    TaskId, rfc3339_ms,
+    Agent, AgentStatus, CapabilitySet, Event, HeartbeatRequest, RegisterRequest, SubmitRequest, Task, TaskId,
 };
 use crate::model::{
     AgentFilter, AgentHealth, Completion, FailRequest, Fence, FleetStats, HealthState, HeartbeatOutcome, Registered,
@@ -29,7 +30,7 @@ use crate::model::{
 };
 use crate::plugins::registry::Liveness;
 use crate::plugins::watcher::WatchOptions;
-use crate::plugins::{PluginEvent, PluginRegistry, PluginRuntime, PluginWatcher, RuntimeOptions};
+use crate::plugins::{PluginRegistry, PluginRuntime, PluginWatcher, RuntimeOptions};
 use crate::registry::AgentRegistry;
 use crate::scheduler::routing::AgentSelection;
 use crate::scheduler::{Claim, ClaimOutcome, EngineError, Scheduler, Violation};
@@ -72,7 +73,7 @@ pub struct ControlPlaneCoordinator {
     scheduler: Arc<Scheduler>,
     registry: AgentRegistry,
     health: Arc<HealthMonitor>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Arc<Event>>,
     shutdown: CancellationToken,
     background: Mutex<Vec<JoinHandle<()>>>,
     watcher: Mutex<Option<PluginWatcher>>,
@@ -119,8 +120,9 @@ impl ControlPlaneCoordinator {
             config.uploads_enabled,
             config.default_strategy.clone(),
         ));
-        // Subscribe before the first sync, so a change landing in between is applied by the follower.
-        let fleet_events = store.subscribe();
+        // Subscribe before the first sync, so a change landing in between is applied by the pump.
+        let store_events = store.subscribe();
+        let plugin_events = plugins.subscribe();
         if let Err(error) = fleet_plugins.sync_all().await {
             tracing::warn!(%error, "cannot read the fleet's plugin uploads at start-up; following changes only");
         }
@@ -137,17 +139,21 @@ impl ControlPlaneCoordinator {
             watcher: Mutex::new(None),
             fleet_plugins: fleet_plugins.clone(),
         });
-        let mut background = Vec::new();
-        background.push(forward(store.subscribe(), events.clone(), coordinator.shutdown.clone(), Some));
-        let server_id = config.server_id.clone();
-        let clock_store = store.clone();
-        background.push(forward(plugins.subscribe(), events, coordinator.shutdown.clone(), move |event| {
-            Some(plugin_event(event, &server_id, clock_store.now_ms()))
-        }));
-        background.push(tokio::spawn(scheduler.clone().run_sweeper(coordinator.shutdown.clone())));
-        background.push(tokio::spawn(health.run(coordinator.shutdown.clone())));
-        background.push(tokio::spawn(scheduler.clone().run_events(coordinator.shutdown.clone())));
-        background.push(tokio::spawn(fleet_plugins.run(fleet_events, coordinator.shutdown.clone())));
+        let (fleet_changes, fleet_changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let consumers = event_pump::Consumers {
+            scheduler: scheduler.clone(),
+            fleet_plugins: fleet_changes,
+            subscribers: events,
+            store: store.clone(),
+            server_id: config.server_id.clone(),
+        };
+        let shutdown = &coordinator.shutdown;
+        let background = vec![
+            tokio::spawn(event_pump::run(consumers, store_events, plugin_events, shutdown.clone())),
+            tokio::spawn(fleet_plugins.run(fleet_changes_rx, shutdown.clone())),
+            tokio::spawn(scheduler.clone().run_sweeper(shutdown.clone())),
+            tokio::spawn(health.run(shutdown.clone())),
+        ];
         *coordinator.background.lock() = background;
         if let Some(dir) = &config.plugins_dir {
             let (watcher, report) = PluginWatcher::start(dir, plugins, WatchOptions::default())?;
@@ -159,7 +165,7 @@ impl ControlPlaneCoordinator {
     }
 
     /// Every event from now on: tasks, agents, policies, plugins.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
     }
 
@@ -436,7 +442,7 @@ impl ControlPlaneCoordinator {
         })
     }
 
-    /// Stops the background duties (sweeper, watcher, event forwarding) and waits for them.
+    /// Stops the background duties (sweeper, watcher, event pump) and waits for them.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         if let Some(watcher) = self.watcher.lock().take() {
@@ -447,49 +453,5 @@ impl ControlPlaneCoordinator {
             let _ = task.await;
         }
         self.scheduler.drain_routes().await;
-    }
-}
-
-/// Forwards one event source into the coordinator's stream until shutdown.
-fn forward<T: Clone + Send + 'static>(
-    mut source: broadcast::Receiver<T>,
-    sink: broadcast::Sender<Event>,
-    shutdown: CancellationToken,
-    convert: impl Fn(T) -> Option<Event> + Send + 'static,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                received = source.recv() => match received {
-                    Ok(item) => {
-                        if let Some(event) = convert(item) {
-                            let _ = sink.send(event);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "event forwarding fell behind; subscribers may miss events");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-            }
-        }
-    })
-}
-
-fn plugin_event(event: PluginEvent, server_id: &str, now_ms: u64) -> Event {
-    let (kind, data) = match &event {
-        PluginEvent::PluginLoaded { .. } => (EventKind::PluginLoaded, serde_json::to_value(&event)),
-        PluginEvent::PluginRejected { .. } => (EventKind::PluginRejected, serde_json::to_value(&event)),
-        PluginEvent::PluginRemoved { .. } => (EventKind::PluginRemoved, serde_json::to_value(&event)),
-    };
-    Event {
-        id: format!("{now_ms}-p"),
-        kind,
-        time: rfc3339_ms(now_ms),
-        server_id: server_id.to_string(),
-        task_id: None,
-        agent_id: None,
-        data: data.unwrap_or(Value::Null),
     }
 }

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,8 +26,8 @@ pub use policies::PolicyDenied;
 
 use crate::config::Config;
 use crate::model::{
-    AgentRegistration, CapabilitySet, Completion, EventKind, FailRequest, Fence, NewTask, StoreError, SubmitRequest,
-    Submitted, Task, TaskId, TaskStatus, ValidationError,
+    AgentRegistration, CapabilitySet, Completion, Event, EventKind, FailRequest, Fence, NewTask, StoreError,
+    SubmitRequest, Submitted, Task, TaskId, TaskStatus, ValidationError,
 };
 use crate::plugins::PluginRegistry;
 use crate::store::Store;
@@ -312,41 +311,33 @@ impl Scheduler {
         self.routes.wait().await;
     }
 
-    /// Follows the store's events until `shutdown`: a task routed by another server to a claim waiting here wakes
-    /// that claim, and an agent that may take work again has its waiting and refused claims look again.
-    pub async fn run_events(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut events = self.store.subscribe();
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                received = events.recv() => match received {
-                    Ok(event) => event,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed events may have been hand-offs to claims here: every claim looks again.
-                        self.waiting.wake_all();
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-            };
-            match event.kind {
-                // This server wakes the claims it routes to itself; another server's hand-off arrives here.
-                EventKind::TaskClaimed if event.server_id != self.config.server_id => {
-                    if let Some(token) = event.data.get("waiter").and_then(Value::as_str) {
-                        // No claim waits on it here: not ours, or it withdrew already.
-                        let _ = self.waiting.wake(token, claims::Wake::Look);
-                    }
+    /// Acts on one of the store's events (the coordinator's event pump hands each over, in order): a task routed
+    /// by another server to a claim waiting here wakes that claim, and an agent that may take work again has its
+    /// waiting and refused claims look again. Never blocks.
+    pub(crate) fn observe(&self, event: &Event) {
+        match event.kind {
+            // This server wakes the claims it routes to itself; another server's hand-off arrives here.
+            EventKind::TaskClaimed if event.server_id != self.config.server_id => {
+                if let Some(token) = event.data.get("waiter").and_then(Value::as_str) {
+                    // No claim waits on it here: not ours, or it withdrew already.
+                    let _ = self.waiting.wake(token, claims::Wake::Look);
                 }
-                EventKind::AgentStatusChanged | EventKind::HealthChanged | EventKind::BreakerChanged
-                    if may_take_work_again(&event.kind, &event.data) =>
-                {
-                    if let Some(agent) = &event.agent_id {
-                        self.waiting.wake_agent(agent);
-                    }
-                }
-                _ => {}
             }
+            EventKind::AgentStatusChanged | EventKind::HealthChanged | EventKind::BreakerChanged
+                if may_take_work_again(&event.kind, &event.data) =>
+            {
+                if let Some(agent) = &event.agent_id {
+                    self.waiting.wake_agent(agent);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// Store events were missed (the pump fell behind): they may have been hand-offs to claims here, so every
+    /// claim looks again.
+    pub(crate) fn events_missed(&self) {
+        self.waiting.wake_all();
     }
 
     /// Runs the deadline-driven sweeps until `shutdown` fires: sleeps to the store's earliest deadline (at least

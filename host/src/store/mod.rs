@@ -11,6 +11,8 @@ pub mod memory;
 pub mod open;
 pub mod redis;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -198,7 +200,7 @@ pub trait Store: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
 
     /// Events from now on (every transition's events, from every server of the store).
-    fn subscribe(&self) -> broadcast::Receiver<Event>;
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;
 
     /// Events after `after` (or the oldest kept), at most `limit`; `None` when `after` fell out of the buffer.
     async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>>;

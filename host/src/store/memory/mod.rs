@@ -146,7 +146,7 @@ struct State {
     /// `consumed` by deadline, to drop entries nobody will withdraw.
     consumed_until: BTreeSet<(u64, String)>,
     idempotency: HashMap<(String, String), (TaskId, String, u64)>,
-    events: VecDeque<Event>,
+    events: VecDeque<Arc<Event>>,
     event_seq: u64,
     last_event_ms: u64,
     stats: Counters,
@@ -172,7 +172,7 @@ pub struct MemoryStore {
     config: StoreConfig,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Arc<Event>>,
 }
 
 impl MemoryStore {
@@ -212,7 +212,7 @@ struct Tx<'a> {
     state: &'a mut State,
     store: &'a MemoryStore,
     now: u64,
-    emitted: Vec<Event>,
+    emitted: Vec<Arc<Event>>,
     /// Tasks this transition put back to pending, claimable now: what the caller routes.
     requeued: Vec<TaskId>,
 }
@@ -228,7 +228,7 @@ impl Tx<'_> {
             state.last_event_ms = self.now.max(state.last_event_ms);
             state.event_seq = 0;
         }
-        let event = Event {
+        let event = Arc::new(Event {
             id: format!("{}-{}", state.last_event_ms, state.event_seq),
             kind,
             time: rfc3339_ms(self.now),
@@ -236,7 +236,7 @@ impl Tx<'_> {
             task_id: task_id.map(|t| t.to_string()),
             agent_id: agent_id.map(str::to_string),
             data,
-        };
+        });
         state.events.push_back(event.clone());
         while state.events.len() > self.store.config.event_buffer {
             state.events.pop_front();
@@ -990,7 +990,7 @@ impl Store for MemoryStore {
         self.clock.now_ms()
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Event> {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
     }
 
@@ -1003,7 +1003,7 @@ impl Store for MemoryStore {
                 None => return Ok(None),
             },
         };
-        Ok(Some(state.events.iter().skip(start).take(limit).cloned().collect()))
+        Ok(Some(state.events.iter().skip(start).take(limit).map(|e| Event::clone(e)).collect()))
     }
 
     async fn register(&self, registration: AgentRegistration) -> StoreResult<Registered> {

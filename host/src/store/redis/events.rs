@@ -34,7 +34,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// What the reader shares with the store.
 pub(super) struct Feed {
     /// Where events go.
-    pub(super) events: broadcast::Sender<Event>,
+    pub(super) events: broadcast::Sender<Arc<Event>>,
     /// The last stream id published, as (ms, seq).
     pub(super) delivered: watch::Sender<(u64, u64)>,
     /// The reader is connected and following the stream (else transitions do not wait for it).
@@ -101,7 +101,7 @@ pub(super) async fn follow(
                     if let Some((m, s)) = decode::stream_id(&event.id) {
                         (ms, seq) = (m, s);
                     }
-                    let _ = feed.events.send(event);
+                    let _ = feed.events.send(Arc::new(event));
                 }
                 Err(error) => {
                     tracing::error!(%error, "redis event reader skipped an unreadable entry");

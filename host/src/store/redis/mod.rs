@@ -71,7 +71,7 @@ pub struct RedisStore {
     config_args: Vec<String>,
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Arc<Event>>,
     delivered: watch::Receiver<(u64, u64)>,
     reader_live: Arc<AtomicBool>,
     reader: JoinHandle<()>,
@@ -385,7 +385,7 @@ impl Store for RedisStore {
         if clock.pinned { clock.store_ms } else { clock.store_ms + clock.at.elapsed().as_millis() as u64 }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Event> {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
     }
 

@@ -158,11 +158,11 @@ pub(super) fn with_retries(task_type: &str, max_retries: u32) -> SubmitRequest {
 }
 
 /// Events received since the last call, without waiting (every transition publishes before it returns).
-pub(super) fn received(rx: &mut broadcast::Receiver<Event>) -> Vec<Event> {
+pub(super) fn received(rx: &mut broadcast::Receiver<std::sync::Arc<Event>>) -> Vec<Event> {
     let mut events = Vec::new();
     loop {
         match rx.try_recv() {
-            Ok(event) => events.push(event),
+            Ok(event) => events.push(Event::clone(&event)),
             Err(broadcast::error::TryRecvError::Empty) => return events,
             Err(other) => panic!("event subscription broke: {other:?}"),
         }

@@ -1,0 +1,91 @@
+//! The one task that follows the store's events and this server's plugin events and hands each, in order, to
+//! whoever acts on it: the scheduler (wakes the claims an event concerns), fleet plugins (applies an upload or an
+//! enable/disable record), and the coordinator's subscribers (SSE streams, `wait_for_result`). One reader instead
+//! of one per consumer, and events shared rather than copied: an event costs one wake-up, however many consume it.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::fleet_plugins::FleetChange;
+use crate::model::{Event, EventKind, rfc3339_ms};
+use crate::plugins::PluginEvent;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+/// Where the pump hands events.
+pub(super) struct Consumers {
+    pub scheduler: Arc<Scheduler>,
+    pub fleet_plugins: mpsc::UnboundedSender<FleetChange>,
+    /// The coordinator's stream (`ControlPlaneCoordinator::subscribe`).
+    pub subscribers: broadcast::Sender<Arc<Event>>,
+    /// Stamps plugin events with this server and the store's time.
+    pub store: Arc<dyn Store>,
+    pub server_id: String,
+}
+
+/// Pumps until `shutdown` fires or the store's stream closes.
+pub(super) async fn run(
+    consumers: Consumers,
+    mut store_events: broadcast::Receiver<Arc<Event>>,
+    mut plugin_events: broadcast::Receiver<PluginEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut plugins_open = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = store_events.recv() => match received {
+                Ok(event) => consumers.store_event(event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the event pump fell behind the store; claims look again, plugins resync");
+                    consumers.scheduler.events_missed();
+                    let _ = consumers.fleet_plugins.send(FleetChange::Missed);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            received = plugin_events.recv(), if plugins_open => match received {
+                Ok(event) => {
+                    let event = plugin_event(event, &consumers.server_id, consumers.store.now_ms());
+                    let _ = consumers.subscribers.send(Arc::new(event));
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the event pump fell behind the plugin registry; subscribers miss events");
+                }
+                Err(broadcast::error::RecvError::Closed) => plugins_open = false,
+            },
+        }
+    }
+}
+
+impl Consumers {
+    fn store_event(&self, event: Arc<Event>) {
+        self.scheduler.observe(&event);
+        if let Some(change) = FleetChange::of(&event) {
+            let _ = self.fleet_plugins.send(change);
+        }
+        // No subscriber is the common case on a busy server, and then the send only drops the reference.
+        let _ = self.subscribers.send(event);
+    }
+}
+
+/// A plugin registry event as the coordinator's stream carries it (ids end in `-p`: not resumable, the store's
+/// buffer does not hold them).
+fn plugin_event(event: PluginEvent, server_id: &str, now_ms: u64) -> Event {
+    let (kind, data) = match &event {
+        PluginEvent::PluginLoaded { .. } => (EventKind::PluginLoaded, serde_json::to_value(&event)),
+        PluginEvent::PluginRejected { .. } => (EventKind::PluginRejected, serde_json::to_value(&event)),
+        PluginEvent::PluginRemoved { .. } => (EventKind::PluginRemoved, serde_json::to_value(&event)),
+    };
+    Event {
+        id: format!("{now_ms}-p"),
+        kind,
+        time: rfc3339_ms(now_ms),
+        server_id: server_id.to_string(),
+        task_id: None,
+        agent_id: None,
+        data: data.unwrap_or(Value::Null),
+    }
+}
