@@ -20,7 +20,7 @@ fn start() -> Served {
         .env("BIND", "127.0.0.1:0")
         .env("REDIS_URL", "memory://")
         .env("PLUGINS_DIR", "/nonexistent-plugins-dir")
-        .env("RUST_LOG", "info,tower_http=debug")
+        .env("RUST_LOG", "info,aragora_cp::api::access=debug")
         .env_remove("ARAGORA_JWT_SECRET")
         .env_remove("ARAGORA_JWT_PUBLIC_KEY")
         .stdout(Stdio::piped())

@@ -1,6 +1,7 @@
 //! The API's one error type: every refusal becomes an `application/problem+json` body with `type, title, status,
 //! detail, code, error` (`error` repeats `detail` for existing clients), plus `field` when one is to blame. Domain
-//! errors map here and nowhere else; 5xx bodies are opaque and their cause is logged once, here.
+//! errors map here and nowhere else; 5xx bodies are opaque. Each refusal leaves its code and, for a server error,
+//! its cause on the response, where the access log (`access.rs`) logs it once with the request's id.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +33,8 @@ pub struct Problem {
     pub extra: Map<String, Value>,
     /// `WWW-Authenticate` challenge of a 401.
     pub challenge: Option<String>,
+    /// What went wrong on the server (logged, never sent).
+    pub cause: Option<String>,
 }
 
 impl ApiError {
@@ -44,6 +47,7 @@ impl ApiError {
             field: None,
             extra: Map::new(),
             challenge: None,
+            cause: None,
         }))
     }
 
@@ -90,8 +94,14 @@ impl ApiError {
 
     /// 500: the cause is logged, the body says nothing about it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(%cause, "internal error");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error (logged on the server)")
+            .with_cause(cause)
+    }
+
+    /// The same refusal, with the server-side cause the log gives (a 5xx's body never does).
+    pub fn with_cause(mut self, cause: impl std::fmt::Display) -> Self {
+        self.0.cause = Some(cause.to_string());
+        self
     }
 }
 
@@ -116,14 +126,12 @@ impl From<StoreError> for ApiError {
             StoreError::TooManySignatures(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_signatures", error.to_string())
             }
-            StoreError::Unavailable(cause) => {
-                tracing::error!(%cause, "store unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the store is unavailable; the outcome of a write is unknown (retry with the same idempotency key)",
-                )
-            }
+            StoreError::Unavailable(cause) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store is unavailable; the outcome of a write is unknown (retry with the same idempotency key)",
+            )
+            .with_cause(format!("store unavailable: {cause}")),
         }
     }
 }
@@ -163,9 +171,11 @@ impl IntoResponse for ApiError {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        if self.status.is_client_error() {
-            tracing::info!(status = self.status.as_u16(), code = %self.code, detail = %self.detail, "request refused");
-        }
+        let refusal = super::access::Refusal {
+            code: self.code.clone(),
+            detail: self.detail.clone(),
+            cause: self.cause.or_else(|| self.status.is_server_error().then(|| self.detail.clone())),
+        };
         let mut body = Map::new();
         body.insert("type".into(), json!(format!("urn:aragora-cp:problem:{}", self.code)));
         body.insert("title".into(), json!(self.status.canonical_reason().unwrap_or("Error")));
@@ -183,6 +193,7 @@ impl IntoResponse for Problem {
         if let Some(challenge) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
+        response.extensions_mut().insert(refusal);
         response
     }
 }

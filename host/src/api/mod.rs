@@ -1,9 +1,10 @@
 //! The REST API (DESIGN §7): one router file per resource (`agents`, `tasks`, `health`, `plugins`, `events` for
-//! SSE), `auth` for tokens and permissions, `errors` for the one error type, `extract` for body and query
+//! SSE), `auth` for tokens and permissions, `errors` for the one error type, `access` for request ids and the log, `extract` for body and query
 //! extractors that answer in that format. Handlers are thin: extract, call the coordinator (the only part of the
 //! engine the API sees), map. [`router`] builds the routes (tests call it directly); [`serve`] runs them on a
 //! listener until shutdown.
 
+pub mod access;
 pub mod agents;
 pub mod auth;
 pub mod errors;
@@ -20,13 +21,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::coordinator::ControlPlaneCoordinator;
 pub use auth::{Authenticator, Caller, Permission};
@@ -38,9 +36,34 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// The path prefixes every resource is served under: the current one and the guide's legacy alias.
 pub const PREFIXES: [&str; 2] = ["/api/v1/control-plane", "/api/control-plane"];
 
-/// What every handler gets: the coordinator and the token verifier.
+/// What every handler gets: the coordinator and the token verifier, behind one shared pointer (axum clones the
+/// state for every extractor and middleware of every request).
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<ApiParts>);
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiParts;
+
+    fn deref(&self) -> &ApiParts {
+        &self.0
+    }
+}
+
+impl From<ApiParts> for ApiState {
+    fn from(parts: ApiParts) -> Self {
+        ApiState(Arc::new(parts))
+    }
+}
+
+impl ApiState {
+    /// State with the default body limit.
+    pub fn new(coordinator: Arc<ControlPlaneCoordinator>, auth: Arc<Authenticator>) -> Self {
+        ApiParts::new(coordinator, auth).into()
+    }
+}
+
+/// The parts of [`ApiState`].
+pub struct ApiParts {
     /// The control plane.
     pub coordinator: Arc<ControlPlaneCoordinator>,
     /// Verifies bearer tokens.
@@ -56,10 +79,10 @@ pub struct ApiState {
     pub draining: CancellationToken,
 }
 
-impl ApiState {
-    /// State with the default body limit.
+impl ApiParts {
+    /// Parts with the default body limit.
     pub fn new(coordinator: Arc<ControlPlaneCoordinator>, auth: Arc<Authenticator>) -> Self {
-        ApiState {
+        ApiParts {
             coordinator,
             auth,
             max_body_bytes: MAX_BODY_BYTES,
@@ -71,7 +94,7 @@ impl ApiState {
 }
 
 /// Every route: the resources under both prefixes, `/livez`, `/readyz` and `/metrics` at the root (open), a request id on
-/// every response and in every request's log span.
+/// every response and on every log line of a refusal (`access`).
 pub fn router(state: ApiState) -> Router {
     let resources = Router::new()
         .merge(agents::routes())
@@ -93,21 +116,7 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state.clone())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(|request: &Request<_>| {
-                            let request_id =
-                                request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
-                        })
-                        // 5xx causes are logged once, where the error is mapped (errors.rs), not again here.
-                        .on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id()),
-        )
+        .layer(axum::middleware::from_fn(access::observe))
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then stops accepting and waits for in-flight

@@ -97,7 +97,7 @@ pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Pretty,
-    /// One JSON object per line, with the request span's fields (method, uri, request_id).
+    /// One JSON object per line; a refusal's line carries its method, uri and request_id.
     Json,
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::api::{self, ApiState, Authenticator, Permission};
+use crate::api::{self, ApiParts, ApiState, Authenticator, Permission};
 use crate::config::Config;
 use crate::coordinator::ControlPlaneCoordinator;
 use crate::health::ProbeSettings;
@@ -324,11 +324,12 @@ impl RunningServer {
             .await
             .with_context(|| format!("BIND: cannot listen on {}", settings.bind))?;
         let coordinator = ControlPlaneCoordinator::with_store(config, store).await?;
-        let state = ApiState {
+        let state: ApiState = ApiParts {
             max_body_bytes: settings.max_body_bytes,
             metrics_token,
-            ..ApiState::new(coordinator.clone(), auth)
-        };
+            ..ApiParts::new(coordinator.clone(), auth)
+        }
+        .into();
         let draining = state.draining.clone();
         let address = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -128,7 +128,6 @@ fn spawn_control_plane(args: &CompareBenchArgs, secret: &str, prefix: &str) -> a
         .env("ARAGORA_JWT_SECRET", secret)
         .env("HEARTBEAT_INTERVAL", args.heartbeat_interval.to_string())
         .env("PLUGINS_DIR", std::env::temp_dir().join("aragora-cp-bench-no-plugins"))
-        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
