@@ -3,12 +3,12 @@
 //! depth by priority, agents by status, claims waiting), and plugin call counters. Open unless
 //! `METRICS_TOKEN` is set, then that exact bearer token is required.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
@@ -30,17 +30,32 @@ struct Histogram {
     sum: f64,
 }
 
+/// The series of one route template: a histogram per (method, status) seen on it.
+type RouteSeries = Vec<(Method, u16, Histogram)>;
+
 /// Request counters of this server, by (method, route template, status).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// A histogram per series; the mutex is held only to add to one.
-    requests: Mutex<BTreeMap<Series, Histogram>>,
+    /// Histograms by route template, then by method and status: a request finds its series by borrowing its
+    /// route's text, so counting allocates only for a series' first request. The mutex is held to add to one.
+    requests: Mutex<HashMap<String, RouteSeries>>,
 }
 
 impl Metrics {
-    fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    fn record(&self, method: &Method, route: &str, status: u16, seconds: f64) {
         let mut requests = self.requests.lock();
-        let entry = requests.entry((method.to_string(), route.to_string(), status)).or_default();
+        if !requests.contains_key(route) {
+            requests.insert(route.to_string(), Vec::new());
+        }
+        let series = requests.get_mut(route).expect("inserted above");
+        let index = match series.iter().position(|(m, s, _)| m == method && *s == status) {
+            Some(index) => index,
+            None => {
+                series.push((method.clone(), status, Histogram::default()));
+                series.len() - 1
+            }
+        };
+        let entry = &mut series[index].2;
         entry.count += 1;
         entry.sum += seconds;
         if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
@@ -52,11 +67,12 @@ impl Metrics {
 /// Middleware counting every routed request under its route template.
 pub async fn track(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let method = request.method().clone();
+    // `MatchedPath` is a shared string: keeping it costs a reference count, not a copy.
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
     if let Some(route) = route {
-        state.metrics.record(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
+        state.metrics.record(&method, route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
     }
     response
 }
@@ -76,7 +92,16 @@ pub async fn metrics_get(State(state): State<ApiState>, headers: HeaderMap) -> A
         }
     }
     let mut out = String::new();
-    write_requests(&mut out, &state.metrics.requests.lock().clone());
+    let requests: BTreeMap<Series, Histogram> = state
+        .metrics
+        .requests
+        .lock()
+        .iter()
+        .flat_map(|(route, series)| {
+            series.iter().map(|(method, status, h)| ((method.to_string(), route.clone(), *status), h.clone()))
+        })
+        .collect();
+    write_requests(&mut out, &requests);
     let stats = state.coordinator.counters().await?;
     let gauges: [(&str, &str, &str, &BTreeMap<String, u64>); 5] = [
         ("aragora_cp_tasks", "Tasks by status.", "status", &stats.tasks_by_status),

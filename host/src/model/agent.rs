@@ -133,7 +133,7 @@ impl RegisterRequest {
     pub fn validate(&self) -> Result<(CapabilitySet, u32), ValidationError> {
         validate_agent_id("agent_id", &self.agent_id)?;
         let capabilities = CapabilitySet::parse("capabilities", &self.capabilities, MAX_AGENT_CAPABILITIES)?;
-        check_json_size("metadata", &Value::Object(self.metadata.clone()), MAX_METADATA_BYTES)?;
+        check_json_size("metadata", &self.metadata, MAX_METADATA_BYTES)?;
         for (field, value) in [("model", &self.model), ("provider", &self.provider)] {
             if value.len() > 128 {
                 return Err(ValidationError::new(field, "at most 128 characters"));

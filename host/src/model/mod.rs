@@ -89,9 +89,20 @@ pub fn rfc3339(time: SystemTime) -> String {
     rfc3339_ms(time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
 }
 
-/// Checks that a JSON object serializes within `limit` bytes.
-pub(crate) fn check_json_size(field: &str, value: &serde_json::Value, limit: usize) -> Result<(), ValidationError> {
-    let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+/// Checks that a JSON value serializes within `limit` bytes (counted, not written).
+pub(crate) fn check_json_size(field: &str, value: &impl serde::Serialize, limit: usize) -> Result<(), ValidationError> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let size = serde_json::to_writer(&mut counter, value).map(|()| counter.0).unwrap_or(usize::MAX);
     if size > limit {
         return Err(ValidationError::too_large(field, format!("{size} bytes, over the {limit}-byte limit")));
     }

@@ -19,7 +19,10 @@ pub struct TaskId(String);
 impl TaskId {
     /// A fresh id.
     pub fn generate() -> Self {
-        TaskId(format!("task_{}", uuid::Uuid::now_v7().simple()))
+        // UUID v7 from the thread's generator: `Uuid::now_v7` asks the kernel for its random bits on every id.
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let id = uuid::Builder::from_unix_timestamp_millis(ms, &rand::random::<[u8; 10]>()).into_uuid();
+        TaskId(format!("task_{}", id.simple()))
     }
 
     /// Parses an id from a path or body; errors name `field`.
@@ -251,7 +254,8 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// Token subject of the submitter.
     pub submitted_by: String,
-    /// sha256 of the canonical request, compared on an idempotent replay.
+    /// sha256 of the canonical request, compared on an idempotent replay; empty without an idempotency key
+    /// (nothing compares it then, and hashing a copy of the payload on every submit is not free).
     pub fingerprint: String,
 }
 
@@ -287,7 +291,7 @@ impl SubmitRequest {
             return Err(ValidationError::new("max_retries", "must be 0 to 100"));
         }
         let metadata = self.metadata.unwrap_or_default();
-        check_json_size("metadata", &Value::Object(metadata.clone()), MAX_METADATA_BYTES)?;
+        check_json_size("metadata", &metadata, MAX_METADATA_BYTES)?;
         if let Some(strategy) = &self.strategy
             && !super::is_plugin_name(strategy)
         {
@@ -302,17 +306,22 @@ impl SubmitRequest {
             return Err(ValidationError::new("idempotency_key", "must be 1 to 256 characters"));
         }
         let priority = self.priority.unwrap_or_default();
-        let canonical = serde_json::json!({
-            "task_type": task_type,
-            "payload": payload,
-            "required_capabilities": required,
-            "priority": priority,
-            "timeout_seconds": timeout_seconds,
-            "max_retries": max_retries,
-            "metadata": metadata,
-            "strategy": self.strategy,
-        });
-        let fingerprint = super::sha256_hex(canonical.to_string().as_bytes());
+        let fingerprint = match &self.idempotency_key {
+            None => String::new(),
+            Some(_) => {
+                let canonical = serde_json::json!({
+                    "task_type": task_type,
+                    "payload": payload,
+                    "required_capabilities": required,
+                    "priority": priority,
+                    "timeout_seconds": timeout_seconds,
+                    "max_retries": max_retries,
+                    "metadata": metadata,
+                    "strategy": self.strategy,
+                });
+                super::sha256_hex(canonical.to_string().as_bytes())
+            }
+        };
         Ok(NewTask {
             task_id: TaskId::generate(),
             task_type,
