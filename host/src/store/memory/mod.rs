@@ -16,6 +16,10 @@ use tokio::sync::broadcast;
 
 mod waiting;
 
+/// The store's hash maps: foldhash, seeded per map, hashes a task id several times faster than SipHash, and every
+/// request looks one up under the lock.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use super::{
     Assigned, ClaimAnswer, ClaimRequest, Clock, Committed, Offer, Store, StoreConfig, Swept, WaitSpec, Waiter,
     WaitingClaim, Withdrawn,
@@ -124,9 +128,9 @@ struct Breaker {
 #[derive(Default)]
 struct State {
     seq: u64,
-    tasks: HashMap<TaskId, TaskRecord>,
+    tasks: FastMap<TaskId, TaskRecord>,
     /// Pending, claimable work per signature.
-    ready: HashMap<CapabilitySet, BTreeSet<QueueKey>>,
+    ready: FastMap<CapabilitySet, BTreeSet<QueueKey>>,
     /// Requeued tasks not claimable before their time.
     delayed: BTreeSet<(u64, TaskId)>,
     /// Leases by deadline.
@@ -142,10 +146,10 @@ struct State {
     waiting: WaitingIndex,
     /// Tokens consumed by `assign`: the task and lease, answered at withdrawal, and when the entry may go (the
     /// token's own deadline: a claim that took its task from the wake-up never withdraws).
-    consumed: HashMap<String, (TaskId, String, u64)>,
+    consumed: FastMap<String, (TaskId, String, u64)>,
     /// `consumed` by deadline, to drop entries nobody will withdraw.
     consumed_until: BTreeSet<(u64, String)>,
-    idempotency: HashMap<(String, String), (TaskId, String, u64)>,
+    idempotency: FastMap<(String, String), (TaskId, String, u64)>,
     events: VecDeque<Arc<Event>>,
     event_seq: u64,
     last_event_ms: u64,
@@ -172,6 +176,8 @@ pub struct MemoryStore {
     config: StoreConfig,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    /// Held while a transition's events are sent, taken before its state lock is released (see `transition`).
+    publishing: Mutex<()>,
     events: broadcast::Sender<Arc<Event>>,
 }
 
@@ -179,7 +185,7 @@ impl MemoryStore {
     /// A store with `config`, reading time from `clock`.
     pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
         let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
-        MemoryStore { config, clock, state: Mutex::new(State::default()), events }
+        MemoryStore { config, clock, state: Mutex::new(State::default()), publishing: Mutex::new(()), events }
     }
 
     fn score(&self, priority: Priority, seq: u64, now: u64) -> u64 {
@@ -191,18 +197,26 @@ impl MemoryStore {
 
     /// Runs one transition under the lock and publishes the events it emitted.
     fn transition<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> StoreResult<R>) -> StoreResult<R> {
-        // Both the clock read and the publication happen under the lock (conformance fix): reading `now` before
-        // locking let a transition that waited for the lock commit with an older time than the one before it
-        // (time going backwards across transitions, duplicate event ids), and publishing after unlocking let
-        // subscribers receive events out of log order (a client resuming after the last id it saw could miss one).
-        // `broadcast::Sender::send` never blocks, so sending under the lock is cheap.
+        // The clock is read under the lock (conformance fix): reading `now` before locking let a transition that
+        // waited for the lock commit with an older time than the one before it (time going backwards, duplicate
+        // event ids). Events must reach subscribers in log order (a client resuming after the last id it saw
+        // could miss one otherwise), but sending wakes the subscribers' tasks, often on the other thread, which
+        // is too slow to do under the lock every request takes: the publication lock is taken before the state
+        // lock is released, so the next transition runs while this one's events go out, still in commit order.
         let mut state = self.state.lock();
         let now = self.clock.now_ms();
         let mut tx = Tx { state: &mut state, store: self, now, emitted: Vec::new(), requeued: Vec::new() };
         let result = f(&mut tx);
-        for event in std::mem::take(&mut tx.emitted) {
+        let emitted = std::mem::take(&mut tx.emitted);
+        if emitted.is_empty() {
+            return result;
+        }
+        let publishing = self.publishing.lock();
+        drop(state);
+        for event in emitted {
             let _ = self.events.send(event);
         }
+        drop(publishing);
         result
     }
 }

@@ -3,7 +3,7 @@
 //! signature (remembered per signature, rebuilt only when a new set starts waiting), and reads them in waiting
 //! order, so what it costs does not grow with the number of claims that cannot take the task.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::model::CapabilitySet;
@@ -36,12 +36,12 @@ struct Group {
 /// The waiting claims of the store.
 #[derive(Default)]
 pub(super) struct WaitingIndex {
-    by_token: HashMap<String, WaitingRecord>,
+    by_token: super::FastMap<String, WaitingRecord>,
     /// Groups are kept when they empty: the sets agents claim with are few and come back.
     groups: Vec<Group>,
-    group_of: HashMap<CapabilitySet, usize>,
+    group_of: super::FastMap<CapabilitySet, usize>,
     /// Per task signature, the groups whose set covers it.
-    covering: HashMap<CapabilitySet, Arc<[usize]>>,
+    covering: super::FastMap<CapabilitySet, Arc<[usize]>>,
 }
 
 impl WaitingIndex {
