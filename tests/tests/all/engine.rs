@@ -8,10 +8,11 @@ use aragora_cp::config::Config;
 use aragora_cp::coordinator::ControlPlaneCoordinator;
 use aragora_cp::model::Fence;
 use aragora_cp::model::{CapabilitySet, EventKind, RegisterRequest, SubmitRequest, Task, TaskId, TaskStatus};
+use aragora_cp::plugins::registry::BUILTIN_MAX_CANDIDATES;
 use aragora_cp::plugins::{PluginRegistry, PluginSource};
 use aragora_cp::scheduler::{Claim, EngineError};
 use aragora_cp::store::{MemoryStore, Store, SystemClock};
-use aragora_cp_tests::{example_manifest, guest_bytes, runtime, wait_until};
+use aragora_cp_tests::{candidate, ctx, example_manifest, guest_bytes, runtime, task, wait_until};
 use serde_json::json;
 
 async fn coordinator(plugins_dir: Option<&std::path::Path>) -> Arc<ControlPlaneCoordinator> {
@@ -91,6 +92,39 @@ async fn receiver_of(handles: Vec<(String, tokio::task::JoinHandle<Vec<Task>>)>,
         }
     }
     receiver.expect("one blocked claim received the routed task")
+}
+
+/// What routing hands a strategy is what a direct call over the documented sample would get: the
+/// `BUILTIN_MAX_CANDIDATES` longest-waiting claims, in waiting order, with their agents' numbers. So the routed
+/// choice equals the plugin's own answer over that sample, and an agent outside it is not chosen even when it is
+/// the least loaded of all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_routed_choice_is_the_strategys_direct_answer_over_the_longest_waiting_sample() {
+    let cp = coordinator(None).await;
+    // Twelve agents waiting, in this order; the two idle ones wait after the sample of eight.
+    let in_flight = [5, 3, 6, 4, 7, 2, 5, 6, 0, 1, 0, 3];
+    let agents: Vec<String> = (0..in_flight.len()).map(|i| format!("agent-{i:02}")).collect();
+    for (agent, load_of) in agents.iter().zip(in_flight) {
+        register(&cp, agent, &["code"]).await;
+        load(&cp, agent, load_of).await;
+    }
+    let order: Vec<&str> = agents.iter().map(String::as_str).collect();
+    let waiting = block_claims(&cp, &order).await;
+
+    let sample = &agents[..BUILTIN_MAX_CANDIDATES];
+    let mut candidates = Vec::new();
+    for agent in sample {
+        let record = cp.get_agent(agent).await.unwrap();
+        candidates.push(candidate(record.in_flight, record.tasks_completed, None));
+    }
+    let plugin = cp.plugins().active("least_loaded").expect("the built-in is active");
+    let direct = plugin.select(ctx(1), &task("code"), &candidates, &[]).expect("the strategy answers");
+
+    let routed = submit(&cp, "code").await;
+    let receiver = receiver_of(waiting, &routed).await;
+    assert_eq!(receiver, sample[direct], "routing chose what the strategy chooses over the sample");
+    assert_eq!(receiver, "agent-05", "the least loaded of the eight longest-waiting");
+    cp.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
