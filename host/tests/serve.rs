@@ -1,6 +1,6 @@
 //! `aragora-cp serve` as a process: it prints where it listens and a development token, writes JSON log lines
 //! with request ids under `--log-format json`, and on SIGTERM fails readiness, ends event streams and exits 0
-//! well within its drain bound.
+//! well within its drain bound; its text log escapes what clients chose, so nobody forges a line.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -14,9 +14,9 @@ struct Served {
     token: String,
 }
 
-fn start() -> Served {
+fn start(log_format: &str) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
-        .args(["--log-format", "json", "serve", "--drain-seconds", "20"])
+        .args(["--log-format", log_format, "serve", "--drain-seconds", "20"])
         .env("BIND", "127.0.0.1:0")
         .env("REDIS_URL", "memory://")
         .env("PLUGINS_DIR", "/nonexistent-plugins-dir")
@@ -41,7 +41,7 @@ fn terminate(child: &Child) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_carry_request_ids_and_sigterm_drains_promptly() {
-    let mut served = start();
+    let mut served = start("json");
     let client = reqwest::Client::new();
     let stats = format!("{}/api/v1/control-plane/stats", served.base);
     let response =
@@ -83,6 +83,57 @@ async fn json_logs_carry_request_ids_and_sigterm_drains_promptly() {
         "no log line carries the request id:\n{stderr}"
     );
     assert!(lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("shutting down"))));
+}
+
+/// Base64url without padding, as JWT segments are written.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_logs_escape_what_clients_chose_so_no_line_can_be_forged() {
+    let mut served = start("pretty");
+    let client = reqwest::Client::new();
+    let forged = "2026-12-02T00:00:00.000000Z ERROR aragora_cp::auth: admin login ok";
+
+    // Without a token: a JWT whose header is the forged line (any claims, any signature).
+    let header = base64url(serde_json::json!({ "alg": format!("x\n{forged}") }).to_string().as_bytes());
+    let token = format!("{header}.{}.c2ln", base64url(b"{}"));
+    let stats = format!("{}/api/v1/control-plane/stats", served.base);
+    let refused = client.get(&stats).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let body: Value = refused.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap();
+    assert!(!detail.contains("admin login"), "a 401 does not echo the token's header: {detail}");
+
+    // With a valid token: a path that a 404's detail echoes.
+    let path = format!("{}/api/v1/control-plane/tasks/x%0a{}", served.base, forged.replace(' ', "%20"));
+    let missing = client.get(&path).bearer_auth(&served.token).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    terminate(&served.child);
+    let stderr = tokio::task::spawn_blocking(move || {
+        served.child.wait().unwrap();
+        let mut stderr = String::new();
+        served.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        stderr
+    })
+    .await
+    .unwrap();
+    assert!(stderr.contains("request refused"), "the refusals are logged:\n{stderr}");
+    assert!(stderr.contains("\\n2026-12-02T00:00:00"), "the newline is written escaped:\n{stderr}");
+    assert!(
+        !stderr.lines().any(|line| line.starts_with(forged)),
+        "a client's text started a log line of its own:\n{stderr}"
+    );
 }
 
 #[test]

@@ -210,7 +210,7 @@ impl Authenticator {
             return Ok(caller.clone());
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+            .map_err(|e| ApiError::unauthorized(why_refused(e.kind())))?;
         let exp = data.claims.exp;
         let caller = Self::caller(data.claims)?;
         let mut cache = self.cache.lock();
@@ -311,6 +311,25 @@ impl FromRequestParts<ApiState> for Caller {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
         state.auth.verify(token)
+    }
+}
+
+/// What a refused token is told: one of a few fixed sentences. The parser's own message may quote the token's
+/// header (a client's text, control characters included) and says more about our parsing than a client needs.
+fn why_refused(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => "invalid token: expired",
+        ErrorKind::ImmatureSignature => "invalid token: not valid yet (nbf)",
+        ErrorKind::InvalidSignature => "invalid token: bad signature",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+            "invalid token: algorithm not accepted"
+        }
+        ErrorKind::MissingRequiredClaim(_) => "invalid token: a required claim (exp) is missing",
+        ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience | ErrorKind::InvalidSubject => {
+            "invalid token: issuer, audience or subject not accepted"
+        }
+        _ => "invalid token: malformed",
     }
 }
 

@@ -3,11 +3,12 @@
 //! engine, HTTP load and the sweep that compares it with the reference ceiling); `serve.rs` the
 //! server (`serve`) and its token tool (`token`); `client.rs` the commands that talk to a running server
 //! (`agents`, `tasks`, `health`, `stats`, `plugins`, `events`); `demo/` the narrated walkthrough on an embedded
-//! server (`demo`).
+//! server (`demo`); `log_lines.rs` how text log lines write their fields.
 
 pub mod bench;
 pub mod client;
 pub mod demo;
+mod log_lines;
 pub mod plugin;
 pub mod serve;
 
@@ -142,7 +143,7 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Pretty => logs.try_init(),
+        LogFormat::Pretty => logs.fmt_fields(log_lines::EscapedFields).try_init(),
         LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).try_init(),
     };
 }
