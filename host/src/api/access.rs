@@ -4,16 +4,20 @@
 //! at `debug` for `aragora_cp::api::access` every request also runs in a span with those fields (so everything it
 //! logs carries them) and ends with a line giving its status and latency.
 //!
+//! An error response the framework made itself (not problem+json) is rewritten as a problem document here.
+//!
 //! Nothing here formats or allocates for a request that succeeds at the default level: a span per request cost
 //! more than a claim's store step (docs/BENCHMARKS.md).
 
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
+
+use super::errors::{ApiError, PROBLEM_JSON};
 
 /// The header carrying the request id both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -49,6 +53,9 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response =
         if span.is_disabled() { next.run(request).await } else { next.run(request).instrument(span.clone()).await };
+    if response.status().as_u16() >= 400 && !is_problem(&response) {
+        response = as_problem(response).await;
+    }
     let status = response.status().as_u16();
     if let Some(refusal) = response.extensions_mut().remove::<Refusal>() {
         let Refusal { code, detail, cause } = refusal;
@@ -63,4 +70,26 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     }
     response.headers_mut().insert(REQUEST_ID, request_id);
     response
+}
+
+fn is_problem(response: &Response) -> bool {
+    response.headers().get(header::CONTENT_TYPE).is_some_and(|value| value.as_bytes() == PROBLEM_JSON.as_bytes())
+}
+
+/// An error answered by the framework rather than by our handlers (a body over the limit while buffering an
+/// upload, a rejected path, a timeout): the same status as a problem document, its text as the detail. So every
+/// error a client sees has one shape, whoever produced it.
+async fn as_problem(response: Response) -> Response {
+    /// Longest framework message kept; they are one line.
+    const MAX_DETAIL: usize = 4 * 1024;
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), MAX_DETAIL).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let detail = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large".to_string(),
+        StatusCode::REQUEST_TIMEOUT => "request_timeout".to_string(),
+        status => status.canonical_reason().unwrap_or("error").to_ascii_lowercase().replace([' ', '-'], "_"),
+    };
+    ApiError::new(status, code, detail).into_response()
 }

@@ -219,6 +219,19 @@ async fn client_mistakes_are_problems_naming_the_field() {
     let huge = json!({"task_type": "x", "payload": {"blob": "x".repeat(3 * 1024 * 1024)}});
     let (status, headers, body) = post_json("/tasks", huge).await;
     assert_problem(status, &headers, &body, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // An upload over the upload limit is refused by the framework while it buffers the body: the same shape.
+    let response = server
+        .client
+        .put(server.api("/plugins/oversized"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/wasm")
+        .body(vec![0u8; 11 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    assert_problem(status, &headers, &response.json().await.unwrap(), StatusCode::PAYLOAD_TOO_LARGE);
     server.stop().await;
 }
 
@@ -480,5 +493,22 @@ async fn complete_with_claim_next_hands_over_the_next_task() {
     let (status, answer) = post(&server, &server.api(&format!("/tasks/{second}/complete")), &admin, body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["field"], "claim_next.block_ms");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dot_and_dot_dot_are_not_agent_ids() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    for id in [".", ".."] {
+        let body = json!({"agent_id": id, "capabilities": ["code"]});
+        let (status, headers, problem) =
+            call(&server, reqwest::Method::POST, &server.api("/agents"), &admin, Some(body)).await;
+        assert_problem(status, &headers, &problem, StatusCode::BAD_REQUEST);
+        assert_eq!(problem["field"], "agent_id", "{problem}");
+    }
+    let (status, _) =
+        post(&server, &server.api("/agents"), &admin, json!({"agent_id": "a.b", "capabilities": ["code"]})).await;
+    assert_eq!(status, StatusCode::CREATED, "dots inside an id stay allowed");
     server.stop().await;
 }
