@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
-use super::extract::{is_json, parse};
+use super::extract::{ApiQuery, is_json, parse};
 use crate::coordinator::fleet_plugins::{FleetPluginError, MAX_UPLOAD_BYTES};
 use crate::model::PluginAction;
 use crate::plugins::registry::PluginInfo;
@@ -153,7 +153,10 @@ pub struct MultipartUpload {
 
 /// `PUT /plugins/{name}`: validated here, then recorded for the fleet; every server loads it.
 #[utoipa::path(put, path = "/plugins/{name}", tag = "plugins",
-    params(("name" = String, Path, description = "The plugin's name: 1 to 64 letters, digits, '_' or '-'")),
+    params(
+        ("name" = String, Path, description = "The plugin's name: 1 to 64 letters, digits, '_' or '-'"),
+        ("override_builtin" = Option<bool>, Query, description = "Required (`true`) to replace a built-in plugin (`least_loaded`, `round_robin`, `random`, `heartbeat_probe`) on every server"),
+    ),
     request_body(description = "The component itself (`application/wasm` or `application/octet-stream`), multipart/form-data with the parts `component` and `manifest` (the NAME.toml text), or JSON with the component in base64 and an optional manifest. Without a manifest, an upload replacing a version that runs with one (labels, config, order, …) is refused (`manifest_required`)",
         content(
             (Vec<u8> = "application/wasm"),
@@ -164,17 +167,29 @@ pub struct MultipartUpload {
         (status = 200, description = "Validated, recorded and active on this server; the other servers load it from the store", body = PluginInfo),
         (status = 400, description = "The component was rejected (`plugin_rejected`: not a component, wrong world, bad import, failing init or trial call) or the manifest does not parse; the previous version keeps serving", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
         (status = 405, description = "Uploads are disabled (`ARAGORA_CONTROL_PLANE_POLICY_SOURCE=inprocess`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The name is a built-in's and `override_builtin=true` was not given (`builtin_override`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["controlplane:plugins"])))]
 pub async fn plugins_upload(
     State(state): State<ApiState>,
     caller: Caller,
     Path(raw_name): Path<String>,
+    ApiQuery(options): ApiQuery<UploadOptions>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<PluginInfo>> {
     may_change(&caller)?;
     let name = plugin_name(&raw_name)?;
+    if crate::plugins::builtin::is_builtin(&name) && !options.override_builtin {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "builtin_override",
+            format!(
+                "{name} is a built-in plugin: add ?override_builtin=true to replace it on every server \
+                 (DELETE /plugins/{name} removes the replacement)"
+            ),
+        ));
+    }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let (component, manifest) = if is_json(content_type) {
@@ -206,6 +221,15 @@ pub async fn plugins_upload(
     }
     state.coordinator.fleet_plugins().upload(&name, component, manifest, &caller.sub).await?;
     Ok(Json(view(&state, &name).await?))
+}
+
+/// The query of `PUT /plugins/{name}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadOptions {
+    /// Replacing a built-in must be asked for: a typo'd upload must not take over every task's routing.
+    #[serde(default)]
+    override_builtin: bool,
 }
 
 /// The parts of a `multipart/form-data` upload (`curl -F component=@x.wasm -F manifest=@x.toml`): the component,

@@ -190,12 +190,19 @@ impl HeartbeatRequest {
     }
 }
 
-/// Checks an agent id: 1–128 characters of `[A-Za-z0-9._:-]`.
+/// Checks an agent id: 1–128 characters of `[A-Za-z0-9._:-]`, and not `.` or `..` (an id is a path segment in
+/// `/agents/{id}`, where those two name other paths).
 pub fn validate_agent_id(field: &str, id: &str) -> Result<(), ValidationError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok { Ok(()) } else { Err(ValidationError::new(field, "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")) }
+    if !ok {
+        return Err(ValidationError::new(field, "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"));
+    }
+    if id == "." || id == ".." {
+        return Err(ValidationError::new(field, "`.` and `..` are not agent ids"));
+    }
+    Ok(())
 }
 
 /// A validated registration.

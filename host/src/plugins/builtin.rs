@@ -10,6 +10,11 @@ pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
     BUILTIN_STRATEGIES.iter().find(|(builtin, _)| *builtin == name).map(|(_, bytes)| *bytes)
 }
 
+/// Whether `name` is a built-in plugin's (a strategy or a probe), which uploads replace only when asked to.
+pub fn is_builtin(name: &str) -> bool {
+    builtin_bytes(name).is_some() || BUILTIN_PROBES.iter().any(|(probe, _, _)| *probe == name)
+}
+
 /// The embedded bytes and manifest text of an example plugin (`cheapest_within_latency`, `payload_size_policy`).
 pub fn embedded_example(name: &str) -> Option<(&'static [u8], &'static str)> {
     EMBEDDED_EXAMPLES.iter().find(|(example, _, _)| *example == name).map(|(_, bytes, manifest)| (*bytes, *manifest))

@@ -136,3 +136,22 @@ async fn what_a_plugin_prints_is_shown_with_it_and_its_call_counter_survives_a_s
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_builtin_must_be_asked_for() {
+    let server = TestServer::start().await;
+    for name in ["least_loaded", "heartbeat_probe"] {
+        let (status, body) = upload_raw(&server, name, guest_bytes("highest_index")).await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["code"], "builtin_override", "{body}");
+        assert_eq!(plugin(&server, name).await["active"]["source"], "builtin", "the built-in still serves");
+    }
+    let (status, body) = upload_raw(&server, "least_loaded?override_builtin=true", guest_bytes("highest_index")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        plugin(&server, "least_loaded").await["active"]["source"],
+        "upload",
+        "asked for, the upload replaces it"
+    );
+    server.stop().await;
+}
