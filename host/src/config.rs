@@ -53,6 +53,8 @@ pub struct Config {
     pub uploads_enabled: bool,
     /// Replicas each Redis write must reach before it is acknowledged (`REDIS_WAIT_REPLICAS`, 0).
     pub wait_replicas: u32,
+    /// Longest a store call may take before the request answers 503 `store_unavailable` (`STORE_TIMEOUT`, 2 s).
+    pub store_timeout: Duration,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             server_id: format!("cp-{:08x}", rand::random::<u32>()),
             uploads_enabled: true,
             wait_replicas: 0,
+            store_timeout: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(300),
@@ -90,6 +93,7 @@ impl Config {
         crate::store::StoreConfig {
             server_id: self.server_id.clone(),
             wait_replicas: self.wait_replicas,
+            store_timeout_ms: self.store_timeout.as_millis() as u64,
             heartbeat_timeout_ms: self.heartbeat_timeout.as_millis() as u64,
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
             max_signatures: self.max_signatures,

@@ -4,7 +4,7 @@
 //! at `debug` for `aragora_cp::api::access` every request also runs in a span with those fields (so everything it
 //! logs carries them) and ends with a line giving its status and latency.
 //!
-//! An error response the framework made itself (not problem+json) is rewritten as a problem document here.
+//! An error response the framework made itself (text, not JSON) is rewritten as a problem document here.
 //!
 //! Nothing here formats or allocates for a request that succeeds at the default level: a span per request cost
 //! more than a claim's store step (docs/BENCHMARKS.md).
@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use super::errors::{ApiError, PROBLEM_JSON};
+use super::errors::ApiError;
 
 /// The header carrying the request id both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -53,7 +53,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response =
         if span.is_disabled() { next.run(request).await } else { next.run(request).instrument(span.clone()).await };
-    if response.status().as_u16() >= 400 && !is_problem(&response) {
+    if response.status().as_u16() >= 400 && !is_json(&response) {
         response = as_problem(response).await;
     }
     let status = response.status().as_u16();
@@ -72,8 +72,9 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     response
 }
 
-fn is_problem(response: &Response) -> bool {
-    response.headers().get(header::CONTENT_TYPE).is_some_and(|value| value.as_bytes() == PROBLEM_JSON.as_bytes())
+/// Our handlers answer errors in JSON (problem documents; `/readyz` its own checks); the framework in text.
+fn is_json(response: &Response) -> bool {
+    response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(super::extract::is_json)
 }
 
 /// An error answered by the framework rather than by our handlers (a body over the limit while buffering an

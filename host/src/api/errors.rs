@@ -35,6 +35,8 @@ pub struct Problem {
     pub challenge: Option<String>,
     /// What went wrong on the server (logged, never sent).
     pub cause: Option<String>,
+    /// Seconds after which a retry may succeed (`Retry-After`), for refusals that pass.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -48,7 +50,14 @@ impl ApiError {
             extra: Map::new(),
             challenge: None,
             cause: None,
+            retry_after: None,
         }))
+    }
+
+    /// The same refusal, telling the client when to try again (`Retry-After`, in seconds).
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.0.retry_after = Some(seconds);
+        self
     }
 
     /// The same refusal, naming `field`.
@@ -131,7 +140,8 @@ impl From<StoreError> for ApiError {
                 "store_unavailable",
                 "the store is unavailable; the outcome of a write is unknown (retry with the same idempotency key)",
             )
-            .with_cause(format!("store unavailable: {cause}")),
+            .with_cause(format!("store unavailable: {cause}"))
+            .with_retry_after(1),
         }
     }
 }
@@ -192,6 +202,9 @@ impl IntoResponse for Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(challenge) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response.extensions_mut().insert(refusal);
         response

@@ -1,6 +1,6 @@
 //! The REST API (DESIGN §7): one router file per resource (`agents`, `tasks`, `health`, `plugins`, `events` for
 //! SSE), `auth` for tokens and permissions, `errors` for the one error type, `access` for request ids and the log, `extract` for body and query
-//! extractors that answer in that format. Handlers are thin: extract, call the coordinator (the only part of the
+//! extractors that answer in that format, `readiness` for `/readyz`'s background store check. Handlers are thin: extract, call the coordinator (the only part of the
 //! engine the API sees), map. [`router`] builds the routes (tests call it directly); [`serve`] runs them on a
 //! listener until shutdown.
 
@@ -14,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod plugins;
+pub mod readiness;
 pub mod tasks;
 
 use std::future::Future;
@@ -74,6 +75,8 @@ pub struct ApiParts {
     pub metrics_token: Option<String>,
     /// Request counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// The background store check `/readyz` answers from.
+    pub readiness: Arc<readiness::Readiness>,
     /// Cancelled when shutdown begins: `/readyz` fails (load balancers stop sending) and SSE streams end (so the
     /// drain does not wait for them; clients resume elsewhere with `Last-Event-ID`).
     pub draining: CancellationToken,
@@ -88,6 +91,7 @@ impl ApiParts {
             max_body_bytes: MAX_BODY_BYTES,
             metrics_token: None,
             metrics: Arc::default(),
+            readiness: Arc::default(),
             draining: CancellationToken::new(),
         }
     }
@@ -126,6 +130,9 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stop_checks = CancellationToken::new();
+    let _stop_checks_on_return = stop_checks.clone().drop_guard();
+    state.readiness.start(state.coordinator.clone(), stop_checks);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
@@ -137,7 +144,8 @@ pub async fn livez() -> impl IntoResponse {
 }
 
 /// `/readyz`: 200 when this server should get traffic — the store answers, the default strategy is loaded, and
-/// shutdown has not begun; 503 otherwise. The body names each check either way.
+/// shutdown has not begun; 503 otherwise. The body names each check either way. The store's answer comes from a
+/// background check (`readiness`), so a stalled store makes this 503 at once instead of making it wait.
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready: `{\"status\": \"ready\", \"checks\": {\"store\": \"ok\", \"plugins\": \"ok\", \"draining\": false}}`", body = Object),
@@ -145,10 +153,7 @@ pub async fn livez() -> impl IntoResponse {
     ))]
 pub async fn readyz(axum::extract::State(state): axum::extract::State<ApiState>) -> impl IntoResponse {
     let coordinator = &state.coordinator;
-    let store = match coordinator.counters().await {
-        Ok(_) => "ok".to_string(),
-        Err(error) => error.to_string(),
-    };
+    let store = state.readiness.store(coordinator).await;
     let default_strategy = &coordinator.config().default_strategy;
     let plugins = match coordinator.plugins().strategy(default_strategy) {
         Ok(_) => "ok".to_string(),

@@ -161,6 +161,9 @@ pub struct ServeArgs {
     /// Replicas each Redis write must reach before it is acknowledged (0 = don't wait; standalone Redis only).
     #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
+    /// Longest a store call may take; past it the request answers 503 `store_unavailable` with `Retry-After`.
+    #[arg(long, env = "STORE_TIMEOUT", default_value_t = 2.0)]
+    pub store_timeout: f64,
     /// The start of every Redis key (one deployment per prefix).
     #[arg(long, env = "CONTROL_PLANE_PREFIX", default_value = crate::store::redis::DEFAULT_PREFIX)]
     pub prefix: String,
@@ -263,6 +266,7 @@ impl ServeArgs {
             plugins_dir: Some(self.plugins_dir.clone()),
             uploads_enabled: self.policy_source == PolicySource::Auto,
             wait_replicas: self.redis_wait_replicas,
+            store_timeout: seconds("STORE_TIMEOUT", self.store_timeout, 0.1)?,
             event_buffer: positive("SSE_BUFFER", self.sse_buffer)?,
             breaker_threshold: positive("BREAKER_THRESHOLD", self.breaker_threshold as usize)? as u32,
             breaker_window: seconds("BREAKER_WINDOW", self.breaker_window, 0.001)?,

@@ -58,6 +58,9 @@ pub struct StoreConfig {
     pub breaker_cooldown_ms: u64,
     /// Replicas a Redis write must reach before it is acknowledged (`REDIS_WAIT_REPLICAS`; 0 = don't wait).
     pub wait_replicas: u32,
+    /// Longest a store call may take before it fails as unavailable (`STORE_TIMEOUT`), in ms. Blocking reads of
+    /// the event stream are exempt; they wait by design.
+    pub store_timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -76,6 +79,7 @@ impl Default for StoreConfig {
             breaker_window_ms: 60_000,
             breaker_cooldown_ms: 30_000,
             wait_replicas: 0,
+            store_timeout_ms: 2_000,
         }
     }
 }

@@ -16,6 +16,7 @@ mod hot_reload;
 mod isolation;
 mod openapi;
 mod plugin_uploads;
+mod slow_store;
 mod store_conformance;
 mod store_model;
 mod store_redis;

@@ -11,10 +11,6 @@ use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::model::StoreError;
 
-/// How long a command or script may take before the call fails as `Unavailable`. Generous: a batch submit of ten
-/// thousand tasks is one script, and a busy two-core machine can stretch it.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -36,12 +32,13 @@ impl Target {
         }
     }
 
-    /// The connection for commands and scripts: reconnecting (standalone) or slot-routing (cluster).
-    pub(super) async fn commands(&self) -> Result<Commands, StoreError> {
+    /// The connection for commands and scripts: reconnecting (standalone) or slot-routing (cluster). A command
+    /// or script that has not answered within `response_timeout` (`STORE_TIMEOUT`) fails as `Unavailable`.
+    pub(super) async fn commands(&self, response_timeout: Duration) -> Result<Commands, StoreError> {
         match self {
             Target::Standalone(client) => {
                 let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_response_timeout(Some(response_timeout))
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_number_of_retries(2);
                 let manager = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
@@ -50,7 +47,7 @@ impl Target {
             Target::Cluster(nodes) => {
                 let client = ClusterClient::builder(nodes.iter().map(String::as_str))
                     .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(RESPONSE_TIMEOUT)
+                    .response_timeout(response_timeout)
                     .build()
                     .map_err(unavailable)?;
                 Ok(Commands::Cluster(client.get_async_connection().await.map_err(unavailable)?))

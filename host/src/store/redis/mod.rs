@@ -123,7 +123,7 @@ impl RedisStore {
                 "REDIS_WAIT_REPLICAS is supported with a standalone Redis and its replicas, not a cluster URL".into(),
             ));
         }
-        let commands = target.commands().await?;
+        let commands = target.commands(Duration::from_millis(config.store_timeout_ms.max(1))).await?;
         let reader_connection = target.blocking().await?;
         let root = format!("{prefix}{{main}}:");
         let config_args = vec![
