@@ -67,7 +67,13 @@ impl Metrics {
 /// Middleware counting every routed request under its route template.
 pub async fn track(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    // A client may send any method name to a route (405): only the standard ones get their own series.
+    let method = match *request.method() {
+        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::HEAD | Method::OPTIONS => {
+            request.method().clone()
+        }
+        _ => Method::from_bytes(b"OTHER").expect("a token"),
+    };
     // `MatchedPath` is a shared string: keeping it costs a reference count, not a copy.
     let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
@@ -103,12 +109,18 @@ pub async fn metrics_get(State(state): State<ApiState>, headers: HeaderMap) -> A
         .collect();
     write_requests(&mut out, &requests);
     let stats = state.coordinator.counters().await?;
+    let by_type = most_numerous(&stats.tasks_by_type, TASK_TYPE_SERIES);
     let gauges: [(&str, &str, &str, &BTreeMap<String, u64>); 5] = [
         ("aragora_cp_tasks", "Tasks by status.", "status", &stats.tasks_by_status),
         ("aragora_cp_queue_depth", "Pending tasks by priority.", "priority", &stats.pending_by_priority),
         ("aragora_cp_agents", "Agents by status.", "status", &stats.agents_by_status),
         ("aragora_cp_agents_by_health", "Agents by last probe verdict.", "health", &stats.agents_by_health),
-        ("aragora_cp_tasks_by_type", "Tasks by type.", "task_type", &stats.tasks_by_type),
+        (
+            "aragora_cp_tasks_by_type",
+            "Tasks by type: the most numerous types, the rest as `other`.",
+            "task_type",
+            &by_type,
+        ),
     ];
     for (name, help, label, values) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -185,6 +197,39 @@ fn write_plugins(out: &mut String, plugins: &[crate::plugins::registry::PluginIn
     }
 }
 
+/// Task types given a series of their own; clients name task types, and an open endpoint must not grow with them.
+const TASK_TYPE_SERIES: usize = 50;
+
+/// The `keep` largest counts by key (ties by key), and the sum of the rest as `other`.
+fn most_numerous(counts: &BTreeMap<String, u64>, keep: usize) -> BTreeMap<String, u64> {
+    if counts.len() <= keep {
+        return counts.clone();
+    }
+    let mut ranked: Vec<(&String, &u64)> = counts.iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let mut kept: BTreeMap<String, u64> = ranked[..keep].iter().map(|(k, v)| ((*k).clone(), **v)).collect();
+    *kept.entry("other".to_string()).or_default() += ranked[keep..].iter().map(|(_, v)| **v).sum::<u64>();
+    kept
+}
+
 fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::most_numerous;
+
+    #[test]
+    fn task_types_beyond_the_most_numerous_are_summed_as_other() {
+        let counts: BTreeMap<String, u64> = (0..100u64).map(|i| (format!("type-{i:03}"), i)).collect();
+        let kept = most_numerous(&counts, 3);
+        assert_eq!(kept.len(), 4);
+        assert_eq!((kept["type-099"], kept["type-098"], kept["type-097"]), (99, 98, 97));
+        assert_eq!(kept["other"], (0..97).sum::<u64>());
+        let few: BTreeMap<String, u64> = [("a".to_string(), 1)].into();
+        assert_eq!(most_numerous(&few, 3), few);
+    }
 }
