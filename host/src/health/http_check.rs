@@ -1,7 +1,7 @@
 //! The host's HTTP check of an agent's `health_url` (DESIGN §5): an SSRF-safe GET. The URL's host is resolved
 //! once and every address is checked before any connection; the connection goes to a checked address (never
 //! re-resolved); unspecified, link-local, cloud-metadata, IPv4-mapped, multicast and broadcast addresses are
-//! refused, and loopback unless the host is in `PROBE_ALLOWED_HOSTS`. No redirects are followed, no proxy is
+//! refused, and loopback unless the host (and port, for a `host:port` entry) is in `PROBE_ALLOWED_HOSTS`. No redirects are followed, no proxy is
 //! used, at most 4 KiB is read. Only `http://` is checked for now; `https://` reports an error saying so.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -81,6 +81,29 @@ fn refused_v4(v4: Ipv4Addr, loopback_allowed: bool) -> Option<&'static str> {
     }
 }
 
+/// Whether a `PROBE_ALLOWED_HOSTS` entry lets a check reach `host` on `port` at a loopback address: `host:port`
+/// (`[::1]:8080` for IPv6) allows that port only; a bare host allows every port of it, Redis's included, which is
+/// why the start-up log warns about bare entries.
+pub fn allows(entry: &str, host: &str, port: u16) -> bool {
+    let (entry_host, entry_port) = split_entry(entry.trim());
+    entry_host.eq_ignore_ascii_case(host) && entry_port.is_none_or(|allowed| allowed == port)
+}
+
+/// `host:port`, `[v6]:port`, `[v6]`, or a bare host (a bare IPv6 address has several colons and no port).
+pub fn split_entry(entry: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (host, after.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match entry.split_once(':') {
+        Some((host, port)) if !port.contains(':') => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (entry, None),
+        },
+        _ => (entry, None),
+    }
+}
+
 fn failed(started: Instant, error: impl Into<String>) -> HttpCheck {
     HttpCheck {
         status: None,
@@ -119,9 +142,7 @@ async fn check_inner(url: &str, allowed_hosts: &[String], started: Instant) -> H
     if addresses.is_empty() {
         return failed(started, format!("{host} resolves to no address"));
     }
-    let loopback_allowed = allowed_hosts
-        .iter()
-        .any(|allowed| allowed.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(&host_for_lookup));
+    let loopback_allowed = allowed_hosts.iter().any(|entry| allows(entry, &host_for_lookup, port));
     for address in &addresses {
         if let Some(why) = refused(address.ip(), loopback_allowed) {
             return failed(started, format!("refused address {} ({why})", address.ip()));
