@@ -55,6 +55,13 @@ pub struct Config {
     pub wait_replicas: u32,
     /// Longest a store call may take before the request answers 503 `store_unavailable` (`STORE_TIMEOUT`, 2 s).
     pub store_timeout: Duration,
+    /// Whether a report (start, progress, complete, fail) may name neither a lease nor an agent and apply to the
+    /// current attempt, whoever holds it (`ALLOW_UNFENCED_COMPLETE`, true: Aragora's clients send such reports).
+    pub allow_unfenced_reports: bool,
+    /// Claims that may wait for work on this server at once (`MAX_WAITING_CLAIMS`, 10000).
+    pub max_waiting_claims: usize,
+    /// Claims one agent may have waiting on this server at once (`MAX_WAITING_CLAIMS_PER_AGENT`, 32).
+    pub max_waiting_claims_per_agent: usize,
 }
 
 impl Default for Config {
@@ -64,6 +71,9 @@ impl Default for Config {
             uploads_enabled: true,
             wait_replicas: 0,
             store_timeout: Duration::from_secs(2),
+            allow_unfenced_reports: true,
+            max_waiting_claims: 10_000,
+            max_waiting_claims_per_agent: 32,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(300),

@@ -165,6 +165,9 @@ impl From<EngineError> for ApiError {
                 }
                 refusal
             }
+            EngineError::TooManyWaiting(why) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_waiting_claims", why).with_retry_after(1)
+            }
             EngineError::UnknownStrategy(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "unknown_strategy", error.to_string()).with_field("strategy")
             }

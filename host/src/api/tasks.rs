@@ -329,6 +329,7 @@ pub struct ClaimBody {
         (status = 200, description = "Granted tasks (each with its `lease_id`), or `task: null` when none came within `block_ms`", body = ClaimAnswer),
         (status = 404, description = "The agent is not registered (`agent_not_found`): register, then claim", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The claim's `session_id` is not the agent's current session (`session_replaced`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "No work, and too many claims wait already (`too_many_waiting_claims`: `MAX_WAITING_CLAIMS`, `MAX_WAITING_CLAIMS_PER_AGENT`); retry after `Retry-After`", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_claim(
@@ -416,7 +417,13 @@ async fn fence(
             Ok(Fence::Lease(lease))
         }
         (None, Some(agent)) => Ok(Fence::Agent(agent)),
-        (None, None) => Ok(Fence::Unfenced),
+        (None, None) if state.coordinator.config().allow_unfenced_reports => Ok(Fence::Unfenced),
+        (None, None) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "fence_required",
+            "this server takes reports only with a lease_id or an agent_id (ALLOW_UNFENCED_COMPLETE=false)",
+        )
+        .with_field("lease_id")),
     }
 }
 

@@ -83,7 +83,8 @@ pub struct ServeArgs {
     /// Agents probed at once.
     #[arg(long, env = "PROBE_CONCURRENCY", default_value_t = 32)]
     pub probe_concurrency: usize,
-    /// Hosts whose loopback addresses the HTTP check may reach (comma-separated).
+    /// `host:port` entries whose loopback addresses the HTTP check may reach on that port (comma-separated; a bare
+    /// host allows every port).
     #[arg(long, env = "PROBE_ALLOWED_HOSTS", value_delimiter = ',')]
     pub probe_allowed_hosts: Vec<String>,
     /// Default timeout of a task attempt.
@@ -164,6 +165,17 @@ pub struct ServeArgs {
     /// Longest a store call may take; past it the request answers 503 `store_unavailable` with `Retry-After`.
     #[arg(long, env = "STORE_TIMEOUT", default_value_t = 2.0)]
     pub store_timeout: f64,
+    /// Whether start, progress, complete and fail may name neither a lease nor an agent (`false`: such a report is
+    /// 400 `fence_required`).
+    #[arg(long, env = "ALLOW_UNFENCED_COMPLETE", default_value_t = true, action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_unfenced_complete: bool,
+    /// Claims that may wait for work on this server at once; past it a claim that finds nothing is 429.
+    #[arg(long, env = "MAX_WAITING_CLAIMS", default_value_t = 10_000)]
+    pub max_waiting_claims: usize,
+    /// Claims one agent may have waiting on this server at once; past it its claim that finds nothing is 429.
+    #[arg(long, env = "MAX_WAITING_CLAIMS_PER_AGENT", default_value_t = 32)]
+    pub max_waiting_claims_per_agent: usize,
     /// The start of every Redis key (one deployment per prefix).
     #[arg(long, env = "CONTROL_PLANE_PREFIX", default_value = crate::store::redis::DEFAULT_PREFIX)]
     pub prefix: String,
@@ -267,6 +279,9 @@ impl ServeArgs {
             uploads_enabled: self.policy_source == PolicySource::Auto,
             wait_replicas: self.redis_wait_replicas,
             store_timeout: seconds("STORE_TIMEOUT", self.store_timeout, 0.1)?,
+            allow_unfenced_reports: self.allow_unfenced_complete,
+            max_waiting_claims: positive("MAX_WAITING_CLAIMS", self.max_waiting_claims)?,
+            max_waiting_claims_per_agent: positive("MAX_WAITING_CLAIMS_PER_AGENT", self.max_waiting_claims_per_agent)?,
             event_buffer: positive("SSE_BUFFER", self.sse_buffer)?,
             breaker_threshold: positive("BREAKER_THRESHOLD", self.breaker_threshold as usize)? as u32,
             breaker_window: seconds("BREAKER_WINDOW", self.breaker_window, 0.001)?,
@@ -391,6 +406,15 @@ impl RunningServer {
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (mut config, settings) = args.validate()?;
+    for entry in &config.probes.allowed_hosts {
+        if crate::health::http_check::split_entry(entry).1.is_none() {
+            tracing::warn!(
+                entry,
+                "PROBE_ALLOWED_HOSTS names a host without a port: health checks may reach every port of its \
+                 loopback addresses (Redis's too); write host:port"
+            );
+        }
+    }
     if let Some(dir) = &config.plugins_dir
         && !dir.is_dir()
     {

@@ -57,6 +57,18 @@ impl Waiting {
         receiver
     }
 
+    /// Why another claim of `agent_id` may not wait now, if it may not: `total` claims wait on this server at
+    /// most, `per_agent` of one agent.
+    fn no_room(&self, agent_id: &str, total: usize, per_agent: usize) -> Option<String> {
+        let slots = self.slots.lock();
+        if slots.by_token.len() >= total {
+            return Some(format!("{total} claims already wait on this server (MAX_WAITING_CLAIMS)"));
+        }
+        let own = slots.by_agent.get(agent_id).map_or(0, Vec::len);
+        (own >= per_agent)
+            .then(|| format!("agent {agent_id} already has {own} claims waiting (MAX_WAITING_CLAIMS_PER_AGENT)"))
+    }
+
     /// Closes the slot of `token` if it is still open (no wake was sent): answers whether it was.
     fn close(&self, token: &str) -> bool {
         let mut slots = self.slots.lock();
@@ -215,7 +227,8 @@ impl Scheduler {
     ) -> Result<ClaimOutcome, EngineError> {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut wait = (!remaining.is_zero()).then(|| self.open_wait(&request.agent_id));
+            let no_room = if remaining.is_zero() { None } else { self.no_room_to_wait(&request.agent_id) };
+            let mut wait = (!remaining.is_zero() && no_room.is_none()).then(|| self.open_wait(&request.agent_id));
             let spec = wait.as_ref().map(|w| WaitSpec { token: w.token.clone(), lifetime: remaining + WAITER_GRACE });
             let answer = match first.take() {
                 None => self.store.claim_or_wait(request, spec).await,
@@ -247,6 +260,9 @@ impl Scheduler {
                 }
                 return Ok(ClaimOutcome { tasks: Vec::new(), reason: Some(refusal.as_str().into()) });
             }
+            if let Some(why) = no_room {
+                return Err(EngineError::TooManyWaiting(why));
+            }
             let Some(wait) = wait.filter(|_| answer.waiting) else {
                 return Ok(ClaimOutcome::default());
             };
@@ -256,6 +272,10 @@ impl Scheduler {
                 Woken::Look | Woken::TimedOut => return Ok(ClaimOutcome::default()),
             }
         }
+    }
+
+    fn no_room_to_wait(&self, agent_id: &str) -> Option<String> {
+        self.waiting.no_room(agent_id, self.config.max_waiting_claims, self.config.max_waiting_claims_per_agent)
     }
 
     fn open_wait(&self, agent_id: &str) -> PendingWait<'_> {
@@ -341,6 +361,9 @@ impl Scheduler {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if !tasks.is_empty() || remaining.is_zero() {
                 return Ok(ClaimOutcome { tasks, reason: None });
+            }
+            if let Some(why) = self.no_room_to_wait(&request.agent_id) {
+                return Err(EngineError::TooManyWaiting(why));
             }
             let mut wait = self.open_wait(&request.agent_id);
             let agent = self.store.get_agent(&request.agent_id).await?;

@@ -47,6 +47,10 @@ pub enum EngineError {
     /// 400: the task names a strategy no plugin provides.
     #[error("strategy: unknown strategy {0:?} (see GET /plugins)")]
     UnknownStrategy(String),
+    /// 429: a claim found nothing and may not wait, because too many claims wait already (on this server, or of
+    /// this agent).
+    #[error("{0}")]
+    TooManyWaiting(String),
 }
 
 /// The answer to a claim.
