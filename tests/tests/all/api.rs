@@ -512,3 +512,87 @@ async fn dot_and_dot_dot_are_not_agent_ids() {
     assert_eq!(status, StatusCode::CREATED, "dots inside an id stay allowed");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_series_stay_bounded_whatever_task_types_and_methods_clients_send() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    for batch in 0..4 {
+        let tasks: Vec<Value> = (0..250).map(|i| json!({"task_type": format!("type-{batch}-{i}")})).collect();
+        let (status, body) = post(&server, &server.api("/tasks/batch"), &admin, json!({"tasks": tasks})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for method in ["FOO", "BAR", "BAZ"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let _ = server.client.request(method, server.api("/tasks")).bearer_auth(&admin).send().await.unwrap();
+    }
+    let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let by_type = text.lines().filter(|l| l.starts_with("aragora_cp_tasks_by_type{")).count();
+    assert_eq!(by_type, 51, "the 50 most numerous types and `other`");
+    assert!(text.contains("aragora_cp_tasks_by_type{task_type=\"other\"} 950"), "{text}");
+    assert!(!text.contains("method=\"FOO\""), "a made-up method gets no series of its own");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_operator_can_require_every_report_to_be_fenced() {
+    let config = aragora_cp::config::Config { allow_unfenced_reports: false, ..Default::default() };
+    let server = TestServer::start_with(config).await;
+    let admin = server.admin();
+    let base = server.api("");
+    register(&server, &base, &admin, "fenced", None).await;
+    let task_id = submit(&server, &base, &admin).await;
+    let claimed = claim(&server, &base, &admin, "fenced").await;
+    let complete = server.api(&format!("/tasks/{task_id}/complete"));
+    let (status, headers, body) = call(&server, reqwest::Method::POST, &complete, &admin, Some(json!({}))).await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert_eq!((body["code"].as_str(), body["field"].as_str()), (Some("fence_required"), Some("lease_id")));
+    let lease = claimed["task"]["lease_id"].clone();
+    let (status, body) = post(&server, &complete, &admin, json!({"lease_id": lease, "result": {"ok": true}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn claims_past_the_waiting_caps_are_429_with_retry_after() {
+    let config = aragora_cp::config::Config { max_waiting_claims_per_agent: 2, ..Default::default() };
+    let server = TestServer::start_with(config).await;
+    let admin = server.admin();
+    let base = server.api("");
+    let agent = json!({"agent_id": "eager", "capabilities": ["code"], "max_concurrent_tasks": 4});
+    assert_eq!(post(&server, &server.api("/agents"), &admin, agent).await.0, StatusCode::CREATED);
+    let claim_url = server.api("/tasks/claim");
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url, token) = (server.client.clone(), claim_url.clone(), admin.clone());
+            tokio::spawn(async move {
+                let body = json!({"agent_id": "eager", "block_ms": 3000});
+                client.post(url).bearer_auth(token).json(&body).send().await.unwrap().json::<Value>().await.unwrap()
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    loop {
+        let (_, stats) = get(&server, &server.api("/stats"), &admin).await;
+        if stats["scheduler"]["waiting_claims"] == 2 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the two claims never waited: {stats}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let body = json!({"agent_id": "eager", "block_ms": 3000});
+    let (status, headers, problem) = call(&server, reqwest::Method::POST, &claim_url, &admin, Some(body)).await;
+    assert_problem(status, &headers, &problem, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(problem["code"], "too_many_waiting_claims", "{problem}");
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+
+    // Once the waits end, the agent claims as before.
+    submit(&server, &base, &admin).await;
+    for handle in waiting {
+        handle.await.unwrap();
+    }
+    let task_id = submit(&server, &base, &admin).await;
+    let claimed = claim(&server, &base, &admin, "eager").await;
+    assert_eq!(claimed["task"]["task_id"], task_id.as_str(), "{claimed}");
+    server.stop().await;
+}
