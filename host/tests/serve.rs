@@ -15,8 +15,13 @@ struct Served {
 }
 
 fn start(log_format: &str) -> Served {
+    start_with(log_format, &[])
+}
+
+fn start_with(log_format: &str, env: &[(&str, &str)]) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
         .args(["--log-format", log_format, "serve", "--drain-seconds", "20"])
+        .envs(env.iter().copied())
         .env("BIND", "127.0.0.1:0")
         .env("REDIS_URL", "memory://")
         .env("PLUGINS_DIR", "/nonexistent-plugins-dir")
@@ -134,6 +139,50 @@ async fn text_logs_escape_what_clients_chose_so_no_line_can_be_forged() {
         !stderr.lines().any(|line| line.starts_with(forged)),
         "a client's text started a log line of its own:\n{stderr}"
     );
+}
+
+/// Reads from `stream` until the server closes it (`true`) or `limit` passes (`false`): a guard against a hang,
+/// not a measurement.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 4096];
+    let read_until_eof = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_until_eof).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_headers_and_idle_connections_are_closed_after_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let served = start_with("json", &[("HEADER_READ_TIMEOUT", "1")]);
+    let address = served.base.trim_start_matches("http://").to_string();
+
+    // A head that never ends.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    assert!(closed_by_server(&mut slow, Duration::from_secs(15)).await, "a head still incomplete is cut off");
+
+    // A connection that answered one request, then idles.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(closed_by_server(&mut idle, Duration::from_secs(15)).await, "an idle keep-alive connection is closed");
+
+    // A connection that says nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    assert!(closed_by_server(&mut silent, Duration::from_secs(15)).await, "a silent connection is closed");
+
+    let client = reqwest::Client::new();
+    let live = client.get(format!("{}/livez", served.base)).send().await.unwrap();
+    assert_eq!(live.status(), 200, "the server still answers");
+    terminate(&served.child);
+    let mut child = served.child;
+    tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
 }
 
 #[test]

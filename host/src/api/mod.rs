@@ -1,12 +1,14 @@
 //! The REST API (DESIGN §7): one router file per resource (`agents`, `tasks`, `health`, `plugins`, `events` for
 //! SSE), `auth` for tokens and permissions, `errors` for the one error type, `access` for request ids and the log, `extract` for body and query
-//! extractors that answer in that format, `readiness` for `/readyz`'s background store check. Handlers are thin: extract, call the coordinator (the only part of the
+//! extractors that answer in that format, `readiness` for `/readyz`'s background store check, `connections` for
+//! accepting and serving connections with their timeouts. Handlers are thin: extract, call the coordinator (the only part of the
 //! engine the API sees), map. [`router`] builds the routes (tests call it directly); [`serve`] runs them on a
 //! listener until shutdown.
 
 pub mod access;
 pub mod agents;
 pub mod auth;
+mod connections;
 pub mod errors;
 pub mod events;
 pub mod extract;
@@ -63,6 +65,10 @@ impl ApiState {
     }
 }
 
+/// `HEADER_READ_TIMEOUT`'s default: longer than any client's idle keep-alive (Python's httpx keeps 5 s, reqwest
+/// 90 s but retries a request that finds its pooled connection closed), shorter than a slow-headers attack needs.
+pub const DEFAULT_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The parts of [`ApiState`].
 pub struct ApiParts {
     /// The control plane.
@@ -77,6 +83,9 @@ pub struct ApiParts {
     pub metrics: Arc<metrics::Metrics>,
     /// The background store check `/readyz` answers from.
     pub readiness: Arc<readiness::Readiness>,
+    /// Time a request's head may take to arrive, from the connection opening or the previous response
+    /// (`HEADER_READ_TIMEOUT`): it bounds slow headers and idle keep-alive connections.
+    pub header_read_timeout: std::time::Duration,
     /// Cancelled when shutdown begins: `/readyz` fails (load balancers stop sending) and SSE streams end (so the
     /// drain does not wait for them; clients resume elsewhere with `Last-Event-ID`).
     pub draining: CancellationToken,
@@ -92,6 +101,7 @@ impl ApiParts {
             metrics_token: None,
             metrics: Arc::default(),
             readiness: Arc::default(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             draining: CancellationToken::new(),
         }
     }
@@ -133,7 +143,8 @@ pub async fn serve(
     let stop_checks = CancellationToken::new();
     let _stop_checks_on_return = stop_checks.clone().drop_guard();
     state.readiness.start(state.coordinator.clone(), stop_checks);
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let header_read_timeout = state.header_read_timeout;
+    connections::serve(listener, router(state), header_read_timeout, shutdown).await
 }
 
 /// `/livez`: the process is up (no dependency is checked: a failing store must not get the process restarted).

@@ -138,6 +138,10 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = api::MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Time a request's head may take to arrive, from the connection opening or the previous response; it also
+    /// closes keep-alive connections idle that long.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value_t = api::DEFAULT_HEADER_READ_TIMEOUT.as_secs_f64())]
+    pub header_read_timeout: f64,
     /// Bearer token `/metrics` requires (open without it).
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
@@ -200,6 +204,8 @@ pub struct ServerSettings {
     pub bind: SocketAddr,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Time a request's head may take to arrive (`HEADER_READ_TIMEOUT`).
+    pub header_read_timeout: Duration,
     /// Bounded drain on shutdown.
     pub drain: Duration,
     /// How to choose the store.
@@ -302,6 +308,7 @@ impl ServeArgs {
         let settings = ServerSettings {
             bind,
             max_body_bytes: self.max_body_bytes,
+            header_read_timeout: seconds("HEADER_READ_TIMEOUT", self.header_read_timeout, 0.1)?,
             drain: seconds("--drain-seconds", self.drain_seconds, 0.0)?,
             store: StoreOptions {
                 redis_url: self.redis_url.clone().filter(|u| !u.trim().is_empty()),
@@ -345,6 +352,7 @@ impl RunningServer {
         let coordinator = ControlPlaneCoordinator::with_store(config, store).await?;
         let state: ApiState = ApiParts {
             max_body_bytes: settings.max_body_bytes,
+            header_read_timeout: settings.header_read_timeout,
             metrics_token,
             ..ApiParts::new(coordinator.clone(), auth)
         }

@@ -287,6 +287,7 @@ async fn run_async(args: DemoArgs, bind: SocketAddr) -> anyhow::Result<ExitCode>
     let settings = ServerSettings {
         bind,
         max_body_bytes: api::MAX_BODY_BYTES,
+        header_read_timeout: api::DEFAULT_HEADER_READ_TIMEOUT,
         drain: Duration::from_secs(5),
         store: StoreOptions {
             // Memory unless asked: never the probe of localhost:6379 that `serve` does with REDIS_URL unset, so a
