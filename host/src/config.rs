@@ -62,6 +62,8 @@ pub struct Config {
     pub max_waiting_claims: usize,
     /// Claims one agent may have waiting on this server at once (`MAX_WAITING_CLAIMS_PER_AGENT`, 32).
     pub max_waiting_claims_per_agent: usize,
+    /// Pending tasks past which submits are refused with 429 (`MAX_PENDING_TASKS`; 0, the default, = no limit).
+    pub max_pending_tasks: u64,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             allow_unfenced_reports: true,
             max_waiting_claims: 10_000,
             max_waiting_claims_per_agent: 32,
+            max_pending_tasks: 0,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(300),
@@ -104,6 +107,7 @@ impl Config {
             server_id: self.server_id.clone(),
             wait_replicas: self.wait_replicas,
             store_timeout_ms: self.store_timeout.as_millis() as u64,
+            max_pending_tasks: self.max_pending_tasks,
             heartbeat_timeout_ms: self.heartbeat_timeout.as_millis() as u64,
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
             max_signatures: self.max_signatures,

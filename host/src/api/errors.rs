@@ -135,6 +135,10 @@ impl From<StoreError> for ApiError {
             StoreError::TooManySignatures(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_signatures", error.to_string())
             }
+            StoreError::TooManyPending(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_pending_tasks", error.to_string())
+                    .with_retry_after(1)
+            }
             StoreError::Unavailable(cause) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",

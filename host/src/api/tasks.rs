@@ -151,6 +151,7 @@ pub struct BatchCompleteAnswer {
             headers(("Idempotent-Replayed" = String, description = "`true`"))),
         (status = 403, description = "A submit policy denied it (`policy_denied`, with `policy`, `reason`, `violation_id`), or an agent token submits", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The idempotency key was used with another body (`idempotency_key_reused`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "`MAX_PENDING_TASKS` tasks are pending already (`too_many_pending_tasks`); retry after `Retry-After`", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_submit(
@@ -184,6 +185,7 @@ pub struct BatchRequest {
     responses(
         (status = 201, description = "All submitted (all or nothing)", body = BatchSubmitAnswer),
         (status = 403, description = "A submit policy denied one of them: none was submitted", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The batch would take the pending tasks past `MAX_PENDING_TASKS` (`too_many_pending_tasks`): none was submitted", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["controlplane:tasks"])))]
 pub async fn tasks_submit_batch(

@@ -180,6 +180,9 @@ pub struct ServeArgs {
     /// Claims one agent may have waiting on this server at once; past it its claim that finds nothing is 429.
     #[arg(long, env = "MAX_WAITING_CLAIMS_PER_AGENT", default_value_t = 32)]
     pub max_waiting_claims_per_agent: usize,
+    /// Pending tasks past which a submit is refused with 429 (0: no limit).
+    #[arg(long, env = "MAX_PENDING_TASKS", default_value_t = 0)]
+    pub max_pending_tasks: u64,
     /// The start of every Redis key (one deployment per prefix).
     #[arg(long, env = "CONTROL_PLANE_PREFIX", default_value = crate::store::redis::DEFAULT_PREFIX)]
     pub prefix: String,
@@ -288,6 +291,7 @@ impl ServeArgs {
             allow_unfenced_reports: self.allow_unfenced_complete,
             max_waiting_claims: positive("MAX_WAITING_CLAIMS", self.max_waiting_claims)?,
             max_waiting_claims_per_agent: positive("MAX_WAITING_CLAIMS_PER_AGENT", self.max_waiting_claims_per_agent)?,
+            max_pending_tasks: self.max_pending_tasks,
             event_buffer: positive("SSE_BUFFER", self.sse_buffer)?,
             breaker_threshold: positive("BREAKER_THRESHOLD", self.breaker_threshold as usize)? as u32,
             breaker_window: seconds("BREAKER_WINDOW", self.breaker_window, 0.001)?,

@@ -27,6 +27,9 @@ pub enum StoreError {
     /// 503: the pending index already has `MAX_SIGNATURES` distinct capability sets.
     #[error("too many distinct capability signatures pending ({0}); retry later")]
     TooManySignatures(usize),
+    /// 429: `MAX_PENDING_TASKS` tasks are pending already; the submit changed nothing.
+    #[error("{0} tasks are pending already (MAX_PENDING_TASKS); retry later")]
+    TooManyPending(u64),
     /// 503: the store cannot be reached; the outcome of a write is unknown.
     #[error("store unavailable: {0}")]
     Unavailable(String),

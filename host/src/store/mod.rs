@@ -61,6 +61,8 @@ pub struct StoreConfig {
     /// Longest a store call may take before it fails as unavailable (`STORE_TIMEOUT`), in ms. Blocking reads of
     /// the event stream are exempt; they wait by design.
     pub store_timeout_ms: u64,
+    /// Pending tasks past which a submit is refused (`MAX_PENDING_TASKS`; 0 = no limit).
+    pub max_pending_tasks: u64,
 }
 
 impl Default for StoreConfig {
@@ -80,6 +82,7 @@ impl Default for StoreConfig {
             breaker_cooldown_ms: 30_000,
             wait_replicas: 0,
             store_timeout_ms: 2_000,
+            max_pending_tasks: 0,
         }
     }
 }

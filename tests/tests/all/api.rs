@@ -596,3 +596,18 @@ async fn claims_past_the_waiting_caps_are_429_with_retry_after() {
     assert_eq!(claimed["task"]["task_id"], task_id.as_str(), "{claimed}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn submits_past_max_pending_tasks_are_429_with_retry_after() {
+    let config = aragora_cp::config::Config { max_pending_tasks: 1, ..Default::default() };
+    let server = TestServer::start_with(config).await;
+    let admin = server.admin();
+    submit(&server, &server.api(""), &admin).await;
+    let body = json!({"task_type": "overflow"});
+    let (status, headers, problem) =
+        call(&server, reqwest::Method::POST, &server.api("/tasks"), &admin, Some(body)).await;
+    assert_problem(status, &headers, &problem, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(problem["code"], "too_many_pending_tasks", "{problem}");
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    server.stop().await;
+}

@@ -979,6 +979,16 @@ impl Tx<'_> {
         }
     }
 
+    /// Refuses a submit that would take the pending tasks past `MAX_PENDING_TASKS`.
+    fn check_pending_room(&self, adding: usize) -> StoreResult<()> {
+        let max = self.store.config.max_pending_tasks;
+        let pending = self.state.stats.tasks_by_status.get(&TaskStatus::Pending).copied().unwrap_or(0);
+        if max > 0 && adding > 0 && pending + adding as u64 > max {
+            return Err(StoreError::TooManyPending(max));
+        }
+        Ok(())
+    }
+
     fn check_new_signature(&self, signatures: &BTreeSet<&CapabilitySet>) -> StoreResult<()> {
         let new = signatures.iter().filter(|s| !self.state.ready.contains_key(**s)).count();
         let max = self.store.config.max_signatures;
@@ -1203,6 +1213,7 @@ impl Store for MemoryStore {
                 return Ok(Committed { submitted, offer: None });
             }
             tx.check_new_signature(&BTreeSet::from([&task.required_capabilities]))?;
+            tx.check_pending_room(1)?;
             let signature = task.required_capabilities.clone();
             let submitted = tx.insert_task(task);
             let offer = tx.offer(&signature, offer_limit, 0).map(Arc::new);
@@ -1238,6 +1249,7 @@ impl Store for MemoryStore {
             }
             let signatures: BTreeSet<&CapabilitySet> = tasks.iter().map(|t| &t.required_capabilities).collect();
             tx.check_new_signature(&signatures)?;
+            tx.check_pending_room(replays.iter().filter(|r| r.is_none()).count())?;
             // One offer per signature, shared by the batch's tasks of that signature.
             let mut offers: HashMap<CapabilitySet, Option<Arc<Offer>>> = HashMap::new();
             Ok(tasks

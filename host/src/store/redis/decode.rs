@@ -103,6 +103,7 @@ pub(super) fn error(kind: &str, code: &str, message: String) -> StoreError {
         "agent_not_found" => StoreError::AgentNotFound(message),
         "plugin_not_found" => StoreError::PluginNotFound(message),
         "too_many_signatures" => StoreError::TooManySignatures(message.parse().unwrap_or(0)),
+        "too_many_pending" => StoreError::TooManyPending(message.parse().unwrap_or(0)),
         "conflict" => {
             let code = CONFLICT_CODES.iter().find(|c| **c == code).copied().unwrap_or("conflict");
             StoreError::conflict(code, message)

@@ -67,7 +67,7 @@ pub struct RedisStore {
     prefix: String,
     commands: Commands,
     scripts: Scripts,
-    /// ARGV[1..12] of every script.
+    /// ARGV[1..13] of every script.
     config_args: Vec<String>,
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
@@ -139,6 +139,7 @@ impl RedisStore {
             config.breaker_threshold.to_string(),
             config.breaker_window_ms.to_string(),
             config.breaker_cooldown_ms.to_string(),
+            config.max_pending_tasks.to_string(),
         ];
         let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
         let stream = format!("{root}events");

@@ -136,6 +136,30 @@ pub(super) async fn a_submit_creating_a_signature_past_max_signatures_is_refused
     h.submit(request_for("sig", Priority::Normal, &["c"])).await;
 }
 
+pub(super) async fn submits_past_max_pending_tasks_are_refused_and_change_nothing(h: Harness) {
+    let h = h.reopen(|c| c.max_pending_tasks = 3).await;
+    let keyed = |key: &str| SubmitRequest { idempotency_key: Some(key.into()), ..request("bounded") };
+    let first = h.submit(keyed("first")).await;
+    h.submit(request("bounded")).await;
+    let third = h.store.submit(new_task("tester", request("bounded")), 64).await.map(|c| c.submitted);
+    assert!(third.is_ok(), "two pending, a third fits: {third:?}");
+    let fourth = h.store.submit(new_task("tester", request("bounded")), 64).await.map(|c| c.submitted);
+    assert!(matches!(fourth, Err(StoreError::TooManyPending(3))), "{fourth:?}");
+    // A replay adds nothing, so it is answered even at the limit.
+    let replayed = h.store.submit(new_task("tester", keyed("first")), 64).await.expect("a replay is answered");
+    assert_eq!((replayed.submitted.task_id, replayed.submitted.replayed), (first, true));
+    let batch = vec![new_task("tester", request("bounded")), new_task("tester", request("bounded"))];
+    let first_of_batch = batch[0].task_id.clone();
+    let batch = h.store.submit_batch(batch, 64).await.map(|c| c.len());
+    assert!(matches!(batch, Err(StoreError::TooManyPending(3))), "{batch:?}");
+    assert!(h.store.get_task(&first_of_batch).await.expect("get").is_none(), "all or nothing");
+    // Work taken makes room again.
+    h.register("drainer", &[]).await;
+    h.claim("drainer").await.expect("claims one");
+    h.submit(request("bounded")).await;
+    assert_eq!(h.stats().await.tasks_by_status.get("pending"), Some(&3));
+}
+
 pub(super) async fn claim_cost_is_flat_in_the_backlog(h: Harness) {
     async fn examined_with_backlog(h: &Harness, backlog: usize) -> u64 {
         const SIGNATURES: [&[&str]; 4] = [&[], &["code"], &["code", "debate"], &["audit"]];

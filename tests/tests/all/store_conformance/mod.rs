@@ -79,6 +79,7 @@ macro_rules! conformance {
                 agents::capacity_and_the_starting_or_offline_status_do_not_refuse_a_claim,
                 agents::an_agents_status_and_in_flight_follow_its_leases,
                 matching::a_submit_creating_a_signature_past_max_signatures_is_refused,
+                matching::submits_past_max_pending_tasks_are_refused_and_change_nothing,
                 matching::claim_cost_is_flat_in_the_backlog,
                 records::counters_match_the_tasks_and_agents_after_a_mixed_sequence,
                 records::every_transition_emits_its_event_to_subscribers_and_the_log,

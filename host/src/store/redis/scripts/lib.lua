@@ -3,7 +3,7 @@
 -- run by EVALSHA as one atomic step.
 --
 -- Calling convention: KEYS[1] is the tagged prefix (`<prefix>{main}:`), so every key below is derived from it and
--- lives in one cluster slot. ARGV[1..12] is the store configuration (`config_args` in mod.rs); a body reads its
+-- lives in one cluster slot. ARGV[1..13] is the store configuration (`config_args` in mod.rs); a body reads its
 -- own arguments with `arg(i)`. Bodies never raise on a refused transition: they return `fail(...)`, so everything
 -- the script changed before the refusal stays consistent (a transition checks before it changes, like memory's).
 
@@ -22,8 +22,9 @@ local CFG = {
   breaker_threshold = tonumber(ARGV[10]),
   breaker_window = tonumber(ARGV[11]),
   breaker_cooldown = tonumber(ARGV[12]),
+  max_pending = tonumber(ARGV[13]), -- 0 = no limit
 }
-local ARG_BASE = 12
+local ARG_BASE = 13
 local function arg(i) return ARGV[ARG_BASE + i] end
 
 -- Keys (docs/REDIS.md lists each with its type and the scripts that touch it).

@@ -67,6 +67,16 @@ if new > 0 and redis.call('SCARD', K.sigs) + new > CFG.max_signatures then
   return fail(err('too_many_signatures', '', n2s(CFG.max_signatures)))
 end
 
+-- Backpressure: the batch's new tasks may not take the pending count past MAX_PENDING_TASKS.
+if CFG.max_pending > 0 then
+  local adding = 0
+  for i = 1, count do if not replays[i] then adding = adding + 1 end end
+  local pending = tonumber(redis.call('HGET', K.stats, 'status:pending')) or 0
+  if adding > 0 and pending + adding > CFG.max_pending then
+    return fail(err('too_many_pending', '', n2s(CFG.max_pending)))
+  end
+end
+
 local answers, offers, offer_of = {}, {}, {}
 for i, t in ipairs(tasks) do
   if replays[i] then
