@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::{Caller, Permission};
-use super::errors::ApiResult;
+use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, query_param};
 use crate::model::{Agent, AgentStatus, CapabilitySet, HeartbeatRequest, MAX_TASK_CAPABILITIES, RegisterRequest};
 use crate::model::{AgentFilter, Revoked};
@@ -29,11 +29,17 @@ pub fn routes() -> Router<ApiState> {
         .route("/agents/{agent_id}/resume", post(agents_resume))
 }
 
-/// `GET /agents` filters.
+/// Agents in one `GET /agents` page unless `limit` says otherwise, and the most it may say.
+const DEFAULT_AGENT_PAGE: usize = 1_000;
+const MAX_AGENT_PAGE: usize = 10_000;
+
+/// `GET /agents` filters and paging.
 #[derive(Debug, Deserialize)]
 pub struct AgentsQuery {
     capability: Option<String>,
     available: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
 /// `GET /agents` answer.
@@ -43,17 +49,22 @@ pub struct AgentList {
     pub agents: Vec<Agent>,
     /// How many.
     pub count: usize,
-    /// How many (the name Aragora's clients read).
+    /// How many match, on every page (the name Aragora's clients read).
     pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
-/// `GET /agents?capability=&available=`.
+/// `GET /agents?capability=&available=&limit=&cursor=`, by agent id.
 #[utoipa::path(get, path = "/agents", tag = "agents",
     params(
         ("capability" = Option<String>, Query, description = "Only agents holding this capability"),
         ("available" = Option<bool>, Query, description = "Only agents that may take work now (true) or may not (false)"),
+        ("limit" = Option<usize>, Query, description = "Agents per page: 1 to 10000, default 1000"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (the last agent id it held)"),
     ),
-    responses((status = 200, description = "The agents", body = AgentList)),
+    responses((status = 200, description = "One page of the agents, by agent id; `total` counts every match", body = AgentList)),
     security(("bearer" = ["controlplane:read"])))]
 pub async fn agents_list(
     State(state): State<ApiState>,
@@ -67,8 +78,24 @@ pub async fn agents_list(
         None => None,
     };
     let available = query_param::<bool>("available", query.available.as_deref(), "true or false")?;
-    let agents = state.coordinator.list_agents(&AgentFilter { capability, available }).await?;
-    Ok(Json(AgentList { count: agents.len(), total: agents.len(), agents }))
+    let limit = query_param::<usize>("limit", query.limit.as_deref(), "a number from 1 to 10000")?
+        .unwrap_or(DEFAULT_AGENT_PAGE);
+    if !(1..=MAX_AGENT_PAGE).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_AGENT_PAGE}")));
+    }
+    let mut agents = state.coordinator.list_agents(&AgentFilter { capability, available }).await?;
+    agents.sort_unstable_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    let total = agents.len();
+    let start = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(after) => agents.partition_point(|a| a.agent_id.as_str() <= after),
+        None => 0,
+    };
+    let mut page: Vec<Agent> = agents.drain(start..).take(limit + 1).collect();
+    let next_cursor = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|a| a.agent_id.clone()).unwrap_or_default()
+    });
+    Ok(Json(AgentList { count: page.len(), total, agents: page, next_cursor }))
 }
 
 /// `POST /agents` → 201 with the agent (its `session_id` included).

@@ -611,3 +611,29 @@ async fn submits_past_max_pending_tasks_are_429_with_retry_after() {
     assert_eq!(headers.get("retry-after").unwrap(), "1");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn agents_are_listed_a_page_at_a_time_by_id() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    for i in (0..5).rev() {
+        register(&server, &base, &admin, &format!("pager-{i}"), None).await;
+    }
+    let mut seen = Vec::new();
+    let mut url = server.api("/agents?limit=2");
+    loop {
+        let (status, page) = get(&server, &url, &admin).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["total"], 5, "total counts every match: {page}");
+        seen.extend(page["agents"].as_array().unwrap().iter().map(|a| a["agent_id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => url = server.api(&format!("/agents?limit=2&cursor={cursor}")),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..5).map(|i| format!("pager-{i}")).collect::<Vec<_>>(), "each agent once, by id");
+    let (status, problem) = get(&server, &server.api("/agents?limit=0"), &admin).await;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("limit")), "{problem}");
+    server.stop().await;
+}
