@@ -27,14 +27,61 @@ pub fn routes() -> Router<ApiState> {
         .route("/policies/violations", get(violations_list))
 }
 
-/// `GET /health` → `{"status", "agents": {id: …}}`.
+/// Agents in one `GET /health` page unless `limit` says otherwise, and the most it may say.
+const DEFAULT_HEALTH_PAGE: usize = 1_000;
+const MAX_HEALTH_PAGE: usize = 10_000;
+
+/// `GET /health` paging.
+#[derive(Debug, Deserialize)]
+pub struct HealthQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /health` answer: the fleet's status over every agent, and one page of the agents by id.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthPage {
+    /// healthy (no agent unhealthy), degraded (some), unhealthy (all), or unknown (no agents): over every agent.
+    pub status: &'static str,
+    /// This page's agents, by id.
+    pub agents: std::collections::BTreeMap<String, AgentHealth>,
+    /// Agents in the fleet, on every page.
+    pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /health?limit=&cursor=` → `{"status", "agents": {id: …}, "total", "next_cursor"}`.
 #[utoipa::path(get, path = "/health", tag = "health",
-    responses((status = 200, description = "healthy, degraded (some agents unhealthy), unhealthy (all) or unknown (no agents), per agent", body = SystemHealth)),
+    params(
+        ("limit" = Option<usize>, Query, description = "Agents per page: 1 to 10000, default 1000"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (the last agent id it held)"),
+    ),
+    responses((status = 200, description = "healthy, degraded (some agents unhealthy), unhealthy (all) or unknown (no agents), and one page of the agents by id", body = HealthPage)),
     security(("bearer" = ["controlplane:read"])))]
-pub async fn health_system(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<SystemHealth>> {
+pub async fn health_system(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<HealthQuery>,
+) -> ApiResult<Json<HealthPage>> {
     caller.require(Permission::Read)?;
     caller.not_an_agent("read the fleet's health")?;
-    Ok(Json(state.coordinator.get_system_health().await?))
+    let limit = query_param::<usize>("limit", query.limit.as_deref(), "a number from 1 to 10000")?
+        .unwrap_or(DEFAULT_HEALTH_PAGE);
+    if !(1..=MAX_HEALTH_PAGE).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_HEALTH_PAGE}")));
+    }
+    let SystemHealth { status, agents } = state.coordinator.get_system_health().await?;
+    let total = agents.len();
+    let after = query.cursor.filter(|c| !c.is_empty());
+    let mut page: std::collections::BTreeMap<String, AgentHealth> =
+        agents.into_iter().filter(|(id, _)| after.as_ref().is_none_or(|after| id > after)).take(limit + 1).collect();
+    let next_cursor = (page.len() > limit).then(|| {
+        page.pop_last();
+        page.keys().next_back().cloned().unwrap_or_default()
+    });
+    Ok(Json(HealthPage { status, agents: page, total, next_cursor }))
 }
 
 /// `GET /health/{agent_id}`.

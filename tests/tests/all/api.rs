@@ -637,3 +637,23 @@ async fn agents_are_listed_a_page_at_a_time_by_id() {
     assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("limit")), "{problem}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn fleet_health_is_paged_by_agent_id_with_the_status_over_all() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    for i in 0..3 {
+        register(&server, &base, &admin, &format!("well-{i}"), None).await;
+    }
+    let (status, first) = get(&server, &server.api("/health?limit=2"), &admin).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["total"], 3, "{first}");
+    assert_eq!(first["agents"].as_object().unwrap().keys().collect::<Vec<_>>(), ["well-0", "well-1"]);
+    let cursor = first["next_cursor"].as_str().expect("more follow");
+    let (_, second) = get(&server, &server.api(&format!("/health?limit=2&cursor={cursor}")), &admin).await;
+    assert_eq!(second["agents"].as_object().unwrap().keys().collect::<Vec<_>>(), ["well-2"]);
+    assert!(second.get("next_cursor").is_none(), "the last page: {second}");
+    assert_eq!(first["status"], second["status"], "the fleet's status does not depend on the page");
+    server.stop().await;
+}
