@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::ApiState;
@@ -233,10 +232,26 @@ pub struct SelectRequest {
     dry_run: bool,
 }
 
+/// `POST /agents/select` answer: the choice, or only `agent_id: null` when no available agent fits.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SelectAnswer {
+    /// The chosen agent; null when none fits.
+    pub agent_id: Option<String>,
+    /// The strategy asked (absent when none fits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Who answered: the plugin, or a fallback (absent when none fits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<crate::plugins::Answerer>,
+    /// Agents considered (absent when none fits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<usize>,
+}
+
 /// `POST /agents/select {capabilities, strategy, exclude, dry_run?}` → the choice, `agent_id: null` when none fits.
 #[utoipa::path(post, path = "/agents/select", tag = "agents", request_body = SelectRequest,
     responses(
-        (status = 200, description = "The strategy's choice; `{\"agent_id\": null}` when no available agent fits", body = AgentSelection),
+        (status = 200, description = "The strategy's choice; `{\"agent_id\": null}` when no available agent fits", body = SelectAnswer),
         (status = 400, description = "Unknown strategy (`unknown_strategy`) or bad capabilities", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["controlplane:agents"])))]
@@ -244,7 +259,7 @@ pub async fn agents_select(
     State(state): State<ApiState>,
     caller: Caller,
     ApiJson(request): ApiJson<SelectRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SelectAnswer>> {
     caller.require(Permission::Agents)?;
     caller.not_an_agent("select agents")?;
     let capabilities = CapabilitySet::parse("capabilities", &request.capabilities, MAX_TASK_CAPABILITIES)?;
@@ -253,7 +268,12 @@ pub async fn agents_select(
         .select_agent(&capabilities, request.strategy.as_deref(), &request.exclude, request.dry_run)
         .await?;
     Ok(Json(match selection {
-        Some(selection) => json!(selection),
-        None => json!({"agent_id": null}),
+        Some(AgentSelection { agent_id, strategy, answered_by, candidates }) => SelectAnswer {
+            agent_id: Some(agent_id),
+            strategy: Some(strategy),
+            answered_by: Some(answered_by),
+            candidates: Some(candidates),
+        },
+        None => SelectAnswer { agent_id: None, strategy: None, answered_by: None, candidates: None },
     }))
 }

@@ -76,6 +76,28 @@ fn reset(reason: &str) -> SseEvent {
     SseEvent::default().event("reset").data(json!({"reason": reason}).to_string())
 }
 
+/// One message of the stream as Server-Sent Events frame it, for the OpenAPI document (the handler writes them).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only.
+pub struct SseMessage {
+    /// The event's id, for `Last-Event-ID`; absent on `reset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// The event's type (`task_submitted`, …), or `reset` when the client missed events (it should re-read what it
+    /// tracks).
+    event: String,
+    /// JSON text: the `Event`, or for `reset` a `ResetNotice`.
+    data: String,
+}
+
+/// The data of an `event: reset`: why the stream could not continue from where the client was.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only.
+pub struct ResetNotice {
+    /// `last_event_id_expired` (the id fell out of the buffer) or `lagged` (this client fell behind).
+    reason: String,
+}
+
 /// `GET /events?types=` with optional `Last-Event-ID`.
 #[utoipa::path(get, path = "/events", tag = "events",
     params(
@@ -83,7 +105,7 @@ fn reset(reason: &str) -> SseEvent {
         ("last_event_id" = Option<String>, Query, description = "Resume after this id (as the `Last-Event-ID` header)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id; a `reset` event says it fell out of the buffer"),
     ),
-    responses((status = 200, description = "Server-Sent Events: `id:` (opaque, for resume), `event:` (the type), `data:` the event as JSON (`Event`); comment lines every 15 s; the stream ends when the server drains", content_type = "text/event-stream", body = crate::model::Event)),
+    responses((status = 200, description = "Server-Sent Events: `id:` (opaque, for resume), `event:` (the type), `data:` the event as JSON (`Event`); comment lines every 15 s; the stream ends when the server drains; `event: reset` with `{\"reason\"}` when events were missed", content_type = "text/event-stream", body = SseMessage)),
     security(("bearer" = ["controlplane:read"])))]
 pub async fn events_stream(
     State(state): State<ApiState>,

@@ -81,7 +81,7 @@ pub struct ProblemBody {
         super::events::events_stream,
         openapi_json,
     ),
-    components(schemas(ProblemBody))
+    components(schemas(ProblemBody, crate::model::Event, super::events::ResetNotice))
 )]
 struct Resources;
 
