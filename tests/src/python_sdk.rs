@@ -1,6 +1,7 @@
-//! The real `aragora-sdk` Python client (2.11.0, from PyPI) for compatibility tests: a virtual environment built once
-//! per machine under the system's temporary folder (an atomic rename publishes it, so concurrent test binaries never
-//! see a half-built one), and a runner for the scripts in `tests/fixtures/sdk/`, which print one JSON document.
+//! Python tools from PyPI for the tests: the real `aragora-sdk` client (2.11.0) for compatibility tests, with a runner
+//! for the scripts in `tests/fixtures/sdk/` (each prints one JSON document), and `schemathesis`, which generates
+//! requests from `docs/openapi.json`. Each lives in a virtual environment built once per machine under the system's
+//! temporary folder (an atomic rename publishes it, so concurrent test binaries never see a half-built one).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,33 +10,48 @@ use std::sync::OnceLock;
 /// The client version existing Aragora users script with.
 pub const SDK_VERSION: &str = "2.11.0";
 
+/// The schemathesis release the API is checked with.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
 /// The Python of a virtual environment holding `aragora-sdk` [`SDK_VERSION`]; built on first use (needs `python3`
 /// with `venv` and the package index).
 pub fn sdk_python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let home = std::env::temp_dir().join(format!("aragora-cp-sdk-{SDK_VERSION}"));
-        let python = home.join("bin/python");
-        if python.is_file() {
-            return python;
-        }
-        let building = std::env::temp_dir().join(format!("aragora-cp-sdk-{SDK_VERSION}.{}", std::process::id()));
+    PYTHON.get_or_init(|| venv_with("aragora-sdk", SDK_VERSION).join("bin/python"))
+}
+
+/// `python -m schemathesis.cli` of a virtual environment holding [`SCHEMATHESIS_VERSION`]; built on first use.
+pub fn schemathesis() -> Command {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    let python = PYTHON.get_or_init(|| venv_with("schemathesis", SCHEMATHESIS_VERSION).join("bin/python"));
+    let mut command = Command::new(python);
+    command.args(["-m", "schemathesis.cli"]);
+    command
+}
+
+/// The folder of a virtual environment holding `package` at `version`, built the first time on this machine.
+fn venv_with(package: &str, version: &str) -> PathBuf {
+    let home = std::env::temp_dir().join(format!("aragora-cp-{package}-{version}"));
+    if home.join("bin/python").is_file() {
+        return home;
+    }
+    let building = std::env::temp_dir().join(format!("aragora-cp-{package}-{version}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    run(Command::new("python3").args(["-m", "venv"]).arg(&building), "python3 -m venv");
+    run(
+        Command::new(building.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("{package}=={version}")),
+        &format!("pip install {package}"),
+    );
+    // A venv's scripts name their folder: publish it under the final name, then drop ours if another won. The
+    // scripts' `#!` lines name the folder they were built in, so they are run through `bin/python` (a link to the
+    // system's interpreter, which does not care where the venv lives).
+    if std::fs::rename(&building, &home).is_err() {
         let _ = std::fs::remove_dir_all(&building);
-        run(Command::new("python3").args(["-m", "venv"]).arg(&building), "python3 -m venv");
-        run(
-            Command::new(building.join("bin/pip"))
-                .args(["install", "--quiet", "--disable-pip-version-check"])
-                .arg(format!("aragora-sdk=={SDK_VERSION}")),
-            "pip install aragora-sdk",
-        );
-        // A venv's scripts name their folder: publish it under the final name, then drop ours if another won.
-        if std::fs::rename(&building, &home).is_err() {
-            let _ = std::fs::remove_dir_all(&building);
-        }
-        // `bin/python` is a link to the system's interpreter, which does not care where the venv lives.
-        assert!(python.is_file(), "the SDK environment at {} has no python", home.display());
-        python
-    })
+    }
+    assert!(home.join("bin/python").is_file(), "the {package} environment at {} has no python", home.display());
+    home
 }
 
 fn run(command: &mut Command, what: &str) {

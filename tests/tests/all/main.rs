@@ -4,6 +4,7 @@
 mod api;
 mod api_fuzz;
 mod api_operations;
+mod api_schema;
 mod aragora_clients;
 mod builtin_strategies;
 mod engine;
