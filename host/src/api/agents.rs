@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::{Caller, Permission};
-use super::errors::{ApiError, ApiResult};
-use super::extract::{ApiJson, ApiQuery, query_param};
+use super::errors::ApiResult;
+use super::extract::{ApiJson, ApiQuery, IdPaging, page_by_id, query_param};
 use crate::model::{Agent, AgentStatus, CapabilitySet, HeartbeatRequest, MAX_TASK_CAPABILITIES, RegisterRequest};
 use crate::model::{AgentFilter, Revoked};
 use crate::scheduler::routing::AgentSelection;
@@ -28,17 +28,13 @@ pub fn routes() -> Router<ApiState> {
         .route("/agents/{agent_id}/resume", post(agents_resume))
 }
 
-/// Agents in one `GET /agents` page unless `limit` says otherwise, and the most it may say.
-const DEFAULT_AGENT_PAGE: usize = 1_000;
-const MAX_AGENT_PAGE: usize = 10_000;
-
 /// `GET /agents` filters and paging.
 #[derive(Debug, Deserialize)]
 pub struct AgentsQuery {
     capability: Option<String>,
     available: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
+    #[serde(flatten)]
+    paging: IdPaging,
 }
 
 /// `GET /agents` answer.
@@ -77,23 +73,10 @@ pub async fn agents_list(
         None => None,
     };
     let available = query_param::<bool>("available", query.available.as_deref(), "true or false")?;
-    let limit = query_param::<usize>("limit", query.limit.as_deref(), "a number from 1 to 10000")?
-        .unwrap_or(DEFAULT_AGENT_PAGE);
-    if !(1..=MAX_AGENT_PAGE).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_AGENT_PAGE}")));
-    }
     let mut agents = state.coordinator.list_agents(&AgentFilter { capability, available }).await?;
     agents.sort_unstable_by(|a, b| a.agent_id.cmp(&b.agent_id));
     let total = agents.len();
-    let start = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(after) => agents.partition_point(|a| a.agent_id.as_str() <= after),
-        None => 0,
-    };
-    let mut page: Vec<Agent> = agents.drain(start..).take(limit + 1).collect();
-    let next_cursor = (page.len() > limit).then(|| {
-        page.truncate(limit);
-        page.last().map(|a| a.agent_id.clone()).unwrap_or_default()
-    });
+    let (page, next_cursor) = page_by_id(agents, |a| &a.agent_id, &query.paging)?;
     Ok(Json(AgentList { count: page.len(), total, agents: page, next_cursor }))
 }
 

@@ -107,3 +107,36 @@ pub fn query_param<T: std::str::FromStr>(name: &str, raw: Option<&str>, expected
         Some(text) => text.parse().map(Some).map_err(|_| ApiError::invalid(name, format!("must be {expected}"))),
     }
 }
+
+/// Items in one page of a list paged by id, unless `limit` says otherwise, and the most it may say.
+const DEFAULT_PAGE: usize = 1_000;
+const MAX_PAGE: usize = 10_000;
+
+/// `limit` and `cursor` of a list paged by id (`GET /agents`, `GET /health`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct IdPaging {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// One page of `items`, which come sorted by `id`: those after the cursor, at most `limit` (1 to 10000, default
+/// 1000), and the cursor of the next page when more follow (the last id of this one).
+pub fn page_by_id<T>(
+    items: impl IntoIterator<Item = T>,
+    id: impl Fn(&T) -> &str,
+    paging: &IdPaging,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let limit =
+        query_param::<usize>("limit", paging.limit.as_deref(), "a number from 1 to 10000")?.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_PAGE}")));
+    }
+    let after = paging.cursor.as_deref().filter(|c| !c.is_empty());
+    let mut page: Vec<T> =
+        items.into_iter().skip_while(|item| after.is_some_and(|after| id(item) <= after)).take(limit + 1).collect();
+    let next_cursor = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|item| id(item).to_string()).unwrap_or_default()
+    });
+    Ok((page, next_cursor))
+}

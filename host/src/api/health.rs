@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
-use super::extract::{ApiQuery, query_param};
+use super::extract::{ApiQuery, IdPaging, page_by_id, query_param};
 use crate::coordinator::{Stats, SystemHealth};
 use crate::model::AgentHealth;
 use crate::model::Violation;
@@ -25,17 +25,6 @@ pub fn routes() -> Router<ApiState> {
         .route("/health/{agent_id}", get(health_agent))
         .route("/stats", get(stats_get))
         .route("/policies/violations", get(violations_list))
-}
-
-/// Agents in one `GET /health` page unless `limit` says otherwise, and the most it may say.
-const DEFAULT_HEALTH_PAGE: usize = 1_000;
-const MAX_HEALTH_PAGE: usize = 10_000;
-
-/// `GET /health` paging.
-#[derive(Debug, Deserialize)]
-pub struct HealthQuery {
-    limit: Option<String>,
-    cursor: Option<String>,
 }
 
 /// `GET /health` answer: the fleet's status over every agent, and one page of the agents by id.
@@ -63,25 +52,15 @@ pub struct HealthPage {
 pub async fn health_system(
     State(state): State<ApiState>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<HealthQuery>,
+    ApiQuery(paging): ApiQuery<IdPaging>,
 ) -> ApiResult<Json<HealthPage>> {
     caller.require(Permission::Read)?;
     caller.not_an_agent("read the fleet's health")?;
-    let limit = query_param::<usize>("limit", query.limit.as_deref(), "a number from 1 to 10000")?
-        .unwrap_or(DEFAULT_HEALTH_PAGE);
-    if !(1..=MAX_HEALTH_PAGE).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_HEALTH_PAGE}")));
-    }
+    // The map is ordered by agent id, which is the order pages follow.
     let SystemHealth { status, agents } = state.coordinator.get_system_health().await?;
     let total = agents.len();
-    let after = query.cursor.filter(|c| !c.is_empty());
-    let mut page: std::collections::BTreeMap<String, AgentHealth> =
-        agents.into_iter().filter(|(id, _)| after.as_ref().is_none_or(|after| id > after)).take(limit + 1).collect();
-    let next_cursor = (page.len() > limit).then(|| {
-        page.pop_last();
-        page.keys().next_back().cloned().unwrap_or_default()
-    });
-    Ok(Json(HealthPage { status, agents: page, total, next_cursor }))
+    let (page, next_cursor) = page_by_id(agents, |(id, _)| id, &paging)?;
+    Ok(Json(HealthPage { status, agents: page.into_iter().collect(), total, next_cursor }))
 }
 
 /// `GET /health/{agent_id}`.
