@@ -78,14 +78,14 @@ fn main() {
     generated.push_str("/// Every guest crate built from `plugins/`: (plugin name, path of the component).\n");
     generated.push_str("pub const GUEST_ARTIFACTS: &[(&str, &str)] = &[\n");
     for (name, path) in &artifacts {
-        writeln!(generated, "    ({name:?}, {:?}),", path.display().to_string()).unwrap();
+        writeln!(generated, "    ({name:?}, {}),", path_expression(&root, path)).unwrap();
     }
     generated.push_str("];\n\n");
     generated.push_str("/// The built-in strategies, embedded: (plugin name, component bytes).\n");
     generated.push_str("pub const BUILTIN_STRATEGIES: &[(&str, &[u8])] = &[\n");
     for builtin in BUILTIN_STRATEGIES {
         let path = artifact(&artifacts, builtin);
-        writeln!(generated, "    ({builtin:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
+        writeln!(generated, "    ({builtin:?}, include_bytes!({})),", path_expression(&root, path)).unwrap();
     }
     generated.push_str("];\n\n");
     embed_with_manifests(&mut generated, "BUILTIN_PROBES", "The built-in health probes", BUILTIN_PROBES, &artifacts);
@@ -138,13 +138,24 @@ fn embed_with_manifests(
         watch(&root, &manifest);
         writeln!(
             generated,
-            "    ({name:?}, include_bytes!({:?}), include_str!({:?})),",
-            path.display().to_string(),
-            manifest.display().to_string()
+            "    ({name:?}, include_bytes!({}), include_str!({})),",
+            path_expression(&root, path),
+            path_expression(&root, &manifest)
         )
         .unwrap();
     }
     generated.push_str("];\n\n");
+}
+
+/// `path` as the generated code names it: a file of the source tree relative to the crate being compiled
+/// (`concat!(env!("CARGO_MANIFEST_DIR"), …)`), any other (built guests) as it is. Two checkouts sharing one
+/// `CARGO_TARGET_DIR` share this script's output; an absolute path into the checkout that ran it last would make
+/// the other one read that checkout's files, or fail to build once it is gone.
+fn path_expression(root: &Path, path: &Path) -> String {
+    match path.strip_prefix(root) {
+        Ok(relative) => format!("concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?})", format!("/../{}", relative.display())),
+        Err(_) => format!("{:?}", path.display().to_string()),
+    }
 }
 
 /// Asks cargo to rerun this script when `path` changes, naming it relative to `host/`. Cargo resolves relative
