@@ -544,8 +544,12 @@ pub async fn tasks_complete(
         let done = state.coordinator.complete_task(&id, &fence, completion).await?;
         return Ok(Json(CompleteAnswer::Completed(Box::new(done))));
     };
-    let agent_id = match &fence {
-        Fence::Agent(agent) => agent.clone(),
+    // The next task is for the agent reporting: named by the fence, else by the agent token. Only an operator's
+    // token reporting under a lease claims for the task's holder; were that lease stale, the task's holder would
+    // be another agent, but the completion is then refused (409) before anything is claimed.
+    let agent_id = match (&fence, &caller.agent) {
+        (Fence::Agent(agent), _) => agent.clone(),
+        (_, Some(own)) => own.clone(),
         _ => state.coordinator.get_task(&id).await?.assigned_agent.ok_or_else(|| {
             ApiError::invalid("claim_next", "the task has no agent to claim for: send agent_id with claim_next")
         })?,

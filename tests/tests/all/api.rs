@@ -258,6 +258,50 @@ async fn a_report_on_a_revoked_lease_is_409_lease_lost() {
     server.stop().await;
 }
 
+/// An agent whose lease was revoked and whose task another agent now holds completes late, asking for its next
+/// task in the same call: the answer is the stale lease's 409, not a 403 for "acting for" the task's new holder
+/// (found by the chaos test: a complete retried after a cut connection, once the task had moved on).
+#[tokio::test]
+async fn a_late_complete_with_claim_next_after_the_task_moved_on_is_409_lease_lost() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    register(&server, &base, &admin, "late", Some("session-1")).await;
+    register(&server, &base, &admin, "other", Some("session-1")).await;
+    let task_id = submit(&server, &base, &admin).await;
+    let claimed = claim(&server, &base, &admin, "late").await;
+    let lease = claimed["task"]["lease_id"].as_str().unwrap().to_string();
+    // A new session revokes the old one's lease and requeues the task; the other agent takes it.
+    register(&server, &base, &admin, "late", Some("session-2")).await;
+    let taken = claim(&server, &base, &admin, "other").await;
+    assert_eq!(taken["task"]["task_id"], task_id.as_str(), "{taken}");
+    let late = server.token("agent:late", &[Permission::Agents, Permission::Tasks]);
+    for token in [&late, &admin] {
+        let (status, headers, body) = call(
+            &server,
+            reqwest::Method::POST,
+            &server.api(&format!("/tasks/{task_id}/complete")),
+            token,
+            Some(json!({"lease_id": lease, "result": {}, "claim_next": {"block_ms": 0}})),
+        )
+        .await;
+        assert_problem(status, &headers, &body, StatusCode::CONFLICT);
+        assert_eq!(body["code"], "lease_lost", "{body}");
+    }
+    let task: Value = server
+        .client
+        .get(server.api(&format!("/tasks/{task_id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((&task["status"], &task["assigned_agent"]), (&json!("claimed"), &json!("other")), "{task}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn every_response_carries_a_request_id() {
     let server = TestServer::start().await;
