@@ -87,23 +87,15 @@ impl Server {
     /// Starts `count` servers on `redis_url` and `prefix` together (they start in parallel), each logging to
     /// `dir/server-N.log`.
     pub fn start_fleet(count: usize, redis_url: &str, prefix: &str, dir: &Path) -> Vec<Server> {
-        let children: Vec<(Child, PathBuf)> = (0..count)
-            .map(|index| {
-                let log = dir.join(format!("server-{index}.log"));
-                let stderr = std::fs::File::create(&log).expect("create the server log");
-                let child = serve_command()
-                    .env("REDIS_URL", redis_url)
-                    .env("CONTROL_PLANE_PREFIX", prefix)
-                    .env("ARAGORA_JWT_SECRET", SECRET)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::from(stderr))
-                    .spawn()
-                    .expect("spawn aragora-cp serve");
-                (child, log)
-            })
-            .collect();
+        let children: Vec<(Child, PathBuf)> =
+            (0..count).map(|index| spawn_serve(index, redis_url, prefix, dir)).collect();
         children.into_iter().enumerate().map(|(index, (child, log))| Server::listening(index, child, log)).collect()
+    }
+
+    /// Starts one server in position `index` (a restart: its log continues the dead one's).
+    pub fn start_one(index: usize, redis_url: &str, prefix: &str, dir: &Path) -> Server {
+        let (child, log) = spawn_serve(index, redis_url, prefix, dir);
+        Server::listening(index, child, log)
     }
 
     /// Waits for the listening line (a server that exits first fails the test with its log).
@@ -153,6 +145,22 @@ impl Server {
         let log = self.log();
         assert!(!log.contains("panicked"), "server {} panicked; its log:\n{log}", self.index);
     }
+}
+
+/// Spawns server `index`, appending its stderr to `dir/server-N.log`.
+fn spawn_serve(index: usize, redis_url: &str, prefix: &str, dir: &Path) -> (Child, PathBuf) {
+    let log = dir.join(format!("server-{index}.log"));
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open the server log");
+    let child = serve_command()
+        .env("REDIS_URL", redis_url)
+        .env("CONTROL_PLANE_PREFIX", prefix)
+        .env("ARAGORA_JWT_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn aragora-cp serve");
+    (child, log)
 }
 
 impl Drop for Server {
@@ -227,10 +235,10 @@ pub struct Run {
 pub struct Transport(#[allow(dead_code)] pub String);
 
 impl Run {
-    /// A run over `servers`.
-    pub fn new(servers: &[Server]) -> Arc<Run> {
+    /// A run whose clients reach the servers at `bases` (proxies in front of them, say), in fleet order.
+    pub fn with_bases(bases: Vec<String>) -> Arc<Run> {
         Arc::new(Run {
-            bases: servers.iter().map(|s| s.base.clone()).collect(),
+            bases,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .connect_timeout(Duration::from_secs(5))
@@ -541,17 +549,40 @@ pub struct Fleet {
     pub run: Arc<Run>,
     /// The Redis (dropped last: fields drop in order, and the servers go first).
     pub redis: RedisServer,
-    _logs: tempfile::TempDir,
+    prefix: String,
+    logs: tempfile::TempDir,
 }
 
 impl Fleet {
     /// Starts `count` servers on `redis`, with a fresh key prefix.
     pub fn start(redis: RedisServer, count: usize, name: &str) -> Fleet {
+        let url = redis.url();
+        Fleet::start_via(redis, &url, count, name, |servers| servers.iter().map(|s| s.base.clone()).collect())
+    }
+
+    /// Starts `count` servers that reach `redis` at `redis_url` (a proxy, say), with clients that reach them at
+    /// the bases `fronts` gives for them.
+    pub fn start_via(
+        redis: RedisServer,
+        redis_url: &str,
+        count: usize,
+        name: &str,
+        fronts: impl FnOnce(&[Server]) -> Vec<String>,
+    ) -> Fleet {
         let logs = tempfile::tempdir().expect("a directory for server logs");
         let prefix = unique_prefix(name);
-        let servers = Server::start_fleet(count, &redis.url(), &prefix, logs.path());
-        let run = Run::new(&servers);
-        Fleet { servers, run, redis, _logs: logs }
+        let servers = Server::start_fleet(count, redis_url, &prefix, logs.path());
+        let run = Run::with_bases(fronts(&servers));
+        Fleet { servers, run, redis, prefix, logs }
+    }
+
+    /// Starts server `index` again (after [`Server::kill9`]) with the fleet's settings on `redis_url`; returns its
+    /// new base URL.
+    pub fn restart(&mut self, index: usize, redis_url: &str) -> String {
+        let server = Server::start_one(index, redis_url, &self.prefix, self.logs.path());
+        let base = server.base.clone();
+        self.servers[index] = server;
+        base
     }
 
     /// Starts the agents.

@@ -7,12 +7,15 @@
 //! - `three_servers`: three servers, one Redis, 20,000 tasks.
 //! - `server_death`: the same, with one server killed with SIGKILL mid-run; its agents fail over.
 //! - `redis_outage`: Redis crashes for 5 s mid-run and comes back from its append-only file.
+//! - `chaos`: Redis paused, connections cut, servers killed and restarted, at random points of a run.
 //! - `startup`: how `serve` refuses to start (unreachable Redis, no JWT secret) and warns (eviction policy).
 //!
 //! The heavy runs take a process-wide lock so they never share the two cores with each other.
 
+mod chaos;
 mod harness;
 mod oracle;
+mod proxy;
 mod redis_outage;
 mod server_death;
 mod startup;
