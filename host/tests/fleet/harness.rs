@@ -37,7 +37,7 @@ pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// taken right after the build, or a release build). Checkouts sharing one target directory overwrite cargo's with
 /// their own build, so a run checks that the binary did not change since its first server: servers of one run must
 /// all run the same code, and a failure caused by another checkout's binary says so instead of misleading.
-fn binary() -> String {
+pub fn binary() -> String {
     static FIRST_SEEN: std::sync::OnceLock<Option<std::time::SystemTime>> = std::sync::OnceLock::new();
     let path = std::env::var("FLEET_SERVE_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_aragora-cp").to_string());
     let modified = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();

@@ -8,6 +8,7 @@
 //! - `server_death`: the same, with one server killed with SIGKILL mid-run; its agents fail over.
 //! - `redis_outage`: Redis crashes for 5 s mid-run and comes back from its append-only file.
 //! - `chaos`: Redis paused, connections cut, servers killed and restarted, at random points of a run.
+//! - `soak`: the short run of `bench soak` (churn, strategy swaps, a Redis restart).
 //! - `startup`: how `serve` refuses to start (unreachable Redis, no JWT secret) and warns (eviction policy).
 //!
 //! The heavy runs take a process-wide lock so they never share the two cores with each other.
@@ -18,5 +19,6 @@ mod oracle;
 mod proxy;
 mod redis_outage;
 mod server_death;
+mod soak;
 mod startup;
 mod three_servers;

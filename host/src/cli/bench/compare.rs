@@ -5,9 +5,7 @@
 //! alternation, A B A B, so that both see the same machine. Reports tasks/s, p50/p99 per step and the server's CPU
 //! per task (from `/proc`), and the control plane's throughput as a ratio to the ceiling's measured in the same run.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,6 +13,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::load::{Interrupt, LoadBenchArgs, LoadReport, run_load};
+use super::processes::{Spawned, free_port, spawn_serve, this_binary};
 use crate::api::{Authenticator, Permission};
 use crate::cli::client::{Connection, Output};
 use crate::model::Priority;
@@ -98,53 +97,16 @@ pub struct CompareReport {
     pub runs: Vec<CompareRun>,
 }
 
-/// A server process this command started; killed when dropped.
-struct Spawned {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A free loopback port (bound and released: the server binds it a moment later).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Starts `aragora-cp serve` on a free port; answers when it listens.
+/// Starts `aragora-cp serve` (this binary) for one run; answers when it listens.
 fn spawn_control_plane(args: &CompareBenchArgs, secret: &str, prefix: &str) -> anyhow::Result<Spawned> {
-    let port = free_port()?;
-    let mut command = Command::new(std::env::current_exe().context("this binary")?);
-    command
-        .arg("serve")
-        .env("BIND", format!("127.0.0.1:{port}"))
-        .env("REDIS_URL", args.redis.as_deref().unwrap_or("memory://"))
-        .env("CONTROL_PLANE_PREFIX", prefix)
-        .env("ARAGORA_JWT_SECRET", secret)
-        .env("HEARTBEAT_INTERVAL", args.heartbeat_interval.to_string())
-        .env("PLUGINS_DIR", std::env::temp_dir().join("aragora-cp-bench-no-plugins"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = command.spawn().context("start aragora-cp serve")?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening on") => break,
-            Some(_) if Instant::now() < deadline => continue,
-            _ => bail!("aragora-cp serve did not start listening"),
-        }
-    }
-    // Keep reading its stdout so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Ok(Spawned { child, base: format!("http://127.0.0.1:{port}") })
+    let env = [
+        ("REDIS_URL", args.redis.clone().unwrap_or_else(|| "memory://".to_string())),
+        ("CONTROL_PLANE_PREFIX", prefix.to_string()),
+        ("ARAGORA_JWT_SECRET", secret.to_string()),
+        ("HEARTBEAT_INTERVAL", args.heartbeat_interval.to_string()),
+        ("PLUGINS_DIR", std::env::temp_dir().join("aragora-cp-bench-no-plugins").display().to_string()),
+    ];
+    spawn_serve(&this_binary()?, &env, Stdio::null())
 }
 
 /// Starts the ceiling on a free port; answers when `/livez` answers.

@@ -1,7 +1,9 @@
 //! `aragora-cp bench`: the benchmarks, whose figures go into docs/BENCHMARKS.md (nothing here is a pass/fail test).
 //! `plugins.rs` measures a strategy plugin's selection latency; `engine.rs` the engine in-process; `load.rs` is the
 //! HTTP load generator (simulated agents and submitters against a server, with its oracle); `compare.rs` starts
-//! the servers itself and runs that load as a sweep, alternated with the reference ceiling.
+//! the servers itself and runs that load as a sweep, alternated with the reference ceiling; `soak.rs` runs a long
+//! mixed load with churn and faults on a fleet it starts (`processes.rs`: the children the benches start, and
+//! what `/proc` says of them).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,6 +17,8 @@ pub mod compare;
 pub mod engine;
 pub mod load;
 pub mod plugins;
+pub mod processes;
+pub mod soak;
 
 pub use plugins::{PluginBenchArgs, plugin_bench, print_plugin_table};
 
@@ -31,6 +35,10 @@ pub enum BenchCommand {
     /// The HTTP load against servers this command starts (the control plane, and the reference ceiling in
     /// alternation), swept over waiting agents and submitters: tasks/s, latency, server CPU per task, ratio.
     Compare(Box<compare::CompareBenchArgs>),
+    /// A long mixed load on a fleet this command starts (Redis and servers): agents joining, dying and returning,
+    /// the routing strategy swapped, Redis restarted; memory, file descriptors and p99 over time, and the
+    /// exactly-once oracle at the end.
+    Soak(Box<soak::SoakBenchArgs>),
 }
 
 /// Runs one benchmark.
@@ -47,6 +55,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Engine(args) => engine::run(args),
         BenchCommand::Load(args) => load::run(*args),
         BenchCommand::Compare(args) => compare::run(*args),
+        BenchCommand::Soak(args) => soak::run(*args),
     }
 }
 
