@@ -58,9 +58,25 @@ impl Filter {
 struct Feed {
     backlog: VecDeque<SseEvent>,
     replayed: HashSet<String>,
+    /// The replay goes on after this id: its last page was full, so the store holds more events than were read,
+    /// and some of them may predate the live subscription. Read page by page as the client takes them.
+    more_after: Option<String>,
     live: broadcast::Receiver<std::sync::Arc<Event>>,
     filter: Filter,
     draining: tokio_util::sync::CancellationToken,
+}
+
+impl Feed {
+    /// Queues one page of the replay.
+    fn replay(&mut self, events: Vec<Event>) {
+        self.more_after = if events.len() >= MAX_REPLAY { events.last().map(|e| e.id.clone()) } else { None };
+        for event in events {
+            if self.filter.accepts(&event) {
+                self.backlog.push_back(to_sse(&event));
+            }
+            self.replayed.insert(event.id);
+        }
+    }
 }
 
 fn to_sse(event: &Event) -> SseEvent {
@@ -134,44 +150,60 @@ pub async fn events_stream(
         .filter(|id| !id.is_empty());
     // Subscribe before reading the buffer, so nothing falls between the replay and the live stream.
     let live = state.coordinator.subscribe();
-    let mut backlog = VecDeque::new();
-    let mut replayed = HashSet::new();
+    let mut feed = Feed {
+        backlog: VecDeque::new(),
+        replayed: HashSet::new(),
+        more_after: None,
+        live,
+        filter,
+        draining: state.draining.clone(),
+    };
     if let Some(after) = &last_event_id {
         match state.coordinator.events_after(Some(after), MAX_REPLAY).await? {
-            None => backlog.push_back(reset("last_event_id_expired")),
-            Some(events) => {
-                for event in events {
-                    replayed.insert(event.id.clone());
-                    if filter.accepts(&event) {
-                        backlog.push_back(to_sse(&event));
-                    }
-                }
-            }
+            None => feed.backlog.push_back(reset("last_event_id_expired")),
+            Some(events) => feed.replay(events),
         }
     }
-    let feed = Feed { backlog, replayed, live, filter, draining: state.draining.clone() };
-    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
-        if let Some(next) = feed.backlog.pop_front() {
-            return Some((Ok(next), feed));
-        }
-        loop {
-            let received = tokio::select! {
-                _ = feed.draining.cancelled() => return None,
-                received = feed.live.recv() => received,
-            };
-            match received {
-                Ok(event) => {
-                    if feed.replayed.remove(&event.id) || !feed.filter.accepts(&event) {
-                        continue;
-                    }
-                    return Some((Ok(to_sse(&event)), feed));
+    let coordinator = state.coordinator.clone();
+    let stream = futures_util::stream::unfold(feed, move |mut feed| {
+        let coordinator = coordinator.clone();
+        async move {
+            loop {
+                if let Some(next) = feed.backlog.pop_front() {
+                    return Some((Ok(next), feed));
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => return Some((Ok(reset("lagged")), feed)),
-                Err(broadcast::error::RecvError::Closed) => return None,
+                let Some(after) = feed.more_after.take() else { break };
+                match coordinator.events_after(Some(&after), MAX_REPLAY).await {
+                    Ok(Some(events)) => feed.replay(events),
+                    Ok(None) => return Some((Ok(reset("last_event_id_expired")), feed)),
+                    // The client resumes from the last id it received.
+                    Err(_) => return None,
+                }
             }
+            next_live(feed).await
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// The next live event the connection takes, skipping what the replay covered.
+async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed)> {
+    loop {
+        let received = tokio::select! {
+            _ = feed.draining.cancelled() => return None,
+            received = feed.live.recv() => received,
+        };
+        match received {
+            Ok(event) => {
+                if feed.replayed.remove(&event.id) || !feed.filter.accepts(&event) {
+                    continue;
+                }
+                return Some((Ok(to_sse(&event)), feed));
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => return Some((Ok(reset("lagged")), feed)),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
 }
 
 fn is_event_type(name: &str) -> bool {

@@ -420,6 +420,65 @@ async fn permissions_and_agent_tokens_bound_what_a_caller_may_do() {
     server.stop().await;
 }
 
+/// A client that resumes far behind (more events since its id than one replay page holds, as after a long
+/// disconnection on a busy fleet) still receives every event, in order: the replay goes on page by page. It used
+/// to stop after the first page and go live, silently skipping the rest (found by the chaos test).
+#[tokio::test]
+async fn a_resume_further_behind_than_one_replay_page_misses_nothing() {
+    const TASKS: usize = aragora_cp::api::events::MAX_REPLAY + 2_500;
+    let config = aragora_cp::config::Config { event_buffer: TASKS * 2, ..Default::default() };
+    let server = TestServer::start_with(config).await;
+    let admin = server.admin();
+    let base = server.api("");
+    let submitted = server.api("/events?types=task_submitted");
+    let mut stream = server.client.get(&submitted).bearer_auth(&admin).send().await.unwrap();
+    let first = submit(&server, &base, &admin).await;
+    let (_, resume_id) = count_events_until(&mut stream, &first, 1).await;
+    let mut last = String::new();
+    for batch in 0..TASKS.div_ceil(1000) {
+        let count = (TASKS - batch * 1000).min(1000);
+        let tasks: Vec<Value> = (0..count).map(|_| json!({"task_type": "behind"})).collect();
+        let (status, body) = post(&server, &server.api("/tasks/batch"), &admin, json!({"tasks": tasks})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        last = body["task_ids"].as_array().unwrap().last().unwrap().as_str().unwrap().to_string();
+    }
+    // Once the live stream carried the last event, a new connection's live feed starts after all of them: only
+    // the replay can deliver them.
+    assert_eq!(count_events_until(&mut stream, &last, TASKS).await.0, TASKS);
+    drop(stream);
+
+    let mut resumed =
+        server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &resume_id).send().await.unwrap();
+    let (received, _) = count_events_until(&mut resumed, &last, TASKS).await;
+    assert_eq!(received, TASKS, "every event after the resume point, once");
+    server.stop().await;
+}
+
+/// Reads SSE messages until one mentions `needle`; returns how many were read and the last id. Fails on a
+/// `reset`, or when `expected` messages do not arrive within 30 s.
+async fn count_events_until(response: &mut reqwest::Response, needle: &str, expected: usize) -> (usize, String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut received, mut buffer, mut last_id) = (0usize, String::new(), String::new());
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(chunk) => chunk.expect("stream read").expect("stream still open"),
+            Err(_) => panic!("{received} of {expected} events, then nothing until the deadline"),
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            assert!(!block.contains("event: reset"), "a reset after {received} events: {block}");
+            if let Some(id) = block.lines().find_map(|line| line.strip_prefix("id: ")) {
+                received += 1;
+                last_id = id.to_string();
+                if block.contains(needle) {
+                    return (received, last_id);
+                }
+            }
+        }
+    }
+}
+
 /// Reads an SSE response until `needle` appears; returns everything read so far.
 async fn read_until(response: &mut reqwest::Response, seen: &mut String, needle: &str) -> String {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
