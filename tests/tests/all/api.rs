@@ -458,7 +458,7 @@ async fn a_resume_further_behind_than_one_replay_page_misses_nothing() {
 /// `reset`, or when `expected` messages do not arrive within 30 s.
 async fn count_events_until(response: &mut reqwest::Response, needle: &str, expected: usize) -> (usize, String) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    let (mut received, mut buffer, mut last_id) = (0usize, String::new(), String::new());
+    let (mut received, mut buffer) = (0usize, String::new());
     loop {
         let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
             Ok(chunk) => chunk.expect("stream read").expect("stream still open"),
@@ -470,9 +470,8 @@ async fn count_events_until(response: &mut reqwest::Response, needle: &str, expe
             assert!(!block.contains("event: reset"), "a reset after {received} events: {block}");
             if let Some(id) = block.lines().find_map(|line| line.strip_prefix("id: ")) {
                 received += 1;
-                last_id = id.to_string();
                 if block.contains(needle) {
-                    return (received, last_id);
+                    return (received, id.to_string());
                 }
             }
         }
