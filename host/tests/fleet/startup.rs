@@ -79,8 +79,11 @@ fn a_redis_that_may_evict_keys_is_a_startup_warning() {
     let status = servers[0].terminate();
     assert!(status.success(), "SIGTERM ended the server with {status}; its log:\n{}", servers[0].log());
 
-    // And none with noeviction (the shared server runs Redis's default).
-    let mut quiet = Server::start_fleet(1, &shared_server().url(), &unique_prefix("fleet-noeviction"), logs.path());
+    // And none with noeviction (the shared server runs Redis's default). Its own log directory: a server's log
+    // continues the log of the one before it in the same position.
+    let quiet_logs = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("fleet-noeviction");
+    let mut quiet = Server::start_fleet(1, &shared_server().url(), &prefix, quiet_logs.path());
     assert!(!quiet[0].log().contains("maxmemory-policy"), "a warning with noeviction:\n{}", quiet[0].log());
     let status = quiet[0].terminate();
     assert!(status.success(), "SIGTERM ended the server with {status}; its log:\n{}", quiet[0].log());
