@@ -61,6 +61,8 @@ struct Feed {
     /// The replay goes on after this id: its last page was full, so the store holds more events than were read,
     /// and some of them may predate the live subscription. Read page by page as the client takes them.
     more_after: Option<String>,
+    /// Where further replay pages come from.
+    coordinator: std::sync::Arc<crate::coordinator::ControlPlaneCoordinator>,
     live: broadcast::Receiver<std::sync::Arc<Event>>,
     filter: Filter,
     draining: tokio_util::sync::CancellationToken,
@@ -154,6 +156,7 @@ pub async fn events_stream(
         backlog: VecDeque::new(),
         replayed: HashSet::new(),
         more_after: None,
+        coordinator: state.coordinator.clone(),
         live,
         filter,
         draining: state.draining.clone(),
@@ -164,24 +167,20 @@ pub async fn events_stream(
             Some(events) => feed.replay(events),
         }
     }
-    let coordinator = state.coordinator.clone();
-    let stream = futures_util::stream::unfold(feed, move |mut feed| {
-        let coordinator = coordinator.clone();
-        async move {
-            loop {
-                if let Some(next) = feed.backlog.pop_front() {
-                    return Some((Ok(next), feed));
-                }
-                let Some(after) = feed.more_after.take() else { break };
-                match coordinator.events_after(Some(&after), MAX_REPLAY).await {
-                    Ok(Some(events)) => feed.replay(events),
-                    Ok(None) => return Some((Ok(reset("last_event_id_expired")), feed)),
-                    // The client resumes from the last id it received.
-                    Err(_) => return None,
-                }
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(next) = feed.backlog.pop_front() {
+                return Some((Ok(next), feed));
             }
-            next_live(feed).await
+            let Some(after) = feed.more_after.take() else { break };
+            match feed.coordinator.events_after(Some(&after), MAX_REPLAY).await {
+                Ok(Some(events)) => feed.replay(events),
+                Ok(None) => return Some((Ok(reset("last_event_id_expired")), feed)),
+                // The client resumes from the last id it received.
+                Err(_) => return None,
+            }
         }
+        next_live(feed).await
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }

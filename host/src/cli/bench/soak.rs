@@ -137,7 +137,7 @@ pub struct SoakReport {
     pub duration_s: f64,
     /// Seconds the drain took.
     pub drain_s: f64,
-    /// Servers, agents, submitters.
+    /// Servers sharing the Redis.
     pub servers: usize,
     /// Agents.
     pub agents: usize,
@@ -167,9 +167,9 @@ pub struct SoakReport {
     pub swaps: u64,
     /// Swap uploads refused or lost (tried again at the next swap).
     pub swap_failures: u64,
-    /// Redis restarts, and how long Redis was down in all, ms.
+    /// Redis restarts.
     pub redis_restarts: u64,
-    /// Milliseconds Redis was down.
+    /// Milliseconds Redis was down, all restarts together.
     pub redis_down_ms: u64,
     /// 503 answers (`store_unavailable` while Redis was down or slow).
     pub unavailable: u64,
