@@ -137,7 +137,7 @@ pub async fn metrics_get(State(state): State<ApiState>, headers: HeaderMap) -> A
     for (name, help, value) in scalars {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
-    write_plugins(&mut out, &state.coordinator.plugins().list());
+    write_plugins(&mut out, &state.coordinator.plugin_list());
     let mut response = out.into_response();
     response
         .headers_mut()

@@ -166,9 +166,9 @@ pub async fn readyz(axum::extract::State(state): axum::extract::State<ApiState>)
     let coordinator = &state.coordinator;
     let store = state.readiness.store(coordinator).await;
     let default_strategy = &coordinator.config().default_strategy;
-    let plugins = match coordinator.plugins().strategy(default_strategy) {
-        Ok(_) => "ok".to_string(),
-        Err(error) => format!("DEFAULT_STRATEGY: {error}"),
+    let plugins = match coordinator.strategy_ready(default_strategy) {
+        Ok(()) => "ok".to_string(),
+        Err(why) => format!("DEFAULT_STRATEGY: {why}"),
     };
     let draining = state.draining.is_cancelled();
     let ready = store == "ok" && plugins == "ok" && !draining;

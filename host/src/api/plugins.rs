@@ -98,21 +98,17 @@ pub struct PluginList {
     security(("bearer" = ["controlplane:read"]), ("bearer" = ["controlplane:plugins"])))]
 pub async fn plugins_list(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<PluginList>> {
     may_read(&caller)?;
-    let plugins = state.coordinator.plugins().list();
+    let plugins = state.coordinator.plugin_list();
     Ok(Json(PluginList { total: plugins.len(), plugins }))
 }
 
 /// This server's view of `name` with the fleet's record, or 404 when neither knows it.
 async fn view(state: &ApiState, name: &str) -> ApiResult<PluginInfo> {
-    let fleet = state.coordinator.fleet_plugins().record(name).await?;
-    let registry = state.coordinator.plugins();
-    let mut info = match (registry.info(name), &fleet) {
-        (Some(info), _) => info,
-        (None, Some(_)) => registry.absent(name),
-        (None, None) => return Err(ApiError::not_found("plugin_not_found", format!("no plugin named {name:?}"))),
-    };
-    info.fleet = fleet;
-    Ok(info)
+    state
+        .coordinator
+        .plugin_info(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("plugin_not_found", format!("no plugin named {name:?}")))
 }
 
 /// `GET /plugins/{name}`.
@@ -219,7 +215,7 @@ pub async fn plugins_upload(
     if component.len() > MAX_UPLOAD_BYTES {
         return Err(crate::model::ValidationError::too_large("component", "over the 8 MiB upload limit").into());
     }
-    state.coordinator.fleet_plugins().upload(&name, component, manifest, &caller.sub).await?;
+    state.coordinator.upload_plugin(&name, component, manifest, &caller.sub).await?;
     Ok(Json(view(&state, &name).await?))
 }
 
@@ -265,7 +261,7 @@ async fn change(
     may_change(caller)?;
     let name = plugin_name(raw_name)
         .map_err(|_| ApiError::not_found("plugin_not_found", format!("no plugin named {raw_name:?}")))?;
-    state.coordinator.fleet_plugins().change(&name, action, &caller.sub).await?;
+    state.coordinator.change_plugin(&name, action, &caller.sub).await?;
     Ok(Json(view(state, &name).await?))
 }
 

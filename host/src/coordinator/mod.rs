@@ -9,6 +9,8 @@
 mod event_pump;
 pub mod fleet_plugins;
 
+use fleet_plugins::FleetPluginError;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +27,12 @@ use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, HeartbeatRequest, RegisterRequest, SubmitRequest, Task, TaskId,
 };
 use crate::model::{
-    AgentFilter, AgentHealth, Completion, FailRequest, Fence, FleetStats, HealthState, HeartbeatOutcome, Registered,
-    StoreError, Submitted, TaskFilter, TaskPage,
+    AgentFilter, AgentHealth, Completion, FailRequest, Fence, FleetStats, HealthState, HeartbeatOutcome, PluginAction,
+    PluginRecord, Registered, StoreError, Submitted, TaskFilter, TaskPage,
 };
-use crate::plugins::registry::Liveness;
+use crate::plugins::registry::{Liveness, PluginInfo};
 use crate::plugins::watcher::WatchOptions;
-use crate::plugins::{PluginRegistry, PluginRuntime, PluginWatcher, RuntimeOptions};
+use crate::plugins::{LoadError, Manifest, PluginRegistry, PluginRuntime, PluginSource, PluginWatcher, RuntimeOptions};
 use crate::registry::AgentRegistry;
 use crate::scheduler::routing::AgentSelection;
 use crate::scheduler::{Claim, ClaimOutcome, EngineError, Scheduler, Violation};
@@ -169,9 +171,54 @@ impl ControlPlaneCoordinator {
         self.events.subscribe()
     }
 
-    /// The plugin registry: what this server has loaded (`GET /plugins`), and where plugins are installed.
-    pub fn plugins(&self) -> &Arc<PluginRegistry> {
-        &self.plugins
+    /// Every plugin this server has loaded, with its versions and counters (`GET /plugins`).
+    pub fn plugin_list(&self) -> Vec<PluginInfo> {
+        self.plugins.list()
+    }
+
+    /// This server's view of plugin `name` with the fleet's record of it (`GET /plugins/{name}`); `None` when
+    /// neither this server nor the fleet knows the name.
+    pub async fn plugin_info(&self, name: &str) -> Result<Option<PluginInfo>, EngineError> {
+        let fleet = self.fleet_plugins.record(name).await?;
+        let mut info = match (self.plugins.info(name), &fleet) {
+            (Some(info), _) => info,
+            (None, Some(_)) => self.plugins.absent(name),
+            (None, None) => return Ok(None),
+        };
+        info.fleet = fleet;
+        Ok(Some(info))
+    }
+
+    /// Installs a component on this server only, as if it had been dropped into the plugins folder (for programs
+    /// that embed the coordinator; a fleet shares plugins with [`Self::upload_plugin`]).
+    pub fn install_local_plugin(&self, name: &str, component: &[u8], manifest: Manifest) -> Result<(), LoadError> {
+        self.plugins.install(name, PluginSource::File, component, manifest).map(|_| ())
+    }
+
+    /// Whether strategy `name` can route tasks now (`/readyz` asks it of `DEFAULT_STRATEGY`); why not otherwise.
+    pub fn strategy_ready(&self, name: &str) -> Result<(), String> {
+        self.plugins.strategy(name).map(|_| ()).map_err(|error| error.to_string())
+    }
+
+    /// Uploads a component as plugin `name` for the whole fleet (every server applies the record).
+    pub async fn upload_plugin(
+        &self,
+        name: &str,
+        component: Vec<u8>,
+        manifest: Option<String>,
+        by: &str,
+    ) -> Result<PluginRecord, FleetPluginError> {
+        self.fleet_plugins.upload(name, component, manifest, by).await
+    }
+
+    /// Enables, disables or deletes plugin `name` for the whole fleet.
+    pub async fn change_plugin(
+        &self,
+        name: &str,
+        action: PluginAction,
+        by: &str,
+    ) -> Result<PluginRecord, FleetPluginError> {
+        self.fleet_plugins.change(name, action, by).await
     }
 
     /// Events after `after` (or the oldest kept), at most `limit`; `None` when `after` fell out of the buffer
@@ -188,11 +235,6 @@ impl ControlPlaneCoordinator {
     /// One line for logs: which store this control plane runs on.
     pub fn describe_store(&self) -> String {
         self.store.describe()
-    }
-
-    /// Fleet-wide plugin uploads and enable/disable.
-    pub fn fleet_plugins(&self) -> &Arc<fleet_plugins::FleetPlugins> {
-        &self.fleet_plugins
     }
 
     /// The configuration.

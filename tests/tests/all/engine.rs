@@ -117,7 +117,8 @@ async fn a_routed_choice_is_the_strategys_direct_answer_over_the_longest_waiting
         let record = cp.get_agent(agent).await.unwrap();
         candidates.push(candidate(record.in_flight, record.tasks_completed, None));
     }
-    let plugin = cp.plugins().active("least_loaded").expect("the built-in is active");
+    // The same built-in, loaded apart from the server: what it answers is what routing must have done.
+    let plugin = aragora_cp_tests::registry().active("least_loaded").expect("the built-in loads");
     let direct = plugin.select(ctx(1), &task("code"), &candidates, &[]).expect("the strategy answers");
 
     let routed = submit(&cp, "code").await;
@@ -144,9 +145,10 @@ async fn least_loaded_routes_to_the_least_loaded_waiter_and_a_hot_swapped_strate
     // Override the default strategy by dropping another plugin under its name: highest_index picks the last
     // waiter, which is now the busiest agent.
     std::fs::write(dir.path().join("least_loaded.wasm"), guest_bytes("highest_index")).unwrap();
-    let plugins = cp.plugins().clone();
     wait_until(Duration::from_secs(5), || {
-        plugins.active("least_loaded").is_some_and(|v| v.source == PluginSource::File)
+        cp.plugin_list()
+            .iter()
+            .any(|p| p.name == "least_loaded" && p.active.as_ref().is_some_and(|v| v.source == PluginSource::File))
     })
     .expect("the override is active");
     for _ in 0..2 {
@@ -199,14 +201,12 @@ async fn a_paused_agent_is_refused_for_its_whole_block_then_served_when_resumed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_policy_denies_with_a_recorded_violation_and_an_event() {
     let cp = coordinator(None).await;
-    cp.plugins()
-        .install(
-            "payload_size_policy",
-            PluginSource::File,
-            &guest_bytes("payload_size_policy"),
-            example_manifest("payload_size_policy"),
-        )
-        .unwrap();
+    cp.install_local_plugin(
+        "payload_size_policy",
+        &guest_bytes("payload_size_policy"),
+        example_manifest("payload_size_policy"),
+    )
+    .unwrap();
     let mut events = cp.subscribe();
     let big = SubmitRequest {
         task_type: "code".into(),
@@ -241,9 +241,7 @@ async fn a_submit_policy_denies_with_a_recorded_violation_and_an_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_region_policy_routes_sensitive_work_only_to_approved_agents() {
     let cp = coordinator(None).await;
-    cp.plugins()
-        .install("region_policy", PluginSource::File, &guest_bytes("region_policy"), example_manifest("region_policy"))
-        .unwrap();
+    cp.install_local_plugin("region_policy", &guest_bytes("region_policy"), example_manifest("region_policy")).unwrap();
     let eu = RegisterRequest {
         agent_id: "eu".into(),
         metadata: json!({"region": "eu-west-1"}).as_object().unwrap().clone(),

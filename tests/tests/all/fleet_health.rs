@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aragora_cp::config::Config;
 use aragora_cp::health::ProbeSettings;
-use aragora_cp::plugins::{Manifest, PluginSource};
+use aragora_cp::plugins::Manifest;
 use aragora_cp::store::{RedisStore, Store};
 use aragora_cp_tests::guest_bytes;
 use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
@@ -25,8 +25,7 @@ async fn server(prefix: &str) -> TestServer {
     let server = TestServer::start_with_store(config, store).await;
     server
         .coordinator
-        .plugins()
-        .install("heartbeat_probe", PluginSource::File, &guest_bytes("heartbeat_probe"), Manifest::default())
+        .install_local_plugin("heartbeat_probe", &guest_bytes("heartbeat_probe"), Manifest::default())
         .expect("the example probe loads");
     server
 }

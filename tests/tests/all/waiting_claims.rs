@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aragora_cp::config::Config;
-use aragora_cp::plugins::PluginSource;
 use aragora_cp::store::{RedisStore, Store};
 use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
 use aragora_cp_tests::server::TestServer;
@@ -78,8 +77,7 @@ async fn concurrent_submits_reach_every_waiting_claim(backend: Backend, strategy
     if let Some(name) = strategy.filter(|s| *s == "trap") {
         server
             .coordinator
-            .plugins()
-            .install(name, PluginSource::File, &guest_bytes(name), Default::default())
+            .install_local_plugin(name, &guest_bytes(name), Default::default())
             .expect("the failing strategy loads");
     }
     let agents: Vec<String> = (0..16).map(|i| format!("z1-agent-{i}")).collect();
@@ -153,8 +151,7 @@ async fn an_offline_agents_claim_brings_it_back_with_a_policy_loaded(backend: Ba
     let policy = "payload_size_policy";
     server
         .coordinator
-        .plugins()
-        .install(policy, PluginSource::File, &guest_bytes(policy), example_manifest(policy))
+        .install_local_plugin(policy, &guest_bytes(policy), example_manifest(policy))
         .expect("policy loads");
     for agent in ["sleepy-1", "sleepy-2"] {
         let (status, _) = post(&server, &token, "/agents", json!({"agent_id": agent, "capabilities": ["code"]})).await;
