@@ -96,7 +96,7 @@ fn reset(reason: &str) -> SseEvent {
 
 /// One message of the stream as Server-Sent Events frame it, for the OpenAPI document (the handler writes them).
 #[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)] // A schema only.
+#[allow(dead_code, reason = "a schema for the OpenAPI document only: never built")]
 pub struct SseMessage {
     /// The event's id, for `Last-Event-ID`; absent on `reset`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,7 +110,7 @@ pub struct SseMessage {
 
 /// The data of an `event: reset`: why the stream could not continue from where the client was.
 #[derive(serde::Serialize, utoipa::ToSchema)]
-#[allow(dead_code)] // A schema only.
+#[allow(dead_code, reason = "a schema for the OpenAPI document only: never built")]
 pub struct ResetNotice {
     /// `last_event_id_expired` (the id fell out of the buffer) or `lagged` (this client fell behind).
     reason: String,

@@ -33,7 +33,7 @@ struct Checks {
 }
 
 impl Readiness {
-    /// Checks the store every [`CHECK_INTERVAL`] (each check bounded by `STORE_TIMEOUT`) until `stop`.
+    /// Checks the store every 500 ms (each check bounded by `STORE_TIMEOUT`) until `stop`.
     pub fn start(self: &Arc<Self>, coordinator: Arc<ControlPlaneCoordinator>, stop: CancellationToken) {
         if self.started.swap(true, Ordering::SeqCst) {
             return;

@@ -12,7 +12,7 @@ use tracing_subscriber::fmt::format::Writer;
 
 /// Formats fields as `name=value`, space-separated, the message first and unnamed, control characters escaped.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct EscapedFields;
+pub(super) struct EscapedFields;
 
 impl<'writer> FormatFields<'writer> for EscapedFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {

@@ -58,7 +58,7 @@ impl fmt::Display for Priority {
 }
 
 /// The message for a priority that is none of the accepted forms.
-pub const PRIORITY_HELP: &str = "must be critical, high, normal, low (any case), urgent, or 0 to 3";
+pub(super) const PRIORITY_HELP: &str = "must be critical, high, normal, low (any case), urgent, or 0 to 3";
 
 impl FromStr for Priority {
     type Err = &'static str;

@@ -4,6 +4,7 @@
 //! `TaskInfo` built for a strategy is the same type a policy receives.
 
 /// The `strategy` world: exports `selector`.
+#[expect(missing_docs, reason = "generated from the WIT world, whose own comments document it")]
 pub mod strategy {
     wasmtime::component::bindgen!({
         world: "strategy",
@@ -13,6 +14,7 @@ pub mod strategy {
 }
 
 /// The `policy` world: exports `evaluator`.
+#[expect(missing_docs, reason = "generated from the WIT world, whose own comments document it")]
 pub mod policy {
     wasmtime::component::bindgen!({
         world: "policy",
@@ -23,6 +25,7 @@ pub mod policy {
 }
 
 /// The `health-probe` world: exports `prober`.
+#[expect(missing_docs, reason = "generated from the WIT world, whose own comments document it")]
 pub mod probe {
     wasmtime::component::bindgen!({
         world: "health-probe",

@@ -32,7 +32,7 @@ pub struct PolicyDenied {
 pub(crate) type StageOutcome = Result<Vec<PendingViolation>, (PolicyDenied, Vec<PendingViolation>)>;
 
 /// A violation before the store gives it its id and time.
-pub type PendingViolation = crate::model::NewViolation;
+pub(super) type PendingViolation = crate::model::NewViolation;
 
 /// Dispatch denials already recorded, by (policy, task, agent): a claimer peeking at the same denied task again
 /// must not flood the log (DESIGN §5: recorded at most once per triple). Per server; bounded by emptying it.

@@ -381,7 +381,7 @@ pub trait Store: Send + Sync + 'static {
     async fn server_alive(&self, server_id: &str, ttl_ms: u64) -> StoreResult<Vec<String>>;
 
     /// Records policy violations, each with a fleet-wide id and a `policy_violation` event, keeping the newest
-    /// [`VIOLATIONS_KEPT`].
+    /// [`VIOLATIONS_KEPT`](crate::model::VIOLATIONS_KEPT).
     async fn record_violations(&self, violations: Vec<NewViolation>) -> StoreResult<Vec<Violation>>;
 
     /// The newest `limit` violations, newest first.

@@ -17,27 +17,27 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// The HS256 secret every server of a fleet shares (≥ 32 bytes).
-pub const SECRET: &str = "aragora-cp-fleet-test-secret-0123456789";
+pub(crate) const SECRET: &str = "aragora-cp-fleet-test-secret-0123456789";
 /// The API prefix.
-pub const API: &str = "/api/v1/control-plane";
+pub(crate) const API: &str = "/api/v1/control-plane";
 /// `HEARTBEAT_INTERVAL` of the fleets, in seconds; agents heartbeat at this period.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// `HEARTBEAT_TIMEOUT` of the fleets, in seconds.
-pub const HEARTBEAT_TIMEOUT: &str = "3";
+pub(crate) const HEARTBEAT_TIMEOUT: &str = "3";
 /// How long an agent's blocking claim waits for work.
-pub const CLAIM_BLOCK_MS: u64 = 1000;
+pub(crate) const CLAIM_BLOCK_MS: u64 = 1000;
 /// The longest any single operation of the harness may take before the test calls it a hang.
-pub const HANG: Duration = Duration::from_secs(90);
+pub(crate) const HANG: Duration = Duration::from_secs(90);
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 /// Serialises the heavy runs: each of them wants both cores.
-pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The `aragora-cp` binary the servers run: the one cargo built for these tests, or `FLEET_SERVE_BINARY` (a copy
 /// taken right after the build, or a release build). Checkouts sharing one target directory overwrite cargo's with
 /// their own build, so a run checks that the binary did not change since its first server: servers of one run must
 /// all run the same code, and a failure caused by another checkout's binary says so instead of misleading.
-pub fn binary() -> String {
+pub(crate) fn binary() -> String {
     static FIRST_SEEN: std::sync::OnceLock<Option<std::time::SystemTime>> = std::sync::OnceLock::new();
     let path = std::env::var("FLEET_SERVE_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_aragora-cp").to_string());
     let modified = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
@@ -52,7 +52,7 @@ pub fn binary() -> String {
 
 /// `aragora-cp serve` with a clean environment (a developer's `REDIS_URL` or JWT settings must not leak in) and
 /// the fleet's settings; callers add `REDIS_URL` and the rest.
-pub fn serve_command() -> Command {
+pub(crate) fn serve_command() -> Command {
     let mut command = Command::new(binary());
     command.arg("serve").env_clear();
     for kept in ["PATH", "HOME", "XDG_CACHE_HOME", "TMPDIR"] {
@@ -73,7 +73,7 @@ pub fn serve_command() -> Command {
 }
 
 /// One `aragora-cp serve` child; SIGKILLed on drop if still running.
-pub struct Server {
+pub(crate) struct Server {
     /// Its position in the fleet.
     pub index: usize,
     /// `http://127.0.0.1:PORT`.
@@ -86,14 +86,14 @@ pub struct Server {
 impl Server {
     /// Starts `count` servers on `redis_url` and `prefix` together (they start in parallel), each logging to
     /// `dir/server-N.log`.
-    pub fn start_fleet(count: usize, redis_url: &str, prefix: &str, dir: &Path) -> Vec<Server> {
+    pub(crate) fn start_fleet(count: usize, redis_url: &str, prefix: &str, dir: &Path) -> Vec<Server> {
         let children: Vec<(Child, PathBuf)> =
             (0..count).map(|index| spawn_serve(index, redis_url, prefix, dir)).collect();
         children.into_iter().enumerate().map(|(index, (child, log))| Server::listening(index, child, log)).collect()
     }
 
     /// Starts one server in position `index` (a restart: its log continues the dead one's).
-    pub fn start_one(index: usize, redis_url: &str, prefix: &str, dir: &Path) -> Server {
+    pub(crate) fn start_one(index: usize, redis_url: &str, prefix: &str, dir: &Path) -> Server {
         let (child, log) = spawn_serve(index, redis_url, prefix, dir);
         Server::listening(index, child, log)
     }
@@ -114,18 +114,18 @@ impl Server {
     }
 
     /// The server's stderr so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `kill -9`: the process dies mid-request, with no drain and no goodbye to Redis.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         self.exited = self.child.wait().ok();
     }
 
     /// SIGTERM, then waits (at most [`HANG`]) for the exit status.
-    pub fn terminate(&mut self) -> ExitStatus {
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
         assert!(status.success(), "kill -TERM {pid}");
@@ -141,7 +141,7 @@ impl Server {
     }
 
     /// Fails the test if the server's log shows a panic.
-    pub fn assert_no_panic(&self) {
+    pub(crate) fn assert_no_panic(&self) {
         let log = self.log();
         assert!(!log.contains("panicked"), "server {} panicked; its log:\n{log}", self.index);
     }
@@ -174,7 +174,7 @@ impl Drop for Server {
 
 /// A completion a server accepted (200).
 #[derive(Clone, Debug)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// The task.
     pub task_id: String,
     /// The lease the agent completed it under.
@@ -182,7 +182,7 @@ pub struct Completion {
     /// The attempt the completed task reports.
     pub attempt: u64,
     /// The agent (read through `Debug`, in failure messages).
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "read through Debug in failure messages only")]
     pub agent: String,
     /// Whether this complete was a retry after a transport error (its first try may have been applied).
     pub retried: bool,
@@ -190,7 +190,7 @@ pub struct Completion {
 
 /// Everything the servers acknowledged, and every answer that broke a rule.
 #[derive(Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     /// Completions accepted, in the order the agents saw them.
     pub completions: Mutex<Vec<Completion>>,
     /// Tasks acknowledged by a submit (201), idempotency key → task id.
@@ -217,7 +217,7 @@ impl Ledger {
 }
 
 /// What the agents, submitters and event readers of one run share.
-pub struct Run {
+pub(crate) struct Run {
     /// The servers' base URLs, in fleet order (a killed server's stays: clients find out by failing).
     pub bases: Vec<String>,
     /// One client for every task of the test (it pools connections per server).
@@ -232,11 +232,11 @@ pub struct Run {
 
 /// A transport-level failure: no HTTP answer (connection refused, reset, closed mid-response).
 #[derive(Debug)]
-pub struct Transport(#[allow(dead_code)] pub String);
+pub(crate) struct Transport(#[allow(dead_code, reason = "read through Debug in failure messages only")] pub String);
 
 impl Run {
     /// A run whose clients reach the servers at `bases` (proxies in front of them, say), in fleet order.
-    pub fn with_bases(bases: Vec<String>) -> Arc<Run> {
+    pub(crate) fn with_bases(bases: Vec<String>) -> Arc<Run> {
         Arc::new(Run {
             bases,
             client: reqwest::Client::builder()
@@ -251,17 +251,17 @@ impl Run {
     }
 
     /// A token for `sub`.
-    pub fn token(&self, sub: &str, permissions: &[Permission]) -> String {
+    pub(crate) fn token(&self, sub: &str, permissions: &[Permission]) -> String {
         self.auth.issue(sub, permissions, TOKEN_TTL).expect("sign a token")
     }
 
     /// An admin token.
-    pub fn admin(&self) -> String {
+    pub(crate) fn admin(&self) -> String {
         self.token("admin", &[Permission::Admin])
     }
 
     /// One request to one server. A 5xx other than a problem+json 503 `store_unavailable` is an anomaly.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         server: usize,
         method: Method,
@@ -295,7 +295,7 @@ impl Run {
 
     /// A request that fails over: on a transport error it moves `at` to the next server and sends again; on a 503
     /// it waits a little and sends again to the same server. Returns the first other answer. Panics after [`HANG`].
-    pub async fn send_until_answered(
+    pub(crate) async fn send_until_answered(
         &self,
         at: &AtomicUsize,
         method: Method,
@@ -333,7 +333,7 @@ impl Run {
 
 /// One agent of the test.
 #[derive(Clone, Debug)]
-pub struct AgentSpec {
+pub(crate) struct AgentSpec {
     /// Its id.
     pub id: String,
     /// The server it talks to first.
@@ -345,7 +345,7 @@ pub struct AgentSpec {
 }
 
 /// `count` agents spread round-robin over `servers` servers; every other one uses `claim_next`.
-pub fn agents(count: usize, servers: usize) -> Vec<AgentSpec> {
+pub(crate) fn agents(count: usize, servers: usize) -> Vec<AgentSpec> {
     (0..count)
         .map(|i| AgentSpec {
             id: format!("fleet-agent-{i:03}"),
@@ -359,7 +359,7 @@ pub fn agents(count: usize, servers: usize) -> Vec<AgentSpec> {
 /// An agent: registers, heartbeats every [`HEARTBEAT_INTERVAL`] with the tasks it holds, claims with a blocking
 /// claim, completes under its lease, and fails over to the next server when its server stops answering. Leaves
 /// once [`Run::stop`] is set and it holds nothing.
-pub async fn run_agent(run: Arc<Run>, spec: AgentSpec) {
+pub(crate) async fn run_agent(run: Arc<Run>, spec: AgentSpec) {
     let token = run.token(&format!("agent:{}", spec.id), &[Permission::Agents, Permission::Tasks]);
     let at = Arc::new(AtomicUsize::new(spec.home));
     let session = format!("{:032x}", rand::random::<u128>());
@@ -465,7 +465,7 @@ async fn heartbeat(
 
 /// The submit body of task number `n`: a priority cycling through the four, and an idempotency key so a submit
 /// whose outcome is unknown (503, or a server that died) can be sent again safely.
-pub fn task_body(n: usize) -> Value {
+pub(crate) fn task_body(n: usize) -> Value {
     let priority = ["critical", "high", "normal", "low"][n % 4];
     json!({"task_type": "fleet", "payload": {"n": n}, "priority": priority, "idempotency_key": format!("fleet-{n}")})
 }
@@ -473,7 +473,7 @@ pub fn task_body(n: usize) -> Value {
 /// Submits tasks `0..total` in batches of `batch` through `submitters` concurrent submitters, batch `k` first to
 /// server `k % servers`; a batch answered 503 or lost with its server is sent again (same keys, so it is replayed,
 /// never doubled). Records every acknowledged task.
-pub async fn submit_all(run: Arc<Run>, total: usize, batch: usize, submitters: usize) {
+pub(crate) async fn submit_all(run: Arc<Run>, total: usize, batch: usize, submitters: usize) {
     let token = run.token("fleet-submitter", &[Permission::Tasks, Permission::Read]);
     let batches: Vec<std::ops::Range<usize>> =
         (0..total).step_by(batch).map(|start| start..(start + batch).min(total)).collect();
@@ -510,7 +510,7 @@ pub async fn submit_all(run: Arc<Run>, total: usize, batch: usize, submitters: u
 }
 
 /// Waits (polling, at most `limit`) until `condition` holds; panics naming `what` otherwise.
-pub async fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let started = Instant::now();
     while !condition() {
         assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
@@ -519,7 +519,7 @@ pub async fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -
 }
 
 /// Every task the fleet stores, by status, read page by page through `server` (1,000 a page).
-pub async fn stored_tasks(run: &Run, server: usize) -> HashMap<String, Value> {
+pub(crate) async fn stored_tasks(run: &Run, server: usize) -> HashMap<String, Value> {
     let token = run.admin();
     let mut tasks = HashMap::new();
     let mut cursor: Option<String> = None;
@@ -542,7 +542,7 @@ pub async fn stored_tasks(run: &Run, server: usize) -> HashMap<String, Value> {
 }
 
 /// A whole fleet: one Redis, the servers, the shared run state, and the directory of the server logs.
-pub struct Fleet {
+pub(crate) struct Fleet {
     /// The servers, in fleet order.
     pub servers: Vec<Server>,
     /// Agents, submitters and readers share this.
@@ -555,14 +555,14 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts `count` servers on `redis`, with a fresh key prefix.
-    pub fn start(redis: RedisServer, count: usize, name: &str) -> Fleet {
+    pub(crate) fn start(redis: RedisServer, count: usize, name: &str) -> Fleet {
         let url = redis.url();
         Fleet::start_via(redis, &url, count, name, |servers| servers.iter().map(|s| s.base.clone()).collect())
     }
 
     /// Starts `count` servers that reach `redis` at `redis_url` (a proxy, say), with clients that reach them at
     /// the bases `fronts` gives for them.
-    pub fn start_via(
+    pub(crate) fn start_via(
         redis: RedisServer,
         redis_url: &str,
         count: usize,
@@ -578,7 +578,7 @@ impl Fleet {
 
     /// Starts server `index` again (after [`Server::kill9`]) with the fleet's settings on `redis_url`; returns its
     /// new base URL.
-    pub fn restart(&mut self, index: usize, redis_url: &str) -> String {
+    pub(crate) fn restart(&mut self, index: usize, redis_url: &str) -> String {
         let server = Server::start_one(index, redis_url, &self.prefix, self.logs.path());
         let base = server.base.clone();
         self.servers[index] = server;
@@ -586,7 +586,7 @@ impl Fleet {
     }
 
     /// Starts the agents.
-    pub fn spawn_agents(&self, specs: Vec<AgentSpec>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub(crate) fn spawn_agents(&self, specs: Vec<AgentSpec>) -> Vec<tokio::task::JoinHandle<()>> {
         specs.into_iter().map(|spec| tokio::spawn(run_agent(self.run.clone(), spec))).collect()
     }
 
@@ -594,7 +594,7 @@ impl Fleet {
     /// replays the events through the lease oracle, ties them to the acknowledged submits and completions, reads
     /// every stored task and the stats back over HTTP, and stops the live servers with SIGTERM (exit 0, no panic
     /// in any log). `reader_server` is the server whose events were followed.
-    pub async fn finish(
+    pub(crate) async fn finish(
         &mut self,
         total: usize,
         events: &crate::oracle::EventLog,
@@ -683,7 +683,7 @@ impl Fleet {
     }
 
     /// One line about the run, for the test's output.
-    pub fn summary(&self, report: &crate::oracle::LeaseReport, started: Instant) -> String {
+    pub(crate) fn summary(&self, report: &crate::oracle::LeaseReport, started: Instant) -> String {
         let ledger = &self.run.ledger;
         format!(
             "{:.1} s; events {:?}; servers seen in events {}; completions accepted {}, conflicts {}, 503s {}, \

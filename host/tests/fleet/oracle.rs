@@ -23,7 +23,7 @@ const TYPES: &str = "task_submitted,task_claimed,task_started,task_completed,tas
 
 /// Events read from one server, in the order it sent them.
 #[derive(Default)]
-pub struct EventLog {
+pub(crate) struct EventLog {
     /// The events.
     pub events: Mutex<Vec<Event>>,
     /// `reset` events (the server could not deliver everything: the oracle would be blind).
@@ -37,7 +37,7 @@ pub struct EventLog {
 impl EventLog {
     /// Follows `GET /events` on `server` until aborted; returns once the first connection is open, so every event
     /// after that point is seen.
-    pub async fn follow(run: Arc<Run>, server: usize) -> (Arc<EventLog>, tokio::task::JoinHandle<()>) {
+    pub(crate) async fn follow(run: Arc<Run>, server: usize) -> (Arc<EventLog>, tokio::task::JoinHandle<()>) {
         let log = Arc::new(EventLog::default());
         let (opened, is_open) = tokio::sync::oneshot::channel();
         let handle = tokio::spawn(read_events(run, server, log.clone(), opened));
@@ -46,7 +46,7 @@ impl EventLog {
     }
 
     /// The events so far.
-    pub fn snapshot(&self) -> Vec<Event> {
+    pub(crate) fn snapshot(&self) -> Vec<Event> {
         self.events.lock().clone()
     }
 }
@@ -124,7 +124,7 @@ enum Lease {
 
 /// One task's history as the events tell it.
 #[derive(Debug)]
-pub struct History {
+pub(crate) struct History {
     state: Lease,
     /// Grants (`task_claimed`).
     pub grants: u64,
@@ -135,7 +135,7 @@ pub struct History {
 }
 
 /// The replay of a run's events.
-pub struct LeaseReport {
+pub(crate) struct LeaseReport {
     /// Per task.
     pub tasks: HashMap<String, History>,
     /// Every broken rule, in stream order.
@@ -147,7 +147,7 @@ pub struct LeaseReport {
 }
 
 /// Replays task events in stream order through the lease automaton.
-pub fn check_leases(events: &[Event]) -> LeaseReport {
+pub(crate) fn check_leases(events: &[Event]) -> LeaseReport {
     let mut report =
         LeaseReport { tasks: HashMap::new(), violations: Vec::new(), servers: HashSet::new(), counts: BTreeMap::new() };
     for event in events {
@@ -228,7 +228,11 @@ pub fn check_leases(events: &[Event]) -> LeaseReport {
 /// Ties the events to the HTTP ledger: every acknowledged task completed, exactly one `task_completed` each, one
 /// lease per task among the accepted completions, and that completion's attempt equal to the grants the events
 /// counted. Returns the broken rules (empty when all hold).
-pub fn check_outcome(report: &LeaseReport, acknowledged: &HashSet<String>, completions: &[Completion]) -> Vec<String> {
+pub(crate) fn check_outcome(
+    report: &LeaseReport,
+    acknowledged: &HashSet<String>,
+    completions: &[Completion],
+) -> Vec<String> {
     let mut broken = Vec::new();
     let mut by_task: HashMap<&str, Vec<&Completion>> = HashMap::new();
     for completion in completions {
@@ -264,7 +268,7 @@ pub fn check_outcome(report: &LeaseReport, acknowledged: &HashSet<String>, compl
 }
 
 /// The first few entries of a list of broken rules, for a panic message.
-pub fn first(broken: &[String], count: usize) -> String {
+pub(crate) fn first(broken: &[String], count: usize) -> String {
     let shown: Vec<&str> = broken.iter().take(count).map(String::as_str).collect();
     format!("{} broken rule(s); the first:\n{}", broken.len(), shown.join("\n"))
 }

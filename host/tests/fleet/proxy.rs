@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// One listening proxy; stops accepting when dropped (connections through it then end with their peers).
-pub struct ChaosProxy {
+pub(crate) struct ChaosProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     upstream: Arc<Mutex<SocketAddr>>,
@@ -24,7 +24,7 @@ pub struct ChaosProxy {
 
 impl ChaosProxy {
     /// A proxy on a free loopback port to `upstream`. Needs a tokio runtime.
-    pub fn start(upstream: SocketAddr) -> ChaosProxy {
+    pub(crate) fn start(upstream: SocketAddr) -> ChaosProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         listener.set_nonblocking(true).expect("non-blocking listener");
         let addr = listener.local_addr().expect("the proxy's address");
@@ -36,17 +36,17 @@ impl ChaosProxy {
     }
 
     /// `http://` + its address, for clients.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// New connections go to `upstream` from now on.
-    pub fn redirect(&self, upstream: SocketAddr) {
+    pub(crate) fn redirect(&self, upstream: SocketAddr) {
         *self.upstream.lock() = upstream;
     }
 
     /// Closes every connection open through the proxy now.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cuts.send_modify(|n| *n += 1);
     }
 }
@@ -76,6 +76,6 @@ async fn accept(listener: TcpListener, upstream: Arc<Mutex<SocketAddr>>, cuts: w
 }
 
 /// The `host:port` of a base URL such as `http://127.0.0.1:8080`.
-pub fn socket_of(base: &str) -> SocketAddr {
+pub(crate) fn socket_of(base: &str) -> SocketAddr {
     base.trim_start_matches("http://").parse().unwrap_or_else(|e| panic!("{base} is no socket address: {e}"))
 }

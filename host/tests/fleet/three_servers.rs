@@ -12,7 +12,7 @@ use crate::harness::{Fleet, HEAVY, agents, submit_all, wait_for};
 use crate::oracle::EventLog;
 
 /// Tasks of the run.
-pub const TOTAL: usize = 20_000;
+pub(crate) const TOTAL: usize = 20_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_on_one_redis_complete_every_task_exactly_once() {

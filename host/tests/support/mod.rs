@@ -13,7 +13,7 @@ use aragora_cp::store::{MemoryStore, Store, SystemClock};
 const SECRET: &[u8] = b"client-test-secret-0123456789abcdef0123";
 
 /// A running server; send on `shutdown` to stop it.
-pub struct Server {
+pub(crate) struct Server {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// An admin token.
@@ -23,7 +23,7 @@ pub struct Server {
 }
 
 /// Starts a server with the default configuration.
-pub async fn server() -> Server {
+pub(crate) async fn server() -> Server {
     let config = Config::default();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
     let plugins = Arc::new(PluginRegistry::new(PluginRuntime::new(RuntimeOptions::default()).unwrap(), "t").unwrap());

@@ -22,7 +22,7 @@ struct Log {
 }
 
 /// A running reader of the event stream; dropping it stops the reader.
-pub struct EventRecorder {
+pub(super) struct EventRecorder {
     log: Arc<Log>,
     reader: JoinHandle<()>,
 }
@@ -35,7 +35,7 @@ impl Drop for EventRecorder {
 
 /// One attempt of a task, as the `task_claimed` events tell it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Attempt {
+pub(super) struct Attempt {
     /// The attempt number (the fencing token).
     pub attempt: u64,
     /// The agent that got the lease.
@@ -46,7 +46,7 @@ pub struct Attempt {
 
 impl EventRecorder {
     /// Connects to `GET /events` and returns once the server has answered, so nothing emitted afterwards is missed.
-    pub async fn start(api: &Api) -> anyhow::Result<Self> {
+    pub(super) async fn start(api: &Api) -> anyhow::Result<Self> {
         let response =
             api.request(Method::GET, "/events").send().await.context("connecting to the event stream (GET /events)")?;
         anyhow::ensure!(response.status().is_success(), "GET /events answered {}", response.status());
@@ -56,12 +56,12 @@ impl EventRecorder {
     }
 
     /// Events for `task_id`, in order.
-    pub fn of_task(&self, task_id: &str) -> Vec<Value> {
+    pub(super) fn of_task(&self, task_id: &str) -> Vec<Value> {
         self.log.events.lock().iter().filter(|e| e["task_id"].as_str() == Some(task_id)).cloned().collect()
     }
 
     /// The attempts of `task_id`.
-    pub fn attempts(&self, task_id: &str) -> Vec<Attempt> {
+    pub(super) fn attempts(&self, task_id: &str) -> Vec<Attempt> {
         self.of_task(task_id)
             .iter()
             .filter(|e| e["type"] == "task_claimed")
@@ -74,7 +74,12 @@ impl EventRecorder {
     }
 
     /// Waits until some event satisfies `seen`, or `limit` passes (an error naming `what`).
-    pub async fn wait_for(&self, what: &str, limit: Duration, seen: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub(super) async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        seen: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let grew = self.log.grew.notified();
@@ -91,7 +96,7 @@ impl EventRecorder {
     }
 
     /// Waits for the event of type `kind` about `task_id`.
-    pub async fn wait_for_task(&self, task_id: &str, kind: &str, limit: Duration) -> anyhow::Result<Value> {
+    pub(super) async fn wait_for_task(&self, task_id: &str, kind: &str, limit: Duration) -> anyhow::Result<Value> {
         self.wait_for(&format!("{kind} for {task_id}"), limit, |e| {
             e["task_id"].as_str() == Some(task_id) && e["type"] == kind
         })

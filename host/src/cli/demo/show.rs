@@ -6,18 +6,18 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A step heading.
-pub fn step(number: usize, total: usize, title: &str) {
+pub(super) fn step(number: usize, total: usize, title: &str) {
     println!();
     println!("━━ Step {number}/{total} · {title}");
 }
 
 /// A line of narration.
-pub fn say(text: impl AsRef<str>) {
+pub(super) fn say(text: impl AsRef<str>) {
     println!("   {}", text.as_ref());
 }
 
 /// A progress bar of `len` items on stderr.
-pub fn bar(len: u64, message: &str) -> ProgressBar {
+pub(super) fn bar(len: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template("   {spinner} {msg:<28} [{bar:30}] {pos}/{len} {elapsed}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -29,7 +29,7 @@ pub fn bar(len: u64, message: &str) -> ProgressBar {
 }
 
 /// Prints rows under headers as aligned columns; numbers (cells that parse as one) are right-aligned.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()

@@ -46,17 +46,24 @@ pub(super) struct WaitingIndex {
 
 impl WaitingIndex {
     /// Claims waiting now.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.by_token.len()
     }
 
     /// The claim waiting on `token`.
-    pub fn get(&self, token: &str) -> Option<&WaitingRecord> {
+    pub(super) fn get(&self, token: &str) -> Option<&WaitingRecord> {
         self.by_token.get(token)
     }
 
     /// Adds a waiting claim (replacing one on the same token).
-    pub fn insert(&mut self, token: String, seq: u64, until: u64, agent_id: String, capabilities: CapabilitySet) {
+    pub(super) fn insert(
+        &mut self,
+        token: String,
+        seq: u64,
+        until: u64,
+        agent_id: String,
+        capabilities: CapabilitySet,
+    ) {
         self.remove(&token);
         let group = match self.group_of.get(&capabilities) {
             Some(&group) => group,
@@ -73,14 +80,14 @@ impl WaitingIndex {
     }
 
     /// Removes the claim waiting on `token`.
-    pub fn remove(&mut self, token: &str) -> Option<WaitingRecord> {
+    pub(super) fn remove(&mut self, token: &str) -> Option<WaitingRecord> {
         let record = self.by_token.remove(token)?;
         self.groups[record.group].queue.remove(&record.seq);
         Some(record)
     }
 
     /// Removes every claim of `agent_id` (its session was replaced, it went offline or unregistered).
-    pub fn remove_agent(&mut self, agent_id: &str) {
+    pub(super) fn remove_agent(&mut self, agent_id: &str) {
         let tokens: Vec<String> =
             self.by_token.iter().filter(|(_, w)| w.agent_id == agent_id).map(|(token, _)| token.clone()).collect();
         for token in tokens {
@@ -90,7 +97,7 @@ impl WaitingIndex {
 
     /// Up to `limit` waiting claims whose capabilities cover `signature`, in waiting order, after the place
     /// `after`: (sequence, token). The caller judges them (expired, agent refused) and asks again after the last.
-    pub fn covering(&mut self, signature: &CapabilitySet, after: u64, limit: usize) -> Vec<(u64, String)> {
+    pub(super) fn covering(&mut self, signature: &CapabilitySet, after: u64, limit: usize) -> Vec<(u64, String)> {
         let groups = self.covering_groups(signature);
         let mut found: Vec<(u64, String)> = Vec::with_capacity(limit.min(64));
         for &group in groups.iter() {
