@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use aragora_cp_tests::redis_server::RedisServer;
+use crate::redis_server::RedisServer;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::redis_server::{RedisServer, unique_prefix};
 use aragora_cp::api::{Authenticator, Permission};
-use aragora_cp_tests::redis_server::{RedisServer, unique_prefix};
 use parking_lot::Mutex;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -18,6 +18,15 @@ mod harness;
 mod oracle;
 mod proxy;
 mod redis_outage;
+// The end-to-end crate's `redis-server` spawner, compiled into this test binary from its one source file: a
+// dependency on that crate would make a cycle (it depends on this package).
+#[path = "../../../tests/src/redis_server.rs"]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the fleet tests use part of the spawner (no cluster), and it is public in its own crate"
+)]
+mod redis_server;
 mod server_death;
 mod soak;
 mod startup;

@@ -7,8 +7,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::redis_server::RedisServer;
 use aragora_cp::api::Permission;
-use aragora_cp_tests::redis_server::RedisServer;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 

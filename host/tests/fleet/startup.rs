@@ -6,7 +6,7 @@
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use aragora_cp_tests::redis_server::{RedisServer, shared_server, unique_prefix};
+use crate::redis_server::{RedisServer, shared_server, unique_prefix};
 
 use crate::harness::{SECRET, Server, serve_command};
 

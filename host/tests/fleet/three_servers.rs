@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use aragora_cp_tests::redis_server::RedisServer;
+use crate::redis_server::RedisServer;
 
 use crate::harness::{Fleet, HEAVY, agents, submit_all, wait_for};
 use crate::oracle::EventLog;

@@ -184,19 +184,22 @@ impl RedisStore {
             .ok_or_else(|| StoreError::Unavailable("redis: CONFIG GET maxmemory-policy answered nothing".into()))
     }
 
-    /// TEST ONLY: pins the store clock at `ms`: every script reads it instead of `TIME` until cleared. Tests use it
+    /// TEST ONLY (the `test-clock` feature): pins the store clock at `ms`: every script reads it instead of `TIME` until cleared. Tests use it
     /// to move time exactly (a lease due at 10,000 ms must not be due at 9,999), which an offset on a moving `TIME`
     /// cannot promise. The clock lives in Redis (`test:clock`), so every store on the prefix sees the same time.
+    #[cfg(feature = "test-clock")]
     pub async fn pin_test_clock(&self, ms: u64) -> StoreResult<()> {
         self.run(&self.scripts.test_clock, vec!["pin".into(), ms.to_string()]).await?.body.map(|_| ())
     }
 
-    /// TEST ONLY: moves the store clock forward by `ms`: a pinned clock, or else the offset scripts add to `TIME`.
+    /// TEST ONLY (the `test-clock` feature): moves the store clock forward by `ms`: a pinned clock, or else the offset scripts add to `TIME`.
+    #[cfg(feature = "test-clock")]
     pub async fn advance_test_clock(&self, ms: u64) -> StoreResult<()> {
         self.run(&self.scripts.test_clock, vec!["advance".into(), ms.to_string()]).await?.body.map(|_| ())
     }
 
-    /// TEST ONLY: back to `TIME` alone.
+    /// TEST ONLY (the `test-clock` feature): back to `TIME` alone.
+    #[cfg(feature = "test-clock")]
     pub async fn clear_test_clock(&self) -> StoreResult<()> {
         self.run(&self.scripts.test_clock, vec!["clear".into(), "0".into()]).await?.body.map(|_| ())
     }

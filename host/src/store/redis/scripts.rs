@@ -16,26 +16,52 @@ const WRITES: &str = "#!lua";
 /// A consistent read: declared read-only.
 const READS: &str = "#!lua flags=no-writes";
 
+/// The prelude as this build runs it: without the test clock's lines unless the `test-clock` feature is on, so a
+/// production script never reads the test key (one less read per transition, and no way to move a server's clock
+/// by writing a key).
+fn prelude() -> String {
+    if cfg!(feature = "test-clock") { LIB.to_string() } else { without_test_clock(LIB) }
+}
+
+/// `lib` without the lines between the `test-clock:begin` and `test-clock:end` markers.
+fn without_test_clock(lib: &str) -> String {
+    let mut kept = String::with_capacity(lib.len());
+    let mut skipping = false;
+    for line in lib.lines() {
+        match line.trim() {
+            "-- test-clock:begin" => skipping = true,
+            "-- test-clock:end" => skipping = false,
+            _ if !skipping => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            _ => {}
+        }
+    }
+    kept
+}
+
 macro_rules! scripts {
-    ($($name:ident: $kind:ident),* $(,)?) => {
+    ($($(#[$attr:meta])* $name:ident: $kind:ident),* $(,)?) => {
         /// Every script, compiled once per store.
         pub(super) struct Scripts {
-            $(pub(super) $name: Script,)*
+            $($(#[$attr])* pub(super) $name: Script,)*
         }
 
         impl Scripts {
             /// Whether `script` may write (`REDIS_WAIT_REPLICAS` waits after those only).
             pub(super) fn is_write(&self, script: &Script) -> bool {
-                $(if $kind == WRITES && script.get_hash() == self.$name.get_hash() {
-                    return true;
-                })*
-                false
+                let hash = script.get_hash();
+                let writes = false;
+                $($(#[$attr])* let writes = writes || ($kind == WRITES && hash == self.$name.get_hash());)*
+                writes
             }
 
             pub(super) fn new() -> Self {
+                let lib = prelude();
                 Scripts {
-                    $($name: Script::new(&format!(
-                        "{}\n{LIB}\n{}",
+                    $($(#[$attr])* $name: Script::new(&format!(
+                        "{}\n{lib}\n{}",
                         $kind,
                         include_str!(concat!("scripts/", stringify!($name), ".lua"))
                     )),)*
@@ -84,8 +110,23 @@ scripts!(
     submit: WRITES,
     sweep_offline: WRITES,
     sweep_timeouts: WRITES,
+    #[cfg(feature = "test-clock")]
     test_clock: WRITES,
     unregister: WRITES,
     violations: READS,
     withdraw_waiter: WRITES,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_production_prelude_never_reads_the_test_clock() {
+        let production = without_test_clock(LIB);
+        assert!(LIB.contains("HMGET', K.test_clock"), "the full prelude has the hook this test is about");
+        assert!(!production.contains("HMGET', K.test_clock"), "the hook is gone");
+        assert!(production.contains("local NOW, PINNED = clock()"), "the clock itself stays");
+        assert_eq!(LIB.lines().count() - production.lines().count(), 5, "the hook's three lines and two markers");
+    }
+}

@@ -64,13 +64,16 @@ local function gkey(caps) return P .. 'waiting:' .. caps end
 -- Integers as decimal strings: Lua numbers are doubles, and `tostring` would print large ones in exponent form.
 local function n2s(x) return string.format('%d', x) end
 
--- The store clock: Redis TIME, unless the test-only clock (`test:clock`) pins it or shifts it.
+-- The store clock: Redis TIME, unless the test-only clock (`test:clock`) pins it or shifts it. The lines between
+-- the markers exist only in builds with the `test-clock` feature (scripts.rs removes them otherwise).
 local function clock()
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- test-clock:begin
   local tc = redis.call('HMGET', K.test_clock, 'pinned', 'offset')
   if tc[1] then return tonumber(tc[1]), '1' end
   if tc[2] then now = now + tonumber(tc[2]) end
+  -- test-clock:end
   return now, '0'
 end
 local NOW, PINNED = clock()
