@@ -4,11 +4,12 @@
 //! exits 1.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
+
+use super::http::{Api, CallError};
 
 /// Where and as whom.
 #[derive(Debug, Args, Clone)]
@@ -168,42 +169,8 @@ pub enum ClientCommand {
     },
 }
 
-struct Client {
-    http: reqwest::Client,
-    connection: Connection,
-}
-
-/// The outcome of one request: the JSON body, or the server's refusal.
-enum Answer {
-    Ok(Value),
-    Refused(u16, Value),
-}
-
-impl Client {
-    fn url(&self, path: &str) -> String {
-        self.connection.url(path)
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
-        let response =
-            self.connection.authorize(request).send().await.with_context(|| self.connection.unreachable())?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Ok(if status.is_success() { Answer::Ok(body) } else { Answer::Refused(status.as_u16(), body) })
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Answer> {
-        self.send(self.http.get(self.url(path))).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Answer> {
-        self.send(self.http.post(self.url(path)).json(&body)).await
-    }
-
-    async fn delete(&self, path: &str) -> anyhow::Result<Answer> {
-        self.send(self.http.delete(self.url(path))).await
-    }
-}
+/// The outcome of one request: the JSON body, or why there is none (a refusal carries the server's problem).
+type Answer = Result<Value, CallError>;
 
 /// Runs one client command.
 pub fn run(connection: Connection, command: ClientCommand) -> anyhow::Result<ExitCode> {
@@ -213,25 +180,35 @@ pub fn run(connection: Connection, command: ClientCommand) -> anyhow::Result<Exi
 
 async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Result<ExitCode> {
     let output = connection.output;
-    let client = Client { http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?, connection };
+    let client = Api::new(&connection.server, connection.token.clone())?;
     let answer = match command {
         ClientCommand::Agents(command) => agents(&client, command).await?,
-        ClientCommand::Tasks(TasksCommand::Watch { task_id }) => return watch(&client, &task_id, output).await,
+        ClientCommand::Tasks(TasksCommand::Watch { task_id }) => {
+            return watch(&client, &task_id, output).await.or_else(|error| answered(&connection, error));
+        }
         ClientCommand::Tasks(command) => tasks(&client, command).await?,
-        ClientCommand::Health => client.get("/health").await?,
-        ClientCommand::Stats => client.get("/stats").await?,
-        ClientCommand::Plugins => client.get("/plugins").await?,
-        ClientCommand::Events { types } => return events(&client, types.as_deref(), output).await,
+        ClientCommand::Health => client.get("/health").await,
+        ClientCommand::Stats => client.get("/stats").await,
+        ClientCommand::Plugins => client.get("/plugins").await,
+        ClientCommand::Events { types } => return events(&client, &connection, types.as_deref(), output).await,
     };
     match answer {
-        Answer::Ok(body) => {
+        Ok(body) => {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
                 Output::Table => print_table(&body),
             }
             Ok(ExitCode::SUCCESS)
         }
-        Answer::Refused(status, problem) => Ok(refused(status, &problem)),
+        Err(error) => answered(&connection, error),
+    }
+}
+
+/// A request that got no body: a refusal prints the server's problem and exits 1; no answer at all is an error.
+fn answered(connection: &Connection, error: CallError) -> anyhow::Result<ExitCode> {
+    match error {
+        CallError::Refused { status, problem, .. } => Ok(refused(status.as_u16(), &problem)),
+        transport @ CallError::Transport { .. } => Err(anyhow::Error::new(transport).context(connection.unreachable())),
     }
 }
 
@@ -242,7 +219,7 @@ fn refused(status: u16, problem: &Value) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn agents(client: &Client, command: AgentsCommand) -> anyhow::Result<Answer> {
+async fn agents(client: &Api, command: AgentsCommand) -> anyhow::Result<Answer> {
     match command {
         AgentsCommand::List { capability, available } => {
             let mut query = Vec::new();
@@ -253,30 +230,30 @@ async fn agents(client: &Client, command: AgentsCommand) -> anyhow::Result<Answe
                 query.push("available=true".into());
             }
             let suffix = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
-            client.get(&format!("/agents{suffix}")).await
+            Ok(client.get(&format!("/agents{suffix}")).await)
         }
-        AgentsCommand::Get { agent_id } => client.get(&format!("/agents/{agent_id}")).await,
+        AgentsCommand::Get { agent_id } => Ok(client.get(&format!("/agents/{agent_id}")).await),
         AgentsCommand::Register { agent_id, capabilities, model, provider, max_concurrent } => {
             let body = json!({"agent_id": agent_id, "capabilities": capabilities, "model": model,
                               "provider": provider, "max_concurrent_tasks": max_concurrent});
-            client.post("/agents", body).await
+            Ok(client.post("/agents", &body).await)
         }
-        AgentsCommand::Unregister { agent_id } => client.delete(&format!("/agents/{agent_id}")).await,
+        AgentsCommand::Unregister { agent_id } => Ok(client.delete(&format!("/agents/{agent_id}")).await),
     }
 }
 
-async fn tasks(client: &Client, command: TasksCommand) -> anyhow::Result<Answer> {
+async fn tasks(client: &Api, command: TasksCommand) -> anyhow::Result<Answer> {
     match command {
         TasksCommand::Submit { task_type, payload, priority, capabilities, idempotency_key } => {
             let payload: Value = serde_json::from_str(&payload).context("--payload is not valid JSON")?;
             let key = idempotency_key.unwrap_or_else(|| format!("cli-{:032x}", rand::random::<u128>()));
             let body = json!({"task_type": task_type, "payload": payload, "priority": priority,
                               "required_capabilities": capabilities, "idempotency_key": key});
-            client.post("/tasks", body).await
+            Ok(client.post("/tasks", &body).await)
         }
         TasksCommand::Get { task_id, wait } => {
             let suffix = wait.map(|w| format!("?wait={w}")).unwrap_or_default();
-            client.get(&format!("/tasks/{task_id}{suffix}")).await
+            Ok(client.get(&format!("/tasks/{task_id}{suffix}")).await)
         }
         TasksCommand::List { status, task_type, agent, limit } => {
             let mut query = vec![format!("limit={limit}")];
@@ -285,21 +262,18 @@ async fn tasks(client: &Client, command: TasksCommand) -> anyhow::Result<Answer>
                     query.push(format!("{key}={value}"));
                 }
             }
-            client.get(&format!("/tasks?{}", query.join("&"))).await
+            Ok(client.get(&format!("/tasks?{}", query.join("&"))).await)
         }
-        TasksCommand::Cancel { task_id } => client.post(&format!("/tasks/{task_id}/cancel"), json!({})).await,
+        TasksCommand::Cancel { task_id } => Ok(client.post(&format!("/tasks/{task_id}/cancel"), &json!({})).await),
         TasksCommand::Watch { .. } => unreachable!("watch is handled by its own loop"),
     }
 }
 
 /// Polls `GET /tasks/{id}?wait=` (a server-side wait, not a busy loop) until the task ends.
-async fn watch(client: &Client, task_id: &str, output: Output) -> anyhow::Result<ExitCode> {
+async fn watch(client: &Api, task_id: &str, output: Output) -> Result<ExitCode, CallError> {
     let mut last = String::new();
     loop {
-        let task = match client.get(&format!("/tasks/{task_id}?wait=30")).await? {
-            Answer::Ok(task) => task,
-            Answer::Refused(status, problem) => return Ok(refused(status, &problem)),
-        };
+        let task = client.get(&format!("/tasks/{task_id}?wait=30")).await?;
         let status = task["status"].as_str().unwrap_or_default().to_string();
         if status != last {
             match output {
@@ -315,10 +289,14 @@ async fn watch(client: &Client, task_id: &str, output: Output) -> anyhow::Result
 }
 
 /// Follows `GET /events` and prints each event line as it arrives.
-async fn events(client: &Client, types: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
+async fn events(
+    client: &Api,
+    connection: &Connection,
+    types: Option<&str>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
     let suffix = types.map(|t| format!("?types={t}")).unwrap_or_default();
-    let request = client.connection.authorize(reqwest::Client::new().get(client.url(&format!("/events{suffix}"))));
-    let response = request.send().await.with_context(|| client.connection.unreachable())?;
+    let response = client.stream(&format!("/events{suffix}")).send().await.with_context(|| connection.unreachable())?;
     if !response.status().is_success() {
         let status = response.status().as_u16();
         return Ok(refused(status, &response.json().await.unwrap_or(Value::Null)));

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod http;
 mod log_lines;
 pub mod plugin;
 pub mod serve;

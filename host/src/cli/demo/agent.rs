@@ -15,7 +15,7 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::http::{Api, CallError};
+use crate::cli::http::{Api, CallError};
 
 /// Who an agent is and how it behaves.
 #[derive(Clone, Debug)]

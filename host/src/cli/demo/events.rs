@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::http::Api;
+use crate::cli::http::Api;
 
 /// Every event seen so far, in stream order.
 #[derive(Default)]
@@ -47,8 +46,7 @@ pub(super) struct Attempt {
 impl EventRecorder {
     /// Connects to `GET /events` and returns once the server has answered, so nothing emitted afterwards is missed.
     pub(super) async fn start(api: &Api) -> anyhow::Result<Self> {
-        let response =
-            api.request(Method::GET, "/events").send().await.context("connecting to the event stream (GET /events)")?;
+        let response = api.stream("/events").send().await.context("connecting to the event stream (GET /events)")?;
         anyhow::ensure!(response.status().is_success(), "GET /events answered {}", response.status());
         let log = Arc::new(Log::default());
         let reader = tokio::spawn(read(response, log.clone()));

@@ -12,9 +12,9 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::http::Api;
 use super::{Demo, show};
 use crate::api::Permission;
+use crate::cli::http::Api;
 
 /// Agents of the load fleet.
 const LOAD_AGENTS: usize = 8;

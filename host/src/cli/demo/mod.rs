@@ -10,7 +10,6 @@
 
 pub mod agent;
 mod events;
-pub mod http;
 mod load;
 mod show;
 mod walkthrough;
@@ -26,12 +25,12 @@ use clap::Args;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::http::Api;
 use crate::api::{self, Authenticator, Permission};
 use crate::cli::serve::{RunningServer, ServerSettings, ShutdownSignal};
 use crate::config::Config;
 use crate::store::open::{StoreKind, StoreOptions};
 use agent::{Controls, Ending, LoopOptions, Profile};
-use http::Api;
 
 /// `aragora-cp demo`.
 #[derive(Debug, Args)]
@@ -318,7 +317,7 @@ async fn run_async(args: DemoArgs, bind: SocketAddr) -> anyhow::Result<ExitCode>
     println!("   admin token    {admin_token}");
     println!("   watch it live: ARAGORA_SERVER={base} ARAGORA_TOKEN=<token> aragora-cp events");
 
-    let admin = Api::new(&base, admin_token)?;
+    let admin = Api::new(&base, Some(admin_token.clone()))?;
     let mut demo = Demo {
         pace,
         auth,

@@ -1,5 +1,7 @@
-//! The demo's REST client: JSON over HTTP with a bearer token, used by the driver and by every simulated agent.
-//! A refused request keeps the server's problem `code`, so callers can act on `lease_lost` or `policy_denied`.
+//! The command line's REST client: JSON over HTTP with a bearer token, used by the client commands (`aragora-cp
+//! agents|tasks|…`), the demo's driver and every simulated agent. A refused request keeps the server's problem
+//! `code`, so callers can act on `lease_lost` or `policy_denied`. (The load generators of `bench` keep their own
+//! lean calls: they time every request and parse only the fields they count.)
 
 use std::time::Duration;
 
@@ -86,24 +88,25 @@ impl CallError {
 pub struct Api {
     http: reqwest::Client,
     base: String,
-    token: String,
+    token: Option<String>,
 }
 
 impl Api {
-    /// A client of the server at `server` (`http://host:port`) acting with `token`. The timeout only guards
-    /// against a server that went away: blocking claims and `?wait=` answer well within it.
-    pub fn new(server: &str, token: impl Into<String>) -> anyhow::Result<Self> {
+    /// A client of the server at `server` (`http://host:port`) acting with `token` (without one, requests carry no
+    /// credentials). The timeout only guards against a server that went away: blocking claims and `?wait=` answer
+    /// well within it.
+    pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .build()
             .context("building the HTTP client")?;
-        Ok(Api { http, base: format!("{}{}", server.trim_end_matches('/'), PREFIXES[0]), token: token.into() })
+        Ok(Api { http, base: format!("{}{}", server.trim_end_matches('/'), PREFIXES[0]), token })
     }
 
     /// The same server with another token (connections are shared).
     pub fn with_token(&self, token: impl Into<String>) -> Self {
-        Api { http: self.http.clone(), base: self.base.clone(), token: token.into() }
+        Api { http: self.http.clone(), base: self.base.clone(), token: Some(token.into()) }
     }
 
     /// The full URL of `path` under the API prefix.
@@ -113,7 +116,17 @@ impl Api {
 
     /// A request with the token set, for callers that need the raw response (the event stream).
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(path)).bearer_auth(&self.token)
+        let request = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// `GET path` of a stream (the event stream), with the token set. The client's timeout bounds whole requests and
+    /// a stream has no end, so this request gets a year instead.
+    pub fn stream(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(Method::GET, path).timeout(Duration::from_secs(365 * 24 * 3600))
     }
 
     /// Sends `body` (none for `None`) and returns the JSON answer.
