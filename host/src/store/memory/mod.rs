@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -176,6 +177,9 @@ pub struct MemoryStore {
     config: StoreConfig,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    /// Set when a transition panicked: its changes may be half-applied, so the store refuses every call from then
+    /// on (503 `store_unavailable`, `/readyz` fails) rather than serve state no transition would have produced.
+    broken: AtomicBool,
     /// Held while a transition's events are sent, taken before its state lock is released (see `transition`).
     publishing: Mutex<()>,
     events: broadcast::Sender<Arc<Event>>,
@@ -185,7 +189,26 @@ impl MemoryStore {
     /// A store with `config`, reading time from `clock`.
     pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
         let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
-        MemoryStore { config, clock, state: Mutex::new(State::default()), publishing: Mutex::new(()), events }
+        MemoryStore {
+            config,
+            clock,
+            state: Mutex::new(State::default()),
+            broken: AtomicBool::new(false),
+            publishing: Mutex::new(()),
+            events,
+        }
+    }
+
+    /// The state, unless a transition panicked: then nothing it holds can be trusted.
+    fn lock(&self) -> StoreResult<parking_lot::MutexGuard<'_, State>> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "the memory store stopped after an internal error left a transition half-applied (see the server \
+                 log); restart the server"
+                    .into(),
+            ));
+        }
+        Ok(self.state.lock())
     }
 
     fn score(&self, priority: Priority, seq: u64, now: u64) -> u64 {
@@ -203,10 +226,14 @@ impl MemoryStore {
         // could miss one otherwise), but sending wakes the subscribers' tasks, often on the other thread, which
         // is too slow to do under the lock every request takes: the publication lock is taken before the state
         // lock is released, so the next transition runs while this one's events go out, still in commit order.
-        let mut state = self.state.lock();
+        let mut state = self.lock()?;
         let now = self.clock.now_ms();
         let mut tx = Tx { state: &mut state, store: self, now, emitted: Vec::new(), requeued: Vec::new() };
+        // A panic inside `f` (a broken invariant: every record a transition touches was looked up by it) unwinds
+        // through this guard, which marks the store broken before the lock is released.
+        let on_panic = BreakOnPanic(&self.broken);
         let result = f(&mut tx);
+        std::mem::forget(on_panic);
         let emitted = std::mem::take(&mut tx.emitted);
         if emitted.is_empty() {
             return result;
@@ -221,7 +248,22 @@ impl MemoryStore {
     }
 }
 
+/// Marks the store broken when dropped, which only happens when a transition unwinds (it is forgotten otherwise).
+struct BreakOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for BreakOnPanic<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+        tracing::error!("a memory store transition panicked: the store refuses every call until the server restarts");
+    }
+}
+
 /// One transition in progress: the locked state, the time it runs at, and the events it emitted.
+///
+/// Its helpers take ids of records the transition has already looked up (or just inserted) under the same lock, so
+/// their `expect("task exists")`/`expect("agent exists")` state invariants, not outcomes a caller can cause: every
+/// "not found" a client can cause is an error of the transition's first lookup. Should an invariant break anyway,
+/// the panic marks the store broken (see `MemoryStore::transition`) rather than letting it run on half-applied.
 struct Tx<'a> {
     state: &'a mut State,
     store: &'a MemoryStore,
@@ -1019,7 +1061,7 @@ impl Store for MemoryStore {
     }
 
     async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>> {
-        let state = self.state.lock();
+        let state = self.lock()?;
         let start = match after {
             None => 0,
             Some(id) => match state.events.iter().position(|e| e.id == id) {
@@ -1192,11 +1234,11 @@ impl Store for MemoryStore {
     }
 
     async fn get_agent(&self, agent_id: &str) -> StoreResult<Option<Agent>> {
-        Ok(self.state.lock().agents.get(agent_id).map(|r| r.agent.clone()))
+        Ok(self.lock()?.agents.get(agent_id).map(|r| r.agent.clone()))
     }
 
     async fn list_agents(&self, filter: &AgentFilter) -> StoreResult<Vec<Agent>> {
-        let state = self.state.lock();
+        let state = self.lock()?;
         let (now, cooldown) = (self.clock.now_ms(), self.config.breaker_cooldown_ms);
         Ok(state
             .agents
@@ -1570,11 +1612,11 @@ impl Store for MemoryStore {
     }
 
     async fn get_task(&self, task_id: &TaskId) -> StoreResult<Option<Task>> {
-        Ok(self.state.lock().tasks.get(task_id).map(|r| r.task.clone()))
+        Ok(self.lock()?.tasks.get(task_id).map(|r| r.task.clone()))
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<TaskPage> {
-        let state = self.state.lock();
+        let state = self.lock()?;
         let before = match &filter.cursor {
             None => u64::MAX,
             Some(cursor) => cursor
@@ -1702,7 +1744,7 @@ impl Store for MemoryStore {
     }
 
     async fn next_deadline(&self) -> StoreResult<Option<u64>> {
-        let state = self.state.lock();
+        let state = self.lock()?;
         let candidates = [
             state.leases.first().map(|(at, _)| *at),
             state.expiry.first().map(|(at, _)| *at),
@@ -1802,7 +1844,7 @@ impl Store for MemoryStore {
 
     async fn idempotent_task(&self, submitted_by: &str, key: &str) -> StoreResult<Option<(TaskId, String)>> {
         let now = self.clock.now_ms();
-        let state = self.state.lock();
+        let state = self.lock()?;
         Ok(state
             .idempotency
             .get(&(submitted_by.to_string(), key.to_string()))
@@ -1871,7 +1913,7 @@ impl Store for MemoryStore {
 
     async fn server_alive(&self, server_id: &str, ttl_ms: u64) -> StoreResult<Vec<String>> {
         let now = self.clock.now_ms();
-        let mut state = self.state.lock();
+        let mut state = self.lock()?;
         state.servers.insert(server_id.to_string(), now.saturating_add(ttl_ms));
         state.servers.retain(|_, expires| *expires > now);
         Ok(state.servers.keys().cloned().collect())
@@ -1907,24 +1949,24 @@ impl Store for MemoryStore {
     }
 
     async fn violations(&self, limit: usize) -> StoreResult<Vec<Violation>> {
-        Ok(self.state.lock().violations.iter().rev().take(limit).cloned().collect())
+        Ok(self.lock()?.violations.iter().rev().take(limit).cloned().collect())
     }
 
     async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>> {
-        Ok(self.state.lock().plugins.values().map(|(record, _)| record.clone()).collect())
+        Ok(self.lock()?.plugins.values().map(|(record, _)| record.clone()).collect())
     }
 
     async fn plugin_record(&self, name: &str) -> StoreResult<Option<PluginRecord>> {
-        Ok(self.state.lock().plugins.get(name).map(|(record, _)| record.clone()))
+        Ok(self.lock()?.plugins.get(name).map(|(record, _)| record.clone()))
     }
 
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
-        let state = self.state.lock();
+        let state = self.lock()?;
         Ok(state.plugins.get(name).and_then(|(record, bytes)| Some((record.sha256.clone()?, bytes.clone()?))))
     }
 
     async fn stats(&self) -> StoreResult<FleetStats> {
-        let state = self.state.lock();
+        let state = self.lock()?;
         let mut stats = FleetStats {
             total_agents: state.agents.len() as u64,
             waiting_claims: state.waiting.len() as u64,
@@ -1962,4 +2004,28 @@ impl Store for MemoryStore {
 /// Whether an agent could take work now and has room for it ([`Standing::available`]).
 fn available(record: &AgentRecord, now: u64, cooldown_ms: u64) -> bool {
     standing(record, now, cooldown_ms).available(record.leases.len() as u32, record.agent.max_concurrent_tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SystemClock;
+
+    #[tokio::test]
+    async fn a_transition_that_panics_stops_the_store_instead_of_leaving_half_applied_state() {
+        let store = MemoryStore::new(StoreConfig::default(), Arc::new(SystemClock::default()));
+        assert!(store.stats().await.is_ok(), "a sound store answers");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: StoreResult<()> = store.transition(|tx| {
+                tx.emit(EventKind::AgentOffline, None, Some("half"), json!({}));
+                panic!("an invariant broke halfway");
+            });
+        }));
+        assert!(panicked.is_err(), "the panic reached the caller");
+        for outcome in [store.stats().await.map(|_| ()), store.get_task(&TaskId::generate()).await.map(|_| ())] {
+            assert!(matches!(outcome, Err(StoreError::Unavailable(_))), "every later call is refused: {outcome:?}");
+        }
+        let transition: StoreResult<()> = store.transition(|_| Ok(()));
+        assert!(matches!(transition, Err(StoreError::Unavailable(_))), "transitions are refused too");
+    }
 }
