@@ -40,8 +40,13 @@ async fn a_claim_blocked_on_one_server_is_woken_by_a_submit_to_another() {
                 (answer, started.elapsed())
             })
         };
-        // Let the claim block (register its waiter) before the task exists.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The task must come after the claim blocked: wait until the store holds its waiter (seen from the server
+        // that will route the task).
+        let blocked = Instant::now();
+        while two.coordinator.counters().await.unwrap().waiting_claims == 0 {
+            assert!(blocked.elapsed() < Duration::from_secs(10), "round {round}: the claim never blocked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let task = json!({"task_type": "code", "required_capabilities": ["code"], "payload": {"round": round}});
         let submitted: Value = two
             .client
