@@ -29,9 +29,9 @@ pub const MAX_REPLAY: usize = 10_000;
 /// Period of the keep-alive comments.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// The event route, relative to the API prefix.
+/// The event routes, relative to the API prefix.
 pub fn routes() -> Router<ApiState> {
-    Router::new().route("/events", get(events_stream))
+    Router::new().route("/events", get(events_stream)).route("/stream", get(stream_info))
 }
 
 /// `GET /events` query.
@@ -207,4 +207,43 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
 
 fn is_event_type(name: &str) -> bool {
     serde_json::from_value::<EventKind>(json!(name)).is_ok()
+}
+
+/// `GET /stream` answer: where and how to follow the events (what Aragora's clients ask before subscribing).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StreamInfo {
+    /// `sse`: Server-Sent Events over a long-lived `GET`.
+    pub transport: &'static str,
+    /// The stream's path (the legacy prefix serves it too).
+    pub url: String,
+    /// Every path that serves it.
+    pub urls: Vec<String>,
+    /// How to resume after a disconnect.
+    pub resume: &'static str,
+    /// How to receive only some types.
+    pub filter: &'static str,
+    /// Every event type the stream carries.
+    pub event_types: Vec<&'static str>,
+    /// Seconds between the keep-alive comments of an idle stream.
+    pub keep_alive_seconds: u64,
+    /// Events a resume replays before going live (page by page beyond this).
+    pub replay_page: usize,
+}
+
+/// `GET /stream`.
+#[utoipa::path(get, path = "/stream", tag = "events",
+    responses((status = 200, description = "Where and how to subscribe to the event stream", body = StreamInfo)),
+    security(("bearer" = ["controlplane:read"])))]
+pub async fn stream_info(caller: Caller) -> ApiResult<axum::Json<StreamInfo>> {
+    caller.require(Permission::Read)?;
+    Ok(axum::Json(StreamInfo {
+        transport: "sse",
+        url: format!("{}/events", super::PREFIXES[0]),
+        urls: super::PREFIXES.iter().map(|prefix| format!("{prefix}/events")).collect(),
+        resume: "send the last id received as the Last-Event-ID header (or ?last_event_id=); a `reset` event says it fell out of the buffer",
+        filter: "?types=task_completed,task_failed (comma-separated event types); an agent token receives its own agent's events only",
+        event_types: EventKind::ALL.iter().map(|kind| kind.as_str()).collect(),
+        keep_alive_seconds: KEEP_ALIVE.as_secs(),
+        replay_page: MAX_REPLAY,
+    }))
 }

@@ -1,4 +1,5 @@
-//! `/health`, `/health/{agent_id}`, `/stats` and `/policies/violations`: read-only views of the fleet.
+//! `/health`, `/health/detailed`, `/health/{agent_id}`, `/stats` and `/policies/violations`: read-only views of the
+//! fleet.
 
 use axum::Json;
 use axum::Router;
@@ -22,6 +23,7 @@ pub const MAX_VIOLATIONS: usize = 1000;
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/health", get(health_system))
+        .route("/health/detailed", get(health_detailed))
         .route("/health/{agent_id}", get(health_agent))
         .route("/stats", get(stats_get))
         .route("/policies/violations", get(violations_list))
@@ -61,6 +63,76 @@ pub async fn health_system(
     let total = agents.len();
     let (page, next_cursor) = page_by_id(agents, |(id, _)| id, &paging)?;
     Ok(Json(HealthPage { status, agents: page.into_iter().collect(), total, next_cursor }))
+}
+
+/// One part of this server in `GET /health/detailed`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Component {
+    /// `store`, `plugins` or `scheduler`.
+    pub name: &'static str,
+    /// `healthy` or `unhealthy`.
+    pub status: &'static str,
+    /// How long the check took, in ms.
+    pub latency_ms: u64,
+    /// Why it is unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /health/detailed` answer: this server's parts and every agent's health (Aragora's shape, with the agents).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DetailedHealth {
+    /// `unhealthy` when a part is, else the fleet's status (healthy, degraded, unhealthy, unknown).
+    pub status: &'static str,
+    /// Seconds since this server started.
+    pub uptime_seconds: u64,
+    /// This server's version.
+    pub version: &'static str,
+    /// The server that answered.
+    pub server_id: String,
+    /// The store (checked now), the plugins (the default strategy loaded) and the scheduler.
+    pub components: Vec<Component>,
+    /// Every agent's last verdict, breaker and probe latency, by id.
+    pub agents: std::collections::BTreeMap<String, AgentHealth>,
+}
+
+/// `GET /health/detailed`.
+#[utoipa::path(get, path = "/health/detailed", tag = "health",
+    responses((status = 200, description = "This server's parts (store latency, plugins, scheduler) and every agent's health", body = DetailedHealth)),
+    security(("bearer" = ["controlplane:read"])))]
+pub async fn health_detailed(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<DetailedHealth>> {
+    caller.require(Permission::Read)?;
+    caller.not_an_agent("read the fleet's health")?;
+    let coordinator = &state.coordinator;
+    let check = |name, started: std::time::Instant, outcome: Result<(), String>| Component {
+        name,
+        status: if outcome.is_ok() { "healthy" } else { "unhealthy" },
+        latency_ms: started.elapsed().as_millis() as u64,
+        error: outcome.err(),
+    };
+    let started = std::time::Instant::now();
+    let store = coordinator.counters().await.map(|_| ()).map_err(|error| error.to_string());
+    let store = check("store", started, store);
+    let started = std::time::Instant::now();
+    let plugins = coordinator.strategy_ready(&coordinator.config().default_strategy);
+    let plugins = check("plugins", started, plugins.map_err(|why| format!("DEFAULT_STRATEGY: {why}")));
+    let draining = if state.draining.is_cancelled() { Err("draining: shutdown has begun".into()) } else { Ok(()) };
+    let scheduler = check("scheduler", std::time::Instant::now(), draining);
+    let components = vec![store, plugins, scheduler];
+    // The agents come from the store: with the store down there are none to show, and the parts say why.
+    let (fleet, agents) = match coordinator.get_system_health().await {
+        Ok(SystemHealth { status, agents }) => (status, agents),
+        Err(_) => ("unknown", Default::default()),
+    };
+    let status = if components.iter().any(|c| c.error.is_some()) { "unhealthy" } else { fleet };
+    Ok(Json(DetailedHealth {
+        status,
+        uptime_seconds: state.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION"),
+        server_id: coordinator.config().server_id.clone(),
+        components,
+        agents,
+    }))
 }
 
 /// `GET /health/{agent_id}`.

@@ -16,6 +16,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod plugins;
+pub mod queue;
 pub mod readiness;
 pub mod tasks;
 
@@ -86,6 +87,8 @@ pub struct ApiParts {
     /// Time a request's head may take to arrive, from the connection opening or the previous response
     /// (`HEADER_READ_TIMEOUT`): it bounds slow headers and idle keep-alive connections.
     pub header_read_timeout: std::time::Duration,
+    /// When this server's API was set up (`/health/detailed`'s uptime).
+    pub started: std::time::Instant,
     /// Cancelled when shutdown begins: `/readyz` fails (load balancers stop sending) and SSE streams end (so the
     /// drain does not wait for them; clients resume elsewhere with `Last-Event-ID`).
     pub draining: CancellationToken,
@@ -102,6 +105,7 @@ impl ApiParts {
             metrics: Arc::default(),
             readiness: Arc::default(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            started: std::time::Instant::now(),
             draining: CancellationToken::new(),
         }
     }
@@ -116,6 +120,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(health::routes())
         .merge(plugins::routes())
         .merge(events::routes())
+        .merge(queue::routes())
         .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .method_not_allowed_fallback(method_not_allowed)

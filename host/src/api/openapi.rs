@@ -78,7 +78,11 @@ pub struct ProblemBody {
         super::plugins::plugins_delete,
         super::plugins::plugins_enable,
         super::plugins::plugins_disable,
+        super::health::health_detailed,
+        super::queue::queue_get,
+        super::queue::history_get,
         super::events::events_stream,
+        super::events::stream_info,
         openapi_json,
     ),
     components(schemas(ProblemBody, crate::model::Event, super::events::ResetNotice))

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::health::HealthMonitor;
 use crate::model::{
     Agent, AgentStatus, CapabilitySet, Event, HeartbeatRequest, RegisterRequest, SubmitRequest, Task, TaskId,
+    TaskStatus,
 };
 use crate::model::{
     AgentFilter, AgentHealth, Completion, FailRequest, Fence, FleetStats, HealthState, HeartbeatOutcome, PluginAction,
@@ -378,6 +379,42 @@ impl ControlPlaneCoordinator {
     /// Tasks, newest first, one page.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<TaskPage, EngineError> {
         Ok(self.store.list_tasks(filter).await?)
+    }
+
+    /// Tasks in each of `statuses` that match `filter`'s other fields, newest first within a status, read page by
+    /// page until `wanted` of each status are in hand. Also says whether any status holds more than that (the
+    /// building block of `/tasks/history` and `/queue`, which show several statuses at once).
+    pub async fn tasks_in(
+        &self,
+        statuses: &[TaskStatus],
+        filter: &TaskFilter,
+        wanted: usize,
+    ) -> Result<(Vec<Task>, bool), EngineError> {
+        /// The store's largest page.
+        const PAGE: usize = 1000;
+        let (mut found, mut more) = (Vec::new(), false);
+        for status in statuses {
+            let mut page_filter =
+                TaskFilter { status: Some(*status), limit: wanted.clamp(1, PAGE), cursor: None, ..filter.clone() };
+            let mut taken = 0;
+            loop {
+                let page = self.store.list_tasks(&page_filter).await?;
+                taken += page.tasks.len();
+                found.extend(page.tasks);
+                match page.next_cursor {
+                    Some(cursor) if taken < wanted => {
+                        page_filter.cursor = Some(cursor);
+                        page_filter.limit = (wanted - taken).clamp(1, PAGE);
+                    }
+                    Some(_) => {
+                        more = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok((found, more))
     }
 
     /// Waits (on a notification, not a poll) until the task is terminal or `timeout` passes; returns the task as

@@ -61,6 +61,35 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in the order of the enum.
+    pub const ALL: [EventKind; 25] = [
+        EventKind::TaskSubmitted,
+        EventKind::TaskClaimed,
+        EventKind::TaskStarted,
+        EventKind::TaskProgress,
+        EventKind::TaskCompleted,
+        EventKind::TaskFailed,
+        EventKind::TaskRetried,
+        EventKind::TaskTimeout,
+        EventKind::TaskCancelled,
+        EventKind::TaskReleased,
+        EventKind::AgentRegistered,
+        EventKind::AgentRestarted,
+        EventKind::AgentStatusChanged,
+        EventKind::AgentOffline,
+        EventKind::AgentUnregistered,
+        EventKind::PolicyViolation,
+        EventKind::PluginLoaded,
+        EventKind::PluginRejected,
+        EventKind::PluginRemoved,
+        EventKind::PluginUploaded,
+        EventKind::PluginDeleted,
+        EventKind::PluginEnabled,
+        EventKind::PluginDisabled,
+        EventKind::BreakerChanged,
+        EventKind::HealthChanged,
+    ];
+
     /// The snake_case name, as in the `type` field and SSE `event:` lines.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -98,6 +98,10 @@ async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
     assert_eq!(out["task"]["result"], json!({"ok": true}));
     assert_eq!(out["stats"]["scheduler"]["by_status"]["completed"], 2, "{}", out["stats"]);
     assert_eq!(out["violations_total"], 0);
+    assert_eq!(out["history"], json!({"total": 3, "statuses": ["completed", "completed", "failed"]}), "{out}");
+    assert_eq!(out["queue_ids"], json!([out["queue_waiting_id"]]), "{out}");
+    assert_eq!(out["health_detailed"]["parts"], json!(["store", "plugins", "scheduler"]), "{out}");
+    assert_eq!(out["stream_url"], "/api/v1/control-plane/events");
     server.stop().await;
 }
 

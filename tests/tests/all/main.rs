@@ -7,6 +7,7 @@ mod api_operations;
 mod api_schema;
 mod aragora_clients;
 mod builtin_strategies;
+mod client_surface;
 mod engine;
 mod example_plugins;
 mod example_strategy;

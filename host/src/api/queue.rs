@@ -1,0 +1,281 @@
+//! The work as an operator reads it, in the shapes Aragora's clients expect: `/queue` (what runs, then what waits)
+//! and `/tasks/history` (what finished, newest first, with offset paging). Both are views over the task list;
+//! `GET /tasks` stays the way to page through every task with a cursor.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::auth::{Caller, Permission};
+use super::errors::{ApiError, ApiResult};
+use super::extract::{ApiQuery, query_param};
+use crate::model::{Priority, Task, TaskFilter, TaskId, TaskStatus};
+
+/// Default page of both views.
+const DEFAULT_QUEUE_LIMIT: usize = 50;
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// Largest page of both views.
+const MAX_LIMIT: usize = 1000;
+/// Deepest `offset` of the history: offset paging reads everything before the page, so it is bounded (use
+/// `GET /tasks` with its cursor to go further back).
+pub const MAX_HISTORY_OFFSET: usize = 10_000;
+
+/// Metadata keys a history entry carries (the rest of the metadata stays on the task).
+const HISTORY_METADATA: [&str; 4] = ["name", "workspace_id", "user_id", "tags"];
+
+/// The routes, relative to the API prefix.
+pub fn routes() -> Router<ApiState> {
+    Router::new().route("/queue", get(queue_get)).route("/tasks/history", get(history_get))
+}
+
+/// `limit` from a query, within 1 to [`MAX_LIMIT`].
+fn limit_of(raw: Option<&str>, default: usize) -> ApiResult<usize> {
+    let limit = query_param::<usize>("limit", raw, "a number from 1 to 1000")?.unwrap_or(default);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_LIMIT}")));
+    }
+    Ok(limit)
+}
+
+/// `GET /queue` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueQuery {
+    limit: Option<String>,
+}
+
+/// One job of `GET /queue`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueJob {
+    /// The task's id.
+    pub id: TaskId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// `metadata.name`, else "`<type>` task".
+    pub name: String,
+    /// `running`, `claimed` or `pending`.
+    pub status: TaskStatus,
+    /// 0 to 1: the last progress report's number (a bare number, or its `progress` or `percent`/100 field), 0
+    /// without one.
+    pub progress: f64,
+    /// When the current attempt started.
+    pub started_at: Option<String>,
+    /// When it was submitted.
+    pub created_at: String,
+    /// The agent holding it (none while pending).
+    pub agents_assigned: Vec<String>,
+    /// Its priority.
+    pub priority: Priority,
+}
+
+/// `GET /queue` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueAnswer {
+    /// Running and claimed tasks first, then pending ones; newest first within each status.
+    pub jobs: Vec<QueueJob>,
+    /// How many jobs this answer holds.
+    pub total: usize,
+    /// Whether some status held more than `limit` tasks.
+    pub has_more: bool,
+}
+
+/// A progress report as a fraction: a number is taken as is, an object's `progress` likewise, its `percent` / 100.
+fn fraction(progress: Option<&Value>) -> f64 {
+    let number = match progress {
+        Some(Value::Object(fields)) => fields
+            .get("progress")
+            .and_then(Value::as_f64)
+            .or_else(|| fields.get("percent").and_then(Value::as_f64).map(|p| p / 100.0)),
+        Some(value) => value.as_f64(),
+        None => None,
+    };
+    number.unwrap_or(0.0).clamp(0.0, 1.0)
+}
+
+impl From<Task> for QueueJob {
+    fn from(task: Task) -> Self {
+        let name = match task.metadata.get("name").and_then(Value::as_str) {
+            Some(name) => name.to_string(),
+            None => format!("{} task", task.task_type),
+        };
+        QueueJob {
+            progress: fraction(task.progress.as_ref()),
+            id: task.task_id,
+            task_type: task.task_type,
+            name,
+            status: task.status,
+            started_at: task.started_at.or(task.claimed_at),
+            created_at: task.created_at,
+            agents_assigned: task.assigned_agent.into_iter().collect(),
+            priority: task.priority,
+        }
+    }
+}
+
+/// `GET /queue?limit=` → `{"jobs": [...], "total", "has_more"}`: up to `limit` tasks of each of running, claimed
+/// and pending, in that order.
+#[utoipa::path(get, path = "/queue", tag = "tasks",
+    params(("limit" = Option<usize>, Query, description = "Tasks per status, 1–1000 (default 50)")),
+    responses((status = 200, description = "What runs, then what waits", body = QueueAnswer)),
+    security(("bearer" = ["controlplane:read"])))]
+pub async fn queue_get(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<QueueQuery>,
+) -> ApiResult<Json<QueueAnswer>> {
+    caller.require(Permission::Read)?;
+    caller.not_an_agent("read the queue")?;
+    let limit = limit_of(query.limit.as_deref(), DEFAULT_QUEUE_LIMIT)?;
+    let statuses = [TaskStatus::Running, TaskStatus::Claimed, TaskStatus::Pending];
+    let (tasks, has_more) = state.coordinator.tasks_in(&statuses, &TaskFilter::default(), limit).await?;
+    let jobs: Vec<QueueJob> = tasks.into_iter().map(QueueJob::from).collect();
+    Ok(Json(QueueAnswer { total: jobs.len(), jobs, has_more }))
+}
+
+/// `GET /tasks/history` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    status: Option<String>,
+    task_type: Option<String>,
+    agent_id: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+/// One finished task of `GET /tasks/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryEntry {
+    /// The task's id.
+    pub id: TaskId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// `completed`, `failed`, `cancelled` or `timeout`.
+    pub status: TaskStatus,
+    /// Its priority.
+    pub priority: Priority,
+    /// The agent that held it last.
+    pub assigned_agent: Option<String>,
+    /// The result, when completed.
+    pub result: Option<Value>,
+    /// The failure, when failed or timed out.
+    pub error: Option<String>,
+    /// Automatic retries used.
+    pub retries: u32,
+    /// From the last attempt's start (or grant) to the end, in ms.
+    pub duration_ms: Option<u64>,
+    /// When it was submitted.
+    pub created_at: String,
+    /// When its last attempt started.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub completed_at: Option<String>,
+    /// Its `name`, `workspace_id`, `user_id` and `tags` metadata, where set.
+    pub metadata: Map<String, Value>,
+}
+
+/// Milliseconds between two RFC 3339 times, when both parse and the second is not earlier.
+fn between(from: &str, to: &str) -> Option<u64> {
+    let from = chrono::DateTime::parse_from_rfc3339(from).ok()?;
+    let to = chrono::DateTime::parse_from_rfc3339(to).ok()?;
+    u64::try_from((to - from).num_milliseconds()).ok()
+}
+
+impl From<Task> for HistoryEntry {
+    fn from(task: Task) -> Self {
+        let began = task.started_at.as_deref().or(task.claimed_at.as_deref());
+        let duration_ms = began.zip(task.completed_at.as_deref()).and_then(|(from, to)| between(from, to));
+        let metadata = task.metadata.into_iter().filter(|(key, _)| HISTORY_METADATA.contains(&key.as_str())).collect();
+        let error = match task.status {
+            TaskStatus::Failed | TaskStatus::Timeout => {
+                task.error.or_else(|| task.last_error.map(|error| error.message))
+            }
+            _ => None,
+        };
+        HistoryEntry {
+            id: task.task_id,
+            task_type: task.task_type,
+            status: task.status,
+            priority: task.priority,
+            assigned_agent: task.assigned_agent,
+            result: if task.status == TaskStatus::Completed { task.result } else { None },
+            error,
+            retries: task.retries,
+            duration_ms,
+            created_at: task.created_at,
+            started_at: task.started_at,
+            completed_at: task.completed_at,
+            metadata,
+        }
+    }
+}
+
+/// `GET /tasks/history` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryAnswer {
+    /// Finished tasks, the most recently finished first.
+    pub history: Vec<HistoryEntry>,
+    /// Matching finished tasks counted while reading: exact when `has_more` is false, else at least this many.
+    pub total: usize,
+    /// The page size asked for.
+    pub limit: usize,
+    /// Entries skipped before this page.
+    pub offset: usize,
+    /// Whether entries follow this page.
+    pub has_more: bool,
+}
+
+/// `GET /tasks/history?status=&task_type=&agent_id=&limit=&offset=` → `{"history", "total", "limit", "offset",
+/// "has_more"}`. An agent token reads its own agent's history.
+#[utoipa::path(get, path = "/tasks/history", tag = "tasks",
+    params(
+        ("status" = Option<TaskStatus>, Query, description = "Only this terminal status: completed, failed, cancelled or timeout"),
+        ("task_type" = Option<String>, Query, description = "Only tasks of this type"),
+        ("agent_id" = Option<String>, Query, description = "Only tasks this agent held last"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1–1000 (default 100)"),
+        ("offset" = Option<usize>, Query, description = "Entries to skip, 0–10000 (default 0); `GET /tasks` with its cursor reads further back"),
+    ),
+    responses((status = 200, description = "One page of finished tasks, the most recently finished first", body = HistoryAnswer)),
+    security(("bearer" = ["controlplane:read"])))]
+pub async fn history_get(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<HistoryAnswer>> {
+    caller.require(Permission::Read)?;
+    let limit = limit_of(query.limit.as_deref(), DEFAULT_HISTORY_LIMIT)?;
+    let offset = query_param::<usize>("offset", query.offset.as_deref(), "a number from 0 to 10000")?.unwrap_or(0);
+    if offset > MAX_HISTORY_OFFSET {
+        return Err(ApiError::invalid("offset", format!("must be a number from 0 to {MAX_HISTORY_OFFSET}")));
+    }
+    let terminal = [TaskStatus::Completed, TaskStatus::Failed, TaskStatus::Cancelled, TaskStatus::Timeout];
+    let statuses: Vec<TaskStatus> = match query.status.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => terminal.to_vec(),
+        Some(text) => {
+            let status: TaskStatus = text.parse()?;
+            if !status.is_terminal() {
+                return Err(ApiError::invalid("status", "must be completed, failed, cancelled or timeout"));
+            }
+            vec![status]
+        }
+    };
+    let mut agent_id = query.agent_id.filter(|a| !a.is_empty());
+    if let Some(own) = &caller.agent {
+        caller.acting_for(agent_id.as_deref().unwrap_or(own))?;
+        agent_id = Some(own.clone());
+    }
+    let filter = TaskFilter { task_type: query.task_type.filter(|t| !t.is_empty()), agent_id, ..TaskFilter::default() };
+    let (mut tasks, more) = state.coordinator.tasks_in(&statuses, &filter, offset + limit).await?;
+    // Newest end first; RFC 3339 times of one format sort as text. A finished task always has its end time.
+    tasks.sort_by(|a, b| b.completed_at.cmp(&a.completed_at).then_with(|| b.task_id.cmp(&a.task_id)));
+    let total = tasks.len();
+    let history: Vec<HistoryEntry> = tasks.into_iter().skip(offset).take(limit).map(HistoryEntry::from).collect();
+    Ok(Json(HistoryAnswer { history, total, limit, offset, has_more: more || total > offset + limit }))
+}

@@ -1,0 +1,218 @@
+//! The views Aragora's clients read beyond the core API, on a real server: `/tasks/history` (finished tasks with
+//! offset paging and filters), `/queue` (running, then waiting), `/health/detailed` (this server's parts and every
+//! agent), `/stream` (where the events are). Each under both prefixes, where `history` and `detailed` used to be
+//! read as a task id and an agent id.
+
+use aragora_cp::api::Permission;
+use aragora_cp_tests::server::TestServer;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn call(server: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = server.client.request(method, server.api(path)).bearer_auth(server.admin());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(server: &TestServer, path: &str, body: Value) -> Value {
+    let (status, answer) = call(server, reqwest::Method::POST, path, Some(body)).await;
+    assert!(status.is_success(), "POST {path}: {status} {answer}");
+    answer
+}
+
+async fn get(server: &TestServer, path: &str) -> Value {
+    let (status, answer) = call(server, reqwest::Method::GET, path, None).await;
+    assert_eq!(status, StatusCode::OK, "GET {path}: {answer}");
+    answer
+}
+
+/// Submits a task of `task_type` (named `name` in its metadata) and returns its id.
+async fn submit(server: &TestServer, task_type: &str, name: &str) -> String {
+    let task =
+        json!({"task_type": task_type, "required_capabilities": ["work"], "metadata": {"name": name, "secret": 1}});
+    post(server, "/tasks", task).await["task_id"].as_str().unwrap().to_string()
+}
+
+/// Claims the next task for `agent` and returns it.
+async fn claim(server: &TestServer, agent: &str) -> Value {
+    let claimed = post(server, "/tasks/claim", json!({"agent_id": agent, "block_ms": 0})).await;
+    assert!(claimed["task"].is_object(), "{claimed}");
+    claimed["task"].clone()
+}
+
+#[tokio::test]
+async fn history_lists_finished_tasks_newest_first_with_filters_and_offset_paging() {
+    let server = TestServer::start().await;
+    post(&server, "/agents", json!({"agent_id": "worker", "capabilities": ["work"]})).await;
+    // Five tasks end, in this order: completed, failed, completed, cancelled (never claimed), completed.
+    let mut ended = Vec::new();
+    for (n, outcome) in ["complete", "fail", "complete", "cancel", "complete"].iter().enumerate() {
+        let id = submit(&server, if n % 2 == 0 { "even" } else { "odd" }, &format!("task {n}")).await;
+        if *outcome == "cancel" {
+            post(&server, &format!("/tasks/{id}/cancel"), json!({})).await;
+        } else {
+            let task = claim(&server, "worker").await;
+            assert_eq!(task["task_id"], id.as_str());
+            let lease = task["lease_id"].clone();
+            let body = match *outcome {
+                "complete" => json!({"lease_id": lease, "result": {"n": n}}),
+                _ => json!({"lease_id": lease, "error": "no luck", "requeue": false}),
+            };
+            post(&server, &format!("/tasks/{id}/{outcome}"), body).await;
+        }
+        ended.push(id);
+        // Ends one millisecond apart at least, so their order is their end times' order.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let pending = submit(&server, "even", "still waiting").await;
+
+    for prefix_path in ["/tasks/history", "/tasks/history?limit=100&offset=0"] {
+        let page = get(&server, prefix_path).await;
+        let ids: Vec<&str> = page["history"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+        let newest_first: Vec<&str> = ended.iter().rev().map(String::as_str).collect();
+        assert_eq!(ids, newest_first, "finished tasks only, the last to end first: {page}");
+        assert!(!ids.contains(&pending.as_str()));
+        assert_eq!((page["total"].as_u64(), page["has_more"].as_bool()), (Some(5), Some(false)), "{page}");
+    }
+    let first = &get(&server, "/tasks/history?limit=1").await["history"][0];
+    assert_eq!(first["type"], "even");
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["result"], json!({"n": 4}));
+    assert_eq!(first["assigned_agent"], "worker");
+    assert_eq!(first["metadata"], json!({"name": "task 4"}), "only the metadata keys history shows");
+    assert!(first["duration_ms"].is_u64(), "{first}");
+
+    let failed = get(&server, "/tasks/history?status=failed").await;
+    assert_eq!(failed["history"].as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(
+        (failed["history"][0]["error"].as_str(), failed["history"][0]["result"].is_null()),
+        (Some("no luck"), true)
+    );
+    let odd = get(&server, "/tasks/history?task_type=odd").await;
+    assert_eq!(odd["total"], 2, "{odd}");
+    let paged = get(&server, "/tasks/history?limit=2&offset=2").await;
+    let ids: Vec<&str> = paged["history"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [ended[2].as_str(), ended[1].as_str()]);
+    assert_eq!(
+        (paged["has_more"].as_bool(), paged["offset"].as_u64(), paged["limit"].as_u64()),
+        (Some(true), Some(2), Some(2))
+    );
+
+    for (query, field) in
+        [("status=pending", "status"), ("limit=0", "limit"), ("offset=10001", "offset"), ("offset=x", "offset")]
+    {
+        let (status, problem) = call(&server, reqwest::Method::GET, &format!("/tasks/history?{query}"), None).await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some(field)), "{query}: {problem}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_queue_shows_running_work_first_then_waiting_work() {
+    let server = TestServer::start().await;
+    post(&server, "/agents", json!({"agent_id": "busy", "capabilities": ["work"], "max_concurrent_tasks": 2})).await;
+    let running = submit(&server, "report", "quarterly").await;
+    let claimed = submit(&server, "summary", "weekly").await;
+    let waiting = submit(&server, "report", "annual").await;
+    let task = claim(&server, "busy").await;
+    post(
+        &server,
+        &format!("/tasks/{running}/progress"),
+        json!({"lease_id": task["lease_id"], "progress": {"percent": 40}}),
+    )
+    .await;
+    claim(&server, "busy").await;
+    let done = submit(&server, "report", "finished").await;
+    post(&server, &format!("/tasks/{done}/cancel"), json!({})).await;
+
+    let queue = get(&server, "/queue").await;
+    let jobs = queue["jobs"].as_array().unwrap();
+    let order: Vec<(&str, &str)> =
+        jobs.iter().map(|j| (j["id"].as_str().unwrap(), j["status"].as_str().unwrap())).collect();
+    assert_eq!(
+        order,
+        [(running.as_str(), "running"), (claimed.as_str(), "claimed"), (waiting.as_str(), "pending")],
+        "running, then claimed, then pending; nothing finished: {queue}"
+    );
+    assert_eq!((queue["total"].as_u64(), queue["has_more"].as_bool()), (Some(3), Some(false)));
+    assert_eq!(jobs[0]["name"], "quarterly");
+    assert_eq!(jobs[0]["type"], "report");
+    assert_eq!(jobs[0]["progress"], 0.4, "{}", jobs[0]);
+    assert_eq!(jobs[0]["agents_assigned"], json!(["busy"]));
+    assert_eq!((jobs[2]["agents_assigned"].clone(), jobs[2]["progress"].as_f64()), (json!([]), Some(0.0)));
+    assert_eq!(jobs[2]["priority"], "normal");
+    assert!(jobs[2]["created_at"].is_string());
+
+    let one_each = get(&server, "/queue?limit=1").await;
+    assert_eq!(one_each["total"], 3, "one per status: {one_each}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn detailed_health_names_the_parts_and_every_agent_under_both_prefixes() {
+    let server = TestServer::start().await;
+    post(&server, "/agents", json!({"agent_id": "probed", "capabilities": ["work"]})).await;
+    for url in [server.api("/health/detailed"), server.url("/api/control-plane/health/detailed")] {
+        let response = server.client.get(url).bearer_auth(server.admin()).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let health: Value = response.json().await.unwrap();
+        let parts: Vec<(&str, &str)> = health["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(parts, [("store", "healthy"), ("plugins", "healthy"), ("scheduler", "healthy")], "{health}");
+        assert!(health["agents"]["probed"]["breaker"].is_string(), "{health}");
+        assert!(health["uptime_seconds"].is_u64() && health["version"].is_string(), "{health}");
+        assert_ne!(health["status"], "unhealthy", "{health}");
+    }
+    // An agent named `detailed` is still reachable by its own path's sibling: the fixed route wins only there.
+    post(&server, "/agents", json!({"agent_id": "detailed", "capabilities": ["work"]})).await;
+    assert_eq!(get(&server, "/agents/detailed").await["agent_id"], "detailed");
+
+    server.begin_drain();
+    let draining = get(&server, "/health/detailed").await;
+    assert_eq!(draining["status"], "unhealthy", "a draining server says so: {draining}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stream_info_points_at_the_event_stream_that_answers_there() {
+    let server = TestServer::start().await;
+    let info = get(&server, "/stream").await;
+    assert_eq!(info["transport"], "sse");
+    let types: Vec<&str> = info["event_types"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(types.contains(&"task_completed") && types.contains(&"breaker_changed"), "{info}");
+    let url = info["url"].as_str().unwrap();
+    let response = server.client.get(server.url(url)).bearer_auth(server.admin()).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    drop(response);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_token_reads_the_views_and_an_agent_token_only_its_own_history() {
+    let server = TestServer::start().await;
+    post(&server, "/agents", json!({"agent_id": "mine", "capabilities": ["work"]})).await;
+    let reader = server.token("dashboard", &[Permission::Read]);
+    let agent = server.token("agent:mine", &[Permission::Tasks, Permission::Read]);
+    let status = |token: String, path: &'static str| {
+        let request = server.client.get(server.api(path)).bearer_auth(token);
+        async move { request.send().await.unwrap().status() }
+    };
+    for path in ["/queue", "/tasks/history", "/health/detailed", "/stream"] {
+        assert_eq!(status(reader.clone(), path).await, StatusCode::OK, "a read token reads {path}");
+    }
+    assert_eq!(status(agent.clone(), "/queue").await, StatusCode::FORBIDDEN, "the operator's view");
+    assert_eq!(status(agent.clone(), "/health/detailed").await, StatusCode::FORBIDDEN);
+    assert_eq!(status(agent.clone(), "/tasks/history").await, StatusCode::OK, "its own history");
+    assert_eq!(status(agent, "/tasks/history?agent_id=someone-else").await, StatusCode::FORBIDDEN);
+    server.stop().await;
+}
