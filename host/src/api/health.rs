@@ -27,6 +27,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/health/{agent_id}", get(health_agent))
         .route("/stats", get(stats_get))
         .route("/policies/violations", get(violations_list))
+        .route("/policies/violations/stats", get(violations_stats))
+        .route("/policies/violations/{violation_id}", get(violation_get))
 }
 
 /// `GET /health` answer: the fleet's status over every agent, and one page of the agents by id.
@@ -193,4 +195,79 @@ pub async fn violations_list(
     }
     let violations = state.coordinator.violations(limit).await?;
     Ok(Json(ViolationList { total: violations.len(), violations }))
+}
+
+/// `GET /policies/violations/stats` answer: counts over the violations kept.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViolationStats {
+    /// Violations kept (the newest 10,000).
+    pub total: usize,
+    /// Not yet acknowledged or resolved: every one, until violations can be acknowledged.
+    pub open: usize,
+    /// Resolved: none, until violations can be resolved.
+    pub resolved: usize,
+    /// By policy (Aragora's `by_type`).
+    pub by_type: std::collections::BTreeMap<String, usize>,
+    /// Open ones by policy.
+    pub open_by_type: std::collections::BTreeMap<String, usize>,
+    /// By stage: submit, register, dispatch.
+    pub by_stage: std::collections::BTreeMap<String, usize>,
+    /// By decision: deny, warn.
+    pub by_decision: std::collections::BTreeMap<String, usize>,
+}
+
+/// `GET /policies/violations/stats`.
+#[utoipa::path(get, path = "/policies/violations/stats", tag = "health",
+    responses((status = 200, description = "Violations kept, by policy, stage and decision", body = ViolationStats)),
+    security(("bearer" = ["controlplane:read"])))]
+pub async fn violations_stats(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<ViolationStats>> {
+    caller.require(Permission::Read)?;
+    caller.not_an_agent("read policy violations")?;
+    let violations = state.coordinator.violations(crate::model::VIOLATIONS_KEPT).await?;
+    let tally = |key: fn(&Violation) -> &str| {
+        let mut counts = std::collections::BTreeMap::new();
+        for violation in &violations {
+            *counts.entry(key(violation).to_string()).or_default() += 1;
+        }
+        counts
+    };
+    let by_type = tally(|v| &v.policy);
+    Ok(Json(ViolationStats {
+        total: violations.len(),
+        open: violations.len(),
+        resolved: 0,
+        open_by_type: by_type.clone(),
+        by_type,
+        by_stage: tally(|v| &v.stage),
+        by_decision: tally(|v| &v.decision),
+    }))
+}
+
+/// `GET /policies/violations/{violation_id}` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViolationAnswer {
+    /// The violation.
+    pub violation: Violation,
+}
+
+/// `GET /policies/violations/{violation_id}` → `{"violation": …}`, or 404 when it is not among those kept.
+#[utoipa::path(get, path = "/policies/violations/{violation_id}", tag = "health",
+    params(("violation_id" = String, Path, description = "The violation's id (`viol_` + a number)")),
+    responses(
+        (status = 200, description = "The violation", body = ViolationAnswer),
+        (status = 404, description = "No such violation among those kept (`violation_not_found`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:read"])))]
+pub async fn violation_get(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(violation_id): Path<String>,
+) -> ApiResult<Json<ViolationAnswer>> {
+    caller.require(Permission::Read)?;
+    caller.not_an_agent("read policy violations")?;
+    let violations = state.coordinator.violations(crate::model::VIOLATIONS_KEPT).await?;
+    match violations.into_iter().find(|v| v.id == violation_id) {
+        Some(violation) => Ok(Json(ViolationAnswer { violation })),
+        None => Err(ApiError::not_found("violation_not_found", format!("no violation {violation_id:?} is kept"))),
+    }
 }

@@ -12,6 +12,7 @@ mod connections;
 pub mod errors;
 pub mod events;
 pub mod extract;
+pub mod figures;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
@@ -121,6 +122,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(plugins::routes())
         .merge(events::routes())
         .merge(queue::routes())
+        .merge(figures::routes())
         .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .method_not_allowed_fallback(method_not_allowed)

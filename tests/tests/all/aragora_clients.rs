@@ -102,6 +102,14 @@ async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
     assert_eq!(out["queue_ids"], json!([out["queue_waiting_id"]]), "{out}");
     assert_eq!(out["health_detailed"]["parts"], json!(["store", "plugins", "scheduler"]), "{out}");
     assert_eq!(out["stream_url"], "/api/v1/control-plane/events");
+    assert_eq!(
+        (out["metrics"]["completed_jobs"].as_u64(), out["metrics"]["total_agents"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(out["task_metrics"]["failed"], 1, "{out}");
+    assert!(out["system_metrics_server"].is_string(), "{out}");
+    assert_eq!(out["agent_metrics"], json!([1, 1]), "{out}");
+    assert_eq!(out["violation_stats_total"], 0);
     server.stop().await;
 }
 

@@ -216,3 +216,85 @@ async fn a_read_token_reads_the_views_and_an_agent_token_only_its_own_history() 
     assert_eq!(status(agent, "/tasks/history?agent_id=someone-else").await, StatusCode::FORBIDDEN);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_metrics_as_json_agree_with_what_happened() {
+    let server = TestServer::start().await;
+    post(&server, "/agents", json!({"agent_id": "counted", "capabilities": ["work"], "max_concurrent_tasks": 1})).await;
+    post(&server, "/agents", json!({"agent_id": "idle", "capabilities": ["other"]})).await;
+    for outcome in ["complete", "fail"] {
+        let id = submit(&server, "report", outcome).await;
+        let task = claim(&server, "counted").await;
+        let body = match outcome {
+            "complete" => json!({"lease_id": task["lease_id"], "result": {}, "latency_ms": 100}),
+            _ => json!({"lease_id": task["lease_id"], "error": "boom", "requeue": false, "latency_ms": 300}),
+        };
+        post(&server, &format!("/tasks/{id}/{outcome}"), body).await;
+    }
+    submit(&server, "report", "held").await;
+    claim(&server, "counted").await;
+    submit(&server, "summary", "waiting").await;
+
+    let summary = get(&server, "/metrics").await;
+    assert_eq!(
+        summary,
+        json!({"active_jobs": 1, "queued_jobs": 1, "completed_jobs": 1, "failed_jobs": 1, "agents_available": 1,
+               "agents_busy": 1, "total_agents": 2, "waiting_claims": 0}),
+        "counted holds one task at its capacity; idle is available"
+    );
+    let tasks = get(&server, "/metrics/tasks").await;
+    assert_eq!(tasks["by_type"], json!({"report": 3, "summary": 1}), "{tasks}");
+    assert_eq!(tasks["pending_by_priority"]["normal"], 1, "{tasks}");
+    let system = get(&server, "/metrics/system").await;
+    assert_eq!(system["agents_by_status"]["busy"], 1, "{system}");
+    assert!(system["store"].as_str().unwrap().starts_with("memory"), "{system}");
+    assert!(system["resident_bytes"].as_u64().unwrap() > 1_000_000, "{system}");
+
+    for path in ["/metrics/agents/counted", "/agents/counted/metrics"] {
+        let agent = get(&server, path).await;
+        assert_eq!((agent["tasks_completed"].as_u64(), agent["tasks_failed"].as_u64()), (Some(1), Some(1)), "{agent}");
+        assert_eq!(agent["error_rate"], 0.5, "{agent}");
+        assert_eq!((agent["in_flight"].as_u64(), agent["status"].as_str()), (Some(1), Some("busy")), "{agent}");
+    }
+    let (status, problem) = call(&server, reqwest::Method::GET, "/agents/nobody/metrics", None).await;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("agent_not_found")));
+    // The Prometheus text is still at the root.
+    let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("# TYPE aragora_cp_tasks gauge"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn violations_are_counted_and_read_one_by_one() {
+    let server = TestServer::start().await;
+    let policy = "payload_size_policy";
+    server
+        .coordinator
+        .install_local_plugin(
+            policy,
+            &aragora_cp_tests::guest_bytes(policy),
+            aragora_cp_tests::example_manifest(policy),
+        )
+        .expect("the policy loads");
+    for _ in 0..2 {
+        let big = json!({"task_type": "report", "payload": {"blob": "x".repeat(70_000)}});
+        let (status, problem) = call(&server, reqwest::Method::POST, "/tasks", Some(big)).await;
+        assert_eq!((status, problem["code"].as_str()), (StatusCode::FORBIDDEN, Some("policy_denied")), "{problem}");
+    }
+    let stats = get(&server, "/policies/violations/stats").await;
+    assert_eq!(
+        (stats["total"].as_u64(), stats["open"].as_u64(), stats["resolved"].as_u64()),
+        (Some(2), Some(2), Some(0)),
+        "{stats}"
+    );
+    assert_eq!(stats["by_type"], json!({policy: 2}));
+    assert_eq!((stats["by_stage"]["submit"].as_u64(), stats["by_decision"]["deny"].as_u64()), (Some(2), Some(2)));
+
+    let listed = get(&server, "/policies/violations").await;
+    let id = listed["violations"][0]["id"].as_str().unwrap();
+    let one = get(&server, &format!("/policies/violations/{id}")).await;
+    assert_eq!(one["violation"], listed["violations"][0], "{one}");
+    let (status, problem) = call(&server, reqwest::Method::GET, "/policies/violations/viol_999999", None).await;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("violation_not_found")));
+    server.stop().await;
+}
