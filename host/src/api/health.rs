@@ -24,6 +24,7 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/health", get(health_system))
         .route("/health/detailed", get(health_detailed))
+        .route("/breakers", get(breakers_list))
         .route("/health/{agent_id}", get(health_agent))
         .route("/stats", get(stats_get))
         .route("/policies/violations", get(violations_list))
@@ -270,4 +271,67 @@ pub async fn violation_get(
         Some(violation) => Ok(Json(ViolationAnswer { violation })),
         None => Err(ApiError::not_found("violation_not_found", format!("no violation {violation_id:?} is kept"))),
     }
+}
+
+/// One agent's circuit breaker in `GET /breakers`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerView {
+    /// The agent (Aragora's clients read `name`).
+    pub name: String,
+    /// `closed`, `open` or `half_open`.
+    pub state: crate::model::BreakerState,
+    /// Agent failures on record (within `BREAKER_WINDOW` of the latest).
+    pub failure_count: u32,
+    /// When it opened (absent while closed).
+    pub opened_at: Option<String>,
+    /// When an open breaker lets a trial through (`opened_at` + `BREAKER_COOLDOWN`).
+    pub next_half_open_at: Option<String>,
+    /// The task holding the half-open trial lease.
+    pub trial_task_id: Option<String>,
+    /// `BREAKER_COOLDOWN`, in ms.
+    pub reset_timeout_ms: u64,
+}
+
+/// `GET /breakers` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerList {
+    /// Every agent's breaker, by agent id.
+    pub breakers: Vec<BreakerView>,
+    /// How many are open or half-open.
+    pub open: usize,
+    /// How many there are.
+    pub total: usize,
+}
+
+/// `GET /breakers` → `{"breakers": [...], "open", "total"}`.
+#[utoipa::path(get, path = "/breakers", tag = "health",
+    responses((status = 200, description = "Every agent's circuit breaker: state, failures on record, when it opened and when it lets a trial through", body = BreakerList)),
+    security(("bearer" = ["controlplane:read"])))]
+pub async fn breakers_list(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<BreakerList>> {
+    caller.require(Permission::Read)?;
+    caller.not_an_agent("read the fleet's breakers")?;
+    let cooldown = state.coordinator.config().breaker_cooldown;
+    let SystemHealth { agents, .. } = state.coordinator.get_system_health().await?;
+    let later = |at: &str| {
+        let at = chrono::DateTime::parse_from_rfc3339(at).ok()?;
+        let then = at + chrono::Duration::from_std(cooldown).ok()?;
+        Some(then.to_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
+    let breakers: Vec<BreakerView> = agents
+        .into_values()
+        .map(|health| BreakerView {
+            next_half_open_at: match health.breaker {
+                crate::model::BreakerState::Open => health.breaker_opened_at.as_deref().and_then(later),
+                _ => None,
+            },
+            name: health.agent_id,
+            state: health.breaker,
+            failure_count: health.breaker_failures,
+            opened_at: health.breaker_opened_at,
+            trial_task_id: health.breaker_trial,
+            reset_timeout_ms: cooldown.as_millis() as u64,
+        })
+        .collect();
+    let open = breakers.iter().filter(|b| b.state != crate::model::BreakerState::Closed).count();
+    Ok(Json(BreakerList { total: breakers.len(), open, breakers }))
 }

@@ -79,6 +79,7 @@ pub struct ProblemBody {
         super::plugins::plugins_enable,
         super::plugins::plugins_disable,
         super::health::health_detailed,
+        super::health::breakers_list,
         super::health::violations_stats,
         super::health::violation_get,
         super::figures::summary_get,

@@ -82,6 +82,12 @@ pub struct AgentHealth {
     pub message: String,
     /// Its circuit breaker.
     pub breaker: BreakerState,
+    /// When the breaker opened (absent while it is closed).
+    pub breaker_opened_at: Option<String>,
+    /// Agent failures on the breaker's record: those within `BREAKER_WINDOW` of the latest one.
+    pub breaker_failures: u32,
+    /// The task holding the half-open breaker's one trial lease.
+    pub breaker_trial: Option<String>,
 }
 
 /// An agent's load and history as a strategy reads them (the numbers of the WIT `candidate` record), in store

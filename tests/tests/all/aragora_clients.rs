@@ -110,6 +110,7 @@ async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
     assert!(out["system_metrics_server"].is_string(), "{out}");
     assert_eq!(out["agent_metrics"], json!([1, 1]), "{out}");
     assert_eq!(out["violation_stats_total"], 0);
+    assert_eq!(out["breakers"], json!([["sdk-agent-1", "closed"], ["sdk-agent-2", "closed"]]), "{out}");
     server.stop().await;
 }
 

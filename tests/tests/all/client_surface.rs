@@ -298,3 +298,34 @@ async fn violations_are_counted_and_read_one_by_one() {
     assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("violation_not_found")));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn breakers_show_state_failures_and_when_a_trial_is_let_through() {
+    let config = aragora_cp::config::Config {
+        breaker_threshold: 2,
+        breaker_cooldown: std::time::Duration::from_secs(30),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(config).await;
+    post(&server, "/agents", json!({"agent_id": "shaky", "capabilities": ["work"]})).await;
+    post(&server, "/agents", json!({"agent_id": "steady", "capabilities": ["other"]})).await;
+    for n in 0..2 {
+        let id = submit(&server, "report", &format!("doomed {n}")).await;
+        let task = claim(&server, "shaky").await;
+        let failure = json!({"lease_id": task["lease_id"], "error": "crashed", "kind": "agent", "requeue": false});
+        post(&server, &format!("/tasks/{id}/fail"), failure).await;
+    }
+    let listed = get(&server, "/breakers").await;
+    assert_eq!((listed["total"].as_u64(), listed["open"].as_u64()), (Some(2), Some(1)), "{listed}");
+    let shaky = &listed["breakers"][0];
+    assert_eq!((shaky["name"].as_str(), shaky["state"].as_str()), (Some("shaky"), Some("open")), "{listed}");
+    assert_eq!((shaky["failure_count"].as_u64(), shaky["reset_timeout_ms"].as_u64()), (Some(2), Some(30_000)));
+    let opened = chrono::DateTime::parse_from_rfc3339(shaky["opened_at"].as_str().unwrap()).unwrap();
+    let trial_at = chrono::DateTime::parse_from_rfc3339(shaky["next_half_open_at"].as_str().unwrap()).unwrap();
+    assert_eq!((trial_at - opened).num_milliseconds(), 30_000, "{shaky}");
+    let steady = &listed["breakers"][1];
+    assert_eq!((steady["state"].as_str(), steady["opened_at"].is_null()), (Some("closed"), true), "{steady}");
+    let health = get(&server, "/health/shaky").await;
+    assert_eq!((health["breaker"].as_str(), health["breaker_failures"].as_u64()), (Some("open"), Some(2)), "{health}");
+    server.stop().await;
+}

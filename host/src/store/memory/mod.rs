@@ -640,6 +640,10 @@ impl Tx<'_> {
             latency_ms: record.health.latency_ms,
             message: record.health.message.clone(),
             breaker: record.breaker.state,
+            breaker_opened_at: (record.breaker.state != BreakerState::Closed)
+                .then(|| rfc3339_ms(record.breaker.opened_at_ms)),
+            breaker_failures: record.breaker.failures.len() as u32,
+            breaker_trial: record.breaker.trial.as_ref().map(ToString::to_string),
         })
     }
 

@@ -277,6 +277,9 @@ pub(super) fn health(value: &Value) -> StoreResult<AgentHealth> {
         latency_ms: field(&map, "h_latency").and_then(|v| v.parse().ok()),
         message: field(&map, "h_message").unwrap_or_default().to_string(),
         breaker: parse_enum::<BreakerState>(field(&map, "b_state").unwrap_or("closed"))?,
+        breaker_opened_at: time(&map, "b_opened").filter(|_| field(&map, "b_state").is_some_and(|b| b != "closed")),
+        breaker_failures: parsed(&map, "b_failures"),
+        breaker_trial: field(&map, "b_trial").filter(|t| !t.is_empty()).map(str::to_string),
     })
 }
 

@@ -136,6 +136,8 @@ pub(super) async fn agent_failures_over_two_tasks_open_the_breaker_and_a_half_op
     }
     let health = h.store.agent_health("flaky").await.unwrap().unwrap();
     assert_eq!(health.breaker, aragora_cp::model::BreakerState::Open);
+    assert!(health.breaker_opened_at.is_some(), "{health:?}");
+    assert_eq!((health.breaker_failures, health.breaker_trial.as_deref()), (3, None), "{health:?}");
     assert!(h.claim("flaky").await.is_none(), "an open breaker gets no work");
     assert!(h.stats().await.open_breakers >= 1);
     // After the cooldown: half-open, exactly one trial lease.
@@ -143,9 +145,17 @@ pub(super) async fn agent_failures_over_two_tasks_open_the_breaker_and_a_half_op
     let trial = h.claim_with("flaky", caps(&[]), 3).await;
     assert_eq!(trial.len(), 1, "half-open lets one trial lease through");
     assert!(h.claim("flaky").await.is_none(), "no second lease while the trial runs");
+    let health = h.store.agent_health("flaky").await.unwrap().unwrap();
+    assert_eq!(health.breaker, aragora_cp::model::BreakerState::HalfOpen);
+    assert_eq!(health.breaker_trial.as_deref(), Some(trial[0].task_id.as_str()), "the trial is named");
     h.complete(&trial[0], json!({"ok": true})).await;
     let health = h.store.agent_health("flaky").await.unwrap().unwrap();
     assert_eq!(health.breaker, aragora_cp::model::BreakerState::Closed);
+    assert_eq!(
+        (health.breaker_opened_at.as_deref(), health.breaker_failures, health.breaker_trial.as_deref()),
+        (None, 0, None),
+        "a closed breaker keeps nothing of its open past"
+    );
     assert!(h.claim("flaky").await.is_some(), "a closed breaker lets work flow again");
 }
 

@@ -11,6 +11,10 @@ end
 local records = {}
 for _, agent in ipairs(ids) do
   eligible(agent)
-  table.insert(records, redis.call('HGETALL', akey(agent)))
+  local record = redis.call('HGETALL', akey(agent))
+  -- The breaker's failures on record live in their own list.
+  table.insert(record, 'b_failures')
+  table.insert(record, n2s(redis.call('LLEN', fkey(agent))))
+  table.insert(records, record)
 end
 return ok(records)
