@@ -14,7 +14,7 @@ use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, IdPaging, page_by_id, query_param};
 use crate::coordinator::{Stats, SystemHealth};
 use crate::model::AgentHealth;
-use crate::model::Violation;
+use crate::model::{Violation, ViolationStatus, ViolationUpdate};
 
 /// Violations listed at most per request.
 pub const MAX_VIOLATIONS: usize = 1000;
@@ -29,7 +29,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/stats", get(stats_get))
         .route("/policies/violations", get(violations_list))
         .route("/policies/violations/stats", get(violations_stats))
-        .route("/policies/violations/{violation_id}", get(violation_get))
+        .route("/policies/violations/{violation_id}", get(violation_get).patch(violation_update).post(violation_update))
 }
 
 /// `GET /health` answer: the fleet's status over every agent, and one page of the agents by id.
@@ -203,10 +203,12 @@ pub async fn violations_list(
 pub struct ViolationStats {
     /// Violations kept (the newest 10,000).
     pub total: usize,
-    /// Not yet acknowledged or resolved: every one, until violations can be acknowledged.
+    /// Still `open` (nobody has acknowledged, investigated or resolved them).
     pub open: usize,
-    /// Resolved: none, until violations can be resolved.
+    /// The rest (Aragora counts every violation that is not open as resolved; `by_status` splits them).
     pub resolved: usize,
+    /// By status: open, acknowledged, investigating, resolved, false_positive.
+    pub by_status: std::collections::BTreeMap<String, usize>,
     /// By policy (Aragora's `by_type`).
     pub by_type: std::collections::BTreeMap<String, usize>,
     /// Open ones by policy.
@@ -232,13 +234,18 @@ pub async fn violations_stats(State(state): State<ApiState>, caller: Caller) -> 
         }
         counts
     };
-    let by_type = tally(|v| &v.policy);
+    let open: Vec<&Violation> = violations.iter().filter(|v| v.status == ViolationStatus::Open).collect();
+    let mut open_by_type = std::collections::BTreeMap::new();
+    for violation in &open {
+        *open_by_type.entry(violation.policy.clone()).or_default() += 1;
+    }
     Ok(Json(ViolationStats {
         total: violations.len(),
-        open: violations.len(),
-        resolved: 0,
-        open_by_type: by_type.clone(),
-        by_type,
+        open: open.len(),
+        resolved: violations.len() - open.len(),
+        by_type: tally(|v| &v.policy),
+        open_by_type,
+        by_status: tally(|v| v.status.as_str()),
         by_stage: tally(|v| &v.stage),
         by_decision: tally(|v| &v.decision),
     }))
@@ -334,4 +341,74 @@ pub async fn breakers_list(State(state): State<ApiState>, caller: Caller) -> Api
         .collect();
     let open = breakers.iter().filter(|b| b.state != crate::model::BreakerState::Closed).count();
     Ok(Json(BreakerList { total: breakers.len(), open, breakers }))
+}
+
+/// Longest note on a violation.
+pub const MAX_VIOLATION_NOTE: usize = 4096;
+
+/// `PATCH`/`POST /policies/violations/{violation_id}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ViolationChange {
+    /// `open`, `acknowledged`, `investigating`, `resolved` or `false_positive`.
+    status: String,
+    /// The reviewer's note (≤ 4 KiB).
+    #[serde(default)]
+    note: Option<String>,
+    /// Aragora's name for the note (give one of the two).
+    #[serde(default)]
+    resolution_notes: Option<String>,
+}
+
+/// `PATCH /policies/violations/{violation_id}` answer (Aragora's shape, with the violation as it is now).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViolationChanged {
+    /// Always true.
+    pub updated: bool,
+    /// The violation.
+    pub violation_id: String,
+    /// Its new status.
+    pub status: ViolationStatus,
+    /// What happened, in words.
+    pub message: String,
+    /// The violation with its new status, note, `updated_by` and `updated_at`.
+    pub violation: Violation,
+}
+
+/// `PATCH /policies/violations/{violation_id} {status, note?}` (also `POST`): acknowledge, investigate, resolve or
+/// reopen a violation, with a note. Needs `controlplane:admin`.
+#[utoipa::path(patch, path = "/policies/violations/{violation_id}", tag = "health",
+    params(("violation_id" = String, Path, description = "The violation's id (`viol_` + a number)")),
+    request_body = ViolationChange,
+    responses(
+        (status = 200, description = "Updated", body = ViolationChanged),
+        (status = 404, description = "No such violation among those kept (`violation_not_found`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:admin"])))]
+pub async fn violation_update(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(violation_id): Path<String>,
+    super::extract::ApiJson(change): super::extract::ApiJson<ViolationChange>,
+) -> ApiResult<Json<ViolationChanged>> {
+    caller.require(Permission::Admin)?;
+    let status: ViolationStatus = change.status.trim().parse()?;
+    let note = match (change.note, change.resolution_notes) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("note", "give note or resolution_notes, not both")),
+        (note, notes) => note.or(notes).filter(|n| !n.trim().is_empty()),
+    };
+    if note.as_ref().is_some_and(|n| n.len() > MAX_VIOLATION_NOTE) {
+        return Err(ApiError::invalid("note", format!("must be at most {MAX_VIOLATION_NOTE} bytes")));
+    }
+    let update = ViolationUpdate { status, note, by: caller.sub.clone() };
+    match state.coordinator.update_violation(&violation_id, update).await? {
+        Some(violation) => Ok(Json(ViolationChanged {
+            updated: true,
+            message: format!("violation {violation_id} is {} now", status.as_str()),
+            violation_id,
+            status,
+            violation,
+        })),
+        None => Err(ApiError::not_found("violation_not_found", format!("no violation {violation_id:?} is kept"))),
+    }
 }

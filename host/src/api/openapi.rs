@@ -82,6 +82,7 @@ pub struct ProblemBody {
         super::health::breakers_list,
         super::health::violations_stats,
         super::health::violation_get,
+        super::health::violation_update,
         super::figures::summary_get,
         super::figures::tasks_get,
         super::figures::system_get,

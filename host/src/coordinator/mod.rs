@@ -29,7 +29,7 @@ use crate::model::{
 };
 use crate::model::{
     AgentFilter, AgentHealth, Completion, FailRequest, Fence, FleetStats, HealthState, HeartbeatOutcome, PluginAction,
-    PluginRecord, Registered, StoreError, Submitted, TaskFilter, TaskPage,
+    PluginRecord, Registered, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
 };
 use crate::plugins::registry::{Liveness, PluginInfo};
 use crate::plugins::watcher::WatchOptions;
@@ -460,6 +460,12 @@ impl ControlPlaneCoordinator {
     /// Policy violations of the fleet, newest first.
     pub async fn violations(&self, limit: usize) -> Result<Vec<Violation>, EngineError> {
         self.scheduler.violations(limit).await
+    }
+
+    /// A reviewer's status change on violation `id` (acknowledge, investigate, resolve…); `None` when no kept
+    /// violation has that id.
+    pub async fn update_violation(&self, id: &str, update: ViolationUpdate) -> Result<Option<Violation>, EngineError> {
+        Ok(self.store.update_violation(id, update).await?)
     }
 
     /// One agent's health and breaker. An offline agent is unhealthy whatever its last probe said.

@@ -33,7 +33,7 @@ pub use plugin::{
 pub use priority::Priority;
 pub use stats::FleetStats;
 pub use task::{FailKind, NewTask, SubmitRequest, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus};
-pub use violation::{NewViolation, VIOLATIONS_KEPT, Violation};
+pub use violation::{NewViolation, VIOLATIONS_KEPT, Violation, ViolationStatus, ViolationUpdate};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -41,6 +41,83 @@ pub struct Violation {
     pub agent_id: Option<String>,
     /// When (RFC 3339, store clock).
     pub time: String,
+    /// Where it stands with its reviewers: `open` until someone acknowledges, investigates or resolves it.
+    #[serde(default)]
+    pub status: ViolationStatus,
+    /// The note that came with the last status change.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Who changed the status last (the token's subject).
+    #[serde(default)]
+    pub updated_by: Option<String>,
+    /// When (RFC 3339, store clock).
+    #[serde(default)]
+    pub updated_at: Option<String>,
+}
+
+/// Where a violation stands with the people who review it (Aragora's statuses, and `acknowledged`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationStatus {
+    /// Nobody has looked at it yet.
+    #[default]
+    Open,
+    /// Seen.
+    Acknowledged,
+    /// Being looked into.
+    Investigating,
+    /// Dealt with.
+    Resolved,
+    /// The policy was wrong.
+    FalsePositive,
+}
+
+impl ViolationStatus {
+    /// Every status.
+    pub const ALL: [ViolationStatus; 5] = [
+        ViolationStatus::Open,
+        ViolationStatus::Acknowledged,
+        ViolationStatus::Investigating,
+        ViolationStatus::Resolved,
+        ViolationStatus::FalsePositive,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViolationStatus::Open => "open",
+            ViolationStatus::Acknowledged => "acknowledged",
+            ViolationStatus::Investigating => "investigating",
+            ViolationStatus::Resolved => "resolved",
+            ViolationStatus::FalsePositive => "false_positive",
+        }
+    }
+}
+
+impl std::str::FromStr for ViolationStatus {
+    type Err = super::ValidationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ViolationStatus::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| {
+            super::ValidationError::new(
+                "status",
+                "must be open, acknowledged, investigating, resolved or false_positive",
+            )
+        })
+    }
+}
+
+/// A reviewer's change to a violation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViolationUpdate {
+    /// The new status.
+    pub status: ViolationStatus,
+    /// Their note (replaces the previous one; none clears it).
+    pub note: Option<String>,
+    /// Who (the token's subject).
+    pub by: String,
 }
 
 /// Violations kept (the oldest are dropped past this).

@@ -21,7 +21,7 @@ use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, CandidateNumbers, CapabilitySet, Completion, Event,
     FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation,
     PluginChange, PluginRecord, Refusal, Registered, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage,
-    Violation,
+    Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -386,6 +386,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest `limit` violations, newest first.
     async fn violations(&self, limit: usize) -> StoreResult<Vec<Violation>>;
+
+    /// A reviewer's status change (and note) on violation `id`, stamped with the store's time; `None` when no kept
+    /// violation has that id.
+    async fn update_violation(&self, id: &str, update: ViolationUpdate) -> StoreResult<Option<Violation>>;
 
     /// The fleet's plugin records (without component bytes), by name.
     async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>>;

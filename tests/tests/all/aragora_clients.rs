@@ -85,6 +85,15 @@ async fn an_unknown_route_points_at_the_guide_and_the_openapi_document() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
     let server = TestServer::start().await;
+    let policy = "payload_size_policy";
+    server
+        .coordinator
+        .install_local_plugin(
+            policy,
+            &aragora_cp_tests::guest_bytes(policy),
+            aragora_cp_tests::example_manifest(policy),
+        )
+        .expect("the policy loads");
     let (base, token) = (server.base.clone(), server.admin());
     let out =
         tokio::task::spawn_blocking(move || python_sdk::run_script("first_hour.py", &base, &token, &[])).await.unwrap();
@@ -111,6 +120,8 @@ async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
     assert_eq!(out["agent_metrics"], json!([1, 1]), "{out}");
     assert_eq!(out["violation_stats_total"], 0);
     assert_eq!(out["breakers"], json!([["sdk-agent-1", "closed"], ["sdk-agent-2", "closed"]]), "{out}");
+    assert_ne!(out["oversized"], "accepted", "{out}");
+    assert_eq!((out["violation"].as_str(), out["violation_update"].as_str()), (Some(policy), Some("acknowledged")));
     server.stop().await;
 }
 

@@ -296,6 +296,46 @@ async fn violations_are_counted_and_read_one_by_one() {
     assert_eq!(one["violation"], listed["violations"][0], "{one}");
     let (status, problem) = call(&server, reqwest::Method::GET, "/policies/violations/viol_999999", None).await;
     assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("violation_not_found")));
+
+    // A reviewer resolves one with a note (Aragora's `resolution_notes`), acknowledges the other over POST.
+    let path = format!("/policies/violations/{id}");
+    let change = json!({"status": "resolved", "resolution_notes": "raised the limit for this team"});
+    let (status, changed) = call(&server, reqwest::Method::PATCH, &path, Some(change)).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!((changed["updated"].as_bool(), changed["status"].as_str()), (Some(true), Some("resolved")));
+    assert_eq!(changed["violation"]["note"], "raised the limit for this team");
+    assert_eq!(changed["violation"]["updated_by"], "admin");
+    let other = listed["violations"][1]["id"].as_str().unwrap();
+    post(&server, &format!("/policies/violations/{other}"), json!({"status": "acknowledged"})).await;
+    assert_eq!(get(&server, &path).await["violation"]["status"], "resolved");
+    let stats = get(&server, "/policies/violations/stats").await;
+    assert_eq!((stats["open"].as_u64(), stats["resolved"].as_u64()), (Some(0), Some(2)), "{stats}");
+    assert_eq!(stats["by_status"], json!({"acknowledged": 1, "resolved": 1}));
+
+    for (body, field) in [
+        (json!({"status": "done"}), "status"),
+        (json!({"status": "resolved", "note": "a", "resolution_notes": "b"}), "note"),
+        (json!({"status": "resolved", "note": "x".repeat(5000)}), "note"),
+        (json!({"note": "no status"}), "status"),
+    ] {
+        let (status, problem) = call(&server, reqwest::Method::PATCH, &path, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
+        assert_eq!(problem["field"].as_str(), Some(field), "{body}: {problem}");
+    }
+    let (status, _) =
+        call(&server, reqwest::Method::PATCH, "/policies/violations/viol_999999", Some(json!({"status": "open"})))
+            .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let reader = server.token("auditor", &[Permission::Read]);
+    let refused = server
+        .client
+        .patch(server.api(&path))
+        .bearer_auth(reader)
+        .json(&json!({"status": "open"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN, "a read token does not change violations");
     server.stop().await;
 }
 

@@ -31,7 +31,7 @@ use crate::model::{
     HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange,
     PluginHistoryEntry, PluginRecord, Priority, Refusal, Registered, RevokeReason, Revoked, Standing, StoreError,
     StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation,
-    rfc3339_ms,
+    ViolationUpdate, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -1937,6 +1937,10 @@ impl Store for MemoryStore {
                     task_id: new.task_id,
                     agent_id: new.agent_id,
                     time: rfc3339_ms(tx.now),
+                    status: Default::default(),
+                    note: None,
+                    updated_by: None,
+                    updated_at: None,
                 };
                 let data = json!({"policy": violation.policy, "stage": violation.stage, "decision": violation.decision,
                                   "reason": violation.reason, "violation_id": violation.id});
@@ -1954,6 +1958,18 @@ impl Store for MemoryStore {
 
     async fn violations(&self, limit: usize) -> StoreResult<Vec<Violation>> {
         Ok(self.lock()?.violations.iter().rev().take(limit).cloned().collect())
+    }
+
+    async fn update_violation(&self, id: &str, update: ViolationUpdate) -> StoreResult<Option<Violation>> {
+        self.transition(|tx| {
+            let now = rfc3339_ms(tx.now);
+            let Some(violation) = tx.state.violations.iter_mut().find(|v| v.id == id) else { return Ok(None) };
+            violation.status = update.status;
+            violation.note = update.note;
+            violation.updated_by = Some(update.by);
+            violation.updated_at = Some(now);
+            Ok(Some(violation.clone()))
+        })
     }
 
     async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>> {

@@ -10,7 +10,7 @@ use super::super::{ClaimAnswer, WaitingClaim};
 use crate::model::{
     Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, Event, EventKind, HealthState,
     PluginHistoryEntry, PluginRecord, Priority, Refusal, StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus,
-    Violation, rfc3339_ms,
+    Violation, ViolationStatus, rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
@@ -365,6 +365,14 @@ pub(super) fn violations(value: &Value) -> StoreResult<Vec<Violation>> {
         task_id: Option<String>,
         agent_id: Option<String>,
         time: f64,
+        #[serde(default)]
+        status: Option<String>,
+        #[serde(default)]
+        note: Option<String>,
+        #[serde(default)]
+        updated_by: Option<String>,
+        #[serde(default)]
+        updated_at: Option<f64>,
     }
     array(value)?
         .iter()
@@ -380,6 +388,10 @@ pub(super) fn violations(value: &Value) -> StoreResult<Vec<Violation>> {
                 task_id: v.task_id,
                 agent_id: v.agent_id,
                 time: rfc3339_ms(v.time as u64),
+                status: v.status.as_deref().map(parse_enum::<ViolationStatus>).transpose()?.unwrap_or_default(),
+                note: v.note.filter(|n| !n.is_empty()),
+                updated_by: v.updated_by,
+                updated_at: v.updated_at.map(|ms| rfc3339_ms(ms as u64)),
             })
         })
         .collect()

@@ -35,7 +35,7 @@ use crate::model::{
 use crate::model::{
     AgentFilter, AgentHealth, AgentRegistration, Completion, FailRequest, Fence, FleetStats, HealthVerdict,
     HeartbeatOutcome, NewViolation, PluginAction, PluginChange, PluginRecord, Registered, RevokeReason, Revoked,
-    StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation,
+    StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
 };
 
 /// The default key prefix (`CONTROL_PLANE_PREFIX`).
@@ -882,6 +882,12 @@ impl Store for RedisStore {
         }
         let body = self.call(&self.scripts.violations, vec![limit.to_string()]).await?;
         decode::violations(first(&body)?)
+    }
+
+    async fn update_violation(&self, id: &str, update: ViolationUpdate) -> StoreResult<Option<Violation>> {
+        let args = vec![id.to_string(), update.status.as_str().to_string(), update.note.unwrap_or_default(), update.by];
+        let body = self.call(&self.scripts.update_violation, args).await?;
+        Ok(decode::violations(first(&body)?)?.into_iter().next())
     }
 
     async fn plugin_records(&self) -> StoreResult<Vec<PluginRecord>> {

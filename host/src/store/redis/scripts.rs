@@ -113,6 +113,7 @@ scripts!(
     #[cfg(feature = "test-clock")]
     test_clock: WRITES,
     unregister: WRITES,
+    update_violation: WRITES,
     violations: READS,
     withdraw_waiter: WRITES,
 );

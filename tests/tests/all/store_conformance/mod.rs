@@ -108,6 +108,7 @@ macro_rules! conformance {
                 agents::an_unhealthy_verdict_fails_the_agent_until_a_healthy_one,
                 records::plugin_changes_keep_versions_bytes_history_and_emit_events,
                 records::violations_get_fleet_ids_events_and_are_listed_newest_first,
+                records::a_reviewer_changes_a_violations_status_and_note_in_place,
             ]);
 
             conformance!(@multi_thread [

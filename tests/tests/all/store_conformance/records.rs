@@ -429,3 +429,41 @@ pub(super) async fn violations_get_fleet_ids_events_and_are_listed_newest_first(
     assert_eq!(all, [recorded[1].clone(), recorded[0].clone()]);
     assert_eq!((all[1].stage.as_str(), all[1].task_id.as_deref()), ("submit", Some(task.as_str())));
 }
+
+pub(super) async fn a_reviewer_changes_a_violations_status_and_note_in_place(h: Harness) {
+    use aragora_cp::model::{NewViolation, ViolationStatus, ViolationUpdate};
+    let new = |reason: &str| NewViolation {
+        policy: "region_policy".into(),
+        stage: "dispatch",
+        decision: "deny",
+        reason: reason.into(),
+        task_id: None,
+        agent_id: Some("a-1".into()),
+    };
+    let recorded = h.store.record_violations(vec![new("first"), new("second")]).await.expect("record");
+    assert!(recorded.iter().all(|v| v.status == ViolationStatus::Open && v.updated_at.is_none()), "{recorded:?}");
+    let update = ViolationUpdate {
+        status: ViolationStatus::Resolved,
+        note: Some("the region list was out of date".into()),
+        by: "ops@example".into(),
+    };
+    let updated = h.store.update_violation(&recorded[0].id, update).await.expect("update").expect("found");
+    assert_eq!(
+        (updated.status, updated.note.as_deref(), updated.updated_by.as_deref()),
+        (ViolationStatus::Resolved, Some("the region list was out of date"), Some("ops@example"))
+    );
+    assert!(updated.updated_at.is_some());
+    assert_eq!(
+        (updated.id.as_str(), updated.reason.as_str(), updated.time.as_str()),
+        (recorded[0].id.as_str(), "first", recorded[0].time.as_str()),
+        "the record itself is unchanged"
+    );
+    let all = h.store.violations(10).await.expect("list");
+    assert_eq!(all, [recorded[1].clone(), updated.clone()], "changed in place, the order kept");
+    // Reopened without a note: the note goes.
+    let reopen = ViolationUpdate { status: ViolationStatus::Open, note: None, by: "ops@example".into() };
+    let reopened = h.store.update_violation(&recorded[0].id, reopen).await.expect("update").expect("found");
+    assert_eq!((reopened.status, reopened.note), (ViolationStatus::Open, None));
+    let missing = ViolationUpdate { status: ViolationStatus::Resolved, note: None, by: "x".into() };
+    assert_eq!(h.store.update_violation("viol_999999", missing).await.expect("update"), None);
+}
