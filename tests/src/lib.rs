@@ -111,6 +111,14 @@ pub fn write_by_rename(dir: &Path, file: &str, bytes: &[u8]) {
     std::fs::rename(&temporary, dir.join(file)).expect("rename into place");
 }
 
+/// Installs the example plugin `name` (built from `plugins/NAME`, with its shipped manifest) on this coordinator's
+/// server only, as a file in its plugins folder would.
+pub fn install_example(coordinator: &aragora_cp::coordinator::ControlPlaneCoordinator, name: &str) {
+    coordinator
+        .install_local_plugin(name, &guest_bytes(name), example_manifest(name))
+        .unwrap_or_else(|e| panic!("the example {name} loads: {e}"));
+}
+
 /// The manifest shipped beside the guest crate `plugins/NAME/NAME.toml`.
 pub fn example_manifest(name: &str) -> aragora_cp::plugins::Manifest {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins").join(name).join(format!("{name}.toml"));

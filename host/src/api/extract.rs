@@ -85,6 +85,16 @@ fn parse_naming_the_field<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr
     Ok(value)
 }
 
+/// A page size from the query: `default` when absent, else a number from 1 to `max` (400 naming `limit` otherwise).
+pub fn page_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let expected = format!("a number from 1 to {max}");
+    let limit = query_param::<usize>("limit", raw, &expected)?.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be {expected}")));
+    }
+    Ok(limit)
+}
+
 /// A query string deserialized into `T`, refused as 400 in our format.
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);
@@ -126,11 +136,7 @@ pub fn page_by_id<T>(
     id: impl Fn(&T) -> &str,
     paging: &IdPaging,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
-    let limit =
-        query_param::<usize>("limit", paging.limit.as_deref(), "a number from 1 to 10000")?.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_PAGE}")));
-    }
+    let limit = page_limit(paging.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
     let after = paging.cursor.as_deref().filter(|c| !c.is_empty());
     let mut page: Vec<T> =
         items.into_iter().skip_while(|item| after.is_some_and(|after| id(item) <= after)).take(limit + 1).collect();

@@ -131,11 +131,12 @@ pub struct SystemFigures {
     pub open_breakers: u64,
 }
 
-/// This process's resident set, from `/proc/self/status` (Linux).
-fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+/// A process's resident memory in bytes (`VmRSS` of `/proc/PID/status`; Linux). `bench soak` samples its
+/// servers with it too.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
 }
 
@@ -153,7 +154,7 @@ pub async fn system_get(State(state): State<ApiState>, caller: Caller) -> ApiRes
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.started.elapsed().as_secs(),
         store: coordinator.describe_store(),
-        resident_bytes: resident_bytes(),
+        resident_bytes: resident_bytes(std::process::id()),
         agents_by_status: stats.agents_by_status,
         agents_by_health: stats.agents_by_health,
         open_breakers: stats.open_breakers,

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
-use super::extract::{ApiQuery, IdPaging, page_by_id, query_param};
+use super::extract::{ApiQuery, IdPaging, page_by_id, page_limit};
 use crate::coordinator::{Stats, SystemHealth};
 use crate::model::AgentHealth;
 use crate::model::{Violation, ViolationStatus, ViolationUpdate};
@@ -190,10 +190,7 @@ pub async fn violations_list(
 ) -> ApiResult<Json<ViolationList>> {
     caller.require(Permission::Read)?;
     caller.not_an_agent("read policy violations")?;
-    let limit = query_param::<usize>("limit", query.limit.as_deref(), "a number from 1 to 1000")?.unwrap_or(100);
-    if !(1..=MAX_VIOLATIONS).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_VIOLATIONS}")));
-    }
+    let limit = page_limit(query.limit.as_deref(), 100, MAX_VIOLATIONS)?;
     let violations = state.coordinator.violations(limit).await?;
     Ok(Json(ViolationList { total: violations.len(), violations }))
 }
@@ -227,27 +224,24 @@ pub async fn violations_stats(State(state): State<ApiState>, caller: Caller) -> 
     caller.require(Permission::Read)?;
     caller.not_an_agent("read policy violations")?;
     let violations = state.coordinator.violations(crate::model::VIOLATIONS_KEPT).await?;
-    let tally = |key: fn(&Violation) -> &str| {
+    let tally = |only_open: bool, key: fn(&Violation) -> &str| {
         let mut counts = std::collections::BTreeMap::new();
-        for violation in &violations {
+        for violation in violations.iter().filter(|v| !only_open || v.status == ViolationStatus::Open) {
             *counts.entry(key(violation).to_string()).or_default() += 1;
         }
         counts
     };
-    let open: Vec<&Violation> = violations.iter().filter(|v| v.status == ViolationStatus::Open).collect();
-    let mut open_by_type = std::collections::BTreeMap::new();
-    for violation in &open {
-        *open_by_type.entry(violation.policy.clone()).or_default() += 1;
-    }
+    let open_by_type: std::collections::BTreeMap<String, usize> = tally(true, |v| &v.policy);
+    let open = open_by_type.values().sum();
     Ok(Json(ViolationStats {
         total: violations.len(),
-        open: open.len(),
-        resolved: violations.len() - open.len(),
-        by_type: tally(|v| &v.policy),
+        open,
+        resolved: violations.len() - open,
+        by_type: tally(false, |v| &v.policy),
         open_by_type,
-        by_status: tally(|v| v.status.as_str()),
-        by_stage: tally(|v| &v.stage),
-        by_decision: tally(|v| &v.decision),
+        by_status: tally(false, |v| v.status.as_str()),
+        by_stage: tally(false, |v| &v.stage),
+        by_decision: tally(false, |v| &v.decision),
     }))
 }
 

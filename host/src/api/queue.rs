@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
-use super::extract::{ApiQuery, query_param};
+use super::extract::{ApiQuery, page_limit, query_param};
 use crate::model::{Priority, Task, TaskFilter, TaskId, TaskStatus};
 
 /// Default page of both views.
@@ -31,15 +31,6 @@ const HISTORY_METADATA: [&str; 4] = ["name", "workspace_id", "user_id", "tags"];
 /// The routes, relative to the API prefix.
 pub fn routes() -> Router<ApiState> {
     Router::new().route("/queue", get(queue_get)).route("/tasks/history", get(history_get))
-}
-
-/// `limit` from a query, within 1 to [`MAX_LIMIT`].
-fn limit_of(raw: Option<&str>, default: usize) -> ApiResult<usize> {
-    let limit = query_param::<usize>("limit", raw, "a number from 1 to 1000")?.unwrap_or(default);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_LIMIT}")));
-    }
-    Ok(limit)
 }
 
 /// `GET /queue` query.
@@ -131,7 +122,7 @@ pub async fn queue_get(
 ) -> ApiResult<Json<QueueAnswer>> {
     caller.require(Permission::Read)?;
     caller.not_an_agent("read the queue")?;
-    let limit = limit_of(query.limit.as_deref(), DEFAULT_QUEUE_LIMIT)?;
+    let limit = page_limit(query.limit.as_deref(), DEFAULT_QUEUE_LIMIT, MAX_LIMIT)?;
     let statuses = [TaskStatus::Running, TaskStatus::Claimed, TaskStatus::Pending];
     let (tasks, has_more) = state.coordinator.tasks_in(&statuses, &TaskFilter::default(), limit).await?;
     let jobs: Vec<QueueJob> = tasks.into_iter().map(QueueJob::from).collect();
@@ -250,7 +241,7 @@ pub async fn history_get(
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<HistoryAnswer>> {
     caller.require(Permission::Read)?;
-    let limit = limit_of(query.limit.as_deref(), DEFAULT_HISTORY_LIMIT)?;
+    let limit = page_limit(query.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_LIMIT)?;
     let offset = query_param::<usize>("offset", query.offset.as_deref(), "a number from 0 to 10000")?.unwrap_or(0);
     if offset > MAX_HISTORY_OFFSET {
         return Err(ApiError::invalid("offset", format!("must be a number from 0 to {MAX_HISTORY_OFFSET}")));

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
-use super::extract::{ApiJson, ApiQuery, query_param};
+use super::extract::{ApiJson, ApiQuery, page_limit, query_param};
 use crate::model::{CapabilitySet, FailKind, MAX_AGENT_CAPABILITIES, SubmitRequest, Task, TaskId, TaskStatus};
 use crate::model::{Completion, FailRequest, Fence, TaskFilter};
 use crate::scheduler::{Claim, MAX_BLOCK};
@@ -286,11 +286,7 @@ pub async fn tasks_list(
         Some(text) => Some(text.parse()?),
         None => None,
     };
-    let limit =
-        query_param::<usize>("limit", query.limit.as_deref(), "a number from 1 to 1000")?.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be a number from 1 to {MAX_LIMIT}")));
-    }
+    let limit = page_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let mut agent_id = query.agent_id.filter(|a| !a.is_empty());
     if let Some(own) = &caller.agent {
         caller.acting_for(agent_id.as_deref().unwrap_or(own))?;

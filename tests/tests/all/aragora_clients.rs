@@ -86,14 +86,7 @@ async fn an_unknown_route_points_at_the_guide_and_the_openapi_document() {
 async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
     let server = TestServer::start().await;
     let policy = "payload_size_policy";
-    server
-        .coordinator
-        .install_local_plugin(
-            policy,
-            &aragora_cp_tests::guest_bytes(policy),
-            aragora_cp_tests::example_manifest(policy),
-        )
-        .expect("the policy loads");
+    aragora_cp_tests::install_example(&server.coordinator, policy);
     let (base, token) = (server.base.clone(), server.admin());
     let out =
         tokio::task::spawn_blocking(move || python_sdk::run_script("first_hour.py", &base, &token, &[])).await.unwrap();

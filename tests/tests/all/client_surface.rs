@@ -171,7 +171,7 @@ async fn detailed_health_names_the_parts_and_every_agent_under_both_prefixes() {
         assert!(health["uptime_seconds"].is_u64() && health["version"].is_string(), "{health}");
         assert_ne!(health["status"], "unhealthy", "{health}");
     }
-    // An agent named `detailed` is still reachable by its own path's sibling: the fixed route wins only there.
+    // The fixed path shadows an agent named `detailed` under /health/ only: the agent itself is read as ever.
     post(&server, "/agents", json!({"agent_id": "detailed", "capabilities": ["work"]})).await;
     assert_eq!(get(&server, "/agents/detailed").await["agent_id"], "detailed");
 
@@ -268,14 +268,7 @@ async fn the_metrics_as_json_agree_with_what_happened() {
 async fn violations_are_counted_and_read_one_by_one() {
     let server = TestServer::start().await;
     let policy = "payload_size_policy";
-    server
-        .coordinator
-        .install_local_plugin(
-            policy,
-            &aragora_cp_tests::guest_bytes(policy),
-            aragora_cp_tests::example_manifest(policy),
-        )
-        .expect("the policy loads");
+    aragora_cp_tests::install_example(&server.coordinator, policy);
     for _ in 0..2 {
         let big = json!({"task_type": "report", "payload": {"blob": "x".repeat(70_000)}});
         let (status, problem) = call(&server, reqwest::Method::POST, "/tasks", Some(big)).await;

@@ -201,12 +201,7 @@ async fn a_paused_agent_is_refused_for_its_whole_block_then_served_when_resumed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_policy_denies_with_a_recorded_violation_and_an_event() {
     let cp = coordinator(None).await;
-    cp.install_local_plugin(
-        "payload_size_policy",
-        &guest_bytes("payload_size_policy"),
-        example_manifest("payload_size_policy"),
-    )
-    .unwrap();
+    aragora_cp_tests::install_example(&cp, "payload_size_policy");
     let mut events = cp.subscribe();
     let big = SubmitRequest {
         task_type: "code".into(),
@@ -241,7 +236,7 @@ async fn a_submit_policy_denies_with_a_recorded_violation_and_an_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_region_policy_routes_sensitive_work_only_to_approved_agents() {
     let cp = coordinator(None).await;
-    cp.install_local_plugin("region_policy", &guest_bytes("region_policy"), example_manifest("region_policy")).unwrap();
+    aragora_cp_tests::install_example(&cp, "region_policy");
     let eu = RegisterRequest {
         agent_id: "eu".into(),
         metadata: json!({"region": "eu-west-1"}).as_object().unwrap().clone(),

@@ -10,7 +10,7 @@ use aragora_cp::config::Config;
 use aragora_cp::store::{RedisStore, Store};
 use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
 use aragora_cp_tests::server::TestServer;
-use aragora_cp_tests::{example_manifest, guest_bytes};
+use aragora_cp_tests::guest_bytes;
 use serde_json::{Value, json};
 
 #[derive(Clone, Copy, Debug)]
@@ -149,10 +149,7 @@ async fn an_offline_agents_claim_brings_it_back_with_a_policy_loaded(backend: Ba
     let server = server(backend, config).await;
     let token = server.admin();
     let policy = "payload_size_policy";
-    server
-        .coordinator
-        .install_local_plugin(policy, &guest_bytes(policy), example_manifest(policy))
-        .expect("policy loads");
+    aragora_cp_tests::install_example(&server.coordinator, policy);
     for agent in ["sleepy-1", "sleepy-2"] {
         let (status, _) = post(&server, &token, "/agents", json!({"agent_id": agent, "capabilities": ["code"]})).await;
         assert_eq!(status, 201);

@@ -80,14 +80,6 @@ pub fn this_binary() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("the path of this binary")
 }
 
-/// A process's resident memory in bytes (`VmRSS` of `/proc/PID/status`; Linux).
-pub fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// A process's open file descriptors (entries of `/proc/PID/fd`; Linux).
 pub fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())

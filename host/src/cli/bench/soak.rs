@@ -25,7 +25,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::percentile_us;
-use super::processes::{RedisProcess, Spawned, open_fds, resident_bytes, spawn_serve, this_binary};
+use super::processes::{RedisProcess, Spawned, open_fds, spawn_serve, this_binary};
+use crate::api::figures::resident_bytes;
 use crate::api::{Authenticator, Permission};
 use crate::cli::client::Output;
 
