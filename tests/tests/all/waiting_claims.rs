@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use aragora_cp::config::Config;
 use aragora_cp::store::{RedisStore, Store};
+use aragora_cp_tests::guest_bytes;
 use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
 use aragora_cp_tests::server::TestServer;
-use aragora_cp_tests::guest_bytes;
 use serde_json::{Value, json};
 
 #[derive(Clone, Copy, Debug)]
