@@ -24,6 +24,9 @@ const TARGET: &str = "wasm32-wasip2";
 /// Built-in strategies, embedded in the binary.
 const BUILTIN_STRATEGIES: &[&str] = &["least_loaded", "round_robin", "random"];
 
+/// Built-in policies, embedded: `rules_policy` runs the rule sets `POST /policies` installs.
+const BUILTIN_POLICIES: &[&str] = &["rules_policy"];
+
 /// Built-in health probes, embedded with their manifests (the default probe judges every agent out of the box).
 const BUILTIN_PROBES: &[&str] = &["heartbeat_probe"];
 
@@ -81,13 +84,8 @@ fn main() {
         writeln!(generated, "    ({name:?}, {}),", path_expression(&root, path)).unwrap();
     }
     generated.push_str("];\n\n");
-    generated.push_str("/// The built-in strategies, embedded: (plugin name, component bytes).\n");
-    generated.push_str("pub const BUILTIN_STRATEGIES: &[(&str, &[u8])] = &[\n");
-    for builtin in BUILTIN_STRATEGIES {
-        let path = artifact(&artifacts, builtin);
-        writeln!(generated, "    ({builtin:?}, include_bytes!({})),", path_expression(&root, path)).unwrap();
-    }
-    generated.push_str("];\n\n");
+    embed(&mut generated, "BUILTIN_STRATEGIES", "The built-in strategies", BUILTIN_STRATEGIES, &artifacts);
+    embed(&mut generated, "BUILTIN_POLICIES", "The built-in policies", BUILTIN_POLICIES, &artifacts);
     embed_with_manifests(&mut generated, "BUILTIN_PROBES", "The built-in health probes", BUILTIN_PROBES, &artifacts);
     embed_with_manifests(
         &mut generated,
@@ -109,7 +107,7 @@ fn main() {
 
 /// Every guest the binary embeds, by name.
 fn embedded_names() -> impl Iterator<Item = &'static str> {
-    BUILTIN_STRATEGIES.iter().chain(BUILTIN_PROBES).chain(EMBEDDED_EXAMPLES).copied()
+    BUILTIN_STRATEGIES.iter().chain(BUILTIN_POLICIES).chain(BUILTIN_PROBES).chain(EMBEDDED_EXAMPLES).copied()
 }
 
 fn artifact<'a>(artifacts: &'a [(String, PathBuf)], name: &str) -> &'a Path {
@@ -118,6 +116,18 @@ fn artifact<'a>(artifacts: &'a [(String, PathBuf)], name: &str) -> &'a Path {
         .find(|(built, _)| built == name)
         .map(|(_, path)| path.as_path())
         .unwrap_or_else(|| panic!("embedded plugin {name} has no crate under plugins/"))
+}
+
+/// Writes a constant of (name, component bytes) for guests embedded without a manifest.
+fn embed(generated: &mut String, constant: &str, doc: &str, names: &[&str], artifacts: &[(String, PathBuf)]) {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).parent().unwrap().to_path_buf();
+    writeln!(generated, "/// {doc}, embedded: (plugin name, component bytes).").unwrap();
+    writeln!(generated, "pub const {constant}: &[(&str, &[u8])] = &[").unwrap();
+    for name in names {
+        let path = artifact(artifacts, name);
+        writeln!(generated, "    ({name:?}, include_bytes!({})),", path_expression(&root, path)).unwrap();
+    }
+    generated.push_str("];\n\n");
 }
 
 /// Writes a constant of (name, component bytes, manifest text) for guests embedded with their manifests.

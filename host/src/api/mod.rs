@@ -17,6 +17,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod plugins;
+pub mod policies;
 pub mod queue;
 pub mod readiness;
 pub mod tasks;
@@ -122,6 +123,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(plugins::routes())
         .merge(events::routes())
         .merge(queue::routes())
+        .merge(policies::routes())
         .merge(figures::routes())
         .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -1,11 +1,13 @@
 //! The work as an operator reads it, in the shapes Aragora's clients expect: `/queue` (what runs, then what waits)
-//! and `/tasks/history` (what finished, newest first, with offset paging). Both are views over the task list;
-//! `GET /tasks` stays the way to page through every task with a cursor.
+//! and `/tasks/history` (what finished, newest first, with offset paging), both views over the task list (`GET
+//! /tasks` stays the way to page through every task with a cursor); `/queue/metrics` (what waits and how long work
+//! waited, from the queue's own indexes); and `POST /queue/prioritize`, the one change an operator makes to waiting
+//! work besides cancelling it.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -13,8 +15,9 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
-use super::extract::{ApiQuery, page_limit, query_param};
-use crate::model::{Priority, Task, TaskFilter, TaskId, TaskStatus};
+use super::extract::{ApiJson, ApiQuery, page_limit, query_param};
+use super::tasks::submitter_or_admin;
+use crate::model::{Priority, QueueFigures, Task, TaskFilter, TaskId, TaskStatus};
 
 /// Default page of both views.
 const DEFAULT_QUEUE_LIMIT: usize = 50;
@@ -30,7 +33,11 @@ const HISTORY_METADATA: [&str; 4] = ["name", "workspace_id", "user_id", "tags"];
 
 /// The routes, relative to the API prefix.
 pub fn routes() -> Router<ApiState> {
-    Router::new().route("/queue", get(queue_get)).route("/tasks/history", get(history_get))
+    Router::new()
+        .route("/queue", get(queue_get))
+        .route("/queue/metrics", get(queue_metrics))
+        .route("/queue/prioritize", post(queue_prioritize))
+        .route("/tasks/history", get(history_get))
 }
 
 /// `GET /queue` query.
@@ -269,4 +276,125 @@ pub async fn history_get(
     let total = tasks.len();
     let history: Vec<HistoryEntry> = tasks.into_iter().skip(offset).take(limit).map(HistoryEntry::from).collect();
     Ok(Json(HistoryAnswer { history, total, limit, offset, has_more: more || total > offset + limit }))
+}
+
+/// Claim waits of `GET /queue/metrics`: over the newest grants the store remembers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimWaits {
+    /// How many grants these figures cover (at most 1024, the newest).
+    pub samples: usize,
+    /// Median wait in pending before the grant, in ms (none without samples).
+    pub p50_ms: Option<u64>,
+    /// 99th percentile, in ms.
+    pub p99_ms: Option<u64>,
+    /// Longest, in ms.
+    pub max_ms: Option<u64>,
+}
+
+impl ClaimWaits {
+    /// Nearest-rank percentiles of `waits`.
+    fn of(mut waits: Vec<u64>) -> Self {
+        waits.sort_unstable();
+        let rank = |p: f64| {
+            let index = ((p * waits.len() as f64).ceil() as usize).clamp(1, waits.len().max(1)) - 1;
+            waits.get(index).copied()
+        };
+        ClaimWaits { samples: waits.len(), p50_ms: rank(0.50), p99_ms: rank(0.99), max_ms: waits.last().copied() }
+    }
+}
+
+/// Claimable tasks of one capability signature.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignatureDepth {
+    /// The capabilities the tasks require (sorted; empty: any agent may take them).
+    pub capabilities: Vec<String>,
+    /// Claimable tasks requiring exactly these.
+    pub ready: u64,
+}
+
+/// `GET /queue/metrics` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueMetrics {
+    /// Pending tasks: claimable ones plus those sitting out a retry backoff.
+    pub pending: u64,
+    /// Pending tasks sitting out a retry backoff.
+    pub delayed: u64,
+    /// Pending tasks by priority (every level, zeros included).
+    pub by_priority: std::collections::BTreeMap<String, u64>,
+    /// Claimable tasks per capability signature, the deepest first.
+    pub by_signature: Vec<SignatureDepth>,
+    /// How long the longest-waiting pending task has waited since it (last) entered pending, in ms.
+    pub oldest_pending_age_ms: Option<u64>,
+    /// How long tasks waited in pending before their grant (backoff included).
+    pub claim_wait: ClaimWaits,
+    /// Claims blocked waiting for work now.
+    pub waiting_claims: u64,
+}
+
+impl QueueMetrics {
+    fn new(figures: QueueFigures, pending_by_priority: &std::collections::BTreeMap<String, u64>, waiting: u64) -> Self {
+        let by_priority: std::collections::BTreeMap<String, u64> = Priority::ALL
+            .iter()
+            .map(|p| (p.as_str().to_string(), pending_by_priority.get(p.as_str()).copied().unwrap_or(0)))
+            .collect();
+        let mut by_signature: Vec<SignatureDepth> = figures
+            .ready_by_signature
+            .into_iter()
+            .map(|(capabilities, ready)| SignatureDepth { capabilities, ready })
+            .collect();
+        by_signature.sort_by(|a, b| b.ready.cmp(&a.ready).then_with(|| a.capabilities.cmp(&b.capabilities)));
+        QueueMetrics {
+            pending: by_priority.values().sum(),
+            delayed: figures.delayed,
+            by_priority,
+            by_signature,
+            oldest_pending_age_ms: figures.oldest_waiting_since_ms.map(|since| figures.now_ms.saturating_sub(since)),
+            claim_wait: ClaimWaits::of(figures.claim_waits_ms),
+            waiting_claims: waiting,
+        }
+    }
+}
+
+/// `GET /queue/metrics` → depth by priority and capability signature, the oldest pending task's age and claim-wait
+/// percentiles, read from indexes the transitions keep (its cost does not grow with the backlog).
+#[utoipa::path(get, path = "/queue/metrics", tag = "tasks",
+    responses((status = 200, description = "What waits and how long work waited for a claim", body = QueueMetrics)),
+    security(("bearer" = ["controlplane:read"])))]
+pub async fn queue_metrics(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<QueueMetrics>> {
+    caller.require(Permission::Read)?;
+    caller.not_an_agent("read the queue")?;
+    let (figures, counters) = tokio::try_join!(state.coordinator.queue_figures(), state.coordinator.counters())?;
+    Ok(Json(QueueMetrics::new(figures, &counters.pending_by_priority, counters.waiting_claims)))
+}
+
+/// `POST /queue/prioritize` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrioritizeRequest {
+    /// The pending task.
+    pub task_id: String,
+    /// Its new priority: `critical` (or `urgent`), `high`, `normal`, `low`, or the level 0–3.
+    #[schema(value_type = String)]
+    pub priority: Priority,
+}
+
+/// `POST /queue/prioritize {"task_id", "priority"}` → the task at its new priority. It takes the place it would
+/// hold had it been submitted with that priority: behind the tasks of that level submitted before it, ahead of those
+/// submitted after (with aging on, the age it has is kept).
+#[utoipa::path(post, path = "/queue/prioritize", tag = "tasks", request_body = PrioritizeRequest,
+    responses(
+        (status = 200, description = "Pending at its new priority", body = Task),
+        (status = 403, description = "Neither the task's submitter nor an admin", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Not pending (`invalid_transition`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:tasks"])))]
+pub async fn queue_prioritize(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<PrioritizeRequest>,
+) -> ApiResult<Json<Task>> {
+    let id = TaskId::parse("task_id", &request.task_id)?;
+    submitter_or_admin(&state, &caller, &id, "reprioritize tasks").await?;
+    Ok(Json(state.coordinator.prioritize_task(&id, request.priority).await?))
 }

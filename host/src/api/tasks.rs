@@ -679,7 +679,7 @@ pub async fn tasks_fail(
 }
 
 /// 403 unless the caller submitted the task or is an admin (cancel and retry).
-async fn submitter_or_admin(state: &ApiState, caller: &Caller, id: &TaskId, action: &str) -> ApiResult<()> {
+pub(super) async fn submitter_or_admin(state: &ApiState, caller: &Caller, id: &TaskId, action: &str) -> ApiResult<()> {
     caller.require(Permission::Tasks)?;
     caller.not_an_agent(action)?;
     let task = state.coordinator.get_task(id).await?;

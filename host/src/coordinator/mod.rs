@@ -29,9 +29,10 @@ use crate::model::{
 };
 use crate::model::{
     AgentFilter, AgentHealth, Completion, FailRequest, Fence, FleetStats, HealthState, HeartbeatOutcome, PluginAction,
-    PluginRecord, Registered, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
+    PluginRecord, Priority, QueueFigures, Registered, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
 };
 use crate::plugins::registry::{Liveness, PluginInfo};
+use crate::plugins::rules::{RuleSet, rules_component};
 use crate::plugins::watcher::WatchOptions;
 use crate::plugins::{LoadError, Manifest, PluginRegistry, PluginRuntime, PluginSource, PluginWatcher, RuntimeOptions};
 use crate::registry::AgentRegistry;
@@ -212,6 +213,13 @@ impl ControlPlaneCoordinator {
         self.fleet_plugins.upload(name, component, manifest, by).await
     }
 
+    /// Installs a rule set for the whole fleet (`POST /policies`): the built-in `rules_policy` component with the
+    /// rules as its config, uploaded like any policy.
+    pub async fn install_rule_set(&self, rules: &RuleSet, by: &str) -> Result<PluginRecord, FleetPluginError> {
+        let manifest = rules.manifest().map_err(|e| FleetPluginError::BadManifest(e.to_string()))?;
+        self.fleet_plugins.upload(&rules.name, rules_component().to_vec(), Some(manifest), by).await
+    }
+
     /// Enables, disables or deletes plugin `name` for the whole fleet.
     pub async fn change_plugin(
         &self,
@@ -231,6 +239,11 @@ impl ControlPlaneCoordinator {
     /// The store's counters as they are (`/metrics`, readiness).
     pub async fn counters(&self) -> Result<FleetStats, EngineError> {
         Ok(self.store.stats().await?)
+    }
+
+    /// What waits in the queue and how long work waited for a claim (`/queue/metrics`).
+    pub async fn queue_figures(&self) -> Result<QueueFigures, EngineError> {
+        Ok(self.store.queue_figures().await?)
     }
 
     /// One line for logs: which store this control plane runs on.
@@ -369,6 +382,11 @@ impl ControlPlaneCoordinator {
     /// Retries a failed, timed-out or cancelled task.
     pub async fn retry_task(&self, task_id: &TaskId) -> Result<Task, EngineError> {
         self.scheduler.retry(task_id).await
+    }
+
+    /// Moves a pending task to another priority level.
+    pub async fn prioritize_task(&self, task_id: &TaskId, priority: Priority) -> Result<Task, EngineError> {
+        self.scheduler.prioritize(task_id, priority).await
     }
 
     /// One task.

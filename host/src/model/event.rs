@@ -28,6 +28,8 @@ pub enum EventKind {
     TaskCancelled,
     /// A grant was released without counting a retry (undelivered claim).
     TaskReleased,
+    /// A pending task's priority was changed (`POST /queue/prioritize`).
+    TaskPrioritized,
     /// An agent registered.
     AgentRegistered,
     /// An agent registered with a new session; the old session's leases were revoked.
@@ -62,7 +64,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::TaskSubmitted,
         EventKind::TaskClaimed,
         EventKind::TaskStarted,
@@ -73,6 +75,7 @@ impl EventKind {
         EventKind::TaskTimeout,
         EventKind::TaskCancelled,
         EventKind::TaskReleased,
+        EventKind::TaskPrioritized,
         EventKind::AgentRegistered,
         EventKind::AgentRestarted,
         EventKind::AgentStatusChanged,
@@ -103,6 +106,7 @@ impl EventKind {
             EventKind::TaskTimeout => "task_timeout",
             EventKind::TaskCancelled => "task_cancelled",
             EventKind::TaskReleased => "task_released",
+            EventKind::TaskPrioritized => "task_prioritized",
             EventKind::AgentRegistered => "agent_registered",
             EventKind::AgentRestarted => "agent_restarted",
             EventKind::AgentStatusChanged => "agent_status_changed",

@@ -31,7 +31,7 @@ pub use plugin::{
     PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord, is_plugin_name, sha256_hex,
 };
 pub use priority::Priority;
-pub use stats::FleetStats;
+pub use stats::{CLAIM_WAITS_KEPT, FleetStats, QueueFigures};
 pub use task::{FailKind, NewTask, SubmitRequest, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus};
 pub use violation::{NewViolation, VIOLATIONS_KEPT, Violation, ViolationStatus, ViolationUpdate};
 

@@ -33,3 +33,22 @@ pub struct FleetStats {
     /// Agents whose breaker is open or half-open.
     pub open_breakers: u64,
 }
+
+/// How many claim waits the stores remember for `GET /queue/metrics` (the newest; older ones drop off).
+pub const CLAIM_WAITS_KEPT: usize = 1024;
+
+/// What waits in the queue and how long work waited for a claim (`GET /queue/metrics`): read from indexes the
+/// transitions keep, in time independent of the backlog.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueFigures {
+    /// The store's clock when read (ms since the epoch).
+    pub now_ms: u64,
+    /// Claimable pending tasks per capability signature (sorted names), every live signature.
+    pub ready_by_signature: Vec<(Vec<String>, u64)>,
+    /// Pending tasks sitting out a retry backoff (not claimable yet).
+    pub delayed: u64,
+    /// When the task that has waited longest entered pending (ms), none while nothing is pending.
+    pub oldest_waiting_since_ms: Option<u64>,
+    /// How long the newest grants' tasks had waited in pending (ms, newest first, at most [`CLAIM_WAITS_KEPT`]).
+    pub claim_waits_ms: Vec<u64>,
+}

@@ -1,4 +1,5 @@
-//! The built-in strategies (`least_loaded`, `round_robin`, `random`) and health probe (`heartbeat_probe`), compiled
+//! The built-in strategies (`least_loaded`, `round_robin`, `random`), policy (`rules_policy`, which runs the rule
+//! sets of `POST /policies`) and health probe (`heartbeat_probe`), compiled
 //! from `plugins/` by the build script (or taken from `plugins/prebuilt/`, decision 0009) and embedded in the
 //! binary; the example plugins `demo` installs (embedded with their manifests); the paths of every guest the build
 //! produced (examples and test fixtures).
@@ -8,6 +9,11 @@ include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 /// The embedded bytes of a built-in strategy.
 pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
     BUILTIN_STRATEGIES.iter().find(|(builtin, _)| *builtin == name).map(|(_, bytes)| *bytes)
+}
+
+/// The embedded bytes of a built-in policy (`rules_policy`, which runs rule sets).
+pub fn builtin_policy_bytes(name: &str) -> Option<&'static [u8]> {
+    BUILTIN_POLICIES.iter().find(|(builtin, _)| *builtin == name).map(|(_, bytes)| *bytes)
 }
 
 /// Whether `name` is a built-in plugin's (a strategy or a probe), which uploads replace only when asked to.

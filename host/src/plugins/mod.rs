@@ -8,7 +8,8 @@
 //!   built-in. Calls in flight keep the version they started on (they hold an `Arc`).
 //! - **call** (`strategy.rs`, `policy.rs`, `probe.rs`, on `instance.rs`): fuel, deadline and memory cap per call.
 //!
-//! `watcher.rs` feeds the registry from `PLUGINS_DIR`; `builtin.rs` holds the embedded plugins. Bindings are
+//! `watcher.rs` feeds the registry from `PLUGINS_DIR`; `builtin.rs` holds the embedded plugins; `rules.rs` turns an
+//! Aragora-style rule set into the manifest of the built-in `rules_policy`. Bindings are
 //! generated once, in `bindings.rs`, and the engine builds plugin inputs from the model only in `convert.rs`. Plugins never see the store or HTTP: the engine passes them plain records.
 
 pub mod bindings;
@@ -22,6 +23,7 @@ pub mod policy;
 pub mod probe;
 mod ready_io;
 pub mod registry;
+pub mod rules;
 pub mod runtime;
 pub mod sandbox;
 pub mod strategy;

@@ -26,7 +26,7 @@ pub use policies::PolicyDenied;
 
 use crate::config::Config;
 use crate::model::{
-    AgentRegistration, CapabilitySet, Completion, Event, EventKind, FailRequest, Fence, NewTask, StoreError,
+    AgentRegistration, CapabilitySet, Completion, Event, EventKind, FailRequest, Fence, NewTask, Priority, StoreError,
     SubmitRequest, Submitted, Task, TaskId, TaskStatus, ValidationError,
 };
 use crate::plugins::PluginRegistry;
@@ -268,6 +268,12 @@ impl Scheduler {
     /// Cancels a task.
     pub async fn cancel(&self, task_id: &TaskId) -> Result<Task, EngineError> {
         Ok(self.store.cancel(task_id).await?)
+    }
+
+    /// Moves a pending task to another priority level. Nothing to route: a pending task is one no waiting claim
+    /// could take, whatever its priority.
+    pub async fn prioritize(&self, task_id: &TaskId, priority: Priority) -> Result<Task, EngineError> {
+        Ok(self.store.prioritize(task_id, priority).await?)
     }
 
     /// Retries a failed, timed-out or cancelled task: pending again, routed to the claims waiting for it.

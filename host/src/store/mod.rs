@@ -20,8 +20,8 @@ use tokio::sync::broadcast;
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, CandidateNumbers, CapabilitySet, Completion, Event,
     FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation,
-    PluginChange, PluginRecord, Refusal, Registered, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage,
-    Violation, ViolationUpdate,
+    PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, StoreResult, Submitted, Task, TaskFilter,
+    TaskId, TaskPage, Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -356,6 +356,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The counters.
     async fn stats(&self) -> StoreResult<FleetStats>;
+
+    /// What waits and how long work waited for a claim, from the queue's own indexes (never a scan of the backlog).
+    async fn queue_figures(&self) -> StoreResult<QueueFigures>;
+
+    /// Moves a pending task to `priority`, in the place it would hold had it been submitted with it (FIFO by
+    /// submission within the new level; with aging, its age is kept). Not pending → `InvalidTransition`.
+    async fn prioritize(&self, task_id: &TaskId, priority: Priority) -> StoreResult<Task>;
 
     /// Records a fleet-wide plugin change (upload, delete, enable, disable) with its author, bumps the name's fleet
     /// version, appends to its history and emits `plugin_<action>` so every server applies it. Delete, enable

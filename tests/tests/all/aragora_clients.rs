@@ -115,6 +115,10 @@ async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
     assert_eq!(out["breakers"], json!([["sdk-agent-1", "closed"], ["sdk-agent-2", "closed"]]), "{out}");
     assert_ne!(out["oversized"], "accepted", "{out}");
     assert_eq!((out["violation"].as_str(), out["violation_update"].as_str()), (Some(policy), Some("acknowledged")));
+    assert_eq!(out["queue_metrics"], json!({"pending": 1, "samples": 3}), "{out}");
+    assert_eq!(out["prioritized"], "critical");
+    assert_eq!(out["created_policy"], json!(["no-rogue-agents", "rules"]));
+    assert_eq!(out["policies"], json!([["no-rogue-agents", "rules"], [policy, "code"]]), "{out}");
     server.stop().await;
 }
 

@@ -362,3 +362,85 @@ async fn breakers_show_state_failures_and_when_a_trial_is_let_through() {
     assert_eq!((health["breaker"].as_str(), health["breaker_failures"].as_u64()), (Some("open"), Some(2)), "{health}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn queue_metrics_show_depth_by_priority_and_signature_the_oldest_wait_and_claim_waits() {
+    let server = TestServer::start().await;
+    post(&server, "/agents", json!({"agent_id": "worker", "capabilities": ["work"]})).await;
+    let empty = get(&server, "/queue/metrics").await;
+    assert_eq!(
+        (empty["pending"].as_u64(), empty["oldest_pending_age_ms"].clone(), empty["claim_wait"]["samples"].as_u64()),
+        (Some(0), Value::Null, Some(0)),
+        "{empty}"
+    );
+    assert_eq!(empty["by_priority"], json!({"critical": 0, "high": 0, "normal": 0, "low": 0}));
+    for priority in ["high", "normal", "normal"] {
+        post(&server, "/tasks", json!({"task_type": "t", "required_capabilities": ["work"], "priority": priority}))
+            .await;
+    }
+    post(&server, "/tasks", json!({"task_type": "t", "required_capabilities": ["gpu", "work"]})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    claim(&server, "worker").await;
+
+    for url in [server.api("/queue/metrics"), server.url("/api/control-plane/queue/metrics")] {
+        let response = server.client.get(url).bearer_auth(server.admin()).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let metrics: Value = response.json().await.unwrap();
+        assert_eq!(metrics["pending"], 3, "{metrics}");
+        assert_eq!(
+            metrics["by_priority"],
+            json!({"critical": 0, "high": 0, "normal": 3, "low": 0}),
+            "the high one went first"
+        );
+        assert_eq!(
+            metrics["by_signature"],
+            json!([{"capabilities": ["work"], "ready": 2}, {"capabilities": ["gpu", "work"], "ready": 1}]),
+            "the deepest first"
+        );
+        assert!(metrics["oldest_pending_age_ms"].as_u64().unwrap() >= 30, "{metrics}");
+        let wait = &metrics["claim_wait"];
+        assert_eq!(wait["samples"], 1, "{metrics}");
+        assert!(wait["p50_ms"].as_u64().unwrap() >= 30 && wait["p50_ms"] == wait["p99_ms"], "{metrics}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn prioritize_moves_a_pending_task_ahead_and_refuses_what_it_cannot_move() {
+    let server = TestServer::start().await;
+    post(&server, "/agents", json!({"agent_id": "worker", "capabilities": ["work"]})).await;
+    let first = submit(&server, "t", "first").await;
+    let second = submit(&server, "t", "second").await;
+    let moved = post(&server, "/queue/prioritize", json!({"task_id": second, "priority": "urgent"})).await;
+    assert_eq!((moved["task_id"].as_str(), moved["priority"].as_str()), (Some(second.as_str()), Some("critical")));
+    assert_eq!(claim(&server, "worker").await["task_id"], second.as_str(), "the raised task goes first");
+
+    let refusals = [
+        (json!({"task_id": second, "priority": "high"}), StatusCode::CONFLICT, "invalid_transition"),
+        (
+            json!({"task_id": "task_00000000000000000000000000000000", "priority": "high"}),
+            StatusCode::NOT_FOUND,
+            "task_not_found",
+        ),
+        (json!({"task_id": first, "priority": "soonest"}), StatusCode::BAD_REQUEST, "validation_error"),
+        (json!({"task_id": first}), StatusCode::BAD_REQUEST, "validation_error"),
+        (json!({"task_id": "nope", "priority": "high"}), StatusCode::BAD_REQUEST, "validation_error"),
+    ];
+    for (body, status, code) in refusals {
+        let (got, problem) = call(&server, reqwest::Method::POST, "/queue/prioritize", Some(body.clone())).await;
+        assert_eq!((got, problem["code"].as_str()), (status, Some(code)), "{body}: {problem}");
+    }
+    // Only the submitter or an admin moves a task.
+    let stranger = server.token("someone-else", &[Permission::Tasks]);
+    let response = server
+        .client
+        .post(server.api("/queue/prioritize"))
+        .bearer_auth(stranger)
+        .json(&json!({"task_id": first, "priority": "high"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(get(&server, &format!("/tasks/{first}")).await["priority"], "normal", "a refusal changes nothing");
+    server.stop().await;
+}

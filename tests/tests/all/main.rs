@@ -18,6 +18,7 @@ mod hot_reload;
 mod isolation;
 mod openapi;
 mod plugin_uploads;
+mod rule_policies;
 mod slow_store;
 mod store_conformance;
 mod store_model;

@@ -26,12 +26,12 @@ use super::{
     WaitingClaim, Withdrawn,
 };
 use crate::model::{
-    Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet,
-    Completion, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, HealthState, HealthVerdict,
+    Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers,
+    CapabilitySet, Completion, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, HealthState, HealthVerdict,
     HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange,
-    PluginHistoryEntry, PluginRecord, Priority, Refusal, Registered, RevokeReason, Revoked, Standing, StoreError,
-    StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation,
-    ViolationUpdate, rfc3339_ms,
+    PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked, Standing,
+    StoreError, StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT,
+    Violation, ViolationUpdate, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -81,6 +81,8 @@ struct TaskRecord {
     finished_at_ms: Option<u64>,
     /// The lease and error of the last failure that requeued the task, so a repeat of that fail answers 200.
     requeued_by: Option<(String, String)>,
+    /// When it last entered pending (store ms): its key in `waiting_since`, and where its claim wait starts.
+    pending_since_ms: u64,
 }
 
 impl TaskRecord {
@@ -140,6 +142,8 @@ struct State {
     by_seq: BTreeMap<u64, TaskId>,
     /// Terminal tasks by the time they ended, for retention.
     finished: BTreeSet<(u64, TaskId)>,
+    /// Pending tasks by when they entered pending: the longest wait is the first.
+    waiting_since: BTreeSet<(u64, TaskId)>,
     agents: BTreeMap<String, AgentRecord>,
     /// Agents by heartbeat expiry.
     expiry: BTreeSet<(u64, String)>,
@@ -170,6 +174,8 @@ struct Counters {
     pending_by_priority: BTreeMap<Priority, u64>,
     tasks_by_type: BTreeMap<String, u64>,
     last_claim_examined: u64,
+    /// The newest grants' waits in pending (ms), newest first.
+    claim_waits: VecDeque<u64>,
 }
 
 /// The in-memory store.
@@ -317,9 +323,16 @@ impl Tx<'_> {
         *counters.tasks_by_status.entry(status).or_default() += 1;
         if old == TaskStatus::Pending {
             *counters.pending_by_priority.entry(priority).or_default() -= 1;
+            self.state.waiting_since.remove(&(record.pending_since_ms, task_id.clone()));
+            if status == TaskStatus::Claimed {
+                counters.claim_waits.push_front(self.now.saturating_sub(record.pending_since_ms));
+                counters.claim_waits.truncate(CLAIM_WAITS_KEPT);
+            }
         }
         if status == TaskStatus::Pending {
             *counters.pending_by_priority.entry(priority).or_default() += 1;
+            record.pending_since_ms = self.now;
+            self.state.waiting_since.insert((self.now, task_id.clone()));
         }
         if old.is_terminal()
             && let Some(ended) = record.finished_at_ms.take()
@@ -989,9 +1002,11 @@ impl Tx<'_> {
                 revoked: VecDeque::new(),
                 finished_at_ms: None,
                 requeued_by: None,
+                pending_since_ms: now,
             },
         );
         self.state.by_seq.insert(seq, task_id.clone());
+        self.state.waiting_since.insert((now, task_id.clone()));
         let counters = &mut self.state.stats;
         *counters.tasks_by_status.entry(TaskStatus::Pending).or_default() += 1;
         *counters.pending_by_priority.entry(priority).or_default() += 1;
@@ -1601,6 +1616,36 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn prioritize(&self, task_id: &TaskId, priority: Priority) -> StoreResult<Task> {
+        self.transition(|tx| {
+            let record = tx.task(task_id)?;
+            let (status, old) = (record.task.status, record.task.priority);
+            if status != TaskStatus::Pending {
+                return Err(StoreError::conflict(
+                    "invalid_transition",
+                    format!("task {task_id} is {}; only pending tasks can be prioritized", status.as_str()),
+                ));
+            }
+            if old == priority {
+                return Ok(record.task.clone());
+            }
+            tx.dequeue(task_id);
+            let record = tx.state.tasks.get_mut(task_id).expect("task exists");
+            record.task.priority = priority;
+            record.score = match tx.store.config.priority_aging_ms {
+                // With aging the score is `enqueued + level·aging`: keep the age, change the level.
+                Some(aging) => record.score - u64::from(old.level()) * aging + u64::from(priority.level()) * aging,
+                None => tx.store.score(priority, record.seq, tx.now),
+            };
+            let counters = &mut tx.state.stats;
+            *counters.pending_by_priority.entry(old).or_default() -= 1;
+            *counters.pending_by_priority.entry(priority).or_default() += 1;
+            tx.enqueue(task_id);
+            tx.emit(EventKind::TaskPrioritized, Some(task_id), None, json!({"from": old, "to": priority}));
+            Ok(tx.state.tasks[task_id].task.clone())
+        })
+    }
+
     async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<bool> {
         self.transition(|tx| {
             let record = tx.task(task_id)?;
@@ -1983,6 +2028,20 @@ impl Store for MemoryStore {
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
         let state = self.lock()?;
         Ok(state.plugins.get(name).and_then(|(record, bytes)| Some((record.sha256.clone()?, bytes.clone()?))))
+    }
+
+    async fn queue_figures(&self) -> StoreResult<QueueFigures> {
+        let state = self.lock()?;
+        let mut ready_by_signature: Vec<(Vec<String>, u64)> =
+            state.ready.iter().map(|(signature, queue)| (signature.as_slice().to_vec(), queue.len() as u64)).collect();
+        ready_by_signature.sort();
+        Ok(QueueFigures {
+            now_ms: self.clock.now_ms(),
+            ready_by_signature,
+            delayed: state.delayed.len() as u64,
+            oldest_waiting_since_ms: state.waiting_since.first().map(|(since, _)| *since),
+            claim_waits_ms: state.stats.claim_waits.iter().copied().collect(),
+        })
     }
 
     async fn stats(&self) -> StoreResult<FleetStats> {

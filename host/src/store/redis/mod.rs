@@ -34,8 +34,8 @@ use crate::model::{
 };
 use crate::model::{
     AgentFilter, AgentHealth, AgentRegistration, Completion, FailRequest, Fence, FleetStats, HealthVerdict,
-    HeartbeatOutcome, NewViolation, PluginAction, PluginChange, PluginRecord, Registered, RevokeReason, Revoked,
-    StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
+    HeartbeatOutcome, NewViolation, PluginAction, PluginChange, PluginRecord, QueueFigures, Registered, RevokeReason,
+    Revoked, StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
 };
 
 /// The default key prefix (`CONTROL_PLANE_PREFIX`).
@@ -708,6 +708,12 @@ impl Store for RedisStore {
         decode::task(first(&body)?)
     }
 
+    async fn prioritize(&self, task_id: &TaskId, priority: Priority) -> StoreResult<Task> {
+        let args = vec![task_id.to_string(), priority.level().to_string()];
+        let body = self.call(&self.scripts.prioritize, args).await?;
+        decode::task(first(&body)?)
+    }
+
     async fn release(&self, task_id: &TaskId, lease_id: &str) -> StoreResult<bool> {
         let body = self.call(&self.scripts.release, vec![task_id.to_string(), lease_id.to_string()]).await?;
         Ok(body.first().and_then(text).as_deref() == Some("1"))
@@ -913,6 +919,28 @@ impl Store for RedisStore {
             .decode(encoded)
             .map_err(|e| StoreError::Unavailable(format!("redis: plugin {name} bytes: {e}")))?;
         Ok(Some((sha256, bytes)))
+    }
+
+    async fn queue_figures(&self) -> StoreResult<QueueFigures> {
+        let reply = self.run(&self.scripts.queue_figures, Vec::new()).await?;
+        let body = reply.body?;
+        // A sorted set's score comes back as a double's text.
+        let number = |value: &Value| text(value).and_then(|t| t.parse::<f64>().ok()).map(|n| n.max(0.0) as u64);
+        let mut ready_by_signature = Vec::new();
+        for pair in decode::array(first(&body)?)?.chunks(2) {
+            let signature = pair.first().and_then(text).unwrap_or_default();
+            let names = signature.split(',').filter(|name| !name.is_empty()).map(str::to_string).collect();
+            ready_by_signature.push((names, pair.get(1).and_then(number).unwrap_or(0)));
+        }
+        ready_by_signature.sort();
+        let waits = body.get(3).map(decode::array).transpose()?.unwrap_or_default();
+        Ok(QueueFigures {
+            now_ms: reply.now,
+            ready_by_signature,
+            delayed: body.get(1).and_then(number).unwrap_or(0),
+            oldest_waiting_since_ms: body.get(2).and_then(number),
+            claim_waits_ms: waits.iter().filter_map(number).collect(),
+        })
     }
 
     async fn stats(&self) -> StoreResult<FleetStats> {

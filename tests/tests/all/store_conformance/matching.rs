@@ -216,3 +216,80 @@ pub(super) async fn peek_and_claim_if_let_a_dispatch_policy_skip_a_task_that_kee
     assert_eq!(h.claim("worker").await.map(|t| t.task_id), Some(denied), "the skipped task kept its place");
     assert_eq!(h.status(&foreign).await, TaskStatus::Pending);
 }
+
+pub(super) async fn prioritizing_a_pending_task_moves_it_to_its_submit_order_place_in_the_new_level(h: Harness) {
+    use Priority::*;
+    h.register("worker", &[]).await;
+    let high_1 = h.submit(request_for("p", High, &[])).await;
+    let normal_1 = h.submit(request_for("p", Normal, &[])).await;
+    let normal_2 = h.submit(request_for("p", Normal, &["code"])).await;
+    let high_2 = h.submit(request_for("p", High, &[])).await;
+    let mut rx = h.store.subscribe();
+    // normal_2 was submitted between the two high tasks: it lands between them, in another signature too.
+    let moved = h.store.prioritize(&normal_2, High).await.expect("prioritize");
+    assert_eq!((moved.priority, moved.status), (High, TaskStatus::Pending));
+    let event = of_kind(&received(&mut rx), EventKind::TaskPrioritized).clone();
+    assert_eq!(event.task_id.as_deref(), Some(normal_2.to_string().as_str()));
+    assert_eq!(event.data, json!({"from": "normal", "to": "high"}));
+    let stats = h.stats().await;
+    assert_eq!((stats.pending_by_priority.get("high"), stats.pending_by_priority.get("normal")), (Some(&3), Some(&1)));
+    // The same priority again changes nothing and emits nothing.
+    assert_eq!(h.store.prioritize(&normal_2, High).await.expect("again").priority, High);
+    assert!(received(&mut rx).is_empty(), "no change, no event");
+    h.register("coder", &["code"]).await;
+    assert_eq!(h.drain("coder").await, vec![high_1.clone(), normal_2.clone(), high_2.clone(), normal_1.clone()]);
+
+    // Only pending work moves; unknown tasks are not found.
+    let done = h.task(&normal_1).await;
+    assert_eq!(conflict_code(h.store.prioritize(&done.task_id, Low).await), "invalid_transition");
+    let missing = TaskId::parse("task_id", "task_00000000000000000000000000000000").unwrap();
+    assert!(matches!(h.store.prioritize(&missing, Low).await, Err(StoreError::TaskNotFound(_))));
+
+    // With aging the task keeps its age: an old low task raised to normal passes a newer normal one.
+    let h = h.reopen(|c| c.priority_aging_ms = Some(1_000)).await;
+    h.register("worker", &[]).await;
+    let old_low = h.submit(request_for("aging", Low, &[])).await; // 0 + 3,000
+    h.advance(500).await;
+    let normal = h.submit(request_for("aging", Normal, &[])).await; // 500 + 2,000
+    h.store.prioritize(&old_low, Normal).await.expect("prioritize"); // 0 + 2,000
+    assert_eq!(h.drain("worker").await, vec![old_low, normal]);
+}
+
+pub(super) async fn queue_figures_count_ready_work_per_signature_the_oldest_wait_and_claim_waits(h: Harness) {
+    let empty = h.store.queue_figures().await.expect("figures");
+    assert_eq!((empty.ready_by_signature.len(), empty.delayed, empty.oldest_waiting_since_ms), (0, 0, None));
+    assert!(empty.claim_waits_ms.is_empty());
+    h.register("worker", &["code", "gpu"]).await;
+    let first = h.submit(request_for("q", Priority::Normal, &["code"])).await;
+    h.advance(1_000).await;
+    h.submit(request_for("q", Priority::Normal, &["code"])).await;
+    h.submit(request_for("q", Priority::Normal, &["gpu", "code"])).await;
+    h.advance(500).await;
+    let figures = h.store.queue_figures().await.expect("figures");
+    assert_eq!(
+        figures.ready_by_signature,
+        vec![(vec!["code".to_string()], 2), (vec!["code".to_string(), "gpu".to_string()], 1)]
+    );
+    assert_eq!(figures.now_ms - figures.oldest_waiting_since_ms.expect("something waits"), 1_500);
+
+    // The first task is granted after 1.5 s in pending; the wait is recorded and the oldest is now 0.5 s old.
+    let held = h.claim("worker").await.expect("claimable");
+    assert_eq!(held.task_id, first);
+    let figures = h.store.queue_figures().await.expect("figures");
+    assert_eq!(figures.claim_waits_ms, vec![1_500]);
+    assert_eq!(figures.now_ms - figures.oldest_waiting_since_ms.expect("two wait"), 500);
+    // A failure that requeues with backoff waits again, delayed, counted from the requeue.
+    h.advance(200).await;
+    h.store.fail(&first, &lease(&held), &fail("again", true)).await.expect("fail");
+    let figures = h.store.queue_figures().await.expect("figures");
+    let delayed = u64::from(h.task(&first).await.available_at.is_some());
+    assert_eq!(figures.delayed, delayed);
+    // Drain: every grant adds its wait, newest first.
+    h.advance(60_000).await;
+    h.store.promote_due(10).await.expect("promote");
+    assert_eq!(h.drain("worker").await.len(), 3);
+    let figures = h.store.queue_figures().await.expect("figures");
+    assert_eq!(figures.claim_waits_ms.len(), 4);
+    assert_eq!(figures.claim_waits_ms.last(), Some(&1_500), "the oldest grant last");
+    assert_eq!((figures.ready_by_signature.len(), figures.delayed, figures.oldest_waiting_since_ms), (0, 0, None));
+}

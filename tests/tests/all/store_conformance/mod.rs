@@ -109,6 +109,8 @@ macro_rules! conformance {
                 records::plugin_changes_keep_versions_bytes_history_and_emit_events,
                 records::violations_get_fleet_ids_events_and_are_listed_newest_first,
                 records::a_reviewer_changes_a_violations_status_and_note_in_place,
+                matching::prioritizing_a_pending_task_moves_it_to_its_submit_order_place_in_the_new_level,
+                matching::queue_figures_count_ready_work_per_signature_the_oldest_wait_and_claim_waits,
             ]);
 
             conformance!(@multi_thread [

@@ -35,6 +35,8 @@ local K = {
   leases = P .. 'leases',
   tasks = P .. 'tasks',
   finished = P .. 'finished',
+  pending_since = P .. 'pending-since',
+  claim_waits = P .. 'claim-waits',
   agents = P .. 'agents',
   expiry = P .. 'expiry',
   offline = P .. 'offline',
@@ -91,6 +93,7 @@ local PRIORITY = { [0] = 'critical', [1] = 'high', [2] = 'normal', [3] = 'low' }
 local TERMINAL = { completed = true, failed = true, cancelled = true, timeout = true }
 local LATENCY_SMOOTHING = 0.2
 local REVOKED_HISTORY = 8
+local CLAIM_WAITS_KEPT = 1024 -- model::CLAIM_WAITS_KEPT
 
 -- ------------------------------------------------------------------------------------------------------------------
 -- Events: appended to the capped stream in the same script as the change they describe.
@@ -230,8 +233,21 @@ local function set_status(id, status)
   redis.call('HINCRBY', K.stats, 'status:' .. old, -1)
   redis.call('HINCRBY', K.stats, 'status:' .. status, 1)
   local priority = PRIORITY[tonumber(t[2])]
-  if old == 'pending' then redis.call('HINCRBY', K.stats, 'prio:' .. priority, -1) end
-  if status == 'pending' then redis.call('HINCRBY', K.stats, 'prio:' .. priority, 1) end
+  if old == 'pending' then
+    redis.call('HINCRBY', K.stats, 'prio:' .. priority, -1)
+    if status == 'claimed' then
+      local since = redis.call('ZSCORE', K.pending_since, id)
+      if since then
+        redis.call('LPUSH', K.claim_waits, n2s(math.max(0, NOW - tonumber(since))))
+        redis.call('LTRIM', K.claim_waits, 0, CLAIM_WAITS_KEPT - 1)
+      end
+    end
+    redis.call('ZREM', K.pending_since, id)
+  end
+  if status == 'pending' then
+    redis.call('HINCRBY', K.stats, 'prio:' .. priority, 1)
+    redis.call('ZADD', K.pending_since, NOW, id)
+  end
   if TERMINAL[old] and t[3] then
     redis.call('HDEL', k, 'finished')
     redis.call('ZREM', K.finished, id)

@@ -93,6 +93,7 @@ for i, t in ipairs(tasks) do
     if t.has_strategy then redis.call('HSET', k, 'strategy', t.strategy) end
     if t.has_key then redis.call('HSET', k, 'idem', t.key) end
     redis.call('ZADD', K.tasks, seq, t.id)
+    redis.call('ZADD', K.pending_since, NOW, t.id)
     redis.call('HINCRBY', K.stats, 'status:pending', 1)
     redis.call('HINCRBY', K.stats, 'prio:' .. PRIORITY[t.level], 1)
     redis.call('HINCRBY', K.stats, 'type:' .. t.type, 1)
