@@ -175,6 +175,7 @@ impl From<EngineError> for ApiError {
             EngineError::UnknownStrategy(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "unknown_strategy", error.to_string()).with_field("strategy")
             }
+            EngineError::ScheduleNotFound(_) => ApiError::not_found("schedule_not_found", error.to_string()),
         }
     }
 }

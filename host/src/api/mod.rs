@@ -20,6 +20,7 @@ pub mod plugins;
 pub mod policies;
 pub mod queue;
 pub mod readiness;
+pub mod schedules;
 pub mod tasks;
 
 use std::future::Future;
@@ -124,6 +125,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(events::routes())
         .merge(queue::routes())
         .merge(policies::routes())
+        .merge(schedules::routes())
         .merge(figures::routes())
         .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -29,7 +29,8 @@ use crate::model::{
 };
 use crate::model::{
     AgentFilter, AgentHealth, Completion, FailRequest, Fence, FleetStats, HealthState, HeartbeatOutcome, PluginAction,
-    PluginRecord, Priority, QueueFigures, Registered, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
+    PluginRecord, Priority, QueueFigures, Registered, Schedule, ScheduleChange, ScheduleSpec, StoreError, Submitted,
+    TaskFilter, TaskPage, ViolationUpdate,
 };
 use crate::plugins::registry::{Liveness, PluginInfo};
 use crate::plugins::rules::{RuleSet, rules_component};
@@ -157,6 +158,7 @@ impl ControlPlaneCoordinator {
             tokio::spawn(fleet_plugins.run(fleet_changes_rx, shutdown.clone())),
             tokio::spawn(scheduler.clone().run_sweeper(shutdown.clone())),
             tokio::spawn(health.run(shutdown.clone())),
+            tokio::spawn(scheduler.clone().run_schedules(shutdown.clone())),
         ];
         *coordinator.background.lock() = background;
         if let Some(dir) = &config.plugins_dir {
@@ -387,6 +389,31 @@ impl ControlPlaneCoordinator {
     /// Moves a pending task to another priority level.
     pub async fn prioritize_task(&self, task_id: &TaskId, priority: Priority) -> Result<Task, EngineError> {
         self.scheduler.prioritize(task_id, priority).await
+    }
+
+    /// Creates a recurring task owned by `by`.
+    pub async fn create_schedule(&self, spec: ScheduleSpec, by: &str) -> Result<Schedule, EngineError> {
+        self.scheduler.create_schedule(spec, by).await
+    }
+
+    /// One schedule.
+    pub async fn get_schedule(&self, id: &str) -> Result<Schedule, EngineError> {
+        self.scheduler.schedule(id).await
+    }
+
+    /// Every schedule.
+    pub async fn list_schedules(&self) -> Result<Vec<Schedule>, EngineError> {
+        self.scheduler.schedules().await
+    }
+
+    /// Changes a schedule (name, timing, template, catch-up policy, pause).
+    pub async fn change_schedule(&self, id: &str, change: ScheduleChange) -> Result<Schedule, EngineError> {
+        self.scheduler.change_schedule(id, change).await
+    }
+
+    /// Deletes a schedule.
+    pub async fn delete_schedule(&self, id: &str) -> Result<(), EngineError> {
+        self.scheduler.delete_schedule(id).await
     }
 
     /// One task.

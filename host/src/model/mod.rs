@@ -13,6 +13,7 @@ mod health;
 mod outcome;
 mod plugin;
 mod priority;
+mod schedule;
 mod stats;
 mod task;
 mod violation;
@@ -31,6 +32,10 @@ pub use plugin::{
     PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord, is_plugin_name, sha256_hex,
 };
 pub use priority::Priority;
+pub use schedule::{
+    CatchUp, Firing, MAX_CATCH_UP_TICKS, MAX_SCHEDULES, Schedule, ScheduleAdvance, ScheduleChange, ScheduleDefinition,
+    ScheduleRecord, ScheduleSpec, Timing, new_schedule_id,
+};
 pub use stats::{CLAIM_WAITS_KEPT, FleetStats, QueueFigures};
 pub use task::{FailKind, NewTask, SubmitRequest, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus};
 pub use violation::{NewViolation, VIOLATIONS_KEPT, Violation, ViolationStatus, ViolationUpdate};

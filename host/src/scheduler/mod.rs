@@ -2,7 +2,7 @@
 //! and land in the store; new work is routed to waiting claims by the task's strategy plugin (`routing.rs`);
 //! claims take the best pending task or wait for routed work, woken by a notification, never a poll loop
 //! (`claims.rs`); holders start, report, complete and fail their tasks; cancels and retries; the sweeper ends
-//! timed-out attempts and requeues the work of silent agents.
+//! timed-out attempts and requeues the work of silent agents; recurring tasks fire from `schedules.rs`.
 //!
 //! The store does every state change atomically; this layer decides *which* change to ask for, delivers the result
 //! to the right claim, and routes every task a transition makes pending again (a failure that requeues, a retry, a
@@ -12,6 +12,7 @@
 mod claims;
 mod policies;
 pub mod routing;
+mod schedules;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -51,6 +52,9 @@ pub enum EngineError {
     /// this agent).
     #[error("{0}")]
     TooManyWaiting(String),
+    /// 404: no schedule has this id.
+    #[error("schedule {0} not found")]
+    ScheduleNotFound(String),
 }
 
 /// The answer to a claim.

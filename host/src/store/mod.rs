@@ -20,8 +20,8 @@ use tokio::sync::broadcast;
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, CandidateNumbers, CapabilitySet, Completion, Event,
     FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation,
-    PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, StoreResult, Submitted, Task, TaskFilter,
-    TaskId, TaskPage, Violation, ViolationUpdate,
+    PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance, ScheduleRecord,
+    StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -356,6 +356,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// The counters.
     async fn stats(&self) -> StoreResult<FleetStats>;
+
+    /// Creates schedule `record.id`, or replaces its definition: its next tick too when `replace_next` (the
+    /// timing changed), otherwise the store keeps the one it has (a firing may have moved it meanwhile). Its
+    /// firing record (last run, counts) is kept. A new schedule past [`crate::model::MAX_SCHEDULES`] → 409
+    /// `too_many_schedules`.
+    async fn put_schedule(&self, record: ScheduleRecord, replace_next: bool) -> StoreResult<ScheduleRecord>;
+
+    /// One schedule.
+    async fn schedule(&self, id: &str) -> StoreResult<Option<ScheduleRecord>>;
+
+    /// Every schedule, by id.
+    async fn schedules(&self) -> StoreResult<Vec<ScheduleRecord>>;
+
+    /// Deletes a schedule; whether it existed.
+    async fn delete_schedule(&self, id: &str) -> StoreResult<bool>;
+
+    /// Schedules whose next tick is due at the store's clock, the most overdue first, at most `limit`.
+    async fn due_schedules(&self, limit: usize) -> StoreResult<Vec<ScheduleRecord>>;
+
+    /// Applies a firing if the schedule's next tick is still `advance.from_ms`; whether it did (false: another
+    /// server fired it first, or it was changed or deleted).
+    async fn advance_schedule(&self, advance: ScheduleAdvance) -> StoreResult<bool>;
 
     /// What waits and how long work waited for a claim, from the queue's own indexes (never a scan of the backlog).
     async fn queue_figures(&self) -> StoreResult<QueueFigures>;

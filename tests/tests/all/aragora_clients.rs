@@ -119,6 +119,10 @@ async fn the_aragora_sdk_gets_through_a_new_users_first_hour() {
     assert_eq!(out["prioritized"], "critical");
     assert_eq!(out["created_policy"], json!(["no-rogue-agents", "rules"]));
     assert_eq!(out["policies"], json!([["no-rogue-agents", "rules"], [policy, "code"]]), "{out}");
+    assert_eq!(out["schedule_next"], true, "{out}");
+    assert_eq!(out["schedule_read"], "hourly digest");
+    assert_eq!(out["schedule_paused"], Value::Null, "paused: no next run");
+    assert_eq!((out["schedules_total"].as_u64(), out["schedule_deleted"].as_bool()), (Some(1), Some(true)));
     server.stop().await;
 }
 
@@ -148,3 +152,4 @@ async fn a_heartbeating_fleet_reads_healthy_out_of_the_box_and_the_builtin_probe
     assert_eq!(server.coordinator.probe_now().await, 0, "a disabled probe judges nobody");
     server.stop().await;
 }
+

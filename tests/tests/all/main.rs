@@ -19,6 +19,7 @@ mod isolation;
 mod openapi;
 mod plugin_uploads;
 mod rule_policies;
+mod schedules;
 mod slow_store;
 mod store_conformance;
 mod store_model;

@@ -28,10 +28,10 @@ use super::{
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers,
     CapabilitySet, Completion, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, HealthState, HealthVerdict,
-    HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange,
-    PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked, Standing,
-    StoreError, StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT,
-    Violation, ViolationUpdate, rfc3339_ms,
+    HeartbeatOutcome, HeartbeatRequest, MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction,
+    PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked,
+    ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId,
+    TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -166,6 +166,8 @@ struct State {
     violation_seq: u64,
     /// Live servers and when their presence expires (store ms).
     servers: BTreeMap<String, u64>,
+    /// Schedules by id (at most `MAX_SCHEDULES`: the due scan stays small).
+    schedules: BTreeMap<String, ScheduleRecord>,
 }
 
 #[derive(Default)]
@@ -2028,6 +2030,66 @@ impl Store for MemoryStore {
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
         let state = self.lock()?;
         Ok(state.plugins.get(name).and_then(|(record, bytes)| Some((record.sha256.clone()?, bytes.clone()?))))
+    }
+
+    async fn put_schedule(&self, record: ScheduleRecord, replace_next: bool) -> StoreResult<ScheduleRecord> {
+        self.transition(|tx| {
+            let schedules = &mut tx.state.schedules;
+            if let Some(existing) = schedules.get_mut(&record.id) {
+                existing.definition = record.definition;
+                if replace_next {
+                    existing.next_run_ms = record.next_run_ms;
+                }
+                return Ok(existing.clone());
+            }
+            if schedules.len() >= MAX_SCHEDULES {
+                return Err(StoreError::conflict(
+                    "too_many_schedules",
+                    format!("the store keeps at most {MAX_SCHEDULES} schedules; delete some first"),
+                ));
+            }
+            schedules.insert(record.id.clone(), record.clone());
+            Ok(record)
+        })
+    }
+
+    async fn schedule(&self, id: &str) -> StoreResult<Option<ScheduleRecord>> {
+        Ok(self.lock()?.schedules.get(id).cloned())
+    }
+
+    async fn schedules(&self) -> StoreResult<Vec<ScheduleRecord>> {
+        Ok(self.lock()?.schedules.values().cloned().collect())
+    }
+
+    async fn delete_schedule(&self, id: &str) -> StoreResult<bool> {
+        self.transition(|tx| Ok(tx.state.schedules.remove(id).is_some()))
+    }
+
+    async fn due_schedules(&self, limit: usize) -> StoreResult<Vec<ScheduleRecord>> {
+        let state = self.lock()?;
+        let now = self.clock.now_ms();
+        let mut due: Vec<&ScheduleRecord> =
+            state.schedules.values().filter(|s| s.next_run_ms.is_some_and(|next| next <= now)).collect();
+        due.sort_by_key(|s| (s.next_run_ms, s.id.clone()));
+        Ok(due.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn advance_schedule(&self, advance: ScheduleAdvance) -> StoreResult<bool> {
+        self.transition(|tx| {
+            let Some(schedule) = tx.state.schedules.get_mut(&advance.id) else { return Ok(false) };
+            if schedule.next_run_ms != Some(advance.from_ms) {
+                return Ok(false);
+            }
+            schedule.next_run_ms = advance.next_ms;
+            if let Some((tick, task)) = advance.fired {
+                schedule.last_run_ms = Some(tick);
+                schedule.last_task_id = task;
+            }
+            schedule.last_error = advance.error;
+            schedule.runs += advance.runs;
+            schedule.skipped += advance.skipped;
+            Ok(true)
+        })
     }
 
     async fn queue_figures(&self) -> StoreResult<QueueFigures> {

@@ -9,12 +9,12 @@ use serde_json::{Map, Value as Json};
 use super::super::{ClaimAnswer, WaitingClaim};
 use crate::model::{
     Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, Event, EventKind, HealthState,
-    PluginHistoryEntry, PluginRecord, Priority, Refusal, StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus,
-    Violation, ViolationStatus, rfc3339_ms,
+    PluginHistoryEntry, PluginRecord, Priority, Refusal, ScheduleRecord, StoreError, StoreResult, Task, TaskError,
+    TaskId, TaskStatus, Violation, ViolationStatus, rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
-const CONFLICT_CODES: [&str; 7] = [
+const CONFLICT_CODES: [&str; 8] = [
     "lease_lost",
     "task_cancelled",
     "task_timeout",
@@ -22,6 +22,7 @@ const CONFLICT_CODES: [&str; 7] = [
     "session_replaced",
     "idempotency_key_reused",
     "invalid_transition",
+    "too_many_schedules",
 ];
 
 /// A decoded reply: the store clock it ran at, its last event, and the body (or the refusal).
@@ -395,4 +396,20 @@ pub(super) fn violations(value: &Value) -> StoreResult<Vec<Violation>> {
             })
         })
         .collect()
+}
+
+/// A schedule's hash (HGETALL).
+pub(super) fn schedule(value: &Value) -> StoreResult<ScheduleRecord> {
+    let fields = hash(value)?;
+    let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+    Ok(ScheduleRecord {
+        id: fields.get("id").cloned().ok_or_else(|| corrupt("schedule without id"))?,
+        definition: fields.get("def").cloned().ok_or_else(|| corrupt("schedule without definition"))?,
+        next_run_ms: number("next"),
+        last_run_ms: number("last"),
+        last_task_id: fields.get("last_task").cloned(),
+        last_error: fields.get("last_error").cloned(),
+        runs: number("runs").unwrap_or(0),
+        skipped: number("skipped").unwrap_or(0),
+    })
 }

@@ -34,8 +34,9 @@ use crate::model::{
 };
 use crate::model::{
     AgentFilter, AgentHealth, AgentRegistration, Completion, FailRequest, Fence, FleetStats, HealthVerdict,
-    HeartbeatOutcome, NewViolation, PluginAction, PluginChange, PluginRecord, QueueFigures, Registered, RevokeReason,
-    Revoked, StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
+    HeartbeatOutcome, MAX_SCHEDULES, NewViolation, PluginAction, PluginChange, PluginRecord, QueueFigures, Registered,
+    RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, StoreError, StoreResult, Submitted, TaskFilter, TaskPage,
+    Violation, ViolationUpdate,
 };
 
 /// The default key prefix (`CONTROL_PLANE_PREFIX`).
@@ -269,6 +270,11 @@ impl RedisStore {
     /// Runs a script and answers its body, or its refusal.
     async fn call(&self, script: &Script, args: Vec<String>) -> StoreResult<Vec<Value>> {
         self.run(script, args).await?.body
+    }
+
+    async fn read_schedules(&self, args: Vec<String>) -> StoreResult<Vec<ScheduleRecord>> {
+        let body = self.call(&self.scripts.schedule_read, args).await?;
+        decode::array(first(&body)?)?.iter().map(decode::schedule).collect()
     }
 
     fn lease_ids(count: usize) -> Vec<String> {
@@ -919,6 +925,56 @@ impl Store for RedisStore {
             .decode(encoded)
             .map_err(|e| StoreError::Unavailable(format!("redis: plugin {name} bytes: {e}")))?;
         Ok(Some((sha256, bytes)))
+    }
+
+    async fn put_schedule(&self, record: ScheduleRecord, replace_next: bool) -> StoreResult<ScheduleRecord> {
+        let args = vec![
+            "put".to_string(),
+            record.id,
+            record.definition,
+            record.next_run_ms.map(|n| n.to_string()).unwrap_or_default(),
+            if replace_next { "1" } else { "0" }.to_string(),
+            MAX_SCHEDULES.to_string(),
+        ];
+        let body = self.call(&self.scripts.schedule_change, args).await?;
+        decode::schedule(first(&body)?)
+    }
+
+    async fn schedule(&self, id: &str) -> StoreResult<Option<ScheduleRecord>> {
+        Ok(self.read_schedules(vec!["one".into(), id.to_string()]).await?.pop())
+    }
+
+    async fn schedules(&self) -> StoreResult<Vec<ScheduleRecord>> {
+        self.read_schedules(vec!["all".into()]).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> StoreResult<bool> {
+        let body = self.call(&self.scripts.schedule_change, vec!["delete".into(), id.to_string()]).await?;
+        Ok(body.first().and_then(text).as_deref() == Some("1"))
+    }
+
+    async fn due_schedules(&self, limit: usize) -> StoreResult<Vec<ScheduleRecord>> {
+        self.read_schedules(vec!["due".into(), limit.to_string()]).await
+    }
+
+    async fn advance_schedule(&self, advance: ScheduleAdvance) -> StoreResult<bool> {
+        let (last_tick, last_task) = match advance.fired {
+            Some((tick, task)) => (tick.to_string(), task.unwrap_or_default()),
+            None => (String::new(), String::new()),
+        };
+        let args = vec![
+            "advance".to_string(),
+            advance.id,
+            advance.from_ms.to_string(),
+            advance.next_ms.map(|n| n.to_string()).unwrap_or_default(),
+            last_tick,
+            last_task,
+            advance.error.unwrap_or_default(),
+            advance.runs.to_string(),
+            advance.skipped.to_string(),
+        ];
+        let body = self.call(&self.scripts.schedule_change, args).await?;
+        Ok(body.first().and_then(text).as_deref() == Some("1"))
     }
 
     async fn queue_figures(&self) -> StoreResult<QueueFigures> {

@@ -98,6 +98,8 @@ scripts!(
     promote_due: WRITES,
     queue_figures: READS,
     read_agents: READS,
+    schedule_change: WRITES,
+    schedule_read: READS,
     read_candidates: WRITES,
     record_health: WRITES,
     record_violations: WRITES,

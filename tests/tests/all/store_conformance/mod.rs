@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use aragora_cp::model::{
     AgentFilter, AgentRegistration, AgentStatus, Event, EventKind, FailKind, FailRequest, Fence, HealthState,
-    HealthVerdict, HeartbeatRequest, Priority, Refusal, RevokeReason, Revoked, Standing, StoreError, SubmitRequest,
-    TaskFilter, TaskId, TaskStatus,
+    HealthVerdict, HeartbeatRequest, Priority, Refusal, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord,
+    Standing, StoreError, SubmitRequest, TaskFilter, TaskId, TaskStatus,
 };
 use aragora_cp::store::{ClaimRequest, WaitSpec, Waiter, Withdrawn};
 use aragora_cp_tests::store_harness::{
@@ -111,6 +111,7 @@ macro_rules! conformance {
                 records::a_reviewer_changes_a_violations_status_and_note_in_place,
                 matching::prioritizing_a_pending_task_moves_it_to_its_submit_order_place_in_the_new_level,
                 matching::queue_figures_count_ready_work_per_signature_the_oldest_wait_and_claim_waits,
+                records::schedules_are_kept_listed_due_and_advanced_by_compare_and_set,
             ]);
 
             conformance!(@multi_thread [

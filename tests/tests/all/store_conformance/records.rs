@@ -467,3 +467,84 @@ pub(super) async fn a_reviewer_changes_a_violations_status_and_note_in_place(h: 
     let missing = ViolationUpdate { status: ViolationStatus::Resolved, note: None, by: "x".into() };
     assert_eq!(h.store.update_violation("viol_999999", missing).await.expect("update"), None);
 }
+
+pub(super) async fn schedules_are_kept_listed_due_and_advanced_by_compare_and_set(h: Harness) {
+    let record = |id: &str, next: Option<u64>| ScheduleRecord {
+        id: id.to_string(),
+        definition: format!("{{\"of\": \"{id}\"}}"),
+        next_run_ms: next,
+        last_run_ms: None,
+        last_task_id: None,
+        last_error: None,
+        runs: 0,
+        skipped: 0,
+    };
+    let now = h.store.now_ms();
+    h.store.put_schedule(record("sched_b", Some(now + 5_000)), true).await.expect("put");
+    h.store.put_schedule(record("sched_a", Some(now + 1_000)), true).await.expect("put");
+    h.store.put_schedule(record("sched_paused", None), true).await.expect("put");
+    let ids = |records: Vec<ScheduleRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(h.store.schedules().await.expect("list")), ["sched_a", "sched_b", "sched_paused"]);
+    assert!(h.store.due_schedules(10).await.expect("due").is_empty());
+    h.advance(6_000).await;
+    assert_eq!(ids(h.store.due_schedules(10).await.expect("due")), ["sched_a", "sched_b"], "most overdue first");
+    assert_eq!(ids(h.store.due_schedules(1).await.expect("due")), ["sched_a"]);
+
+    // Two servers fire sched_a's tick: the first compare-and-set moves it, the second finds it moved.
+    let fired = ScheduleAdvance {
+        id: "sched_a".into(),
+        from_ms: now + 1_000,
+        next_ms: Some(now + 11_000),
+        fired: Some((now + 1_000, Some("task_1".into()))),
+        runs: 1,
+        skipped: 2,
+        error: None,
+    };
+    assert!(h.store.advance_schedule(fired.clone()).await.expect("advance"));
+    assert!(!h.store.advance_schedule(fired).await.expect("advance again"), "already moved");
+    let a = h.store.schedule("sched_a").await.expect("read").expect("exists");
+    assert_eq!(
+        (a.next_run_ms, a.last_run_ms, a.last_task_id.as_deref(), a.runs, a.skipped),
+        (Some(now + 11_000), Some(now + 1_000), Some("task_1"), 1, 2)
+    );
+    // A refused tick records why; the next success clears it.
+    let refused = ScheduleAdvance {
+        id: "sched_a".into(),
+        from_ms: now + 11_000,
+        next_ms: Some(now + 21_000),
+        fired: Some((now + 11_000, None)),
+        runs: 0,
+        skipped: 1,
+        error: Some("policy said no".into()),
+    };
+    assert!(h.store.advance_schedule(refused).await.expect("advance"));
+    let a = h.store.schedule("sched_a").await.expect("read").expect("exists");
+    assert_eq!((a.last_task_id, a.last_error.as_deref(), a.skipped), (None, Some("policy said no"), 3));
+
+    // A new definition keeps the firing record, and the next tick unless asked to replace it.
+    let changed = ScheduleRecord { definition: "{\"of\": \"changed\"}".into(), ..record("sched_a", Some(1)) };
+    let kept = h.store.put_schedule(changed.clone(), false).await.expect("put");
+    assert_eq!(
+        (kept.definition.as_str(), kept.next_run_ms, kept.runs),
+        ("{\"of\": \"changed\"}", Some(now + 21_000), 1)
+    );
+    let paused = h.store.put_schedule(ScheduleRecord { next_run_ms: None, ..changed }, true).await.expect("put");
+    assert_eq!(paused.next_run_ms, None);
+    assert_eq!(ids(h.store.due_schedules(10).await.expect("due")), ["sched_b"], "a paused schedule is never due");
+
+    assert!(h.store.delete_schedule("sched_b").await.expect("delete"));
+    assert!(!h.store.delete_schedule("sched_b").await.expect("delete again"));
+    assert_eq!(h.store.schedule("sched_b").await.expect("read"), None);
+    assert!(h.store.due_schedules(10).await.expect("due").is_empty());
+    let missing = ScheduleAdvance {
+        id: "sched_b".into(),
+        from_ms: now + 5_000,
+        next_ms: None,
+        fired: None,
+        runs: 0,
+        skipped: 0,
+        error: None,
+    };
+    assert!(!h.store.advance_schedule(missing).await.expect("advance"), "a deleted schedule does not come back");
+    assert_eq!(h.store.schedule("sched_b").await.expect("read"), None);
+}

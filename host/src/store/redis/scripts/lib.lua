@@ -37,6 +37,8 @@ local K = {
   finished = P .. 'finished',
   pending_since = P .. 'pending-since',
   claim_waits = P .. 'claim-waits',
+  schedules = P .. 'schedules',
+  schedules_due = P .. 'schedules:due',
   agents = P .. 'agents',
   expiry = P .. 'expiry',
   offline = P .. 'offline',
@@ -60,6 +62,7 @@ local function revkey(id) return P .. 'agent:' .. id .. ':revoked' end
 local function fkey(id) return P .. 'agent:' .. id .. ':failures' end
 local function wskey(id) return P .. 'agent:' .. id .. ':waiters' end
 local function wkey(token) return P .. 'waiter:' .. token end
+local function skey(id) return P .. 'schedule:' .. id end
 -- Waiting claims of one capability set, by waiting order (the store sequence).
 local function gkey(caps) return P .. 'waiting:' .. caps end
 
