@@ -80,7 +80,7 @@ impl Scheduler {
         if self.store.delete_schedule(id).await? { Ok(()) } else { Err(EngineError::ScheduleNotFound(id.to_string())) }
     }
 
-    /// Looks for due ticks every [`POLL`] until shutdown.
+    /// Looks for due ticks five times a second (with jitter) until shutdown.
     pub async fn run_schedules(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             let wait = POLL + Duration::from_millis(rand::random::<u64>() % 50);
