@@ -1,15 +1,16 @@
 //! `/agents`: registration, heartbeats, pause/resume, selection. An agent token (`sub = agent:<id>`) may register,
 //! heartbeat, read and unregister only itself.
 
-use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
+use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::ApiResult;
 use super::extract::{ApiJson, ApiQuery, IdPaging, page_by_id, query_param};
@@ -91,12 +92,13 @@ pub async fn agents_register(
     State(state): State<ApiState>,
     caller: Caller,
     ApiJson(request): ApiJson<RegisterRequest>,
-) -> ApiResult<(StatusCode, Json<Agent>)> {
+) -> ApiResult<(StatusCode, Extension<AuditResource>, Json<Agent>)> {
     caller.require(Permission::Agents)?;
     caller.acting_for(&request.agent_id)?;
     caller.may_register(&request.capabilities)?;
     let registered = state.coordinator.register_agent(request).await?;
-    Ok((StatusCode::CREATED, Json(registered.agent)))
+    let made = Extension(AuditResource(format!("agent:{}", registered.agent.agent_id)));
+    Ok((StatusCode::CREATED, made, Json(registered.agent)))
 }
 
 /// `GET /agents/{id}`.

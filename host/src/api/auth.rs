@@ -310,7 +310,11 @@ impl FromRequestParts<ApiState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        state.auth.verify(token)
+        let caller = state.auth.verify(token)?;
+        if let Some(actor) = parts.extensions.get::<super::audit::AuditActor>() {
+            actor.set(&caller.sub);
+        }
+        Ok(caller)
     }
 }
 

@@ -64,8 +64,9 @@ impl Metrics {
     }
 }
 
-/// Middleware counting every routed request under its route template.
-pub async fn track(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+/// Middleware counting every routed request under its route template, and recording the state-changing ones in
+/// the audit log (`audit.rs`) before they are answered.
+pub async fn track(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     // A client may send any method name to a route (405): only the standard ones get their own series.
     let method = match *request.method() {
@@ -76,9 +77,18 @@ pub async fn track(State(state): State<ApiState>, request: Request, next: Next) 
     };
     // `MatchedPath` is a shared string: keeping it costs a reference count, not a copy.
     let route = request.extensions().get::<MatchedPath>().cloned();
+    let audited = route
+        .as_ref()
+        .and_then(|route| super::audit::audited_route(request.method(), route.as_str()))
+        .map(str::to_string)
+        .map(|audited| super::audit::AuditedCall::begin(&mut request, &audited));
     let response = next.run(request).await;
     if let Some(route) = route {
         state.metrics.record(&method, route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
+    }
+    if let Some(call) = audited {
+        let entry = super::audit::entry(&state, call, &response);
+        state.coordinator.record_audit(entry, response.status().is_success()).await;
     }
     response
 }

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod audit;
 pub mod auth;
 mod connections;
 pub mod errors;
@@ -126,6 +127,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(queue::routes())
         .merge(policies::routes())
         .merge(schedules::routes())
+        .merge(audit::routes())
         .merge(figures::routes())
         .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -3,6 +3,7 @@
 //! rules as its config (`plugins::rules`), recorded for the fleet like any `PUT /plugins/{name}`, hot on every
 //! server, listed in `/plugins`, and enabled, disabled or deleted there.
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -13,6 +14,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::ApiState;
+use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::ApiJson;
@@ -108,7 +110,7 @@ pub async fn policies_create(
     State(state): State<ApiState>,
     caller: Caller,
     ApiJson(rules): ApiJson<RuleSet>,
-) -> ApiResult<(StatusCode, Json<PolicyView>)> {
+) -> ApiResult<(StatusCode, Extension<AuditResource>, Json<PolicyView>)> {
     caller.not_an_agent("install policies")?;
     caller.require(Permission::Plugins)?;
     let rules = rules.validated()?;
@@ -127,5 +129,5 @@ pub async fn policies_create(
     let view = info.as_ref().and_then(PolicyView::of).ok_or_else(|| {
         ApiError::internal(format!("policy {} was installed but this server does not run it", rules.name))
     })?;
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Extension(AuditResource(format!("policy:{}", view.name))), Json(view)))
 }

@@ -1,6 +1,7 @@
 //! `/schedules`: recurring tasks, fired once per tick across the fleet (`scheduler::schedules`). Thin handlers:
 //! permissions here, everything else in the scheduler.
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -10,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
+use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::ApiJson;
@@ -79,10 +81,11 @@ pub async fn schedules_create(
     State(state): State<ApiState>,
     caller: Caller,
     ApiJson(spec): ApiJson<ScheduleSpec>,
-) -> ApiResult<(StatusCode, Json<Schedule>)> {
+) -> ApiResult<(StatusCode, Extension<AuditResource>, Json<Schedule>)> {
     caller.require(Permission::Tasks)?;
     caller.not_an_agent("create schedules")?;
-    Ok((StatusCode::CREATED, Json(state.coordinator.create_schedule(spec, &caller.sub).await?)))
+    let schedule = state.coordinator.create_schedule(spec, &caller.sub).await?;
+    Ok((StatusCode::CREATED, Extension(AuditResource(format!("schedule:{}", schedule.schedule_id))), Json(schedule)))
 }
 
 /// `GET /schedules/{id}`.

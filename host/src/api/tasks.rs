@@ -5,17 +5,18 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::ApiState;
+use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit, query_param};
@@ -164,13 +165,14 @@ pub async fn tasks_submit(
     caller.not_an_agent("submit tasks")?;
     merge_idempotency_key(&headers, &mut request)?;
     let submitted = state.coordinator.submit_task(request, &caller.sub).await?;
+    let made = Extension(AuditResource(format!("task:{}", submitted.task_id)));
     let body = Json(SubmitAnswer { task_id: submitted.task_id });
     if submitted.replayed {
-        let mut response = (StatusCode::OK, body).into_response();
+        let mut response = (StatusCode::OK, made, body).into_response();
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
         return Ok(response);
     }
-    Ok((StatusCode::CREATED, body).into_response())
+    Ok((StatusCode::CREATED, made, body).into_response())
 }
 
 /// `POST /tasks/batch`.

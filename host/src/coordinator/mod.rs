@@ -6,6 +6,7 @@
 //! act on it; `fleet_plugins.rs` applies the fleet's plugin uploads and enable/disable records to this server's
 //! registry.
 
+pub mod audit;
 mod event_pump;
 pub mod fleet_plugins;
 
@@ -28,9 +29,10 @@ use crate::model::{
     TaskStatus,
 };
 use crate::model::{
-    AgentFilter, AgentHealth, Completion, FailRequest, Fence, FleetStats, HealthState, HeartbeatOutcome, PluginAction,
-    PluginRecord, Priority, QueueFigures, Registered, Schedule, ScheduleChange, ScheduleSpec, StoreError, Submitted,
-    TaskFilter, TaskPage, ViolationUpdate,
+    AgentFilter, AgentHealth, AuditEntry, AuditHead, ChainBreak, Completion, FailRequest, Fence, FleetStats,
+    GENESIS_HASH, HealthState, HeartbeatOutcome, NewAuditEntry, PluginAction, PluginRecord, Priority, QueueFigures,
+    Registered, Schedule, ScheduleChange, ScheduleSpec, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
+    check_chain,
 };
 use crate::plugins::registry::{Liveness, PluginInfo};
 use crate::plugins::rules::{RuleSet, rules_component};
@@ -83,6 +85,7 @@ pub struct ControlPlaneCoordinator {
     background: Mutex<Vec<JoinHandle<()>>>,
     watcher: Mutex<Option<PluginWatcher>>,
     fleet_plugins: Arc<fleet_plugins::FleetPlugins>,
+    audit: Arc<audit::AuditLog>,
 }
 
 impl ControlPlaneCoordinator {
@@ -131,6 +134,8 @@ impl ControlPlaneCoordinator {
         if let Err(error) = fleet_plugins.sync_all().await {
             tracing::warn!(%error, "cannot read the fleet's plugin uploads at start-up; following changes only");
         }
+        let shutdown = CancellationToken::new();
+        let (audit, audit_writer) = audit::AuditLog::start(store.clone(), shutdown.clone());
         let coordinator = Arc::new(ControlPlaneCoordinator {
             config: config.clone(),
             store: store.clone(),
@@ -139,10 +144,11 @@ impl ControlPlaneCoordinator {
             registry,
             health: health.clone(),
             events: events.clone(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             background: Mutex::new(Vec::new()),
             watcher: Mutex::new(None),
             fleet_plugins: fleet_plugins.clone(),
+            audit,
         });
         let (fleet_changes, fleet_changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let consumers = event_pump::Consumers {
@@ -159,6 +165,7 @@ impl ControlPlaneCoordinator {
             tokio::spawn(scheduler.clone().run_sweeper(shutdown.clone())),
             tokio::spawn(health.run(shutdown.clone())),
             tokio::spawn(scheduler.clone().run_schedules(shutdown.clone())),
+            audit_writer,
         ];
         *coordinator.background.lock() = background;
         if let Some(dir) = &config.plugins_dir {
@@ -389,6 +396,53 @@ impl ControlPlaneCoordinator {
     /// Moves a pending task to another priority level.
     pub async fn prioritize_task(&self, task_id: &TaskId, priority: Priority) -> Result<Task, EngineError> {
         self.scheduler.prioritize(task_id, priority).await
+    }
+
+    /// Records a state-changing call in the audit log; a successful one (`wait`) waits for the commit. Whether it
+    /// committed (a failure is logged, never raised: the call itself has happened).
+    pub async fn record_audit(&self, entry: NewAuditEntry, wait: bool) -> bool {
+        self.audit.record(entry, wait).await
+    }
+
+    /// The store's clock (ms since the epoch): the time every record is stamped with.
+    pub fn now_ms(&self) -> u64 {
+        self.store.now_ms()
+    }
+
+    /// Where the audit log ends.
+    pub async fn audit_head(&self) -> Result<AuditHead, EngineError> {
+        Ok(self.store.audit_head().await?)
+    }
+
+    /// Audit entries `from..=to`, ascending (at most 1,000).
+    pub async fn audit_entries(&self, from: u64, to: u64) -> Result<Vec<AuditEntry>, EngineError> {
+        Ok(self.store.audit_entries(from, to).await?)
+    }
+
+    /// Checks the whole audit chain from its first entry: how many entries checked, and the first break.
+    pub async fn verify_audit(&self) -> Result<(AuditHead, u64, Option<ChainBreak>), EngineError> {
+        let end = self.store.audit_head().await?;
+        let mut checked = AuditHead { seq: 0, hash: GENESIS_HASH.to_string() };
+        while checked.seq < end.seq {
+            let to = (checked.seq + 1000).min(end.seq);
+            let entries = self.store.audit_entries(checked.seq + 1, to).await?;
+            let count = entries.len() as u64;
+            match check_chain(&checked, &entries) {
+                Err(broken) => return Ok((end, broken.seq - 1, Some(broken))),
+                // A short read is a missing entry at its end.
+                Ok(next) if count < to - checked.seq => {
+                    let seq = next.seq + 1;
+                    let missing = ChainBreak { seq, id: format!("audit_{seq}"), reason: "missing".into() };
+                    return Ok((end, next.seq, Some(missing)));
+                }
+                Ok(next) => checked = next,
+            }
+        }
+        if checked.hash != end.hash {
+            let broken = ChainBreak { seq: end.seq, id: format!("audit_{}", end.seq), reason: "head_mismatch".into() };
+            return Ok((end, checked.seq, Some(broken)));
+        }
+        Ok((end, checked.seq, None))
     }
 
     /// Creates a recurring task owned by `by`.

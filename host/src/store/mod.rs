@@ -18,10 +18,10 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::model::{
-    Agent, AgentFilter, AgentHealth, AgentRegistration, CandidateNumbers, CapabilitySet, Completion, Event,
-    FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation,
-    PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance, ScheduleRecord,
-    StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
+    Agent, AgentFilter, AgentHealth, AgentRegistration, AuditEntry, AuditHead, CandidateNumbers, CapabilitySet,
+    Completion, Event, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask,
+    NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance,
+    ScheduleRecord, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -356,6 +356,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// The counters.
     async fn stats(&self) -> StoreResult<FleetStats>;
+
+    /// Where the audit log ends.
+    async fn audit_head(&self) -> StoreResult<AuditHead>;
+
+    /// Appends `entries` (chained by the caller after `expected_seq`) if the log still ends at `expected_seq`;
+    /// whether it did (false: another server appended first; chain again from the new end).
+    async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<bool>;
+
+    /// Audit entries with `from <= seq <= to`, ascending (at most 1,000; missing ones left out).
+    async fn audit_entries(&self, from: u64, to: u64) -> StoreResult<Vec<AuditEntry>>;
 
     /// Creates schedule `record.id`, or replaces its definition: its next tick too when `replace_next` (the
     /// timing changed), otherwise the store keeps the one it has (a firing may have moved it meanwhile). Its

@@ -6,6 +6,7 @@ mod api_fuzz;
 mod api_operations;
 mod api_schema;
 mod aragora_clients;
+mod audit;
 mod builtin_strategies;
 mod client_surface;
 mod engine;

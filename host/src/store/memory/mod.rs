@@ -26,12 +26,13 @@ use super::{
     WaitingClaim, Withdrawn,
 };
 use crate::model::{
-    Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers,
-    CapabilitySet, Completion, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, HealthState, HealthVerdict,
-    HeartbeatOutcome, HeartbeatRequest, MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction,
-    PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked,
-    ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId,
-    TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, rfc3339_ms,
+    Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, AuditEntry, AuditHead, BreakerState,
+    CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Completion, Event, EventKind, FailKind, FailRequest, Fence,
+    FleetStats, GENESIS_HASH, HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, MAX_SCHEDULES, NewTask,
+    NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures,
+    Refusal, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreResult,
+    Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate,
+    rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -168,6 +169,8 @@ struct State {
     servers: BTreeMap<String, u64>,
     /// Schedules by id (at most `MAX_SCHEDULES`: the due scan stays small).
     schedules: BTreeMap<String, ScheduleRecord>,
+    /// The audit log; entry `seq` at index `seq - 1`.
+    audit: Vec<AuditEntry>,
 }
 
 #[derive(Default)]
@@ -2030,6 +2033,30 @@ impl Store for MemoryStore {
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
         let state = self.lock()?;
         Ok(state.plugins.get(name).and_then(|(record, bytes)| Some((record.sha256.clone()?, bytes.clone()?))))
+    }
+
+    async fn audit_head(&self) -> StoreResult<AuditHead> {
+        let state = self.lock()?;
+        Ok(match state.audit.last() {
+            Some(last) => AuditHead { seq: last.seq, hash: last.hash.clone() },
+            None => AuditHead { seq: 0, hash: GENESIS_HASH.to_string() },
+        })
+    }
+
+    async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<bool> {
+        self.transition(|tx| {
+            if tx.state.audit.len() as u64 != expected_seq {
+                return Ok(false);
+            }
+            tx.state.audit.extend(entries);
+            Ok(true)
+        })
+    }
+
+    async fn audit_entries(&self, from: u64, to: u64) -> StoreResult<Vec<AuditEntry>> {
+        let state = self.lock()?;
+        let (from, to) = (from.max(1), to.min(from.max(1) + 999));
+        Ok((from..=to).filter_map(|seq| state.audit.get(seq as usize - 1).cloned()).collect())
     }
 
     async fn put_schedule(&self, record: ScheduleRecord, replace_next: bool) -> StoreResult<ScheduleRecord> {

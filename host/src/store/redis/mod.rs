@@ -33,10 +33,10 @@ use crate::model::{
     Agent, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
 };
 use crate::model::{
-    AgentFilter, AgentHealth, AgentRegistration, Completion, FailRequest, Fence, FleetStats, HealthVerdict,
-    HeartbeatOutcome, MAX_SCHEDULES, NewViolation, PluginAction, PluginChange, PluginRecord, QueueFigures, Registered,
-    RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, StoreError, StoreResult, Submitted, TaskFilter, TaskPage,
-    Violation, ViolationUpdate,
+    AgentFilter, AgentHealth, AgentRegistration, AuditEntry, AuditHead, Completion, FailRequest, Fence, FleetStats,
+    GENESIS_HASH, HealthVerdict, HeartbeatOutcome, MAX_SCHEDULES, NewViolation, PluginAction, PluginChange,
+    PluginRecord, QueueFigures, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, StoreError,
+    StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
 };
 
 /// The default key prefix (`CONTROL_PLANE_PREFIX`).
@@ -925,6 +925,54 @@ impl Store for RedisStore {
             .decode(encoded)
             .map_err(|e| StoreError::Unavailable(format!("redis: plugin {name} bytes: {e}")))?;
         Ok(Some((sha256, bytes)))
+    }
+
+    async fn audit_head(&self) -> StoreResult<AuditHead> {
+        let body = self.call(&self.scripts.audit_read, vec!["head".into()]).await?;
+        let seq = body.first().and_then(text).and_then(|t| t.parse().ok()).unwrap_or(0);
+        let hash = body.get(1).and_then(text).filter(|h| !h.is_empty()).unwrap_or_else(|| GENESIS_HASH.to_string());
+        Ok(AuditHead { seq, hash })
+    }
+
+    async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<bool> {
+        let Some(last) = entries.last() else { return Ok(true) };
+        let mut args = vec![expected_seq.to_string(), entries.len().to_string()];
+        let end = last.hash.clone();
+        for entry in &entries {
+            args.push(entry.seq.to_string());
+            args.push(serde_json::to_string(entry).expect("an audit entry serializes"));
+        }
+        args.push(end);
+        let body = self.call(&self.scripts.audit_append, args).await?;
+        Ok(body.first().and_then(text).as_deref() == Some("1"))
+    }
+
+    async fn audit_entries(&self, from: u64, to: u64) -> StoreResult<Vec<AuditEntry>> {
+        let (from, to) = (from.max(1), to.min(from.max(1) + 999));
+        if to < from {
+            return Ok(Vec::new());
+        }
+        let args = vec!["range".into(), from.to_string(), to.to_string()];
+        let body = self.call(&self.scripts.audit_read, args).await?;
+        let entries = decode::array(first(&body)?)?.iter().zip(from..=to).filter_map(|(value, seq)| {
+            let json = text(value)?;
+            // An entry edited into something unreadable is kept as an entry that cannot check, so verification
+            // names it instead of failing the read.
+            Some(serde_json::from_str(&json).unwrap_or_else(|_| AuditEntry {
+                id: format!("audit_{seq}"),
+                seq,
+                time: String::new(),
+                actor: String::new(),
+                action: String::new(),
+                resource: String::new(),
+                request_id: String::new(),
+                outcome: String::new(),
+                details: Json::Null,
+                prev_hash: String::new(),
+                hash: "unreadable".into(),
+            }))
+        });
+        Ok(entries.collect())
     }
 
     async fn put_schedule(&self, record: ScheduleRecord, replace_next: bool) -> StoreResult<ScheduleRecord> {

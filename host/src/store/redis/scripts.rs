@@ -73,6 +73,8 @@ macro_rules! scripts {
 
 scripts!(
     assign: WRITES,
+    audit_append: WRITES,
+    audit_read: READS,
     cancel: WRITES,
     claim: WRITES,
     claim_if: WRITES,

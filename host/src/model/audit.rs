@@ -1,0 +1,188 @@
+//! The audit log: who changed what, append-only, each entry carrying the SHA-256 of the one before it, so editing or
+//! removing a stored entry breaks the chain at that entry and `GET /audit/verify` names it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The `prev_hash` of the first entry.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One state-changing call, as recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    /// `audit_<seq>`.
+    pub id: String,
+    /// Its place in the log, from 1, without gaps.
+    pub seq: u64,
+    /// When the call was answered (RFC 3339, ms).
+    pub time: String,
+    /// The token subject that made the call.
+    pub actor: String,
+    /// The call: method and route, e.g. `POST /tasks/{task_id}/cancel`.
+    pub action: String,
+    /// What it changed, e.g. `task:task_…`, `agent:coder-1`, `plugin:least_loaded` (empty when nothing names it).
+    pub resource: String,
+    /// The request's `x-request-id`.
+    pub request_id: String,
+    /// `success` (2xx) or `failure`.
+    pub outcome: String,
+    /// Small facts: the HTTP status, the refusal's code.
+    #[schema(value_type = Object)]
+    pub details: Value,
+    /// The previous entry's `hash` ([`GENESIS_HASH`] for the first).
+    pub prev_hash: String,
+    /// SHA-256 of `prev_hash` and this entry's other fields.
+    pub hash: String,
+}
+
+/// An entry before it has a place in the chain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewAuditEntry {
+    /// When (store ms).
+    pub time_ms: u64,
+    /// The token subject.
+    pub actor: String,
+    /// Method and route.
+    pub action: String,
+    /// What it changed.
+    pub resource: String,
+    /// The request id.
+    pub request_id: String,
+    /// `success` or `failure`.
+    pub outcome: String,
+    /// Small facts.
+    pub details: Value,
+}
+
+/// The chain's end as the store holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditHead {
+    /// The last entry's `seq` (0 for an empty log).
+    pub seq: u64,
+    /// The last entry's `hash` ([`GENESIS_HASH`] for an empty log).
+    pub hash: String,
+}
+
+/// The fields a hash covers, in a fixed order.
+#[derive(Serialize)]
+struct Hashed<'a> {
+    seq: u64,
+    time: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    resource: &'a str,
+    request_id: &'a str,
+    outcome: &'a str,
+    details: &'a Value,
+    prev_hash: &'a str,
+}
+
+impl AuditEntry {
+    /// `new` as entry `seq`, chained to `prev_hash`.
+    pub fn chained(new: NewAuditEntry, seq: u64, prev_hash: &str) -> AuditEntry {
+        let mut entry = AuditEntry {
+            id: format!("audit_{seq}"),
+            seq,
+            time: super::rfc3339_ms(new.time_ms),
+            actor: new.actor,
+            action: new.action,
+            resource: new.resource,
+            request_id: new.request_id,
+            outcome: new.outcome,
+            details: new.details,
+            prev_hash: prev_hash.to_string(),
+            hash: String::new(),
+        };
+        entry.hash = entry.computed_hash();
+        entry
+    }
+
+    /// The hash its fields give now (equal to `hash` unless the entry was altered).
+    pub fn computed_hash(&self) -> String {
+        let hashed = Hashed {
+            seq: self.seq,
+            time: &self.time,
+            actor: &self.actor,
+            action: &self.action,
+            resource: &self.resource,
+            request_id: &self.request_id,
+            outcome: &self.outcome,
+            details: &self.details,
+            prev_hash: &self.prev_hash,
+        };
+        super::sha256_hex(serde_json::to_string(&hashed).expect("plain fields serialize").as_bytes())
+    }
+}
+
+/// Why the chain is broken at an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ChainBreak {
+    /// The first entry that does not check.
+    pub seq: u64,
+    /// Its id.
+    pub id: String,
+    /// What is wrong: its content changed (`hash_mismatch`), it does not follow the entry before it
+    /// (`prev_hash_mismatch`), it is missing (`missing`), or the log's recorded end disagrees with its last entry
+    /// (`head_mismatch`).
+    pub reason: String,
+}
+
+/// Checks `entries` (ascending, consecutive from `after.seq + 1`) against the chain ending at `after`; the first
+/// break, if any. Returns the new end of the checked chain.
+pub fn check_chain(after: &AuditHead, entries: &[AuditEntry]) -> Result<AuditHead, ChainBreak> {
+    let mut head = after.clone();
+    for entry in entries {
+        let expected = head.seq + 1;
+        if entry.seq != expected {
+            return Err(ChainBreak { seq: expected, id: format!("audit_{expected}"), reason: "missing".into() });
+        }
+        if entry.prev_hash != head.hash {
+            return Err(ChainBreak { seq: entry.seq, id: entry.id.clone(), reason: "prev_hash_mismatch".into() });
+        }
+        if entry.computed_hash() != entry.hash {
+            return Err(ChainBreak { seq: entry.seq, id: entry.id.clone(), reason: "hash_mismatch".into() });
+        }
+        head = AuditHead { seq: entry.seq, hash: entry.hash.clone() };
+    }
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(actor: &str) -> NewAuditEntry {
+        NewAuditEntry {
+            time_ms: 1_800_000_000_000,
+            actor: actor.into(),
+            action: "POST /tasks".into(),
+            resource: "task:t".into(),
+            request_id: "r".into(),
+            outcome: "success".into(),
+            details: serde_json::json!({"status": 201}),
+        }
+    }
+
+    #[test]
+    fn an_altered_or_missing_entry_breaks_the_chain_there() {
+        let genesis = AuditHead { seq: 0, hash: GENESIS_HASH.into() };
+        let first = AuditEntry::chained(new("a"), 1, GENESIS_HASH);
+        let second = AuditEntry::chained(new("b"), 2, &first.hash);
+        let third = AuditEntry::chained(new("c"), 3, &second.hash);
+        let chain = vec![first.clone(), second.clone(), third.clone()];
+        assert_eq!(check_chain(&genesis, &chain).unwrap(), AuditHead { seq: 3, hash: third.hash.clone() });
+
+        let mut edited = chain.clone();
+        edited[1].actor = "mallory".into();
+        assert_eq!(check_chain(&genesis, &edited).unwrap_err().reason, "hash_mismatch");
+        assert_eq!(check_chain(&genesis, &edited).unwrap_err().seq, 2);
+        // Rehashing the edited entry moves the break to the next one.
+        edited[1].hash = edited[1].computed_hash();
+        assert_eq!(
+            check_chain(&genesis, &edited).unwrap_err(),
+            ChainBreak { seq: 3, id: "audit_3".into(), reason: "prev_hash_mismatch".into() }
+        );
+        let gap = vec![first, third];
+        assert_eq!(check_chain(&genesis, &gap).unwrap_err().reason, "missing");
+    }
+}
