@@ -64,6 +64,11 @@ pub struct Config {
     pub max_waiting_claims_per_agent: usize,
     /// Pending tasks past which submits are refused with 429 (`MAX_PENDING_TASKS`; 0, the default, = no limit).
     pub max_pending_tasks: u64,
+    /// How long audit entries are kept (`AUDIT_RETENTION`; none, the default, keeps them all). Older entries are
+    /// replaced by a signed checkpoint, so verification still works.
+    pub audit_retention: Option<Duration>,
+    /// The key that signs audit checkpoints (`AUDIT_SIGNING_KEY`, else `ARAGORA_JWT_SECRET`); retention needs one.
+    pub audit_signing_key: Option<String>,
 }
 
 impl Default for Config {
@@ -77,6 +82,8 @@ impl Default for Config {
             max_waiting_claims: 10_000,
             max_waiting_claims_per_agent: 32,
             max_pending_tasks: 0,
+            audit_retention: None,
+            audit_signing_key: None,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(300),

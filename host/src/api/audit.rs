@@ -26,7 +26,7 @@ use super::access::{REQUEST_ID, Refusal};
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, page_limit, query_param};
-use crate::model::{AuditEntry, AuditHead, ChainBreak, NewAuditEntry};
+use crate::model::{AuditCheckpoint, AuditEntry, ChainBreak, NewAuditEntry};
 
 /// Routes of an agent's work on its own tasks: frequent, and recorded by the task's events instead.
 const AGENT_WORK: [&str; 8] = [
@@ -301,6 +301,9 @@ pub struct AuditVerification {
     pub head_hash: String,
     /// The first entry that does not check.
     pub first_break: Option<ChainBreak>,
+    /// Where the check started when `AUDIT_RETENTION` removed older entries: the last removed entry's place and
+    /// hash, signed with the audit key.
+    pub checkpoint: Option<AuditCheckpoint>,
 }
 
 /// `GET /audit/verify` → checks the chain from the first entry: an entry edited, removed or reordered in the store
@@ -310,8 +313,15 @@ pub struct AuditVerification {
     security(("bearer" = ["controlplane:admin"])))]
 pub async fn audit_verify(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<AuditVerification>> {
     auditor(&caller)?;
-    let (AuditHead { seq, hash }, checked, first_break) = state.coordinator.verify_audit().await?;
-    Ok(Json(AuditVerification { valid: first_break.is_none(), checked, head_seq: seq, head_hash: hash, first_break }))
+    let check = state.coordinator.verify_audit().await?;
+    Ok(Json(AuditVerification {
+        valid: check.first_break.is_none(),
+        checked: check.checked,
+        head_seq: check.end.seq,
+        head_hash: check.end.hash,
+        first_break: check.first_break,
+        checkpoint: check.checkpoint,
+    }))
 }
 
 /// `GET /audit-logs` query.

@@ -108,6 +108,12 @@ pub struct ServeArgs {
     /// How long terminal tasks (and offline agents) are kept.
     #[arg(long, env = "TASK_RETENTION", default_value_t = 86_400.0)]
     pub task_retention: f64,
+    /// How long audit entries are kept, in seconds (0: all of them); older ones become a signed checkpoint.
+    #[arg(long, env = "AUDIT_RETENTION", default_value_t = 0.0)]
+    pub audit_retention: f64,
+    /// The key signing audit checkpoints (default: `ARAGORA_JWT_SECRET`); every server of a fleet needs the same.
+    #[arg(long, env = "AUDIT_SIGNING_KEY", hide_env_values = true)]
+    pub audit_signing_key: Option<String>,
     /// Breaker failures that open it.
     #[arg(long, env = "BREAKER_THRESHOLD", default_value_t = 5)]
     pub breaker_threshold: u32,
@@ -264,6 +270,12 @@ impl ServeArgs {
             Some(value) => Some(seconds("PRIORITY_AGING_SECONDS", value, 0.001)?),
             None => None,
         };
+        if self.audit_retention > 0.0 && self.audit_signing_key.is_none() && self.auth.jwt_secret.is_none() {
+            return Err(error(
+                "AUDIT_RETENTION",
+                "needs AUDIT_SIGNING_KEY (or ARAGORA_JWT_SECRET) to sign the checkpoint that replaces old entries",
+            ));
+        }
         if self.default_strategy.trim().is_empty() {
             return Err(error("DEFAULT_STRATEGY", "must name a strategy plugin"));
         }
@@ -292,6 +304,11 @@ impl ServeArgs {
             max_waiting_claims: positive("MAX_WAITING_CLAIMS", self.max_waiting_claims)?,
             max_waiting_claims_per_agent: positive("MAX_WAITING_CLAIMS_PER_AGENT", self.max_waiting_claims_per_agent)?,
             max_pending_tasks: self.max_pending_tasks,
+            audit_retention: match seconds("AUDIT_RETENTION", self.audit_retention, 0.0)? {
+                Duration::ZERO => None,
+                kept => Some(kept),
+            },
+            audit_signing_key: self.audit_signing_key.clone().or_else(|| self.auth.jwt_secret.clone()),
             event_buffer: positive("SSE_BUFFER", self.sse_buffer)?,
             breaker_threshold: positive("BREAKER_THRESHOLD", self.breaker_threshold as usize)? as u32,
             breaker_window: seconds("BREAKER_WINDOW", self.breaker_window, 0.001)?,

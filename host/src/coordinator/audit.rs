@@ -1,6 +1,9 @@
 //! The audit log's writer. Calls are appended in batches (a group commit): every call waiting to be recorded goes
 //! into the next batch, which is chained from the log's end and appended with a compare-and-set, so servers
 //! sharing a store extend one chain; a server that loses the race reads the new end and chains its batch again.
+//! Retention ([`run_retention`]) replaces entries older than `AUDIT_RETENTION` by a checkpoint signed with the audit
+//! key, from which [`verify`] checks the chain that follows.
+//!
 //! A change is answered once its entry is committed (or after [`COMMIT_WAIT`], with the failure logged); a refused
 //! call's entry is queued without holding its answer.
 
@@ -10,7 +13,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{AuditEntry, AuditHead, NewAuditEntry};
+use crate::model::{
+    AuditCheckpoint, AuditEntry, AuditHead, ChainBreak, GENESIS_HASH, NewAuditEntry, StoreResult, check_chain,
+    rfc3339_ms,
+};
 use crate::store::Store;
 
 /// Entries appended at most per store call.
@@ -122,4 +128,111 @@ async fn commit(store: &dyn Store, head: &mut Option<AuditHead>, batch: &[Pendin
             }
         }
     }
+}
+
+/// Replaces entries older than `retention` by a signed checkpoint every `interval`, until shutdown.
+pub async fn run_retention(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    key: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match trim_expired(store.as_ref(), retention, key.as_bytes()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "audit entries past AUDIT_RETENTION replaced by a checkpoint"),
+            Err(error) => tracing::debug!(%error, "audit retention: will retry"),
+        }
+    }
+}
+
+/// Removes the entries older than `retention`, 1,000 per store call; how many. Entries are removed only after they
+/// check against the chain: a break stays in the log for `/audit/verify` to name, and retention stops before it.
+pub async fn trim_expired(store: &dyn Store, retention: Duration, key: &[u8]) -> StoreResult<u64> {
+    let cutoff = rfc3339_ms(store.now_ms().saturating_sub(retention.as_millis() as u64));
+    let mut removed = 0;
+    loop {
+        let from = match store.audit_checkpoint().await? {
+            Some(checkpoint) => AuditHead { seq: checkpoint.seq, hash: checkpoint.hash },
+            None => AuditHead { seq: 0, hash: GENESIS_HASH.to_string() },
+        };
+        let chunk = store.audit_entries(from.seq + 1, from.seq + 1000).await?;
+        let expired = chunk.iter().take_while(|entry| entry.time < cutoff).count();
+        if expired == 0 {
+            return Ok(removed);
+        }
+        if let Err(broken) = check_chain(&from, &chunk[..expired]) {
+            tracing::error!(seq = broken.seq, reason = %broken.reason, "audit chain broken: retention stops before it");
+            return Ok(removed);
+        }
+        let last = &chunk[expired - 1];
+        if !store.trim_audit(AuditCheckpoint::after(last, key)).await? {
+            return Ok(removed);
+        }
+        removed += last.seq - from.seq;
+    }
+}
+
+/// What `GET /audit/verify` reports.
+#[derive(Clone, Debug)]
+pub struct ChainCheck {
+    /// The log's recorded end.
+    pub end: AuditHead,
+    /// Entries checked (after the checkpoint, if any) before the first break.
+    pub checked: u64,
+    /// The first break.
+    pub first_break: Option<ChainBreak>,
+    /// Where the check started, when retention removed older entries.
+    pub checkpoint: Option<AuditCheckpoint>,
+}
+
+/// Checks the chain from the checkpoint (its signature first, with `key`) or the genesis to the recorded end.
+pub async fn verify(store: &dyn Store, key: Option<&[u8]>) -> StoreResult<ChainCheck> {
+    let end = store.audit_head().await?;
+    let checkpoint = store.audit_checkpoint().await?;
+    let mut report = ChainCheck { end: end.clone(), checked: 0, first_break: None, checkpoint: checkpoint.clone() };
+    let mut checked = match &checkpoint {
+        Some(checkpoint) => {
+            if !key.is_some_and(|key| checkpoint.signed_by(key)) {
+                let seq = checkpoint.seq;
+                let reason = "checkpoint_signature".to_string();
+                report.first_break = Some(ChainBreak { seq, id: format!("audit_{seq}"), reason });
+                return Ok(report);
+            }
+            AuditHead { seq: checkpoint.seq, hash: checkpoint.hash.clone() }
+        }
+        None => AuditHead { seq: 0, hash: GENESIS_HASH.to_string() },
+    };
+    let start = checked.seq;
+    while checked.seq < end.seq {
+        let to = (checked.seq + 1000).min(end.seq);
+        let entries = store.audit_entries(checked.seq + 1, to).await?;
+        let count = entries.len() as u64;
+        match check_chain(&checked, &entries) {
+            Err(broken) => {
+                report.checked = broken.seq - 1 - start;
+                report.first_break = Some(broken);
+                return Ok(report);
+            }
+            // A short read is a missing entry at its end.
+            Ok(next) if count < to - checked.seq => {
+                let seq = next.seq + 1;
+                report.checked = next.seq - start;
+                report.first_break = Some(ChainBreak { seq, id: format!("audit_{seq}"), reason: "missing".into() });
+                return Ok(report);
+            }
+            Ok(next) => checked = next,
+        }
+    }
+    report.checked = checked.seq - start;
+    if checked.hash != end.hash {
+        let seq = end.seq;
+        report.first_break = Some(ChainBreak { seq, id: format!("audit_{seq}"), reason: "head_mismatch".into() });
+    }
+    Ok(report)
 }

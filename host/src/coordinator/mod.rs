@@ -29,10 +29,9 @@ use crate::model::{
     TaskStatus,
 };
 use crate::model::{
-    AgentFilter, AgentHealth, AuditEntry, AuditHead, ChainBreak, Completion, FailRequest, Fence, FleetStats,
-    GENESIS_HASH, HealthState, HeartbeatOutcome, NewAuditEntry, PluginAction, PluginRecord, Priority, QueueFigures,
-    Registered, Schedule, ScheduleChange, ScheduleSpec, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
-    check_chain,
+    AgentFilter, AgentHealth, AuditEntry, AuditHead, Completion, FailRequest, Fence, FleetStats, HealthState,
+    HeartbeatOutcome, NewAuditEntry, PluginAction, PluginRecord, Priority, QueueFigures, Registered, Schedule,
+    ScheduleChange, ScheduleSpec, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
 };
 use crate::plugins::registry::{Liveness, PluginInfo};
 use crate::plugins::rules::{RuleSet, rules_component};
@@ -159,7 +158,7 @@ impl ControlPlaneCoordinator {
             server_id: config.server_id.clone(),
         };
         let shutdown = &coordinator.shutdown;
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(event_pump::run(consumers, store_events, plugin_events, shutdown.clone())),
             tokio::spawn(fleet_plugins.run(fleet_changes_rx, shutdown.clone())),
             tokio::spawn(scheduler.clone().run_sweeper(shutdown.clone())),
@@ -167,6 +166,10 @@ impl ControlPlaneCoordinator {
             tokio::spawn(scheduler.clone().run_schedules(shutdown.clone())),
             audit_writer,
         ];
+        if let (Some(retention), Some(key)) = (config.audit_retention, config.audit_signing_key.clone()) {
+            let (store, interval) = (store.clone(), config.cleanup_interval);
+            background.push(tokio::spawn(audit::run_retention(store, retention, key, interval, shutdown.clone())));
+        }
         *coordinator.background.lock() = background;
         if let Some(dir) = &config.plugins_dir {
             let (watcher, report) = PluginWatcher::start(dir, plugins, WatchOptions::default())?;
@@ -419,30 +422,11 @@ impl ControlPlaneCoordinator {
         Ok(self.store.audit_entries(from, to).await?)
     }
 
-    /// Checks the whole audit chain from its first entry: how many entries checked, and the first break.
-    pub async fn verify_audit(&self) -> Result<(AuditHead, u64, Option<ChainBreak>), EngineError> {
-        let end = self.store.audit_head().await?;
-        let mut checked = AuditHead { seq: 0, hash: GENESIS_HASH.to_string() };
-        while checked.seq < end.seq {
-            let to = (checked.seq + 1000).min(end.seq);
-            let entries = self.store.audit_entries(checked.seq + 1, to).await?;
-            let count = entries.len() as u64;
-            match check_chain(&checked, &entries) {
-                Err(broken) => return Ok((end, broken.seq - 1, Some(broken))),
-                // A short read is a missing entry at its end.
-                Ok(next) if count < to - checked.seq => {
-                    let seq = next.seq + 1;
-                    let missing = ChainBreak { seq, id: format!("audit_{seq}"), reason: "missing".into() };
-                    return Ok((end, next.seq, Some(missing)));
-                }
-                Ok(next) => checked = next,
-            }
-        }
-        if checked.hash != end.hash {
-            let broken = ChainBreak { seq: end.seq, id: format!("audit_{}", end.seq), reason: "head_mismatch".into() };
-            return Ok((end, checked.seq, Some(broken)));
-        }
-        Ok((end, checked.seq, None))
+    /// Checks the whole audit chain, from the retention checkpoint (whose signature it checks first) or the first
+    /// entry.
+    pub async fn verify_audit(&self) -> Result<audit::ChainCheck, EngineError> {
+        let key = self.config.audit_signing_key.as_deref().map(str::as_bytes);
+        Ok(audit::verify(self.store.as_ref(), key).await?)
     }
 
     /// Creates a recurring task owned by `by`.

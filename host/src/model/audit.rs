@@ -114,6 +114,44 @@ impl AuditEntry {
     }
 }
 
+/// What replaces the entries retention removed: the last removed entry's place and hash, signed, so the chain
+/// that follows can still be checked from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditCheckpoint {
+    /// The last removed entry's `seq`.
+    pub seq: u64,
+    /// Its `hash`: the next entry's `prev_hash`.
+    pub hash: String,
+    /// Its time.
+    pub time: String,
+    /// Hex HMAC-SHA256 of `seq` and `hash` under the audit signing key.
+    pub signature: String,
+}
+
+impl AuditCheckpoint {
+    /// A checkpoint after `entry`, signed with `key`.
+    pub fn after(entry: &AuditEntry, key: &[u8]) -> AuditCheckpoint {
+        AuditCheckpoint {
+            seq: entry.seq,
+            hash: entry.hash.clone(),
+            time: entry.time.clone(),
+            signature: checkpoint_signature(key, entry.seq, &entry.hash),
+        }
+    }
+
+    /// Whether `key` signed it.
+    pub fn signed_by(&self, key: &[u8]) -> bool {
+        checkpoint_signature(key, self.seq, &self.hash) == self.signature
+    }
+}
+
+fn checkpoint_signature(key: &[u8], seq: u64, hash: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(format!("aragora-audit-checkpoint|{seq}|{hash}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// Why the chain is broken at an entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ChainBreak {

@@ -23,7 +23,7 @@ pub use agent::{
     Agent, AgentFilter, AgentRegistration, AgentStatus, HeartbeatOutcome, HeartbeatRequest, RegisterRequest,
     Registered, RevokeReason, Revoked, validate_agent_id,
 };
-pub use audit::{AuditEntry, AuditHead, ChainBreak, GENESIS_HASH, NewAuditEntry, check_chain};
+pub use audit::{AuditCheckpoint, AuditEntry, AuditHead, ChainBreak, GENESIS_HASH, NewAuditEntry, check_chain};
 pub use capability::{CapabilitySet, normalize_capability};
 pub use eligibility::{Refusal, Standing};
 pub use error::{StoreError, StoreResult};

@@ -18,10 +18,11 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::model::{
-    Agent, AgentFilter, AgentHealth, AgentRegistration, AuditEntry, AuditHead, CandidateNumbers, CapabilitySet,
-    Completion, Event, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask,
-    NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance,
-    ScheduleRecord, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
+    Agent, AgentFilter, AgentHealth, AgentRegistration, AuditCheckpoint, AuditEntry, AuditHead, CandidateNumbers,
+    CapabilitySet, Completion, Event, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome,
+    HeartbeatRequest, NewTask, NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered,
+    ScheduleAdvance, ScheduleRecord, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation,
+    ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -366,6 +367,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Audit entries with `from <= seq <= to`, ascending (at most 1,000; missing ones left out).
     async fn audit_entries(&self, from: u64, to: u64) -> StoreResult<Vec<AuditEntry>>;
+
+    /// The checkpoint that replaced the entries retention removed, if any.
+    async fn audit_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>>;
+
+    /// Removes the entries up to `checkpoint.seq` and keeps the checkpoint in their place; false (nothing changed)
+    /// when the current checkpoint is already as far, or `checkpoint.seq` is past the log's end or more than 1,000
+    /// entries past the current checkpoint.
+    async fn trim_audit(&self, checkpoint: AuditCheckpoint) -> StoreResult<bool>;
 
     /// Creates schedule `record.id`, or replaces its definition: its next tick too when `replace_next` (the
     /// timing changed), otherwise the store keeps the one it has (a firing may have moved it meanwhile). Its

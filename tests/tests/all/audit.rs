@@ -164,3 +164,42 @@ async fn servers_sharing_redis_extend_one_chain_and_verify_names_an_entry_edited
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_audit_retention_old_entries_give_way_to_a_signed_checkpoint_and_the_rest_still_verifies() {
+    use aragora_cp::store::{ManualClock, MemoryStore};
+    let config = Config {
+        audit_retention: Some(std::time::Duration::from_secs(3600)),
+        audit_signing_key: Some("audit-signing-key".into()),
+        cleanup_interval: std::time::Duration::from_millis(100),
+        ..Config::default()
+    };
+    let clock = ManualClock::new(1_800_000_000_000);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(clock.clone())));
+    let server = TestServer::start_with_store(config, store).await;
+    let admin = server.admin();
+    for n in 0..3 {
+        let agent = json!({"agent_id": format!("old-{n}"), "capabilities": ["code"]});
+        assert_eq!(call(&server, &admin, Method::POST, "/agents", Some(agent)).await.0, StatusCode::CREATED);
+    }
+    clock.advance(2 * 3600 * 1000);
+    for n in 0..2 {
+        let agent = json!({"agent_id": format!("new-{n}"), "capabilities": ["code"]});
+        assert_eq!(call(&server, &admin, Method::POST, "/agents", Some(agent)).await.0, StatusCode::CREATED);
+    }
+    let started = std::time::Instant::now();
+    let verified = loop {
+        let (_, verified) = call(&server, &admin, Method::GET, "/audit/verify", None).await;
+        if verified["checkpoint"]["seq"] == 3 || started.elapsed() > std::time::Duration::from_secs(10) {
+            break verified;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!((verified["valid"].as_bool(), verified["checked"].as_u64()), (Some(true), Some(2)), "{verified}");
+    assert_eq!(verified["checkpoint"]["seq"], 3, "{verified}");
+    let (_, logs) = call(&server, &admin, Method::GET, "/audit-logs", None).await;
+    let ids: Vec<&str> = logs["logs"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!((ids, logs["total"].as_u64()), (vec!["audit_5", "audit_4"], Some(5)), "{logs}");
+    assert_eq!(call(&server, &admin, Method::GET, "/audit-logs/audit_1", None).await.0, StatusCode::NOT_FOUND);
+    server.stop().await;
+}

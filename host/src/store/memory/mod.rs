@@ -26,13 +26,13 @@ use super::{
     WaitingClaim, Withdrawn,
 };
 use crate::model::{
-    Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, AuditEntry, AuditHead, BreakerState,
-    CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Completion, Event, EventKind, FailKind, FailRequest, Fence,
-    FleetStats, GENESIS_HASH, HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, MAX_SCHEDULES, NewTask,
-    NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures,
-    Refusal, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreResult,
-    Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate,
-    rfc3339_ms,
+    Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, AuditCheckpoint, AuditEntry, AuditHead,
+    BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Completion, Event, EventKind, FailKind,
+    FailRequest, Fence, FleetStats, GENESIS_HASH, HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest,
+    MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord,
+    Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing,
+    StoreError, StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT,
+    Violation, ViolationUpdate, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -169,8 +169,10 @@ struct State {
     servers: BTreeMap<String, u64>,
     /// Schedules by id (at most `MAX_SCHEDULES`: the due scan stays small).
     schedules: BTreeMap<String, ScheduleRecord>,
-    /// The audit log; entry `seq` at index `seq - 1`.
-    audit: Vec<AuditEntry>,
+    /// The audit log since the checkpoint (entry `seq` at index `seq - checkpoint.seq - 1`).
+    audit: VecDeque<AuditEntry>,
+    /// What replaced the entries retention removed.
+    audit_checkpoint: Option<AuditCheckpoint>,
 }
 
 #[derive(Default)]
@@ -181,6 +183,15 @@ struct Counters {
     last_claim_examined: u64,
     /// The newest grants' waits in pending (ms), newest first.
     claim_waits: VecDeque<u64>,
+}
+
+/// The audit log's end: its last entry, else the checkpoint, else the genesis.
+fn audit_end(state: &State) -> AuditHead {
+    match (state.audit.back(), &state.audit_checkpoint) {
+        (Some(last), _) => AuditHead { seq: last.seq, hash: last.hash.clone() },
+        (None, Some(checkpoint)) => AuditHead { seq: checkpoint.seq, hash: checkpoint.hash.clone() },
+        (None, None) => AuditHead { seq: 0, hash: GENESIS_HASH.to_string() },
+    }
 }
 
 /// The in-memory store.
@@ -2037,15 +2048,12 @@ impl Store for MemoryStore {
 
     async fn audit_head(&self) -> StoreResult<AuditHead> {
         let state = self.lock()?;
-        Ok(match state.audit.last() {
-            Some(last) => AuditHead { seq: last.seq, hash: last.hash.clone() },
-            None => AuditHead { seq: 0, hash: GENESIS_HASH.to_string() },
-        })
+        Ok(audit_end(&state))
     }
 
     async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<bool> {
         self.transition(|tx| {
-            if tx.state.audit.len() as u64 != expected_seq {
+            if audit_end(tx.state).seq != expected_seq {
                 return Ok(false);
             }
             tx.state.audit.extend(entries);
@@ -2055,8 +2063,25 @@ impl Store for MemoryStore {
 
     async fn audit_entries(&self, from: u64, to: u64) -> StoreResult<Vec<AuditEntry>> {
         let state = self.lock()?;
-        let (from, to) = (from.max(1), to.min(from.max(1) + 999));
-        Ok((from..=to).filter_map(|seq| state.audit.get(seq as usize - 1).cloned()).collect())
+        let base = state.audit_checkpoint.as_ref().map_or(0, |c| c.seq);
+        let (from, to) = (from.max(base + 1), to.min(from.max(1) + 999));
+        Ok((from..=to).filter_map(|seq| state.audit.get((seq - base - 1) as usize).cloned()).collect())
+    }
+
+    async fn audit_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>> {
+        Ok(self.lock()?.audit_checkpoint.clone())
+    }
+
+    async fn trim_audit(&self, checkpoint: AuditCheckpoint) -> StoreResult<bool> {
+        self.transition(|tx| {
+            let base = tx.state.audit_checkpoint.as_ref().map_or(0, |c| c.seq);
+            if checkpoint.seq <= base || checkpoint.seq > audit_end(tx.state).seq || checkpoint.seq - base > 1000 {
+                return Ok(false);
+            }
+            tx.state.audit.drain(..(checkpoint.seq - base) as usize);
+            tx.state.audit_checkpoint = Some(checkpoint);
+            Ok(true)
+        })
     }
 
     async fn put_schedule(&self, record: ScheduleRecord, replace_next: bool) -> StoreResult<ScheduleRecord> {

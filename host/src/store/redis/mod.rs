@@ -33,10 +33,10 @@ use crate::model::{
     Agent, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
 };
 use crate::model::{
-    AgentFilter, AgentHealth, AgentRegistration, AuditEntry, AuditHead, Completion, FailRequest, Fence, FleetStats,
-    GENESIS_HASH, HealthVerdict, HeartbeatOutcome, MAX_SCHEDULES, NewViolation, PluginAction, PluginChange,
-    PluginRecord, QueueFigures, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, StoreError,
-    StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
+    AgentFilter, AgentHealth, AgentRegistration, AuditCheckpoint, AuditEntry, AuditHead, Completion, FailRequest,
+    Fence, FleetStats, GENESIS_HASH, HealthVerdict, HeartbeatOutcome, MAX_SCHEDULES, NewViolation, PluginAction,
+    PluginChange, PluginRecord, QueueFigures, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord,
+    StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
 };
 
 /// The default key prefix (`CONTROL_PLANE_PREFIX`).
@@ -973,6 +973,22 @@ impl Store for RedisStore {
             }))
         });
         Ok(entries.collect())
+    }
+
+    async fn audit_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>> {
+        let body = self.call(&self.scripts.audit_read, vec!["checkpoint".into()]).await?;
+        match body.first().and_then(text).filter(|json| !json.is_empty()) {
+            None => Ok(None),
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|_| StoreError::Unavailable("redis: the audit checkpoint does not parse".into())),
+        }
+    }
+
+    async fn trim_audit(&self, checkpoint: AuditCheckpoint) -> StoreResult<bool> {
+        let json = serde_json::to_string(&checkpoint).expect("a checkpoint serializes");
+        let body = self.call(&self.scripts.audit_trim, vec![checkpoint.seq.to_string(), json]).await?;
+        Ok(body.first().and_then(text).as_deref() == Some("1"))
     }
 
     async fn put_schedule(&self, record: ScheduleRecord, replace_next: bool) -> StoreResult<ScheduleRecord> {

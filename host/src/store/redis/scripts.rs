@@ -75,6 +75,7 @@ scripts!(
     assign: WRITES,
     audit_append: WRITES,
     audit_read: READS,
+    audit_trim: WRITES,
     cancel: WRITES,
     claim: WRITES,
     claim_if: WRITES,

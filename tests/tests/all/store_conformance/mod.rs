@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aragora_cp::model::{
-    AgentFilter, AgentRegistration, AgentStatus, Event, EventKind, FailKind, FailRequest, Fence, HealthState,
-    HealthVerdict, HeartbeatRequest, Priority, Refusal, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord,
-    Standing, StoreError, SubmitRequest, TaskFilter, TaskId, TaskStatus,
+    AgentFilter, AgentRegistration, AgentStatus, AuditEntry, AuditHead, Event, EventKind, FailKind, FailRequest, Fence,
+    GENESIS_HASH, HealthState, HealthVerdict, HeartbeatRequest, NewAuditEntry, Priority, Refusal, RevokeReason,
+    Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError, SubmitRequest, TaskFilter, TaskId, TaskStatus,
 };
 use aragora_cp::store::{ClaimRequest, WaitSpec, Waiter, Withdrawn};
 use aragora_cp_tests::store_harness::{
@@ -112,6 +112,7 @@ macro_rules! conformance {
                 matching::prioritizing_a_pending_task_moves_it_to_its_submit_order_place_in_the_new_level,
                 matching::queue_figures_count_ready_work_per_signature_the_oldest_wait_and_claim_waits,
                 records::schedules_are_kept_listed_due_and_advanced_by_compare_and_set,
+                records::audit_entries_append_by_compare_and_set_and_retention_leaves_a_signed_checkpoint,
             ]);
 
             conformance!(@multi_thread [

@@ -548,3 +548,62 @@ pub(super) async fn schedules_are_kept_listed_due_and_advanced_by_compare_and_se
     assert!(!h.store.advance_schedule(missing).await.expect("advance"), "a deleted schedule does not come back");
     assert_eq!(h.store.schedule("sched_b").await.expect("read"), None);
 }
+
+pub(super) async fn audit_entries_append_by_compare_and_set_and_retention_leaves_a_signed_checkpoint(h: Harness) {
+    use aragora_cp::coordinator::audit::{trim_expired, verify};
+    let entry = |actor: &str| NewAuditEntry {
+        time_ms: h.store.now_ms(),
+        actor: actor.into(),
+        action: "POST /tasks".into(),
+        resource: String::new(),
+        request_id: "r".into(),
+        outcome: "success".into(),
+        details: json!({"status": 201}),
+    };
+    let chain = |from: &AuditHead, new: Vec<NewAuditEntry>| {
+        let mut prev = from.hash.clone();
+        new.into_iter()
+            .enumerate()
+            .map(|(i, new)| {
+                let chained = AuditEntry::chained(new, from.seq + 1 + i as u64, &prev);
+                prev = chained.hash.clone();
+                chained
+            })
+            .collect::<Vec<_>>()
+    };
+    let genesis = h.store.audit_head().await.expect("head");
+    assert_eq!(genesis, AuditHead { seq: 0, hash: GENESIS_HASH.into() });
+    let first = chain(&genesis, vec![entry("a"), entry("b"), entry("c")]);
+    assert!(h.store.append_audit(0, first.clone()).await.expect("append"));
+    assert!(!h.store.append_audit(0, first.clone()).await.expect("append again"), "the end moved: refused");
+    h.advance(7_200_000).await;
+    let head = h.store.audit_head().await.expect("head");
+    assert_eq!(head, AuditHead { seq: 3, hash: first[2].hash.clone() });
+    let second = chain(&head, vec![entry("d"), entry("e")]);
+    assert!(h.store.append_audit(3, second.clone()).await.expect("append"));
+    let seqs = |entries: Vec<AuditEntry>| entries.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(h.store.audit_entries(1, 5).await.expect("read")), [1, 2, 3, 4, 5]);
+    assert_eq!(h.store.audit_entries(2, 2).await.expect("read"), [first[1].clone()]);
+
+    // Retention of one hour removes the three old entries; a checkpoint signed with the key takes their place.
+    let key = b"audit-key";
+    let removed = trim_expired(h.store.as_ref(), Duration::from_secs(3600), key).await.expect("trim");
+    assert_eq!(removed, 3);
+    assert_eq!(seqs(h.store.audit_entries(1, 5).await.expect("read")), [4, 5]);
+    let checkpoint = h.store.audit_checkpoint().await.expect("checkpoint").expect("kept");
+    assert_eq!((checkpoint.seq, checkpoint.hash.as_str()), (3, first[2].hash.as_str()));
+    assert_eq!(h.store.audit_head().await.expect("head").seq, 5, "the end does not move");
+    assert_eq!(trim_expired(h.store.as_ref(), Duration::from_secs(3600), key).await.expect("again"), 0);
+    assert!(!h.store.trim_audit(checkpoint.clone()).await.expect("trim"), "already as far");
+
+    let valid = verify(h.store.as_ref(), Some(key)).await.expect("verify");
+    assert_eq!((valid.checked, valid.first_break.clone()), (2, None), "{valid:?}");
+    for wrong in [Some(&b"another key"[..]), None] {
+        let refused = verify(h.store.as_ref(), wrong).await.expect("verify");
+        assert_eq!(refused.first_break.map(|b| b.reason), Some("checkpoint_signature".to_string()));
+    }
+    // The chain goes on from the end, over the checkpoint.
+    let third = chain(&h.store.audit_head().await.expect("head"), vec![entry("f")]);
+    assert!(h.store.append_audit(5, third).await.expect("append"));
+    assert_eq!(verify(h.store.as_ref(), Some(key)).await.expect("verify").checked, 3);
+}

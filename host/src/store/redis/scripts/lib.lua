@@ -39,6 +39,7 @@ local K = {
   claim_waits = P .. 'claim-waits',
   audit_entries = P .. 'audit:entries',
   audit_head = P .. 'audit:head',
+  audit_checkpoint = P .. 'audit:checkpoint',
   schedules = P .. 'schedules',
   schedules_due = P .. 'schedules:due',
   agents = P .. 'agents',
