@@ -59,3 +59,59 @@ async fn the_client_commands_drive_a_running_server() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
     let _ = server.shutdown.send(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_commands_reach_queue_schedules_policies_and_the_audit_log() {
+    let server = server().await;
+    let first = cli(&server, &["tasks", "submit", "report", "--output", "json"]).await;
+    let second = cli(&server, &["tasks", "submit", "report", "--output", "json"]).await;
+    let second_id = json(&second)["task_id"].as_str().unwrap().to_string();
+    assert!(first.status.success());
+    let raised = cli(&server, &["tasks", "prioritize", &second_id, "critical", "--output", "json"]).await;
+    assert_eq!(json(&raised)["priority"], "critical");
+    let queue = cli(&server, &["queue", "--output", "json"]).await;
+    assert_eq!(
+        (json(&queue)["pending"].as_u64(), json(&queue)["by_priority"]["critical"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    let created = cli(
+        &server,
+        &[
+            "schedules",
+            "create",
+            "nightly",
+            "--task-type",
+            "backup",
+            "--cron",
+            "0 2 * * *",
+            "--timezone",
+            "Europe/Paris",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(created.status.success());
+    let schedule_id = json(&created)["schedule_id"].as_str().unwrap().to_string();
+    let paused = cli(&server, &["schedules", "pause", &schedule_id, "--output", "json"]).await;
+    assert_eq!(json(&paused)["paused"], true);
+    let listed = cli(&server, &["schedules", "list"]).await;
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(table.starts_with("SCHEDULE_ID") && table.contains("nightly"), "{table}");
+    let deleted = cli(&server, &["schedules", "delete", &schedule_id, "--output", "json"]).await;
+    assert_eq!(json(&deleted)["deleted"], true);
+    let bad = cli(&server, &["schedules", "create", "x", "--task-type", "t", "--cron", "not cron"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("400"));
+
+    let policies = cli(&server, &["policies", "--output", "json"]).await;
+    assert!(policies.status.success());
+    let entries = cli(&server, &["audit", "list", "--action", "POST /schedules", "--output", "json"]).await;
+    let actions: Vec<String> =
+        json(&entries)["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().into()).collect();
+    assert!(!actions.is_empty() && actions.iter().all(|a| a.starts_with("POST /schedules")), "{actions:?}");
+    let verified = cli(&server, &["audit", "verify", "--output", "json"]).await;
+    assert_eq!(json(&verified)["valid"], true);
+    let _ = server.shutdown.send(());
+}

@@ -138,6 +138,13 @@ pub enum TasksCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Move a pending task to another priority (its submission order kept within the new level).
+    Prioritize {
+        /// The task id.
+        task_id: String,
+        /// The new priority: critical, high, normal, low.
+        priority: String,
+    },
     /// Cancel a task.
     Cancel {
         /// The task id.
@@ -148,6 +155,76 @@ pub enum TasksCommand {
         /// The task id.
         task_id: String,
     },
+}
+
+/// `aragora-cp schedules …`.
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// List the schedules with their next and last runs.
+    List,
+    /// Create a recurring task: on a cron expression (`--cron`) or every N seconds (`--every`).
+    Create {
+        /// A name for people.
+        name: String,
+        /// The task type each tick submits.
+        #[arg(long)]
+        task_type: String,
+        /// A cron expression (5 fields, or 6 with seconds first).
+        #[arg(long, conflicts_with = "every", required_unless_present = "every")]
+        cron: Option<String>,
+        /// Or an interval in seconds.
+        #[arg(long)]
+        every: Option<u64>,
+        /// The cron expression's IANA time zone.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// The payload, a JSON object.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// A required capability (repeat for several).
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// Ticks missed during an outage: none, one, all.
+        #[arg(long, default_value = "one")]
+        catch_up: String,
+    },
+    /// Stop a schedule firing until resumed.
+    Pause {
+        /// The schedule id.
+        schedule_id: String,
+    },
+    /// Let a paused schedule fire again, from its next future tick.
+    Resume {
+        /// The schedule id.
+        schedule_id: String,
+    },
+    /// Delete a schedule (the tasks it made stay).
+    Delete {
+        /// The schedule id.
+        schedule_id: String,
+    },
+}
+
+/// `aragora-cp audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The newest audit entries, optionally filtered.
+    List {
+        /// Only this token subject.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only actions starting with this, e.g. "DELETE /agents".
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this resource, e.g. task:task_….
+        #[arg(long)]
+        resource: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Check the audit chain and name the first entry that does not check.
+    Verify,
 }
 
 /// A client request, as the dispatcher sees it.
@@ -162,6 +239,14 @@ pub enum ClientCommand {
     Stats,
     /// `plugins`.
     Plugins,
+    /// `policies`.
+    Policies,
+    /// `queue`.
+    Queue,
+    /// `schedules …`.
+    Schedules(SchedulesCommand),
+    /// `audit …`.
+    Audit(AuditCommand),
     /// `events`.
     Events {
         /// Comma-separated event types.
@@ -190,6 +275,10 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         ClientCommand::Health => client.get("/health").await,
         ClientCommand::Stats => client.get("/stats").await,
         ClientCommand::Plugins => client.get("/plugins").await,
+        ClientCommand::Policies => client.get("/policies").await,
+        ClientCommand::Queue => client.get("/queue/metrics").await,
+        ClientCommand::Schedules(command) => schedules(&client, command).await?,
+        ClientCommand::Audit(command) => audit(&client, command).await,
         ClientCommand::Events { types } => return events(&client, &connection, types.as_deref(), output).await,
     };
     match answer {
@@ -264,9 +353,58 @@ async fn tasks(client: &Api, command: TasksCommand) -> anyhow::Result<Answer> {
             }
             Ok(client.get(&format!("/tasks?{}", query.join("&"))).await)
         }
+        TasksCommand::Prioritize { task_id, priority } => {
+            Ok(client.post("/queue/prioritize", &json!({"task_id": task_id, "priority": priority})).await)
+        }
         TasksCommand::Cancel { task_id } => Ok(client.post(&format!("/tasks/{task_id}/cancel"), &json!({})).await),
         TasksCommand::Watch { .. } => unreachable!("watch is handled by its own loop"),
     }
+}
+
+async fn schedules(client: &Api, command: SchedulesCommand) -> anyhow::Result<Answer> {
+    Ok(match command {
+        SchedulesCommand::List => client.get("/schedules").await,
+        SchedulesCommand::Create { name, task_type, cron, every, timezone, payload, capabilities, catch_up } => {
+            let payload: Value = serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+            let body = json!({"name": name, "cron": cron, "interval_seconds": every, "timezone": timezone,
+                              "catch_up": catch_up, "task": {"task_type": task_type, "payload": payload,
+                                                             "required_capabilities": capabilities}});
+            client.post("/schedules", &body).await
+        }
+        SchedulesCommand::Pause { schedule_id } => {
+            client.post(&format!("/schedules/{schedule_id}/pause"), &json!({})).await
+        }
+        SchedulesCommand::Resume { schedule_id } => {
+            client.post(&format!("/schedules/{schedule_id}/resume"), &json!({})).await
+        }
+        SchedulesCommand::Delete { schedule_id } => client.delete(&format!("/schedules/{schedule_id}")).await,
+    })
+}
+
+async fn audit(client: &Api, command: AuditCommand) -> Answer {
+    match command {
+        AuditCommand::List { actor, action, resource, limit } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (key, value) in [("actor", actor), ("action", action), ("resource", resource)] {
+                if let Some(value) = value {
+                    query.push(format!("{key}={}", query_value(&value)));
+                }
+            }
+            client.get(&format!("/audit?{}", query.join("&"))).await
+        }
+        AuditCommand::Verify => client.get("/audit/verify").await,
+    }
+}
+
+/// `value` percent-encoded for a query string (an action such as `POST /tasks` has a space and slashes).
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// Polls `GET /tasks/{id}?wait=` (a server-side wait, not a busy loop) until the task ends.
@@ -334,7 +472,7 @@ async fn events(
 fn print_table(body: &Value) {
     let rows = match body {
         Value::Array(items) => Some(items.clone()),
-        Value::Object(map) => ["agents", "tasks", "plugins", "violations"]
+        Value::Object(map) => ["agents", "tasks", "plugins", "violations", "schedules", "policies", "entries"]
             .iter()
             .find_map(|key| map.get(*key).and_then(Value::as_array).cloned()),
         _ => None,
@@ -346,9 +484,19 @@ fn print_table(body: &Value) {
 }
 
 const COLUMNS: &[&str] = &[
+    "seq",
     "agent_id",
     "task_id",
+    "schedule_id",
     "name",
+    "type",
+    "time",
+    "actor",
+    "action",
+    "resource",
+    "outcome",
+    "next_run_at",
+    "runs",
     "task_type",
     "status",
     "priority",

@@ -55,7 +55,7 @@ pub enum Command {
         #[command(subcommand)]
         command: client::AgentsCommand,
     },
-    /// Tasks on a running server: submit, get, list, cancel, watch.
+    /// Tasks on a running server: submit, get, list, prioritize, cancel, watch.
     Tasks {
         /// Server and credentials.
         #[command(flatten)]
@@ -81,6 +81,36 @@ pub enum Command {
         /// Server and credentials.
         #[command(flatten)]
         connection: client::Connection,
+    },
+    /// Every policy the server runs: rule sets and code.
+    Policies {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// What waits in the queue and how long work waited for a claim.
+    Queue {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Recurring tasks: list, create, pause, resume, delete.
+    Schedules {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::SchedulesCommand,
+    },
+    /// The audit log: list entries, verify the chain (an admin token).
+    Audit {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::AuditCommand,
     },
     /// Follow the server's event stream.
     Events {
@@ -128,6 +158,12 @@ pub fn main() -> ExitCode {
         Command::Health { connection } => client::run(connection, client::ClientCommand::Health),
         Command::Stats { connection } => client::run(connection, client::ClientCommand::Stats),
         Command::Plugins { connection } => client::run(connection, client::ClientCommand::Plugins),
+        Command::Policies { connection } => client::run(connection, client::ClientCommand::Policies),
+        Command::Queue { connection } => client::run(connection, client::ClientCommand::Queue),
+        Command::Schedules { connection, command } => {
+            client::run(connection, client::ClientCommand::Schedules(command))
+        }
+        Command::Audit { connection, command } => client::run(connection, client::ClientCommand::Audit(command)),
         Command::Events { connection, types } => client::run(connection, client::ClientCommand::Events { types }),
     };
     match outcome {
