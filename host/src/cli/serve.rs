@@ -109,7 +109,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TASK_RETENTION", default_value_t = 86_400.0)]
     pub task_retention: f64,
     /// How long audit entries are kept, in seconds (0: all of them); older ones become a signed checkpoint.
-    #[arg(long, env = "AUDIT_RETENTION", default_value_t = 0.0)]
+    #[arg(long, env = "AUDIT_RETENTION", default_value_t = 86_400.0)]
     pub audit_retention: f64,
     /// The key signing audit checkpoints (default: `ARAGORA_JWT_SECRET`); every server of a fleet needs the same.
     #[arg(long, env = "AUDIT_SIGNING_KEY", hide_env_values = true)]
@@ -270,12 +270,6 @@ impl ServeArgs {
             Some(value) => Some(seconds("PRIORITY_AGING_SECONDS", value, 0.001)?),
             None => None,
         };
-        if self.audit_retention > 0.0 && self.audit_signing_key.is_none() && self.auth.jwt_secret.is_none() {
-            return Err(error(
-                "AUDIT_RETENTION",
-                "needs AUDIT_SIGNING_KEY (or ARAGORA_JWT_SECRET) to sign the checkpoint that replaces old entries",
-            ));
-        }
         if self.default_strategy.trim().is_empty() {
             return Err(error("DEFAULT_STRATEGY", "must name a strategy plugin"));
         }
@@ -456,6 +450,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut signal = ShutdownSignal::install()?;
         let (store, kind) = crate::store::open::open(&settings.store, config.store_config()).await?;
         let (auth, generated) = authenticator(&args.auth, &settings, kind)?;
+        audit_key(&mut config, kind);
         let auth = Arc::new(auth);
         let mut server = RunningServer::start(config, &settings, store, auth.clone(), metrics_token).await?;
         println!("aragora-cp listening on http://{}", server.address);
@@ -470,6 +465,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Settles the key that signs audit checkpoints. Without `AUDIT_SIGNING_KEY` or `ARAGORA_JWT_SECRET`, a server on
+/// the memory store signs with a key of its own for this run (its log dies with it); servers sharing a Redis must
+/// share the key, so without one retention is off (the log keeps every entry) and the start-up says so.
+fn audit_key(config: &mut Config, store: StoreKind) {
+    if config.audit_retention.is_none() || config.audit_signing_key.is_some() {
+        return;
+    }
+    if store == StoreKind::Memory {
+        config.audit_signing_key = Some(format!("{:032x}", rand::random::<u128>()));
+    } else {
+        config.audit_retention = None;
+        tracing::warn!(
+            "AUDIT_RETENTION is off: set AUDIT_SIGNING_KEY (the same on every server) to sign the checkpoint that \
+             replaces old audit entries; until then the audit log keeps every entry"
+        );
+    }
 }
 
 /// The token verifier, and whether its secret was generated for this run. A generated secret is only for a
@@ -604,5 +617,20 @@ mod tests {
             let error = serve_args(args).validate().expect_err("invalid");
             assert_eq!(error.variable, variable, "{error}");
         }
+    }
+
+    #[test]
+    fn audit_retention_gets_a_key_of_its_own_on_memory_and_is_off_on_redis_without_one() {
+        let defaults = serve_args(&[]).validate().expect("valid").0;
+        assert_eq!(defaults.audit_retention, Some(Duration::from_secs(86_400)), "a day by default");
+        let mut memory = defaults.clone();
+        audit_key(&mut memory, StoreKind::Memory);
+        assert!(memory.audit_signing_key.is_some() && memory.audit_retention.is_some());
+        let mut redis = defaults.clone();
+        audit_key(&mut redis, StoreKind::Redis);
+        assert_eq!((redis.audit_signing_key, redis.audit_retention), (None, None), "no shared key: kept whole");
+        let mut keyed = Config { audit_signing_key: Some("k".into()), ..defaults };
+        audit_key(&mut keyed, StoreKind::Redis);
+        assert_eq!((keyed.audit_signing_key.as_deref(), keyed.audit_retention.is_some()), (Some("k"), true));
     }
 }
