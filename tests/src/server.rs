@@ -7,7 +7,7 @@ use std::time::Duration;
 use aragora_cp::api::{self, ApiState, Authenticator, Permission};
 use aragora_cp::config::Config;
 use aragora_cp::coordinator::ControlPlaneCoordinator;
-use aragora_cp::store::{MemoryStore, Store, SystemClock};
+use aragora_cp::store::{MemoryStore, RedisStore, Store, SystemClock};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -48,6 +48,14 @@ impl TestServer {
         TestServer::start_on(config, store, auth).await
     }
 
+    /// Starts a server with `config` on the shared test Redis under `prefix` (servers on one prefix make a fleet).
+    pub async fn start_on_redis(config: Config, prefix: &str) -> TestServer {
+        let url = crate::redis_server::shared_server().url();
+        let store: Arc<dyn Store> =
+            Arc::new(RedisStore::connect(&url, prefix, config.store_config()).await.expect("redis"));
+        TestServer::start_with_store(config, store).await
+    }
+
     /// Starts a server with `config` over `store` (several servers on one Redis make a fleet).
     pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> TestServer {
         let auth = Authenticator::hs256(TEST_SECRET, None, None).expect("test secret is long enough");
@@ -83,6 +91,24 @@ impl TestServer {
     /// A token for `sub` with `permissions`, valid for an hour.
     pub fn token(&self, sub: &str, permissions: &[Permission]) -> String {
         self.auth.issue(sub, permissions, Duration::from_secs(3600)).expect("the test server signs HS256")
+    }
+
+    /// `method` on `path` under the API prefix with `token` and an optional JSON body: the status and the JSON
+    /// answer (null when the body is not JSON).
+    pub async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self.client.request(method, self.api(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     /// An admin token (`sub = admin`).

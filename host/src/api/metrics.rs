@@ -80,8 +80,7 @@ pub async fn track(State(state): State<ApiState>, mut request: Request, next: Ne
     let audited = route
         .as_ref()
         .and_then(|route| super::audit::audited_route(request.method(), route.as_str()))
-        .map(str::to_string)
-        .map(|audited| super::audit::AuditedCall::begin(&mut request, &audited));
+        .map(|audited| super::audit::AuditedCall::begin(&mut request, audited));
     let response = next.run(request).await;
     if let Some(route) = route {
         state.metrics.record(&method, route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());

@@ -81,41 +81,13 @@ async fn run(store: Arc<dyn Store>, mut pending: mpsc::Receiver<Pending>, shutdo
     }
 }
 
-/// Chains `batch` after the log's end and appends it, again from the new end when another server appended first.
+/// Chains `batch` after the log's end and appends it, again from the new end when another server appended first;
+/// a failing store is tried [`ATTEMPTS`] times.
 async fn commit(store: &dyn Store, head: &mut Option<AuditHead>, batch: &[Pending]) -> bool {
     let mut failures = 0;
     loop {
-        let end = match head.take() {
-            Some(end) => end,
-            None => match store.audit_head().await {
-                Ok(end) => end,
-                Err(error) => {
-                    failures += 1;
-                    if failures >= ATTEMPTS {
-                        tracing::error!(%error, entries = batch.len(), "audit log: store unavailable, calls unrecorded");
-                        return false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    continue;
-                }
-            },
-        };
-        let mut prev = end.hash.clone();
-        let entries: Vec<AuditEntry> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, call)| {
-                let entry = AuditEntry::chained(call.entry.clone(), end.seq + 1 + i as u64, &prev);
-                prev = entry.hash.clone();
-                entry
-            })
-            .collect();
-        let last = AuditHead { seq: end.seq + entries.len() as u64, hash: prev };
-        match store.append_audit(end.seq, entries).await {
-            Ok(true) => {
-                *head = Some(last);
-                return true;
-            }
+        match append(store, head, batch).await {
+            Ok(true) => return true,
             // Another server appended: read the new end and chain again.
             Ok(false) => {}
             Err(error) => {
@@ -128,6 +100,21 @@ async fn commit(store: &dyn Store, head: &mut Option<AuditHead>, batch: &[Pendin
             }
         }
     }
+}
+
+/// One attempt: chains `batch` after the end this server knows (or reads it) and appends it if the log still ends
+/// there; `head` is the new end on success, unknown otherwise.
+async fn append(store: &dyn Store, head: &mut Option<AuditHead>, batch: &[Pending]) -> StoreResult<bool> {
+    let end = match head.take() {
+        Some(end) => end,
+        None => store.audit_head().await?,
+    };
+    let (entries, last) = AuditEntry::chain_after(&end, batch.iter().map(|call| call.entry.clone()));
+    let appended = store.append_audit(end.seq, entries).await?;
+    if appended {
+        *head = Some(last);
+    }
+    Ok(appended)
 }
 
 /// Replaces entries older than `retention` by a signed checkpoint every `interval`, until shutdown.

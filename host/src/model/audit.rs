@@ -97,6 +97,20 @@ impl AuditEntry {
         entry
     }
 
+    /// `new` chained after `end`, in order, and the chain's new end.
+    pub fn chain_after(end: &AuditHead, new: impl IntoIterator<Item = NewAuditEntry>) -> (Vec<AuditEntry>, AuditHead) {
+        let mut head = end.clone();
+        let entries = new
+            .into_iter()
+            .map(|new| {
+                let entry = AuditEntry::chained(new, head.seq + 1, &head.hash);
+                head = AuditHead { seq: entry.seq, hash: entry.hash.clone() };
+                entry
+            })
+            .collect();
+        (entries, head)
+    }
+
     /// The hash its fields give now (equal to `hash` unless the entry was altered).
     pub fn computed_hash(&self) -> String {
         let hashed = Hashed {

@@ -3,12 +3,10 @@
 //! routes they can read, and the real `aragora-sdk` 2.11.0 (from PyPI) driving a new user's first hour and every
 //! method of its control-plane namespace, on the memory store and on Redis.
 
-use std::sync::Arc;
-
 use aragora_cp::config::Config;
-use aragora_cp::store::{RedisStore, Store};
+
 use aragora_cp_tests::python_sdk;
-use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
+use aragora_cp_tests::redis_server::unique_prefix;
 use aragora_cp_tests::server::TestServer;
 use serde_json::{Value, json};
 
@@ -231,9 +229,6 @@ async fn every_method_of_the_sdks_control_plane_namespace_answers_on_the_memory_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_of_the_sdks_control_plane_namespace_answers_on_redis() {
-    let config = Config::default();
-    let prefix = unique_prefix("sdk-every");
-    let store: Arc<dyn Store> =
-        Arc::new(RedisStore::connect(&shared_server().url(), &prefix, config.store_config()).await.expect("redis"));
-    every_sdk_method_answers(TestServer::start_with_store(config, store).await, "redis").await;
+    let server = TestServer::start_on_redis(Config::default(), &unique_prefix("sdk-every")).await;
+    every_sdk_method_answers(server, "redis").await;
 }

@@ -6,34 +6,11 @@ use std::sync::Arc;
 
 use aragora_cp::api::Permission;
 use aragora_cp::config::Config;
-use aragora_cp::store::{RedisStore, Store};
+use aragora_cp::store::Store;
 use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
 use aragora_cp_tests::server::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-async fn call(
-    server: &TestServer,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = server.client.request(method, server.api(path)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn redis_server(prefix: &str) -> TestServer {
-    let config = Config::default();
-    let store: Arc<dyn Store> =
-        Arc::new(RedisStore::connect(&shared_server().url(), prefix, config.store_config()).await.expect("redis"));
-    TestServer::start_with_store(config, store).await
-}
 
 #[tokio::test]
 async fn state_changing_calls_are_recorded_with_who_what_and_the_outcome_and_read_back_filtered() {
@@ -41,21 +18,21 @@ async fn state_changing_calls_are_recorded_with_who_what_and_the_outcome_and_rea
     let admin = server.admin();
     let ops = server.token("ops@example", &[Permission::Tasks, Permission::Agents, Permission::Read]);
     let agent = json!({"agent_id": "coder-1", "capabilities": ["code"]});
-    assert_eq!(call(&server, &ops, Method::POST, "/agents", Some(agent)).await.0, StatusCode::CREATED);
+    assert_eq!(server.call(&ops, Method::POST, "/agents", Some(agent)).await.0, StatusCode::CREATED);
     let task = json!({"task_type": "code", "required_capabilities": ["code"]});
-    let (_, submitted) = call(&server, &ops, Method::POST, "/tasks", Some(task)).await;
+    let (_, submitted) = server.call(&ops, Method::POST, "/tasks", Some(task)).await;
     let task_id = submitted["task_id"].as_str().unwrap().to_string();
     // An agent's work is not audited; reads are not either.
-    call(&server, &ops, Method::POST, "/agents/coder-1/heartbeat", Some(json!({}))).await;
-    call(&server, &ops, Method::GET, "/tasks", None).await;
-    assert_eq!(call(&server, &ops, Method::POST, &format!("/tasks/{task_id}/cancel"), None).await.0, StatusCode::OK);
+    server.call(&ops, Method::POST, "/agents/coder-1/heartbeat", Some(json!({}))).await;
+    server.call(&ops, Method::GET, "/tasks", None).await;
+    assert_eq!(server.call(&ops, Method::POST, &format!("/tasks/{task_id}/cancel"), None).await.0, StatusCode::OK);
     let missing = "/tasks/task_00000000000000000000000000000000/cancel";
-    assert_eq!(call(&server, &admin, Method::POST, missing, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(server.call(&admin, Method::POST, missing, None).await.0, StatusCode::NOT_FOUND);
 
     // A refused call's entry is queued without holding its answer: wait for it.
     let started = std::time::Instant::now();
     let page = loop {
-        let (status, page) = call(&server, &admin, Method::GET, "/audit", None).await;
+        let (status, page) = server.call(&admin, Method::GET, "/audit", None).await;
         assert_eq!(status, StatusCode::OK, "{page}");
         if page["total"] == 4 || started.elapsed() > std::time::Duration::from_secs(5) {
             break page;
@@ -90,40 +67,41 @@ async fn state_changing_calls_are_recorded_with_who_what_and_the_outcome_and_rea
     // Filters: actor, action prefix, resource, time.
     let count = |path: String| {
         let (server, admin) = (&server, admin.clone());
-        async move { call(server, &admin, Method::GET, &path, None).await.1["entries"].as_array().unwrap().len() }
+        async move { server.call(&admin, Method::GET, &path, None).await.1["entries"].as_array().unwrap().len() }
     };
     assert_eq!(count("/audit?actor=ops%40example".into()).await, 3);
     assert_eq!(count("/audit?action=POST%20/tasks".into()).await, 3);
     assert_eq!(count(format!("/audit?resource=task:{task_id}")).await, 2);
     assert_eq!(count("/audit?since=2099-01-01T00:00:00Z".into()).await, 0);
-    let (_, first) = call(&server, &admin, Method::GET, "/audit?limit=1", None).await;
+    let (_, first) = server.call(&admin, Method::GET, "/audit?limit=1", None).await;
     let cursor = first["next_cursor"].as_str().unwrap().to_string();
-    let (_, rest) = call(&server, &admin, Method::GET, &format!("/audit?cursor={cursor}"), None).await;
+    let (_, rest) = server.call(&admin, Method::GET, &format!("/audit?cursor={cursor}"), None).await;
     assert_eq!(rest["entries"].as_array().unwrap().len(), 3, "the cursor goes on below: {rest}");
     assert_eq!(rest["next_cursor"], Value::Null);
 
     // Aragora's views: offset pages, one entry, stats, and the chain intact.
-    let (_, logs) = call(&server, &admin, Method::GET, "/audit-logs?limit=2&offset=1", None).await;
+    let (_, logs) = server.call(&admin, Method::GET, "/audit-logs?limit=2&offset=1", None).await;
     let ids: Vec<&str> = logs["logs"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!((ids, logs["total"].as_u64()), (vec!["audit_3", "audit_2"], Some(4)));
-    let (status, one) = call(&server, &admin, Method::GET, "/audit-logs/audit_1", None).await;
+    let (status, one) = server.call(&admin, Method::GET, "/audit-logs/audit_1", None).await;
     assert_eq!((status, one["action"].as_str()), (StatusCode::OK, Some("POST /agents")));
-    assert_eq!(call(&server, &admin, Method::GET, "/audit-logs/audit_99", None).await.0, StatusCode::NOT_FOUND);
-    let (_, stats) = call(&server, &admin, Method::GET, "/audit/stats", None).await;
+    assert_eq!(server.call(&admin, Method::GET, "/audit-logs/audit_99", None).await.0, StatusCode::NOT_FOUND);
+    let (_, stats) = server.call(&admin, Method::GET, "/audit/stats", None).await;
     assert_eq!(stats["by_outcome"], json!({"failure": 1, "success": 3}), "{stats}");
     assert_eq!(stats["by_actor"]["ops@example"], 3);
-    let (_, verified) = call(&server, &admin, Method::GET, "/audit/verify", None).await;
+    let (_, verified) = server.call(&admin, Method::GET, "/audit/verify", None).await;
     assert_eq!((verified["valid"].as_bool(), verified["checked"].as_u64()), (Some(true), Some(4)), "{verified}");
 
     // The log is for admins.
-    assert_eq!(call(&server, &ops, Method::GET, "/audit", None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(server.call(&ops, Method::GET, "/audit", None).await.0, StatusCode::FORBIDDEN);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn servers_sharing_redis_extend_one_chain_and_verify_names_an_entry_edited_or_removed_in_the_store() {
     let prefix = unique_prefix("audit");
-    let servers = [redis_server(&prefix).await, redis_server(&prefix).await, redis_server(&prefix).await];
+    let on_redis = || TestServer::start_on_redis(Config::default(), &prefix);
+    let servers = [on_redis().await, on_redis().await, on_redis().await];
     // Concurrent changes through all three servers.
     let mut calls = Vec::new();
     for (n, server) in servers.iter().enumerate() {
@@ -139,7 +117,7 @@ async fn servers_sharing_redis_extend_one_chain_and_verify_names_an_entry_edited
         assert_eq!(call.await.unwrap(), StatusCode::CREATED);
     }
     let admin = servers[0].admin();
-    let (_, verified) = call(&servers[1], &admin, Method::GET, "/audit/verify", None).await;
+    let (_, verified) = servers[1].call(&admin, Method::GET, "/audit/verify", None).await;
     assert_eq!((verified["valid"].as_bool(), verified["checked"].as_u64()), (Some(true), Some(60)), "{verified}");
 
     // Someone with access to Redis rewrites entry 17's actor.
@@ -150,7 +128,7 @@ async fn servers_sharing_redis_extend_one_chain_and_verify_names_an_entry_edited
     let mut entry: Value = serde_json::from_str(&stored).unwrap();
     entry["actor"] = json!("someone-else");
     let _: () = redis::cmd("HSET").arg(&key).arg("17").arg(entry.to_string()).query_async(&mut redis).await.unwrap();
-    let (_, verified) = call(&servers[2], &admin, Method::GET, "/audit/verify", None).await;
+    let (_, verified) = servers[2].call(&admin, Method::GET, "/audit/verify", None).await;
     assert_eq!(verified["valid"], false, "{verified}");
     assert_eq!(verified["first_break"], json!({"seq": 17, "id": "audit_17", "reason": "hash_mismatch"}));
     assert_eq!(verified["checked"], 16);
@@ -158,7 +136,7 @@ async fn servers_sharing_redis_extend_one_chain_and_verify_names_an_entry_edited
     // Put back, then remove entry 40 instead.
     let _: () = redis::cmd("HSET").arg(&key).arg("17").arg(&stored).query_async(&mut redis).await.unwrap();
     let _: () = redis::cmd("HDEL").arg(&key).arg("40").query_async(&mut redis).await.unwrap();
-    let (_, verified) = call(&servers[0], &admin, Method::GET, "/audit/verify", None).await;
+    let (_, verified) = servers[0].call(&admin, Method::GET, "/audit/verify", None).await;
     assert_eq!(verified["first_break"], json!({"seq": 40, "id": "audit_40", "reason": "missing"}), "{verified}");
     for server in servers {
         server.stop().await;
@@ -180,16 +158,16 @@ async fn past_audit_retention_old_entries_give_way_to_a_signed_checkpoint_and_th
     let admin = server.admin();
     for n in 0..3 {
         let agent = json!({"agent_id": format!("old-{n}"), "capabilities": ["code"]});
-        assert_eq!(call(&server, &admin, Method::POST, "/agents", Some(agent)).await.0, StatusCode::CREATED);
+        assert_eq!(server.call(&admin, Method::POST, "/agents", Some(agent)).await.0, StatusCode::CREATED);
     }
     clock.advance(2 * 3600 * 1000);
     for n in 0..2 {
         let agent = json!({"agent_id": format!("new-{n}"), "capabilities": ["code"]});
-        assert_eq!(call(&server, &admin, Method::POST, "/agents", Some(agent)).await.0, StatusCode::CREATED);
+        assert_eq!(server.call(&admin, Method::POST, "/agents", Some(agent)).await.0, StatusCode::CREATED);
     }
     let started = std::time::Instant::now();
     let verified = loop {
-        let (_, verified) = call(&server, &admin, Method::GET, "/audit/verify", None).await;
+        let (_, verified) = server.call(&admin, Method::GET, "/audit/verify", None).await;
         if verified["checkpoint"]["seq"] == 3 || started.elapsed() > std::time::Duration::from_secs(10) {
             break verified;
         }
@@ -197,9 +175,9 @@ async fn past_audit_retention_old_entries_give_way_to_a_signed_checkpoint_and_th
     };
     assert_eq!((verified["valid"].as_bool(), verified["checked"].as_u64()), (Some(true), Some(2)), "{verified}");
     assert_eq!(verified["checkpoint"]["seq"], 3, "{verified}");
-    let (_, logs) = call(&server, &admin, Method::GET, "/audit-logs", None).await;
+    let (_, logs) = server.call(&admin, Method::GET, "/audit-logs", None).await;
     let ids: Vec<&str> = logs["logs"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!((ids, logs["total"].as_u64()), (vec!["audit_5", "audit_4"], Some(5)), "{logs}");
-    assert_eq!(call(&server, &admin, Method::GET, "/audit-logs/audit_1", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(server.call(&admin, Method::GET, "/audit-logs/audit_1", None).await.0, StatusCode::NOT_FOUND);
     server.stop().await;
 }

@@ -9,13 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 async fn call(server: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = server.client.request(method, server.api(path)).bearer_auth(server.admin());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    server.call(&server.admin(), method, path, body).await
 }
 
 async fn post(server: &TestServer, path: &str, body: Value) -> Value {

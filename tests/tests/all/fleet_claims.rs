@@ -2,20 +2,16 @@
 //! another (the submitting server routes it to the claim's waiter through the store; the claim's server learns
 //! of it from the store's event stream). The bound below only tells "woken" from "timed out at block_ms".
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aragora_cp::config::Config;
-use aragora_cp::store::{RedisStore, Store};
-use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
+
+use aragora_cp_tests::redis_server::unique_prefix;
 use aragora_cp_tests::server::TestServer;
 use serde_json::{Value, json};
 
 async fn server(prefix: &str) -> TestServer {
-    let config = Config::default();
-    let store: Arc<dyn Store> =
-        Arc::new(RedisStore::connect(&shared_server().url(), prefix, config.store_config()).await.expect("redis"));
-    TestServer::start_with_store(config, store).await
+    TestServer::start_on_redis(Config::default(), prefix).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -140,34 +140,18 @@ fn rule_sets_cover_only_their_tasks_warn_when_told_and_check_data_residency() {
     assert!(matches!(warning.evaluate(ctx(1), &input).unwrap().0, Decision::Warn(_)));
 }
 
-async fn call(
-    server: &TestServer,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = server.client.request(method, server.api(path)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn post_policies_installs_a_rule_set_that_is_listed_with_code_policies_and_enforced_on_claims() {
     let server = TestServer::start().await;
     let admin = server.admin();
     install_example(&server.coordinator, "payload_size_policy");
     let (status, created) =
-        call(&server, &admin, reqwest::Method::POST, "/policies", Some(block_list_and_region_allow_list())).await;
+        server.call(&admin, reqwest::Method::POST, "/policies", Some(block_list_and_region_allow_list())).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!((created["name"].as_str(), created["type"].as_str()), (Some("eu-only"), Some("rules")), "{created}");
     assert_eq!(created["config"]["agent_blocklist"], json!(["agent-3", "agent-7"]));
 
-    let (_, listed) = call(&server, &admin, reqwest::Method::GET, "/policies", None).await;
+    let (_, listed) = server.call(&admin, reqwest::Method::GET, "/policies", None).await;
     let kinds: Vec<(&str, &str)> = listed["policies"]
         .as_array()
         .unwrap()
@@ -175,25 +159,25 @@ async fn post_policies_installs_a_rule_set_that_is_listed_with_code_policies_and
         .map(|p| (p["name"].as_str().unwrap(), p["type"].as_str().unwrap()))
         .collect();
     assert_eq!(kinds, [("payload_size_policy", "code"), ("eu-only", "rules")], "in evaluation order: {listed}");
-    let (_, plugin) = call(&server, &admin, reqwest::Method::GET, "/plugins/eu-only", None).await;
+    let (_, plugin) = server.call(&admin, reqwest::Method::GET, "/plugins/eu-only", None).await;
     assert_eq!((plugin["status"].as_str(), plugin["fleet"]["version"].as_u64()), (Some("active"), Some(1)), "{plugin}");
 
     // Enforced where work is handed out: the barred agent and the agent outside the EU get nothing.
     for (agent, region) in [("agent-3", "eu-west-1"), ("agent-1", "us-east-1"), ("agent-2", "eu-central-1")] {
         let body = json!({"agent_id": agent, "capabilities": ["work"], "metadata": {"region": region}});
-        assert!(call(&server, &admin, reqwest::Method::POST, "/agents", Some(body)).await.0.is_success());
+        assert!(server.call(&admin, reqwest::Method::POST, "/agents", Some(body)).await.0.is_success());
     }
     let task = json!({"task_type": "t", "required_capabilities": ["work"]});
-    let (_, submitted) = call(&server, &admin, reqwest::Method::POST, "/tasks", Some(task)).await;
+    let (_, submitted) = server.call(&admin, reqwest::Method::POST, "/tasks", Some(task)).await;
     for refused in ["agent-3", "agent-1"] {
         let claim = json!({"agent_id": refused, "block_ms": 0});
-        let (_, answer) = call(&server, &admin, reqwest::Method::POST, "/tasks/claim", Some(claim)).await;
+        let (_, answer) = server.call(&admin, reqwest::Method::POST, "/tasks/claim", Some(claim)).await;
         assert_eq!(answer["task"], Value::Null, "{refused}: {answer}");
     }
     let claim = json!({"agent_id": "agent-2", "block_ms": 0});
-    let (_, answer) = call(&server, &admin, reqwest::Method::POST, "/tasks/claim", Some(claim)).await;
+    let (_, answer) = server.call(&admin, reqwest::Method::POST, "/tasks/claim", Some(claim)).await;
     assert_eq!(answer["task"]["task_id"], submitted["task_id"], "{answer}");
-    let (_, violations) = call(&server, &admin, reqwest::Method::GET, "/policies/violations", None).await;
+    let (_, violations) = server.call(&admin, reqwest::Method::GET, "/policies/violations", None).await;
     let by_rules = violations["violations"].as_array().unwrap().iter().filter(|v| v["policy"] == "eu-only").count();
     assert_eq!(by_rules, 2, "one violation per refused dispatch: {violations}");
     server.stop().await;
@@ -217,26 +201,26 @@ async fn bad_rule_sets_are_refused_with_the_field_named_and_nothing_is_installed
         (json!({"name": "least_loaded"}), StatusCode::CONFLICT, ""),
     ];
     for (body, status, field) in refusals {
-        let (got, problem) = call(&server, &admin, reqwest::Method::POST, "/policies", Some(body.clone())).await;
+        let (got, problem) = server.call(&admin, reqwest::Method::POST, "/policies", Some(body.clone())).await;
         assert_eq!(got, status, "{body}: {problem}");
         if !field.is_empty() {
             assert_eq!(problem["field"], field, "{body}: {problem}");
         }
     }
-    let (_, listed) = call(&server, &admin, reqwest::Method::GET, "/policies", None).await;
+    let (_, listed) = server.call(&admin, reqwest::Method::GET, "/policies", None).await;
     assert_eq!(listed["total"], 0, "{listed}");
 
     // A second rule set of the same name is refused; a read token installs nothing.
     let first = json!({"name": "once", "agent_blocklist": ["a"]});
     assert_eq!(
-        call(&server, &admin, reqwest::Method::POST, "/policies", Some(first.clone())).await.0,
+        server.call(&admin, reqwest::Method::POST, "/policies", Some(first.clone())).await.0,
         StatusCode::CREATED
     );
-    let (status, problem) = call(&server, &admin, reqwest::Method::POST, "/policies", Some(first.clone())).await;
+    let (status, problem) = server.call(&admin, reqwest::Method::POST, "/policies", Some(first.clone())).await;
     assert_eq!((status, problem["code"].as_str()), (StatusCode::CONFLICT, Some("policy_exists")));
     let reader = server.token("reader", &[Permission::Read]);
     let other = json!({"name": "other"});
-    assert_eq!(call(&server, &reader, reqwest::Method::POST, "/policies", Some(other)).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(call(&server, &reader, reqwest::Method::GET, "/policies", None).await.0, StatusCode::OK);
+    assert_eq!(server.call(&reader, reqwest::Method::POST, "/policies", Some(other)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(server.call(&reader, reqwest::Method::GET, "/policies", None).await.0, StatusCode::OK);
     server.stop().await;
 }

@@ -7,36 +7,20 @@ use std::time::{Duration, Instant};
 
 use aragora_cp::api::Permission;
 use aragora_cp::config::Config;
-use aragora_cp::store::{ManualClock, MemoryStore, RedisStore, Store};
-use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
+use aragora_cp::store::{ManualClock, MemoryStore, Store};
+use aragora_cp_tests::redis_server::unique_prefix;
 use aragora_cp_tests::server::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-async fn call(
-    server: &TestServer,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = server.client.request(method, server.api(path)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 async fn create(server: &TestServer, body: Value) -> Value {
-    let (status, schedule) = call(server, &server.admin(), Method::POST, "/schedules", Some(body)).await;
+    let (status, schedule) = server.call(&server.admin(), Method::POST, "/schedules", Some(body)).await;
     assert_eq!(status, StatusCode::CREATED, "{schedule}");
     schedule
 }
 
 async fn schedule(server: &TestServer, id: &str) -> Value {
-    let (status, schedule) = call(server, &server.admin(), Method::GET, &format!("/schedules/{id}"), None).await;
+    let (status, schedule) = server.call(&server.admin(), Method::GET, &format!("/schedules/{id}"), None).await;
     assert_eq!(status, StatusCode::OK, "{schedule}");
     schedule
 }
@@ -44,7 +28,7 @@ async fn schedule(server: &TestServer, id: &str) -> Value {
 /// The tasks of `task_type`, with the tick each was made for (ms), oldest tick first.
 async fn ticks_of(server: &TestServer, task_type: &str) -> Vec<(u64, Value)> {
     let path = format!("/tasks?task_type={task_type}&limit=1000");
-    let (_, page) = call(server, &server.admin(), Method::GET, &path, None).await;
+    let (_, page) = server.call(&server.admin(), Method::GET, &path, None).await;
     let mut ticks: Vec<(u64, Value)> = page["tasks"]
         .as_array()
         .unwrap()
@@ -77,10 +61,7 @@ async fn a_one_second_schedule_on_three_servers_sharing_redis_fires_exactly_once
     let prefix = unique_prefix("schedules");
     let mut servers = Vec::new();
     for _ in 0..3 {
-        let config = Config::default();
-        let store: Arc<dyn Store> =
-            Arc::new(RedisStore::connect(&shared_server().url(), &prefix, config.store_config()).await.expect("redis"));
-        servers.push(TestServer::start_with_store(config, store).await);
+        servers.push(TestServer::start_on_redis(Config::default(), &prefix).await);
     }
     let body = json!({"name": "heartbeat report", "interval_seconds": 1, "catch_up": "all",
                       "task": {"task_type": "tick-report", "payload": {"report": "fleet"}}});
@@ -92,7 +73,7 @@ async fn a_one_second_schedule_on_three_servers_sharing_redis_fires_exactly_once
     }
     let fired = until_runs(&servers[1], &id, 30, Duration::from_secs(60)).await;
     // Stop it where it is, then count: each tick exactly one task, no tick missing between the first and the last.
-    call(&servers[2], &servers[2].admin(), Method::POST, &format!("/schedules/{id}/pause"), None).await;
+    servers[2].call(&servers[2].admin(), Method::POST, &format!("/schedules/{id}/pause"), None).await;
     let runs = schedule(&servers[0], &id).await["runs"].as_u64().unwrap();
     let ticks = ticks_of(&servers[0], "tick-report").await;
     let times: Vec<u64> = ticks.iter().map(|(tick, _)| *tick).collect();
@@ -166,7 +147,7 @@ async fn schedules_are_paused_resumed_changed_and_deleted_by_their_creator_or_an
     let owner = server.token("ops", &[Permission::Tasks, Permission::Read]);
     let body = json!({"name": "nightly", "cron": "0 2 * * *", "timezone": "Europe/Paris",
                       "task": {"task_type": "backup", "priority": "low"}});
-    let (status, created) = call(&server, &owner, Method::POST, "/schedules", Some(body)).await;
+    let (status, created) = server.call(&owner, Method::POST, "/schedules", Some(body)).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["schedule_id"].as_str().unwrap();
     assert!(id.starts_with("sched_") && id.len() == 38, "{id}");
@@ -175,7 +156,7 @@ async fn schedules_are_paused_resumed_changed_and_deleted_by_their_creator_or_an
     assert_eq!((created["catch_up"].as_str(), created["created_by"].as_str()), (Some("one"), Some("ops")));
 
     let path = format!("/schedules/{id}");
-    let (status, paused) = call(&server, &owner, Method::POST, &format!("{path}/pause"), None).await;
+    let (status, paused) = server.call(&owner, Method::POST, &format!("{path}/pause"), None).await;
     assert_eq!(
         (status, paused["paused"].clone(), paused["next_run_at"].clone()),
         (StatusCode::OK, json!(true), Value::Null)
@@ -183,26 +164,26 @@ async fn schedules_are_paused_resumed_changed_and_deleted_by_their_creator_or_an
     clock.advance(2 * 24 * 3600 * 1000);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(schedule(&server, id).await["runs"], 0, "a paused schedule fires nothing");
-    let (_, resumed) = call(&server, &owner, Method::POST, &format!("{path}/resume"), None).await;
+    let (_, resumed) = server.call(&owner, Method::POST, &format!("{path}/resume"), None).await;
     assert_eq!(resumed["next_run_at"], "2027-01-18T01:00:00.000Z", "from its next future tick: {resumed}");
 
     // aragora-sdk's update_schedule sends PUT with the fields to change; PATCH does the same.
-    let (status, renamed) = call(&server, &owner, Method::PUT, &path, Some(json!({"name": "nightly backup"}))).await;
+    let (status, renamed) = server.call(&owner, Method::PUT, &path, Some(json!({"name": "nightly backup"}))).await;
     assert_eq!(
         (status, renamed["name"].as_str(), renamed["cron"].as_str()),
         (StatusCode::OK, Some("nightly backup"), Some("0 2 * * *"))
     );
-    let (_, every) = call(&server, &owner, Method::PATCH, &path, Some(json!({"interval_seconds": 3600}))).await;
+    let (_, every) = server.call(&owner, Method::PATCH, &path, Some(json!({"interval_seconds": 3600}))).await;
     assert_eq!((every["cron"].clone(), every["interval_seconds"].as_u64()), (Value::Null, Some(3600)), "{every}");
 
     let stranger = server.token("someone", &[Permission::Tasks, Permission::Read]);
-    let (status, _) = call(&server, &stranger, Method::DELETE, &path, None).await;
+    let (status, _) = server.call(&stranger, Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, listed) = call(&server, &stranger, Method::GET, "/schedules", None).await;
+    let (status, listed) = server.call(&stranger, Method::GET, "/schedules", None).await;
     assert_eq!((status, listed["total"].as_u64()), (StatusCode::OK, Some(1)));
-    let (status, deleted) = call(&server, &admin, Method::DELETE, &path, None).await;
+    let (status, deleted) = server.call(&admin, Method::DELETE, &path, None).await;
     assert_eq!((status, deleted["deleted"].clone()), (StatusCode::OK, json!(true)));
-    let (status, gone) = call(&server, &admin, Method::GET, &path, None).await;
+    let (status, gone) = server.call(&admin, Method::GET, &path, None).await;
     assert_eq!((status, gone["code"].as_str()), (StatusCode::NOT_FOUND, Some("schedule_not_found")));
     server.stop().await;
 }
@@ -226,13 +207,13 @@ async fn bad_schedules_are_refused_naming_the_field() {
         (json!({"name": "x", "interval_seconds": 5, "task": task, "catch_up": "some"}), "catch_up"),
     ];
     for (body, field) in refusals {
-        let (status, problem) = call(&server, &server.admin(), Method::POST, "/schedules", Some(body.clone())).await;
+        let (status, problem) = server.call(&server.admin(), Method::POST, "/schedules", Some(body.clone())).await;
         assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some(field)), "{body}: {problem}");
     }
-    let (status, listed) = call(&server, &server.admin(), Method::GET, "/schedules", None).await;
+    let (status, listed) = server.call(&server.admin(), Method::GET, "/schedules", None).await;
     assert_eq!((status, listed["total"].as_u64()), (StatusCode::OK, Some(0)));
     let (status, _) =
-        call(&server, &server.admin(), Method::PATCH, "/schedules/sched_nope", Some(json!({"name": "y"}))).await;
+        server.call(&server.admin(), Method::PATCH, "/schedules/sched_nope", Some(json!({"name": "y"}))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await;
 }

@@ -560,17 +560,7 @@ pub(super) async fn audit_entries_append_by_compare_and_set_and_retention_leaves
         outcome: "success".into(),
         details: json!({"status": 201}),
     };
-    let chain = |from: &AuditHead, new: Vec<NewAuditEntry>| {
-        let mut prev = from.hash.clone();
-        new.into_iter()
-            .enumerate()
-            .map(|(i, new)| {
-                let chained = AuditEntry::chained(new, from.seq + 1 + i as u64, &prev);
-                prev = chained.hash.clone();
-                chained
-            })
-            .collect::<Vec<_>>()
-    };
+    let chain = |from: &AuditHead, new: Vec<NewAuditEntry>| AuditEntry::chain_after(from, new).0;
     let genesis = h.store.audit_head().await.expect("head");
     assert_eq!(genesis, AuditHead { seq: 0, hash: GENESIS_HASH.into() });
     let first = chain(&genesis, vec![entry("a"), entry("b"), entry("c")]);
