@@ -11,6 +11,7 @@ mod eligibility;
 mod error;
 mod event;
 mod health;
+mod notification;
 mod outcome;
 mod plugin;
 mod priority;
@@ -29,6 +30,10 @@ pub use eligibility::{Refusal, Standing};
 pub use error::{StoreError, StoreResult};
 pub use event::{Event, EventKind};
 pub use health::{AgentHealth, BreakerState, CandidateNumbers, HealthState, HealthVerdict};
+pub use notification::{
+    AttemptResult, Channel, ChannelFigures, ChannelFilter, ChannelKind, DEAD_KEPT, DEFAULT_EVENTS, Delivery,
+    DeliveryMessage, DeliveryStatus, MAX_CHANNELS, NewChannel, SENT_KEPT, TaskFacts, backoff_ms, new_channel_id,
+};
 pub use outcome::{Completion, FailRequest, Fence, Submitted};
 pub use plugin::{
     PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord, is_plugin_name, sha256_hex,

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod open;
 pub mod redis;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,11 +19,11 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::model::{
-    Agent, AgentFilter, AgentHealth, AgentRegistration, AuditCheckpoint, AuditEntry, AuditHead, CandidateNumbers,
-    CapabilitySet, Completion, Event, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome,
-    HeartbeatRequest, NewTask, NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered,
-    ScheduleAdvance, ScheduleRecord, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation,
-    ViolationUpdate,
+    Agent, AgentFilter, AgentHealth, AgentRegistration, AttemptResult, AuditCheckpoint, AuditEntry, AuditHead,
+    CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion, Delivery, DeliveryStatus, Event, FailRequest,
+    Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation, PluginChange,
+    PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance, ScheduleRecord, StoreResult, Submitted,
+    Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -397,6 +398,45 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a firing if the schedule's next tick is still `advance.from_ms`; whether it did (false: another
     /// server fired it first, or it was changed or deleted).
     async fn advance_schedule(&self, advance: ScheduleAdvance) -> StoreResult<bool>;
+
+    /// Adds or replaces a notification channel (kept as JSON). A new channel past [`crate::model::MAX_CHANNELS`] →
+    /// 409 `too_many_channels`. The first channel moves the delivery cursor to the newest event: channels hear of
+    /// what happens from their creation on.
+    async fn put_channel(&self, channel: &Channel) -> StoreResult<()>;
+
+    /// Every channel, by id.
+    async fn channels(&self) -> StoreResult<Vec<Channel>>;
+
+    /// Deletes a channel and its counters (its deliveries stay until they end); whether it existed.
+    async fn delete_channel(&self, id: &str) -> StoreResult<bool>;
+
+    /// The last event turned into deliveries (`None`: start from the oldest event kept).
+    async fn notification_cursor(&self) -> StoreResult<Option<String>>;
+
+    /// Adds `deliveries` (due now; one already known by id is skipped) and moves the cursor to `to`, if it is
+    /// still at `from`; false, adding nothing, when another server moved it first.
+    async fn enqueue_deliveries(&self, from: Option<&str>, to: &str, deliveries: Vec<Delivery>) -> StoreResult<bool>;
+
+    /// Leases up to `limit` due deliveries (pending and due, or sending past their lease) for `lease_ms`, each
+    /// counting one more attempt: a server that dies while sending leaves it to another once the lease ends.
+    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<Vec<Delivery>>;
+
+    /// Records how attempt `attempt` of a delivery ended, if it is still leased at that attempt (false when its
+    /// lease ran out and another server took it).
+    async fn finish_delivery(&self, id: &str, attempt: u32, result: AttemptResult) -> StoreResult<bool>;
+
+    /// Makes a dead letter pending again, due now, with its attempts counted from 0. Not dead → 409
+    /// `not_a_dead_letter`; `None` when there is no such delivery.
+    async fn retry_delivery(&self, id: &str) -> StoreResult<Option<Delivery>>;
+
+    /// Deliveries newest first, of one status when given, at most `limit`.
+    async fn deliveries(&self, status: Option<DeliveryStatus>, limit: usize) -> StoreResult<Vec<Delivery>>;
+
+    /// One delivery.
+    async fn delivery(&self, id: &str) -> StoreResult<Option<Delivery>>;
+
+    /// Each channel's counters, by channel id.
+    async fn notification_figures(&self) -> StoreResult<BTreeMap<String, ChannelFigures>>;
 
     /// What waits and how long work waited for a claim, from the queue's own indexes (never a scan of the backlog).
     async fn queue_figures(&self) -> StoreResult<QueueFigures>;

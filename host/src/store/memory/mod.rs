@@ -15,6 +15,7 @@ use rand::RngExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+mod notifications;
 mod waiting;
 
 /// The store's hash maps: foldhash, seeded per map, hashes a task id several times faster than SipHash, and every
@@ -26,13 +27,13 @@ use super::{
     WaitingClaim, Withdrawn,
 };
 use crate::model::{
-    Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, AuditCheckpoint, AuditEntry, AuditHead,
-    BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Completion, Event, EventKind, FailKind,
-    FailRequest, Fence, FleetStats, GENESIS_HASH, HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest,
-    MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord,
-    Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing,
-    StoreError, StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT,
-    Violation, ViolationUpdate, rfc3339_ms,
+    Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, AttemptResult, AuditCheckpoint, AuditEntry,
+    AuditHead, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion,
+    Delivery, DeliveryStatus, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, GENESIS_HASH, HealthState,
+    HealthVerdict, HeartbeatOutcome, HeartbeatRequest, MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY,
+    PluginAction, PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered,
+    RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreResult, Submitted, Task,
+    TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -169,6 +170,7 @@ struct State {
     servers: BTreeMap<String, u64>,
     /// Schedules by id (at most `MAX_SCHEDULES`: the due scan stays small).
     schedules: BTreeMap<String, ScheduleRecord>,
+    notifications: notifications::Notifications,
     /// The audit log since the checkpoint (entry `seq` at index `seq - checkpoint.seq - 1`).
     audit: VecDeque<AuditEntry>,
     /// What replaced the entries retention removed.
@@ -2142,6 +2144,53 @@ impl Store for MemoryStore {
             schedule.skipped += advance.skipped;
             Ok(true)
         })
+    }
+
+    async fn put_channel(&self, channel: &Channel) -> StoreResult<()> {
+        self.transition(|tx| {
+            let last_event = tx.state.events.back().map(|event| event.id.clone());
+            tx.state.notifications.put_channel(channel, last_event.as_deref())
+        })
+    }
+
+    async fn channels(&self) -> StoreResult<Vec<Channel>> {
+        Ok(self.lock()?.notifications.channels())
+    }
+
+    async fn delete_channel(&self, id: &str) -> StoreResult<bool> {
+        self.transition(|tx| Ok(tx.state.notifications.delete_channel(id)))
+    }
+
+    async fn notification_cursor(&self) -> StoreResult<Option<String>> {
+        Ok(self.lock()?.notifications.cursor())
+    }
+
+    async fn enqueue_deliveries(&self, from: Option<&str>, to: &str, deliveries: Vec<Delivery>) -> StoreResult<bool> {
+        self.transition(|tx| Ok(tx.state.notifications.enqueue(from, to, deliveries, tx.now)))
+    }
+
+    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<Vec<Delivery>> {
+        self.transition(|tx| Ok(tx.state.notifications.claim(limit, lease_ms, tx.now)))
+    }
+
+    async fn finish_delivery(&self, id: &str, attempt: u32, result: AttemptResult) -> StoreResult<bool> {
+        self.transition(|tx| Ok(tx.state.notifications.finish(id, attempt, result, tx.now)))
+    }
+
+    async fn retry_delivery(&self, id: &str) -> StoreResult<Option<Delivery>> {
+        self.transition(|tx| tx.state.notifications.retry(id, tx.now))
+    }
+
+    async fn deliveries(&self, status: Option<DeliveryStatus>, limit: usize) -> StoreResult<Vec<Delivery>> {
+        Ok(self.lock()?.notifications.list(status, limit))
+    }
+
+    async fn delivery(&self, id: &str) -> StoreResult<Option<Delivery>> {
+        Ok(self.lock()?.notifications.get(id))
+    }
+
+    async fn notification_figures(&self) -> StoreResult<BTreeMap<String, ChannelFigures>> {
+        Ok(self.lock()?.notifications.figures())
     }
 
     async fn queue_figures(&self) -> StoreResult<QueueFigures> {

@@ -8,13 +8,13 @@ use serde_json::{Map, Value as Json};
 
 use super::super::{ClaimAnswer, WaitingClaim};
 use crate::model::{
-    Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, Event, EventKind, HealthState,
-    PluginHistoryEntry, PluginRecord, Priority, Refusal, ScheduleRecord, StoreError, StoreResult, Task, TaskError,
-    TaskId, TaskStatus, Violation, ViolationStatus, rfc3339_ms,
+    Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, Delivery, DeliveryStatus, Event,
+    EventKind, HealthState, PluginHistoryEntry, PluginRecord, Priority, Refusal, ScheduleRecord, StoreError,
+    StoreResult, Task, TaskError, TaskId, TaskStatus, Violation, ViolationStatus, rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
-const CONFLICT_CODES: [&str; 8] = [
+const CONFLICT_CODES: [&str; 10] = [
     "lease_lost",
     "task_cancelled",
     "task_timeout",
@@ -23,6 +23,8 @@ const CONFLICT_CODES: [&str; 8] = [
     "idempotency_key_reused",
     "invalid_transition",
     "too_many_schedules",
+    "too_many_channels",
+    "not_a_dead_letter",
 ];
 
 /// A decoded reply: the store clock it ran at, its last event, and the body (or the refusal).
@@ -411,5 +413,25 @@ pub(super) fn schedule(value: &Value) -> StoreResult<ScheduleRecord> {
         last_error: fields.get("last_error").cloned(),
         runs: number("runs").unwrap_or(0),
         skipped: number("skipped").unwrap_or(0),
+    })
+}
+
+/// A notification delivery's hash (`notify_change.lua`'s fields).
+pub(super) fn delivery(value: &Value) -> StoreResult<Delivery> {
+    let fields = hash(value)?;
+    let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+    let status =
+        fields.get("status").and_then(|s| DeliveryStatus::parse(s)).ok_or_else(|| corrupt("delivery status"))?;
+    Ok(Delivery {
+        id: fields.get("id").cloned().ok_or_else(|| corrupt("delivery without id"))?,
+        channel_id: fields.get("channel").cloned().ok_or_else(|| corrupt("delivery without channel"))?,
+        message: fields.get("message").cloned().ok_or_else(|| corrupt("delivery without message"))?,
+        status,
+        attempts: number("attempts").unwrap_or(0) as u32,
+        created_ms: number("created").unwrap_or(0),
+        due_ms: number("due"),
+        delivered_ms: number("delivered"),
+        last_error: fields.get("error").cloned(),
+        last_status: number("code").map(|code| code as u16),
     })
 }

@@ -11,6 +11,7 @@ mod decode;
 mod events;
 mod scripts;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +38,9 @@ use crate::model::{
     Fence, FleetStats, GENESIS_HASH, HealthVerdict, HeartbeatOutcome, MAX_SCHEDULES, NewViolation, PluginAction,
     PluginChange, PluginRecord, QueueFigures, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord,
     StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
+};
+use crate::model::{
+    AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, MAX_CHANNELS, SENT_KEPT,
 };
 
 /// The default key prefix (`CONTROL_PLANE_PREFIX`).
@@ -1039,6 +1043,114 @@ impl Store for RedisStore {
         ];
         let body = self.call(&self.scripts.schedule_change, args).await?;
         Ok(body.first().and_then(text).as_deref() == Some("1"))
+    }
+
+    async fn put_channel(&self, channel: &Channel) -> StoreResult<()> {
+        let definition = serde_json::to_string(channel).expect("a channel serializes");
+        let args = vec!["put_channel".into(), channel.id.clone(), definition, MAX_CHANNELS.to_string()];
+        self.call(&self.scripts.notify_change, args).await.map(drop)
+    }
+
+    async fn channels(&self) -> StoreResult<Vec<Channel>> {
+        let body = self.call(&self.scripts.notify_read, vec!["channels".into()]).await?;
+        let stored = decode::array(first(&body)?)?;
+        let mut channels: Vec<Channel> =
+            stored.iter().filter_map(text).map(|json| Channel::from_stored(&json)).collect::<StoreResult<_>>()?;
+        channels.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(channels)
+    }
+
+    async fn delete_channel(&self, id: &str) -> StoreResult<bool> {
+        let body = self.call(&self.scripts.notify_change, vec!["delete_channel".into(), id.to_string()]).await?;
+        Ok(body.first().and_then(text).as_deref() == Some("1"))
+    }
+
+    async fn notification_cursor(&self) -> StoreResult<Option<String>> {
+        let body = self.call(&self.scripts.notify_read, vec!["cursor".into()]).await?;
+        Ok(body.first().and_then(text).filter(|cursor| !cursor.is_empty()))
+    }
+
+    async fn enqueue_deliveries(&self, from: Option<&str>, to: &str, deliveries: Vec<Delivery>) -> StoreResult<bool> {
+        let mut args = Vec::with_capacity(4 + deliveries.len() * 3);
+        args.extend(["enqueue".to_string(), from.unwrap_or_default().to_string(), to.to_string()]);
+        args.push(deliveries.len().to_string());
+        for delivery in deliveries {
+            args.extend([delivery.id, delivery.channel_id, delivery.message]);
+        }
+        let body = self.call(&self.scripts.notify_change, args).await?;
+        Ok(body.first().and_then(text).as_deref() == Some("1"))
+    }
+
+    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<Vec<Delivery>> {
+        let args = vec!["claim".into(), limit.to_string(), lease_ms.to_string()];
+        let body = self.call(&self.scripts.notify_change, args).await?;
+        decode::array(first(&body)?)?.iter().map(decode::delivery).collect()
+    }
+
+    async fn finish_delivery(&self, id: &str, attempt: u32, result: AttemptResult) -> StoreResult<bool> {
+        let (outcome, status, error, delay) = match result {
+            AttemptResult::Sent { status } => ("sent", Some(status), String::new(), 0),
+            AttemptResult::Failed { error, status, retry_in_ms: Some(delay) } => ("retry", status, error, delay),
+            AttemptResult::Failed { error, status, retry_in_ms: None } => ("dead", status, error, 0),
+        };
+        let args = vec![
+            "finish".into(),
+            id.to_string(),
+            attempt.to_string(),
+            outcome.to_string(),
+            status.map(|s| s.to_string()).unwrap_or_default(),
+            error,
+            delay.to_string(),
+            SENT_KEPT.to_string(),
+            DEAD_KEPT.to_string(),
+        ];
+        let body = self.call(&self.scripts.notify_change, args).await?;
+        Ok(body.first().and_then(text).as_deref() == Some("1"))
+    }
+
+    async fn retry_delivery(&self, id: &str) -> StoreResult<Option<Delivery>> {
+        let body = self.call(&self.scripts.notify_change, vec!["retry".into(), id.to_string()]).await?;
+        let record = first(&body)?;
+        if decode::array(record)?.is_empty() {
+            return Ok(None);
+        }
+        decode::delivery(record).map(Some)
+    }
+
+    async fn deliveries(&self, status: Option<DeliveryStatus>, limit: usize) -> StoreResult<Vec<Delivery>> {
+        let status = status.map(|s| s.as_str().to_string()).unwrap_or_default();
+        let body = self.call(&self.scripts.notify_read, vec!["list".into(), status, limit.max(1).to_string()]).await?;
+        decode::array(first(&body)?)?.iter().map(decode::delivery).collect()
+    }
+
+    async fn delivery(&self, id: &str) -> StoreResult<Option<Delivery>> {
+        let body = self.call(&self.scripts.notify_read, vec!["one".into(), id.to_string()]).await?;
+        let record = decode::array(first(&body)?)?.first().cloned().unwrap_or(Value::Nil);
+        if decode::array(&record)?.is_empty() {
+            return Ok(None);
+        }
+        decode::delivery(&record).map(Some)
+    }
+
+    async fn notification_figures(&self) -> StoreResult<BTreeMap<String, ChannelFigures>> {
+        let body = self.call(&self.scripts.notify_read, vec!["figures".into()]).await?;
+        let mut figures = BTreeMap::new();
+        for pair in decode::array(first(&body)?)?.chunks(2) {
+            let [channel, counters] = pair else { continue };
+            let counters = decode::hash(counters)?;
+            let count = |name: &str| counters.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+            figures.insert(
+                text(channel).unwrap_or_default(),
+                ChannelFigures {
+                    sent: count("sent"),
+                    failed: count("failed"),
+                    dead: count("dead"),
+                    dropped: count("dropped"),
+                    enqueued: count("enqueued"),
+                },
+            );
+        }
+        Ok(figures)
     }
 
     async fn queue_figures(&self) -> StoreResult<QueueFigures> {

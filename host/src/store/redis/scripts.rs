@@ -91,6 +91,8 @@ scripts!(
     list_tasks: READS,
     mark_assigned: WRITES,
     next_deadline: READS,
+    notify_change: WRITES,
+    notify_read: READS,
     now: READS,
     offer: WRITES,
     peek: WRITES,

@@ -113,6 +113,7 @@ macro_rules! conformance {
                 matching::queue_figures_count_ready_work_per_signature_the_oldest_wait_and_claim_waits,
                 records::schedules_are_kept_listed_due_and_advanced_by_compare_and_set,
                 records::audit_entries_append_by_compare_and_set_and_retention_leaves_a_signed_checkpoint,
+                records::notification_deliveries_are_made_by_compare_and_set_leased_once_and_retried_or_dead_lettered,
             ]);
 
             conformance!(@multi_thread [

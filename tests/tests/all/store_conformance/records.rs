@@ -597,3 +597,85 @@ pub(super) async fn audit_entries_append_by_compare_and_set_and_retention_leaves
     assert!(h.store.append_audit(5, third).await.expect("append"));
     assert_eq!(verify(h.store.as_ref(), Some(key)).await.expect("verify").checked, 3);
 }
+
+pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_once_and_retried_or_dead_lettered(
+    h: Harness,
+) {
+    use aragora_cp::model::{
+        AttemptResult, Channel, ChannelFilter, ChannelKind, Delivery, DeliveryMessage, DeliveryStatus,
+    };
+    let channel = |id: &str| Channel {
+        id: id.to_string(),
+        name: id.to_string(),
+        kind: ChannelKind::Webhook,
+        url: "https://hooks.example.com/x".into(),
+        secret: Some("0123456789abcdef".into()),
+        filter: ChannelFilter::default(),
+        max_attempts: 2,
+        backoff_ms: 100,
+        enabled: true,
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    // Events before the first channel are not its business: the cursor starts at the newest event.
+    h.register("before", &["x"]).await;
+    let newest =
+        h.store.events_after(None, 10_000).await.expect("log").expect("kept").last().expect("an event").id.clone();
+    h.store.put_channel(&channel("chn_a")).await.expect("put");
+    h.store.put_channel(&channel("chn_b")).await.expect("put");
+    assert_eq!(h.store.notification_cursor().await.expect("cursor").as_deref(), Some(newest.as_str()));
+    let ids: Vec<String> = h.store.channels().await.expect("list").into_iter().map(|c| c.id).collect();
+    assert_eq!(ids, ["chn_a", "chn_b"]);
+
+    // Two servers race to turn the same stretch of the log into deliveries: one wins, the other adds nothing.
+    h.register("after", &["x"]).await;
+    let events = h.store.events_after(Some(&newest), 100).await.expect("log").expect("kept");
+    let to = events.last().expect("the registration").id.clone();
+    let message = DeliveryMessage { event: events[0].clone(), task: None };
+    let made = vec![Delivery::new(&events[0].id, "chn_a", &message), Delivery::new(&events[0].id, "chn_b", &message)];
+    assert!(h.store.enqueue_deliveries(Some(&newest), &to, made.clone()).await.expect("enqueue"));
+    assert!(!h.store.enqueue_deliveries(Some(&newest), &to, made).await.expect("enqueue again"), "the cursor moved");
+    assert_eq!(h.store.deliveries(None, 10).await.expect("list").len(), 2);
+
+    // Each delivery is leased to one claimant; a lease that runs out lets another take it, and the first one's
+    // late answer is refused.
+    let first = h.store.claim_deliveries(10, 1_000).await.expect("claim");
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|d| d.status == DeliveryStatus::Sending && d.attempts == 1));
+    assert!(h.store.claim_deliveries(10, 1_000).await.expect("claim").is_empty(), "both are leased");
+    h.advance(1_001).await;
+    let again = h.store.claim_deliveries(10, 1_000).await.expect("claim");
+    assert_eq!(again.len(), 2, "the leases ran out");
+    let (a, b) = if again[0].channel_id == "chn_a" { (&again[0], &again[1]) } else { (&again[1], &again[0]) };
+    assert_eq!(a.attempts, 2);
+    assert!(!h.store.finish_delivery(&a.id, 1, AttemptResult::Sent { status: 200 }).await.expect("late"));
+    assert!(h.store.finish_delivery(&a.id, 2, AttemptResult::Sent { status: 204 }).await.expect("finish"));
+    let failed = |retry_in_ms| AttemptResult::Failed { error: "HTTP 500".into(), status: Some(500), retry_in_ms };
+    assert!(h.store.finish_delivery(&b.id, 2, failed(Some(500))).await.expect("retry later"));
+    let pending = h.store.delivery(&b.id).await.expect("read").expect("exists");
+    assert_eq!((pending.status, pending.last_status), (DeliveryStatus::Pending, Some(500)));
+    assert!(h.store.claim_deliveries(10, 1_000).await.expect("claim").is_empty(), "not due yet");
+    h.advance(500).await;
+    let third = h.store.claim_deliveries(10, 1_000).await.expect("claim");
+    assert_eq!((third.len(), third[0].attempts), (1, 3));
+    assert!(h.store.finish_delivery(&b.id, 3, failed(None)).await.expect("dead"));
+    let dead = h.store.deliveries(Some(DeliveryStatus::Dead), 10).await.expect("dead letters");
+    assert_eq!(dead.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [b.id.as_str()]);
+    assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 500"));
+    let sent = h.store.deliveries(Some(DeliveryStatus::Sent), 10).await.expect("sent");
+    assert_eq!((sent.len(), sent[0].last_status, sent[0].delivered_ms.is_some()), (1, Some(204), true));
+
+    // A dead letter goes back to pending, due now, from its first attempt; anything else is not retried.
+    assert!(matches!(h.store.retry_delivery(&a.id).await, Err(StoreError::Conflict { code: "not_a_dead_letter", .. })));
+    assert_eq!(h.store.retry_delivery("1-0:chn_nope").await.expect("missing"), None);
+    let retried = h.store.retry_delivery(&b.id).await.expect("retry").expect("exists");
+    assert_eq!((retried.status, retried.attempts), (DeliveryStatus::Pending, 0));
+    assert_eq!(h.store.claim_deliveries(10, 1_000).await.expect("claim")[0].attempts, 1);
+
+    let figures = h.store.notification_figures().await.expect("figures");
+    let b_figures = &figures["chn_b"];
+    assert_eq!((b_figures.enqueued, b_figures.sent, b_figures.failed, b_figures.dead), (1, 0, 2, 1));
+    assert_eq!((figures["chn_a"].sent, figures["chn_a"].failed), (1, 0));
+    assert!(h.store.delete_channel("chn_b").await.expect("delete"));
+    assert!(!h.store.delete_channel("chn_b").await.expect("delete again"));
+    assert!(!h.store.notification_figures().await.expect("figures").contains_key("chn_b"));
+}

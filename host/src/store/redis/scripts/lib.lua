@@ -42,6 +42,13 @@ local K = {
   audit_checkpoint = P .. 'audit:checkpoint',
   schedules = P .. 'schedules',
   schedules_due = P .. 'schedules:due',
+  notify_channels = P .. 'notify:channels',
+  notify_cursor = P .. 'notify:cursor',
+  notify_seq = P .. 'notify:seq',
+  notify_all = P .. 'notify:all',
+  notify_due = P .. 'notify:due',
+  notify_sent = P .. 'notify:sent',
+  notify_dead = P .. 'notify:dead',
   agents = P .. 'agents',
   expiry = P .. 'expiry',
   offline = P .. 'offline',
@@ -66,6 +73,9 @@ local function fkey(id) return P .. 'agent:' .. id .. ':failures' end
 local function wskey(id) return P .. 'agent:' .. id .. ':waiters' end
 local function wkey(token) return P .. 'waiter:' .. token end
 local function skey(id) return P .. 'schedule:' .. id end
+-- A notification delivery, and one channel's counters.
+local function ndkey(id) return P .. 'notify:d:' .. id end
+local function nfkey(channel) return P .. 'notify:figures:' .. channel end
 -- Waiting claims of one capability set, by waiting order (the store sequence).
 local function gkey(caps) return P .. 'waiting:' .. caps end
 
