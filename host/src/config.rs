@@ -69,6 +69,8 @@ pub struct Config {
     pub audit_retention: Option<Duration>,
     /// The key that signs audit checkpoints (`AUDIT_SIGNING_KEY`, else `ARAGORA_JWT_SECRET`); retention needs one.
     pub audit_signing_key: Option<String>,
+    /// The notification worker and targets (`ARAGORA_NOTIFICATION_WORKER`, `NOTIFICATION_ALLOW_PRIVATE`).
+    pub notifications: crate::notifications::NotificationSettings,
 }
 
 impl Default for Config {
@@ -84,6 +86,7 @@ impl Default for Config {
             max_pending_tasks: 0,
             audit_retention: None,
             audit_signing_key: None,
+            notifications: crate::notifications::NotificationSettings::default(),
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(300),

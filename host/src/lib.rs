@@ -10,6 +10,7 @@
 //!   blocking claims, sweeps.
 //! - [`registry`]: agent registration, heartbeats, pause/resume.
 //! - [`health`]: probe rounds over health-probe plugins and the HTTP check.
+//! - [`notifications`]: events sent to webhook, Slack and Teams channels, at least once, by every server's worker.
 //! - [`coordinator`]: the façade the API and CLI use (the guide's API) and the one event stream.
 //! - [`api`]: the REST API (axum): a router file per resource, bearer-token auth, problem+json errors, SSE.
 //! - [`config`]: the validated configuration. [`cli`]: the `aragora-cp` command line.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod coordinator;
 pub mod health;
 pub mod model;
+pub mod notifications;
 pub mod plugins;
 pub mod registry;
 pub mod scheduler;

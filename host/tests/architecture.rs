@@ -13,18 +13,44 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("model", &[]),
     ("store", &["model"]),
     ("plugins", &["model"]),
-    ("config", &["model", "store", "health"]),
+    ("notifications", &["model", "store", "health"]),
+    ("config", &["model", "store", "health", "notifications"]),
     ("scheduler", &["model", "config", "store", "plugins"]),
     ("registry", &["model", "store", "scheduler"]),
     ("health", &["model", "store", "plugins"]),
-    ("coordinator", &["model", "config", "store", "plugins", "scheduler", "registry", "health"]),
+    ("coordinator", &["model", "config", "store", "plugins", "scheduler", "registry", "health", "notifications"]),
     ("api", &["model", "coordinator", "scheduler", "plugins"]),
-    ("cli", &["model", "config", "store", "plugins", "scheduler", "registry", "health", "coordinator", "api"]),
+    (
+        "cli",
+        &[
+            "model",
+            "config",
+            "store",
+            "plugins",
+            "scheduler",
+            "registry",
+            "health",
+            "notifications",
+            "coordinator",
+            "api",
+        ],
+    ),
 ];
 
 /// The stack of docs/ARCHITECTURE.md, bottom first: a module may use only modules below it (no cycles).
-const STACK: [&str; 10] =
-    ["model", "store", "plugins", "health", "config", "scheduler", "registry", "coordinator", "api", "cli"];
+const STACK: [&str; 11] = [
+    "model",
+    "store",
+    "plugins",
+    "health",
+    "notifications",
+    "config",
+    "scheduler",
+    "registry",
+    "coordinator",
+    "api",
+    "cli",
+];
 
 fn source_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -176,6 +176,8 @@ impl From<EngineError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "unknown_strategy", error.to_string()).with_field("strategy")
             }
             EngineError::ScheduleNotFound(_) => ApiError::not_found("schedule_not_found", error.to_string()),
+            EngineError::ChannelNotFound(_) => ApiError::not_found("channel_not_found", error.to_string()),
+            EngineError::DeliveryNotFound(_) => ApiError::not_found("delivery_not_found", error.to_string()),
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::api::{self, ApiParts, ApiState, Authenticator, Permission};
 use crate::config::Config;
 use crate::coordinator::ControlPlaneCoordinator;
 use crate::health::ProbeSettings;
+use crate::notifications::NotificationSettings;
 use crate::store::Store;
 use crate::store::open::{StoreKind, StoreOptions};
 
@@ -114,6 +115,15 @@ pub struct ServeArgs {
     /// The key signing audit checkpoints (default: `ARAGORA_JWT_SECRET`); every server of a fleet needs the same.
     #[arg(long, env = "AUDIT_SIGNING_KEY", hide_env_values = true)]
     pub audit_signing_key: Option<String>,
+    /// Whether this server sends notifications (dispatches events to channels and delivers them); off, the other
+    /// servers of the fleet do.
+    #[arg(long, env = "ARAGORA_NOTIFICATION_WORKER", default_value_t = true, action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub notification_worker: bool,
+    /// Whether notification channels may target loopback, link-local and private addresses.
+    #[arg(long, env = "NOTIFICATION_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub notification_allow_private: bool,
     /// Breaker failures that open it.
     #[arg(long, env = "BREAKER_THRESHOLD", default_value_t = 5)]
     pub breaker_threshold: u32,
@@ -303,6 +313,10 @@ impl ServeArgs {
                 kept => Some(kept),
             },
             audit_signing_key: self.audit_signing_key.clone().or_else(|| self.auth.jwt_secret.clone()),
+            notifications: NotificationSettings {
+                worker: self.notification_worker,
+                allow_private: self.notification_allow_private,
+            },
             event_buffer: positive("SSE_BUFFER", self.sse_buffer)?,
             breaker_threshold: positive("BREAKER_THRESHOLD", self.breaker_threshold as usize)? as u32,
             breaker_window: seconds("BREAKER_WINDOW", self.breaker_window, 0.001)?,

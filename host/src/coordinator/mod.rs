@@ -12,6 +12,7 @@ pub mod fleet_plugins;
 
 use fleet_plugins::FleetPluginError;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ use crate::model::{
     AgentFilter, AgentHealth, AuditEntry, AuditHead, Completion, FailRequest, Fence, FleetStats, HealthState,
     HeartbeatOutcome, NewAuditEntry, PluginAction, PluginRecord, Priority, QueueFigures, Registered, Schedule,
     ScheduleChange, ScheduleSpec, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
+};
+use crate::model::{
+    Channel, ChannelFigures, Delivery, DeliveryStatus, NewChannel, ValidationError, new_channel_id, rfc3339_ms,
 };
 use crate::plugins::registry::{Liveness, PluginInfo};
 use crate::plugins::rules::{RuleSet, rules_component};
@@ -169,6 +173,9 @@ impl ControlPlaneCoordinator {
         if let (Some(retention), Some(key)) = (config.audit_retention, config.audit_signing_key.clone()) {
             let (store, interval) = (store.clone(), config.cleanup_interval);
             background.push(tokio::spawn(audit::run_retention(store, retention, key, interval, shutdown.clone())));
+        }
+        if config.notifications.worker {
+            background.extend(crate::notifications::start(store.clone(), &config.notifications, shutdown.clone())?);
         }
         *coordinator.background.lock() = background;
         if let Some(dir) = &config.plugins_dir {
@@ -452,6 +459,43 @@ impl ControlPlaneCoordinator {
     /// Deletes a schedule.
     pub async fn delete_schedule(&self, id: &str) -> Result<(), EngineError> {
         self.scheduler.delete_schedule(id).await
+    }
+
+    /// Creates a notification channel: its fields checked, and its URL's addresses (DESIGN's SSRF rules, with
+    /// `NOTIFICATION_ALLOW_PRIVATE`). The answer carries the webhook secret, which is never shown again.
+    pub async fn create_channel(&self, new: NewChannel) -> Result<Channel, EngineError> {
+        let created_at = rfc3339_ms(self.store.now_ms());
+        let channel = new.into_channel(new_channel_id(), created_at)?;
+        crate::notifications::check_url(&channel.url, self.config.notifications.allow_private)
+            .await
+            .map_err(|why| ValidationError::new("url", why))?;
+        self.store.put_channel(&channel).await?;
+        Ok(channel)
+    }
+
+    /// Every notification channel.
+    pub async fn channels(&self) -> Result<Vec<Channel>, EngineError> {
+        Ok(self.store.channels().await?)
+    }
+
+    /// Deletes a notification channel (deliveries already made for it end as dead letters).
+    pub async fn delete_channel(&self, id: &str) -> Result<(), EngineError> {
+        if self.store.delete_channel(id).await? { Ok(()) } else { Err(EngineError::ChannelNotFound(id.to_string())) }
+    }
+
+    /// Notification deliveries, newest first, of one status when given.
+    pub async fn deliveries(&self, status: Option<DeliveryStatus>, limit: usize) -> Result<Vec<Delivery>, EngineError> {
+        Ok(self.store.deliveries(status, limit).await?)
+    }
+
+    /// Sends a dead letter again, from its first attempt.
+    pub async fn retry_delivery(&self, id: &str) -> Result<Delivery, EngineError> {
+        self.store.retry_delivery(id).await?.ok_or_else(|| EngineError::DeliveryNotFound(id.to_string()))
+    }
+
+    /// Each channel's delivery counters.
+    pub async fn notification_figures(&self) -> Result<BTreeMap<String, ChannelFigures>, EngineError> {
+        Ok(self.store.notification_figures().await?)
     }
 
     /// One task.

@@ -55,6 +55,12 @@ pub enum EngineError {
     /// 404: no schedule has this id.
     #[error("schedule {0} not found")]
     ScheduleNotFound(String),
+    /// 404: no notification channel has this id.
+    #[error("notification channel {0} not found")]
+    ChannelNotFound(String),
+    /// 404: no notification delivery has this id.
+    #[error("notification delivery {0} not found")]
+    DeliveryNotFound(String),
 }
 
 /// The answer to a claim.
