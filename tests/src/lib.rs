@@ -4,6 +4,7 @@
 //! processes (standalone and a 3-master cluster).
 
 pub mod python_sdk;
+pub mod receiver;
 pub mod redis_server;
 pub mod server;
 pub mod store_harness;

@@ -16,6 +16,7 @@ pub mod extract;
 pub mod figures;
 pub mod health;
 pub mod metrics;
+pub mod notifications;
 pub mod openapi;
 pub mod plugins;
 pub mod policies;
@@ -128,6 +129,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(policies::routes())
         .merge(schedules::routes())
         .merge(audit::routes())
+        .merge(notifications::routes())
         .merge(figures::routes())
         .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -17,6 +17,7 @@ mod fleet_health;
 mod fleet_plugins;
 mod hot_reload;
 mod isolation;
+mod notifications;
 mod openapi;
 mod plugin_uploads;
 mod rule_policies;
