@@ -113,5 +113,44 @@ async fn the_client_commands_reach_queue_schedules_policies_and_the_audit_log() 
     assert!(!actions.is_empty() && actions.iter().all(|a| a.starts_with("POST /schedules")), "{actions:?}");
     let verified = cli(&server, &["audit", "verify", "--output", "json"]).await;
     assert_eq!(json(&verified)["valid"], true);
+
+    let added = cli(
+        &server,
+        &[
+            "notifications",
+            "add",
+            "ops",
+            "--type",
+            "slack",
+            "--url",
+            "https://hooks.example.com/T/B/X",
+            "--event",
+            "task_failed",
+            "--priority",
+            "high",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let channel_id = json(&added)["channel"]["id"].as_str().unwrap().to_string();
+    assert_eq!(json(&added)["channel"]["filter"]["events"], serde_json::json!(["task_failed"]));
+    let channels = cli(&server, &["notifications", "channels", "--output", "json"]).await;
+    assert_eq!(json(&channels)["total"], 1);
+    let stats = cli(&server, &["notifications", "stats", "--output", "json"]).await;
+    assert_eq!(json(&stats)["channels_configured"], 1);
+    let deliveries = cli(&server, &["notifications", "deliveries", "--status", "dead", "--output", "json"]).await;
+    assert_eq!(json(&deliveries)["total"], 0);
+    let missing = cli(&server, &["notifications", "retry", "1-0:chn_none"]).await;
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"), "{}", String::from_utf8_lossy(&missing.stderr));
+    let removed = cli(&server, &["notifications", "remove", &channel_id, "--output", "json"]).await;
+    assert_eq!(json(&removed)["deleted"], true);
+    let private = cli(&server, &["notifications", "add", "x", "--type", "webhook", "--url", "http://10.0.0.1/"]).await;
+    assert!(
+        String::from_utf8_lossy(&private.stderr).contains("private"),
+        "{}",
+        String::from_utf8_lossy(&private.stderr)
+    );
     let _ = server.shutdown.send(());
 }

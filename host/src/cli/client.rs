@@ -205,6 +205,57 @@ pub enum SchedulesCommand {
     },
 }
 
+/// `aragora-cp notifications …`.
+#[derive(Debug, Subcommand)]
+pub enum NotificationsCommand {
+    /// List the channels.
+    Channels,
+    /// Add a channel: a webhook (signed; its secret is printed once), Slack or Teams incoming webhook.
+    Add {
+        /// A name for people.
+        name: String,
+        /// webhook, slack or teams.
+        #[arg(long = "type")]
+        kind: String,
+        /// Where messages are POSTed.
+        #[arg(long)]
+        url: String,
+        /// An event type to send (repeat for several; `*` for all). Default: failures and outages.
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// Only events of tasks of this type (repeat for several).
+        #[arg(long = "task-type")]
+        task_types: Vec<String>,
+        /// Only events of tasks at this priority (repeat for several).
+        #[arg(long = "priority")]
+        priorities: Vec<String>,
+        /// Attempts before a delivery becomes a dead letter.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+    },
+    /// Remove a channel.
+    Remove {
+        /// The channel id.
+        channel_id: String,
+    },
+    /// Recent deliveries, newest first.
+    Deliveries {
+        /// Only pending, sending, sent or dead ones.
+        #[arg(long)]
+        status: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Sent, failed and dead counts, in all and by channel.
+    Stats,
+    /// Send a dead letter again, from its first attempt.
+    Retry {
+        /// The delivery id (`<event id>:<channel id>`).
+        delivery_id: String,
+    },
+}
+
 /// `aragora-cp audit …`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -247,6 +298,8 @@ pub enum ClientCommand {
     Schedules(SchedulesCommand),
     /// `audit …`.
     Audit(AuditCommand),
+    /// `notifications …`.
+    Notifications(NotificationsCommand),
     /// `events`.
     Events {
         /// Comma-separated event types.
@@ -278,6 +331,7 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         ClientCommand::Policies => client.get("/policies").await,
         ClientCommand::Queue => client.get("/queue/metrics").await,
         ClientCommand::Schedules(command) => schedules(&client, command).await?,
+        ClientCommand::Notifications(command) => notifications(&client, command).await,
         ClientCommand::Audit(command) => audit(&client, command).await,
         ClientCommand::Events { types } => return events(&client, &connection, types.as_deref(), output).await,
     };
@@ -379,6 +433,32 @@ async fn schedules(client: &Api, command: SchedulesCommand) -> anyhow::Result<An
         }
         SchedulesCommand::Delete { schedule_id } => client.delete(&format!("/schedules/{schedule_id}")).await,
     })
+}
+
+async fn notifications(client: &Api, command: NotificationsCommand) -> Answer {
+    match command {
+        NotificationsCommand::Channels => client.get("/notifications/channels").await,
+        NotificationsCommand::Add { name, kind, url, events, task_types, priorities, max_attempts } => {
+            let mut filter = json!({"task_types": task_types, "priorities": priorities});
+            if !events.is_empty() {
+                filter["events"] = json!(events);
+            }
+            let body = json!({"name": name, "type": kind, "url": url, "filter": filter, "max_attempts": max_attempts});
+            client.post("/notifications/channels", &body).await
+        }
+        NotificationsCommand::Remove { channel_id } => {
+            client.delete(&format!("/notifications/channels/{channel_id}")).await
+        }
+        NotificationsCommand::Deliveries { status, limit } => {
+            let status = status.map(|s| format!("&status={}", query_value(&s))).unwrap_or_default();
+            client.get(&format!("/notifications?limit={limit}{status}")).await
+        }
+        NotificationsCommand::Stats => client.get("/notifications/stats").await,
+        NotificationsCommand::Retry { delivery_id } => {
+            let path = format!("/notifications/dead-letters/{}/retry", query_value(&delivery_id));
+            client.post(&path, &json!({})).await
+        }
+    }
 }
 
 async fn audit(client: &Api, command: AuditCommand) -> Answer {

@@ -112,6 +112,15 @@ pub enum Command {
         #[command(subcommand)]
         command: client::AuditCommand,
     },
+    /// Notification channels and their deliveries (an admin token).
+    Notifications {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::NotificationsCommand,
+    },
     /// Follow the server's event stream.
     Events {
         /// Server and credentials.
@@ -162,6 +171,9 @@ pub fn main() -> ExitCode {
         Command::Queue { connection } => client::run(connection, client::ClientCommand::Queue),
         Command::Schedules { connection, command } => {
             client::run(connection, client::ClientCommand::Schedules(command))
+        }
+        Command::Notifications { connection, command } => {
+            client::run(connection, client::ClientCommand::Notifications(command))
         }
         Command::Audit { connection, command } => client::run(connection, client::ClientCommand::Audit(command)),
         Command::Events { connection, types } => client::run(connection, client::ClientCommand::Events { types }),
