@@ -80,7 +80,7 @@ pub struct DeliveryView {
     pub status: DeliveryStatus,
     /// Whether the receiver accepted it.
     pub success: bool,
-    /// Attempts begun.
+    /// Attempts begun in the delivery's life (a manual retry goes on counting).
     pub attempts: u32,
     /// When it was made.
     pub created_at: String,
@@ -140,7 +140,7 @@ pub struct DeliveryList {
 }
 
 /// `GET /notifications?status=&limit=` → recent deliveries with their status, newest first (the last 1,000 sent
-/// ones, every pending one, dead letters until retried).
+/// ones, every pending one, dead letters until retried); pending and sending ones soonest due first.
 #[utoipa::path(get, path = "/notifications", tag = "notifications",
     params(
         ("status" = Option<String>, Query, description = "`pending`, `sending`, `sent` or `dead`"),
@@ -192,8 +192,8 @@ pub async fn dead_letters_list(
     Ok(Json(DeliveryList { total: notifications.len(), notifications, stats: stats(&state).await? }))
 }
 
-/// `POST /notifications/dead-letters/{id}/retry` → the dead letter is pending again, due now, its attempts counted
-/// from 0.
+/// `POST /notifications/dead-letters/{id}/retry` → the dead letter is pending again, due now, with a new round of the
+/// channel's `max_attempts` (the attempt number goes on).
 #[utoipa::path(post, path = "/notifications/dead-letters/{delivery_id}/retry", tag = "notifications",
     params(("delivery_id" = String, Path, description = "The delivery's id (`<event id>:<channel id>`)")),
     responses(

@@ -138,7 +138,7 @@ impl NewChannel {
     /// defaults; a webhook without a secret gets a random one.
     pub fn into_channel(self, id: String, created_at: String) -> Result<Channel, ValidationError> {
         let name = self.name.trim().to_string();
-        if name.is_empty() || name.len() > 200 {
+        if name.is_empty() || name.chars().count() > 200 {
             return Err(ValidationError::new("name", "must be 1 to 200 characters"));
         }
         let url =
@@ -153,7 +153,7 @@ impl NewChannel {
             (ChannelKind::Webhook, None) => {
                 Some(format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>()))
             }
-            (ChannelKind::Webhook, Some(secret)) if (16..=256).contains(&secret.len()) => Some(secret),
+            (ChannelKind::Webhook, Some(secret)) if (16..=256).contains(&secret.chars().count()) => Some(secret),
             (ChannelKind::Webhook, Some(_)) => {
                 return Err(ValidationError::new("secret", "must be 16 to 256 characters"));
             }
@@ -200,7 +200,7 @@ impl ChannelFilter {
             }
         }
         for (i, task_type) in self.task_types.iter().enumerate() {
-            if task_type.is_empty() || task_type.len() > 128 {
+            if task_type.is_empty() || task_type.chars().count() > 128 {
                 return Err(ValidationError::new(format!("filter.task_types[{i}]"), "must be 1 to 128 characters"));
             }
         }
@@ -340,8 +340,11 @@ pub struct Delivery {
     pub message: String,
     /// Where it stands.
     pub status: DeliveryStatus,
-    /// Attempts begun.
+    /// Attempts begun, in the delivery's whole life: the number fencing each attempt's report, so it never
+    /// repeats (a manual retry goes on counting).
     pub attempts: u32,
+    /// `attempts` when a manual retry last made it pending again: the channel's `max_attempts` counts from here.
+    pub retried_at_attempt: u32,
     /// When it was made (store ms).
     pub created_ms: u64,
     /// Pending: when it is due; sending: when its lease ends.
@@ -363,6 +366,7 @@ impl Delivery {
             message: serde_json::to_string(message).expect("a message serializes"),
             status: DeliveryStatus::Pending,
             attempts: 0,
+            retried_at_attempt: 0,
             created_ms: 0,
             due_ms: None,
             delivered_ms: None,
@@ -404,6 +408,13 @@ pub struct ChannelFigures {
     pub dropped: u64,
     /// Deliveries made for the channel.
     pub enqueued: u64,
+}
+
+impl Delivery {
+    /// Attempts made since the delivery was made or last retried by hand.
+    pub fn attempts_this_round(&self) -> u32 {
+        self.attempts.saturating_sub(self.retried_at_attempt)
+    }
 }
 
 /// A compact id for a new channel.

@@ -94,9 +94,8 @@ async fn run_dispatcher(store: Arc<dyn Store>, made: Arc<Notify>, shutdown: Canc
 
 /// Turns the events after the fleet's cursor into deliveries, until the log's end; how many it made.
 pub async fn dispatch(store: &dyn Store) -> StoreResult<usize> {
-    let channels: Vec<Channel> = store.channels().await?.into_iter().filter(|c| c.enabled).collect();
-    if channels.is_empty() {
-        // With no channel the cursor stays put; the first channel created moves it to the log's end.
+    if store.channels().await?.is_empty() {
+        // With no channel the cursor stays put (and the log unread); the first channel moves it to the log's end.
         return Ok(0);
     }
     let mut made = 0;
@@ -116,6 +115,10 @@ pub async fn dispatch(store: &dyn Store) -> StoreResult<usize> {
         let Some(last) = events.last() else { return Ok(made) };
         let to = last.id.clone();
         let full = events.len() == DISPATCH_BATCH;
+        // The channels are read after the events: a channel created before an event of this stretch is seen, so
+        // no channel misses what happened after its creation. Disabled channels get nothing, and the cursor
+        // still moves, so enabling one later does not replay the past.
+        let channels: Vec<Channel> = store.channels().await?.into_iter().filter(|c| c.enabled).collect();
         let deliveries = deliveries_for(store, &channels, events).await?;
         let count = deliveries.len();
         // Lost the race: another server made this stretch's deliveries; read the new cursor.
@@ -208,13 +211,13 @@ pub async fn send_due(store: &dyn Store, sender: &Sender) -> StoreResult<usize> 
                 Err(failure) => AttemptResult::Failed {
                     error: failure.error,
                     status: failure.status,
-                    retry_in_ms: (delivery.attempts < channel.max_attempts)
-                        .then(|| backoff_ms(channel.backoff_ms, delivery.attempts, rand::random::<f64>())),
+                    retry_in_ms: (delivery.attempts_this_round() < channel.max_attempts)
+                        .then(|| backoff_ms(channel.backoff_ms, delivery.attempts_this_round(), rand::random::<f64>())),
                 },
             },
         };
         if let Err(error) = store.finish_delivery(&delivery.id, delivery.attempts, result).await {
-            // The lease runs out and the delivery is sent again: at least once.
+            // The lease runs out and the delivery is sent again (even if this attempt was accepted): at least once.
             tracing::warn!(%error, delivery = %delivery.id, "cannot record a notification attempt");
         }
     });

@@ -18,11 +18,20 @@ use crate::model::{Channel, ChannelKind, Delivery, DeliveryMessage};
 /// Longest an attempt may take, connection included.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Bytes of a refusing receiver's answer kept in the delivery's error.
-const ERROR_BODY_BYTES: usize = 200;
+/// Characters of a refusing receiver's answer kept in the delivery's error.
+const ERROR_BODY_CHARS: usize = 200;
+
+/// Bytes of a refusing receiver's answer read at most.
+const ERROR_BODY_READ: usize = 1024;
+
+/// Longest the address check of a new channel waits for DNS.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why an address may not receive notifications, if it may not.
 pub fn refused_target(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
+    if is_credentials_endpoint(ip) {
+        return Some("a cloud credentials address");
+    }
     if !allow_private && is_internal(ip) {
         return Some("a loopback, link-local or private address (allow them with NOTIFICATION_ALLOW_PRIVATE=1)");
     }
@@ -30,6 +39,15 @@ pub fn refused_target(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
         // Allowed private targets include link-local ones; the metadata addresses stay refused.
         Some("link-local") if allow_private => None,
         other => other,
+    }
+}
+
+/// The container credential endpoints beside the metadata address (ECS 169.254.170.2, EKS pod identity
+/// 169.254.170.23 and fd00:ec2::23): refused even where private targets are allowed.
+fn is_credentials_endpoint(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => matches!(v4.octets(), [169, 254, 170, _]),
+        IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23),
     }
 }
 
@@ -58,9 +76,9 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
     let port = parsed.port_or_known_default().unwrap_or(443);
     let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => match tokio::net::lookup_host((host, port)).await {
-            Ok(found) => found.map(|a| a.ip()).collect(),
-            Err(_) => return Ok(()),
+        Err(_) => match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+            Ok(Err(_)) | Err(_) => return Ok(()),
         },
     };
     for ip in addresses {
@@ -145,23 +163,31 @@ impl Sender {
         if let Some(secret) = &channel.secret {
             request = request.header("x-aragora-signature", format!("sha256={}", signature(secret, &body)));
         }
-        let response = request.body(body).send().await.map_err(|e| failed(describe(&e)))?;
+        let mut response = request.body(body).send().await.map_err(|e| failed(describe(e)))?;
         let status = response.status().as_u16();
         if response.status().is_success() {
             return Ok(status);
         }
-        let text = response.text().await.unwrap_or_default();
-        let cut = text.char_indices().nth(ERROR_BODY_BYTES).map(|(at, _)| at).unwrap_or(text.len());
+        let mut read = Vec::new();
+        while read.len() < ERROR_BODY_READ
+            && let Ok(Some(chunk)) = response.chunk().await
+        {
+            read.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8_lossy(&read[..read.len().min(ERROR_BODY_READ)]);
+        let cut = text.char_indices().nth(ERROR_BODY_CHARS).map(|(at, _)| at).unwrap_or(text.len());
         let detail = text[..cut].trim();
         let error = if detail.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {detail}") };
         Err(SendError { error, status: Some(status) })
     }
 }
 
-/// The error and its causes on one line (reqwest's own message hides the resolver's refusal).
-fn describe(error: &reqwest::Error) -> String {
+/// The error and its causes on one line (reqwest's own message hides the resolver's refusal), without the URL: a
+/// Slack or Teams URL is a credential, and errors are shown in `GET /notifications`.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
     let mut text = if error.is_timeout() { format!("timed out after {SEND_TIMEOUT:?}") } else { error.to_string() };
-    let mut source = std::error::Error::source(error);
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -285,7 +311,15 @@ mod tests {
             assert!(refused_target(ip, false).is_some(), "{internal}");
             assert!(refused_target(ip, true).is_none(), "{internal} allowed");
         }
-        for never in ["169.254.169.254", "0.0.0.0", "::ffff:10.0.0.1", "224.0.0.1"] {
+        for never in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "169.254.170.23",
+            "fd00:ec2::23",
+            "0.0.0.0",
+            "::ffff:10.0.0.1",
+            "224.0.0.1",
+        ] {
             assert!(refused_target(never.parse().unwrap(), true).is_some(), "{never}");
         }
         assert!(refused_target("93.184.216.34".parse().unwrap(), false).is_none());

@@ -22,12 +22,19 @@ pub(super) struct Notifications {
     due: BTreeSet<(u64, String)>,
     /// Sent, oldest first (at most [`SENT_KEPT`]).
     sent: VecDeque<String>,
-    /// Dead letters by the order they died.
+    /// Dead letters by creation order.
     dead: BTreeMap<u64, String>,
     figures: HashMap<String, ChannelFigures>,
 }
 
 impl Notifications {
+    /// Counts on an existing channel only: a deleted channel's last deliveries must not bring its counters back.
+    fn count(&mut self, channel_id: &str, add: impl FnOnce(&mut ChannelFigures)) {
+        if self.channels.contains_key(channel_id) {
+            add(self.figures.entry(channel_id.to_string()).or_default());
+        }
+    }
+
     pub(super) fn put_channel(&mut self, channel: &Channel, last_event: Option<&str>) -> StoreResult<()> {
         if !self.channels.contains_key(&channel.id) {
             if self.channels.len() >= MAX_CHANNELS {
@@ -71,7 +78,7 @@ impl Notifications {
             delivery.status = DeliveryStatus::Pending;
             delivery.created_ms = now;
             delivery.due_ms = Some(now);
-            self.figures.entry(delivery.channel_id.clone()).or_default().enqueued += 1;
+            self.count(&delivery.channel_id, |f| f.enqueued += 1);
             self.due.insert((now, delivery.id.clone()));
             self.by_seq.insert(self.seq, delivery.id.clone());
             self.deliveries.insert(delivery.id.clone(), (self.seq, delivery));
@@ -99,16 +106,15 @@ impl Notifications {
         if delivery.status != DeliveryStatus::Sending || delivery.attempts != attempt {
             return false;
         }
-        let seq = *seq;
+        let (seq, channel_id) = (*seq, delivery.channel_id.clone());
         self.due.remove(&(delivery.due_ms.unwrap_or_default(), id.to_string()));
-        let figures = self.figures.entry(delivery.channel_id.clone()).or_default();
         match result {
             AttemptResult::Sent { status } => {
-                figures.sent += 1;
                 delivery.status = DeliveryStatus::Sent;
                 delivery.due_ms = None;
                 delivery.delivered_ms = Some(now);
                 delivery.last_status = Some(status);
+                self.count(&channel_id, |f| f.sent += 1);
                 self.sent.push_back(id.to_string());
                 while self.sent.len() > SENT_KEPT {
                     let old = self.sent.pop_front().expect("not empty");
@@ -116,7 +122,6 @@ impl Notifications {
                 }
             }
             AttemptResult::Failed { error, status, retry_in_ms } => {
-                figures.failed += 1;
                 delivery.last_error = Some(error);
                 delivery.last_status = status;
                 match retry_in_ms {
@@ -124,16 +129,20 @@ impl Notifications {
                         delivery.status = DeliveryStatus::Pending;
                         delivery.due_ms = Some(now + delay);
                         self.due.insert((now + delay, id.to_string()));
+                        self.count(&channel_id, |f| f.failed += 1);
                     }
                     None => {
-                        figures.dead += 1;
                         delivery.status = DeliveryStatus::Dead;
                         delivery.due_ms = None;
+                        self.count(&channel_id, |f| {
+                            f.failed += 1;
+                            f.dead += 1;
+                        });
                         self.dead.insert(seq, id.to_string());
                         while self.dead.len() > DEAD_KEPT {
                             let (_, old) = self.dead.pop_first().expect("not empty");
-                            if let Some((_, gone)) = self.deliveries.get(&old) {
-                                self.figures.entry(gone.channel_id.clone()).or_default().dropped += 1;
+                            if let Some(channel) = self.deliveries.get(&old).map(|(_, d)| d.channel_id.clone()) {
+                                self.count(&channel, |f| f.dropped += 1);
                             }
                             self.forget(&old);
                         }
@@ -160,18 +169,19 @@ impl Notifications {
         }
         self.dead.remove(seq);
         delivery.status = DeliveryStatus::Pending;
-        delivery.attempts = 0;
+        delivery.retried_at_attempt = delivery.attempts;
         delivery.due_ms = Some(now);
         self.due.insert((now, id.to_string()));
         Ok(Some(delivery.clone()))
     }
 
-    /// Newest first; of one status when given.
+    /// Newest first, or soonest due first for pending and sending ones; of one status when given.
     pub(super) fn list(&self, status: Option<DeliveryStatus>, limit: usize) -> Vec<Delivery> {
         let ids: Box<dyn Iterator<Item = &String>> = match status {
             Some(DeliveryStatus::Dead) => Box::new(self.dead.values().rev()),
             Some(DeliveryStatus::Sent) => Box::new(self.sent.iter().rev()),
-            _ => Box::new(self.by_seq.values().rev()),
+            Some(DeliveryStatus::Pending | DeliveryStatus::Sending) => Box::new(self.due.iter().map(|(_, id)| id)),
+            None => Box::new(self.by_seq.values().rev()),
         };
         ids.filter_map(|id| self.deliveries.get(id).map(|(_, d)| d))
             .filter(|d| status.is_none_or(|status| d.status == status))
@@ -184,8 +194,8 @@ impl Notifications {
         self.deliveries.get(id).map(|(_, d)| d.clone())
     }
 
-    /// Per channel.
+    /// Every channel's counters (zeros for one with no deliveries yet).
     pub(super) fn figures(&self) -> BTreeMap<String, ChannelFigures> {
-        self.figures.iter().map(|(id, figures)| (id.clone(), figures.clone())).collect()
+        self.channels.keys().map(|id| (id.clone(), self.figures.get(id).cloned().unwrap_or_default())).collect()
     }
 }

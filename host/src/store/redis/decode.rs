@@ -428,6 +428,7 @@ pub(super) fn delivery(value: &Value) -> StoreResult<Delivery> {
         message: fields.get("message").cloned().ok_or_else(|| corrupt("delivery without message"))?,
         status,
         attempts: number("attempts").unwrap_or(0) as u32,
+        retried_at_attempt: number("base").unwrap_or(0) as u32,
         created_ms: number("created").unwrap_or(0),
         due_ms: number("due"),
         delivered_ms: number("delivered"),

@@ -664,18 +664,26 @@ pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_o
     let sent = h.store.deliveries(Some(DeliveryStatus::Sent), 10).await.expect("sent");
     assert_eq!((sent.len(), sent[0].last_status, sent[0].delivered_ms.is_some()), (1, Some(204), true));
 
-    // A dead letter goes back to pending, due now, from its first attempt; anything else is not retried.
+    // A dead letter goes back to pending, due now, with a fresh round of attempts; the attempt number goes on, so a
+    // stale report of an earlier attempt is still refused. Anything else is not retried.
     assert!(matches!(h.store.retry_delivery(&a.id).await, Err(StoreError::Conflict { code: "not_a_dead_letter", .. })));
     assert_eq!(h.store.retry_delivery("1-0:chn_nope").await.expect("missing"), None);
     let retried = h.store.retry_delivery(&b.id).await.expect("retry").expect("exists");
-    assert_eq!((retried.status, retried.attempts), (DeliveryStatus::Pending, 0));
-    assert_eq!(h.store.claim_deliveries(10, 1_000).await.expect("claim")[0].attempts, 1);
+    assert_eq!((retried.status, retried.attempts, retried.attempts_this_round()), (DeliveryStatus::Pending, 3, 0));
+    let fourth = h.store.claim_deliveries(10, 1_000).await.expect("claim");
+    assert_eq!((fourth[0].attempts, fourth[0].attempts_this_round()), (4, 1));
+    assert!(!h.store.finish_delivery(&b.id, 3, AttemptResult::Sent { status: 200 }).await.expect("stale"));
 
+    h.store.put_channel(&channel("chn_c")).await.expect("put");
     let figures = h.store.notification_figures().await.expect("figures");
     let b_figures = &figures["chn_b"];
     assert_eq!((b_figures.enqueued, b_figures.sent, b_figures.failed, b_figures.dead), (1, 0, 2, 1));
     assert_eq!((figures["chn_a"].sent, figures["chn_a"].failed), (1, 0));
+    assert_eq!(figures["chn_c"], Default::default(), "a channel without deliveries has zero counters");
+    // A deleted channel's counters go, and its last delivery's end does not bring them back.
     assert!(h.store.delete_channel("chn_b").await.expect("delete"));
     assert!(!h.store.delete_channel("chn_b").await.expect("delete again"));
-    assert!(!h.store.notification_figures().await.expect("figures").contains_key("chn_b"));
+    assert!(h.store.finish_delivery(&b.id, 4, failed(None)).await.expect("dead again"));
+    let figures = h.store.notification_figures().await.expect("figures");
+    assert_eq!(figures.keys().collect::<Vec<_>>(), ["chn_a", "chn_c"]);
 }

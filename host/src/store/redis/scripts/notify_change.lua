@@ -5,8 +5,14 @@
 --   claim limit lease_ms → the leased deliveries' hashes
 --   finish id attempt outcome ('sent'|'retry'|'dead') http_status ('' = none) error delay_ms sent_kept dead_kept
 --     → '1' | '0' (the attempt's lease was lost)
---   retry id → the delivery's hash | {} (no such delivery)
+--   retry id → the delivery's hash | {} (no such delivery); `attempts` goes on counting (it fences reports), `base`
+--     records where this round of attempts starts
 local op = arg(1)
+
+-- Counters of existing channels only: a deleted channel's last deliveries must not bring its counters back.
+local function tally(channel, field)
+  if redis.call('HEXISTS', K.notify_channels, channel) == 1 then redis.call('HINCRBY', nfkey(channel), field, 1) end
+end
 
 local function forget(id)
   redis.call('DEL', ndkey(id))
@@ -44,7 +50,7 @@ elseif op == 'enqueue' then
         'created', n2s(NOW), 'due', n2s(NOW), 'seq', seq)
       redis.call('ZADD', K.notify_due, NOW, id)
       redis.call('ZADD', K.notify_all, seq, id)
-      redis.call('HINCRBY', nfkey(channel), 'enqueued', 1)
+      tally(channel, 'enqueued')
     end
   end
   return ok('1')
@@ -69,10 +75,10 @@ elseif op == 'finish' then
   local k = ndkey(id)
   local state = redis.call('HMGET', k, 'status', 'attempts', 'channel', 'seq')
   if state[1] ~= 'sending' or state[2] ~= attempt then return ok('0') end
-  local figures = nfkey(state[3])
+  local channel = state[3]
   if code ~= '' then redis.call('HSET', k, 'code', code) else redis.call('HDEL', k, 'code') end
   if outcome == 'sent' then
-    redis.call('HINCRBY', figures, 'sent', 1)
+    tally(channel, 'sent')
     redis.call('HSET', k, 'status', 'sent', 'delivered', n2s(NOW))
     redis.call('HDEL', k, 'due')
     redis.call('ZREM', K.notify_due, id)
@@ -80,22 +86,22 @@ elseif op == 'finish' then
     while redis.call('LLEN', K.notify_sent) > sent_kept do forget(redis.call('LPOP', K.notify_sent)) end
     return ok('1')
   end
-  redis.call('HINCRBY', figures, 'failed', 1)
+  tally(channel, 'failed')
   redis.call('HSET', k, 'error', why)
   if outcome == 'retry' then
     redis.call('HSET', k, 'status', 'pending', 'due', n2s(NOW + delay))
     redis.call('ZADD', K.notify_due, NOW + delay, id)
     return ok('1')
   end
-  redis.call('HINCRBY', figures, 'dead', 1)
+  tally(channel, 'dead')
   redis.call('HSET', k, 'status', 'dead')
   redis.call('HDEL', k, 'due')
   redis.call('ZREM', K.notify_due, id)
   redis.call('ZADD', K.notify_dead, state[4], id)
   while redis.call('ZCARD', K.notify_dead) > dead_kept do
     local oldest = redis.call('ZPOPMIN', K.notify_dead)[1]
-    local channel = redis.call('HGET', ndkey(oldest), 'channel')
-    if channel then redis.call('HINCRBY', nfkey(channel), 'dropped', 1) end
+    local owner = redis.call('HGET', ndkey(oldest), 'channel')
+    if owner then tally(owner, 'dropped') end
     forget(oldest)
   end
   return ok('1')
@@ -108,7 +114,7 @@ else -- retry
     return fail(err('conflict', 'not_a_dead_letter', 'delivery ' .. id .. ' is ' .. status .. ', not a dead letter'))
   end
   redis.call('ZREM', K.notify_dead, id)
-  redis.call('HSET', k, 'status', 'pending', 'attempts', '0', 'due', n2s(NOW))
+  redis.call('HSET', k, 'status', 'pending', 'base', redis.call('HGET', k, 'attempts'), 'due', n2s(NOW))
   redis.call('ZADD', K.notify_due, NOW, id)
   return ok(redis.call('HGETALL', k))
 end

@@ -1,6 +1,6 @@
 -- notify_read(op, ...): the channels' definitions (`channels`), the delivery cursor (`cursor`, '' = none), one
--- delivery (`one id`), deliveries newest first (`list status ('' = any) limit`), and each channel's counters
--- (`figures` → {channel, counter list}*). A read.
+-- delivery (`one id`), deliveries (`list status ('' = any) limit`: newest first, or soonest due first for pending
+-- and sending ones), and each channel's counters (`figures` → {channel, counter list}*). A read.
 local op = arg(1)
 if op == 'channels' then
   return ok(redis.call('HVALS', K.notify_channels))
@@ -37,14 +37,16 @@ elseif status == 'sent' then
   local newest_first = {}
   for i = #ids, 1, -1 do table.insert(newest_first, ids[i]) end
   take(newest_first)
-else
-  -- Newest first through every delivery, a page at a time, looking at no more than 10 pages for a status filter.
+elseif status == 'pending' or status == 'sending' then
+  -- Both wait in the due index; a page at a time until enough of the asked status are found.
   local page, from = 200, 0
-  while #out < limit and from < page * 10 do
-    local ids = redis.call('ZREVRANGE', K.notify_all, from, from + page - 1)
+  while #out < limit do
+    local ids = redis.call('ZRANGE', K.notify_due, from, from + page - 1)
     if #ids == 0 then break end
     take(ids)
     from = from + page
   end
+else
+  take(redis.call('ZREVRANGE', K.notify_all, 0, limit - 1))
 end
 return ok(out)
