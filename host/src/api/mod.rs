@@ -10,6 +10,7 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 mod connections;
+pub mod deliberations;
 pub mod errors;
 pub mod events;
 pub mod extract;
@@ -130,6 +131,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(schedules::routes())
         .merge(audit::routes())
         .merge(notifications::routes())
+        .merge(deliberations::routes())
         .merge(figures::routes())
         .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -7,6 +7,7 @@
 mod agent;
 mod audit;
 mod capability;
+mod deliberation;
 mod eligibility;
 mod error;
 mod event;
@@ -26,6 +27,10 @@ pub use agent::{
 };
 pub use audit::{AuditCheckpoint, AuditEntry, AuditHead, ChainBreak, GENESIS_HASH, NewAuditEntry, check_chain};
 pub use capability::{CapabilitySet, normalize_capability};
+pub use deliberation::{
+    DELIBERATION_TASK_TYPE, DeliberationMode, DeliberationRequest, MAX_SYNC_WAIT_SECONDS, deliberation_status,
+    deliberation_transcript, deliberation_view, request_id_of, task_id_of,
+};
 pub use eligibility::{Refusal, Standing};
 pub use error::{StoreError, StoreResult};
 pub use event::{Event, EventKind};
