@@ -130,7 +130,7 @@ class Agent:
             self.client.call("POST", f"/tasks/{task_id}/start", lease)
             if self.args.work_ms:
                 time.sleep(self.args.work_ms / 1000)
-            result = {"agent_id": self.agent_id, "output": shout(task.get("payload"))}
+            result = self.result(task)
             self.client.call("POST", f"/tasks/{task_id}/complete", {**lease, "result": result})
             self.log(f"completed {task_id} ({task.get('task_type')}, {task.get('priority')})")
             return True
@@ -142,6 +142,10 @@ class Agent:
         finally:
             with self.lock:
                 self.current.discard(task_id)
+
+    def result(self, task):
+        """What the agent answers for `task` (a subclass answers otherwise: deliberation_agent.py)."""
+        return {"agent_id": self.agent_id, "output": shout(task.get("payload"))}
 
     def run(self):
         self.register()
@@ -173,21 +177,24 @@ class Agent:
             self.log(f"could not unregister: {error}")
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description="A minimal aragora-cp agent (standard library only).")
+def parse_args(argv, description="A minimal aragora-cp agent (standard library only).", capabilities="code",
+               extend=None):
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--server", default=os.environ.get("ARAGORA_SERVER", "http://127.0.0.1:8080"),
                         help="the server's base URL (env ARAGORA_SERVER; default %(default)s)")
     parser.add_argument("--token", default=os.environ.get("ARAGORA_TOKEN"),
                         help="a bearer token (env ARAGORA_TOKEN; `aragora-cp serve` prints an admin token)")
     parser.add_argument("--agent-id", default=os.environ.get("AGENT_ID", f"python-agent-{os.getpid()}"),
                         help="the agent id (env AGENT_ID)")
-    parser.add_argument("--capabilities", default=os.environ.get("AGENT_CAPABILITIES", "code"),
+    parser.add_argument("--capabilities", default=os.environ.get("AGENT_CAPABILITIES", capabilities),
                         help="comma-separated capabilities (env AGENT_CAPABILITIES; default %(default)s)")
     parser.add_argument("--model", default="python-example")
     parser.add_argument("--provider", default="example")
     parser.add_argument("--max-tasks", type=int, default=0, help="exit after completing N tasks (0: run until stopped)")
     parser.add_argument("--block-ms", type=int, default=5000, help="how long one claim waits for work (0 to 60000)")
     parser.add_argument("--work-ms", type=int, default=0, help="pretend each task takes this long")
+    if extend is not None:
+        extend(parser)
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("no token: pass --token or set ARAGORA_TOKEN")
@@ -206,23 +213,24 @@ def on_signal(_signum, _frame):
     raise KeyboardInterrupt
 
 
-def main(argv):
-    args = parse_args(argv)
+def main(argv, agent_class=None, args=None):
+    args = args or parse_args(argv)
+    name = os.path.basename(sys.argv[0]) or "agent.py"
     # Set for SIGINT too: a process started in the background by a script inherits SIGINT ignored, and Python then
     # installs no Ctrl-C handler of its own.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    agent = Agent(Client(args.server, args.token), args)
+    agent = (agent_class or Agent)(Client(args.server, args.token), args)
     try:
         agent.run()
     except KeyboardInterrupt:
         return 130
     except ApiError as error:
         hint = {401: " (check --token)", 403: " (the token lacks a permission)"}.get(error.status, "")
-        print(f"agent.py: the server refused a request: {error}{hint}", file=sys.stderr)
+        print(f"{name}: the server refused a request: {error}{hint}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"agent.py: cannot reach {args.server}: {error}", file=sys.stderr)
+        print(f"{name}: cannot reach {args.server}: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -205,9 +205,14 @@ struct PythonAgent {
 impl PythonAgent {
     /// Starts `agent.py` with an agent token for `agent_id` and waits until the agent is registered.
     async fn start(server: &TestServer, agent_id: &str, extra: &[&str]) -> PythonAgent {
+        PythonAgent::start_script(server, "agent.py", agent_id, extra).await
+    }
+
+    /// Starts `examples/python/<script>` (agent.py or one built on it) the same way.
+    async fn start_script(server: &TestServer, script: &str, agent_id: &str, extra: &[&str]) -> PythonAgent {
         require("python3");
         let token = server.token(&format!("agent:{agent_id}"), &[Permission::Agents, Permission::Tasks]);
-        let script: PathBuf = examples_dir().join("python/agent.py");
+        let script: PathBuf = examples_dir().join("python").join(script);
         let child = Command::new("python3")
             .arg(script)
             .args(["--server", &server.base, "--agent-id", agent_id, "--block-ms", "1000"])
@@ -320,5 +325,26 @@ async fn python_agent_on_ctrl_c_unregisters_and_its_task_goes_back_to_the_queue(
     assert_eq!(agent_status, 404, "unregistered on Ctrl-C:\n{output}");
     let (_, requeued) = get(&server, &admin, &format!("/tasks/{task}")).await;
     assert_eq!(requeued["status"], "pending", "the interrupted task is back in the queue: {requeued}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_deliberation_agent_decides_a_deliberation_the_same_way_every_time() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let args = ["--max-tasks", "1"];
+    let agent = PythonAgent::start_script(&server, "deliberation_agent.py", "py-deliberator", &args).await;
+    let request = json!({"content": "Should we ship on Friday?", "decision_type": "debate", "timeout_seconds": 30});
+    let decided = post(&server, &admin, "/deliberations", request).await;
+    assert_eq!(decided["status"], "completed", "{decided}");
+    // The question's SHA-256 makes the three voices vote yes, no, no.
+    assert_eq!((decided["answer"].as_str(), decided["consensus_reached"].as_bool()), (Some("no"), Some(false)));
+    assert_eq!(decided["confidence"], 0.667);
+    let positions: Vec<&str> =
+        decided["agent_contributions"].as_array().unwrap().iter().map(|c| c["position"].as_str().unwrap()).collect();
+    assert_eq!(positions, ["yes", "no", "no"]);
+    assert_eq!(decided["agent_id"], "py-deliberator");
+    let (status, output) = agent.finish().await;
+    assert!(status.success(), "deliberation_agent.py exited with {status}:\n{output}");
     server.stop().await;
 }

@@ -146,6 +146,10 @@ async fn the_client_commands_reach_queue_schedules_policies_and_the_audit_log() 
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"), "{}", String::from_utf8_lossy(&missing.stderr));
     let removed = cli(&server, &["notifications", "remove", &channel_id, "--output", "json"]).await;
     assert_eq!(json(&removed)["deleted"], true);
+    let queued = cli(&server, &["deliberate", "Ship on Friday?", "--async", "--output", "json"]).await;
+    assert_eq!(json(&queued)["status"], "queued", "{}", String::from_utf8_lossy(&queued.stderr));
+    let waited = cli(&server, &["deliberate", "Nobody decides", "--timeout", "1"]).await;
+    assert!(String::from_utf8_lossy(&waited.stderr).contains("408"), "{}", String::from_utf8_lossy(&waited.stderr));
     let private = cli(&server, &["notifications", "add", "x", "--type", "webhook", "--url", "http://10.0.0.1/"]).await;
     assert!(
         String::from_utf8_lossy(&private.stderr).contains("private"),

@@ -300,6 +300,17 @@ pub enum ClientCommand {
     Audit(AuditCommand),
     /// `notifications …`.
     Notifications(NotificationsCommand),
+    /// `deliberate`.
+    Deliberate {
+        /// The question.
+        question: String,
+        /// Queue it (202) rather than wait.
+        queue: bool,
+        /// The decision type.
+        decision_type: String,
+        /// Seconds to wait.
+        timeout: u32,
+    },
     /// `events`.
     Events {
         /// Comma-separated event types.
@@ -332,6 +343,11 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         ClientCommand::Queue => client.get("/queue/metrics").await,
         ClientCommand::Schedules(command) => schedules(&client, command).await?,
         ClientCommand::Notifications(command) => notifications(&client, command).await,
+        ClientCommand::Deliberate { question, queue, decision_type, timeout } => {
+            let body = json!({"content": question, "decision_type": decision_type, "async": queue,
+                              "timeout_seconds": timeout});
+            client.post("/deliberations", &body).await
+        }
         ClientCommand::Audit(command) => audit(&client, command).await,
         ClientCommand::Events { types } => return events(&client, &connection, types.as_deref(), output).await,
     };

@@ -112,6 +112,23 @@ pub enum Command {
         #[command(subcommand)]
         command: client::AuditCommand,
     },
+    /// Ask for a vetted decision: queued for a deliberation worker (`--async`), or waited for.
+    Deliberate {
+        /// Server and credentials.
+        #[command(flatten)]
+        connection: client::Connection,
+        /// The question or decision.
+        question: String,
+        /// Queue it and print its request id at once.
+        #[arg(long = "async")]
+        queue: bool,
+        /// The decision type the worker is asked for.
+        #[arg(long, default_value = "debate")]
+        decision_type: String,
+        /// Seconds to wait for the decision (1 to 80: the client gives up on a request after 90).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=80))]
+        timeout: u32,
+    },
     /// Notification channels and their deliveries (an admin token).
     Notifications {
         /// Server and credentials.
@@ -171,6 +188,9 @@ pub fn main() -> ExitCode {
         Command::Queue { connection } => client::run(connection, client::ClientCommand::Queue),
         Command::Schedules { connection, command } => {
             client::run(connection, client::ClientCommand::Schedules(command))
+        }
+        Command::Deliberate { connection, question, queue, decision_type, timeout } => {
+            client::run(connection, client::ClientCommand::Deliberate { question, queue, decision_type, timeout })
         }
         Command::Notifications { connection, command } => {
             client::run(connection, client::ClientCommand::Notifications(command))
