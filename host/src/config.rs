@@ -26,6 +26,8 @@ pub struct Config {
     pub priority_aging: Option<Duration>,
     /// Housekeeping period (`CLEANUP_INTERVAL`, 60 s).
     pub cleanup_interval: Duration,
+    /// Longest a synchronous `POST /deliberations` holds its request (`DELIBERATION_MAX_WAIT`, 600 s).
+    pub deliberation_max_wait: Duration,
     /// How long terminal tasks are kept (`TASK_RETENTION`, 24 h); offline agents are kept as long.
     pub task_retention: Duration,
     /// Strategy for tasks that name none (`DEFAULT_STRATEGY`, least_loaded).
@@ -95,6 +97,7 @@ impl Default for Config {
             retry_backoff_max: Duration::from_secs(60),
             priority_aging: None,
             cleanup_interval: Duration::from_secs(60),
+            deliberation_max_wait: Duration::from_secs(crate::model::MAX_SYNC_WAIT_SECONDS.into()),
             task_retention: Duration::from_secs(86_400),
             default_strategy: "least_loaded".into(),
             max_strategy_candidates: 64,

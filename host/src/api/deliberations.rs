@@ -1,7 +1,8 @@
-//! `/deliberations`: vetted decisions (DESIGN §10). A request becomes a `deliberation` task for a deliberation
-//! worker; `async` answers 202 at once, the default waits for the decision (up to `timeout_seconds`, at most
-//! 600 s) and answers 200, or 408 with the request id to poll. Sessions are read from their task
-//! (`model::deliberation`). Permission `controlplane:tasks`.
+//! `/deliberations`: vetted decisions (DESIGN §10). A request becomes a `deliberation` task, for a deliberation
+//! worker or (`mode: orchestrated`) for the servers' orchestrator, which runs the rounds
+//! (`coordinator::deliberations`). `async` answers 202 at once, the default waits for the decision (up to
+//! `timeout_seconds`, at most `DELIBERATION_MAX_WAIT`) and answers 200, or 408 with the request id to poll. Sessions are read from
+//! their task (`model::deliberation`). Permission `controlplane:tasks`.
 
 use std::time::Duration;
 
@@ -22,8 +23,8 @@ use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit};
 use crate::model::{
-    DELIBERATION_TASK_TYPE, DeliberationMode, DeliberationRequest, MAX_SYNC_WAIT_SECONDS, Task, TaskFilter,
-    deliberation_status, deliberation_transcript, deliberation_view, request_id_of, task_id_of,
+    DELIBERATION_TASK_TYPE, DeliberationMode, DeliberationRequest, Task, TaskFilter, deliberation_status,
+    deliberation_transcript, deliberation_view, request_id_of, task_id_of,
 };
 
 /// The routes, relative to the API prefix.
@@ -47,14 +48,15 @@ pub struct DeliberationQueued {
 }
 
 /// `POST /deliberations {content, decision_type, async | mode, priority, required_capabilities, timeout_seconds,
-/// metadata, context, config}`.
+/// metadata, context, config}`; orchestrated also `{agents, rounds, decide, strategy, judge_capabilities,
+/// round_timeout_seconds}`.
 #[utoipa::path(post, path = "/deliberations", tag = "deliberations", request_body = DeliberationRequest,
     responses(
         (status = 202, description = "Queued (`async: true` or `mode: async`)", body = DeliberationQueued),
         (status = 200, description = "The decision (synchronous mode: a worker completed it in time)", body = Object),
         (status = 400, description = "A bad field (named)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
         (status = 408, description = "No decision within `timeout_seconds` (`deliberation_timeout`, with `request_id`); the session reads `timeout`", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
-        (status = 501, description = "`mode: orchestrated` is not available yet (`not_implemented`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Orchestrated: fewer agents able to work than `agents` (`not_enough_agents`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["controlplane:tasks"])))]
 pub async fn deliberations_create(
@@ -65,25 +67,25 @@ pub async fn deliberations_create(
     caller.require(Permission::Tasks)?;
     caller.not_an_agent("start deliberations")?;
     let mode = request.mode()?;
-    if mode == DeliberationMode::Orchestrated {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "mode orchestrated: rounds run by the control plane are not available yet; use async (a deliberation \
-             worker decides) or sync",
-        ));
-    }
-    let wait = Duration::from_secs(request.timeout_seconds.unwrap_or(300).min(MAX_SYNC_WAIT_SECONDS).into());
-    let submitted = state.coordinator.submit_task(request.into_task(mode)?, &caller.sub).await?;
-    let task_id = submitted.task_id;
+    let most = state.coordinator.config().deliberation_max_wait;
+    let wait_seconds = u64::from(request.timeout_seconds.unwrap_or(300)).min(most.as_secs().max(1));
+    let (task_id, waits) = if mode == DeliberationMode::Orchestrated {
+        let waits = request.is_async != Some(true);
+        let (task, plan) = request.into_session(waits)?;
+        (state.coordinator.start_deliberation(task, &plan, &caller.sub).await?.task_id, waits)
+    } else {
+        let task = request.into_task(mode)?;
+        (state.coordinator.submit_task(task, &caller.sub).await?.task_id, mode == DeliberationMode::Sync)
+    };
     let request_id = request_id_of(&task_id);
     let made = Extension(AuditResource(format!("deliberation:{request_id}")));
-    if mode == DeliberationMode::Queued {
+    if !waits {
         let body = DeliberationQueued { task_id: task_id.to_string(), request_id, status: "queued" };
         return Ok((StatusCode::ACCEPTED, made, Json(body)).into_response());
     }
+    let wait = Duration::from_secs(wait_seconds);
     let task = state.coordinator.wait_for_result(&task_id, wait).await?;
-    if task.status.is_terminal() {
+    if task.status.is_terminal() && deliberation_status(&task) != "timeout" {
         return Ok((StatusCode::OK, made, Json(deliberation_view(&task))).into_response());
     }
     // The caller stops waiting: a late decision would reach nobody, so the work is withdrawn.

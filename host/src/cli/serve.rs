@@ -106,6 +106,9 @@ pub struct ServeArgs {
     /// Housekeeping period.
     #[arg(long, env = "CLEANUP_INTERVAL", default_value_t = 60.0)]
     pub cleanup_interval: f64,
+    /// Longest a synchronous deliberation request waits for its decision, in seconds (answers 408 after).
+    #[arg(long, env = "DELIBERATION_MAX_WAIT", default_value_t = 600.0)]
+    pub deliberation_max_wait: f64,
     /// How long terminal tasks (and offline agents) are kept.
     #[arg(long, env = "TASK_RETENTION", default_value_t = 86_400.0)]
     pub task_retention: f64,
@@ -295,6 +298,7 @@ impl ServeArgs {
             retry_backoff_max: seconds("RETRY_BACKOFF_MAX", self.retry_backoff_max, 0.0)?,
             priority_aging,
             cleanup_interval: seconds("CLEANUP_INTERVAL", self.cleanup_interval, 0.1)?,
+            deliberation_max_wait: seconds("DELIBERATION_MAX_WAIT", self.deliberation_max_wait, 1.0)?,
             task_retention: seconds("TASK_RETENTION", self.task_retention, 0.0)?,
             default_strategy: self.default_strategy.trim().to_string(),
             max_strategy_candidates: positive("MAX_STRATEGY_CANDIDATES", self.max_strategy_candidates)?,

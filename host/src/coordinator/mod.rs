@@ -4,9 +4,10 @@
 //! plugins, scheduler, agent registry), their background duties (sweeper, plugin watcher, the event pump) and
 //! one typed event stream of everything that happens. `event_pump.rs` hands each store event to the parts that
 //! act on it; `fleet_plugins.rs` applies the fleet's plugin uploads and enable/disable records to this server's
-//! registry.
+//! registry; `deliberations.rs` is the server's orchestrator of deliberation rounds.
 
 pub mod audit;
+pub mod deliberations;
 mod event_pump;
 pub mod fleet_plugins;
 
@@ -37,6 +38,7 @@ use crate::model::{
 use crate::model::{
     Channel, ChannelFigures, Delivery, DeliveryStatus, NewChannel, ValidationError, new_channel_id, rfc3339_ms,
 };
+use crate::model::{DecisionRule, EventKind, SessionPlan, request_id_of};
 use crate::plugins::registry::{Liveness, PluginInfo};
 use crate::plugins::rules::{RuleSet, rules_component};
 use crate::plugins::watcher::WatchOptions;
@@ -89,6 +91,8 @@ pub struct ControlPlaneCoordinator {
     watcher: Mutex<Option<PluginWatcher>>,
     fleet_plugins: Arc<fleet_plugins::FleetPlugins>,
     audit: Arc<audit::AuditLog>,
+    /// Makes this server's deliberation orchestrator look for sessions at once.
+    deliberation_wake: Arc<tokio::sync::Notify>,
 }
 
 impl ControlPlaneCoordinator {
@@ -152,6 +156,7 @@ impl ControlPlaneCoordinator {
             watcher: Mutex::new(None),
             fleet_plugins: fleet_plugins.clone(),
             audit,
+            deliberation_wake: Arc::new(tokio::sync::Notify::new()),
         });
         let (fleet_changes, fleet_changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let consumers = event_pump::Consumers {
@@ -169,6 +174,11 @@ impl ControlPlaneCoordinator {
             tokio::spawn(health.run(shutdown.clone())),
             tokio::spawn(scheduler.clone().run_schedules(shutdown.clone())),
             audit_writer,
+            tokio::spawn(deliberations::run(
+                Arc::downgrade(&coordinator),
+                coordinator.deliberation_wake.clone(),
+                shutdown.clone(),
+            )),
         ];
         if let (Some(retention), Some(key)) = (config.audit_retention, config.audit_signing_key.clone()) {
             let (store, interval) = (store.clone(), config.cleanup_interval);
@@ -391,6 +401,56 @@ impl ControlPlaneCoordinator {
     /// The attempt failed (requeued while retries remain, if asked).
     pub async fn fail_task(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> Result<Task, EngineError> {
         self.scheduler.fail(task_id, fence, failure).await
+    }
+
+    /// Starts an orchestrated deliberation: refuses at once (409 `not_enough_agents`) when fewer agents than it
+    /// needs are registered and able to work, submits its session task, says `deliberation_started` and wakes this
+    /// server's orchestrator (any server's may drive it).
+    pub async fn start_deliberation(
+        &self,
+        request: SubmitRequest,
+        plan: &SessionPlan,
+        submitted_by: &str,
+    ) -> Result<Submitted, EngineError> {
+        if let Some(name) = &plan.strategy {
+            self.plugins.strategy(name).map_err(|_| EngineError::UnknownStrategy(name.clone()))?;
+        }
+        let agents = self.store.list_agents(&AgentFilter::default()).await?;
+        let able = |required: &[String]| {
+            let required = CapabilitySet::from_normalized(required.to_vec());
+            agents
+                .iter()
+                .filter(|a| required.is_subset_of(&a.capabilities) && !a.paused)
+                .filter(|a| !matches!(a.status, AgentStatus::Offline | AgentStatus::Failed | AgentStatus::Draining))
+                .count()
+        };
+        let (needed, found) = (plan.agents as usize, able(&plan.capabilities));
+        if found < needed {
+            return Err(StoreError::conflict(
+                "not_enough_agents",
+                format!("{needed} distinct agents with {:?} are needed; {found} can work now", plan.capabilities),
+            )
+            .into());
+        }
+        if plan.decide == DecisionRule::Judge && able(&plan.judge_capabilities) == 0 {
+            return Err(StoreError::conflict(
+                "not_enough_agents",
+                format!("decide judge needs an agent with {:?}; none can work now", plan.judge_capabilities),
+            )
+            .into());
+        }
+        let submitted = self.scheduler.submit(request, submitted_by).await?;
+        let facts = serde_json::json!({
+            "request_id": request_id_of(&submitted.task_id), "agents": plan.agents, "rounds": plan.rounds,
+            "decide": plan.decide.as_str(),
+        });
+        if let Err(error) =
+            self.store.record_event(EventKind::DeliberationStarted, Some(&submitted.task_id), facts).await
+        {
+            tracing::warn!(%error, "deliberation_started not recorded");
+        }
+        self.deliberation_wake.notify_one();
+        Ok(submitted)
     }
 
     /// Cancels a task.

@@ -133,6 +133,13 @@ impl RegisterRequest {
     pub fn validate(&self) -> Result<(CapabilitySet, u32), ValidationError> {
         validate_agent_id("agent_id", &self.agent_id)?;
         let capabilities = CapabilitySet::parse("capabilities", &self.capabilities, MAX_AGENT_CAPABILITIES)?;
+        if let Some(address) = capabilities.as_slice().iter().find(|c| c.starts_with(super::capability::ADDRESS_PREFIX))
+        {
+            return Err(ValidationError::new(
+                "capabilities",
+                format!("{address:?}: the agent: prefix is reserved (every agent holds its own address in its claims)"),
+            ));
+        }
         check_json_size("metadata", &self.metadata, MAX_METADATA_BYTES)?;
         for (field, value) in [("model", &self.model), ("provider", &self.provider)] {
             if value.len() > 128 {

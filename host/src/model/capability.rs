@@ -1,6 +1,11 @@
 //! Capabilities: what an agent can do and a task requires. At most 64 characters of `[a-z0-9._:-]` after trimming
 //! and lower-casing. A set is kept sorted and deduplicated, so the sorted required set of a task is its
 //! *signature*: the key of the pending index a claim looks up (DESIGN §4).
+//!
+//! Every agent also holds its *address*, `agent:<its id, lower-cased>`, in its claims (never in its registration,
+//! and never in a waiting claim): a task that requires an address is for that agent alone, the way a worker's
+//! own queue is in Celery. Deliberation rounds use it to give each participant its own slot. Agents may not
+//! register `agent:` capabilities: the prefix is reserved.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +14,9 @@ use super::ValidationError;
 /// Normalises one capability (trim, lower-case) and checks its characters and length.
 pub fn normalize_capability(field: &str, raw: &str) -> Result<String, ValidationError> {
     let capability = raw.trim().to_ascii_lowercase();
-    if capability.is_empty() || capability.len() > 64 {
+    // An address holds a whole agent id (up to 128 characters).
+    let longest = if capability.starts_with(ADDRESS_PREFIX) { ADDRESS_PREFIX.len() + 128 } else { 64 };
+    if capability.is_empty() || capability.len() > longest {
         return Err(ValidationError::new(field, "a capability must be 1 to 64 characters"));
     }
     if !capability
@@ -19,6 +26,14 @@ pub fn normalize_capability(field: &str, raw: &str) -> Result<String, Validation
         return Err(ValidationError::new(field, format!("{raw:?} may only contain a-z, 0-9, '.', '_', ':' and '-'")));
     }
     Ok(capability)
+}
+
+/// The prefix of an agent's address capability.
+pub const ADDRESS_PREFIX: &str = "agent:";
+
+/// The address capability of an agent: held by its claims alone (the Redis store's `address_of` mirrors it).
+pub fn address_of(agent_id: &str) -> String {
+    format!("{ADDRESS_PREFIX}{}", agent_id.to_ascii_lowercase())
 }
 
 /// A sorted, deduplicated set of capabilities.
@@ -53,6 +68,16 @@ impl CapabilitySet {
     /// wider than its registration.
     pub fn narrowed_to(&self, registered: &CapabilitySet) -> CapabilitySet {
         CapabilitySet(self.0.iter().filter(|c| registered.contains(c)).cloned().collect())
+    }
+
+    /// The set with the agent's address added: what its claims match on.
+    pub fn with_address_of(&self, agent_id: &str) -> CapabilitySet {
+        let address = address_of(agent_id);
+        let mut capabilities = self.0.clone();
+        if let Err(at) = capabilities.binary_search(&address) {
+            capabilities.insert(at, address);
+        }
+        CapabilitySet(capabilities)
     }
 
     /// Whether every capability of `self` is in `other` (all-of matching; the empty set matches anyone).

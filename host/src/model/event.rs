@@ -60,11 +60,23 @@ pub enum EventKind {
     BreakerChanged,
     /// An agent's health changed.
     HealthChanged,
+    /// An orchestrated deliberation began (its task is the session).
+    DeliberationStarted,
+    /// Every participant of a deliberation round answered.
+    RoundCompleted,
+    /// A deliberation ended with its participants agreeing (by its decision rule).
+    ConsensusReached,
+    /// A deliberation ended without a decision (timeout, no agents, a round that could not be answered).
+    DeliberationFailed,
+    /// A deliberation passed 80 % of its `timeout_seconds`.
+    SlaWarning,
+    /// A deliberation passed its `timeout_seconds`.
+    SlaViolated,
 }
 
 impl EventKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [EventKind; 26] = [
+    pub const ALL: [EventKind; 32] = [
         EventKind::TaskSubmitted,
         EventKind::TaskClaimed,
         EventKind::TaskStarted,
@@ -91,6 +103,12 @@ impl EventKind {
         EventKind::PluginDisabled,
         EventKind::BreakerChanged,
         EventKind::HealthChanged,
+        EventKind::DeliberationStarted,
+        EventKind::RoundCompleted,
+        EventKind::ConsensusReached,
+        EventKind::DeliberationFailed,
+        EventKind::SlaWarning,
+        EventKind::SlaViolated,
     ];
 
     /// The snake_case name, as in the `type` field and SSE `event:` lines.
@@ -122,6 +140,12 @@ impl EventKind {
             EventKind::PluginDisabled => "plugin_disabled",
             EventKind::BreakerChanged => "breaker_changed",
             EventKind::HealthChanged => "health_changed",
+            EventKind::DeliberationStarted => "deliberation_started",
+            EventKind::RoundCompleted => "round_completed",
+            EventKind::ConsensusReached => "consensus_reached",
+            EventKind::DeliberationFailed => "deliberation_failed",
+            EventKind::SlaWarning => "sla_warning",
+            EventKind::SlaViolated => "sla_violated",
         }
     }
 }

@@ -26,10 +26,12 @@ pub use agent::{
     Registered, RevokeReason, Revoked, validate_agent_id,
 };
 pub use audit::{AuditCheckpoint, AuditEntry, AuditHead, ChainBreak, GENESIS_HASH, NewAuditEntry, check_chain};
-pub use capability::{CapabilitySet, normalize_capability};
+pub use capability::{ADDRESS_PREFIX, CapabilitySet, address_of, normalize_capability};
 pub use deliberation::{
-    DELIBERATION_TASK_TYPE, DeliberationMode, DeliberationRequest, MAX_SYNC_WAIT_SECONDS, deliberation_status,
-    deliberation_transcript, deliberation_view, request_id_of, task_id_of,
+    Contribution, DELIBERATION_TASK_TYPE, DecisionRule, DeliberationMode, DeliberationRequest, JUDGE_TASK_TYPE,
+    MAX_SYNC_WAIT_SECONDS, ORCHESTRATE_CAPABILITY, PROPOSE_TASK_TYPE, REVISE_TASK_TYPE, SESSION_TIMEOUT_ERROR,
+    SessionPlan, Verdict, decide_by_vote, deliberation_status, deliberation_transcript, deliberation_view,
+    request_id_of, task_id_of,
 };
 pub use eligibility::{Refusal, Standing};
 pub use error::{StoreError, StoreResult};

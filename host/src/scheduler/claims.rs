@@ -100,6 +100,18 @@ impl Waiting {
         }
     }
 
+    /// The claims of the agent at `address` (`agent:<id>`, lower-cased) look again: a task addressed to it was
+    /// submitted, and no waiting claim is offered one (waits do not hold their agent's address).
+    pub(super) fn wake_address(&self, address: &str) {
+        let agents: Vec<String> = {
+            let slots = self.slots.lock();
+            slots.by_agent.keys().filter(|agent| crate::model::address_of(agent) == address).cloned().collect()
+        };
+        for agent in agents {
+            self.wake_agent(&agent);
+        }
+    }
+
     /// Every claim looks again (events were missed).
     pub(super) fn wake_all(&self) {
         let agents: Vec<String> = {
@@ -404,7 +416,8 @@ impl Scheduler {
         let capabilities = match &request.capabilities {
             None => agent.capabilities.clone(),
             Some(narrowed) => narrowed.narrowed_to(&agent.capabilities),
-        };
+        }
+        .with_address_of(&request.agent_id);
         let mut granted = Vec::new();
         for task in self.store.peek(&capabilities, self.config.dispatch_scan).await? {
             if granted.len() >= request.max_tasks {

@@ -343,6 +343,14 @@ impl Scheduler {
                     let _ = self.waiting.wake(token, claims::Wake::Look);
                 }
             }
+            EventKind::TaskSubmitted => {
+                let required = event.data.get("required_capabilities").and_then(Value::as_array);
+                for capability in required.into_iter().flatten().filter_map(Value::as_str) {
+                    if capability.starts_with(crate::model::ADDRESS_PREFIX) {
+                        self.waiting.wake_address(capability);
+                    }
+                }
+            }
             EventKind::AgentStatusChanged | EventKind::HealthChanged | EventKind::BreakerChanged
                 if may_take_work_again(&event.kind, &event.data) =>
             {

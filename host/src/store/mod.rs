@@ -20,10 +20,10 @@ use tokio::sync::broadcast;
 
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AttemptResult, AuditCheckpoint, AuditEntry, AuditHead,
-    CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion, Delivery, DeliveryStatus, Event, FailRequest,
-    Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation, PluginChange,
-    PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance, ScheduleRecord, StoreResult, Submitted,
-    Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
+    CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion, Delivery, DeliveryStatus, Event, EventKind,
+    FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation,
+    PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance, ScheduleRecord,
+    StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -255,6 +255,11 @@ pub trait Store: Send + Sync + 'static {
     /// The next pending tasks the capabilities match, in claim order, without taking them (dispatch policies).
     async fn peek(&self, capabilities: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>>;
 
+    /// The next pending tasks whose required capabilities are exactly `signature`, in claim order, taking none:
+    /// work for one kind of claimer only (the deliberation orchestrators' sessions), which `peek` would bury under
+    /// the tasks anyone may take.
+    async fn peek_signature(&self, signature: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>>;
+
     /// Grants `task_id` to the agent if it is still pending and claimable by it.
     async fn claim_if(&self, task_id: &TaskId, request: &ClaimRequest) -> StoreResult<Option<Task>>;
 
@@ -345,6 +350,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every agent's health and breaker, by agent id.
     async fn all_health(&self) -> StoreResult<Vec<AgentHealth>>;
+
+    /// Appends an event that no transition of the store makes (a deliberation's progress), in order with the rest.
+    async fn record_event(&self, kind: EventKind, task_id: Option<&TaskId>, data: Value) -> StoreResult<()>;
 
     /// Keeps an agent alive (a blocked or refused claim is a sign of life) without consuming its revocation
     /// notices, which only a heartbeat answers.

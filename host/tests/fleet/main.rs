@@ -9,11 +9,13 @@
 //! - `redis_outage`: Redis crashes for 5 s mid-run and comes back from its append-only file.
 //! - `chaos`: Redis paused, connections cut, servers killed and restarted, at random points of a run.
 //! - `soak`: the short run of `bench soak` (churn, strategy swaps, a Redis restart).
+//! - `deliberation`: an orchestrated deliberation finished by another server after its driver is killed.
 //! - `startup`: how `serve` refuses to start (unreachable Redis, no JWT secret) and warns (eviction policy).
 //!
 //! The heavy runs take a process-wide lock so they never share the two cores with each other.
 
 mod chaos;
+mod deliberation;
 mod harness;
 mod oracle;
 mod proxy;

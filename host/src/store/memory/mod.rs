@@ -854,10 +854,12 @@ impl Tx<'_> {
         }
         let mut promoted = self.promote_due(usize::MAX);
         let capabilities = self.claim_capabilities(request);
+        // A claim also takes the tasks addressed to its agent; its wait does not (`model::address_of`).
+        let matching = capabilities.with_address_of(&request.agent_id);
         let mut granted = Vec::new();
         // Eligibility is checked before every grant: a half-open breaker lets one trial lease through.
         while granted.len() < request.max_tasks && (granted.is_empty() || self.eligible(&request.agent_id)) {
-            let Some(task_id) = self.best_for(&capabilities, &BTreeSet::new()) else { break };
+            let Some(task_id) = self.best_for(&matching, &BTreeSet::new()) else { break };
             self.dequeue(&task_id);
             granted.push(self.grant(&task_id, &request.agent_id, "claim", None));
         }
@@ -1373,12 +1375,19 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn peek_signature(&self, signature: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>> {
+        self.transition(|tx| {
+            let Some(queue) = tx.state.ready.get(signature) else { return Ok(Vec::new()) };
+            Ok(queue.iter().take(limit).map(|key| tx.state.tasks[&key.2].task.clone()).collect())
+        })
+    }
+
     async fn claim_if(&self, task_id: &TaskId, request: &ClaimRequest) -> StoreResult<Option<Task>> {
         self.transition(|tx| {
             tx.check_session(&request.agent_id, request.session_id.as_deref())?;
             tx.touch(&request.agent_id);
             let now = tx.now;
-            let capabilities = tx.claim_capabilities(request);
+            let capabilities = tx.claim_capabilities(request).with_address_of(&request.agent_id);
             let record = tx.task(task_id)?;
             let claimable = record.task.status == TaskStatus::Pending
                 && record.available_at_ms.is_none_or(|at| at <= now)
@@ -1888,6 +1897,13 @@ impl Store for MemoryStore {
                     tx.health_of(id)
                 })
                 .collect())
+        })
+    }
+
+    async fn record_event(&self, kind: EventKind, task_id: Option<&TaskId>, data: Value) -> StoreResult<()> {
+        self.transition(|tx| {
+            tx.emit(kind, task_id, None, data);
+            Ok(())
         })
     }
 

@@ -31,7 +31,7 @@ use super::{
     Assigned, ClaimAnswer, ClaimRequest, Committed, Offer, Store, StoreConfig, Swept, WaitSpec, Waiter, Withdrawn,
 };
 use crate::model::{
-    Agent, CapabilitySet, Event, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
+    Agent, CapabilitySet, Event, EventKind, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
 };
 use crate::model::{
     AgentFilter, AgentHealth, AgentRegistration, AuditCheckpoint, AuditEntry, AuditHead, Completion, FailRequest,
@@ -580,6 +580,11 @@ impl Store for RedisStore {
         decode::tasks(first(&body)?)
     }
 
+    async fn peek_signature(&self, signature: &CapabilitySet, limit: usize) -> StoreResult<Vec<Task>> {
+        let body = self.call(&self.scripts.peek_signature, vec![caps(signature), limit.to_string()]).await?;
+        decode::tasks(first(&body)?)
+    }
+
     async fn claim_if(&self, task_id: &TaskId, request: &ClaimRequest) -> StoreResult<Option<Task>> {
         let args = vec![
             task_id.to_string(),
@@ -825,6 +830,12 @@ impl Store for RedisStore {
     async fn all_health(&self) -> StoreResult<Vec<AgentHealth>> {
         let body = self.call(&self.scripts.health, vec![String::new()]).await?;
         decode::array(first(&body)?)?.iter().map(decode::health).collect()
+    }
+
+    async fn record_event(&self, kind: EventKind, task_id: Option<&TaskId>, data: Json) -> StoreResult<()> {
+        let task = task_id.map(TaskId::to_string).unwrap_or_default();
+        let args = vec![kind.as_str().to_string(), task, json_text(&data)];
+        self.call(&self.scripts.record_event, args).await.map(|_| ())
     }
 
     async fn keep_alive(&self, agent_id: &str) -> StoreResult<()> {

@@ -109,6 +109,32 @@ pub(super) async fn a_claims_capabilities_narrow_what_it_matches(h: Harness) {
     assert_eq!(h.claim("multi").await.map(|t| t.task_id), Some(debate));
 }
 
+pub(super) async fn a_task_addressed_to_an_agent_is_claimed_by_that_agent_alone(h: Harness) {
+    h.register("Coder-1", &["code"]).await;
+    h.register("coder-2", &["code"]).await;
+    let addressed = h.submit(request_for("direct", Priority::High, &["code", "agent:coder-1"])).await;
+    let open = h.submit(request_for("direct", Priority::Normal, &["code"])).await;
+    // Another agent skips it (it takes the open task behind it); a narrowed claim still holds the address.
+    assert_eq!(h.claim("coder-2").await.map(|t| t.task_id), Some(open.clone()));
+    assert!(h.claim("coder-2").await.is_none(), "coder-2 cannot take coder-1's task");
+    let other = ClaimRequest { agent_id: "coder-2".into(), capabilities: None, max_tasks: 1, session_id: None };
+    assert!(h.store.claim_if(&addressed, &other).await.expect("claim_if").is_none());
+    // Peeking by the task's exact signature finds it, and nothing else; a wider or narrower one does not.
+    let exact = h.store.peek_signature(&caps(&["agent:coder-1", "code"]), 5).await.expect("peek");
+    assert_eq!(exact.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>(), vec![addressed.clone()]);
+    assert!(h.store.peek_signature(&caps(&["code"]), 5).await.expect("peek").is_empty(), "the open task is taken");
+    let granted = h.claim_with("Coder-1", caps(&["code"]), 5).await;
+    assert_eq!(granted.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>(), vec![addressed], "ids match lower-cased");
+    // An event no transition makes is appended in order with the rest.
+    let before = h.store.events_after(None, 10_000).await.expect("events").expect("in the log").len();
+    h.store.record_event(EventKind::RoundCompleted, Some(&open), json!({"round": 1})).await.expect("record");
+    let events = h.store.events_after(None, 10_000).await.expect("events").expect("in the log");
+    let last = events.last().expect("an event");
+    assert_eq!((events.len(), last.kind), (before + 1, EventKind::RoundCompleted));
+    assert_eq!(last.task_id.as_deref(), Some(open.as_str()));
+    assert_eq!(last.data["round"], 1);
+}
+
 pub(super) async fn a_submit_creating_a_signature_past_max_signatures_is_refused(h: Harness) {
     let h = h.reopen(|c| c.max_signatures = 2).await;
     h.submit(request_for("sig", Priority::Normal, &["a"])).await;

@@ -44,6 +44,7 @@ macro_rules! conformance {
                 matching::an_agent_missing_one_required_capability_gets_nothing,
                 matching::a_task_requiring_no_capabilities_matches_any_agent,
                 matching::a_claims_capabilities_narrow_what_it_matches,
+                matching::a_task_addressed_to_an_agent_is_claimed_by_that_agent_alone,
                 recovery::a_failed_task_is_requeued_until_its_retries_are_exhausted_then_ends_failed,
                 recovery::a_failure_without_requeue_ends_the_task_at_once,
                 recovery::a_requeued_task_is_claimed_before_tasks_submitted_after_it_at_the_same_priority,

@@ -13,6 +13,7 @@ if has_caps then
     if registered[cap] then claiming[cap] = true end
   end
 end
+claiming[address_of(agent)] = true
 local t = redis.call('HMGET', tkey(id), 'status', 'avail', 'caps')
 local claimable = t[1] == 'pending' and (not t[2] or tonumber(t[2]) <= NOW) and subset(t[3], claiming)
 if not claimable or not eligible(agent) then return ok() end

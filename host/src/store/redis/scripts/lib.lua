@@ -212,6 +212,9 @@ local function cap_set(text)
   return set
 end
 
+-- An agent's address, held by its claims alone (model/capability.rs `address_of`).
+local function address_of(agent) return 'agent:' .. string.lower(agent) end
+
 local function subset(text, set)
   if text == '' then return true end
   for cap in string.gmatch(text, '[^,]+') do
@@ -804,6 +807,7 @@ local function claim(agent, caps_text, has_caps, max_tasks, session, leases, wai
   table.sort(caps_list)
   local caps = {}
   for _, cap in ipairs(caps_list) do caps[cap] = true end
+  caps[address_of(agent)] = true
   local granted = {}
   while #granted < max_tasks and #granted < #leases and (#granted == 0 or eligible(agent)) do
     local id = best_for(caps, nil)
