@@ -3,6 +3,10 @@
 
 POST /deliberations makes one task of type `deliberation` (payload: content, decision_type, mode, context, config);
 this agent claims it and completes it with {answer, confidence, consensus_reached, reasoning, agent_contributions}.
+In an orchestrated deliberation (`"mode": "orchestrated"`) the control plane runs the rounds itself and sends this
+agent round tasks instead: `deliberation.propose` (its own position), `deliberation.revise` (payload
+`own_position` and the others' `positions`: it keeps its position unless most others hold another) and, when it
+registers `judge` too, `deliberation.judge` (all final `positions`: it picks the one most hold).
 
 Without a model it decides deterministically: three "voices" vote yes or no from the SHA-256 of the question, the
 majority is the answer, and agreement is the confidence, so tests and demos get the same decision every time.
@@ -53,9 +57,31 @@ def model_positions(content, decision_type, url, key, model):
     return positions
 
 
+def round_answer(agent_id, task_type, payload):
+    """A round task of an orchestrated deliberation, answered without a model."""
+    positions = [str(p.get("answer")) for p in payload.get("positions") or []]
+    if task_type == "deliberation.propose":
+        # This agent's own voice: one of the deterministic votes, chosen by its id.
+        votes = deterministic_positions(str(payload.get("content", "")))
+        answer = votes[int(hashlib.sha256(agent_id.encode()).hexdigest(), 16) % len(votes)]
+        return {"answer": answer, "confidence": 0.6, "reasoning": f"{agent_id} proposes {answer!r}"}
+    if task_type == "deliberation.revise":
+        own = str((payload.get("own_position") or {}).get("answer"))
+        held = positions + [own]
+        leading = max(held, key=held.count)
+        answer = leading if held.count(leading) * 2 > len(held) else own
+        return {"answer": answer, "confidence": round(held.count(answer) / len(held), 3),
+                "reasoning": f"{held.count(answer)} of {len(held)} positions hold {answer!r}"}
+    leading = max(positions, key=positions.count) if positions else None
+    return {"answer": leading, "consensus_reached": bool(positions) and positions.count(leading) == len(positions),
+            "reasoning": f"{positions.count(leading)} of {len(positions)} final positions hold {leading!r}"}
+
+
 class DeliberationAgent(Agent):
     def result(self, task):
         payload = task.get("payload") or {}
+        if task.get("task_type", "").startswith("deliberation."):
+            return round_answer(self.agent_id, task["task_type"], payload)
         content = str(payload.get("content", ""))
         decision_type = payload.get("decision_type", "debate")
         if self.args.chat_url:

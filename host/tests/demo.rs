@@ -201,7 +201,10 @@ impl Drop for Redis {
 /// Every step of a finished walkthrough, checked against the rest of the summary.
 fn check_walkthrough(summary: &Value) {
     assert_eq!(summary["completed"], true);
-    assert_eq!(summary["steps"], json!(["fleet", "routing", "hot_swap", "policy", "agent_loss", "stats"]));
+    assert_eq!(
+        summary["steps"],
+        json!(["fleet", "routing", "hot_swap", "policy", "agent_loss", "deliberation", "stats"])
+    );
 
     // 1. Five agents with different models and providers, registered and ready.
     let fleet = summary["fleet"].as_array().unwrap();
@@ -268,15 +271,40 @@ fn check_walkthrough(summary: &Value) {
     assert!(position("task_retried") < history.iter().rposition(|k| *k == "task_claimed").unwrap(), "{history:?}");
     assert_eq!(history.last(), Some(&"task_completed"));
 
-    // 6. The stats agree with the walkthrough: completions per agent (from the task list) sum to the counter, and
+    // 6. Three debaters deliberated in two rounds: the cautious one was persuaded, the majority decided.
+    let deliberation = &summary["deliberation"];
+    assert_eq!(deliberation["status"], "completed", "{deliberation}");
+    assert_eq!(
+        (deliberation["answer"].as_str(), deliberation["consensus_reached"].as_bool()),
+        (Some("ship this week"), Some(true))
+    );
+    let mut participants: Vec<&str> =
+        deliberation["participants"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    participants.sort_unstable();
+    assert_eq!(participants, ["claude-opus", "gpt-4o", "mistral-large"], "the three holding debate");
+    let transcript = deliberation["transcript"].as_array().unwrap();
+    assert_eq!(transcript.len(), 2);
+    let answers = |round: &Value| -> Vec<String> {
+        round["contributions"].as_array().unwrap().iter().map(|c| c["answer"].as_str().unwrap().to_string()).collect()
+    };
+    assert!(answers(&transcript[0]).contains(&"wait a week".to_string()), "a dissent first: {deliberation}");
+    assert!(answers(&transcript[1]).iter().all(|a| a == "ship this week"), "then agreement: {deliberation}");
+
+    // 7. The stats agree with the walkthrough: completions per agent (from the task list) sum to the counter, and
     //    every completed task is one the walkthrough submitted and saw complete.
     let stats = &summary["stats"];
     let completed: u64 =
         summary["completed_per_agent"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
     assert_eq!(completed, summary["tasks_completed"].as_u64().unwrap());
     assert_eq!(completed, stats["scheduler"]["by_status"]["completed"].as_u64().unwrap());
-    let walkthrough_tasks = before["tasks"].as_array().unwrap().len() + after["tasks"].as_array().unwrap().len() + 2;
-    assert_eq!(completed, walkthrough_tasks as u64, "routing + swap tasks, the allowed task and the requeued one");
+    let walkthrough_tasks = before["tasks"].as_array().unwrap().len()
+        + after["tasks"].as_array().unwrap().len()
+        + 2
+        + deliberation["tasks"].as_u64().unwrap() as usize;
+    assert_eq!(
+        completed, walkthrough_tasks as u64,
+        "routing + swap tasks, the allowed task, the requeued one, the deliberation and its rounds"
+    );
     assert_eq!(stats["scheduler"]["pending_tasks"], 0);
     assert_eq!(stats["scheduler"]["running_tasks"], 0);
     assert_eq!(stats["registry"]["total_agents"], 5);

@@ -310,6 +310,8 @@ pub enum ClientCommand {
         decision_type: String,
         /// Seconds to wait.
         timeout: u32,
+        /// Orchestrated by the control plane: participants, rounds and the decision rule.
+        orchestrated: Option<(Option<u32>, Option<u32>, Option<String>)>,
     },
     /// `events`.
     Events {
@@ -343,9 +345,18 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         ClientCommand::Queue => client.get("/queue/metrics").await,
         ClientCommand::Schedules(command) => schedules(&client, command).await?,
         ClientCommand::Notifications(command) => notifications(&client, command).await,
-        ClientCommand::Deliberate { question, queue, decision_type, timeout } => {
-            let body = json!({"content": question, "decision_type": decision_type, "async": queue,
-                              "timeout_seconds": timeout});
+        ClientCommand::Deliberate { question, queue, decision_type, timeout, orchestrated } => {
+            let mut body = json!({"content": question, "decision_type": decision_type, "async": queue,
+                                  "timeout_seconds": timeout});
+            if let Some((agents, rounds, decide)) = orchestrated {
+                body["mode"] = json!("orchestrated");
+                for (field, value) in [("agents", json!(agents)), ("rounds", json!(rounds)), ("decide", json!(decide))]
+                {
+                    if !value.is_null() {
+                        body[field] = value;
+                    }
+                }
+            }
             client.post("/deliberations", &body).await
         }
         ClientCommand::Audit(command) => audit(&client, command).await,

@@ -112,7 +112,8 @@ pub enum Command {
         #[command(subcommand)]
         command: client::AuditCommand,
     },
-    /// Ask for a vetted decision: queued for a deliberation worker (`--async`), or waited for.
+    /// Ask for a vetted decision: queued for a deliberation worker (`--async`), or waited for; with `--agents`,
+    /// `--rounds` or `--decide`, the control plane runs the rounds itself among that many agents.
     Deliberate {
         /// Server and credentials.
         #[command(flatten)]
@@ -128,6 +129,15 @@ pub enum Command {
         /// Seconds to wait for the decision (1 to 80: the client gives up on a request after 90).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=80))]
         timeout: u32,
+        /// Orchestrated: how many distinct agents take part (1 to 16).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+        agents: Option<u32>,
+        /// Orchestrated: rounds (1 to 5), the first proposing, the others revising.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5))]
+        rounds: Option<u32>,
+        /// Orchestrated: majority, unanimous or judge.
+        #[arg(long, value_parser = ["majority", "unanimous", "judge"])]
+        decide: Option<String>,
     },
     /// Notification channels and their deliveries (an admin token).
     Notifications {
@@ -189,8 +199,11 @@ pub fn main() -> ExitCode {
         Command::Schedules { connection, command } => {
             client::run(connection, client::ClientCommand::Schedules(command))
         }
-        Command::Deliberate { connection, question, queue, decision_type, timeout } => {
-            client::run(connection, client::ClientCommand::Deliberate { question, queue, decision_type, timeout })
+        Command::Deliberate { connection, question, queue, decision_type, timeout, agents, rounds, decide } => {
+            let orchestrated =
+                (agents.is_some() || rounds.is_some() || decide.is_some()).then_some((agents, rounds, decide));
+            let command = client::ClientCommand::Deliberate { question, queue, decision_type, timeout, orchestrated };
+            client::run(connection, command)
         }
         Command::Notifications { connection, command } => {
             client::run(connection, client::ClientCommand::Notifications(command))

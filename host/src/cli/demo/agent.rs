@@ -163,14 +163,21 @@ async fn work(api: &Api, profile: &Profile, task: &Value, rng: &mut StdRng, cont
     let outcome = async {
         start(api, task).await?;
         tokio::time::sleep(profile.latency).await;
-        if rng.random::<f64>() < profile.failure_rate {
+        // Deliberation rounds are answered, never failed: the walkthrough shows the rounds, not a replacement.
+        let deliberating = task["task_type"].as_str().is_some_and(|t| t.starts_with("deliberation."));
+        if !deliberating && rng.random::<f64>() < profile.failure_rate {
             let failure = json!({"lease_id": lease, "error": format!("{}: provider overloaded (simulated)",
                 profile.provider), "requeue": true, "kind": "task"});
             api.post(&format!("/tasks/{task_id}/fail"), &failure).await?;
             controls.failed.fetch_add(1, Ordering::Relaxed);
         } else {
-            let result = json!({"lease_id": lease, "result": {"answer": format!("{} by {}", task["task_type"]
-                .as_str().unwrap_or("task"), profile.model), "agent_id": profile.agent_id}});
+            let answer = if deliberating {
+                position(profile, task)
+            } else {
+                json!({"answer": format!("{} by {}", task["task_type"].as_str().unwrap_or("task"), profile.model),
+                       "agent_id": profile.agent_id})
+            };
+            let result = json!({"lease_id": lease, "result": answer});
             api.post(&format!("/tasks/{task_id}/complete"), &result).await?;
             controls.completed.fetch_add(1, Ordering::Relaxed);
         }
@@ -206,3 +213,30 @@ async fn heartbeat_loop(api: Api, agent_id: &'static str, session_id: String, al
         }
     }
 }
+
+/// A round task of an orchestrated deliberation, answered without a model: proposing, the cheap agents (under 3 per
+/// task) would rather wait and the others ship; revising, an agent takes the view most positions hold; judging,
+/// the judge names the view most final positions hold.
+fn position(profile: &Profile, task: &Value) -> Value {
+    let payload = &task["payload"];
+    let held: Vec<&str> =
+        payload["positions"].as_array().into_iter().flatten().filter_map(|p| p["answer"].as_str()).collect();
+    let most = |views: &[&str]| {
+        let ship = views.iter().filter(|v| **v == SHIP).count();
+        if ship * 2 > views.len() { SHIP } else { WAIT }
+    };
+    let (answer, reasoning) = match payload["phase"].as_str() {
+        Some("propose") if profile.cost < 3.0 => (WAIT, "cheap to wait a week, costly to roll back"),
+        Some("propose") => (SHIP, "the tests pass and the change is small"),
+        Some("revise") => {
+            let mut views = held.clone();
+            views.extend(payload["own_position"]["answer"].as_str());
+            (most(&views), "most of the panel is of this view")
+        }
+        _ => (most(&held), "the panel's final positions"),
+    };
+    json!({"answer": answer, "confidence": 0.8, "reasoning": format!("{}: {reasoning}", profile.model)})
+}
+
+const SHIP: &str = "ship this week";
+const WAIT: &str = "wait a week";

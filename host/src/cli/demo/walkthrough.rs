@@ -34,17 +34,18 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 /// Runs every step; `--simulate-load` adds the load run before the final stats.
 pub(super) async fn run(demo: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
-    let total = if args.simulate_load { 7 } else { 6 };
+    let total = if args.simulate_load { 8 } else { 7 };
     demo.events = Some(EventRecorder::start(&demo.admin).await?);
     register_fleet(demo, total).await?;
     let before = routing(demo, total).await?;
     hot_swap(demo, total, &before).await?;
     policy(demo, total).await?;
     agent_loss(demo, total).await?;
+    deliberation(demo, total).await?;
     if args.simulate_load {
         // The walkthrough's histories are taken; the load's events would only fill memory.
         demo.events = None;
-        show::step(6, total, "Simulated load");
+        show::step(7, total, "Simulated load");
         let report = load::run(demo, args.load_tasks as usize).await?;
         demo.record("load", report);
         demo.step_done("load");
@@ -324,6 +325,69 @@ async fn agent_loss(demo: &mut Demo, total: usize) -> anyhow::Result<()> {
 }
 
 /// The last step: the server's counters, completed work per agent, and the plugins' call counts.
+/// Step 6: an orchestrated deliberation: the three agents holding `debate` propose, revise having read each
+/// other's positions, and the majority of the last round decides.
+async fn deliberation(demo: &mut Demo, total: usize) -> anyhow::Result<()> {
+    show::step(6, total, "The fleet deliberates");
+    let question = "Ship the billing refactor this week?";
+    let body = json!({"content": question, "mode": "orchestrated", "agents": 3, "rounds": 2, "decide": "majority",
+                      "required_capabilities": ["debate"], "timeout_seconds": 80});
+    show::say(format!("POST /deliberations \"{question}\" (mode orchestrated): the control plane asks three agents"));
+    show::say("holding debate to propose, then to revise having read the others' positions; the majority decides.");
+    let session = demo.submitter.post("/deliberations", &body).await.context("running the deliberation")?;
+    let request_id = text(&session["request_id"]);
+    let transcript = demo.submitter.get(&format!("/deliberations/{request_id}/transcript")).await?;
+    let mut rows = Vec::new();
+    for round in transcript["rounds"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for contribution in round["contributions"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            rows.push(vec![
+                text(&round["round"]),
+                text(&round["phase"]),
+                text(&contribution["agent_id"]),
+                text(&contribution["answer"]),
+                text(&contribution["reasoning"]),
+            ]);
+        }
+    }
+    show::table(&["ROUND", "PHASE", "AGENT", "ANSWER", "REASONING"], &rows);
+    show::say(format!(
+        "Decision: {} (consensus {}, confidence {}), {} in {} s; every round was ordinary tasks, addressed to",
+        text(&session["answer"]),
+        text(&session["consensus_reached"]),
+        text(&session["confidence"]),
+        text(&session["status"]),
+        text(&session["duration_seconds"]),
+    ));
+    show::say("their participants (agent:<id>), so routing, leases and events applied to each.");
+    // The orchestrator leaves the agent list once it has no session: the final stats count the fleet alone.
+    let started = Instant::now();
+    while find_agent(&demo.admin.get("/agents").await?, &orchestrator_of(&session)).is_ok() {
+        ensure!(started.elapsed() < PATIENCE, "the orchestrator agent is still registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rounds = transcript["rounds"].as_array().map(Vec::len).unwrap_or(0);
+    demo.record(
+        "deliberation",
+        json!({
+            "request_id": request_id,
+            "status": session["status"],
+            "answer": session["answer"],
+            "consensus_reached": session["consensus_reached"],
+            "participants": session["participants"],
+            "rounds": rounds,
+            "tasks": 1 + rows.len(),
+            "transcript": transcript["rounds"],
+        }),
+    );
+    demo.step_done("deliberation");
+    Ok(())
+}
+
+/// The agent that drove a session (its task's holder).
+fn orchestrator_of(session: &Value) -> String {
+    text(&session["agent_id"])
+}
+
 async fn final_stats(demo: &mut Demo, total: usize) -> anyhow::Result<()> {
     show::step(total, total, "Final stats");
     let stats = demo.admin.get("/stats").await?;
