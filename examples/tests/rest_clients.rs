@@ -348,3 +348,40 @@ async fn the_python_deliberation_agent_decides_a_deliberation_the_same_way_every
     assert!(status.success(), "deliberation_agent.py exited with {status}:\n{output}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_python_deliberation_agents_answer_the_rounds_of_an_orchestrated_deliberation() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    // Each proposes, then revises: two round tasks each, then it exits.
+    let mut agents = Vec::new();
+    for id in ["py-d1", "py-d2", "py-d3"] {
+        agents.push(PythonAgent::start_script(&server, "deliberation_agent.py", id, &["--max-tasks", "2"]).await);
+    }
+    let request = json!({"content": "Should we ship on Friday?", "mode": "orchestrated", "agents": 3, "rounds": 2,
+                         "decide": "majority", "timeout_seconds": 60});
+    let decided = post(&server, &admin, "/deliberations", request).await;
+    assert_eq!(decided["status"], "completed", "{decided}");
+    let mut participants: Vec<&str> =
+        decided["participants"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    participants.sort_unstable();
+    assert_eq!(participants, ["py-d1", "py-d2", "py-d3"]);
+    let request_id = decided["request_id"].as_str().unwrap();
+    let (_, transcript) = get(&server, &admin, &format!("/deliberations/{request_id}/transcript")).await;
+    let rounds = transcript["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{transcript}");
+    let answers = |round: &Value| -> Vec<String> {
+        round["contributions"].as_array().unwrap().iter().map(|c| c["answer"].as_str().unwrap().to_string()).collect()
+    };
+    // Proposals are votes read off the question's SHA-256; revising, each takes the view most positions hold.
+    let first = answers(&rounds[0]);
+    assert!(first.iter().all(|a| a == "yes" || a == "no"), "{transcript}");
+    let leading = if first.iter().filter(|a| *a == "yes").count() * 2 > 3 { "yes" } else { "no" };
+    assert!(answers(&rounds[1]).iter().all(|a| a == leading), "{transcript}");
+    assert_eq!((decided["answer"].as_str(), decided["consensus_reached"].as_bool()), (Some(leading), Some(true)));
+    for agent in agents {
+        let (status, output) = agent.finish().await;
+        assert!(status.success(), "deliberation_agent.py exited with {status}:\n{output}");
+    }
+    server.stop().await;
+}
