@@ -3,6 +3,11 @@
 //! checkout's). Each run is checked against the server's own state: every task it reports completed is completed
 //! there, once, and nothing is left pending or held. No timing is asserted.
 
+// The end-to-end crate's `redis-server` spawner, compiled in from its one source file (a dependency on that crate
+// would make a cycle).
+#[path = "../../tests/src/redis_server.rs"]
+#[allow(dead_code, unreachable_pub, reason = "a part of the spawner is used here, and it is public in its own crate")]
+mod redis_server;
 mod support;
 
 use std::collections::HashSet;
@@ -152,5 +157,26 @@ async fn tasks_left_when_the_drain_times_out_are_reported_lost_and_the_server_st
     assert_eq!(stats["scheduler"]["pending_tasks"], report.oracle.lost, "{stats}");
     assert_eq!(stats["scheduler"]["by_status"]["completed"], report.oracle.completed, "{stats}");
     assert_eq!(stats["scheduler"]["running_tasks"], 0, "the agent holds nothing once unregistered: {stats}");
+    let _ = server.shutdown.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_redis_reports_what_it_cost_the_redis_per_task() {
+    let redis = redis_server::RedisServer::start();
+    let config = aragora_cp::config::Config::default();
+    let prefix = format!("aragora:cp:bench-test-{:08x}:", rand::random::<u32>());
+    let store = aragora_cp::store::RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.unwrap();
+    let server = support::server_on(config, std::sync::Arc::new(store)).await;
+    let line =
+        ["--agents", "2", "--submitters", "2", "--tasks", "200", "--block-ms", "200", "--redis-url", &redis.url()];
+    let report = run_load(&load_args(&server, &line), &Interrupt::default()).await.unwrap();
+    assert!(report.oracle.passed, "{:?}", report.oracle);
+    let figures = report.redis.expect("Redis figures with --redis-url");
+    eprintln!("{}", figures.summary());
+    // Every task is at least a submit, a claim and a completion, each a script.
+    assert!(figures.scripts_per_task >= 3.0, "{figures:?}");
+    assert!(figures.calls_per_task > figures.scripts_per_task, "commands inside scripts count: {figures:?}");
+    assert!(figures.cpu_per_task_us > 0.0, "{figures:?}");
+    assert!(figures.top.iter().any(|c| c.command == "evalsha"), "{figures:?}");
     let _ = server.shutdown.send(());
 }

@@ -26,6 +26,11 @@ pub(crate) struct Server {
 pub(crate) async fn server() -> Server {
     let config = Config::default();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
+    server_on(config, store).await
+}
+
+/// Starts a server on `store`.
+pub(crate) async fn server_on(config: Config, store: Arc<dyn Store>) -> Server {
     let plugins = Arc::new(PluginRegistry::new(PluginRuntime::new(RuntimeOptions::default()).unwrap(), "t").unwrap());
     let coordinator = ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap();
     let auth = Arc::new(Authenticator::hs256(SECRET, None, None).unwrap());

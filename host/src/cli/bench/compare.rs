@@ -80,6 +80,10 @@ pub struct ComparePoint {
     pub control_plane_tasks_per_second: f64,
     /// Median server CPU per task, µs.
     pub control_plane_cpu_per_task_us: Option<f64>,
+    /// Median Redis main-thread CPU per task, µs (`--redis`).
+    pub control_plane_redis_cpu_per_task_us: Option<f64>,
+    /// The ceiling's, in its Redis mode.
+    pub ceiling_redis_cpu_per_task_us: Option<f64>,
     /// Median tasks/s of the ceiling's rounds.
     pub ceiling_tasks_per_second: Option<f64>,
     /// Control plane / ceiling.
@@ -154,6 +158,7 @@ fn load_args(
         quiet: true,
         ceiling: false,
         server_pid: None,
+        redis_url: args.redis.clone(),
     }
 }
 
@@ -164,6 +169,11 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     Some(if values.len().is_multiple_of(2) { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] })
+}
+
+/// The Redis CPU per task of each run that measured it.
+fn redis_cpu(reports: &[LoadReport]) -> Vec<f64> {
+    reports.iter().filter_map(|r| r.redis.as_ref().map(|redis| redis.cpu_per_task_us)).collect()
 }
 
 /// Runs the sweep.
@@ -207,6 +217,8 @@ pub async fn run_compare(args: &CompareBenchArgs) -> anyhow::Result<CompareRepor
                 submitters,
                 control_plane_tasks_per_second: ours_tps,
                 control_plane_cpu_per_task_us: median(ours.iter().filter_map(|r| r.server_cpu_per_task_us).collect()),
+                control_plane_redis_cpu_per_task_us: median(redis_cpu(&ours)),
+                ceiling_redis_cpu_per_task_us: median(redis_cpu(&theirs)),
                 ceiling_tasks_per_second: theirs_tps,
                 ratio: theirs_tps.filter(|t| *t > 0.0).map(|t| ours_tps / t),
                 oracle_passed: ours.iter().all(|r| r.oracle.passed),
@@ -229,7 +241,7 @@ pub fn run(args: CompareBenchArgs) -> anyhow::Result<ExitCode> {
 
 fn print_compare(report: &CompareReport) {
     println!(
-        "{:<14} {:>6} {:>4} {:>5} {:>9} {:>15} {:>15} {:>15} {:>9} {:>6}",
+        "{:<14} {:>6} {:>4} {:>5} {:>9} {:>15} {:>15} {:>15} {:>9} {:>10} {:>6}",
         "target",
         "agents",
         "subs",
@@ -239,6 +251,7 @@ fn print_compare(report: &CompareReport) {
         "claim p50/p99",
         "complete p50/p99",
         "cpu/task",
+        "redis/task",
         "oracle"
     );
     for run in &report.runs {
@@ -246,7 +259,7 @@ fn print_compare(report: &CompareReport) {
         let l = &r.latency;
         let pair = |s: &super::load::LatencySummary| format!("{:.2}/{:.2}", s.p50_us / 1e3, s.p99_us / 1e3);
         println!(
-            "{:<14} {:>6} {:>4} {:>5} {:>9.0} {:>15} {:>15} {:>15} {:>9} {:>6}",
+            "{:<14} {:>6} {:>4} {:>5} {:>9.0} {:>15} {:>15} {:>15} {:>9} {:>10} {:>6}",
             run.target,
             run.agents,
             run.submitters,
@@ -256,22 +269,28 @@ fn print_compare(report: &CompareReport) {
             pair(&l.claim),
             pair(&l.complete),
             r.server_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
+            r.redis.as_ref().map(|redis| format!("{:.0} µs", redis.cpu_per_task_us)).unwrap_or_default(),
             if r.oracle.passed { "ok" } else { "FAILED" }
         );
+        if let Some(redis) = &r.redis {
+            println!("{:<14} redis: {}", "", redis.summary());
+        }
     }
     println!();
     println!(
-        "{:>6} {:>4} {:>12} {:>12} {:>12} {:>7}",
-        "agents", "subs", "cp tasks/s", "cp cpu/task", "ceiling", "ratio"
+        "{:>6} {:>4} {:>12} {:>12} {:>14} {:>12} {:>14} {:>7}",
+        "agents", "subs", "cp tasks/s", "cp cpu/task", "cp redis/task", "ceiling", "ceil redis/task", "ratio"
     );
     for p in &report.points {
         println!(
-            "{:>6} {:>4} {:>12.0} {:>12} {:>12} {:>7}",
+            "{:>6} {:>4} {:>12.0} {:>12} {:>14} {:>12} {:>14} {:>7}",
             p.agents,
             p.submitters,
             p.control_plane_tasks_per_second,
             p.control_plane_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
+            p.control_plane_redis_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
             p.ceiling_tasks_per_second.map(|t| format!("{t:.0}")).unwrap_or_default(),
+            p.ceiling_redis_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
             p.ratio.map(|r| format!("{r:.2}×")).unwrap_or_default()
         );
     }

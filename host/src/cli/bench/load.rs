@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::percentile_us;
+use super::redis_figures::{self, RedisFigures};
 use crate::cli::client::{Connection, Output};
 use crate::model::{Priority, RegisterRequest, SubmitRequest, normalize_capability};
 
@@ -93,6 +94,10 @@ pub struct LoadBenchArgs {
     /// The server process's id: its CPU time (from `/proc`) over the run is reported per task.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The Redis the server uses (`redis://…`): its main thread's CPU and its commands over the run are reported
+    /// per task (`INFO cpu`, `INFO commandstats`).
+    #[arg(long)]
+    pub redis_url: Option<String>,
 }
 
 /// What stops a run early: `load` ends the load phase (the drain still runs), `drain` cuts the drain short.
@@ -763,6 +768,8 @@ pub struct LoadReport {
     pub server_cpu_seconds: Option<f64>,
     /// The server's CPU time per completed task, in µs.
     pub server_cpu_per_task_us: Option<f64>,
+    /// What the run cost the Redis (`--redis-url`).
+    pub redis: Option<RedisFigures>,
 }
 
 /// Runs the load against `args.connection.server` and returns the report; `Err` only when the run cannot start
@@ -816,6 +823,10 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
     let started = Instant::now();
     let cpu_before = process_cpu_seconds("self");
     let server_cpu_before = args.server_pid.and_then(|pid| process_cpu_seconds(&pid.to_string()));
+    let redis_before = match &args.redis_url {
+        Some(url) => redis_figures::read(url).await,
+        None => None,
+    };
     let stop_progress = CancellationToken::new();
     let progress_task = (!args.quiet).then(|| tokio::spawn(progress(shared.clone(), started, stop_progress.clone())));
 
@@ -873,6 +884,10 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
         .and_then(|pid| process_cpu_seconds(&pid.to_string()))
         .zip(server_cpu_before)
         .map(|(after, before)| after - before);
+    let redis_after = match (&args.redis_url, &redis_before) {
+        (Some(url), Some(_)) => redis_figures::read(url).await,
+        _ => None,
+    };
     stop_agents.cancel();
     let mut tally = Tally::default();
     for joined in submitted_tallies.into_iter().chain(join_all(agent_tasks).await) {
@@ -939,6 +954,7 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
         process_cpu_seconds: cpu,
         server_cpu_seconds: server_cpu,
         server_cpu_per_task_us: server_cpu.filter(|_| completed > 0).map(|cpu| cpu * 1e6 / completed as f64),
+        redis: redis_before.zip(redis_after).map(|(before, after)| redis_figures::between(&before, &after, completed)),
     })
 }
 
@@ -1061,6 +1077,9 @@ pub fn print_report(r: &LoadReport) {
     }
     if let (Some(cpu), Some(per_task)) = (r.server_cpu_seconds, r.server_cpu_per_task_us) {
         println!("  the server used {cpu:.1} s of CPU: {per_task:.0} µs per task");
+    }
+    if let Some(redis) = &r.redis {
+        println!("  Redis (main thread): {:.1} s of CPU, {}", redis.cpu_seconds, redis.summary());
     }
 }
 

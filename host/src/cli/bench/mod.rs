@@ -18,6 +18,7 @@ pub mod engine;
 pub mod load;
 pub mod plugins;
 pub mod processes;
+pub mod redis_figures;
 pub mod soak;
 
 pub use plugins::{PluginBenchArgs, plugin_bench, print_plugin_table};
