@@ -70,7 +70,8 @@ async fn ping_describe_and_maxmemory_policy_work_on_a_server_and_a_cluster() {
     let server = shared_server();
     let store = RedisStore::connect(&server.url(), "probe:", test_config()).await.expect("connect");
     store.ping().await.expect("ping");
-    assert_eq!(store.describe(), format!("redis at 127.0.0.1:{}, prefix probe:", server.port));
+    let described = store.describe();
+    assert!(described.starts_with(&format!("redis at 127.0.0.1:{}, prefix probe:, ", server.port)), "{described}");
     assert_eq!(store.maxmemory_policy().await.expect("policy"), "noeviction");
 
     let cluster = shared_cluster();
@@ -149,4 +150,34 @@ async fn writes_wait_for_replicas_and_say_so_when_none_confirms() {
         Err(StoreError::Unavailable(message)) => assert!(message.contains("REDIS_WAIT_REPLICAS"), "{message}"),
         other => panic!("expected an unconfirmed write to be unavailable, got {other:?}"),
     }
+}
+
+/// On a standalone Redis 7 the scripts are one function library, loaded at connect; a Redis that lost it (a restart
+/// without persistence, a failover to a replica that never had it) gets it back on the first call that misses it,
+/// and the call succeeds. A cluster keeps EVALSHA.
+#[tokio::test]
+async fn the_function_library_is_loaded_at_connect_and_again_when_redis_lost_it() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), &unique_prefix("functions"), test_config()).await.expect("connect");
+    assert!(store.describe().contains("function library aragora_cp_"), "{}", store.describe());
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let libraries = |redis: &mut redis::aio::MultiplexedConnection| {
+        let mut redis = redis.clone();
+        async move {
+            let listed: redis::Value = redis::cmd("FUNCTION").arg("LIST").query_async(&mut redis).await.unwrap();
+            format!("{listed:?}").matches("aragora_cp_").count()
+        }
+    };
+    assert!(libraries(&mut redis).await > 0, "the library is in Redis");
+    let _: () = redis::cmd("FUNCTION").arg("FLUSH").query_async(&mut redis).await.unwrap();
+    assert_eq!(libraries(&mut redis).await, 0);
+    let submitted = store.submit(new_task("tester", request("after-flush")), 64).await.expect("a call after the loss");
+    assert!(store.get_task(&submitted.submitted.task_id).await.expect("read").is_some());
+    assert!(libraries(&mut redis).await > 0, "loaded again");
+
+    let nodes: Vec<String> = shared_cluster().nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let url = format!("redis+cluster://{}", nodes.join(","));
+    let cluster = RedisStore::connect(&url, &unique_prefix("functions"), test_config()).await.expect("connect");
+    assert!(cluster.describe().contains("EVALSHA"), "{}", cluster.describe());
 }

@@ -72,6 +72,8 @@ pub struct RedisStore {
     prefix: String,
     commands: Commands,
     scripts: Scripts,
+    /// Calls go by `FCALL` to the loaded function library (standalone Redis 7), else by EVALSHA.
+    functions: AtomicBool,
     /// ARGV[1..13] of every script.
     config_args: Vec<String>,
     /// `REDIS_WAIT_REPLICAS`.
@@ -159,6 +161,7 @@ impl RedisStore {
             prefix: prefix.to_string(),
             commands,
             scripts: Scripts::new(),
+            functions: AtomicBool::new(false),
             config_args,
             wait_replicas: config.wait_replicas,
             events,
@@ -167,6 +170,7 @@ impl RedisStore {
             reader,
             clock: Mutex::new(ClockEstimate { store_ms: 0, at: Instant::now(), pinned: false }),
         };
+        store.choose_calls().await;
         store.run(&store.scripts.now, Vec::new()).await?;
         Ok(store)
     }
@@ -211,13 +215,66 @@ impl RedisStore {
 
     /// Runs a script with the configuration and `args`; updates the clock estimate and, when the script emitted
     /// events, waits until the reader published them (so subscribers have a transition's events when it returns).
-    async fn run(&self, script: &Script, args: Vec<String>) -> StoreResult<Reply> {
-        let mut invocation = script.prepare_invoke();
-        invocation.key(&self.root);
-        for arg in self.config_args.iter().chain(args.iter()) {
-            invocation.arg(arg.as_bytes());
+    /// Functions on a standalone Redis 7 (loaded now), EVALSHA otherwise; said once at start.
+    async fn choose_calls(&self) {
+        if !matches!(self.target, Target::Standalone(_)) {
+            tracing::info!("redis: a cluster runs the store's scripts by EVALSHA (each node would need the library)");
+            return;
         }
-        let value: Value = invocation.invoke_async(&mut self.commands.clone()).await.map_err(|error| {
+        let info: Result<String, _> = redis::cmd("INFO").arg("server").query_async(&mut self.commands.clone()).await;
+        let major = info.ok().and_then(|info| {
+            info.lines().find_map(|l| l.strip_prefix("redis_version:")?.split('.').next()?.trim().parse::<u32>().ok())
+        });
+        if major.is_none_or(|major| major < 7) {
+            tracing::warn!(version = ?major, "redis: older than 7, no functions: the store's scripts run by EVALSHA");
+            return;
+        }
+        match self.load_library().await {
+            Ok(()) => self.functions.store(true, Ordering::SeqCst),
+            Err(error) => tracing::error!(%error, "redis: the function library did not load; scripts run by EVALSHA"),
+        }
+    }
+
+    /// `FUNCTION LOAD REPLACE` of this build's library (a no-op replacement when it is there already).
+    async fn load_library(&self) -> redis::RedisResult<()> {
+        let loaded: redis::RedisResult<String> = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(&self.scripts.library.text)
+            .query_async(&mut self.commands.clone())
+            .await;
+        loaded.map(|name| tracing::debug!(library = %name, "redis: function library loaded"))
+    }
+
+    /// One call of `script`'s body: `FCALL` of its function (loading the library first if this Redis lost it), or
+    /// EVALSHA.
+    async fn invoke(&self, script: &Script, args: &[String]) -> redis::RedisResult<Value> {
+        let function = self.scripts.library.function_of(script).filter(|_| self.functions.load(Ordering::Relaxed));
+        let Some(function) = function else {
+            let mut invocation = script.prepare_invoke();
+            invocation.key(&self.root);
+            for arg in self.config_args.iter().chain(args.iter()) {
+                invocation.arg(arg.as_bytes());
+            }
+            return invocation.invoke_async(&mut self.commands.clone()).await;
+        };
+        let mut call = redis::cmd("FCALL");
+        call.arg(function).arg(1).arg(&self.root);
+        for arg in self.config_args.iter().chain(args.iter()) {
+            call.arg(arg.as_bytes());
+        }
+        match call.query_async(&mut self.commands.clone()).await {
+            Err(error) if error.to_string().contains("Function not found") => {
+                tracing::warn!("redis: the function library is gone (a restart or a failover): loading it again");
+                self.load_library().await?;
+                call.query_async(&mut self.commands.clone()).await
+            }
+            answered => answered,
+        }
+    }
+
+    async fn run(&self, script: &Script, args: Vec<String>) -> StoreResult<Reply> {
+        let value: Value = self.invoke(script, &args).await.map_err(|error| {
             tracing::error!(%error, "redis store script failed");
             unavailable(error)
         })?;
@@ -391,7 +448,12 @@ fn find_config_value(reply: &Value, name: &str) -> Option<String> {
 #[async_trait]
 impl Store for RedisStore {
     fn describe(&self) -> String {
-        format!("{}, prefix {}", self.target.describe(), self.prefix)
+        let calls = if self.functions.load(Ordering::Relaxed) {
+            format!("function library {}", self.scripts.library.name)
+        } else {
+            "scripts by EVALSHA".to_string()
+        };
+        format!("{}, prefix {}, {calls}", self.target.describe(), self.prefix)
     }
 
     fn now_ms(&self) -> u64 {

@@ -1,12 +1,19 @@
-//! The Lua scripts, one per transition (or consistent read), each the shared prelude `scripts/lib.lua` followed by
-//! its body `scripts/<name>.lua`. They run by SHA (EVALSHA; the crate loads a script on `NOSCRIPT`), so a restarted
-//! or failed-over Redis just loads them again.
+//! The Lua scripts, one per transition (or consistent read): the shared prelude `scripts/lib.lua` and one body
+//! `scripts/<name>.lua` each. On Redis 7 they are one function library (`aragora_cp_<version>`, every body a function
+//! `aragora_cp_<version>_<name>`) loaded once with `FUNCTION LOAD` and called with `FCALL`, so a call does not pay
+//! for building the prelude's ~80 functions again; the version is a hash of the text, so servers of different
+//! builds can share a Redis. A Redis that lost the library (restarted without persistence, a failed-over replica)
+//! gets it again on the first call that misses it. Where functions are not available (Redis 6, a cluster, whose
+//! nodes each need the library) each body runs after the prelude by EVALSHA, which loads a script on `NOSCRIPT`.
 //!
-//! Each starts with a Redis 7 shebang: a transition (`#!lua`) is refused whole while Redis is out of memory instead
-//! of failing at some write halfway through, and a read (`#!lua flags=no-writes`) may run on a replica or while
-//! Redis refuses writes.
+//! A transition may write, so Redis checks memory before it starts (`#!lua`; a function without flags) and refuses
+//! it whole while out of memory instead of failing at some write halfway through; a read is declared read-only
+//! (`#!lua flags=no-writes`; the `no-writes` flag) and may run on a replica or while Redis refuses writes.
+
+use std::collections::HashMap;
 
 use redis::Script;
+use sha2::{Digest, Sha256};
 
 const LIB: &str = include_str!("scripts/lib.lua");
 
@@ -41,11 +48,64 @@ fn without_test_clock(lib: &str) -> String {
     kept
 }
 
+/// A body as an EVAL script: the shebang, the call's keys and arguments kept before the prelude declares its own,
+/// the prelude, the call started, the body.
+fn eval_text(kind: &str, lib: &str, body: &str) -> String {
+    format!("{kind}\nlocal CALL_KEYS, CALL_ARGV = KEYS, ARGV\n{lib}\nbegin(CALL_KEYS, CALL_ARGV)\n{body}")
+}
+
+/// The function library: the prelude once, then each body as a registered function.
+pub(super) struct Library {
+    /// `aragora_cp_<first 16 hex digits of the text's SHA-256>`.
+    pub(super) name: String,
+    /// The `FUNCTION LOAD` text.
+    pub(super) text: String,
+    /// Function name by the EVAL script's hash.
+    functions: HashMap<String, String>,
+}
+
+impl Library {
+    fn build(
+        lib: &str,
+        bodies: &[(&'static str, &'static str, &'static str)],
+    ) -> (Library, HashMap<&'static str, Script>) {
+        let mut hasher = Sha256::new();
+        hasher.update(lib.as_bytes());
+        for (name, kind, body) in bodies {
+            hasher.update(format!("{name}\n{kind}\n{body}").as_bytes());
+        }
+        let digest = hasher.finalize();
+        let version: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let name = format!("aragora_cp_{version}");
+        let mut text = format!("#!lua name={name}\n{lib}\n");
+        let mut functions = HashMap::new();
+        let mut scripts = HashMap::new();
+        for (script_name, kind, body) in bodies {
+            let function = format!("{name}_{script_name}");
+            let flags = if *kind == READS { "'no-writes'" } else { "" };
+            text.push_str(&format!(
+                "redis.register_function{{function_name = '{function}', flags = {{ {flags} }}, callback = function(keys, args)\n\
+                 begin(keys, args)\n{body}\nend}}\n"
+            ));
+            let script = Script::new(&eval_text(kind, lib, body));
+            functions.insert(script.get_hash().to_string(), function);
+            scripts.insert(*script_name, script);
+        }
+        (Library { name, text, functions }, scripts)
+    }
+
+    /// The function that runs `script`'s body.
+    pub(super) fn function_of(&self, script: &Script) -> Option<&str> {
+        self.functions.get(script.get_hash()).map(String::as_str)
+    }
+}
+
 macro_rules! scripts {
     ($($(#[$attr:meta])* $name:ident: $kind:ident),* $(,)?) => {
-        /// Every script, compiled once per store.
+        /// Every script, compiled once per store, and the library that holds them all.
         pub(super) struct Scripts {
             $($(#[$attr])* pub(super) $name: Script,)*
+            pub(super) library: Library,
         }
 
         impl Scripts {
@@ -59,12 +119,17 @@ macro_rules! scripts {
 
             pub(super) fn new() -> Self {
                 let lib = prelude();
-                Scripts {
-                    $($(#[$attr])* $name: Script::new(&format!(
-                        "{}\n{lib}\n{}",
+                let bodies: Vec<(&'static str, &'static str, &'static str)> = vec![
+                    $($(#[$attr])* (
+                        stringify!($name),
                         $kind,
-                        include_str!(concat!("scripts/", stringify!($name), ".lua"))
-                    )),)*
+                        include_str!(concat!("scripts/", stringify!($name), ".lua")),
+                    ),)*
+                ];
+                let (library, mut scripts) = Library::build(&lib, &bodies);
+                Scripts {
+                    $($(#[$attr])* $name: scripts.remove(stringify!($name)).expect("every body was built"),)*
+                    library,
                 }
             }
         }
@@ -138,7 +203,7 @@ mod tests {
         let production = without_test_clock(LIB);
         assert!(LIB.contains("HMGET', K.test_clock"), "the full prelude has the hook this test is about");
         assert!(!production.contains("HMGET', K.test_clock"), "the hook is gone");
-        assert!(production.contains("local NOW, PINNED = clock()"), "the clock itself stays");
+        assert!(production.contains("NOW, PINNED = clock()"), "the clock itself stays");
         assert_eq!(LIB.lines().count() - production.lines().count(), 5, "the hook's three lines and two markers");
     }
 }

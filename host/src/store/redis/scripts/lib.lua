@@ -6,64 +6,74 @@
 -- lives in one cluster slot. ARGV[1..13] is the store configuration (`config_args` in mod.rs); a body reads its
 -- own arguments with `arg(i)`. Bodies never raise on a refused transition: they return `fail(...)`, so everything
 -- the script changed before the refusal stays consistent (a transition checks before it changes, like memory's).
+--
+-- The prelude is loaded once as a Redis function library (each body a function) or, on a Redis without functions,
+-- run whole before its body by EVALSHA (scripts.rs). Either way a call starts with `begin` (at the end of this
+-- file), which sets the call's state below; nothing else of a call outlives it.
 
-local P = KEYS[1]
+local KEYS, ARGV, P, CFG, K, NOW, PINNED
 
-local CFG = {
-  server = ARGV[1],
-  heartbeat_timeout = tonumber(ARGV[2]),
-  heartbeat_interval = tonumber(ARGV[3]),
-  max_signatures = tonumber(ARGV[4]),
-  aging = tonumber(ARGV[5]), -- nil (ARGV '') = strict priority
-  backoff_base = tonumber(ARGV[6]),
-  backoff_max = tonumber(ARGV[7]),
-  event_buffer = ARGV[8],
-  idempotency_ttl = tonumber(ARGV[9]),
-  breaker_threshold = tonumber(ARGV[10]),
-  breaker_window = tonumber(ARGV[11]),
-  breaker_cooldown = tonumber(ARGV[12]),
-  max_pending = tonumber(ARGV[13]), -- 0 = no limit
-}
+local function config(argv)
+  return {
+    server = argv[1],
+    heartbeat_timeout = tonumber(argv[2]),
+    heartbeat_interval = tonumber(argv[3]),
+    max_signatures = tonumber(argv[4]),
+    aging = tonumber(argv[5]), -- nil (ARGV '') = strict priority
+    backoff_base = tonumber(argv[6]),
+    backoff_max = tonumber(argv[7]),
+    event_buffer = argv[8],
+    idempotency_ttl = tonumber(argv[9]),
+    breaker_threshold = tonumber(argv[10]),
+    breaker_window = tonumber(argv[11]),
+    breaker_cooldown = tonumber(argv[12]),
+    max_pending = tonumber(argv[13]), -- 0 = no limit
+  }
+end
 local ARG_BASE = 13
 local function arg(i) return ARGV[ARG_BASE + i] end
 
 -- Keys (docs/REDIS.md lists each with its type and the scripts that touch it).
-local K = {
-  seq = P .. 'seq',
-  sigs = P .. 'sigs',
-  delayed = P .. 'delayed',
-  leases = P .. 'leases',
-  tasks = P .. 'tasks',
-  finished = P .. 'finished',
-  pending_since = P .. 'pending-since',
-  claim_waits = P .. 'claim-waits',
-  audit_entries = P .. 'audit:entries',
-  audit_head = P .. 'audit:head',
-  audit_checkpoint = P .. 'audit:checkpoint',
-  schedules = P .. 'schedules',
-  schedules_due = P .. 'schedules:due',
-  notify_channels = P .. 'notify:channels',
-  notify_cursor = P .. 'notify:cursor',
-  notify_seq = P .. 'notify:seq',
-  notify_all = P .. 'notify:all',
-  notify_due = P .. 'notify:due',
-  notify_sent = P .. 'notify:sent',
-  notify_dead = P .. 'notify:dead',
-  agents = P .. 'agents',
-  expiry = P .. 'expiry',
-  offline = P .. 'offline',
-  beats = P .. 'beats',
-  waiters = P .. 'waiters',
-  waiting_sets = P .. 'waiting-sets',
-  consumed = P .. 'consumed',
-  idem = P .. 'idem',
-  idem_exp = P .. 'idem:exp',
-  stats = P .. 'stats',
-  agent_stats = P .. 'agent-stats',
-  events = P .. 'events',
-  event_count = P .. 'event-count',
-  test_clock = P .. 'test:clock',
-}
+local function key_table(p)
+  return {
+    seq = p .. 'seq',
+    sigs = p .. 'sigs',
+    delayed = p .. 'delayed',
+    leases = p .. 'leases',
+    tasks = p .. 'tasks',
+    finished = p .. 'finished',
+    pending_since = p .. 'pending-since',
+    claim_waits = p .. 'claim-waits',
+    audit_entries = p .. 'audit:entries',
+    audit_head = p .. 'audit:head',
+    audit_checkpoint = p .. 'audit:checkpoint',
+    schedules = p .. 'schedules',
+    schedules_due = p .. 'schedules:due',
+    notify_channels = p .. 'notify:channels',
+    notify_cursor = p .. 'notify:cursor',
+    notify_seq = p .. 'notify:seq',
+    notify_all = p .. 'notify:all',
+    notify_due = p .. 'notify:due',
+    notify_sent = p .. 'notify:sent',
+    notify_dead = p .. 'notify:dead',
+    agents = p .. 'agents',
+    expiry = p .. 'expiry',
+    offline = p .. 'offline',
+    beats = p .. 'beats',
+    waiters = p .. 'waiters',
+    waiting_sets = p .. 'waiting-sets',
+    consumed = p .. 'consumed',
+    idem = p .. 'idem',
+    idem_exp = p .. 'idem:exp',
+    stats = p .. 'stats',
+    agent_stats = p .. 'agent-stats',
+    events = p .. 'events',
+    event_count = p .. 'event-count',
+    test_clock = p .. 'test:clock',
+  }
+end
+-- Built once per prefix while a function library stays loaded.
+local KEY_TABLES = {}
 local function tkey(id) return P .. 'task:' .. id end
 local function rkey(sig) return P .. 'ready:' .. sig end
 local function akey(id) return P .. 'agent:' .. id end
@@ -94,7 +104,6 @@ local function clock()
   -- test-clock:end
   return now, '0'
 end
-local NOW, PINNED = clock()
 
 -- Randomness comes from the host (a script's own PRNG is seeded the same on every call): a Park-Miller generator
 -- over a host-drawn seed, for backoff jitter. Lease ids are drawn by the host in full (128 bits).
@@ -846,4 +855,19 @@ local function claim_args(at)
   local leases = {}
   for i = 1, count do table.insert(leases, arg(at + 7 + i)) end
   return agent, caps, has_caps, max_tasks, session, leases, wait
+end
+
+-- ------------------------------------------------------------------------------------------------------------------
+-- Starts a call: its keys and arguments, the configuration, the clock, and fresh per-call state.
+
+local function begin(keys, argv)
+  KEYS, ARGV, P = keys, argv, keys[1]
+  CFG = config(argv)
+  K = KEY_TABLES[P]
+  if not K then
+    K = key_table(P)
+    KEY_TABLES[P] = K
+  end
+  NOW, PINNED = clock()
+  SEED, LAST_EVENT, REQUEUED, MARKED, MARKED_ORDER = 1, false, {}, {}, {}
 end
