@@ -1,7 +1,8 @@
-//! Deliberations queued for a worker (DESIGN §10), on memory and Redis, with the test as the deliberation agent
-//! over HTTP: async queued → running → completed with the worker's decision, read by id, status and transcript,
-//! and listed; the synchronous form answering with the decision, or 408 then `timeout` when no worker comes; bad
-//! ids and modes refused with clear errors.
+//! Deliberations (DESIGN §10), on memory and Redis, with the test's tasks as agents over HTTP. Queued for a worker:
+//! async queued → running → completed with the worker's decision, read by id, status and transcript, and listed;
+//! the synchronous form answering with the decision, or 408 then `timeout` when no worker comes; bad ids and modes
+//! refused with clear errors. Orchestrated: a majority among three distinct agents over two rounds, a judge, a
+//! participant that vanishes mid-round replaced, a session that runs out of time, and the refusals.
 
 use aragora_cp::config::Config;
 use aragora_cp_tests::redis_server::unique_prefix;
@@ -308,10 +309,22 @@ async fn an_orchestrated_deliberation_decides_by_majority_with_three_distinct_ag
     orchestrated_majority(TestServer::start_on_redis(Config::default(), &unique_prefix("delib-orch")).await).await;
 }
 
+fn quick_to_notice_silence() -> Config {
+    Config { heartbeat_timeout: std::time::Duration::from_secs(1), ..Config::default() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_judge_decides_and_a_vanished_participant_is_replaced() {
-    let config = Config { heartbeat_timeout: std::time::Duration::from_secs(1), ..Config::default() };
-    let server = TestServer::start_with(config).await;
+async fn a_judge_decides_and_a_vanished_participant_is_replaced_on_memory() {
+    judge_and_vanished_participant(TestServer::start_with(quick_to_notice_silence()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_decides_and_a_vanished_participant_is_replaced_on_redis() {
+    let server = TestServer::start_on_redis(quick_to_notice_silence(), &unique_prefix("delib-judge")).await;
+    judge_and_vanished_participant(server).await;
+}
+
+async fn judge_and_vanished_participant(server: TestServer) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // `lost` takes its round task and is never heard of again; `d` arrives after the session chose its three.
     let lost = Participant { id: "lost", capabilities: vec!["deliberation"], answer: ship_mostly, vanish: true }
@@ -362,8 +375,16 @@ async fn a_judge_decides_and_a_vanished_participant_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_orchestrated_deliberation_refuses_clearly_and_times_out_with_408() {
-    let server = TestServer::start().await;
+async fn an_orchestrated_deliberation_refuses_clearly_and_times_out_with_408_on_memory() {
+    refusals_and_timeout(TestServer::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrated_deliberation_refuses_clearly_and_times_out_with_408_on_redis() {
+    refusals_and_timeout(TestServer::start_on_redis(Config::default(), &unique_prefix("delib-timeout")).await).await;
+}
+
+async fn refusals_and_timeout(server: TestServer) {
     let (status, problem) =
         call(&server, Method::POST, "/deliberations", Some(json!({"content": "x", "mode": "orchestrated"}))).await;
     assert_eq!((status, problem["code"].as_str()), (StatusCode::CONFLICT, Some("not_enough_agents")), "{problem}");
