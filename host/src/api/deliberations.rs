@@ -23,7 +23,7 @@ use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit};
 use crate::model::{
-    DELIBERATION_TASK_TYPE, DeliberationMode, DeliberationRequest, Task, TaskFilter, deliberation_status,
+    DELIBERATION_TASK_TYPE, DeliberationMode, DeliberationRequest, Task, TaskFilter, TaskStatus, deliberation_status,
     deliberation_transcript, deliberation_view, request_id_of, task_id_of,
 };
 
@@ -237,7 +237,14 @@ pub async fn deliberations_list(
     let mut cursor = None;
     // Newest first through the deliberation tasks, a page at a time, until `limit` match.
     loop {
+        // The statuses that are one task status each are filtered by the store; the others are read from the tasks.
+        let status = match wanted {
+            Some("queued") => Some(TaskStatus::Pending),
+            Some("completed") => Some(TaskStatus::Completed),
+            _ => None,
+        };
         let filter = TaskFilter {
+            status,
             task_type: Some(DELIBERATION_TASK_TYPE.to_string()),
             limit: 500,
             cursor: cursor.take(),

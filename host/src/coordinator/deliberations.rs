@@ -47,7 +47,7 @@ const MAX_SESSIONS: usize = 256;
 pub fn orchestrator_id(server_id: &str) -> String {
     let id: String =
         server_id.chars().map(|c| if c.is_ascii_alphanumeric() || "._:-".contains(c) { c } else { '-' }).collect();
-    format!("control-plane.{id}")
+    format!("{}{id}", crate::model::ORCHESTRATOR_PREFIX)
 }
 
 /// Runs this server's orchestrator until `shutdown`; `wake` makes it look for sessions at once.

@@ -140,6 +140,16 @@ impl RegisterRequest {
                 format!("{address:?}: the agent: prefix is reserved (every agent holds its own address in its claims)"),
             ));
         }
+        // Sessions of orchestrated deliberations are for the servers' own orchestrators (decision 0020).
+        if capabilities.contains(super::ORCHESTRATE_CAPABILITY) && !self.agent_id.starts_with(ORCHESTRATOR_PREFIX) {
+            return Err(ValidationError::new(
+                "capabilities",
+                format!(
+                    "{:?} is reserved for the control plane's deliberation orchestrators",
+                    super::ORCHESTRATE_CAPABILITY
+                ),
+            ));
+        }
         check_json_size("metadata", &self.metadata, MAX_METADATA_BYTES)?;
         for (field, value) in [("model", &self.model), ("provider", &self.provider)] {
             if value.len() > 128 {
@@ -196,6 +206,10 @@ impl HeartbeatRequest {
         Ok(())
     }
 }
+
+/// The id prefix of the servers' deliberation orchestrators (`control-plane.<server id>`), the only agents that may
+/// hold `deliberation.orchestrate`.
+pub const ORCHESTRATOR_PREFIX: &str = "control-plane.";
 
 /// Checks an agent id: 1–128 characters of `[A-Za-z0-9._:-]`, and not `.` or `..` (an id is a path segment in
 /// `/agents/{id}`, where those two name other paths).

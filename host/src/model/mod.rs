@@ -22,8 +22,8 @@ mod task;
 mod violation;
 
 pub use agent::{
-    Agent, AgentFilter, AgentRegistration, AgentStatus, HeartbeatOutcome, HeartbeatRequest, RegisterRequest,
-    Registered, RevokeReason, Revoked, validate_agent_id,
+    Agent, AgentFilter, AgentRegistration, AgentStatus, HeartbeatOutcome, HeartbeatRequest, ORCHESTRATOR_PREFIX,
+    RegisterRequest, Registered, RevokeReason, Revoked, validate_agent_id,
 };
 pub use audit::{AuditCheckpoint, AuditEntry, AuditHead, ChainBreak, GENESIS_HASH, NewAuditEntry, check_chain};
 pub use capability::{ADDRESS_PREFIX, CapabilitySet, address_of, normalize_capability};

@@ -398,6 +398,16 @@ async fn refusals_and_timeout(server: TestServer) {
         let (status, problem) = call(&server, Method::POST, "/deliberations", Some(body.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
     }
+    // Sessions are for the servers' orchestrators: an agent may not ask for them, nor for another's address.
+    for capability in ["deliberation.orchestrate", "agent:x"] {
+        let agent = json!({"agent_id": "sneaky", "capabilities": ["deliberation", capability]});
+        let (status, problem) = call(&server, Method::POST, "/agents", Some(agent)).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("validation_error")),
+            "{problem}"
+        );
+    }
     // Agents that never answer: the caller gets 408 with the request id, and the session reads timeout.
     for id in ["x", "y"] {
         let agent = json!({"agent_id": id, "capabilities": ["deliberation"]});
