@@ -233,16 +233,16 @@ pub async fn deliberations_list(
         return Err(ApiError::invalid("status", "must be queued, running, completed, failed or timeout"));
     }
     let limit = page_limit(query.limit.as_deref(), 100, 1_000)?;
+    // The statuses that are one task status each are filtered by the store; the others are read from the tasks.
+    let status = match wanted {
+        Some("queued") => Some(TaskStatus::Pending),
+        Some("completed") => Some(TaskStatus::Completed),
+        _ => None,
+    };
     let mut deliberations = Vec::new();
     let mut cursor = None;
     // Newest first through the deliberation tasks, a page at a time, until `limit` match.
     loop {
-        // The statuses that are one task status each are filtered by the store; the others are read from the tasks.
-        let status = match wanted {
-            Some("queued") => Some(TaskStatus::Pending),
-            Some("completed") => Some(TaskStatus::Completed),
-            _ => None,
-        };
         let filter = TaskFilter {
             status,
             task_type: Some(DELIBERATION_TASK_TYPE.to_string()),

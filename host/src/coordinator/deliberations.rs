@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::ControlPlaneCoordinator;
 use crate::model::{
-    AgentStatus, CapabilitySet, Contribution, DecisionRule, EventKind, FailKind, FailRequest, Fence, HeartbeatRequest,
-    JUDGE_TASK_TYPE, ORCHESTRATE_CAPABILITY, PROPOSE_TASK_TYPE, Priority, REVISE_TASK_TYPE, RegisterRequest,
-    SESSION_TIMEOUT_ERROR, SessionPlan, StoreError, SubmitRequest, Task, TaskId, TaskStatus, address_of,
-    decide_by_vote, request_id_of,
+    Agent, AgentFilter, AgentStatus, CapabilitySet, Contribution, DecisionRule, EventKind, FailKind, FailRequest,
+    Fence, HeartbeatRequest, JUDGE_TASK_TYPE, ORCHESTRATE_CAPABILITY, PROPOSE_TASK_TYPE, Priority, REVISE_TASK_TYPE,
+    RegisterRequest, SESSION_TIMEOUT_ERROR, SessionPlan, StoreError, SubmitRequest, Submitted, Task, TaskId,
+    TaskStatus, address_of, decide_by_vote, millis_of, request_id_of,
 };
 use crate::scheduler::EngineError;
 use crate::store::ClaimRequest;
@@ -48,6 +48,54 @@ pub fn orchestrator_id(server_id: &str) -> String {
     let id: String =
         server_id.chars().map(|c| if c.is_ascii_alphanumeric() || "._:-".contains(c) { c } else { '-' }).collect();
     format!("{}{id}", crate::model::ORCHESTRATOR_PREFIX)
+}
+
+impl ControlPlaneCoordinator {
+    /// Starts an orchestrated deliberation: refuses at once (409 `not_enough_agents`) when fewer agents than it
+    /// needs are registered and able to work, submits its session task, says `deliberation_started` and wakes this
+    /// server's orchestrator (any server's may drive it).
+    pub async fn start_deliberation(
+        &self,
+        request: SubmitRequest,
+        plan: &SessionPlan,
+        submitted_by: &str,
+    ) -> Result<Submitted, EngineError> {
+        if let Some(name) = &plan.strategy {
+            self.plugins.strategy(name).map_err(|_| EngineError::UnknownStrategy(name.clone()))?;
+        }
+        let agents = self.store.list_agents(&AgentFilter::default()).await?;
+        let able = |required: &[String]| {
+            let required = CapabilitySet::from_normalized(required.to_vec());
+            agents.iter().filter(|a| required.is_subset_of(&a.capabilities) && can_take_part(a)).count()
+        };
+        let (needed, found) = (plan.agents as usize, able(&plan.capabilities));
+        if found < needed {
+            return Err(StoreError::conflict(
+                "not_enough_agents",
+                format!("{needed} distinct agents with {:?} are needed; {found} can work now", plan.capabilities),
+            )
+            .into());
+        }
+        if plan.decide == DecisionRule::Judge && able(&plan.judge_capabilities) == 0 {
+            return Err(StoreError::conflict(
+                "not_enough_agents",
+                format!("decide judge needs an agent with {:?}; none can work now", plan.judge_capabilities),
+            )
+            .into());
+        }
+        let submitted = self.scheduler.submit(request, submitted_by).await?;
+        let facts = json!({
+            "request_id": request_id_of(&submitted.task_id), "agents": plan.agents, "rounds": plan.rounds,
+            "decide": plan.decide.as_str(),
+        });
+        if let Err(error) =
+            self.store.record_event(EventKind::DeliberationStarted, Some(&submitted.task_id), facts).await
+        {
+            tracing::warn!(%error, "deliberation_started not recorded");
+        }
+        self.deliberation_wake.notify_one();
+        Ok(submitted)
+    }
 }
 
 /// Runs this server's orchestrator until `shutdown`; `wake` makes it look for sessions at once.
@@ -203,6 +251,41 @@ struct Session {
     warned: bool,
 }
 
+/// What a round does: the first proposes, the others up to `plan.rounds` revise, then a judge may decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Propose,
+    Revise,
+    Judge,
+}
+
+impl Phase {
+    fn of(round: u32, rounds: u32) -> Phase {
+        match round {
+            1 => Phase::Propose,
+            r if r <= rounds => Phase::Revise,
+            _ => Phase::Judge,
+        }
+    }
+
+    /// As round payloads and transcripts name it.
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Propose => "propose",
+            Phase::Revise => "revise",
+            Phase::Judge => "judge",
+        }
+    }
+
+    fn task_type(self) -> &'static str {
+        match self {
+            Phase::Propose => PROPOSE_TASK_TYPE,
+            Phase::Revise => REVISE_TASK_TYPE,
+            Phase::Judge => JUDGE_TASK_TYPE,
+        }
+    }
+}
+
 /// Why a session ends without a decision.
 struct Failure(String);
 
@@ -210,9 +293,7 @@ impl Session {
     fn adopt(task: &Task) -> Result<Session, String> {
         let plan: SessionPlan = serde_json::from_value(task.payload["plan"].clone())
             .map_err(|error| format!("not an orchestrated deliberation: {error}"))?;
-        let created_ms = chrono::DateTime::parse_from_rfc3339(&task.created_at)
-            .map(|t| t.timestamp_millis().max(0) as u64)
-            .map_err(|error| format!("bad created_at: {error}"))?;
+        let created_ms = millis_of(&task.created_at).ok_or_else(|| format!("bad created_at {:?}", task.created_at))?;
         let slots = (0..plan.agents).map(|_| Slot::default()).collect();
         Ok(Session {
             task_id: task.task_id.clone(),
@@ -235,7 +316,7 @@ impl Session {
     }
 
     fn judging(&self) -> bool {
-        self.round > self.plan.rounds
+        self.phase() == Phase::Judge
     }
 
     /// One look: deadlines, then the current round's slots, then the next round or the decision. True once the
@@ -283,7 +364,7 @@ impl Session {
             self.finished_rounds.push(answers);
             self.event(cp, EventKind::RoundCompleted, round).await;
             self.round += 1;
-            let progress = json!({"phase": self.phase(), "round": self.round, "rounds": self.transcript(None)});
+            let progress = json!({"phase": self.phase().name(), "round": self.round, "rounds": self.transcript(None)});
             cp.report_progress(&self.task_id, &self.fence(), progress).await?;
             if self.judging() && self.plan.decide != DecisionRule::Judge {
                 self.decide(cp, None).await?;
@@ -294,12 +375,8 @@ impl Session {
         }
     }
 
-    fn phase(&self) -> &'static str {
-        match self.round {
-            1 => "propose",
-            r if r <= self.plan.rounds => "revise",
-            _ => "judge",
-        }
+    fn phase(&self) -> Phase {
+        Phase::of(self.round, self.plan.rounds)
     }
 
     fn key(&self, index: usize, tries: u32) -> String {
@@ -356,7 +433,7 @@ impl Session {
             TaskStatus::Pending => {
                 // Back in the queue after a lost lease, its participant gone, or never claimed in a round's time:
                 // taken back (unless someone took it meanwhile) and given to another.
-                let waited = cp.now_ms().saturating_sub(created_ms(&task)) / 1000;
+                let waited = cp.now_ms().saturating_sub(millis_of(&task.created_at).unwrap_or(0)) / 1000;
                 let gone = task.attempt > 0
                     || waited >= u64::from(self.plan.round_timeout_seconds)
                     || match self.slots[index].agent.clone().or(pinned.clone()) {
@@ -367,7 +444,8 @@ impl Session {
             }
         };
         let slot = &mut self.slots[index];
-        slot.agent = task.assigned_agent.clone().or(pinned);
+        // The exact id when known: the address is lower-cased, and exclusions compare ids.
+        slot.agent = task.assigned_agent.clone().or(slot.agent.take()).or(pinned);
         if left {
             slot.left.extend(slot.agent.take());
             slot.task = None;
@@ -395,12 +473,7 @@ impl Session {
         required.extend(participant.as_deref().map(address_of));
         let tries = self.slots[index].tries;
         let request = SubmitRequest {
-            task_type: match self.phase() {
-                "propose" => PROPOSE_TASK_TYPE,
-                "revise" => REVISE_TASK_TYPE,
-                _ => JUDGE_TASK_TYPE,
-            }
-            .to_string(),
+            task_type: self.phase().task_type().to_string(),
             payload: Some(self.round_payload(index)),
             required_capabilities: required,
             priority: Some(self.priority),
@@ -466,7 +539,7 @@ impl Session {
             "question": self.plan.content,
             "content": self.plan.content,
             "decision_type": self.plan.decision_type,
-            "phase": self.phase(),
+            "phase": self.phase().name(),
             "round": self.round,
             "rounds": self.plan.rounds,
             "slot": index,
@@ -491,12 +564,12 @@ impl Session {
             .iter()
             .enumerate()
             .map(|(i, contributions)| {
-                let phase = if i == 0 { "propose" } else { "revise" };
-                json!({"round": i + 1, "phase": phase, "contributions": contributions})
+                let round = i as u32 + 1;
+                json!({"round": round, "phase": Phase::of(round, self.plan.rounds).name(), "contributions": contributions})
             })
             .collect();
         if let Some(judge) = judge {
-            rounds.push(json!({"round": rounds.len() + 1, "phase": "judge", "contributions": [judge]}));
+            rounds.push(json!({"round": rounds.len() + 1, "phase": Phase::Judge.name(), "contributions": [judge]}));
         }
         Value::Array(rounds)
     }
@@ -586,17 +659,13 @@ fn pinned_agent(task: &Task) -> Option<String> {
         .map(str::to_string)
 }
 
-fn created_ms(task: &Task) -> u64 {
-    chrono::DateTime::parse_from_rfc3339(&task.created_at).map(|t| t.timestamp_millis().max(0) as u64).unwrap_or(0)
+/// Whether an agent can take part in a session now: registered, not paused, and neither offline, failed nor
+/// draining (busy agents can: a session may wait for them).
+fn can_take_part(agent: &Agent) -> bool {
+    !agent.paused && !matches!(agent.status, AgentStatus::Offline | AgentStatus::Failed | AgentStatus::Draining)
 }
 
-/// Whether a participant can no longer answer: unregistered, offline, failed, draining or paused.
+/// Whether a participant can no longer answer: unregistered, or no longer able to take part.
 async fn participant_gone(cp: &ControlPlaneCoordinator, agent_id: &str) -> Result<bool, EngineError> {
-    match cp.store.get_agent(agent_id).await? {
-        None => Ok(true),
-        Some(agent) => {
-            Ok(agent.paused
-                || matches!(agent.status, AgentStatus::Offline | AgentStatus::Failed | AgentStatus::Draining))
-        }
-    }
+    Ok(cp.store.get_agent(agent_id).await?.is_none_or(|agent| !can_take_part(&agent)))
 }

@@ -38,7 +38,6 @@ use crate::model::{
 use crate::model::{
     Channel, ChannelFigures, Delivery, DeliveryStatus, NewChannel, ValidationError, new_channel_id, rfc3339_ms,
 };
-use crate::model::{DecisionRule, EventKind, SessionPlan, request_id_of};
 use crate::plugins::registry::{Liveness, PluginInfo};
 use crate::plugins::rules::{RuleSet, rules_component};
 use crate::plugins::watcher::WatchOptions;
@@ -401,56 +400,6 @@ impl ControlPlaneCoordinator {
     /// The attempt failed (requeued while retries remain, if asked).
     pub async fn fail_task(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> Result<Task, EngineError> {
         self.scheduler.fail(task_id, fence, failure).await
-    }
-
-    /// Starts an orchestrated deliberation: refuses at once (409 `not_enough_agents`) when fewer agents than it
-    /// needs are registered and able to work, submits its session task, says `deliberation_started` and wakes this
-    /// server's orchestrator (any server's may drive it).
-    pub async fn start_deliberation(
-        &self,
-        request: SubmitRequest,
-        plan: &SessionPlan,
-        submitted_by: &str,
-    ) -> Result<Submitted, EngineError> {
-        if let Some(name) = &plan.strategy {
-            self.plugins.strategy(name).map_err(|_| EngineError::UnknownStrategy(name.clone()))?;
-        }
-        let agents = self.store.list_agents(&AgentFilter::default()).await?;
-        let able = |required: &[String]| {
-            let required = CapabilitySet::from_normalized(required.to_vec());
-            agents
-                .iter()
-                .filter(|a| required.is_subset_of(&a.capabilities) && !a.paused)
-                .filter(|a| !matches!(a.status, AgentStatus::Offline | AgentStatus::Failed | AgentStatus::Draining))
-                .count()
-        };
-        let (needed, found) = (plan.agents as usize, able(&plan.capabilities));
-        if found < needed {
-            return Err(StoreError::conflict(
-                "not_enough_agents",
-                format!("{needed} distinct agents with {:?} are needed; {found} can work now", plan.capabilities),
-            )
-            .into());
-        }
-        if plan.decide == DecisionRule::Judge && able(&plan.judge_capabilities) == 0 {
-            return Err(StoreError::conflict(
-                "not_enough_agents",
-                format!("decide judge needs an agent with {:?}; none can work now", plan.judge_capabilities),
-            )
-            .into());
-        }
-        let submitted = self.scheduler.submit(request, submitted_by).await?;
-        let facts = serde_json::json!({
-            "request_id": request_id_of(&submitted.task_id), "agents": plan.agents, "rounds": plan.rounds,
-            "decide": plan.decide.as_str(),
-        });
-        if let Err(error) =
-            self.store.record_event(EventKind::DeliberationStarted, Some(&submitted.task_id), facts).await
-        {
-            tracing::warn!(%error, "deliberation_started not recorded");
-        }
-        self.deliberation_wake.notify_one();
-        Ok(submitted)
     }
 
     /// Cancels a task.

@@ -71,13 +71,12 @@ impl CapabilitySet {
     }
 
     /// The set with the agent's address added: what its claims match on.
-    pub fn with_address_of(&self, agent_id: &str) -> CapabilitySet {
+    pub fn with_address_of(mut self, agent_id: &str) -> CapabilitySet {
         let address = address_of(agent_id);
-        let mut capabilities = self.0.clone();
-        if let Err(at) = capabilities.binary_search(&address) {
-            capabilities.insert(at, address);
+        if let Err(at) = self.0.binary_search(&address) {
+            self.0.insert(at, address);
         }
-        CapabilitySet(capabilities)
+        self
     }
 
     /// Whether every capability of `self` is in `other` (all-of matching; the empty set matches anyone).

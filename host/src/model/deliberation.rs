@@ -289,15 +289,11 @@ impl DeliberationRequest {
             round_timeout_seconds,
             sync: wait,
         };
-        let mut payload = json!({
+        let payload = json!({
             "content": plan.content, "decision_type": plan.decision_type, "mode": "orchestrated",
             "plan": serde_json::to_value(&plan).expect("a plan is JSON"),
         });
-        for (name, value) in [("context", self.context), ("config", self.config)] {
-            if let Some(value) = value {
-                payload[name] = value;
-            }
-        }
+        let payload = with_caller_context(payload, self.context, self.config);
         let request = SubmitRequest {
             task_type: DELIBERATION_TASK_TYPE.to_string(),
             payload: Some(payload),
@@ -347,12 +343,8 @@ impl DeliberationRequest {
             DeliberationMode::Sync => "sync",
             DeliberationMode::Orchestrated => "orchestrated",
         };
-        let mut payload = json!({"content": content, "decision_type": decision_type, "mode": mode});
-        for (name, value) in [("context", self.context), ("config", self.config)] {
-            if let Some(value) = value {
-                payload[name] = value;
-            }
-        }
+        let payload = json!({"content": content, "decision_type": decision_type, "mode": mode});
+        let payload = with_caller_context(payload, self.context, self.config);
         Ok(SubmitRequest {
             task_type: DELIBERATION_TASK_TYPE.to_string(),
             payload: Some(payload),
@@ -363,6 +355,16 @@ impl DeliberationRequest {
             ..SubmitRequest::default()
         })
     }
+}
+
+/// Aragora's `context` and `config`, passed on in the session task's payload when the caller gave them.
+fn with_caller_context(mut payload: Value, context: Option<Value>, config: Option<Value>) -> Value {
+    for (name, value) in [("context", context), ("config", config)] {
+        if let Some(value) = value {
+            payload[name] = value;
+        }
+    }
+    payload
 }
 
 /// The request id of a deliberation's task: `req_` and the task id's hex digits.
@@ -452,9 +454,8 @@ fn contributions(task: &Task, result: &Value) -> Value {
 }
 
 fn duration_seconds(task: &Task) -> Value {
-    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
-    match (parse(&task.created_at), task.completed_at.as_deref().and_then(parse)) {
-        (Some(from), Some(to)) => json!((to - from).num_milliseconds() as f64 / 1000.0),
+    match (super::millis_of(&task.created_at), task.completed_at.as_deref().and_then(super::millis_of)) {
+        (Some(from), Some(to)) => json!(to.saturating_sub(from) as f64 / 1000.0),
         _ => Value::Null,
     }
 }

@@ -103,6 +103,11 @@ pub fn rfc3339_ms(ms: Millis) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Reads an RFC 3339 timestamp back as milliseconds since the Unix epoch (the inverse of [`rfc3339_ms`]).
+pub fn millis_of(rfc3339: &str) -> Option<Millis> {
+    DateTime::parse_from_rfc3339(rfc3339).ok().map(|at| at.timestamp_millis().max(0) as Millis)
+}
+
 /// Renders a `SystemTime` as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(time: SystemTime) -> String {
     rfc3339_ms(time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))

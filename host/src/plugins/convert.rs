@@ -96,7 +96,5 @@ pub fn candidate_details(agent: &Agent, label_keys: &[String]) -> CandidateDetai
 
 /// Milliseconds from an RFC 3339 time to `now_ms`; 0 for a time in the future or one that does not parse.
 pub fn age_ms(time: &str, now_ms: u64) -> u64 {
-    chrono::DateTime::parse_from_rfc3339(time)
-        .map(|at| now_ms.saturating_sub(at.timestamp_millis().max(0) as u64))
-        .unwrap_or(0)
+    crate::model::millis_of(time).map(|at| now_ms.saturating_sub(at)).unwrap_or(0)
 }

@@ -86,18 +86,17 @@ async fn a_queued_deliberation_is_queued_then_running_then_completed_with_the_wo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synchronous_deliberation_answers_with_the_decision_or_408_then_reads_timeout() {
     let server = TestServer::start().await;
-    let agent = json!({"agent_id": "deliberator", "capabilities": ["deliberation"]});
-    call(&server, Method::POST, "/agents", Some(agent)).await;
     // A worker waiting in a claim answers while the request waits.
-    let worker = {
-        let (base, token) = (server.base.clone(), server.admin());
-        tokio::spawn(async move { DeliberationAgent { base, token }.decide().await })
-    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monday = |_: &Value| json!("Ship on Monday");
+    let worker = Participant { id: "deliberator", capabilities: vec!["deliberation"], answer: monday, vanish: false }
+        .spawn(&server, &stop);
     let request = json!({"content": "Friday?", "timeout_seconds": 20});
     let (status, decided) = call(&server, Method::POST, "/deliberations", Some(request)).await;
     assert_eq!(status, StatusCode::OK, "{decided}");
     assert_eq!((decided["status"].as_str(), decided["answer"].as_str()), (Some("completed"), Some("Ship on Monday")));
-    worker.await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(worker.await.unwrap(), 1, "the worker decided it");
 
     // Nobody to decide: 408 with the request id, and the session reads timeout.
     let request = json!({"content": "Friday again?", "mode": "sync", "timeout_seconds": 1,
@@ -126,37 +125,8 @@ async fn a_synchronous_deliberation_answers_with_the_decision_or_408_then_reads_
     server.stop().await;
 }
 
-/// A deliberation agent in another task: a plain HTTP client on the server's address that claims the next
-/// deliberation (waiting for it) and completes it with a decision.
-struct DeliberationAgent {
-    base: String,
-    token: String,
-}
-
-impl DeliberationAgent {
-    async fn decide(&self) {
-        let client = reqwest::Client::new();
-        let api = |path: &str| format!("{}{}{path}", self.base, aragora_cp::api::PREFIXES[0]);
-        let claimed: Value = client
-            .post(api("/tasks/claim"))
-            .bearer_auth(&self.token)
-            .json(&json!({"agent_id": "deliberator", "block_ms": 20_000}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let task = &claimed["task"];
-        let decision = json!({"lease_id": task["lease_id"], "result": {"answer": "Ship on Monday"}});
-        let path = format!("/tasks/{}/complete", task["task_id"].as_str().unwrap());
-        let done = client.post(api(&path)).bearer_auth(&self.token).json(&decision).send().await.unwrap();
-        assert!(done.status().is_success());
-    }
-}
-
-/// A participant in orchestrated rounds: claims over HTTP until told to stop, and answers each round task with
-/// `answer(phase, own position, others' positions)`. With `vanish`, it takes its first task and disappears with
+/// An agent in another task, a plain HTTP client of the server: registers, claims until told to stop, and
+/// answers each task (a queued deliberation, or an orchestrated round task) with `answer(payload)`. With `vanish`, it takes its first task and disappears with
 /// it (no answer, no more claims or heartbeats), like a killed process.
 struct Participant {
     id: &'static str,

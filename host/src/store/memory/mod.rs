@@ -855,7 +855,7 @@ impl Tx<'_> {
         let mut promoted = self.promote_due(usize::MAX);
         let capabilities = self.claim_capabilities(request);
         // A claim also takes the tasks addressed to its agent; its wait does not (`model::address_of`).
-        let matching = capabilities.with_address_of(&request.agent_id);
+        let matching = capabilities.clone().with_address_of(&request.agent_id);
         let mut granted = Vec::new();
         // Eligibility is checked before every grant: a half-open breaker lets one trial lease through.
         while granted.len() < request.max_tasks && (granted.is_empty() || self.eligible(&request.agent_id)) {
