@@ -27,11 +27,10 @@ const CONFLICT_CODES: [&str; 10] = [
     "not_a_dead_letter",
 ];
 
-/// A decoded reply: the store clock it ran at, its last event, and the body (or the refusal).
+/// A decoded reply: the store clock it ran at and the body (or the refusal).
 pub(super) struct Reply {
     pub(super) now: u64,
     pub(super) pinned: bool,
-    pub(super) last_event: Option<String>,
     pub(super) body: StoreResult<Vec<Value>>,
 }
 
@@ -77,14 +76,13 @@ pub(super) fn hash(value: &Value) -> StoreResult<HashMap<String, String>> {
 /// The header and body of a script reply.
 pub(super) fn reply(value: Value) -> StoreResult<Reply> {
     let Value::Array(mut items) = value else { return Err(corrupt("a script reply is an array")) };
-    if items.len() < 4 {
+    if items.len() < 3 {
         return Err(corrupt("a script reply has a header"));
     }
-    let mut rest = items.split_off(4);
+    let mut rest = items.split_off(3);
     let status = text(&items[0]).unwrap_or_default();
     let now = number(&items[1])?;
     let pinned = text(&items[2]).as_deref() == Some("1");
-    let last_event = text(&items[3]).filter(|id| !id.is_empty());
     let body = if status == "ok" {
         Ok(rest)
     } else {
@@ -93,7 +91,7 @@ pub(super) fn reply(value: Value) -> StoreResult<Reply> {
             (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
         Err(error(&kind, &code, message))
     };
-    Ok(Reply { now, pinned, last_event, body })
+    Ok(Reply { now, pinned, body })
 }
 
 /// A refusal as the scripts spell it: kind, code, message (the id, for not-found kinds).

@@ -1,18 +1,17 @@
 //! The store's one event reader: a task that follows the capped event stream with `XREAD BLOCK` on a dedicated
-//! connection and fans each event out to the `broadcast` channel of `Store::subscribe`, in stream order. It
-//! publishes how far it got (`delivered`), so a transition can wait until its own events reached this process's
-//! subscribers before it returns, as the memory store's do.
+//! connection and fans each event out to the `broadcast` channel of `Store::subscribe`, in stream order. A
+//! transition does not wait for its own events to come back this way: it answers once it committed, and this
+//! server's subscribers see its events a moment later, in the same order as every other server's.
 //!
 //! Falling behind the cap: every event carries a store-wide number `n`; a jump means entries were trimmed before
 //! this reader saw them. The reader then resyncs: it logs how many were lost and goes on from the oldest entry kept
 //! (clients that need the full history resume through `events_after`, which answers "gone" for a trimmed id).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::Value;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use super::connection::{Commands, Target};
 use super::decode;
@@ -31,26 +30,19 @@ const RETRY: Duration = Duration::from_millis(250);
 /// Longest pause between reconnection attempts.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// What the reader shares with the store.
-pub(super) struct Feed {
-    /// Where events go.
-    pub(super) events: broadcast::Sender<Arc<Event>>,
-    /// The last stream id published, as (ms, seq).
-    pub(super) delivered: watch::Sender<(u64, u64)>,
-    /// The reader is connected and following the stream (else transitions do not wait for it).
-    pub(super) live: Arc<AtomicBool>,
-}
-
-/// Follows the stream from `start` (the last id before this store opened) until aborted.
+/// Follows the stream from `start` (the last id before this store opened) until aborted, sending each event to
+/// `events`.
 pub(super) async fn follow(
     target: Target,
     mut connection: Commands,
     stream: String,
     start: (u64, u64, u64),
-    feed: Feed,
+    events: broadcast::Sender<Arc<Event>>,
 ) {
     let (mut ms, mut seq, mut last_n) = start;
     let mut retry = RETRY;
+    // Following the stream (not between a lost connection and the next answer): for the log only.
+    let mut live = true;
     loop {
         let reply: Result<Value, _> = redis::cmd("XREAD")
             .arg("COUNT")
@@ -65,7 +57,7 @@ pub(super) async fn follow(
         let reply = match reply {
             Ok(reply) => reply,
             Err(error) => {
-                if feed.live.swap(false, Ordering::SeqCst) {
+                if std::mem::replace(&mut live, false) {
                     tracing::warn!(%error, "redis event reader lost its connection; reconnecting");
                 }
                 tokio::time::sleep(retry).await;
@@ -77,7 +69,7 @@ pub(super) async fn follow(
                 continue;
             }
         };
-        if !feed.live.swap(true, Ordering::SeqCst) {
+        if !std::mem::replace(&mut live, true) {
             tracing::info!("redis event reader follows the stream again");
         }
         retry = RETRY;
@@ -101,7 +93,7 @@ pub(super) async fn follow(
                     if let Some((m, s)) = decode::stream_id(&event.id) {
                         (ms, seq) = (m, s);
                     }
-                    let _ = feed.events.send(Arc::new(event));
+                    let _ = events.send(Arc::new(event));
                 }
                 Err(error) => {
                     tracing::error!(%error, "redis event reader skipped an unreadable entry");
@@ -113,7 +105,6 @@ pub(super) async fn follow(
                 }
             }
         }
-        feed.delivered.send_replace((ms, seq));
     }
 }
 

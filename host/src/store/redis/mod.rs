@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use rand::RngExt;
 use redis::{Script, Value};
 use serde_json::{Value as Json, json};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use self::connection::{Commands, Target, unavailable};
@@ -49,10 +49,6 @@ pub const DEFAULT_PREFIX: &str = "aragora:cp:";
 /// The URL scheme that names a cluster by its seed nodes: `redis+cluster://host1:port1,host2:port2`.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 
-/// How long a transition waits for the event reader to publish its events before returning anyway (the reader is
-/// behind or reconnecting; subscribers then see the events a little later).
-const DELIVERY_WAIT: Duration = Duration::from_secs(2);
-
 /// Lease ids drawn per claim at most (a claim grants at most this many tasks).
 const MAX_GRANTS: usize = 1_000;
 
@@ -79,8 +75,6 @@ pub struct RedisStore {
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
     events: broadcast::Sender<Arc<Event>>,
-    delivered: watch::Receiver<(u64, u64)>,
-    reader_live: Arc<AtomicBool>,
     reader: JoinHandle<()>,
     clock: Mutex<ClockEstimate>,
 }
@@ -151,10 +145,7 @@ impl RedisStore {
         let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
         let stream = format!("{root}events");
         let start = stream_tail(&mut commands.clone(), &stream).await?;
-        let (delivered_tx, delivered) = watch::channel((start.0, start.1));
-        let reader_live = Arc::new(AtomicBool::new(true));
-        let feed = events::Feed { events: events.clone(), delivered: delivered_tx, live: reader_live.clone() };
-        let reader = tokio::spawn(events::follow(target.clone(), reader_connection, stream, start, feed));
+        let reader = tokio::spawn(events::follow(target.clone(), reader_connection, stream, start, events.clone()));
         let store = RedisStore {
             target,
             root,
@@ -165,8 +156,6 @@ impl RedisStore {
             config_args,
             wait_replicas: config.wait_replicas,
             events,
-            delivered,
-            reader_live,
             reader,
             clock: Mutex::new(ClockEstimate { store_ms: 0, at: Instant::now(), pinned: false }),
         };
@@ -287,12 +276,6 @@ impl RedisStore {
             if reply.pinned || clock.pinned || reply.now >= clock.store_ms + clock.at.elapsed().as_millis() as u64 {
                 *clock = ClockEstimate { store_ms: reply.now, at: Instant::now(), pinned: reply.pinned };
             }
-        }
-        if let Some(last) = reply.last_event.as_deref().and_then(decode::stream_id)
-            && self.reader_live.load(Ordering::SeqCst)
-        {
-            let mut delivered = self.delivered.clone();
-            let _ = tokio::time::timeout(DELIVERY_WAIT, delivered.wait_for(|d| *d >= last)).await;
         }
         Ok(reply)
     }

@@ -123,8 +123,6 @@ local CLAIM_WAITS_KEPT = 1024 -- model::CLAIM_WAITS_KEPT
 -- ------------------------------------------------------------------------------------------------------------------
 -- Events: appended to the capped stream in the same script as the change they describe.
 
-local LAST_EVENT = false
-
 -- Tasks this script put back to pending, claimable now: answered to the host, which routes them.
 local REQUEUED = {}
 
@@ -135,7 +133,7 @@ end
 
 local function emit(kind, task, agent, data)
   local n = redis.call('INCR', K.event_count)
-  LAST_EVENT = redis.call('XADD', K.events, 'MAXLEN', '~', CFG.event_buffer, '*',
+  redis.call('XADD', K.events, 'MAXLEN', '~', CFG.event_buffer, '*',
     'n', n2s(n), 'type', kind, 'time', n2s(NOW), 'server', CFG.server,
     'task', task or '', 'agent', agent or '', 'data', data)
 end
@@ -145,60 +143,79 @@ end
 -- the store conformance suite pins it to. A breaker open past its cooldown counts as half-open with no trial out;
 -- `refusal` (below) also makes that transition. Answers the reason, or nil.
 
-local function refusal_of(id)
-  local a = redis.call('HMGET', akey(id), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial')
-  if not a[2] then return 'offline' end
-  if a[1] == '1' then return 'paused' end
-  if a[3] == 'unhealthy' then return 'unhealthy' end
-  local breaker, trial = a[4], a[6]
-  if breaker == 'open' and NOW >= tonumber(a[5]) + CFG.breaker_cooldown then breaker, trial = 'half_open', false end
+-- The rule over the fields it reads, in this order (`STANDING`): paused, status, h_status, b_state, b_opened, b_trial.
+local STANDING = { 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial' }
+
+local function refusal_from(paused, status, health, breaker, opened, trial)
+  if not status then return 'offline' end
+  if paused == '1' then return 'paused' end
+  if health == 'unhealthy' then return 'unhealthy' end
+  if breaker == 'open' and NOW >= tonumber(opened) + CFG.breaker_cooldown then breaker, trial = 'half_open', false end
   if breaker == 'open' then return 'breaker_open' end
   if breaker == 'half_open' and trial then return 'breaker_trial_in_flight' end
-  if a[2] == 'ready' or a[2] == 'busy' then return nil end
-  return a[2] -- draining, failed, offline, starting: the reason is the status
+  if status == 'ready' or status == 'busy' then return nil end
+  return status -- draining, failed, offline, starting: the reason is the status
+end
+
+local function refusal_of(id)
+  return refusal_from(unpack(redis.call('HMGET', akey(id), unpack(STANDING))))
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
--- Agent counters: an agent's contribution is taken out before the script first changes it and added back at the end,
--- so the counters follow every change without each step keeping them by hand.
+-- Agent counters: an agent's contribution (the counters it adds one to) is read before the script first changes
+-- the agent and again at the end, and only the counters that differ are written, so the counters follow every
+-- change without each step keeping them by hand, and a step that changes nothing they count writes none.
 
 local MARKED = {}
 local MARKED_ORDER = {}
 
-local function contribution(id, sign)
-  local a = redis.call('HMGET', akey(id), 'status', 'provider', 'caps', 'h_status', 'b_state', 'paused', 'max')
-  if not a[1] then return end
-  local S = K.agent_stats
-  redis.call('HINCRBY', S, 'total', sign)
-  redis.call('HINCRBY', S, 'status:' .. a[1], sign)
-  redis.call('HINCRBY', S, 'provider:' .. a[2], sign)
-  redis.call('HINCRBY', S, 'health:' .. a[4], sign)
+-- The counters agent `id` adds one to, as a set of agent-stats fields (empty for an unknown agent). One read of the
+-- record, and of its leases only when it could be available.
+local function contribution(id)
+  local a = redis.call('HMGET', akey(id), 'status', 'provider', 'caps', 'h_status', 'b_state', 'paused', 'max',
+    'b_opened', 'b_trial')
+  local counted = {}
+  if not a[1] then return counted end
+  counted['total'] = true
+  counted['status:' .. a[1]] = true
+  counted['provider:' .. a[2]] = true
+  counted['health:' .. a[4]] = true
   if a[3] ~= '' then
-    for cap in string.gmatch(a[3], '[^,]+') do redis.call('HINCRBY', S, 'cap:' .. cap, sign) end
+    for cap in string.gmatch(a[3], '[^,]+') do counted['cap:' .. cap] = true end
   end
-  if a[5] ~= 'closed' then redis.call('HINCRBY', S, 'open_breakers', sign) end
-  if a[1] == 'ready' and refusal_of(id) == nil and redis.call('HLEN', lkey(id)) < tonumber(a[7]) then
-    redis.call('HINCRBY', S, 'available', sign)
+  if a[5] ~= 'closed' then counted['open_breakers'] = true end
+  if a[1] == 'ready' and refusal_from(a[6], a[1], a[4], a[5], a[8], a[9]) == nil
+      and redis.call('HLEN', lkey(id)) < tonumber(a[7]) then
+    counted['available'] = true
   end
+  return counted
 end
 
 local function mark(id)
   if MARKED[id] then return end
-  MARKED[id] = true
+  MARKED[id] = contribution(id)
   table.insert(MARKED_ORDER, id)
-  contribution(id, -1)
 end
 
 local function finish()
-  for _, id in ipairs(MARKED_ORDER) do contribution(id, 1) end
+  local S = K.agent_stats
+  for _, id in ipairs(MARKED_ORDER) do
+    local before, after = MARKED[id], contribution(id)
+    for field in pairs(before) do
+      if not after[field] then redis.call('HINCRBY', S, field, -1) end
+    end
+    for field in pairs(after) do
+      if not before[field] then redis.call('HINCRBY', S, field, 1) end
+    end
+  end
   MARKED = {}
   MARKED_ORDER = {}
 end
 
--- Replies: {'ok'|'err', now, pinned, last event id, ...}.
+-- Replies: {'ok'|'err', now, pinned, ...}.
 local function ok(...)
   finish()
-  return { 'ok', n2s(NOW), PINNED, LAST_EVENT or '', ... }
+  return { 'ok', n2s(NOW), PINNED, ... }
 end
 
 -- An error as a value: {kind, code, message}; kinds are task_not_found, agent_not_found, conflict,
@@ -207,7 +224,7 @@ local function err(kind, code, message) return { kind, code, message } end
 
 local function fail(e)
   finish()
-  return { 'err', n2s(NOW), PINNED, LAST_EVENT or '', e[1], e[2], e[3] }
+  return { 'err', n2s(NOW), PINNED, e[1], e[2], e[3] }
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
@@ -381,14 +398,17 @@ local function set_agent_status(id, status)
   emit('agent_status_changed', nil, id, json({ from = old, to = status }))
 end
 
--- Capacity decides between ready and busy.
-local function refresh_capacity(id)
+-- Capacity decides between ready and busy. A caller that has just read the agent's status and max passes them.
+local function refresh_capacity(id, status, max)
   mark(id)
-  local a = redis.call('HMGET', akey(id), 'status', 'max')
-  local at_capacity = redis.call('HLEN', lkey(id)) >= tonumber(a[2])
-  if at_capacity and a[1] == 'ready' then
+  if not status then
+    local a = redis.call('HMGET', akey(id), 'status', 'max')
+    status, max = a[1], a[2]
+  end
+  local at_capacity = redis.call('HLEN', lkey(id)) >= tonumber(max)
+  if at_capacity and status == 'ready' then
     set_agent_status(id, 'busy')
-  elseif not at_capacity and a[1] == 'busy' then
+  elseif not at_capacity and status == 'busy' then
     set_agent_status(id, 'ready')
   end
 end
@@ -399,9 +419,13 @@ local function touch(id)
   mark(id)
   redis.call('HSET', K.beats, id, n2s(NOW))
   redis.call('ZADD', K.expiry, NOW + CFG.heartbeat_timeout, id)
-  local status = redis.call('HGET', akey(id), 'status')
-  if status == 'offline' or status == 'starting' then set_agent_status(id, 'ready') end
-  refresh_capacity(id)
+  local a = redis.call('HMGET', akey(id), 'status', 'max')
+  local status = a[1]
+  if status == 'offline' or status == 'starting' then
+    set_agent_status(id, 'ready')
+    status = 'ready'
+  end
+  refresh_capacity(id, status, a[2])
 end
 
 local function check_session(id, session)
@@ -415,14 +439,15 @@ end
 
 -- The eligibility rule now (`refusal_of`); an open breaker past its cooldown turns half-open here, with its event.
 local function refusal(id)
-  local a = redis.call('HMGET', akey(id), 'b_state', 'b_opened')
-  if a[1] == 'open' and NOW >= tonumber(a[2]) + CFG.breaker_cooldown then
+  local a = redis.call('HMGET', akey(id), unpack(STANDING))
+  if a[4] == 'open' and NOW >= tonumber(a[5]) + CFG.breaker_cooldown then
     mark(id)
     redis.call('HSET', akey(id), 'b_state', 'half_open')
     redis.call('HDEL', akey(id), 'b_trial')
     emit('breaker_changed', nil, id, json({ from = 'open', to = 'half_open' }))
+    a[4], a[6] = 'half_open', false
   end
-  return refusal_of(id)
+  return refusal_from(a[1], a[2], a[3], a[4], a[5], a[6])
 end
 
 -- Whether the agent may be given work now.
@@ -467,7 +492,7 @@ end
 
 -- A completed half-open trial closes the breaker.
 local function breaker_success(id, task)
-  if not agent_exists(id) then return end
+  -- An unknown agent reads as no breaker at all.
   local a = redis.call('HMGET', akey(id), 'b_state', 'b_trial')
   if a[1] == 'half_open' and a[2] == task then
     mark(id)
@@ -478,7 +503,7 @@ local function breaker_success(id, task)
   end
 end
 
--- Waiter tokens looked at by a registration for expiry (the oldest ones).
+-- Expired waiter tokens a registration drops at most.
 local WAITER_SWEEP = 16
 
 -- A waiter token is dead once its claim's block is over (`until`, store ms). Tokens written before expiries
@@ -501,19 +526,22 @@ local function remove_waiters_of(id)
   redis.call('DEL', wskey(id))
 end
 
--- Registers a waiting claim: its token, ordered by the store sequence and dead `lifetime` ms from now (the claim's
--- block). A server killed while claims block leaves their tokens behind; the oldest few are looked at here and the
--- expired ones dropped, so they neither pile up nor get offered.
+-- Registers a waiting claim: its token, ordered by the store sequence (in its capability set's index) and dead
+-- `lifetime` ms from now (the claim's block; `P waiters` is scored by that end). A server killed while claims block
+-- leaves their tokens behind; a registration drops a few of the expired ones, so they neither pile up nor get
+-- offered: one range read that finds nothing while none has expired.
 local function add_waiter(token, agent, caps, lifetime)
-  for _, old in ipairs(redis.call('ZRANGE', K.waiters, 0, WAITER_SWEEP - 1)) do
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', K.waiters, '-inf', NOW, 'LIMIT', 0, WAITER_SWEEP)) do
+    -- The record decides: a token registered by an older version is scored by its sequence, not its end.
     if waiter_expired(redis.call('HGET', wkey(old), 'until')) then remove_waiter(old) end
   end
   remove_waiter(token)
   local seq = redis.call('INCR', K.seq)
-  redis.call('ZADD', K.waiters, seq, token)
+  local deadline = NOW + lifetime
+  redis.call('ZADD', K.waiters, deadline, token)
   redis.call('ZADD', gkey(caps), seq, token)
   redis.call('SADD', K.waiting_sets, caps)
-  redis.call('HSET', wkey(token), 'agent', agent, 'caps', caps, 'until', n2s(NOW + lifetime), 'seq', n2s(seq))
+  redis.call('HSET', wkey(token), 'agent', agent, 'caps', caps, 'until', n2s(deadline), 'seq', n2s(seq))
   redis.call('SADD', wskey(agent), token)
 end
 
@@ -533,16 +561,10 @@ local function covering(sig, after, limit)
   return found
 end
 
--- The numbers a strategy reads of an agent: in flight, max, completed, failed, latency, last heartbeat,
--- last assigned ('' if never), health.
-local function numbers(id)
-  local a = redis.call('HMGET', akey(id), 'max', 'completed', 'failed', 'latency', 'assigned', 'h_status')
-  return { n2s(redis.call('HLEN', lkey(id))), a[1], a[2], a[3], a[4], redis.call('HGET', K.beats, id) or '0',
-    a[5] or '', a[6] }
-end
-
 -- The offer for work of `sig`: up to `limit` live waiting claims of agents the rule allows, longest-waiting first,
--- agents at capacity after the others. Each: {token, agent, seq, numbers...}.
+-- agents at capacity after the others. Each: {token, agent, seq, then the numbers a strategy reads: in flight, max,
+-- completed, failed, latency, last heartbeat, last assigned ('' if never), health}. One read of each agent's record
+-- answers both the rule and the numbers.
 local function offer(sig, limit, after)
   local below, full = {}, {}
   local cursor = after
@@ -557,10 +579,16 @@ local function offer(sig, limit, after)
     for _, entry in ipairs(page) do
       local token = entry[2]
       local w = redis.call('HMGET', wkey(token), 'agent', 'until')
-      if w[1] and not waiter_expired(w[2]) and agent_exists(w[1]) and refusal_of(w[1]) == nil then
-        local n = numbers(w[1])
-        local claim = { token, w[1], n2s(entry[1]), unpack(n) }
-        if tonumber(n[1]) >= tonumber(n[2]) then table.insert(full, claim) else table.insert(below, claim) end
+      local agent = w[1]
+      if agent and not waiter_expired(w[2]) then
+        local a = redis.call('HMGET', akey(agent), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial',
+          'max', 'completed', 'failed', 'latency', 'assigned')
+        if refusal_from(a[1], a[2], a[3], a[4], a[5], a[6]) == nil then
+          local in_flight = redis.call('HLEN', lkey(agent))
+          local claim = { token, agent, n2s(entry[1]), n2s(in_flight), a[7], a[8], a[9], a[10],
+            redis.call('HGET', K.beats, agent) or '0', a[11] or '', a[3] }
+          if in_flight >= tonumber(a[7]) then table.insert(full, claim) else table.insert(below, claim) end
+        end
       end
     end
   end
@@ -577,18 +605,18 @@ end
 local function grant(id, agent, via, lease, waiter)
   local k = tkey(id)
   local attempt = redis.call('HINCRBY', k, 'attempt', 1)
-  redis.call('HSET', k, 'lease', lease, 'agent', agent, 'claimed', n2s(NOW), 'unfenced', '0')
-  redis.call('HDEL', k, 'started', 'progress', 'rq_lease', 'rq_error')
   local deadline = NOW + tonumber(redis.call('HGET', k, 'timeout')) * 1000
-  redis.call('HSET', k, 'deadline', n2s(deadline))
+  redis.call('HSET', k, 'lease', lease, 'agent', agent, 'claimed', n2s(NOW), 'unfenced', '0', 'deadline',
+    n2s(deadline))
+  redis.call('HDEL', k, 'started', 'progress', 'rq_lease', 'rq_error')
   redis.call('ZADD', K.leases, deadline, id)
   set_status(id, 'claimed')
   mark(agent)
   redis.call('HSET', lkey(agent), id, n2s(NOW))
   redis.call('HSET', akey(agent), 'assigned', n2s(NOW))
-  local b = redis.call('HMGET', akey(agent), 'b_state', 'b_trial')
+  local b = redis.call('HMGET', akey(agent), 'b_state', 'b_trial', 'status', 'max')
   if b[1] == 'half_open' and not b[2] then redis.call('HSET', akey(agent), 'b_trial', id) end
-  refresh_capacity(agent)
+  refresh_capacity(agent, b[3], b[4])
   emit('task_claimed', id, agent, json({ attempt = attempt, via = via, waiter = waiter }))
 end
 
@@ -681,9 +709,9 @@ end
 
 -- Checks that the fence holds the task's current lease; explains a revoked one. Fence kinds: lease, agent, none.
 local function check_fence(id, kind, value)
-  if not task_exists(id) then return no_task(id) end
   local t = redis.call('HMGET', tkey(id), 'status', 'lease', 'agent', 'revoked')
   local status = t[1]
+  if not status then return no_task(id) end
   if status == 'claimed' or status == 'running' then
     if kind == 'lease' then
       if t[2] == value then return nil end
@@ -710,10 +738,10 @@ end
 -- anything else conflicts; nil when the task is not finished. `outcome` is 'completed' (value: the result as JSON)
 -- or 'failed' (value: the error).
 local function repeated_outcome(id, kind, fence, outcome, value)
-  if not task_exists(id) then return nil, no_task(id) end
   local t = redis.call('HMGET', tkey(id), 'status', 'rq_lease', 'rq_error', 'outcome_lease', 'agent', 'result',
     'error')
   local status = t[1]
+  if not status then return nil, no_task(id) end
   if kind == 'lease' and t[2] and fence == t[2] then
     if outcome == 'failed' and value == t[3] then return 'stored', nil end
     return nil, err('conflict', 'outcome_conflict',
@@ -869,5 +897,5 @@ local function begin(keys, argv)
     KEY_TABLES[P] = K
   end
   NOW, PINNED = clock()
-  SEED, LAST_EVENT, REQUEUED, MARKED, MARKED_ORDER = 1, false, {}, {}, {}
+  SEED, REQUEUED, MARKED, MARKED_ORDER = 1, {}, {}, {}
 end

@@ -23,6 +23,8 @@ if existing then
   -- A fresh start for health too; the breaker keeps its state (recent failures, not the registration).
   redis.call('HSET', k, 'h_byprobe', '0', 'h_status', 'unknown', 'h_fails', '0')
 else
+  -- Marked before it exists (it counts for nothing yet), so that the end of the script counts it.
+  mark(id)
   if session == '' then session = fresh end
   redis.call('HSET', k, 'id', id, 'caps', caps, 'status', status, 'model', model, 'provider', provider,
     'metadata', metadata, 'max', max, 'completed', '0', 'failed', '0', 'latency', '0', 'registered', n2s(NOW),
@@ -32,9 +34,6 @@ else
   redis.call('ZADD', K.agents, 0, id)
   redis.call('HSET', K.beats, id, n2s(NOW))
   redis.call('ZADD', K.expiry, NOW, id)
-  -- Marked after creation so that the end of the script counts it.
-  MARKED[id] = true
-  table.insert(MARKED_ORDER, id)
 end
 local registered_status = redis.call('HGET', k, 'status')
 touch(id)
