@@ -8,6 +8,7 @@
 //! - `server_death`: the same, with one server killed with SIGKILL mid-run; its agents fail over.
 //! - `redis_outage`: Redis crashes for 5 s mid-run and comes back from its append-only file.
 //! - `chaos`: Redis paused, connections cut, servers killed and restarted, at random points of a run.
+//! - `library_loss`: Redis loses the function library (as after a failover) several times mid-run.
 //! - `soak`: the short run of `bench soak` (churn, strategy swaps, a Redis restart).
 //! - `deliberation`: an orchestrated deliberation finished by another server after its driver is killed.
 //! - `startup`: how `serve` refuses to start (unreachable Redis, no JWT secret) and warns (eviction policy).
@@ -17,6 +18,7 @@
 mod chaos;
 mod deliberation;
 mod harness;
+mod library_loss;
 mod oracle;
 mod proxy;
 mod redis_outage;
