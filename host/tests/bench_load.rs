@@ -180,3 +180,46 @@ async fn a_run_on_redis_reports_what_it_cost_the_redis_per_task() {
     assert!(figures.top.iter().any(|c| c.command == "fcall"), "the function library runs the scripts: {figures:?}");
     let _ = server.shutdown.send(());
 }
+
+/// `--more-servers`: the load is spread over two servers of one fleet (one Redis, one prefix). Every task is
+/// completed once, and each server answered claims and submits of its own share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_spread_over_two_servers_of_a_fleet_completes_every_task_once() {
+    let redis = redis_server::RedisServer::start();
+    let prefix = format!("aragora:cp:bench-fleet-{:08x}:", rand::random::<u32>());
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let config = aragora_cp::config::Config::default();
+        let store = aragora_cp::store::RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.unwrap();
+        servers.push(support::server_on(config, std::sync::Arc::new(store)).await);
+    }
+    let line = [
+        "--agents",
+        "4",
+        "--submitters",
+        "2",
+        "--tasks",
+        "300",
+        "--block-ms",
+        "200",
+        "--more-servers",
+        &servers[1].base,
+    ];
+    let report = run_load(&load_args(&servers[0], &line), &Interrupt::default()).await.unwrap();
+    assert!(report.oracle.passed, "{:?}", report.oracle);
+    assert_eq!((report.servers, report.completed), (2, 300), "{report:?}");
+    assert_server_agrees(&servers[1], &report.run_id, 300).await;
+    for server in &servers {
+        let metrics = reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+        for route in ["/tasks/claim", "/tasks\"", "/tasks/{task_id}/complete"] {
+            assert!(
+                metrics.lines().any(|line| line.starts_with("aragora_cp_http_requests_total") && line.contains(route)),
+                "{} answered no {route} of the run:\n{metrics}",
+                server.base
+            );
+        }
+    }
+    for server in servers {
+        let _ = server.shutdown.send(());
+    }
+}

@@ -40,6 +40,10 @@ pub struct CompareBenchArgs {
     /// prefix per run; without it, the memory store.
     #[arg(long)]
     pub redis: Option<String>,
+    /// Control-plane servers per run, sharing `--redis` (a fleet): agents and submitters are spread over them,
+    /// and their CPU is summed. The ceiling is one server either way.
+    #[arg(long, default_value_t = 1)]
+    pub servers: usize,
     /// `HEARTBEAT_INTERVAL` of the servers, in seconds: agents heartbeat that often.
     #[arg(long, default_value_t = 1.0)]
     pub heartbeat_interval: f64,
@@ -95,6 +99,8 @@ pub struct ComparePoint {
 /// The whole comparison.
 #[derive(Clone, Debug, Serialize)]
 pub struct CompareReport {
+    /// Control-plane servers per run (`--servers`).
+    pub servers: usize,
     /// Per point.
     pub points: Vec<ComparePoint>,
     /// Every run.
@@ -157,7 +163,8 @@ fn load_args(
         drain_timeout: 60.0,
         quiet: true,
         ceiling: false,
-        server_pid: None,
+        more_servers: Vec::new(),
+        server_pid: Vec::new(),
         redis_url: args.redis.clone(),
     }
 }
@@ -178,6 +185,12 @@ fn redis_cpu(reports: &[LoadReport]) -> Vec<f64> {
 
 /// Runs the sweep.
 pub async fn run_compare(args: &CompareBenchArgs) -> anyhow::Result<CompareReport> {
+    if args.servers == 0 {
+        bail!("--servers must be at least 1");
+    }
+    if args.servers > 1 && args.redis.is_none() {
+        bail!("--servers {} needs --redis: servers of a fleet share their work through one Redis", args.servers);
+    }
     let secret = format!("{:064x}", rand::random::<u128>());
     let auth = Authenticator::hs256(secret.as_bytes(), None, None)?;
     let token = auth.issue("bench", &[Permission::Admin], Duration::from_secs(24 * 3600))?;
@@ -190,19 +203,22 @@ pub async fn run_compare(args: &CompareBenchArgs) -> anyhow::Result<CompareRepor
             let mut theirs = Vec::new();
             for round in 1..=args.rounds {
                 let prefix = format!("aragora:cp:bench-{:08x}:", rand::random::<u32>());
-                let server = spawn_control_plane(args, &secret, &prefix)?;
-                let mut load = load_args(args, &server.base, Some(token.clone()), agents, submitters);
-                load.server_pid = Some(server.child.id());
+                let fleet = (0..args.servers)
+                    .map(|_| spawn_control_plane(args, &secret, &prefix))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut load = load_args(args, &fleet[0].base, Some(token.clone()), agents, submitters);
+                load.more_servers = fleet[1..].iter().map(|server| server.base.clone()).collect();
+                load.server_pid = fleet.iter().map(|server| server.child.id()).collect();
                 eprintln!("control plane: {agents} agents, {submitters} submitters, round {round}");
                 let report = run_load(&load, &interrupt).await?;
-                drop(server);
+                drop(fleet);
                 ours.push(report.clone());
                 runs.push(CompareRun { target: "control-plane", agents, submitters, round, report });
                 if let Some(path) = &args.ceiling {
                     let ceiling = spawn_ceiling(path, args.redis.as_deref()).await?;
                     let mut load = load_args(args, &ceiling.base, None, agents, submitters);
                     load.ceiling = true;
-                    load.server_pid = Some(ceiling.child.id());
+                    load.server_pid = vec![ceiling.child.id()];
                     eprintln!("ceiling:       {agents} agents, {submitters} submitters, round {round}");
                     let report = run_load(&load, &interrupt).await?;
                     drop(ceiling);
@@ -225,7 +241,7 @@ pub async fn run_compare(args: &CompareBenchArgs) -> anyhow::Result<CompareRepor
             });
         }
     }
-    Ok(CompareReport { points, runs })
+    Ok(CompareReport { servers: args.servers, points, runs })
 }
 
 /// `aragora-cp bench compare`: runs the sweep, prints it, exits 1 when an oracle failed.
@@ -240,6 +256,9 @@ pub fn run(args: CompareBenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_compare(report: &CompareReport) {
+    if report.servers > 1 {
+        println!("control plane: {} servers on one Redis, the load spread over them", report.servers);
+    }
     println!(
         "{:<14} {:>6} {:>4} {:>5} {:>9} {:>15} {:>15} {:>15} {:>9} {:>10} {:>6}",
         "target",

@@ -91,9 +91,14 @@ pub struct LoadBenchArgs {
     /// and complete: no heartbeats, leases, sessions or unregistering are sent, and lost tasks are not looked up.
     #[arg(long)]
     pub ceiling: bool,
-    /// The server process's id: its CPU time (from `/proc`) over the run is reported per task.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// More servers of the same fleet (sharing one Redis): agents and submitters are spread over `--server` and
+    /// these, round-robin, so a task is often submitted through one server and claimed through another.
+    #[arg(long, value_delimiter = ',')]
+    pub more_servers: Vec<String>,
+    /// The server processes' ids (comma-separated): their CPU time (from `/proc`) over the run, summed, is reported
+    /// per task.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// The Redis the server uses (`redis://…`): its main thread's CPU and its commands over the run are reported
     /// per task (`INFO cpu`, `INFO commandstats`).
     #[arg(long)]
@@ -182,7 +187,10 @@ struct Counters {
 /// hands it back when joined, so recording a latency takes no lock.
 struct Shared {
     http: reqwest::Client,
+    /// `--server`: registration errors and lost-task lookups go here.
     connection: Connection,
+    /// `--server` and `--more-servers`, as base URLs of the API.
+    servers: Vec<Connection>,
     run_id: String,
     /// Required by every task of the run and held by its agents only, so the agents take this run's tasks and
     /// (apart from tasks requiring nothing) no one else's.
@@ -318,8 +326,13 @@ impl Shared {
         (started.elapsed(), reply)
     }
 
-    fn post(&self, path: &str, body: &impl Serialize) -> reqwest::RequestBuilder {
-        self.http.post(self.connection.url(path)).json(body)
+    /// The server the `index`-th agent or submitter talks to.
+    fn server(&self, index: usize) -> &Connection {
+        &self.servers[index % self.servers.len()]
+    }
+
+    fn post(&self, url: String, body: &impl Serialize) -> reqwest::RequestBuilder {
+        self.http.post(url).json(body)
     }
 
     /// A POST of a body serialized once: claims repeat theirs, retries resend theirs.
@@ -366,6 +379,8 @@ impl Shared {
 struct Seat {
     agent_id: String,
     session_id: String,
+    /// Which of the servers it talks to.
+    server: usize,
 }
 
 async fn register(shared: &Shared, index: usize) -> anyhow::Result<Seat> {
@@ -380,8 +395,8 @@ async fn register(shared: &Shared, index: usize) -> anyhow::Result<Seat> {
         max_concurrent_tasks: Some(1),
         ..RegisterRequest::default()
     };
-    match shared.call::<Registered>(shared.post("/agents", &request)).await.1 {
-        Reply::Ok(registered) => Ok(Seat { agent_id, session_id: registered.session_id }),
+    match shared.call::<Registered>(shared.post(shared.server(index).url("/agents"), &request)).await.1 {
+        Reply::Ok(registered) => Ok(Seat { agent_id, session_id: registered.session_id, server: index }),
         Reply::Refused { status, code, detail } => bail!("registering agent {agent_id}: {status} {code}: {detail}"),
         Reply::Lost(_, error) => Err(anyhow::anyhow!(error)).with_context(|| shared.connection.unreachable()),
     }
@@ -390,7 +405,7 @@ async fn register(shared: &Shared, index: usize) -> anyhow::Result<Seat> {
 /// `DELETE /agents/{id}` for each agent (its work, if any, is requeued).
 async fn unregister(shared: &Shared, seats: &[Arc<Seat>]) -> Vec<Reply<Value>> {
     let calls = seats.iter().map(|seat| {
-        let url = shared.connection.url(&format!("/agents/{}", seat.agent_id));
+        let url = shared.server(seat.server).url(&format!("/agents/{}", seat.agent_id));
         shared.call::<Value>(shared.http.delete(url))
     });
     join_all(calls).await.into_iter().map(|(_, reply)| reply).collect()
@@ -400,7 +415,7 @@ async fn unregister(shared: &Shared, seats: &[Arc<Seat>]) -> Vec<Reply<Value>> {
 /// task when one is pending. Stops at `stop`, but never drops a task it was granted.
 async fn agent(shared: Arc<Shared>, seat: Arc<Seat>, stop: CancellationToken) -> Tally {
     let mut tally = Tally::default();
-    let claim_url = shared.connection.url("/tasks/claim");
+    let claim_url = shared.server(seat.server).url("/tasks/claim");
     let claim =
         json_bytes(&json!({"agent_id": seat.agent_id, "block_ms": shared.block_ms, "session_id": seat.session_id}));
     let mut next: Option<Granted> = None;
@@ -440,7 +455,7 @@ async fn agent(shared: Arc<Shared>, seat: Arc<Seat>, stop: CancellationToken) ->
 }
 
 async fn complete(shared: &Shared, seat: &Seat, task: Granted, claim_next: bool, tally: &mut Tally) -> Option<Granted> {
-    let url = shared.connection.url(&format!("/tasks/{}/complete", task.task_id));
+    let url = shared.server(seat.server).url(&format!("/tasks/{}/complete", task.task_id));
     let mut body = json!({"lease_id": task.lease_id, "result": {"agent_id": seat.agent_id}});
     if claim_next {
         // No wait: the complete's latency stays the service time; an agent finding nothing claims, blocking.
@@ -472,11 +487,11 @@ async fn complete(shared: &Shared, seat: &Seat, task: Granted, claim_next: bool,
 /// Heartbeats on the server's schedule (or `--heartbeat-interval`), the first at once.
 async fn heartbeats(shared: Arc<Shared>, seat: Arc<Seat>, stop: CancellationToken) -> Tally {
     let mut tally = Tally::default();
-    let path = format!("/agents/{}/heartbeat", seat.agent_id);
+    let url = shared.server(seat.server).url(&format!("/agents/{}/heartbeat", seat.agent_id));
     let body = json!({"session_id": seat.session_id});
     let mut interval = shared.plan.heartbeat.unwrap_or(Duration::from_secs(10));
     loop {
-        let (took, reply) = shared.call::<HeartbeatAnswer>(shared.post(&path, &body)).await;
+        let (took, reply) = shared.call::<HeartbeatAnswer>(shared.post(url.clone(), &body)).await;
         match reply {
             Reply::Ok(answer) => {
                 tally.heartbeat.push(took);
@@ -499,7 +514,7 @@ async fn heartbeats(shared: Arc<Shared>, seat: Arc<Seat>, stop: CancellationToke
 /// budget is spent. A submit in flight when `stop` fires is finished, so every outcome is known.
 async fn submitter(shared: Arc<Shared>, index: usize, stop: CancellationToken) -> Tally {
     let mut tally = Tally::default();
-    let url = &shared.connection.url(if shared.plan.batch.is_some() { "/tasks/batch" } else { "/tasks" });
+    let url = &shared.server(index).url(if shared.plan.batch.is_some() { "/tasks/batch" } else { "/tasks" });
     let mut n = 0;
     let mut due = tokio::time::Instant::now();
     while !stop.is_cancelled() {
@@ -717,8 +732,10 @@ impl Oracle {
 /// The figures of one run.
 #[derive(Clone, Debug, Serialize)]
 pub struct LoadReport {
-    /// The server's base URL.
+    /// The server's base URL (`--server`).
     pub server: String,
+    /// How many servers of the fleet the load was spread over (`--server` and `--more-servers`).
+    pub servers: usize,
     /// Prefix of the run's agent ids, idempotency keys and capability.
     pub run_id: String,
     /// Simulated agents.
@@ -787,6 +804,10 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
     let shared = Arc::new(Shared {
         http,
         connection: args.connection.clone(),
+        servers: std::iter::once(args.connection.server.clone())
+            .chain(args.more_servers.iter().cloned())
+            .map(|server| Connection { server, ..args.connection.clone() })
+            .collect(),
         capability: run_id.clone(),
         run_id: run_id.clone(),
         budget: plan.tasks.map(AtomicU64::new),
@@ -822,7 +843,7 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
     }
     let started = Instant::now();
     let cpu_before = process_cpu_seconds("self");
-    let server_cpu_before = args.server_pid.and_then(|pid| process_cpu_seconds(&pid.to_string()));
+    let server_cpu_before = servers_cpu_seconds(&args.server_pid);
     let redis_before = match &args.redis_url {
         Some(url) => redis_figures::read(url).await,
         None => None,
@@ -879,11 +900,7 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
     let drain = drain_started.elapsed();
     let window = started.elapsed();
     let cpu = process_cpu_seconds("self").zip(cpu_before).map(|(after, before)| after - before);
-    let server_cpu = args
-        .server_pid
-        .and_then(|pid| process_cpu_seconds(&pid.to_string()))
-        .zip(server_cpu_before)
-        .map(|(after, before)| after - before);
+    let server_cpu = servers_cpu_seconds(&args.server_pid).zip(server_cpu_before).map(|(after, before)| after - before);
     let redis_after = match (&args.redis_url, &redis_before) {
         (Some(url), Some(_)) => redis_figures::read(url).await,
         _ => None,
@@ -926,6 +943,7 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
     let completed = shared.counters.completed.load(Ordering::Relaxed);
     Ok(LoadReport {
         server: args.connection.server.clone(),
+        servers: 1 + args.more_servers.len(),
         run_id,
         agents: args.agents,
         submitters: args.submitters,
@@ -968,6 +986,14 @@ pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// The CPU time of the processes `pids` together; `None` without any, or when one cannot be read.
+fn servers_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| process_cpu_seconds(&pid.to_string())).sum()
+}
+
 /// `aragora-cp bench load`: runs the load, prints the report, exits 1 when the oracle failed.
 pub fn run(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -1004,8 +1030,9 @@ pub fn print_report(r: &LoadReport) {
         Some(rate) => format!("{submits} at {rate:.0} tasks/s"),
         None => submits,
     };
+    let fleet = if r.servers > 1 { format!(" and {} more servers", r.servers - 1) } else { String::new() };
     println!(
-        "HTTP load against {} (run {}): {} agents, {} submitters, {submits}{next}",
+        "HTTP load against {}{fleet} (run {}): {} agents, {} submitters, {submits}{next}",
         r.server, r.run_id, r.agents, r.submitters
     );
     println!(
