@@ -143,7 +143,8 @@ end
 -- the store conformance suite pins it to. A breaker open past its cooldown counts as half-open with no trial out;
 -- `refusal` (below) also makes that transition. Answers the reason, or nil.
 
--- The rule over the fields it reads, in this order (`STANDING`): paused, status, h_status, b_state, b_opened, b_trial.
+-- The rule over the fields it reads, in this order (`STANDING`): paused, status, h_status, b_state, b_opened,
+-- b_trial. `refusal_of` reads them; a caller that has them already calls `refusal_from`.
 local STANDING = { 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial' }
 
 local function refusal_from(paused, status, health, breaker, opened, trial)
