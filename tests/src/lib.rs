@@ -1,8 +1,9 @@
 //! Shared support for the end-to-end tests: plugin runtimes with test-friendly limits, the guests built from
 //! `plugins/`, candidate builders, temporary plugin directories and polling helpers; in [`store_harness`], the
 //! store-agnostic harness of the store conformance suite and model test; in [`redis_server`], real `redis-server`
-//! processes (standalone and a 3-master cluster).
+//! processes (standalone and a 3-master cluster); in [`browser`], Chromium driven by playwright for the dashboard.
 
+pub mod browser;
 pub mod python_sdk;
 pub mod receiver;
 pub mod redis_server;

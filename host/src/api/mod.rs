@@ -1,7 +1,7 @@
 //! The REST API (DESIGN §7): one router file per resource (`agents`, `tasks`, `health`, `plugins`, `events` for
 //! SSE), `auth` for tokens and permissions, `errors` for the one error type, `access` for request ids and the log, `extract` for body and query
 //! extractors that answer in that format, `readiness` for `/readyz`'s background store check, `connections` for
-//! accepting and serving connections with their timeouts. Handlers are thin: extract, call the coordinator (the only part of the
+//! accepting and serving connections with their timeouts, `dashboard` for the operators' page at `/dashboard`. Handlers are thin: extract, call the coordinator (the only part of the
 //! engine the API sees), map. [`router`] builds the routes (tests call it directly); [`serve`] runs them on a
 //! listener until shutdown.
 
@@ -10,6 +10,7 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 mod connections;
+pub mod dashboard;
 pub mod deliberations;
 pub mod errors;
 pub mod events;
@@ -117,7 +118,7 @@ impl ApiParts {
     }
 }
 
-/// Every route: the resources under both prefixes, `/livez`, `/readyz` and `/metrics` at the root (open), a request id on
+/// Every route: the resources under both prefixes, `/livez`, `/readyz`, `/metrics` and `/dashboard` at the root (open), a request id on
 /// every response and on every log line of a refusal (`access`).
 pub fn router(state: ApiState) -> Router {
     let resources = Router::new()
@@ -141,7 +142,8 @@ pub fn router(state: ApiState) -> Router {
     for prefix in PREFIXES {
         app = app.nest(prefix, resources.clone());
     }
-    app.route("/livez", get(livez))
+    app.merge(dashboard::routes())
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics_get))
         .with_state(state.clone())

@@ -9,6 +9,7 @@ mod aragora_clients;
 mod audit;
 mod builtin_strategies;
 mod client_surface;
+mod dashboard;
 mod deliberations;
 mod engine;
 mod example_plugins;
