@@ -24,7 +24,8 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(PATH, get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
-        .route("/dashboard/", get(|| async { Redirect::permanent(PATH) }))
+        // Relative, so a proxy that mounts the server under a prefix keeps it (the page's own links are relative).
+        .route("/dashboard/", get(|| async { Redirect::permanent("../dashboard") }))
         .route("/dashboard/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/dashboard/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
 }

@@ -4,10 +4,14 @@
 // Every value shown comes from the API with the operator's token, so the API's permissions are the page's.
 'use strict';
 
-const API = '/api/v1/control-plane';
+// The API beside the page: `/dashboard` → `/api/v1/control-plane`, and under a proxy's prefix `/cp/dashboard` →
+// `/cp/api/v1/control-plane`.
+const API = `${location.pathname.replace(/dashboard\/?$/, '')}api/v1/control-plane`;
 const TOKEN_KEY = 'aragora-cp-token';
-// Lists read this many records per request; the virtual lists below render only the rows in sight.
+// Lists read this many records per request; the virtual lists below render only the rows in sight. Pending
+// tasks come as whole records (payloads included), so their pages are smaller.
 const PAGE = 1000;
+const PENDING_PAGE = 200;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Small helpers: elements built with textContent (never innerHTML: agent ids and payloads are other people's text),
@@ -61,28 +65,36 @@ function number(value, digits = 0) {
   return value === undefined || value === null ? '—' : Number(value).toLocaleString(undefined, { maximumFractionDigits: digits });
 }
 
-// Calls `fn` at most once per `ms`, and always once after the last request: a burst of events costs one reload.
+// Calls `fn` (which may answer a promise) at most once per `ms`, never while its previous call is still running,
+// and always once after the last request: a burst of events costs one reload, and an older answer cannot land
+// after a newer one.
 function throttle(fn, ms) {
-  let timer = null;
+  let busy = false;
   let again = false;
-  const run = () => {
+  let timer = null;
+  let stopped = false;
+  const run = async () => {
+    busy = true;
+    again = false;
+    try {
+      await fn();
+    } catch {
+      // The page's own load reports its errors.
+    }
     timer = setTimeout(() => {
       timer = null;
-      if (again) {
-        again = false;
-        run();
-      }
-    }, ms);
-    fn();
+      busy = false;
+      if (again && !stopped) run();
+    }, typeof ms === 'function' ? ms() : ms);
   };
   const request = () => {
-    if (timer) again = true;
+    if (stopped) return;
+    if (busy) again = true;
     else run();
   };
   request.cancel = () => {
+    stopped = true;
     clearTimeout(timer);
-    timer = null;
-    again = false;
   };
   return request;
 }
@@ -152,7 +164,7 @@ async function allPages(path, field, limit = PAGE) {
     const sep = path.includes('?') ? '&' : '?';
     const page = await api(`${path}${sep}limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
     const items = page[field];
-    all = Array.isArray(items) ? (all || []).concat(items) : Object.assign(all || {}, items);
+    all = Array.isArray(items) ? (all || []).concat(items) : Object.assign(all || Object.create(null), items);
     cursor = page.next_cursor;
   } while (cursor);
   return all;
@@ -202,6 +214,13 @@ const stream = {
     this.abort = null;
   },
 
+  // What one session saw is not the next one's business.
+  forget() {
+    this.stop();
+    this.lastId = null;
+    this.recent = [];
+  },
+
   state(text, live) {
     const el = document.getElementById('stream-state');
     el.hidden = false;
@@ -216,6 +235,10 @@ const stream = {
         const headers = { Authorization: `Bearer ${session.token}`, Accept: 'text/event-stream' };
         if (this.lastId) headers['Last-Event-ID'] = this.lastId;
         const response = await fetch(`${API}/events`, { headers, signal });
+        if (response.status === 401 || response.status === 403) {
+          signOut(`The server refused the token for the event stream (${response.status}).`);
+          return;
+        }
         if (!response.ok) throw new Error(`events: ${response.status}`);
         this.state('live', true);
         backoff = 500;
@@ -225,7 +248,8 @@ const stream = {
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
-          buffer += decoder.decode(value, { stream: true });
+          // The SSE grammar allows CRLF and CR line ends as well as LF.
+          buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
           let end;
           while ((end = buffer.indexOf('\n\n')) >= 0) {
             this.frame(buffer.slice(0, end));
@@ -254,8 +278,8 @@ const stream = {
       else if (field === 'event') type = value;
       else if (field === 'data') data.push(value);
     }
-    if (!data.length) return;
     if (id) this.lastId = id;
+    if (!data.length) return;
     let event;
     try {
       event = type === 'reset' ? { type: 'reset', ...JSON.parse(data.join('\n')) } : JSON.parse(data.join('\n'));
@@ -275,47 +299,67 @@ const stream = {
 // thousand agents or a hundred thousand tasks cost the tab what thirty rows cost.
 
 class VirtualList {
-  constructor(columns, { height = '60vh', rowHeight = 30, empty = 'Nothing here.' } = {}) {
+  // `columns`: `{title, width, render(row), live?}`; a `live` column (an age) is recomputed on every render, the
+  // others only when the row changes. `signature(row)` says when a row changed (default: its JSON).
+  constructor(columns, { height = '60vh', rowHeight = 30, empty = 'Nothing here.', signature } = {}) {
     this.columns = columns;
     this.rowHeight = rowHeight;
     this.rows = [];
-    this.empty = empty;
+    this.signature = signature || ((row) => JSON.stringify(row));
+    this.shown = new Map();
     this.template = columns.map((c) => c.width || '1fr').join(' ');
+    this.maxHeight = height;
     this.el = h('div', { class: 'vlist', role: 'table' });
     this.el.style.height = height;
     this.head = h('div', { class: 'vhead', role: 'row' }, columns.map((c) => h('span', { role: 'columnheader', text: c.title })));
     this.head.style.gridTemplateColumns = this.template;
     this.spacer = h('div');
     this.body = h('div', { role: 'rowgroup' });
-    this.el.append(this.head, this.spacer, this.body);
+    this.emptyNote = h('div', { class: 'empty', text: empty });
+    this.el.append(this.head, this.spacer, this.body, this.emptyNote);
     this.el.addEventListener('scroll', () => this.render(), { passive: true });
   }
 
   setRows(rows) {
     this.rows = rows;
     this.spacer.style.height = `${rows.length * this.rowHeight}px`;
+    // As tall as its rows (two at least, for the empty note), up to the page's share.
+    this.el.style.height = `min(${this.maxHeight}, ${(Math.max(2, rows.length) + 1) * this.rowHeight + 2}px)`;
     this.render();
   }
 
+  row(row) {
+    const el = h('div', { class: 'vrow', role: 'row', 'data-key': row.key }, this.columns.map((c) => {
+      const cell = c.render(row);
+      return cell instanceof Node && cell.tagName === 'SPAN' && cell.getAttribute('role') === 'cell'
+        ? cell
+        : h('span', { role: 'cell' }, cell);
+    }));
+    el.style.gridTemplateColumns = this.template;
+    return el;
+  }
+
+  // Rows that did not change keep their elements, so a button being clicked or focused is not swapped under the
+  // pointer by a reload.
   render() {
     const height = this.el.clientHeight || 600;
     const first = Math.max(0, Math.floor(this.el.scrollTop / this.rowHeight) - 5);
     const last = Math.min(this.rows.length, first + Math.ceil(height / this.rowHeight) + 10);
-    const fragment = document.createDocumentFragment();
+    const keep = new Map();
     for (let i = first; i < last; i++) {
       const row = this.rows[i];
-      const el = h('div', { class: 'vrow', role: 'row', 'data-key': row.key }, this.columns.map((c) => {
-        const cell = c.render(row);
-        return cell instanceof Node && cell.tagName === 'SPAN' && cell.getAttribute('role') === 'cell'
-          ? cell
-          : h('span', { role: 'cell' }, cell);
-      }));
+      const signature = `${row.key}\u0000${this.signature(row)}`;
+      const el = this.shown.get(signature) || this.row(row);
       el.style.top = `${this.rowHeight * (i + 1)}px`;
-      el.style.gridTemplateColumns = this.template;
-      fragment.append(el);
+      this.columns.forEach((c, index) => {
+        if (c.live) el.children[index].textContent = c.render(row);
+      });
+      keep.set(signature, el);
     }
-    if (!this.rows.length) fragment.append(h('div', { class: 'empty', text: this.empty }));
-    fill(this.body, fragment);
+    for (const [signature, el] of this.shown) if (!keep.has(signature)) el.remove();
+    for (const el of keep.values()) if (!el.isConnected) this.body.append(el);
+    this.shown = keep;
+    this.emptyNote.hidden = this.rows.length > 0;
   }
 }
 
@@ -365,7 +409,7 @@ function LivePage(root) {
     const [summary, queue] = await Promise.all([api('/metrics'), api('/queue/metrics').catch(() => null)]);
     const now = Date.now();
     const finished = summary.completed_jobs + summary.failed_jobs;
-    if (previous) {
+    if (previous && now > previous.at) {
       // Retention prunes finished tasks from the counters; a drop is pruning, not negative throughput.
       samples.throughput.push(Math.max(0, (finished - previous.finished) / ((now - previous.at) / 1000)));
     }
@@ -408,10 +452,14 @@ function LivePage(root) {
       : [h('tr', {}, h('td', { colspan: 5, class: 'muted', text: 'No violations.' }))]));
   }
 
-  const refresh = () => Promise.all([sample(), loadViolations()]).catch((e) => toast(`Live: ${e.message}`, 'error'));
+  const sampleLater = throttle(() => sample().catch((e) => toast(`Live: ${e.message}`, 'error')), 1000);
   const eventsLater = throttle(showEvents, 300);
   const violationsLater = throttle(() => loadViolations().catch(() => {}), 1000);
-  const timer = setInterval(() => sample().catch(() => {}), 2000);
+  const refresh = () => {
+    sampleLater();
+    violationsLater();
+  };
+  const timer = setInterval(sampleLater, 2000);
   refresh();
   showEvents();
   return {
@@ -422,6 +470,7 @@ function LivePage(root) {
     },
     stop() {
       clearInterval(timer);
+      sampleLater.cancel();
       eventsLater.cancel();
       violationsLater.cancel();
     },
@@ -431,14 +480,13 @@ function LivePage(root) {
 // Fleet: every agent with its status, health, breaker and load; filters; pause, resume and remove.
 function FleetPage(root) {
   let agents = [];
-  let health = {};
+  let health = Object.create(null);
   const filters = { capability: '', provider: '', status: '' };
   const provider = h('select', { 'aria-label': 'provider', onchange: () => { filters.provider = provider.value; show(); } });
   const status = h('select', { 'aria-label': 'status', onchange: () => { filters.status = status.value; show(); } },
     ['', 'ready', 'busy', 'starting', 'draining', 'paused', 'offline', 'failed'].map((s) => h('option', { value: s, text: s || 'any status' })));
-  const capabilityLater = throttle(() => load(), 400);
   const capability = h('input', { type: 'search', placeholder: 'capability', 'aria-label': 'capability',
-    oninput: () => { filters.capability = capability.value.trim(); capabilityLater(); } });
+    oninput: () => { filters.capability = capability.value.trim(); later(); } });
   const count = h('span', { class: 'count' });
   const list = new VirtualList([
     { title: 'Agent', width: 'minmax(140px, 1.4fr)', render: (a) => h('span', { role: 'cell', class: 'mono', title: a.agent_id, text: a.agent_id }) },
@@ -450,7 +498,7 @@ function FleetPage(root) {
     { title: 'Latency', width: '80px', render: (a) => `${number(a.avg_latency_ms, 1)} ms` },
     { title: 'Model / provider', width: 'minmax(120px, 1fr)', render: (a) => `${a.model || '—'} / ${a.provider || '—'}` },
     { title: 'Capabilities', width: 'minmax(120px, 1fr)', render: (a) => (a.capabilities || []).join(', ') || '—' },
-    { title: 'Heartbeat', width: '80px', render: (a) => ageOf(a.last_heartbeat) },
+    { title: 'Heartbeat', width: '80px', live: true, render: (a) => ageOf(a.last_heartbeat) },
     { title: '', width: '150px', render: (a) => h('span', { role: 'cell' },
       a.paused
         ? action('Resume', `resume ${a.agent_id}`, () => api(`/agents/${encodeURIComponent(a.agent_id)}/resume`, { method: 'POST' }))
@@ -458,7 +506,15 @@ function FleetPage(root) {
       ' ',
       action('Remove', `remove ${a.agent_id}`, () => api(`/agents/${encodeURIComponent(a.agent_id)}`, { method: 'DELETE' }),
         { danger: true, confirmText: `Unregister ${a.agent_id}? The tasks it holds go back to pending.` })) },
-  ], { empty: 'No agents match.' });
+  ], {
+    empty: 'No agents match.',
+    // Everything a row shows but the heartbeat's age (a live cell): a heartbeat alone does not rebuild the row.
+    signature: (a) => {
+      const probe = health[a.agent_id] || {};
+      return [a.status, a.paused, a.in_flight, a.max_concurrent_tasks, a.tasks_completed, a.tasks_failed,
+        a.avg_latency_ms, a.model, a.provider, (a.capabilities || []).join(','), probe.status, probe.breaker].join('|');
+    },
+  });
   list.el.id = 'agents';
   root.append(
     h('h1', { text: 'Fleet' }),
@@ -469,9 +525,12 @@ function FleetPage(root) {
 
   function show() {
     const providers = [...new Set(agents.map((a) => a.provider).filter(Boolean))].sort();
-    const chosen = provider.value;
-    fill(provider, h('option', { value: '', text: 'any provider' }), ...providers.map((p) => h('option', { value: p, text: p })));
-    provider.value = providers.includes(chosen) ? chosen : '';
+    // Rebuilt only when the set changes, so an open drop-down is not closed by a reload.
+    if (providers.join('\u0000') !== [...provider.options].slice(1).map((o) => o.value).join('\u0000')) {
+      fill(provider, h('option', { value: '', text: 'any provider' }), ...providers.map((p) => h('option', { value: p, text: p })));
+      provider.value = providers.includes(filters.provider) ? filters.provider : '';
+      filters.provider = provider.value;
+    }
     const shown = agents.filter((a) =>
       (!filters.provider || a.provider === filters.provider) &&
       (!filters.status || (filters.status === 'paused' ? a.paused : a.status === filters.status)));
@@ -483,28 +542,25 @@ function FleetPage(root) {
     const query = filters.capability ? `?capability=${encodeURIComponent(filters.capability)}` : '';
     const [found, healthPages] = await Promise.all([allPages(`/agents${query}`, 'agents'), allPages('/health', 'agents', 10000)]);
     agents = found;
-    health = healthPages || {};
+    health = healthPages || Object.create(null);
     show();
   }
 
-  const refresh = () => load().catch((e) => toast(`Fleet: ${e.message}`, 'error'));
-  // A large fleet reloads less often: a burst of events costs one read of every agent.
-  const later = throttle(refresh, 1000);
-  const slower = throttle(refresh, 3000);
+  // Every read goes through one throttle, so answers land in order; a large fleet is read less often (a burst
+  // of events costs one read of every agent).
+  const later = throttle(() => load().catch((e) => toast(`Fleet: ${e.message}`, 'error')), () => (agents.length > 300 ? 3000 : 1000));
   const ages = setInterval(() => list.render(), 2000);
-  refresh();
+  later();
   return {
-    refresh,
+    refresh: later,
     onEvent(event) {
       if (/^(agent_|breaker_|health_|task_(claimed|completed|failed|released|timeout|cancelled|retried))/.test(event.type) || event.type === 'reset') {
-        (agents.length > 300 ? slower : later)();
+        later();
       }
     },
     stop() {
       clearInterval(ages);
       later.cancel();
-      slower.cancel();
-      capabilityLater.cancel();
     },
   };
 }
@@ -514,6 +570,8 @@ function WorkPage(root) {
   let pending = [];
   let pendingCursor = null;
   let pendingTotal = 0;
+  // Bumped by every read of the pending list: an answer to an older read is dropped.
+  let pendingRead = 0;
   const figures = h('div', { class: 'figures' });
   const byPriority = h('tbody');
   const bySignature = h('tbody');
@@ -523,18 +581,27 @@ function WorkPage(root) {
     { title: 'Status', width: '90px', render: (j) => badge(j.status) },
     { title: 'Priority', width: '80px', render: (j) => j.priority },
     { title: 'Agent', width: 'minmax(100px, 1fr)', render: (j) => (j.agents_assigned || []).join(', ') || '—' },
-    { title: 'Age', width: '70px', render: (j) => ageOf(j.started_at || j.created_at) },
-  ], { height: '36vh', empty: 'Nothing claimed or running.' });
+    { title: 'Age', width: '70px', live: true, render: (j) => ageOf(j.started_at || j.created_at) },
+  ], { height: '36vh', empty: 'Nothing claimed or running.', signature: (j) => `${j.status}|${(j.agents_assigned || []).join(',')}` });
   running.el.id = 'running';
   const waiting = new VirtualList([
     { title: 'Task', width: 'minmax(200px, 1.6fr)', render: (t) => taskLink(t.task_id) },
     { title: 'Type', width: 'minmax(100px, 1fr)', render: (t) => t.task_type },
     { title: 'Priority', width: '80px', render: (t) => t.priority },
     { title: 'Capabilities', width: 'minmax(120px, 1fr)', render: (t) => (t.required_capabilities || []).join(', ') || 'any' },
-    { title: 'Waiting', width: '70px', render: (t) => ageOf(t.created_at) },
-  ], { height: '36vh', empty: 'No task is pending.' });
+    { title: 'Waiting', width: '70px', live: true, render: (t) => ageOf(t.created_at) },
+  ], { height: '36vh', empty: 'No task is pending.', signature: (t) => t.priority });
   waiting.el.id = 'pending';
-  const more = h('button', { type: 'button', text: 'Load more', onclick: () => loadPending(true).catch((e) => toast(e.message, 'error')) });
+  const more = h('button', { type: 'button', text: 'Load more', onclick: async () => {
+    more.disabled = true;
+    try {
+      await loadPending(true);
+    } catch (e) {
+      toast(e.message, 'error');
+    } finally {
+      more.disabled = false;
+    }
+  } });
   const pendingCount = h('span', { class: 'count' });
   const history = new VirtualList([
     { title: 'Task', width: 'minmax(200px, 1.6fr)', render: (t) => taskLink(t.id) },
@@ -542,8 +609,8 @@ function WorkPage(root) {
     { title: 'Status', width: '90px', render: (t) => badge(t.status) },
     { title: 'Agent', width: 'minmax(100px, 1fr)', render: (t) => t.assigned_agent || '—' },
     { title: 'Duration', width: '90px', render: (t) => (t.duration_ms === null || t.duration_ms === undefined ? '—' : `${number(t.duration_ms)} ms`) },
-    { title: 'Ended', width: '80px', render: (t) => ageOf(t.completed_at) },
-  ], { height: '36vh', empty: 'Nothing finished yet.' });
+    { title: 'Ended', width: '80px', live: true, render: (t) => ageOf(t.completed_at) },
+  ], { height: '36vh', empty: 'Nothing finished yet.', signature: (t) => t.status });
   history.el.id = 'history';
   root.append(
     h('h1', { text: 'Work' }),
@@ -559,6 +626,8 @@ function WorkPage(root) {
 
   async function loadFigures() {
     const m = await api('/queue/metrics');
+    pendingTotal = m.pending;
+    showPendingCount();
     fill(figures,
       figure('pending', number(m.pending), { 'data-figure': 'pending' }),
       figure('in backoff', number(m.delayed)),
@@ -574,31 +643,35 @@ function WorkPage(root) {
       : [h('tr', {}, h('td', { colspan: 2, class: 'muted', text: 'Nothing claimable.' }))]));
   }
 
+  function showPendingCount() {
+    pendingCount.textContent = `${number(pending.length)} of ${number(Math.max(pendingTotal, pending.length))} shown`;
+  }
+
   async function loadPending(next) {
+    const read = ++pendingRead;
     const cursor = next && pendingCursor ? `&cursor=${encodeURIComponent(pendingCursor)}` : '';
-    const page = await api(`/tasks?status=pending&limit=${PAGE}${cursor}`);
+    const page = await api(`/tasks?status=pending&limit=${PENDING_PAGE}${cursor}`);
+    if (read !== pendingRead) return;
     pending = next ? pending.concat(page.tasks) : page.tasks;
     pendingCursor = page.next_cursor || null;
-    pendingTotal = page.total;
     more.hidden = !pendingCursor;
-    pendingCount.textContent = `${number(pending.length)} of ${number(pendingTotal)} shown`;
+    showPendingCount();
     waiting.setRows(pending.map((t) => ({ ...t, key: t.task_id })));
   }
 
   async function load() {
-    const [queue, done] = await Promise.all([api(`/queue?limit=${PAGE}`), api('/tasks/history?limit=200')]);
+    const [queue, done] = await Promise.all([api('/queue?limit=500'), api('/tasks/history?limit=200')]);
     running.setRows(queue.jobs.filter((j) => j.status !== 'pending').map((j) => ({ ...j, key: j.id })));
     history.setRows(done.history.map((t) => ({ ...t, key: t.id })));
     // Past the first page the operator is reading: keep the rows still until they ask again.
-    await Promise.all([loadFigures(), pending.length <= PAGE ? loadPending(false) : null]);
+    await Promise.all([loadFigures(), pending.length <= PENDING_PAGE ? loadPending(false) : null]);
   }
 
-  const refresh = () => load().catch((e) => toast(`Work: ${e.message}`, 'error'));
-  const later = throttle(refresh, 1000);
+  const later = throttle(() => load().catch((e) => toast(`Work: ${e.message}`, 'error')), 1000);
   const ages = setInterval(() => { running.render(); waiting.render(); history.render(); }, 2000);
-  refresh();
+  later();
   return {
-    refresh,
+    refresh: later,
     onEvent(event) {
       if (event.type.startsWith('task_') || event.type === 'reset') later();
     },
@@ -680,14 +753,13 @@ function TaskPage(root, id) {
     show();
   }
 
-  const refresh = () => load().catch((e) => {
+  const later = throttle(() => load().catch((e) => {
     fill(head, h('h1', { class: 'mono', text: id }));
     fill(outcome, h('p', { class: 'error', text: e.message }));
-  });
-  const later = throttle(refresh, 200);
-  refresh();
+  }), 200);
+  later();
   return {
-    refresh,
+    refresh: later,
     onEvent(event) {
       if (event.task_id === id || event.type === 'reset') later();
     },
@@ -732,7 +804,7 @@ function PluginsPage(root) {
       await api(`/plugins/${encodeURIComponent(name.value)}${query}`, { method: 'PUT', form: data });
       toast(`uploaded ${name.value}`);
       form.reset();
-      refresh();
+      later();
     } catch (e) {
       toast(`upload refused: ${e.message}${e.code ? ` (${e.code})` : ''}`, 'error');
     }
@@ -760,11 +832,10 @@ function PluginsPage(root) {
     }));
   }
 
-  const refresh = () => load().catch((e) => toast(`Plugins: ${e.message}`, 'error'));
-  const later = throttle(refresh, 500);
-  refresh();
+  const later = throttle(() => load().catch((e) => toast(`Plugins: ${e.message}`, 'error')), 500);
+  later();
   return {
-    refresh,
+    refresh: later,
     onEvent(event) {
       if (event.type.startsWith('plugin_') || event.type === 'reset') later();
     },
@@ -811,6 +882,7 @@ function showSignIn(message) {
 
 function signOut(message) {
   session.token = null;
+  stream.forget();
   showSignIn(message);
 }
 
@@ -820,8 +892,10 @@ async function signIn(token) {
     // The fleet summary takes `read` and refuses agent tokens: the least a dashboard needs.
     await api('/metrics');
   } catch (e) {
-    session.token = null;
-    showSignIn(e.status === 401 || e.status === 403 ? `This token cannot read the fleet: ${e.message}` : e.message);
+    const refused = e.status === 401 || e.status === 403;
+    // A server that is down or restarting has not refused the token: keep it for the next try.
+    if (refused) session.token = null;
+    showSignIn(refused ? `This token cannot read the fleet: ${e.message}` : `${e.message}; sign in again when it answers`);
     return;
   }
   started = true;
