@@ -4,12 +4,18 @@
 //! `DASHBOARD_SCREENSHOTS=DIR` keeps the pages as PNG files (how docs/dashboard/ was made).
 
 use aragora_cp::api::Permission;
+use aragora_cp::config::Config;
+use aragora_cp_tests::redis_server::unique_prefix;
 use aragora_cp_tests::server::TestServer;
 use aragora_cp_tests::{browser, guest};
 
 /// Runs `scenario` against a fresh server on the memory store.
 async fn scenario(name: &str) -> String {
-    let server = TestServer::start().await;
+    scenario_on(TestServer::start().await, name).await
+}
+
+/// Runs `scenario` against `server`.
+async fn scenario_on(server: TestServer, name: &str) -> String {
     let mut env = vec![
         ("BASE_URL", server.base.clone()),
         ("ADMIN_TOKEN", server.admin()),
@@ -32,6 +38,13 @@ async fn sign_in_and_agents_appear_as_they_register() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_goes_pending_claimed_completed_live() {
     scenario("task").await;
+}
+
+/// The same on the Redis store, whose events reach the page through the store's stream reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_goes_pending_claimed_completed_live_on_redis() {
+    let prefix = unique_prefix("dashboard");
+    scenario_on(TestServer::start_on_redis(Config::default(), &prefix).await, "task").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
