@@ -233,33 +233,47 @@ pub async fn deliberations_list(
         return Err(ApiError::invalid("status", "must be queued, running, completed, failed or timeout"));
     }
     let limit = page_limit(query.limit.as_deref(), 100, 1_000)?;
-    // The statuses that are one task status each are filtered by the store; the others are read from the tasks.
-    let status = match wanted {
-        Some("queued") => Some(TaskStatus::Pending),
-        Some("completed") => Some(TaskStatus::Completed),
-        _ => None,
+    // The task statuses a deliberation status can come from (`deliberation_status`), each read through the store's
+    // status index: asking for running sessions never pages through the finished ones.
+    let statuses: &[Option<TaskStatus>] = match wanted {
+        None => &[None],
+        Some("queued") => &[Some(TaskStatus::Pending)],
+        Some("running") => &[Some(TaskStatus::Claimed), Some(TaskStatus::Running)],
+        Some("completed") => &[Some(TaskStatus::Completed)],
+        Some("failed") => &[Some(TaskStatus::Failed), Some(TaskStatus::Cancelled)],
+        _ => &[Some(TaskStatus::Failed), Some(TaskStatus::Timeout), Some(TaskStatus::Cancelled)],
     };
-    let mut deliberations = Vec::new();
-    let mut cursor = None;
-    // Newest first through the deliberation tasks, a page at a time, until `limit` match.
-    loop {
-        let filter = TaskFilter {
-            status,
-            task_type: Some(DELIBERATION_TASK_TYPE.to_string()),
-            limit: 500,
-            cursor: cursor.take(),
-            ..TaskFilter::default()
-        };
-        let page = state.coordinator.list_tasks(&filter).await?;
-        for task in &page.tasks {
-            if deliberations.len() < limit && wanted.is_none_or(|status| status == deliberation_status(task)) {
-                deliberations.push(deliberation_view(task));
+    let mut found = Vec::new();
+    for &status in statuses {
+        let mut taken = 0;
+        let mut cursor = None;
+        // Newest first through the deliberation tasks of this status, a page at a time, until `limit` match.
+        loop {
+            let filter = TaskFilter {
+                status,
+                task_type: Some(DELIBERATION_TASK_TYPE.to_string()),
+                limit: 500,
+                cursor: cursor.take(),
+                ..TaskFilter::default()
+            };
+            let page = state.coordinator.list_tasks(&filter).await?;
+            for task in page.tasks {
+                if taken < limit && wanted.is_none_or(|wanted| wanted == deliberation_status(&task)) {
+                    found.push(task);
+                    taken += 1;
+                }
+            }
+            match page.next_cursor {
+                Some(next) if taken < limit => cursor = Some(next),
+                _ => break,
             }
         }
-        match page.next_cursor {
-            Some(next) if deliberations.len() < limit => cursor = Some(next),
-            _ => break,
-        }
     }
+    if statuses.len() > 1 {
+        // Times are RFC 3339 in one format (UTC, milliseconds), so their text sorts as the times do.
+        found.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        found.truncate(limit);
+    }
+    let deliberations: Vec<Value> = found.iter().map(deliberation_view).collect();
     Ok(Json(DeliberationList { total: deliberations.len(), deliberations }))
 }

@@ -41,6 +41,12 @@ async fn queued_then_running_then_completed(server: TestServer) {
     let (_, claimed) = call(&server, Method::POST, "/tasks/claim", Some(claim)).await;
     let (_, read) = call(&server, Method::GET, &session(""), None).await;
     assert_eq!((read["status"].as_str(), read["agent_id"].as_str()), (Some("running"), Some("deliberator")));
+    let (_, running) = call(&server, Method::GET, "/deliberations?status=running", None).await;
+    assert_eq!((running["total"].as_u64(), &running["deliberations"][0]["request_id"]), (Some(1), &json!(request_id)));
+    for other in ["queued", "completed", "failed", "timeout"] {
+        let (_, listed) = call(&server, Method::GET, &format!("/deliberations?status={other}"), None).await;
+        assert_eq!(listed["total"], 0, "{other}: {listed}");
+    }
     let decision = json!({"lease_id": claimed["task"]["lease_id"], "result": {
         "answer": "Ship on Monday", "confidence": 0.8, "consensus_reached": true, "reasoning": "Nobody watches",
         "agent_contributions": [{"agent_id": "deliberator", "position": "Monday"}]}});
