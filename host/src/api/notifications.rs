@@ -164,11 +164,21 @@ pub async fn notifications_list(
                 .ok_or_else(|| ApiError::invalid("status", "must be pending, sending, sent or dead"))?,
         ),
     };
-    let limit = page_limit(query.limit.as_deref(), 100, 1_000)?;
-    let kinds = channel_kinds(&state).await?;
+    delivery_list(&state, status, query.limit.as_deref()).await
+}
+
+/// The deliveries in `status` (any when `None`), newest first, at most `limit` (1 to 1000, default 100), with the
+/// figures: the answer of both lists.
+async fn delivery_list(
+    state: &ApiState,
+    status: Option<DeliveryStatus>,
+    limit: Option<&str>,
+) -> ApiResult<Json<DeliveryList>> {
+    let limit = page_limit(limit, 100, 1_000)?;
+    let kinds = channel_kinds(state).await?;
     let deliveries = state.coordinator.deliveries(status, limit).await?;
     let notifications: Vec<DeliveryView> = deliveries.into_iter().map(|d| view(d, &kinds)).collect();
-    Ok(Json(DeliveryList { total: notifications.len(), notifications, stats: stats(&state).await? }))
+    Ok(Json(DeliveryList { total: notifications.len(), notifications, stats: stats(state).await? }))
 }
 
 /// `GET /notifications/dead-letters?limit=` → deliveries whose attempts ran out, newest first.
@@ -185,11 +195,7 @@ pub async fn dead_letters_list(
     if query.status.is_some() {
         return Err(ApiError::invalid("status", "is dead here; use GET /notifications?status= for others"));
     }
-    let limit = page_limit(query.limit.as_deref(), 100, 1_000)?;
-    let kinds = channel_kinds(&state).await?;
-    let deliveries = state.coordinator.deliveries(Some(DeliveryStatus::Dead), limit).await?;
-    let notifications: Vec<DeliveryView> = deliveries.into_iter().map(|d| view(d, &kinds)).collect();
-    Ok(Json(DeliveryList { total: notifications.len(), notifications, stats: stats(&state).await? }))
+    delivery_list(&state, Some(DeliveryStatus::Dead), query.limit.as_deref()).await
 }
 
 /// `POST /notifications/dead-letters/{id}/retry` → the dead letter is pending again, due now, with a new round of the
