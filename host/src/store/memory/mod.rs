@@ -133,7 +133,9 @@ struct Breaker {
 #[derive(Default)]
 struct State {
     seq: u64,
-    tasks: FastMap<TaskId, TaskRecord>,
+    /// Boxed: a record is several hundred bytes, and the table moves its entries each time it grows. Boxed, a
+    /// rehash moves pointers, and the table's spare capacity costs pointers, not records.
+    tasks: FastMap<TaskId, Box<TaskRecord>>,
     /// Pending, claimable work per signature.
     ready: FastMap<CapabilitySet, BTreeSet<QueueKey>>,
     /// Requeued tasks not claimable before their time.
@@ -325,7 +327,11 @@ impl Tx<'_> {
     }
 
     fn task(&mut self, task_id: &TaskId) -> StoreResult<&mut TaskRecord> {
-        self.state.tasks.get_mut(task_id).ok_or_else(|| StoreError::TaskNotFound(task_id.clone()))
+        self.state
+            .tasks
+            .get_mut(task_id)
+            .map(|record| &mut **record)
+            .ok_or_else(|| StoreError::TaskNotFound(task_id.clone()))
     }
 
     fn set_status(&mut self, task_id: &TaskId, status: TaskStatus) {
@@ -1011,7 +1017,7 @@ impl Tx<'_> {
         let data = json!({"task_type": task.task_type, "priority": priority, "required_capabilities": task.required_capabilities});
         self.state.tasks.insert(
             task_id.clone(),
-            TaskRecord {
+            Box::new(TaskRecord {
                 task,
                 seq,
                 score,
@@ -1023,7 +1029,7 @@ impl Tx<'_> {
                 finished_at_ms: None,
                 requeued_by: None,
                 pending_since_ms: now,
-            },
+            }),
         );
         self.state.by_seq.insert(seq, task_id.clone());
         self.state.waiting_since.insert((now, task_id.clone()));
