@@ -471,11 +471,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         audit_key(&mut config, kind);
         let auth = Arc::new(auth);
         let mut server = RunningServer::start(config, &settings, store, auth.clone(), metrics_token).await?;
-        println!("aragora-cp listening on http://{}", server.address);
+        say(format_args!("aragora-cp listening on http://{}", server.address));
         if generated {
-            println!("no ARAGORA_JWT_SECRET: generated a secret for this run; an admin token valid 24 h:");
-            println!("{}", auth.issue("admin", &[Permission::Admin], DEV_TOKEN_TTL)?);
+            say(format_args!("no ARAGORA_JWT_SECRET: generated a secret for this run; an admin token valid 24 h:"));
+            say(format_args!("{}", auth.issue("admin", &[Permission::Admin], DEV_TOKEN_TTL)?));
         }
+        say(format_args!("dashboard: http://{}/dashboard (sign in with a token)", server.address));
         tokio::select! {
             outcome = server.stopped() => return outcome.map(|()| ExitCode::SUCCESS),
             _ = signal.recv() => {}
@@ -483,6 +484,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// One line on stdout for whoever started the server. A reader that went away (`serve | head -1`, a supervisor
+/// that read the address and closed the pipe) must not take the server down, so a failed write is ignored where
+/// `println!` would panic.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// Settles the key that signs audit checkpoints. Without `AUDIT_SIGNING_KEY` or `ARAGORA_JWT_SECRET`, a server on
