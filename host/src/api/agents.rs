@@ -1,7 +1,6 @@
 //! `/agents`: registration, heartbeats, pause/resume, selection. An agent token (`sub = agent:<id>`) may register,
 //! heartbeat, read and unregister only itself.
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -9,19 +8,18 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::ApiResult;
 use super::extract::{ApiJson, ApiQuery, IdPaging, page_by_id, query_param};
+use super::{ApiState, Prefixed};
 use crate::model::{Agent, AgentStatus, CapabilitySet, HeartbeatRequest, MAX_TASK_CAPABILITIES, RegisterRequest};
 use crate::model::{AgentFilter, Revoked};
 use crate::scheduler::routing::AgentSelection;
 
 /// The agent routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/agents", get(agents_list).post(agents_register))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/agents", get(agents_list).post(agents_register))
         .route("/agents/select", post(agents_select))
         .route("/agents/{agent_id}", get(agents_get).delete(agents_unregister))
         .route("/agents/{agent_id}/heartbeat", post(agents_heartbeat))

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::Method;
 use axum::response::Response;
@@ -21,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::access::{REQUEST_ID, Refusal};
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, page_limit, query_param};
+use super::{ApiState, Prefixed};
 use crate::model::{AuditCheckpoint, AuditEntry, ChainBreak, NewAuditEntry};
 
 /// Routes of an agent's work on its own tasks: frequent, and recorded by the task's events instead.
@@ -131,9 +130,8 @@ fn resource_of(route: &str, path: &str) -> String {
 }
 
 /// The routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/audit", get(audit_list))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/audit", get(audit_list))
         .route("/audit/stats", get(audit_stats))
         .route("/audit/verify", get(audit_verify))
         .route("/audit-logs", get(audit_logs))

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,20 +16,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit};
+use super::{ApiState, Prefixed};
 use crate::model::{
     DELIBERATION_TASK_TYPE, DeliberationMode, DeliberationRequest, Task, TaskFilter, TaskStatus, deliberation_status,
     deliberation_transcript, deliberation_view, request_id_of, task_id_of,
 };
 
 /// The routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/deliberations", get(deliberations_list).post(deliberations_create))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/deliberations", get(deliberations_list).post(deliberations_create))
         .route("/deliberations/{request_id}", get(deliberations_get))
         .route("/deliberations/{request_id}/status", get(deliberations_status))
         .route("/deliberations/{request_id}/transcript", get(deliberations_transcript))

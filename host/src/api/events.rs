@@ -8,7 +8,6 @@ use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -18,10 +17,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::ApiQuery;
+use super::{ApiState, Prefixed};
 use crate::model::{Event, EventKind};
 
 /// Events replayed at most on a resume.
@@ -30,8 +29,8 @@ pub const MAX_REPLAY: usize = 10_000;
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The event routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new().route("/events", get(events_stream)).route("/stream", get(stream_info))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/events", get(events_stream)).route("/stream", get(stream_info))
 }
 
 /// `GET /events` query.

@@ -6,21 +6,19 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::ApiResult;
+use super::{ApiState, Prefixed};
 use crate::model::{Agent, FleetStats};
 
 /// The routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/metrics", get(summary_get))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/metrics", get(summary_get))
         .route("/metrics/tasks", get(tasks_get))
         .route("/metrics/system", get(system_get))
         .route("/metrics/agents/{agent_id}", get(agent_get))

@@ -2,16 +2,15 @@
 //! fleet.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, IdPaging, page_by_id, page_limit};
+use super::{ApiState, Prefixed};
 use crate::coordinator::{Stats, SystemHealth};
 use crate::model::AgentHealth;
 use crate::model::{Violation, ViolationStatus, ViolationUpdate};
@@ -20,9 +19,8 @@ use crate::model::{Violation, ViolationStatus, ViolationUpdate};
 pub const MAX_VIOLATIONS: usize = 1000;
 
 /// The health routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/health", get(health_system))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/health", get(health_system))
         .route("/health/detailed", get(health_detailed))
         .route("/breakers", get(breakers_list))
         .route("/health/{agent_id}", get(health_agent))

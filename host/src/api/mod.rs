@@ -121,28 +121,13 @@ impl ApiParts {
 /// Every route: the resources under both prefixes, `/livez`, `/readyz`, `/metrics` and `/dashboard` at the root (open), a request id on
 /// every response and on every log line of a refusal (`access`).
 pub fn router(state: ApiState) -> Router {
-    let resources = Router::new()
-        .merge(agents::routes())
-        .merge(tasks::routes())
-        .merge(health::routes())
-        .merge(plugins::routes())
-        .merge(events::routes())
-        .merge(queue::routes())
-        .merge(policies::routes())
-        .merge(schedules::routes())
-        .merge(audit::routes())
-        .merge(notifications::routes())
-        .merge(deliberations::routes())
-        .merge(figures::routes())
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state.clone());
     let mut app = Router::new();
     for prefix in PREFIXES {
-        app = app.nest(prefix, resources.clone());
+        app = resources(Prefixed { prefix, router: app }).router;
     }
-    app.merge(dashboard::routes())
+    app.route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(dashboard::routes())
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics_get))
@@ -150,6 +135,39 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn(access::observe))
+}
+
+/// Every resource's routes under one prefix.
+fn resources(api: Prefixed<'_>) -> Prefixed<'_> {
+    let api = agents::routes(api);
+    let api = tasks::routes(api);
+    let api = health::routes(api);
+    let api = plugins::routes(api);
+    let api = events::routes(api);
+    let api = queue::routes(api);
+    let api = policies::routes(api);
+    let api = schedules::routes(api);
+    let api = audit::routes(api);
+    let api = notifications::routes(api);
+    let api = deliberations::routes(api);
+    let api = figures::routes(api);
+    api.route("/openapi.json", get(openapi::openapi_json))
+}
+
+/// A router being given the routes of the resources under one of the [`PREFIXES`]: each resource file names its
+/// paths relative to the prefix, and they are registered with it. (Not `Router::nest`, which rebuilds every
+/// request's URI to strip the prefix before routing it a second time.)
+pub struct Prefixed<'a> {
+    prefix: &'a str,
+    router: Router<ApiState>,
+}
+
+impl Prefixed<'_> {
+    /// Adds `path` (relative to the prefix) with its methods.
+    pub fn route(self, path: &str, methods: axum::routing::MethodRouter<ApiState>) -> Self {
+        let router = self.router.route(&format!("{}{path}", self.prefix), methods);
+        Prefixed { router, ..self }
+    }
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then stops accepting and waits for in-flight

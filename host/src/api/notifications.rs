@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::Extension;
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
@@ -14,19 +13,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit};
+use super::{ApiState, Prefixed};
 use crate::model::{
     Channel, ChannelFigures, ChannelKind, Delivery, DeliveryMessage, DeliveryStatus, NewChannel, rfc3339_ms,
 };
 
 /// The routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/notifications", get(notifications_list))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/notifications", get(notifications_list))
         .route("/notifications/stats", get(notifications_stats))
         .route("/notifications/channels", get(channels_list).post(channels_create))
         .route("/notifications/channels/{channel_id}", delete(channels_delete))

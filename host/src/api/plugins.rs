@@ -4,7 +4,6 @@
 //! (`coordinator::fleet_plugins`).
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -12,18 +11,17 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, is_json, parse};
+use super::{ApiState, Prefixed};
 use crate::coordinator::fleet_plugins::{FleetPluginError, MAX_UPLOAD_BYTES};
 use crate::model::PluginAction;
 use crate::plugins::registry::PluginInfo;
 
 /// The plugin routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/plugins", get(plugins_list))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/plugins", get(plugins_list))
         .route(
             "/plugins/{name}",
             get(plugins_get)

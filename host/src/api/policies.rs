@@ -5,7 +5,6 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -13,18 +12,18 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::ApiJson;
+use super::{ApiState, Prefixed};
 use crate::plugins::PluginKind;
 use crate::plugins::registry::{PluginInfo, PluginStatus};
 use crate::plugins::rules::{RuleSet, is_rule_policy};
 
 /// The routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new().route("/policies", get(policies_list).post(policies_create))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/policies", get(policies_list).post(policies_create))
 }
 
 /// One policy of `GET /policies`.

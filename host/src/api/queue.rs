@@ -5,18 +5,17 @@
 //! work besides cancelling it.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit, query_param};
 use super::tasks::submitter_or_admin;
+use super::{ApiState, Prefixed};
 use crate::model::{Priority, QueueFigures, Task, TaskFilter, TaskId, TaskStatus};
 
 /// Default page of both views.
@@ -32,9 +31,8 @@ pub const MAX_HISTORY_OFFSET: usize = 10_000;
 const HISTORY_METADATA: [&str; 4] = ["name", "workspace_id", "user_id", "tags"];
 
 /// The routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/queue", get(queue_get))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/queue", get(queue_get))
         .route("/queue/metrics", get(queue_metrics))
         .route("/queue/prioritize", post(queue_prioritize))
         .route("/tasks/history", get(history_get))

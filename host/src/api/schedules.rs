@@ -3,24 +3,22 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::ApiJson;
+use super::{ApiState, Prefixed};
 use crate::model::{Schedule, ScheduleChange, ScheduleSpec};
 
 /// The routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/schedules", get(schedules_list).post(schedules_create))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/schedules", get(schedules_list).post(schedules_create))
         .route(
             "/schedules/{schedule_id}",
             get(schedules_get).patch(schedules_update).put(schedules_update).delete(schedules_delete),

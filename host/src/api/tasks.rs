@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::ApiState;
 use super::audit::AuditResource;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit, query_param};
+use super::{ApiState, Prefixed};
 use crate::model::{CapabilitySet, FailKind, MAX_AGENT_CAPABILITIES, SubmitRequest, Task, TaskId, TaskStatus};
 use crate::model::{Completion, FailRequest, Fence, TaskFilter};
 use crate::scheduler::{Claim, MAX_BLOCK};
@@ -38,9 +37,8 @@ pub const DEFAULT_BLOCK_MS: u64 = 5000;
 pub const MAX_CLAIM_TASKS: usize = 100;
 
 /// The task routes, relative to the API prefix.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/tasks", get(tasks_list).post(tasks_submit))
+pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    api.route("/tasks", get(tasks_list).post(tasks_submit))
         .route("/tasks/batch", post(tasks_submit_batch))
         .route("/tasks/claim", post(tasks_claim))
         .route("/tasks/complete", post(tasks_complete_batch))
