@@ -50,27 +50,23 @@ pub fn playwright_home() -> &'static Path {
         // The folder is named by the lock file's contents, so a new pin installs afresh.
         let digest =
             lock.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
-        let home = std::env::temp_dir().join(format!("aragora-cp-playwright-{digest:016x}"));
-        if home.join("node_modules/playwright-core/package.json").is_file() {
-            return home;
-        }
-        let building = std::env::temp_dir().join(format!("aragora-cp-playwright-{digest:016x}.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&building);
-        std::fs::create_dir_all(&building).expect("create the npm folder");
-        for file in ["package.json", "package-lock.json"] {
-            std::fs::copy(fixtures().join(file), building.join(file)).expect("copy the npm manifest");
-        }
-        let output = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&building)
-            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-            .output()
-            .unwrap_or_else(|e| panic!("npm ci: {e} (Node.js and npm are needed)"));
-        assert!(output.status.success(), "npm ci failed:\n{}", String::from_utf8_lossy(&output.stderr));
-        if std::fs::rename(&building, &home).is_err() {
-            let _ = std::fs::remove_dir_all(&building);
-        }
-        home
+        crate::built_once(
+            &format!("aragora-cp-playwright-{digest:016x}"),
+            "node_modules/playwright-core/package.json",
+            |building| {
+                std::fs::create_dir_all(building).expect("create the npm folder");
+                for file in ["package.json", "package-lock.json"] {
+                    std::fs::copy(fixtures().join(file), building.join(file)).expect("copy the npm manifest");
+                }
+                let output = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(building)
+                    .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+                    .output()
+                    .unwrap_or_else(|e| panic!("npm ci: {e} (Node.js and npm are needed)"));
+                assert!(output.status.success(), "npm ci failed:\n{}", String::from_utf8_lossy(&output.stderr));
+            },
+        )
     })
 }
 

@@ -35,6 +35,25 @@ pub fn registry() -> Arc<PluginRegistry> {
     Arc::new(PluginRegistry::new(runtime(), "test-server").expect("built-ins load"))
 }
 
+/// `NAME` under the system's temporary folder, built once per machine: answered as it is when `ready` (a path
+/// inside it) exists; otherwise `build` fills a folder of this process's own (the path it gets does not exist
+/// yet), published under `NAME` by an atomic rename, so concurrent test binaries never see a half-built one and
+/// the one that loses the race drops its copy.
+pub fn built_once(name: &str, ready: &str, build: impl FnOnce(&Path)) -> PathBuf {
+    let home = std::env::temp_dir().join(name);
+    if home.join(ready).exists() {
+        return home;
+    }
+    let building = std::env::temp_dir().join(format!("{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    build(&building);
+    if std::fs::rename(&building, &home).is_err() {
+        let _ = std::fs::remove_dir_all(&building);
+    }
+    assert!(home.join(ready).exists(), "{} has no {ready} after it was built", home.display());
+    home
+}
+
 /// The component built from `plugins/**/NAME`.
 pub fn guest(name: &str) -> PathBuf {
     PathBuf::from(guest_path(name).unwrap_or_else(|| panic!("no guest crate named {name} under plugins/")))

@@ -31,27 +31,18 @@ pub fn schemathesis() -> Command {
 
 /// The folder of a virtual environment holding `package` at `version`, built the first time on this machine.
 fn venv_with(package: &str, version: &str) -> PathBuf {
-    let home = std::env::temp_dir().join(format!("aragora-cp-{package}-{version}"));
-    if home.join("bin/python").is_file() {
-        return home;
-    }
-    let building = std::env::temp_dir().join(format!("aragora-cp-{package}-{version}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
-    run(Command::new("python3").args(["-m", "venv"]).arg(&building), "python3 -m venv");
-    run(
-        Command::new(building.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("{package}=={version}")),
-        &format!("pip install {package}"),
-    );
-    // A venv's scripts name their folder: publish it under the final name, then drop ours if another won. The
-    // scripts' `#!` lines name the folder they were built in, so they are run through `bin/python` (a link to the
-    // system's interpreter, which does not care where the venv lives).
-    if std::fs::rename(&building, &home).is_err() {
-        let _ = std::fs::remove_dir_all(&building);
-    }
-    assert!(home.join("bin/python").is_file(), "the {package} environment at {} has no python", home.display());
-    home
+    // The venv is built under another name and renamed: its scripts' `#!` lines name the folder they were built in,
+    // so they are run through `bin/python` (a link to the system's interpreter, which does not care where the venv
+    // lives).
+    crate::built_once(&format!("aragora-cp-{package}-{version}"), "bin/python", |building| {
+        run(Command::new("python3").args(["-m", "venv"]).arg(building), "python3 -m venv");
+        run(
+            Command::new(building.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .arg(format!("{package}=={version}")),
+            &format!("pip install {package}"),
+        );
+    })
 }
 
 fn run(command: &mut Command, what: &str) {

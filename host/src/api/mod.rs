@@ -139,19 +139,21 @@ pub fn router(state: ApiState) -> Router {
 
 /// Every resource's routes under one prefix.
 fn resources(api: Prefixed<'_>) -> Prefixed<'_> {
-    let api = agents::routes(api);
-    let api = tasks::routes(api);
-    let api = health::routes(api);
-    let api = plugins::routes(api);
-    let api = events::routes(api);
-    let api = queue::routes(api);
-    let api = policies::routes(api);
-    let api = schedules::routes(api);
-    let api = audit::routes(api);
-    let api = notifications::routes(api);
-    let api = deliberations::routes(api);
-    let api = figures::routes(api);
-    api.route("/openapi.json", get(openapi::openapi_json))
+    let resources: [for<'a> fn(Prefixed<'a>) -> Prefixed<'a>; 12] = [
+        agents::routes,
+        tasks::routes,
+        health::routes,
+        plugins::routes,
+        events::routes,
+        queue::routes,
+        policies::routes,
+        schedules::routes,
+        audit::routes,
+        notifications::routes,
+        deliberations::routes,
+        figures::routes,
+    ];
+    resources.into_iter().fold(api, |api, routes| routes(api)).route("/openapi.json", get(openapi::openapi_json))
 }
 
 /// A router being given the routes of the resources under one of the [`PREFIXES`]: each resource file names its

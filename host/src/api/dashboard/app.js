@@ -99,6 +99,23 @@ function throttle(fn, ms) {
   return request;
 }
 
+// A page's reads, all through one throttle (so answers land in order): the first now, then on every event
+// `concerns` accepts (and on `reset`). Failed reads are `load`'s to report. Answers `{refresh, onEvent, stop}`.
+function reloading(load, ms, concerns, onStop = () => {}) {
+  const later = throttle(load, ms);
+  later();
+  return {
+    refresh: later,
+    onEvent(event) {
+      if (event.type === 'reset' || concerns(event)) later();
+    },
+    stop() {
+      later.cancel();
+      onStop();
+    },
+  };
+}
+
 function toast(message, kind) {
   const el = h('div', { class: `toast ${kind || ''}`, text: message });
   document.getElementById('toasts').append(el);
@@ -486,7 +503,7 @@ function FleetPage(root) {
   const status = h('select', { 'aria-label': 'status', onchange: () => { filters.status = status.value; show(); } },
     ['', 'ready', 'busy', 'starting', 'draining', 'paused', 'offline', 'failed'].map((s) => h('option', { value: s, text: s || 'any status' })));
   const capability = h('input', { type: 'search', placeholder: 'capability', 'aria-label': 'capability',
-    oninput: () => { filters.capability = capability.value.trim(); later(); } });
+    oninput: () => { filters.capability = capability.value.trim(); page.refresh(); } });
   const count = h('span', { class: 'count' });
   const list = new VirtualList([
     { title: 'Agent', width: 'minmax(140px, 1.4fr)', render: (a) => h('span', { role: 'cell', class: 'mono', title: a.agent_id, text: a.agent_id }) },
@@ -546,23 +563,15 @@ function FleetPage(root) {
     show();
   }
 
-  // Every read goes through one throttle, so answers land in order; a large fleet is read less often (a burst
-  // of events costs one read of every agent).
-  const later = throttle(() => load().catch((e) => toast(`Fleet: ${e.message}`, 'error')), () => (agents.length > 300 ? 3000 : 1000));
   const ages = setInterval(() => list.render(), 2000);
-  later();
-  return {
-    refresh: later,
-    onEvent(event) {
-      if (/^(agent_|breaker_|health_|task_(claimed|completed|failed|released|timeout|cancelled|retried))/.test(event.type) || event.type === 'reset') {
-        later();
-      }
-    },
-    stop() {
-      clearInterval(ages);
-      later.cancel();
-    },
-  };
+  // A large fleet is read less often: a burst of events costs one read of every agent.
+  const page = reloading(
+    () => load().catch((e) => toast(`Fleet: ${e.message}`, 'error')),
+    () => (agents.length > 300 ? 3000 : 1000),
+    (event) => /^(agent_|breaker_|health_|task_(claimed|completed|failed|released|timeout|cancelled|retried))/.test(event.type),
+    () => clearInterval(ages),
+  );
+  return page;
 }
 
 // Work: the queue's figures, what runs and waits, the pending tasks page by page, and what finished lately.
@@ -667,19 +676,13 @@ function WorkPage(root) {
     await Promise.all([loadFigures(), pending.length <= PENDING_PAGE ? loadPending(false) : null]);
   }
 
-  const later = throttle(() => load().catch((e) => toast(`Work: ${e.message}`, 'error')), 1000);
   const ages = setInterval(() => { running.render(); waiting.render(); history.render(); }, 2000);
-  later();
-  return {
-    refresh: later,
-    onEvent(event) {
-      if (event.type.startsWith('task_') || event.type === 'reset') later();
-    },
-    stop() {
-      clearInterval(ages);
-      later.cancel();
-    },
-  };
+  return reloading(
+    () => load().catch((e) => toast(`Work: ${e.message}`, 'error')),
+    1000,
+    (event) => event.type.startsWith('task_'),
+    () => clearInterval(ages),
+  );
 }
 
 // One task: its record, a timeline from the events this tab saw (and the record's own times for what happened
@@ -753,20 +756,11 @@ function TaskPage(root, id) {
     show();
   }
 
-  const later = throttle(() => load().catch((e) => {
+  const reportFailure = (e) => {
     fill(head, h('h1', { class: 'mono', text: id }));
     fill(outcome, h('p', { class: 'error', text: e.message }));
-  }), 200);
-  later();
-  return {
-    refresh: later,
-    onEvent(event) {
-      if (event.task_id === id || event.type === 'reset') later();
-    },
-    stop() {
-      later.cancel();
-    },
   };
+  return reloading(() => load().catch(reportFailure), 200, (event) => event.task_id === id);
 }
 
 // Plugins: every strategy, policy and probe with its version, source, status and counters; upload, enable,
@@ -804,7 +798,7 @@ function PluginsPage(root) {
       await api(`/plugins/${encodeURIComponent(name.value)}${query}`, { method: 'PUT', form: data });
       toast(`uploaded ${name.value}`);
       form.reset();
-      later();
+      page.refresh();
     } catch (e) {
       toast(`upload refused: ${e.message}${e.code ? ` (${e.code})` : ''}`, 'error');
     }
@@ -832,17 +826,12 @@ function PluginsPage(root) {
     }));
   }
 
-  const later = throttle(() => load().catch((e) => toast(`Plugins: ${e.message}`, 'error')), 500);
-  later();
-  return {
-    refresh: later,
-    onEvent(event) {
-      if (event.type.startsWith('plugin_') || event.type === 'reset') later();
-    },
-    stop() {
-      later.cancel();
-    },
-  };
+  const page = reloading(
+    () => load().catch((e) => toast(`Plugins: ${e.message}`, 'error')),
+    500,
+    (event) => event.type.startsWith('plugin_'),
+  );
+  return page;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
