@@ -73,6 +73,37 @@ pub struct Config {
     pub audit_signing_key: Option<String>,
     /// The notification worker and targets (`ARAGORA_NOTIFICATION_WORKER`, `NOTIFICATION_ALLOW_PRIVATE`).
     pub notifications: crate::notifications::NotificationSettings,
+    /// The decision log and canary rollbacks (`DECISION_SAMPLE`, `DECISION_RETENTION`, `DECISION_LOG_MAX`,
+    /// `CANARY_MIN_CALLS`, `CANARY_MAX_EXCESS`).
+    pub decisions: DecisionSettings,
+}
+
+/// What the decision log keeps, and when a canary is rolled back by itself (decision 0022).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecisionSettings {
+    /// Share of tasks (and agents) whose decisions are recorded, 0 to 1 (`DECISION_SAMPLE`, 1; 0 turns it off).
+    pub sample: f64,
+    /// How long decisions are kept (`DECISION_RETENTION`, 1 h).
+    pub retention: Duration,
+    /// Decisions kept at most (`DECISION_LOG_MAX`, 100,000).
+    pub max_kept: usize,
+    /// Calls a canary makes before it is judged (`CANARY_MIN_CALLS`, 50).
+    pub canary_min_calls: u64,
+    /// How far the canary's share of failed or fallen-back calls may exceed the active version's over the same
+    /// time before it is rolled back (`CANARY_MAX_EXCESS`, 0.05: five points).
+    pub canary_max_excess: f64,
+}
+
+impl Default for DecisionSettings {
+    fn default() -> Self {
+        DecisionSettings {
+            sample: 1.0,
+            retention: Duration::from_secs(3_600),
+            max_kept: crate::model::DECISIONS_KEPT,
+            canary_min_calls: 50,
+            canary_max_excess: 0.05,
+        }
+    }
 }
 
 impl Default for Config {
@@ -89,6 +120,7 @@ impl Default for Config {
             audit_retention: None,
             audit_signing_key: None,
             notifications: crate::notifications::NotificationSettings::default(),
+            decisions: DecisionSettings::default(),
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(300),

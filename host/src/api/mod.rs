@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 mod connections;
 pub mod dashboard;
+pub mod decisions;
 pub mod deliberations;
 pub mod errors;
 pub mod events;
@@ -139,9 +140,10 @@ pub fn router(state: ApiState) -> Router {
 
 /// Every resource's routes under one prefix.
 fn resources(api: Prefixed<'_>) -> Prefixed<'_> {
-    let resources: [for<'a> fn(Prefixed<'a>) -> Prefixed<'a>; 12] = [
+    let resources: [for<'a> fn(Prefixed<'a>) -> Prefixed<'a>; 13] = [
         agents::routes,
         tasks::routes,
+        decisions::routes,
         health::routes,
         plugins::routes,
         events::routes,

@@ -16,8 +16,9 @@ use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, is_json, parse};
 use super::{ApiState, Prefixed};
 use crate::coordinator::fleet_plugins::{FleetPluginError, MAX_UPLOAD_BYTES};
-use crate::model::PluginAction;
+use crate::model::{PluginAction, RolloutMode};
 use crate::plugins::registry::PluginInfo;
+use crate::plugins::rollout::ShadowFigures;
 
 /// The plugin routes, relative to the API prefix.
 pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
@@ -32,6 +33,9 @@ pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
         )
         .route("/plugins/{name}/enable", post(plugins_enable))
         .route("/plugins/{name}/disable", post(plugins_disable))
+        .route("/plugins/{name}/shadow", get(plugins_shadow).delete(plugins_rollback))
+        .route("/plugins/{name}/promote", post(plugins_promote))
+        .route("/plugins/{name}/rollback", post(plugins_rollback))
 }
 
 /// Reading plugins takes `read` or `plugins`.
@@ -213,7 +217,10 @@ pub async fn plugins_upload(
     if component.len() > MAX_UPLOAD_BYTES {
         return Err(crate::model::ValidationError::too_large("component", "over the 8 MiB upload limit").into());
     }
-    state.coordinator.upload_plugin(&name, component, manifest, &caller.sub).await?;
+    match options.rollout()? {
+        Some(mode) => state.coordinator.stage_plugin(&name, component, manifest, mode, &caller.sub).await?,
+        None => state.coordinator.upload_plugin(&name, component, manifest, &caller.sub).await?,
+    };
     Ok(Json(view(&state, &name).await?))
 }
 
@@ -224,6 +231,33 @@ pub struct UploadOptions {
     /// Replacing a built-in must be asked for: a typo'd upload must not take over every task's routing.
     #[serde(default)]
     override_builtin: bool,
+    /// `shadow`: stage the component beside the active version, seeing its inputs, deciding nothing; `canary`
+    /// (with `canary=N`): deciding N % of decisions.
+    #[serde(default)]
+    mode: Option<String>,
+    /// The canary's share of decisions, 1 to 100 (implies `mode=canary`).
+    #[serde(default)]
+    canary: Option<u32>,
+}
+
+impl UploadOptions {
+    /// The rollout the query asks for; `None`: a plain upload that becomes the active version.
+    fn rollout(&self) -> ApiResult<Option<RolloutMode>> {
+        let percent = |canary: Option<u32>| match canary {
+            Some(p @ 1..=100) => Ok(RolloutMode::Canary { percent: p as u8 }),
+            Some(other) => Err(ApiError::invalid("canary", format!("{other} is not a percentage from 1 to 100"))),
+            None => Err(ApiError::invalid("canary", "mode=canary needs canary=N, the percentage of decisions")),
+        };
+        match (self.mode.as_deref(), self.canary) {
+            (None | Some("active"), None) => Ok(None),
+            (Some("shadow"), None) => Ok(Some(RolloutMode::Shadow)),
+            (None | Some("canary"), canary) => percent(canary).map(Some),
+            (Some("shadow" | "active"), Some(_)) => {
+                Err(ApiError::invalid("canary", "canary=N goes with mode=canary (or no mode), not this one"))
+            }
+            (Some(other), _) => Err(ApiError::invalid("mode", format!("{other:?}: use shadow or canary"))),
+        }
+    }
 }
 
 /// The parts of a `multipart/form-data` upload (`curl -F component=@x.wasm -F manifest=@x.toml`): the component,
@@ -277,6 +311,106 @@ pub async fn plugins_delete(
     Path(name): Path<String>,
 ) -> ApiResult<Json<PluginInfo>> {
     change(&state, &caller, &name, PluginAction::Delete).await
+}
+
+/// `GET /plugins/{name}/shadow` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShadowReport {
+    /// The plugin name.
+    pub name: String,
+    /// The shadow version's sha256.
+    pub sha256: String,
+    /// The active version's sha256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_sha256: Option<String>,
+    /// When the shadow was installed on this server (RFC 3339).
+    pub since: String,
+    /// The comparisons on this server (each server compares the decisions it makes).
+    #[serde(flatten)]
+    pub figures: ShadowFigures,
+    /// The server reporting.
+    pub server_id: String,
+}
+
+/// `GET /plugins/{name}/shadow`: how the shadow's answers compare with the active version's on this server.
+#[utoipa::path(get, path = "/plugins/{name}/shadow", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "Agreements, disagreements (another agent, another verdict, an error), comparisons dropped, and the latest disagreements", body = ShadowReport),
+        (status = 404, description = "The name has no shadow (`no_shadow`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:read"]), ("bearer" = ["controlplane:plugins"])))]
+pub async fn plugins_shadow(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ShadowReport>> {
+    may_read(&caller)?;
+    let info = view(&state, &name).await?;
+    let shadow = info.rollout.filter(|r| r.mode == RolloutMode::Shadow);
+    let (Some(shadow), Some(figures)) = (shadow, state.coordinator.shadow_figures(&name)) else {
+        return Err(ApiError::not_found("no_shadow", format!("{name} has no shadow version on this server")));
+    };
+    Ok(Json(ShadowReport {
+        name,
+        sha256: shadow.candidate.sha256,
+        active_sha256: info.active.map(|a| a.sha256),
+        since: shadow.since,
+        figures,
+        server_id: info.server_id,
+    }))
+}
+
+/// The body of `POST /plugins/{name}/promote` and `/rollback` (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateRequest {
+    /// Only if the candidate is this version (so a promote never takes a candidate staged since the caller
+    /// looked).
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+fn candidate_request(body: &Bytes) -> ApiResult<CandidateRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) { Ok(CandidateRequest::default()) } else { parse(body) }
+}
+
+/// `POST /plugins/{name}/promote`: the candidate becomes the active version on every server, in one step.
+#[utoipa::path(post, path = "/plugins/{name}/promote", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    request_body(content = Option<CandidateRequest>, description = "Optional: the candidate's sha256, to promote only that version"),
+    responses(
+        (status = 200, description = "The candidate is the fleet's upload (the active version); calls in flight finish on the version they started with", body = PluginInfo),
+        (status = 409, description = "No candidate (`no_candidate`), or another one than `sha256` (`candidate_changed`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:plugins"])))]
+pub async fn plugins_promote(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<PluginInfo>> {
+    let request = candidate_request(&body)?;
+    change(&state, &caller, &name, PluginAction::Promote { sha256: request.sha256 }).await
+}
+
+/// `POST /plugins/{name}/rollback` (and `DELETE /plugins/{name}/shadow`): drops the candidate on every server.
+#[utoipa::path(post, path = "/plugins/{name}/rollback", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    request_body(content = Option<CandidateRequest>, description = "Optional: the candidate's sha256, to drop only that version"),
+    responses(
+        (status = 200, description = "The candidate is gone; the active version answers everything", body = PluginInfo),
+        (status = 409, description = "No candidate (`no_candidate`), or another one than `sha256` (`candidate_changed`)", body = super::openapi::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["controlplane:plugins"])))]
+pub async fn plugins_rollback(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<PluginInfo>> {
+    let request = candidate_request(&body)?;
+    change(&state, &caller, &name, PluginAction::Rollback { sha256: request.sha256, reason: None }).await
 }
 
 /// `POST /plugins/{name}/enable`.

@@ -52,7 +52,7 @@ pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
 }
 
 /// A task id from the path: one that cannot exist is simply not found.
-fn task_id(raw: &str) -> ApiResult<TaskId> {
+pub(super) fn task_id(raw: &str) -> ApiResult<TaskId> {
     TaskId::parse("task_id", raw).map_err(|_| ApiError::not_found("task_not_found", format!("task {raw} not found")))
 }
 

@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::api::{self, ApiParts, ApiState, Authenticator, Permission};
-use crate::config::Config;
+use crate::config::{Config, DecisionSettings};
 use crate::coordinator::ControlPlaneCoordinator;
 use crate::health::ProbeSettings;
 use crate::notifications::NotificationSettings;
@@ -112,6 +112,22 @@ pub struct ServeArgs {
     /// How long terminal tasks (and offline agents) are kept.
     #[arg(long, env = "TASK_RETENTION", default_value_t = 86_400.0)]
     pub task_retention: f64,
+    /// Share of tasks whose plugin decisions the decision log records, 0 to 1 (0: off).
+    #[arg(long, env = "DECISION_SAMPLE", default_value_t = 1.0)]
+    pub decision_sample: f64,
+    /// How long recorded decisions are kept, in seconds.
+    #[arg(long, env = "DECISION_RETENTION", default_value_t = 3_600.0)]
+    pub decision_retention: f64,
+    /// Decisions kept at most.
+    #[arg(long, env = "DECISION_LOG_MAX", default_value_t = crate::model::DECISIONS_KEPT)]
+    pub decision_log_max: usize,
+    /// Calls a canary makes before the server judges it.
+    #[arg(long, env = "CANARY_MIN_CALLS", default_value_t = 50)]
+    pub canary_min_calls: u64,
+    /// How much more often than the active version (a share, 0.05 = five points) a canary may fail or fall back
+    /// before it is rolled back.
+    #[arg(long, env = "CANARY_MAX_EXCESS", default_value_t = 0.05)]
+    pub canary_max_excess: f64,
     /// How long audit entries are kept, in seconds (0: all of them); older ones become a signed checkpoint.
     #[arg(long, env = "AUDIT_RETENTION", default_value_t = 86_400.0)]
     pub audit_retention: f64,
@@ -256,6 +272,13 @@ fn seconds(variable: &'static str, value: f64, min: f64) -> Result<Duration, Con
     Ok(Duration::from_secs_f64(value))
 }
 
+fn share(variable: &'static str, value: f64) -> Result<f64, ConfigError> {
+    if !(0.0..=1.0).contains(&value) {
+        return Err(error(variable, format!("must be a share between 0 and 1 (got {value})")));
+    }
+    Ok(value)
+}
+
 fn positive(variable: &'static str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 { Err(error(variable, "must be at least 1")) } else { Ok(value) }
 }
@@ -317,6 +340,13 @@ impl ServeArgs {
                 kept => Some(kept),
             },
             audit_signing_key: self.audit_signing_key.clone().or_else(|| self.auth.jwt_secret.clone()),
+            decisions: DecisionSettings {
+                sample: share("DECISION_SAMPLE", self.decision_sample)?,
+                retention: seconds("DECISION_RETENTION", self.decision_retention, 1.0)?,
+                max_kept: positive("DECISION_LOG_MAX", self.decision_log_max)?,
+                canary_min_calls: self.canary_min_calls.max(1),
+                canary_max_excess: share("CANARY_MAX_EXCESS", self.canary_max_excess)?,
+            },
             notifications: NotificationSettings {
                 worker: self.notification_worker,
                 allow_private: self.notification_allow_private,

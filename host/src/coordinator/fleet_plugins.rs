@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::sha256_hex;
 use crate::model::{Event, EventKind};
-use crate::model::{PluginAction, PluginChange, PluginRecord, StoreError};
+use crate::model::{PluginAction, PluginChange, PluginRecord, RolloutMode, StoreError};
 use crate::plugins::manifest::Manifest;
 use crate::plugins::{LoadError, PluginRegistry, PluginSource};
 use crate::store::Store;
@@ -143,10 +143,55 @@ impl FleetPlugins {
         )))
     }
 
-    /// Deletes the upload of `name`, or enables or disables the name, for the whole fleet.
+    /// Validates `bytes` as a candidate of `name` (beside its active version, of the same kind) and stages it for
+    /// the fleet as a shadow or a canary, replacing any candidate. Every server installs it when it sees the
+    /// store's `plugin_staged` event; this one at once.
+    pub async fn stage(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest: Option<String>,
+        mode: RolloutMode,
+        by: &str,
+    ) -> Result<PluginRecord, FleetPluginError> {
+        if !self.uploads_enabled {
+            return Err(FleetPluginError::UploadsDisabled);
+        }
+        if let RolloutMode::Canary { percent } = mode
+            && !(1..=100).contains(&percent)
+        {
+            return Err(FleetPluginError::Refused(format!("canary: {percent} is not a percentage from 1 to 100")));
+        }
+        let parsed = match &manifest {
+            Some(text) => Manifest::parse(text).map_err(FleetPluginError::BadManifest)?,
+            None => {
+                self.check_settings_kept(name)?;
+                Manifest::default()
+            }
+        };
+        {
+            let _applying = self.applying.lock().await;
+            let registry = self.registry.clone();
+            let (name_owned, bytes_ref) = (name.to_string(), bytes.clone());
+            tokio::task::spawn_blocking(move || registry.validate_rollout(&name_owned, &bytes_ref, parsed))
+                .await
+                .map_err(|e| FleetPluginError::Refused(format!("validation did not finish: {e}")))?
+                .map_err(FleetPluginError::Rejected)?;
+        }
+        let sha256 = sha256_hex(&bytes);
+        let action = PluginAction::Stage { bytes, sha256, manifest, mode };
+        let record = self.store.change_plugin(PluginChange { name: name.into(), action, by: by.into() }).await?;
+        self.apply(&record).await;
+        Ok(record)
+    }
+
+    /// Deletes the upload of `name`, or enables or disables the name, or promotes or rolls back its candidate,
+    /// for the whole fleet.
     pub async fn change(&self, name: &str, action: PluginAction, by: &str) -> Result<PluginRecord, FleetPluginError> {
         match &action {
             PluginAction::Upload { .. } => unreachable!("uploads go through FleetPlugins::upload"),
+            PluginAction::Stage { .. } => unreachable!("candidates go through FleetPlugins::stage"),
+            PluginAction::Promote { .. } | PluginAction::Rollback { .. } => {}
             PluginAction::Delete if !self.uploads_enabled => return Err(FleetPluginError::UploadsDisabled),
             PluginAction::Disable if name == self.default_strategy => {
                 return Err(FleetPluginError::Refused(format!(
@@ -194,6 +239,16 @@ impl FleetPlugins {
         };
         // The same bytes with another manifest are a new version too (new labels, config or limits).
         let applied = |sha256: &str| current.as_ref().is_some_and(|v| v.sha256 == sha256 && v.manifest == manifest);
+        // A promoted candidate is already compiled and warm here: it moves into place without a reload.
+        if let Some(sha256) = &record.sha256
+            && !applied(sha256)
+            && self.registry.promote_rollout(name, sha256, &manifest)
+        {
+            self.apply_candidate(record).await;
+            self.registry.set_disabled(name, !record.enabled);
+            self.registry.set_fleet_version(name, record.version);
+            return;
+        }
         match &record.sha256 {
             Some(sha256) if !applied(sha256) => match self.store.plugin_component(name).await {
                 Ok(Some((stored_sha, bytes))) if &stored_sha == sha256 && sha256_hex(&bytes) == *sha256 => {
@@ -221,8 +276,80 @@ impl FleetPlugins {
                 }
             }
         }
+        self.apply_candidate(record).await;
         self.registry.set_disabled(name, !record.enabled);
         self.registry.set_fleet_version(name, record.version);
+    }
+
+    /// Installs the record's candidate here (unless it already is), or removes a fleet candidate the record no
+    /// longer has. A candidate from a `.shadow.wasm` file is this server's own and stays.
+    async fn apply_candidate(&self, record: &PluginRecord) {
+        let name = &record.name;
+        let current = self.registry.rollout(name);
+        let Some(candidate) = &record.candidate else {
+            if current.is_some_and(|r| r.version.source == PluginSource::Upload) {
+                self.registry.remove_rollout(name, None);
+            }
+            return;
+        };
+        let manifest = match candidate.manifest.as_deref().map(Manifest::parse).transpose() {
+            Ok(manifest) => manifest.unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(plugin = %name, %error, "fleet candidate has a bad manifest; not applied");
+                return;
+            }
+        };
+        let installed = current.is_some_and(|r| {
+            r.version.source == PluginSource::Upload
+                && r.version.sha256 == candidate.sha256
+                && r.version.manifest == manifest
+                && r.mode == candidate.mode
+        });
+        if installed {
+            return;
+        }
+        match self.store.plugin_candidate_component(name).await {
+            Ok(Some((sha256, bytes))) if sha256 == candidate.sha256 && sha256_hex(&bytes) == sha256 => {
+                let (registry, name, mode) = (self.registry.clone(), name.clone(), candidate.mode);
+                let installed = tokio::task::spawn_blocking(move || {
+                    registry.install_rollout(&name, PluginSource::Upload, &bytes, manifest, mode).map(|_| ())
+                })
+                .await;
+                if let Ok(Err(error)) = installed {
+                    tracing::warn!(plugin = %record.name, %error, "fleet candidate rejected on this server");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(plugin = %name, %error, "cannot read the fleet candidate; will retry on the next event")
+            }
+        }
+    }
+
+    /// Every second until shutdown: rolls back, fleet-wide, each canary whose failures or fallbacks exceed the
+    /// active version's by more than the configured margin over its minimum of calls (on this server's counts:
+    /// the first server to see it decides for all).
+    pub async fn run_canary_guard(self: Arc<Self>, min_calls: u64, margin: f64, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            for (name, rollout, active) in self.registry.canaries() {
+                let Some(reason) = rollout.excess(&active.stats.snapshot(), min_calls, margin) else { continue };
+                if rollout.version.source != PluginSource::Upload {
+                    tracing::warn!(plugin = %name, %reason, "canary from a file would be rolled back; remove the file");
+                    continue;
+                }
+                tracing::warn!(plugin = %name, %reason, "rolling the canary back");
+                let action =
+                    PluginAction::Rollback { sha256: Some(rollout.version.sha256.clone()), reason: Some(reason) };
+                match self.change(&name, action, "canary-guard").await {
+                    Ok(_) | Err(FleetPluginError::Store(StoreError::Conflict { .. })) => {}
+                    Err(error) => tracing::warn!(plugin = %name, %error, "canary rollback failed; trying again"),
+                }
+            }
+        }
     }
 
     /// Applies the changes the coordinator's event pump hands over (see [`FleetChange::of`]) until shutdown.
@@ -273,6 +400,12 @@ impl FleetChange {
 fn is_fleet_plugin_event(kind: EventKind) -> bool {
     matches!(
         kind,
-        EventKind::PluginUploaded | EventKind::PluginDeleted | EventKind::PluginEnabled | EventKind::PluginDisabled
+        EventKind::PluginUploaded
+            | EventKind::PluginDeleted
+            | EventKind::PluginEnabled
+            | EventKind::PluginDisabled
+            | EventKind::PluginStaged
+            | EventKind::PluginPromoted
+            | EventKind::PluginRolledBack
     )
 }

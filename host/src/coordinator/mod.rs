@@ -7,6 +7,7 @@
 //! registry; `deliberations.rs` is the server's orchestrator of deliberation rounds.
 
 pub mod audit;
+pub mod decision_log;
 pub mod deliberations;
 mod event_pump;
 pub mod fleet_plugins;
@@ -38,7 +39,10 @@ use crate::model::{
 use crate::model::{
     Channel, ChannelFigures, Delivery, DeliveryStatus, NewChannel, ValidationError, new_channel_id, rfc3339_ms,
 };
+use crate::model::{DecisionQuery, DecisionRecord, RolloutMode};
+use crate::plugins::decision_log::DecisionLog;
 use crate::plugins::registry::{Liveness, PluginInfo};
+use crate::plugins::rollout::ShadowFigures;
 use crate::plugins::rules::{RuleSet, rules_component};
 use crate::plugins::watcher::WatchOptions;
 use crate::plugins::{LoadError, Manifest, PluginRegistry, PluginRuntime, PluginSource, PluginWatcher, RuntimeOptions};
@@ -128,6 +132,8 @@ impl ControlPlaneCoordinator {
             config.probes.clone(),
         ));
         let (events, _) = broadcast::channel(config.event_buffer.clamp(64, 65_536));
+        let (decisions, decision_queue) = DecisionLog::new(config.decisions.sample, config.server_id.clone());
+        plugins.log_decisions(Arc::new(decisions));
         let fleet_plugins = Arc::new(fleet_plugins::FleetPlugins::new(
             store.clone(),
             plugins.clone(),
@@ -158,6 +164,13 @@ impl ControlPlaneCoordinator {
             deliberation_wake: Arc::new(tokio::sync::Notify::new()),
         });
         let (fleet_changes, fleet_changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let decision_writer = decision_log::run_writer(
+            store.clone(),
+            decision_queue,
+            events.clone(),
+            config.decisions.clone(),
+            coordinator.shutdown.clone(),
+        );
         let consumers = event_pump::Consumers {
             scheduler: scheduler.clone(),
             fleet_plugins: fleet_changes,
@@ -168,7 +181,19 @@ impl ControlPlaneCoordinator {
         let shutdown = &coordinator.shutdown;
         let mut background = vec![
             tokio::spawn(event_pump::run(consumers, store_events, plugin_events, shutdown.clone())),
-            tokio::spawn(fleet_plugins.run(fleet_changes_rx, shutdown.clone())),
+            tokio::spawn(fleet_plugins.clone().run(fleet_changes_rx, shutdown.clone())),
+            tokio::spawn(fleet_plugins.run_canary_guard(
+                config.decisions.canary_min_calls,
+                config.decisions.canary_max_excess,
+                shutdown.clone(),
+            )),
+            tokio::spawn(decision_writer),
+            tokio::spawn(decision_log::run_retention(
+                store.clone(),
+                config.decisions.retention,
+                config.cleanup_interval,
+                shutdown.clone(),
+            )),
             tokio::spawn(scheduler.clone().run_sweeper(shutdown.clone())),
             tokio::spawn(health.run(shutdown.clone())),
             tokio::spawn(scheduler.clone().run_schedules(shutdown.clone())),
@@ -248,7 +273,35 @@ impl ControlPlaneCoordinator {
         self.fleet_plugins.upload(&rules.name, rules_component().to_vec(), Some(manifest), by).await
     }
 
-    /// Enables, disables or deletes plugin `name` for the whole fleet.
+    /// Stages a candidate version of plugin `name` for the whole fleet, as a shadow or a canary.
+    pub async fn stage_plugin(
+        &self,
+        name: &str,
+        component: Vec<u8>,
+        manifest: Option<String>,
+        mode: RolloutMode,
+        by: &str,
+    ) -> Result<PluginRecord, FleetPluginError> {
+        self.fleet_plugins.stage(name, component, manifest, mode, by).await
+    }
+
+    /// The shadow comparison of plugin `name` on this server, if its candidate is a shadow.
+    pub fn shadow_figures(&self, name: &str) -> Option<ShadowFigures> {
+        self.plugins.shadow_figures(name)
+    }
+
+    /// The decisions recorded about a task, oldest first.
+    pub async fn task_decisions(&self, task_id: &TaskId) -> Result<Vec<DecisionRecord>, EngineError> {
+        Ok(self.store.task_decisions(task_id.as_str()).await?)
+    }
+
+    /// One page of recorded decisions.
+    pub async fn decisions(&self, query: &DecisionQuery) -> Result<decision_log::DecisionPage, EngineError> {
+        let dropped = self.plugins.decision_log().map_or(0, |log| log.dropped());
+        Ok(decision_log::page(self.store.as_ref(), query, dropped).await?)
+    }
+
+    /// Enables, disables or deletes plugin `name`, or promotes or rolls back its candidate, for the whole fleet.
     pub async fn change_plugin(
         &self,
         name: &str,

@@ -56,6 +56,14 @@ pub enum EventKind {
     PluginEnabled,
     /// A plugin name was disabled fleet-wide.
     PluginDisabled,
+    /// A candidate version (shadow or canary) was staged fleet-wide.
+    PluginStaged,
+    /// A candidate version became the active one fleet-wide.
+    PluginPromoted,
+    /// A candidate version was dropped fleet-wide (by hand, or by the canary guard).
+    PluginRolledBack,
+    /// A plugin decision was recorded in the decision log (this server's; not resumable).
+    Decision,
     /// An agent's circuit breaker changed state.
     BreakerChanged,
     /// An agent's health changed.
@@ -76,7 +84,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [EventKind; 32] = [
+    pub const ALL: [EventKind; 36] = [
         EventKind::TaskSubmitted,
         EventKind::TaskClaimed,
         EventKind::TaskStarted,
@@ -101,6 +109,10 @@ impl EventKind {
         EventKind::PluginDeleted,
         EventKind::PluginEnabled,
         EventKind::PluginDisabled,
+        EventKind::PluginStaged,
+        EventKind::PluginPromoted,
+        EventKind::PluginRolledBack,
+        EventKind::Decision,
         EventKind::BreakerChanged,
         EventKind::HealthChanged,
         EventKind::DeliberationStarted,
@@ -138,6 +150,10 @@ impl EventKind {
             EventKind::PluginDeleted => "plugin_deleted",
             EventKind::PluginEnabled => "plugin_enabled",
             EventKind::PluginDisabled => "plugin_disabled",
+            EventKind::PluginStaged => "plugin_staged",
+            EventKind::PluginPromoted => "plugin_promoted",
+            EventKind::PluginRolledBack => "plugin_rolled_back",
+            EventKind::Decision => "decision",
             EventKind::BreakerChanged => "breaker_changed",
             EventKind::HealthChanged => "health_changed",
             EventKind::DeliberationStarted => "deliberation_started",

@@ -7,6 +7,7 @@
 mod agent;
 mod audit;
 mod capability;
+mod decision;
 mod deliberation;
 mod eligibility;
 mod error;
@@ -27,6 +28,10 @@ pub use agent::{
 };
 pub use audit::{AuditCheckpoint, AuditEntry, AuditHead, ChainBreak, GENESIS_HASH, NewAuditEntry, check_chain};
 pub use capability::{ADDRESS_PREFIX, CapabilitySet, address_of, normalize_capability};
+pub use decision::{
+    DECISIONS_KEPT, DECISIONS_PER_TASK, DecisionAnswer, DecisionCandidate, DecisionDetails, DecisionQuery,
+    DecisionRecord, DecisionRole, DecisionStage, DecisionTask, MAX_DECISION_PAGE, SelectionInput, decision_id_key,
+};
 pub use deliberation::{
     Contribution, DELIBERATION_TASK_TYPE, DecisionRule, DeliberationMode, DeliberationRequest, JUDGE_TASK_TYPE,
     MAX_SYNC_WAIT_SECONDS, ORCHESTRATE_CAPABILITY, PROPOSE_TASK_TYPE, REVISE_TASK_TYPE, SESSION_TIMEOUT_ERROR,
@@ -43,7 +48,8 @@ pub use notification::{
 };
 pub use outcome::{Completion, FailRequest, Fence, Submitted};
 pub use plugin::{
-    PLUGIN_HISTORY, PluginAction, PluginChange, PluginHistoryEntry, PluginRecord, is_plugin_name, sha256_hex,
+    PLUGIN_HISTORY, PluginAction, PluginCandidate, PluginChange, PluginHistoryEntry, PluginRecord, RolloutMode,
+    is_plugin_name, sha256_hex,
 };
 pub use priority::Priority;
 pub use schedule::{

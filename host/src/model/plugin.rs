@@ -22,16 +22,89 @@ pub enum PluginAction {
     Enable,
     /// No version of the name answers calls, on any server.
     Disable,
+    /// A candidate version beside the active one, as a shadow or a canary (replacing any candidate).
+    Stage {
+        /// The component.
+        bytes: Vec<u8>,
+        /// Its sha256, hex.
+        sha256: String,
+        /// The manifest (TOML), if one was sent.
+        manifest: Option<String>,
+        /// Shadow or canary.
+        mode: RolloutMode,
+    },
+    /// The candidate becomes the upload (the active version) and stops being a candidate, in one step.
+    Promote {
+        /// The candidate's sha256 the caller saw; another candidate → 409 `candidate_changed`.
+        sha256: Option<String>,
+    },
+    /// The candidate is dropped; the active version answers everything again.
+    Rollback {
+        /// Only this candidate (an automatic rollback must not drop a newer one).
+        sha256: Option<String>,
+        /// Why (automatic rollbacks say what they measured).
+        reason: Option<String>,
+    },
+}
+
+/// How a candidate version takes part in decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum RolloutMode {
+    /// Sees every input the active version sees; its answers have no effect.
+    Shadow,
+    /// Answers `percent` % of decisions, chosen by task id (agent id for probes and register policies).
+    Canary {
+        /// 1 to 100.
+        percent: u8,
+    },
+}
+
+impl RolloutMode {
+    /// `shadow` or `canary`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutMode::Shadow => "shadow",
+            RolloutMode::Canary { .. } => "canary",
+        }
+    }
+
+    /// How history entries describe it: `shadow`, `canary 10 %`.
+    pub fn describe(self) -> String {
+        match self {
+            RolloutMode::Shadow => "shadow".into(),
+            RolloutMode::Canary { percent } => format!("canary {percent} %"),
+        }
+    }
+}
+
+/// A name's candidate version, as the fleet records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginCandidate {
+    /// Shadow or canary (with its percent).
+    #[serde(flatten)]
+    pub mode: RolloutMode,
+    /// sha256 of the candidate component.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its manifest (TOML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 impl PluginAction {
-    /// The history and event name of the action (`uploaded`, `deleted`, `enabled`, `disabled`).
+    /// The history and event name of the action (`uploaded`, `deleted`, `enabled`, `disabled`, `staged`,
+    /// `promoted`, `rolled_back`).
     pub fn as_str(&self) -> &'static str {
         match self {
             PluginAction::Upload { .. } => "uploaded",
             PluginAction::Delete => "deleted",
             PluginAction::Enable => "enabled",
             PluginAction::Disable => "disabled",
+            PluginAction::Stage { .. } => "staged",
+            PluginAction::Promote { .. } => "promoted",
+            PluginAction::Rollback { .. } => "rolled_back",
         }
     }
 }
@@ -61,6 +134,9 @@ pub struct PluginHistoryEntry {
     pub by: String,
     /// When (RFC 3339, store clock).
     pub at: String,
+    /// Staged: the mode (`shadow`, `canary 10 %`); rolled back: why, when it was automatic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What the fleet holds for a plugin name.
@@ -81,6 +157,9 @@ pub struct PluginRecord {
     /// The current upload's manifest (TOML).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// A candidate version in shadow or canary mode, if one is staged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<PluginCandidate>,
     /// The most recent changes, newest first (at most [`PLUGIN_HISTORY`]).
     pub history: Vec<PluginHistoryEntry>,
 }

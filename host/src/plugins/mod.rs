@@ -15,6 +15,7 @@
 pub mod bindings;
 pub mod builtin;
 pub mod convert;
+pub mod decision_log;
 pub mod instance;
 pub mod io;
 pub mod loader;
@@ -23,6 +24,7 @@ pub mod policy;
 pub mod probe;
 mod ready_io;
 pub mod registry;
+pub mod rollout;
 pub mod rules;
 pub mod runtime;
 pub mod sandbox;
@@ -150,6 +152,9 @@ pub enum LoadError {
         /// Kind of the version offered.
         offered: PluginKind,
     },
+    /// A shadow or canary needs an active version of the name to stand beside.
+    #[error("{0} has no active version for a shadow or canary to stand beside; install it normally first")]
+    NoActiveVersion(String),
     /// The plugin name is not usable.
     #[error("invalid plugin name {0:?}: use 1 to 64 characters of [A-Za-z0-9_.-]")]
     InvalidName(String),

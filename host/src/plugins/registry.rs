@@ -6,7 +6,8 @@
 //! to the next one, so deleting a file that overrides a built-in restores the built-in.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::model::{rfc3339, sha256_hex};
@@ -14,13 +15,20 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use super::bindings::{CallContext, Candidate, CandidateDetails, TaskInfo};
+use super::bindings::{
+    AgentInfo, CallContext, Candidate, CandidateDetails, Decision, Observations, PolicyInput, ProbeResult, TaskInfo,
+};
 use super::builtin::{BUILTIN_PROBES, BUILTIN_STRATEGIES, FALLBACK_STRATEGY};
+use super::decision_log::{DecisionLog, answered_by, selection_input};
+use super::instance::CallReport;
 use super::loader::{self, PluginStats, StatsSnapshot};
 use super::manifest::{Manifest, OnError};
+use super::policy::decision_name;
+use super::rollout::{Rollout, RolloutMode, ShadowFigures, ShadowRunner, ShadowSample};
 use super::runtime::{CallLimits, PluginRuntime};
 use super::strategy::{Selection, select_with_fallback};
-use super::{LoadError, PluginKind, PluginSource, PluginVersion};
+use super::{CallError, LoadError, PluginKind, PluginSource, PluginVersion};
+use crate::model::{DecisionAnswer, DecisionRole, DecisionStage};
 
 /// Something that happened to a plugin; the coordinator turns these into `plugin_*` events.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -111,6 +119,24 @@ pub struct VersionInfo {
     pub log: Vec<String>,
 }
 
+/// A name's candidate version, as `GET /plugins/{name}` shows it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct RolloutInfo {
+    /// `shadow`, or `canary` with its `percent`.
+    #[serde(flatten)]
+    pub mode: RolloutMode,
+    /// When the candidate was installed on this server (RFC 3339).
+    pub since: String,
+    /// The candidate, with its own call counters.
+    pub candidate: VersionInfo,
+    /// The active version's calls, failures and fallbacks since the candidate was installed: what a canary is
+    /// judged against.
+    pub active_since: StatsSnapshot,
+    /// Shadows: the comparison counters (samples at `GET /plugins/{name}/shadow`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowFigures>,
+}
+
 /// Whether a name has a version that answers calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -140,6 +166,9 @@ pub struct PluginInfo {
     pub last_rejection: Option<Rejection>,
     /// Calls of every version of the name on this server since it started (what `/metrics` counts).
     pub totals: StatsSnapshot,
+    /// A candidate version in shadow or canary mode, if the name has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutInfo>,
     /// The fleet version (`PUT`/`DELETE`/enable/disable) this server has applied to the name, if any.
     pub active_version: Option<u64>,
     /// The fleet's record of the name (uploads, enable/disable, history), when the API asks the store.
@@ -157,6 +186,8 @@ struct Slot {
     disabled: bool,
     /// The fleet version last applied to this name.
     fleet_version: Option<u64>,
+    /// A candidate version in shadow or canary mode beside the active one.
+    rollout: Option<Arc<Rollout>>,
 }
 
 impl Slot {
@@ -171,7 +202,7 @@ impl Slot {
     }
 
     fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.rejection.is_none() && !self.disabled
+        self.versions.is_empty() && self.rejection.is_none() && !self.disabled && self.rollout.is_none()
     }
 }
 
@@ -207,12 +238,34 @@ pub struct PluginRegistry {
     events: broadcast::Sender<PluginEvent>,
     /// Call counters per name over every version loaded since start (swaps never reset them).
     totals: parking_lot::Mutex<BTreeMap<String, Arc<PluginStats>>>,
+    /// Where decisions are recorded, once the server set it up.
+    decisions: OnceLock<Arc<DecisionLog>>,
+    /// Whether any name has a rollout: the call paths look a name's rollout up only then.
+    any_rollout: AtomicBool,
+    /// The thread shadow calls run on.
+    shadows: ShadowRunner,
 }
 
 /// A strategy name that matches no active strategy.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown strategy {0:?}")]
 pub struct UnknownStrategy(pub String);
+
+/// One strategy call as [`PluginRegistry::choose`] makes it.
+pub struct SelectionCall<'a> {
+    /// Route or select.
+    pub stage: DecisionStage,
+    /// The call's clock and seed.
+    pub ctx: CallContext,
+    /// The task.
+    pub task: &'a TaskInfo,
+    /// The candidates' agent ids, in the candidates' order.
+    pub agent_ids: &'a [&'a str],
+    /// The candidates (never empty).
+    pub candidates: &'a [Candidate],
+    /// Their details (empty unless the strategy wants them).
+    pub details: &'a [CandidateDetails],
+}
 
 /// How many waiting agents the built-in strategies choose among, the longest-waiting first: enough for "fewest in
 /// flight" and "longest since assigned" to mean something, few enough that a choice costs the same whatever the
@@ -294,6 +347,9 @@ impl PluginRegistry {
             fallback: fallback.expect("least_loaded is among the built-ins"),
             events,
             totals: parking_lot::Mutex::new(totals),
+            decisions: OnceLock::new(),
+            any_rollout: AtomicBool::new(false),
+            shadows: ShadowRunner::default(),
         })
     }
 
@@ -493,6 +549,402 @@ impl PluginRegistry {
         Ok(select_with_fallback(&plugin, &self.fallback, ctx, task, candidates, details))
     }
 
+    /// Sends this registry's decisions to `log` from now on (set once, by the server at start-up).
+    pub fn log_decisions(&self, log: Arc<DecisionLog>) {
+        let _ = self.decisions.set(log);
+    }
+
+    /// The decision log, when the server set one up.
+    pub fn decision_log(&self) -> Option<&Arc<DecisionLog>> {
+        self.decisions.get()
+    }
+
+    /// The strategy `name` as it answers the decision about `key` (a task id): the canary when `name` has one
+    /// that takes this key, else the active version.
+    pub fn strategy_for(&self, name: &str, key: &str) -> Result<(Arc<PluginVersion>, DecisionRole), UnknownStrategy> {
+        let active = self.strategy(name)?;
+        if self.any_rollout.load(Ordering::Relaxed)
+            && let Some(rollout) = self.rollout(name)
+            && rollout.takes(key)
+            && rollout.version.kind == PluginKind::Strategy
+        {
+            return Ok((rollout.version.clone(), DecisionRole::Canary));
+        }
+        Ok((active, DecisionRole::Active))
+    }
+
+    /// Chooses among `candidates` (never empty; `agent_ids` names them) with `version` as
+    /// [`select_with_fallback`] does, then — off the caller's path — records the decision when the log keeps
+    /// decisions about this task, and gives the same input to the name's shadow, if it has one.
+    pub fn choose(&self, version: &Arc<PluginVersion>, role: DecisionRole, call: SelectionCall<'_>) -> Selection {
+        let SelectionCall { stage, ctx, task, agent_ids, candidates, details } = call;
+        let selection = select_with_fallback(version, &self.fallback, ctx, task, candidates, details);
+        if !selection.called {
+            return selection;
+        }
+        let log = self.decisions.get().filter(|log| log.keeps(&task.id)).cloned();
+        let shadow = if role == DecisionRole::Active && self.any_rollout.load(Ordering::Relaxed) {
+            self.rollout(&version.name).filter(|r| r.is_shadow() && r.version.kind == PluginKind::Strategy)
+        } else {
+            None
+        };
+        if log.is_none() && shadow.is_none() {
+            return selection;
+        }
+        let answer = DecisionAnswer {
+            agent_id: agent_ids.get(selection.index).map(|id| id.to_string()),
+            index: Some(selection.index as u32),
+            error: selection.fallback_reason.clone(),
+            ..DecisionAnswer::default()
+        };
+        let input = selection_input(ctx.now_ms, ctx.seed, task, agent_ids, candidates, details);
+        if let Some(log) = &log {
+            let mut record = log.record(version, role, stage, ctx.now_ms, answer.clone());
+            record.task_id = Some(task.id.clone());
+            record.input = Some(input.clone());
+            record.answered_by = answered_by(&selection.answered_by).into();
+            record.fuel = selection.fuel;
+            record.duration_us = selection.duration_us;
+            log.push(record);
+        }
+        if let Some(rollout) = shadow {
+            let (task, candidates, details) = (task.clone(), candidates.to_vec(), details.to_vec());
+            let tally_of = rollout.clone();
+            self.shadows.run(&tally_of.tally, move || {
+                let shadow = &rollout.version;
+                let outcome = shadow.select_reporting(ctx, &task, &candidates, &details);
+                let (shadow_answer, fuel, duration_us) = match outcome {
+                    Ok((index, report)) => (
+                        DecisionAnswer {
+                            agent_id: input.candidates.get(index).map(|c| c.agent_id.clone()),
+                            index: Some(index as u32),
+                            ..DecisionAnswer::default()
+                        },
+                        report.fuel_used,
+                        report.wall_time.as_micros() as u64,
+                    ),
+                    Err(error) => {
+                        (DecisionAnswer { error: Some(error.to_string()), ..DecisionAnswer::default() }, 0, 0)
+                    }
+                };
+                if let Some(log) = &log {
+                    let mut record = log.record(shadow, DecisionRole::Shadow, stage, ctx.now_ms, shadow_answer.clone());
+                    record.task_id = Some(task.id.clone());
+                    record.input = Some(input);
+                    record.answered_by = if shadow_answer.error.is_some() { "none" } else { "plugin" }.into();
+                    record.fuel = fuel;
+                    record.duration_us = duration_us;
+                    log.push(record);
+                }
+                rollout.tally.count(ShadowSample {
+                    at: crate::model::rfc3339_ms(ctx.now_ms),
+                    stage,
+                    task_id: Some(task.id.clone()),
+                    agent_id: None,
+                    active: answer,
+                    shadow: shadow_answer,
+                });
+            });
+        }
+        selection
+    }
+
+    /// Runs `policy` (an active one, from [`policies`](Self::policies)) at one stage — or the name's canary, when
+    /// it takes this decision — and records the decision and feeds the shadow as [`choose`](Self::choose) does.
+    /// Answers the decision, or why the policy could not answer (the caller applies its `on_error`).
+    pub fn evaluate(
+        &self,
+        policy: &Arc<PluginVersion>,
+        ctx: CallContext,
+        input: &PolicyInput,
+    ) -> (Arc<PluginVersion>, Result<Decision, CallError>) {
+        let (stage, task_id, agent_id) = match input {
+            PolicyInput::Submit(request) => (DecisionStage::Submit, Some(&request.task.id), None),
+            PolicyInput::Register(agent) => (DecisionStage::Register, None, Some(&agent.agent_id)),
+            PolicyInput::Dispatch(request) => {
+                (DecisionStage::Dispatch, Some(&request.task.id), Some(&request.agent.agent_id))
+            }
+        };
+        let key = task_id.or(agent_id).map(String::as_str).unwrap_or_default();
+        let rollout = if self.any_rollout.load(Ordering::Relaxed) { self.rollout(&policy.name) } else { None };
+        let (version, role) = match &rollout {
+            Some(r) if r.takes(key) && r.version.kind == PluginKind::Policy => {
+                (r.version.clone(), DecisionRole::Canary)
+            }
+            _ => (policy.clone(), DecisionRole::Active),
+        };
+        let outcome = version.evaluate(ctx, input);
+        let log = self.decisions.get().filter(|log| log.keeps(key)).cloned();
+        let shadow =
+            rollout.filter(|r| role == DecisionRole::Active && r.is_shadow() && r.version.kind == PluginKind::Policy);
+        if log.is_none() && shadow.is_none() {
+            return (version, outcome.map(|(decision, _)| decision));
+        }
+        let answer_of = |outcome: &Result<(Decision, CallReport), CallError>| match outcome {
+            Ok((decision, _)) => DecisionAnswer {
+                verdict: Some(decision_name(decision).to_string()),
+                reason: match decision {
+                    Decision::Deny(reason) | Decision::Warn(reason) => Some(reason.clone()),
+                    _ => None,
+                },
+                ..DecisionAnswer::default()
+            },
+            Err(error) => DecisionAnswer { error: Some(error.to_string()), ..DecisionAnswer::default() },
+        };
+        let answer = answer_of(&outcome);
+        let stamp = |log: &DecisionLog,
+                     version: &PluginVersion,
+                     role,
+                     answer: DecisionAnswer,
+                     outcome: &Result<(Decision, CallReport), CallError>| {
+            let mut record = log.record(version, role, stage, ctx.now_ms, answer);
+            record.task_id = task_id.cloned();
+            record.agent_id = agent_id.cloned();
+            record.answered_by = if outcome.is_ok() { "plugin" } else { "on_error" }.into();
+            if let Ok((_, report)) = outcome {
+                record.fuel = report.fuel_used;
+                record.duration_us = report.wall_time.as_micros() as u64;
+            }
+            record
+        };
+        if let Some(log) = &log {
+            log.push(stamp(log, &version, role, answer.clone(), &outcome));
+        }
+        if let Some(rollout) = shadow {
+            let input = input.clone();
+            let (task_id, agent_id) = (task_id.cloned(), agent_id.cloned());
+            let tally_of = rollout.clone();
+            self.shadows.run(&tally_of.tally, move || {
+                let outcome = rollout.version.evaluate(ctx, &input);
+                let shadow_answer = answer_of(&outcome);
+                if let Some(log) = &log {
+                    let mut record =
+                        log.record(&rollout.version, DecisionRole::Shadow, stage, ctx.now_ms, shadow_answer.clone());
+                    (record.task_id, record.agent_id) = (task_id.clone(), agent_id.clone());
+                    record.answered_by = if outcome.is_ok() { "plugin" } else { "none" }.into();
+                    if let Ok((_, report)) = &outcome {
+                        record.fuel = report.fuel_used;
+                        record.duration_us = report.wall_time.as_micros() as u64;
+                    }
+                    log.push(record);
+                }
+                rollout.tally.count(ShadowSample {
+                    at: crate::model::rfc3339_ms(ctx.now_ms),
+                    stage,
+                    task_id,
+                    agent_id,
+                    active: answer,
+                    shadow: shadow_answer,
+                });
+            });
+        }
+        (version, outcome.map(|(decision, _)| decision))
+    }
+
+    /// Runs health probe `probe` (an active one, from [`probes`](Self::probes)) on one agent — or its canary,
+    /// when it takes this agent — and records the decision and feeds the shadow as [`choose`](Self::choose) does.
+    pub fn probe(
+        &self,
+        probe: &Arc<PluginVersion>,
+        ctx: CallContext,
+        agent: &AgentInfo,
+        observed: &Observations,
+    ) -> Result<ProbeResult, CallError> {
+        let key = agent.agent_id.as_str();
+        let rollout = if self.any_rollout.load(Ordering::Relaxed) { self.rollout(&probe.name) } else { None };
+        let (version, role) = match &rollout {
+            Some(r) if r.takes(key) && r.version.kind == PluginKind::HealthProbe => {
+                (r.version.clone(), DecisionRole::Canary)
+            }
+            _ => (probe.clone(), DecisionRole::Active),
+        };
+        let outcome = version.probe(ctx, agent, observed);
+        let log = self.decisions.get().filter(|log| log.keeps(key)).cloned();
+        let shadow = rollout
+            .filter(|r| role == DecisionRole::Active && r.is_shadow() && r.version.kind == PluginKind::HealthProbe);
+        if log.is_none() && shadow.is_none() {
+            return outcome.map(|(result, _)| result);
+        }
+        let answer_of = |outcome: &Result<(ProbeResult, CallReport), CallError>| match outcome {
+            Ok((result, _)) => DecisionAnswer {
+                health: Some(result.status.into()),
+                reason: Some(result.message.clone()),
+                ..DecisionAnswer::default()
+            },
+            Err(error) => DecisionAnswer { error: Some(error.to_string()), ..DecisionAnswer::default() },
+        };
+        let record_of = |log: &DecisionLog,
+                         version: &PluginVersion,
+                         role,
+                         outcome: &Result<(ProbeResult, CallReport), CallError>| {
+            let mut record = log.record(version, role, DecisionStage::Probe, ctx.now_ms, answer_of(outcome));
+            record.agent_id = Some(agent.agent_id.clone());
+            record.answered_by = if outcome.is_ok() { "plugin" } else { "none" }.into();
+            if let Ok((_, report)) = outcome {
+                record.fuel = report.fuel_used;
+                record.duration_us = report.wall_time.as_micros() as u64;
+            }
+            record
+        };
+        if let Some(log) = &log {
+            log.push(record_of(log, &version, role, &outcome));
+        }
+        if let Some(rollout) = shadow {
+            // Probes already run off the request path (the health monitor's own task): the shadow runs here too.
+            let shadow_outcome = rollout.version.probe(ctx, agent, observed);
+            if let Some(log) = &log {
+                log.push(record_of(log, &rollout.version, DecisionRole::Shadow, &shadow_outcome));
+            }
+            rollout.tally.count(ShadowSample {
+                at: crate::model::rfc3339_ms(ctx.now_ms),
+                stage: DecisionStage::Probe,
+                task_id: None,
+                agent_id: Some(agent.agent_id.clone()),
+                active: answer_of(&outcome),
+                shadow: answer_of(&shadow_outcome),
+            });
+        }
+        outcome.map(|(result, _)| result)
+    }
+
+    /// The candidate version beside `name`'s active one, if any.
+    pub fn rollout(&self, name: &str) -> Option<Arc<Rollout>> {
+        self.state.read().slots.get(name).and_then(|slot| slot.rollout.clone())
+    }
+
+    /// The shadow comparison of `name`, if its candidate is a shadow.
+    pub fn shadow_figures(&self, name: &str) -> Option<ShadowFigures> {
+        self.rollout(name).filter(|r| r.is_shadow()).map(|r| r.tally.figures())
+    }
+
+    /// Loads and validates `bytes` as the candidate of `name` in `mode`, beside its active version (which must
+    /// exist and be of the same kind). A candidate already there is replaced; its figures start again.
+    pub fn install_rollout(
+        &self,
+        name: &str,
+        source: PluginSource,
+        bytes: &[u8],
+        manifest: Manifest,
+        mode: RolloutMode,
+    ) -> Result<Arc<PluginVersion>, LoadError> {
+        let _changes = self.changes.lock();
+        let totals = self.totals.lock().entry(name.to_string()).or_default().clone();
+        let loaded = loader::load_counted(&self.runtime, name, source, bytes, manifest, totals).and_then(|version| {
+            match self.active(name) {
+                None => Err(LoadError::NoActiveVersion(name.to_string())),
+                Some(active) if active.kind != version.kind => Err(LoadError::KindConflict {
+                    name: name.to_string(),
+                    existing: active.kind,
+                    source_of_existing: active.source,
+                    offered: version.kind,
+                }),
+                Some(active) => Ok((version, active.stats.snapshot())),
+            }
+        });
+        match loaded {
+            Ok((version, baseline)) => {
+                let version = Arc::new(version);
+                let rollout = Arc::new(Rollout::new(version.clone(), mode, baseline));
+                self.state.write().slots.entry(name.to_string()).or_default().rollout = Some(rollout);
+                self.any_rollout.store(true, Ordering::Relaxed);
+                tracing::info!(plugin = name, mode = mode.name(), sha256 = %version.sha256, "candidate version installed");
+                Ok(version)
+            }
+            Err(error) => {
+                self.reject(name, source, bytes, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Validates `bytes` as a candidate of `name` without installing it: it loads, and is of the kind of the
+    /// name's active version. A failure is recorded as a rejection.
+    pub fn validate_rollout(&self, name: &str, bytes: &[u8], manifest: Manifest) -> Result<(), LoadError> {
+        let checked = loader::load(&self.runtime, name, PluginSource::Upload, bytes, manifest).and_then(|version| {
+            match self.active(name) {
+                None => Err(LoadError::NoActiveVersion(name.to_string())),
+                Some(active) if active.kind != version.kind => Err(LoadError::KindConflict {
+                    name: name.to_string(),
+                    existing: active.kind,
+                    source_of_existing: active.source,
+                    offered: version.kind,
+                }),
+                Some(_) => Ok(()),
+            }
+        });
+        if let Err(error) = &checked {
+            self.reject(name, PluginSource::Upload, bytes, error);
+        }
+        checked
+    }
+
+    /// Makes `name`'s fleet candidate its upload version in one swap, if the candidate is the version `sha256`
+    /// with `manifest`: a promote without compiling again, its figures kept. Whether it did.
+    pub fn promote_rollout(&self, name: &str, sha256: &str, manifest: &Manifest) -> bool {
+        let _changes = self.changes.lock();
+        let promoted = {
+            let mut state = self.state.write();
+            let Some(slot) = state.slots.get_mut(name) else { return false };
+            let Some(rollout) = slot.rollout.take_if(|r| {
+                r.version.source == PluginSource::Upload
+                    && r.version.sha256 == sha256
+                    && &r.version.manifest == manifest
+            }) else {
+                return false;
+            };
+            slot.versions.insert(PluginSource::Upload, rollout.version.clone());
+            let active = slot.active().is_some_and(|a| Arc::ptr_eq(a, &rollout.version));
+            state.rebuild_lists();
+            let any = state.slots.values().any(|slot| slot.rollout.is_some());
+            self.any_rollout.store(any, Ordering::Relaxed);
+            (rollout.version.clone(), active)
+        };
+        let (version, active) = promoted;
+        tracing::info!(plugin = name, sha256, active, "candidate promoted");
+        let _ = self.events.send(PluginEvent::PluginLoaded {
+            name: name.to_string(),
+            kind: version.kind,
+            source: PluginSource::Upload,
+            sha256: version.sha256.clone(),
+            active,
+        });
+        true
+    }
+
+    /// Every canary with its name and the name's active version.
+    pub fn canaries(&self) -> Vec<(String, Arc<Rollout>, Arc<PluginVersion>)> {
+        if !self.any_rollout.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let state = self.state.read();
+        state
+            .slots
+            .iter()
+            .filter_map(|(name, slot)| {
+                let rollout = slot.rollout.as_ref().filter(|r| !r.is_shadow())?;
+                Some((name.clone(), rollout.clone(), slot.active()?.clone()))
+            })
+            .collect()
+    }
+
+    /// Removes `name`'s candidate (only if its sha256 is `expected`, when given). Whether there was one.
+    pub fn remove_rollout(&self, name: &str, expected: Option<&str>) -> bool {
+        let _changes = self.changes.lock();
+        let mut state = self.state.write();
+        let Some(slot) = state.slots.get_mut(name) else { return false };
+        let matches = slot.rollout.as_ref().is_some_and(|r| expected.is_none_or(|sha| r.version.sha256 == sha));
+        if matches {
+            slot.rollout = None;
+            tracing::info!(plugin = name, "candidate version removed");
+        }
+        if slot.is_empty() {
+            state.slots.remove(name);
+        }
+        let any = state.slots.values().any(|slot| slot.rollout.is_some());
+        self.any_rollout.store(any, Ordering::Relaxed);
+        matches
+    }
+
     /// Active policies in evaluation order (manifest `order`, then name).
     pub fn policies(&self) -> Arc<[Arc<PluginVersion>]> {
         self.state.read().policies.clone()
@@ -523,6 +975,7 @@ impl PluginRegistry {
             active: None,
             shadowed: Vec::new(),
             last_rejection: None,
+            rollout: None,
             totals: self.totals_of(name),
             active_version: None,
             fleet: None,
@@ -548,11 +1001,28 @@ impl PluginRegistry {
             shadowed: slot.versions.values().rev().skip(1).map(|v| version_info(v)).collect(),
             // A successful install clears the rejection, so one still here is newer than every loaded version.
             last_rejection: slot.rejection.clone(),
+            rollout: slot.rollout.as_ref().map(|rollout| rollout_info(rollout, top.map(|v| &**v))),
             totals: self.totals_of(name),
             active_version: slot.fleet_version,
             fleet: None,
             server_id: self.server_id.clone(),
         }
+    }
+}
+
+fn rollout_info(rollout: &Rollout, active: Option<&PluginVersion>) -> RolloutInfo {
+    let now = active.map(|v| v.stats.snapshot()).unwrap_or_default();
+    let active_since = rollout.active_since(&now);
+    RolloutInfo {
+        mode: rollout.mode,
+        since: rollout.since(),
+        candidate: version_info(&rollout.version),
+        active_since,
+        shadow: rollout.is_shadow().then(|| {
+            let mut figures = rollout.tally.figures();
+            figures.samples.clear();
+            figures
+        }),
     }
 }
 

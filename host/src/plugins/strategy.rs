@@ -118,6 +118,12 @@ pub struct Selection {
     pub sha256: Option<String>,
     /// Why the requested plugin did not answer, when it did not.
     pub fallback_reason: Option<String>,
+    /// Whether the requested plugin was called (a single candidate is chosen without a call).
+    pub called: bool,
+    /// Fuel the requested plugin's call burned.
+    pub fuel: u64,
+    /// Wall time of the selection, fallbacks included, µs.
+    pub duration_us: u64,
 }
 
 /// Chooses among `candidates` (never empty) with `plugin`, falling back along the chain of DESIGN §5. A single
@@ -132,40 +138,36 @@ pub fn select_with_fallback(
     details: &[CandidateDetails],
 ) -> Selection {
     assert!(!candidates.is_empty(), "select_with_fallback needs at least one candidate");
+    let answer = |index, answered_by, sha256, fallback_reason, fuel, started: Option<std::time::Instant>| Selection {
+        index,
+        answered_by,
+        sha256,
+        fallback_reason,
+        called: started.is_some(),
+        fuel,
+        duration_us: started.map_or(0, |at| at.elapsed().as_micros() as u64),
+    };
     if candidates.len() == 1 {
-        return Selection { index: 0, answered_by: Answerer::Plugin, sha256: None, fallback_reason: None };
+        return answer(0, Answerer::Plugin, None, None, 0, None);
     }
+    let started = Some(std::time::Instant::now());
     // When the requested strategy is the embedded one, asking it again would only fail (and count) twice.
     let embedded_failed = std::ptr::eq(plugin, embedded);
-    let reason = match plugin.select(ctx, task, candidates, details) {
-        Ok(index) => {
-            return Selection {
-                index,
-                answered_by: Answerer::Plugin,
-                sha256: Some(plugin.sha256.clone()),
-                fallback_reason: None,
-            };
+    let reason = match plugin.select_reporting(ctx, task, candidates, details) {
+        Ok((index, report)) => {
+            return answer(index, Answerer::Plugin, Some(plugin.sha256.clone()), None, report.fuel_used, started);
         }
         Err(error) => error.to_string(),
     };
     plugin.record_fallback();
     if !embedded_failed && let Ok(index) = embedded.select(ctx, task, candidates, &[]) {
-        return Selection {
-            index,
-            answered_by: Answerer::EmbeddedLeastLoaded,
-            sha256: Some(embedded.sha256.clone()),
-            fallback_reason: Some(reason),
-        };
+        let sha256 = Some(embedded.sha256.clone());
+        return answer(index, Answerer::EmbeddedLeastLoaded, sha256, Some(reason), 0, started);
     }
     if !embedded_failed {
         embedded.record_fallback();
     }
-    Selection {
-        index: fewest_in_flight(candidates),
-        answered_by: Answerer::Native,
-        sha256: None,
-        fallback_reason: Some(reason),
-    }
+    answer(fewest_in_flight(candidates), Answerer::Native, None, Some(reason), 0, started)
 }
 
 /// The last resort when no plugin can answer: fewest in flight, first index among equals.

@@ -17,6 +17,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
 use super::manifest::Manifest;
+use super::rollout::RolloutMode;
 use super::runtime::MAX_COMPONENT_BYTES;
 use super::{LoadError, PluginRegistry, PluginSource};
 
@@ -124,7 +125,14 @@ impl DirectorySync {
                 // No component (perhaps a lone NAME.toml): drop any file version; the stamp stays recorded so the
                 // rescan does not come back to it until something changes.
                 self.tried.remove(name);
-                if self.registry.remove(name, PluginSource::File) {
+                let removed = match shadow_of(name) {
+                    Some(base) => {
+                        self.registry.rollout(base).is_some_and(|r| r.version.source == PluginSource::File)
+                            && self.registry.remove_rollout(base, None)
+                    }
+                    None => self.registry.remove(name, PluginSource::File),
+                };
+                if removed {
                     report.removed.push(name.to_string());
                 }
                 return;
@@ -161,7 +169,13 @@ impl DirectorySync {
                 return;
             }
         };
-        match self.registry.install(name, PluginSource::File, &bytes, manifest) {
+        let installed = match shadow_of(name) {
+            Some(base) => {
+                self.registry.install_rollout(base, PluginSource::File, &bytes, manifest, RolloutMode::Shadow)
+            }
+            None => self.registry.install(name, PluginSource::File, &bytes, manifest),
+        };
+        match installed {
             Ok(_) => report.loaded.push(name.to_string()),
             Err(error) => {
                 if error.is_transient() {
@@ -174,6 +188,11 @@ impl DirectorySync {
             }
         }
     }
+}
+
+/// The plugin a `NAME.shadow.wasm` file shadows (decision 0022): `NAME`, when `name` is such a file's stem.
+fn shadow_of(name: &str) -> Option<&str> {
+    name.strip_suffix(".shadow").filter(|base| !base.is_empty())
 }
 
 /// Largest manifest read.

@@ -153,7 +153,7 @@ impl Scheduler {
         if has_submit_policies {
             self.apply_submit_policies(&mut task).await?;
         }
-        let route = routing::Route::new(&task, &strategy);
+        let route = routing::Route::new(&task, &strategy.0, strategy.1);
         let committed = self.store.submit(task, route.offer_limit(&self.config)).await?;
         if let Some(offer) = committed.offer {
             self.spawn_routes(vec![(route, offer)]);
@@ -185,7 +185,7 @@ impl Scheduler {
             }
             let strategy = self.strategy_of(&task)?;
             self.apply_submit_policies(&mut task).await?;
-            let route = routing::Route::new(&task, &strategy);
+            let route = routing::Route::new(&task, &strategy.0, strategy.1);
             offer_limit = offer_limit.max(route.offer_limit(&self.config));
             routes.push(route);
             tasks.push(task);
@@ -239,10 +239,16 @@ impl Scheduler {
         }
     }
 
-    /// The strategy a task routes with: its own, else `DEFAULT_STRATEGY`; 400 when no plugin provides it.
-    fn strategy_of(&self, task: &NewTask) -> Result<Arc<crate::plugins::PluginVersion>, EngineError> {
+    /// The strategy a task routes with: its own, else `DEFAULT_STRATEGY` (the name's canary when it takes this
+    /// task); 400 when no plugin provides it.
+    fn strategy_of(
+        &self,
+        task: &NewTask,
+    ) -> Result<(Arc<crate::plugins::PluginVersion>, crate::model::DecisionRole), EngineError> {
         let name = task.strategy.as_deref().unwrap_or(&self.config.default_strategy);
-        self.plugins.strategy(name).map_err(|_| EngineError::UnknownStrategy(name.to_string()))
+        self.plugins
+            .strategy_for(name, task.task_id.as_str())
+            .map_err(|_| EngineError::UnknownStrategy(name.to_string()))
     }
 
     /// The agent started the task (claimed → running).

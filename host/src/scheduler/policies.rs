@@ -102,13 +102,15 @@ enum Verdict {
     Modify(Modification),
 }
 
-/// Runs one policy; a failure becomes a deny or an allow by its `on_error`.
-fn verdict(policy: &Arc<PluginVersion>, input: &PolicyInput, now_ms: u64) -> Verdict {
-    match policy.evaluate(ctx(now_ms), input) {
-        Ok((Decision::Allow, _)) => Verdict::Allow,
-        Ok((Decision::Deny(reason), _)) => Verdict::Deny(reason),
-        Ok((Decision::Warn(reason), _)) => Verdict::Warn(reason),
-        Ok((Decision::Modify(modification), _)) => Verdict::Modify(modification),
+/// Runs one policy (or its canary) through the registry, which records the decision; a failure becomes a deny or
+/// an allow by the answering version's `on_error`.
+fn verdict(plugins: &PluginRegistry, policy: &Arc<PluginVersion>, input: &PolicyInput, now_ms: u64) -> Verdict {
+    let (policy, outcome) = plugins.evaluate(policy, ctx(now_ms), input);
+    match outcome {
+        Ok(Decision::Allow) => Verdict::Allow,
+        Ok(Decision::Deny(reason)) => Verdict::Deny(reason),
+        Ok(Decision::Warn(reason)) => Verdict::Warn(reason),
+        Ok(Decision::Modify(modification)) => Verdict::Modify(modification),
         Err(error) => match policy.manifest.on_error {
             OnError::Deny => Verdict::Deny(format!("the policy failed ({error}) and fails closed")),
             OnError::Allow => {
@@ -144,7 +146,7 @@ pub(crate) fn on_submit(plugins: &PluginRegistry, task: &mut NewTask, now_ms: u6
                 .then_some(payload_text),
         });
         let task_id = Some(task.task_id.to_string());
-        match verdict(policy, &input, now_ms) {
+        match verdict(plugins, policy, &input, now_ms) {
             Verdict::Allow => {}
             Verdict::Warn(reason) => violations.push(violation(&policy.name, "submit", "warn", reason, task_id, None)),
             Verdict::Deny(reason) => {
@@ -188,7 +190,7 @@ pub(crate) fn on_register(plugins: &PluginRegistry, registration: &mut AgentRegi
     for policy in plugins.policies().iter() {
         let info = convert::registration_info(registration, &policy.manifest.labels);
         let agent_id = Some(registration.agent_id.clone());
-        match verdict(policy, &PolicyInput::Register(info), now_ms) {
+        match verdict(plugins, policy, &PolicyInput::Register(info), now_ms) {
             Verdict::Allow => {}
             Verdict::Warn(reason) => {
                 violations.push(violation(&policy.name, "register", "warn", reason, None, agent_id))
@@ -218,7 +220,7 @@ pub(crate) fn on_dispatch(plugins: &PluginRegistry, task: &Task, agent: &Agent, 
             task: convert::task_info(task_view(task), &policy.manifest.labels),
             agent: convert::agent_info(agent, &policy.manifest.labels),
         });
-        if let Verdict::Deny(reason) = verdict(policy, &input, now_ms) {
+        if let Verdict::Deny(reason) = verdict(plugins, policy, &input, now_ms) {
             return vec![violation(
                 &policy.name,
                 "dispatch",

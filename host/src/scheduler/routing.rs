@@ -17,10 +17,13 @@ use super::claims::Wake;
 use super::policies::{on_dispatch, task_view};
 use super::{EngineError, Scheduler};
 use crate::config::Config;
-use crate::model::{AgentFilter, CandidateNumbers, CapabilitySet, NewTask, Priority, Standing, TaskId, TaskStatus};
+use crate::model::{
+    AgentFilter, CandidateNumbers, CapabilitySet, DecisionRole, DecisionStage, NewTask, Priority, Standing, TaskId,
+    TaskStatus,
+};
 use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails, TaskInfo};
 use crate::plugins::convert::{self, TaskView};
-use crate::plugins::strategy::select_with_fallback;
+use crate::plugins::registry::SelectionCall;
 use crate::plugins::{Answerer, PluginVersion};
 use crate::store::{Offer, WaitingClaim};
 
@@ -28,12 +31,14 @@ use crate::store::{Offer, WaitingClaim};
 pub(super) struct Route {
     task_id: TaskId,
     strategy: Arc<PluginVersion>,
+    /// Whether `strategy` is the name's active version or its canary.
+    role: DecisionRole,
     info: TaskInfo,
 }
 
 impl Route {
     /// The route of a task about to be committed.
-    pub(super) fn new(task: &NewTask, strategy: &Arc<PluginVersion>) -> Route {
+    pub(super) fn new(task: &NewTask, strategy: &Arc<PluginVersion>, role: DecisionRole) -> Route {
         let view = TaskView {
             id: &task.task_id,
             task_type: &task.task_type,
@@ -41,13 +46,14 @@ impl Route {
             required: &task.required_capabilities,
             metadata: &task.metadata,
         };
-        Route::of(view, strategy)
+        Route::of(view, strategy, role)
     }
 
-    fn of(view: TaskView<'_>, strategy: &Arc<PluginVersion>) -> Route {
+    fn of(view: TaskView<'_>, strategy: &Arc<PluginVersion>, role: DecisionRole) -> Route {
         Route {
             task_id: view.id.clone(),
             strategy: strategy.clone(),
+            role,
             info: convert::task_info(view, &strategy.manifest.labels),
         }
     }
@@ -114,14 +120,14 @@ impl Scheduler {
             }
             // A strategy removed since the task was submitted: the default one routes it.
             let name = task.strategy.as_deref().unwrap_or(&self.config.default_strategy);
-            let strategy = match self.plugins.strategy(name) {
-                Ok(strategy) => strategy,
+            let (strategy, role) = match self.plugins.strategy_for(name, task_id.as_str()) {
+                Ok(chosen) => chosen,
                 Err(_) => self
                     .plugins
-                    .strategy(&self.config.default_strategy)
+                    .strategy_for(&self.config.default_strategy, task_id.as_str())
                     .map_err(|_| EngineError::UnknownStrategy(self.config.default_strategy.clone()))?,
             };
-            let route = Route::of(task_view(&task), &strategy);
+            let route = Route::of(task_view(&task), &strategy, role);
             if let Some(offer) = self.store.offer(task_id, route.offer_limit(&self.config), None).await? {
                 self.route(&route, &offer, &HashSet::new()).await?;
             }
@@ -219,15 +225,16 @@ impl Scheduler {
             Vec::new()
         };
         let ctx = CallContext { now_ms, seed: seed_of(route.task_id.as_str()) };
-        let selection = select_with_fallback(
-            &route.strategy,
-            self.plugins.fallback_strategy(),
+        let agent_ids: Vec<&str> = claims.iter().map(|c| c.agent_id.as_str()).collect();
+        let call = SelectionCall {
+            stage: DecisionStage::Route,
             ctx,
-            &route.info,
-            &candidates,
-            &details,
-        );
-        Ok(selection.index)
+            task: &route.info,
+            agent_ids: &agent_ids,
+            candidates: &candidates,
+            details: &details,
+        };
+        Ok(self.plugins.choose(&route.strategy, route.role, call).index)
     }
 
     /// The claims whose agents the dispatch policies allow to take the task (denials are recorded).
@@ -264,7 +271,11 @@ impl Scheduler {
         dry_run: bool,
     ) -> Result<Option<AgentSelection>, EngineError> {
         let name = strategy.unwrap_or(&self.config.default_strategy).to_string();
-        let plugin = self.plugins.strategy(&name).map_err(|_| EngineError::UnknownStrategy(name.clone()))?;
+        let selection_id = TaskId::generate();
+        let (plugin, role) = self
+            .plugins
+            .strategy_for(&name, selection_id.as_str())
+            .map_err(|_| EngineError::UnknownStrategy(name.clone()))?;
         let health: std::collections::HashMap<String, crate::model::AgentHealth> =
             self.store.all_health().await?.into_iter().map(|h| (h.agent_id.clone(), h)).collect();
         let now = self.store.now_ms();
@@ -307,7 +318,6 @@ impl Scheduler {
         if chosen_from.is_empty() {
             return Ok(None);
         }
-        let selection_id = TaskId::generate();
         let empty = serde_json::Map::new();
         let view = TaskView {
             id: &selection_id,
@@ -324,8 +334,16 @@ impl Scheduler {
             Vec::new()
         };
         let ctx = CallContext { now_ms: now, seed: seed_of(selection_id.as_str()) };
-        let selection =
-            select_with_fallback(&plugin, self.plugins.fallback_strategy(), ctx, &info, &candidates, &details);
+        let agent_ids: Vec<&str> = chosen_from.iter().map(|(id, _)| id.as_str()).collect();
+        let call = SelectionCall {
+            stage: DecisionStage::Select,
+            ctx,
+            task: &info,
+            agent_ids: &agent_ids,
+            candidates: &candidates,
+            details: &details,
+        };
+        let selection = self.plugins.choose(&plugin, role, call);
         let chosen = &chosen_from[selection.index].0;
         if !dry_run {
             self.store.mark_assigned(chosen).await?;

@@ -20,10 +20,10 @@ use tokio::sync::broadcast;
 
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AttemptResult, AuditCheckpoint, AuditEntry, AuditHead,
-    CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion, Delivery, DeliveryStatus, Event, EventKind,
-    FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask, NewViolation,
-    PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance, ScheduleRecord,
-    StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
+    CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion, DecisionRecord, Delivery, DeliveryStatus,
+    Event, EventKind, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask,
+    NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance,
+    ScheduleRecord, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -495,4 +495,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// One name's uploaded component: (sha256, bytes), if an upload is current.
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>>;
+
+    /// One name's candidate component (shadow or canary): (sha256, bytes), if it has one.
+    async fn plugin_candidate_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>>;
+
+    /// Appends plugin decisions (a writer's batch), giving each its id (`<ms>-<seq>`, ascending); keeps the newest
+    /// `keep` in all and the newest [`DECISIONS_PER_TASK`](crate::model::DECISIONS_PER_TASK) of each task, each
+    /// task's for `retention_ms`. Answers the records with their ids.
+    async fn append_decisions(
+        &self,
+        records: Vec<DecisionRecord>,
+        keep: usize,
+        retention_ms: u64,
+    ) -> StoreResult<Vec<DecisionRecord>>;
+
+    /// A task's decisions, oldest first.
+    async fn task_decisions(&self, task_id: &str) -> StoreResult<Vec<DecisionRecord>>;
+
+    /// Up to `limit` decisions (at most 1,000) after the id `after`, else from the time `since_ms`, else from the
+    /// oldest kept; oldest first.
+    async fn decisions(
+        &self,
+        after: Option<&str>,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<DecisionRecord>>;
+
+    /// Removes decisions appended before `before_ms` (retention), at most `limit`; how many.
+    async fn trim_decisions(&self, before_ms: u64, limit: usize) -> StoreResult<usize>;
 }

@@ -22,6 +22,7 @@ mod isolation;
 mod notifications;
 mod openapi;
 mod plugin_uploads;
+mod rollouts;
 mod rule_policies;
 mod schedules;
 mod slow_store;

@@ -15,6 +15,7 @@ use rand::RngExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+mod decisions;
 mod notifications;
 mod waiting;
 
@@ -29,11 +30,12 @@ use super::{
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, AttemptResult, AuditCheckpoint, AuditEntry,
     AuditHead, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion,
-    Delivery, DeliveryStatus, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, GENESIS_HASH, HealthState,
-    HealthVerdict, HeartbeatOutcome, HeartbeatRequest, MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY,
-    PluginAction, PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered,
-    RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreResult, Submitted, Task,
-    TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, rfc3339_ms,
+    DecisionRecord, Delivery, DeliveryStatus, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, GENESIS_HASH,
+    HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, MAX_SCHEDULES, NewTask, NewViolation,
+    PLUGIN_HISTORY, PluginAction, PluginCandidate, PluginChange, PluginHistoryEntry, PluginRecord, Priority,
+    QueueFigures, Refusal, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError,
+    StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation,
+    ViolationUpdate, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -165,6 +167,8 @@ struct State {
     stats: Counters,
     /// Fleet plugin records and the current upload's bytes, by name.
     plugins: BTreeMap<String, (PluginRecord, Option<Vec<u8>>)>,
+    /// Each name's candidate component (shadow or canary): (sha256, bytes).
+    candidates: BTreeMap<String, (String, Vec<u8>)>,
     /// Policy violations, newest last, and the last id number issued.
     violations: VecDeque<Violation>,
     violation_seq: u64,
@@ -189,6 +193,18 @@ struct Counters {
     claim_waits: VecDeque<u64>,
 }
 
+/// A promote or rollback needs a candidate, and the one the caller saw when it names one.
+fn check_candidate(name: &str, candidate: Option<&PluginCandidate>, expected: Option<&str>) -> StoreResult<()> {
+    match candidate {
+        None => Err(StoreError::conflict("no_candidate", format!("{name} has no shadow or canary version"))),
+        Some(candidate) if expected.is_some_and(|sha| sha != candidate.sha256) => Err(StoreError::conflict(
+            "candidate_changed",
+            format!("{name}'s candidate is now {}, not the version asked for", candidate.sha256),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The audit log's end: its last entry, else the checkpoint, else the genesis.
 fn audit_end(state: &State) -> AuditHead {
     match (state.audit.back(), &state.audit_checkpoint) {
@@ -209,6 +225,8 @@ pub struct MemoryStore {
     /// Held while a transition's events are sent, taken before its state lock is released (see `transition`).
     publishing: Mutex<()>,
     events: broadcast::Sender<Arc<Event>>,
+    /// The decision log, under a lock of its own (no transition needs it).
+    decisions: Mutex<decisions::Decisions>,
 }
 
 impl MemoryStore {
@@ -222,6 +240,7 @@ impl MemoryStore {
             broken: AtomicBool::new(false),
             publishing: Mutex::new(()),
             events,
+            decisions: Mutex::new(decisions::Decisions::default()),
         }
     }
 
@@ -1945,15 +1964,23 @@ impl Store for MemoryStore {
         self.transition(|tx| {
             let now = tx.now;
             let PluginChange { name, action, by } = change;
-            let has_upload = tx.state.plugins.get(&name).is_some_and(|(record, _)| record.sha256.is_some());
-            if action == PluginAction::Delete && !has_upload {
+            let existing = tx.state.plugins.get(&name).map(|(record, _)| record);
+            if action == PluginAction::Delete && existing.is_none_or(|record| record.sha256.is_none()) {
                 return Err(StoreError::PluginNotFound(name));
+            }
+            if let PluginAction::Promote { sha256: expected } | PluginAction::Rollback { sha256: expected, .. } =
+                &action
+            {
+                check_candidate(&name, existing.and_then(|record| record.candidate.as_ref()), expected.as_deref())?;
             }
             let kind = match &action {
                 PluginAction::Upload { .. } => EventKind::PluginUploaded,
                 PluginAction::Delete => EventKind::PluginDeleted,
                 PluginAction::Enable => EventKind::PluginEnabled,
                 PluginAction::Disable => EventKind::PluginDisabled,
+                PluginAction::Stage { .. } => EventKind::PluginStaged,
+                PluginAction::Promote { .. } => EventKind::PluginPromoted,
+                PluginAction::Rollback { .. } => EventKind::PluginRolledBack,
             };
             let verb = action.as_str().to_string();
             let (record, bytes) = tx.state.plugins.entry(name.clone()).or_insert_with(|| {
@@ -1964,11 +1991,13 @@ impl Store for MemoryStore {
                     sha256: None,
                     size: None,
                     manifest: None,
+                    candidate: None,
                     history: Vec::new(),
                 };
                 (record, None)
             });
             record.version += 1;
+            let mut detail = None;
             match action {
                 PluginAction::Upload { bytes: component, sha256, manifest } => {
                     record.sha256 = Some(sha256);
@@ -1982,6 +2011,25 @@ impl Store for MemoryStore {
                 }
                 PluginAction::Enable => record.enabled = true,
                 PluginAction::Disable => record.enabled = false,
+                PluginAction::Stage { bytes: component, sha256, manifest, mode } => {
+                    detail = Some(mode.describe());
+                    let size = component.len() as u64;
+                    record.candidate = Some(PluginCandidate { mode, sha256: sha256.clone(), size, manifest });
+                    tx.state.candidates.insert(name.clone(), (sha256, component));
+                }
+                PluginAction::Promote { .. } => {
+                    let candidate = record.candidate.take().expect("checked above");
+                    let (_, component) = tx.state.candidates.remove(&name).expect("a candidate has its bytes");
+                    record.sha256 = Some(candidate.sha256);
+                    record.size = Some(candidate.size);
+                    record.manifest = candidate.manifest;
+                    *bytes = Some(component);
+                }
+                PluginAction::Rollback { reason, .. } => {
+                    detail = reason;
+                    record.candidate = None;
+                    tx.state.candidates.remove(&name);
+                }
             }
             let entry = PluginHistoryEntry {
                 version: record.version,
@@ -1989,6 +2037,7 @@ impl Store for MemoryStore {
                 sha256: record.sha256.clone(),
                 by,
                 at: rfc3339_ms(now),
+                detail,
             };
             record.history.insert(0, entry);
             record.history.truncate(PLUGIN_HISTORY);
@@ -2068,6 +2117,38 @@ impl Store for MemoryStore {
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
         let state = self.lock()?;
         Ok(state.plugins.get(name).and_then(|(record, bytes)| Some((record.sha256.clone()?, bytes.clone()?))))
+    }
+
+    async fn plugin_candidate_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+        let state = self.lock()?;
+        Ok(state.candidates.get(name).cloned())
+    }
+
+    async fn append_decisions(
+        &self,
+        records: Vec<DecisionRecord>,
+        keep: usize,
+        _retention_ms: u64,
+    ) -> StoreResult<Vec<DecisionRecord>> {
+        let now = self.clock.now_ms();
+        Ok(self.decisions.lock().append(records, now, keep))
+    }
+
+    async fn task_decisions(&self, task_id: &str) -> StoreResult<Vec<DecisionRecord>> {
+        Ok(self.decisions.lock().of_task(task_id))
+    }
+
+    async fn decisions(
+        &self,
+        after: Option<&str>,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<DecisionRecord>> {
+        Ok(self.decisions.lock().range(after, since_ms, limit.min(1_000)))
+    }
+
+    async fn trim_decisions(&self, before_ms: u64, limit: usize) -> StoreResult<usize> {
+        Ok(self.decisions.lock().trim(before_ms, limit))
     }
 
     async fn audit_head(&self) -> StoreResult<AuditHead> {

@@ -8,13 +8,14 @@ use serde_json::{Map, Value as Json};
 
 use super::super::{ClaimAnswer, WaitingClaim};
 use crate::model::{
-    Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, Delivery, DeliveryStatus, Event,
-    EventKind, HealthState, PluginHistoryEntry, PluginRecord, Priority, Refusal, ScheduleRecord, StoreError,
-    StoreResult, Task, TaskError, TaskId, TaskStatus, Violation, ViolationStatus, rfc3339_ms,
+    Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, DecisionRecord, Delivery,
+    DeliveryStatus, Event, EventKind, HealthState, PluginCandidate, PluginHistoryEntry, PluginRecord, Priority,
+    Refusal, RolloutMode, ScheduleRecord, StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus, Violation,
+    ViolationStatus, rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
-const CONFLICT_CODES: [&str; 10] = [
+const CONFLICT_CODES: [&str; 12] = [
     "lease_lost",
     "task_cancelled",
     "task_timeout",
@@ -25,6 +26,8 @@ const CONFLICT_CODES: [&str; 10] = [
     "too_many_schedules",
     "too_many_channels",
     "not_a_dead_letter",
+    "no_candidate",
+    "candidate_changed",
 ];
 
 /// A decoded reply: the store clock it ran at and the body (or the refusal).
@@ -318,6 +321,15 @@ pub(super) fn plugin_record(record: &Value, history: &Value) -> StoreResult<Plug
         sha256: Option<String>,
         size: Option<u64>,
         manifest: Option<String>,
+        candidate: Option<Candidate>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Candidate {
+        mode: String,
+        percent: Option<u8>,
+        sha256: String,
+        size: u64,
+        manifest: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Entry {
@@ -326,6 +338,7 @@ pub(super) fn plugin_record(record: &Value, history: &Value) -> StoreResult<Plug
         by: String,
         at: f64,
         sha256: Option<String>,
+        detail: Option<String>,
     }
     let raw = text(record).ok_or_else(|| corrupt("plugin record"))?;
     let stored: Stored = serde_json::from_str(&raw).map_err(|e| corrupt(format!("plugin record: {e}")))?;
@@ -340,6 +353,7 @@ pub(super) fn plugin_record(record: &Value, history: &Value) -> StoreResult<Plug
                 sha256: entry.sha256,
                 by: entry.by,
                 at: rfc3339_ms(entry.at as u64),
+                detail: entry.detail,
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
@@ -350,8 +364,32 @@ pub(super) fn plugin_record(record: &Value, history: &Value) -> StoreResult<Plug
         sha256: stored.sha256,
         size: stored.size,
         manifest: stored.manifest,
+        candidate: stored.candidate.map(|c| PluginCandidate {
+            mode: match (c.mode.as_str(), c.percent) {
+                ("canary", Some(percent)) => RolloutMode::Canary { percent },
+                _ => RolloutMode::Shadow,
+            },
+            sha256: c.sha256,
+            size: c.size,
+            manifest: c.manifest.filter(|m| !m.is_empty()),
+        }),
         history,
     })
+}
+
+/// Decisions as `decisions_read` answers them: `<id> <json>` each.
+pub(super) fn decisions(value: &Value) -> StoreResult<Vec<DecisionRecord>> {
+    array(value)?
+        .iter()
+        .map(|entry| {
+            let raw = text(entry).ok_or_else(|| corrupt("decision"))?;
+            let (id, json) = raw.split_once(' ').ok_or_else(|| corrupt("decision"))?;
+            let mut record: DecisionRecord =
+                serde_json::from_str(json).map_err(|e| corrupt(format!("decision: {e}")))?;
+            record.id = id.to_string();
+            Ok(record)
+        })
+        .collect()
 }
 
 /// Violations as `record_violations`/`violations` keep them (JSON, time in store ms).

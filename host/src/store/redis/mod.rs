@@ -42,6 +42,7 @@ use crate::model::{
 use crate::model::{
     AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, MAX_CHANNELS, SENT_KEPT,
 };
+use crate::model::{DECISIONS_PER_TASK, DecisionRecord, RolloutMode};
 
 /// The default key prefix (`CONTROL_PLANE_PREFIX`).
 pub const DEFAULT_PREFIX: &str = "aragora:cp:";
@@ -300,6 +301,26 @@ impl RedisStore {
     }
 
     /// The plugin records of `name`, or of every name when it is empty (one `plugin_read`, no bytes).
+    /// One name's upload (or, with `candidate`, its staged candidate): (sha256, bytes), if it has one.
+    async fn read_component(&self, name: &str, candidate: bool) -> StoreResult<Option<(String, Vec<u8>)>> {
+        use base64::Engine as _;
+        let which = if candidate { "candidate" } else { "1" };
+        let body = self.call(&self.scripts.plugin_read, vec![name.to_string(), which.into()]).await?;
+        let Some(entry) = decode::array(first(&body)?)?.first() else { return Ok(None) };
+        let [record, history, bytes] = decode::array(entry)? else {
+            return Err(StoreError::Unavailable("redis: malformed plugin record".into()));
+        };
+        let record = decode::plugin_record(record, history)?;
+        let sha256 = if candidate { record.candidate.map(|c| c.sha256) } else { record.sha256 };
+        let (Some(sha256), Some(encoded)) = (sha256, text(bytes).filter(|b| !b.is_empty())) else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| StoreError::Unavailable(format!("redis: plugin {name} bytes: {e}")))?;
+        Ok(Some((sha256, bytes)))
+    }
+
     async fn read_plugins(&self, name: &str) -> StoreResult<Vec<PluginRecord>> {
         let body = self.call(&self.scripts.plugin_read, vec![name.to_string(), "0".into()]).await?;
         decode::array(first(&body)?)?
@@ -904,18 +925,44 @@ impl Store for RedisStore {
     async fn change_plugin(&self, change: PluginChange) -> StoreResult<PluginRecord> {
         use base64::Engine as _;
         let verb = change.action.as_str().to_string();
-        let (sha256, manifest, size, bytes) = match change.action {
-            PluginAction::Upload { bytes, sha256, manifest } => (
-                sha256,
-                manifest.unwrap_or_default(),
-                bytes.len().to_string(),
-                base64::engine::general_purpose::STANDARD.encode(&bytes),
-            ),
-            _ => Default::default(),
-        };
-        let body = self
-            .call(&self.scripts.plugin_change, vec![change.name, verb, change.by, sha256, manifest, size, bytes])
-            .await?;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        // (sha256, manifest, size, bytes, mode, percent, expected sha256, detail)
+        let mut args: [String; 8] = Default::default();
+        match change.action {
+            PluginAction::Upload { bytes, sha256, manifest } => {
+                args[..4].clone_from_slice(&[
+                    sha256,
+                    manifest.unwrap_or_default(),
+                    bytes.len().to_string(),
+                    encode(&bytes),
+                ]);
+            }
+            PluginAction::Stage { bytes, sha256, manifest, mode } => {
+                let percent = match mode {
+                    RolloutMode::Canary { percent } => percent.to_string(),
+                    RolloutMode::Shadow => String::new(),
+                };
+                args = [
+                    sha256,
+                    manifest.unwrap_or_default(),
+                    bytes.len().to_string(),
+                    encode(&bytes),
+                    mode.name().to_string(),
+                    percent,
+                    String::new(),
+                    mode.describe(),
+                ];
+            }
+            PluginAction::Promote { sha256 } => args[6] = sha256.unwrap_or_default(),
+            PluginAction::Rollback { sha256, reason } => {
+                args[6] = sha256.unwrap_or_default();
+                args[7] = reason.unwrap_or_default();
+            }
+            PluginAction::Delete | PluginAction::Enable | PluginAction::Disable => {}
+        }
+        let mut call = vec![change.name, verb, change.by];
+        call.extend(args);
+        let body = self.call(&self.scripts.plugin_change, call).await?;
         let history =
             body.get(1).ok_or_else(|| StoreError::Unavailable("redis: plugin_change answered no history".into()))?;
         decode::plugin_record(first(&body)?, history)
@@ -971,20 +1018,68 @@ impl Store for RedisStore {
     }
 
     async fn plugin_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
-        use base64::Engine as _;
-        let body = self.call(&self.scripts.plugin_read, vec![name.to_string(), "1".into()]).await?;
-        let Some(entry) = decode::array(first(&body)?)?.first() else { return Ok(None) };
-        let [record, history, bytes] = decode::array(entry)? else {
-            return Err(StoreError::Unavailable("redis: malformed plugin record".into()));
+        self.read_component(name, false).await
+    }
+
+    async fn plugin_candidate_component(&self, name: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+        self.read_component(name, true).await
+    }
+
+    async fn append_decisions(
+        &self,
+        records: Vec<DecisionRecord>,
+        keep: usize,
+        retention_ms: u64,
+    ) -> StoreResult<Vec<DecisionRecord>> {
+        if records.is_empty() {
+            return Ok(records);
+        }
+        let mut args = vec![
+            keep.to_string(),
+            DECISIONS_PER_TASK.to_string(),
+            retention_ms.max(1).to_string(),
+            records.len().to_string(),
+        ];
+        for record in &records {
+            args.push(serde_json::to_string(record).expect("a decision serializes"));
+            args.push(record.task_id.clone().unwrap_or_default());
+        }
+        let body = self.call(&self.scripts.decisions_append, args).await?;
+        let ids = decode::array(first(&body)?)?;
+        Ok(records
+            .into_iter()
+            .zip(ids)
+            .map(|(mut record, id)| {
+                record.id = text(id).unwrap_or_default();
+                record
+            })
+            .collect())
+    }
+
+    async fn task_decisions(&self, task_id: &str) -> StoreResult<Vec<DecisionRecord>> {
+        let body = self.call(&self.scripts.decisions_read, vec!["task".into(), task_id.to_string()]).await?;
+        decode::decisions(first(&body)?)
+    }
+
+    async fn decisions(
+        &self,
+        after: Option<&str>,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<DecisionRecord>> {
+        let start = match (after, since_ms) {
+            (Some(after), _) => format!("({after}"),
+            (None, Some(since)) => since.to_string(),
+            (None, None) => "-".into(),
         };
-        let record = decode::plugin_record(record, history)?;
-        let (Some(sha256), Some(encoded)) = (record.sha256, text(bytes).filter(|b| !b.is_empty())) else {
-            return Ok(None);
-        };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|e| StoreError::Unavailable(format!("redis: plugin {name} bytes: {e}")))?;
-        Ok(Some((sha256, bytes)))
+        let args = vec!["range".into(), start, limit.clamp(1, 1_000).to_string()];
+        let body = self.call(&self.scripts.decisions_read, args).await?;
+        decode::decisions(first(&body)?)
+    }
+
+    async fn trim_decisions(&self, before_ms: u64, _limit: usize) -> StoreResult<usize> {
+        let body = self.call(&self.scripts.decisions_trim, vec![before_ms.to_string()]).await?;
+        Ok(body.first().and_then(text).and_then(|t| t.parse().ok()).unwrap_or(0))
     }
 
     async fn audit_head(&self) -> StoreResult<AuditHead> {

@@ -1,0 +1,18 @@
+-- decisions_append(keep, per_task, ttl_ms, n, (json, task_id) * n): appends plugin decisions to the capped stream
+-- `decisions` (about `keep` entries kept) and each task's to its own capped list (`per_task` newest, expiring
+-- `ttl_ms` after its last decision), as `<id> <json>`. Answers the ids given.
+local keep, per_task, ttl, n = tonumber(arg(1)), tonumber(arg(2)), tonumber(arg(3)), tonumber(arg(4))
+local stream = P .. 'decisions'
+local ids = {}
+for i = 0, n - 1 do
+  local record, task = arg(5 + 2 * i), arg(6 + 2 * i)
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', keep, '*', 'd', record)
+  if task ~= '' then
+    local list = P .. 'decisions:task:' .. task
+    redis.call('RPUSH', list, id .. ' ' .. record)
+    redis.call('LTRIM', list, -per_task, -1)
+    redis.call('PEXPIRE', list, ttl)
+  end
+  table.insert(ids, id)
+end
+return ok(ids)

@@ -1,0 +1,386 @@
+//! Safe rule changes (decision 0022), end to end over the API: the decision log says why each task went where it
+//! went; a shadow sees live inputs and changes nothing; promote swaps the active version fleet-wide without a
+//! failed call; a canary takes its share of decisions by task id; a failing canary rolls itself back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aragora_cp::config::Config;
+use aragora_cp::model::sha256_hex;
+use aragora_cp::plugins::decision_log::bucket_of;
+use aragora_cp::store::{RedisStore, Store};
+use aragora_cp_tests::guest_bytes;
+use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
+use aragora_cp_tests::server::TestServer;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn send(server: &TestServer, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = server.client.request(method, server.api(path)).bearer_auth(server.admin());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+/// `PUT /plugins/{name}{query}` with the component's bytes.
+async fn put(server: &TestServer, name_and_query: &str, component: Vec<u8>) -> (u16, Value) {
+    let response = server
+        .client
+        .put(server.api(&format!("/plugins/{name_and_query}")))
+        .bearer_auth(server.admin())
+        .header("content-type", "application/wasm")
+        .body(component)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+async fn register(server: &TestServer, agents: &[&str], capability: &str) {
+    for agent in agents {
+        let body = json!({"agent_id": agent, "capabilities": [capability]});
+        assert_eq!(send(server, Method::POST, "/agents", Some(body)).await.0, 201);
+    }
+}
+
+async fn waiting_claims(server: &TestServer) -> u64 {
+    server.coordinator.counters().await.unwrap().waiting_claims as u64
+}
+
+/// Agents that each keep one claim waiting: a task submitted while all wait is routed by its strategy among them.
+struct Claimers {
+    waiting: HashMap<String, tokio::task::JoinHandle<Value>>,
+}
+
+impl Claimers {
+    fn new() -> Self {
+        Claimers { waiting: HashMap::new() }
+    }
+
+    /// Starts a claim for each agent that has none, and waits until the store counts `total` waiting.
+    async fn all_waiting(&mut self, server: &TestServer, agents: &[&str], total: u64) {
+        for agent in agents {
+            if self.waiting.contains_key(*agent) {
+                continue;
+            }
+            let (client, url, token) = (server.client.clone(), server.api("/tasks/claim"), server.admin());
+            let body = json!({"agent_id": agent, "block_ms": 20_000});
+            let claim = tokio::spawn(async move {
+                client.post(url).bearer_auth(token).json(&body).send().await.unwrap().json::<Value>().await.unwrap()
+            });
+            self.waiting.insert(agent.to_string(), claim);
+        }
+        let started = Instant::now();
+        while waiting_claims(server).await != total {
+            assert!(started.elapsed() < Duration::from_secs(20), "the claims never all waited");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The agent whose claim answered, and the task it got.
+    async fn answered(&mut self) -> (String, Value) {
+        let started = Instant::now();
+        loop {
+            let done = self.waiting.iter().find(|(_, claim)| claim.is_finished()).map(|(agent, _)| agent.clone());
+            if let Some(agent) = done {
+                let answer = self.waiting.remove(&agent).unwrap().await.unwrap();
+                return (agent, answer["task"].clone());
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no claim answered");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn stop(self) {
+        for claim in self.waiting.into_values() {
+            claim.abort();
+        }
+    }
+}
+
+/// Submits one task of `task_type` for `strategy` while every agent waits, completes it, and answers (task id,
+/// agent).
+async fn route_one(
+    server: &TestServer,
+    claimers: &mut Claimers,
+    agents: &[&str],
+    (capability, strategy, task_type): (&str, &str, &str),
+) -> (String, String) {
+    claimers.all_waiting(server, agents, agents.len() as u64).await;
+    let task = json!({"task_type": task_type, "required_capabilities": [capability], "strategy": strategy});
+    let (status, submitted) = send(server, Method::POST, "/tasks", Some(task)).await;
+    assert_eq!(status, 201, "{submitted}");
+    let (agent, task) = claimers.answered().await;
+    let task_id = submitted["task_id"].as_str().unwrap().to_string();
+    assert_eq!(task["task_id"], task_id.as_str(), "the waiting claim got the submitted task");
+    let done = json!({"lease_id": task["lease_id"], "result": {}});
+    assert_eq!(send(server, Method::POST, &format!("/tasks/{task_id}/complete"), Some(done)).await.0, 200);
+    (task_id, agent)
+}
+
+async fn decisions_of(server: &TestServer, task_id: &str) -> Vec<Value> {
+    // The log is written off the request path: give the writer a moment.
+    let started = Instant::now();
+    loop {
+        let (status, body) = send(server, Method::GET, &format!("/tasks/{task_id}/decisions"), None).await;
+        assert_eq!(status, 200, "{body}");
+        let decisions = body["decisions"].as_array().cloned().unwrap_or_default();
+        if !decisions.is_empty() || started.elapsed() > Duration::from_secs(5) {
+            return decisions;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shadow_that_prefers_another_agent_disagrees_on_every_routed_task_and_changes_no_routing() {
+    let server = TestServer::start().await;
+    let agents = ["sh-1", "sh-2", "sh-3"];
+    register(&server, &agents, "shadowed").await;
+    let least_loaded = guest_bytes("least_loaded");
+    assert_eq!(put(&server, "pick", least_loaded.clone()).await.0, 200);
+    // A shadow needs an active version to stand beside, of its own kind.
+    let (status, problem) = put(&server, "nothing_here?mode=shadow", guest_bytes("highest_index")).await;
+    assert_eq!((status, problem["code"].as_str()), (400, Some("plugin_rejected")), "{problem}");
+    assert_eq!(put(&server, "pick?mode=shadow&canary=5", guest_bytes("highest_index")).await.0, 400);
+    let (status, staged) = put(&server, "pick?mode=shadow", guest_bytes("highest_index")).await;
+    assert_eq!(status, 200, "{staged}");
+    let shadow_sha = sha256_hex(&guest_bytes("highest_index"));
+    assert_eq!(staged["active"]["sha256"], sha256_hex(&least_loaded).as_str(), "the active version is unchanged");
+    assert_eq!(
+        (staged["rollout"]["mode"].as_str(), staged["rollout"]["candidate"]["sha256"].as_str()),
+        (Some("shadow"), Some(shadow_sha.as_str()))
+    );
+    assert_eq!(staged["fleet"]["history"][0]["action"], "staged", "{staged}");
+
+    let mut claimers = Claimers::new();
+    let rounds = 12;
+    let mut routed = Vec::new();
+    for _ in 0..rounds {
+        routed.push(route_one(&server, &mut claimers, &agents, ("shadowed", "pick", "t")).await);
+    }
+    // Every routed task: the active version's decision took effect, the shadow's (another agent) did not.
+    for (task_id, agent) in &routed {
+        let decisions = decisions_of(&server, task_id).await;
+        let active: Vec<&Value> = decisions.iter().filter(|d| d["role"] == "active").collect();
+        assert_eq!(active.len(), 1, "{decisions:?}");
+        let active = active[0];
+        assert_eq!((active["stage"].as_str(), active["plugin"].as_str()), (Some("route"), Some("pick")));
+        assert_eq!(active["answer"]["agent_id"], agent.as_str(), "the routing is the active version's: {active}");
+        assert_eq!(active["input"]["candidates"].as_array().map(Vec::len), Some(3), "{active}");
+        assert_eq!(active["answered_by"], "plugin");
+        assert!(active["fuel"].as_u64().unwrap() > 0 && active["version"] == sha256_hex(&least_loaded).as_str());
+    }
+    let started = Instant::now();
+    let shadow = loop {
+        let (status, shadow) = send(&server, Method::GET, "/plugins/pick/shadow", None).await;
+        assert_eq!(status, 200, "{shadow}");
+        if shadow["compared"] == rounds || started.elapsed() > Duration::from_secs(10) {
+            break shadow;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(shadow["compared"], rounds, "{shadow}");
+    assert_eq!((shadow["different_agent"].as_u64(), shadow["agreed"].as_u64()), (Some(rounds), Some(0)), "{shadow}");
+    assert_eq!((shadow["errors"].as_u64(), shadow["dropped"].as_u64()), (Some(0), Some(0)));
+    let sample = &shadow["samples"][0];
+    assert_ne!(sample["active"]["agent_id"], sample["shadow"]["agent_id"], "{sample}");
+    assert_eq!(sample["shadow"]["index"], 2, "highest_index chooses the last of three: {sample}");
+    // The shadow's own decisions are in the log, marked as such.
+    let decisions = decisions_of(&server, &routed[0].0).await;
+    let shadowed = decisions.iter().find(|d| d["role"] == "shadow").expect("the shadow's decision is recorded");
+    assert_eq!(shadowed["version"], shadow_sha.as_str());
+    let (_, page) = send(&server, Method::GET, "/decisions?plugin=pick&stage=route&limit=1000", None).await;
+    assert_eq!(page["decisions"].as_array().unwrap().len(), 2 * rounds as usize, "{page}");
+    assert_eq!(send(&server, Method::GET, "/decisions?stage=nope", None).await.0, 400);
+    assert_eq!(send(&server, Method::GET, "/decisions?since=yesterday", None).await.0, 400);
+    let (_, paged) = send(&server, Method::GET, "/decisions?plugin=pick&limit=5", None).await;
+    let next = paged["next"].as_str().expect("more than one page");
+    let (_, second) = send(&server, Method::GET, &format!("/decisions?plugin=pick&limit=5&after={next}"), None).await;
+    assert_ne!(paged["decisions"][0]["id"], second["decisions"][0]["id"]);
+
+    // Promote: the shadow is the active version now, and routes.
+    let (status, promoted) =
+        send(&server, Method::POST, "/plugins/pick/promote", Some(json!({"sha256": shadow_sha}))).await;
+    assert_eq!(status, 200, "{promoted}");
+    assert_eq!(promoted["active"]["sha256"], shadow_sha.as_str(), "{promoted}");
+    assert!(promoted["rollout"].is_null(), "{promoted}");
+    assert_eq!(promoted["fleet"]["history"][0]["action"], "promoted");
+    let (status, problem) = send(&server, Method::POST, "/plugins/pick/promote", None).await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("no_candidate")), "{problem}");
+    assert_eq!(send(&server, Method::GET, "/plugins/pick/shadow", None).await.0, 404);
+    let (task_id, agent) = route_one(&server, &mut claimers, &agents, ("shadowed", "pick", "t")).await;
+    let decisions = decisions_of(&server, &task_id).await;
+    assert_eq!(decisions.len(), 1, "no shadow any more: {decisions:?}");
+    assert_eq!(decisions[0]["version"], shadow_sha.as_str());
+    assert_eq!(decisions[0]["answer"]["index"], 2);
+    assert_eq!(decisions[0]["answer"]["agent_id"], agent.as_str());
+    claimers.stop();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_its_share_of_decisions_by_task_id() {
+    let server = TestServer::start().await;
+    let agents = ["cn-1", "cn-2"];
+    register(&server, &agents, "canaried").await;
+    assert_eq!(put(&server, "split", guest_bytes("least_loaded")).await.0, 200);
+    let (status, staged) = put(&server, "split?canary=10", guest_bytes("highest_index")).await;
+    assert_eq!(status, 200, "{staged}");
+    assert_eq!((staged["rollout"]["mode"].as_str(), staged["rollout"]["percent"].as_u64()), (Some("canary"), Some(10)));
+    assert_eq!(put(&server, "split?canary=0", guest_bytes("highest_index")).await.0, 400);
+    assert_eq!(put(&server, "split?canary=101", guest_bytes("highest_index")).await.0, 400);
+    let canary_sha = sha256_hex(&guest_bytes("highest_index"));
+
+    // 2,000 selections (`POST /agents/select` names no task: each gets an id of its own, logged as `select`).
+    let decisions = 2_000;
+    for _ in 0..decisions {
+        let body = json!({"capabilities": ["canaried"], "strategy": "split", "dry_run": true});
+        let (status, chosen) = send(&server, Method::POST, "/agents/select", Some(body)).await;
+        assert_eq!(status, 200, "{chosen}");
+    }
+    let started = Instant::now();
+    let records: Vec<Value> = loop {
+        let mut records = Vec::new();
+        let mut after = String::new();
+        loop {
+            let path = format!("/decisions?plugin=split&stage=select&limit=1000{after}");
+            let (_, page) = send(&server, Method::GET, &path, None).await;
+            records.extend(page["decisions"].as_array().unwrap().iter().cloned());
+            match page["next"].as_str() {
+                Some(next) => after = format!("&after={next}"),
+                None => break,
+            }
+        }
+        if records.len() >= decisions || started.elapsed() > Duration::from_secs(10) {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(records.len(), decisions);
+    let canary: Vec<&Value> = records.iter().filter(|r| r["role"] == "canary").collect();
+    let share = canary.len() as f64 / decisions as f64;
+    assert!((0.07..=0.13).contains(&share), "10 % ± 3 %: {} of {decisions}", canary.len());
+    // Deterministic by task id: the canary answered exactly the tasks whose bucket is below 10.
+    for record in &records {
+        let task_id = record["task_id"].as_str().unwrap();
+        let by_canary = record["role"] == "canary";
+        assert_eq!(by_canary, bucket_of(task_id) < 10, "{record}");
+        assert_eq!(record["version"] == canary_sha.as_str(), by_canary);
+        assert_eq!(record["answer"]["index"], if by_canary { 1 } else { 0 }, "{record}");
+    }
+    // Per-version counters in GET /plugins/{name}.
+    let (_, info) = send(&server, Method::GET, "/plugins/split", None).await;
+    assert_eq!(info["rollout"]["candidate"]["calls"].as_u64(), Some(canary.len() as u64), "{info}");
+    assert_eq!(info["rollout"]["active_since"]["calls"].as_u64(), Some((decisions - canary.len()) as u64));
+    // Rollback by hand: every decision is the active version's again.
+    let (status, rolled) = send(&server, Method::POST, "/plugins/split/rollback", None).await;
+    assert_eq!((status, rolled["rollout"].is_null()), (200, true), "{rolled}");
+    assert_eq!(rolled["fleet"]["history"][0]["action"], "rolled_back");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_rolls_itself_back() {
+    let mut config = Config::default();
+    config.decisions.canary_min_calls = 20;
+    let server = TestServer::start_with(config).await;
+    let agents = ["tr-1", "tr-2"];
+    register(&server, &agents, "trapped").await;
+    assert_eq!(put(&server, "guarded", guest_bytes("least_loaded")).await.0, 200);
+    let (status, staged) = put(&server, "guarded?canary=50", guest_bytes("trap")).await;
+    assert_eq!(status, 200, "{staged}");
+    // The trap strategy traps on every task of type `misbehave`; each is still routed (by the fallback).
+    let mut claimers = Claimers::new();
+    let started = Instant::now();
+    let info = loop {
+        route_one(&server, &mut claimers, &agents, ("trapped", "guarded", "misbehave")).await;
+        let (_, info) = send(&server, Method::GET, "/plugins/guarded", None).await;
+        if info["rollout"].is_null() {
+            break info;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never rolled back: {info}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let entry = &info["fleet"]["history"][0];
+    assert_eq!((entry["action"].as_str(), entry["by"].as_str()), (Some("rolled_back"), Some("canary-guard")), "{info}");
+    assert!(entry["detail"].as_str().unwrap().contains("canary failed or fell back"), "{entry}");
+    assert_eq!(info["active"]["sha256"], sha256_hex(&guest_bytes("least_loaded")).as_str());
+    claimers.stop();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promote_switches_three_servers_on_redis_without_a_failed_call() {
+    let redis = shared_server();
+    let prefix = unique_prefix("rollouts");
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let config = Config::default();
+        let store: Arc<dyn Store> =
+            Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
+        servers.push(TestServer::start_with_store(config, store).await);
+    }
+    let agents = ["pr-1", "pr-2", "pr-3"];
+    register(&servers[0], &agents, "promoted").await;
+    assert_eq!(put(&servers[0], "fleetpick", guest_bytes("least_loaded")).await.0, 200);
+    let shadow_sha = sha256_hex(&guest_bytes("highest_index"));
+    assert_eq!(put(&servers[1], "fleetpick?mode=shadow", guest_bytes("highest_index")).await.0, 200);
+    for server in &servers {
+        let started = Instant::now();
+        loop {
+            let (_, info) = send(server, Method::GET, "/plugins/fleetpick", None).await;
+            if info["rollout"]["candidate"]["sha256"] == shadow_sha.as_str() {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the shadow never reached a server: {info}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Selections on every server while the promote happens: none fails, and each answer is one version's.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for server in &servers {
+        let (client, url, token, stop) =
+            (server.client.clone(), server.api("/agents/select"), server.admin(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut calls, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = json!({"capabilities": ["promoted"], "strategy": "fleetpick", "dry_run": true});
+                let response = client.post(&url).bearer_auth(&token).json(&body).send().await.unwrap();
+                calls += 1;
+                if response.status() != 200 {
+                    failed += 1;
+                }
+            }
+            (calls, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, promoted) = send(&servers[2], Method::POST, "/plugins/fleetpick/promote", None).await;
+    assert_eq!(status, 200, "{promoted}");
+    for server in &servers {
+        let started = Instant::now();
+        loop {
+            let (_, info) = send(server, Method::GET, "/plugins/fleetpick", None).await;
+            if info["active"]["sha256"] == shadow_sha.as_str() && info["rollout"].is_null() {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "never promoted here: {info}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for handle in load {
+        let (calls, failed) = handle.await.unwrap();
+        assert!(calls > 0);
+        assert_eq!(failed, 0, "{failed} of {calls} selections failed during the promote");
+    }
+    for server in servers {
+        server.stop().await;
+    }
+}
