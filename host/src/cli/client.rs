@@ -340,7 +340,7 @@ async fn run_async(connection: Connection, command: ClientCommand) -> anyhow::Re
         ClientCommand::Tasks(command) => tasks(&client, command).await?,
         ClientCommand::Health => client.get("/health").await,
         ClientCommand::Stats => client.get("/stats").await,
-        ClientCommand::Plugins => client.get("/plugins").await,
+        ClientCommand::Plugins => client.get("/plugins").await.map(with_rollout_column),
         ClientCommand::Policies => client.get("/policies").await,
         ClientCommand::Queue => client.get("/queue/metrics").await,
         ClientCommand::Schedules(command) => schedules(&client, command).await?,
@@ -575,6 +575,22 @@ async fn events(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Names each plugin's candidate in one cell (`shadow`, `canary 10 %`), so the table shows what is being tried.
+fn with_rollout_column(mut body: Value) -> Value {
+    if let Some(plugins) = body.get_mut("plugins").and_then(Value::as_array_mut) {
+        for plugin in plugins {
+            let rollout = &plugin["rollout"];
+            let cell = match (rollout["mode"].as_str(), rollout["percent"].as_u64()) {
+                (Some("canary"), Some(percent)) => json!(format!("canary {percent} %")),
+                (Some(mode), _) => json!(mode),
+                (None, _) => continue,
+            };
+            plugin["candidate"] = cell;
+        }
+    }
+    body
+}
+
 /// Prints a list of objects as aligned columns, an object as key/value lines.
 fn print_table(body: &Value) {
     let rows = match body {
@@ -611,6 +627,7 @@ const COLUMNS: &[&str] = &[
     "assigned_agent",
     "model",
     "capabilities",
+    "candidate",
 ];
 
 fn cell(value: &Value) -> String {

@@ -686,9 +686,11 @@ function WorkPage(root) {
 }
 
 // One task: its record, a timeline from the events this tab saw (and the record's own times for what happened
-// before), payload, result or error, attempts; cancel and retry.
+// before), the plugin decisions about it, payload, result or error, attempts; cancel and retry.
 function TaskPage(root, id) {
   let task = null;
+  let decisions = [];
+  const decided = h('table', { class: 'plain', id: 'decisions' });
   const seen = () => stream.recent.filter((e) => e.task_id === id);
   const head = h('div', { class: 'toolbar' });
   const fields = h('dl', { class: 'fields' });
@@ -701,10 +703,28 @@ function TaskPage(root, id) {
     h('div', { class: 'grid' },
       h('div', { class: 'card' }, h('h2', { text: 'Task' }), fields),
       h('div', { class: 'card' }, h('h2', { text: 'Timeline' }), timeline)),
+    h('div', { class: 'card' }, h('h2', { text: 'Decisions' }), decided),
     h('div', { class: 'grid' },
       h('div', { class: 'card' }, h('h2', { text: 'Payload' }), payload),
       h('div', { class: 'card' }, h('h2', { text: 'Outcome' }), outcome)),
   );
+
+  // Why the task went where it went: each plugin decision, what the plugin answered and who answered.
+  function showDecisions() {
+    if (!decisions.length) {
+      fill(decided, h('tbody', {}, h('tr', {}, h('td', { class: 'muted', text: 'No decisions recorded (a single waiting agent needs none; DECISION_SAMPLE may leave this task out).' }))));
+      return;
+    }
+    const answer = (a) => a.agent_id ? `${a.agent_id} (#${a.index})` : a.verdict ? `${a.verdict}${a.reason ? `: ${a.reason}` : ''}` : a.health || a.error || '—';
+    fill(decided,
+      h('thead', {}, h('tr', {}, ['Time', 'Stage', 'Plugin', 'Version', 'Role', 'Candidates', 'Answer', 'Answered by', 'Fuel', 'Time (µs)'].map((t) => h('th', { text: t })))),
+      h('tbody', {}, ...decisions.map((d) => h('tr', { 'data-role': d.role },
+        h('td', { class: 'mono', text: new Date(d.at_ms).toISOString() }), h('td', { text: d.stage }), h('td', { class: 'mono', text: d.plugin }),
+        h('td', { class: 'mono', title: d.version, text: d.version.slice(0, 12) }), h('td', {}, badge(d.role)),
+        h('td', { text: d.input ? d.input.candidates.map((c) => `${c.agent_id} (${c.in_flight}/${c.max_concurrent})`).join(', ') : '—' }),
+        h('td', { class: d.answer.error ? 'error' : '', text: answer(d.answer) }), h('td', { text: d.answered_by }),
+        h('td', { text: number(d.fuel) }), h('td', { text: number(d.duration_us) })))));
+  }
 
   // What the record says happened, for the steps whose events this tab did not see.
   function fromRecord(t, events) {
@@ -752,8 +772,10 @@ function TaskPage(root, id) {
   }
 
   async function load() {
-    task = await api(`/tasks/${encodeURIComponent(id)}`);
+    const encoded = encodeURIComponent(id);
+    [task, { decisions }] = await Promise.all([api(`/tasks/${encoded}`), api(`/tasks/${encoded}/decisions`)]);
     show();
+    showDecisions();
   }
 
   const reportFailure = (e) => {
@@ -784,7 +806,7 @@ function PluginsPage(root) {
     h('div', { class: 'card' }, h('h2', { text: 'Upload a component' }), form,
       h('p', { class: 'muted', text: 'Checked before it takes traffic: a rejected component leaves the running version in place.' })),
     h('div', { class: 'card' }, h('table', { class: 'plain', id: 'plugins' },
-      h('thead', {}, h('tr', {}, ['Name', 'Kind', 'Source', 'Version', 'Status', 'Calls', 'Failures', 'Fallbacks', 'Mean latency', 'Last rejection', ''].map((t) => h('th', { text: t })))),
+      h('thead', {}, h('tr', {}, ['Name', 'Kind', 'Source', 'Version', 'Status', 'Calls', 'Failures', 'Fallbacks', 'Mean latency', 'Candidate', 'Last rejection', ''].map((t) => h('th', { text: t })))),
       rows)),
   );
 
@@ -816,14 +838,34 @@ function PluginsPage(root) {
         h('td', {}, badge(p.status)),
         h('td', { text: number(stats.calls) }), h('td', { text: number(stats.failures) }), h('td', { text: number(stats.fallbacks) }),
         h('td', { text: stats.calls ? `${number(stats.latency_us_mean, 1)} µs` : '—' }),
+        h('td', { class: 'candidate', title: p.rollout ? p.rollout.candidate.sha256 : '', text: candidate(p.rollout) }),
         h('td', { class: 'error', text: p.last_rejection ? `${p.last_rejection.error} (${p.last_rejection.at})` : '' }),
         h('td', { class: 'actions' },
+          ...(p.rollout ? [
+            action('Promote', `promote the ${p.rollout.mode} of ${p.name}`, () => api(`/plugins/${encoded}/promote`, { method: 'POST', body: { sha256: p.rollout.candidate.sha256 } }), { confirmText: `Make the ${p.rollout.mode} of ${p.name} active on every server?` }),
+            ' ',
+            action('Roll back', `roll back the ${p.rollout.mode} of ${p.name}`, () => api(`/plugins/${encoded}/rollback`, { method: 'POST' })),
+            ' ',
+          ] : []),
           p.status === 'disabled'
             ? action('Enable', `enable ${p.name}`, () => api(`/plugins/${encoded}/enable`, { method: 'POST' }))
             : action('Disable', `disable ${p.name}`, () => api(`/plugins/${encoded}/disable`, { method: 'POST' })),
           ' ',
           action('Delete', `delete ${p.name}`, () => api(`/plugins/${encoded}`, { method: 'DELETE' }), { danger: true, confirmText: `Delete ${p.name} on every server?` })));
     }));
+  }
+
+  // A shadow's agreement on this server, or a canary's share and its own failures.
+  function candidate(rollout) {
+    if (!rollout) return '';
+    const version = rollout.candidate.sha256.slice(0, 12);
+    if (rollout.mode === 'shadow') {
+      const s = rollout.shadow || {};
+      const differ = (s.different_agent || 0) + (s.different_verdict || 0);
+      return `shadow ${version}: ${number(s.compared)} compared, ${number(differ)} differ, ${number(s.errors)} errors`;
+    }
+    const c = rollout.candidate;
+    return `canary ${rollout.percent} % ${version}: ${number(c.calls)} calls, ${number(c.failures)} failed, ${number(c.fallbacks)} fell back`;
   }
 
   const page = reloading(

@@ -53,6 +53,11 @@ pub struct CompareBenchArgs {
     /// Ask for the next task in the complete call.
     #[arg(long)]
     pub claim_next: bool,
+    /// More settings of the control-plane servers, `KEY=VALUE`, repeatable (`--server-env DECISION_SAMPLE=0.1`,
+    /// `--server-env PLUGINS_DIR=…` with a `least_loaded.shadow.wasm` in it): what a feature costs, beside the
+    /// same load without it.
+    #[arg(long, value_parser = key_value)]
+    pub server_env: Vec<(String, String)>,
     /// Table for people, JSON for scripts.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -109,14 +114,24 @@ pub struct CompareReport {
 
 /// Starts `aragora-cp serve` (this binary) for one run; answers when it listens.
 fn spawn_control_plane(args: &CompareBenchArgs, secret: &str, prefix: &str) -> anyhow::Result<Spawned> {
-    let env = [
+    let mut env = vec![
         ("REDIS_URL", args.redis.clone().unwrap_or_else(|| "memory://".to_string())),
         ("CONTROL_PLANE_PREFIX", prefix.to_string()),
         ("ARAGORA_JWT_SECRET", secret.to_string()),
         ("HEARTBEAT_INTERVAL", args.heartbeat_interval.to_string()),
         ("PLUGINS_DIR", std::env::temp_dir().join("aragora-cp-bench-no-plugins").display().to_string()),
     ];
+    // Later settings win: `--server-env` may replace the ones above.
+    env.extend(args.server_env.iter().map(|(key, value)| (key.as_str(), value.clone())));
     spawn_serve(&this_binary()?, &env, Stdio::null())
+}
+
+/// A `KEY=VALUE` of `--server-env`.
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
 }
 
 /// Starts the ceiling on a free port; answers when `/livez` answers.

@@ -108,6 +108,8 @@ macro_rules! conformance {
                 agents::a_failed_half_open_trial_opens_the_breaker_again,
                 agents::an_unhealthy_verdict_fails_the_agent_until_a_healthy_one,
                 records::plugin_changes_keep_versions_bytes_history_and_emit_events,
+                records::a_candidate_is_staged_promoted_or_rolled_back_in_one_step,
+                records::decisions_are_kept_in_order_by_task_and_trimmed_by_age,
                 records::violations_get_fleet_ids_events_and_are_listed_newest_first,
                 records::a_reviewer_changes_a_violations_status_and_note_in_place,
                 matching::prioritizing_a_pending_task_moves_it_to_its_submit_order_place_in_the_new_level,

@@ -1,6 +1,7 @@
 //! Counters, events, listings, deadlines, retention, plugin records and violations.
 
 use super::*;
+use aragora_cp::model::DECISIONS_PER_TASK;
 
 pub(super) async fn counters_match_the_tasks_and_agents_after_a_mixed_sequence(h: Harness) {
     h.register_with(AgentRegistration {
@@ -389,6 +390,109 @@ pub(super) async fn plugin_changes_keep_versions_bytes_history_and_emit_events(h
     assert_eq!(h.store.plugin_record("never-uploaded").await.expect("record"), None);
     let records = h.store.plugin_records().await.expect("records");
     assert_eq!(records, [record]);
+}
+
+pub(super) async fn a_candidate_is_staged_promoted_or_rolled_back_in_one_step(h: Harness) {
+    use aragora_cp::model::{PluginAction, PluginChange, RolloutMode, StoreError};
+    let change = |action, by: &str| PluginChange { name: "ruled".into(), action, by: by.into() };
+    let stage = |bytes: &[u8], sha: &str, mode| PluginAction::Stage {
+        bytes: bytes.to_vec(),
+        sha256: sha.into(),
+        manifest: Some("kind = \"strategy\"".into()),
+        mode,
+    };
+    let refused = |result: Result<_, StoreError>| match result {
+        Err(StoreError::Conflict { code, .. }) => code,
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    let upload = PluginAction::Upload { bytes: vec![1; 10], sha256: "old".into(), manifest: None };
+    h.store.change_plugin(change(upload, "alice")).await.expect("upload");
+    let promote = |sha: Option<&str>| PluginAction::Promote { sha256: sha.map(str::to_string) };
+    assert_eq!(refused(h.store.change_plugin(change(promote(None), "bob")).await), "no_candidate");
+    let mut rx = h.store.subscribe();
+    let record = h.store.change_plugin(change(stage(&[2; 20], "new", RolloutMode::Shadow), "bob")).await.unwrap();
+    let candidate = record.candidate.clone().expect("staged");
+    assert_eq!((candidate.mode, candidate.sha256.as_str(), candidate.size), (RolloutMode::Shadow, "new", 20));
+    assert_eq!(record.sha256.as_deref(), Some("old"), "the active upload is untouched");
+    assert_eq!(h.store.plugin_candidate_component("ruled").await.unwrap(), Some(("new".into(), vec![2; 20])));
+    assert_eq!(record.history[0].detail.as_deref(), Some("shadow"));
+    assert_eq!(refused(h.store.change_plugin(change(promote(Some("other")), "bob")).await), "candidate_changed");
+    let record = h.store.change_plugin(change(promote(Some("new")), "carol")).await.expect("promote");
+    assert_eq!((record.sha256.as_deref(), record.size, record.candidate.as_ref()), (Some("new"), Some(20), None));
+    assert_eq!(record.manifest.as_deref(), Some("kind = \"strategy\""), "the candidate's manifest came along");
+    assert_eq!(h.store.plugin_component("ruled").await.unwrap(), Some(("new".into(), vec![2; 20])));
+    assert_eq!(h.store.plugin_candidate_component("ruled").await.unwrap(), None);
+    // A canary, then an automatic rollback that names it, with its reason.
+    let canary = stage(&[3; 5], "canary", RolloutMode::Canary { percent: 10 });
+    let record = h.store.change_plugin(change(canary, "dave")).await.unwrap();
+    assert_eq!(record.candidate.map(|c| c.mode), Some(RolloutMode::Canary { percent: 10 }));
+    assert_eq!(
+        h.store.plugin_record("ruled").await.unwrap().unwrap().history[0].detail.as_deref(),
+        Some("canary 10 %")
+    );
+    let rollback = PluginAction::Rollback { sha256: Some("canary".into()), reason: Some("it failed".into()) };
+    let record = h.store.change_plugin(change(rollback, "canary-guard")).await.expect("rollback");
+    assert_eq!((record.candidate, record.sha256.as_deref()), (None, Some("new")));
+    assert_eq!(
+        (record.history[0].action.as_str(), record.history[0].detail.as_deref()),
+        ("rolled_back", Some("it failed"))
+    );
+    assert_eq!(h.store.plugin_candidate_component("ruled").await.unwrap(), None);
+    let kinds: Vec<EventKind> = received(&mut rx).iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::PluginStaged, EventKind::PluginPromoted, EventKind::PluginStaged, EventKind::PluginRolledBack]
+    );
+}
+
+pub(super) async fn decisions_are_kept_in_order_by_task_and_trimmed_by_age(h: Harness) {
+    use aragora_cp::model::{DecisionAnswer, DecisionRecord, DecisionRole, DecisionStage};
+    let decision = |task: &str, n: u32| DecisionRecord {
+        id: String::new(),
+        at_ms: T0_MS,
+        server_id: "s".into(),
+        stage: DecisionStage::Route,
+        task_id: Some(task.to_string()),
+        agent_id: None,
+        plugin: "least_loaded".into(),
+        version: "v".into(),
+        source: "builtin".into(),
+        role: DecisionRole::Active,
+        input: None,
+        answer: DecisionAnswer { index: Some(n), ..DecisionAnswer::default() },
+        answered_by: "plugin".into(),
+        fuel: u64::from(n),
+        duration_us: 1,
+    };
+    let hour = 3_600_000;
+    let first = h.store.append_decisions(vec![decision("t1", 0), decision("t2", 1), decision("t1", 2)], 1_000, hour);
+    let first = first.await.expect("append");
+    let ids: Vec<&str> = first.iter().map(|d| d.id.as_str()).collect();
+    let keys: Vec<(u64, u64)> = ids.iter().map(|id| aragora_cp::model::decision_id_key(id)).collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "ids ascend: {ids:?}");
+    let of_t1 = h.store.task_decisions("t1").await.unwrap();
+    assert_eq!(of_t1.iter().map(|d| d.fuel).collect::<Vec<_>>(), [0, 2]);
+    assert_eq!(of_t1[0], first[0], "read back as written, id included");
+    assert_eq!(h.store.task_decisions("nobody").await.unwrap(), []);
+    assert_eq!(h.store.decisions(None, None, 10).await.unwrap(), first);
+    assert_eq!(h.store.decisions(Some(ids[0]), None, 10).await.unwrap(), first[1..]);
+    assert_eq!(h.store.decisions(None, None, 2).await.unwrap(), first[..2]);
+    h.advance(60_000).await;
+    let later = h.store.append_decisions(vec![decision("t2", 3)], 1_000, hour).await.unwrap();
+    assert!(aragora_cp::model::decision_id_key(&later[0].id) > keys[2]);
+    assert_eq!(h.store.decisions(None, Some(T0_MS + 30_000), 10).await.unwrap(), later);
+    assert_eq!(h.store.task_decisions("t2").await.unwrap().len(), 2);
+    // A task keeps its newest decisions.
+    let many: Vec<DecisionRecord> = (0..(DECISIONS_PER_TASK as u32 + 5)).map(|n| decision("busy", n)).collect();
+    h.store.append_decisions(many, 10_000, hour).await.unwrap();
+    let busy = h.store.task_decisions("busy").await.unwrap();
+    assert_eq!(busy.len(), DECISIONS_PER_TASK);
+    assert_eq!(busy[0].fuel, 5, "the oldest five went");
+    // Retention removes what was appended before the cut.
+    h.store.trim_decisions(T0_MS + 30_000, 100_000).await.unwrap();
+    let kept = h.store.decisions(None, None, 1_000).await.unwrap();
+    assert_eq!(kept.len(), 1 + DECISIONS_PER_TASK + 5, "the first three went");
+    assert_eq!(kept[0], later[0]);
 }
 
 pub(super) async fn violations_get_fleet_ids_events_and_are_listed_newest_first(h: Harness) {
