@@ -384,3 +384,54 @@ async fn promote_switches_three_servers_on_redis_without_a_failed_call() {
         server.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_file_beside_a_plugin_is_this_servers_shadow_until_it_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { plugins_dir: Some(dir.path().to_path_buf()), ..Config::default() };
+    let server = TestServer::start_with(config).await;
+    aragora_cp_tests::write_by_rename(dir.path(), "least_loaded.shadow.wasm", &guest_bytes("highest_index"));
+    let sha = sha256_hex(&guest_bytes("highest_index"));
+    let started = Instant::now();
+    let info = loop {
+        let (_, info) = send(&server, Method::GET, "/plugins/least_loaded", None).await;
+        if info["rollout"]["candidate"]["sha256"] == sha.as_str() {
+            break info;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the shadow file was never loaded: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (info["rollout"]["mode"].as_str(), info["rollout"]["candidate"]["source"].as_str()),
+        (Some("shadow"), Some("file"))
+    );
+    assert_eq!(info["active"]["source"], "builtin", "the built-in keeps deciding");
+    // Selections are compared with it.
+    register(&server, &["sf-1", "sf-2"], "filed").await;
+    let body = json!({"capabilities": ["filed"], "dry_run": true});
+    assert_eq!(send(&server, Method::POST, "/agents/select", Some(body)).await.0, 200);
+    let started = Instant::now();
+    loop {
+        let (_, shadow) = send(&server, Method::GET, "/plugins/least_loaded/shadow", None).await;
+        if shadow["compared"] == 1 {
+            assert_eq!(shadow["different_agent"], 1, "{shadow}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never compared: {shadow}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Not the fleet's: nothing to promote over the API.
+    let (status, problem) = send(&server, Method::POST, "/plugins/least_loaded/promote", None).await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("no_candidate")), "{problem}");
+    std::fs::remove_file(dir.path().join("least_loaded.shadow.wasm")).unwrap();
+    let started = Instant::now();
+    loop {
+        let (_, info) = send(&server, Method::GET, "/plugins/least_loaded", None).await;
+        if info["rollout"].is_null() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the shadow outlived its file: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
