@@ -53,6 +53,11 @@ async fn an_uploaded_plugin_is_listed_active_and_a_bad_one_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_is_shown_and_promoted_and_a_tasks_decisions_are_listed() {
+    scenario("rollout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_token_is_refused_on_pause() {
     scenario("readonly").await;
 }
