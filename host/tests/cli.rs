@@ -10,6 +10,8 @@ use std::time::Duration;
 use aragora_cp::plugins::builtin::guest_path;
 use serde_json::Value;
 
+mod support;
+
 fn aragora_cp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
 }
@@ -203,4 +205,156 @@ fn run_finds_the_manifest_in_the_crate_that_built_the_component_and_says_when_it
 
     let checked = run(aragora_cp().args(["plugin", "check", "--output", "json"]).arg(&component));
     assert_eq!(json_of(&checked)["manifest"], crate_dir.join("size_limit.toml").display().to_string());
+}
+
+/// A recorded route decision of `least_loaded` among three candidates (`in_flight` per agent), whose answer —
+/// the agent that got the task — is `answer`.
+fn route_record(seq: u32, role: &str, in_flight: [u32; 3], answer: usize) -> Value {
+    let agents = ["agent-a", "agent-b", "agent-c"];
+    let candidates: Vec<Value> = agents
+        .iter()
+        .zip(in_flight)
+        .enumerate()
+        .map(|(i, (agent, in_flight))| {
+            serde_json::json!({
+                "agent_id": agent, "in_flight": in_flight, "max_concurrent": 4, "completed": 10 * i as u64,
+                "failed": 0, "avg_latency_ms": 250, "heartbeat_age_ms": 1_500, "since_assigned_ms": 20_000,
+                "health": "healthy",
+            })
+        })
+        .collect();
+    let task_id = format!("task_0190a1b2c3d4e5f60718293a4b5c6d{seq:02x}");
+    let at_ms = 1_750_000_000_000u64 + u64::from(seq) * 1_000;
+    serde_json::json!({
+        "id": format!("{at_ms}-0"), "at_ms": at_ms, "server_id": "cp-1", "stage": "route", "task_id": task_id,
+        "plugin": "least_loaded", "version": "5f2b9c0e7d41a3b86c0d9e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d",
+        "source": "builtin", "role": role,
+        "input": {
+            "now_ms": at_ms, "seed": u64::from(seq) * 7919,
+            "task": {"id": task_id, "task_type": "code_review", "priority": "normal",
+                     "required_capabilities": ["code"]},
+            "candidates": candidates,
+        },
+        "answer": {"agent_id": agents[answer], "index": answer},
+        "answered_by": "plugin", "fuel": 1_234, "duration_us": 40,
+    })
+}
+
+#[test]
+fn replay_reports_agreement_and_disagreement() {
+    // Three decisions where the fewest in flight got the task, one where another agent did, and a shadow's answer,
+    // which had no effect and is not replayed. The least loaded sits at index 2, 0, 1 and 0.
+    let records = vec![
+        route_record(1, "active", [3, 2, 0], 2),
+        route_record(2, "active", [0, 1, 2], 0),
+        route_record(3, "canary", [2, 1, 3], 1),
+        route_record(4, "active", [1, 2, 3], 2),
+        route_record(4, "shadow", [1, 2, 3], 1),
+    ];
+    let work = tempfile::tempdir().unwrap();
+    let page = work.path().join("decisions.json");
+    std::fs::write(&page, serde_json::to_string(&serde_json::json!({"decisions": records})).unwrap()).unwrap();
+
+    let least_loaded = guest_path("least_loaded").unwrap();
+    let replayed =
+        run(aragora_cp().args(["plugin", "replay", least_loaded, "--output", "json", "--decisions"]).arg(&page));
+    assert_eq!(replayed.status.code(), Some(1), "a disagreement exits 1, like diff");
+    let report = json_of(&replayed);
+    assert_eq!((report["read"].as_u64(), report["replayed"].as_u64()), (Some(5), Some(4)));
+    assert_eq!((report["agreed"].as_u64(), report["disagreed"].as_u64()), (Some(3), Some(1)));
+    assert_eq!((report["errored"].as_u64(), report["skipped_because"]["shadow"].as_u64()), (Some(0), Some(1)));
+    let disagreement = &report["disagreements"][0];
+    assert_eq!(disagreement["task_id"], "task_0190a1b2c3d4e5f60718293a4b5c6d04");
+    assert_eq!(disagreement["decision_id"], "1750000004000-0");
+    assert_eq!((&disagreement["recorded"], &disagreement["candidate"]), (&"agent-c".into(), &"agent-a".into()));
+
+    // `highest_index` always picks the last candidate: it agrees only where agent-c got the task (1 and 4). The
+    // same records as JSON lines.
+    let lines = work.path().join("decisions.jsonl");
+    let text: Vec<String> = records.iter().map(Value::to_string).collect();
+    std::fs::write(&lines, text.join("\n")).unwrap();
+    let highest_index = guest_path("highest_index").unwrap();
+    let replayed =
+        run(aragora_cp().args(["plugin", "replay", highest_index, "--output", "json", "--decisions"]).arg(&lines));
+    assert_eq!(replayed.status.code(), Some(1));
+    let report = json_of(&replayed);
+    assert_eq!((report["replayed"].as_u64(), report["agreed"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(report["disagreed"].as_u64(), Some(2));
+    let candidates: Vec<&Value> = report["disagreements"].as_array().unwrap().iter().map(|d| &d["candidate"]).collect();
+    assert_eq!(candidates, [&Value::from("agent-c"), &Value::from("agent-c")]);
+
+    // From the fourth decision on (`--since`), `highest_index` agrees everywhere: exit 0; the text report counts
+    // what `--since` left out.
+    let agreeing = run(aragora_cp()
+        .args(["plugin", "replay", highest_index, "--since", "2025-06-15T15:06:44Z", "--decisions"])
+        .arg(&page));
+    assert_eq!(agreeing.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&agreeing.stdout);
+    assert!(stdout.contains("replayed   1\nagreed     1\ndisagreed  0"), "{stdout}");
+    assert!(stdout.contains("shadow 1, other plugin 0, before --since 3"), "{stdout}");
+}
+
+/// The must-show of replay: the active version replayed over its own live decisions agrees with every one (the
+/// record holds the call's seed, so even `random` is reproduced), and another strategy is told where it differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_the_active_strategy_over_its_live_decisions_agrees_with_every_one() {
+    let server = support::server().await;
+    let client = reqwest::Client::new();
+    let api = |path: &str| format!("{}/api/v1/control-plane{path}", server.base);
+    for agent in ["rp-1", "rp-2", "rp-3", "rp-4"] {
+        let body = serde_json::json!({"agent_id": agent, "capabilities": ["replayed"]});
+        let status = client.post(api("/agents")).bearer_auth(&server.token).json(&body).send().await.unwrap().status();
+        assert_eq!(status, 201);
+    }
+    let selections = 40;
+    for _ in 0..selections {
+        let body = serde_json::json!({"capabilities": ["replayed"], "strategy": "random", "dry_run": true});
+        let response = client.post(api("/agents/select")).bearer_auth(&server.token).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // The decision log is written off the request path: wait until the server has them all.
+    let started = std::time::Instant::now();
+    loop {
+        let page: Value = client
+            .get(api("/decisions?plugin=random&limit=1000"))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["decisions"].as_array().map(Vec::len) == Some(selections) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the decisions were not all recorded: {page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replay = |component: &'static str| {
+        let (base, token) = (server.base.clone(), server.token.clone());
+        tokio::task::spawn_blocking(move || {
+            run(aragora_cp()
+                .args(["plugin", "replay", guest_path(component).unwrap(), "--server", &base])
+                .args(["--token", &token, "--plugin", "random", "--since", "1h", "--output", "json"]))
+        })
+    };
+    let same = replay("random").await.unwrap();
+    let report = json_of(&same);
+    assert_eq!(
+        (report["replayed"].as_u64(), report["agreed"].as_u64()),
+        (Some(selections as u64), Some(selections as u64)),
+        "{report}"
+    );
+    assert_eq!((report["disagreed"].as_u64(), report["errored"].as_u64()), (Some(0), Some(0)), "{report}");
+    assert_eq!(same.status.code(), Some(0));
+    let other = replay("highest_index").await.unwrap();
+    let report = json_of(&other);
+    let disagreed = report["disagreed"].as_u64().unwrap();
+    assert!(
+        disagreed > 0 && disagreed < selections as u64,
+        "random chose the last agent sometimes, not always: {report}"
+    );
+    assert_eq!(report["agreed"].as_u64().unwrap() + disagreed, selections as u64);
+    assert_eq!(other.status.code(), Some(1), "disagreements exit 1, like diff");
+    let _ = server.shutdown.send(());
 }

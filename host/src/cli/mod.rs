@@ -1,5 +1,5 @@
 //! The `aragora-cp` command line: argument parsing and dispatch to one module per command group.
-//! `plugin.rs` holds the plugin author's tools (check, run, new, watch); `bench/` the benchmarks (plugins, the
+//! `plugin.rs` holds the plugin author's tools (check, run, new, watch, replay); `bench/` the benchmarks (plugins, the
 //! engine, HTTP load and the sweep that compares it with the reference ceiling); `serve.rs` the
 //! server (`serve`) and its token tool (`token`); `client.rs` the commands that talk to a running server
 //! (`agents`, `tasks`, `health`, `stats`, `plugins`, `events`); `demo/` the narrated walkthrough on an embedded

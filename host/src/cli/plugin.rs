@@ -1,6 +1,7 @@
-//! `aragora-cp plugin check|run|new`: what a plugin author needs between writing a guest and dropping it into
-//! `PLUGINS_DIR`. `check` and `run` load the component exactly as the server does (same runtime, limits,
-//! validation), so a plugin that passes here loads there.
+//! `aragora-cp plugin check|run|new|watch|replay`: what a plugin author needs between writing a guest and dropping
+//! it into `PLUGINS_DIR`. `check` and `run` load the component exactly as the server does (same runtime, limits,
+//! validation), so a plugin that passes here loads there. `replay` runs a candidate strategy over decisions the
+//! server recorded (decision 0022) and says where it would have chosen another agent, before anything is installed.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +11,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use super::OutputFormat;
+use super::http::Api;
+use crate::api::decisions::since;
+use crate::model::{DecisionRecord, DecisionRole, MAX_DECISION_PAGE};
+use crate::plugins::bindings::CallContext;
 use crate::plugins::builtin::WIT;
+use crate::plugins::decision_log::call_of;
 use crate::plugins::watcher::WatchOptions;
 use crate::plugins::{
     CallReport, Manifest, PluginEvent, PluginKind, PluginRegistry, PluginRuntime, PluginSource, PluginVersion,
@@ -29,6 +35,41 @@ pub enum PluginCommand {
     /// Follow a plugins directory as the server does and print every load, rejection and removal; with
     /// `--input`, call each strategy that loads. A development loop for plugin authors.
     Watch(WatchArgs),
+    /// Run a candidate strategy over recorded decisions (a file, or a server's `GET /decisions`) and report where
+    /// it would have chosen another agent than the one that got the task. Exits 1 on any disagreement or failed
+    /// call, like `diff`.
+    Replay(ReplayArgs),
+}
+
+/// Arguments of `plugin replay`: the decisions come from a file or from a server, one of the two.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["decisions", "server"])))]
+pub struct ReplayArgs {
+    /// The candidate strategy component (`.wasm`).
+    #[arg(value_name = "COMPONENT")]
+    pub file: PathBuf,
+    /// The manifest; defaults to `NAME.toml` beside the component, else in the crate that built it.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Recorded decisions: a JSON array of records, a `GET /decisions` page (`{"decisions": [...]}`) or JSON lines
+    /// (one record a line); `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    pub decisions: Option<PathBuf>,
+    /// Read the decisions from this server instead (`http://host:port`), paging through `GET /decisions`.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// A bearer token for `--server` (`read` suffices).
+    #[arg(long, env = "ARAGORA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Only decisions from this time on: RFC 3339, or an age such as `90s`, `15m`, `1h`, `2d`.
+    #[arg(long, value_name = "AGE_OR_RFC3339")]
+    pub since: Option<String>,
+    /// Only the decisions of this plugin name (default: every strategy's).
+    #[arg(long, value_name = "NAME")]
+    pub plugin: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
 }
 
 /// Arguments of `plugin watch`.
@@ -103,6 +144,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
         PluginCommand::Run(args) => run_once(args),
         PluginCommand::New(args) => scaffold(args),
         PluginCommand::Watch(args) => watch(args),
+        PluginCommand::Replay(args) => replay(args),
     }
 }
 
@@ -349,6 +391,352 @@ fn call(version: &PluginVersion, input: Value) -> Result<(Value, CallReport), St
             let (ctx, agent, observed) = io::probe_call(input)?;
             let (result, report) = version.probe(ctx, &agent, &observed).map_err(|e| e.to_string())?;
             Ok((io::probe_json(&result), report))
+        }
+    }
+}
+
+/// Disagreements and failed calls the text report lists (`--output json` lists them all).
+const REPLAY_SHOWN: usize = 20;
+
+/// Why a record was not replayed.
+#[derive(Debug, Default)]
+struct Skipped {
+    /// Not a strategy decision: no recorded input to call the candidate with.
+    no_input: usize,
+    /// A shadow's answer, which had no effect on where the task went.
+    shadow: usize,
+    /// Another plugin's decision than `--plugin`'s.
+    other_plugin: usize,
+    /// Older than `--since` (files only: a server applies `since` itself).
+    before_since: usize,
+    /// No agent recorded as chosen, so nothing to compare with.
+    no_answer: usize,
+}
+
+impl Skipped {
+    /// Records skipped for any reason.
+    fn total(&self) -> usize {
+        self.no_input + self.shadow + self.other_plugin + self.before_since + self.no_answer
+    }
+}
+
+/// A record on which the candidate chose another agent than the one that took effect.
+struct Disagreement<'a> {
+    record: &'a DecisionRecord,
+    task_id: &'a str,
+    /// The agent that got the task (whoever answered: the plugin or a fallback).
+    recorded: &'a str,
+    /// The agent the candidate chose.
+    candidate: String,
+}
+
+/// A record on which the candidate's call failed.
+struct ReplayFailure<'a> {
+    record: &'a DecisionRecord,
+    task_id: &'a str,
+    error: String,
+}
+
+/// What replaying a candidate over recorded decisions found.
+#[derive(Default)]
+struct ReplayReport<'a> {
+    read: usize,
+    replayed: usize,
+    agreed: usize,
+    skipped: Skipped,
+    /// Replayed records that carried no candidate details while the candidate's manifest asks for them: it saw
+    /// empty details there, which may explain a disagreement.
+    without_details: usize,
+    disagreements: Vec<Disagreement<'a>>,
+    errors: Vec<ReplayFailure<'a>>,
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let since_text = args.since.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    // Checked here for both sources, so a typo is reported before a component is compiled or a server paged.
+    let since_ms = since_text
+        .map(|text| {
+            since(text, now_ms)
+                .with_context(|| format!("--since {text:?}: use an RFC 3339 time or an age such as 90s, 15m, 1h, 2d"))
+        })
+        .transpose()?;
+    let plugin = args.plugin.as_deref().map(str::trim).filter(|p| !p.is_empty());
+    let version = match load(&args.file, args.manifest.as_deref())?.outcome {
+        Ok(version) => version,
+        Err(error) => bail!("{} was rejected: {error}", args.file.display()),
+    };
+    if version.kind != PluginKind::Strategy {
+        bail!("{} is a {} plugin; replay runs strategies", args.file.display(), version.kind);
+    }
+    let (records, since_ms) = match (&args.decisions, &args.server) {
+        (Some(path), _) => (read_decisions(path)?, since_ms),
+        // The server applied `since` by its own clock; applying it again by this one would drop records at the edge.
+        (None, Some(server)) => (fetch_decisions(server, args.token.clone(), since_text, plugin)?, None),
+        (None, None) => bail!("give the decisions to replay: --decisions FILE, or --server URL"),
+    };
+    let report = replay_records(&version, &records, plugin, since_ms);
+    if report.without_details > 0 {
+        eprintln!(
+            "note: the candidate asks for candidate details (needs_details or labels), but {} replayed decisions \
+             carry none (the recorded plugin did not ask for them); it saw empty details there",
+            report.without_details
+        );
+    }
+    if report.replayed == 0 {
+        eprintln!("note: nothing to replay: no active or canary strategy decision with a recorded input matched");
+    }
+    match args.output {
+        OutputFormat::Json => {
+            let document = replay_json(&args.file, &version, &report);
+            println!("{}", serde_json::to_string_pretty(&document)?);
+        }
+        OutputFormat::Text => print_replay(&args.file, &version, &report),
+    }
+    let clean = report.disagreements.is_empty() && report.errors.is_empty();
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Calls `version` with each replayable record's input and compares its choice with the agent that took effect.
+fn replay_records<'a>(
+    version: &PluginVersion,
+    records: &'a [DecisionRecord],
+    plugin: Option<&str>,
+    since_ms: Option<u64>,
+) -> ReplayReport<'a> {
+    let mut report = ReplayReport { read: records.len(), ..ReplayReport::default() };
+    for record in records {
+        let Some(input) = &record.input else {
+            report.skipped.no_input += 1;
+            continue;
+        };
+        if record.role == DecisionRole::Shadow {
+            report.skipped.shadow += 1;
+            continue;
+        }
+        if plugin.is_some_and(|name| record.plugin != name) {
+            report.skipped.other_plugin += 1;
+            continue;
+        }
+        if since_ms.is_some_and(|since| record.at_ms < since) {
+            report.skipped.before_since += 1;
+            continue;
+        }
+        let Some(recorded) = record.answer.agent_id.as_deref() else {
+            report.skipped.no_answer += 1;
+            continue;
+        };
+        let task_id = record.task_id.as_deref().unwrap_or(&input.task.id);
+        let (task, candidates, details) = call_of(input);
+        if version.wants_details() && details.is_empty() {
+            report.without_details += 1;
+        }
+        report.replayed += 1;
+        let ctx = CallContext { now_ms: input.now_ms, seed: input.seed };
+        let chosen = match version.select_reporting(ctx, &task, &candidates, &details) {
+            Ok((index, _)) => input
+                .candidates
+                .get(index)
+                .map(|c| c.agent_id.clone())
+                .ok_or_else(|| format!("answered index {index} of {} candidates", input.candidates.len())),
+            Err(error) => Err(error.to_string()),
+        };
+        match chosen {
+            Ok(candidate) if candidate == recorded => report.agreed += 1,
+            Ok(candidate) => report.disagreements.push(Disagreement { record, task_id, recorded, candidate }),
+            Err(error) => report.errors.push(ReplayFailure { record, task_id, error }),
+        }
+    }
+    report
+}
+
+/// Reads recorded decisions from a file, or stdin for `-`.
+fn read_decisions(path: &Path) -> anyhow::Result<Vec<DecisionRecord>> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading decisions from stdin")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let name = if path == Path::new("-") { "stdin".to_string() } else { path.display().to_string() };
+    parse_decisions(&text).with_context(|| format!("{name}: not decision records"))
+}
+
+/// Decision records from a JSON array, a `GET /decisions` page (`{"decisions": [...]}`) or JSON lines.
+fn parse_decisions(text: &str) -> anyhow::Result<Vec<DecisionRecord>> {
+    let items = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(items)) => items,
+        Ok(Value::Object(mut page)) if page.contains_key("decisions") => match page.remove("decisions") {
+            Some(Value::Array(items)) => items,
+            _ => bail!("`decisions` is not an array"),
+        },
+        // A single record: JSON lines of one line.
+        Ok(record @ Value::Object(_)) => vec![record],
+        Ok(_) => bail!("expected an array of records, a page {{\"decisions\": [...]}} or JSON lines"),
+        // A document that is not JSON as a whole is JSON lines, unless it opens like an array or page (then the
+        // document's own error is the useful one).
+        Err(error) if text.trim_start().starts_with('[') => return Err(error.into()),
+        Err(_) => {
+            return text
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim().is_empty())
+                .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("line {}", i + 1)))
+                .collect();
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| serde_json::from_value(item).with_context(|| format!("decision {}", i + 1)))
+        .collect()
+}
+
+/// Pages through `GET /decisions` on `server`, oldest first, following `next` until the log has no more.
+fn fetch_decisions(
+    server: &str,
+    token: Option<String>,
+    since: Option<&str>,
+    plugin: Option<&str>,
+) -> anyhow::Result<Vec<DecisionRecord>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let api = Api::new(server, token)?;
+        let mut records = Vec::new();
+        let mut after: Option<String> = None;
+        let mut dropped = 0;
+        loop {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &MAX_DECISION_PAGE.to_string());
+            for (key, value) in [("since", since), ("plugin", plugin), ("after", after.as_deref())] {
+                if let Some(value) = value {
+                    query.append_pair(key, value);
+                }
+            }
+            let page = api
+                .get(&format!("/decisions?{}", query.finish()))
+                .await
+                .with_context(|| format!("reading the decisions of {server}"))?;
+            let Some(Value::Array(items)) = page.get("decisions") else {
+                bail!("{server} answered a page without `decisions`: is it an aragora-cp server?");
+            };
+            for (i, item) in items.iter().enumerate() {
+                let record = serde_json::from_value(item.clone()).with_context(|| {
+                    format!("{server}: decision {} is not a decision record", records.len() + i + 1)
+                })?;
+                records.push(record);
+            }
+            dropped = page.get("dropped").and_then(Value::as_u64).unwrap_or(dropped);
+            let next = page.get("next").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_string);
+            match next {
+                // A cursor that does not move would page for ever.
+                Some(next) if after.as_deref() == Some(next.as_str()) => {
+                    bail!("{server} answered the same page cursor {next} twice")
+                }
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        if dropped > 0 {
+            eprintln!(
+                "note: {server}'s decision log dropped {dropped} records since it started (its writer fell behind); \
+                 the replay covers the ones kept"
+            );
+        }
+        Ok(records)
+    })
+}
+
+/// The replay as one JSON document: the counts, then every disagreement and failed call.
+fn replay_json(file: &Path, version: &PluginVersion, report: &ReplayReport<'_>) -> Value {
+    let skipped = &report.skipped;
+    json!({
+        "file": file.display().to_string(),
+        "name": version.name,
+        "sha256": version.sha256,
+        "read": report.read,
+        "replayed": report.replayed,
+        "agreed": report.agreed,
+        "disagreed": report.disagreements.len(),
+        "errored": report.errors.len(),
+        "skipped": skipped.total(),
+        "skipped_because": {
+            "no_input": skipped.no_input,
+            "shadow": skipped.shadow,
+            "other_plugin": skipped.other_plugin,
+            "before_since": skipped.before_since,
+            "no_answer": skipped.no_answer,
+        },
+        "without_details": report.without_details,
+        "disagreements": report.disagreements.iter().map(|d| json!({
+            "task_id": d.task_id,
+            "stage": d.record.stage,
+            "decision_id": d.record.id,
+            "recorded": d.recorded,
+            "candidate": d.candidate,
+            "plugin": d.record.plugin,
+            "version": d.record.version,
+            "role": d.record.role,
+            "answered_by": d.record.answered_by,
+        })).collect::<Vec<_>>(),
+        "errors": report.errors.iter().map(|e| json!({
+            "task_id": e.task_id,
+            "stage": e.record.stage,
+            "decision_id": e.record.id,
+            "error": e.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The replay for people: the counts, then the first disagreements and failed calls.
+fn print_replay(file: &Path, version: &PluginVersion, report: &ReplayReport<'_>) {
+    let skipped = &report.skipped;
+    println!("candidate  {} ({}, sha256 {})", file.display(), version.name, version.sha256);
+    println!("read       {}", report.read);
+    println!("replayed   {}", report.replayed);
+    println!("agreed     {}", report.agreed);
+    println!("disagreed  {}", report.disagreements.len());
+    println!("errors     {}", report.errors.len());
+    println!(
+        "skipped    {} (no input {}, shadow {}, other plugin {}, before --since {}, no recorded agent {})",
+        skipped.total(),
+        skipped.no_input,
+        skipped.shadow,
+        skipped.other_plugin,
+        skipped.before_since,
+        skipped.no_answer
+    );
+    let heading = |what: &str, count: usize| {
+        if count > REPLAY_SHOWN {
+            println!("{what} (first {REPLAY_SHOWN} of {count}; --output json lists all):");
+        } else {
+            println!("{what}:");
+        }
+    };
+    if !report.disagreements.is_empty() {
+        heading("disagreements", report.disagreements.len());
+        for d in report.disagreements.iter().take(REPLAY_SHOWN) {
+            let record = d.record;
+            // The version is a sha256 from the input; a short or odd one is shown whole rather than cut mid-char.
+            let short = record.version.get(..12).unwrap_or(&record.version);
+            let fallback =
+                if record.answered_by == "plugin" { String::new() } else { format!(", by {}", record.answered_by) };
+            println!(
+                "  {}  {}  recorded {} ({} {short}{fallback})  candidate {}",
+                d.task_id,
+                record.stage.as_str(),
+                d.recorded,
+                record.plugin,
+                d.candidate
+            );
+        }
+    }
+    if !report.errors.is_empty() {
+        heading("errors", report.errors.len());
+        for e in report.errors.iter().take(REPLAY_SHOWN) {
+            println!("  {}  {}  {}", e.task_id, e.record.stage.as_str(), e.error);
         }
     }
 }
