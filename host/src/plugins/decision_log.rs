@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 use super::bindings::{Candidate, CandidateDetails, HealthStatus, TaskInfo};
-use super::{Answerer, PluginVersion};
+use super::instance::CallReport;
+use super::{Answerer, CallError, PluginVersion};
 use crate::model::{
     DecisionAnswer, DecisionCandidate, DecisionDetails, DecisionRecord, DecisionRole, DecisionStage, DecisionTask,
     SelectionInput,
@@ -68,31 +69,75 @@ impl DecisionLog {
         }
     }
 
-    /// A record of `version`'s decision at `stage`, stamped with this server and the store's time `at_ms`.
-    pub(crate) fn record(
+    /// Queues the record of `version`'s decision about `subject` (the caller asked [`keeps`](Self::keeps)).
+    pub(crate) fn note(
         &self,
         version: &PluginVersion,
         role: DecisionRole,
-        stage: DecisionStage,
-        at_ms: u64,
-        answer: DecisionAnswer,
-    ) -> DecisionRecord {
-        DecisionRecord {
+        subject: &Subject,
+        noted: Noted,
+        input: Option<SelectionInput>,
+    ) {
+        self.push(DecisionRecord {
             id: String::new(),
-            at_ms,
+            at_ms: subject.at_ms,
             server_id: self.server_id.clone(),
-            stage,
-            task_id: None,
-            agent_id: None,
+            stage: subject.stage,
+            task_id: subject.task_id.clone(),
+            agent_id: subject.agent_id.clone(),
             plugin: version.name.clone(),
             version: version.sha256.clone(),
             source: version.source.to_string(),
             role,
-            input: None,
-            answer,
-            answered_by: "plugin".into(),
-            fuel: 0,
-            duration_us: 0,
+            input,
+            answer: noted.answer,
+            answered_by: noted.answered_by.into(),
+            fuel: noted.fuel,
+            duration_us: noted.duration_us,
+        });
+    }
+}
+
+/// What one decision was about: shared by the answering version's record and its shadow's.
+#[derive(Clone, Debug)]
+pub struct Subject {
+    /// Where in the engine.
+    pub stage: DecisionStage,
+    /// The call's clock (store time).
+    pub at_ms: u64,
+    /// The task concerned.
+    pub task_id: Option<String>,
+    /// The agent concerned.
+    pub agent_id: Option<String>,
+}
+
+/// What a version answered, and what the call cost.
+pub struct Noted {
+    /// The answer that took effect (or the shadow's).
+    pub answer: DecisionAnswer,
+    /// `plugin`, or who answered instead.
+    pub answered_by: &'static str,
+    /// Fuel burned.
+    pub fuel: u64,
+    /// Wall time, µs.
+    pub duration_us: u64,
+}
+
+impl Noted {
+    /// `answer`, from a plain call's outcome: answered by the plugin with its cost, or by `failed_by` when it failed.
+    pub fn of<T>(
+        outcome: &Result<(T, CallReport), CallError>,
+        answer: DecisionAnswer,
+        failed_by: &'static str,
+    ) -> Noted {
+        match outcome {
+            Ok((_, report)) => Noted {
+                answer,
+                answered_by: "plugin",
+                fuel: report.fuel_used,
+                duration_us: report.wall_time.as_micros() as u64,
+            },
+            Err(_) => Noted { answer, answered_by: failed_by, fuel: 0, duration_us: 0 },
         }
     }
 }

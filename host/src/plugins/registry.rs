@@ -19,12 +19,12 @@ use super::bindings::{
     AgentInfo, CallContext, Candidate, CandidateDetails, Decision, Observations, PolicyInput, ProbeResult, TaskInfo,
 };
 use super::builtin::{BUILTIN_PROBES, BUILTIN_STRATEGIES, FALLBACK_STRATEGY};
-use super::decision_log::{DecisionLog, answered_by, selection_input};
+use super::decision_log::{DecisionLog, Noted, Subject, answered_by, selection_input};
 use super::instance::CallReport;
 use super::loader::{self, PluginStats, StatsSnapshot};
 use super::manifest::{Manifest, OnError};
 use super::policy::decision_name;
-use super::rollout::{Rollout, RolloutMode, ShadowFigures, ShadowRunner, ShadowSample};
+use super::rollout::{Rollout, RolloutMode, ShadowFigures, ShadowRunner};
 use super::runtime::{CallLimits, PluginRuntime};
 use super::strategy::{Selection, select_with_fallback};
 use super::{CallError, LoadError, PluginKind, PluginSource, PluginVersion};
@@ -562,15 +562,31 @@ impl PluginRegistry {
     /// The strategy `name` as it answers the decision about `key` (a task id): the canary when `name` has one
     /// that takes this key, else the active version.
     pub fn strategy_for(&self, name: &str, key: &str) -> Result<(Arc<PluginVersion>, DecisionRole), UnknownStrategy> {
-        let active = self.strategy(name)?;
-        if self.any_rollout.load(Ordering::Relaxed)
-            && let Some(rollout) = self.rollout(name)
-            && rollout.takes(key)
-            && rollout.version.kind == PluginKind::Strategy
-        {
-            return Ok((rollout.version.clone(), DecisionRole::Canary));
+        let answering = self.answering(&self.strategy(name)?, key);
+        Ok((answering.version, answering.role))
+    }
+
+    /// Which version of `active`'s name answers the decision about `key`, and the shadow that sees it too.
+    fn answering(&self, active: &Arc<PluginVersion>, key: &str) -> Answering {
+        let rollout = if self.any_rollout.load(Ordering::Relaxed) {
+            self.rollout(&active.name).filter(|r| r.version.kind == active.kind)
+        } else {
+            None
+        };
+        match rollout {
+            Some(r) if r.takes(key) => {
+                Answering { version: r.version.clone(), role: DecisionRole::Canary, shadow: None }
+            }
+            Some(r) if r.is_shadow() => {
+                Answering { version: active.clone(), role: DecisionRole::Active, shadow: Some(r) }
+            }
+            _ => Answering { version: active.clone(), role: DecisionRole::Active, shadow: None },
         }
-        Ok((active, DecisionRole::Active))
+    }
+
+    /// The log, when it keeps the decisions about `key`.
+    fn log_for(&self, key: &str) -> Option<Arc<DecisionLog>> {
+        self.decisions.get().filter(|log| log.keeps(key)).cloned()
     }
 
     /// Chooses among `candidates` (never empty; `agent_ids` names them) with `version` as
@@ -582,15 +598,12 @@ impl PluginRegistry {
         if !selection.called {
             return selection;
         }
-        let log = self.decisions.get().filter(|log| log.keeps(&task.id)).cloned();
-        let shadow = if role == DecisionRole::Active && self.any_rollout.load(Ordering::Relaxed) {
-            self.rollout(&version.name).filter(|r| r.is_shadow() && r.version.kind == PluginKind::Strategy)
-        } else {
-            None
-        };
+        let log = self.log_for(&task.id);
+        let shadow = if role == DecisionRole::Active { self.answering(version, &task.id).shadow } else { None };
         if log.is_none() && shadow.is_none() {
             return selection;
         }
+        let subject = Subject { stage, at_ms: ctx.now_ms, task_id: Some(task.id.clone()), agent_id: None };
         let answer = DecisionAnswer {
             agent_id: agent_ids.get(selection.index).map(|id| id.to_string()),
             index: Some(selection.index as u32),
@@ -599,51 +612,32 @@ impl PluginRegistry {
         };
         let input = selection_input(ctx.now_ms, ctx.seed, task, agent_ids, candidates, details);
         if let Some(log) = &log {
-            let mut record = log.record(version, role, stage, ctx.now_ms, answer.clone());
-            record.task_id = Some(task.id.clone());
-            record.input = Some(input.clone());
-            record.answered_by = answered_by(&selection.answered_by).into();
-            record.fuel = selection.fuel;
-            record.duration_us = selection.duration_us;
-            log.push(record);
+            let noted = Noted {
+                answer: answer.clone(),
+                answered_by: answered_by(&selection.answered_by),
+                fuel: selection.fuel,
+                duration_us: selection.duration_us,
+            };
+            log.note(version, role, &subject, noted, Some(input.clone()));
         }
         if let Some(rollout) = shadow {
             let (task, candidates, details) = (task.clone(), candidates.to_vec(), details.to_vec());
             let tally_of = rollout.clone();
             self.shadows.run(&tally_of.tally, move || {
-                let shadow = &rollout.version;
-                let outcome = shadow.select_reporting(ctx, &task, &candidates, &details);
-                let (shadow_answer, fuel, duration_us) = match outcome {
-                    Ok((index, report)) => (
-                        DecisionAnswer {
-                            agent_id: input.candidates.get(index).map(|c| c.agent_id.clone()),
-                            index: Some(index as u32),
-                            ..DecisionAnswer::default()
-                        },
-                        report.fuel_used,
-                        report.wall_time.as_micros() as u64,
-                    ),
-                    Err(error) => {
-                        (DecisionAnswer { error: Some(error.to_string()), ..DecisionAnswer::default() }, 0, 0)
-                    }
+                let outcome = rollout.version.select_reporting(ctx, &task, &candidates, &details);
+                let shadow_answer = match &outcome {
+                    Ok((index, _)) => DecisionAnswer {
+                        agent_id: input.candidates.get(*index).map(|c| c.agent_id.clone()),
+                        index: Some(*index as u32),
+                        ..DecisionAnswer::default()
+                    },
+                    Err(error) => DecisionAnswer { error: Some(error.to_string()), ..DecisionAnswer::default() },
                 };
+                rollout.compared(&subject, answer, shadow_answer.clone());
                 if let Some(log) = &log {
-                    let mut record = log.record(shadow, DecisionRole::Shadow, stage, ctx.now_ms, shadow_answer.clone());
-                    record.task_id = Some(task.id.clone());
-                    record.input = Some(input);
-                    record.answered_by = if shadow_answer.error.is_some() { "none" } else { "plugin" }.into();
-                    record.fuel = fuel;
-                    record.duration_us = duration_us;
-                    log.push(record);
+                    let noted = Noted::of(&outcome, shadow_answer, "none");
+                    log.note(&rollout.version, DecisionRole::Shadow, &subject, noted, Some(input));
                 }
-                rollout.tally.count(ShadowSample {
-                    at: crate::model::rfc3339_ms(ctx.now_ms),
-                    stage,
-                    task_id: Some(task.id.clone()),
-                    agent_id: None,
-                    active: answer,
-                    shadow: shadow_answer,
-                });
             });
         }
         selection
@@ -651,7 +645,8 @@ impl PluginRegistry {
 
     /// Runs `policy` (an active one, from [`policies`](Self::policies)) at one stage — or the name's canary, when
     /// it takes this decision — and records the decision and feeds the shadow as [`choose`](Self::choose) does.
-    /// Answers the decision, or why the policy could not answer (the caller applies its `on_error`).
+    /// Answers the version that answered and its decision, or why it could not answer (the caller applies that
+    /// version's `on_error`).
     pub fn evaluate(
         &self,
         policy: &Arc<PluginVersion>,
@@ -666,77 +661,28 @@ impl PluginRegistry {
             }
         };
         let key = task_id.or(agent_id).map(String::as_str).unwrap_or_default();
-        let rollout = if self.any_rollout.load(Ordering::Relaxed) { self.rollout(&policy.name) } else { None };
-        let (version, role) = match &rollout {
-            Some(r) if r.takes(key) && r.version.kind == PluginKind::Policy => {
-                (r.version.clone(), DecisionRole::Canary)
-            }
-            _ => (policy.clone(), DecisionRole::Active),
-        };
+        let Answering { version, role, shadow } = self.answering(policy, key);
         let outcome = version.evaluate(ctx, input);
-        let log = self.decisions.get().filter(|log| log.keeps(key)).cloned();
-        let shadow =
-            rollout.filter(|r| role == DecisionRole::Active && r.is_shadow() && r.version.kind == PluginKind::Policy);
-        if log.is_none() && shadow.is_none() {
-            return (version, outcome.map(|(decision, _)| decision));
-        }
-        let answer_of = |outcome: &Result<(Decision, CallReport), CallError>| match outcome {
-            Ok((decision, _)) => DecisionAnswer {
-                verdict: Some(decision_name(decision).to_string()),
-                reason: match decision {
-                    Decision::Deny(reason) | Decision::Warn(reason) => Some(reason.clone()),
-                    _ => None,
-                },
-                ..DecisionAnswer::default()
-            },
-            Err(error) => DecisionAnswer { error: Some(error.to_string()), ..DecisionAnswer::default() },
-        };
-        let answer = answer_of(&outcome);
-        let stamp = |log: &DecisionLog,
-                     version: &PluginVersion,
-                     role,
-                     answer: DecisionAnswer,
-                     outcome: &Result<(Decision, CallReport), CallError>| {
-            let mut record = log.record(version, role, stage, ctx.now_ms, answer);
-            record.task_id = task_id.cloned();
-            record.agent_id = agent_id.cloned();
-            record.answered_by = if outcome.is_ok() { "plugin" } else { "on_error" }.into();
-            if let Ok((_, report)) = outcome {
-                record.fuel = report.fuel_used;
-                record.duration_us = report.wall_time.as_micros() as u64;
+        let log = self.log_for(key);
+        if log.is_some() || shadow.is_some() {
+            let subject = Subject { stage, at_ms: ctx.now_ms, task_id: task_id.cloned(), agent_id: agent_id.cloned() };
+            let answer = verdict_answer(&outcome);
+            if let Some(log) = &log {
+                log.note(&version, role, &subject, Noted::of(&outcome, answer.clone(), "on_error"), None);
             }
-            record
-        };
-        if let Some(log) = &log {
-            log.push(stamp(log, &version, role, answer.clone(), &outcome));
-        }
-        if let Some(rollout) = shadow {
-            let input = input.clone();
-            let (task_id, agent_id) = (task_id.cloned(), agent_id.cloned());
-            let tally_of = rollout.clone();
-            self.shadows.run(&tally_of.tally, move || {
-                let outcome = rollout.version.evaluate(ctx, &input);
-                let shadow_answer = answer_of(&outcome);
-                if let Some(log) = &log {
-                    let mut record =
-                        log.record(&rollout.version, DecisionRole::Shadow, stage, ctx.now_ms, shadow_answer.clone());
-                    (record.task_id, record.agent_id) = (task_id.clone(), agent_id.clone());
-                    record.answered_by = if outcome.is_ok() { "plugin" } else { "none" }.into();
-                    if let Ok((_, report)) = &outcome {
-                        record.fuel = report.fuel_used;
-                        record.duration_us = report.wall_time.as_micros() as u64;
+            if let Some(rollout) = shadow {
+                let input = input.clone();
+                let tally_of = rollout.clone();
+                self.shadows.run(&tally_of.tally, move || {
+                    let outcome = rollout.version.evaluate(ctx, &input);
+                    let shadow_answer = verdict_answer(&outcome);
+                    rollout.compared(&subject, answer, shadow_answer.clone());
+                    if let Some(log) = &log {
+                        let noted = Noted::of(&outcome, shadow_answer, "none");
+                        log.note(&rollout.version, DecisionRole::Shadow, &subject, noted, None);
                     }
-                    log.push(record);
-                }
-                rollout.tally.count(ShadowSample {
-                    at: crate::model::rfc3339_ms(ctx.now_ms),
-                    stage,
-                    task_id,
-                    agent_id,
-                    active: answer,
-                    shadow: shadow_answer,
                 });
-            });
+            }
         }
         (version, outcome.map(|(decision, _)| decision))
     }
@@ -751,58 +697,27 @@ impl PluginRegistry {
         observed: &Observations,
     ) -> Result<ProbeResult, CallError> {
         let key = agent.agent_id.as_str();
-        let rollout = if self.any_rollout.load(Ordering::Relaxed) { self.rollout(&probe.name) } else { None };
-        let (version, role) = match &rollout {
-            Some(r) if r.takes(key) && r.version.kind == PluginKind::HealthProbe => {
-                (r.version.clone(), DecisionRole::Canary)
-            }
-            _ => (probe.clone(), DecisionRole::Active),
-        };
+        let Answering { version, role, shadow } = self.answering(probe, key);
         let outcome = version.probe(ctx, agent, observed);
-        let log = self.decisions.get().filter(|log| log.keeps(key)).cloned();
-        let shadow = rollout
-            .filter(|r| role == DecisionRole::Active && r.is_shadow() && r.version.kind == PluginKind::HealthProbe);
+        let log = self.log_for(key);
         if log.is_none() && shadow.is_none() {
             return outcome.map(|(result, _)| result);
         }
-        let answer_of = |outcome: &Result<(ProbeResult, CallReport), CallError>| match outcome {
-            Ok((result, _)) => DecisionAnswer {
-                health: Some(result.status.into()),
-                reason: Some(result.message.clone()),
-                ..DecisionAnswer::default()
-            },
-            Err(error) => DecisionAnswer { error: Some(error.to_string()), ..DecisionAnswer::default() },
-        };
-        let record_of = |log: &DecisionLog,
-                         version: &PluginVersion,
-                         role,
-                         outcome: &Result<(ProbeResult, CallReport), CallError>| {
-            let mut record = log.record(version, role, DecisionStage::Probe, ctx.now_ms, answer_of(outcome));
-            record.agent_id = Some(agent.agent_id.clone());
-            record.answered_by = if outcome.is_ok() { "plugin" } else { "none" }.into();
-            if let Ok((_, report)) = outcome {
-                record.fuel = report.fuel_used;
-                record.duration_us = report.wall_time.as_micros() as u64;
-            }
-            record
-        };
+        let subject =
+            Subject { stage: DecisionStage::Probe, at_ms: ctx.now_ms, task_id: None, agent_id: Some(key.to_string()) };
+        let answer = health_answer(&outcome);
         if let Some(log) = &log {
-            log.push(record_of(log, &version, role, &outcome));
+            log.note(&version, role, &subject, Noted::of(&outcome, answer.clone(), "none"), None);
         }
         if let Some(rollout) = shadow {
-            // Probes already run off the request path (the health monitor's own task): the shadow runs here too.
+            // Probes already run off the request path (the health monitor's blocking task): the shadow runs here.
             let shadow_outcome = rollout.version.probe(ctx, agent, observed);
+            let shadow_answer = health_answer(&shadow_outcome);
+            rollout.compared(&subject, answer, shadow_answer.clone());
             if let Some(log) = &log {
-                log.push(record_of(log, &rollout.version, DecisionRole::Shadow, &shadow_outcome));
+                let noted = Noted::of(&shadow_outcome, shadow_answer, "none");
+                log.note(&rollout.version, DecisionRole::Shadow, &subject, noted, None);
             }
-            rollout.tally.count(ShadowSample {
-                at: crate::model::rfc3339_ms(ctx.now_ms),
-                stage: DecisionStage::Probe,
-                task_id: None,
-                agent_id: Some(agent.agent_id.clone()),
-                active: answer_of(&outcome),
-                shadow: answer_of(&shadow_outcome),
-            });
         }
         outcome.map(|(result, _)| result)
     }
@@ -1007,6 +922,40 @@ impl PluginRegistry {
             fleet: None,
             server_id: self.server_id.clone(),
         }
+    }
+}
+
+/// The version answering one decision: the active one or its canary, and the shadow that sees the decision too.
+struct Answering {
+    version: Arc<PluginVersion>,
+    role: DecisionRole,
+    shadow: Option<Arc<Rollout>>,
+}
+
+/// A policy's answer as the log and the shadow comparison keep it.
+fn verdict_answer(outcome: &Result<(Decision, CallReport), CallError>) -> DecisionAnswer {
+    match outcome {
+        Ok((decision, _)) => DecisionAnswer {
+            verdict: Some(decision_name(decision).to_string()),
+            reason: match decision {
+                Decision::Deny(reason) | Decision::Warn(reason) => Some(reason.clone()),
+                _ => None,
+            },
+            ..DecisionAnswer::default()
+        },
+        Err(error) => DecisionAnswer { error: Some(error.to_string()), ..DecisionAnswer::default() },
+    }
+}
+
+/// A probe's answer as the log and the shadow comparison keep it.
+fn health_answer(outcome: &Result<(ProbeResult, CallReport), CallError>) -> DecisionAnswer {
+    match outcome {
+        Ok((result, _)) => DecisionAnswer {
+            health: Some(result.status.into()),
+            reason: Some(result.message.clone()),
+            ..DecisionAnswer::default()
+        },
+        Err(error) => DecisionAnswer { error: Some(error.to_string()), ..DecisionAnswer::default() },
     }
 }
 

@@ -16,10 +16,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::PluginVersion;
-use super::decision_log::bucket_of;
+use super::decision_log::{Subject, bucket_of};
 use super::loader::StatsSnapshot;
 pub use crate::model::RolloutMode;
-use crate::model::{DecisionAnswer, DecisionStage, rfc3339};
+use crate::model::{DecisionAnswer, DecisionStage, rfc3339, rfc3339_ms};
 
 /// Comparisons waiting for the shadow thread at most.
 pub const SHADOW_QUEUE: usize = 1_024;
@@ -140,6 +140,18 @@ impl Rollout {
             RolloutMode::Canary { percent } => bucket_of(key) < percent,
             RolloutMode::Shadow => false,
         }
+    }
+
+    /// Counts one comparison of the active answer with this shadow's on the decision about `subject`.
+    pub fn compared(&self, subject: &Subject, active: DecisionAnswer, shadow: DecisionAnswer) {
+        self.tally.count(ShadowSample {
+            at: rfc3339_ms(subject.at_ms),
+            stage: subject.stage,
+            task_id: subject.task_id.clone(),
+            agent_id: subject.agent_id.clone(),
+            active,
+            shadow,
+        });
     }
 
     /// Whether this is a shadow.
