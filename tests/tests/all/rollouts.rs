@@ -324,11 +324,23 @@ async fn promote_switches_three_servers_on_redis_without_a_failed_call() {
             Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
         servers.push(TestServer::start_with_store(config, store).await);
     }
+    promote_under_load(servers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promote_switches_a_memory_server_without_a_failed_call() {
+    promote_under_load(vec![TestServer::start().await]).await;
+}
+
+/// Stages a shadow through one server, promotes it through the last while every server answers selections with
+/// the name, and checks that none failed and every server ends on the new version.
+async fn promote_under_load(servers: Vec<TestServer>) {
+    let last = servers.len() - 1;
     let agents = ["pr-1", "pr-2", "pr-3"];
     register(&servers[0], &agents, "promoted").await;
     assert_eq!(put(&servers[0], "fleetpick", guest_bytes("least_loaded")).await.0, 200);
     let shadow_sha = sha256_hex(&guest_bytes("highest_index"));
-    assert_eq!(put(&servers[1], "fleetpick?mode=shadow", guest_bytes("highest_index")).await.0, 200);
+    assert_eq!(put(&servers[last.min(1)], "fleetpick?mode=shadow", guest_bytes("highest_index")).await.0, 200);
     for server in &servers {
         let started = Instant::now();
         loop {
@@ -360,7 +372,7 @@ async fn promote_switches_three_servers_on_redis_without_a_failed_call() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, promoted) = send(&servers[2], Method::POST, "/plugins/fleetpick/promote", None).await;
+    let (status, promoted) = send(&servers[last], Method::POST, "/plugins/fleetpick/promote", None).await;
     assert_eq!(status, 200, "{promoted}");
     for server in &servers {
         let started = Instant::now();
@@ -379,6 +391,12 @@ async fn promote_switches_three_servers_on_redis_without_a_failed_call() {
         let (calls, failed) = handle.await.unwrap();
         assert!(calls > 0);
         assert_eq!(failed, 0, "{failed} of {calls} selections failed during the promote");
+    }
+    // Every server now chooses as the promoted version does: the last of the three agents.
+    for server in &servers {
+        let body = json!({"capabilities": ["promoted"], "strategy": "fleetpick", "dry_run": true});
+        let (_, chosen) = send(server, Method::POST, "/agents/select", Some(body)).await;
+        assert_eq!(chosen["agent_id"], "pr-3", "{chosen}");
     }
     for server in servers {
         server.stop().await;
