@@ -1,7 +1,7 @@
 //! The decision log's writer and retention (decision 0022). Plugin calls hand their records to a bounded queue
-//! (`plugins/decision_log.rs`); one task per server takes everything waiting (up to [`BATCH`]), appends it to the
-//! store in one call, and tells this server's event subscribers (`decision` events). Retention removes decisions
-//! older than `DECISION_RETENTION` at every `CLEANUP_INTERVAL`.
+//! (`plugins/decision_log.rs`); one task per server gathers what arrives within [`GATHER`] (up to [`BATCH`]),
+//! appends it to the store in one call, and tells this server's event subscribers (`decision` events). Retention
+//! removes decisions older than `DECISION_RETENTION` at every `CLEANUP_INTERVAL`.
 //!
 //! Reads page through the store: `GET /decisions` filters by plugin and stage here, scanning at most [`SCAN`]
 //! records per request and answering a cursor to go on from.
@@ -21,6 +21,8 @@ use crate::store::Store;
 
 /// Records appended per store call at most.
 pub const BATCH: usize = 512;
+/// How long the writer gathers records before it appends them.
+pub const GATHER: Duration = Duration::from_millis(20);
 /// Records one `GET /decisions` looks at at most, matching or not.
 pub const SCAN: usize = 10_000;
 
@@ -51,11 +53,14 @@ pub async fn run_writer(
             record = queue.recv() => record,
         };
         let Some(first) = first else { break };
+        // Gather for a moment: one store call per batch, not per decision (on Redis, a script call saved per
+        // few records; the log is read by people, to whom 20 ms is nothing).
         let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + GATHER;
         while batch.len() < BATCH {
-            match queue.try_recv() {
-                Ok(record) => batch.push(record),
-                Err(_) => break,
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(record)) => batch.push(record),
+                Ok(None) | Err(_) => break,
             }
         }
         write(&store, batch, &subscribers, &settings, retention_ms).await;
