@@ -1,8 +1,9 @@
 //! `GET /events`: the coordinator's event stream as Server-Sent Events. Each event carries `id:` (resume with
 //! `Last-Event-ID`, replayed from the store's buffer, or a `reset` event when that id fell out of it), `event:`
-//! (its type) and the event as JSON (ids and small facts, never payloads). `?types=a,b` filters by type; an agent
-//! token sees only its own agent's events; comment lines keep idle connections open. Streams end when the server
-//! starts draining.
+//! (its type) and the event as JSON (ids and small facts, never payloads). `?types=a,b` filters by type
+//! (`decision` events, one or more per routed task, go only to a stream that names them); an agent token sees
+//! only its own agent's events; comment lines keep idle connections open. Streams end when the server starts
+//! draining.
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -48,8 +49,13 @@ struct Filter {
 
 impl Filter {
     fn accepts(&self, event: &Event) -> bool {
-        self.types.as_ref().is_none_or(|types| types.contains(event.kind.as_str()))
-            && self.agent.as_ref().is_none_or(|own| event.agent_id.as_deref() == Some(own.as_str()))
+        // Decisions come one or more per routed task: a stream gets them only when it names them (`?types=decision`).
+        let named = |types: &HashSet<String>| types.contains(event.kind.as_str());
+        let wanted = match &self.types {
+            Some(types) => named(types),
+            None => event.kind != EventKind::Decision,
+        };
+        wanted && self.agent.as_ref().is_none_or(|own| event.agent_id.as_deref() == Some(own.as_str()))
     }
 }
 

@@ -453,3 +453,50 @@ async fn a_shadow_file_beside_a_plugin_is_this_servers_shadow_until_it_is_remove
     }
     server.stop().await;
 }
+
+/// Reads an SSE response until `needle` appears; everything read so far.
+async fn read_until(response: &mut reqwest::Response, seen: &mut String, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s; got {seen}"))
+            .expect("stream read")
+            .expect("stream still open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_events_go_only_to_streams_that_ask_for_them() {
+    let server = TestServer::start().await;
+    let agents = ["ev-1", "ev-2"];
+    register(&server, &agents, "evented").await;
+    let stream = |types: &str| {
+        let url = server.api(&format!("/events{types}"));
+        server.client.get(url).bearer_auth(server.admin()).send()
+    };
+    let (mut asked, mut everything) =
+        (stream("?types=decision,task_completed").await.unwrap(), stream("").await.unwrap());
+    let mut claimers = Claimers::new();
+    let (task_id, agent) = route_one(&server, &mut claimers, &agents, ("evented", "least_loaded", "t")).await;
+    let mut seen = String::new();
+    let decided = read_until(&mut asked, &mut seen, "event: decision").await;
+    let data = decided.lines().skip_while(|l| *l != "event: decision").find_map(|l| l.strip_prefix("data:")).unwrap();
+    let event: Value = serde_json::from_str(data.trim()).unwrap();
+    assert_eq!(
+        (event["task_id"].as_str(), event["data"]["answer"]["agent_id"].as_str()),
+        (Some(task_id.as_str()), Some(agent.as_str())),
+        "{event}"
+    );
+    // The stream that asked for everything got every event up to one made after the decision was sent, and no
+    // decision (one broadcast carries both, in order).
+    register(&server, &["ev-3"], "evented").await;
+    let mut all = String::new();
+    let everything = read_until(&mut everything, &mut all, "\"ev-3\"").await;
+    assert!(everything.contains("event: task_completed"), "{everything}");
+    assert!(!everything.contains("event: decision"), "{everything}");
+    claimers.stop();
+    server.stop().await;
+}

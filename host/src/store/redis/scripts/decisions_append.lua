@@ -1,8 +1,8 @@
 -- decisions_append(keep, per_task, ttl_ms, n, (json, task_id) * n): appends plugin decisions to the capped stream
--- `decisions` (about `keep` entries kept) and each task's to its own capped list (`per_task` newest, expiring
--- `ttl_ms` after its last decision), as `<id> <json>`. Ids are `<store ms>-<seq>`, after the stream's last (so
--- `since` and retention read the store's clock, and a clock that steps back cannot make XADD refuse). Answers the
--- ids given.
+-- `decisions` (about `keep` entries kept) and each task's id to its own capped list (`per_task` newest, expiring
+-- `ttl_ms` after its last decision): the record is written once, the task's list only points at it. Ids are
+-- `<store ms>-<seq>`, after the stream's last (so `since` and retention read the store's clock, and a clock that
+-- steps back cannot make XADD refuse). Answers the ids given.
 local keep, per_task, ttl, n = tonumber(arg(1)), tonumber(arg(2)), tonumber(arg(3)), tonumber(arg(4))
 local stream = P .. 'decisions'
 local ms, seq = NOW, 0
@@ -19,7 +19,7 @@ for i = 0, n - 1 do
   redis.call('XADD', stream, 'MAXLEN', '~', keep, id, 'd', record)
   if task ~= '' then
     local list = P .. 'decisions:task:' .. task
-    redis.call('RPUSH', list, id .. ' ' .. record)
+    redis.call('RPUSH', list, id)
     redis.call('LTRIM', list, -per_task, -1)
     redis.call('PEXPIRE', list, ttl)
   end
