@@ -500,3 +500,78 @@ async fn decision_events_go_only_to_streams_that_ask_for_them() {
     claimers.stop();
     server.stop().await;
 }
+
+/// `PUT /plugins/{name}{query}` as a form with a manifest.
+async fn put_with_manifest(
+    server: &TestServer,
+    name_and_query: &str,
+    component: Vec<u8>,
+    manifest: &str,
+) -> (u16, Value) {
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(component).file_name("policy.wasm"))
+        .text("manifest", manifest.to_string());
+    let url = server.api(&format!("/plugins/{name_and_query}"));
+    let response = server.client.put(url).bearer_auth(server.admin()).multipart(form).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stricter_policy_in_shadow_disagrees_without_denying_anything_and_as_a_canary_denies_its_share() {
+    let server = TestServer::start().await;
+    let policy = || guest_bytes("payload_size_policy");
+    let lenient = "kind = \"policy\"\n[config]\nmax_payload_bytes = 100000\n";
+    let strict = "kind = \"policy\"\n[config]\nmax_payload_bytes = 2\n";
+    assert_eq!(put_with_manifest(&server, "size_rule", policy(), lenient).await.0, 200);
+    let (status, staged) = put_with_manifest(&server, "size_rule?mode=shadow", policy(), strict).await;
+    assert_eq!((status, staged["rollout"]["mode"].as_str()), (200, Some("shadow")), "{staged}");
+    let submits = 10;
+    let mut task_ids = Vec::new();
+    for n in 0..submits {
+        let task = json!({"task_type": "t", "payload": {"n": n}});
+        let (status, submitted) = send(&server, Method::POST, "/tasks", Some(task)).await;
+        assert_eq!(status, 201, "the active (lenient) version decides: {submitted}");
+        task_ids.push(submitted["task_id"].as_str().unwrap().to_string());
+    }
+    let started = Instant::now();
+    let shadow = loop {
+        let (_, shadow) = send(&server, Method::GET, "/plugins/size_rule/shadow", None).await;
+        if shadow["compared"] == submits || started.elapsed() > Duration::from_secs(10) {
+            break shadow;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        (shadow["compared"].as_u64(), shadow["different_verdict"].as_u64()),
+        (Some(submits), Some(submits)),
+        "{shadow}"
+    );
+    let sample = &shadow["samples"][0];
+    assert_eq!(
+        (sample["active"]["verdict"].as_str(), sample["shadow"]["verdict"].as_str()),
+        (Some("allow"), Some("deny")),
+        "{sample}"
+    );
+    let decisions = decisions_of(&server, &task_ids[0]).await;
+    let stages: Vec<(&str, &str)> =
+        decisions.iter().map(|d| (d["stage"].as_str().unwrap(), d["role"].as_str().unwrap())).collect();
+    assert!(stages.contains(&("submit", "active")) && stages.contains(&("submit", "shadow")), "{stages:?}");
+
+    // As a canary at 50 %, the strict version decides (and denies) the submits whose task id falls in its half.
+    assert_eq!(put_with_manifest(&server, "size_rule?canary=50", policy(), strict).await.0, 200);
+    let (mut allowed, mut denied) = (0, 0);
+    for n in 0..40 {
+        let (status, answer) =
+            send(&server, Method::POST, "/tasks", Some(json!({"task_type": "t", "payload": {"n": n}}))).await;
+        match status {
+            201 => allowed += 1,
+            403 => {
+                assert!(answer["detail"].as_str().unwrap().contains("size_rule"), "{answer}");
+                denied += 1;
+            }
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    assert!(allowed > 5 && denied > 5, "a share each way: {allowed} allowed, {denied} denied");
+    server.stop().await;
+}
