@@ -85,7 +85,7 @@ pub struct DecisionSettings {
     pub sample: f64,
     /// How long decisions are kept (`DECISION_RETENTION`, 1 h).
     pub retention: Duration,
-    /// Decisions kept at most (`DECISION_LOG_MAX`, 100,000).
+    /// Decisions kept at most (`DECISION_LOG_MAX`, 20,000).
     pub max_kept: usize,
     /// Calls a canary makes before it is judged (`CANARY_MIN_CALLS`, 50).
     pub canary_min_calls: u64,

@@ -99,9 +99,10 @@ pub struct DecisionCandidate {
     pub since_assigned_ms: Option<u64>,
     /// Its health.
     pub health: HealthState,
-    /// Model, provider and labels, for strategies that asked for details (`needs_details` or `labels`).
+    /// Model, provider and labels, for strategies that asked for details (`needs_details` or `labels`). Boxed:
+    /// most strategies ask for none, and a kept decision holds up to 64 candidates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<DecisionDetails>,
+    pub details: Option<Box<DecisionDetails>>,
 }
 
 /// A candidate's details as a strategy saw them.
@@ -193,8 +194,9 @@ pub struct DecisionRecord {
     pub duration_us: u64,
 }
 
-/// Decisions kept by default (`DECISION_LOG_MAX`).
-pub const DECISIONS_KEPT: usize = 100_000;
+/// Decisions kept by default (`DECISION_LOG_MAX`): a routed decision with eight candidates takes about 2.5 KB of the
+/// memory store (1.5 KB in Redis), so the default log holds about 50 MB at most (docs/BENCHMARKS.md).
+pub const DECISIONS_KEPT: usize = 20_000;
 /// Decisions kept per task: a task requeued a thousand times keeps its last ones.
 pub const DECISIONS_PER_TASK: usize = 100;
 /// Most decisions one page answers.

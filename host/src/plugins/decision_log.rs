@@ -191,10 +191,12 @@ pub fn selection_input(
                 heartbeat_age_ms: c.heartbeat_age_ms,
                 since_assigned_ms: c.since_assigned_ms,
                 health: c.health.into(),
-                details: details.get(i).map(|d| DecisionDetails {
-                    model: d.model.clone(),
-                    provider: d.provider.clone(),
-                    labels: d.labels.clone(),
+                details: details.get(i).map(|d| {
+                    Box::new(DecisionDetails {
+                        model: d.model.clone(),
+                        provider: d.provider.clone(),
+                        labels: d.labels.clone(),
+                    })
                 }),
             })
             .collect(),
