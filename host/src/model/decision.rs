@@ -99,8 +99,8 @@ pub struct DecisionCandidate {
     pub since_assigned_ms: Option<u64>,
     /// Its health.
     pub health: HealthState,
-    /// Model, provider and labels, for strategies that asked for details (`needs_details` or `labels`). Boxed:
-    /// most strategies ask for none, and a kept decision holds up to 64 candidates.
+    /// Model, provider and labels, for strategies that asked for details (`needs_details` or `labels`).
+    // Boxed: most strategies ask for none, and a kept decision holds up to 64 candidates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<Box<DecisionDetails>>,
 }
