@@ -90,15 +90,27 @@ pub async fn decisions_list(
             ApiError::invalid("since", "must be an RFC 3339 time or an age such as 90s, 15m, 1h, 2d")
         })?),
     };
-    let after = query.after.filter(|a| !a.trim().is_empty());
-    if let Some(after) = &after
-        && !after.split_once('-').is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
-    {
-        return Err(ApiError::invalid("after", "must be a decision id (`next` of a previous page)"));
-    }
+    // Rebuilt from its numbers, so what reaches the store is always a well-formed id of this log.
+    let after = match query.after.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            decision_id(text)
+                .ok_or_else(|| ApiError::invalid("after", "must be a decision id (`next` of a previous page)"))?,
+        ),
+    };
     let plugin = query.plugin.filter(|p| !p.trim().is_empty());
     let query = DecisionQuery { plugin, stage, since_ms, after, limit };
     Ok(Json(state.coordinator.decisions(&query).await?))
+}
+
+/// A decision id `<ms>-<seq>`, digits only, within the range a store gives.
+fn decision_id(text: &str) -> Option<String> {
+    let (ms, seq) = text.split_once('-')?;
+    let digits = |part: &str| !part.is_empty() && part.len() <= 18 && part.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(seq) {
+        return None;
+    }
+    Some(format!("{}-{}", ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?))
 }
 
 /// A time from `since`: RFC 3339, or an age before `now_ms` (`90s`, `15m`, `1h`, `2d`).

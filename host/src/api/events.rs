@@ -49,7 +49,8 @@ struct Filter {
 
 impl Filter {
     fn accepts(&self, event: &Event) -> bool {
-        // Decisions come one or more per routed task: a stream gets them only when it names them (`?types=decision`).
+        // Decisions come one or more per routed task, on a channel of their own that only a stream naming them
+        // (`?types=decision`) follows, so they never crowd the others' channel nor make a reader lag.
         let named = |types: &HashSet<String>| types.contains(event.kind.as_str());
         let wanted = match &self.types {
             Some(types) => named(types),
@@ -69,6 +70,8 @@ struct Feed {
     /// Where further replay pages come from.
     coordinator: std::sync::Arc<crate::coordinator::ControlPlaneCoordinator>,
     live: broadcast::Receiver<std::sync::Arc<Event>>,
+    /// The decision events, for a stream that named them (they have a channel of their own: see `Filter`).
+    decisions: Option<broadcast::Receiver<std::sync::Arc<Event>>>,
     filter: Filter,
     draining: tokio_util::sync::CancellationToken,
 }
@@ -157,12 +160,14 @@ pub async fn events_stream(
         .filter(|id| !id.is_empty());
     // Subscribe before reading the buffer, so nothing falls between the replay and the live stream.
     let live = state.coordinator.subscribe();
+    let asks_decisions = filter.types.as_ref().is_some_and(|types| types.contains(EventKind::Decision.as_str()));
     let mut feed = Feed {
         backlog: VecDeque::new(),
         replayed: HashSet::new(),
         more_after: None,
         coordinator: state.coordinator.clone(),
         live,
+        decisions: asks_decisions.then(|| state.coordinator.subscribe_decisions()),
         filter,
         draining: state.draining.clone(),
     };
@@ -196,6 +201,11 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
         let received = tokio::select! {
             _ = feed.draining.cancelled() => return None,
             received = feed.live.recv() => received,
+            decided = next_decision(&mut feed.decisions) => match decided {
+                Some(event) => Ok(event),
+                // Decisions are not resumable: a stream that fell behind them just goes on.
+                None => continue,
+            },
         };
         match received {
             Ok(event) => {
@@ -207,6 +217,16 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
             Err(broadcast::error::RecvError::Lagged(_)) => return Some((Ok(reset("lagged")), feed)),
             Err(broadcast::error::RecvError::Closed) => return None,
         }
+    }
+}
+
+/// The next decision of a stream that asked for them (never, for one that did not); `None` after a lag.
+async fn next_decision(
+    decisions: &mut Option<broadcast::Receiver<std::sync::Arc<Event>>>,
+) -> Option<std::sync::Arc<Event>> {
+    match decisions {
+        Some(receiver) => receiver.recv().await.ok(),
+        None => std::future::pending().await,
     }
 }
 

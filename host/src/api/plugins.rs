@@ -372,7 +372,14 @@ pub struct CandidateRequest {
 }
 
 fn candidate_request(body: &Bytes) -> ApiResult<CandidateRequest> {
-    if body.iter().all(u8::is_ascii_whitespace) { Ok(CandidateRequest::default()) } else { parse(body) }
+    let request: CandidateRequest =
+        if body.iter().all(u8::is_ascii_whitespace) { CandidateRequest::default() } else { parse(body)? };
+    if let Some(sha) = &request.sha256
+        && !(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    {
+        return Err(ApiError::invalid("sha256", "must be a component's sha256: 64 lower-case hex digits"));
+    }
+    Ok(request)
 }
 
 /// `POST /plugins/{name}/promote`: the candidate becomes the active version on every server, in one step.

@@ -229,6 +229,11 @@ impl FleetPlugins {
     async fn apply(&self, record: &PluginRecord) {
         let _applying = self.applying.lock().await;
         let name = &record.name;
+        // A record read before a newer one was applied here (an API call's answer queued behind the event loop)
+        // must not undo it.
+        if self.registry.fleet_version(name).is_some_and(|applied| record.version < applied) {
+            return;
+        }
         let current = self.registry.version(name, PluginSource::Upload);
         let manifest = match record.manifest.as_deref().map(Manifest::parse).transpose() {
             Ok(manifest) => manifest.unwrap_or_default(),
@@ -287,8 +292,8 @@ impl FleetPlugins {
         let name = &record.name;
         let current = self.registry.rollout(name);
         let Some(candidate) = &record.candidate else {
-            if current.is_some_and(|r| r.version.source == PluginSource::Upload) {
-                self.registry.remove_rollout(name, None);
+            if current.is_some() {
+                self.registry.remove_rollout(name, PluginSource::Upload);
             }
             return;
         };
@@ -336,7 +341,7 @@ impl FleetPlugins {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             }
             for (name, rollout, active) in self.registry.canaries() {
-                let Some(reason) = rollout.excess(&active.stats.snapshot(), min_calls, margin) else { continue };
+                let Some(reason) = rollout.excess(&active, min_calls, margin) else { continue };
                 if rollout.version.source != PluginSource::Upload {
                     tracing::warn!(plugin = %name, %reason, "canary from a file would be rolled back; remove the file");
                     continue;

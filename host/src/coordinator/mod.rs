@@ -96,6 +96,8 @@ pub struct ControlPlaneCoordinator {
     audit: Arc<audit::AuditLog>,
     /// Makes this server's deliberation orchestrator look for sessions at once.
     deliberation_wake: Arc<tokio::sync::Notify>,
+    /// This server's `decision` events (the decision log's writer sends them once stored).
+    decision_events: broadcast::Sender<Arc<Event>>,
 }
 
 impl ControlPlaneCoordinator {
@@ -162,12 +164,13 @@ impl ControlPlaneCoordinator {
             fleet_plugins: fleet_plugins.clone(),
             audit,
             deliberation_wake: Arc::new(tokio::sync::Notify::new()),
+            decision_events: broadcast::channel(4_096).0,
         });
         let (fleet_changes, fleet_changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let decision_writer = decision_log::run_writer(
             store.clone(),
             decision_queue,
-            events.clone(),
+            coordinator.decision_events.clone(),
             config.decisions.clone(),
             coordinator.shutdown.clone(),
         );
@@ -216,6 +219,11 @@ impl ControlPlaneCoordinator {
             let (watcher, report) = PluginWatcher::start(dir, plugins, WatchOptions::default())?;
             tracing::info!(dir = %dir.display(), loaded = ?report.loaded, rejected = ?report.rejected, "plugins loaded");
             *coordinator.watcher.lock() = Some(watcher);
+            // A fleet candidate beside a plugin that only the folder provides had nothing to stand beside at the
+            // first sync: apply the fleet's records again now that the folder's plugins are loaded.
+            if let Err(error) = coordinator.fleet_plugins.sync_all().await {
+                tracing::warn!(%error, "cannot read the fleet's plugin records after loading the plugins folder");
+            }
         }
         tracing::info!(store = %store.describe(), server_id = %config.server_id, "control plane ready");
         Ok(coordinator)
@@ -224,6 +232,12 @@ impl ControlPlaneCoordinator {
     /// Every event from now on: tasks, agents, policies, plugins.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
+    }
+
+    /// This server's `decision` events from now on (one or more per routed task: a channel apart from
+    /// [`subscribe`](Self::subscribe)'s, so they never make its readers lag).
+    pub fn subscribe_decisions(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.decision_events.subscribe()
     }
 
     /// Every plugin this server has loaded, with its versions and counters (`GET /plugins`).

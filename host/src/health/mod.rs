@@ -170,14 +170,13 @@ impl HealthMonitor {
         };
         let mut worst: Option<HealthVerdict> = None;
         for probe in probes {
-            let info = convert::agent_info(agent, &probe.manifest.labels);
-            let (probe, plugins) = (probe.clone(), self.plugins.clone());
+            let (probe, plugins, agent) = (probe.clone(), self.plugins.clone(), agent.clone());
             let observed = observed.clone();
             let ctx = CallContext { now_ms: now, seed: rand::random() };
             // Probes may take up to their deadline (1 s by default): off the async workers. The registry runs
             // the name's canary instead when it takes this agent, and records the decision.
             let answer = tokio::task::spawn_blocking(move || {
-                plugins.probe(&probe, ctx, &info, &observed).map(|r| (probe.name.clone(), r))
+                plugins.probe(&probe, ctx, &agent, &observed).map(|r| (probe.name.clone(), r))
             })
             .await;
             let verdict = match answer {

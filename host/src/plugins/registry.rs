@@ -16,9 +16,10 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::bindings::{
-    AgentInfo, CallContext, Candidate, CandidateDetails, Decision, Observations, PolicyInput, ProbeResult, TaskInfo,
+    CallContext, Candidate, CandidateDetails, Decision, Observations, PolicyInput, ProbeResult, TaskInfo,
 };
 use super::builtin::{BUILTIN_PROBES, BUILTIN_STRATEGIES, FALLBACK_STRATEGY};
+use super::convert;
 use super::decision_log::{DecisionLog, Noted, Subject, answered_by, selection_input};
 use super::instance::CallReport;
 use super::loader::{self, PluginStats, StatsSnapshot};
@@ -28,6 +29,7 @@ use super::rollout::{Rollout, RolloutMode, ShadowFigures, ShadowRunner};
 use super::runtime::{CallLimits, PluginRuntime};
 use super::strategy::{Selection, select_with_fallback};
 use super::{CallError, LoadError, PluginKind, PluginSource, PluginVersion};
+use crate::model::Agent;
 use crate::model::{DecisionAnswer, DecisionRole, DecisionStage};
 
 /// Something that happened to a plugin; the coordinator turns these into `plugin_*` events.
@@ -453,6 +455,11 @@ impl PluginRegistry {
         state.rebuild_lists();
     }
 
+    /// The fleet version this server has applied to `name`, if any.
+    pub fn fleet_version(&self, name: &str) -> Option<u64> {
+        self.state.read().slots.get(name).and_then(|slot| slot.fleet_version)
+    }
+
     /// Records the fleet version this server has applied to `name` (a name it holds nothing of has no slot).
     pub fn set_fleet_version(&self, name: &str, version: u64) {
         if let Some(slot) = self.state.write().slots.get_mut(name) {
@@ -644,34 +651,37 @@ impl PluginRegistry {
     }
 
     /// Runs `policy` (an active one, from [`policies`](Self::policies)) at one stage — or the name's canary, when
-    /// it takes this decision — and records the decision and feeds the shadow as [`choose`](Self::choose) does.
+    /// it takes the decision about `key` (the task id; the agent id at registration) — and records the decision
+    /// and feeds the shadow as [`choose`](Self::choose) does. `input_for` builds the input for a version from its
+    /// own manifest (its labels, whether it reads the payload), so a canary or shadow sees what it asked for.
     /// Answers the version that answered and its decision, or why it could not answer (the caller applies that
     /// version's `on_error`).
     pub fn evaluate(
         &self,
         policy: &Arc<PluginVersion>,
         ctx: CallContext,
-        input: &PolicyInput,
+        key: &str,
+        input_for: &dyn Fn(&PluginVersion) -> PolicyInput,
     ) -> (Arc<PluginVersion>, Result<Decision, CallError>) {
-        let (stage, task_id, agent_id) = match input {
-            PolicyInput::Submit(request) => (DecisionStage::Submit, Some(&request.task.id), None),
-            PolicyInput::Register(agent) => (DecisionStage::Register, None, Some(&agent.agent_id)),
-            PolicyInput::Dispatch(request) => {
-                (DecisionStage::Dispatch, Some(&request.task.id), Some(&request.agent.agent_id))
-            }
-        };
-        let key = task_id.or(agent_id).map(String::as_str).unwrap_or_default();
         let Answering { version, role, shadow } = self.answering(policy, key);
-        let outcome = version.evaluate(ctx, input);
+        let input = input_for(&version);
+        let outcome = version.evaluate(ctx, &input);
         let log = self.log_for(key);
         if log.is_some() || shadow.is_some() {
+            let (stage, task_id, agent_id) = match &input {
+                PolicyInput::Submit(request) => (DecisionStage::Submit, Some(&request.task.id), None),
+                PolicyInput::Register(agent) => (DecisionStage::Register, None, Some(&agent.agent_id)),
+                PolicyInput::Dispatch(request) => {
+                    (DecisionStage::Dispatch, Some(&request.task.id), Some(&request.agent.agent_id))
+                }
+            };
             let subject = Subject { stage, at_ms: ctx.now_ms, task_id: task_id.cloned(), agent_id: agent_id.cloned() };
             let answer = verdict_answer(&outcome);
             if let Some(log) = &log {
                 log.note(&version, role, &subject, Noted::of(&outcome, answer.clone(), "on_error"), None);
             }
             if let Some(rollout) = shadow {
-                let input = input.clone();
+                let input = input_for(&rollout.version);
                 let tally_of = rollout.clone();
                 self.shadows.run(&tally_of.tally, move || {
                     let outcome = rollout.version.evaluate(ctx, &input);
@@ -687,18 +697,20 @@ impl PluginRegistry {
         (version, outcome.map(|(decision, _)| decision))
     }
 
-    /// Runs health probe `probe` (an active one, from [`probes`](Self::probes)) on one agent — or its canary,
-    /// when it takes this agent — and records the decision and feeds the shadow as [`choose`](Self::choose) does.
+    /// Runs health probe `probe` (an active one, from [`probes`](Self::probes)) on `agent` — or its canary, when
+    /// it takes this agent — and records the decision and feeds the shadow (on the shadow thread, so a slow shadow
+    /// never delays a verdict) as [`choose`](Self::choose) does. Each version sees the agent's labels its own
+    /// manifest lists.
     pub fn probe(
         &self,
         probe: &Arc<PluginVersion>,
         ctx: CallContext,
-        agent: &AgentInfo,
+        agent: &Agent,
         observed: &Observations,
     ) -> Result<ProbeResult, CallError> {
         let key = agent.agent_id.as_str();
         let Answering { version, role, shadow } = self.answering(probe, key);
-        let outcome = version.probe(ctx, agent, observed);
+        let outcome = version.probe(ctx, &convert::agent_info(agent, &version.manifest.labels), observed);
         let log = self.log_for(key);
         if log.is_none() && shadow.is_none() {
             return outcome.map(|(result, _)| result);
@@ -710,14 +722,17 @@ impl PluginRegistry {
             log.note(&version, role, &subject, Noted::of(&outcome, answer.clone(), "none"), None);
         }
         if let Some(rollout) = shadow {
-            // Probes already run off the request path (the health monitor's blocking task): the shadow runs here.
-            let shadow_outcome = rollout.version.probe(ctx, agent, observed);
-            let shadow_answer = health_answer(&shadow_outcome);
-            rollout.compared(&subject, answer, shadow_answer.clone());
-            if let Some(log) = &log {
-                let noted = Noted::of(&shadow_outcome, shadow_answer, "none");
-                log.note(&rollout.version, DecisionRole::Shadow, &subject, noted, None);
-            }
+            let (info, observed) = (convert::agent_info(agent, &rollout.version.manifest.labels), observed.clone());
+            let tally_of = rollout.clone();
+            self.shadows.run(&tally_of.tally, move || {
+                let shadow_outcome = rollout.version.probe(ctx, &info, &observed);
+                let shadow_answer = health_answer(&shadow_outcome);
+                rollout.compared(&subject, answer, shadow_answer.clone());
+                if let Some(log) = &log {
+                    let noted = Noted::of(&shadow_outcome, shadow_answer, "none");
+                    log.note(&rollout.version, DecisionRole::Shadow, &subject, noted, None);
+                }
+            });
         }
         outcome.map(|(result, _)| result)
     }
@@ -753,13 +768,13 @@ impl PluginRegistry {
                     source_of_existing: active.source,
                     offered: version.kind,
                 }),
-                Some(active) => Ok((version, active.stats.snapshot())),
+                Some(active) => Ok((version, active)),
             }
         });
         match loaded {
-            Ok((version, baseline)) => {
+            Ok((version, active)) => {
                 let version = Arc::new(version);
-                let rollout = Arc::new(Rollout::new(version.clone(), mode, baseline));
+                let rollout = Arc::new(Rollout::new(version.clone(), mode, &active));
                 self.state.write().slots.entry(name.to_string()).or_default().rollout = Some(rollout);
                 self.any_rollout.store(true, Ordering::Relaxed);
                 tracing::info!(plugin = name, mode = mode.name(), sha256 = %version.sha256, "candidate version installed");
@@ -842,12 +857,13 @@ impl PluginRegistry {
             .collect()
     }
 
-    /// Removes `name`'s candidate (only if its sha256 is `expected`, when given). Whether there was one.
-    pub fn remove_rollout(&self, name: &str, expected: Option<&str>) -> bool {
+    /// Removes `name`'s candidate if it came from `source` (a file's shadow and the fleet's candidate are removed
+    /// by their own owners only). Whether there was one.
+    pub fn remove_rollout(&self, name: &str, source: PluginSource) -> bool {
         let _changes = self.changes.lock();
         let mut state = self.state.write();
         let Some(slot) = state.slots.get_mut(name) else { return false };
-        let matches = slot.rollout.as_ref().is_some_and(|r| expected.is_none_or(|sha| r.version.sha256 == sha));
+        let matches = slot.rollout.as_ref().is_some_and(|r| r.version.source == source);
         if matches {
             slot.rollout = None;
             tracing::info!(plugin = name, "candidate version removed");
@@ -960,8 +976,7 @@ fn health_answer(outcome: &Result<(ProbeResult, CallReport), CallError>) -> Deci
 }
 
 fn rollout_info(rollout: &Rollout, active: Option<&PluginVersion>) -> RolloutInfo {
-    let now = active.map(|v| v.stats.snapshot()).unwrap_or_default();
-    let active_since = rollout.active_since(&now);
+    let active_since = active.map(|active| rollout.active_since(active)).unwrap_or_default();
     RolloutInfo {
         mode: rollout.mode,
         since: rollout.since(),

@@ -124,14 +124,23 @@ pub struct Rollout {
     /// The active version's counters when the candidate was installed: a canary is judged against what the active
     /// version did over the same time.
     pub baseline: StatsSnapshot,
+    /// Which version those counters are of (a later upload replaces the active version, whose counters start anew).
+    pub baseline_sha256: String,
     /// Shadow comparisons.
     pub tally: ShadowTally,
 }
 
 impl Rollout {
-    /// A rollout of `version` beside an active version whose counters are `baseline` now.
-    pub fn new(version: Arc<PluginVersion>, mode: RolloutMode, baseline: StatsSnapshot) -> Rollout {
-        Rollout { version, mode, since: SystemTime::now(), baseline, tally: ShadowTally::default() }
+    /// A rollout of `version` beside `active` (whose counters now are the baseline).
+    pub fn new(version: Arc<PluginVersion>, mode: RolloutMode, active: &PluginVersion) -> Rollout {
+        Rollout {
+            version,
+            mode,
+            since: SystemTime::now(),
+            baseline: active.stats.snapshot(),
+            baseline_sha256: active.sha256.clone(),
+            tally: ShadowTally::default(),
+        }
     }
 
     /// Whether a canary answers the decision about `key`.
@@ -164,8 +173,13 @@ impl Rollout {
         rfc3339(self.since)
     }
 
-    /// The active version's counters since this candidate was installed, from its counters `now`.
-    pub fn active_since(&self, now: &StatsSnapshot) -> StatsSnapshot {
+    /// The active version's counters since this candidate was installed (all of them, when the active version was
+    /// replaced since).
+    pub fn active_since(&self, active: &PluginVersion) -> StatsSnapshot {
+        let now = active.stats.snapshot();
+        if active.sha256 != self.baseline_sha256 {
+            return now;
+        }
         StatsSnapshot {
             calls: now.calls.saturating_sub(self.baseline.calls),
             failures: now.failures.saturating_sub(self.baseline.failures),
@@ -178,7 +192,7 @@ impl Rollout {
 
     /// Why a canary should be rolled back, if it should: over at least `min_calls` of its own calls, its share of
     /// failed or fallen-back answers exceeds the active version's over the same time by more than `margin`.
-    pub fn excess(&self, active_now: &StatsSnapshot, min_calls: u64, margin: f64) -> Option<String> {
+    pub fn excess(&self, active: &PluginVersion, min_calls: u64, margin: f64) -> Option<String> {
         if !matches!(self.mode, RolloutMode::Canary { .. }) {
             return None;
         }
@@ -189,7 +203,7 @@ impl Rollout {
         let rate = |s: &StatsSnapshot| {
             if s.calls == 0 { 0.0 } else { s.failures.max(s.fallbacks) as f64 / s.calls as f64 }
         };
-        let active = self.active_since(active_now);
+        let active = self.active_since(active);
         let (new, old) = (rate(&candidate), rate(&active));
         (new > old + margin).then(|| {
             format!(
@@ -222,7 +236,10 @@ impl ShadowRunner {
                 .name("plugin-shadow".into())
                 .spawn(move || {
                     while let Ok(job) = receiver.recv() {
-                        job();
+                        // A panicking job must not end the thread: every later shadow call would be dropped.
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                            tracing::error!("a shadow comparison panicked; the shadow thread goes on");
+                        }
                     }
                 })
                 .expect("spawn the shadow thread");

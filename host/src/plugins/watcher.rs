@@ -126,10 +126,7 @@ impl DirectorySync {
                 // rescan does not come back to it until something changes.
                 self.tried.remove(name);
                 let removed = match shadow_of(name) {
-                    Some(base) => {
-                        self.registry.rollout(base).is_some_and(|r| r.version.source == PluginSource::File)
-                            && self.registry.remove_rollout(base, None)
-                    }
+                    Some(base) => self.registry.remove_rollout(base, PluginSource::File),
                     None => self.registry.remove(name, PluginSource::File),
                 };
                 if removed {

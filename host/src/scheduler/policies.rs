@@ -102,10 +102,17 @@ enum Verdict {
     Modify(Modification),
 }
 
-/// Runs one policy (or its canary) through the registry, which records the decision; a failure becomes a deny or
-/// an allow by the answering version's `on_error`.
-fn verdict(plugins: &PluginRegistry, policy: &Arc<PluginVersion>, input: &PolicyInput, now_ms: u64) -> Verdict {
-    let (policy, outcome) = plugins.evaluate(policy, ctx(now_ms), input);
+/// Runs one policy (or its canary, for the decision about `key`) through the registry, which records the decision;
+/// `input_for` builds a version's input from its own manifest. A failure becomes a deny or an allow by the
+/// answering version's `on_error`.
+fn verdict(
+    plugins: &PluginRegistry,
+    policy: &Arc<PluginVersion>,
+    key: &str,
+    input_for: &dyn Fn(&PluginVersion) -> PolicyInput,
+    now_ms: u64,
+) -> Verdict {
+    let (policy, outcome) = plugins.evaluate(policy, ctx(now_ms), key, input_for);
     match outcome {
         Ok(Decision::Allow) => Verdict::Allow,
         Ok(Decision::Deny(reason)) => Verdict::Deny(reason),
@@ -138,15 +145,17 @@ pub(crate) fn on_submit(plugins: &PluginRegistry, task: &mut NewTask, now_ms: u6
     let mut violations = Vec::new();
     for policy in plugins.policies().iter() {
         let payload_text = task.payload.to_string();
-        let info = convert::task_info(new_task_view(task), &policy.manifest.labels);
-        let input = PolicyInput::Submit(SubmitRequest {
-            task: info,
-            payload_bytes: u32::try_from(payload_text.len()).unwrap_or(u32::MAX),
-            payload: (policy.manifest.needs_payload && payload_text.len() <= POLICY_PAYLOAD_LIMIT)
-                .then_some(payload_text),
-        });
+        let seen: &NewTask = task;
+        let input_for = |version: &PluginVersion| {
+            PolicyInput::Submit(SubmitRequest {
+                task: convert::task_info(new_task_view(seen), &version.manifest.labels),
+                payload_bytes: u32::try_from(payload_text.len()).unwrap_or(u32::MAX),
+                payload: (version.manifest.needs_payload && payload_text.len() <= POLICY_PAYLOAD_LIMIT)
+                    .then(|| payload_text.clone()),
+            })
+        };
         let task_id = Some(task.task_id.to_string());
-        match verdict(plugins, policy, &input, now_ms) {
+        match verdict(plugins, policy, task.task_id.as_str(), &input_for, now_ms) {
             Verdict::Allow => {}
             Verdict::Warn(reason) => violations.push(violation(&policy.name, "submit", "warn", reason, task_id, None)),
             Verdict::Deny(reason) => {
@@ -188,9 +197,11 @@ pub(crate) fn on_submit(plugins: &PluginRegistry, task: &mut NewTask, now_ms: u6
 pub(crate) fn on_register(plugins: &PluginRegistry, registration: &mut AgentRegistration, now_ms: u64) -> StageOutcome {
     let mut violations = Vec::new();
     for policy in plugins.policies().iter() {
-        let info = convert::registration_info(registration, &policy.manifest.labels);
+        let seen: &AgentRegistration = registration;
+        let input_for =
+            |version: &PluginVersion| PolicyInput::Register(convert::registration_info(seen, &version.manifest.labels));
         let agent_id = Some(registration.agent_id.clone());
-        match verdict(plugins, policy, &PolicyInput::Register(info), now_ms) {
+        match verdict(plugins, policy, &registration.agent_id, &input_for, now_ms) {
             Verdict::Allow => {}
             Verdict::Warn(reason) => {
                 violations.push(violation(&policy.name, "register", "warn", reason, None, agent_id))
@@ -216,11 +227,13 @@ pub(crate) fn on_register(plugins: &PluginRegistry, registration: &mut AgentRegi
 /// Runs the dispatch policies for `task` going to `agent`: the denials (empty = allowed).
 pub(crate) fn on_dispatch(plugins: &PluginRegistry, task: &Task, agent: &Agent, now_ms: u64) -> Vec<PendingViolation> {
     for policy in plugins.policies().iter() {
-        let input = PolicyInput::Dispatch(DispatchRequest {
-            task: convert::task_info(task_view(task), &policy.manifest.labels),
-            agent: convert::agent_info(agent, &policy.manifest.labels),
-        });
-        if let Verdict::Deny(reason) = verdict(plugins, policy, &input, now_ms) {
+        let input_for = |version: &PluginVersion| {
+            PolicyInput::Dispatch(DispatchRequest {
+                task: convert::task_info(task_view(task), &version.manifest.labels),
+                agent: convert::agent_info(agent, &version.manifest.labels),
+            })
+        };
+        if let Verdict::Deny(reason) = verdict(plugins, policy, task.task_id.as_str(), &input_for, now_ms) {
             return vec![violation(
                 &policy.name,
                 "dispatch",

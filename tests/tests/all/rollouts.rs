@@ -202,6 +202,14 @@ async fn a_shadow_that_prefers_another_agent_disagrees_on_every_routed_task_and_
     let (_, second) = send(&server, Method::GET, &format!("/decisions?plugin=pick&limit=5&after={next}"), None).await;
     assert_ne!(paged["decisions"][0]["id"], second["decisions"][0]["id"]);
 
+    // A client's mistakes are 400s naming the field, on every store alike.
+    let (status, problem) = send(&server, Method::POST, "/plugins/pick/promote", Some(json!({"sha256": ""}))).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("sha256")), "{problem}");
+    for after in ["abc", "%2B1-0", "1-", "99999999999999999999-0"] {
+        let (status, problem) = send(&server, Method::GET, &format!("/decisions?after={after}"), None).await;
+        assert_eq!((status, problem["field"].as_str()), (400, Some("after")), "{after}: {problem}");
+    }
+
     // Promote: the shadow is the active version now, and routes.
     let (status, promoted) =
         send(&server, Method::POST, "/plugins/pick/promote", Some(json!({"sha256": shadow_sha}))).await;
@@ -491,7 +499,7 @@ async fn decision_events_go_only_to_streams_that_ask_for_them() {
         "{event}"
     );
     // The stream that asked for everything got every event up to one made after the decision was sent, and no
-    // decision (one broadcast carries both, in order).
+    // decision.
     register(&server, &["ev-3"], "evented").await;
     let mut all = String::new();
     let everything = read_until(&mut everything, &mut all, "\"ev-3\"").await;

@@ -19,6 +19,9 @@ if action == 'promoted' or action == 'rolled_back' then
     return fail(err('conflict', 'candidate_changed',
       name .. "'s candidate is now " .. candidate.sha256 .. ', not the version asked for'))
   end
+  if action == 'promoted' and not redis.call('HGET', key, 'candidate_bytes') then
+    return fail(err('conflict', 'no_candidate', name .. "'s candidate has no component stored"))
+  end
 end
 record.version = record.version + 1
 local detail = nil
