@@ -3,7 +3,7 @@
 //! start-up, CLI).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -118,6 +118,9 @@ pub struct PluginVersion {
     /// Call counters of every version of this name on this server since it started (a new version adds to them:
     /// `aragora_cp_plugin_calls_total` is a Prometheus counter, which only the process may reset).
     pub totals: Arc<PluginStats>,
+    /// Whether this version's calls go to `totals`: not while it is a shadow, whose calls decide nothing (a shadow
+    /// that fails every call must not make the name look broken); set when it is promoted.
+    pub counts_in_totals: AtomicBool,
     /// What this version printed, last lines.
     pub log: Arc<LogTail>,
     /// The callable part.
@@ -214,6 +217,7 @@ pub fn load_counted(
         exports: compiled.exports,
         stats: PluginStats::default(),
         totals,
+        counts_in_totals: AtomicBool::new(true),
         log,
         handle,
     })
@@ -285,13 +289,17 @@ impl PluginVersion {
 
     fn record<T>(&self, started: Instant, outcome: &Result<T, CallError>) {
         self.stats.record(started, outcome);
-        self.totals.record(started, outcome);
+        if self.counts_in_totals.load(Ordering::Relaxed) {
+            self.totals.record(started, outcome);
+        }
     }
 
     /// Counts one answer given by a fallback instead of this version.
     pub fn record_fallback(&self) {
         self.stats.record_fallback();
-        self.totals.record_fallback();
+        if self.counts_in_totals.load(Ordering::Relaxed) {
+            self.totals.record_fallback();
+        }
     }
 
     fn wrong_kind(&self, expected: PluginKind) -> CallError {

@@ -773,6 +773,8 @@ impl PluginRegistry {
         });
         match loaded {
             Ok((version, active)) => {
+                // A canary's calls are decisions of the name; a shadow's are not (until it is promoted).
+                version.counts_in_totals.store(mode != RolloutMode::Shadow, Ordering::Relaxed);
                 let version = Arc::new(version);
                 let rollout = Arc::new(Rollout::new(version.clone(), mode, &active));
                 self.state.write().slots.entry(name.to_string()).or_default().rollout = Some(rollout);
@@ -822,6 +824,7 @@ impl PluginRegistry {
             }) else {
                 return false;
             };
+            rollout.version.counts_in_totals.store(true, Ordering::Relaxed);
             slot.versions.insert(PluginSource::Upload, rollout.version.clone());
             let active = slot.active().is_some_and(|a| Arc::ptr_eq(a, &rollout.version));
             state.rebuild_lists();

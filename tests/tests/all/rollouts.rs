@@ -189,6 +189,10 @@ async fn a_shadow_that_prefers_another_agent_disagrees_on_every_routed_task_and_
     let sample = &shadow["samples"][0];
     assert_ne!(sample["active"]["agent_id"], sample["shadow"]["agent_id"], "{sample}");
     assert_eq!(sample["shadow"]["index"], 2, "highest_index chooses the last of three: {sample}");
+    // Its calls decide nothing, so they are not the name's: `/metrics` and the totals count the active version's.
+    let (_, info) = send(&server, Method::GET, "/plugins/pick", None).await;
+    assert_eq!(info["totals"]["calls"], info["active"]["calls"], "{info}");
+    assert_eq!(info["rollout"]["candidate"]["calls"], rounds, "the shadow's own counters have them: {info}");
     // The shadow's own decisions are in the log, marked as such.
     let decisions = decisions_of(&server, &routed[0].0).await;
     let shadowed = decisions.iter().find(|d| d["role"] == "shadow").expect("the shadow's decision is recorded");
