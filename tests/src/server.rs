@@ -133,3 +133,17 @@ impl TestServer {
         self.coordinator.shutdown().await;
     }
 }
+
+/// Reads an SSE response until `needle` appears; returns everything read so far.
+pub async fn read_until(response: &mut reqwest::Response, seen: &mut String, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s; got {seen}"))
+            .expect("stream read")
+            .expect("stream still open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen.clone()
+}

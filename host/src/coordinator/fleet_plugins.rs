@@ -77,6 +77,38 @@ impl FleetPlugins {
         manifest: Option<String>,
         by: &str,
     ) -> Result<PluginRecord, FleetPluginError> {
+        self.offer(name, bytes, manifest, None, by).await
+    }
+
+    /// Validates `bytes` as a candidate of `name` (beside its active version, of the same kind) and stages it for
+    /// the fleet as a shadow or a canary, replacing any candidate. Every server installs it when it sees the
+    /// store's `plugin_staged` event; this one at once.
+    pub async fn stage(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest: Option<String>,
+        mode: RolloutMode,
+        by: &str,
+    ) -> Result<PluginRecord, FleetPluginError> {
+        if let RolloutMode::Canary { percent } = mode
+            && !(1..=100).contains(&percent)
+        {
+            return Err(FleetPluginError::Refused(format!("canary: {percent} is not a percentage from 1 to 100")));
+        }
+        self.offer(name, bytes, manifest, Some(mode), by).await
+    }
+
+    /// An upload (`candidate` = `None`) or a staged candidate: validated here — compiled once, off the async
+    /// workers — then recorded for the fleet and applied here.
+    async fn offer(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest: Option<String>,
+        candidate: Option<RolloutMode>,
+        by: &str,
+    ) -> Result<PluginRecord, FleetPluginError> {
         if !self.uploads_enabled {
             return Err(FleetPluginError::UploadsDisabled);
         }
@@ -91,15 +123,19 @@ impl FleetPlugins {
             let _applying = self.applying.lock().await;
             let registry = self.registry.clone();
             let (name_owned, bytes_ref) = (name.to_string(), bytes.clone());
-            tokio::task::spawn_blocking(move || {
-                registry.validate(&name_owned, PluginSource::Upload, &bytes_ref, parsed)
+            tokio::task::spawn_blocking(move || match candidate {
+                None => registry.validate(&name_owned, PluginSource::Upload, &bytes_ref, parsed),
+                Some(_) => registry.validate_rollout(&name_owned, &bytes_ref, parsed),
             })
             .await
             .map_err(|e| FleetPluginError::Refused(format!("validation did not finish: {e}")))?
             .map_err(FleetPluginError::Rejected)?;
         }
         let sha256 = sha256_hex(&bytes);
-        let action = PluginAction::Upload { bytes, sha256, manifest };
+        let action = match candidate {
+            None => PluginAction::Upload { bytes, sha256, manifest },
+            Some(mode) => PluginAction::Stage { bytes, sha256, manifest, mode },
+        };
         let record = self.store.change_plugin(PluginChange { name: name.into(), action, by: by.into() }).await?;
         self.apply(&record).await;
         Ok(record)
@@ -141,48 +177,6 @@ impl FleetPlugins {
             active.source,
             settings.join(", ")
         )))
-    }
-
-    /// Validates `bytes` as a candidate of `name` (beside its active version, of the same kind) and stages it for
-    /// the fleet as a shadow or a canary, replacing any candidate. Every server installs it when it sees the
-    /// store's `plugin_staged` event; this one at once.
-    pub async fn stage(
-        &self,
-        name: &str,
-        bytes: Vec<u8>,
-        manifest: Option<String>,
-        mode: RolloutMode,
-        by: &str,
-    ) -> Result<PluginRecord, FleetPluginError> {
-        if !self.uploads_enabled {
-            return Err(FleetPluginError::UploadsDisabled);
-        }
-        if let RolloutMode::Canary { percent } = mode
-            && !(1..=100).contains(&percent)
-        {
-            return Err(FleetPluginError::Refused(format!("canary: {percent} is not a percentage from 1 to 100")));
-        }
-        let parsed = match &manifest {
-            Some(text) => Manifest::parse(text).map_err(FleetPluginError::BadManifest)?,
-            None => {
-                self.check_settings_kept(name)?;
-                Manifest::default()
-            }
-        };
-        {
-            let _applying = self.applying.lock().await;
-            let registry = self.registry.clone();
-            let (name_owned, bytes_ref) = (name.to_string(), bytes.clone());
-            tokio::task::spawn_blocking(move || registry.validate_rollout(&name_owned, &bytes_ref, parsed))
-                .await
-                .map_err(|e| FleetPluginError::Refused(format!("validation did not finish: {e}")))?
-                .map_err(FleetPluginError::Rejected)?;
-        }
-        let sha256 = sha256_hex(&bytes);
-        let action = PluginAction::Stage { bytes, sha256, manifest, mode };
-        let record = self.store.change_plugin(PluginChange { name: name.into(), action, by: by.into() }).await?;
-        self.apply(&record).await;
-        Ok(record)
     }
 
     /// Deletes the upload of `name`, or enables or disables the name, or promotes or rolls back its candidate,

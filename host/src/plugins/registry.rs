@@ -759,18 +759,8 @@ impl PluginRegistry {
     ) -> Result<Arc<PluginVersion>, LoadError> {
         let _changes = self.changes.lock();
         let totals = self.totals.lock().entry(name.to_string()).or_default().clone();
-        let loaded = loader::load_counted(&self.runtime, name, source, bytes, manifest, totals).and_then(|version| {
-            match self.active(name) {
-                None => Err(LoadError::NoActiveVersion(name.to_string())),
-                Some(active) if active.kind != version.kind => Err(LoadError::KindConflict {
-                    name: name.to_string(),
-                    existing: active.kind,
-                    source_of_existing: active.source,
-                    offered: version.kind,
-                }),
-                Some(active) => Ok((version, active)),
-            }
-        });
+        let loaded = loader::load_counted(&self.runtime, name, source, bytes, manifest, totals)
+            .and_then(|version| self.active_beside(name, &version).map(|active| (version, active)));
         match loaded {
             Ok((version, active)) => {
                 // A canary's calls are decisions of the name; a shadow's are not (until it is promoted).
@@ -792,22 +782,26 @@ impl PluginRegistry {
     /// Validates `bytes` as a candidate of `name` without installing it: it loads, and is of the kind of the
     /// name's active version. A failure is recorded as a rejection.
     pub fn validate_rollout(&self, name: &str, bytes: &[u8], manifest: Manifest) -> Result<(), LoadError> {
-        let checked = loader::load(&self.runtime, name, PluginSource::Upload, bytes, manifest).and_then(|version| {
-            match self.active(name) {
-                None => Err(LoadError::NoActiveVersion(name.to_string())),
-                Some(active) if active.kind != version.kind => Err(LoadError::KindConflict {
-                    name: name.to_string(),
-                    existing: active.kind,
-                    source_of_existing: active.source,
-                    offered: version.kind,
-                }),
-                Some(_) => Ok(()),
-            }
-        });
+        let checked = loader::load(&self.runtime, name, PluginSource::Upload, bytes, manifest)
+            .and_then(|version| self.active_beside(name, &version).map(|_| ()));
         if let Err(error) = &checked {
             self.reject(name, PluginSource::Upload, bytes, error);
         }
         checked
+    }
+
+    /// The active version a candidate `version` of `name` would stand beside: one must exist, of the same kind.
+    fn active_beside(&self, name: &str, version: &PluginVersion) -> Result<Arc<PluginVersion>, LoadError> {
+        match self.active(name) {
+            None => Err(LoadError::NoActiveVersion(name.to_string())),
+            Some(active) if active.kind != version.kind => Err(LoadError::KindConflict {
+                name: name.to_string(),
+                existing: active.kind,
+                source_of_existing: active.source,
+                offered: version.kind,
+            }),
+            Some(active) => Ok(active),
+        }
     }
 
     /// Makes `name`'s fleet candidate its upload version in one swap, if the candidate is the version `sha256`

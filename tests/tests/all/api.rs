@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aragora_cp::api::{PREFIXES, Permission};
-use aragora_cp_tests::server::{TEST_SECRET, TestServer};
+use aragora_cp_tests::server::{TEST_SECRET, TestServer, read_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -476,20 +476,6 @@ async fn count_events_until(response: &mut reqwest::Response, needle: &str, expe
             }
         }
     }
-}
-
-/// Reads an SSE response until `needle` appears; returns everything read so far.
-async fn read_until(response: &mut reqwest::Response, seen: &mut String, needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !seen.contains(needle) {
-        let chunk = tokio::time::timeout_at(deadline, response.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s; got {seen}"))
-            .expect("stream read")
-            .expect("stream still open");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    seen.clone()
 }
 
 #[tokio::test]

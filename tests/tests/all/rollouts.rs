@@ -12,7 +12,7 @@ use aragora_cp::plugins::decision_log::bucket_of;
 use aragora_cp::store::{RedisStore, Store};
 use aragora_cp_tests::guest_bytes;
 use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
-use aragora_cp_tests::server::TestServer;
+use aragora_cp_tests::server::{TestServer, read_until};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -464,20 +464,6 @@ async fn a_shadow_file_beside_a_plugin_is_this_servers_shadow_until_it_is_remove
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.stop().await;
-}
-
-/// Reads an SSE response until `needle` appears; everything read so far.
-async fn read_until(response: &mut reqwest::Response, seen: &mut String, needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !seen.contains(needle) {
-        let chunk = tokio::time::timeout_at(deadline, response.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s; got {seen}"))
-            .expect("stream read")
-            .expect("stream still open");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    seen.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
