@@ -40,6 +40,11 @@ pub struct Config {
     pub max_signatures: usize,
     /// Where plugins are loaded from and watched (`PLUGINS_DIR`, ./plugins); `None` loads only the built-ins.
     pub plugins_dir: Option<PathBuf>,
+    /// The most a plugin's manifest may ask for per call (`PLUGIN_MAX_FUEL` 100 M, `PLUGIN_MAX_DEADLINE_MS` 5000,
+    /// `PLUGIN_MAX_MEMORY_MIB` 64; table elements 100 k).
+    pub plugin_maxima: crate::plugins::CallLimits,
+    /// Largest plugin component accepted from a file or an upload (`PLUGIN_MAX_COMPONENT_MIB`, 32).
+    pub max_component_bytes: usize,
     /// Events kept for resume (`SSE_BUFFER`, 10000).
     pub event_buffer: usize,
     /// Breaker failures that open it (`BREAKER_THRESHOLD`, 5).
@@ -136,6 +141,8 @@ impl Default for Config {
             dispatch_scan: 8,
             max_signatures: 4096,
             plugins_dir: None,
+            plugin_maxima: crate::plugins::CallLimits::server_maxima(),
+            max_component_bytes: crate::plugins::runtime::DEFAULT_MAX_COMPONENT_BYTES,
             event_buffer: 10_000,
             breaker_threshold: 5,
             breaker_window: Duration::from_secs(60),

@@ -139,12 +139,12 @@ fn scaffolded_policies_and_probes_build_and_pass_the_check() {
 }
 
 #[test]
-fn check_rejects_a_plugin_importing_the_filesystem_with_exit_code_one() {
+fn check_rejects_a_plugin_importing_a_forbidden_interface_with_exit_code_one() {
     let forbidden = guest_path("forbidden_import").unwrap();
     let checked = run(aragora_cp().args(["plugin", "check", forbidden]));
     assert_eq!(checked.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&checked.stdout);
-    assert!(stdout.contains("rejected") && stdout.contains("wasi:filesystem"), "{stdout}");
+    assert!(stdout.contains("rejected") && stdout.contains("wasi:keyvalue"), "{stdout}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! processes (standalone and a 3-master cluster); in [`browser`], Chromium driven by playwright for the dashboard.
 
 pub mod browser;
+pub mod languages;
 pub mod python_sdk;
 pub mod receiver;
 pub mod redis_server;
@@ -24,9 +25,10 @@ pub fn test_limits(kind: PluginKind) -> CallLimits {
     CallLimits { deadline: Duration::from_secs(2), ..CallLimits::default_for(kind) }
 }
 
-/// A runtime with [`test_limits`] and no compilation cache.
+/// A runtime with [`test_limits`], no compilation cache, and one instance warmed per version (so a test sees
+/// whether the instance of a failed call came back: the next call must start a fresh one).
 pub fn runtime() -> PluginRuntime {
-    PluginRuntime::new(RuntimeOptions { default_limits: test_limits, ..RuntimeOptions::default() })
+    PluginRuntime::new(RuntimeOptions { default_limits: test_limits, warm_instances: 1, ..RuntimeOptions::default() })
         .expect("plugin runtime")
 }
 

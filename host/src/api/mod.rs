@@ -123,8 +123,9 @@ impl ApiParts {
 /// every response and on every log line of a refusal (`access`).
 pub fn router(state: ApiState) -> Router {
     let mut app = Router::new();
+    let max_component_bytes = state.coordinator.max_component_bytes();
     for prefix in PREFIXES {
-        app = resources(Prefixed { prefix, router: app }).router;
+        app = resources(Prefixed { prefix, router: app, max_component_bytes }).router;
     }
     app.route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .method_not_allowed_fallback(method_not_allowed)
@@ -164,6 +165,8 @@ fn resources(api: Prefixed<'_>) -> Prefixed<'_> {
 pub struct Prefixed<'a> {
     prefix: &'a str,
     router: Router<ApiState>,
+    /// The largest plugin component this server accepts (uploads get a larger body limit than other requests).
+    pub max_component_bytes: usize,
 }
 
 impl Prefixed<'_> {

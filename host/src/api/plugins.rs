@@ -15,21 +15,19 @@ use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, is_json, parse};
 use super::{ApiState, Prefixed};
-use crate::coordinator::fleet_plugins::{FleetPluginError, MAX_UPLOAD_BYTES};
+use crate::coordinator::fleet_plugins::FleetPluginError;
 use crate::model::{PluginAction, RolloutMode};
 use crate::plugins::registry::PluginInfo;
 use crate::plugins::rollout::ShadowFigures;
 
 /// The plugin routes, relative to the API prefix.
 pub fn routes(api: Prefixed<'_>) -> Prefixed<'_> {
+    // Base64 in JSON makes a component a third larger.
+    let upload_body_limit = api.max_component_bytes * 4 / 3 + 64 * 1024;
     api.route("/plugins", get(plugins_list))
         .route(
             "/plugins/{name}",
-            get(plugins_get)
-                .put(plugins_upload)
-                .delete(plugins_delete)
-                // Base64 in JSON makes an 8 MiB component about 11 MiB of body.
-                .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES * 4 / 3 + 64 * 1024)),
+            get(plugins_get).put(plugins_upload).delete(plugins_delete).layer(DefaultBodyLimit::max(upload_body_limit)),
         )
         .route("/plugins/{name}/enable", post(plugins_enable))
         .route("/plugins/{name}/disable", post(plugins_disable))
@@ -214,8 +212,10 @@ pub async fn plugins_upload(
     if component.is_empty() {
         return Err(ApiError::invalid("component", "is empty"));
     }
-    if component.len() > MAX_UPLOAD_BYTES {
-        return Err(crate::model::ValidationError::too_large("component", "over the 8 MiB upload limit").into());
+    let max = state.coordinator.max_component_bytes();
+    if component.len() > max {
+        let limit = format!("over the {} MiB limit (PLUGIN_MAX_COMPONENT_MIB)", max / (1024 * 1024));
+        return Err(crate::model::ValidationError::too_large("component", limit).into());
     }
     match options.rollout()? {
         Some(mode) => state.coordinator.stage_plugin(&name, component, manifest, mode, &caller.sub).await?,

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod http;
 mod log_lines;
 pub mod plugin;
+pub mod scaffold;
 pub mod serve;
 
 use std::process::ExitCode;

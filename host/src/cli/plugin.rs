@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::OutputFormat;
 use super::http::Api;
+use super::scaffold::{Language, ScaffoldKind, scaffold};
 use crate::api::decisions::since;
 use crate::model::{DecisionRecord, DecisionRole, MAX_DECISION_PAGE};
 use crate::plugins::bindings::CallContext;
-use crate::plugins::builtin::WIT;
 use crate::plugins::decision_log::call_of;
 use crate::plugins::watcher::WatchOptions;
 use crate::plugins::{
@@ -112,24 +112,15 @@ pub struct RunArgs {
     pub output: OutputFormat,
 }
 
-/// The kinds `plugin new` can scaffold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ScaffoldKind {
-    /// An agent-selection strategy.
-    Strategy,
-    /// A submit/register/dispatch policy.
-    Policy,
-    /// A health probe.
-    #[value(name = "health-probe")]
-    HealthProbe,
-}
-
 /// Arguments of `plugin new`.
 #[derive(Debug, Args)]
 pub struct NewArgs {
     /// The plugin's kind.
     #[arg(long, value_enum)]
     pub kind: ScaffoldKind,
+    /// The language to write it in.
+    #[arg(long, value_enum, default_value_t)]
+    pub lang: Language,
     /// The plugin's name: lower-case letters, digits and `_` (the built `.wasm` is named after it).
     pub name: String,
     /// Where to create the crate (default: `./NAME`).
@@ -142,7 +133,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::Check(args) => check(args),
         PluginCommand::Run(args) => run_once(args),
-        PluginCommand::New(args) => scaffold(args),
+        PluginCommand::New(args) => scaffold(&args.name, args.kind, args.lang, args.dir),
         PluginCommand::Watch(args) => watch(args),
         PluginCommand::Replay(args) => replay(args),
     }
@@ -232,6 +223,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             "exports": version.exports,
             "imports": version.imports,
             "limits": version.limits,
+            "start_up": version.start_up,
         }),
         Err(error) => {
             json!({"file": args.file.display().to_string(), "manifest": manifest, "verdict": "rejected", "size": size,
@@ -260,6 +252,12 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     l.deadline,
                     l.memory_bytes / (1024 * 1024),
                     l.table_elements
+                );
+                println!(
+                    "  start-up {:.1} ms and {:.1} MiB per instance (instances are started when the plugin loads \
+                     and reused: calls do not pay for this)",
+                    version.start_up.time.as_secs_f64() * 1000.0,
+                    version.start_up.memory_bytes as f64 / (1024.0 * 1024.0)
                 );
             }
             Err(error) => println!("{}: rejected\n  {error}", args.file.display()),
@@ -740,160 +738,3 @@ fn print_replay(file: &Path, version: &PluginVersion, report: &ReplayReport<'_>)
         }
     }
 }
-
-fn scaffold(args: NewArgs) -> anyhow::Result<ExitCode> {
-    let name = args.name.as_str();
-    if name.is_empty()
-        || name.len() > 64
-        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        || name.starts_with(|c: char| c.is_ascii_digit())
-    {
-        bail!("plugin name {name:?}: use lower-case letters, digits and _ (starting with a letter), at most 64");
-    }
-    let dir = args.dir.unwrap_or_else(|| PathBuf::from(name));
-    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-        bail!("{} exists and is not empty", dir.display());
-    }
-    std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::create_dir_all(dir.join("wit"))?;
-    let (world, kind_name, body, manifest_extra) = match args.kind {
-        ScaffoldKind::Strategy => ("strategy", "strategy", STRATEGY_TEMPLATE, ""),
-        ScaffoldKind::Policy => ("policy", "policy", POLICY_TEMPLATE, "order = 50\non_error = \"deny\"\n"),
-        ScaffoldKind::HealthProbe => ("health-probe", "health-probe", PROBE_TEMPLATE, ""),
-    };
-    let files = [
-        ("Cargo.toml", CARGO_TEMPLATE.replace("{name}", name)),
-        ("src/lib.rs", body.replace("{name}", name).replace("{world}", world)),
-        ("wit/control-plane.wit", WIT.to_string()),
-        (&format!("{name}.toml") as &str, format!("kind = \"{kind_name}\"\n{manifest_extra}\n[config]\n")),
-        (".gitignore", "/target\n".to_string()),
-    ];
-    for (path, content) in files {
-        std::fs::write(dir.join(path), content).with_context(|| format!("writing {path}"))?;
-    }
-    println!("created {} ({kind_name} plugin {name})", dir.display());
-    println!("next:");
-    println!("  cd {}", dir.display());
-    println!("  cargo build --release --target wasm32-wasip2");
-    println!("  aragora-cp plugin check target/wasm32-wasip2/release/{name}.wasm --manifest {name}.toml");
-    println!("  cp target/wasm32-wasip2/release/{name}.wasm {name}.toml $PLUGINS_DIR/");
-    Ok(ExitCode::SUCCESS)
-}
-
-const CARGO_TEMPLATE: &str = r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-wit-bindgen = { version = "0.61", default-features = false, features = ["macros", "realloc", "std"] }
-
-[profile.release]
-opt-level = "s"
-lto = true
-codegen-units = 1
-strip = true
-
-# A plugin crate stands alone even when created inside another cargo workspace.
-[workspace]
-"#;
-
-const STRATEGY_TEMPLATE: &str = r#"//! Strategy plugin `{name}`: chooses which waiting agent gets a task.
-//! Build: cargo build --release --target wasm32-wasip2
-
-wit_bindgen::generate!({ world: "{world}", path: "wit" });
-
-use aragora::control_plane::types::{CallContext, Candidate, CandidateDetails, TaskInfo};
-use exports::aragora::control_plane::selector::Guest;
-
-struct Plugin;
-
-impl Guest for Plugin {
-    /// Receives the manifest's `[config]` table as JSON, once per instance.
-    fn init(_config: String) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// Returns the index of the chosen candidate. `details` (ids, models, providers, labels) is empty unless the
-    /// manifest sets `needs_details = true`. This template picks the lowest average latency, ties to the lowest
-    /// index; replace the rule with yours.
-    fn select(
-        _ctx: CallContext,
-        _task: TaskInfo,
-        candidates: Vec<Candidate>,
-        _details: Vec<CandidateDetails>,
-    ) -> Result<u32, String> {
-        candidates
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, c)| c.avg_latency_ms)
-            .map(|(index, _)| index as u32)
-            .ok_or_else(|| "no candidates".to_string())
-    }
-}
-
-export!(Plugin);
-"#;
-
-const POLICY_TEMPLATE: &str = r#"//! Policy plugin `{name}`: allows, denies, warns about or modifies submits, registrations and dispatches.
-//! Build: cargo build --release --target wasm32-wasip2
-
-wit_bindgen::generate!({ world: "{world}", path: "wit" });
-
-use aragora::control_plane::types::{CallContext, Decision, PolicyInput};
-use exports::aragora::control_plane::evaluator::Guest;
-
-struct Plugin;
-
-impl Guest for Plugin {
-    /// Receives the manifest's `[config]` table as JSON, once per instance.
-    fn init(_config: String) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// This template denies tasks of type `forbidden` and allows everything else; replace the rule with yours.
-    fn evaluate(_ctx: CallContext, input: PolicyInput) -> Decision {
-        match input {
-            PolicyInput::Submit(request) if request.task.task_type == "forbidden" => {
-                Decision::Deny("tasks of type forbidden are not accepted".to_string())
-            }
-            _ => Decision::Allow,
-        }
-    }
-}
-
-export!(Plugin);
-"#;
-
-const PROBE_TEMPLATE: &str = r#"//! Health-probe plugin `{name}`: judges an agent's health from the host's observations.
-//! Build: cargo build --release --target wasm32-wasip2
-
-wit_bindgen::generate!({ world: "{world}", path: "wit" });
-
-use aragora::control_plane::types::{AgentInfo, CallContext, HealthStatus, Observations, ProbeResult};
-use exports::aragora::control_plane::prober::Guest;
-
-struct Plugin;
-
-impl Guest for Plugin {
-    /// Receives the manifest's `[config]` table as JSON, once per instance.
-    fn init(_config: String) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// This template calls an agent unhealthy after 30 s without a heartbeat; replace the rule with yours.
-    fn probe(_ctx: CallContext, _agent: AgentInfo, observed: Observations) -> ProbeResult {
-        if observed.heartbeat_age_ms > 30_000 {
-            ProbeResult { status: HealthStatus::Unhealthy, message: "no heartbeat for 30 s".to_string() }
-        } else {
-            ProbeResult { status: HealthStatus::Healthy, message: "heartbeat fresh".to_string() }
-        }
-    }
-}
-
-export!(Plugin);
-"#;

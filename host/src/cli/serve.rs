@@ -19,6 +19,7 @@ use crate::config::{Config, DecisionSettings};
 use crate::coordinator::ControlPlaneCoordinator;
 use crate::health::ProbeSettings;
 use crate::notifications::NotificationSettings;
+use crate::plugins::CallLimits;
 use crate::store::Store;
 use crate::store::open::{StoreKind, StoreOptions};
 
@@ -164,6 +165,18 @@ pub struct ServeArgs {
     /// Live capability signatures allowed.
     #[arg(long, env = "MAX_SIGNATURES", default_value_t = 4096)]
     pub max_signatures: usize,
+    /// Most fuel a plugin's manifest may ask for per call.
+    #[arg(long, env = "PLUGIN_MAX_FUEL", default_value_t = 100_000_000)]
+    pub plugin_max_fuel: u64,
+    /// Longest deadline a plugin's manifest may ask for per call, in milliseconds.
+    #[arg(long, env = "PLUGIN_MAX_DEADLINE_MS", default_value_t = 5000.0)]
+    pub plugin_max_deadline_ms: f64,
+    /// Most linear memory a plugin's manifest may ask for, in MiB.
+    #[arg(long, env = "PLUGIN_MAX_MEMORY_MIB", default_value_t = 64)]
+    pub plugin_max_memory_mib: usize,
+    /// Largest plugin component accepted from a file or an upload, in MiB.
+    #[arg(long, env = "PLUGIN_MAX_COMPONENT_MIB", default_value_t = 32)]
+    pub plugin_max_component_mib: usize,
     /// Folder of plugins, loaded at start-up and watched (missing: built-ins only, with a warning).
     #[arg(long, env = "PLUGINS_DIR", default_value = "./plugins")]
     pub plugins_dir: PathBuf,
@@ -279,6 +292,22 @@ fn share(variable: &'static str, value: f64) -> Result<f64, ConfigError> {
     Ok(value)
 }
 
+/// MiB as bytes, 1 to `max` MiB.
+fn mebibytes(variable: &'static str, value: usize, max: usize) -> Result<usize, ConfigError> {
+    if value == 0 || value > max {
+        return Err(error(variable, format!("must be 1 to {max} MiB (got {value})")));
+    }
+    Ok(value * 1024 * 1024)
+}
+
+/// A deadline in milliseconds (decimals allowed), up to a minute.
+fn milliseconds(variable: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    if !value.is_finite() || value < 0.1 || value > 60_000.0 {
+        return Err(error(variable, format!("must be 0.1 to 60000 milliseconds (got {value})")));
+    }
+    Ok(Duration::from_secs_f64(value / 1000.0))
+}
+
 fn positive(variable: &'static str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 { Err(error(variable, "must be at least 1")) } else { Ok(value) }
 }
@@ -328,6 +357,13 @@ impl ServeArgs {
             dispatch_scan: positive("DISPATCH_SCAN", self.dispatch_scan)?,
             max_signatures: positive("MAX_SIGNATURES", self.max_signatures)?,
             plugins_dir: Some(self.plugins_dir.clone()),
+            plugin_maxima: CallLimits {
+                fuel: self.plugin_max_fuel.max(1),
+                deadline: milliseconds("PLUGIN_MAX_DEADLINE_MS", self.plugin_max_deadline_ms)?,
+                memory_bytes: mebibytes("PLUGIN_MAX_MEMORY_MIB", self.plugin_max_memory_mib, 4096)?,
+                ..CallLimits::server_maxima()
+            },
+            max_component_bytes: mebibytes("PLUGIN_MAX_COMPONENT_MIB", self.plugin_max_component_mib, 1024)?,
             uploads_enabled: self.policy_source == PolicySource::Auto,
             wait_replicas: self.redis_wait_replicas,
             store_timeout: seconds("STORE_TIMEOUT", self.store_timeout, 0.1)?,

@@ -20,9 +20,6 @@ use crate::plugins::manifest::Manifest;
 use crate::plugins::{LoadError, PluginRegistry, PluginSource};
 use crate::store::Store;
 
-/// Largest uploaded component (DESIGN §5).
-pub const MAX_UPLOAD_BYTES: usize = 8 * 1024 * 1024;
-
 /// Why an upload or change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetPluginError {

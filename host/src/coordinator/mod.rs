@@ -111,8 +111,12 @@ impl ControlPlaneCoordinator {
     /// A control plane over `store` (memory or Redis, see `store::open`), with the built-in strategies and the
     /// plugins of `config.plugins_dir`. Needs a tokio runtime.
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
-        let runtime =
-            PluginRuntime::new(RuntimeOptions { cache_dir: RuntimeOptions::user_cache_dir(), ..Default::default() })?;
+        let runtime = PluginRuntime::new(RuntimeOptions {
+            cache_dir: RuntimeOptions::user_cache_dir(),
+            maxima: config.plugin_maxima,
+            max_component_bytes: config.max_component_bytes,
+            ..Default::default()
+        })?;
         let liveness =
             Liveness { heartbeat_interval: config.heartbeat_interval, heartbeat_timeout: config.heartbeat_timeout };
         let plugins = Arc::new(PluginRegistry::with_liveness(runtime, config.server_id.clone(), liveness)?);
@@ -243,6 +247,11 @@ impl ControlPlaneCoordinator {
     /// Every plugin this server has loaded, with its versions and counters (`GET /plugins`).
     pub fn plugin_list(&self) -> Vec<PluginInfo> {
         self.plugins.list()
+    }
+
+    /// The largest component this server accepts, from a file or an upload (`PLUGIN_MAX_COMPONENT_MIB`).
+    pub fn max_component_bytes(&self) -> usize {
+        self.plugins.runtime().max_component_bytes()
     }
 
     /// This server's view of plugin `name` with the fleet's record of it (`GET /plugins/{name}`); `None` when

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::bindings::{
     AgentInfo, CallContext, Candidate, CandidateDetails, Decision, Observations, PolicyInput, ProbeResult, TaskInfo,
 };
-use super::instance::{CallReport, Sandbox};
+use super::instance::{CallReport, Sandbox, StartUp};
 use super::manifest::Manifest;
 use super::policy::PolicyPlugin;
 use super::probe::ProbePlugin;
@@ -109,6 +109,8 @@ pub struct PluginVersion {
     pub manifest: Manifest,
     /// The limits each call runs under.
     pub limits: CallLimits,
+    /// What a fresh instance took to start when the version loaded (calls use the instances warmed then).
+    pub start_up: StartUp,
     /// The component's imports.
     pub imports: Vec<String>,
     /// The component's exports.
@@ -199,11 +201,17 @@ pub fn load_counted(
             trial => break trial,
         }
     };
-    match trial {
-        Ok(()) => {}
+    let warmed = runtime.warm_instances();
+    let start_up = trial.and_then(|()| match &handle {
+        PluginHandle::Strategy(plugin) => plugin.sandbox.warm_up(warmed),
+        PluginHandle::Policy(plugin) => plugin.sandbox.warm_up(warmed),
+        PluginHandle::HealthProbe(plugin) => plugin.sandbox.warm_up(warmed),
+    });
+    let start_up = match start_up {
+        Ok(start_up) => start_up,
         Err(CallError::Init(message)) => return Err(LoadError::Init(message)),
         Err(error) => return Err(LoadError::Trial(error)),
-    }
+    };
     Ok(PluginVersion {
         name: name.to_string(),
         kind,
@@ -213,6 +221,7 @@ pub fn load_counted(
         loaded_at: SystemTime::now(),
         manifest,
         limits,
+        start_up,
         imports: compiled.imports,
         exports: compiled.exports,
         stats: PluginStats::default(),

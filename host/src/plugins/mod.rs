@@ -108,8 +108,8 @@ pub enum LoadError {
     Compile(String),
     /// It imports an interface outside the sandbox's allowlist.
     #[error(
-        "imports {0}, which plugins may not use (allowed: wasi:cli, wasi:io, wasi:random, wasi:clocks; \
-         no files, sockets or HTTP)"
+        "imports {0}, which plugins may not use (allowed: wasi:cli, wasi:io, wasi:random, wasi:clocks, and \
+         wasi:filesystem and wasi:sockets with no directory and no network; never HTTP)"
     )]
     ForbiddenImport(String),
     /// It exports none (or several) of the plugin interfaces.

@@ -24,8 +24,10 @@ use super::bindings::{EVALUATOR_EXPORT, PROBER_EXPORT, SELECTOR_EXPORT};
 use super::sandbox::{self, HostState};
 use super::{LoadError, PluginKind};
 
-/// Largest component accepted from a file or an upload.
-pub const MAX_COMPONENT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest component accepted from a file or an upload unless the operator says otherwise
+/// (`PLUGIN_MAX_COMPONENT_MIB`): a Python plugin is about 18 MiB (the interpreter and its standard library), a
+/// JavaScript one about 12 MiB, a Rust one well under 1 MiB.
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 32 * 1024 * 1024;
 
 /// How often the epoch advances: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -64,7 +66,8 @@ impl CallLimits {
         }
     }
 
-    /// The server maxima that cap the per-plugin values of manifests.
+    /// The server maxima that cap the per-plugin values of manifests, unless the operator sets others
+    /// (`PLUGIN_MAX_FUEL`, `PLUGIN_MAX_DEADLINE_MS`, `PLUGIN_MAX_MEMORY_MIB`).
     pub fn server_maxima() -> Self {
         CallLimits {
             fuel: 100_000_000,
@@ -104,6 +107,11 @@ pub struct RuntimeOptions {
     pub maxima: CallLimits,
     /// Keep warm instances between calls (the default). Off only to measure the alternative.
     pub reuse_instances: bool,
+    /// Largest component accepted, from a file or an upload.
+    pub max_component_bytes: usize,
+    /// Instances each version starts when it loads, so calls do not pay for start-up (see
+    /// [`instances_warmed_at_load`](super::instance::instances_warmed_at_load)).
+    pub warm_instances: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -113,6 +121,8 @@ impl Default for RuntimeOptions {
             default_limits: CallLimits::default_for,
             maxima: CallLimits::server_maxima(),
             reuse_instances: true,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+            warm_instances: super::instance::instances_warmed_at_load(),
         }
     }
 }
@@ -205,11 +215,22 @@ impl PluginRuntime {
         self.inner.options.maxima
     }
 
+    /// Instances each version starts when it loads.
+    pub fn warm_instances(&self) -> usize {
+        self.inner.options.warm_instances
+    }
+
+    /// Largest component accepted, from a file or an upload.
+    pub fn max_component_bytes(&self) -> usize {
+        self.inner.options.max_component_bytes
+    }
+
     /// Compiles `bytes` and inspects the result: it must be a component of one of the three worlds that imports
     /// nothing outside the allowlist. Runs once per plugin version, never on the request path.
     pub fn compile(&self, bytes: &[u8]) -> Result<CompiledComponent, LoadError> {
-        if bytes.len() > MAX_COMPONENT_BYTES {
-            return Err(LoadError::TooLarge { size: bytes.len(), max: MAX_COMPONENT_BYTES });
+        let max = self.max_component_bytes();
+        if bytes.len() > max {
+            return Err(LoadError::TooLarge { size: bytes.len(), max });
         }
         check_component_header(bytes)?;
         let digest: [u8; 32] = Sha256::digest(bytes).into();

@@ -3,7 +3,11 @@
 //!
 //! Guests built with Rust std import `wasi:cli/*` and `wasi:io/*` (and `wasi:random/*` or
 //! `wasi:clocks/wall-clock` when they use them). Those are linked from a context with no environment, arguments,
-//! files or sockets; anything else rejects the component at load, naming the interface.
+//! files or sockets. Interpreters compiled to components (componentize-py, componentize-js) also import
+//! `wasi:filesystem/*` and `wasi:sockets/*` whether or not the plugin's code uses them: those are linked from the
+//! same empty context, where no directory is preopened (so no file can be opened) and every network use is off
+//! (no socket can be created, no name resolved) — decision 0023. Anything else (HTTP above all) rejects the
+//! component at load, naming the interface.
 //!
 //! Both clocks read the call's frozen `now`. The monotonic clock is our own: wasmtime-wasi's `subscribe-duration`
 //! is a real sleep in host code, where neither fuel nor the epoch deadline can interrupt it, so a plugin calling
@@ -21,16 +25,25 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::p2::bindings::sync as wasi_sync;
-use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sockets};
 use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::ready_io::{ReadyIo, ReadyTable};
 
-/// Interface prefixes a plugin may import. Sockets, HTTP and filesystems are absent on purpose. Our own `types`
-/// interface appears as an import because the exported interfaces use its types; it holds no functions.
-const ALLOWED_IMPORT_PREFIXES: &[&str] =
-    &["wasi:cli/", "wasi:io/", "wasi:random/", "wasi:clocks/", "aragora:control-plane/types@0.1."];
+/// Interface prefixes a plugin may import. `wasi:filesystem` and `wasi:sockets` are there only because
+/// interpreters import them unconditionally: they are linked to nothing (see the module doc). HTTP is absent on
+/// purpose. Our own `types` interface appears as an import because the exported interfaces use its types; it holds
+/// no functions.
+const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
+    "aragora:control-plane/types@0.1.",
+];
 
 /// Bytes of stdout + stderr kept per call; the rest is dropped silently so a chatty plugin cannot fail a call.
 pub const LOG_BYTES_PER_CALL: usize = 4096;
@@ -71,6 +84,18 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     random::random::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
     random::insecure::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
     random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
+    // Empty on purpose: the context preopens no directory and allows no network use (`HostState::new`).
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
+    wasi_sync::filesystem::types::add_to_linker::<HostState, WasiFilesystem>(l, |s| s.filesystem())?;
+    filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(l, |s| s.filesystem())?;
+    wasi_sync::sockets::tcp::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
+    wasi_sync::sockets::udp::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
+    wasi_sync::sockets::udp_create_socket::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
+    sockets::tcp_create_socket::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
+    sockets::instance_network::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
+    sockets::network::add_to_linker::<HostState, WasiSockets>(l, &Default::default(), |s| s.sockets())?;
+    sockets::ip_name_lookup::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
     Ok(linker)
 }
 
@@ -145,7 +170,11 @@ impl HostState {
             .secure_random(rng.clone())
             .insecure_random(rng.clone())
             .insecure_random_seed(u128::from_le_bytes(identity[..16].try_into().expect("16 bytes")))
-            .allow_blocking_current_thread(true);
+            .allow_blocking_current_thread(true)
+            // No directory is preopened (the builder has none unless asked); no network use at all.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         HostState {
             wasi: builder.build(),
             table: ResourceTable::new(),

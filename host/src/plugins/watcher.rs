@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::Manifest;
 use super::rollout::RolloutMode;
-use super::runtime::MAX_COMPONENT_BYTES;
 use super::{LoadError, PluginRegistry, PluginSource};
 
 /// Timing of the watcher.
@@ -119,7 +118,7 @@ impl DirectorySync {
     /// Makes the registry's `file` version of `name` match the directory.
     fn reconcile(&mut self, name: &str, report: &mut SyncReport) {
         self.seen.insert(name.to_string(), self.stamp(name));
-        let bytes = match read_bounded(&self.wasm_path(name), MAX_COMPONENT_BYTES) {
+        let bytes = match read_bounded(&self.wasm_path(name), self.registry.runtime().max_component_bytes()) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 // No component (perhaps a lone NAME.toml): drop any file version; the stamp stays recorded so the

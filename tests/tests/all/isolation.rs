@@ -45,9 +45,13 @@ fn an_endless_loop_with_ample_fuel_hits_the_deadline() {
     // Fuel practically unlimited (a runtime whose maxima allow it), so only the wall-clock deadline can stop the
     // loop, however long the test machine keeps the epoch ticker waiting.
     let maxima = CallLimits { fuel: u64::MAX / 2, ..CallLimits::server_maxima() };
-    let runtime =
-        PluginRuntime::new(RuntimeOptions { maxima, default_limits: test_limits, ..RuntimeOptions::default() })
-            .unwrap();
+    let runtime = PluginRuntime::new(RuntimeOptions {
+        maxima,
+        default_limits: test_limits,
+        warm_instances: 1,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
     let manifest = Manifest::parse("[limits]\nfuel = 1000000000000\ndeadline_ms = 5\n").unwrap();
     let plugin = loader::load(&runtime, "spin", PluginSource::File, &guest_bytes("spin_forever"), manifest).unwrap();
     assert_eq!(plugin.limits.deadline, Duration::from_millis(5));
@@ -77,15 +81,26 @@ fn growing_memory_without_end_hits_the_memory_cap() {
 }
 
 #[test]
-fn a_plugin_importing_the_filesystem_is_rejected_naming_the_interface() {
+fn a_plugin_importing_an_interface_outside_the_allowlist_is_rejected_naming_it() {
     let error =
-        loader::load(&runtime(), "fs", PluginSource::File, &guest_bytes("forbidden_import"), Manifest::default())
+        loader::load(&runtime(), "kv", PluginSource::File, &guest_bytes("forbidden_import"), Manifest::default())
             .expect_err("must be rejected");
     match &error {
-        LoadError::ForbiddenImport(interface) => assert!(interface.starts_with("wasi:filesystem/"), "{interface}"),
+        LoadError::ForbiddenImport(interface) => assert!(interface.starts_with("wasi:keyvalue/"), "{interface}"),
         other => panic!("expected a forbidden import, got {other:?}"),
     }
-    assert!(error.to_string().contains("wasi:filesystem"));
+    assert!(error.to_string().contains("wasi:keyvalue"));
+}
+
+#[test]
+fn a_plugin_reading_a_file_finds_no_file_to_read() {
+    // It imports wasi:filesystem (as interpreters always do), linked with no directory preopened.
+    let plugin = fixture("file_reader");
+    assert!(plugin.imports.iter().any(|i| i.starts_with("wasi:filesystem/")), "{:?}", plugin.imports);
+    match plugin.select(ctx(1), &task("code"), &three(), &[]) {
+        Err(CallError::Guest(message)) => assert!(message.starts_with("cannot read /etc/passwd"), "{message}"),
+        other => panic!("the read must fail, got {other:?}"),
+    }
 }
 
 #[test]

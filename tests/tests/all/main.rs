@@ -19,6 +19,7 @@ mod fleet_health;
 mod fleet_plugins;
 mod hot_reload;
 mod isolation;
+mod languages;
 mod notifications;
 mod openapi;
 mod plugin_uploads;

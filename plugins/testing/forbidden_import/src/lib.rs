@@ -1,7 +1,7 @@
-//! Test plugin `forbidden_import`: a strategy that reads a file, so the component imports `wasi:filesystem`,
-//! which the host must refuse when it loads the plugin.
+//! Test plugin `forbidden_import`: a strategy that reads a key-value store, so the component imports
+//! `wasi:keyvalue`, which is outside the sandbox's allowlist: the host must refuse it at load, naming the interface.
 
-wit_bindgen::generate!({ world: "strategy", path: "../../../wit" });
+wit_bindgen::generate!({ world: "strategy-with-store", path: "wit", generate_all });
 
 use aragora::control_plane::types::{CallContext, Candidate, CandidateDetails, TaskInfo};
 use exports::aragora::control_plane::selector::Guest;
@@ -19,9 +19,8 @@ impl Guest for ForbiddenImport {
         candidates: Vec<Candidate>,
         _details: Vec<CandidateDetails>,
     ) -> Result<u32, String> {
-        let passwd = std::fs::read("/etc/passwd").map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
-        // Using what was read keeps the read, and so the import, in the component.
-        Ok((passwd.len() % candidates.len().max(1)) as u32)
+        let answer = wasi::keyvalue::store::get("choice");
+        Ok(answer % candidates.len().max(1) as u32)
     }
 }
 

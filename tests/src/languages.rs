@@ -1,0 +1,144 @@
+//! Plugins written in Python and JavaScript, built from their sources under `plugins/` with the real tools:
+//! componentize-py (PyPI) and componentize-js (npm), at the versions `aragora-cp plugin new` scaffolds with. Each
+//! tool is installed once per machine under the system's temporary folder, and each component is built once per
+//! source (its folder name carries a hash of the source, the manifest and the WIT package), both published by an
+//! atomic rename ([`crate::built_once`]), so concurrent tests never see half of either.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use aragora_cp::cli::scaffold::{COMPONENTIZE_JS_VERSION, COMPONENTIZE_PY_VERSION};
+use aragora_cp::plugins::Manifest;
+
+/// A guest language other than Rust.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    /// componentize-py: `plugin.py`.
+    Python,
+    /// componentize-js: `plugin.js`.
+    Js,
+}
+
+impl Language {
+    fn folder(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Js => "js",
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Language::Python => "plugin.py",
+            Language::Js => "plugin.js",
+        }
+    }
+}
+
+/// The repository root.
+pub fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository root").to_path_buf()
+}
+
+/// The project folder of plugin `name` in `language`: `plugins/LANG/NAME` or `plugins/testing/LANG/NAME`.
+pub fn project(language: Language, name: &str) -> PathBuf {
+    let plugins = repository().join("plugins");
+    [plugins.join(language.folder()), plugins.join("testing").join(language.folder())]
+        .into_iter()
+        .map(|folder| folder.join(name))
+        .find(|path| path.join(language.source()).is_file())
+        .unwrap_or_else(|| panic!("no {} plugin named {name} under plugins/", language.folder()))
+}
+
+/// The manifest beside the project's source (`NAME.toml`), or the defaults.
+pub fn manifest(language: Language, name: &str) -> Manifest {
+    match std::fs::read_to_string(project(language, name).join(format!("{name}.toml"))) {
+        Ok(text) => Manifest::parse(&text).expect("the example's manifest parses"),
+        Err(_) => Manifest::default(),
+    }
+}
+
+/// The component of plugin `name` of `world`, built from its project with the default build options (for
+/// JavaScript: HTTP and the fetch event disabled, as the scaffold does).
+pub fn component(language: Language, name: &str, world: &str) -> Vec<u8> {
+    let options: &[&str] = match language {
+        Language::Python => &[],
+        Language::Js => &["--disable", "http", "fetch-event"],
+    };
+    component_with(language, name, world, options)
+}
+
+/// The component of plugin `name` of `world`, built with extra tool `options`.
+pub fn component_with(language: Language, name: &str, world: &str, options: &[&str]) -> Vec<u8> {
+    let project = project(language, name);
+    let wit = repository().join("wit");
+    let mut hasher = DefaultHasher::new();
+    (world, options).hash(&mut hasher);
+    for file in [project.join(language.source()), wit.join("control-plane.wit")] {
+        std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())).hash(&mut hasher);
+    }
+    let built = crate::built_once(&format!("aragora-cp-{name}-{:016x}", hasher.finish()), "plugin.wasm", |out| {
+        std::fs::create_dir_all(out).expect("create the build folder");
+        let wasm = out.join("plugin.wasm");
+        let mut command = match language {
+            Language::Python => {
+                let tools = componentize_py();
+                let mut command = Command::new(tools.join("bin/componentize-py"));
+                command.env("PYTHONPATH", tools).arg("-d").arg(&wit).args(["-w", world, "componentize"]);
+                command.args(options).arg("plugin").arg("-o").arg(&wasm);
+                command
+            }
+            Language::Js => {
+                let mut command = Command::new(componentize_js());
+                command.arg("plugin.js").arg("--wit").arg(&wit).args(["--world-name", world]);
+                command.args(options).arg("-o").arg(&wasm);
+                command
+            }
+        };
+        run(command.current_dir(&project), &format!("building {name}"));
+    });
+    std::fs::read(built.join("plugin.wasm")).expect("read the built component")
+}
+
+/// The folder componentize-py is installed in (`bin/componentize-py`, with the folder on `PYTHONPATH`).
+pub fn componentize_py() -> &'static Path {
+    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let name = format!("aragora-cp-componentize-py-{COMPONENTIZE_PY_VERSION}");
+        crate::built_once(&name, "bin/componentize-py", |building| {
+            let mut pip = Command::new("python3");
+            pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"]);
+            pip.arg(building).arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}"));
+            run(&mut pip, "pip install componentize-py");
+        })
+    })
+}
+
+/// The `componentize-js` command, installed from npm.
+pub fn componentize_js() -> &'static Path {
+    static TOOL: OnceLock<PathBuf> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        let name = format!("aragora-cp-componentize-js-{COMPONENTIZE_JS_VERSION}");
+        let bin = "node_modules/.bin/componentize-js";
+        crate::built_once(&name, bin, |building| {
+            std::fs::create_dir_all(building).expect("create the npm folder");
+            let mut npm = Command::new("npm");
+            npm.args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"]).arg(building);
+            npm.arg(format!("@bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}"));
+            run(&mut npm, "npm install @bytecodealliance/componentize-js");
+        })
+        .join(bin)
+    })
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e} (python3 with pip and npm are needed)"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
