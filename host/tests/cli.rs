@@ -138,6 +138,46 @@ fn scaffolded_policies_and_probes_build_and_pass_the_check() {
     assert!(policy.join("deny_forbidden.toml").is_file());
 }
 
+/// A scaffold in Python or JavaScript: created, built with its one documented command (`./build.sh`, which
+/// installs the tool on first use), checked, and run on its own `input.json`.
+fn scaffold_in(lang: &str, kind: &str, name: &str) -> Value {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join(name);
+    let created = run(aragora_cp().args(["plugin", "new", "--lang", lang, "--kind", kind, name, "--dir"]).arg(&dir));
+    assert!(created.status.success(), "{lang} {kind} scaffolded");
+    for file in ["README.md", "input.json", "build.sh", "wit/control-plane.wit", &format!("{name}.toml")] {
+        assert!(dir.join(file).is_file(), "{lang} {kind}: {file} scaffolded");
+    }
+    let built = run(Command::new("./build.sh").current_dir(&dir));
+    assert!(built.status.success(), "{lang} {kind}: ./build.sh builds");
+    let component = dir.join(format!("{name}.wasm"));
+    let manifest = dir.join(format!("{name}.toml"));
+    let checked =
+        run(aragora_cp().args(["plugin", "check", "--output", "json", "--manifest"]).arg(&manifest).arg(&component));
+    assert!(checked.status.success(), "{lang} {kind} passes the check");
+    let report = json_of(&checked);
+    assert!(report["start_up"]["time_us"].as_f64().unwrap() > 0.0, "{report}");
+    let ran = run(aragora_cp()
+        .args(["plugin", "run", "--output", "json", "--input", "@input.json", "--manifest"])
+        .arg(&manifest)
+        .arg(&component)
+        .current_dir(&dir));
+    assert!(ran.status.success(), "{lang} {kind} answers its input");
+    json_of(&ran)["output"].clone()
+}
+
+#[test]
+fn python_scaffolds_build_with_one_command_and_answer_their_input() {
+    assert_eq!(scaffold_in("python", "strategy", "fastest_py"), serde_json::json!({"index": 1, "agent_id": "b"}));
+    assert_eq!(scaffold_in("python", "policy", "deny_forbidden_py")["decision"], "deny");
+}
+
+#[test]
+fn javascript_scaffolds_build_with_one_command_and_answer_their_input() {
+    assert_eq!(scaffold_in("js", "strategy", "fastest_js"), serde_json::json!({"index": 1, "agent_id": "b"}));
+    assert_eq!(scaffold_in("js", "health-probe", "stale_heartbeat_js")["status"], "unhealthy");
+}
+
 #[test]
 fn check_rejects_a_plugin_importing_a_forbidden_interface_with_exit_code_one() {
     let forbidden = guest_path("forbidden_import").unwrap();
