@@ -9,6 +9,7 @@ fn main() -> anyhow::Result<()> {
         iterations: 5000,
         fresh_iterations: 500,
         candidates: vec![10, 100, 1000],
+        strategies: Vec::new(),
         output: OutputFormat::Text,
     };
     print_plugin_table(&plugin_bench(&args)?);

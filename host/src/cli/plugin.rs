@@ -159,7 +159,7 @@ fn manifest_candidates(file: &Path) -> Vec<PathBuf> {
 }
 
 /// The manifest to load a component with, and where it came from (`None`: the defaults, for want of a file).
-fn read_manifest(file: &Path, explicit: Option<&Path>) -> anyhow::Result<(Manifest, Option<PathBuf>)> {
+pub(crate) fn read_manifest(file: &Path, explicit: Option<&Path>) -> anyhow::Result<(Manifest, Option<PathBuf>)> {
     let path = match explicit {
         Some(path) => path.to_path_buf(),
         None => match manifest_candidates(file).into_iter().find(|path| path.is_file()) {

@@ -302,7 +302,7 @@ fn mebibytes(variable: &'static str, value: usize, max: usize) -> Result<usize, 
 
 /// A deadline in milliseconds (decimals allowed), up to a minute.
 fn milliseconds(variable: &'static str, value: f64) -> Result<Duration, ConfigError> {
-    if !value.is_finite() || value < 0.1 || value > 60_000.0 {
+    if !(0.1..=60_000.0).contains(&value) {
         return Err(error(variable, format!("must be 0.1 to 60000 milliseconds (got {value})")));
     }
     Ok(Duration::from_secs_f64(value / 1000.0))

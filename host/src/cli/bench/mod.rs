@@ -47,9 +47,21 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Plugins(args) => {
             let rows = plugins::plugin_bench(&args)?;
+            let strategies = plugins::strategy_bench(&args)?;
             match args.output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                OutputFormat::Text => plugins::print_plugin_table(&rows),
+                // Without --strategy, the rows alone (the shape recorded runs have).
+                OutputFormat::Json if strategies.is_empty() => println!("{}", serde_json::to_string_pretty(&rows)?),
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"least_loaded": rows, "strategies": strategies}))?
+                ),
+                OutputFormat::Text => {
+                    plugins::print_plugin_table(&rows);
+                    if !strategies.is_empty() {
+                        println!();
+                        plugins::print_strategy_table(&strategies);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

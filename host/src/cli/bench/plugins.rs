@@ -1,5 +1,6 @@
 //! `aragora-cp bench plugins`: selection latency of a strategy plugin (warm instances, and a fresh instance per
-//! call for comparison) beside the same rule written natively, for 10, 100 and 1000 candidates.
+//! call for comparison) beside the same rule written natively, for 10, 100 and 1000 candidates; and of any
+//! strategy components named with `--strategy` (the same rule built in Python, JavaScript and Rust, say).
 
 use std::time::{Duration, Instant};
 
@@ -24,9 +25,88 @@ pub struct PluginBenchArgs {
     /// Candidate counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     pub candidates: Vec<usize>,
+    /// Strategy components to measure too (warm, as the server calls them, each with the manifest `NAME.toml`
+    /// beside it): the same rule in several languages, say.
+    #[arg(long = "strategy", value_name = "COMPONENT")]
+    pub strategies: Vec<std::path::PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
+}
+
+/// One row of a `--strategy` component's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct StrategyBenchRow {
+    /// The component's name (its file stem).
+    pub name: String,
+    /// Candidates per call.
+    pub candidates: usize,
+    /// Warm instance reused across calls, with candidate-details when its manifest asks for them.
+    pub warm: Percentiles,
+    /// What a fresh instance took to start when the version loaded (calls do not pay it).
+    pub start_up_us: f64,
+    /// Fuel one call burned.
+    pub fuel_per_call: u64,
+    /// Calls that failed (fuel, deadline) and would have fallen back in the server.
+    pub failures: usize,
+}
+
+/// Measures each `--strategy` component, warm, at each candidate count.
+pub fn strategy_bench(args: &PluginBenchArgs) -> anyhow::Result<Vec<StrategyBenchRow>> {
+    let runtime = PluginRuntime::new(RuntimeOptions::default())?;
+    let task = bench_task();
+    let mut rows = Vec::new();
+    for path in &args.strategies {
+        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let (manifest, _) = crate::cli::plugin::read_manifest(path, None)?;
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("strategy").to_string();
+        let version = loader::load(&runtime, &name, PluginSource::File, &bytes, manifest)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for &count in &args.candidates {
+            let (candidates, details) = synthetic_fleet(count);
+            let ctx = CallContext { now_ms: 1_700_000_000_000, seed: 1 };
+            let (mut fuel_per_call, mut failures) = (0, 0);
+            let warm = measure(args.iterations, || match version.select_reporting(ctx, &task, &candidates, &details) {
+                Ok((_, report)) => fuel_per_call = report.fuel_used,
+                Err(_) => failures += 1,
+            });
+            let start_up_us = version.start_up.time.as_secs_f64() * 1e6;
+            rows.push(StrategyBenchRow {
+                name: name.clone(),
+                candidates: count,
+                warm,
+                start_up_us,
+                fuel_per_call,
+                failures,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Prints the `--strategy` rows.
+pub fn print_strategy_table(rows: &[StrategyBenchRow]) {
+    println!("strategy selection latency, warm (µs)");
+    println!(
+        "{:>20}  {:>10}  {:>10} {:>10}  {:>12}  {:>10}  {:>6}",
+        "component", "candidates", "p50", "p99", "start-up", "fuel", "failed"
+    );
+    for r in rows {
+        println!(
+            "{:>20}  {:>10}  {:>10.2} {:>10.2}  {:>12.0}  {:>10}  {:>6}",
+            r.name, r.candidates, r.warm.p50_us, r.warm.p99_us, r.start_up_us, r.fuel_per_call, r.failures
+        );
+    }
+}
+
+fn bench_task() -> TaskInfo {
+    TaskInfo {
+        id: "task_0190a1b2c3d4e5f60718293a4b5c6d7e".into(),
+        task_type: "code".into(),
+        priority: Priority::Normal,
+        required_capabilities: vec!["code".into()],
+        labels: Vec::new(),
+    }
 }
 
 /// One row of the plugin benchmark.
@@ -62,13 +142,7 @@ pub fn plugin_bench(args: &PluginBenchArgs) -> anyhow::Result<Vec<PluginBenchRow
     let mut detailed_manifest = Manifest { needs_details: true, ..Manifest::default() };
     detailed_manifest.limits.fuel = Some(10_000_000);
     let detailed = load_least_loaded(true, detailed_manifest)?;
-    let task = TaskInfo {
-        id: "task_0190a1b2c3d4e5f60718293a4b5c6d7e".into(),
-        task_type: "code".into(),
-        priority: Priority::Normal,
-        required_capabilities: vec!["code".into()],
-        labels: Vec::new(),
-    };
+    let task = bench_task();
     let mut rows = Vec::new();
     for &count in &args.candidates {
         let (candidates, details) = synthetic_fleet(count);
