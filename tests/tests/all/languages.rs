@@ -1,15 +1,19 @@
 //! Plugins written in Python (componentize-py) and JavaScript (componentize-js), built from `plugins/python/` and
 //! `plugins/js/` with the real tools, installed by the test set-up (`aragora_cp_tests::languages`): hot-loaded
-//! into a running server and asked over REST, and held by the same sandbox as Rust plugins (fuel, memory, no
-//! files, no network, no HTTP import).
+//! into a running server and asked over REST, uploaded to a fleet on Redis, and held by the same sandbox as Rust
+//! plugins (fuel, memory, no files, no network, no HTTP import).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aragora_cp::config::Config;
 use aragora_cp::plugins::{CallError, LoadError, Manifest, PluginSource, PluginVersion, loader};
+use aragora_cp::store::{RedisStore, Store};
 use aragora_cp_tests::languages::{Language, component, component_with, manifest};
+use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
 use aragora_cp_tests::server::TestServer;
 use aragora_cp_tests::{candidate, ctx, runtime, task};
+use base64::Engine as _;
 use serde_json::{Value, json};
 
 /// A server watching an empty plugins folder, then the plugin copied in while it runs; answers once it is active.
@@ -240,5 +244,53 @@ fn a_javascript_component_importing_http_is_rejected_naming_the_interface() {
     match &error {
         LoadError::ForbiddenImport(interface) => assert!(interface.starts_with("wasi:http/"), "{interface}"),
         other => panic!("expected a forbidden import, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_python_plugin_uploaded_to_one_server_of_a_redis_fleet_decides_on_another() {
+    let name = "cheapest_py";
+    let bytes = component(Language::Python, name, "strategy");
+    assert!(bytes.len() > 8 * 1024 * 1024, "an interpreted component is larger than the old 8 MiB cap");
+    let redis = shared_server();
+    let prefix = unique_prefix("python-upload");
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let config = Config::default();
+        let store: Arc<dyn Store> =
+            Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
+        servers.push(TestServer::start_with_store(config, store).await);
+    }
+    let (first, second) = (&servers[0], &servers[1]);
+    let token = first.admin();
+    // JSON with the component in base64: the largest body an upload can take.
+    let upload = json!({"component": base64::engine::general_purpose::STANDARD.encode(&bytes),
+                        "manifest": manifest_text(Language::Python, name)});
+    let response = first.client.put(first.api(&format!("/plugins/{name}"))).bearer_auth(&token).json(&upload).send();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+
+    for (agent, cost) in [("premium", "10"), ("budget", "0.5")] {
+        register(first, &token, agent, cost).await;
+    }
+    let select = json!({"capabilities": ["code"], "strategy": name, "dry_run": true});
+    let chosen = async {
+        loop {
+            let response = second.client.post(second.api("/agents/select")).bearer_auth(&token).json(&select).send();
+            let response = response.await.unwrap();
+            if response.status() == 200 {
+                return response.json::<Value>().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let selection = tokio::time::timeout(Duration::from_secs(60), chosen).await.expect("the other server loads it");
+    assert_eq!(
+        (&selection["agent_id"], &selection["answered_by"]),
+        (&json!("budget"), &json!("plugin")),
+        "{selection}"
+    );
+    for server in servers {
+        server.stop().await;
     }
 }

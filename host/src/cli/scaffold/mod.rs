@@ -70,7 +70,7 @@ pub enum Language {
 }
 
 /// Per-call limits an interpreted plugin starts with: an instance starts with 9 to 13 MiB of memory, and the
-/// interpreter spends about a hundred times the instructions of compiled code (`bench plugins` has the figures).
+/// interpreter spends 60 (Python) to 270 (JavaScript) times the instructions of compiled code (docs/BENCHMARKS.md).
 /// The server's maxima cap them (`PLUGIN_MAX_*`).
 const INTERPRETED_LIMITS: &str = "\n[limits]                 # an interpreter needs more than the defaults (16 MiB, 1 M fuel, 5 ms)\n\
      memory_mib = 64\nfuel = 20000000\ndeadline_ms = 20\n";
@@ -209,8 +209,9 @@ const PYTHON_NOTES: &str = "
 - The sandbox is the same as for any plugin: no files (`open` fails), no network (sockets are refused), no
   environment. `print` goes to the plugin's log. Import what you need at the top of the module: modules imported
   at build time are inside the component; an import inside a call is slower and may fail.
-- The manifest raises the limits: an instance starts with about 13 MiB of memory, and Python spends about a
-  hundred times the instructions of Rust on the same rule.
+- The manifest raises the limits: an instance starts with about 13 MiB of memory, and Python spends about 60
+  times the instructions of Rust on the same rule (20 M fuel covers this template's rule up to about 900
+  candidates; the server offers at most 64 unless told otherwise).
 ";
 
 const JS_NOTES: &str = "
@@ -225,8 +226,9 @@ const JS_NOTES: &str = "
   `{ tag, val }`, enums are strings. A `result` error is a thrown string.
 - The sandbox is the same as for any plugin: no files, no network, no environment; `console.log` goes to the
   plugin's log.
-- The manifest raises the limits: an instance starts with about 9 MiB of memory, and the engine spends far more
-  instructions than Rust on the same rule.
+- The manifest raises the limits: an instance starts with about 9 MiB of memory, and the engine spends about 270
+  times the instructions of Rust on the same rule, most of it turning records into JavaScript objects (20 M fuel
+  covers this template's rule up to about 200 candidates; the server offers at most 64 unless told otherwise).
 ";
 
 fn readme(project: &Project, kind: ScaffoldKind, language: Language) -> String {
