@@ -55,7 +55,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed={PREBUILT_ONLY_VAR}");
     let crates = guest_crates(&root, &plugins);
     for krate in &crates {
-        for watched in ["src", "Cargo.toml", "Cargo.lock"] {
+        for watched in ["src", "wit", "Cargo.toml", "Cargo.lock"] {
             watch(&root, &krate.join(watched));
         }
     }

@@ -14,7 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("store", &["model"]),
     ("plugins", &["model"]),
     ("notifications", &["model", "store", "health"]),
-    ("config", &["model", "store", "health", "notifications"]),
+    ("config", &["model", "store", "health", "notifications", "plugins"]),
     ("scheduler", &["model", "config", "store", "plugins"]),
     ("registry", &["model", "store", "scheduler"]),
     ("health", &["model", "store", "plugins"]),

@@ -156,7 +156,8 @@ fn scaffold_in(lang: &str, kind: &str, name: &str) -> Value {
         run(aragora_cp().args(["plugin", "check", "--output", "json", "--manifest"]).arg(&manifest).arg(&component));
     assert!(checked.status.success(), "{lang} {kind} passes the check");
     let report = json_of(&checked);
-    assert!(report["start_up"]["time_us"].as_f64().unwrap() > 0.0, "{report}");
+    let start_up = &report["start_up"];
+    assert!(start_up["memory_bytes"].as_u64().unwrap() > 4 * 1024 * 1024, "an interpreter starts: {report}");
     let ran = run(aragora_cp()
         .args(["plugin", "run", "--output", "json", "--input", "@input.json", "--manifest"])
         .arg(&manifest)
@@ -170,11 +171,13 @@ fn scaffold_in(lang: &str, kind: &str, name: &str) -> Value {
 fn python_scaffolds_build_with_one_command_and_answer_their_input() {
     assert_eq!(scaffold_in("python", "strategy", "fastest_py"), serde_json::json!({"index": 1, "agent_id": "b"}));
     assert_eq!(scaffold_in("python", "policy", "deny_forbidden_py")["decision"], "deny");
+    assert_eq!(scaffold_in("python", "health-probe", "stale_heartbeat_py")["status"], "unhealthy");
 }
 
 #[test]
 fn javascript_scaffolds_build_with_one_command_and_answer_their_input() {
     assert_eq!(scaffold_in("js", "strategy", "fastest_js"), serde_json::json!({"index": 1, "agent_id": "b"}));
+    assert_eq!(scaffold_in("js", "policy", "deny_forbidden_js")["decision"], "deny");
     assert_eq!(scaffold_in("js", "health-probe", "stale_heartbeat_js")["status"], "unhealthy");
 }
 

@@ -1,8 +1,9 @@
 //! Plugins written in Python and JavaScript, built from their sources under `plugins/` with the real tools:
 //! componentize-py (PyPI) and componentize-js (npm), at the versions `aragora-cp plugin new` scaffolds with. Each
 //! tool is installed once per machine under the system's temporary folder, and each component is built once per
-//! source (its folder name carries a hash of the source, the manifest and the WIT package), both published by an
-//! atomic rename ([`crate::built_once`]), so concurrent tests never see half of either.
+//! source (its folder name carries a hash of the language, the tool's version, the options, the source and the
+//! WIT folder), both published by an atomic rename ([`crate::built_once`]), so concurrent tests never see half of
+//! either; builds in one process take turns, so two tests needing one component build it once.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,14 @@ impl Language {
         match self {
             Language::Python => "python",
             Language::Js => "js",
+        }
+    }
+
+    /// The build options the scaffold uses: for JavaScript, HTTP and the fetch event left out.
+    pub fn default_options(self) -> &'static [&'static str] {
+        match self {
+            Language::Python => &[],
+            Language::Js => &["--disable", "http", "fetch-event"],
         }
     }
 
@@ -63,22 +72,23 @@ pub fn manifest(language: Language, name: &str) -> Manifest {
 /// The component of plugin `name` of `world`, built from its project with the default build options (for
 /// JavaScript: HTTP and the fetch event disabled, as the scaffold does).
 pub fn component(language: Language, name: &str, world: &str) -> Vec<u8> {
-    let options: &[&str] = match language {
-        Language::Python => &[],
-        Language::Js => &["--disable", "http", "fetch-event"],
-    };
-    component_with(language, name, world, options)
+    component_with(language, name, world, language.default_options())
 }
 
 /// The component of plugin `name` of `world`, built with extra tool `options`.
 pub fn component_with(language: Language, name: &str, world: &str, options: &[&str]) -> Vec<u8> {
+    component_from(language, name, &repository().join("wit"), world, options)
+}
+
+/// The component of plugin `name` of `world` as the WIT folder `wit` defines it, built with extra tool `options`.
+pub fn component_from(language: Language, name: &str, wit: &Path, world: &str, options: &[&str]) -> Vec<u8> {
     let project = project(language, name);
-    let wit = repository().join("wit");
     let mut hasher = DefaultHasher::new();
-    (world, options).hash(&mut hasher);
-    for file in [project.join(language.source()), wit.join("control-plane.wit")] {
-        std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())).hash(&mut hasher);
-    }
+    (language.folder(), COMPONENTIZE_PY_VERSION, COMPONENTIZE_JS_VERSION, world, options).hash(&mut hasher);
+    std::fs::read(project.join(language.source())).expect("read the plugin's source").hash(&mut hasher);
+    hash_folder(wit, &mut hasher);
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_build_at_a_time = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let built = crate::built_once(&format!("aragora-cp-{name}-{:016x}", hasher.finish()), "plugin.wasm", |out| {
         std::fs::create_dir_all(out).expect("create the build folder");
         let wasm = out.join("plugin.wasm");
@@ -86,20 +96,38 @@ pub fn component_with(language: Language, name: &str, world: &str, options: &[&s
             Language::Python => {
                 let tools = componentize_py();
                 let mut command = Command::new(tools.join("bin/componentize-py"));
-                command.env("PYTHONPATH", tools).arg("-d").arg(&wit).args(["-w", world, "componentize"]);
+                command.env("PYTHONPATH", tools).arg("-d").arg(wit).args(["-w", world, "componentize"]);
                 command.args(options).arg("plugin").arg("-o").arg(&wasm);
                 command
             }
             Language::Js => {
                 let mut command = Command::new(componentize_js());
-                command.arg("plugin.js").arg("--wit").arg(&wit).args(["--world-name", world]);
+                command.arg("plugin.js").arg("--wit").arg(wit).args(["--world-name", world]);
                 command.args(options).arg("-o").arg(&wasm);
                 command
             }
         };
-        run(command.current_dir(&project), &format!("building {name}"));
+        // componentize-py would leave bytecode beside the source.
+        run(command.current_dir(&project).env("PYTHONDONTWRITEBYTECODE", "1"), &format!("building {name}"));
     });
     std::fs::read(built.join("plugin.wasm")).expect("read the built component")
+}
+
+/// Hashes every file under `folder` (links followed) in name order.
+fn hash_folder(folder: &Path, hasher: &mut DefaultHasher) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+        .map(|entry| entry.expect("a folder entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        path.file_name().hash(hasher);
+        if path.is_dir() {
+            hash_folder(&path, hasher);
+        } else {
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).hash(hasher);
+        }
+    }
 }
 
 /// The folder componentize-py is installed in (`bin/componentize-py`, with the folder on `PYTHONPATH`).

@@ -46,7 +46,9 @@ pub fn built_once(name: &str, ready: &str, build: impl FnOnce(&Path)) -> PathBuf
     if home.join(ready).exists() {
         return home;
     }
-    let building = std::env::temp_dir().join(format!("{name}.{}", std::process::id()));
+    // Named after the thread too: two tests of one binary may build the same thing at once.
+    let building =
+        std::env::temp_dir().join(format!("{name}.{}.{:?}", std::process::id(), std::thread::current().id()));
     let _ = std::fs::remove_dir_all(&building);
     build(&building);
     if std::fs::rename(&building, &home).is_err() {

@@ -253,12 +253,15 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     l.memory_bytes / (1024 * 1024),
                     l.table_elements
                 );
-                println!(
-                    "  start-up {:.1} ms and {:.1} MiB per instance (instances are started when the plugin loads \
-                     and reused: calls do not pay for this)",
-                    version.start_up.time.as_secs_f64() * 1000.0,
-                    version.start_up.memory_bytes as f64 / (1024.0 * 1024.0)
-                );
+                match version.start_up {
+                    Some(start_up) => println!(
+                        "  start-up {:.2} ms and {:.1} MiB per instance (instances are started when the plugin \
+                         loads and reused: calls do not pay for this)",
+                        start_up.time.as_secs_f64() * 1000.0,
+                        start_up.memory_bytes as f64 / (1024.0 * 1024.0)
+                    ),
+                    None => println!("  start-up not measured (a fresh instance failed to start after the trial)"),
+                }
             }
             Err(error) => println!("{}: rejected\n  {error}", args.file.display()),
         },

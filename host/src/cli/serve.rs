@@ -174,7 +174,8 @@ pub struct ServeArgs {
     /// Most linear memory a plugin's manifest may ask for, in MiB.
     #[arg(long, env = "PLUGIN_MAX_MEMORY_MIB", default_value_t = 64)]
     pub plugin_max_memory_mib: usize,
-    /// Largest plugin component accepted from a file or an upload, in MiB.
+    /// Largest plugin component accepted from a file or an upload, in MiB (at most 256). Give every server of a
+    /// fleet the same value: a server with a smaller one refuses an upload the others accept.
     #[arg(long, env = "PLUGIN_MAX_COMPONENT_MIB", default_value_t = 32)]
     pub plugin_max_component_mib: usize,
     /// Folder of plugins, loaded at start-up and watched (missing: built-ins only, with a warning).
@@ -300,10 +301,10 @@ fn mebibytes(variable: &'static str, value: usize, max: usize) -> Result<usize, 
     Ok(value * 1024 * 1024)
 }
 
-/// A deadline in milliseconds (decimals allowed), up to a minute.
+/// A deadline in milliseconds (decimals allowed), from the 1 ms tick of plugin deadlines up to a minute.
 fn milliseconds(variable: &'static str, value: f64) -> Result<Duration, ConfigError> {
-    if !(0.1..=60_000.0).contains(&value) {
-        return Err(error(variable, format!("must be 0.1 to 60000 milliseconds (got {value})")));
+    if !(1.0..=60_000.0).contains(&value) {
+        return Err(error(variable, format!("must be 1 to 60000 milliseconds (got {value})")));
     }
     Ok(Duration::from_secs_f64(value / 1000.0))
 }
@@ -358,12 +359,13 @@ impl ServeArgs {
             max_signatures: positive("MAX_SIGNATURES", self.max_signatures)?,
             plugins_dir: Some(self.plugins_dir.clone()),
             plugin_maxima: CallLimits {
-                fuel: self.plugin_max_fuel.max(1),
+                fuel: positive("PLUGIN_MAX_FUEL", self.plugin_max_fuel as usize)? as u64,
                 deadline: milliseconds("PLUGIN_MAX_DEADLINE_MS", self.plugin_max_deadline_ms)?,
                 memory_bytes: mebibytes("PLUGIN_MAX_MEMORY_MIB", self.plugin_max_memory_mib, 4096)?,
                 ..CallLimits::server_maxima()
             },
-            max_component_bytes: mebibytes("PLUGIN_MAX_COMPONENT_MIB", self.plugin_max_component_mib, 1024)?,
+            // An upload is held in memory twice (the body, then the decoded component): keep that bounded.
+            max_component_bytes: mebibytes("PLUGIN_MAX_COMPONENT_MIB", self.plugin_max_component_mib, 256)?,
             uploads_enabled: self.policy_source == PolicySource::Auto,
             wait_replicas: self.redis_wait_replicas,
             store_timeout: seconds("STORE_TIMEOUT", self.store_timeout, 0.1)?,

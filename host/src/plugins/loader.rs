@@ -31,6 +31,26 @@ pub enum PluginHandle {
     HealthProbe(ProbePlugin),
 }
 
+impl PluginHandle {
+    /// One call on synthetic input, as validation makes before a version replaces another.
+    fn trial(&self) -> Result<(), CallError> {
+        match self {
+            PluginHandle::Strategy(plugin) => plugin.trial(),
+            PluginHandle::Policy(plugin) => plugin.trial(),
+            PluginHandle::HealthProbe(plugin) => plugin.trial(),
+        }
+    }
+
+    /// Starts the instances calls will use (see [`Sandbox::warm_up`]).
+    fn warm_up(&self, count: usize) -> Option<StartUp> {
+        match self {
+            PluginHandle::Strategy(plugin) => plugin.sandbox.warm_up(count),
+            PluginHandle::Policy(plugin) => plugin.sandbox.warm_up(count),
+            PluginHandle::HealthProbe(plugin) => plugin.sandbox.warm_up(count),
+        }
+    }
+}
+
 /// Counters of one version, kept by every call.
 #[derive(Default)]
 pub struct PluginStats {
@@ -109,8 +129,9 @@ pub struct PluginVersion {
     pub manifest: Manifest,
     /// The limits each call runs under.
     pub limits: CallLimits,
-    /// What a fresh instance took to start when the version loaded (calls use the instances warmed then).
-    pub start_up: StartUp,
+    /// What a fresh instance took to start when the version loaded (calls use the instances warmed then); `None`
+    /// when warming failed after the trial (a deadline missed on a busy machine).
+    pub start_up: Option<StartUp>,
     /// The component's imports.
     pub imports: Vec<String>,
     /// The component's exports.
@@ -191,27 +212,17 @@ pub fn load_counted(
     // it once by being descheduled. Only deadline misses are retried; fuel, traps and bad answers are verdicts.
     let mut attempt = 1;
     let trial = loop {
-        let trial = match &handle {
-            PluginHandle::Strategy(plugin) => plugin.trial(),
-            PluginHandle::Policy(plugin) => plugin.trial(),
-            PluginHandle::HealthProbe(plugin) => plugin.trial(),
-        };
-        match trial {
+        match handle.trial() {
             Err(CallError::Deadline { .. }) if attempt < TRIAL_ATTEMPTS => attempt += 1,
             trial => break trial,
         }
     };
-    let warmed = runtime.warm_instances();
-    let start_up = trial.and_then(|()| match &handle {
-        PluginHandle::Strategy(plugin) => plugin.sandbox.warm_up(warmed),
-        PluginHandle::Policy(plugin) => plugin.sandbox.warm_up(warmed),
-        PluginHandle::HealthProbe(plugin) => plugin.sandbox.warm_up(warmed),
-    });
-    let start_up = match start_up {
-        Ok(start_up) => start_up,
+    match trial {
+        Ok(()) => {}
         Err(CallError::Init(message)) => return Err(LoadError::Init(message)),
         Err(error) => return Err(LoadError::Trial(error)),
-    };
+    }
+    let start_up = handle.warm_up(runtime.warm_instances());
     Ok(PluginVersion {
         name: name.to_string(),
         kind,

@@ -32,7 +32,7 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use super::ready_io::{ReadyIo, ReadyTable};
 
 /// Interface prefixes a plugin may import. `wasi:filesystem` and `wasi:sockets` are there only because
-/// interpreters import them unconditionally: they are linked to nothing (see the module doc). HTTP is absent on
+/// interpreters import them unconditionally: they are linked over an empty context (see the module doc). HTTP is absent on
 /// purpose. Our own `types` interface appears as an import because the exported interfaces use its types; it holds
 /// no functions.
 const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
@@ -91,12 +91,59 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(l, |s| s.filesystem())?;
     wasi_sync::sockets::tcp::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
     wasi_sync::sockets::udp::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
-    wasi_sync::sockets::udp_create_socket::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
+    wasi_sync::sockets::udp_create_socket::add_to_linker::<HostState, NoUdp>(l, |s| NoUdpView { table: &mut s.table })?;
     sockets::tcp_create_socket::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
     sockets::instance_network::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
     sockets::network::add_to_linker::<HostState, WasiSockets>(l, &Default::default(), |s| s.sockets())?;
     sockets::ip_name_lookup::add_to_linker::<HostState, WasiSockets>(l, |s| s.sockets())?;
     Ok(linker)
+}
+
+/// `wasi:sockets/udp-create-socket`, refusing every socket. wasmtime-wasi's refuses too (UDP is off in the
+/// context), but its synchronous binding first enters tokio with `block_on`, which panics on a runtime worker,
+/// where plugin calls run: a plugin could crash its caller with one call. The other socket and filesystem
+/// functions that block that way need a socket or a descriptor, which no plugin can ever get.
+struct NoUdp;
+
+impl HasData for NoUdp {
+    type Data<'a> = NoUdpView<'a>;
+}
+
+struct NoUdpView<'a> {
+    table: &'a mut ResourceTable,
+}
+
+impl wasi_sync::sockets::udp_create_socket::Host for NoUdpView<'_> {
+    fn create_udp_socket(
+        &mut self,
+        _family: wasi_sync::sockets::network::IpAddressFamily,
+    ) -> wasmtime_wasi::p2::SocketResult<wasmtime::component::Resource<wasmtime_wasi::p2::UdpSocket>> {
+        Err(wasi_sync::sockets::network::ErrorCode::AccessDenied.into())
+    }
+}
+
+/// What the binding needs besides: turning the refusal into the guest's error code, and the network resource.
+impl sockets::network::Host for NoUdpView<'_> {
+    fn convert_error_code(
+        &mut self,
+        error: wasmtime_wasi::p2::SocketError,
+    ) -> wasmtime::Result<sockets::network::ErrorCode> {
+        error.downcast()
+    }
+
+    fn network_error_code(
+        &mut self,
+        _error: wasmtime::component::Resource<wasmtime_wasi::p2::bindings::io::error::Error>,
+    ) -> wasmtime::Result<Option<sockets::network::ErrorCode>> {
+        Ok(None)
+    }
+}
+
+impl sockets::network::HostNetwork for NoUdpView<'_> {
+    fn drop(&mut self, network: wasmtime::component::Resource<sockets::network::Network>) -> wasmtime::Result<()> {
+        self.table.delete(network)?;
+        Ok(())
+    }
 }
 
 /// The monotonic clock plugins see: frozen at the call's `now`, every subscription ready at once.

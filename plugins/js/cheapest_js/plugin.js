@@ -15,7 +15,8 @@ export const selector = {
     if (details.length !== candidates.length) throw "details missing: the manifest must list the cost label";
     const cost = (index) => {
       const found = details[index].labels.find(([key]) => key === label);
-      const value = found === undefined ? NaN : Number(found[1]);
+      // Number("") is 0: an empty label is no price, as in Python.
+      const value = found === undefined || found[1].trim() === "" ? NaN : Number(found[1]);
       return Number.isFinite(value) ? value : Infinity;
     };
     let best = 0;

@@ -26,10 +26,10 @@ class Selector(exports.Selector):
             raise Err("details missing: the manifest must list the cost label")
 
         def cost(index: int) -> float:
-            value = dict(details[index].labels).get(cost_label)
             try:
-                return float(value) if value is not None else UNPRICED
+                value = float(dict(details[index].labels).get(cost_label, ""))
             except ValueError:
                 return UNPRICED
+            return value if math.isfinite(value) else UNPRICED
 
         return min(range(len(candidates)), key=lambda i: (cost(i), candidates[i].in_flight, i))

@@ -9,10 +9,10 @@ use std::time::Duration;
 use aragora_cp::config::Config;
 use aragora_cp::plugins::{CallError, LoadError, Manifest, PluginSource, PluginVersion, loader};
 use aragora_cp::store::{RedisStore, Store};
-use aragora_cp_tests::languages::{Language, component, component_with, manifest};
+use aragora_cp_tests::languages::{Language, component, component_from, component_with, manifest};
 use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
 use aragora_cp_tests::server::TestServer;
-use aragora_cp_tests::{candidate, ctx, runtime, task};
+use aragora_cp_tests::{candidate, ctx, runtime, task, write_by_rename};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
@@ -22,7 +22,8 @@ async fn hot_loaded(name: &str, bytes: &[u8], manifest_text: &str) -> (TestServe
     let server =
         TestServer::start_with(Config { plugins_dir: Some(dir.path().to_path_buf()), ..Config::default() }).await;
     std::fs::write(dir.path().join(format!("{name}.toml")), manifest_text).unwrap();
-    std::fs::write(dir.path().join(format!("{name}.wasm")), bytes).unwrap();
+    // By rename, as a deployment would: the watcher must not read half of an 18 MiB file.
+    write_by_rename(dir.path(), &format!("{name}.wasm"), bytes);
     let token = server.admin();
     let active = async {
         loop {
@@ -210,28 +211,50 @@ fn interpreted_memory_bombs_hit_the_memory_cap() {
 #[test]
 fn python_finds_no_file_to_read() {
     let plugin = misbehaving(Language::Python, "misbehave_py");
-    let (outcome, log) = match plugin.select_reporting(ctx(1), &task("file"), &candidates(), &[]) {
-        Ok(answer) => panic!("reading a file must fail, got {answer:?}"),
-        Err(error) => (error, plugin.log.lines().join("\n")),
-    };
-    assert!(!format!("{outcome:?}").contains("bytes of /etc/passwd"), "{outcome:?}");
-    assert!(!log.contains("root:"), "nothing of the file may come out: {log}");
+    let outcome = plugin.select(ctx(1), &task("file"), &candidates(), &[]);
+    assert_eq!(outcome, Err(CallError::Guest("FileNotFoundError".into())));
+    still_serves(&plugin);
+}
+
+/// Run on a tokio worker with a deadline short enough that the call stays on that thread, as routing's calls do:
+/// a socket call that entered tokio there would panic instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_cannot_open_a_tcp_or_udp_socket() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    let manifest = Manifest::parse("[limits]\nmemory_mib = 64\nfuel = 20000000\ndeadline_ms = 8\n").unwrap();
+    let bytes = component(Language::Python, "misbehave_py", "strategy");
+    let plugin = loader::load(&runtime(), "misbehave_py", PluginSource::File, &bytes, manifest).unwrap();
+    assert!(plugin.limits.deadline <= aragora_cp::plugins::instance::INLINE_CALL_LIMIT);
+    for (kind, port) in [("tcp", listener.local_addr().unwrap().port()), ("udp", receiver.local_addr().unwrap().port())]
+    {
+        let mut connect = task(kind);
+        connect.labels = vec![("port".into(), port.to_string())];
+        let outcome = plugin.select(ctx(1), &connect, &candidates(), &[]);
+        assert_eq!(outcome, Err(CallError::Guest("PermissionError".into())), "{kind}");
+    }
+    assert!(listener.accept().is_err(), "no connection may reach the listener");
+    assert!(receiver.recv(&mut [0; 16]).is_err(), "no datagram may reach the socket");
     still_serves(&plugin);
 }
 
 #[test]
-fn python_cannot_open_a_connection() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let plugin = misbehaving(Language::Python, "misbehave_py");
-    let mut connect = task("socket");
-    connect.labels = vec![("port".into(), port.to_string())];
-    let outcome = plugin.select(ctx(1), &connect, &candidates(), &[]);
-    assert!(outcome.is_err(), "the connection must fail, got {outcome:?}");
-    assert_ne!(outcome, Err(CallError::Guest("connected".into())));
-    assert!(listener.accept().is_err(), "nothing may reach the listener");
-    still_serves(&plugin);
+fn interpreted_components_importing_an_interface_outside_the_allowlist_are_rejected_naming_it() {
+    // The world of the Rust fixture `forbidden_import`: a strategy that also imports `wasi:keyvalue/store`.
+    let wit = aragora_cp_tests::languages::repository().join("plugins/testing/forbidden_import/wit");
+    for (language, name) in [(Language::Python, "forbidden_import_py"), (Language::Js, "forbidden_import_js")] {
+        let bytes = component_from(language, name, &wit, "strategy-with-store", language.default_options());
+        let error = loader::load(&runtime(), name, PluginSource::File, &bytes, Manifest::default())
+            .expect_err("must be rejected");
+        match &error {
+            LoadError::ForbiddenImport(interface) => {
+                assert!(interface.starts_with("wasi:keyvalue/"), "{name}: {interface}")
+            }
+            other => panic!("{name}: expected a forbidden import, got {other:?}"),
+        }
+    }
 }
 
 #[test]

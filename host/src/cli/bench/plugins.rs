@@ -43,7 +43,7 @@ pub struct StrategyBenchRow {
     pub candidates: usize,
     /// Warm instance reused across calls, with candidate-details when its manifest asks for them.
     pub warm: Percentiles,
-    /// What a fresh instance took to start when the version loaded (calls do not pay it).
+    /// What a fresh instance took to start when the version loaded (calls do not pay it); 0 if not measured.
     pub start_up_us: f64,
     /// Fuel one call burned.
     pub fuel_per_call: u64,
@@ -70,7 +70,7 @@ pub fn strategy_bench(args: &PluginBenchArgs) -> anyhow::Result<Vec<StrategyBenc
                 Ok((_, report)) => fuel_per_call = report.fuel_used,
                 Err(_) => failures += 1,
             });
-            let start_up_us = version.start_up.time.as_secs_f64() * 1e6;
+            let start_up_us = version.start_up.map_or(0.0, |s| s.time.as_secs_f64() * 1e6);
             rows.push(StrategyBenchRow {
                 name: name.clone(),
                 candidates: count,

@@ -3,8 +3,10 @@
 - `loop`: never returns (fuel or the deadline must stop it);
 - `memory`: allocates without end (the memory cap must stop it);
 - `file`: reads /etc/passwd (there is no file to read);
-- `socket`: connects to 127.0.0.1 on the port in the task's `port` label (there is no network);
+- `tcp`: connects to 127.0.0.1 on the port in the task's `port` label (there is no network);
+- `udp`: sends a datagram to that port;
 - anything else: the first candidate.
+The three last answer the error Python raised, by its class, so a test can tell a refusal from any failure.
 """
 
 import socket
@@ -25,12 +27,20 @@ class Selector(exports.Selector):
             hoard = []
             while True:
                 hoard.append(bytearray(1 << 20))
-        if task.task_type == "file":
-            with open("/etc/passwd") as f:
-                raise Err(f"read {len(f.read())} bytes of /etc/passwd")
-        if task.task_type == "socket":
-            port = int(dict(task.labels)["port"])
-            connection = socket.create_connection(("127.0.0.1", port), timeout=1)
-            connection.sendall(b"escaped")
-            raise Err("connected")
+        try:
+            if task.task_type == "file":
+                with open("/etc/passwd") as f:
+                    raise Err(f"read {len(f.read())} bytes of /etc/passwd")
+            if task.task_type in ("tcp", "udp"):
+                # A numeric address: no name lookup, straight to the socket calls.
+                address = ("127.0.0.1", int(dict(task.labels)["port"]))
+                if task.task_type == "tcp":
+                    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    connection.connect(address)
+                    connection.sendall(b"escaped")
+                else:
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"escaped", address)
+                raise Err("sent")
+        except OSError as error:
+            raise Err(type(error).__name__)
         return 0
