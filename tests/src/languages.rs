@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use aragora_cp::cli::scaffold::{COMPONENTIZE_JS_VERSION, COMPONENTIZE_PY_VERSION};
+use aragora_cp::cli::scaffold::{COMPONENTIZE_JS_OPTIONS, COMPONENTIZE_JS_VERSION, COMPONENTIZE_PY_VERSION};
 use aragora_cp::plugins::Manifest;
 
 /// A guest language other than Rust.
@@ -34,7 +34,7 @@ impl Language {
     pub fn default_options(self) -> &'static [&'static str] {
         match self {
             Language::Python => &[],
-            Language::Js => &["--disable", "http", "fetch-event"],
+            Language::Js => COMPONENTIZE_JS_OPTIONS,
         }
     }
 

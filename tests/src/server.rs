@@ -121,6 +121,45 @@ impl TestServer {
         self.draining.cancel();
     }
 
+    /// Puts `agents` in blocking claims (one after another, each waiting before the next), then submits `task`
+    /// (JSON): its strategy chooses among the waiting claims. Answers the task's id and the agents whose claim
+    /// received it (exactly one when routing works).
+    pub async fn route_to_waiting(
+        &self,
+        token: &str,
+        agents: &[&str],
+        task: &serde_json::Value,
+    ) -> (String, Vec<String>) {
+        let mut claims = Vec::new();
+        for (waiting, agent) in agents.iter().enumerate() {
+            let request = self
+                .client
+                .post(self.api("/tasks/claim"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"agent_id": agent, "block_ms": 10_000}))
+                .send();
+            let claim = tokio::spawn(async move { request.await.unwrap().json::<serde_json::Value>().await.unwrap() });
+            claims.push((agent.to_string(), claim));
+            let coordinator = self.coordinator.clone();
+            let blocked = async {
+                while coordinator.counters().await.unwrap().waiting_claims as usize != waiting + 1 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), blocked).await.expect("the claim blocks");
+        }
+        let response = self.client.post(self.api("/tasks")).bearer_auth(token).json(task).send().await.unwrap();
+        assert_eq!(response.status(), 201);
+        let task_id = response.json::<serde_json::Value>().await.unwrap()["task_id"].as_str().unwrap().to_string();
+        let mut receivers = Vec::new();
+        for (agent, claim) in claims {
+            if claim.await.unwrap()["task"]["task_id"] == task_id.as_str() {
+                receivers.push(agent);
+            }
+        }
+        (task_id, receivers)
+    }
+
     /// Stops accepting, waits for the server and the coordinator's background tasks.
     pub async fn stop(mut self) {
         self.begin_drain();

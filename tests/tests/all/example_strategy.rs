@@ -2,8 +2,6 @@
 //! beside its crate: its choices on hand-made candidate sets, then the same plugin loaded from a plugins folder by
 //! a real server and asked through the REST API.
 
-use std::time::Duration;
-
 use aragora_cp::config::Config;
 use aragora_cp::plugins::bindings::{Candidate, CandidateDetails, TaskInfo};
 use aragora_cp::plugins::{CallError, Manifest, PluginKind, PluginSource, PluginVersion, loader};
@@ -221,40 +219,13 @@ async fn cheapest_within_latency_from_a_plugins_folder_selects_and_routes_throug
     assert_eq!(selection["answered_by"], "plugin", "{selection}");
 
     // A task that needs 200 ms, routed to whichever blocked claim the strategy picks.
-    let mut claims = Vec::new();
-    for (waiting, agent) in ["budget", "standard", "premium"].into_iter().enumerate() {
-        let request = server
-            .client
-            .post(server.api("/tasks/claim"))
-            .bearer_auth(&token)
-            .json(&json!({"agent_id": agent, "block_ms": 5_000}))
-            .send();
-        claims.push((agent, tokio::spawn(async move { request.await.unwrap().json::<Value>().await.unwrap() })));
-        let coordinator = server.coordinator.clone();
-        let blocked = async {
-            while coordinator.counters().await.unwrap().waiting_claims as usize != waiting + 1 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), blocked).await.expect("the claim blocks");
-    }
     let task = json!({
         "task_type": "code",
         "required_capabilities": ["code"],
         "strategy": NAME,
         "metadata": {"max_latency_ms": 200},
     });
-    let response = server.client.post(server.api("/tasks")).bearer_auth(&token).json(&task).send().await.unwrap();
-    assert_eq!(response.status(), 201);
-    let task_id = response.json::<Value>().await.unwrap()["task_id"].as_str().unwrap().to_string();
-
-    let mut receivers = Vec::new();
-    for (agent, claim) in claims {
-        let answer = claim.await.unwrap();
-        if answer["task"]["task_id"] == task_id.as_str() {
-            receivers.push(agent);
-        }
-    }
+    let (_, receivers) = server.route_to_waiting(&token, &["budget", "standard", "premium"], &task).await;
     assert_eq!(receivers, ["premium"], "only premium declares a latency within 200 ms");
 
     // Both answers came from the plugin itself, not from a fallback.

@@ -76,33 +76,8 @@ async fn cheapest_routes_over_rest(language: Language, name: &str) {
 
     // A task routed to whichever waiting claim the strategy picks.
     let agents = ["premium", "budget", "unpriced", "standard"];
-    let mut claims = Vec::new();
-    for (waiting, agent) in agents.into_iter().enumerate() {
-        let request = server
-            .client
-            .post(server.api("/tasks/claim"))
-            .bearer_auth(&token)
-            .json(&json!({"agent_id": agent, "block_ms": 10_000}))
-            .send();
-        claims.push((agent, tokio::spawn(async move { request.await.unwrap().json::<Value>().await.unwrap() })));
-        let coordinator = server.coordinator.clone();
-        let blocked = async {
-            while coordinator.counters().await.unwrap().waiting_claims as usize != waiting + 1 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), blocked).await.expect("the claim blocks");
-    }
     let submitted = json!({"task_type": "code", "required_capabilities": ["code"], "strategy": name});
-    let response = server.client.post(server.api("/tasks")).bearer_auth(&token).json(&submitted).send().await.unwrap();
-    assert_eq!(response.status(), 201);
-    let task_id = response.json::<Value>().await.unwrap()["task_id"].as_str().unwrap().to_string();
-    let mut receivers = Vec::new();
-    for (agent, claim) in claims {
-        if claim.await.unwrap()["task"]["task_id"] == task_id.as_str() {
-            receivers.push(agent);
-        }
-    }
+    let (task_id, receivers) = server.route_to_waiting(&token, &agents, &submitted).await;
     assert_eq!(receivers, ["budget"]);
 
     let response = server.client.get(server.api(&format!("/tasks/{task_id}/decisions"))).bearer_auth(&token).send();

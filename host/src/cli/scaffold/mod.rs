@@ -19,6 +19,10 @@ pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 /// The componentize-js release JavaScript plugins are built with (npm).
 pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
 
+/// The componentize-js options every JavaScript plugin is built with: without HTTP, whose import the server
+/// refuses (componentize-js keeps `fetch` unless told).
+pub const COMPONENTIZE_JS_OPTIONS: &[&str] = &["--disable", "http", "fetch-event"];
+
 /// The kinds `plugin new` can scaffold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ScaffoldKind {
@@ -95,6 +99,7 @@ pub fn scaffold(name: &str, kind: ScaffoldKind, language: Language, dir: Option<
             .replace("{world}", world)
             .replace("{componentize_py}", COMPONENTIZE_PY_VERSION)
             .replace("{componentize_js}", COMPONENTIZE_JS_VERSION)
+            .replace("{js_options}", &COMPONENTIZE_JS_OPTIONS.join(" "))
     };
     let mut manifest = format!("kind = \"{world}\"\n");
     if kind == ScaffoldKind::Policy {
@@ -218,8 +223,7 @@ const JS_NOTES: &str = "
 ## Notes for JavaScript
 
 - `./build.sh` installs componentize-js {componentize_js} into `node_modules/` the first time (Node.js 18 or newer
-  and npm), then runs `componentize-js plugin.js --wit wit --world-name {world} --disable http fetch-event -o
-  {name}.wasm`. HTTP is disabled on purpose: the server refuses a component that imports `wasi:http`. The
+  and npm), then runs `componentize-js plugin.js --wit wit --world-name {world} {js_options} -o {name}.wasm`. HTTP is disabled on purpose: the server refuses a component that imports `wasi:http`. The
   component holds the engine (StarlingMonkey): about 12 MiB.
 - The module exports one object named after the interface (`selector`, `evaluator`, `prober`). Records have
   camelCase fields (`avgLatencyMs`), 64-bit numbers are `BigInt`s (`heartbeatAgeMs > 30000n`), variants are
