@@ -215,8 +215,8 @@ const PYTHON_NOTES: &str = "
   environment. `print` goes to the plugin's log. Import what you need at the top of the module: modules imported
   at build time are inside the component; an import inside a call is slower and may fail.
 - The manifest raises the limits: an instance starts with about 13 MiB of memory, and Python spends about 60
-  times the instructions of Rust on the same rule (20 M fuel covers this template's rule up to about 900
-  candidates; the server offers at most 64 unless told otherwise).
+  times the instructions of Rust on the same rule (with 20 M fuel the strategy template handles about 900
+  candidates; the server offers a strategy at most 64 unless told otherwise).
 ";
 
 const JS_NOTES: &str = "
@@ -231,8 +231,9 @@ const JS_NOTES: &str = "
 - The sandbox is the same as for any plugin: no files, no network, no environment; `console.log` goes to the
   plugin's log.
 - The manifest raises the limits: an instance starts with about 9 MiB of memory, and the engine spends about 270
-  times the instructions of Rust on the same rule, most of it turning records into JavaScript objects (20 M fuel
-  covers this template's rule up to about 200 candidates; the server offers at most 64 unless told otherwise).
+  times the instructions of Rust on the same rule, most of it turning records into JavaScript objects (with 20 M
+  fuel the strategy template handles about 200 candidates; the server offers a strategy at most 64 unless told
+  otherwise).
 ";
 
 fn readme(project: &Project, kind: ScaffoldKind, language: Language) -> String {
