@@ -86,7 +86,7 @@ struct Warm<W> {
 
 impl<W> Warm<W> {
     /// Whether the instance may serve more calls: it has not grown by more than half of what its cap left it.
-    fn fit_for_reuse(&mut self, limits: &CallLimits) -> bool {
+    fn fit_for_reuse(&self, limits: &CallLimits) -> bool {
         let headroom = limits.memory_bytes.saturating_sub(self.started_with);
         self.store.data().limiter.memory_in_use <= self.started_with + headroom / 2
     }

@@ -32,9 +32,9 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxView, WasiView};
 use super::ready_io::{ReadyIo, ReadyTable};
 
 /// Interface prefixes a plugin may import. `wasi:filesystem` and `wasi:sockets` are there only because
-/// interpreters import them unconditionally: they are linked over an empty context (see the module doc). HTTP is absent on
-/// purpose. Our own `types` interface appears as an import because the exported interfaces use its types; it holds
-/// no functions.
+/// interpreters import them unconditionally: they are linked over an empty context (see the module doc). HTTP is
+/// absent on purpose. Our own `types` interface appears as an import because the exported interfaces use its types;
+/// it holds no functions.
 const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
     "wasi:cli/",
     "wasi:io/",
