@@ -184,6 +184,15 @@ fn interpreted_memory_bombs_hit_the_memory_cap() {
 }
 
 #[test]
+fn python_sees_no_environment() {
+    // The test process has plenty of variables (PATH, HOME, CARGO_*): none may show.
+    assert!(std::env::vars().count() > 3);
+    let plugin = misbehaving(Language::Python, "misbehave_py");
+    let outcome = plugin.select(ctx(1), &task("environment"), &candidates(), &[]);
+    assert_eq!(outcome, Err(CallError::Guest("0 variables, 0 arguments".into())));
+}
+
+#[test]
 fn python_finds_no_file_to_read() {
     let plugin = misbehaving(Language::Python, "misbehave_py");
     let outcome = plugin.select(ctx(1), &task("file"), &candidates(), &[]);

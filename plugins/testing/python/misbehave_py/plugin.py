@@ -5,11 +5,14 @@
 - `file`: reads /etc/passwd (there is no file to read);
 - `tcp`: connects to 127.0.0.1 on the port in the task's `port` label (there is no network);
 - `udp`: sends a datagram to that port;
+- `environment`: counts the environment variables and arguments it sees (there are none);
 - anything else: the first candidate.
 The three last answer the error Python raised, by its class, so a test can tell a refusal from any failure.
 """
 
+import os
 import socket
+import sys
 
 from componentize_py_types import Err
 from wit_world import exports
@@ -27,6 +30,8 @@ class Selector(exports.Selector):
             hoard = []
             while True:
                 hoard.append(bytearray(1 << 20))
+        if task.task_type == "environment":
+            raise Err(f"{len(os.environ)} variables, {len(sys.argv)} arguments")
         try:
             if task.task_type == "file":
                 with open("/etc/passwd") as f:
