@@ -160,6 +160,21 @@ impl TestServer {
         (task_id, receivers)
     }
 
+    /// `PUT /plugins/{name_and_query}` with a bare component (`application/wasm`) as the admin: the status and the
+    /// JSON answer (null when there is none).
+    pub async fn put_component(&self, name_and_query: &str, component: Vec<u8>) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .put(self.api(&format!("/plugins/{name_and_query}")))
+            .bearer_auth(self.admin())
+            .header("content-type", "application/wasm")
+            .body(component)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// Stops accepting, waits for the server and the coordinator's background tasks.
     pub async fn stop(mut self) {
         self.begin_drain();

@@ -3,14 +3,12 @@
 //! into a running server and asked over REST, uploaded to a fleet on Redis, and held by the same sandbox as Rust
 //! plugins (fuel, memory, no files, no network, no HTTP import).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use aragora_cp::config::Config;
 use aragora_cp::plugins::{CallError, LoadError, Manifest, PluginSource, PluginVersion, loader};
-use aragora_cp::store::{RedisStore, Store};
 use aragora_cp_tests::languages::{Language, component, component_from, component_with, manifest};
-use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
+use aragora_cp_tests::redis_server::unique_prefix;
 use aragora_cp_tests::server::TestServer;
 use aragora_cp_tests::{candidate, ctx, runtime, task, write_by_rename};
 use base64::Engine as _;
@@ -259,14 +257,10 @@ async fn a_python_plugin_uploaded_to_one_server_of_a_redis_fleet_decides_on_anot
     let name = "cheapest_py";
     let bytes = component(Language::Python, name, "strategy");
     assert!(bytes.len() > 8 * 1024 * 1024, "an interpreted component is larger than the old 8 MiB cap");
-    let redis = shared_server();
     let prefix = unique_prefix("python-upload");
     let mut servers = Vec::new();
     for _ in 0..2 {
-        let config = Config::default();
-        let store: Arc<dyn Store> =
-            Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
-        servers.push(TestServer::start_with_store(config, store).await);
+        servers.push(TestServer::start_on_redis(Config::default(), &prefix).await);
     }
     let (first, second) = (&servers[0], &servers[1]);
     let token = first.admin();

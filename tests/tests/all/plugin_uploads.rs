@@ -26,20 +26,6 @@ async fn upload_multipart(server: &TestServer, name: &str, component: Vec<u8>, m
     (status, response.json().await.unwrap())
 }
 
-async fn upload_raw(server: &TestServer, name: &str, component: Vec<u8>) -> (u16, Value) {
-    let response = server
-        .client
-        .put(server.api(&format!("/plugins/{name}")))
-        .bearer_auth(server.admin())
-        .header("content-type", "application/wasm")
-        .body(component)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
 async fn plugin(server: &TestServer, name: &str) -> Value {
     let url = server.api(&format!("/plugins/{name}"));
     server.client.get(url).bearer_auth(server.admin()).send().await.unwrap().json().await.unwrap()
@@ -58,7 +44,7 @@ async fn a_multipart_upload_carries_its_manifest_and_a_bare_one_may_not_drop_it(
     assert_eq!((active["needs_details"].as_bool(), active["needs_payload"].as_bool()), (Some(false), Some(false)));
 
     // The doc's raw form, without a manifest, over a version that has one: refused, naming what would vanish.
-    let (status, problem) = upload_raw(&server, "region_policy", guest_bytes("region_policy")).await;
+    let (status, problem) = server.put_component("region_policy", guest_bytes("region_policy")).await;
     assert_eq!((status, problem["code"].as_str()), (400, Some("manifest_required")), "{problem}");
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("labels") && detail.contains("region"), "{detail}");
@@ -70,11 +56,11 @@ async fn a_multipart_upload_carries_its_manifest_and_a_bare_one_may_not_drop_it(
     let size_manifest = "kind = \"policy\"\norder = 10\n[config]\nmax_payload_bytes = 1000\n";
     let size_policy = || guest_bytes("payload_size_policy");
     assert_eq!(upload_multipart(&server, "size_policy", size_policy(), Some(size_manifest)).await.0, 200);
-    assert_eq!(upload_raw(&server, "size_policy", size_policy()).await.0, 400);
+    assert_eq!(server.put_component("size_policy", size_policy()).await.0, 400);
     let (status, dropped) = upload_multipart(&server, "size_policy", size_policy(), Some("")).await;
     assert_eq!((status, dropped["active"]["order"].as_i64()), (200, Some(100)), "{dropped}");
     // … and a plugin without settings takes a bare upload.
-    let (status, bare) = upload_raw(&server, "my_strategy", guest_bytes("lowest_latency")).await;
+    let (status, bare) = server.put_component("my_strategy", guest_bytes("lowest_latency")).await;
     assert_eq!(status, 200, "{bare}");
     server.stop().await;
 }
@@ -83,7 +69,7 @@ async fn a_multipart_upload_carries_its_manifest_and_a_bare_one_may_not_drop_it(
 async fn what_a_plugin_prints_is_shown_with_it_and_its_call_counter_survives_a_swap() {
     let server = TestServer::start().await;
     let admin = server.admin();
-    let (status, _) = upload_raw(&server, "chatty", guest_bytes("chatty")).await;
+    let (status, _) = server.put_component("chatty", guest_bytes("chatty")).await;
     assert_eq!(status, 200);
     for agent in ["c-1", "c-2"] {
         let body = serde_json::json!({"agent_id": agent, "capabilities": ["chat"]});
@@ -118,9 +104,10 @@ async fn what_a_plugin_prints_is_shown_with_it_and_its_call_counter_survives_a_s
     assert!(calls_before >= 1, "the routing call (validation's trial calls are not counted): {chatty}");
 
     // A new version of the same name: its own counters start at zero, the name's (and /metrics') do not.
-    let (status, swapped) = upload_raw(&server, "chatty", guest_bytes("chatty").into_iter().chain([0]).collect()).await;
+    let (status, swapped) =
+        server.put_component("chatty", guest_bytes("chatty").into_iter().chain([0]).collect()).await;
     assert_eq!(status, 400, "a component with a stray byte is rejected: {swapped}");
-    let (status, swapped) = upload_raw(&server, "chatty", guest_bytes("lowest_latency")).await;
+    let (status, swapped) = server.put_component("chatty", guest_bytes("lowest_latency")).await;
     assert_eq!(status, 200, "{swapped}");
     assert_eq!(swapped["active"]["calls"], 0, "a new version's own counters start at zero: {swapped}");
     assert_eq!(swapped["totals"]["calls"].as_u64(), Some(calls_before), "the name's counter kept its calls: {swapped}");
@@ -141,12 +128,12 @@ async fn what_a_plugin_prints_is_shown_with_it_and_its_call_counter_survives_a_s
 async fn replacing_a_builtin_must_be_asked_for() {
     let server = TestServer::start().await;
     for name in ["least_loaded", "heartbeat_probe"] {
-        let (status, body) = upload_raw(&server, name, guest_bytes("highest_index")).await;
+        let (status, body) = server.put_component(name, guest_bytes("highest_index")).await;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["code"], "builtin_override", "{body}");
         assert_eq!(plugin(&server, name).await["active"]["source"], "builtin", "the built-in still serves");
     }
-    let (status, body) = upload_raw(&server, "least_loaded?override_builtin=true", guest_bytes("highest_index")).await;
+    let (status, body) = server.put_component("least_loaded?override_builtin=true", guest_bytes("highest_index")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         plugin(&server, "least_loaded").await["active"]["source"],

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use aragora_cp::config::Config;
 use aragora_cp::model::sha256_hex;
 use aragora_cp::plugins::decision_log::bucket_of;
-use aragora_cp::store::{RedisStore, Store};
 use aragora_cp_tests::guest_bytes;
-use aragora_cp_tests::redis_server::{shared_server, unique_prefix};
+use aragora_cp_tests::redis_server::unique_prefix;
 use aragora_cp_tests::server::{TestServer, read_until};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -22,20 +21,6 @@ async fn send(server: &TestServer, method: Method, path: &str, body: Option<Valu
         request = request.json(&body);
     }
     let response = request.send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
-}
-
-/// `PUT /plugins/{name}{query}` with the component's bytes.
-async fn put(server: &TestServer, name_and_query: &str, component: Vec<u8>) -> (u16, Value) {
-    let response = server
-        .client
-        .put(server.api(&format!("/plugins/{name_and_query}")))
-        .bearer_auth(server.admin())
-        .header("content-type", "application/wasm")
-        .body(component)
-        .send()
-        .await
-        .unwrap();
     (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
 }
 
@@ -141,12 +126,12 @@ async fn a_shadow_that_prefers_another_agent_disagrees_on_every_routed_task_and_
     let agents = ["sh-1", "sh-2", "sh-3"];
     register(&server, &agents, "shadowed").await;
     let least_loaded = guest_bytes("least_loaded");
-    assert_eq!(put(&server, "pick", least_loaded.clone()).await.0, 200);
+    assert_eq!(server.put_component("pick", least_loaded.clone()).await.0, 200);
     // A shadow needs an active version to stand beside, of its own kind.
-    let (status, problem) = put(&server, "nothing_here?mode=shadow", guest_bytes("highest_index")).await;
+    let (status, problem) = server.put_component("nothing_here?mode=shadow", guest_bytes("highest_index")).await;
     assert_eq!((status, problem["code"].as_str()), (400, Some("plugin_rejected")), "{problem}");
-    assert_eq!(put(&server, "pick?mode=shadow&canary=5", guest_bytes("highest_index")).await.0, 400);
-    let (status, staged) = put(&server, "pick?mode=shadow", guest_bytes("highest_index")).await;
+    assert_eq!(server.put_component("pick?mode=shadow&canary=5", guest_bytes("highest_index")).await.0, 400);
+    let (status, staged) = server.put_component("pick?mode=shadow", guest_bytes("highest_index")).await;
     assert_eq!(status, 200, "{staged}");
     let shadow_sha = sha256_hex(&guest_bytes("highest_index"));
     assert_eq!(staged["active"]["sha256"], sha256_hex(&least_loaded).as_str(), "the active version is unchanged");
@@ -239,12 +224,12 @@ async fn a_canary_takes_its_share_of_decisions_by_task_id() {
     let server = TestServer::start().await;
     let agents = ["cn-1", "cn-2"];
     register(&server, &agents, "canaried").await;
-    assert_eq!(put(&server, "split", guest_bytes("least_loaded")).await.0, 200);
-    let (status, staged) = put(&server, "split?canary=10", guest_bytes("highest_index")).await;
+    assert_eq!(server.put_component("split", guest_bytes("least_loaded")).await.0, 200);
+    let (status, staged) = server.put_component("split?canary=10", guest_bytes("highest_index")).await;
     assert_eq!(status, 200, "{staged}");
     assert_eq!((staged["rollout"]["mode"].as_str(), staged["rollout"]["percent"].as_u64()), (Some("canary"), Some(10)));
-    assert_eq!(put(&server, "split?canary=0", guest_bytes("highest_index")).await.0, 400);
-    assert_eq!(put(&server, "split?canary=101", guest_bytes("highest_index")).await.0, 400);
+    assert_eq!(server.put_component("split?canary=0", guest_bytes("highest_index")).await.0, 400);
+    assert_eq!(server.put_component("split?canary=101", guest_bytes("highest_index")).await.0, 400);
     let canary_sha = sha256_hex(&guest_bytes("highest_index"));
 
     // 2,000 selections (`POST /agents/select` names no task: each gets an id of its own, logged as `select`).
@@ -302,8 +287,8 @@ async fn a_failing_canary_rolls_itself_back() {
     let server = TestServer::start_with(config).await;
     let agents = ["tr-1", "tr-2"];
     register(&server, &agents, "trapped").await;
-    assert_eq!(put(&server, "guarded", guest_bytes("least_loaded")).await.0, 200);
-    let (status, staged) = put(&server, "guarded?canary=50", guest_bytes("trap")).await;
+    assert_eq!(server.put_component("guarded", guest_bytes("least_loaded")).await.0, 200);
+    let (status, staged) = server.put_component("guarded?canary=50", guest_bytes("trap")).await;
     assert_eq!(status, 200, "{staged}");
     // The trap strategy traps on every task of type `misbehave`; each is still routed (by the fallback).
     let mut claimers = Claimers::new();
@@ -327,14 +312,10 @@ async fn a_failing_canary_rolls_itself_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn promote_switches_three_servers_on_redis_without_a_failed_call() {
-    let redis = shared_server();
     let prefix = unique_prefix("rollouts");
     let mut servers = Vec::new();
     for _ in 0..3 {
-        let config = Config::default();
-        let store: Arc<dyn Store> =
-            Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
-        servers.push(TestServer::start_with_store(config, store).await);
+        servers.push(TestServer::start_on_redis(Config::default(), &prefix).await);
     }
     promote_under_load(servers).await;
 }
@@ -350,9 +331,9 @@ async fn promote_under_load(servers: Vec<TestServer>) {
     let last = servers.len() - 1;
     let agents = ["pr-1", "pr-2", "pr-3"];
     register(&servers[0], &agents, "promoted").await;
-    assert_eq!(put(&servers[0], "fleetpick", guest_bytes("least_loaded")).await.0, 200);
+    assert_eq!(servers[0].put_component("fleetpick", guest_bytes("least_loaded")).await.0, 200);
     let shadow_sha = sha256_hex(&guest_bytes("highest_index"));
-    assert_eq!(put(&servers[last.min(1)], "fleetpick?mode=shadow", guest_bytes("highest_index")).await.0, 200);
+    assert_eq!(servers[last.min(1)].put_component("fleetpick?mode=shadow", guest_bytes("highest_index")).await.0, 200);
     for server in &servers {
         let started = Instant::now();
         loop {
