@@ -105,8 +105,23 @@ impl ValidationError {
 pub type Millis = u64;
 
 /// Renders store milliseconds as RFC 3339 UTC with milliseconds (the wire's timestamp format).
+///
+/// Under load one task's transitions stamp a dozen times within the same millisecond (its fields, its events), and
+/// formatting through chrono costs more than copying: each thread keeps the last rendering and copies it while the
+/// millisecond is the same.
 pub fn rfc3339_ms(ms: Millis) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+    thread_local! {
+        static LAST: std::cell::RefCell<(Millis, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != ms || text.is_empty() {
+            *text = DateTime::<Utc>::from_timestamp_millis(ms as i64)
+                .unwrap_or_default()
+                .to_rfc3339_opts(SecondsFormat::Millis, true);
+            *at = ms;
+        }
+        text.clone()
+    })
 }
 
 /// Reads an RFC 3339 timestamp back as milliseconds since the Unix epoch (the inverse of [`rfc3339_ms`]).

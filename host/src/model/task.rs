@@ -259,6 +259,31 @@ pub struct NewTask {
     pub fingerprint: String,
 }
 
+/// What a submit's idempotency fingerprint covers, borrowed from the validated request. Its fields are in
+/// alphabetical order: the fingerprint is the SHA-256 of this JSON, byte for byte what the earlier
+/// `json!({...}).to_string()` of a sorted map gave (fingerprints stored in a shared Redis stay comparable), streamed
+/// into the hash instead of copying the payload into a new value first.
+#[derive(Serialize)]
+struct Fingerprinted<'a> {
+    max_retries: u32,
+    metadata: &'a Map<String, Value>,
+    payload: &'a Value,
+    priority: Priority,
+    required_capabilities: &'a CapabilitySet,
+    strategy: &'a Option<String>,
+    task_type: &'a str,
+    timeout_seconds: u32,
+}
+
+impl Fingerprinted<'_> {
+    fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        serde_json::to_writer(&mut hasher, self).expect("a validated request serializes");
+        hex::encode(hasher.finalize())
+    }
+}
+
 impl SubmitRequest {
     /// Validates the request and fills the defaults; errors name the field.
     pub fn validate(
@@ -308,19 +333,17 @@ impl SubmitRequest {
         let priority = self.priority.unwrap_or_default();
         let fingerprint = match &self.idempotency_key {
             None => String::new(),
-            Some(_) => {
-                let canonical = serde_json::json!({
-                    "task_type": task_type,
-                    "payload": payload,
-                    "required_capabilities": required,
-                    "priority": priority,
-                    "timeout_seconds": timeout_seconds,
-                    "max_retries": max_retries,
-                    "metadata": metadata,
-                    "strategy": self.strategy,
-                });
-                super::sha256_hex(canonical.to_string().as_bytes())
+            Some(_) => Fingerprinted {
+                max_retries,
+                metadata: &metadata,
+                payload: &payload,
+                priority,
+                required_capabilities: &required,
+                strategy: &self.strategy,
+                task_type: &task_type,
+                timeout_seconds,
             }
+            .fingerprint(),
         };
         Ok(NewTask {
             task_id: TaskId::generate(),
@@ -360,6 +383,35 @@ mod tests {
         let array =
             SubmitRequest { task_type: "x".into(), payload: Some(serde_json::json!([1])), ..Default::default() };
         assert_eq!(array.validate("me", 300, 3).unwrap_err().field, "payload");
+    }
+
+    #[test]
+    fn the_fingerprint_is_the_sorted_json_it_always_was() {
+        let request = SubmitRequest {
+            task_type: "code".into(),
+            payload: Some(serde_json::json!({"z": [1, {"b": 2, "a": "é\n"}], "a": null})),
+            required_capabilities: vec!["python".into(), "gpu".into()],
+            priority: Some(Priority::High),
+            metadata: Some(serde_json::from_str(r#"{"team": "x", "cost": 1.5}"#).unwrap()),
+            strategy: Some("least_loaded".into()),
+            idempotency_key: Some("k".into()),
+            ..Default::default()
+        };
+        let task = request.validate("me", 300, 3).unwrap();
+        // The canonical form before it was streamed: a `json!` map (sorted keys), as text.
+        let canonical = serde_json::json!({
+            "task_type": task.task_type,
+            "payload": task.payload,
+            "required_capabilities": task.required_capabilities,
+            "priority": task.priority,
+            "timeout_seconds": task.timeout_seconds,
+            "max_retries": task.max_retries,
+            "metadata": task.metadata,
+            "strategy": task.strategy,
+        });
+        assert_eq!(task.fingerprint, crate::model::sha256_hex(canonical.to_string().as_bytes()));
+        let other = SubmitRequest { task_type: "code".into(), idempotency_key: Some("k".into()), ..Default::default() };
+        assert_ne!(other.validate("me", 300, 3).unwrap().fingerprint, task.fingerprint);
     }
 }
 

@@ -617,7 +617,7 @@ impl PluginRegistry {
             error: selection.fallback_reason.clone(),
             ..DecisionAnswer::default()
         };
-        let input = selection_input(ctx.now_ms, ctx.seed, task, agent_ids, candidates, details);
+        let mut input = Some(selection_input(ctx.now_ms, ctx.seed, task, agent_ids, candidates, details));
         if let Some(log) = &log {
             let noted = Noted {
                 answer: answer.clone(),
@@ -625,9 +625,12 @@ impl PluginRegistry {
                 fuel: selection.fuel,
                 duration_us: selection.duration_us,
             };
-            log.note(version, role, &subject, noted, Some(input.clone()));
+            // The input is copied only when a shadow needs it too: most names have none.
+            let logged = if shadow.is_some() { input.clone() } else { input.take() };
+            log.note(version, role, &subject, noted, logged);
         }
         if let Some(rollout) = shadow {
+            let input = input.expect("kept for the shadow");
             let (task, candidates, details) = (task.clone(), candidates.to_vec(), details.to_vec());
             let tally_of = rollout.clone();
             self.shadows.run(&tally_of.tally, move || {

@@ -501,13 +501,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends plugin decisions (a writer's batch), giving each its id (`<ms>-<seq>`, ascending); keeps the newest
     /// `keep` in all and the newest [`DECISIONS_PER_TASK`](crate::model::DECISIONS_PER_TASK) of each task, each
-    /// task's for `retention_ms`. Answers the records with their ids.
+    /// task's for `retention_ms`. Answers the ids given, in the records' order (the records are not handed back:
+    /// a deep copy of every routed decision cost more than the append, and only a live subscriber needs them).
     async fn append_decisions(
         &self,
         records: Vec<DecisionRecord>,
         keep: usize,
         retention_ms: u64,
-    ) -> StoreResult<Vec<DecisionRecord>>;
+    ) -> StoreResult<Vec<String>>;
 
     /// A task's decisions, oldest first.
     async fn task_decisions(&self, task_id: &str) -> StoreResult<Vec<DecisionRecord>>;

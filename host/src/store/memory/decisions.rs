@@ -18,9 +18,9 @@ pub(super) struct Decisions {
 }
 
 impl Decisions {
-    /// Appends `records` at store time `now_ms`, giving each its id, keeping at most `keep` in all.
-    pub(super) fn append(&mut self, records: Vec<DecisionRecord>, now_ms: u64, keep: usize) -> Vec<DecisionRecord> {
-        let mut appended = Vec::with_capacity(records.len());
+    /// Appends `records` at store time `now_ms`, giving each its id, keeping at most `keep` in all; answers the ids.
+    pub(super) fn append(&mut self, records: Vec<DecisionRecord>, now_ms: u64, keep: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(records.len());
         for mut record in records {
             self.last = if now_ms > self.last.0 { (now_ms, 0) } else { (self.last.0, self.last.1 + 1) };
             record.id = format!("{}-{}", self.last.0, self.last.1);
@@ -32,13 +32,13 @@ impl Decisions {
                 }
                 of_task.push_back(record.clone());
             }
-            appended.push((*record).clone());
+            ids.push(record.id.clone());
             self.records.push_back(record);
         }
         while self.records.len() > keep {
             self.pop_oldest();
         }
-        appended
+        ids
     }
 
     fn pop_oldest(&mut self) {

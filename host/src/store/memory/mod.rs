@@ -177,8 +177,9 @@ struct State {
     /// Schedules by id (at most `MAX_SCHEDULES`: the due scan stays small).
     schedules: BTreeMap<String, ScheduleRecord>,
     notifications: notifications::Notifications,
-    /// The audit log since the checkpoint (entry `seq` at index `seq - checkpoint.seq - 1`).
-    audit: VecDeque<AuditEntry>,
+    /// The audit log since the checkpoint (entry `seq` at index `seq - checkpoint.seq - 1`). Boxed, as the task
+    /// records are: the log grows with every submit, and each doubling of the queue moves pointers, not entries.
+    audit: VecDeque<Box<AuditEntry>>,
     /// What replaced the entries retention removed.
     audit_checkpoint: Option<AuditCheckpoint>,
 }
@@ -2129,7 +2130,7 @@ impl Store for MemoryStore {
         records: Vec<DecisionRecord>,
         keep: usize,
         _retention_ms: u64,
-    ) -> StoreResult<Vec<DecisionRecord>> {
+    ) -> StoreResult<Vec<String>> {
         let now = self.clock.now_ms();
         Ok(self.decisions.lock().append(records, now, keep))
     }
@@ -2161,7 +2162,7 @@ impl Store for MemoryStore {
             if audit_end(tx.state).seq != expected_seq {
                 return Ok(false);
             }
-            tx.state.audit.extend(entries);
+            tx.state.audit.extend(entries.into_iter().map(Box::new));
             Ok(true)
         })
     }
@@ -2170,7 +2171,9 @@ impl Store for MemoryStore {
         let state = self.lock()?;
         let base = state.audit_checkpoint.as_ref().map_or(0, |c| c.seq);
         let (from, to) = (from.max(base + 1), to.min(from.max(1) + 999));
-        Ok((from..=to).filter_map(|seq| state.audit.get((seq - base - 1) as usize).cloned()).collect())
+        Ok((from..=to)
+            .filter_map(|seq| state.audit.get((seq - base - 1) as usize).map(|entry| (**entry).clone()))
+            .collect())
     }
 
     async fn audit_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>> {

@@ -1030,9 +1030,9 @@ impl Store for RedisStore {
         records: Vec<DecisionRecord>,
         keep: usize,
         retention_ms: u64,
-    ) -> StoreResult<Vec<DecisionRecord>> {
+    ) -> StoreResult<Vec<String>> {
         if records.is_empty() {
-            return Ok(records);
+            return Ok(Vec::new());
         }
         let mut args = vec![
             keep.to_string(),
@@ -1046,14 +1046,7 @@ impl Store for RedisStore {
         }
         let body = self.call(&self.scripts.decisions_append, args).await?;
         let ids = decode::array(first(&body)?)?;
-        Ok(records
-            .into_iter()
-            .zip(ids)
-            .map(|(mut record, id)| {
-                record.id = text(id).unwrap_or_default();
-                record
-            })
-            .collect())
+        Ok(ids.iter().map(|id| text(id).unwrap_or_default()).collect())
     }
 
     async fn task_decisions(&self, task_id: &str) -> StoreResult<Vec<DecisionRecord>> {

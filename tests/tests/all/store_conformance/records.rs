@@ -465,9 +465,12 @@ pub(super) async fn decisions_are_kept_in_order_by_task_and_trimmed_by_age(h: Ha
         duration_us: 1,
     };
     let hour = 3_600_000;
-    let first = h.store.append_decisions(vec![decision("t1", 0), decision("t2", 1), decision("t1", 2)], 1_000, hour);
-    let first = first.await.expect("append");
-    let ids: Vec<&str> = first.iter().map(|d| d.id.as_str()).collect();
+    let written = vec![decision("t1", 0), decision("t2", 1), decision("t1", 2)];
+    let given = h.store.append_decisions(written.clone(), 1_000, hour).await.expect("append");
+    assert_eq!(given.len(), written.len(), "one id per record");
+    let first: Vec<DecisionRecord> =
+        written.into_iter().zip(&given).map(|(record, id)| DecisionRecord { id: id.clone(), ..record }).collect();
+    let ids: Vec<&str> = given.iter().map(String::as_str).collect();
     let keys: Vec<(u64, u64)> = ids.iter().map(|id| aragora_cp::model::decision_id_key(id)).collect();
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "ids ascend: {ids:?}");
     let of_t1 = h.store.task_decisions("t1").await.unwrap();
@@ -478,7 +481,8 @@ pub(super) async fn decisions_are_kept_in_order_by_task_and_trimmed_by_age(h: Ha
     assert_eq!(h.store.decisions(Some(ids[0]), None, 10).await.unwrap(), first[1..]);
     assert_eq!(h.store.decisions(None, None, 2).await.unwrap(), first[..2]);
     h.advance(60_000).await;
-    let later = h.store.append_decisions(vec![decision("t2", 3)], 1_000, hour).await.unwrap();
+    let later_id = h.store.append_decisions(vec![decision("t2", 3)], 1_000, hour).await.unwrap();
+    let later = vec![DecisionRecord { id: later_id[0].clone(), ..decision("t2", 3) }];
     assert!(aragora_cp::model::decision_id_key(&later[0].id) > keys[2]);
     assert_eq!(h.store.decisions(None, Some(T0_MS + 30_000), 10).await.unwrap(), later);
     assert_eq!(h.store.task_decisions("t2").await.unwrap().len(), 2);
