@@ -5,6 +5,7 @@
 //! Handlers ask the caller for what they need; nothing else here knows about routes.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
@@ -99,7 +100,7 @@ const TOKEN_CACHE_LIMIT: usize = 10_000;
 /// Verifies and issues tokens.
 pub struct Authenticator {
     /// Verified tokens and their `exp`, so the hot path skips the HMAC (DESIGN §9); a lock held for one lookup.
-    cache: parking_lot::Mutex<std::collections::HashMap<String, (Caller, u64)>>,
+    cache: parking_lot::Mutex<std::collections::HashMap<String, (Caller, u64), foldhash::fast::RandomState>>,
     decoding: DecodingKey,
     /// The HS256 secret signs too; with a public key there is nothing to sign with.
     encoding: Option<EncodingKey>,
@@ -228,21 +229,38 @@ impl Authenticator {
             claims.permissions.unwrap_or_default().into_iter().chain(scope.split_whitespace().map(str::to_string));
         let permissions = names.filter_map(|n| Permission::parse(&n)).collect();
         let agent = sub.strip_prefix("agent:").map(str::to_string);
-        let caps = claims.caps.map(|caps| caps.iter().map(|c| c.trim().to_ascii_lowercase()).collect());
+        let caps = claims.caps.map(|caps| Arc::new(caps.iter().map(|c| c.trim().to_ascii_lowercase()).collect()));
         Ok(Caller { sub, permissions, agent, caps })
     }
 }
 
-/// Who is calling, from a verified token.
+/// Who is calling, from a verified token. Every request copies one out of the token cache, so what it holds is
+/// cheap to copy: permissions as bits, the `caps` claim shared.
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// The token's subject (`submitted_by` of the tasks it submits).
     pub sub: String,
-    permissions: HashSet<Permission>,
+    permissions: Permissions,
     /// The agent an `agent:<id>` token is bound to.
     pub agent: Option<String>,
     /// The capabilities the token may register (its `caps` claim), lower-cased; `None` = any.
-    pub caps: Option<HashSet<String>>,
+    pub caps: Option<Arc<HashSet<String>>>,
+}
+
+/// A set of [`Permission`]s, one bit each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Permissions(u8);
+
+impl Permissions {
+    fn contains(self, permission: &Permission) -> bool {
+        self.0 & (1 << *permission as u8) != 0
+    }
+}
+
+impl FromIterator<Permission> for Permissions {
+    fn from_iter<I: IntoIterator<Item = Permission>>(permissions: I) -> Self {
+        Permissions(permissions.into_iter().fold(0, |bits, permission| bits | 1 << permission as u8))
+    }
 }
 
 impl Caller {

@@ -85,16 +85,17 @@ pub struct BatchSubmitAnswer {
     pub task_ids: Vec<TaskId>,
 }
 
+// It borrows the granted tasks: the first one is written twice (`task` and the head of `tasks`) without a copy.
 /// `POST /tasks/claim` answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ClaimAnswer {
+pub struct ClaimAnswer<'a> {
     /// The first task granted, or null when none was (within `block_ms`).
-    pub task: Option<Task>,
+    pub task: Option<&'a Task>,
     /// Every task granted (up to `max_tasks`).
-    pub tasks: Vec<Task>,
+    pub tasks: &'a [Task],
     /// Why the agent may not take work now (paused, breaker open, …), when that is why nothing was granted.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<&'a str>,
 }
 
 /// `POST /tasks/{id}/complete` answer with `claim_next`.
@@ -334,7 +335,7 @@ pub async fn tasks_claim(
     State(state): State<ApiState>,
     caller: Caller,
     ApiJson(body): ApiJson<ClaimBody>,
-) -> ApiResult<Json<ClaimAnswer>> {
+) -> ApiResult<Response> {
     caller.require(Permission::Tasks)?;
     let agent_id = body
         .agent_id
@@ -351,7 +352,8 @@ pub async fn tasks_claim(
         "",
     )?;
     let outcome = state.coordinator.claim_task(&claim).await?;
-    Ok(Json(ClaimAnswer { task: outcome.tasks.first().cloned(), tasks: outcome.tasks, reason: outcome.reason }))
+    let answer = ClaimAnswer { task: outcome.tasks.first(), tasks: &outcome.tasks, reason: outcome.reason.as_deref() };
+    Ok(Json(answer).into_response())
 }
 
 /// Validates a claim's fields (`prefix` names where they sit in the body).

@@ -124,7 +124,7 @@ impl AuditEntry {
             details: &self.details,
             prev_hash: &self.prev_hash,
         };
-        super::sha256_hex(serde_json::to_string(&hashed).expect("plain fields serialize").as_bytes())
+        super::sha256_of_json(&hashed)
     }
 }
 

@@ -275,15 +275,6 @@ struct Fingerprinted<'a> {
     timeout_seconds: u32,
 }
 
-impl Fingerprinted<'_> {
-    fn fingerprint(&self) -> String {
-        use sha2::Digest;
-        let mut hasher = sha2::Sha256::new();
-        serde_json::to_writer(&mut hasher, self).expect("a validated request serializes");
-        hex::encode(hasher.finalize())
-    }
-}
-
 impl SubmitRequest {
     /// Validates the request and fills the defaults; errors name the field.
     pub fn validate(
@@ -333,7 +324,7 @@ impl SubmitRequest {
         let priority = self.priority.unwrap_or_default();
         let fingerprint = match &self.idempotency_key {
             None => String::new(),
-            Some(_) => Fingerprinted {
+            Some(_) => super::sha256_of_json(&Fingerprinted {
                 max_retries,
                 metadata: &metadata,
                 payload: &payload,
@@ -342,8 +333,7 @@ impl SubmitRequest {
                 strategy: &self.strategy,
                 task_type: &task_type,
                 timeout_seconds,
-            }
-            .fingerprint(),
+            }),
         };
         Ok(NewTask {
             task_id: TaskId::generate(),
