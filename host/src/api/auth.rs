@@ -235,7 +235,7 @@ impl Authenticator {
 }
 
 /// Who is calling, from a verified token. Every request copies one out of the token cache, so what it holds is
-/// cheap to copy: permissions as bits, the `caps` claim shared.
+/// kept cheap to copy: permissions as bits, the `caps` claim shared (the subject is still a string).
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// The token's subject (`submitted_by` of the tasks it submits).
@@ -247,9 +247,17 @@ pub struct Caller {
     pub caps: Option<Arc<HashSet<String>>>,
 }
 
-/// A set of [`Permission`]s, one bit each.
+/// A set of [`Permission`]s, one bit each (by declaration order; a ninth permission needs a wider integer).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Permissions(u8);
+
+const _: () = {
+    let mut i = 0;
+    while i < Permission::ALL.len() {
+        assert!((Permission::ALL[i] as u8) < 8, "every permission must have its bit in a u8");
+        i += 1;
+    }
+};
 
 impl Permissions {
     fn contains(self, permission: &Permission) -> bool {

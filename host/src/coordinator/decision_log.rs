@@ -85,7 +85,8 @@ async fn write(
     retention_ms: u64,
 ) {
     let count = batch.len();
-    // Copied only for a live subscriber (an SSE client asking for decisions): most of the time nobody listens.
+    // Copied only for a live subscriber (an SSE client asking for decisions): most of the time nobody listens. A
+    // client that connects during the append misses this batch; `decision` events are not resumable anyway.
     let listened = (subscribers.receiver_count() > 0).then(|| batch.clone());
     match store.append_decisions(batch, settings.max_kept, retention_ms).await {
         Ok(ids) => {
