@@ -260,8 +260,8 @@ const _: () = {
 };
 
 impl Permissions {
-    fn contains(self, permission: &Permission) -> bool {
-        self.0 & (1 << *permission as u8) != 0
+    fn contains(self, permission: Permission) -> bool {
+        self.0 & (1 << permission as u8) != 0
     }
 }
 
@@ -274,7 +274,7 @@ impl FromIterator<Permission> for Permissions {
 impl Caller {
     /// Whether the token carries `permission` (admin carries all).
     pub fn has(&self, permission: Permission) -> bool {
-        self.permissions.contains(&permission) || self.permissions.contains(&Permission::Admin)
+        self.permissions.contains(permission) || self.permissions.contains(Permission::Admin)
     }
 
     /// 403 unless the token carries `permission`.
@@ -288,7 +288,7 @@ impl Caller {
 
     /// Whether the token is an admin's.
     pub fn is_admin(&self) -> bool {
-        self.permissions.contains(&Permission::Admin)
+        self.permissions.contains(Permission::Admin)
     }
 
     /// 403 when an agent token tries to act for another agent.
