@@ -58,13 +58,23 @@ impl Readiness {
         if !self.started.load(Ordering::SeqCst) {
             return check(coordinator).await;
         }
-        let state = self.state.lock();
-        if let Some(since) = state.running_since
-            && since.elapsed() > SLOW_CHECK
-        {
-            return format!("the store has not answered a check for {} ms", since.elapsed().as_millis());
-        }
-        state.last.clone().unwrap_or_else(|| "the first store check has not finished".to_string())
+        let first_for = {
+            let state = self.state.lock();
+            if let Some(since) = state.running_since
+                && since.elapsed() > SLOW_CHECK
+            {
+                return format!("the store has not answered a check for {} ms", since.elapsed().as_millis());
+            }
+            if let Some(last) = &state.last {
+                return last.clone();
+            }
+            state.running_since.map_or(Duration::ZERO, |since| since.elapsed())
+        };
+        // Just started, no check finished yet (the background one may not even have been scheduled): a probe
+        // right after start-up gets a real answer from a check of its own, within the same bound.
+        tokio::time::timeout(SLOW_CHECK.saturating_sub(first_for), check(coordinator))
+            .await
+            .unwrap_or_else(|_| "the first store check has not finished".to_string())
     }
 }
 
