@@ -9,7 +9,7 @@ local function through(id, token, lease)
   local agent = w[1]
   if waiter_expired(w[3]) then
     -- Its claim is over: withdrawn by now, or its server died. Nobody would receive the task.
-    remove_waiter(token)
+    remove_waiter(token, w)
     return false
   end
   -- One read of the agent: its capabilities and what the eligibility rule looks at (STANDING).
@@ -26,7 +26,7 @@ local function through(id, token, lease)
   elseif refusal_from(a[2], a[3], a[4], a[5], a[6], a[7]) ~= nil then
     return false
   end
-  remove_waiter(token)
+  remove_waiter(token, w)
   dequeue(id)
   touch(agent)
   grant(id, agent, 'routed', lease, token)
@@ -38,8 +38,8 @@ local function through(id, token, lease)
 end
 
 local id, lease, any_waiter = arg(1), arg(2), arg(3) == '1'
-if not task_exists(id) then return fail(no_task(id)) end
 local status = redis.call('HGET', tkey(id), 'status')
+if not status then return fail(no_task(id)) end
 if status ~= 'pending' then return ok() end
 local i = 4
 while arg(i) do

@@ -61,6 +61,7 @@ local function key_table(p)
     offline = p .. 'offline',
     beats = p .. 'beats',
     waiters = p .. 'waiters',
+    waiter_agents = p .. 'waiter-agents',
     waiting_sets = p .. 'waiting-sets',
     consumed = p .. 'consumed',
     idem = p .. 'idem',
@@ -171,10 +172,11 @@ local MARKED = {}
 local MARKED_ORDER = {}
 
 -- The counters agent `id` adds one to, as a set of agent-stats fields (empty for an unknown agent). One read of the
--- record, and of its leases only when it could be available.
+-- record: an eligible agent is available when it is ready, since `refresh_capacity` makes it busy at capacity
+-- before any step ends (and `mark` reads before the step's first change, `finish` after its last).
 local function contribution(id)
-  local a = redis.call('HMGET', akey(id), 'status', 'provider', 'caps', 'h_status', 'b_state', 'paused', 'max',
-    'b_opened', 'b_trial')
+  local a = redis.call('HMGET', akey(id), 'status', 'provider', 'caps', 'h_status', 'b_state', 'paused', 'b_opened',
+    'b_trial')
   local counted = {}
   if not a[1] then return counted end
   counted['total'] = true
@@ -185,10 +187,7 @@ local function contribution(id)
     for cap in string.gmatch(a[3], '[^,]+') do counted['cap:' .. cap] = true end
   end
   if a[5] ~= 'closed' then counted['open_breakers'] = true end
-  if a[1] == 'ready' and refusal_from(a[6], a[1], a[4], a[5], a[8], a[9]) == nil
-      and redis.call('HLEN', lkey(id)) < tonumber(a[7]) then
-    counted['available'] = true
-  end
+  if a[1] == 'ready' and refusal_from(a[6], a[1], a[4], a[5], a[7], a[8]) == nil then counted['available'] = true end
   return counted
 end
 
@@ -262,6 +261,15 @@ local function agent_view(id)
 end
 
 local function task_exists(id) return redis.call('EXISTS', tkey(id)) == 1 end
+
+-- One read of several fields of a hash, by name (a missing field is false). A step that reads a record once hands
+-- the row to the helpers below, which otherwise read what they need themselves.
+local function fields(key, names)
+  local values = redis.call('HMGET', key, unpack(names))
+  local row = {}
+  for i, name in ipairs(names) do row[name] = values[i] end
+  return row
+end
 local function agent_exists(id) return redis.call('EXISTS', akey(id)) == 1 end
 
 local function no_task(id) return err('task_not_found', '', id) end
@@ -270,15 +278,16 @@ local function no_agent(id) return err('agent_not_found', '', id) end
 -- ------------------------------------------------------------------------------------------------------------------
 -- Tasks
 
-local function set_status(id, status)
+-- `t`, if the caller read the task already: its status, prio and finished.
+local function set_status(id, status, t)
   local k = tkey(id)
-  local t = redis.call('HMGET', k, 'status', 'prio', 'finished')
-  local old = t[1]
+  t = t or fields(k, { 'status', 'prio', 'finished' })
+  local old = t.status
   if old == status then return end
   redis.call('HSET', k, 'status', status)
   redis.call('HINCRBY', K.stats, 'status:' .. old, -1)
   redis.call('HINCRBY', K.stats, 'status:' .. status, 1)
-  local priority = PRIORITY[tonumber(t[2])]
+  local priority = PRIORITY[tonumber(t.prio)]
   if old == 'pending' then
     redis.call('HINCRBY', K.stats, 'prio:' .. priority, -1)
     if status == 'claimed' then
@@ -294,7 +303,7 @@ local function set_status(id, status)
     redis.call('HINCRBY', K.stats, 'prio:' .. priority, 1)
     redis.call('ZADD', K.pending_since, NOW, id)
   end
-  if TERMINAL[old] and t[3] then
+  if TERMINAL[old] and t.finished then
     redis.call('HDEL', k, 'finished')
     redis.call('ZREM', K.finished, id)
   end
@@ -421,17 +430,18 @@ local function touch(id)
   redis.call('HSET', K.beats, id, n2s(NOW))
   redis.call('ZADD', K.expiry, NOW + CFG.heartbeat_timeout, id)
   local a = redis.call('HMGET', akey(id), 'status', 'max')
-  local status = a[1]
-  if status == 'offline' or status == 'starting' then
+  if a[1] == 'offline' or a[1] == 'starting' then
     set_agent_status(id, 'ready')
-    status = 'ready'
+    -- It may hold leases still (a lost heartbeat does not end them): busy if they fill it. Any other status is
+    -- already what its leases make it, as every step ends.
+    refresh_capacity(id, 'ready', a[2])
   end
-  refresh_capacity(id, status, a[2])
 end
 
 local function check_session(id, session)
-  if not agent_exists(id) then return no_agent(id) end
-  if session and session ~= '' and session ~= redis.call('HGET', akey(id), 'session') then
+  local a = redis.call('HMGET', akey(id), 'status', 'session')
+  if not a[1] then return no_agent(id) end
+  if session and session ~= '' and session ~= a[2] then
     return err('conflict', 'session_replaced',
       'session ' .. session .. ' of agent ' .. id .. ' was replaced by a newer registration')
   end
@@ -439,8 +449,9 @@ local function check_session(id, session)
 end
 
 -- The eligibility rule now (`refusal_of`); an open breaker past its cooldown turns half-open here, with its event.
+-- Answers the reason (nil: eligible) and, read with it, the agent's registered capabilities.
 local function refusal(id)
-  local a = redis.call('HMGET', akey(id), unpack(STANDING))
+  local a = redis.call('HMGET', akey(id), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial', 'caps')
   if a[4] == 'open' and NOW >= tonumber(a[5]) + CFG.breaker_cooldown then
     mark(id)
     redis.call('HSET', akey(id), 'b_state', 'half_open')
@@ -448,7 +459,7 @@ local function refusal(id)
     emit('breaker_changed', nil, id, json({ from = 'open', to = 'half_open' }))
     a[4], a[6] = 'half_open', false
   end
-  return refusal_from(a[1], a[2], a[3], a[4], a[5], a[6])
+  return refusal_from(a[1], a[2], a[3], a[4], a[5], a[6]), a[7]
 end
 
 -- Whether the agent may be given work now.
@@ -513,11 +524,13 @@ local function waiter_expired(deadline)
   return deadline ~= false and deadline ~= nil and tonumber(deadline) <= NOW
 end
 
--- Drops a waiting claim from every index (a no-op for an unknown token).
-local function remove_waiter(token)
-  local w = redis.call('HMGET', wkey(token), 'agent', 'caps')
+-- Drops a waiting claim from every index (a no-op for an unknown token). `w`, if the caller read the token's record
+-- already: its agent and caps, in that order.
+local function remove_waiter(token, w)
+  w = w or redis.call('HMGET', wkey(token), 'agent', 'caps')
   redis.call('ZREM', K.waiters, token)
   redis.call('DEL', wkey(token))
+  redis.call('HDEL', K.waiter_agents, token)
   if w[1] then redis.call('SREM', wskey(w[1]), token) end
   if w[2] then redis.call('ZREM', gkey(w[2]), token) end
 end
@@ -536,13 +549,17 @@ local function add_waiter(token, agent, caps, lifetime)
     -- The record decides: a token registered by an older version is scored by its sequence, not its end.
     if waiter_expired(redis.call('HGET', wkey(old), 'until')) then remove_waiter(old) end
   end
-  remove_waiter(token)
+  -- A live token is in `P waiters` until it is removed: one look instead of a removal for every fresh token.
+  if redis.call('ZSCORE', K.waiters, token) then remove_waiter(token) end
   local seq = redis.call('INCR', K.seq)
   local deadline = NOW + lifetime
   redis.call('ZADD', K.waiters, deadline, token)
   redis.call('ZADD', gkey(caps), seq, token)
   redis.call('SADD', K.waiting_sets, caps)
   redis.call('HSET', wkey(token), 'agent', agent, 'caps', caps, 'until', n2s(deadline), 'seq', n2s(seq))
+  -- The same agent and end again in one hash shared by all claims, so an offer reads a page of claims in one call;
+  -- the record above stays for the other steps, and for servers of older builds on the same Redis.
+  redis.call('HSET', K.waiter_agents, token, n2s(deadline) .. ' ' .. agent)
   redis.call('SADD', wskey(agent), token)
 end
 
@@ -564,8 +581,9 @@ end
 
 -- The offer for work of `sig`: up to `limit` live waiting claims of agents the rule allows, longest-waiting first,
 -- agents at capacity after the others. Each: {token, agent, seq, then the numbers a strategy reads: in flight, max,
--- completed, failed, latency, last heartbeat, last assigned ('' if never), health}. One read of each agent's record
--- answers both the rule and the numbers.
+-- completed, failed, latency, last heartbeat, last assigned ('' if never), health}. Per page of claims one read
+-- finds their agents (`P waiter-agents`); per agent one read of its record answers both the rule and the numbers,
+-- and one more its in-flight count; one read at the end gives every offered agent's last heartbeat.
 local function offer(sig, limit, after)
   local below, full = {}, {}
   local cursor = after
@@ -577,17 +595,31 @@ local function offer(sig, limit, after)
     if #page == 0 then break end
     cursor = page[#page][1]
     scanned = scanned + #page
-    for _, entry in ipairs(page) do
+    local tokens = {}
+    for i, entry in ipairs(page) do tokens[i] = entry[2] end
+    local held = redis.call('HMGET', K.waiter_agents, unpack(tokens))
+    for i, entry in ipairs(page) do
       local token = entry[2]
-      local w = redis.call('HMGET', wkey(token), 'agent', 'until')
-      local agent = w[1]
-      if agent and not waiter_expired(w[2]) then
+      local deadline, agent
+      if held[i] then
+        deadline, agent = string.match(held[i], '^(%d+) (.*)$')
+      else
+        -- Registered by a server of an older build: only its own record knows.
+        local w = redis.call('HMGET', wkey(token), 'until', 'agent')
+        deadline, agent = w[1], w[2]
+      end
+      if agent and not waiter_expired(deadline) then
         local a = redis.call('HMGET', akey(agent), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial',
           'max', 'completed', 'failed', 'latency', 'assigned')
         if refusal_from(a[1], a[2], a[3], a[4], a[5], a[6]) == nil then
-          local in_flight = redis.call('HLEN', lkey(agent))
-          local claim = { token, agent, n2s(entry[1]), n2s(in_flight), a[7], a[8], a[9], a[10],
-            redis.call('HGET', K.beats, agent) or '0', a[11] or '', a[3] }
+          -- One slot: ready means free and busy taken (`refresh_capacity` keeps the status so); else count.
+          local in_flight
+          if a[7] == '1' then
+            in_flight = a[2] == 'busy' and 1 or 0
+          else
+            in_flight = redis.call('HLEN', lkey(agent))
+          end
+          local claim = { token, agent, n2s(entry[1]), n2s(in_flight), a[7], a[8], a[9], a[10], '0', a[11] or '', a[3] }
           if in_flight >= tonumber(a[7]) then table.insert(full, claim) else table.insert(below, claim) end
         end
       end
@@ -595,6 +627,12 @@ local function offer(sig, limit, after)
   end
   for _, claim in ipairs(full) do table.insert(below, claim) end
   while #below > limit do table.remove(below) end
+  if #below > 0 then
+    local agents = {}
+    for i, claim in ipairs(below) do agents[i] = claim[2] end
+    local beats = redis.call('HMGET', K.beats, unpack(agents))
+    for i, claim in ipairs(below) do claim[9] = beats[i] or '0' end
+  end
   return below
 end
 
@@ -605,13 +643,14 @@ end
 -- A routed grant names the waiter token it consumed in its event, so the server holding that blocked claim wakes it.
 local function grant(id, agent, via, lease, waiter)
   local k = tkey(id)
-  local attempt = redis.call('HINCRBY', k, 'attempt', 1)
-  local deadline = NOW + tonumber(redis.call('HGET', k, 'timeout')) * 1000
-  redis.call('HSET', k, 'lease', lease, 'agent', agent, 'claimed', n2s(NOW), 'unfenced', '0', 'deadline',
-    n2s(deadline))
+  local t = fields(k, { 'attempt', 'timeout', 'status', 'prio', 'finished' })
+  local attempt = (tonumber(t.attempt) or 0) + 1
+  local deadline = NOW + tonumber(t.timeout) * 1000
+  redis.call('HSET', k, 'attempt', n2s(attempt), 'lease', lease, 'agent', agent, 'claimed', n2s(NOW), 'unfenced', '0',
+    'deadline', n2s(deadline))
   redis.call('HDEL', k, 'started', 'progress', 'rq_lease', 'rq_error')
   redis.call('ZADD', K.leases, deadline, id)
-  set_status(id, 'claimed')
+  set_status(id, 'claimed', t)
   mark(agent)
   redis.call('HSET', lkey(agent), id, n2s(NOW))
   redis.call('HSET', akey(agent), 'assigned', n2s(NOW))
@@ -623,24 +662,25 @@ end
 
 -- Ends the current lease: off the deadline index and the holder's leases; a revocation is remembered on the task
 -- (to answer a late outcome with the right code) and queued for the holder's next heartbeat.
-local function drop_lease(id, reason)
+-- `t`, if the caller read the task already: its deadline, lease, agent and revoked.
+local function drop_lease(id, reason, t)
   local k = tkey(id)
-  local t = redis.call('HMGET', k, 'deadline', 'lease', 'agent', 'revoked')
-  if t[1] then
+  t = t or fields(k, { 'deadline', 'lease', 'agent', 'revoked' })
+  if t.deadline then
     redis.call('HDEL', k, 'deadline')
     redis.call('ZREM', K.leases, id)
   end
   redis.call('HDEL', k, 'lease')
-  if t[2] and reason then
+  if t.lease and reason then
     local history = {}
-    if t[4] and t[4] ~= '' then
-      for entry in string.gmatch(t[4], '[^,]+') do table.insert(history, entry) end
+    if t.revoked and t.revoked ~= '' then
+      for entry in string.gmatch(t.revoked, '[^,]+') do table.insert(history, entry) end
     end
-    table.insert(history, t[2] .. ':' .. reason)
+    table.insert(history, t.lease .. ':' .. reason)
     while #history > REVOKED_HISTORY do table.remove(history, 1) end
     redis.call('HSET', k, 'revoked', table.concat(history, ','))
   end
-  local holder = t[3]
+  local holder = t.agent
   if holder and agent_exists(holder) and redis.call('HEXISTS', lkey(holder), id) == 1 then
     -- Marked before the lease goes: the holder's counted contribution is the one before this change.
     mark(holder)
@@ -709,17 +749,18 @@ local function lose_all(agent, why)
 end
 
 -- Checks that the fence holds the task's current lease; explains a revoked one. Fence kinds: lease, agent, none.
-local function check_fence(id, kind, value)
-  local t = redis.call('HMGET', tkey(id), 'status', 'lease', 'agent', 'revoked')
-  local status = t[1]
+-- `t`, if the caller read the task already: its status, lease, agent and revoked.
+local function check_fence(id, kind, value, t)
+  t = t or fields(tkey(id), { 'status', 'lease', 'agent', 'revoked' })
+  local status = t.status
   if not status then return no_task(id) end
   if status == 'claimed' or status == 'running' then
     if kind == 'lease' then
-      if t[2] == value then return nil end
-      local code = CONFLICT_CODE[revoked_reason(t[4], value) or 'reassigned']
+      if t.lease == value then return nil end
+      local code = CONFLICT_CODE[revoked_reason(t.revoked, value) or 'reassigned']
       return err('conflict', code, 'lease ' .. value .. ' no longer holds task ' .. id)
     elseif kind == 'agent' then
-      if t[3] == value then return nil end
+      if t.agent == value then return nil end
       return err('conflict', 'lease_lost', 'agent ' .. value .. ' does not hold task ' .. id)
     end
     return nil
@@ -727,7 +768,7 @@ local function check_fence(id, kind, value)
   if status == 'cancelled' then return err('conflict', 'task_cancelled', 'task ' .. id .. ' was cancelled') end
   if status == 'timeout' then return err('conflict', 'task_timeout', 'task ' .. id .. ' timed out') end
   if kind == 'lease' then
-    local reason = revoked_reason(t[4], value)
+    local reason = revoked_reason(t.revoked, value)
     if reason then
       return err('conflict', CONFLICT_CODE[reason], 'lease ' .. value .. ' no longer holds task ' .. id)
     end
@@ -738,30 +779,29 @@ end
 -- For an outcome on a finished task: the same outcome from the same holder answers the stored task ('stored');
 -- anything else conflicts; nil when the task is not finished. `outcome` is 'completed' (value: the result as JSON)
 -- or 'failed' (value: the error).
-local function repeated_outcome(id, kind, fence, outcome, value)
-  local t = redis.call('HMGET', tkey(id), 'status', 'rq_lease', 'rq_error', 'outcome_lease', 'agent', 'result',
-    'error')
-  local status = t[1]
+local function repeated_outcome(id, kind, fence, outcome, value, t)
+  t = t or fields(tkey(id), { 'status', 'rq_lease', 'rq_error', 'outcome_lease', 'agent', 'result', 'error' })
+  local status = t.status
   if not status then return nil, no_task(id) end
-  if kind == 'lease' and t[2] and fence == t[2] then
-    if outcome == 'failed' and value == t[3] then return 'stored', nil end
+  if kind == 'lease' and t.rq_lease and fence == t.rq_lease then
+    if outcome == 'failed' and value == t.rq_error then return 'stored', nil end
     return nil, err('conflict', 'outcome_conflict',
       'lease ' .. fence .. ' already failed task ' .. id .. ', which was requeued')
   end
   if status ~= 'completed' and status ~= 'failed' then return nil, nil end
   local same_holder
   if kind == 'lease' then
-    same_holder = t[4] == fence
+    same_holder = t.outcome_lease == fence
   elseif kind == 'agent' then
-    same_holder = t[5] == fence
+    same_holder = t.agent == fence
   else
     same_holder = true
   end
   local same_outcome
   if outcome == 'completed' then
-    same_outcome = status == 'completed' and t[6] == value
+    same_outcome = status == 'completed' and t.result == value
   else
-    same_outcome = status == 'failed' and t[7] == value
+    same_outcome = status == 'failed' and t.error == value
   end
   if same_holder and same_outcome then return 'stored', nil end
   if same_holder then
@@ -791,33 +831,41 @@ end
 -- Completes a leased task (or answers a repeat of the same outcome). `reported` is the agent's own latency in ms
 -- ('' when it sent none), which feeds its average in place of claim-to-completion. Returns an error value or nil.
 local function complete(id, kind, fence, result, reported)
-  local stored, e = repeated_outcome(id, kind, fence, 'completed', result)
+  local k = tkey(id)
+  -- One read of the task answers the repeat check, the fence, the lease's end and the status change.
+  local t = fields(k, { 'status', 'rq_lease', 'rq_error', 'outcome_lease', 'agent', 'result', 'error', 'lease',
+    'revoked', 'deadline', 'claimed', 'prio', 'finished' })
+  local stored, e = repeated_outcome(id, kind, fence, 'completed', result, t)
   if e then return e end
   if stored then return nil end
-  e = check_fence(id, kind, fence)
+  e = check_fence(id, kind, fence, t)
   if e then return e end
-  local k = tkey(id)
-  record_outcome_lease(id, kind)
-  redis.call('HSET', k, 'result', result)
-  local t = redis.call('HMGET', k, 'claimed', 'agent')
-  local latency = tonumber(reported or '') or (t[1] and math.max(NOW - tonumber(t[1]), 0)) or nil
-  local agent = t[2]
+  -- The outcome's lease (record_outcome_lease) and the result in one write.
+  redis.call('HSET', k, 'result', result, 'unfenced', kind == 'none' and '1' or '0', 'outcome_lease', t.lease or '')
+  if not t.lease then redis.call('HDEL', k, 'outcome_lease') end
+  local latency = tonumber(reported or '') or (t.claimed and math.max(NOW - tonumber(t.claimed), 0)) or nil
+  local agent = t.agent or nil
   if agent then breaker_success(agent, id) end
-  drop_lease(id, nil)
-  set_status(id, 'completed')
-  if agent and agent_exists(agent) then
-    local done = redis.call('HINCRBY', akey(agent), 'completed', 1)
-    if latency then
+  drop_lease(id, nil, t)
+  set_status(id, 'completed', t)
+  if agent then
+    local a = redis.call('HMGET', akey(agent), 'completed', 'latency')
+    -- No counters for an agent that is gone (unregistered while it ran the task).
+    if a[1] then
+      local done = tonumber(a[1]) + 1
       -- Rolling: an exponentially weighted average (the first completion sets it outright).
       local avg = latency
-      if done ~= 1 then
-        avg = tonumber(redis.call('HGET', akey(agent), 'latency')) * (1 - LATENCY_SMOOTHING) + latency *
-            LATENCY_SMOOTHING
+      if latency and done ~= 1 then
+        avg = tonumber(a[2]) * (1 - LATENCY_SMOOTHING) + latency * LATENCY_SMOOTHING
       end
-      redis.call('HSET', akey(agent), 'latency', string.format('%.17g', avg))
+      if avg then
+        redis.call('HSET', akey(agent), 'completed', n2s(done), 'latency', string.format('%.17g', avg))
+      else
+        redis.call('HSET', akey(agent), 'completed', n2s(done))
+      end
     end
   end
-  emit('task_completed', id, agent or nil, json({ unfenced = kind == 'none' }))
+  emit('task_completed', id, agent, json({ unfenced = kind == 'none' }))
   return nil
 end
 
@@ -828,11 +876,10 @@ local function claim(agent, caps_text, has_caps, max_tasks, session, leases, wai
   local e = check_session(agent, session)
   if e then return nil, e end
   touch(agent)
-  local refused = refusal(agent)
+  local refused, registered_text = refusal(agent)
   if refused then return { granted = {}, refusal = refused, waiting = false, promoted = {} }, nil end
   local promoted = promote_due(1000)
   -- The store enforces narrowing itself: a claim may not ask for capabilities the agent does not hold.
-  local registered_text = redis.call('HGET', akey(agent), 'caps')
   local caps_list = {}
   if has_caps then
     local registered = cap_set(registered_text)

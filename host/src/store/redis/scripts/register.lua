@@ -37,6 +37,8 @@ else
 end
 local registered_status = redis.call('HGET', k, 'status')
 touch(id)
+-- A new `max` may make a ready agent full, or a busy one free.
+refresh_capacity(id)
 if registered_status == 'starting' then
   -- touch makes a claiming agent ready; a registration keeps the status the agent reported.
   set_agent_status(id, 'starting')
