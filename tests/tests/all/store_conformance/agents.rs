@@ -113,6 +113,37 @@ pub(super) async fn an_agents_status_and_in_flight_follow_its_leases(h: Harness)
     assert_eq!((agent.status, agent.in_flight), (AgentStatus::Ready, 0));
 }
 
+/// An agent may say it is busy with nothing held (work outside the control plane): it is offered last and counts as
+/// unavailable until its next sign of life, when capacity decides again (the Redis store's counters and offers read
+/// capacity from the status, so the status must not stay busy on its own).
+pub(super) async fn an_agent_that_reports_itself_busy_is_ready_again_at_its_next_sign_of_life(h: Harness) {
+    h.register("reporter", &["code"]).await;
+    h.register("other", &["code"]).await;
+    let busy = HeartbeatRequest { status: Some(AgentStatus::Busy), ..HeartbeatRequest::default() };
+    assert_eq!(h.heartbeat_with("reporter", &busy).await.status, AgentStatus::Busy);
+    assert_eq!(h.stats().await.available_agents, 1, "only the other one");
+
+    h.store.register_waiter(waiter("tok-reporter", "reporter", &["code"]), BLOCK).await.expect("waiter");
+    h.store.register_waiter(waiter("tok-other", "other", &["code"]), BLOCK).await.expect("waiter");
+    let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
+    let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("claims wait");
+    let reporter = offer.waiting.iter().find(|c| c.token == "tok-reporter").expect("offered");
+    assert_eq!(reporter.numbers.in_flight, 0, "its load is its leases, whatever it says");
+
+    h.store.keep_alive("reporter").await.expect("keep alive");
+    assert_eq!(h.agent("reporter").await.status, AgentStatus::Ready, "capacity decides again");
+    assert_eq!(h.stats().await.available_agents, 2);
+
+    h.heartbeat_with("reporter", &busy).await;
+    let held = h.claim("reporter").await.expect("a claim is a sign of life and takes the task");
+    assert_eq!(held.task_id, task_id);
+    let agent = h.agent("reporter").await;
+    assert_eq!((agent.status, agent.in_flight), (AgentStatus::Busy, 1), "busy because full now");
+    h.complete(&held, json!({})).await;
+    assert_eq!(h.agent("reporter").await.status, AgentStatus::Ready);
+    assert_eq!(h.stats().await.available_agents, 2);
+}
+
 /// Claims one task for `agent` and fails it with kind `agent`.
 pub(super) async fn fail_one_as_agent(h: &Harness, agent: &str) {
     let task = h.claim(agent).await.expect("a task to fail");

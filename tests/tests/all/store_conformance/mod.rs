@@ -79,6 +79,7 @@ macro_rules! conformance {
                 agents::paused_draining_and_failed_agents_get_nothing_until_they_are_eligible_again,
                 agents::capacity_and_the_starting_or_offline_status_do_not_refuse_a_claim,
                 agents::an_agents_status_and_in_flight_follow_its_leases,
+                agents::an_agent_that_reports_itself_busy_is_ready_again_at_its_next_sign_of_life,
                 matching::a_submit_creating_a_signature_past_max_signatures_is_refused,
                 matching::submits_past_max_pending_tasks_are_refused_and_change_nothing,
                 matching::claim_cost_is_flat_in_the_backlog,

@@ -172,8 +172,8 @@ local MARKED = {}
 local MARKED_ORDER = {}
 
 -- The counters agent `id` adds one to, as a set of agent-stats fields (empty for an unknown agent). One read of the
--- record: an eligible agent is available when it is ready, since `refresh_capacity` makes it busy at capacity
--- before any step ends (and `mark` reads before the step's first change, `finish` after its last).
+-- record: an eligible agent is available when it is ready, since `refresh_capacity` makes a ready agent busy at
+-- capacity before any step ends (and `mark` reads before the step's first change, `finish` after its last).
 local function contribution(id)
   local a = redis.call('HMGET', akey(id), 'status', 'provider', 'caps', 'h_status', 'b_state', 'paused', 'b_opened',
     'b_trial')
@@ -261,6 +261,16 @@ local function agent_view(id)
 end
 
 local function task_exists(id) return redis.call('EXISTS', tkey(id)) == 1 end
+
+-- HMGET of any number of fields, in slices: Lua's `unpack` stops near 8,000 values.
+local function hmget_many(key, names)
+  local values = {}
+  for first = 1, #names, 1000 do
+    local got = redis.call('HMGET', key, unpack(names, first, math.min(first + 999, #names)))
+    for i = 1, #got do values[first + i - 1] = got[i] end
+  end
+  return values
+end
 
 -- One read of several fields of a hash, by name (a missing field is false). A step that reads a record once hands
 -- the row to the helpers below, which otherwise read what they need themselves.
@@ -432,9 +442,12 @@ local function touch(id)
   local a = redis.call('HMGET', akey(id), 'status', 'max')
   if a[1] == 'offline' or a[1] == 'starting' then
     set_agent_status(id, 'ready')
-    -- It may hold leases still (a lost heartbeat does not end them): busy if they fill it. Any other status is
-    -- already what its leases make it, as every step ends.
+    -- It may hold leases still (a lost heartbeat does not end them): busy if they fill it.
     refresh_capacity(id, 'ready', a[2])
+  elseif a[1] == 'busy' then
+    -- An agent may have reported itself busy below capacity (heartbeat): capacity decides again. A ready agent is
+    -- below capacity already, as every step ends.
+    refresh_capacity(id, 'busy', a[2])
   end
 end
 
@@ -597,7 +610,7 @@ local function offer(sig, limit, after)
     scanned = scanned + #page
     local tokens = {}
     for i, entry in ipairs(page) do tokens[i] = entry[2] end
-    local held = redis.call('HMGET', K.waiter_agents, unpack(tokens))
+    local held = hmget_many(K.waiter_agents, tokens)
     for i, entry in ipairs(page) do
       local token = entry[2]
       local deadline, agent
@@ -612,13 +625,10 @@ local function offer(sig, limit, after)
         local a = redis.call('HMGET', akey(agent), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial',
           'max', 'completed', 'failed', 'latency', 'assigned')
         if refusal_from(a[1], a[2], a[3], a[4], a[5], a[6]) == nil then
-          -- One slot: ready means free and busy taken (`refresh_capacity` keeps the status so); else count.
-          local in_flight
-          if a[7] == '1' then
-            in_flight = a[2] == 'busy' and 1 or 0
-          else
-            in_flight = redis.call('HLEN', lkey(agent))
-          end
+          -- A ready one-slot agent holds nothing (`refresh_capacity` makes a ready agent busy at capacity before
+          -- any step ends); otherwise count (an agent may report itself busy below capacity).
+          local in_flight = 0
+          if not (a[7] == '1' and a[2] == 'ready') then in_flight = redis.call('HLEN', lkey(agent)) end
           local claim = { token, agent, n2s(entry[1]), n2s(in_flight), a[7], a[8], a[9], a[10], '0', a[11] or '', a[3] }
           if in_flight >= tonumber(a[7]) then table.insert(full, claim) else table.insert(below, claim) end
         end
@@ -630,7 +640,7 @@ local function offer(sig, limit, after)
   if #below > 0 then
     local agents = {}
     for i, claim in ipairs(below) do agents[i] = claim[2] end
-    local beats = redis.call('HMGET', K.beats, unpack(agents))
+    local beats = hmget_many(K.beats, agents)
     for i, claim in ipairs(below) do claim[9] = beats[i] or '0' end
   end
   return below
