@@ -261,6 +261,7 @@ local function agent_view(id)
 end
 
 local function task_exists(id) return redis.call('EXISTS', tkey(id)) == 1 end
+local function agent_exists(id) return redis.call('EXISTS', akey(id)) == 1 end
 
 -- HMGET of any number of fields, in slices: Lua's `unpack` stops near 8,000 values.
 local function hmget_many(key, names)
@@ -280,7 +281,6 @@ local function fields(key, names)
   for i, name in ipairs(names) do row[name] = values[i] end
   return row
 end
-local function agent_exists(id) return redis.call('EXISTS', akey(id)) == 1 end
 
 local function no_task(id) return err('task_not_found', '', id) end
 local function no_agent(id) return err('agent_not_found', '', id) end
