@@ -147,6 +147,9 @@ end
 -- The rule over the fields it reads, in this order (`STANDING`): paused, status, h_status, b_state, b_opened,
 -- b_trial. `refusal_of` reads them; a caller that has them already calls `refusal_from`.
 local STANDING = { 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial' }
+-- The same, then the registered capabilities: a claim reads both at once. (Spelled out: while Redis loads a function
+-- library, its top level sees no Lua libraries, not even `unpack`.)
+local STANDING_AND_CAPS = { 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial', 'caps' }
 
 local function refusal_from(paused, status, health, breaker, opened, trial)
   if not status then return 'offline' end
@@ -464,7 +467,7 @@ end
 -- The eligibility rule now (`refusal_of`); an open breaker past its cooldown turns half-open here, with its event.
 -- Answers the reason (nil: eligible) and, read with it, the agent's registered capabilities.
 local function refusal(id)
-  local a = redis.call('HMGET', akey(id), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial', 'caps')
+  local a = redis.call('HMGET', akey(id), unpack(STANDING_AND_CAPS))
   if a[4] == 'open' and NOW >= tonumber(a[5]) + CFG.breaker_cooldown then
     mark(id)
     redis.call('HSET', akey(id), 'b_state', 'half_open')
@@ -831,11 +834,13 @@ local function mark_started(id)
   end
 end
 
-local function record_outcome_lease(id, kind)
+-- Remembers the lease an outcome came under (none: unfenced), with the outcome's own field/value pairs (`...`) in
+-- the same write. `t`, if the caller read the task already: its lease.
+local function record_outcome_lease(id, kind, t, ...)
   local k = tkey(id)
-  local lease = redis.call('HGET', k, 'lease')
-  if lease then redis.call('HSET', k, 'outcome_lease', lease) else redis.call('HDEL', k, 'outcome_lease') end
-  redis.call('HSET', k, 'unfenced', kind == 'none' and '1' or '0')
+  local lease = (t or fields(k, { 'lease' })).lease
+  redis.call('HSET', k, 'unfenced', kind == 'none' and '1' or '0', 'outcome_lease', lease or '', ...)
+  if not lease then redis.call('HDEL', k, 'outcome_lease') end
 end
 
 -- Completes a leased task (or answers a repeat of the same outcome). `reported` is the agent's own latency in ms
@@ -850,9 +855,7 @@ local function complete(id, kind, fence, result, reported)
   if stored then return nil end
   e = check_fence(id, kind, fence, t)
   if e then return e end
-  -- The outcome's lease (record_outcome_lease) and the result in one write.
-  redis.call('HSET', k, 'result', result, 'unfenced', kind == 'none' and '1' or '0', 'outcome_lease', t.lease or '')
-  if not t.lease then redis.call('HDEL', k, 'outcome_lease') end
+  record_outcome_lease(id, kind, t, 'result', result)
   local latency = tonumber(reported or '') or (t.claimed and math.max(NOW - tonumber(t.claimed), 0)) or nil
   local agent = t.agent or nil
   if agent then breaker_success(agent, id) end
