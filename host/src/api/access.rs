@@ -1,26 +1,40 @@
-//! Every request's id and its line in the log. A request keeps the `x-request-id` it came with (or gets a fresh
-//! one), and every response carries it back. Refusals are logged at `info` with their code, server errors at
+//! The API's one middleware: every request's id, its line in the log, its count in `/metrics` and, for a
+//! state-changing call, its entry in the audit log. A request keeps the `x-request-id` it came with (or gets a
+//! fresh one), and every response carries it back. Refusals are logged at `info` with their code, server errors at
 //! `error` with their cause (the client's body stays opaque), each line with the request's method, uri and id;
 //! at `debug` for `aragora_cp::api::access` every request also runs in a span with those fields (so everything it
-//! logs carries them) and ends with a line giving its status and latency.
+//! logs carries them) and ends with a line giving its status and latency. Requests to the API's routes are counted
+//! by route template (`metrics`), and the calls the audit log records are recorded before they are answered
+//! (`audit`).
 //!
 //! An error response the framework made itself (text, not JSON) is rewritten as a problem document here.
 //!
-//! Nothing here formats or allocates for a request that succeeds at the default level: a span per request cost
-//! more than a claim's store step (docs/BENCHMARKS.md).
+//! It is a hand-written layer with a concrete future rather than `axum::middleware::from_fn`: that boxes a future
+//! and clones the route's service for every request, which cost more than a claim's store step. Nothing here
+//! formats or allocates for a request that succeeds at the default level, except a fresh request id; an audited
+//! call or a framework error finishes in one boxed future (docs/BENCHMARKS.md).
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
+use super::ApiState;
+use super::audit::AuditedCall;
 use super::errors::ApiError;
 
 /// The header carrying the request id both ways.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// [`REQUEST_ID`] as a header name, parsed once.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 /// Longest request id taken from a client; a longer one is replaced by a generated id.
 const MAX_GIVEN_ID: usize = 128;
@@ -36,40 +50,197 @@ pub struct Refusal {
     pub cause: Option<String>,
 }
 
-/// The middleware (outermost, so the fallback and every layer inside are covered).
-pub async fn observe(mut request: Request, next: Next) -> Response {
-    let request_id = match request.headers().get(REQUEST_ID) {
-        Some(given) if given.len() <= MAX_GIVEN_ID && given.to_str().is_ok() => given.clone(),
-        _ => {
-            let fresh = HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>())).expect("hex is a header");
-            request.headers_mut().insert(REQUEST_ID, fresh.clone());
-            fresh
+/// The layer, added last so that it wraps every route and the fallback (axum applies a router's layers to each
+/// route after routing, so the matched route template is known here).
+#[derive(Clone)]
+pub struct Observe {
+    state: ApiState,
+}
+
+impl Observe {
+    /// The layer over `state`'s metrics, audit log and coordinator.
+    pub fn new(state: ApiState) -> Self {
+        Observe { state }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for Observe {
+    type Service = Observed<S>;
+
+    fn layer(&self, inner: S) -> Observed<S> {
+        Observed { inner, state: self.state.clone() }
+    }
+}
+
+/// A route (or the fallback) wrapped by [`Observe`].
+#[derive(Clone)]
+pub struct Observed<S> {
+    inner: S,
+    state: ApiState,
+}
+
+impl<S> tower_service::Service<Request> for Observed<S>
+where
+    S: tower_service::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let (seen, request) = Seen::arriving(request, &self.state);
+        Answer { step: Step::Handler { handler: self.inner.call(request) }, seen: Some(seen) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of an observed request: the handler's, then (only for an audited call or a framework error) the
+    /// boxed rest.
+    pub struct Answer<F> {
+        #[pin]
+        step: Step<F>,
+        seen: Option<Seen>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StepProjection]
+    enum Step<F> {
+        Handler { #[pin] handler: F },
+        Finishing { finishing: BoxFuture<'static, Response> },
+    }
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.step.as_mut().project() {
+                StepProjection::Handler { handler } => {
+                    let Ok(response) = {
+                        let _in_span = this.seen.as_ref().map(|seen| seen.span.enter());
+                        ready!(handler.poll(cx))
+                    };
+                    let seen = this.seen.take().expect("a request is answered once");
+                    match seen.answered(response) {
+                        Ok(response) => return Poll::Ready(Ok(response)),
+                        Err(finishing) => this.step.set(Step::Finishing { finishing }),
+                    }
+                }
+                StepProjection::Finishing { finishing } => return finishing.as_mut().poll(cx).map(Ok),
+            }
         }
-    };
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let id = request_id.to_str().unwrap_or("-");
-    let span = tracing::debug_span!("request", %method, %uri, request_id = id);
-    let started = Instant::now();
-    let mut response =
-        if span.is_disabled() { next.run(request).await } else { next.run(request).instrument(span.clone()).await };
-    if response.status().as_u16() >= 400 && !is_json(&response) {
-        response = as_problem(response).await;
     }
-    let status = response.status().as_u16();
-    if let Some(refusal) = response.extensions_mut().remove::<Refusal>() {
-        let Refusal { code, detail, cause } = refusal;
-        match cause {
-            Some(cause) => tracing::error!(%method, %uri, request_id = id, status, code, %cause, "request failed"),
-            None => tracing::info!(%method, %uri, request_id = id, status, code, detail, "request refused"),
+}
+
+/// What the layer keeps of a request for its answer.
+struct Seen {
+    state: ApiState,
+    request_id: HeaderValue,
+    method: Method,
+    uri: Uri,
+    /// Disabled (and free) unless `debug` is on for this module.
+    span: tracing::Span,
+    started: Instant,
+    /// The route template, when the request matched one of the API's routes (what `/metrics` counts by).
+    route: Option<MatchedPath>,
+    /// What the audit entry needs, when the call is one the log records.
+    audited: Option<AuditedCall>,
+}
+
+impl Seen {
+    fn arriving(mut request: Request, state: &ApiState) -> (Seen, Request) {
+        let request_id = match request.headers().get(REQUEST_ID_HEADER) {
+            Some(given) if given.len() <= MAX_GIVEN_ID && given.to_str().is_ok() => given.clone(),
+            _ => fresh_request_id(),
+        };
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let span = tracing::debug_span!("request", %method, %uri, request_id = request_id.to_str().unwrap_or("-"));
+        // `MatchedPath` is a shared string: keeping it costs a reference count, not a copy.
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .filter(|route| super::PREFIXES.iter().any(|prefix| route.as_str().starts_with(prefix)))
+            .cloned();
+        let audited = route
+            .as_ref()
+            .and_then(|route| super::audit::audited_route(&method, route.as_str()))
+            .map(|audited| AuditedCall::begin(&mut request, audited, &request_id));
+        let seen =
+            Seen { state: state.clone(), request_id, method, uri, span, started: Instant::now(), route, audited };
+        (seen, request)
+    }
+
+    /// The handler has answered: counted at once; then finished at once, or by the returned future when the call is
+    /// audited or its answer must become a problem document.
+    fn answered(self, response: Response) -> Result<Response, BoxFuture<'static, Response>> {
+        if let Some(route) = &self.route {
+            let seconds = self.started.elapsed().as_secs_f64();
+            self.state.metrics.record(&self.method, route.as_str(), response.status().as_u16(), seconds);
         }
+        if self.audited.is_some() || from_the_framework(&response) {
+            let span = self.span.clone();
+            return Err(Box::pin(self.finishing(response).instrument(span)));
+        }
+        Ok(self.logged(response))
     }
-    if !span.is_disabled() {
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        tracing::debug!(parent: &span, status, latency_ms, "request finished");
+
+    async fn finishing(mut self, mut response: Response) -> Response {
+        if let Some(call) = self.audited.take() {
+            let entry = super::audit::entry(&self.state, call, &response);
+            self.state.coordinator.record_audit(entry, response.status().is_success()).await;
+        }
+        if from_the_framework(&response) {
+            response = as_problem(response).await;
+        }
+        self.logged(response)
     }
-    response.headers_mut().insert(REQUEST_ID, request_id);
-    response
+
+    /// The refusal's line, the span's last line, and the request id on the answer.
+    fn logged(self, mut response: Response) -> Response {
+        let Seen { request_id, method, uri, span, started, .. } = self;
+        let id = request_id.to_str().unwrap_or("-");
+        let status = response.status().as_u16();
+        if let Some(refusal) = response.extensions_mut().remove::<Refusal>() {
+            let Refusal { code, detail, cause } = refusal;
+            match cause {
+                Some(cause) => tracing::error!(%method, %uri, request_id = id, status, code, %cause, "request failed"),
+                None => tracing::info!(%method, %uri, request_id = id, status, code, detail, "request refused"),
+            }
+        }
+        if !span.is_disabled() {
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::debug!(parent: &span, status, latency_ms, "request finished");
+        }
+        response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+        response
+    }
+}
+
+/// Sixteen hex digits, written without formatting.
+fn fresh_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u64>();
+    let mut id = [0u8; 16];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[(bits >> (60 - 4 * i)) as usize & 0xf];
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a header value")
+}
+
+/// An error the framework answered in text (our handlers answer errors in JSON).
+fn from_the_framework(response: &Response) -> bool {
+    response.status().as_u16() >= 400 && !is_json(response)
 }
 
 /// Our handlers answer errors in JSON (problem documents; `/readyz` its own checks); the framework in text.

@@ -1,6 +1,6 @@
 //! Who changed what: every state-changing call (any method but GET under the API prefix, except an agent's own work
 //! on its tasks: heartbeats, claims, start, progress, complete, fail) is appended to the audit log after it is
-//! answered by the handler and before the answer leaves (`metrics::track` records its [`entry`]); and the log's reads:
+//! answered by the handler and before the answer leaves (`access` records its [`entry`]); and the log's reads:
 //! `/audit` (filters and a cursor), `/audit/stats`, `/audit/verify`, and Aragora's `/audit-logs` (offset paging).
 //!
 //! The actor is the caller's token subject, which the `Caller` extractor leaves in the request's [`AuditActor`]
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::Method;
+use axum::http::{HeaderValue, Method};
 use axum::response::Response;
 use axum::routing::get;
 use parking_lot::Mutex;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::access::{REQUEST_ID, Refusal};
+use super::access::Refusal;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, page_limit, query_param};
@@ -101,14 +101,14 @@ pub struct AuditedCall {
 
 impl AuditedCall {
     /// Takes what the entry needs and leaves the actor slot in the request for the extractor.
-    pub fn begin(request: &mut axum::extract::Request, route: &str) -> AuditedCall {
+    pub fn begin(request: &mut axum::extract::Request, route: &str, request_id: &HeaderValue) -> AuditedCall {
         let actor = AuditActor::default();
         request.extensions_mut().insert(actor.clone());
         AuditedCall {
             method: request.method().clone(),
             route: route.to_string(),
             path: request.uri().path().to_string(),
-            request_id: request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            request_id: request_id.to_str().unwrap_or("").to_string(),
             actor,
         }
     }

@@ -5,11 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 
@@ -42,16 +40,29 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn record(&self, method: &Method, route: &str, status: u16, seconds: f64) {
+    /// Counts a request answered on `route` (a template) with `status` after `seconds` (`access` calls it for every
+    /// request to the API's routes).
+    pub(super) fn record(&self, method: &Method, route: &str, status: u16, seconds: f64) {
+        // A client may send any method name to a route (405): only the standard ones get their own series.
+        let method = match *method {
+            Method::GET
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::HEAD
+            | Method::OPTIONS => method.clone(),
+            _ => Method::from_bytes(b"OTHER").expect("a token"),
+        };
         let mut requests = self.requests.lock();
         if !requests.contains_key(route) {
             requests.insert(route.to_string(), Vec::new());
         }
         let series = requests.get_mut(route).expect("inserted above");
-        let index = match series.iter().position(|(m, s, _)| m == method && *s == status) {
+        let index = match series.iter().position(|(m, s, _)| *m == method && *s == status) {
             Some(index) => index,
             None => {
-                series.push((method.clone(), status, Histogram::default()));
+                series.push((method, status, Histogram::default()));
                 series.len() - 1
             }
         };
@@ -62,34 +73,6 @@ impl Metrics {
             entry.buckets[bucket] += 1;
         }
     }
-}
-
-/// Middleware counting every routed request under its route template, and recording the state-changing ones in
-/// the audit log (`audit.rs`) before they are answered.
-pub async fn track(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // A client may send any method name to a route (405): only the standard ones get their own series.
-    let method = match *request.method() {
-        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::HEAD | Method::OPTIONS => {
-            request.method().clone()
-        }
-        _ => Method::from_bytes(b"OTHER").expect("a token"),
-    };
-    // `MatchedPath` is a shared string: keeping it costs a reference count, not a copy.
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let audited = route
-        .as_ref()
-        .and_then(|route| super::audit::audited_route(request.method(), route.as_str()))
-        .map(|audited| super::audit::AuditedCall::begin(&mut request, audited));
-    let response = next.run(request).await;
-    if let Some(route) = route {
-        state.metrics.record(&method, route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
-    }
-    if let Some(call) = audited {
-        let entry = super::audit::entry(&state, call, &response);
-        state.coordinator.record_audit(entry, response.status().is_success()).await;
-    }
-    response
 }
 
 /// `GET /metrics`.

@@ -1,5 +1,6 @@
 //! The REST API (DESIGN §7): one router file per resource (`agents`, `tasks`, `health`, `plugins`, `events` for
-//! SSE), `auth` for tokens and permissions, `errors` for the one error type, `access` for request ids and the log, `extract` for body and query
+//! SSE), `auth` for tokens and permissions, `errors` for the one error type, `access` for the one middleware (request
+//! ids, the log, the request counters, the audit entries), `extract` for body and query
 //! extractors that answer in that format, `readiness` for `/readyz`'s background store check, `connections` for
 //! accepting and serving connections with their timeouts, `dashboard` for the operators' page at `/dashboard`. Handlers are thin: extract, call the coordinator (the only part of the
 //! engine the API sees), map. [`router`] builds the routes (tests call it directly); [`serve`] runs them on a
@@ -127,8 +128,7 @@ pub fn router(state: ApiState) -> Router {
     for prefix in PREFIXES {
         app = resources(Prefixed { prefix, router: app, max_component_bytes }).router;
     }
-    app.route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
-        .method_not_allowed_fallback(method_not_allowed)
+    app.method_not_allowed_fallback(method_not_allowed)
         .merge(dashboard::routes())
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -136,7 +136,7 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state.clone())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(axum::middleware::from_fn(access::observe))
+        .layer(access::Observe::new(state))
 }
 
 /// Every resource's routes under one prefix.

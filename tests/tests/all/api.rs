@@ -317,6 +317,50 @@ async fn every_response_carries_a_request_id() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn an_audited_call_is_recorded_under_the_request_id_its_answer_carries() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let task = json!({"task_type": "code", "required_capabilities": ["code"]});
+    let mut answered = Vec::new();
+    for given in [None, Some("mine-2")] {
+        let mut request = server.client.post(server.api("/tasks")).bearer_auth(&admin).json(&task);
+        if let Some(given) = given {
+            request = request.header("x-request-id", given);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let id = response.headers().get("x-request-id").unwrap().to_str().unwrap().to_string();
+        match given {
+            Some(given) => assert_eq!(id, given),
+            // A fresh id: sixteen hex digits.
+            None => assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}"),
+        }
+        answered.push(id);
+    }
+    let (status, page) = get(&server, &server.api("/audit"), &admin).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let mut recorded: Vec<String> =
+        page["entries"].as_array().unwrap().iter().map(|e| e["request_id"].as_str().unwrap().to_string()).collect();
+    recorded.reverse();
+    assert_eq!(recorded, answered, "{page}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_method_a_route_does_not_take_is_counted_under_the_route_template() {
+    let server = TestServer::start().await;
+    let response = server.client.patch(server.api("/tasks/claim")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let series =
+        "aragora_cp_http_requests_total{method=\"PATCH\",route=\"/api/v1/control-plane/tasks/claim\",status=\"405\"} 1";
+    assert!(text.contains(series), "{text}");
+    // Routes outside the API (probes, the metrics themselves) are not counted.
+    assert!(!text.contains("route=\"/livez\"") && !text.contains("route=\"/metrics\""), "{text}");
+    server.stop().await;
+}
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
