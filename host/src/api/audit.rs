@@ -17,7 +17,6 @@ use axum::response::Response;
 use axum::routing::get;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::access::Refusal;
@@ -25,7 +24,7 @@ use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiQuery, page_limit, query_param};
 use super::{ApiState, Prefixed};
-use crate::model::{AuditCheckpoint, AuditEntry, ChainBreak, NewAuditEntry};
+use crate::model::{AuditCheckpoint, AuditDetails, AuditEntry, ChainBreak, NewAuditEntry};
 
 /// Routes of an agent's work on its own tasks: frequent, and recorded by the task's events instead.
 const AGENT_WORK: [&str; 8] = [
@@ -75,10 +74,8 @@ pub fn entry(state: &ApiState, call: AuditedCall, response: &Response) -> NewAud
         None => resource_of(&call.route, &call.path),
     };
     let status = response.status().as_u16();
-    let mut details = json!({"status": status});
-    if let Some(refusal) = response.extensions().get::<Refusal>() {
-        details["code"] = json!(refusal.code);
-    }
+    let code = response.extensions().get::<Refusal>().map(|refusal| refusal.code.clone());
+    let details = AuditDetails { code, status };
     NewAuditEntry {
         time_ms: state.coordinator.now_ms(),
         actor,

@@ -26,7 +26,9 @@ pub use agent::{
     Agent, AgentFilter, AgentRegistration, AgentStatus, HeartbeatOutcome, HeartbeatRequest, ORCHESTRATOR_PREFIX,
     RegisterRequest, Registered, RevokeReason, Revoked, validate_agent_id,
 };
-pub use audit::{AuditCheckpoint, AuditEntry, AuditHead, ChainBreak, GENESIS_HASH, NewAuditEntry, check_chain};
+pub use audit::{
+    AuditCheckpoint, AuditDetails, AuditEntry, AuditHead, ChainBreak, GENESIS_HASH, NewAuditEntry, check_chain,
+};
 pub use capability::{ADDRESS_PREFIX, CapabilitySet, address_of, normalize_capability};
 pub use decision::{
     DECISIONS_KEPT, DECISIONS_PER_TASK, DecisionAnswer, DecisionCandidate, DecisionDetails, DecisionQuery,

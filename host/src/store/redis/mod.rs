@@ -1115,7 +1115,7 @@ impl Store for RedisStore {
                 resource: String::new(),
                 request_id: String::new(),
                 outcome: String::new(),
-                details: Json::Null,
+                details: Default::default(),
                 prev_hash: String::new(),
                 hash: "unreadable".into(),
             }))

@@ -1,7 +1,7 @@
 //! Counters, events, listings, deadlines, retention, plugin records and violations.
 
 use super::*;
-use aragora_cp::model::DECISIONS_PER_TASK;
+use aragora_cp::model::{AuditDetails, DECISIONS_PER_TASK};
 
 pub(super) async fn counters_match_the_tasks_and_agents_after_a_mixed_sequence(h: Harness) {
     h.register_with(AgentRegistration {
@@ -666,7 +666,7 @@ pub(super) async fn audit_entries_append_by_compare_and_set_and_retention_leaves
         resource: String::new(),
         request_id: "r".into(),
         outcome: "success".into(),
-        details: json!({"status": 201}),
+        details: AuditDetails { code: None, status: 201 },
     };
     let chain = |from: &AuditHead, new: Vec<NewAuditEntry>| AuditEntry::chain_after(from, new).0;
     let genesis = h.store.audit_head().await.expect("head");
