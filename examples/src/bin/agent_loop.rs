@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     for n in 0..20 {
         let request = SubmitRequest {
             task_type: "code".into(),
-            payload: Some(json!({"n": n})),
+            payload: Some(json!({"n": n}).into()),
             required_capabilities: vec!["code".into()],
             idempotency_key: Some(format!("example-{n}")),
             ..Default::default()

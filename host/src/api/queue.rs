@@ -16,7 +16,7 @@ use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit, query_param};
 use super::tasks::submitter_or_admin;
 use super::{ApiState, Prefixed};
-use crate::model::{Priority, QueueFigures, Task, TaskFilter, TaskId, TaskStatus};
+use crate::model::{JsonText, Priority, QueueFigures, Task, TaskFilter, TaskId, TaskStatus};
 
 /// Default page of both views.
 const DEFAULT_QUEUE_LIMIT: usize = 50;
@@ -160,7 +160,8 @@ pub struct HistoryEntry {
     /// The agent that held it last.
     pub assigned_agent: Option<String>,
     /// The result, when completed.
-    pub result: Option<Value>,
+    #[schema(value_type = Option<Value>)]
+    pub result: Option<JsonText>,
     /// The failure, when failed or timed out.
     pub error: Option<String>,
     /// Automatic retries used.

@@ -20,7 +20,7 @@ use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit, query_param};
 use super::{ApiState, Prefixed};
 use crate::model::{CapabilitySet, FailKind, MAX_AGENT_CAPABILITIES, SubmitRequest, Task, TaskId, TaskStatus};
-use crate::model::{Completion, FailRequest, Fence, TaskFilter};
+use crate::model::{Completion, FailRequest, Fence, JsonText, TaskFilter};
 use crate::scheduler::{Claim, MAX_BLOCK};
 
 /// Tasks in one batch at most (DESIGN §7).
@@ -483,7 +483,8 @@ pub struct CompleteBody {
     #[serde(default)]
     agent_id: Option<String>,
     #[serde(default)]
-    result: Option<Value>,
+    #[schema(value_type = Option<Value>)]
+    result: Option<JsonText>,
     /// How long the work took by the agent's own clock, in ms: it feeds the agent's `avg_latency_ms` (else the
     /// time from claim to completion does).
     #[serde(default)]
@@ -535,7 +536,7 @@ pub async fn tasks_complete(
 ) -> ApiResult<Json<CompleteAnswer>> {
     let id = task_id(&raw_id)?;
     let fence = fence(&state, &caller, &id, body.lease_id, body.agent_id).await?;
-    let result = body.result.unwrap_or(Value::Null);
+    let result = body.result.unwrap_or_else(JsonText::null);
     crate::model::check_json_size("result", &result, crate::model::MAX_PAYLOAD_BYTES)?;
     let completion = Completion { result, latency_ms: reported_latency("latency_ms", body.latency_ms)? };
     let Some(next) = body.claim_next else {
@@ -570,7 +571,8 @@ pub struct BatchOutcome {
     #[serde(default)]
     agent_id: Option<String>,
     #[serde(default)]
-    result: Option<Value>,
+    #[schema(value_type = Option<Value>)]
+    result: Option<JsonText>,
     /// The agent's own latency, in ms (as in the single complete).
     #[serde(default)]
     latency_ms: Option<f64>,
@@ -602,7 +604,7 @@ pub async fn tasks_complete_batch(
     // Conflicts keep the request's order: (position in the request, conflict).
     let mut conflicts = Vec::new();
     for (index, outcome) in batch.results.into_iter().enumerate() {
-        let result = outcome.result.unwrap_or(Value::Null);
+        let result = outcome.result.unwrap_or_else(JsonText::null);
         crate::model::check_json_size(&format!("results[{index}].result"), &result, crate::model::MAX_PAYLOAD_BYTES)?;
         let latency_ms = reported_latency(&format!("results[{index}].latency_ms"), outcome.latency_ms)?;
         let Ok(id) = TaskId::parse("task_id", &outcome.task_id) else {

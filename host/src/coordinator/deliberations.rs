@@ -291,7 +291,7 @@ struct Failure(String);
 
 impl Session {
     fn adopt(task: &Task) -> Result<Session, String> {
-        let plan: SessionPlan = serde_json::from_value(task.payload["plan"].clone())
+        let plan: SessionPlan = serde_json::from_value(task.payload.to_value()["plan"].take())
             .map_err(|error| format!("not an orchestrated deliberation: {error}"))?;
         let created_ms = millis_of(&task.created_at).ok_or_else(|| format!("bad created_at {:?}", task.created_at))?;
         let slots = (0..plan.agents).map(|_| Slot::default()).collect();
@@ -301,7 +301,7 @@ impl Session {
             request_id: request_id_of(&task.task_id),
             submitted_by: task.submitted_by.clone(),
             priority: task.priority,
-            context: task.payload.get("context").cloned().unwrap_or(Value::Null),
+            context: task.payload.to_value()["context"].take(),
             plan,
             created_ms,
             round: 1,
@@ -474,7 +474,7 @@ impl Session {
         let tries = self.slots[index].tries;
         let request = SubmitRequest {
             task_type: self.phase().task_type().to_string(),
-            payload: Some(self.round_payload(index)),
+            payload: Some(self.round_payload(index).into()),
             required_capabilities: required,
             priority: Some(self.priority),
             timeout_seconds: Some(self.plan.round_timeout_seconds),
@@ -586,7 +586,7 @@ impl Session {
             Some(judge) => {
                 let task_id = TaskId::parse("task_id", &judge.task_id).map_err(EngineError::from)?;
                 let task = cp.get_task(&task_id).await?;
-                let said = task.result.as_ref().and_then(|r| r.get("consensus_reached")).and_then(Value::as_bool);
+                let said = task.result.as_ref().and_then(|r| r.to_value()["consensus_reached"].as_bool());
                 let reasoning =
                     judge.reasoning.clone().unwrap_or_else(|| format!("decided by judge {}", judge.agent_id));
                 (judge.answer.clone(), judge.confidence.unwrap_or(verdict.confidence), said.unwrap_or(true), reasoning)

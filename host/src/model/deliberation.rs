@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Priority, SubmitRequest, Task, TaskId, TaskStatus, ValidationError};
+use super::{JsonText, Priority, SubmitRequest, Task, TaskId, TaskStatus, ValidationError};
 
 /// The task type of a queued deliberation.
 pub const DELIBERATION_TASK_TYPE: &str = "deliberation";
@@ -101,7 +101,7 @@ pub struct Contribution {
 impl Contribution {
     /// A completed round task's contribution.
     pub fn of(slot: u32, task: &Task) -> Contribution {
-        let result = task.result.clone().unwrap_or(Value::Null);
+        let result = task.result.as_ref().map_or(Value::Null, JsonText::to_value);
         let answer = match &result {
             Value::Object(fields) => fields.get("answer").cloned().unwrap_or_else(|| result.clone()),
             other => other.clone(),
@@ -296,7 +296,7 @@ impl DeliberationRequest {
         let payload = with_caller_context(payload, self.context, self.config);
         let request = SubmitRequest {
             task_type: DELIBERATION_TASK_TYPE.to_string(),
-            payload: Some(payload),
+            payload: Some(payload.into()),
             required_capabilities: vec![ORCHESTRATE_CAPABILITY.to_string()],
             priority: self.priority,
             // The session ends itself at `timeout_seconds`; the lease outlives that a little, so an orchestrator
@@ -347,7 +347,7 @@ impl DeliberationRequest {
         let payload = with_caller_context(payload, self.context, self.config);
         Ok(SubmitRequest {
             task_type: DELIBERATION_TASK_TYPE.to_string(),
-            payload: Some(payload),
+            payload: Some(payload.into()),
             required_capabilities: self.required_capabilities.unwrap_or_else(|| vec!["deliberation".to_string()]),
             priority: self.priority,
             timeout_seconds: self.timeout_seconds,
@@ -392,9 +392,14 @@ pub fn deliberation_status(task: &Task) -> &'static str {
         TaskStatus::Failed if task.error.as_deref().is_some_and(|e| e.starts_with(SESSION_TIMEOUT_ERROR)) => "timeout",
         TaskStatus::Failed => "failed",
         TaskStatus::Timeout => "timeout",
-        TaskStatus::Cancelled if task.payload["mode"] == "sync" || task.payload["plan"]["sync"] == true => "timeout",
+        TaskStatus::Cancelled if is_sync(&task.payload.to_value()) => "timeout",
         TaskStatus::Cancelled => "failed",
     }
+}
+
+/// Whether a session's payload asked for a synchronous answer.
+fn is_sync(payload: &Value) -> bool {
+    payload["mode"] == "sync" || payload["plan"]["sync"] == true
 }
 
 /// `GET /deliberations/{id}`: the session with the worker's decision once there is one (`answer`, `confidence`,
@@ -402,7 +407,8 @@ pub fn deliberation_status(task: &Task) -> &'static str {
 /// is not an object is the `answer`).
 pub fn deliberation_view(task: &Task) -> Value {
     let status = deliberation_status(task);
-    let result = task.result.clone().unwrap_or(Value::Null);
+    let result = task.result.as_ref().map_or(Value::Null, JsonText::to_value);
+    let payload = task.payload.to_value();
     let field = |name: &str| match &result {
         Value::Object(fields) => fields.get(name).cloned().unwrap_or(Value::Null),
         _ => Value::Null,
@@ -420,9 +426,9 @@ pub fn deliberation_view(task: &Task) -> Value {
         "request_id": request_id_of(&task.task_id),
         "task_id": task.task_id,
         "status": status,
-        "decision_type": task.payload["decision_type"],
-        "content": task.payload["content"],
-        "mode": task.payload["mode"],
+        "decision_type": payload["decision_type"],
+        "content": payload["content"],
+        "mode": payload["mode"],
         "answer": answer,
         "confidence": field("confidence"),
         "consensus_reached": field("consensus_reached"),
@@ -463,7 +469,7 @@ fn duration_seconds(task: &Task) -> Value {
 /// `GET /deliberations/{id}/transcript`: the rounds and their contributions in order. A queued deliberation has
 /// one round, the worker's decision.
 pub fn deliberation_transcript(task: &Task) -> Value {
-    let result = task.result.clone().unwrap_or(Value::Null);
+    let result = task.result.as_ref().map_or(Value::Null, JsonText::to_value);
     // An orchestrated session's rounds so far are in its progress until it ends.
     let so_far = task.progress.as_ref().and_then(|p| p.get("rounds"));
     let rounds = match result.get("rounds").or(so_far) {
@@ -477,7 +483,7 @@ pub fn deliberation_transcript(task: &Task) -> Value {
         "request_id": request_id_of(&task.task_id),
         "task_id": task.task_id,
         "status": deliberation_status(task),
-        "content": task.payload["content"],
+        "content": task.payload.to_value()["content"],
         "rounds": rounds,
     })
 }
@@ -523,7 +529,7 @@ mod tests {
         assert_eq!(request(Some("later"), None).mode().unwrap_err().field, "mode");
         let task = request(None, Some(true)).into_task(DeliberationMode::Queued).unwrap();
         assert_eq!(task.required_capabilities, ["deliberation"]);
-        assert_eq!(task.payload.unwrap()["decision_type"], "debate");
+        assert_eq!(task.payload.unwrap().to_value()["decision_type"], "debate");
     }
 
     fn said(slot: u32, answer: Value) -> Contribution {

@@ -13,6 +13,7 @@ mod eligibility;
 mod error;
 mod event;
 mod health;
+mod json_text;
 mod notification;
 mod outcome;
 mod plugin;
@@ -44,6 +45,7 @@ pub use eligibility::{Refusal, Standing};
 pub use error::{StoreError, StoreResult};
 pub use event::{Event, EventKind};
 pub use health::{AgentHealth, BreakerState, CandidateNumbers, HealthState, HealthVerdict};
+pub use json_text::JsonText;
 pub use notification::{
     AttemptResult, Channel, ChannelFigures, ChannelFilter, ChannelKind, DEAD_KEPT, DEFAULT_EVENTS, Delivery,
     DeliveryMessage, DeliveryStatus, MAX_CHANNELS, NewChannel, SENT_KEPT, TaskFacts, backoff_ms, new_channel_id,

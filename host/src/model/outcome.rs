@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{FailKind, TaskId};
+use super::{FailKind, JsonText, TaskId};
 
 /// How a task outcome proves its sender holds the task (DESIGN §4, leases and fencing).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,8 +19,8 @@ pub enum Fence {
 /// A task's successful outcome, as the agent reports it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Completion {
-    /// The result (any JSON; `null` when the agent sent none).
-    pub result: Value,
+    /// The result (any JSON, as the agent sent it; `null` when it sent none).
+    pub result: JsonText,
     /// How long the agent says the work took, in ms (Aragora clients send it). It feeds the agent's
     /// `avg_latency_ms` in place of the store's own measure (claim to completion), which includes queueing on the
     /// agent's side and the network.
@@ -29,7 +29,7 @@ pub struct Completion {
 
 impl From<Value> for Completion {
     fn from(result: Value) -> Self {
-        Completion { result, latency_ms: None }
+        Completion { result: result.into(), latency_ms: None }
     }
 }
 

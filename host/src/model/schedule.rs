@@ -104,7 +104,7 @@ pub struct ScheduleAdvance {
 }
 
 /// The part of a schedule that changes only by the API: the spec, who made it and when.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ScheduleDefinition {
     /// What the client set.
     #[serde(flatten)]
@@ -115,6 +115,26 @@ pub struct ScheduleDefinition {
     pub created_ms: u64,
     /// Last change (ms).
     pub updated_ms: u64,
+}
+
+/// The fields of [`ScheduleSpec`], as a stored definition holds them beside its own.
+const SPEC_FIELDS: [&str; 7] = ["name", "cron", "interval_seconds", "timezone", "task", "catch_up", "paused"];
+
+/// Read by hand rather than through `flatten`, which buffers the fields in a form the task template's payload (kept
+/// as JSON text) cannot be read from; a JSON value can be. Fields this build does not know are ignored, as `flatten`
+/// ignored them (a newer server may have written them).
+impl<'de> Deserialize<'de> for ScheduleDefinition {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, Value>::deserialize(deserializer)?;
+        let mut own = |name: &'static str| fields.remove(name).ok_or_else(|| D::Error::missing_field(name));
+        let created_by = serde_json::from_value(own("created_by")?).map_err(D::Error::custom)?;
+        let created_ms = serde_json::from_value(own("created_ms")?).map_err(D::Error::custom)?;
+        let updated_ms = serde_json::from_value(own("updated_ms")?).map_err(D::Error::custom)?;
+        fields.retain(|name, _| SPEC_FIELDS.contains(&name.as_str()));
+        let spec = ScheduleSpec::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(ScheduleDefinition { spec, created_by, created_ms, updated_ms })
+    }
 }
 
 /// A firing: the ticks to fire now and where the schedule goes next.
@@ -384,6 +404,24 @@ mod tests {
         let long = timing.firing(11_000, 11_000 + 5_000 * 1000, CatchUp::All);
         assert_eq!((long.ticks.len(), long.skipped), (MAX_CATCH_UP_TICKS, 5_001 - MAX_CATCH_UP_TICKS as u64));
         assert_eq!(long.ticks.last(), Some(&(11_000 + 5_000 * 1000)));
+    }
+
+    #[test]
+    fn a_stored_definition_reads_back_with_its_task_payload() {
+        let stored = r#"{"name": "n", "interval_seconds": 60, "timezone": "UTC", "catch_up": "all", "paused": false,
+            "task": {"task_type": "t", "payload": {"z": 1, "a": [2]}}, "created_by": "ops", "created_ms": 5,
+            "updated_ms": 6, "written_by_a_newer_server": true}"#;
+        let definition: ScheduleDefinition = serde_json::from_str(stored).unwrap();
+        // Read through a JSON value, so compacted with its keys sorted: the same payload.
+        assert_eq!(definition.spec.task.payload.as_ref().map(|p| p.get()), Some(r#"{"a":[2],"z":1}"#));
+        assert_eq!((definition.created_by.as_str(), definition.created_ms, definition.updated_ms), ("ops", 5, 6));
+        assert_eq!((definition.spec.interval_seconds, definition.spec.catch_up), (Some(60), CatchUp::All));
+        // Written and read again: the same definition.
+        let again: ScheduleDefinition = serde_json::from_str(&serde_json::to_string(&definition).unwrap()).unwrap();
+        assert_eq!(serde_json::to_value(&again).unwrap(), serde_json::to_value(&definition).unwrap());
+        let missing =
+            r#"{"name": "n", "interval_seconds": 60, "task": {"task_type": "t"}, "created_ms": 5, "updated_ms": 6}"#;
+        assert!(serde_json::from_str::<ScheduleDefinition>(missing).unwrap_err().to_string().contains("created_by"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    CapabilitySet, MAX_METADATA_BYTES, MAX_PAYLOAD_BYTES, MAX_RETRIES_LIMIT, MAX_TASK_CAPABILITIES, Priority,
+    CapabilitySet, JsonText, MAX_METADATA_BYTES, MAX_PAYLOAD_BYTES, MAX_RETRIES_LIMIT, MAX_TASK_CAPABILITIES, Priority,
     TIMEOUT_SECONDS_RANGE, ValidationError, check_json_size,
 };
 
@@ -144,8 +144,9 @@ pub struct Task {
     pub id: TaskId,
     /// Chosen by the submitter.
     pub task_type: String,
-    /// The input (a JSON object ≤ 1 MiB).
-    pub payload: Value,
+    /// The input (a JSON object ≤ 1 MiB), as the submitter sent it.
+    #[schema(value_type = Value)]
+    pub payload: JsonText,
     /// Capabilities an agent must all hold.
     pub required_capabilities: CapabilitySet,
     /// Priority.
@@ -174,8 +175,9 @@ pub struct Task {
     pub retries: u32,
     /// Manual retries (`POST /tasks/{id}/retry`).
     pub manual_retries: u32,
-    /// The result, once completed.
-    pub result: Option<Value>,
+    /// The result, once completed, as the agent sent it.
+    #[schema(value_type = Option<Value>)]
+    pub result: Option<JsonText>,
     /// The failure message, once failed.
     pub error: Option<String>,
     /// The most recent error of any attempt.
@@ -205,7 +207,8 @@ pub struct SubmitRequest {
     pub task_type: String,
     /// The input; `{}` when absent.
     #[serde(default)]
-    pub payload: Option<Value>,
+    #[schema(value_type = Option<Value>)]
+    pub payload: Option<JsonText>,
     /// Capabilities required.
     #[serde(default)]
     pub required_capabilities: Vec<String>,
@@ -237,7 +240,7 @@ pub struct NewTask {
     /// The task type.
     pub task_type: String,
     /// The input object.
-    pub payload: Value,
+    pub payload: JsonText,
     /// Required capabilities: the signature.
     pub required_capabilities: CapabilitySet,
     /// Priority.
@@ -291,8 +294,9 @@ impl SubmitRequest {
             return Err(ValidationError::new("task_type", "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"));
         }
         let payload = match self.payload {
-            None | Some(Value::Null) => Value::Object(Map::new()),
-            Some(object @ Value::Object(_)) => object,
+            None => JsonText::empty_object(),
+            Some(null) if null.is_null() => JsonText::empty_object(),
+            Some(object) if object.is_object() => object,
             Some(_) => return Err(ValidationError::new("payload", "must be a JSON object")),
         };
         check_json_size("payload", &payload, MAX_PAYLOAD_BYTES)?;
@@ -327,7 +331,8 @@ impl SubmitRequest {
             Some(_) => super::sha256_of_json(&Fingerprinted {
                 max_retries,
                 metadata: &metadata,
-                payload: &payload,
+                // Parsed for the hash: a map's keys come out sorted, as they did when payloads were kept parsed.
+                payload: &payload.to_value(),
                 priority,
                 required_capabilities: &required,
                 strategy: &self.strategy,
@@ -369,9 +374,9 @@ mod tests {
         assert_eq!(bad.validate("me", 300, 3).unwrap_err().field, "timeout_seconds");
         let ok = SubmitRequest { task_type: "code".into(), ..Default::default() }.validate("me", 300, 3).unwrap();
         assert_eq!((ok.timeout_seconds, ok.max_retries, ok.priority), (300, 3, Priority::Normal));
-        assert_eq!(ok.payload, serde_json::json!({}));
+        assert_eq!(ok.payload.get(), "{}");
         let array =
-            SubmitRequest { task_type: "x".into(), payload: Some(serde_json::json!([1])), ..Default::default() };
+            SubmitRequest { task_type: "x".into(), payload: Some(serde_json::json!([1]).into()), ..Default::default() };
         assert_eq!(array.validate("me", 300, 3).unwrap_err().field, "payload");
     }
 
@@ -379,7 +384,8 @@ mod tests {
     fn the_fingerprint_is_the_sorted_json_it_always_was() {
         let request = SubmitRequest {
             task_type: "code".into(),
-            payload: Some(serde_json::json!({"z": [1, {"b": 2, "a": "é\n"}], "a": null})),
+            // As a client sends it: keys unsorted, spaces.
+            payload: Some(JsonText::parse(r#"{"z": [1, {"b": 2, "a": "é\n"}], "a": null}"#.to_string()).unwrap()),
             required_capabilities: vec!["python".into(), "gpu".into()],
             priority: Some(Priority::High),
             metadata: Some(serde_json::from_str(r#"{"team": "x", "cost": 1.5}"#).unwrap()),

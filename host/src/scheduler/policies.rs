@@ -144,7 +144,7 @@ fn violation(
 pub(crate) fn on_submit(plugins: &PluginRegistry, task: &mut NewTask, now_ms: u64) -> StageOutcome {
     let mut violations = Vec::new();
     for policy in plugins.policies().iter() {
-        let payload_text = task.payload.to_string();
+        let payload_text = task.payload.get().to_string();
         let seen: &NewTask = task;
         let input_for = |version: &PluginVersion| {
             PolicyInput::Submit(SubmitRequest {

@@ -317,6 +317,62 @@ async fn every_response_carries_a_request_id() {
     server.stop().await;
 }
 
+/// Sends `body` as it is (JSON text, not re-encoded), returning the status and the answer's text.
+async fn send_text(
+    server: &TestServer,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: &str,
+) -> (StatusCode, String) {
+    let mut request = server.client.request(method, url).bearer_auth(token);
+    if !body.is_empty() {
+        request = request.header("content-type", "application/json").body(body.to_string());
+    }
+    let response = request.send().await.expect("request sent");
+    (response.status(), response.text().await.expect("body read"))
+}
+
+#[tokio::test]
+async fn a_payload_and_a_result_are_answered_as_they_were_sent() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let base = server.api("");
+    register(&server, &base, &admin, "worker", None).await;
+    let payload = r#"{"zeta": 1,  "alpha": [true, {"b": null, "a": "é"}]}"#;
+    let submit = format!(r#"{{"task_type": "code", "payload": {payload}}}"#);
+    let (status, answer) = send_text(&server, reqwest::Method::POST, &server.api("/tasks"), &admin, &submit).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let task_id = serde_json::from_str::<Value>(&answer).unwrap()["task_id"].as_str().unwrap().to_string();
+    // What a parsed value could not hold is refused as it was: a number out of range, a lone surrogate.
+    for bad in
+        [r#"{"task_type": "code", "payload": {"n": 1e400}}"#, r#"{"task_type": "code", "payload": {"s": "\ud800"}}"#]
+    {
+        let (status, answer) = send_text(&server, reqwest::Method::POST, &server.api("/tasks"), &admin, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(answer.contains("payload"), "{answer}");
+    }
+    let claimed = claim(&server, &base, &admin, "worker").await;
+    assert_eq!(claimed["task"]["task_id"], task_id.as_str(), "{claimed}");
+    let result = r#"{"verdict": "ok",  "notes": []}"#;
+    let complete_url = server.api(&format!("/tasks/{task_id}/complete"));
+    let with_result = format!(r#"{{"agent_id": "worker", "result": {result}}}"#);
+    // The report, the same report again (accepted), another result (a conflict).
+    let other = r#"{"agent_id": "worker", "result": {"verdict": "no"}}"#;
+    for (body, expected) in
+        [(&with_result[..], StatusCode::OK), (&with_result, StatusCode::OK), (other, StatusCode::CONFLICT)]
+    {
+        let (status, answer) = send_text(&server, reqwest::Method::POST, &complete_url, &admin, body).await;
+        assert_eq!(status, expected, "{answer}");
+    }
+    let task_url = server.api(&format!("/tasks/{task_id}"));
+    let (status, text) = send_text(&server, reqwest::Method::GET, &task_url, &admin, "").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains(&format!(r#""payload":{payload}"#)), "{text}");
+    assert!(text.contains(&format!(r#""result":{result}"#)), "{text}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_audited_call_is_recorded_under_the_request_id_its_answer_carries() {
     let server = TestServer::start().await;

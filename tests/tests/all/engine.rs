@@ -205,7 +205,7 @@ async fn a_submit_policy_denies_with_a_recorded_violation_and_an_event() {
     let mut events = cp.subscribe();
     let big = SubmitRequest {
         task_type: "code".into(),
-        payload: Some(json!({"blob": "x".repeat(70_000)})),
+        payload: Some(json!({"blob": "x".repeat(70_000)}).into()),
         ..Default::default()
     };
     match cp.submit_task(big, "tester").await {
@@ -281,7 +281,7 @@ async fn wait_for_result_returns_when_the_task_completes() {
     cp.complete_task(&task_id, &lease, json!({"answer": 42})).await.unwrap();
     let done = waiter.await.unwrap();
     assert_eq!(done.status, TaskStatus::Completed);
-    assert_eq!(done.result, Some(json!({"answer": 42})));
+    assert_eq!(done.result, Some(json!({"answer": 42}).into()));
     let stats = cp.get_stats().await.unwrap();
     assert_eq!(stats.scheduler["by_status"]["completed"], 1);
     assert_eq!(stats.registry["total_agents"], 1);

@@ -88,7 +88,7 @@ async fn coordinator_and_store() -> anyhow::Result<(Arc<ControlPlaneCoordinator>
 fn task(n: usize, capability: &str) -> SubmitRequest {
     SubmitRequest {
         task_type: "bench".into(),
-        payload: Some(serde_json::json!({"n": n})),
+        payload: Some(serde_json::json!({"n": n}).into()),
         required_capabilities: vec![capability.to_string()],
         ..Default::default()
     }

@@ -366,7 +366,7 @@ impl Shared {
         let task_type = &self.plan.task_types[pick % self.plan.task_types.len()];
         SubmitRequest {
             task_type: task_type.clone(),
-            payload: Some(json!({"submitter": submitter, "n": n})),
+            payload: Some(json!({"submitter": submitter, "n": n}).into()),
             required_capabilities: vec![self.capability.clone(), task_type.clone()],
             priority: Some(self.plan.priorities[pick % self.plan.priorities.len()]),
             idempotency_key: Some(format!("{}-{submitter}-{n}", self.run_id)),

@@ -31,7 +31,7 @@ use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, AttemptResult, AuditCheckpoint, AuditEntry,
     AuditHead, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion,
     DecisionRecord, Delivery, DeliveryStatus, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, GENESIS_HASH,
-    HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, MAX_SCHEDULES, NewTask, NewViolation,
+    HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, JsonText, MAX_SCHEDULES, NewTask, NewViolation,
     PLUGIN_HISTORY, PluginAction, PluginCandidate, PluginChange, PluginHistoryEntry, PluginRecord, Priority,
     QueueFigures, Refusal, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError,
     StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation,
@@ -763,14 +763,14 @@ impl Tx<'_> {
 
     /// For an outcome on a finished task: the same outcome from the same holder answers the stored task; anything
     /// else conflicts. Returns `None` when the task is not finished (the outcome should proceed).
-    fn repeated_outcome(&mut self, task_id: &TaskId, fence: &Fence, outcome: &Outcome) -> StoreResult<Option<Task>> {
+    fn repeated_outcome(&mut self, task_id: &TaskId, fence: &Fence, outcome: Outcome<'_>) -> StoreResult<Option<Task>> {
         let record = self.task(task_id)?;
         let status = record.task.status;
         if let (Fence::Lease(lease), Some((requeued_lease, error))) = (fence, &record.requeued_by)
             && lease == requeued_lease
         {
             return match outcome {
-                Outcome::Failed(again) if again == error => Ok(Some(record.task.clone())),
+                Outcome::Failed(again) if again == error.as_str() => Ok(Some(record.task.clone())),
                 _ => Err(StoreError::conflict(
                     "outcome_conflict",
                     format!("lease {lease} already failed task {task_id}, which was requeued"),
@@ -789,9 +789,7 @@ impl Tx<'_> {
             Outcome::Completed(result) => {
                 status == TaskStatus::Completed && record.task.result.as_ref() == Some(result)
             }
-            Outcome::Failed(error) => {
-                status == TaskStatus::Failed && record.task.error.as_deref() == Some(error.as_str())
-            }
+            Outcome::Failed(error) => status == TaskStatus::Failed && record.task.error.as_deref() == Some(error),
         };
         if same_holder && same_outcome {
             return Ok(Some(record.task.clone()));
@@ -825,7 +823,7 @@ impl Tx<'_> {
     /// Completes a leased task (or answers a repeat of the same outcome).
     fn complete(&mut self, task_id: &TaskId, fence: &Fence, completion: Completion) -> StoreResult<Task> {
         let Completion { result, latency_ms } = completion;
-        if let Some(stored) = self.repeated_outcome(task_id, fence, &Outcome::Completed(result.clone()))? {
+        if let Some(stored) = self.repeated_outcome(task_id, fence, Outcome::Completed(&result))? {
             return Ok(stored);
         }
         self.check_fence(task_id, fence)?;
@@ -1106,9 +1104,11 @@ impl Tx<'_> {
     }
 }
 
-enum Outcome {
-    Completed(Value),
-    Failed(String),
+/// An outcome reported again, compared with the one recorded.
+#[derive(Clone, Copy)]
+enum Outcome<'a> {
+    Completed(&'a JsonText),
+    Failed(&'a str),
 }
 
 #[async_trait]
@@ -1549,7 +1549,7 @@ impl Store for MemoryStore {
 
     async fn fail(&self, task_id: &TaskId, fence: &Fence, failure: &FailRequest) -> StoreResult<Task> {
         self.transition(|tx| {
-            if let Some(stored) = tx.repeated_outcome(task_id, fence, &Outcome::Failed(failure.error.clone()))? {
+            if let Some(stored) = tx.repeated_outcome(task_id, fence, Outcome::Failed(&failure.error))? {
                 return Ok(stored);
             }
             tx.check_fence(task_id, fence)?;

@@ -9,9 +9,9 @@ use serde_json::{Map, Value as Json};
 use super::super::{ClaimAnswer, WaitingClaim};
 use crate::model::{
     Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, DecisionRecord, Delivery,
-    DeliveryStatus, Event, EventKind, HealthState, PluginCandidate, PluginHistoryEntry, PluginRecord, Priority,
-    Refusal, RolloutMode, ScheduleRecord, StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus, Violation,
-    ViolationStatus, rfc3339_ms,
+    DeliveryStatus, Event, EventKind, HealthState, JsonText, PluginCandidate, PluginHistoryEntry, PluginRecord,
+    Priority, Refusal, RolloutMode, ScheduleRecord, StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus,
+    Violation, ViolationStatus, rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
@@ -132,6 +132,13 @@ fn parse_json(map: &HashMap<String, String>, name: &str) -> StoreResult<Option<J
     field(map, name).map(|raw| serde_json::from_str(raw).map_err(|e| corrupt(format!("{name}: {e}")))).transpose()
 }
 
+/// A payload or result, kept as its stored text (checked, not parsed into a tree).
+fn json_text(map: &HashMap<String, String>, name: &str) -> StoreResult<Option<JsonText>> {
+    field(map, name)
+        .map(|raw| JsonText::parse(raw.to_string()).map_err(|e| corrupt(format!("{name}: {e}"))))
+        .transpose()
+}
+
 fn object(map: &HashMap<String, String>, name: &str) -> StoreResult<Map<String, Json>> {
     match parse_json(map, name)? {
         Some(Json::Object(object)) => Ok(object),
@@ -164,7 +171,7 @@ pub(super) fn task(value: &Value) -> StoreResult<Task> {
         task_id: id.clone(),
         id,
         task_type: field(&map, "type").unwrap_or_default().to_string(),
-        payload: parse_json(&map, "payload")?.unwrap_or(Json::Object(Map::new())),
+        payload: json_text(&map, "payload")?.unwrap_or_else(JsonText::empty_object),
         required_capabilities: capabilities(field(&map, "caps").unwrap_or_default()),
         priority: Priority::from_level(level).ok_or_else(|| corrupt("priority"))?,
         status: field(&map, "status").unwrap_or_default().parse::<TaskStatus>().map_err(|_| corrupt("status"))?,
@@ -179,7 +186,7 @@ pub(super) fn task(value: &Value) -> StoreResult<Task> {
         max_retries: parsed(&map, "max_retries"),
         retries: parsed(&map, "retries"),
         manual_retries: parsed(&map, "manual"),
-        result: parse_json(&map, "result")?,
+        result: json_text(&map, "result")?,
         error: field(&map, "error").map(str::to_string),
         last_error,
         metadata: object(&map, "metadata")?,

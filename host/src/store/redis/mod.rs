@@ -401,8 +401,9 @@ fn completion_args(completion: &Completion) -> [String; 2] {
     [json_text(&completion.result), reported.unwrap_or_default()]
 }
 
-/// JSON as the scripts store it: serde_json's canonical form (sorted keys), so equal values compare equal as text.
-fn json_text(value: &Json) -> String {
+/// JSON as the scripts store it: a payload or result as its text (as sent; a repeated result is the same text), other
+/// values in serde_json's compact form.
+fn json_text(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 

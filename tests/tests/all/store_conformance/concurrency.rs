@@ -52,7 +52,7 @@ pub(super) async fn each_of_1000_tasks_is_claimed_exactly_once_by_8_racing_agent
         let task = h.task(task_id).await;
         assert_eq!(task.status, TaskStatus::Completed, "{task_id}");
         assert_eq!(task.attempt, 1, "{task_id} was granted once");
-        assert_eq!(task.result, Some(json!({"by": agent})));
+        assert_eq!(task.result, Some(json!({"by": agent}).into()));
         assert_eq!(task.lease_id, None);
     }
     let mut completed_by_agents = 0;

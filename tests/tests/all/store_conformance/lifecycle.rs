@@ -74,7 +74,7 @@ pub(super) async fn a_completion_on_the_current_lease_is_idempotent_and_a_differ
     let done = h.store.complete(&task_id, &lease(&held), json!({"answer": 42}).into()).await.expect("complete");
     assert_eq!(
         (done.status, done.result.clone(), done.unfenced),
-        (TaskStatus::Completed, Some(json!({"answer": 42})), false)
+        (TaskStatus::Completed, Some(json!({"answer": 42}).into()), false)
     );
     assert!(done.completed_at.is_some());
     let again =
@@ -115,7 +115,7 @@ pub(super) async fn a_stale_lease_from_an_earlier_attempt_is_refused(h: Harness)
         conflict_code(h.store.complete(&task_id, &lease(&one), json!({"by": "second"}).into()).await),
         "lease_lost"
     );
-    assert_eq!(h.task(&task_id).await.result, Some(json!({"by": "second"})));
+    assert_eq!(h.task(&task_id).await.result, Some(json!({"by": "second"}).into()));
 }
 
 pub(super) async fn an_agent_fence_works_for_the_holder_only(h: Harness) {
@@ -143,7 +143,7 @@ pub(super) async fn an_unfenced_completion_applies_to_the_current_attempt_and_is
     let held = h.claim("worker").await.expect("claimable");
     let done = h.store.complete(&pending, &Fence::Unfenced, json!({"legacy": true}).into()).await.expect("complete");
     assert_eq!((done.status, done.unfenced), (TaskStatus::Completed, true));
-    assert_eq!(done.result, Some(json!({"legacy": true})));
+    assert_eq!(done.result, Some(json!({"legacy": true}).into()));
     assert_eq!(h.agent("worker").await.in_flight, 0, "the holder's lease ended");
     let again = h.store.complete(&pending, &Fence::Unfenced, json!({"legacy": true}).into()).await.expect("repeat");
     assert_eq!(again, done, "an unfenced repeat answers the stored outcome");

@@ -222,7 +222,7 @@ pub(super) fn waiter(token: &str, agent_id: &str, capabilities: &[&str]) -> Wait
 }
 
 pub(super) fn keyed(key: &str, payload: serde_json::Value) -> SubmitRequest {
-    SubmitRequest { idempotency_key: Some(key.into()), payload: Some(payload), ..request("keyed") }
+    SubmitRequest { idempotency_key: Some(key.into()), payload: Some(payload.into()), ..request("keyed") }
 }
 
 pub(super) fn looks_like_rfc3339(time: &str) -> bool {

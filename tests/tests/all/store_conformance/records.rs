@@ -123,7 +123,8 @@ pub(super) async fn every_transition_emits_its_event_to_subscribers_and_the_log(
     h.register_with(AgentRegistration { session_id: Some("s1".into()), ..registration("agent", &[]) }).await;
     step(&mut rx, &mut seen, &[AgentRegistered], "register");
     let secret = json!({"secret": "p4yl0ad-must-not-leak"});
-    let task_id = h.submit(SubmitRequest { payload: Some(secret), max_retries: Some(1), ..request("events") }).await;
+    let task_id =
+        h.submit(SubmitRequest { payload: Some(secret.into()), max_retries: Some(1), ..request("events") }).await;
     let submitted = step(&mut rx, &mut seen, &[TaskSubmitted], "submit");
     assert_eq!(of_kind(&submitted, TaskSubmitted).task_id.as_deref(), Some(task_id.as_str()));
     let held = h.claim("agent").await.expect("claim");

@@ -167,7 +167,7 @@ pub(super) async fn an_agent_that_stops_heartbeating_goes_offline_and_its_task_i
         conflict_code(h.store.complete(&task_id, &lease(&held), json!({"late": true}).into()).await),
         "lease_lost"
     );
-    assert_eq!(h.complete(&taken, json!({"on": "time"})).await.result, Some(json!({"on": "time"})));
+    assert_eq!(h.complete(&taken, json!({"on": "time"})).await.result, Some(json!({"on": "time"}).into()));
     // The dead agent comes back: it is alive again and learns what it lost.
     let beat = h.heartbeat("dead").await;
     assert_eq!(beat.revoked, vec![Revoked { task_id, reason: RevokeReason::Reassigned }]);

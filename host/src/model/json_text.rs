@@ -1,0 +1,181 @@
+//! A JSON value kept as the text it arrived in: a task's payload and result. Checked when it is parsed, then
+//! stored, compared and answered as that text, never built into a tree. A parsed `serde_json::Value` keeps each
+//! object in a B-tree node of eleven slots (~600 bytes for a small object) for as long as the task is retained, and
+//! costs a walk of that tree each time the task is answered; the text costs its own length and a copy.
+
+use std::fmt;
+
+use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// JSON text (valid by construction: it was parsed, under the same rules as a `Value`, or serialized).
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<RawValue>);
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JsonText, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        checked(&raw).map_err(D::Error::custom)?;
+        Ok(JsonText(raw))
+    }
+}
+
+/// Reads `raw` as a `Value` would be read, without keeping it. A raw value is only skimmed by the parser (no depth
+/// limit, numbers not converted, lone surrogates let through); text that a `Value` could not hold would be stored,
+/// then read back as `null` by whoever parses it, or refused by clients' parsers.
+fn checked(raw: &RawValue) -> serde_json::Result<()> {
+    serde_json::from_str::<Checked>(raw.get()).map(|_| ())
+}
+
+/// A value walked through and dropped (`IgnoredAny` would only skim it again).
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Checked, D::Error> {
+        deserializer.deserialize_any(Checked)
+    }
+}
+
+impl<'de> Visitor<'de> for Checked {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Checked, A::Error> {
+        while items.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Checked, A::Error> {
+        while entries.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+}
+
+impl JsonText {
+    /// `{}`.
+    pub fn empty_object() -> JsonText {
+        JsonText(RawValue::from_string("{}".to_string()).expect("valid JSON"))
+    }
+
+    /// `null`.
+    pub fn null() -> JsonText {
+        JsonText(RawValue::NULL.to_owned())
+    }
+
+    /// The text of `value`.
+    pub fn of(value: &impl Serialize) -> JsonText {
+        JsonText(serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+    }
+
+    /// Parses `text` (a stored payload or result).
+    pub fn parse(text: String) -> Result<JsonText, serde_json::Error> {
+        let raw = RawValue::from_string(text)?;
+        checked(&raw)?;
+        Ok(JsonText(raw))
+    }
+
+    /// The text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Whether it is an object (the text of a parsed value starts with its first token).
+    pub fn is_object(&self) -> bool {
+        self.get().trim_start().starts_with('{')
+    }
+
+    /// Whether it is `null`.
+    pub fn is_null(&self) -> bool {
+        self.get().trim() == "null"
+    }
+
+    /// The value, parsed (for the few readers that look inside: deliberations).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.get()).unwrap_or(Value::Null)
+    }
+}
+
+/// Equal when the texts are: a repeated report is recognised by sending the same bytes (as the Redis store
+/// compares them).
+impl PartialEq for JsonText {
+    fn eq(&self, other: &JsonText) -> bool {
+        self.get() == other.get()
+    }
+}
+
+/// `null`, as `Value`'s default.
+impl Default for JsonText {
+    fn default() -> JsonText {
+        JsonText::null()
+    }
+}
+
+impl From<Value> for JsonText {
+    fn from(value: Value) -> JsonText {
+        JsonText::of(&value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JsonText;
+
+    #[test]
+    fn text_is_kept_as_sent_and_answered_verbatim() {
+        let body = r#"{"payload": {"z": 1,  "a": [true, null]}}"#;
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct Body {
+            payload: JsonText,
+        }
+        let parsed: Body = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.payload.get(), r#"{"z": 1,  "a": [true, null]}"#);
+        assert!(parsed.payload.is_object());
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), r#"{"payload":{"z": 1,  "a": [true, null]}}"#);
+        assert_eq!(parsed.payload.to_value()["a"][0], true);
+        assert!(serde_json::from_str::<Body>(r#"{"payload": {"z": }"#).is_err());
+        assert!(JsonText::null().is_null() && !JsonText::null().is_object());
+        assert_eq!(JsonText::of(&serde_json::json!({"b": 1, "a": 2})).get(), r#"{"a":2,"b":1}"#);
+    }
+
+    #[test]
+    fn text_a_value_could_not_hold_is_refused() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [r#"{"n": 1e400}"#, r#"{"s": "\ud800"}"#, r#"{"a": 1,}"#, deep.as_str()] {
+            let body = format!(r#"{{"payload": {bad}}}"#);
+            assert!(serde_json::from_str::<std::collections::HashMap<String, JsonText>>(&body).is_err(), "{bad}");
+            assert!(JsonText::parse(bad.to_string()).is_err(), "{bad}");
+        }
+        let fine = r#"{"n": -1.5e300, "s": "\ud83d\ude00 é", "deep": [[[[1]]]], "big": 18446744073709551615}"#;
+        assert_eq!(JsonText::parse(fine.to_string()).unwrap().get(), fine);
+    }
+}
