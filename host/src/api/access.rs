@@ -183,10 +183,14 @@ impl Seen {
 
     /// The handler has answered: counted at once; then finished at once, or by the returned future when the call is
     /// audited or its answer must become a problem document.
-    fn answered(self, response: Response) -> Result<Response, BoxFuture<'static, Response>> {
+    fn answered(mut self, response: Response) -> Result<Response, BoxFuture<'static, Response>> {
         if let Some(route) = &self.route {
             let seconds = self.started.elapsed().as_secs_f64();
             self.state.metrics.record(&self.method, route.as_str(), response.status().as_u16(), seconds);
+        }
+        // A method the route does not take called nothing: counted, not audited.
+        if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+            self.audited = None;
         }
         if self.audited.is_some() || from_the_framework(&response) {
             let span = self.span.clone();

@@ -414,6 +414,12 @@ async fn a_method_a_route_does_not_take_is_counted_under_the_route_template() {
     assert!(text.contains(series), "{text}");
     // Routes outside the API (probes, the metrics themselves) are not counted.
     assert!(!text.contains("route=\"/livez\"") && !text.contains("route=\"/metrics\""), "{text}");
+    // Nor is a 405 audited: nothing was called.
+    let admin = server.admin();
+    let (status, _, _) = call(&server, reqwest::Method::POST, &server.api("/audit"), &admin, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, page) = get(&server, &server.api("/audit"), &admin).await;
+    assert_eq!((status, &page["total"]), (StatusCode::OK, &json!(0)), "{page}");
     server.stop().await;
 }
 
