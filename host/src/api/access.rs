@@ -36,6 +36,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// [`REQUEST_ID`] as a header name, parsed once.
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 
+/// The code of the router's own 405 (a method the route does not take), which calls nothing and is not audited.
+pub(super) const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+
 /// Longest request id taken from a client; a longer one is replaced by a generated id.
 const MAX_GIVEN_ID: usize = 128;
 
@@ -188,8 +191,10 @@ impl Seen {
             let seconds = self.started.elapsed().as_secs_f64();
             self.state.metrics.record(&self.method, route.as_str(), response.status().as_u16(), seconds);
         }
-        // A method the route does not take called nothing: counted, not audited.
-        if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // A method the route does not take called nothing: counted, not audited. (A handler's own 405, such as
+        // `uploads_disabled`, is a refused call and is audited.)
+        let refused_by_router = response.extensions().get::<Refusal>().is_some_and(|r| r.code == METHOD_NOT_ALLOWED);
+        if refused_by_router {
             self.audited = None;
         }
         if self.audited.is_some() || from_the_framework(&response) {

@@ -225,7 +225,7 @@ pub async fn readyz(axum::extract::State(state): axum::extract::State<ApiState>)
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not take that method")
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, access::METHOD_NOT_ALLOWED, "this path does not take that method")
 }
 
 async fn not_found() -> ApiError {

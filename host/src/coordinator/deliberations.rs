@@ -291,7 +291,8 @@ struct Failure(String);
 
 impl Session {
     fn adopt(task: &Task) -> Result<Session, String> {
-        let plan: SessionPlan = serde_json::from_value(task.payload.to_value()["plan"].take())
+        let mut payload = task.payload.to_value();
+        let plan: SessionPlan = serde_json::from_value(payload["plan"].take())
             .map_err(|error| format!("not an orchestrated deliberation: {error}"))?;
         let created_ms = millis_of(&task.created_at).ok_or_else(|| format!("bad created_at {:?}", task.created_at))?;
         let slots = (0..plan.agents).map(|_| Slot::default()).collect();
@@ -301,7 +302,7 @@ impl Session {
             request_id: request_id_of(&task.task_id),
             submitted_by: task.submitted_by.clone(),
             priority: task.priority,
-            context: task.payload.to_value()["context"].take(),
+            context: payload["context"].take(),
             plan,
             created_ms,
             round: 1,

@@ -407,6 +407,25 @@ mod tests {
     }
 
     #[test]
+    fn the_spec_fields_a_definition_reads_are_the_ones_a_spec_writes() {
+        let spec = ScheduleSpec {
+            name: "n".into(),
+            cron: Some("* * * * *".into()),
+            interval_seconds: Some(60),
+            timezone: "UTC".into(),
+            task: SubmitRequest { task_type: "t".into(), ..SubmitRequest::default() },
+            catch_up: CatchUp::One,
+            paused: false,
+        };
+        let written = serde_json::to_value(&spec).unwrap();
+        let mut names: Vec<&str> = written.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected = SPEC_FIELDS.to_vec();
+        names.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
     fn a_stored_definition_reads_back_with_its_task_payload() {
         let stored = r#"{"name": "n", "interval_seconds": 60, "timezone": "UTC", "catch_up": "all", "paused": false,
             "task": {"task_type": "t", "payload": {"z": 1, "a": [2]}}, "created_by": "ops", "created_ms": 5,

@@ -137,6 +137,16 @@ async fn uploads_are_refused_with_405_when_the_policy_source_is_inprocess() {
     let server = TestServer::start_with(Config { uploads_enabled: false, ..Config::default() }).await;
     let (status, body) = put_wasm(&server, "rotating", &server.admin(), guest_bytes("round_robin")).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("uploads_disabled")), "{body}");
+    // A refused upload is a refused call, so it is audited (unlike a method the route does not take).
+    let started = std::time::Instant::now();
+    let page = loop {
+        let (_, page) = server.call(&server.admin(), reqwest::Method::GET, "/audit", None).await;
+        if page["total"] == 1 || started.elapsed() > std::time::Duration::from_secs(5) {
+            break page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(page["entries"][0]["details"]["code"], "uploads_disabled", "{page}");
     server.stop().await;
 }
 
