@@ -15,12 +15,12 @@ use super::http::Api;
 use super::scaffold::{Language, ScaffoldKind, scaffold};
 use crate::api::decisions::since;
 use crate::model::{DecisionRecord, DecisionRole, MAX_DECISION_PAGE};
-use crate::plugins::bindings::CallContext;
+use crate::plugins::bindings::{CallContext, Candidate, CandidateDetails, TaskInfo};
 use crate::plugins::decision_log::call_of;
 use crate::plugins::watcher::WatchOptions;
 use crate::plugins::{
-    CallReport, Manifest, PluginEvent, PluginKind, PluginRegistry, PluginRuntime, PluginSource, PluginVersion,
-    PluginWatcher, RuntimeOptions, io, loader,
+    CallError, CallReport, Manifest, PluginEvent, PluginKind, PluginRegistry, PluginRuntime, PluginSource,
+    PluginVersion, PluginWatcher, RuntimeOptions, io, loader,
 };
 
 /// The plugin tools.
@@ -448,6 +448,8 @@ struct ReplayReport<'a> {
     /// Replayed records that carried no candidate details while the candidate's manifest asks for them: it saw
     /// empty details there, which may explain a disagreement.
     without_details: usize,
+    /// Calls tried again after missing their deadline (once per call, whatever the number of tries).
+    retried: usize,
     disagreements: Vec<Disagreement<'a>>,
     errors: Vec<ReplayFailure<'a>>,
 }
@@ -536,8 +538,9 @@ fn replay_records<'a>(
             report.without_details += 1;
         }
         report.replayed += 1;
-        let ctx = CallContext { now_ms: input.now_ms, seed: input.seed };
-        let chosen = match version.select_reporting(ctx, &task, &candidates, &details) {
+        let (outcome, tries) = replay_call(version, input.now_ms, input.seed, (&task, &candidates, &details));
+        report.retried += usize::from(tries > 1);
+        let chosen = match outcome {
             Ok((index, _)) => input
                 .candidates
                 .get(index)
@@ -552,6 +555,28 @@ fn replay_records<'a>(
         }
     }
     report
+}
+
+/// Calls a replayed decision's strategy tried at most this many times when it misses its wall-clock deadline.
+const REPLAY_ATTEMPTS: u32 = 3;
+
+/// One replayed call, and how many tries it took. A missed deadline is tried again: it says how busy this machine
+/// was at that instant (a laptop, a loaded CI runner), not what the version chooses, and the call is deterministic
+/// (the record holds its seed). Fuel and memory do not depend on the machine: running out of either counts at once.
+fn replay_call(
+    version: &PluginVersion,
+    now_ms: u64,
+    seed: u64,
+    (task, candidates, details): (&TaskInfo, &[Candidate], &[CandidateDetails]),
+) -> (Result<(usize, CallReport), CallError>, u32) {
+    let mut tries = 1;
+    loop {
+        let ctx = CallContext { now_ms, seed };
+        match version.select_reporting(ctx, task, candidates, details) {
+            Err(CallError::Deadline { .. }) if tries < REPLAY_ATTEMPTS => tries += 1,
+            outcome => return (outcome, tries),
+        }
+    }
 }
 
 /// Reads recorded decisions from a file, or stdin for `-`.
@@ -671,6 +696,7 @@ fn replay_json(file: &Path, version: &PluginVersion, report: &ReplayReport<'_>) 
             "no_answer": skipped.no_answer,
         },
         "without_details": report.without_details,
+        "retried": report.retried,
         "disagreements": report.disagreements.iter().map(|d| json!({
             "task_id": d.task_id,
             "stage": d.record.stage,
@@ -700,6 +726,12 @@ fn print_replay(file: &Path, version: &PluginVersion, report: &ReplayReport<'_>)
     println!("agreed     {}", report.agreed);
     println!("disagreed  {}", report.disagreements.len());
     println!("errors     {}", report.errors.len());
+    if report.retried > 0 {
+        println!(
+            "retried    {} (missed the deadline and were tried again, up to {REPLAY_ATTEMPTS} times)",
+            report.retried
+        );
+    }
     println!(
         "skipped    {} (no input {}, shadow {}, other plugin {}, before --since {}, no recorded agent {})",
         skipped.total(),
