@@ -557,7 +557,7 @@ fn replay_records<'a>(
     report
 }
 
-/// Calls a replayed decision's strategy tried at most this many times when it misses its wall-clock deadline.
+/// Tries of a replayed call at most, when it misses its wall-clock deadline.
 const REPLAY_ATTEMPTS: u32 = 3;
 
 /// One replayed call, and how many tries it took. A missed deadline is tried again: it says how busy this machine
