@@ -337,37 +337,27 @@ fn replay_reports_agreement_and_disagreement() {
     assert!(stdout.contains("shadow 1, other plugin 0, before --since 3"), "{stdout}");
 }
 
-/// A replayed call that misses its wall-clock deadline is tried again before it counts (a miss says how busy the
-/// replaying machine was); one that never makes it is reported after the last try. Running out of fuel does not
-/// depend on the machine and counts at once.
+/// The replay report counts the calls that needed another try (`retried`): none when a call ran out of fuel, which
+/// does not depend on the machine and counts at once. (That a missed deadline is tried again is shown by a unit
+/// test of `replay_call`, on a runtime whose fuel cannot run out first.)
 #[test]
-fn replay_tries_a_call_that_missed_its_deadline_again() {
+fn replay_counts_retried_calls_and_fuel_counts_at_once() {
     let mut record = route_record(1, "active", [0, 1, 2], 0);
     record["input"]["task"]["task_type"] = "misbehave".into();
     let work = tempfile::tempdir().unwrap();
     let page = work.path().join("decisions.json");
     std::fs::write(&page, serde_json::to_string(&serde_json::json!([record])).unwrap()).unwrap();
-    let replay = |limits: &str| {
-        // `spin_forever` never answers a `misbehave` task: fuel or the deadline ends each try.
-        let manifest = work.path().join("spin_forever.toml");
-        std::fs::write(&manifest, format!("[limits]\n{limits}\n")).unwrap();
-        let replayed = run(aragora_cp()
-            .args(["plugin", "replay", guest_path("spin_forever").unwrap(), "--output", "json", "--manifest"])
-            .arg(&manifest)
-            .arg("--decisions")
-            .arg(&page));
-        assert_eq!(replayed.status.code(), Some(1), "an error exits 1");
-        json_of(&replayed)
-    };
-
-    // Far more fuel than 1 ms of work: the deadline ends each try.
-    let report = replay("fuel = 100000000\ndeadline_ms = 1");
+    // `spin_forever` never answers a `misbehave` task; a million units of fuel go in well under a millisecond.
+    let manifest = work.path().join("spin_forever.toml");
+    std::fs::write(&manifest, "[limits]\nfuel = 1000000\ndeadline_ms = 5000\n").unwrap();
+    let replayed = run(aragora_cp()
+        .args(["plugin", "replay", guest_path("spin_forever").unwrap(), "--output", "json", "--manifest"])
+        .arg(&manifest)
+        .arg("--decisions")
+        .arg(&page));
+    assert_eq!(replayed.status.code(), Some(1), "an error exits 1");
+    let report = json_of(&replayed);
     assert_eq!((report["replayed"].as_u64(), report["errored"].as_u64()), (Some(1), Some(1)), "{report}");
-    assert!(report["errors"][0]["error"].as_str().unwrap_or_default().contains("deadline of 1ms"), "{report}");
-    assert_eq!(report["retried"].as_u64(), Some(1), "tried again before it counted: {report}");
-
-    // Little fuel and a long deadline: fuel ends the first try, and it counts at once.
-    let report = replay("fuel = 10000\ndeadline_ms = 1000");
     assert!(report["errors"][0]["error"].as_str().unwrap_or_default().contains("fuel"), "{report}");
     assert_eq!(report["retried"].as_u64(), Some(0), "{report}");
 }

@@ -557,7 +557,7 @@ fn replay_records<'a>(
     report
 }
 
-/// Tries of a replayed call at most, when it misses its wall-clock deadline.
+/// Most tries of one replayed call, the first included, while it keeps missing its wall-clock deadline.
 const REPLAY_ATTEMPTS: u32 = 3;
 
 /// One replayed call, and how many tries it took. A missed deadline is tried again: it says how busy this machine
@@ -728,7 +728,7 @@ fn print_replay(file: &Path, version: &PluginVersion, report: &ReplayReport<'_>)
     println!("errors     {}", report.errors.len());
     if report.retried > 0 {
         println!(
-            "retried    {} (missed the deadline and were tried again, up to {REPLAY_ATTEMPTS} times)",
+            "retried    {} (missed the deadline and were tried again, up to {REPLAY_ATTEMPTS} tries in all)",
             report.retried
         );
     }
@@ -771,5 +771,57 @@ fn print_replay(file: &Path, version: &PluginVersion, report: &ReplayReport<'_>)
         for e in report.errors.iter().take(REPLAY_SHOWN) {
             println!("  {}  {}  {}", e.task_id, e.record.stage.as_str(), e.error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::SelectionInput;
+    use crate::plugins::runtime::CallLimits;
+
+    /// `spin_forever` on a runtime whose maxima allow practically unlimited fuel, with `limits` from its manifest.
+    fn spin_forever(limits: &str) -> PluginVersion {
+        let maxima = CallLimits { fuel: u64::MAX / 2, ..CallLimits::server_maxima() };
+        let runtime =
+            PluginRuntime::new(RuntimeOptions { maxima, reuse_instances: false, ..RuntimeOptions::default() }).unwrap();
+        let manifest = Manifest::parse(&format!("[limits]\n{limits}\n")).unwrap();
+        let path = crate::plugins::builtin::guest_path("spin_forever").unwrap();
+        let bytes = std::fs::read(path).unwrap();
+        loader::load(&runtime, "spin_forever", PluginSource::File, &bytes, manifest).unwrap()
+    }
+
+    /// A recorded input `spin_forever` never answers (a `misbehave` task).
+    fn endless_input() -> SelectionInput {
+        serde_json::from_value(json!({
+            "now_ms": 1_750_000_000_000u64, "seed": 7,
+            "task": {"id": "task_0190a1b2c3d4e5f60718293a4b5c6d01", "task_type": "misbehave", "priority": "normal",
+                     "required_capabilities": []},
+            "candidates": [
+                {"agent_id": "a", "in_flight": 0, "max_concurrent": 1, "completed": 0, "failed": 0,
+                 "avg_latency_ms": 0, "heartbeat_age_ms": 0, "since_assigned_ms": 0, "health": "healthy"},
+                {"agent_id": "b", "in_flight": 0, "max_concurrent": 1, "completed": 0, "failed": 0,
+                 "avg_latency_ms": 0, "heartbeat_age_ms": 0, "since_assigned_ms": 0, "health": "healthy"},
+            ],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_replayed_call_that_keeps_missing_its_deadline_is_tried_three_times_and_fuel_counts_at_once() {
+        let input = endless_input();
+        let (task, candidates, details) = call_of(&input);
+        // Fuel practically unlimited: only the deadline ends each try, however long the epoch ticker waits.
+        let slow = spin_forever("fuel = 1000000000000\ndeadline_ms = 5");
+        let (outcome, tries) = replay_call(&slow, input.now_ms, input.seed, (&task, &candidates, &details));
+        assert_eq!(outcome.err(), Some(CallError::Deadline { deadline: Duration::from_millis(5) }));
+        assert_eq!(tries, REPLAY_ATTEMPTS);
+        // Running out of fuel does not depend on the machine: one try.
+        let hungry = spin_forever("fuel = 1000000\ndeadline_ms = 5000");
+        let (outcome, tries) = replay_call(&hungry, input.now_ms, input.seed, (&task, &candidates, &details));
+        assert_eq!(outcome.err(), Some(CallError::OutOfFuel { fuel: 1_000_000 }));
+        assert_eq!(tries, 1);
     }
 }
