@@ -15,6 +15,7 @@ use rand::RngExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+mod audit;
 mod decisions;
 mod notifications;
 mod waiting;
@@ -30,12 +31,11 @@ use super::{
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, AttemptResult, AuditCheckpoint, AuditEntry,
     AuditHead, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion,
-    DecisionRecord, Delivery, DeliveryStatus, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, GENESIS_HASH,
-    HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, JsonText, MAX_SCHEDULES, NewTask, NewViolation,
-    PLUGIN_HISTORY, PluginAction, PluginCandidate, PluginChange, PluginHistoryEntry, PluginRecord, Priority,
-    QueueFigures, Refusal, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError,
-    StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation,
-    ViolationUpdate, rfc3339_ms,
+    DecisionRecord, Delivery, DeliveryStatus, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, HealthState,
+    HealthVerdict, HeartbeatOutcome, HeartbeatRequest, JsonText, MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY,
+    PluginAction, PluginCandidate, PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal,
+    Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreResult, Submitted,
+    Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -177,11 +177,6 @@ struct State {
     /// Schedules by id (at most `MAX_SCHEDULES`: the due scan stays small).
     schedules: BTreeMap<String, ScheduleRecord>,
     notifications: notifications::Notifications,
-    /// The audit log since the checkpoint (entry `seq` at index `seq - checkpoint.seq - 1`). Boxed, as the task
-    /// records are: the log grows with every submit, and each doubling of the queue moves pointers, not entries.
-    audit: VecDeque<Box<AuditEntry>>,
-    /// What replaced the entries retention removed.
-    audit_checkpoint: Option<AuditCheckpoint>,
 }
 
 #[derive(Default)]
@@ -206,15 +201,6 @@ fn check_candidate(name: &str, candidate: Option<&PluginCandidate>, expected: Op
     }
 }
 
-/// The audit log's end: its last entry, else the checkpoint, else the genesis.
-fn audit_end(state: &State) -> AuditHead {
-    match (state.audit.back(), &state.audit_checkpoint) {
-        (Some(last), _) => AuditHead { seq: last.seq, hash: last.hash.clone() },
-        (None, Some(checkpoint)) => AuditHead { seq: checkpoint.seq, hash: checkpoint.hash.clone() },
-        (None, None) => AuditHead { seq: 0, hash: GENESIS_HASH.to_string() },
-    }
-}
-
 /// The in-memory store.
 pub struct MemoryStore {
     config: StoreConfig,
@@ -228,6 +214,8 @@ pub struct MemoryStore {
     events: broadcast::Sender<Arc<Event>>,
     /// The decision log, under a lock of its own (no transition needs it).
     decisions: Mutex<decisions::Decisions>,
+    /// The audit log, under a lock of its own (no transition needs it).
+    audit: Mutex<audit::AuditLog>,
 }
 
 impl MemoryStore {
@@ -242,11 +230,23 @@ impl MemoryStore {
             publishing: Mutex::new(()),
             events,
             decisions: Mutex::new(decisions::Decisions::default()),
+            audit: Mutex::new(audit::AuditLog::default()),
         }
     }
 
     /// The state, unless a transition panicked: then nothing it holds can be trusted.
     fn lock(&self) -> StoreResult<parking_lot::MutexGuard<'_, State>> {
+        self.usable()?;
+        Ok(self.state.lock())
+    }
+
+    /// The audit log, unless a transition panicked (the store refuses every call then).
+    fn audit(&self) -> StoreResult<parking_lot::MutexGuard<'_, audit::AuditLog>> {
+        self.usable()?;
+        Ok(self.audit.lock())
+    }
+
+    fn usable(&self) -> StoreResult<()> {
         if self.broken.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(
                 "the memory store stopped after an internal error left a transition half-applied (see the server \
@@ -254,7 +254,7 @@ impl MemoryStore {
                     .into(),
             ));
         }
-        Ok(self.state.lock())
+        Ok(())
     }
 
     fn score(&self, priority: Priority, seq: u64, now: u64) -> u64 {
@@ -2153,43 +2153,24 @@ impl Store for MemoryStore {
     }
 
     async fn audit_head(&self) -> StoreResult<AuditHead> {
-        let state = self.lock()?;
-        Ok(audit_end(&state))
+        Ok(self.audit()?.end())
     }
 
     async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<bool> {
-        self.transition(|tx| {
-            if audit_end(tx.state).seq != expected_seq {
-                return Ok(false);
-            }
-            tx.state.audit.extend(entries.into_iter().map(Box::new));
-            Ok(true)
-        })
+        let entries = entries.into_iter().map(Box::new).collect();
+        Ok(self.audit()?.append(expected_seq, entries))
     }
 
     async fn audit_entries(&self, from: u64, to: u64) -> StoreResult<Vec<AuditEntry>> {
-        let state = self.lock()?;
-        let base = state.audit_checkpoint.as_ref().map_or(0, |c| c.seq);
-        let (from, to) = (from.max(base + 1), to.min(from.max(1) + 999));
-        Ok((from..=to)
-            .filter_map(|seq| state.audit.get((seq - base - 1) as usize).map(|entry| (**entry).clone()))
-            .collect())
+        Ok(self.audit()?.range(from, to))
     }
 
     async fn audit_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>> {
-        Ok(self.lock()?.audit_checkpoint.clone())
+        Ok(self.audit()?.checkpoint())
     }
 
     async fn trim_audit(&self, checkpoint: AuditCheckpoint) -> StoreResult<bool> {
-        self.transition(|tx| {
-            let base = tx.state.audit_checkpoint.as_ref().map_or(0, |c| c.seq);
-            if checkpoint.seq <= base || checkpoint.seq > audit_end(tx.state).seq || checkpoint.seq - base > 1000 {
-                return Ok(false);
-            }
-            tx.state.audit.drain(..(checkpoint.seq - base) as usize);
-            tx.state.audit_checkpoint = Some(checkpoint);
-            Ok(true)
-        })
+        Ok(self.audit()?.trim(checkpoint))
     }
 
     async fn put_schedule(&self, record: ScheduleRecord, replace_next: bool) -> StoreResult<ScheduleRecord> {
