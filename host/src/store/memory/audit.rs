@@ -1,6 +1,6 @@
 //! The audit log in memory: the entries since the last checkpoint, and that checkpoint. It sits behind its own
-//! lock, apart from the state every transition takes: the audit writer appends in batches (up to 512 entries at a
-//! time), and a batch must not hold up the claims and submits waiting for the state lock meanwhile.
+//! lock, apart from the state every transition takes: the audit writer appends its group commits in batches of
+//! hundreds, and a batch must not hold up the claims and submits waiting for the state lock meanwhile.
 
 use std::collections::VecDeque;
 
@@ -8,15 +8,16 @@ use crate::model::{AuditCheckpoint, AuditEntry, AuditHead, GENESIS_HASH};
 
 /// The kept part of the audit chain.
 #[derive(Default)]
-pub(super) struct AuditLog {
+pub(super) struct AuditChain {
     /// The entries since the checkpoint (entry `seq` at index `seq - checkpoint.seq - 1`). Boxed, as the task records
-    /// are: the log grows with every submit, and each doubling of the queue moves pointers, not entries.
+    /// are: the log grows with every recorded call, each doubling of the queue moves pointers, not entries, and the
+    /// boxes are made before the lock is taken.
     entries: VecDeque<Box<AuditEntry>>,
     /// What replaced the entries retention removed.
     checkpoint: Option<AuditCheckpoint>,
 }
 
-impl AuditLog {
+impl AuditChain {
     /// The log's end: its last entry, else the checkpoint, else the genesis.
     pub(super) fn end(&self) -> AuditHead {
         match (self.entries.back(), &self.checkpoint) {
@@ -28,7 +29,7 @@ impl AuditLog {
 
     /// Appends `entries` (already chained, and boxed before the lock was taken) if the log still ends at
     /// `expected_seq`; whether it did.
-    #[expect(clippy::vec_box, reason = "the log keeps boxes, made before its lock is taken")]
+    #[expect(clippy::vec_box, reason = "boxed by the caller, before the lock is taken; the chain keeps the boxes")]
     pub(super) fn append(&mut self, expected_seq: u64, entries: Vec<Box<AuditEntry>>) -> bool {
         if self.end().seq != expected_seq {
             return false;

@@ -1,5 +1,6 @@
 //! The in-memory store, the embedded default: all state behind one mutex, so every transition is atomic by
-//! construction. Time comes from an injected [`Clock`].
+//! construction — except the decision and audit logs, each behind a lock of its own (no transition needs them, and
+//! their batched appends must not hold up the transitions). Time comes from an injected [`Clock`].
 //!
 //! Indexes keep every hot operation independent of the backlog: pending work is kept per capability signature in
 //! an ordered set by score (a claim looks only at the heads of the signatures its agent covers), leases are
@@ -215,7 +216,7 @@ pub struct MemoryStore {
     /// The decision log, under a lock of its own (no transition needs it).
     decisions: Mutex<decisions::Decisions>,
     /// The audit log, under a lock of its own (no transition needs it).
-    audit: Mutex<audit::AuditLog>,
+    audit: Mutex<audit::AuditChain>,
 }
 
 impl MemoryStore {
@@ -230,7 +231,7 @@ impl MemoryStore {
             publishing: Mutex::new(()),
             events,
             decisions: Mutex::new(decisions::Decisions::default()),
-            audit: Mutex::new(audit::AuditLog::default()),
+            audit: Mutex::new(audit::AuditChain::default()),
         }
     }
 
@@ -240,12 +241,13 @@ impl MemoryStore {
         Ok(self.state.lock())
     }
 
-    /// The audit log, unless a transition panicked (the store refuses every call then).
-    fn audit(&self) -> StoreResult<parking_lot::MutexGuard<'_, audit::AuditLog>> {
+    /// The audit chain, unless a transition panicked.
+    fn audit(&self) -> StoreResult<parking_lot::MutexGuard<'_, audit::AuditChain>> {
         self.usable()?;
         Ok(self.audit.lock())
     }
 
+    /// Refuses the state and the audit chain once a transition panicked: nothing it may have half-applied is served.
     fn usable(&self) -> StoreResult<()> {
         if self.broken.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(
