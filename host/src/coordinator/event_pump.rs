@@ -1,7 +1,8 @@
 //! The one task that follows the store's events and this server's plugin events and hands each, in order, to
 //! whoever acts on it: the scheduler (wakes the claims an event concerns), fleet plugins (applies an upload or an
 //! enable/disable record), and the coordinator's subscribers (SSE streams, `wait_for_result`). One reader instead
-//! of one per consumer, and events shared rather than copied: an event costs one wake-up, however many consume it.
+//! of one per consumer, and events shared rather than copied: an event costs one wake-up, however many consume it;
+//! its wire form ([`Event`]) is built only when someone subscribes to the coordinator's stream.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::fleet_plugins::FleetChange;
-use crate::model::{Event, EventKind, rfc3339_ms};
+use crate::model::{Event, EventKind, StoreEvent, rfc3339_ms};
 use crate::plugins::PluginEvent;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
@@ -29,7 +30,7 @@ pub(super) struct Consumers {
 /// Pumps until `shutdown` fires or the store's stream closes.
 pub(super) async fn run(
     consumers: Consumers,
-    mut store_events: broadcast::Receiver<Arc<Event>>,
+    mut store_events: broadcast::Receiver<StoreEvent>,
     mut plugin_events: broadcast::Receiver<PluginEvent>,
     shutdown: CancellationToken,
 ) {
@@ -61,13 +62,16 @@ pub(super) async fn run(
 }
 
 impl Consumers {
-    fn store_event(&self, event: Arc<Event>) {
+    fn store_event(&self, event: StoreEvent) {
         self.scheduler.observe(&event);
         if let Some(change) = FleetChange::of(&event) {
             let _ = self.fleet_plugins.send(change);
         }
-        // No subscriber is the common case on a busy server, and then the send only drops the reference.
-        let _ = self.subscribers.send(event);
+        // No subscriber is the common case on a busy server, and then the wire form is never built. One that
+        // subscribes meanwhile misses nothing it could have had: a subscription before this check is counted.
+        if self.subscribers.receiver_count() > 0 {
+            let _ = self.subscribers.send(event.to_event());
+        }
     }
 }
 

@@ -9,12 +9,11 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::sha256_hex;
-use crate::model::{Event, EventKind};
+use crate::model::{EventKind, StoreEvent};
 use crate::model::{PluginAction, PluginChange, PluginRecord, RolloutMode, StoreError};
 use crate::plugins::manifest::Manifest;
 use crate::plugins::{LoadError, PluginRegistry, PluginSource};
@@ -385,11 +384,11 @@ pub enum FleetChange {
 
 impl FleetChange {
     /// The change a store event announces, if it is a `plugin_*` store event.
-    pub fn of(event: &Event) -> Option<FleetChange> {
-        if !is_fleet_plugin_event(event.kind) {
+    pub fn of(event: &StoreEvent) -> Option<FleetChange> {
+        if !is_fleet_plugin_event(event.kind()) {
             return None;
         }
-        event.data.get("name").and_then(Value::as_str).map(|name| FleetChange::Named(name.to_string()))
+        event.str_field("name").map(|name| FleetChange::Named(name.to_string()))
     }
 }
 

@@ -12,6 +12,7 @@ mod deliberation;
 mod eligibility;
 mod error;
 mod event;
+mod event_record;
 mod health;
 mod json_text;
 mod notification;
@@ -44,6 +45,7 @@ pub use deliberation::{
 pub use eligibility::{Refusal, Standing};
 pub use error::{StoreError, StoreResult};
 pub use event::{Event, EventKind};
+pub use event_record::{CompactStr, EventData, EventRecord, StoreEvent};
 pub use health::{AgentHealth, BreakerState, CandidateNumbers, HealthState, HealthVerdict};
 pub use json_text::JsonText;
 pub use notification::{

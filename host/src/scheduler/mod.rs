@@ -27,8 +27,8 @@ pub use policies::PolicyDenied;
 
 use crate::config::Config;
 use crate::model::{
-    AgentRegistration, CapabilitySet, Completion, Event, EventKind, FailRequest, Fence, NewTask, Priority, StoreError,
-    SubmitRequest, Submitted, Task, TaskId, TaskStatus, ValidationError,
+    AgentRegistration, CapabilitySet, Completion, EventKind, FailRequest, Fence, NewTask, Priority, StoreError,
+    StoreEvent, SubmitRequest, Submitted, Task, TaskId, TaskStatus, ValidationError,
 };
 use crate::plugins::PluginRegistry;
 use crate::store::Store;
@@ -340,27 +340,26 @@ impl Scheduler {
     /// Acts on one of the store's events (the coordinator's event pump hands each over, in order): a task routed
     /// by another server to a claim waiting here wakes that claim, and an agent that may take work again has its
     /// waiting and refused claims look again. Never blocks.
-    pub(crate) fn observe(&self, event: &Event) {
-        match event.kind {
+    pub(crate) fn observe(&self, event: &StoreEvent) {
+        match event.kind() {
             // This server wakes the claims it routes to itself; another server's hand-off arrives here.
-            EventKind::TaskClaimed if event.server_id != self.config.server_id => {
-                if let Some(token) = event.data.get("waiter").and_then(Value::as_str) {
+            EventKind::TaskClaimed if event.server_id() != self.config.server_id => {
+                if let Some(token) = event.str_field("waiter") {
                     // No claim waits on it here: not ours, or it withdrew already.
                     let _ = self.waiting.wake(token, claims::Wake::Look);
                 }
             }
             EventKind::TaskSubmitted => {
-                let required = event.data.get("required_capabilities").and_then(Value::as_array);
-                for capability in required.into_iter().flatten().filter_map(Value::as_str) {
+                for capability in event.required_capabilities() {
                     if capability.starts_with(crate::model::ADDRESS_PREFIX) {
                         self.waiting.wake_address(capability);
                     }
                 }
             }
             EventKind::AgentStatusChanged | EventKind::HealthChanged | EventKind::BreakerChanged
-                if may_take_work_again(&event.kind, &event.data) =>
+                if may_take_work_again(event) =>
             {
-                if let Some(agent) = &event.agent_id {
+                if let Some(agent) = event.agent_id() {
                     self.waiting.wake_agent(agent);
                 }
             }
@@ -445,11 +444,11 @@ impl Scheduler {
 
 /// Whether an agent event means it may take work again: resumed, back from draining, failed or offline, no
 /// longer unhealthy, or its breaker no longer open.
-fn may_take_work_again(kind: &EventKind, data: &Value) -> bool {
-    let field = |name: &str| data.get(name).and_then(Value::as_str);
-    match kind {
+fn may_take_work_again(event: &StoreEvent) -> bool {
+    let field = |name: &str| event.str_field(name);
+    match event.kind() {
         EventKind::AgentStatusChanged => {
-            data.get("paused").and_then(Value::as_bool) == Some(false)
+            event.bool_field("paused") == Some(false)
                 || matches!(field("from"), Some("draining" | "failed" | "offline" | "starting"))
         }
         EventKind::HealthChanged => field("from") == Some("unhealthy"),

@@ -12,7 +12,6 @@ pub mod open;
 pub mod redis;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -23,7 +22,7 @@ use crate::model::{
     CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion, DecisionRecord, Delivery, DeliveryStatus,
     Event, EventKind, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask,
     NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance,
-    ScheduleRecord, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
+    ScheduleRecord, StoreEvent, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -209,7 +208,7 @@ pub trait Store: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
 
     /// Events from now on (every transition's events, from every server of the store).
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
 
     /// Events after `after` (or the oldest kept), at most `limit`; `None` when `after` fell out of the buffer.
     async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>>;

@@ -35,6 +35,7 @@ async fn stores_on_one_prefix_share_tasks_events_and_the_clock() {
     let mut events = two.subscribe();
     let submitted = one.submit(new_task("tester", request("shared")), 64).await.expect("submit").submitted;
     let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("in time").expect("event");
+    let event = event.to_event();
     assert_eq!((event.kind, event.task_id.as_deref()), (EventKind::TaskSubmitted, Some(submitted.task_id.as_str())));
     two.register(registration("b", &[])).await.expect("register");
     assert_eq!(two.now_ms(), T0_MS, "the test clock lives in Redis, shared by every store of the prefix");
@@ -114,6 +115,7 @@ async fn with_appendfsync_always_an_acknowledged_submit_survives_a_redis_restart
     let claimed = loop {
         let event =
             tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("in time").expect("event");
+        let event = event.to_event();
         if event.kind == EventKind::TaskClaimed {
             break event;
         }

@@ -31,12 +31,13 @@ use super::{
 };
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AgentStatus, AttemptResult, AuditCheckpoint, AuditEntry,
-    AuditHead, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion,
-    DecisionRecord, Delivery, DeliveryStatus, Event, EventKind, FailKind, FailRequest, Fence, FleetStats, HealthState,
-    HealthVerdict, HeartbeatOutcome, HeartbeatRequest, JsonText, MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY,
-    PluginAction, PluginCandidate, PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal,
-    Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreResult, Submitted,
-    Task, TaskError, TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, rfc3339_ms,
+    AuditHead, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Channel, ChannelFigures, CompactStr,
+    Completion, DecisionRecord, Delivery, DeliveryStatus, Event, EventData, EventKind, EventRecord, FailKind,
+    FailRequest, Fence, FleetStats, HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, JsonText,
+    MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginCandidate, PluginChange,
+    PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked,
+    ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreEvent, StoreResult, Submitted, Task, TaskError,
+    TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -162,7 +163,8 @@ struct State {
     /// `consumed` by deadline, to drop entries nobody will withdraw.
     consumed_until: BTreeSet<(u64, String)>,
     idempotency: FastMap<(String, String), (TaskId, String, u64)>,
-    events: VecDeque<Arc<Event>>,
+    /// The last `event_buffer` events, oldest first, for `events_after` (compact: dropping one frees nothing).
+    events: VecDeque<EventRecord>,
     event_seq: u64,
     last_event_ms: u64,
     stats: Counters,
@@ -212,7 +214,9 @@ pub struct MemoryStore {
     broken: AtomicBool,
     /// Held while a transition's events are sent, taken before its state lock is released (see `transition`).
     publishing: Mutex<()>,
-    events: broadcast::Sender<Arc<Event>>,
+    events: broadcast::Sender<StoreEvent>,
+    /// Stamped on every event (shared, so an event copies a pointer rather than the string).
+    server_id: Arc<str>,
     /// The decision log, under a lock of its own (no transition needs it).
     decisions: Mutex<decisions::Decisions>,
     /// The audit log, under a lock of its own (no transition needs it).
@@ -224,6 +228,7 @@ impl MemoryStore {
     pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
         let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
         MemoryStore {
+            server_id: Arc::from(config.server_id.as_str()),
             config,
             clock,
             state: Mutex::new(State::default()),
@@ -289,7 +294,7 @@ impl MemoryStore {
         let publishing = self.publishing.lock();
         drop(state);
         for event in emitted {
-            let _ = self.events.send(event);
+            let _ = self.events.send(StoreEvent::Record(event));
         }
         drop(publishing);
         result
@@ -316,13 +321,18 @@ struct Tx<'a> {
     state: &'a mut State,
     store: &'a MemoryStore,
     now: u64,
-    emitted: Vec<Arc<Event>>,
+    emitted: Vec<EventRecord>,
     /// Tasks this transition put back to pending, claimable now: what the caller routes.
     requeued: Vec<TaskId>,
 }
 
 impl Tx<'_> {
     fn emit(&mut self, kind: EventKind, task_id: Option<&TaskId>, agent_id: Option<&str>, data: Value) {
+        self.emit_record(kind, task_id, agent_id, EventData::Json(data));
+    }
+
+    /// Emits an event whose data is typed (the kinds every task's way emits).
+    fn emit_record(&mut self, kind: EventKind, task_id: Option<&TaskId>, agent_id: Option<&str>, data: EventData) {
         let state = &mut *self.state;
         // `<=`, not `==` (conformance fix): an event at an earlier ms than the last one keeps the last ms and must
         // take the next sequence number, not restart at 0 (which repeated an id already issued).
@@ -332,15 +342,16 @@ impl Tx<'_> {
             state.last_event_ms = self.now.max(state.last_event_ms);
             state.event_seq = 0;
         }
-        let event = Arc::new(Event {
-            id: format!("{}-{}", state.last_event_ms, state.event_seq),
+        let event = EventRecord {
+            ms: state.last_event_ms,
+            seq: state.event_seq,
             kind,
-            time: rfc3339_ms(self.now),
-            server_id: self.store.config.server_id.clone(),
-            task_id: task_id.map(|t| t.to_string()),
-            agent_id: agent_id.map(str::to_string),
+            time_ms: self.now,
+            server_id: self.store.server_id.clone(),
+            task_id: task_id.map(|t| CompactStr::new(t.as_str())),
+            agent_id: agent_id.map(CompactStr::new),
             data,
-        });
+        };
         state.events.push_back(event.clone());
         while state.events.len() > self.store.config.event_buffer {
             state.events.pop_front();
@@ -485,11 +496,11 @@ impl Tx<'_> {
             // Whatever made it leave `failed`, a later healthy verdict must not undo a later fatal report.
             record.health.failed_by_probe = false;
         }
-        self.emit(
+        self.emit_record(
             EventKind::AgentStatusChanged,
             None,
             Some(agent_id),
-            json!({"from": old.as_str(), "to": status.as_str()}),
+            EventData::StatusChanged { from: old, to: status },
         );
     }
 
@@ -510,7 +521,7 @@ impl Tx<'_> {
     /// Grants a pending task (already out of the index) to an agent.
     /// Grants a pending task to an agent. A routed grant names the waiter token it consumed in its event, so the
     /// server holding that blocked claim wakes it (the router may run on another server).
-    fn grant(&mut self, task_id: &TaskId, agent_id: &str, via: &str, waiter: Option<&str>) -> Task {
+    fn grant(&mut self, task_id: &TaskId, agent_id: &str, via: &'static str, waiter: Option<&str>) -> Task {
         let now = self.now;
         let lease_id = format!("{:032x}", rand::rng().random::<u128>());
         let record = self.state.tasks.get_mut(task_id).expect("task exists");
@@ -536,11 +547,8 @@ impl Tx<'_> {
             agent.breaker.trial = Some(task_id.clone());
         }
         self.refresh_capacity(agent_id);
-        let mut data = json!({"attempt": attempt, "via": via});
-        if let Some(token) = waiter {
-            data["waiter"] = json!(token);
-        }
-        self.emit(EventKind::TaskClaimed, Some(task_id), Some(agent_id), data);
+        let data = EventData::Claimed { attempt, via, waiter: waiter.map(CompactStr::new) };
+        self.emit_record(EventKind::TaskClaimed, Some(task_id), Some(agent_id), data);
         self.state.tasks[task_id].task.clone()
     }
 
@@ -856,7 +864,12 @@ impl Tx<'_> {
             }
         }
         let unfenced = matches!(fence, Fence::Unfenced);
-        self.emit(EventKind::TaskCompleted, Some(task_id), agent_id.as_deref(), json!({"unfenced": unfenced}));
+        self.emit_record(
+            EventKind::TaskCompleted,
+            Some(task_id),
+            agent_id.as_deref(),
+            EventData::Completed { unfenced },
+        );
         Ok(self.state.tasks[task_id].task.clone())
     }
 
@@ -1034,7 +1047,11 @@ impl Tx<'_> {
             progress: None,
         };
         let priority = task.priority;
-        let data = json!({"task_type": task.task_type, "priority": priority, "required_capabilities": task.required_capabilities});
+        let data = EventData::Submitted {
+            task_type: CompactStr::new(&task.task_type),
+            priority,
+            required_capabilities: task.required_capabilities.as_slice().iter().map(|c| CompactStr::new(c)).collect(),
+        };
         self.state.tasks.insert(
             task_id.clone(),
             Box::new(TaskRecord {
@@ -1062,7 +1079,7 @@ impl Tx<'_> {
             self.state.idempotency.insert((new.submitted_by, key), (task_id.clone(), new.fingerprint, expires));
         }
         self.enqueue(&task_id);
-        self.emit(EventKind::TaskSubmitted, Some(&task_id), None, data);
+        self.emit_record(EventKind::TaskSubmitted, Some(&task_id), None, data);
         Submitted { task_id, replayed: false }
     }
 
@@ -1123,7 +1140,7 @@ impl Store for MemoryStore {
         self.clock.now_ms()
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
     }
 
@@ -1131,12 +1148,22 @@ impl Store for MemoryStore {
         let state = self.lock()?;
         let start = match after {
             None => 0,
-            Some(id) => match state.events.iter().position(|e| e.id == id) {
-                Some(position) => position + 1,
-                None => return Ok(None),
-            },
+            // Ids rise through the buffer, so the one asked for is found by halving; an id the buffer no longer
+            // (or never) held, malformed ones included, is "fell out of the buffer".
+            Some(id) => {
+                let Some(wanted) =
+                    id.split_once('-').and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)))
+                else {
+                    return Ok(None);
+                };
+                let position = state.events.partition_point(|e| (e.ms, e.seq) < wanted);
+                match state.events.get(position) {
+                    Some(found) if (found.ms, found.seq) == wanted && found.id() == id => position + 1,
+                    _ => return Ok(None),
+                }
+            }
         };
-        Ok(Some(state.events.iter().skip(start).take(limit).map(|e| Event::clone(e)).collect()))
+        Ok(Some(state.events.iter().skip(start).take(limit).map(EventRecord::to_event).collect()))
     }
 
     async fn register(&self, registration: AgentRegistration) -> StoreResult<Registered> {
@@ -2237,7 +2264,7 @@ impl Store for MemoryStore {
 
     async fn put_channel(&self, channel: &Channel) -> StoreResult<()> {
         self.transition(|tx| {
-            let last_event = tx.state.events.back().map(|event| event.id.clone());
+            let last_event = tx.state.events.back().map(EventRecord::id);
             tx.state.notifications.put_channel(channel, last_event.as_deref())
         })
     }

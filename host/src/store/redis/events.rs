@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use super::connection::{Commands, Target};
 use super::decode;
-use crate::model::Event;
+use crate::model::StoreEvent;
 
 /// How long one `XREAD` blocks before it asks again (so a silently dead connection is noticed).
 const BLOCK_MS: u64 = 5_000;
@@ -37,7 +37,7 @@ pub(super) async fn follow(
     mut connection: Commands,
     stream: String,
     start: (u64, u64, u64),
-    events: broadcast::Sender<Arc<Event>>,
+    events: broadcast::Sender<StoreEvent>,
 ) {
     let (mut ms, mut seq, mut last_n) = start;
     let mut retry = RETRY;
@@ -93,7 +93,7 @@ pub(super) async fn follow(
                     if let Some((m, s)) = decode::stream_id(&event.id) {
                         (ms, seq) = (m, s);
                     }
-                    let _ = events.send(Arc::new(event));
+                    let _ = events.send(StoreEvent::Decoded(Arc::new(event)));
                 }
                 Err(error) => {
                     tracing::error!(%error, "redis event reader skipped an unreadable entry");

@@ -37,7 +37,7 @@ use crate::model::{
     AgentFilter, AgentHealth, AgentRegistration, AuditCheckpoint, AuditEntry, AuditHead, Completion, FailRequest,
     Fence, FleetStats, GENESIS_HASH, HealthVerdict, HeartbeatOutcome, MAX_SCHEDULES, NewViolation, PluginAction,
     PluginChange, PluginRecord, QueueFigures, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord,
-    StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
+    StoreError, StoreEvent, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
 };
 use crate::model::{
     AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, MAX_CHANNELS, SENT_KEPT,
@@ -75,7 +75,7 @@ pub struct RedisStore {
     config_args: Vec<String>,
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
-    events: broadcast::Sender<Arc<Event>>,
+    events: broadcast::Sender<StoreEvent>,
     reader: JoinHandle<()>,
     clock: Mutex<ClockEstimate>,
 }
@@ -466,7 +466,7 @@ impl Store for RedisStore {
         if clock.pinned { clock.store_ms } else { clock.store_ms + clock.at.elapsed().as_millis() as u64 }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
     }
 

@@ -111,10 +111,7 @@ pub(super) async fn every_transition_emits_its_event_to_subscribers_and_the_log(
     use EventKind::*;
     let mut rx = h.store.subscribe();
     let mut seen = Vec::new();
-    let step = |rx: &mut broadcast::Receiver<std::sync::Arc<Event>>,
-                seen: &mut Vec<Event>,
-                expected: &[EventKind],
-                what: &str| {
+    let step = |rx: &mut broadcast::Receiver<StoreEvent>, seen: &mut Vec<Event>, expected: &[EventKind], what: &str| {
         let events = received(rx);
         assert_eq!(kinds(&events), expected, "{what}: {events:#?}");
         seen.extend(events.iter().cloned());

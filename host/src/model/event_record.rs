@@ -1,0 +1,337 @@
+//! Events as the stores hand them to this server's consumers: the event pump, and through it the scheduler, fleet
+//! plugins and the coordinator's stream (decision 0025). The memory store writes a transition's events as compact
+//! records — id and time as numbers, short ids inline, the hot kinds' data typed — so emitting one, keeping it for
+//! `Last-Event-ID` resumes and dropping it 10,000 events later allocate and free nothing. An [`Event`], the wire
+//! type, is built from a record only where an event leaves the server (SSE, `events_after`, notifications,
+//! `wait_for_result`). The Redis store's events arrive decoded from its stream and travel as they came.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::{AgentStatus, Event, EventKind, Priority, rfc3339_ms};
+
+/// Longest string kept inline: a task id (`task_` + 32 hex digits) fits, and so do most agent ids and tokens.
+const INLINE: usize = 46;
+
+/// A short string kept inline, shared when longer: copying or dropping one never touches the allocator.
+#[derive(Clone)]
+pub enum CompactStr {
+    /// Up to 46 bytes of UTF-8.
+    Inline {
+        /// How many of `bytes` are the string.
+        len: u8,
+        /// The string, then zeros.
+        bytes: [u8; INLINE],
+    },
+    /// A longer string.
+    Shared(Arc<str>),
+}
+
+impl CompactStr {
+    /// `text`, inline when it fits.
+    pub fn new(text: &str) -> Self {
+        if text.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            CompactStr::Inline { len: text.len() as u8, bytes }
+        } else {
+            CompactStr::Shared(Arc::from(text))
+        }
+    }
+
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            CompactStr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("copied whole from a str")
+            }
+            CompactStr::Shared(text) => text,
+        }
+    }
+}
+
+impl fmt::Debug for CompactStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// An event's `data`: typed for the kinds every task's way emits, JSON for the rest.
+#[derive(Clone, Debug)]
+pub enum EventData {
+    /// `task_submitted`: `{"task_type", "priority", "required_capabilities"}`.
+    Submitted {
+        /// The task's type.
+        task_type: CompactStr,
+        /// Its priority.
+        priority: Priority,
+        /// What an agent needs to take it (one allocation, for the list; none when it is empty).
+        required_capabilities: Box<[CompactStr]>,
+    },
+    /// `task_claimed`: `{"attempt", "via", "waiter"}` (the waiter token only for a routed grant).
+    Claimed {
+        /// The attempt this grant starts.
+        attempt: u32,
+        /// `claim` or `routed`.
+        via: &'static str,
+        /// The waiting claim the grant consumed.
+        waiter: Option<CompactStr>,
+    },
+    /// `agent_status_changed` made by the store (capacity, a sign of life): `{"from", "to"}`.
+    StatusChanged {
+        /// The status before.
+        from: AgentStatus,
+        /// The status after.
+        to: AgentStatus,
+    },
+    /// `task_completed`: `{"unfenced"}`.
+    Completed {
+        /// Completed without the lease's fence.
+        unfenced: bool,
+    },
+    /// Any other kind's data.
+    Json(Value),
+}
+
+impl EventData {
+    /// The data as clients see it.
+    pub fn to_value(&self) -> Value {
+        match self {
+            EventData::Submitted { task_type, priority, required_capabilities } => {
+                let required: Vec<&str> = required_capabilities.iter().map(CompactStr::as_str).collect();
+                json!({"task_type": task_type.as_str(), "priority": priority, "required_capabilities": required})
+            }
+            EventData::Claimed { attempt, via, waiter } => {
+                let mut data = json!({"attempt": attempt, "via": via});
+                if let Some(token) = waiter {
+                    data["waiter"] = json!(token.as_str());
+                }
+                data
+            }
+            EventData::StatusChanged { from, to } => json!({"from": from.as_str(), "to": to.as_str()}),
+            EventData::Completed { unfenced } => json!({"unfenced": unfenced}),
+            EventData::Json(value) => value.clone(),
+        }
+    }
+
+    fn str_field(&self, name: &str) -> Option<&str> {
+        match (self, name) {
+            (EventData::Submitted { task_type, .. }, "task_type") => Some(task_type.as_str()),
+            (EventData::Submitted { priority, .. }, "priority") => Some(priority.as_str()),
+            (EventData::Claimed { via, .. }, "via") => Some(via),
+            (EventData::Claimed { waiter, .. }, "waiter") => waiter.as_ref().map(CompactStr::as_str),
+            (EventData::StatusChanged { from, .. }, "from") => Some(from.as_str()),
+            (EventData::StatusChanged { to, .. }, "to") => Some(to.as_str()),
+            (EventData::Json(value), _) => value.get(name).and_then(Value::as_str),
+            _ => None,
+        }
+    }
+
+    fn bool_field(&self, name: &str) -> Option<bool> {
+        match (self, name) {
+            (EventData::Completed { unfenced }, "unfenced") => Some(*unfenced),
+            (EventData::Json(value), _) => value.get(name).and_then(Value::as_bool),
+            _ => None,
+        }
+    }
+}
+
+/// One event as the memory store keeps it.
+#[derive(Clone, Debug)]
+pub struct EventRecord {
+    /// The id's milliseconds (`<ms>-<seq>`).
+    pub ms: u64,
+    /// The id's sequence within `ms`.
+    pub seq: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// Store time, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// The server whose request caused it.
+    pub server_id: Arc<str>,
+    /// The task concerned.
+    pub task_id: Option<CompactStr>,
+    /// The agent concerned.
+    pub agent_id: Option<CompactStr>,
+    /// Small facts.
+    pub data: EventData,
+}
+
+impl EventRecord {
+    /// The id clients see.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.ms, self.seq)
+    }
+
+    /// The event as clients see it.
+    pub fn to_event(&self) -> Event {
+        Event {
+            id: self.id(),
+            kind: self.kind,
+            time: rfc3339_ms(self.time_ms),
+            server_id: self.server_id.to_string(),
+            task_id: self.task_id.as_ref().map(|id| id.as_str().to_string()),
+            agent_id: self.agent_id.as_ref().map(|id| id.as_str().to_string()),
+            data: self.data.to_value(),
+        }
+    }
+}
+
+/// An event on its way from a store to this server's consumers ([`Store::subscribe`](crate::store::Store::subscribe)).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "not boxed: a record is copied into a channel slot in place of the per-event allocation it exists to avoid"
+)]
+#[derive(Clone, Debug)]
+pub enum StoreEvent {
+    /// Written by this process's memory store.
+    Record(EventRecord),
+    /// Read from a shared store's stream.
+    Decoded(Arc<Event>),
+}
+
+impl StoreEvent {
+    /// What happened.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            StoreEvent::Record(record) => record.kind,
+            StoreEvent::Decoded(event) => event.kind,
+        }
+    }
+
+    /// The server whose request caused it.
+    pub fn server_id(&self) -> &str {
+        match self {
+            StoreEvent::Record(record) => &record.server_id,
+            StoreEvent::Decoded(event) => &event.server_id,
+        }
+    }
+
+    /// The agent concerned.
+    pub fn agent_id(&self) -> Option<&str> {
+        match self {
+            StoreEvent::Record(record) => record.agent_id.as_ref().map(CompactStr::as_str),
+            StoreEvent::Decoded(event) => event.agent_id.as_deref(),
+        }
+    }
+
+    /// The task concerned.
+    pub fn task_id(&self) -> Option<&str> {
+        match self {
+            StoreEvent::Record(record) => record.task_id.as_ref().map(CompactStr::as_str),
+            StoreEvent::Decoded(event) => event.task_id.as_deref(),
+        }
+    }
+
+    /// A string field of `data`, whichever way it is kept.
+    pub fn str_field(&self, name: &str) -> Option<&str> {
+        match self {
+            StoreEvent::Record(record) => record.data.str_field(name),
+            StoreEvent::Decoded(event) => event.data.get(name).and_then(Value::as_str),
+        }
+    }
+
+    /// A boolean field of `data`, whichever way it is kept.
+    pub fn bool_field(&self, name: &str) -> Option<bool> {
+        match self {
+            StoreEvent::Record(record) => record.data.bool_field(name),
+            StoreEvent::Decoded(event) => event.data.get(name).and_then(Value::as_bool),
+        }
+    }
+
+    /// A `task_submitted` event's `required_capabilities` (none for other kinds).
+    pub fn required_capabilities(&self) -> impl Iterator<Item = &str> {
+        let (typed, json) = match self {
+            StoreEvent::Record(EventRecord { data: EventData::Submitted { required_capabilities, .. }, .. }) => {
+                (Some(required_capabilities.iter().map(CompactStr::as_str)), None)
+            }
+            StoreEvent::Record(EventRecord { data: EventData::Json(data), .. }) => (None, Some(data)),
+            StoreEvent::Record(_) => (None, None),
+            StoreEvent::Decoded(event) => (None, Some(&event.data)),
+        };
+        let json = json.and_then(|data| data.get("required_capabilities")).and_then(Value::as_array);
+        typed.into_iter().flatten().chain(json.into_iter().flatten().filter_map(Value::as_str))
+    }
+
+    /// The event as clients see it (shared, not copied, when it came decoded).
+    pub fn to_event(&self) -> Arc<Event> {
+        match self {
+            StoreEvent::Record(record) => Arc::new(record.to_event()),
+            StoreEvent::Decoded(event) => event.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::CapabilitySet;
+
+    #[test]
+    fn compact_strings_keep_short_and_long_text() {
+        let task = "task_0123456789abcdef0123456789abcdef";
+        assert!(matches!(CompactStr::new(task), CompactStr::Inline { .. }));
+        assert_eq!(CompactStr::new(task).as_str(), task);
+        assert_eq!(CompactStr::new("").as_str(), "");
+        let long = "é".repeat(40);
+        assert!(matches!(CompactStr::new(&long), CompactStr::Shared(_)));
+        assert_eq!(CompactStr::new(&long).as_str(), long);
+    }
+
+    #[test]
+    fn typed_data_serialises_as_the_json_it_replaces() {
+        let submitted = EventData::Submitted {
+            task_type: CompactStr::new("review"),
+            priority: Priority::High,
+            required_capabilities: vec![CompactStr::new("agent:a1"), CompactStr::new("code")].into(),
+        };
+        let caps = CapabilitySet::parse("required_capabilities", &["code".into(), "agent:a1".into()], 8).unwrap();
+        let as_before = json!({"task_type": "review", "priority": Priority::High, "required_capabilities": caps});
+        assert_eq!(submitted.to_value(), as_before);
+        let record = StoreEvent::Record(EventRecord {
+            ms: 1,
+            seq: 0,
+            kind: EventKind::TaskSubmitted,
+            time_ms: 1,
+            server_id: Arc::from("s1"),
+            task_id: None,
+            agent_id: None,
+            data: submitted,
+        });
+        let decoded = StoreEvent::Decoded(record.to_event());
+        for event in [&record, &decoded] {
+            assert_eq!(event.required_capabilities().collect::<Vec<_>>(), ["agent:a1", "code"], "{event:?}");
+            assert_eq!(event.str_field("priority"), Some("high"));
+        }
+        let claimed = EventData::Claimed { attempt: 2, via: "routed", waiter: Some(CompactStr::new("w1")) };
+        assert_eq!(claimed.to_value(), json!({"attempt": 2, "via": "routed", "waiter": "w1"}));
+        let claimed = EventData::Claimed { attempt: 1, via: "claim", waiter: None };
+        assert_eq!(claimed.to_value(), json!({"attempt": 1, "via": "claim"}));
+        let flip = EventData::StatusChanged { from: AgentStatus::Ready, to: AgentStatus::Busy };
+        assert_eq!(flip.to_value(), json!({"from": "ready", "to": "busy"}));
+        assert_eq!(EventData::Completed { unfenced: true }.to_value(), json!({"unfenced": true}));
+        assert_eq!(flip.str_field("from"), Some("ready"));
+        assert_eq!(claimed.str_field("waiter"), None);
+    }
+
+    #[test]
+    fn a_record_becomes_the_event_clients_see() {
+        let record = EventRecord {
+            ms: 1_700_000_000_123,
+            seq: 4,
+            kind: EventKind::TaskCompleted,
+            time_ms: 1_700_000_000_123,
+            server_id: Arc::from("s1"),
+            task_id: Some(CompactStr::new("task_1")),
+            agent_id: None,
+            data: EventData::Completed { unfenced: false },
+        };
+        let event = record.to_event();
+        assert_eq!(event.id, "1700000000123-4");
+        assert_eq!(event.time, rfc3339_ms(1_700_000_000_123));
+        assert_eq!((event.task_id.as_deref(), event.agent_id.as_deref()), (Some("task_1"), None));
+        assert_eq!(serde_json::to_value(&event).unwrap()["data"], json!({"unfenced": false}));
+    }
+}
