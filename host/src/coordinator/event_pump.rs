@@ -1,8 +1,9 @@
 //! The one task that follows the store's events and this server's plugin events and hands each, in order, to
 //! whoever acts on it: the scheduler (wakes the claims an event concerns), fleet plugins (applies an upload or an
 //! enable/disable record), and the coordinator's subscribers (SSE streams, `wait_for_result`). One reader instead
-//! of one per consumer, and events shared rather than copied: an event costs one wake-up, however many consume it;
-//! its wire form ([`Event`]) is built only when someone subscribes to the coordinator's stream.
+//! of one per consumer: an event costs one wake-up, however many consume it. A memory-store event arrives as a compact
+//! record, cheap to copy; its wire form ([`Event`]) is built only while someone is subscribed to the coordinator's
+//! stream, and then shared by all of them.
 
 use std::sync::Arc;
 

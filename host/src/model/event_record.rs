@@ -1,9 +1,10 @@
 //! Events as the stores hand them to this server's consumers: the event pump, and through it the scheduler, fleet
 //! plugins and the coordinator's stream (decision 0025). The memory store writes a transition's events as compact
 //! records — id and time as numbers, short ids inline, the hot kinds' data typed — so emitting one, keeping it for
-//! `Last-Event-ID` resumes and dropping it 10,000 events later allocate and free nothing. An [`Event`], the wire
-//! type, is built from a record only where an event leaves the server (SSE, `events_after`, notifications,
-//! `wait_for_result`). The Redis store's events arrive decoded from its stream and travel as they came.
+//! `Last-Event-ID` resumes and dropping it 10,000 events later allocate and free nothing (a `task_submitted`: only its
+//! capability list). An [`Event`], the wire type, is built from a record only where an event leaves the server
+//! (SSE, `events_after`, notifications, `wait_for_result`). The Redis store's events arrive decoded from its stream
+//! and travel as they came.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,15 +18,12 @@ const INLINE: usize = 46;
 
 /// A short string kept inline, shared when longer: copying or dropping one never touches the allocator.
 #[derive(Clone)]
-pub enum CompactStr {
-    /// Up to 46 bytes of UTF-8.
-    Inline {
-        /// How many of `bytes` are the string.
-        len: u8,
-        /// The string, then zeros.
-        bytes: [u8; INLINE],
-    },
-    /// A longer string.
+pub struct CompactStr(Repr);
+
+/// Private, so the only way in is [`CompactStr::new`] and the bytes are always a whole `str`.
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
     Shared(Arc<str>),
 }
 
@@ -35,19 +33,19 @@ impl CompactStr {
         if text.len() <= INLINE {
             let mut bytes = [0; INLINE];
             bytes[..text.len()].copy_from_slice(text.as_bytes());
-            CompactStr::Inline { len: text.len() as u8, bytes }
+            CompactStr(Repr::Inline { len: text.len() as u8, bytes })
         } else {
-            CompactStr::Shared(Arc::from(text))
+            CompactStr(Repr::Shared(Arc::from(text)))
         }
     }
 
     /// The string.
     pub fn as_str(&self) -> &str {
-        match self {
-            CompactStr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("copied whole from a str")
+        match &self.0 {
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("`new` copies a whole str")
             }
-            CompactStr::Shared(text) => text,
+            Repr::Shared(text) => text,
         }
     }
 }
@@ -67,8 +65,9 @@ pub enum EventData {
         task_type: CompactStr,
         /// Its priority.
         priority: Priority,
-        /// What an agent needs to take it (one allocation, for the list; none when it is empty).
-        required_capabilities: Box<[CompactStr]>,
+        /// What an agent needs to take it: the one allocation a `task_submitted` makes (none when it is empty),
+        /// shared by the resume buffer's copy and the channel's.
+        required_capabilities: Arc<[CompactStr]>,
     },
     /// `task_claimed`: `{"attempt", "via", "waiter"}` (the waiter token only for a routed grant).
     Claimed {
@@ -91,8 +90,8 @@ pub enum EventData {
         /// Completed without the lease's fence.
         unfenced: bool,
     },
-    /// Any other kind's data.
-    Json(Value),
+    /// Any other kind's data (shared: the resume buffer and each reader of the channel hold a copy of the record).
+    Json(Arc<Value>),
 }
 
 impl EventData {
@@ -112,7 +111,7 @@ impl EventData {
             }
             EventData::StatusChanged { from, to } => json!({"from": from.as_str(), "to": to.as_str()}),
             EventData::Completed { unfenced } => json!({"unfenced": unfenced}),
-            EventData::Json(value) => value.clone(),
+            EventData::Json(value) => Value::clone(value),
         }
     }
 
@@ -241,13 +240,13 @@ impl StoreEvent {
         }
     }
 
-    /// A `task_submitted` event's `required_capabilities` (none for other kinds).
+    /// The `required_capabilities` of `data` (only `task_submitted` events have them).
     pub fn required_capabilities(&self) -> impl Iterator<Item = &str> {
         let (typed, json) = match self {
             StoreEvent::Record(EventRecord { data: EventData::Submitted { required_capabilities, .. }, .. }) => {
                 (Some(required_capabilities.iter().map(CompactStr::as_str)), None)
             }
-            StoreEvent::Record(EventRecord { data: EventData::Json(data), .. }) => (None, Some(data)),
+            StoreEvent::Record(EventRecord { data: EventData::Json(data), .. }) => (None, Some(&**data)),
             StoreEvent::Record(_) => (None, None),
             StoreEvent::Decoded(event) => (None, Some(&event.data)),
         };
@@ -272,12 +271,16 @@ mod tests {
     #[test]
     fn compact_strings_keep_short_and_long_text() {
         let task = "task_0123456789abcdef0123456789abcdef";
-        assert!(matches!(CompactStr::new(task), CompactStr::Inline { .. }));
+        assert!(matches!(CompactStr::new(task).0, Repr::Inline { .. }));
         assert_eq!(CompactStr::new(task).as_str(), task);
         assert_eq!(CompactStr::new("").as_str(), "");
-        let long = "é".repeat(40);
-        assert!(matches!(CompactStr::new(&long), CompactStr::Shared(_)));
-        assert_eq!(CompactStr::new(&long).as_str(), long);
+        // Multibyte text at the edge: 23 two-byte characters fill the 46 bytes, one more does not fit.
+        let edge = "é".repeat(23);
+        assert!(matches!(CompactStr::new(&edge).0, Repr::Inline { .. }));
+        assert_eq!(CompactStr::new(&edge).as_str(), edge);
+        let over = format!("{edge}x");
+        assert!(matches!(CompactStr::new(&over).0, Repr::Shared(_)));
+        assert_eq!(CompactStr::new(&over).as_str(), over);
     }
 
     #[test]
@@ -285,7 +288,7 @@ mod tests {
         let submitted = EventData::Submitted {
             task_type: CompactStr::new("review"),
             priority: Priority::High,
-            required_capabilities: vec![CompactStr::new("agent:a1"), CompactStr::new("code")].into(),
+            required_capabilities: [CompactStr::new("agent:a1"), CompactStr::new("code")].into(),
         };
         let caps = CapabilitySet::parse("required_capabilities", &["code".into(), "agent:a1".into()], 8).unwrap();
         let as_before = json!({"task_type": "review", "priority": Priority::High, "required_capabilities": caps});
@@ -333,5 +336,29 @@ mod tests {
         assert_eq!(event.time, rfc3339_ms(1_700_000_000_123));
         assert_eq!((event.task_id.as_deref(), event.agent_id.as_deref()), (Some("task_1"), None));
         assert_eq!(serde_json::to_value(&event).unwrap()["data"], json!({"unfenced": false}));
+    }
+
+    #[test]
+    fn every_field_of_typed_data_reads_as_it_serialises() {
+        let typed = [
+            EventData::Submitted {
+                task_type: CompactStr::new("review"),
+                priority: Priority::Low,
+                required_capabilities: Arc::from([]),
+            },
+            EventData::Claimed { attempt: 1, via: "routed", waiter: Some(CompactStr::new("w")) },
+            EventData::StatusChanged { from: AgentStatus::Busy, to: AgentStatus::Ready },
+            EventData::Completed { unfenced: true },
+        ];
+        for data in typed {
+            for (key, value) in data.to_value().as_object().expect("an object") {
+                match value {
+                    Value::String(text) => assert_eq!(data.str_field(key), Some(text.as_str()), "{key} of {data:?}"),
+                    Value::Bool(flag) => assert_eq!(data.bool_field(key), Some(*flag), "{key} of {data:?}"),
+                    // Numbers and lists have no reader: nothing consumes them from a record.
+                    _ => {}
+                }
+            }
+        }
     }
 }

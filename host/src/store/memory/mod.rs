@@ -327,12 +327,13 @@ struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// Emits an event whose data is kept as JSON (the kinds a task's way does not emit every time).
     fn emit(&mut self, kind: EventKind, task_id: Option<&TaskId>, agent_id: Option<&str>, data: Value) {
-        self.emit_record(kind, task_id, agent_id, EventData::Json(data));
+        self.emit_typed(kind, task_id, agent_id, EventData::Json(Arc::new(data)));
     }
 
-    /// Emits an event whose data is typed (the kinds every task's way emits).
-    fn emit_record(&mut self, kind: EventKind, task_id: Option<&TaskId>, agent_id: Option<&str>, data: EventData) {
+    /// Emits an event whose data is typed (the kinds every task's way emits): its record allocates nothing.
+    fn emit_typed(&mut self, kind: EventKind, task_id: Option<&TaskId>, agent_id: Option<&str>, data: EventData) {
         let state = &mut *self.state;
         // `<=`, not `==` (conformance fix): an event at an earlier ms than the last one keeps the last ms and must
         // take the next sequence number, not restart at 0 (which repeated an id already issued).
@@ -496,7 +497,7 @@ impl Tx<'_> {
             // Whatever made it leave `failed`, a later healthy verdict must not undo a later fatal report.
             record.health.failed_by_probe = false;
         }
-        self.emit_record(
+        self.emit_typed(
             EventKind::AgentStatusChanged,
             None,
             Some(agent_id),
@@ -518,7 +519,6 @@ impl Tx<'_> {
         }
     }
 
-    /// Grants a pending task (already out of the index) to an agent.
     /// Grants a pending task to an agent. A routed grant names the waiter token it consumed in its event, so the
     /// server holding that blocked claim wakes it (the router may run on another server).
     fn grant(&mut self, task_id: &TaskId, agent_id: &str, via: &'static str, waiter: Option<&str>) -> Task {
@@ -548,7 +548,7 @@ impl Tx<'_> {
         }
         self.refresh_capacity(agent_id);
         let data = EventData::Claimed { attempt, via, waiter: waiter.map(CompactStr::new) };
-        self.emit_record(EventKind::TaskClaimed, Some(task_id), Some(agent_id), data);
+        self.emit_typed(EventKind::TaskClaimed, Some(task_id), Some(agent_id), data);
         self.state.tasks[task_id].task.clone()
     }
 
@@ -864,7 +864,7 @@ impl Tx<'_> {
             }
         }
         let unfenced = matches!(fence, Fence::Unfenced);
-        self.emit_record(
+        self.emit_typed(
             EventKind::TaskCompleted,
             Some(task_id),
             agent_id.as_deref(),
@@ -1079,7 +1079,7 @@ impl Tx<'_> {
             self.state.idempotency.insert((new.submitted_by, key), (task_id.clone(), new.fingerprint, expires));
         }
         self.enqueue(&task_id);
-        self.emit_record(EventKind::TaskSubmitted, Some(&task_id), None, data);
+        self.emit_typed(EventKind::TaskSubmitted, Some(&task_id), None, data);
         Submitted { task_id, replayed: false }
     }
 
@@ -1157,6 +1157,7 @@ impl Store for MemoryStore {
                     return Ok(None);
                 };
                 let position = state.events.partition_point(|e| (e.ms, e.seq) < wanted);
+                // `u64` parsing also takes `+5-0` and `05-0`: spellings never issued, so not found, as before.
                 match state.events.get(position) {
                     Some(found) if (found.ms, found.seq) == wanted && found.id() == id => position + 1,
                     _ => return Ok(None),
@@ -2385,5 +2386,30 @@ mod tests {
         }
         let transition: StoreResult<()> = store.transition(|_| Ok(()));
         assert!(matches!(transition, Err(StoreError::Unavailable(_))), "transitions are refused too");
+    }
+
+    #[tokio::test]
+    async fn events_after_finds_only_ids_it_issued() {
+        let store = MemoryStore::new(StoreConfig::default(), Arc::new(SystemClock::default()));
+        for agent in ["a", "b", "c"] {
+            store
+                .transition(|tx| {
+                    tx.emit(EventKind::AgentOffline, None, Some(agent), json!({}));
+                    Ok(())
+                })
+                .expect("emit");
+        }
+        let all = store.events_after(None, 10).await.expect("read").expect("kept");
+        let ids: Vec<&str> = all.iter().map(|event| event.id.as_str()).collect();
+        assert_eq!(ids.len(), 3);
+        let after_first = store.events_after(Some(ids[0]), 10).await.expect("read").expect("kept");
+        assert_eq!(after_first.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), &ids[1..]);
+        assert_eq!(store.events_after(Some(ids[0]), 1).await.expect("read").expect("kept").len(), 1, "the limit");
+        assert_eq!(store.events_after(Some(ids[2]), 10).await.expect("read"), Some(Vec::new()), "the newest");
+        let (ms, seq) = ids[1].split_once('-').expect("<ms>-<seq>");
+        let past = format!("{ms}-{}", seq.parse::<u64>().unwrap() + 100);
+        for unknown in ["", "abc", "5", "1-2-3", &format!("+{}", ids[1]), &format!("0{}", ids[1]), &past] {
+            assert_eq!(store.events_after(Some(unknown), 10).await.expect("read"), None, "{unknown:?}");
+        }
     }
 }
