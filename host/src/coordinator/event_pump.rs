@@ -1,9 +1,9 @@
 //! The one task that follows the store's events and this server's plugin events and hands each, in order, to
 //! whoever acts on it: the scheduler (wakes the claims an event concerns), fleet plugins (applies an upload or an
-//! enable/disable record), and the coordinator's subscribers (SSE streams, `wait_for_result`). One reader instead
+//! enable/disable record), the coordinator's subscribers (SSE streams) and `wait_for_result`. One reader instead
 //! of one per consumer: an event costs one wake-up, however many consume it. A memory-store event arrives as a compact
 //! record, cheap to copy; its wire form ([`Event`]) is built only while someone is subscribed to the coordinator's
-//! stream, and then shared by all of them.
+//! stream (SSE), and then shared by all of them: `wait_for_result` reads the record.
 
 use std::sync::Arc;
 
@@ -23,6 +23,8 @@ pub(super) struct Consumers {
     pub fleet_plugins: mpsc::UnboundedSender<FleetChange>,
     /// The coordinator's stream (`ControlPlaneCoordinator::subscribe`).
     pub subscribers: broadcast::Sender<Arc<Event>>,
+    /// Store events as they came, for `wait_for_result`.
+    pub task_waits: broadcast::Sender<StoreEvent>,
     /// Stamps plugin events with this server and the store's time.
     pub store: Arc<dyn Store>,
     pub server_id: String,
@@ -68,8 +70,11 @@ impl Consumers {
         if let Some(change) = FleetChange::of(&event) {
             let _ = self.fleet_plugins.send(change);
         }
-        // No subscriber is the common case on a busy server, and then the wire form is never built. One that
-        // subscribes meanwhile misses nothing it could have had: a subscription before this check is counted.
+        // No subscriber is the common case on a busy server, and then neither copy is made nor the wire form built.
+        // One that subscribes meanwhile misses nothing it could have had: a subscription before a check is counted.
+        if self.task_waits.receiver_count() > 0 {
+            let _ = self.task_waits.send(event.clone());
+        }
         if self.subscribers.receiver_count() > 0 {
             let _ = self.subscribers.send(event.to_event());
         }

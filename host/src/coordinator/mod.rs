@@ -34,7 +34,7 @@ use crate::model::{
 use crate::model::{
     AgentFilter, AgentHealth, AuditEntry, AuditHead, Completion, FailRequest, Fence, FleetStats, HealthState,
     HeartbeatOutcome, NewAuditEntry, PluginAction, PluginRecord, Priority, QueueFigures, Registered, Schedule,
-    ScheduleChange, ScheduleSpec, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
+    ScheduleChange, ScheduleSpec, StoreError, StoreEvent, Submitted, TaskFilter, TaskPage, ViolationUpdate,
 };
 use crate::model::{
     Channel, ChannelFigures, Delivery, DeliveryStatus, NewChannel, ValidationError, new_channel_id, rfc3339_ms,
@@ -98,7 +98,13 @@ pub struct ControlPlaneCoordinator {
     deliberation_wake: Arc<tokio::sync::Notify>,
     /// This server's `decision` events (the decision log's writer sends them once stored).
     decision_events: broadcast::Sender<Arc<Event>>,
+    /// Store events for `wait_for_result`, as the store handed them: a long poll reads a task id off the record
+    /// rather than making the pump build every event's wire form while it waits.
+    task_waits: broadcast::Sender<StoreEvent>,
 }
+
+/// Store events a `wait_for_result` may fall behind by before it reads its task again instead.
+const TASK_WAIT_BUFFER: usize = 1_024;
 
 impl ControlPlaneCoordinator {
     /// A control plane on the embedded memory store: built-in strategies, plugins from `config.plugins_dir`
@@ -169,6 +175,7 @@ impl ControlPlaneCoordinator {
             audit,
             deliberation_wake: Arc::new(tokio::sync::Notify::new()),
             decision_events: broadcast::channel(4_096).0,
+            task_waits: broadcast::channel(TASK_WAIT_BUFFER).0,
         });
         let (fleet_changes, fleet_changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let decision_writer = decision_log::run_writer(
@@ -182,6 +189,7 @@ impl ControlPlaneCoordinator {
             scheduler: scheduler.clone(),
             fleet_plugins: fleet_changes,
             subscribers: events,
+            task_waits: coordinator.task_waits.clone(),
             store: store.clone(),
             server_id: config.server_id.clone(),
         };
@@ -632,7 +640,7 @@ impl ControlPlaneCoordinator {
     /// Waits (on a notification, not a poll) until the task is terminal or `timeout` passes; returns the task as
     /// it is then.
     pub async fn wait_for_result(&self, task_id: &TaskId, timeout: Duration) -> Result<Task, EngineError> {
-        let mut events = self.subscribe();
+        let mut events = self.task_waits.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let task = self.get_task(task_id).await?;
@@ -642,7 +650,7 @@ impl ControlPlaneCoordinator {
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Err(_) => return self.get_task(task_id).await,
-                    Ok(Ok(event)) if event.task_id.as_deref() == Some(task_id.as_str()) => break,
+                    Ok(Ok(event)) if event.task_id() == Some(task_id.as_str()) => break,
                     Ok(Ok(_)) => {}
                     // Fell behind: re-read the task rather than trust the stream.
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,

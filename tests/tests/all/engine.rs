@@ -274,12 +274,16 @@ async fn wait_for_result_returns_when_the_task_completes() {
     let waiter = {
         let cp = cp.clone();
         let task_id = task_id.clone();
-        tokio::spawn(async move { cp.wait_for_result(&task_id, Duration::from_secs(5)).await.unwrap() })
+        // A deadline far past the test's own bound: only the completion's event can end this wait in time.
+        tokio::spawn(async move { cp.wait_for_result(&task_id, Duration::from_secs(3600)).await.unwrap() })
     };
     let granted = cp.claim_task(&claim("a", 0)).await.unwrap().tasks.remove(0);
     let lease = Fence::Lease(granted.lease_id.clone().unwrap());
     cp.complete_task(&task_id, &lease, json!({"answer": 42})).await.unwrap();
-    let done = waiter.await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("woken by the completion's event, not by its deadline")
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Completed);
     assert_eq!(done.result, Some(json!({"answer": 42}).into()));
     let stats = cp.get_stats().await.unwrap();
