@@ -137,6 +137,12 @@ impl EventData {
     }
 }
 
+/// The (milliseconds, sequence) of an event id `<ms>-<seq>` (a Redis stream id), or `None` when it is not one.
+pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// One event as the memory store keeps it.
 #[derive(Clone, Debug)]
 pub struct EventRecord {

@@ -37,7 +37,7 @@ use crate::model::{
     MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginCandidate, PluginChange,
     PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked,
     ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreEvent, StoreResult, Submitted, Task, TaskError,
-    TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, rfc3339_ms,
+    TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, parse_event_id, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -1151,11 +1151,7 @@ impl Store for MemoryStore {
             // Ids rise through the buffer, so the one asked for is found by halving; an id the buffer no longer
             // (or never) held, malformed ones included, is "fell out of the buffer".
             Some(id) => {
-                let Some(wanted) =
-                    id.split_once('-').and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)))
-                else {
-                    return Ok(None);
-                };
+                let Some(wanted) = parse_event_id(id) else { return Ok(None) };
                 let position = state.events.partition_point(|e| (e.ms, e.seq) < wanted);
                 // `u64` parsing also takes `+5-0` and `05-0`: spellings never issued, so not found, as before.
                 match state.events.get(position) {

@@ -312,12 +312,6 @@ pub(super) fn event(entry: &Value) -> StoreResult<(Event, u64)> {
     Ok((event, parsed(&map, "n")))
 }
 
-/// A stream id as (ms, seq), for ordering.
-pub(super) fn stream_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
 /// A plugin record as `plugin_change`/`plugin_read` keep it (JSON), with its history entries.
 pub(super) fn plugin_record(record: &Value, history: &Value) -> StoreResult<PluginRecord> {
     #[derive(serde::Deserialize)]

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use super::connection::{Commands, Target};
 use super::decode;
-use crate::model::StoreEvent;
+use crate::model::{StoreEvent, parse_event_id};
 
 /// How long one `XREAD` blocks before it asks again (so a silently dead connection is noticed).
 const BLOCK_MS: u64 = 5_000;
@@ -90,7 +90,7 @@ pub(super) async fn follow(
                         );
                     }
                     last_n = n;
-                    if let Some((m, s)) = decode::stream_id(&event.id) {
+                    if let Some((m, s)) = parse_event_id(&event.id) {
                         (ms, seq) = (m, s);
                     }
                     let _ = events.send(StoreEvent::Decoded(Arc::new(event)));
@@ -98,7 +98,7 @@ pub(super) async fn follow(
                 Err(error) => {
                     tracing::error!(%error, "redis event reader skipped an unreadable entry");
                     if let Some(id) = decode::array(entry).ok().and_then(|p| p.first()).and_then(decode::text)
-                        && let Some((m, s)) = decode::stream_id(&id)
+                        && let Some((m, s)) = parse_event_id(&id)
                     {
                         (ms, seq) = (m, s);
                     }

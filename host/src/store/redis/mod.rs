@@ -32,6 +32,7 @@ use super::{
 };
 use crate::model::{
     Agent, CapabilitySet, Event, EventKind, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
+    parse_event_id,
 };
 use crate::model::{
     AgentFilter, AgentHealth, AgentRegistration, AuditCheckpoint, AuditEntry, AuditHead, Completion, FailRequest,
@@ -426,7 +427,7 @@ async fn stream_tail(commands: &mut Commands, stream: &str) -> StoreResult<(u64,
         None => Ok((0, 0, 0)),
         Some(entry) => {
             let (event, n) = decode::event(entry)?;
-            let (ms, seq) = decode::stream_id(&event.id).unwrap_or((0, 0));
+            let (ms, seq) = parse_event_id(&event.id).unwrap_or((0, 0));
             Ok((ms, seq, n))
         }
     }
@@ -474,7 +475,7 @@ impl Store for RedisStore {
         let after = match after {
             None => String::new(),
             // An id that is no stream id was never issued: as memory, "not in the buffer".
-            Some(id) if decode::stream_id(id).is_none() => return Ok(None),
+            Some(id) if parse_event_id(id).is_none() => return Ok(None),
             Some(id) => id.to_string(),
         };
         let body = self.call(&self.scripts.events_after, vec![after, limit.max(1).to_string()]).await?;
