@@ -199,3 +199,30 @@ fn require_redis_accepts_1_and_refuses_a_memory_url() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("ARAGORA_REQUIRE_REDIS=1 contradicts REDIS_URL=memory://"), "{stderr}");
 }
+
+#[test]
+fn worker_threads_are_as_set_and_zero_is_refused() {
+    let refused = Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
+        .arg("serve")
+        .env("BIND", "127.0.0.1:0")
+        .env("REDIS_URL", "memory://")
+        .env("WORKER_THREADS", "0")
+        .env("PLUGINS_DIR", "/nonexistent-plugins-dir")
+        .output()
+        .expect("aragora-cp runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("WORKER_THREADS: must be at least 1"), "{stderr}");
+
+    let mut served = start_with("json", &[("WORKER_THREADS", "3")]);
+    terminate(&served.child);
+    let mut log = String::new();
+    served.child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(served.child.wait().unwrap().success(), "{log}");
+    let started = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "runtime started")
+        .unwrap_or_else(|| panic!("a `runtime started` line: {log}"));
+    assert_eq!(started["fields"]["worker_threads"], 3, "{started}");
+}

@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// Worker threads of the server's runtime (default: one fewer than the cores available, at least one).
+    #[arg(long, env = "WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// The agents' heartbeat period.
     #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = 10.0)]
     pub heartbeat_interval: f64,
@@ -531,7 +534,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.plugins_dir = None;
     }
     let metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
-    let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+    let runtime = server_runtime(args.worker_threads)?;
     runtime.block_on(async move {
         let mut signal = ShutdownSignal::install()?;
         let (store, kind) = crate::store::open::open(&settings.store, config.store_config()).await?;
@@ -552,6 +555,33 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The server's runtime, on `worker_threads` workers or [`default_worker_threads`].
+fn server_runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = match worker_threads {
+        Some(0) => anyhow::bail!("WORKER_THREADS: must be at least 1"),
+        Some(workers) => workers,
+        None => default_worker_threads(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    tracing::info!(worker_threads = workers, "runtime started");
+    Ok(runtime)
+}
+
+/// One worker fewer than the cores available, at least one. A task's way crosses between tokio tasks several times
+/// (the submit's routing and audit entry, the claim it wakes, the event pump) and every transition takes the
+/// memory store's one lock, so a worker with no core of its own — the kernel's network stack and the processes
+/// beside the server (its clients, a proxy, the agents on a laptop) need one too — costs more in wake-ups, stolen
+/// tasks and contention than it adds (measured on two cores shared with the load: docs/BENCHMARKS.md, "Worker
+/// threads"). Plugin calls that may run long leave the worker through `block_in_place`, so even a single worker is
+/// not stalled by a slow plugin.
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get()).saturating_sub(1).max(1)
 }
 
 /// One line on stdout for whoever started the server. A reader that went away (`serve | head -1`, a supervisor

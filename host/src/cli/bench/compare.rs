@@ -58,6 +58,11 @@ pub struct CompareBenchArgs {
     /// same load without it.
     #[arg(long, value_parser = key_value)]
     pub server_env: Vec<(String, String)>,
+    /// Worker threads of both servers, the control plane's (`WORKER_THREADS`) and the ceiling's
+    /// (`TOKIO_WORKER_THREADS`) alike; without it, each runs with its default (the control plane one fewer than
+    /// the cores, at least one; the ceiling one per core).
+    #[arg(long)]
+    pub server_threads: Option<usize>,
     /// Table for people, JSON for scripts.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -121,6 +126,9 @@ fn spawn_control_plane(args: &CompareBenchArgs, secret: &str, prefix: &str) -> a
         ("HEARTBEAT_INTERVAL", args.heartbeat_interval.to_string()),
         ("PLUGINS_DIR", std::env::temp_dir().join("aragora-cp-bench-no-plugins").display().to_string()),
     ];
+    if let Some(threads) = args.server_threads {
+        env.push(("WORKER_THREADS", threads.to_string()));
+    }
     // Later settings win: `--server-env` may replace the ones above.
     env.extend(args.server_env.iter().map(|(key, value)| (key.as_str(), value.clone())));
     spawn_serve(&this_binary()?, &env, Stdio::null())
@@ -135,13 +143,18 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 }
 
 /// Starts the ceiling on a free port; answers when `/livez` answers.
-async fn spawn_ceiling(path: &std::path::Path, redis: Option<&str>) -> anyhow::Result<Spawned> {
+async fn spawn_ceiling(path: &std::path::Path, redis: Option<&str>, threads: Option<usize>) -> anyhow::Result<Spawned> {
     let port = free_port()?;
     let mut command = Command::new(path);
     command.env("BIND", format!("127.0.0.1:{port}")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     if let Some(url) = redis {
         command.env("REDIS", url);
     }
+    // Set or removed, never inherited: the comparison is like for like whatever the shell exports.
+    match threads {
+        Some(threads) => command.env("TOKIO_WORKER_THREADS", threads.to_string()),
+        None => command.env_remove("TOKIO_WORKER_THREADS"),
+    };
     let child = command.spawn().with_context(|| format!("start the ceiling {}", path.display()))?;
     let spawned = Spawned { child, base: format!("http://127.0.0.1:{port}") };
     let client = reqwest::Client::new();
@@ -230,7 +243,7 @@ pub async fn run_compare(args: &CompareBenchArgs) -> anyhow::Result<CompareRepor
                 ours.push(report.clone());
                 runs.push(CompareRun { target: "control-plane", agents, submitters, round, report });
                 if let Some(path) = &args.ceiling {
-                    let ceiling = spawn_ceiling(path, args.redis.as_deref()).await?;
+                    let ceiling = spawn_ceiling(path, args.redis.as_deref(), args.server_threads).await?;
                     let mut load = load_args(args, &ceiling.base, None, agents, submitters);
                     load.ceiling = true;
                     load.server_pid = vec![ceiling.child.id()];
