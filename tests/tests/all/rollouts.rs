@@ -182,7 +182,18 @@ async fn a_shadow_that_prefers_another_agent_disagrees_on_every_routed_task_and_
     let decisions = decisions_of(&server, &routed[0].0).await;
     let shadowed = decisions.iter().find(|d| d["role"] == "shadow").expect("the shadow's decision is recorded");
     assert_eq!(shadowed["version"], shadow_sha.as_str());
-    let (_, page) = send(&server, Method::GET, "/decisions?plugin=pick&stage=route&limit=1000", None).await;
+    // The shadow counts a comparison before its decision reaches the writer (which gathers for 20 ms): wait for
+    // the last ones.
+    let started = Instant::now();
+    let page = loop {
+        let (_, page) = send(&server, Method::GET, "/decisions?plugin=pick&stage=route&limit=1000", None).await;
+        if page["decisions"].as_array().unwrap().len() >= 2 * rounds as usize
+            || started.elapsed() > Duration::from_secs(5)
+        {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(page["decisions"].as_array().unwrap().len(), 2 * rounds as usize, "{page}");
     assert_eq!(send(&server, Method::GET, "/decisions?stage=nope", None).await.0, 400);
     assert_eq!(send(&server, Method::GET, "/decisions?since=yesterday", None).await.0, 400);
