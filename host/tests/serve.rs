@@ -211,8 +211,8 @@ fn worker_threads_are_as_set_and_zero_is_refused() {
         .output()
         .expect("aragora-cp runs");
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{stderr}");
-    assert!(stderr.contains("WORKER_THREADS: must be at least 1"), "{stderr}");
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("WORKER_THREADS: must be 1 to 1024 (got 0)"), "{stderr}");
 
     let mut served = start_with("json", &[("WORKER_THREADS", "3")]);
     terminate(&served.child);

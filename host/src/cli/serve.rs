@@ -312,6 +312,9 @@ fn milliseconds(variable: &'static str, value: f64) -> Result<Duration, ConfigEr
     Ok(Duration::from_secs_f64(value / 1000.0))
 }
 
+/// Most worker threads a server starts (tokio starts them all at once).
+const MAX_WORKER_THREADS: usize = 1024;
+
 fn positive(variable: &'static str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 { Err(error(variable, "must be at least 1")) } else { Ok(value) }
 }
@@ -422,6 +425,19 @@ impl ServeArgs {
             },
         };
         Ok((config, settings))
+    }
+
+    /// The server runtime's worker threads: `WORKER_THREADS`, else one fewer than the cores (at least one).
+    /// Apart from [`validate`](Self::validate) because the runtime is built before the server (the demo builds its
+    /// own).
+    pub fn worker_threads(&self) -> Result<usize, ConfigError> {
+        match self.worker_threads {
+            Some(workers) if workers == 0 || workers > MAX_WORKER_THREADS => {
+                Err(error("WORKER_THREADS", format!("must be 1 to {MAX_WORKER_THREADS} (got {workers})")))
+            }
+            Some(workers) => Ok(workers),
+            None => Ok(default_worker_threads()),
+        }
     }
 }
 
@@ -534,7 +550,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.plugins_dir = None;
     }
     let metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
-    let runtime = server_runtime(args.worker_threads)?;
+    let runtime = server_runtime(args.worker_threads()?)?;
     runtime.block_on(async move {
         let mut signal = ShutdownSignal::install()?;
         let (store, kind) = crate::store::open::open(&settings.store, config.store_config()).await?;
@@ -557,30 +573,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The server's runtime, on `worker_threads` workers or [`default_worker_threads`].
-fn server_runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let workers = match worker_threads {
-        Some(0) => anyhow::bail!("WORKER_THREADS: must be at least 1"),
-        Some(workers) => workers,
-        None => default_worker_threads(),
-    };
+/// The server's runtime, on `workers` worker threads.
+fn server_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
-    tracing::info!(worker_threads = workers, "runtime started");
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        tracing::warn!("TOKIO_WORKER_THREADS is not read by the server: WORKER_THREADS sets its workers");
+    }
+    tracing::info!(worker_threads = runtime.metrics().num_workers(), "runtime started");
     Ok(runtime)
 }
 
 /// One worker fewer than the cores available, at least one. A task's way crosses between tokio tasks several times
 /// (the submit's routing and audit entry, the claim it wakes, the event pump) and every transition takes the
 /// memory store's one lock, so a worker with no core of its own — the kernel's network stack and the processes
-/// beside the server (its clients, a proxy, the agents on a laptop) need one too — costs more in wake-ups, stolen
-/// tasks and contention than it adds (measured on two cores shared with the load: docs/BENCHMARKS.md, "Worker
-/// threads"). Plugin calls that may run long leave the worker through `block_in_place`, so even a single worker is
-/// not stalled by a slow plugin.
-pub fn default_worker_threads() -> usize {
+/// beside the server (its clients, a proxy, the agents on a laptop) need one too — cost more in wake-ups, stolen
+/// tasks and contention than it added where this was measured: two cores shared with the load (docs/BENCHMARKS.md,
+/// "Worker threads"). A plugin call runs inline for at most its deadline (5 ms by default for strategies and
+/// policies); one whose deadline may be longer than `INLINE_CALL_LIMIT` leaves the worker through
+/// `block_in_place`, so a slow plugin holds a lone worker no longer than that.
+pub(crate) fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |cores| cores.get()).saturating_sub(1).max(1)
 }
 
@@ -728,6 +743,17 @@ mod tests {
         assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(config.max_task_retries, 7);
         assert!(settings.bind.ip().is_loopback());
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_fewer_than_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(serve_args(&[]).worker_threads().expect("valid"), cores.saturating_sub(1).max(1));
+        assert_eq!(serve_args(&["--worker-threads", "3"]).worker_threads().expect("valid"), 3);
+        for given in ["0", "5000"] {
+            let error = serve_args(&["--worker-threads", given]).worker_threads().expect_err("refused");
+            assert_eq!(error.to_string(), format!("WORKER_THREADS: must be 1 to 1024 (got {given})"));
+        }
     }
 
     #[test]

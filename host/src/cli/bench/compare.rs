@@ -5,6 +5,7 @@
 //! alternation, A B A B, so that both see the same machine. Reports tasks/s, p50/p99 per step and the server's CPU
 //! per task (from `/proc`), and the control plane's throughput as a ratio to the ceiling's measured in the same run.
 
+use std::num::NonZeroUsize;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,9 +61,10 @@ pub struct CompareBenchArgs {
     pub server_env: Vec<(String, String)>,
     /// Worker threads of both servers, the control plane's (`WORKER_THREADS`) and the ceiling's
     /// (`TOKIO_WORKER_THREADS`) alike; without it, each runs with its default (the control plane one fewer than
-    /// the cores, at least one; the ceiling one per core).
+    /// the cores, at least one; the ceiling one per core). `--server-env WORKER_THREADS=…` would set the control
+    /// plane's alone.
     #[arg(long)]
-    pub server_threads: Option<usize>,
+    pub server_threads: Option<NonZeroUsize>,
     /// Table for people, JSON for scripts.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -111,6 +113,9 @@ pub struct ComparePoint {
 pub struct CompareReport {
     /// Control-plane servers per run (`--servers`).
     pub servers: usize,
+    /// Worker threads of both servers (`--server-threads`); absent: each on its default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_threads: Option<usize>,
     /// Per point.
     pub points: Vec<ComparePoint>,
     /// Every run.
@@ -143,7 +148,11 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 }
 
 /// Starts the ceiling on a free port; answers when `/livez` answers.
-async fn spawn_ceiling(path: &std::path::Path, redis: Option<&str>, threads: Option<usize>) -> anyhow::Result<Spawned> {
+async fn spawn_ceiling(
+    path: &std::path::Path,
+    redis: Option<&str>,
+    threads: Option<NonZeroUsize>,
+) -> anyhow::Result<Spawned> {
     let port = free_port()?;
     let mut command = Command::new(path);
     command.env("BIND", format!("127.0.0.1:{port}")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -151,10 +160,11 @@ async fn spawn_ceiling(path: &std::path::Path, redis: Option<&str>, threads: Opt
         command.env("REDIS", url);
     }
     // Set or removed, never inherited: the comparison is like for like whatever the shell exports.
-    match threads {
-        Some(threads) => command.env("TOKIO_WORKER_THREADS", threads.to_string()),
-        None => command.env_remove("TOKIO_WORKER_THREADS"),
-    };
+    if let Some(threads) = threads {
+        command.env("TOKIO_WORKER_THREADS", threads.to_string());
+    } else {
+        command.env_remove("TOKIO_WORKER_THREADS");
+    }
     let child = command.spawn().with_context(|| format!("start the ceiling {}", path.display()))?;
     let spawned = Spawned { child, base: format!("http://127.0.0.1:{port}") };
     let client = reqwest::Client::new();
@@ -269,7 +279,8 @@ pub async fn run_compare(args: &CompareBenchArgs) -> anyhow::Result<CompareRepor
             });
         }
     }
-    Ok(CompareReport { servers: args.servers, points, runs })
+    let server_threads = args.server_threads.map(NonZeroUsize::get);
+    Ok(CompareReport { servers: args.servers, server_threads, points, runs })
 }
 
 /// `aragora-cp bench compare`: runs the sweep, prints it, exits 1 when an oracle failed.
