@@ -185,16 +185,21 @@ async fn slow_headers_and_idle_connections_are_closed_after_the_header_read_time
     tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
 }
 
-#[test]
-fn require_redis_accepts_1_and_refuses_a_memory_url() {
-    let output = Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
+/// `serve` on the memory store with `env` added, run to its end (for settings it refuses at start-up).
+fn serve_refusing(env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
         .arg("serve")
         .env("BIND", "127.0.0.1:0")
         .env("REDIS_URL", "memory://")
-        .env("ARAGORA_REQUIRE_REDIS", "1")
         .env("PLUGINS_DIR", "/nonexistent-plugins-dir")
+        .envs(env.iter().copied())
         .output()
-        .expect("aragora-cp runs");
+        .expect("aragora-cp runs")
+}
+
+#[test]
+fn require_redis_accepts_1_and_refuses_a_memory_url() {
+    let output = serve_refusing(&[("ARAGORA_REQUIRE_REDIS", "1")]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("ARAGORA_REQUIRE_REDIS=1 contradicts REDIS_URL=memory://"), "{stderr}");
@@ -202,14 +207,7 @@ fn require_redis_accepts_1_and_refuses_a_memory_url() {
 
 #[test]
 fn worker_threads_are_as_set_and_zero_is_refused() {
-    let refused = Command::new(env!("CARGO_BIN_EXE_aragora-cp"))
-        .arg("serve")
-        .env("BIND", "127.0.0.1:0")
-        .env("REDIS_URL", "memory://")
-        .env("WORKER_THREADS", "0")
-        .env("PLUGINS_DIR", "/nonexistent-plugins-dir")
-        .output()
-        .expect("aragora-cp runs");
+    let refused = serve_refusing(&[("WORKER_THREADS", "0")]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("WORKER_THREADS: must be 1 to 1024 (got 0)"), "{stderr}");
