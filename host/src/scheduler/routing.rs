@@ -66,6 +66,17 @@ impl Route {
     }
 }
 
+/// How a routing ended.
+enum Routed {
+    /// The task went through this waiting claim's token.
+    Through(String),
+    /// No claim could take it (not the offer's, nor any other waiting): the offer is spent.
+    NoClaim,
+    /// The task was no longer pending when its routing ran (a claim took it first, or it was cancelled): the
+    /// strategy was not asked.
+    Gone,
+}
+
 /// A seed derived from the task id: the same task gets the same `random` choice on every server.
 fn seed_of(task_id: &str) -> u64 {
     task_id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
@@ -99,12 +110,13 @@ impl Scheduler {
                     continue;
                 }
                 match me.route(&route, &offer, &taken).await {
-                    Ok(Some(token)) => {
+                    Ok(Routed::Through(token)) => {
                         taken.insert(token);
                     }
-                    Ok(None) => {
+                    Ok(Routed::NoClaim) => {
                         spent.insert(identity);
                     }
+                    Ok(Routed::Gone) => {}
                     Err(error) => tracing::debug!(task_id = %route.task_id, %error, "routing skipped"),
                 }
             }
@@ -138,18 +150,29 @@ impl Scheduler {
         }
     }
 
-    /// Hands the task to one of the offer's claims (not those in `taken`): the strategy's choice among the agents
-    /// below capacity first. Answers the token it went through, or `None` when no claim could take it.
-    async fn route(
-        &self,
-        route: &Route,
-        offer: &Offer,
-        taken: &HashSet<String>,
-    ) -> Result<Option<String>, EngineError> {
+    /// Hands the task to one of the offer's claims (not those in `taken`, nor those the store knows are gone):
+    /// the strategy's choice among the agents below capacity first.
+    async fn route(&self, route: &Route, offer: &Offer, taken: &HashSet<String>) -> Result<Routed, EngineError> {
         let has_dispatch_policies = !self.plugins.policies().is_empty();
         let mut offer = std::borrow::Cow::Borrowed(offer);
+        let mut refreshed = false;
         loop {
             let mut claims: Vec<&WaitingClaim> = offer.waiting.iter().filter(|c| !taken.contains(&c.token)).collect();
+            // Under load most tasks are taken by a claim arriving between the submit and its routing, and the
+            // offer's first claims by the routings before this one: the strategy chooses among what is left.
+            let offered = claims.len();
+            if !self.store.still_offered(&route.task_id, &mut claims) {
+                return Ok(Routed::Gone);
+            }
+            // Those routings left it fewer than two claims, so the strategy would not be asked: a fresh offer,
+            // once (should routings keep taking them, `assign` falls back to any waiting claim).
+            if claims.len() < 2 && claims.len() < offered && !refreshed {
+                refreshed = true;
+                if let Some(fresh) = self.store.offer(&route.task_id, route.offer_limit(&self.config), None).await? {
+                    offer = std::borrow::Cow::Owned(fresh);
+                    continue;
+                }
+            }
             // Agents at capacity come last in an offer, so its furthest place in the waiting order is the cursor.
             let last_seq = offer.waiting.iter().map(|c| c.seq).max();
             if has_dispatch_policies {
@@ -164,7 +187,7 @@ impl Scheduler {
                     // Not a claim of this server (its server wakes it from the event), or one that stopped
                     // waiting this instant (it takes the task from its token's withdrawal).
                 }
-                return Ok(Some(assigned.token));
+                return Ok(Routed::Through(assigned.token));
             }
             // With dispatch policies, the claims past this offer are judged a page at a time.
             let next = match (has_dispatch_policies, last_seq) {
@@ -175,7 +198,7 @@ impl Scheduler {
             };
             match next {
                 Some(next) => offer = std::borrow::Cow::Owned(next),
-                None => return Ok(None),
+                None => return Ok(Routed::NoClaim),
             }
         }
     }

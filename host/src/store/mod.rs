@@ -276,6 +276,15 @@ pub trait Store: Send + Sync + 'static {
     /// not pending or none waits.
     async fn offer(&self, task_id: &TaskId, limit: usize, after: Option<u64>) -> StoreResult<Option<Offer>>;
 
+    /// What is left of an offer for `task_id` by the time routing runs, where the store can tell without a round
+    /// trip: `false` when the task is no longer pending (a claim took it, it was cancelled), else `claims` keeps
+    /// only the tokens still live. So a strategy is not asked, and no decision is recorded, about work that has
+    /// already gone, nor about claims that other routings took since the offer was made. A store that cannot
+    /// tell cheaply keeps everything (`assign` checks the same atomically either way).
+    fn still_offered(&self, _task_id: &TaskId, _claims: &mut Vec<&WaitingClaim>) -> bool {
+        true
+    }
+
     /// Grants `task_id` through the first of `tokens` that can still take it (task pending, token live, agent
     /// eligible and holding the capabilities); with `any_waiter`, then through any live waiting claim that can,
     /// longest-waiting first. So work that the strategy's choices cannot take goes to a waiting claim rather than

@@ -117,6 +117,57 @@ async fn concurrent_submits_reach_every_waiting_claim_on_memory_with_least_loade
     concurrent_submits_reach_every_waiting_claim(Backend::Memory, None, "code").await;
 }
 
+/// The decision log tells where routed work went: with 16 claims waiting and 16 submits at once, each routing's
+/// offer was made at its submit, before the routings of the others took its first claims; the strategy must choose
+/// among the claims still waiting (decision 0027), so each `route` decision names the agent that got the task. One
+/// thread, so that no two routings run at once (on several, a choice can lose its claim in the instant between).
+#[tokio::test(flavor = "current_thread")]
+async fn each_routed_tasks_decision_names_the_agent_that_got_it() {
+    let server = server(Backend::Memory, Config::default()).await;
+    let token = server.admin();
+    let agents: Vec<String> = (0..16).map(|i| format!("routed-agent-{i}")).collect();
+    for agent in &agents {
+        let (status, _) = post(&server, &token, "/agents", json!({"agent_id": agent, "capabilities": ["z1"]})).await;
+        assert_eq!(status, 201);
+    }
+    let waiting = claims(&server, &token, &agents, 3_000);
+    until_waiting(&server, &token, 16).await;
+    let submits: Vec<_> = (0..16)
+        .map(|i| {
+            let (client, url, token) = (server.client.clone(), server.api("/tasks"), token.clone());
+            let body = json!({"task_type": "code", "required_capabilities": ["z1"], "payload": {"i": i}});
+            tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status() })
+        })
+        .collect();
+    for submit in submits {
+        assert_eq!(submit.await.unwrap(), 201);
+    }
+    let mut handed = Vec::new();
+    for (claim, agent) in waiting.into_iter().zip(&agents) {
+        let answer = claim.await.unwrap();
+        let task = answer["task"]["task_id"].as_str().unwrap_or_else(|| panic!("a claim timed out: {answer}"));
+        handed.push((task.to_string(), agent.clone()));
+    }
+    // The decision writer gathers for a few ms before it stores a batch; the last routing, with one claim left,
+    // asks no strategy (docs/PLUGINS.md), so 15 decisions are expected.
+    let started = Instant::now();
+    let decided = loop {
+        let decisions = get(&server, &token, "/decisions?stage=route&limit=100").await;
+        let decided: Vec<Value> = decisions["decisions"].as_array().cloned().unwrap_or_default();
+        if decided.len() >= 15 || started.elapsed() > Duration::from_secs(10) {
+            break decided;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(decided.len() >= 15, "a strategy chose for at least 15 of the 16 tasks: {decided:?}");
+    for decision in decided {
+        let task = decision["task_id"].as_str().expect("a route decision names its task");
+        let got = handed.iter().find(|(id, _)| id == task).map(|(_, agent)| agent.as_str());
+        assert_eq!(decision["answer"]["agent_id"].as_str(), got, "task {task}: the decision and the claim disagree");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_submits_reach_every_waiting_claim_on_memory_with_a_failing_strategy() {
     concurrent_submits_reach_every_waiting_claim(Backend::Memory, Some("trap"), "misbehave").await;

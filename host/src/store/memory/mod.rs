@@ -1495,6 +1495,19 @@ impl Store for MemoryStore {
         })
     }
 
+    fn still_offered(&self, task_id: &TaskId, claims: &mut Vec<&WaitingClaim>) -> bool {
+        // A broken store keeps everything: `assign` then answers the error.
+        let Ok(state) = self.lock() else { return true };
+        let now = self.clock.now_ms();
+        let routable = state.tasks.get(task_id).is_some_and(|record| {
+            record.task.status == TaskStatus::Pending && record.available_at_ms.is_none_or(|at| at <= now)
+        });
+        if routable {
+            claims.retain(|claim| state.waiting.get(&claim.token).is_some_and(|live| live.until > now));
+        }
+        routable
+    }
+
     async fn assign(&self, task_id: &TaskId, tokens: &[String], any_waiter: bool) -> StoreResult<Option<Assigned>> {
         self.transition(|tx| {
             let Some(record) = tx.state.tasks.get(task_id) else {

@@ -100,6 +100,7 @@ macro_rules! conformance {
                 routing::a_claim_that_finds_nothing_registers_its_wait_in_the_same_step,
                 routing::an_offer_lists_the_longest_waiting_first_agents_at_capacity_last_and_no_refused_agent,
                 routing::assign_falls_back_to_any_waiting_claim_when_the_choices_cannot_take_the_task,
+                routing::an_offer_rechecked_before_routing_never_loses_a_claim_that_can_still_take_the_task,
                 routing::work_made_claimable_after_its_backoff_is_answered_for_routing,
                 agents::every_store_judges_eligibility_by_the_model_rule,
                 agents::keep_alive_keeps_the_agent_alive_without_consuming_revocations,

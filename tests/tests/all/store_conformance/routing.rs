@@ -306,3 +306,50 @@ pub(super) async fn work_made_claimable_after_its_backoff_is_answered_for_routin
     assert_eq!(h.store.promote_due(100).await.expect("promote"), vec![debate.clone()]);
     assert_eq!(h.claim("debater").await.map(|t| t.task_id), Some(debate));
 }
+
+/// `still_offered`, asked by routing before its strategy: a store may keep the whole offer (it cannot tell without a
+/// round trip), but none drops a claim that can still take the task or calls a pending task gone. The memory store
+/// tells exactly: a claim consumed by another routing is dropped, and a task a claim took first is gone.
+pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_can_still_take_the_task(h: Harness) {
+    let exact = h.backend() == "memory";
+    for agent in ["first", "second", "puller"] {
+        h.register(agent, &["code"]).await;
+    }
+    h.store.register_waiter(waiter("tok-1", "first", &["code"]), BLOCK).await.expect("register waiter");
+    h.store.register_waiter(waiter("tok-2", "second", &["code"]), BLOCK).await.expect("register waiter");
+    let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
+    let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("two claims wait");
+    let tokens = |claims: &[&aragora_cp::store::WaitingClaim]| -> Vec<String> {
+        claims.iter().map(|claim| claim.token.clone()).collect()
+    };
+    let mut claims: Vec<_> = offer.waiting.iter().collect();
+    assert!(h.store.still_offered(&task_id, &mut claims), "the task is pending");
+    assert_eq!(tokens(&claims), ["tok-1", "tok-2"], "both claims still wait");
+
+    // Another task's routing consumes the first claim.
+    let other = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
+    let through = h.store.assign(&other, &["tok-1".to_string()], false).await.expect("assign").expect("granted");
+    assert_eq!(through.token, "tok-1");
+    let mut claims: Vec<_> = offer.waiting.iter().collect();
+    assert!(h.store.still_offered(&task_id, &mut claims), "the task is still pending");
+    let kept = tokens(&claims);
+    assert!(kept.contains(&"tok-2".to_string()), "a live claim is kept: {kept:?}");
+    if exact {
+        assert_eq!(kept, ["tok-2"], "the consumed claim is dropped");
+    }
+
+    // A claim arriving before the routing takes the task itself.
+    let pulled = h.claim("puller").await.expect("the pending task");
+    assert_eq!(pulled.task_id, task_id);
+    let mut claims: Vec<_> = offer.waiting.iter().collect();
+    let still = h.store.still_offered(&task_id, &mut claims);
+    if exact {
+        assert!(!still, "a task no longer pending is gone");
+    }
+    assert_eq!(
+        h.store.assign(&task_id, &tokens(&claims), true).await.expect("assign").map(|a| a.token),
+        None,
+        "whatever the hint said, assign hands it to no one"
+    );
+    assert_eq!(h.store.withdraw_waiter("tok-2").await.expect("withdraw"), Withdrawn::Unused, "tok-2 kept waiting");
+}
