@@ -72,9 +72,15 @@ enum Routed {
     Through(String),
     /// No claim could take it (not the offer's, nor any other waiting): the offer is spent.
     NoClaim,
-    /// The task was no longer pending when its routing ran (a claim took it first, or it was cancelled): the
-    /// strategy was not asked.
-    Gone,
+    /// The task was not placed, but the offer may still serve another task: the task was no longer pending (a
+    /// claim took it first, or it was cancelled; the memory store tells), or dispatch policies denied it every
+    /// waiting claim.
+    Passed,
+}
+
+/// How many of `claims` are of agents below capacity: the strategy is asked only when two or more are.
+fn below_capacity<'a>(claims: impl IntoIterator<Item = &'a WaitingClaim>) -> usize {
+    claims.into_iter().filter(|c| c.numbers.in_flight < c.numbers.max_concurrent).count()
 }
 
 /// A seed derived from the task id: the same task gets the same `random` choice on every server.
@@ -102,7 +108,8 @@ impl Scheduler {
         let Some(me) = self.me.upgrade() else { return };
         self.routes.spawn(async move {
             let mut taken: HashSet<String> = HashSet::new();
-            // An offer whose claims are all gone (assign found none, not even another waiting claim) is spent.
+            // An offer whose claims are all gone (assign found none, not even another waiting claim, for a task
+            // still pending) is spent.
             let mut spent: HashSet<usize> = HashSet::new();
             for (route, offer) in routes {
                 let identity = Arc::as_ptr(&offer) as usize;
@@ -116,7 +123,7 @@ impl Scheduler {
                     Ok(Routed::NoClaim) => {
                         spent.insert(identity);
                     }
-                    Ok(Routed::Gone) => {}
+                    Ok(Routed::Passed) => {}
                     Err(error) => tracing::debug!(task_id = %route.task_id, %error, "routing skipped"),
                 }
             }
@@ -155,23 +162,24 @@ impl Scheduler {
     async fn route(&self, route: &Route, offer: &Offer, taken: &HashSet<String>) -> Result<Routed, EngineError> {
         let has_dispatch_policies = !self.plugins.policies().is_empty();
         let mut offer = std::borrow::Cow::Borrowed(offer);
-        let mut refreshed = false;
         loop {
             let mut claims: Vec<&WaitingClaim> = offer.waiting.iter().filter(|c| !taken.contains(&c.token)).collect();
             // Under load most tasks are taken by a claim arriving between the submit and its routing, and the
             // offer's first claims by the routings before this one: the strategy chooses among what is left.
-            let offered = claims.len();
             if !self.store.still_offered(&route.task_id, &mut claims) {
-                return Ok(Routed::Gone);
+                return Ok(Routed::Passed);
             }
-            // Those routings left it fewer than two claims, so the strategy would not be asked: a fresh offer,
-            // once (should routings keep taking them, `assign` falls back to any waiting claim).
-            if claims.len() < 2 && claims.len() < offered && !refreshed {
-                refreshed = true;
-                if let Some(fresh) = self.store.offer(&route.task_id, route.offer_limit(&self.config), None).await? {
-                    offer = std::borrow::Cow::Owned(fresh);
-                    continue;
-                }
+            // Those routings left the offer made at the submit fewer than two claims the strategy could choose
+            // between, where it had more: a fresh offer, once (should routings keep taking them, `assign` falls back
+            // to any waiting claim). Fresh offers and later pages are owned, so no page is judged twice.
+            let left = below_capacity(claims.iter().copied());
+            if matches!(offer, std::borrow::Cow::Borrowed(_))
+                && left < 2
+                && left < below_capacity(&offer.waiting)
+                && let Some(fresh) = self.store.offer(&route.task_id, route.offer_limit(&self.config), None).await?
+            {
+                offer = std::borrow::Cow::Owned(fresh);
+                continue;
             }
             // Agents at capacity come last in an offer, so its furthest place in the waiting order is the cursor.
             let last_seq = offer.waiting.iter().map(|c| c.seq).max();
@@ -198,6 +206,10 @@ impl Scheduler {
             };
             match next {
                 Some(next) => offer = std::borrow::Cow::Owned(next),
+                // A claim took the task after the check above: the offer's claims may still serve the next task.
+                None if !self.store.still_offered(&route.task_id, &mut Vec::new()) => return Ok(Routed::Passed),
+                // Dispatch policies judge each task: denying this one says nothing of the next.
+                None if has_dispatch_policies => return Ok(Routed::Passed),
                 None => return Ok(Routed::NoClaim),
             }
         }

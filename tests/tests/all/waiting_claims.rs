@@ -69,6 +69,37 @@ fn claims(server: &TestServer, token: &str, agents: &[String], block_ms: u64) ->
         .collect()
 }
 
+/// The scenario up to its answers: 16 agents holding `z1` wait in claims (3 s), then 16 submits of
+/// `task_type` needing `z1` arrive at once (through `strategy` if given). Answers each claim with its agent.
+async fn sixteen_waiting_claims_then_sixteen_submits(
+    server: &TestServer,
+    token: &str,
+    strategy: Option<&str>,
+    task_type: &str,
+) -> Vec<(tokio::task::JoinHandle<Value>, String)> {
+    let agents: Vec<String> = (0..16).map(|i| format!("z1-agent-{i}")).collect();
+    for agent in &agents {
+        let (status, _) = post(server, token, "/agents", json!({"agent_id": agent, "capabilities": ["z1"]})).await;
+        assert_eq!(status, 201);
+    }
+    let waiting = claims(server, token, &agents, 3_000);
+    until_waiting(server, token, 16).await;
+    let submits: Vec<_> = (0..16)
+        .map(|i| {
+            let (client, url, token) = (server.client.clone(), server.api("/tasks"), token.to_string());
+            let mut body = json!({"task_type": task_type, "required_capabilities": ["z1"], "payload": {"i": i}});
+            if let Some(strategy) = strategy {
+                body["strategy"] = json!(strategy);
+            }
+            tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status() })
+        })
+        .collect();
+    for submit in submits {
+        assert_eq!(submit.await.unwrap(), 201);
+    }
+    waiting.into_iter().zip(agents).collect()
+}
+
 /// The scenario: 16 agents wait in claims (3 s), then 16 submits arrive at once. Every claim must get one
 /// of the tasks, and none may stay pending.
 async fn concurrent_submits_reach_every_waiting_claim(backend: Backend, strategy: Option<&str>, task_type: &str) {
@@ -80,28 +111,9 @@ async fn concurrent_submits_reach_every_waiting_claim(backend: Backend, strategy
             .install_local_plugin(name, &guest_bytes(name), Default::default())
             .expect("the failing strategy loads");
     }
-    let agents: Vec<String> = (0..16).map(|i| format!("z1-agent-{i}")).collect();
-    for agent in &agents {
-        let (status, _) = post(&server, &token, "/agents", json!({"agent_id": agent, "capabilities": ["z1"]})).await;
-        assert_eq!(status, 201);
-    }
-    let waiting = claims(&server, &token, &agents, 3_000);
-    until_waiting(&server, &token, 16).await;
-    let submits: Vec<_> = (0..16)
-        .map(|i| {
-            let (client, url, token) = (server.client.clone(), server.api("/tasks"), token.clone());
-            let mut body = json!({"task_type": task_type, "required_capabilities": ["z1"], "payload": {"i": i}});
-            if let Some(strategy) = strategy {
-                body["strategy"] = json!(strategy);
-            }
-            tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status() })
-        })
-        .collect();
-    for submit in submits {
-        assert_eq!(submit.await.unwrap(), 201);
-    }
+    let waiting = sixteen_waiting_claims_then_sixteen_submits(&server, &token, strategy, task_type).await;
     let mut handed = std::collections::BTreeSet::new();
-    for claim in waiting {
+    for (claim, _) in waiting {
         let answer = claim.await.unwrap();
         let task = answer["task"]["task_id"].as_str().map(str::to_string);
         let task = task.unwrap_or_else(|| panic!("{backend:?}: a waiting claim timed out with work pending: {answer}"));
@@ -125,28 +137,12 @@ async fn concurrent_submits_reach_every_waiting_claim_on_memory_with_least_loade
 async fn each_routed_tasks_decision_names_the_agent_that_got_it() {
     let server = server(Backend::Memory, Config::default()).await;
     let token = server.admin();
-    let agents: Vec<String> = (0..16).map(|i| format!("routed-agent-{i}")).collect();
-    for agent in &agents {
-        let (status, _) = post(&server, &token, "/agents", json!({"agent_id": agent, "capabilities": ["z1"]})).await;
-        assert_eq!(status, 201);
-    }
-    let waiting = claims(&server, &token, &agents, 3_000);
-    until_waiting(&server, &token, 16).await;
-    let submits: Vec<_> = (0..16)
-        .map(|i| {
-            let (client, url, token) = (server.client.clone(), server.api("/tasks"), token.clone());
-            let body = json!({"task_type": "code", "required_capabilities": ["z1"], "payload": {"i": i}});
-            tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status() })
-        })
-        .collect();
-    for submit in submits {
-        assert_eq!(submit.await.unwrap(), 201);
-    }
+    let waiting = sixteen_waiting_claims_then_sixteen_submits(&server, &token, None, "code").await;
     let mut handed = Vec::new();
-    for (claim, agent) in waiting.into_iter().zip(&agents) {
+    for (claim, agent) in waiting {
         let answer = claim.await.unwrap();
         let task = answer["task"]["task_id"].as_str().unwrap_or_else(|| panic!("a claim timed out: {answer}"));
-        handed.push((task.to_string(), agent.clone()));
+        handed.push((task.to_string(), agent));
     }
     // The decision writer gathers for a few ms before it stores a batch; the last routing, with one claim left,
     // asks no strategy (docs/PLUGINS.md), so 15 decisions are expected.
