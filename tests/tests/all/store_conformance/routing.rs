@@ -309,33 +309,37 @@ pub(super) async fn work_made_claimable_after_its_backoff_is_answered_for_routin
 
 /// `still_offered`, asked by routing before its strategy: a store may keep the whole offer (it cannot tell without a
 /// round trip), but none drops a claim that can still take the task or calls a pending task gone. The memory store
-/// tells exactly: a claim consumed by another routing is dropped, and a task a claim took first is gone.
+/// tells exactly: a claim consumed by another routing or past its deadline is dropped, and a task a claim took first
+/// is gone.
 pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_can_still_take_the_task(h: Harness) {
     let exact = h.backend() == "memory";
-    for agent in ["first", "second", "puller"] {
+    for agent in ["first", "second", "brief", "puller"] {
         h.register(agent, &["code"]).await;
     }
     h.store.register_waiter(waiter("tok-1", "first", &["code"]), BLOCK).await.expect("register waiter");
     h.store.register_waiter(waiter("tok-2", "second", &["code"]), BLOCK).await.expect("register waiter");
+    let brief = Duration::from_secs(1);
+    h.store.register_waiter(waiter("tok-3", "brief", &["code"]), brief).await.expect("register waiter");
     let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
-    let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("two claims wait");
+    let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("three claims wait");
     let tokens = |claims: &[&aragora_cp::store::WaitingClaim]| -> Vec<String> {
         claims.iter().map(|claim| claim.token.clone()).collect()
     };
     let mut claims: Vec<_> = offer.waiting.iter().collect();
     assert!(h.store.still_offered(&task_id, &mut claims), "the task is pending");
-    assert_eq!(tokens(&claims), ["tok-1", "tok-2"], "both claims still wait");
+    assert_eq!(tokens(&claims), ["tok-1", "tok-2", "tok-3"], "every claim still waits");
 
-    // Another task's routing consumes the first claim.
+    // Another task's routing consumes the first claim, and the third one's block ends.
     let other = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
     let through = h.store.assign(&other, &["tok-1".to_string()], false).await.expect("assign").expect("granted");
     assert_eq!(through.token, "tok-1");
+    h.advance(2_000).await;
     let mut claims: Vec<_> = offer.waiting.iter().collect();
     assert!(h.store.still_offered(&task_id, &mut claims), "the task is still pending");
     let kept = tokens(&claims);
     assert!(kept.contains(&"tok-2".to_string()), "a live claim is kept: {kept:?}");
     if exact {
-        assert_eq!(kept, ["tok-2"], "the consumed claim is dropped");
+        assert_eq!(kept, ["tok-2"], "the consumed claim and the one past its deadline are dropped");
     }
 
     // A claim arriving before the routing takes the task itself.
