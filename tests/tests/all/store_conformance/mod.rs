@@ -99,6 +99,7 @@ macro_rules! conformance {
                 routing::a_new_session_drops_the_old_sessions_waiters,
                 routing::a_claim_that_finds_nothing_registers_its_wait_in_the_same_step,
                 routing::an_offer_lists_the_longest_waiting_first_agents_at_capacity_last_and_no_refused_agent,
+                routing::an_offers_numbers_follow_every_change_to_the_agent,
                 routing::assign_falls_back_to_any_waiting_claim_when_the_choices_cannot_take_the_task,
                 routing::an_offer_rechecked_before_routing_never_loses_a_claim_that_can_still_take_the_task,
                 routing::work_made_claimable_after_its_backoff_is_answered_for_routing,

@@ -357,3 +357,42 @@ pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_c
     );
     assert_eq!(h.store.withdraw_waiter("tok-2").await.expect("withdraw"), Withdrawn::Unused, "tok-2 kept waiting");
 }
+
+/// What an offer tells a strategy about an agent is the agent as it is now: its completions and their latency, its
+/// failures, its last grant, its health and a pause, each seen by the next offer (the Redis store answers offers from
+/// one summary per agent that every change to the agent writes again, docs/REDIS.md).
+pub(super) async fn an_offers_numbers_follow_every_change_to_the_agent(h: Harness) {
+    use aragora_cp::model::{HealthState, HealthVerdict};
+    h.register("worker", &["code"]).await;
+    let held = {
+        h.submit(request_for("one", Priority::Normal, &["code"])).await;
+        h.claim("worker").await.expect("one")
+    };
+    h.complete(&held, json!({})).await;
+    h.submit(request_for("two", Priority::Normal, &["code"])).await;
+    let held = h.claim("worker").await.expect("two");
+    h.store.fail(&held.task_id, &lease(&held), &fail("x", false)).await.expect("fail");
+
+    h.store.register_waiter(waiter("tok", "worker", &["code"]), BLOCK).await.expect("waiter");
+    let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
+    let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("a claim waits");
+    let agent = h.agent("worker").await;
+    let seen = &offer.waiting.first().expect("the worker is offered").numbers;
+    assert_eq!((seen.completed, seen.failed, seen.in_flight), (1, 1, 0));
+    assert_eq!((seen.completed, seen.failed), (agent.tasks_completed, agent.tasks_failed));
+    assert_eq!(seen.avg_latency_ms, agent.avg_latency_ms);
+    assert!(seen.last_assigned_ms.is_some(), "granted twice");
+    assert_eq!(seen.health, HealthState::Unknown);
+
+    h.store.set_paused("worker", true).await.expect("pause");
+    assert!(h.offered(&task_id, 10).await.is_empty(), "a paused agent is refused");
+    h.store.set_paused("worker", false).await.expect("resume");
+    assert_eq!(h.offered(&task_id, 10).await, vec!["tok"]);
+
+    let verdict = |status| HealthVerdict { status, message: "probe".into(), latency_ms: None };
+    h.store.record_health("worker", verdict(HealthState::Unhealthy)).await.expect("verdict");
+    assert!(h.offered(&task_id, 10).await.is_empty(), "an unhealthy agent is refused");
+    h.store.record_health("worker", verdict(HealthState::Healthy)).await.expect("verdict");
+    let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("a claim waits");
+    assert_eq!(offer.waiting.first().expect("offered again").numbers.health, HealthState::Healthy);
+}

@@ -12,20 +12,16 @@ local function through(id, token, lease)
     remove_waiter(token, w)
     return false
   end
-  -- One read of the agent: its capabilities and what the eligibility rule looks at (STANDING).
-  local a = redis.call('HMGET', akey(agent), 'caps', unpack(STANDING))
-  if not a[3] then return false end
+  -- The agent's row (lib.lua `agent_row`): its capabilities and what the eligibility rule looks at.
+  local a = agent_row(agent)
+  if not a.status then return false end
   -- The waiter's capabilities may have been narrowed by the claim, never widened past the registration.
   local t = redis.call('HMGET', tkey(id), 'status', 'avail', 'caps')
   local claimable = t[1] == 'pending' and (not t[2] or tonumber(t[2]) <= NOW) and subset(t[3], cap_set(w[2]))
-      and subset(t[3], cap_set(a[1]))
+      and subset(t[3], cap_set(a.caps))
   if not claimable then return false end
   -- An open breaker may be due to turn half-open: `eligible` makes that transition (with its event) first.
-  if a[5] == 'open' then
-    if not eligible(agent) then return false end
-  elseif refusal_from(a[2], a[3], a[4], a[5], a[6], a[7]) ~= nil then
-    return false
-  end
+  if not eligible(agent) then return false end
   remove_waiter(token, w)
   dequeue(id)
   touch(agent)

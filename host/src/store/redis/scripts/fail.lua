@@ -11,7 +11,10 @@ local k = tkey(id)
 local t = redis.call('HMGET', k, 'agent', 'retries', 'max_retries', 'lease')
 local agent = t[1]
 local retry = want_requeue and tonumber(t[2]) < tonumber(t[3])
-if agent and agent_exists(agent) then redis.call('HINCRBY', akey(agent), 'failed', 1) end
+if agent and agent_exists(agent) then
+  redis.call('HINCRBY', akey(agent), 'failed', 1)
+  agent_changed(agent)
+end
 -- Only failures blamed on the agent feed its breaker: a poison task must not open the breakers of every agent it
 -- visits.
 if blame == 'agent' and agent then breaker_failure(agent, id) end

@@ -21,6 +21,7 @@ if removed < limit then
   for _, id in ipairs(stale) do
     mark(id)
     redis.call('DEL', akey(id), lkey(id), revkey(id), fkey(id), wskey(id))
+    agent_changed(id)
     redis.call('ZREM', K.agents, id)
     redis.call('ZREM', K.expiry, id)
     redis.call('ZREM', K.offline, id)

@@ -62,6 +62,7 @@ local function key_table(p)
     beats = p .. 'beats',
     waiters = p .. 'waiters',
     waiter_agents = p .. 'waiter-agents',
+    agent_numbers = p .. 'agent-numbers',
     waiting_sets = p .. 'waiting-sets',
     consumed = p .. 'consumed',
     idem = p .. 'idem',
@@ -140,16 +141,87 @@ local function emit(kind, task, agent, data)
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
+-- An agent's record as this call knows it: the fields the steps read (`AGENT_FIELDS`), read with one command the first
+-- time a step asks and kept for the rest of the call, so that the many steps of one transition that look at the
+-- same agent (its session, the rule, its capacity, its counters, its breaker) do not read it again each. Every
+-- write to one of these fields goes through `agent_set`/`agent_unset`, which keep the row true; a body that writes
+-- the record itself calls `agent_changed`. A row of an unknown agent has `status` false. (The list is spelled out:
+-- while Redis loads a function library, its top level sees no Lua libraries, not even `unpack`.)
+
+local AGENT_FIELDS = { 'status', 'session', 'max', 'paused', 'h_status', 'b_state', 'b_opened', 'b_trial', 'caps',
+  'provider', 'completed', 'latency', 'failed', 'assigned' }
+local AGENT_ROWS = {}
+-- How many times this call wrote each agent's record.
+local AGENT_WRITES = {}
+
+local function agent_row(id)
+  local row = AGENT_ROWS[id]
+  if not row then
+    local values = redis.call('HMGET', akey(id), unpack(AGENT_FIELDS))
+    row = {}
+    for i, name in ipairs(AGENT_FIELDS) do row[name] = values[i] end
+    AGENT_ROWS[id] = row
+  end
+  return row
+end
+
+-- The record changed behind the row's back: read it again next time.
+local function agent_changed(id)
+  AGENT_ROWS[id] = nil
+  AGENT_WRITES[id] = (AGENT_WRITES[id] or 0) + 1
+end
+
+-- HSET of field/value pairs (strings) on the agent's record, kept in its row.
+local function agent_set(id, ...)
+  redis.call('HSET', akey(id), ...)
+  AGENT_WRITES[id] = (AGENT_WRITES[id] or 0) + 1
+  local row = AGENT_ROWS[id]
+  if row then
+    local given = { ... }
+    for i = 1, #given, 2 do
+      if row[given[i]] ~= nil then row[given[i]] = given[i + 1] end
+    end
+  end
+end
+
+-- HDEL of fields of the agent's record, kept in its row.
+local function agent_unset(id, ...)
+  redis.call('HDEL', akey(id), ...)
+  AGENT_WRITES[id] = (AGENT_WRITES[id] or 0) + 1
+  local row = AGENT_ROWS[id]
+  if row then
+    for _, name in ipairs({ ... }) do
+      if row[name] ~= nil then row[name] = false end
+    end
+  end
+end
+
+-- An agent's numbers for routing, as one value in `P agent-numbers`, so that an offer reads a page of agents with one
+-- command instead of one read of each record: what the eligibility rule looks at and what a strategy reads, in the
+-- order `offered_numbers` parses. Every call that wrote an agent's record writes it again as it ends (`finish`).
+local function numbers_of(a)
+  return table.concat({ a.status, a.paused or '0', a.h_status or '', a.b_state or 'closed', a.b_opened or '0',
+    a.b_trial and '1' or '', a.max, a.completed or '0', a.failed or '0', a.latency or '0', a.assigned or '' }, '|')
+end
+
+local function write_numbers()
+  for id in pairs(AGENT_WRITES) do
+    local a = agent_row(id)
+    if a.status then
+      redis.call('HSET', K.agent_numbers, id, numbers_of(a))
+    else
+      redis.call('HDEL', K.agent_numbers, id)
+    end
+  end
+end
+
+-- ------------------------------------------------------------------------------------------------------------------
 -- "May this agent take work?": the mirror of the model's rule (`model/eligibility.rs`, `Standing::refusal`), which
 -- the store conformance suite pins it to. A breaker open past its cooldown counts as half-open with no trial out;
 -- `refusal` (below) also makes that transition. Answers the reason, or nil.
 
--- The rule over the fields it reads, in this order (`STANDING`): paused, status, h_status, b_state, b_opened,
--- b_trial. `refusal_of` reads them; a caller that has them already calls `refusal_from`.
-local STANDING = { 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial' }
--- The same, then the registered capabilities: a claim reads both at once. (Spelled out: while Redis loads a function
--- library, its top level sees no Lua libraries, not even `unpack`.)
-local STANDING_AND_CAPS = { 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial', 'caps' }
+-- The rule over the fields it reads: paused, status, h_status, b_state, b_opened, b_trial. `refusal_of` takes them
+-- from the agent's row; the offer, which reads many agents once each, calls `refusal_from` with its own read.
 
 local function refusal_from(paused, status, health, breaker, opened, trial)
   if not status then return 'offline' end
@@ -163,56 +235,63 @@ local function refusal_from(paused, status, health, breaker, opened, trial)
 end
 
 local function refusal_of(id)
-  return refusal_from(unpack(redis.call('HMGET', akey(id), unpack(STANDING))))
+  local a = agent_row(id)
+  return refusal_from(a.paused, a.status, a.h_status, a.b_state, a.b_opened, a.b_trial)
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
 -- Agent counters: an agent's contribution (the counters it adds one to) is read before the script first changes
--- the agent and again at the end, and only the counters that differ are written, so the counters follow every
--- change without each step keeping them by hand, and a step that changes nothing they count writes none.
+-- the agent and again at the end if the script wrote its record since, and only the counters that differ are
+-- written, so the counters follow every change without each step keeping them by hand, and a step that changes
+-- nothing they count writes none.
 
 local MARKED = {}
 local MARKED_ORDER = {}
 
--- The counters agent `id` adds one to, as a set of agent-stats fields (empty for an unknown agent). One read of the
--- record: an eligible agent is available when it is ready, since `refresh_capacity` makes a ready agent busy at
--- capacity before any step ends (and `mark` reads before the step's first change, `finish` after its last).
+-- The counters agent `id` adds one to, as a set of agent-stats fields (empty for an unknown agent), from its row
+-- alone (the clock is the call's): an eligible agent is available when it is ready, since `refresh_capacity` makes a
+-- ready agent busy at capacity before any step ends (and `mark` reads before the step's first change, `finish`
+-- after its last).
 local function contribution(id)
-  local a = redis.call('HMGET', akey(id), 'status', 'provider', 'caps', 'h_status', 'b_state', 'paused', 'b_opened',
-    'b_trial')
+  local a = agent_row(id)
   local counted = {}
-  if not a[1] then return counted end
+  if not a.status then return counted end
   counted['total'] = true
-  counted['status:' .. a[1]] = true
-  counted['provider:' .. a[2]] = true
-  counted['health:' .. a[4]] = true
-  if a[3] ~= '' then
-    for cap in string.gmatch(a[3], '[^,]+') do counted['cap:' .. cap] = true end
+  counted['status:' .. a.status] = true
+  counted['provider:' .. a.provider] = true
+  counted['health:' .. a.h_status] = true
+  if a.caps ~= '' then
+    for cap in string.gmatch(a.caps, '[^,]+') do counted['cap:' .. cap] = true end
   end
-  if a[5] ~= 'closed' then counted['open_breakers'] = true end
-  if a[1] == 'ready' and refusal_from(a[6], a[1], a[4], a[5], a[7], a[8]) == nil then counted['available'] = true end
+  if a.b_state ~= 'closed' then counted['open_breakers'] = true end
+  if a.status == 'ready' and refusal_of(id) == nil then counted['available'] = true end
   return counted
 end
 
 local function mark(id)
   if MARKED[id] then return end
-  MARKED[id] = contribution(id)
+  MARKED[id] = { contribution(id), AGENT_WRITES[id] or 0 }
   table.insert(MARKED_ORDER, id)
 end
 
 local function finish()
   local S = K.agent_stats
   for _, id in ipairs(MARKED_ORDER) do
-    local before, after = MARKED[id], contribution(id)
-    for field in pairs(before) do
-      if not after[field] then redis.call('HINCRBY', S, field, -1) end
-    end
-    for field in pairs(after) do
-      if not before[field] then redis.call('HINCRBY', S, field, 1) end
+    -- Unwritten since `mark`: the same row, the same counters.
+    if (AGENT_WRITES[id] or 0) ~= MARKED[id][2] then
+      local before, after = MARKED[id][1], contribution(id)
+      for field in pairs(before) do
+        if not after[field] then redis.call('HINCRBY', S, field, -1) end
+      end
+      for field in pairs(after) do
+        if not before[field] then redis.call('HINCRBY', S, field, 1) end
+      end
     end
   end
   MARKED = {}
   MARKED_ORDER = {}
+  write_numbers()
+  AGENT_WRITES = {}
 end
 
 -- Replies: {'ok'|'err', now, pinned, ...}.
@@ -306,8 +385,9 @@ local function set_status(id, status, t)
     if status == 'claimed' then
       local since = redis.call('ZSCORE', K.pending_since, id)
       if since then
-        redis.call('LPUSH', K.claim_waits, n2s(math.max(0, NOW - tonumber(since))))
-        redis.call('LTRIM', K.claim_waits, 0, CLAIM_WAITS_KEPT - 1)
+        if redis.call('LPUSH', K.claim_waits, n2s(math.max(0, NOW - tonumber(since)))) > CLAIM_WAITS_KEPT then
+          redis.call('LTRIM', K.claim_waits, 0, CLAIM_WAITS_KEPT - 1)
+        end
       end
     end
     redis.call('ZREM', K.pending_since, id)
@@ -404,13 +484,12 @@ end
 
 local function set_agent_status(id, status)
   mark(id)
-  local k = akey(id)
-  local old = redis.call('HGET', k, 'status')
+  local old = agent_row(id).status
   if old == status then return end
-  redis.call('HSET', k, 'status', status)
+  agent_set(id, 'status', status)
   if old == 'failed' then
     -- Whatever made it leave `failed`, a later healthy verdict must not undo a later fatal report.
-    redis.call('HSET', k, 'h_byprobe', '0')
+    agent_set(id, 'h_byprobe', '0')
   end
   -- Offline agents are indexed by their last heartbeat, for retention without a scan.
   if status == 'offline' then
@@ -425,8 +504,8 @@ end
 local function refresh_capacity(id, status, max)
   mark(id)
   if not status then
-    local a = redis.call('HMGET', akey(id), 'status', 'max')
-    status, max = a[1], a[2]
+    local a = agent_row(id)
+    status, max = a.status, a.max
   end
   local at_capacity = redis.call('HLEN', lkey(id)) >= tonumber(max)
   if at_capacity and status == 'ready' then
@@ -442,22 +521,22 @@ local function touch(id)
   mark(id)
   redis.call('HSET', K.beats, id, n2s(NOW))
   redis.call('ZADD', K.expiry, NOW + CFG.heartbeat_timeout, id)
-  local a = redis.call('HMGET', akey(id), 'status', 'max')
-  if a[1] == 'offline' or a[1] == 'starting' then
+  local a = agent_row(id)
+  if a.status == 'offline' or a.status == 'starting' then
     set_agent_status(id, 'ready')
     -- It may hold leases still (a lost heartbeat does not end them): busy if they fill it.
-    refresh_capacity(id, 'ready', a[2])
-  elseif a[1] == 'busy' then
+    refresh_capacity(id, 'ready', a.max)
+  elseif a.status == 'busy' then
     -- An agent may have reported itself busy below capacity (heartbeat): capacity decides again. A ready agent is
     -- below capacity already, as every step ends.
-    refresh_capacity(id, 'busy', a[2])
+    refresh_capacity(id, 'busy', a.max)
   end
 end
 
 local function check_session(id, session)
-  local a = redis.call('HMGET', akey(id), 'status', 'session')
-  if not a[1] then return no_agent(id) end
-  if session and session ~= '' and session ~= a[2] then
+  local a = agent_row(id)
+  if not a.status then return no_agent(id) end
+  if session and session ~= '' and session ~= a.session then
     return err('conflict', 'session_replaced',
       'session ' .. session .. ' of agent ' .. id .. ' was replaced by a newer registration')
   end
@@ -467,15 +546,14 @@ end
 -- The eligibility rule now (`refusal_of`); an open breaker past its cooldown turns half-open here, with its event.
 -- Answers the reason (nil: eligible) and, read with it, the agent's registered capabilities.
 local function refusal(id)
-  local a = redis.call('HMGET', akey(id), unpack(STANDING_AND_CAPS))
-  if a[4] == 'open' and NOW >= tonumber(a[5]) + CFG.breaker_cooldown then
+  local a = agent_row(id)
+  if a.b_state == 'open' and NOW >= tonumber(a.b_opened) + CFG.breaker_cooldown then
     mark(id)
-    redis.call('HSET', akey(id), 'b_state', 'half_open')
-    redis.call('HDEL', akey(id), 'b_trial')
+    agent_set(id, 'b_state', 'half_open')
+    agent_unset(id, 'b_trial')
     emit('breaker_changed', nil, id, json({ from = 'open', to = 'half_open' }))
-    a[4], a[6] = 'half_open', false
   end
-  return refusal_from(a[1], a[2], a[3], a[4], a[5], a[6]), a[7]
+  return refusal_of(id), a.caps
 end
 
 -- Whether the agent may be given work now.
@@ -503,7 +581,7 @@ local function breaker_failure(id, task)
       count = count + 1
     end
   end
-  local from = redis.call('HGET', akey(id), 'b_state')
+  local from = agent_row(id).b_state
   local open = false
   if from == 'closed' then
     open = #failures >= math.max(CFG.breaker_threshold, 1) and count >= 2
@@ -512,8 +590,8 @@ local function breaker_failure(id, task)
   end
   if open then
     mark(id)
-    redis.call('HSET', akey(id), 'b_state', 'open', 'b_opened', n2s(NOW))
-    redis.call('HDEL', akey(id), 'b_trial')
+    agent_set(id, 'b_state', 'open', 'b_opened', n2s(NOW))
+    agent_unset(id, 'b_trial')
     emit('breaker_changed', nil, id, json({ from = from, to = 'open' }))
   end
 end
@@ -521,11 +599,11 @@ end
 -- A completed half-open trial closes the breaker.
 local function breaker_success(id, task)
   -- An unknown agent reads as no breaker at all.
-  local a = redis.call('HMGET', akey(id), 'b_state', 'b_trial')
-  if a[1] == 'half_open' and a[2] == task then
+  local a = agent_row(id)
+  if a.b_state == 'half_open' and a.b_trial == task then
     mark(id)
-    redis.call('HSET', akey(id), 'b_state', 'closed', 'b_opened', '0')
-    redis.call('HDEL', akey(id), 'b_trial')
+    agent_set(id, 'b_state', 'closed', 'b_opened', '0')
+    agent_unset(id, 'b_trial')
     redis.call('DEL', fkey(id))
     emit('breaker_changed', nil, id, json({ from = 'half_open', to = 'closed' }))
   end
@@ -598,8 +676,9 @@ end
 -- The offer for work of `sig`: up to `limit` live waiting claims of agents the rule allows, longest-waiting first,
 -- agents at capacity after the others. Each: {token, agent, seq, then the numbers a strategy reads: in flight, max,
 -- completed, failed, latency, last heartbeat, last assigned ('' if never), health}. Per page of claims one read
--- finds their agents (`P waiter-agents`); per agent one read of its record answers both the rule and the numbers,
--- and one more its in-flight count; one read at the end gives every offered agent's last heartbeat.
+-- finds their agents (`P waiter-agents`) and one more their numbers (`P agent-numbers`: the rule's fields and the
+-- strategy's; an agent no call of this build has written yet is read from its record); per agent below capacity
+-- one read counts its tasks in flight; one read at the end gives every offered agent's last heartbeat.
 local function offer(sig, limit, after)
   local below, full = {}, {}
   local cursor = after
@@ -614,6 +693,7 @@ local function offer(sig, limit, after)
     local tokens = {}
     for i, entry in ipairs(page) do tokens[i] = entry[2] end
     local held = hmget_many(K.waiter_agents, tokens)
+    local live = {}
     for i, entry in ipairs(page) do
       local token = entry[2]
       local deadline, agent
@@ -624,17 +704,33 @@ local function offer(sig, limit, after)
         local w = redis.call('HMGET', wkey(token), 'until', 'agent')
         deadline, agent = w[1], w[2]
       end
-      if agent and not waiter_expired(deadline) then
+      if agent and not waiter_expired(deadline) then table.insert(live, { token, agent, entry[1] }) end
+    end
+    local agents = {}
+    for i, claim in ipairs(live) do agents[i] = claim[2] end
+    local numbers = hmget_many(K.agent_numbers, agents)
+    for i, claim in ipairs(live) do
+      local token, agent = claim[1], claim[2]
+      local status, paused, health, breaker, opened, trial, max, completed, failed, latency, assigned
+      if numbers[i] then
+        status, paused, health, breaker, opened, trial, max, completed, failed, latency, assigned = string.match(
+          numbers[i], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+        trial = trial == '1'
+      else
+        -- Not written since this build shared the Redis: the record itself.
         local a = redis.call('HMGET', akey(agent), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial',
           'max', 'completed', 'failed', 'latency', 'assigned')
-        if refusal_from(a[1], a[2], a[3], a[4], a[5], a[6]) == nil then
-          -- A ready one-slot agent holds nothing (`refresh_capacity` makes a ready agent busy at capacity before
-          -- any step ends); otherwise count (an agent may report itself busy below capacity).
-          local in_flight = 0
-          if not (a[7] == '1' and a[2] == 'ready') then in_flight = redis.call('HLEN', lkey(agent)) end
-          local claim = { token, agent, n2s(entry[1]), n2s(in_flight), a[7], a[8], a[9], a[10], '0', a[11] or '', a[3] }
-          if in_flight >= tonumber(a[7]) then table.insert(full, claim) else table.insert(below, claim) end
-        end
+        paused, status, health, breaker, opened, trial = a[1], a[2], a[3], a[4], a[5], a[6]
+        max, completed, failed, latency, assigned = a[7], a[8], a[9], a[10], a[11] or ''
+      end
+      if status and refusal_from(paused, status, health, breaker, opened, trial) == nil then
+        -- A ready one-slot agent holds nothing (`refresh_capacity` makes a ready agent busy at capacity before any
+        -- step ends); otherwise count (an agent may report itself busy below capacity).
+        local in_flight = 0
+        if not (max == '1' and status == 'ready') then in_flight = redis.call('HLEN', lkey(agent)) end
+        local offered = { token, agent, n2s(claim[3]), n2s(in_flight), max, completed, failed, latency, '0', assigned,
+          health }
+        if in_flight >= tonumber(max) then table.insert(full, offered) else table.insert(below, offered) end
       end
     end
   end
@@ -666,10 +762,13 @@ local function grant(id, agent, via, lease, waiter)
   set_status(id, 'claimed', t)
   mark(agent)
   redis.call('HSET', lkey(agent), id, n2s(NOW))
-  redis.call('HSET', akey(agent), 'assigned', n2s(NOW))
-  local b = redis.call('HMGET', akey(agent), 'b_state', 'b_trial', 'status', 'max')
-  if b[1] == 'half_open' and not b[2] then redis.call('HSET', akey(agent), 'b_trial', id) end
-  refresh_capacity(agent, b[3], b[4])
+  local b = agent_row(agent)
+  if b.b_state == 'half_open' and not b.b_trial then
+    agent_set(agent, 'assigned', n2s(NOW), 'b_trial', id)
+  else
+    agent_set(agent, 'assigned', n2s(NOW))
+  end
+  refresh_capacity(agent, b.status, b.max)
   emit('task_claimed', id, agent, json({ attempt = attempt, via = via, waiter = waiter }))
 end
 
@@ -679,11 +778,8 @@ end
 local function drop_lease(id, reason, t)
   local k = tkey(id)
   t = t or fields(k, { 'deadline', 'lease', 'agent', 'revoked' })
-  if t.deadline then
-    redis.call('HDEL', k, 'deadline')
-    redis.call('ZREM', K.leases, id)
-  end
-  redis.call('HDEL', k, 'lease')
+  redis.call('HDEL', k, 'deadline', 'lease')
+  if t.deadline then redis.call('ZREM', K.leases, id) end
   if t.lease and reason then
     local history = {}
     if t.revoked and t.revoked ~= '' then
@@ -694,17 +790,19 @@ local function drop_lease(id, reason, t)
     redis.call('HSET', k, 'revoked', table.concat(history, ','))
   end
   local holder = t.agent
-  if holder and agent_exists(holder) and redis.call('HEXISTS', lkey(holder), id) == 1 then
+  if holder and agent_row(holder).status then
     -- Marked before the lease goes: the holder's counted contribution is the one before this change.
     mark(holder)
-    redis.call('HDEL', lkey(holder), id)
-    local b = redis.call('HMGET', akey(holder), 'b_state', 'b_trial')
-    if b[2] == id and b[1] == 'half_open' then
-      -- Decided by breaker_success/breaker_failure when the outcome is known; a trial that just ends frees the slot.
-      redis.call('HDEL', akey(holder), 'b_trial')
+    if redis.call('HDEL', lkey(holder), id) == 1 then
+      local b = agent_row(holder)
+      if b.b_trial == id and b.b_state == 'half_open' then
+        -- Decided by breaker_success/breaker_failure when the outcome is known; a trial that just ends frees the
+        -- slot.
+        agent_unset(holder, 'b_trial')
+      end
+      if reason then redis.call('RPUSH', revkey(holder), id .. ' ' .. reason) end
+      refresh_capacity(holder)
     end
-    if reason then redis.call('RPUSH', revkey(holder), id .. ' ' .. reason) end
-    refresh_capacity(holder)
   end
 end
 
@@ -862,19 +960,19 @@ local function complete(id, kind, fence, result, reported)
   drop_lease(id, nil, t)
   set_status(id, 'completed', t)
   if agent then
-    local a = redis.call('HMGET', akey(agent), 'completed', 'latency')
+    local a = agent_row(agent)
     -- No counters for an agent that is gone (unregistered while it ran the task).
-    if a[1] then
-      local done = tonumber(a[1]) + 1
+    if a.completed then
+      local done = tonumber(a.completed) + 1
       -- Rolling: an exponentially weighted average (the first completion sets it outright).
       local avg = latency
       if latency and done ~= 1 then
-        avg = tonumber(a[2]) * (1 - LATENCY_SMOOTHING) + latency * LATENCY_SMOOTHING
+        avg = tonumber(a.latency) * (1 - LATENCY_SMOOTHING) + latency * LATENCY_SMOOTHING
       end
       if avg then
-        redis.call('HSET', akey(agent), 'completed', n2s(done), 'latency', string.format('%.17g', avg))
+        agent_set(agent, 'completed', n2s(done), 'latency', string.format('%.17g', avg))
       else
-        redis.call('HSET', akey(agent), 'completed', n2s(done))
+        agent_set(agent, 'completed', n2s(done))
       end
     end
   end
@@ -958,5 +1056,5 @@ local function begin(keys, argv)
     KEY_TABLES[P] = K
   end
   NOW, PINNED = clock()
-  SEED, REQUEUED, MARKED, MARKED_ORDER = 1, {}, {}, {}
+  SEED, REQUEUED, MARKED, MARKED_ORDER, AGENT_ROWS, AGENT_WRITES = 1, {}, {}, {}, {}, {}
 end

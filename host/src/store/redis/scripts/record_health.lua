@@ -6,6 +6,7 @@ mark(id)
 local k = akey(id)
 local previous = redis.call('HGET', k, 'h_status')
 redis.call('HSET', k, 'h_status', verdict, 'h_check', n2s(NOW), 'h_message', message)
+agent_changed(id)
 if latency ~= '' then redis.call('HSET', k, 'h_latency', latency) else redis.call('HDEL', k, 'h_latency') end
 local status = redis.call('HGET', k, 'status')
 if verdict == 'unhealthy' then

@@ -17,20 +17,24 @@ if existing then
   redis.call('HSET', k, 'caps', caps, 'model', model, 'provider', provider, 'metadata', metadata, 'max', max)
   if has_url then redis.call('HSET', k, 'health_url', url) else redis.call('HDEL', k, 'health_url') end
   if session ~= '' then redis.call('HSET', k, 'session', session) end
+  agent_changed(id)
   -- Registering again is a fresh start: anything but ready or busy takes the status it registers with.
   local current = redis.call('HGET', k, 'status')
   if current ~= 'ready' and current ~= 'busy' then set_agent_status(id, status) end
   -- A fresh start for health too; the breaker keeps its state (recent failures, not the registration).
   redis.call('HSET', k, 'h_byprobe', '0', 'h_status', 'unknown', 'h_fails', '0')
+  agent_changed(id)
 else
   -- Marked before it exists (it counts for nothing yet), so that the end of the script counts it.
   mark(id)
   if session == '' then session = fresh end
-  redis.call('HSET', k, 'id', id, 'caps', caps, 'status', status, 'model', model, 'provider', provider,
-    'metadata', metadata, 'max', max, 'completed', '0', 'failed', '0', 'latency', '0', 'registered', n2s(NOW),
-    'paused', '0', 'session', session, 'h_status', 'unknown', 'h_fails', '0', 'h_message', '', 'h_byprobe', '0',
-    'b_state', 'closed', 'b_opened', '0')
+  -- The fields every step reads first (lib.lua `AGENT_FIELDS`): a small hash finds a field by scanning from the start.
+  redis.call('HSET', k, 'status', status, 'session', session, 'max', max, 'paused', '0', 'h_status', 'unknown',
+    'b_state', 'closed', 'b_opened', '0', 'caps', caps, 'provider', provider, 'completed', '0', 'latency', '0',
+    'failed', '0', 'id', id, 'model', model, 'metadata', metadata, 'registered', n2s(NOW), 'h_fails', '0',
+    'h_message', '', 'h_byprobe', '0')
   if has_url then redis.call('HSET', k, 'health_url', url) end
+  agent_changed(id)
   redis.call('ZADD', K.agents, 0, id)
   redis.call('HSET', K.beats, id, n2s(NOW))
   redis.call('ZADD', K.expiry, NOW, id)

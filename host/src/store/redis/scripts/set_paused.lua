@@ -5,6 +5,7 @@ local a = redis.call('HMGET', akey(id), 'paused', 'status')
 if a[1] ~= paused then
   mark(id)
   redis.call('HSET', akey(id), 'paused', paused)
+  agent_changed(id)
   emit('agent_status_changed', nil, id, json({ paused = paused == '1', to = a[2] }))
 end
 return ok(agent_view(id))

@@ -6,6 +6,7 @@ remove_waiters_of(id)
 -- Taken out of the counters; nothing is added back once the record is gone.
 mark(id)
 redis.call('DEL', akey(id), lkey(id), revkey(id), fkey(id), wskey(id))
+agent_changed(id)
 redis.call('ZREM', K.agents, id)
 redis.call('ZREM', K.expiry, id)
 redis.call('ZREM', K.offline, id)
