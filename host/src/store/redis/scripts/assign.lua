@@ -16,16 +16,16 @@ local function through(id, token, lease)
   local a = agent_row(agent)
   if not a.status then return false end
   -- The waiter's capabilities may have been narrowed by the claim, never widened past the registration.
-  local t = redis.call('HMGET', tkey(id), 'status', 'avail', 'caps')
-  local claimable = t[1] == 'pending' and (not t[2] or tonumber(t[2]) <= NOW) and subset(t[3], cap_set(w[2]))
-      and subset(t[3], cap_set(a.caps))
+  local t = fields(tkey(id), GRANT_FIELDS)
+  local claimable = t.status == 'pending' and (not t.avail or tonumber(t.avail) <= NOW)
+      and subset(t.caps, cap_set(w[2])) and subset(t.caps, cap_set(a.caps))
   if not claimable then return false end
   -- An open breaker may be due to turn half-open: `eligible` makes that transition (with its event) first.
   if not eligible(agent) then return false end
   remove_waiter(token, w)
-  dequeue(id)
+  dequeue(id, t)
   touch(agent)
-  grant(id, agent, 'routed', lease, token)
+  grant(id, agent, 'routed', lease, token, t)
   -- Answered at withdrawal for as long as the claim's token would have lived, and a second more (a claim woken with
   -- its task by this server never withdraws, so the record must go by itself).
   local ttl = math.max(tonumber(w[3]) - NOW, 0) + 1000

@@ -364,6 +364,10 @@ local function fields(key, names)
   return row
 end
 
+-- What granting a task reads of it (`grant`, `dequeue` and `set_status` with the same row): a step that looks at a
+-- task before it grants it reads these at once.
+local GRANT_FIELDS = { 'status', 'avail', 'caps', 'seq', 'attempt', 'timeout', 'prio', 'finished' }
+
 local function no_task(id) return err('task_not_found', '', id) end
 local function no_agent(id) return err('agent_not_found', '', id) end
 
@@ -411,22 +415,24 @@ end
 local function member(seq, id) return string.format('%016d', tonumber(seq)) .. '|' .. id end
 local function member_id(m) return string.sub(m, 18) end
 
-local function enqueue(id)
-  local t = redis.call('HMGET', tkey(id), 'avail', 'score', 'seq', 'caps')
-  if t[1] and tonumber(t[1]) > NOW then
-    redis.call('ZADD', K.delayed, t[1], id)
+-- `t`, if the caller has them: the task's avail, score, seq and caps.
+local function enqueue(id, t)
+  t = t or fields(tkey(id), { 'avail', 'score', 'seq', 'caps' })
+  if t.avail and tonumber(t.avail) > NOW then
+    redis.call('ZADD', K.delayed, t.avail, id)
   else
-    redis.call('ZADD', rkey(t[4]), t[2], member(t[3], id))
-    redis.call('SADD', K.sigs, t[4])
+    redis.call('ZADD', rkey(t.caps), t.score, member(t.seq, id))
+    redis.call('SADD', K.sigs, t.caps)
   end
 end
 
-local function dequeue(id)
-  local t = redis.call('HMGET', tkey(id), 'avail', 'seq', 'caps')
-  if t[1] then redis.call('ZREM', K.delayed, id) end
-  local ready = rkey(t[3])
-  if redis.call('ZREM', ready, member(t[2], id)) == 1 and redis.call('EXISTS', ready) == 0 then
-    redis.call('SREM', K.sigs, t[3])
+-- `t`, if the caller read the task already: its avail, seq and caps.
+local function dequeue(id, t)
+  t = t or fields(tkey(id), { 'avail', 'seq', 'caps' })
+  if t.avail then redis.call('ZREM', K.delayed, id) end
+  local ready = rkey(t.caps)
+  if redis.call('ZREM', ready, member(t.seq, id)) == 1 and redis.call('EXISTS', ready) == 0 then
+    redis.call('SREM', K.sigs, t.caps)
   end
 end
 
@@ -750,9 +756,10 @@ end
 
 -- Grants a pending task (already out of the index) to an agent under the host-drawn `lease`.
 -- A routed grant names the waiter token it consumed in its event, so the server holding that blocked claim wakes it.
-local function grant(id, agent, via, lease, waiter)
+-- `t`, if the caller read the task already: its `GRANT_FIELDS`.
+local function grant(id, agent, via, lease, waiter, t)
   local k = tkey(id)
-  local t = fields(k, { 'attempt', 'timeout', 'status', 'prio', 'finished' })
+  t = t or fields(k, GRANT_FIELDS)
   local attempt = (tonumber(t.attempt) or 0) + 1
   local deadline = NOW + tonumber(t.timeout) * 1000
   redis.call('HSET', k, 'attempt', n2s(attempt), 'lease', lease, 'agent', agent, 'claimed', n2s(NOW), 'unfenced', '0',
@@ -1008,8 +1015,9 @@ local function claim(agent, caps_text, has_caps, max_tasks, session, leases, wai
   while #granted < max_tasks and #granted < #leases and (#granted == 0 or eligible(agent)) do
     local id = best_for(caps, nil)
     if not id then break end
-    dequeue(id)
-    grant(id, agent, 'claim', leases[#granted + 1])
+    local t = fields(tkey(id), GRANT_FIELDS)
+    dequeue(id, t)
+    grant(id, agent, 'claim', leases[#granted + 1], nil, t)
     table.insert(granted, id)
   end
   local still = {}
