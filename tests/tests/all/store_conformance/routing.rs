@@ -359,30 +359,47 @@ pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_c
 }
 
 /// What an offer tells a strategy about an agent is the agent as it is now: its completions and their latency, its
-/// failures, its last grant, its health and a pause, each seen by the next offer (the Redis store answers offers from
-/// one summary per agent that every change to the agent writes again, docs/REDIS.md).
+/// failures, its last grant, its capacity, and the rule's verdict after a pause, a health verdict and an open
+/// breaker, each seen by the next offer (the Redis store answers offers from one summary per agent that every change
+/// to the agent writes again, docs/REDIS.md).
 pub(super) async fn an_offers_numbers_follow_every_change_to_the_agent(h: Harness) {
     use aragora_cp::model::{HealthState, HealthVerdict};
+    let h = h
+        .reopen(|c| {
+            c.breaker_threshold = 2;
+            c.breaker_cooldown_ms = 600_000;
+        })
+        .await;
     h.register("worker", &["code"]).await;
-    let held = {
-        h.submit(request_for("one", Priority::Normal, &["code"])).await;
-        h.claim("worker").await.expect("one")
-    };
+    let routed = |name| request_for(name, Priority::Normal, &["code"]);
+    h.submit(routed("one")).await;
+    let held = h.claim("worker").await.expect("one");
+    h.advance(40).await;
     h.complete(&held, json!({})).await;
-    h.submit(request_for("two", Priority::Normal, &["code"])).await;
+    h.submit(routed("two")).await;
     let held = h.claim("worker").await.expect("two");
     h.store.fail(&held.task_id, &lease(&held), &fail("x", false)).await.expect("fail");
 
     h.store.register_waiter(waiter("tok", "worker", &["code"]), BLOCK).await.expect("waiter");
-    let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
-    let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("a claim waits");
+    let task_id = h.submit(routed("routed")).await;
+    let numbers = |h: &Harness, task_id: &TaskId| {
+        let (h, task_id) = (h.clone(), task_id.clone());
+        async move {
+            let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("a claim waits");
+            offer.waiting.first().expect("the worker is offered").numbers
+        }
+    };
+    let seen = numbers(&h, &task_id).await;
     let agent = h.agent("worker").await;
-    let seen = &offer.waiting.first().expect("the worker is offered").numbers;
-    assert_eq!((seen.completed, seen.failed, seen.in_flight), (1, 1, 0));
+    assert_eq!((seen.completed, seen.failed, seen.in_flight, seen.max_concurrent), (1, 1, 0, 1));
     assert_eq!((seen.completed, seen.failed), (agent.tasks_completed, agent.tasks_failed));
-    assert_eq!(seen.avg_latency_ms, agent.avg_latency_ms);
-    assert!(seen.last_assigned_ms.is_some(), "granted twice");
+    assert_eq!((seen.avg_latency_ms, agent.avg_latency_ms), (40.0, 40.0), "claimed to completed");
+    let granted = chrono::DateTime::parse_from_rfc3339(agent.last_assigned_at.as_deref().expect("granted twice"));
+    assert_eq!(seen.last_assigned_ms, Some(granted.expect("a timestamp").timestamp_millis() as u64));
     assert_eq!(seen.health, HealthState::Unknown);
+
+    h.register_with(AgentRegistration { max_concurrent_tasks: 3, ..registration("worker", &["code"]) }).await;
+    assert_eq!(numbers(&h, &task_id).await.max_concurrent, 3, "registered again with more room");
 
     h.store.set_paused("worker", true).await.expect("pause");
     assert!(h.offered(&task_id, 10).await.is_empty(), "a paused agent is refused");
@@ -393,6 +410,13 @@ pub(super) async fn an_offers_numbers_follow_every_change_to_the_agent(h: Harnes
     h.store.record_health("worker", verdict(HealthState::Unhealthy)).await.expect("verdict");
     assert!(h.offered(&task_id, 10).await.is_empty(), "an unhealthy agent is refused");
     h.store.record_health("worker", verdict(HealthState::Healthy)).await.expect("verdict");
-    let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("a claim waits");
-    assert_eq!(offer.waiting.first().expect("offered again").numbers.health, HealthState::Healthy);
+    assert_eq!(numbers(&h, &task_id).await.health, HealthState::Healthy);
+
+    // Two failures blamed on the agent, over two tasks, open its breaker.
+    agents::fail_one_as_agent(&h, "worker").await;
+    h.submit(routed("three")).await;
+    agents::fail_one_as_agent(&h, "worker").await;
+    let task_id = h.submit(routed("four")).await;
+    assert!(h.offered(&task_id, 10).await.is_empty(), "an open breaker refuses the agent");
+    assert_eq!(h.agent("worker").await.tasks_failed, 3);
 }

@@ -207,7 +207,8 @@ end
 local function write_numbers()
   for id in pairs(AGENT_WRITES) do
     local a = agent_row(id)
-    if a.status then
+    -- A record without its registration's fields (only ever a partial one) has no summary: offers read it.
+    if a.status and a.max then
       redis.call('HSET', K.agent_numbers, id, numbers_of(a))
     else
       redis.call('HDEL', K.agent_numbers, id)
