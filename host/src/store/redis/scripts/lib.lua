@@ -198,7 +198,7 @@ end
 
 -- An agent's numbers for routing, as one value in `P agent-numbers`, so that an offer reads a page of agents with one
 -- command instead of one read of each record: what the eligibility rule looks at and what a strategy reads, in the
--- order `offered_numbers` parses. Every call that wrote an agent's record writes it again as it ends (`finish`).
+-- order `offer` parses. Every call that wrote an agent's record writes it again as it ends (`finish`).
 local function numbers_of(a)
   return table.concat({ a.status, a.paused or '0', a.h_status or '', a.b_state or 'closed', a.b_opened or '0',
     a.b_trial and '1' or '', a.max, a.completed or '0', a.failed or '0', a.latency or '0', a.assigned or '' }, '|')
@@ -246,6 +246,7 @@ end
 -- written, so the counters follow every change without each step keeping them by hand, and a step that changes
 -- nothing they count writes none.
 
+-- Agent → {its contribution when marked, how many times the call had written it then}.
 local MARKED = {}
 local MARKED_ORDER = {}
 
