@@ -11,7 +11,8 @@
 -- run whole before its body by EVALSHA (scripts.rs). Either way a call starts with `begin` (at the end of this
 -- file), which sets the call's state below; nothing else of a call outlives it.
 
-local KEYS, ARGV, P, CFG, K, NOW, PINNED
+-- NOW_S: NOW as the decimal string every write of it uses (see `n2s`).
+local KEYS, ARGV, P, CFG, K, NOW, NOW_S, PINNED
 
 local function config(argv)
   return {
@@ -31,6 +32,8 @@ local function config(argv)
   }
 end
 local ARG_BASE = 13
+-- The arguments `CFG` was parsed from.
+local CFG_ARGS = {}
 local function arg(i) return ARGV[ARG_BASE + i] end
 
 -- Keys (docs/REDIS.md lists each with its type and the scripts that touch it).
@@ -92,6 +95,8 @@ local function nfkey(channel) return P .. 'notify:figures:' .. channel end
 local function gkey(caps) return P .. 'waiting:' .. caps end
 
 -- Integers as decimal strings: Lua numbers are doubles, and `tostring` would print large ones in exponent form.
+-- Arguments of `redis.call` are handed over as strings for the same reason and for speed: Redis prints a number
+-- argument as a float (`%.17g`), which cost several times the integer formatting on every task's way.
 local function n2s(x) return string.format('%d', x) end
 
 -- The store clock: Redis TIME, unless the test-only clock (`test:clock`) pins it or shifts it. The lines between
@@ -105,6 +110,12 @@ local function clock()
   if tc[2] then now = now + tonumber(tc[2]) end
   -- test-clock:end
   return now, '0'
+end
+
+-- Sets the call's time (NOW, NOW_S, PINNED) from the clock.
+local function read_clock()
+  NOW, PINNED = clock()
+  NOW_S = n2s(NOW)
 end
 
 -- Randomness comes from the host (a script's own PRNG is seeded the same on every call): a Park-Miller generator
@@ -136,7 +147,7 @@ end
 local function emit(kind, task, agent, data)
   local n = redis.call('INCR', K.event_count)
   redis.call('XADD', K.events, 'MAXLEN', '~', CFG.event_buffer, '*',
-    'n', n2s(n), 'type', kind, 'time', n2s(NOW), 'server', CFG.server,
+    'n', n2s(n), 'type', kind, 'time', NOW_S, 'server', CFG.server,
     'task', task or '', 'agent', agent or '', 'data', data)
 end
 
@@ -246,47 +257,84 @@ end
 -- written, so the counters follow every change without each step keeping them by hand, and a step that changes
 -- nothing they count writes none.
 
--- Agent → {its contribution when marked, how many times the call had written it then}.
+-- Agent → {its standing when marked, how many times the call had written it then}.
 local MARKED = {}
 local MARKED_ORDER = {}
 
--- The counters agent `id` adds one to, as a set of agent-stats fields (empty for an unknown agent), from its row
--- alone (the clock is the call's): an eligible agent is available when it is ready, since `refresh_capacity` makes a
--- ready agent busy at capacity before any step ends (and `mark` reads before the step's first change, `finish`
--- after its last).
-local function contribution(id)
+-- What of agent `id` the counters count, from its row alone (the clock is the call's): {status, provider, health,
+-- capabilities, breaker not closed, available}, or false for an unknown agent. An eligible agent is available when
+-- it is ready, since `refresh_capacity` makes a ready agent busy at capacity before any step ends (and `mark` reads
+-- before the step's first change, `finish` after its last).
+local function standing_of(id)
   local a = agent_row(id)
-  local counted = {}
-  if not a.status then return counted end
-  counted['total'] = true
-  counted['status:' .. a.status] = true
-  counted['provider:' .. a.provider] = true
-  counted['health:' .. a.h_status] = true
-  if a.caps ~= '' then
-    for cap in string.gmatch(a.caps, '[^,]+') do counted['cap:' .. cap] = true end
+  if not a.status then return false end
+  local available = a.status == 'ready' and refusal_of(id) == nil
+  return { a.status, a.provider, a.h_status, a.caps, a.b_state ~= 'closed', available }
+end
+
+-- A comma-joined capability list as a set (as `cap_set` below).
+local function caps_in(text)
+  local set = {}
+  if text and text ~= '' then
+    for cap in string.gmatch(text, '[^,]+') do set[cap] = true end
   end
-  if a.b_state ~= 'closed' then counted['open_breakers'] = true end
-  if a.status == 'ready' and refusal_of(id) == nil then counted['available'] = true end
-  return counted
+  return set
+end
+
+-- Adds `by` to every counter a standing counts in.
+local function count_standing(s, by)
+  local S = K.agent_stats
+  redis.call('HINCRBY', S, 'total', by)
+  redis.call('HINCRBY', S, 'status:' .. s[1], by)
+  redis.call('HINCRBY', S, 'provider:' .. s[2], by)
+  redis.call('HINCRBY', S, 'health:' .. s[3], by)
+  for cap in pairs(caps_in(s[4])) do redis.call('HINCRBY', S, 'cap:' .. cap, by) end
+  if s[5] then redis.call('HINCRBY', S, 'open_breakers', by) end
+  if s[6] then redis.call('HINCRBY', S, 'available', by) end
+end
+
+-- Moves one count from `before`'s counter to `after`'s (prefixed names; equal values move nothing).
+local function recount(prefix, before, after)
+  if before == after then return end
+  redis.call('HINCRBY', K.agent_stats, prefix .. before, '-1')
+  redis.call('HINCRBY', K.agent_stats, prefix .. after, '1')
+end
+
+local function recount_flag(name, before, after)
+  if before == after then return end
+  redis.call('HINCRBY', K.agent_stats, name, after and '1' or '-1')
 end
 
 local function mark(id)
   if MARKED[id] then return end
-  MARKED[id] = { contribution(id), AGENT_WRITES[id] or 0 }
+  MARKED[id] = { standing_of(id), AGENT_WRITES[id] or 0 }
   table.insert(MARKED_ORDER, id)
 end
 
 local function finish()
-  local S = K.agent_stats
   for _, id in ipairs(MARKED_ORDER) do
     -- Unwritten since `mark`: the same row, the same counters.
     if (AGENT_WRITES[id] or 0) ~= MARKED[id][2] then
-      local before, after = MARKED[id][1], contribution(id)
-      for field in pairs(before) do
-        if not after[field] then redis.call('HINCRBY', S, field, -1) end
-      end
-      for field in pairs(after) do
-        if not before[field] then redis.call('HINCRBY', S, field, 1) end
+      local before, after = MARKED[id][1], standing_of(id)
+      if before and after then
+        recount('status:', before[1], after[1])
+        recount('provider:', before[2], after[2])
+        recount('health:', before[3], after[3])
+        if before[4] ~= after[4] then
+          local had, has = caps_in(before[4]), caps_in(after[4])
+          for cap in pairs(had) do
+            if not has[cap] then redis.call('HINCRBY', K.agent_stats, 'cap:' .. cap, '-1') end
+          end
+          for cap in pairs(has) do
+            if not had[cap] then redis.call('HINCRBY', K.agent_stats, 'cap:' .. cap, '1') end
+          end
+        end
+        recount_flag('open_breakers', before[5], after[5])
+        recount_flag('available', before[6], after[6])
+      elseif before then
+        count_standing(before, '-1')
+      elseif after then
+        count_standing(after, '1')
       end
     end
   end
@@ -299,7 +347,7 @@ end
 -- Replies: {'ok'|'err', now, pinned, ...}.
 local function ok(...)
   finish()
-  return { 'ok', n2s(NOW), PINNED, ... }
+  return { 'ok', NOW_S, PINNED, ... }
 end
 
 -- An error as a value: {kind, code, message}; kinds are task_not_found, agent_not_found, conflict,
@@ -308,7 +356,7 @@ local function err(kind, code, message) return { kind, code, message } end
 
 local function fail(e)
   finish()
-  return { 'err', n2s(NOW), PINNED, e[1], e[2], e[3] }
+  return { 'err', NOW_S, PINNED, e[1], e[2], e[3] }
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
@@ -383,11 +431,11 @@ local function set_status(id, status, t)
   local old = t.status
   if old == status then return end
   redis.call('HSET', k, 'status', status)
-  redis.call('HINCRBY', K.stats, 'status:' .. old, -1)
-  redis.call('HINCRBY', K.stats, 'status:' .. status, 1)
+  redis.call('HINCRBY', K.stats, 'status:' .. old, '-1')
+  redis.call('HINCRBY', K.stats, 'status:' .. status, '1')
   local priority = PRIORITY[tonumber(t.prio)]
   if old == 'pending' then
-    redis.call('HINCRBY', K.stats, 'prio:' .. priority, -1)
+    redis.call('HINCRBY', K.stats, 'prio:' .. priority, '-1')
     if status == 'claimed' then
       local since = redis.call('ZSCORE', K.pending_since, id)
       if since then
@@ -399,16 +447,16 @@ local function set_status(id, status, t)
     redis.call('ZREM', K.pending_since, id)
   end
   if status == 'pending' then
-    redis.call('HINCRBY', K.stats, 'prio:' .. priority, 1)
-    redis.call('ZADD', K.pending_since, NOW, id)
+    redis.call('HINCRBY', K.stats, 'prio:' .. priority, '1')
+    redis.call('ZADD', K.pending_since, NOW_S, id)
   end
   if TERMINAL[old] and t.finished then
     redis.call('HDEL', k, 'finished')
     redis.call('ZREM', K.finished, id)
   end
   if TERMINAL[status] then
-    redis.call('HSET', k, 'completed', n2s(NOW), 'finished', n2s(NOW))
-    redis.call('ZADD', K.finished, NOW, id)
+    redis.call('HSET', k, 'completed', NOW_S, 'finished', NOW_S)
+    redis.call('ZADD', K.finished, NOW_S, id)
   end
 end
 
@@ -442,7 +490,7 @@ end
 -- answers them.
 local function promote_due(limit)
   local promoted = {}
-  local due = redis.call('ZRANGEBYSCORE', K.delayed, '-inf', NOW, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', K.delayed, '-inf', NOW_S, 'LIMIT', '0', n2s(limit))
   for _, id in ipairs(due) do
     redis.call('ZREM', K.delayed, id)
     if task_exists(id) then
@@ -463,7 +511,8 @@ local function best_for(caps, skip)
     if subset(sig, caps) then
       local offset = 0
       while true do
-        local head = redis.call('ZRANGE', rkey(sig), offset, offset, 'WITHSCORES')
+        local place = n2s(offset)
+        local head = redis.call('ZRANGE', rkey(sig), place, place, 'WITHSCORES')
         if #head == 0 then break end
         local m, score = head[1], tonumber(head[2])
         if not (skip and skip[member_id(m)]) then
@@ -477,7 +526,7 @@ local function best_for(caps, skip)
       end
     end
   end
-  redis.call('HSET', K.stats, 'examined', examined)
+  redis.call('HSET', K.stats, 'examined', n2s(examined))
   if best_member then return member_id(best_member) end
   return nil
 end
@@ -501,11 +550,13 @@ local function set_agent_status(id, status)
   end
   -- Offline agents are indexed by their last heartbeat, for retention without a scan.
   if status == 'offline' then
-    redis.call('ZADD', K.offline, redis.call('HGET', K.beats, id) or NOW, id)
+    redis.call('ZADD', K.offline, redis.call('HGET', K.beats, id) or NOW_S, id)
   elseif old == 'offline' then
     redis.call('ZREM', K.offline, id)
   end
-  emit('agent_status_changed', nil, id, json({ from = old, to = status }))
+  -- Both are status names (no escaping needed): built as text rather than by cjson, on every task's way.
+  local change = old and ('{"from":"' .. old .. '","to":"' .. status .. '"}') or json({ from = old, to = status })
+  emit('agent_status_changed', nil, id, change)
 end
 
 -- Capacity decides between ready and busy. A caller that has just read the agent's status and max passes them.
@@ -527,8 +578,8 @@ end
 -- becomes ready.
 local function touch(id)
   mark(id)
-  redis.call('HSET', K.beats, id, n2s(NOW))
-  redis.call('ZADD', K.expiry, NOW + CFG.heartbeat_timeout, id)
+  redis.call('HSET', K.beats, id, NOW_S)
+  redis.call('ZADD', K.expiry, n2s(NOW + CFG.heartbeat_timeout), id)
   local a = agent_row(id)
   if a.status == 'offline' or a.status == 'starting' then
     set_agent_status(id, 'ready')
@@ -572,7 +623,7 @@ local function eligible(id) return refusal(id) == nil end
 local function breaker_failure(id, task)
   if not agent_exists(id) then return end
   local fk = fkey(id)
-  redis.call('RPUSH', fk, n2s(NOW) .. '|' .. (task or ''))
+  redis.call('RPUSH', fk, NOW_S .. '|' .. (task or ''))
   while true do
     local first = redis.call('LINDEX', fk, 0)
     if not first then break end
@@ -598,7 +649,7 @@ local function breaker_failure(id, task)
   end
   if open then
     mark(id)
-    agent_set(id, 'b_state', 'open', 'b_opened', n2s(NOW))
+    agent_set(id, 'b_state', 'open', 'b_opened', NOW_S)
     agent_unset(id, 'b_trial')
     emit('breaker_changed', nil, id, json({ from = from, to = 'open' }))
   end
@@ -618,7 +669,7 @@ local function breaker_success(id, task)
 end
 
 -- Expired waiter tokens a registration drops at most.
-local WAITER_SWEEP = 16
+local WAITER_SWEEP = '16'
 
 -- A waiter token is dead once its claim's block is over (`until`, store ms). Tokens written before expiries
 -- existed have none and stay live, as they always did.
@@ -647,21 +698,21 @@ end
 -- leaves their tokens behind; a registration drops a few of the expired ones, so they neither pile up nor get
 -- offered: one range read that finds nothing while none has expired.
 local function add_waiter(token, agent, caps, lifetime)
-  for _, old in ipairs(redis.call('ZRANGEBYSCORE', K.waiters, '-inf', NOW, 'LIMIT', 0, WAITER_SWEEP)) do
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', K.waiters, '-inf', NOW_S, 'LIMIT', '0', WAITER_SWEEP)) do
     -- The record decides: a token registered by an older version is scored by its sequence, not its end.
     if waiter_expired(redis.call('HGET', wkey(old), 'until')) then remove_waiter(old) end
   end
   -- A live token is in `P waiters` until it is removed: one look instead of a removal for every fresh token.
   if redis.call('ZSCORE', K.waiters, token) then remove_waiter(token) end
   local seq = redis.call('INCR', K.seq)
-  local deadline = NOW + lifetime
+  local deadline, place = n2s(NOW + lifetime), n2s(seq)
   redis.call('ZADD', K.waiters, deadline, token)
-  redis.call('ZADD', gkey(caps), seq, token)
+  redis.call('ZADD', gkey(caps), place, token)
   redis.call('SADD', K.waiting_sets, caps)
-  redis.call('HSET', wkey(token), 'agent', agent, 'caps', caps, 'until', n2s(deadline), 'seq', n2s(seq))
+  redis.call('HSET', wkey(token), 'agent', agent, 'caps', caps, 'until', deadline, 'seq', place)
   -- The same agent and end again in one hash shared by all claims, so an offer reads a page of claims in one call;
   -- the record above stays for the other steps, and for servers of older builds on the same Redis.
-  redis.call('HSET', K.waiter_agents, token, n2s(deadline) .. ' ' .. agent)
+  redis.call('HSET', K.waiter_agents, token, deadline .. ' ' .. agent)
   redis.call('SADD', wskey(agent), token)
 end
 
@@ -671,7 +722,8 @@ local function covering(sig, after, limit)
   local found = {}
   for _, set in ipairs(redis.call('SMEMBERS', K.waiting_sets)) do
     if subset(sig, cap_set(set)) then
-      local page = redis.call('ZRANGEBYSCORE', gkey(set), '(' .. n2s(after), '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+      local page = redis.call('ZRANGEBYSCORE', gkey(set), '(' .. n2s(after), '+inf', 'WITHSCORES', 'LIMIT', '0',
+        n2s(limit))
       if #page == 0 and redis.call('EXISTS', gkey(set)) == 0 then redis.call('SREM', K.waiting_sets, set) end
       for i = 1, #page, 2 do table.insert(found, { tonumber(page[i + 1]), page[i] }) end
     end
@@ -763,19 +815,19 @@ local function grant(id, agent, via, lease, waiter, t)
   local k = tkey(id)
   t = t or fields(k, GRANT_FIELDS)
   local attempt = (tonumber(t.attempt) or 0) + 1
-  local deadline = NOW + tonumber(t.timeout) * 1000
-  redis.call('HSET', k, 'attempt', n2s(attempt), 'lease', lease, 'agent', agent, 'claimed', n2s(NOW), 'unfenced', '0',
-    'deadline', n2s(deadline))
+  local deadline = n2s(NOW + tonumber(t.timeout) * 1000)
+  redis.call('HSET', k, 'attempt', n2s(attempt), 'lease', lease, 'agent', agent, 'claimed', NOW_S, 'unfenced', '0',
+    'deadline', deadline)
   redis.call('HDEL', k, 'started', 'progress', 'rq_lease', 'rq_error')
   redis.call('ZADD', K.leases, deadline, id)
   set_status(id, 'claimed', t)
   mark(agent)
-  redis.call('HSET', lkey(agent), id, n2s(NOW))
+  redis.call('HSET', lkey(agent), id, NOW_S)
   local b = agent_row(agent)
   if b.b_state == 'half_open' and not b.b_trial then
-    agent_set(agent, 'assigned', n2s(NOW), 'b_trial', id)
+    agent_set(agent, 'assigned', NOW_S, 'b_trial', id)
   else
-    agent_set(agent, 'assigned', n2s(NOW))
+    agent_set(agent, 'assigned', NOW_S)
   end
   refresh_capacity(agent, b.status, b.max)
   emit('task_claimed', id, agent, json({ attempt = attempt, via = via, waiter = waiter }))
@@ -935,7 +987,7 @@ end
 local function mark_started(id)
   local t = redis.call('HMGET', tkey(id), 'status', 'agent')
   if t[1] == 'claimed' then
-    redis.call('HSET', tkey(id), 'started', n2s(NOW))
+    redis.call('HSET', tkey(id), 'started', NOW_S)
     set_status(id, 'running')
     emit('task_started', id, t[2] or nil, '{}')
   end
@@ -1059,12 +1111,26 @@ end
 
 local function begin(keys, argv)
   KEYS, ARGV, P = keys, argv, keys[1]
-  CFG = config(argv)
+  -- The configuration is the same on every call of a server: parsed again only when an argument differs (a library
+  -- stays loaded between calls, and servers with other settings may share it).
+  local same = CFG ~= nil
+  if same then
+    for i = 1, ARG_BASE do
+      if argv[i] ~= CFG_ARGS[i] then
+        same = false
+        break
+      end
+    end
+  end
+  if not same then
+    CFG = config(argv)
+    for i = 1, ARG_BASE do CFG_ARGS[i] = argv[i] end
+  end
   K = KEY_TABLES[P]
   if not K then
     K = key_table(P)
     KEY_TABLES[P] = K
   end
-  NOW, PINNED = clock()
+  read_clock()
   SEED, REQUEUED, MARKED, MARKED_ORDER, AGENT_ROWS, AGENT_WRITES = 1, {}, {}, {}, {}, {}
 end

@@ -47,8 +47,8 @@ elseif op == 'enqueue' then
     if redis.call('EXISTS', k) == 0 then
       local seq = redis.call('INCR', K.notify_seq)
       redis.call('HSET', k, 'id', id, 'channel', channel, 'message', message, 'status', 'pending', 'attempts', '0',
-        'created', n2s(NOW), 'due', n2s(NOW), 'seq', seq)
-      redis.call('ZADD', K.notify_due, NOW, id)
+        'created', NOW_S, 'due', NOW_S, 'seq', seq)
+      redis.call('ZADD', K.notify_due, NOW_S, id)
       redis.call('ZADD', K.notify_all, seq, id)
       tally(channel, 'enqueued')
     end
@@ -57,7 +57,7 @@ elseif op == 'enqueue' then
 elseif op == 'claim' then
   local limit, lease = tonumber(arg(2)), tonumber(arg(3))
   local claimed = {}
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.notify_due, '-inf', NOW, 'LIMIT', 0, limit)) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.notify_due, '-inf', NOW_S, 'LIMIT', 0, limit)) do
     local k = ndkey(id)
     if redis.call('EXISTS', k) == 1 then
       redis.call('HINCRBY', k, 'attempts', 1)
@@ -79,7 +79,7 @@ elseif op == 'finish' then
   if code ~= '' then redis.call('HSET', k, 'code', code) else redis.call('HDEL', k, 'code') end
   if outcome == 'sent' then
     tally(channel, 'sent')
-    redis.call('HSET', k, 'status', 'sent', 'delivered', n2s(NOW))
+    redis.call('HSET', k, 'status', 'sent', 'delivered', NOW_S)
     redis.call('HDEL', k, 'due')
     redis.call('ZREM', K.notify_due, id)
     redis.call('RPUSH', K.notify_sent, id)
@@ -114,7 +114,7 @@ else -- retry
     return fail(err('conflict', 'not_a_dead_letter', 'delivery ' .. id .. ' is ' .. status .. ', not a dead letter'))
   end
   redis.call('ZREM', K.notify_dead, id)
-  redis.call('HSET', k, 'status', 'pending', 'base', redis.call('HGET', k, 'attempts'), 'due', n2s(NOW))
-  redis.call('ZADD', K.notify_due, NOW, id)
+  redis.call('HSET', k, 'status', 'pending', 'base', redis.call('HGET', k, 'attempts'), 'due', NOW_S)
+  redis.call('ZADD', K.notify_due, NOW_S, id)
   return ok(redis.call('HGETALL', k))
 end

@@ -5,7 +5,7 @@ if not agent_exists(id) then return fail(no_agent(id)) end
 mark(id)
 local k = akey(id)
 local previous = redis.call('HGET', k, 'h_status')
-redis.call('HSET', k, 'h_status', verdict, 'h_check', n2s(NOW), 'h_message', message)
+redis.call('HSET', k, 'h_status', verdict, 'h_check', NOW_S, 'h_message', message)
 agent_changed(id)
 if latency ~= '' then redis.call('HSET', k, 'h_latency', latency) else redis.call('HDEL', k, 'h_latency') end
 local status = redis.call('HGET', k, 'status')

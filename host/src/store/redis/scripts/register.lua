@@ -31,13 +31,13 @@ else
   -- The fields every step reads first (lib.lua `AGENT_FIELDS`): a small hash finds a field by scanning from the start.
   redis.call('HSET', k, 'status', status, 'session', session, 'max', max, 'paused', '0', 'h_status', 'unknown',
     'b_state', 'closed', 'b_opened', '0', 'caps', caps, 'provider', provider, 'completed', '0', 'latency', '0',
-    'failed', '0', 'id', id, 'model', model, 'metadata', metadata, 'registered', n2s(NOW), 'h_fails', '0',
+    'failed', '0', 'id', id, 'model', model, 'metadata', metadata, 'registered', NOW_S, 'h_fails', '0',
     'h_message', '', 'h_byprobe', '0')
   if has_url then redis.call('HSET', k, 'health_url', url) end
   agent_changed(id)
   redis.call('ZADD', K.agents, 0, id)
-  redis.call('HSET', K.beats, id, n2s(NOW))
-  redis.call('ZADD', K.expiry, NOW, id)
+  redis.call('HSET', K.beats, id, NOW_S)
+  redis.call('ZADD', K.expiry, NOW_S, id)
 end
 local registered_status = redis.call('HGET', k, 'status')
 touch(id)

@@ -10,13 +10,14 @@ for i = 1, count do
   local b = 2 + (i - 1) * FIELDS
   tasks[i] = {
     id = arg(b + 1), type = arg(b + 2), payload = arg(b + 3), caps = arg(b + 4), level = tonumber(arg(b + 5)),
+    level_text = arg(b + 5),
     timeout = arg(b + 6), max_retries = arg(b + 7), metadata = arg(b + 8), strategy = arg(b + 9),
     has_strategy = arg(b + 10) == '1', key = arg(b + 11), has_key = arg(b + 12) == '1', by = arg(b + 13),
     fingerprint = arg(b + 14), data = arg(b + 15),
   }
 end
 
-local function slot(t) return string.len(t.by) .. ':' .. t.by .. t.key end
+local function slot(t) return n2s(string.len(t.by)) .. ':' .. t.by .. t.key end
 
 -- The idempotency check: the replayed id, an error for a reused key, or nil to go ahead.
 local function replay_of(t)
@@ -89,7 +90,7 @@ for i, t in ipairs(tasks) do
     local queued = { avail = false, score = n2s(score_of(t.level, seq)), seq = n2s(seq), caps = t.caps }
     -- One write of the record: the fields every step reads first (a small hash is scanned from the front).
     local record = { 'status', 'pending', 'caps', t.caps, 'seq', queued.seq, 'attempt', '0', 'timeout', t.timeout,
-      'prio', t.level, 'score', queued.score, 'id', t.id, 'type', t.type, 'payload', t.payload, 'created', n2s(NOW),
+      'prio', t.level_text, 'score', queued.score, 'id', t.id, 'type', t.type, 'payload', t.payload, 'created', NOW_S,
       'max_retries', t.max_retries, 'retries', '0', 'manual', '0', 'metadata', t.metadata, 'by', t.by, 'unfenced', '0' }
     if t.has_strategy then
       table.insert(record, 'strategy')
@@ -100,15 +101,15 @@ for i, t in ipairs(tasks) do
       table.insert(record, t.key)
     end
     redis.call('HSET', k, unpack(record))
-    redis.call('ZADD', K.tasks, seq, t.id)
-    redis.call('ZADD', K.pending_since, NOW, t.id)
-    redis.call('HINCRBY', K.stats, 'status:pending', 1)
-    redis.call('HINCRBY', K.stats, 'prio:' .. PRIORITY[t.level], 1)
-    redis.call('HINCRBY', K.stats, 'type:' .. t.type, 1)
+    redis.call('ZADD', K.tasks, queued.seq, t.id)
+    redis.call('ZADD', K.pending_since, NOW_S, t.id)
+    redis.call('HINCRBY', K.stats, 'status:pending', '1')
+    redis.call('HINCRBY', K.stats, 'prio:' .. PRIORITY[t.level], '1')
+    redis.call('HINCRBY', K.stats, 'type:' .. t.type, '1')
     if t.has_key then
       local expires = NOW + CFG.idempotency_ttl
       redis.call('HSET', K.idem, slot(t), t.id .. ' ' .. t.fingerprint .. ' ' .. n2s(expires))
-      redis.call('ZADD', K.idem_exp, expires, slot(t))
+      redis.call('ZADD', K.idem_exp, n2s(expires), slot(t))
     end
     enqueue(t.id, queued)
     emit('task_submitted', t.id, nil, t.data)
