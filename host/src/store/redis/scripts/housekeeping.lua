@@ -30,7 +30,7 @@ if removed < limit then
     removed = removed + 1
   end
 end
-local expired = redis.call('ZRANGEBYSCORE', K.idem_exp, '-inf', NOW_S, 'LIMIT', 0, math.max(limit, 100))
+local expired = redis.call('ZRANGEBYSCORE', K.idem_exp, '-inf', NOW_S, 'LIMIT', '0', n2s(math.max(limit, 100)))
 for _, s in ipairs(expired) do
   redis.call('ZREM', K.idem_exp, s)
   redis.call('HDEL', K.idem, s)

@@ -32,8 +32,35 @@ local function config(argv)
   }
 end
 local ARG_BASE = 13
--- The arguments `CFG` was parsed from.
-local CFG_ARGS = {}
+-- Parsed configurations by server id (ARGV[1]): {the arguments parsed, the configuration}. Every server of a fleet
+-- calls the same library with its own id; ids change at every restart, so the memory starts again past a bound.
+local CONFIGS = {}
+local CONFIGS_KEPT = 64
+local configs_count = 0
+
+-- The call's configuration: parsed again only when the server's arguments differ from the ones it last parsed (a
+-- loaded library outlives its calls; under EVALSHA every call starts afresh and parses).
+local function config_of(argv)
+  local known = CONFIGS[argv[1]]
+  if known then
+    local same = true
+    for i = 2, ARG_BASE do
+      if argv[i] ~= known[1][i] then
+        same = false
+        break
+      end
+    end
+    if same then return known[2] end
+  elseif configs_count >= CONFIGS_KEPT then
+    CONFIGS, configs_count = {}, 0
+  end
+  local args = {}
+  for i = 1, ARG_BASE do args[i] = argv[i] end
+  local parsed = config(argv)
+  if not known then configs_count = configs_count + 1 end
+  CONFIGS[argv[1]] = { args, parsed }
+  return parsed
+end
 local function arg(i) return ARGV[ARG_BASE + i] end
 
 -- Keys (docs/REDIS.md lists each with its type and the scripts that touch it).
@@ -272,8 +299,8 @@ local function standing_of(id)
   return { a.status, a.provider, a.h_status, a.caps, a.b_state ~= 'closed', available }
 end
 
--- A comma-joined capability list as a set (as `cap_set` below).
-local function caps_in(text)
+-- A capability set (comma-joined, sorted; '' is the empty set) as a Lua set.
+local function cap_set(text)
   local set = {}
   if text and text ~= '' then
     for cap in string.gmatch(text, '[^,]+') do set[cap] = true end
@@ -288,7 +315,7 @@ local function count_standing(s, by)
   redis.call('HINCRBY', S, 'status:' .. s[1], by)
   redis.call('HINCRBY', S, 'provider:' .. s[2], by)
   redis.call('HINCRBY', S, 'health:' .. s[3], by)
-  for cap in pairs(caps_in(s[4])) do redis.call('HINCRBY', S, 'cap:' .. cap, by) end
+  for cap in pairs(cap_set(s[4])) do redis.call('HINCRBY', S, 'cap:' .. cap, by) end
   if s[5] then redis.call('HINCRBY', S, 'open_breakers', by) end
   if s[6] then redis.call('HINCRBY', S, 'available', by) end
 end
@@ -321,7 +348,7 @@ local function finish()
         recount('provider:', before[2], after[2])
         recount('health:', before[3], after[3])
         if before[4] ~= after[4] then
-          local had, has = caps_in(before[4]), caps_in(after[4])
+          local had, has = cap_set(before[4]), cap_set(after[4])
           for cap in pairs(had) do
             if not has[cap] then redis.call('HINCRBY', K.agent_stats, 'cap:' .. cap, '-1') end
           end
@@ -361,14 +388,6 @@ end
 
 -- ------------------------------------------------------------------------------------------------------------------
 -- Capability sets are comma-joined sorted lists ('' is the empty set): a task's is its signature.
-
-local function cap_set(text)
-  local set = {}
-  if text and text ~= '' then
-    for cap in string.gmatch(text, '[^,]+') do set[cap] = true end
-  end
-  return set
-end
 
 -- An agent's address, held by its claims alone (model/capability.rs `address_of`).
 local function address_of(agent) return 'agent:' .. string.lower(agent) end
@@ -440,7 +459,7 @@ local function set_status(id, status, t)
       local since = redis.call('ZSCORE', K.pending_since, id)
       if since then
         if redis.call('LPUSH', K.claim_waits, n2s(math.max(0, NOW - tonumber(since)))) > CLAIM_WAITS_KEPT then
-          redis.call('LTRIM', K.claim_waits, 0, CLAIM_WAITS_KEPT - 1)
+          redis.call('LTRIM', K.claim_waits, '0', n2s(CLAIM_WAITS_KEPT - 1))
         end
       end
     end
@@ -1111,21 +1130,7 @@ end
 
 local function begin(keys, argv)
   KEYS, ARGV, P = keys, argv, keys[1]
-  -- The configuration is the same on every call of a server: parsed again only when an argument differs (a library
-  -- stays loaded between calls, and servers with other settings may share it).
-  local same = CFG ~= nil
-  if same then
-    for i = 1, ARG_BASE do
-      if argv[i] ~= CFG_ARGS[i] then
-        same = false
-        break
-      end
-    end
-  end
-  if not same then
-    CFG = config(argv)
-    for i = 1, ARG_BASE do CFG_ARGS[i] = argv[i] end
-  end
+  CFG = config_of(argv)
   K = KEY_TABLES[P]
   if not K then
     K = key_table(P)

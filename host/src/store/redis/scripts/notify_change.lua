@@ -45,7 +45,7 @@ elseif op == 'enqueue' then
     local id, channel, message = arg(5 + 3 * i), arg(6 + 3 * i), arg(7 + 3 * i)
     local k = ndkey(id)
     if redis.call('EXISTS', k) == 0 then
-      local seq = redis.call('INCR', K.notify_seq)
+      local seq = n2s(redis.call('INCR', K.notify_seq))
       redis.call('HSET', k, 'id', id, 'channel', channel, 'message', message, 'status', 'pending', 'attempts', '0',
         'created', NOW_S, 'due', NOW_S, 'seq', seq)
       redis.call('ZADD', K.notify_due, NOW_S, id)
@@ -57,7 +57,7 @@ elseif op == 'enqueue' then
 elseif op == 'claim' then
   local limit, lease = tonumber(arg(2)), tonumber(arg(3))
   local claimed = {}
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.notify_due, '-inf', NOW_S, 'LIMIT', 0, limit)) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.notify_due, '-inf', NOW_S, 'LIMIT', '0', n2s(limit))) do
     local k = ndkey(id)
     if redis.call('EXISTS', k) == 1 then
       redis.call('HINCRBY', k, 'attempts', 1)

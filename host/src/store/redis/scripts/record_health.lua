@@ -10,7 +10,7 @@ agent_changed(id)
 if latency ~= '' then redis.call('HSET', k, 'h_latency', latency) else redis.call('HDEL', k, 'h_latency') end
 local status = redis.call('HGET', k, 'status')
 if verdict == 'unhealthy' then
-  redis.call('HINCRBY', k, 'h_fails', 1)
+  redis.call('HINCRBY', k, 'h_fails', '1')
   breaker_failure(id, nil)
   if status ~= 'offline' and status ~= 'failed' then
     set_agent_status(id, 'failed')

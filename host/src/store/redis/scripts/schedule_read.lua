@@ -7,7 +7,7 @@ if op == 'one' then
 elseif op == 'all' then
   ids = redis.call('ZRANGE', K.schedules, 0, -1)
 else
-  ids = redis.call('ZRANGEBYSCORE', K.schedules_due, '-inf', NOW_S, 'LIMIT', 0, tonumber(arg(2)))
+  ids = redis.call('ZRANGEBYSCORE', K.schedules_due, '-inf', NOW_S, 'LIMIT', '0', arg(2))
 end
 local records = {}
 for _, id in ipairs(ids) do
