@@ -122,8 +122,8 @@ local function nfkey(channel) return P .. 'notify:figures:' .. channel end
 local function gkey(caps) return P .. 'waiting:' .. caps end
 
 -- Integers as decimal strings: Lua numbers are doubles, and `tostring` would print large ones in exponent form.
--- Arguments of `redis.call` are handed over as strings for the same reason and for speed: Redis prints a number
--- argument as a float (`%.17g`), which cost several times the integer formatting on every task's way.
+-- Arguments of `redis.call` are handed over as strings for the same reason and for speed: Redis 7.0 prints a
+-- number argument as a float (`%.17g`), which cost several times the integer formatting on every task's way.
 local function n2s(x) return string.format('%d', x) end
 
 -- The store clock: Redis TIME, unless the test-only clock (`test:clock`) pins it or shifts it. The lines between
@@ -279,8 +279,8 @@ local function refusal_of(id)
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
--- Agent counters: an agent's contribution (the counters it adds one to) is read before the script first changes
--- the agent and again at the end if the script wrote its record since, and only the counters that differ are
+-- Agent counters: an agent's standing (what of it the counters count) is taken before the script first changes
+-- the agent and again at the end if the script wrote its record since, and only the counters whose part changed are
 -- written, so the counters follow every change without each step keeping them by hand, and a step that changes
 -- nothing they count writes none.
 
@@ -871,7 +871,7 @@ local function drop_lease(id, reason, t)
   end
   local holder = t.agent
   if holder and agent_row(holder).status then
-    -- Marked before the lease goes: the holder's counted contribution is the one before this change.
+    -- Marked before the lease goes: the holder's counted standing is the one before this change.
     mark(holder)
     if redis.call('HDEL', lkey(holder), id) == 1 then
       local b = agent_row(holder)
