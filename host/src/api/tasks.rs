@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::audit::AuditResource;
@@ -85,17 +86,41 @@ pub struct BatchSubmitAnswer {
     pub task_ids: Vec<TaskId>,
 }
 
-// It borrows the granted tasks: the first one is written twice (`task` and the head of `tasks`) without a copy.
+// The first task granted is written twice (`task` and the head of `tasks`): it is rendered once and its text
+// copied, since rendering a task (escaping each of its strings) costs several times copying the result.
 /// `POST /tasks/claim` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClaimAnswer<'a> {
     /// The first task granted, or null when none was (within `block_ms`).
-    pub task: Option<&'a Task>,
+    #[schema(value_type = Option<Task>)]
+    pub task: Option<&'a RawValue>,
     /// Every task granted (up to `max_tasks`).
-    pub tasks: &'a [Task],
+    #[schema(value_type = Vec<Task>)]
+    pub tasks: GrantedTasks<'a>,
     /// Why the agent may not take work now (paused, breaker open, …), when that is why nothing was granted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+}
+
+/// The granted tasks as a JSON array: the first one as already rendered, then the rest.
+#[derive(Debug)]
+pub struct GrantedTasks<'a> {
+    first: Option<&'a RawValue>,
+    rest: &'a [Task],
+}
+
+impl Serialize for GrantedTasks<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut tasks = serializer.serialize_seq(Some(usize::from(self.first.is_some()) + self.rest.len()))?;
+        if let Some(first) = self.first {
+            tasks.serialize_element(first)?;
+        }
+        for task in self.rest {
+            tasks.serialize_element(task)?;
+        }
+        tasks.end()
+    }
 }
 
 /// `POST /tasks/{id}/complete` answer with `claim_next`.
@@ -352,7 +377,13 @@ pub async fn tasks_claim(
         "",
     )?;
     let outcome = state.coordinator.claim_task(&claim).await?;
-    let answer = ClaimAnswer { task: outcome.tasks.first(), tasks: &outcome.tasks, reason: outcome.reason.as_deref() };
+    let first = match outcome.tasks.first() {
+        Some(task) => Some(serde_json::value::to_raw_value(task).map_err(ApiError::internal)?),
+        None => None,
+    };
+    let rest = outcome.tasks.get(1..).unwrap_or_default();
+    let tasks = GrantedTasks { first: first.as_deref(), rest };
+    let answer = ClaimAnswer { task: first.as_deref(), tasks, reason: outcome.reason.as_deref() };
     Ok(Json(answer).into_response())
 }
 

@@ -28,7 +28,7 @@ async fn batch_completion_completes_what_it_holds_and_lists_each_conflict() {
         post(&server, "/tasks/claim", &admin, json!({"agent_id": "batcher", "max_tasks": 3, "block_ms": 0})).await;
     let held = claimed["tasks"].as_array().unwrap().clone();
     assert_eq!(held.len(), 3, "{claimed}");
-    // `task` is the head of `tasks` (the answer borrows it and writes it twice), each a whole claimed task.
+    // `task` is the head of `tasks` (the answer renders it once and writes it twice), each a whole claimed task.
     assert_eq!(claimed["task"], held[0], "{claimed}");
     let payloads: Vec<&Value> = held.iter().map(|t| &t["payload"]).collect();
     assert_eq!(payloads, [&json!({"n": 0}), &json!({"n": 1}), &json!({"n": 2})], "{claimed}");
