@@ -102,7 +102,7 @@ pub struct ClaimAnswer<'a> {
     pub reason: Option<&'a str>,
 }
 
-/// The granted tasks as a JSON array: the first one as already rendered, then the rest.
+/// The granted tasks as a JSON array: the first one as already rendered, then the rest (no first, no rest).
 #[derive(Debug)]
 pub struct GrantedTasks<'a> {
     first: Option<&'a RawValue>,
@@ -377,11 +377,10 @@ pub async fn tasks_claim(
         "",
     )?;
     let outcome = state.coordinator.claim_task(&claim).await?;
-    let first = match outcome.tasks.first() {
-        Some(task) => Some(serde_json::value::to_raw_value(task).map_err(ApiError::internal)?),
-        None => None,
+    let (first, rest) = match outcome.tasks.split_first() {
+        Some((first, rest)) => (Some(serde_json::value::to_raw_value(first).map_err(ApiError::internal)?), rest),
+        None => (None, &[][..]),
     };
-    let rest = outcome.tasks.get(1..).unwrap_or_default();
     let tasks = GrantedTasks { first: first.as_deref(), rest };
     let answer = ClaimAnswer { task: first.as_deref(), tasks, reason: outcome.reason.as_deref() };
     Ok(Json(answer).into_response())

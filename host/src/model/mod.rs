@@ -140,13 +140,12 @@ pub fn rfc3339(time: SystemTime) -> String {
     rfc3339_ms(time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
 }
 
-/// SHA-256 (hex) of `value`'s JSON text. The text is written out first and hashed in one update: the serializer
-/// writes a field a few bytes at a time, and each small update of the hash costs more than copying those bytes.
+/// SHA-256 (hex) of `value`'s JSON text, streamed into the hash without building the text.
 pub(crate) fn sha256_of_json(value: &impl serde::Serialize) -> String {
     use sha2::Digest;
-    let mut text = Vec::with_capacity(512);
-    serde_json::to_writer(&mut text, value).expect("plain values serialize");
-    hex::encode(sha2::Sha256::digest(&text))
+    let mut hasher = sha2::Sha256::new();
+    serde_json::to_writer(&mut hasher, value).expect("plain values serialize");
+    hex::encode(hasher.finalize())
 }
 
 /// Checks that a JSON value serializes within `limit` bytes (counted, not written).
