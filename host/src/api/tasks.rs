@@ -102,7 +102,8 @@ pub struct ClaimAnswer<'a> {
     pub reason: Option<&'a str>,
 }
 
-/// The granted tasks as a JSON array: the first one as already rendered, then the rest (no first, no rest).
+/// The granted tasks as a JSON array: the first one as already rendered, then the rest (empty when there is no
+/// first).
 #[derive(Debug)]
 pub struct GrantedTasks<'a> {
     first: Option<&'a RawValue>,
