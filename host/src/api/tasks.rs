@@ -6,13 +6,12 @@
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::audit::AuditResource;
@@ -86,42 +85,46 @@ pub struct BatchSubmitAnswer {
     pub task_ids: Vec<TaskId>,
 }
 
-// The first task granted is written twice (`task` and the head of `tasks`): it is rendered once and its text
-// copied, since rendering a task (escaping each of its strings) costs several times copying the result.
+// Written by `claim_answer_json` (the same bytes): this type describes the answer in the API document.
 /// `POST /tasks/claim` answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ClaimAnswer<'a> {
+pub struct ClaimAnswer {
     /// The first task granted, or null when none was (within `block_ms`).
-    #[schema(value_type = Option<Task>)]
-    pub task: Option<&'a RawValue>,
+    pub task: Option<Task>,
     /// Every task granted (up to `max_tasks`).
-    #[schema(value_type = Vec<Task>)]
-    pub tasks: GrantedTasks<'a>,
+    pub tasks: Vec<Task>,
     /// Why the agent may not take work now (paused, breaker open, …), when that is why nothing was granted.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'a str>,
+    pub reason: Option<String>,
 }
 
-/// The granted tasks as a JSON array: the first one as already rendered, then the rest (empty when there is no
-/// first).
-#[derive(Debug)]
-pub struct GrantedTasks<'a> {
-    first: Option<&'a RawValue>,
-    rest: &'a [Task],
-}
-
-impl Serialize for GrantedTasks<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut tasks = serializer.serialize_seq(Some(usize::from(self.first.is_some()) + self.rest.len()))?;
-        if let Some(first) = self.first {
-            tasks.serialize_element(first)?;
+/// A claim's answer, the bytes [`ClaimAnswer`]'s `Serialize` would give (a test holds the two equal). The first
+/// task granted is written twice (`task` and the head of `tasks`): it is rendered once and its text copied.
+fn claim_answer_json(tasks: &[Task], reason: Option<&str>) -> String {
+    let first = tasks.first().map(Task::to_json);
+    let mut out = String::with_capacity(2 * first.as_ref().map_or(0, String::len) + 64);
+    out.push_str("{\"task\":");
+    out.push_str(first.as_deref().unwrap_or("null"));
+    out.push_str(",\"tasks\":[");
+    if let Some(first) = &first {
+        out.push_str(first);
+        for task in &tasks[1..] {
+            out.push(',');
+            out.push_str(&task.to_json());
         }
-        for task in self.rest {
-            tasks.serialize_element(task)?;
-        }
-        tasks.end()
     }
+    out.push(']');
+    if let Some(reason) = reason {
+        out.push_str(",\"reason\":");
+        out.push_str(&serde_json::to_string(reason).expect("a string serializes"));
+    }
+    out.push('}');
+    out
+}
+
+/// A JSON answer whose text is already written (as `Json` would send it: 200, `application/json`).
+fn json_text_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], text).into_response()
 }
 
 /// `POST /tasks/{id}/complete` answer with `claim_next`.
@@ -141,6 +144,7 @@ pub struct CompleteAndNextAnswer {
 #[serde(untagged)]
 pub enum CompleteAnswer {
     /// Without `claim_next`.
+    // Written by `Task::to_json` (the same bytes): this variant describes it in the API document.
     Completed(Box<Task>),
     /// With `claim_next`.
     WithNext(Box<CompleteAndNextAnswer>),
@@ -378,13 +382,7 @@ pub async fn tasks_claim(
         "",
     )?;
     let outcome = state.coordinator.claim_task(&claim).await?;
-    let (first, rest) = match outcome.tasks.split_first() {
-        Some((first, rest)) => (Some(serde_json::value::to_raw_value(first).map_err(ApiError::internal)?), rest),
-        None => (None, &[][..]),
-    };
-    let tasks = GrantedTasks { first: first.as_deref(), rest };
-    let answer = ClaimAnswer { task: first.as_deref(), tasks, reason: outcome.reason.as_deref() };
-    Ok(Json(answer).into_response())
+    Ok(json_text_response(claim_answer_json(&outcome.tasks, outcome.reason.as_deref())))
 }
 
 /// Validates a claim's fields (`prefix` names where they sit in the body).
@@ -564,7 +562,7 @@ pub async fn tasks_complete(
     caller: Caller,
     Path(raw_id): Path<String>,
     ApiJson(body): ApiJson<CompleteBody>,
-) -> ApiResult<Json<CompleteAnswer>> {
+) -> ApiResult<Response> {
     let id = task_id(&raw_id)?;
     let fence = fence(&state, &caller, &id, body.lease_id, body.agent_id).await?;
     let result = body.result.unwrap_or_else(JsonText::null);
@@ -572,7 +570,7 @@ pub async fn tasks_complete(
     let completion = Completion { result, latency_ms: reported_latency("latency_ms", body.latency_ms)? };
     let Some(next) = body.claim_next else {
         let done = state.coordinator.complete_task(&id, &fence, completion).await?;
-        return Ok(Json(CompleteAnswer::Completed(Box::new(done))));
+        return Ok(json_text_response(done.to_json()));
     };
     // The next task is for the agent reporting: named by the fence, else by the agent token. Only an operator's
     // token reporting under a lease claims for the task's holder; were that lease stale, the task's holder would
@@ -589,7 +587,8 @@ pub async fn tasks_complete(
         claim_request(agent_id, next.capabilities.as_deref(), next.block_ms, 1, next.session_id, "claim_next.")?;
     let (done, outcome) = state.coordinator.complete_and_claim(&id, &fence, completion, &claim).await?;
     let next = outcome.tasks.into_iter().next();
-    Ok(Json(CompleteAnswer::WithNext(Box::new(CompleteAndNextAnswer { completed: true, task: done, next }))))
+    Ok(Json(CompleteAnswer::WithNext(Box::new(CompleteAndNextAnswer { completed: true, task: done, next })))
+        .into_response())
 }
 
 /// One outcome of `POST /tasks/complete`.
@@ -759,4 +758,37 @@ pub async fn tasks_retry(
     let id = task_id(&raw_id)?;
     submitter_or_admin(&state, &caller, &id, "retry tasks").await?;
     Ok(Json(state.coordinator.retry_task(&id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(n: u32) -> Task {
+        let id = format!("task_{n:032x}");
+        serde_json::from_value(serde_json::json!({
+            "task_id": id, "id": id, "task_type": "code", "payload": {"n": n}, "required_capabilities": ["gpu"],
+            "priority": "high", "status": "claimed", "created_at": "2026-12-06T08:00:00.000Z",
+            "claimed_at": "2026-12-06T08:00:01.000Z", "started_at": null, "completed_at": null,
+            "assigned_agent": "agent \"7\"", "lease_id": "0123456789abcdef0123456789abcdef", "attempt": n,
+            "timeout_seconds": 300, "max_retries": 3, "retries": 0, "manual_retries": 0, "result": null,
+            "error": null, "last_error": null, "metadata": {}, "strategy": null, "idempotency_key": null,
+            "submitted_by": "me", "available_at": null, "progress": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_claim_answer_is_written_as_its_serialize_writes_it() {
+        for (tasks, reason) in [
+            (vec![], None),
+            (vec![], Some("paused \"by\" an operator")),
+            (vec![task(1)], None),
+            (vec![task(1), task(2), task(3)], None),
+        ] {
+            let answer =
+                ClaimAnswer { task: tasks.first().cloned(), tasks: tasks.clone(), reason: reason.map(Into::into) };
+            assert_eq!(claim_answer_json(&tasks, reason), serde_json::to_string(&answer).unwrap());
+        }
+    }
 }

@@ -199,6 +199,86 @@ pub struct Task {
     pub progress: Option<Value>,
 }
 
+impl Task {
+    /// The task's JSON text, the bytes its derived `Serialize` gives (a test holds the two equal), written
+    /// directly: `serde_json` escapes every key of every task it answers and checks every string byte by byte
+    /// through its serializer, which made a task's rendering the largest single part of a claim's and a
+    /// completion's work. Keys here are literals, and a string goes through `serde_json`'s escaping only when it
+    /// holds a byte JSON escapes. (Text, not a `RawValue`: making one from a `String` parses it again.)
+    pub fn to_json(&self) -> String {
+        let mut out = JsonWriter(Vec::with_capacity(512 + self.payload.get().len()));
+        out.key("{\"task_id\":").text(self.task_id.as_str());
+        out.key(",\"id\":").text(self.id.as_str());
+        out.key(",\"task_type\":").text(&self.task_type);
+        out.key(",\"payload\":").raw(self.payload.get());
+        out.key(",\"required_capabilities\":").value(&self.required_capabilities);
+        out.key(",\"priority\":").text(self.priority.as_str());
+        out.key(",\"status\":").text(self.status.as_str());
+        out.key(",\"created_at\":").text(&self.created_at);
+        out.key(",\"claimed_at\":").optional_text(self.claimed_at.as_deref());
+        out.key(",\"started_at\":").optional_text(self.started_at.as_deref());
+        out.key(",\"completed_at\":").optional_text(self.completed_at.as_deref());
+        out.key(",\"assigned_agent\":").optional_text(self.assigned_agent.as_deref());
+        out.key(",\"lease_id\":").optional_text(self.lease_id.as_deref());
+        out.key(",\"attempt\":").value(&self.attempt);
+        out.key(",\"timeout_seconds\":").value(&self.timeout_seconds);
+        out.key(",\"max_retries\":").value(&self.max_retries);
+        out.key(",\"retries\":").value(&self.retries);
+        out.key(",\"manual_retries\":").value(&self.manual_retries);
+        out.key(",\"result\":").raw(self.result.as_ref().map_or("null", |result| result.get()));
+        out.key(",\"error\":").optional_text(self.error.as_deref());
+        out.key(",\"last_error\":").value(&self.last_error);
+        out.key(",\"metadata\":").value(&self.metadata);
+        out.key(",\"strategy\":").optional_text(self.strategy.as_deref());
+        out.key(",\"idempotency_key\":").optional_text(self.idempotency_key.as_deref());
+        out.key(",\"submitted_by\":").text(&self.submitted_by);
+        out.key(",\"available_at\":").optional_text(self.available_at.as_deref());
+        if self.unfenced {
+            out.key(",\"unfenced\":true");
+        }
+        out.key(",\"progress\":").value(&self.progress).key("}");
+        String::from_utf8(out.0).expect("JSON written from UTF-8 strings is UTF-8")
+    }
+}
+
+/// The JSON text [`Task::to_json`] writes.
+struct JsonWriter(Vec<u8>);
+
+impl JsonWriter {
+    fn key(&mut self, literal: &str) -> &mut Self {
+        self.0.extend_from_slice(literal.as_bytes());
+        self
+    }
+
+    fn raw(&mut self, json: &str) {
+        self.0.extend_from_slice(json.as_bytes());
+    }
+
+    /// A JSON string, escaped as `serde_json` escapes it.
+    fn text(&mut self, text: &str) {
+        if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            self.value(text);
+        } else {
+            self.0.reserve(text.len() + 2);
+            self.0.push(b'"');
+            self.0.extend_from_slice(text.as_bytes());
+            self.0.push(b'"');
+        }
+    }
+
+    fn optional_text(&mut self, text: Option<&str>) {
+        match text {
+            Some(text) => self.text(text),
+            None => self.raw("null"),
+        }
+    }
+
+    fn value(&mut self, value: &(impl Serialize + ?Sized)) -> &mut Self {
+        serde_json::to_writer(&mut self.0, value).expect("plain values serialize");
+        self
+    }
+}
+
 /// `POST /tasks` (and `submit_task`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +440,78 @@ impl SubmitRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task as a fresh submit leaves it: every optional field absent.
+    fn bare_task() -> Task {
+        let id = TaskId::generate();
+        Task {
+            task_id: id.clone(),
+            id,
+            task_type: "code".into(),
+            payload: JsonText::empty_object(),
+            required_capabilities: CapabilitySet::default(),
+            priority: Priority::Normal,
+            status: TaskStatus::Pending,
+            created_at: "2026-12-06T08:00:00.000Z".into(),
+            claimed_at: None,
+            started_at: None,
+            completed_at: None,
+            assigned_agent: None,
+            lease_id: None,
+            attempt: 0,
+            timeout_seconds: 300,
+            max_retries: 3,
+            retries: 0,
+            manual_retries: 0,
+            result: None,
+            error: None,
+            last_error: None,
+            metadata: Map::new(),
+            strategy: None,
+            idempotency_key: None,
+            submitted_by: "me".into(),
+            available_at: None,
+            unfenced: false,
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn a_task_is_written_as_its_serialize_writes_it() {
+        // Strings a client chooses, each with one thing JSON escapes (a quote, a backslash, a control character with
+        // a short escape and one without), or non-ASCII text and DEL, which are written as they are.
+        let (quote, backslash, newline, control, plain) =
+            ("a \"quoted\" name", "C:\\path", "two\nlines", "bell\u{7}", "é ✓ \u{7f}");
+        let full = Task {
+            task_type: "code.v2:x-y".into(),
+            payload: JsonText::parse(r#"{"z": [1, {"b": "\u00e9\n"}], "a": null}"#.to_string()).unwrap(),
+            required_capabilities: CapabilitySet::parse("c", &["python".into(), "gpu".into()], 8).unwrap(),
+            priority: Priority::Critical,
+            status: TaskStatus::Failed,
+            claimed_at: Some("2026-12-06T08:00:01.000Z".into()),
+            started_at: Some("2026-12-06T08:00:02.000Z".into()),
+            completed_at: Some("2026-12-06T08:00:03.000Z".into()),
+            assigned_agent: Some(quote.into()),
+            lease_id: Some("0123456789abcdef0123456789abcdef".into()),
+            attempt: 4_000_000_000,
+            retries: 2,
+            manual_retries: 1,
+            result: Some(JsonText::parse("[1, 2.50, \"x\"]".to_string()).unwrap()),
+            error: Some(backslash.into()),
+            last_error: Some(TaskError { code: "task_failed".into(), message: newline.into() }),
+            metadata: serde_json::json!({"team": control, "n": 1.5}).as_object().unwrap().clone(),
+            strategy: Some(newline.into()),
+            idempotency_key: Some(control.into()),
+            submitted_by: plain.into(),
+            available_at: Some("2026-12-06T08:01:00.000Z".into()),
+            unfenced: true,
+            progress: Some(serde_json::json!({"done": 0.5, "note": newline})),
+            ..bare_task()
+        };
+        for task in [bare_task(), full] {
+            assert_eq!(task.to_json(), serde_json::to_string(&task).unwrap());
+        }
+    }
 
     #[test]
     fn ids_have_the_documented_shape() {
