@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{JsonWriter, sha256_hex};
+
 /// The `prev_hash` of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -75,7 +77,9 @@ pub struct AuditHead {
     pub hash: String,
 }
 
-/// The fields a hash covers, in a fixed order.
+/// The fields a hash covers, in a fixed order: the hash is the SHA-256 of this JSON, which
+/// [`AuditEntry::computed_hash`] writes directly (a test holds the two equal).
+#[cfg(test)]
 #[derive(Serialize)]
 struct Hashed<'a> {
     seq: u64,
@@ -123,20 +127,22 @@ impl AuditEntry {
         (entries, head)
     }
 
-    /// The hash its fields give now (equal to `hash` unless the entry was altered).
+    /// The hash its fields give now (equal to `hash` unless the entry was altered): the SHA-256 of the JSON of
+    /// `seq`, `time`, `actor`, `action`, `resource`, `request_id`, `outcome`, `details` and `prev_hash`, in that
+    /// order.
     pub fn computed_hash(&self) -> String {
-        let hashed = Hashed {
-            seq: self.seq,
-            time: &self.time,
-            actor: &self.actor,
-            action: &self.action,
-            resource: &self.resource,
-            request_id: &self.request_id,
-            outcome: &self.outcome,
-            details: &self.details,
-            prev_hash: &self.prev_hash,
-        };
-        super::sha256_of_json(&hashed)
+        let mut out = JsonWriter::with_capacity(384);
+        out.key("{\"seq\":").value(&self.seq);
+        out.key(",\"time\":").text(&self.time);
+        out.key(",\"actor\":").text(&self.actor);
+        out.key(",\"action\":").text(&self.action);
+        out.key(",\"resource\":").text(&self.resource);
+        out.key(",\"request_id\":").text(&self.request_id);
+        out.key(",\"outcome\":").text(&self.outcome);
+        out.key(",\"details\":").value(&self.details);
+        out.key(",\"prev_hash\":").text(&self.prev_hash);
+        out.key("}");
+        sha256_hex(out.as_bytes())
     }
 }
 
@@ -244,6 +250,26 @@ mod tests {
         // Anything else is not details this log wrote.
         assert!(serde_json::from_value::<AuditDetails>(serde_json::json!({"status": 201, "extra": 1})).is_err());
         assert!(serde_json::from_value::<AuditDetails>(serde_json::json!({"status": "201"})).is_err());
+    }
+
+    #[test]
+    fn the_hash_is_the_sha256_of_the_entrys_json() {
+        let mut refused = AuditEntry::chained(new("agent \"7\" \\ ops\n"), 7, GENESIS_HASH);
+        refused.details = AuditDetails { code: Some("task_not_found".into()), status: 404 };
+        for entry in [AuditEntry::chained(new("a"), 1, GENESIS_HASH), refused] {
+            let hashed = Hashed {
+                seq: entry.seq,
+                time: &entry.time,
+                actor: &entry.actor,
+                action: &entry.action,
+                resource: &entry.resource,
+                request_id: &entry.request_id,
+                outcome: &entry.outcome,
+                details: &entry.details,
+                prev_hash: &entry.prev_hash,
+            };
+            assert_eq!(entry.computed_hash(), sha256_hex(serde_json::to_string(&hashed).unwrap().as_bytes()));
+        }
     }
 
     #[test]

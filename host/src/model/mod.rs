@@ -48,6 +48,7 @@ pub use event::{Event, EventKind};
 pub use event_record::{CompactStr, EventData, EventRecord, StoreEvent, parse_event_id};
 pub use health::{AgentHealth, BreakerState, CandidateNumbers, HealthState, HealthVerdict};
 pub use json_text::JsonText;
+pub(crate) use json_text::JsonWriter;
 pub use notification::{
     AttemptResult, Channel, ChannelFigures, ChannelFilter, ChannelKind, DEAD_KEPT, DEFAULT_EVENTS, Delivery,
     DeliveryMessage, DeliveryStatus, MAX_CHANNELS, NewChannel, SENT_KEPT, TaskFacts, backoff_ms, new_channel_id,
@@ -138,14 +139,6 @@ pub fn millis_of(rfc3339: &str) -> Option<Millis> {
 /// Renders a `SystemTime` as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(time: SystemTime) -> String {
     rfc3339_ms(time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
-}
-
-/// SHA-256 (hex) of `value`'s JSON text, streamed into the hash without building the text.
-pub(crate) fn sha256_of_json(value: &impl serde::Serialize) -> String {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    serde_json::to_writer(&mut hasher, value).expect("plain values serialize");
-    hex::encode(hasher.finalize())
 }
 
 /// Checks that a JSON value serializes within `limit` bytes (counted, not written).

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    CapabilitySet, JsonText, MAX_METADATA_BYTES, MAX_PAYLOAD_BYTES, MAX_RETRIES_LIMIT, MAX_TASK_CAPABILITIES, Priority,
-    TIMEOUT_SECONDS_RANGE, ValidationError, check_json_size,
+    CapabilitySet, JsonText, JsonWriter, MAX_METADATA_BYTES, MAX_PAYLOAD_BYTES, MAX_RETRIES_LIMIT,
+    MAX_TASK_CAPABILITIES, Priority, TIMEOUT_SECONDS_RANGE, ValidationError, check_json_size,
 };
 
 /// A task id: `task_` + 32 lower-case hex digits of a UUIDv7. Opaque: nothing orders by it.
@@ -206,7 +206,7 @@ impl Task {
     /// completion's work. Keys here are literals, and a string goes through `serde_json`'s escaping only when it
     /// holds a byte JSON escapes. (Text, not a `RawValue`: making one from a `String` parses it again.)
     pub fn to_json(&self) -> String {
-        let mut out = JsonWriter(Vec::with_capacity(512 + self.payload.get().len()));
+        let mut out = JsonWriter::with_capacity(512 + self.payload.get().len());
         out.key("{\"task_id\":").text(self.task_id.as_str());
         out.key(",\"id\":").text(self.id.as_str());
         out.key(",\"task_type\":").text(&self.task_type);
@@ -237,45 +237,7 @@ impl Task {
             out.key(",\"unfenced\":true");
         }
         out.key(",\"progress\":").value(&self.progress).key("}");
-        String::from_utf8(out.0).expect("JSON written from UTF-8 strings is UTF-8")
-    }
-}
-
-/// The JSON text [`Task::to_json`] writes.
-struct JsonWriter(Vec<u8>);
-
-impl JsonWriter {
-    fn key(&mut self, literal: &str) -> &mut Self {
-        self.0.extend_from_slice(literal.as_bytes());
-        self
-    }
-
-    fn raw(&mut self, json: &str) {
-        self.0.extend_from_slice(json.as_bytes());
-    }
-
-    /// A JSON string, escaped as `serde_json` escapes it.
-    fn text(&mut self, text: &str) {
-        if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-            self.value(text);
-        } else {
-            self.0.reserve(text.len() + 2);
-            self.0.push(b'"');
-            self.0.extend_from_slice(text.as_bytes());
-            self.0.push(b'"');
-        }
-    }
-
-    fn optional_text(&mut self, text: Option<&str>) {
-        match text {
-            Some(text) => self.text(text),
-            None => self.raw("null"),
-        }
-    }
-
-    fn value(&mut self, value: &(impl Serialize + ?Sized)) -> &mut Self {
-        serde_json::to_writer(&mut self.0, value).expect("plain values serialize");
-        self
+        out.into_string()
     }
 }
 
@@ -342,22 +304,6 @@ pub struct NewTask {
     pub fingerprint: String,
 }
 
-/// What a submit's idempotency fingerprint covers, borrowed from the validated request. Its fields are in
-/// alphabetical order: the fingerprint is the SHA-256 of this JSON, byte for byte what the earlier
-/// `json!({...}).to_string()` of a sorted map gave (fingerprints stored in a shared Redis stay comparable), streamed
-/// into the hash instead of copying the payload into a new value first.
-#[derive(Serialize)]
-struct Fingerprinted<'a> {
-    max_retries: u32,
-    metadata: &'a Map<String, Value>,
-    payload: &'a Value,
-    priority: Priority,
-    required_capabilities: &'a CapabilitySet,
-    strategy: &'a Option<String>,
-    task_type: &'a str,
-    timeout_seconds: u32,
-}
-
 impl SubmitRequest {
     /// Validates the request and fills the defaults; errors name the field.
     pub fn validate(
@@ -408,17 +354,22 @@ impl SubmitRequest {
         let priority = self.priority.unwrap_or_default();
         let fingerprint = match &self.idempotency_key {
             None => String::new(),
-            Some(_) => super::sha256_of_json(&Fingerprinted {
-                max_retries,
-                metadata: &metadata,
-                // Parsed for the hash: a map's keys come out sorted, as they did when payloads were kept parsed.
-                payload: &payload.to_value(),
-                priority,
-                required_capabilities: &required,
-                strategy: &self.strategy,
-                task_type: &task_type,
-                timeout_seconds,
-            }),
+            // The SHA-256 of the request's canonical JSON: these fields in alphabetical order, the payload parsed so
+            // that its keys come out sorted, byte for byte what the earlier `json!({...}).to_string()` of a sorted
+            // map gave (fingerprints stored in a shared Redis stay comparable), written without a copy of the rest.
+            Some(_) => {
+                let mut out = JsonWriter::with_capacity(256 + payload.get().len());
+                out.key("{\"max_retries\":").value(&max_retries);
+                out.key(",\"metadata\":").value(&metadata);
+                out.key(",\"payload\":").value(&payload.to_value());
+                out.key(",\"priority\":").text(priority.as_str());
+                out.key(",\"required_capabilities\":").value(&required);
+                out.key(",\"strategy\":").optional_text(self.strategy.as_deref());
+                out.key(",\"task_type\":").text(&task_type);
+                out.key(",\"timeout_seconds\":").value(&timeout_seconds);
+                out.key("}");
+                super::sha256_hex(out.as_bytes())
+            }
         };
         Ok(NewTask {
             task_id: TaskId::generate(),
@@ -545,21 +496,27 @@ mod tests {
             idempotency_key: Some("k".into()),
             ..Default::default()
         };
+        // The canonical form before it was written directly: a `json!` map (sorted keys), as text.
+        let canonical = |task: &NewTask| {
+            let canonical = serde_json::json!({
+                "task_type": task.task_type,
+                "payload": task.payload,
+                "required_capabilities": task.required_capabilities,
+                "priority": task.priority,
+                "timeout_seconds": task.timeout_seconds,
+                "max_retries": task.max_retries,
+                "metadata": task.metadata,
+                "strategy": task.strategy,
+            });
+            crate::model::sha256_hex(canonical.to_string().as_bytes())
+        };
         let task = request.validate("me", 300, 3).unwrap();
-        // The canonical form before it was streamed: a `json!` map (sorted keys), as text.
-        let canonical = serde_json::json!({
-            "task_type": task.task_type,
-            "payload": task.payload,
-            "required_capabilities": task.required_capabilities,
-            "priority": task.priority,
-            "timeout_seconds": task.timeout_seconds,
-            "max_retries": task.max_retries,
-            "metadata": task.metadata,
-            "strategy": task.strategy,
-        });
-        assert_eq!(task.fingerprint, crate::model::sha256_hex(canonical.to_string().as_bytes()));
+        assert_eq!(task.fingerprint, canonical(&task));
+        // No strategy, no metadata, no payload.
         let other = SubmitRequest { task_type: "code".into(), idempotency_key: Some("k".into()), ..Default::default() };
-        assert_ne!(other.validate("me", 300, 3).unwrap().fingerprint, task.fingerprint);
+        let other = other.validate("me", 300, 3).unwrap();
+        assert_eq!(other.fingerprint, canonical(&other));
+        assert_ne!(other.fingerprint, task.fingerprint);
     }
 }
 
