@@ -20,7 +20,7 @@ use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit, query_param};
 use super::{ApiState, Prefixed};
 use crate::model::{CapabilitySet, FailKind, MAX_AGENT_CAPABILITIES, SubmitRequest, Task, TaskId, TaskStatus};
-use crate::model::{Completion, FailRequest, Fence, JsonText, TaskFilter};
+use crate::model::{Completion, FailRequest, Fence, JsonText, JsonWriter, TaskFilter};
 use crate::scheduler::{Claim, MAX_BLOCK};
 
 /// Tasks in one batch at most (DESIGN §7).
@@ -101,25 +101,30 @@ pub struct ClaimAnswer {
 /// A claim's answer, the bytes [`ClaimAnswer`]'s `Serialize` would give (a test holds the two equal). The first
 /// task granted is written twice (`task` and the head of `tasks`): it is rendered once and its text copied.
 fn claim_answer_json(tasks: &[Task], reason: Option<&str>) -> String {
-    let first = tasks.first().map(Task::to_json);
-    let mut out = String::with_capacity(2 * first.as_ref().map_or(0, String::len) + 64);
-    out.push_str("{\"task\":");
-    out.push_str(first.as_deref().unwrap_or("null"));
-    out.push_str(",\"tasks\":[");
-    if let Some(first) = &first {
-        out.push_str(first);
-        for task in &tasks[1..] {
-            out.push(',');
-            out.push_str(&task.to_json());
+    let rendered: usize = tasks.iter().map(|task| 512 + task.payload.get().len()).sum();
+    let mut out = JsonWriter::with_capacity(64 + 2 * rendered);
+    out.literal("{\"task\":");
+    match tasks.split_first() {
+        None => {
+            out.literal("null,\"tasks\":[");
+        }
+        Some((first, rest)) => {
+            let start = out.len();
+            first.write_json(&mut out);
+            let first_text = start..out.len();
+            out.literal(",\"tasks\":[").repeat(first_text);
+            for task in rest {
+                out.literal(",");
+                task.write_json(&mut out);
+            }
         }
     }
-    out.push(']');
+    out.literal("]");
     if let Some(reason) = reason {
-        out.push_str(",\"reason\":");
-        out.push_str(&serde_json::to_string(reason).expect("a string serializes"));
+        out.literal(",\"reason\":").text(reason);
     }
-    out.push('}');
-    out
+    out.literal("}");
+    out.into_string()
 }
 
 /// A JSON answer whose text is already written (as `Json` would send it: 200, `application/json`).
@@ -785,6 +790,7 @@ mod tests {
             (vec![], Some("paused \"by\" an operator")),
             (vec![task(1)], None),
             (vec![task(1), task(2), task(3)], None),
+            (vec![task(1)], Some("a reason beside a task")),
         ] {
             let answer =
                 ClaimAnswer { task: tasks.first().cloned(), tasks: tasks.clone(), reason: reason.map(Into::into) };

@@ -126,10 +126,10 @@ impl JsonText {
 }
 
 /// JSON text written piece by piece, for the few records written on every task (a task's answer, an audit entry's
-/// hash, a submit's fingerprint) whose derived `Serialize` stays their definition: `serde_json` escapes every key
-/// and checks every string byte by byte through its serializer, which made these the largest single parts of a
-/// task's work. The caller writes keys as literals (with their quotes, colons and commas) and values through the
-/// methods below, in the order the derive would; a test beside each holds the bytes equal to the derive's.
+/// hash, a submit's fingerprint): `serde_json` escapes every key and checks every string byte by byte through its
+/// serializer, which made these the largest single parts of a task's work. The caller writes punctuation and keys
+/// as literals and values through the methods below, in the order the record's definition gives (a task's and an
+/// audit entry's derived `Serialize`, the fingerprint's sorted map); a test beside each holds the bytes equal.
 pub(crate) struct JsonWriter(Vec<u8>);
 
 impl JsonWriter {
@@ -138,40 +138,46 @@ impl JsonWriter {
         JsonWriter(Vec::with_capacity(capacity))
     }
 
-    /// Literal JSON: punctuation and keys.
-    pub(crate) fn key(&mut self, literal: &str) -> &mut Self {
-        self.0.extend_from_slice(literal.as_bytes());
+    /// JSON text as it is: punctuation, keys, or a value already written.
+    pub(crate) fn literal(&mut self, json: &str) -> &mut Self {
+        self.0.extend_from_slice(json.as_bytes());
         self
     }
 
-    /// JSON text as it is.
-    pub(crate) fn raw(&mut self, json: &str) {
-        self.0.extend_from_slice(json.as_bytes());
-    }
-
     /// A JSON string, escaped as `serde_json` escapes it (only a string holding such a byte goes through it).
-    pub(crate) fn text(&mut self, text: &str) {
+    pub(crate) fn text(&mut self, text: &str) -> &mut Self {
         if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-            self.value(text);
-        } else {
-            self.0.reserve(text.len() + 2);
-            self.0.push(b'"');
-            self.0.extend_from_slice(text.as_bytes());
-            self.0.push(b'"');
+            return self.value(text);
         }
+        self.0.reserve(text.len() + 2);
+        self.0.push(b'"');
+        self.0.extend_from_slice(text.as_bytes());
+        self.0.push(b'"');
+        self
     }
 
     /// A string or `null`.
-    pub(crate) fn optional_text(&mut self, text: Option<&str>) {
+    pub(crate) fn optional_text(&mut self, text: Option<&str>) -> &mut Self {
         match text {
             Some(text) => self.text(text),
-            None => self.raw("null"),
+            None => self.literal("null"),
         }
     }
 
     /// Any other value, through `serde_json`.
     pub(crate) fn value(&mut self, value: &(impl Serialize + ?Sized)) -> &mut Self {
         serde_json::to_writer(&mut self.0, value).expect("plain values serialize");
+        self
+    }
+
+    /// How many bytes are written.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Writes again what was written at `range` (a value written twice is rendered once).
+    pub(crate) fn repeat(&mut self, range: std::ops::Range<usize>) -> &mut Self {
+        self.0.extend_from_within(range);
         self
     }
 

@@ -200,44 +200,48 @@ pub struct Task {
 }
 
 impl Task {
-    /// The task's JSON text, the bytes its derived `Serialize` gives (a test holds the two equal), written
-    /// directly: `serde_json` escapes every key of every task it answers and checks every string byte by byte
-    /// through its serializer, which made a task's rendering the largest single part of a claim's and a
-    /// completion's work. Keys here are literals, and a string goes through `serde_json`'s escaping only when it
-    /// holds a byte JSON escapes. (Text, not a `RawValue`: making one from a `String` parses it again.)
+    /// The task's JSON text, the bytes its derived `Serialize` gives (a test holds the two equal).
     pub fn to_json(&self) -> String {
         let mut out = JsonWriter::with_capacity(512 + self.payload.get().len());
-        out.key("{\"task_id\":").text(self.task_id.as_str());
-        out.key(",\"id\":").text(self.id.as_str());
-        out.key(",\"task_type\":").text(&self.task_type);
-        out.key(",\"payload\":").raw(self.payload.get());
-        out.key(",\"required_capabilities\":").value(&self.required_capabilities);
-        out.key(",\"priority\":").text(self.priority.as_str());
-        out.key(",\"status\":").text(self.status.as_str());
-        out.key(",\"created_at\":").text(&self.created_at);
-        out.key(",\"claimed_at\":").optional_text(self.claimed_at.as_deref());
-        out.key(",\"started_at\":").optional_text(self.started_at.as_deref());
-        out.key(",\"completed_at\":").optional_text(self.completed_at.as_deref());
-        out.key(",\"assigned_agent\":").optional_text(self.assigned_agent.as_deref());
-        out.key(",\"lease_id\":").optional_text(self.lease_id.as_deref());
-        out.key(",\"attempt\":").value(&self.attempt);
-        out.key(",\"timeout_seconds\":").value(&self.timeout_seconds);
-        out.key(",\"max_retries\":").value(&self.max_retries);
-        out.key(",\"retries\":").value(&self.retries);
-        out.key(",\"manual_retries\":").value(&self.manual_retries);
-        out.key(",\"result\":").raw(self.result.as_ref().map_or("null", |result| result.get()));
-        out.key(",\"error\":").optional_text(self.error.as_deref());
-        out.key(",\"last_error\":").value(&self.last_error);
-        out.key(",\"metadata\":").value(&self.metadata);
-        out.key(",\"strategy\":").optional_text(self.strategy.as_deref());
-        out.key(",\"idempotency_key\":").optional_text(self.idempotency_key.as_deref());
-        out.key(",\"submitted_by\":").text(&self.submitted_by);
-        out.key(",\"available_at\":").optional_text(self.available_at.as_deref());
-        if self.unfenced {
-            out.key(",\"unfenced\":true");
-        }
-        out.key(",\"progress\":").value(&self.progress).key("}");
+        self.write_json(&mut out);
         out.into_string()
+    }
+
+    /// Writes [`to_json`](Self::to_json)'s text to `out`, directly: `serde_json` escapes every key of every task it
+    /// answers and checks every string byte by byte through its serializer, which made a task's rendering the
+    /// largest single part of a claim's and a completion's work. (Text, not a `RawValue`: making one from a
+    /// `String` parses it again.)
+    pub(crate) fn write_json(&self, out: &mut JsonWriter) {
+        out.literal("{\"task_id\":").text(self.task_id.as_str());
+        out.literal(",\"id\":").text(self.id.as_str());
+        out.literal(",\"task_type\":").text(&self.task_type);
+        out.literal(",\"payload\":").literal(self.payload.get());
+        out.literal(",\"required_capabilities\":").value(&self.required_capabilities);
+        out.literal(",\"priority\":").text(self.priority.as_str());
+        out.literal(",\"status\":").text(self.status.as_str());
+        out.literal(",\"created_at\":").text(&self.created_at);
+        out.literal(",\"claimed_at\":").optional_text(self.claimed_at.as_deref());
+        out.literal(",\"started_at\":").optional_text(self.started_at.as_deref());
+        out.literal(",\"completed_at\":").optional_text(self.completed_at.as_deref());
+        out.literal(",\"assigned_agent\":").optional_text(self.assigned_agent.as_deref());
+        out.literal(",\"lease_id\":").optional_text(self.lease_id.as_deref());
+        out.literal(",\"attempt\":").value(&self.attempt);
+        out.literal(",\"timeout_seconds\":").value(&self.timeout_seconds);
+        out.literal(",\"max_retries\":").value(&self.max_retries);
+        out.literal(",\"retries\":").value(&self.retries);
+        out.literal(",\"manual_retries\":").value(&self.manual_retries);
+        out.literal(",\"result\":").literal(self.result.as_ref().map_or("null", |result| result.get()));
+        out.literal(",\"error\":").optional_text(self.error.as_deref());
+        out.literal(",\"last_error\":").value(&self.last_error);
+        out.literal(",\"metadata\":").value(&self.metadata);
+        out.literal(",\"strategy\":").optional_text(self.strategy.as_deref());
+        out.literal(",\"idempotency_key\":").optional_text(self.idempotency_key.as_deref());
+        out.literal(",\"submitted_by\":").text(&self.submitted_by);
+        out.literal(",\"available_at\":").optional_text(self.available_at.as_deref());
+        if self.unfenced {
+            out.literal(",\"unfenced\":true");
+        }
+        out.literal(",\"progress\":").value(&self.progress).literal("}");
     }
 }
 
@@ -304,6 +308,43 @@ pub struct NewTask {
     pub fingerprint: String,
 }
 
+impl NewTask {
+    /// The task as it is first recorded (pending, nothing tried yet), and the fingerprint its idempotency key keeps.
+    pub fn into_pending(self, created_at: String) -> (Task, String) {
+        let task = Task {
+            task_id: self.task_id.clone(),
+            id: self.task_id,
+            task_type: self.task_type,
+            payload: self.payload,
+            required_capabilities: self.required_capabilities,
+            priority: self.priority,
+            status: TaskStatus::Pending,
+            created_at,
+            claimed_at: None,
+            started_at: None,
+            completed_at: None,
+            assigned_agent: None,
+            lease_id: None,
+            attempt: 0,
+            timeout_seconds: self.timeout_seconds,
+            max_retries: self.max_retries,
+            retries: 0,
+            manual_retries: 0,
+            result: None,
+            error: None,
+            last_error: None,
+            metadata: self.metadata,
+            strategy: self.strategy,
+            idempotency_key: self.idempotency_key,
+            submitted_by: self.submitted_by,
+            available_at: None,
+            unfenced: false,
+            progress: None,
+        };
+        (task, self.fingerprint)
+    }
+}
+
 impl SubmitRequest {
     /// Validates the request and fills the defaults; errors name the field.
     pub fn validate(
@@ -359,15 +400,15 @@ impl SubmitRequest {
             // map gave (fingerprints stored in a shared Redis stay comparable), written without a copy of the rest.
             Some(_) => {
                 let mut out = JsonWriter::with_capacity(256 + payload.get().len());
-                out.key("{\"max_retries\":").value(&max_retries);
-                out.key(",\"metadata\":").value(&metadata);
-                out.key(",\"payload\":").value(&payload.to_value());
-                out.key(",\"priority\":").text(priority.as_str());
-                out.key(",\"required_capabilities\":").value(&required);
-                out.key(",\"strategy\":").optional_text(self.strategy.as_deref());
-                out.key(",\"task_type\":").text(&task_type);
-                out.key(",\"timeout_seconds\":").value(&timeout_seconds);
-                out.key("}");
+                out.literal("{\"max_retries\":").value(&max_retries);
+                out.literal(",\"metadata\":").value(&metadata);
+                out.literal(",\"payload\":").value(&payload.to_value());
+                out.literal(",\"priority\":").text(priority.as_str());
+                out.literal(",\"required_capabilities\":").value(&required);
+                out.literal(",\"strategy\":").optional_text(self.strategy.as_deref());
+                out.literal(",\"task_type\":").text(&task_type);
+                out.literal(",\"timeout_seconds\":").value(&timeout_seconds);
+                out.literal("}");
                 super::sha256_hex(out.as_bytes())
             }
         };
@@ -394,37 +435,8 @@ mod tests {
 
     /// A task as a fresh submit leaves it: every optional field absent.
     fn bare_task() -> Task {
-        let id = TaskId::generate();
-        Task {
-            task_id: id.clone(),
-            id,
-            task_type: "code".into(),
-            payload: JsonText::empty_object(),
-            required_capabilities: CapabilitySet::default(),
-            priority: Priority::Normal,
-            status: TaskStatus::Pending,
-            created_at: "2026-12-06T08:00:00.000Z".into(),
-            claimed_at: None,
-            started_at: None,
-            completed_at: None,
-            assigned_agent: None,
-            lease_id: None,
-            attempt: 0,
-            timeout_seconds: 300,
-            max_retries: 3,
-            retries: 0,
-            manual_retries: 0,
-            result: None,
-            error: None,
-            last_error: None,
-            metadata: Map::new(),
-            strategy: None,
-            idempotency_key: None,
-            submitted_by: "me".into(),
-            available_at: None,
-            unfenced: false,
-            progress: None,
-        }
+        let new = SubmitRequest { task_type: "code".into(), ..Default::default() }.validate("me", 300, 3).unwrap();
+        new.into_pending("2026-12-06T08:00:00.000Z".into()).0
     }
 
     #[test]
@@ -433,18 +445,27 @@ mod tests {
         // a short escape and one without), or non-ASCII text and DEL, which are written as they are.
         let (quote, backslash, newline, control, plain) =
             ("a \"quoted\" name", "C:\\path", "two\nlines", "bell\u{7}", "é ✓ \u{7f}");
+        // The ends of the escaped range, and the other short escapes.
+        let (lowest, highest, tab_return) = ("nul\u{0}", "unit\u{1f}", "a\tb\rc");
+        let id = TaskId::generate();
+        // Every field named (no `..`): a new field does not compile here until this test writes it.
         let full = Task {
+            task_id: id.clone(),
+            id,
             task_type: "code.v2:x-y".into(),
             payload: JsonText::parse(r#"{"z": [1, {"b": "\u00e9\n"}], "a": null}"#.to_string()).unwrap(),
             required_capabilities: CapabilitySet::parse("c", &["python".into(), "gpu".into()], 8).unwrap(),
             priority: Priority::Critical,
             status: TaskStatus::Failed,
-            claimed_at: Some("2026-12-06T08:00:01.000Z".into()),
-            started_at: Some("2026-12-06T08:00:02.000Z".into()),
+            created_at: lowest.into(),
+            claimed_at: Some(highest.into()),
+            started_at: Some(tab_return.into()),
             completed_at: Some("2026-12-06T08:00:03.000Z".into()),
             assigned_agent: Some(quote.into()),
             lease_id: Some("0123456789abcdef0123456789abcdef".into()),
             attempt: 4_000_000_000,
+            timeout_seconds: 86_400,
+            max_retries: 100,
             retries: 2,
             manual_retries: 1,
             result: Some(JsonText::parse("[1, 2.50, \"x\"]".to_string()).unwrap()),
@@ -457,7 +478,6 @@ mod tests {
             available_at: Some("2026-12-06T08:01:00.000Z".into()),
             unfenced: true,
             progress: Some(serde_json::json!({"done": 0.5, "note": newline})),
-            ..bare_task()
         };
         for task in [bare_task(), full] {
             assert_eq!(task.to_json(), serde_json::to_string(&task).unwrap());
@@ -517,6 +537,8 @@ mod tests {
         let other = other.validate("me", 300, 3).unwrap();
         assert_eq!(other.fingerprint, canonical(&other));
         assert_ne!(other.fingerprint, task.fingerprint);
+        // Pinned as the build before the fingerprint was written directly computed it: stored keys still replay.
+        assert_eq!(other.fingerprint, "eb368f1b873aadaf4ab6715cc8bddfeb71cb1071eb710ef745dade948ec1af32");
     }
 }
 

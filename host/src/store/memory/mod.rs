@@ -1014,38 +1014,11 @@ impl Tx<'_> {
         let now = self.now;
         self.state.seq += 1;
         let seq = self.state.seq;
-        let score = self.store.score(new.priority, seq, now);
-        let task_id = new.task_id.clone();
-        let task = Task {
-            task_id: task_id.clone(),
-            id: task_id.clone(),
-            task_type: new.task_type.clone(),
-            payload: new.payload,
-            required_capabilities: new.required_capabilities,
-            priority: new.priority,
-            status: TaskStatus::Pending,
-            created_at: rfc3339_ms(now),
-            claimed_at: None,
-            started_at: None,
-            completed_at: None,
-            assigned_agent: None,
-            lease_id: None,
-            attempt: 0,
-            timeout_seconds: new.timeout_seconds,
-            max_retries: new.max_retries,
-            retries: 0,
-            manual_retries: 0,
-            result: None,
-            error: None,
-            last_error: None,
-            metadata: new.metadata,
-            strategy: new.strategy,
-            idempotency_key: new.idempotency_key.clone(),
-            submitted_by: new.submitted_by.clone(),
-            available_at: None,
-            unfenced: false,
-            progress: None,
-        };
+        let (task, fingerprint) = new.into_pending(rfc3339_ms(now));
+        let score = self.store.score(task.priority, seq, now);
+        let task_id = task.task_id.clone();
+        let task_type = task.task_type.clone();
+        let idempotency = task.idempotency_key.clone().map(|key| (task.submitted_by.clone(), key));
         let priority = task.priority;
         let data = EventData::Submitted {
             task_type: CompactStr::new(&task.task_type),
@@ -1073,10 +1046,10 @@ impl Tx<'_> {
         let counters = &mut self.state.stats;
         *counters.tasks_by_status.entry(TaskStatus::Pending).or_default() += 1;
         *counters.pending_by_priority.entry(priority).or_default() += 1;
-        *counters.tasks_by_type.entry(new.task_type).or_default() += 1;
-        if let Some(key) = new.idempotency_key {
+        *counters.tasks_by_type.entry(task_type).or_default() += 1;
+        if let Some(slot) = idempotency {
             let expires = now + self.store.config.idempotency_ttl_ms;
-            self.state.idempotency.insert((new.submitted_by, key), (task_id.clone(), new.fingerprint, expires));
+            self.state.idempotency.insert(slot, (task_id.clone(), fingerprint, expires));
         }
         self.enqueue(&task_id);
         self.emit_typed(EventKind::TaskSubmitted, Some(&task_id), None, data);
