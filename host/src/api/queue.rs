@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, page_limit, query_param};
-use super::tasks::submitter_or_admin;
+use super::tasks::{TaskAnswer, submitter_or_admin};
 use super::{ApiState, Prefixed};
 use crate::model::{JsonText, Priority, QueueFigures, Task, TaskFilter, TaskId, TaskStatus};
 
@@ -392,8 +392,8 @@ pub async fn queue_prioritize(
     State(state): State<ApiState>,
     caller: Caller,
     ApiJson(request): ApiJson<PrioritizeRequest>,
-) -> ApiResult<Json<Task>> {
+) -> ApiResult<TaskAnswer> {
     let id = TaskId::parse("task_id", &request.task_id)?;
     submitter_or_admin(&state, &caller, &id, "reprioritize tasks").await?;
-    Ok(Json(state.coordinator.prioritize_task(&id, request.priority).await?))
+    Ok(TaskAnswer(state.coordinator.prioritize_task(&id, request.priority).await?))
 }

@@ -132,6 +132,16 @@ fn json_text_response(text: String) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], text).into_response()
 }
 
+/// The answer of every call that answers one task: the bytes `Json<Task>` would send, written by
+/// [`Task::to_json`] (which skips `serde_json`'s per-key escaping on the hot path).
+pub struct TaskAnswer(pub Task);
+
+impl IntoResponse for TaskAnswer {
+    fn into_response(self) -> Response {
+        json_text_response(self.0.to_json())
+    }
+}
+
 /// `POST /tasks/{id}/complete` answer with `claim_next`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CompleteAndNextAnswer {
@@ -255,7 +265,7 @@ pub async fn tasks_get(
     caller: Caller,
     Path(raw_id): Path<String>,
     ApiQuery(query): ApiQuery<GetQuery>,
-) -> ApiResult<Json<Task>> {
+) -> ApiResult<TaskAnswer> {
     caller.require(Permission::Read)?;
     let id = task_id(&raw_id)?;
     let wait = query_param::<f64>("wait", query.wait.as_deref(), "a number of seconds from 0 to 60")?.unwrap_or(0.0);
@@ -265,9 +275,9 @@ pub async fn tasks_get(
     let task = state.coordinator.get_task(&id).await?;
     held_by_caller(&caller, &task)?;
     if wait == 0.0 || task.status.is_terminal() {
-        return Ok(Json(task));
+        return Ok(TaskAnswer(task));
     }
-    Ok(Json(state.coordinator.wait_for_result(&id, Duration::from_secs_f64(wait)).await?))
+    Ok(TaskAnswer(state.coordinator.wait_for_result(&id, Duration::from_secs_f64(wait)).await?))
 }
 
 /// 403 when an agent token reads a task it does not hold.
@@ -471,10 +481,10 @@ pub async fn tasks_start(
     caller: Caller,
     Path(raw_id): Path<String>,
     ApiJson(body): ApiJson<FenceBody>,
-) -> ApiResult<Json<Task>> {
+) -> ApiResult<TaskAnswer> {
     let id = task_id(&raw_id)?;
     let fence = fence(&state, &caller, &id, body.lease_id, body.agent_id).await?;
-    Ok(Json(state.coordinator.start_task(&id, &fence).await?))
+    Ok(TaskAnswer(state.coordinator.start_task(&id, &fence).await?))
 }
 
 /// `POST /tasks/{id}/progress`.
@@ -500,12 +510,12 @@ pub async fn tasks_progress(
     caller: Caller,
     Path(raw_id): Path<String>,
     ApiJson(body): ApiJson<ProgressBody>,
-) -> ApiResult<Json<Task>> {
+) -> ApiResult<TaskAnswer> {
     let id = task_id(&raw_id)?;
     let fence = fence(&state, &caller, &id, body.lease_id, body.agent_id).await?;
     let progress = body.progress.unwrap_or(Value::Null);
     crate::model::check_json_size("progress", &progress, crate::model::MAX_METADATA_BYTES)?;
-    Ok(Json(state.coordinator.report_progress(&id, &fence, progress).await?))
+    Ok(TaskAnswer(state.coordinator.report_progress(&id, &fence, progress).await?))
 }
 
 /// `POST /tasks/{id}/complete`.
@@ -575,7 +585,7 @@ pub async fn tasks_complete(
     let completion = Completion { result, latency_ms: reported_latency("latency_ms", body.latency_ms)? };
     let Some(next) = body.claim_next else {
         let done = state.coordinator.complete_task(&id, &fence, completion).await?;
-        return Ok(json_text_response(done.to_json()));
+        return Ok(TaskAnswer(done).into_response());
     };
     // The next task is for the agent reporting: named by the fence, else by the agent token. Only an operator's
     // token reporting under a lease claims for the task's holder; were that lease stale, the task's holder would
@@ -705,7 +715,7 @@ pub async fn tasks_fail(
     caller: Caller,
     Path(raw_id): Path<String>,
     ApiJson(body): ApiJson<FailBody>,
-) -> ApiResult<Json<Task>> {
+) -> ApiResult<TaskAnswer> {
     let id = task_id(&raw_id)?;
     let fence = fence(&state, &caller, &id, body.lease_id, body.agent_id).await?;
     reported_latency("latency_ms", body.latency_ms)?;
@@ -714,7 +724,7 @@ pub async fn tasks_fail(
         return Err(crate::model::ValidationError::too_large("error", "over the 16384-byte limit").into());
     }
     let failure = FailRequest { error, requeue: body.requeue.unwrap_or(true), kind: body.kind.unwrap_or_default() };
-    Ok(Json(state.coordinator.fail_task(&id, &fence, &failure).await?))
+    Ok(TaskAnswer(state.coordinator.fail_task(&id, &fence, &failure).await?))
 }
 
 /// 403 unless the caller submitted the task or is an admin (cancel and retry).
@@ -741,10 +751,10 @@ pub async fn tasks_cancel(
     State(state): State<ApiState>,
     caller: Caller,
     Path(raw_id): Path<String>,
-) -> ApiResult<Json<Task>> {
+) -> ApiResult<TaskAnswer> {
     let id = task_id(&raw_id)?;
     submitter_or_admin(&state, &caller, &id, "cancel tasks").await?;
-    Ok(Json(state.coordinator.cancel_task(&id).await?))
+    Ok(TaskAnswer(state.coordinator.cancel_task(&id).await?))
 }
 
 /// `POST /tasks/{id}/retry` (any body or none).
@@ -759,10 +769,10 @@ pub async fn tasks_retry(
     State(state): State<ApiState>,
     caller: Caller,
     Path(raw_id): Path<String>,
-) -> ApiResult<Json<Task>> {
+) -> ApiResult<TaskAnswer> {
     let id = task_id(&raw_id)?;
     submitter_or_admin(&state, &caller, &id, "retry tasks").await?;
-    Ok(Json(state.coordinator.retry_task(&id).await?))
+    Ok(TaskAnswer(state.coordinator.retry_task(&id).await?))
 }
 
 #[cfg(test)]
