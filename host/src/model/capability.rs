@@ -7,6 +7,8 @@
 //! own queue is in Celery. Deliberation rounds use it to give each participant its own slot. Agents may not
 //! register `agent:` capabilities: the prefix is reserved.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
@@ -37,9 +39,23 @@ pub fn address_of(agent_id: &str) -> String {
 }
 
 /// A sorted, deduplicated set of capabilities.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(transparent)]
-pub struct CapabilitySet(Vec<String>);
+// Shared, not owned: a task's set is copied into the pending index, the routing and every answer, and an agent's
+// into each of its claims and waits. A change builds a new set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
+#[schema(value_type = Vec<String>)]
+pub struct CapabilitySet(Arc<[String]>);
+
+impl Serialize for CapabilitySet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CapabilitySet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(deserializer).map(|capabilities| CapabilitySet(capabilities.into()))
+    }
+}
 
 impl CapabilitySet {
     /// Validates and normalises `raw` (field name for errors, e.g. `required_capabilities`), at most `limit`.
@@ -54,14 +70,14 @@ impl CapabilitySet {
         if capabilities.len() > limit {
             return Err(ValidationError::new(field, format!("at most {limit} capabilities")));
         }
-        Ok(CapabilitySet(capabilities))
+        Ok(CapabilitySet(capabilities.into()))
     }
 
     /// A set from already-normalised capabilities (sorted and deduplicated here).
     pub fn from_normalized(mut capabilities: Vec<String>) -> Self {
         capabilities.sort();
         capabilities.dedup();
-        CapabilitySet(capabilities)
+        CapabilitySet(capabilities.into())
     }
 
     /// The capabilities of `self` that `registered` holds: a claim's capabilities narrowed to the agent's, never
@@ -71,12 +87,18 @@ impl CapabilitySet {
     }
 
     /// The set with the agent's address added: what its claims match on.
-    pub fn with_address_of(mut self, agent_id: &str) -> CapabilitySet {
+    pub fn with_address_of(self, agent_id: &str) -> CapabilitySet {
         let address = address_of(agent_id);
-        if let Err(at) = self.0.binary_search(&address) {
-            self.0.insert(at, address);
+        match self.0.binary_search(&address) {
+            Ok(_) => self,
+            Err(at) => {
+                let mut capabilities = Vec::with_capacity(self.0.len() + 1);
+                capabilities.extend_from_slice(&self.0[..at]);
+                capabilities.push(address);
+                capabilities.extend_from_slice(&self.0[at..]);
+                CapabilitySet(capabilities.into())
+            }
         }
-        self
     }
 
     /// Whether every capability of `self` is in `other` (all-of matching; the empty set matches anyone).
@@ -108,10 +130,8 @@ impl CapabilitySet {
 
     /// Adds and removes capabilities (policy modifications), keeping the set sorted.
     pub fn apply(&mut self, add: &[String], remove: &[String]) {
-        self.0.retain(|c| !remove.contains(c));
-        self.0.extend(add.iter().cloned());
-        self.0.sort();
-        self.0.dedup();
+        let kept = self.0.iter().filter(|c| !remove.contains(c));
+        *self = CapabilitySet::from_normalized(kept.chain(add).cloned().collect());
     }
 }
 

@@ -12,40 +12,67 @@ use super::{
 };
 
 /// A task id: `task_` + 32 lower-case hex digits of a UUIDv7. Opaque: nothing orders by it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(transparent)]
-pub struct TaskId(String);
+// Held inline (the id's length is fixed): the store keeps a task's id in several indexes and every answer copies
+// it, and a `String` made each of those copies an allocation. Every id is checked where it is made (`generate`,
+// `parse`, deserialising), so the bytes are always ASCII.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
+#[schema(value_type = String)]
+pub struct TaskId([u8; TaskId::LEN]);
 
 impl TaskId {
+    /// The length of every id: `task_` and 32 hex digits.
+    const LEN: usize = 37;
+
     /// A fresh id.
     pub fn generate() -> Self {
         // UUID v7 from the thread's generator: `Uuid::now_v7` asks the kernel for its random bits on every id.
         let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let id = uuid::Builder::from_unix_timestamp_millis(ms, &rand::random::<[u8; 10]>()).into_uuid();
-        TaskId(format!("task_{}", id.simple()))
+        let mut bytes = [0; Self::LEN];
+        bytes[..5].copy_from_slice(b"task_");
+        id.simple().encode_lower(&mut bytes[5..]);
+        TaskId(bytes)
     }
 
     /// Parses an id from a path or body; errors name `field`.
     pub fn parse(field: &str, text: &str) -> Result<Self, ValidationError> {
-        let ok = text.len() == 37
+        let ok = text.len() == Self::LEN
             && text.starts_with("task_")
             && text[5..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if ok {
-            Ok(TaskId(text.to_string()))
-        } else {
-            Err(ValidationError::new(field, "a task id is task_ followed by 32 lower-case hex digits"))
+        match text.as_bytes().try_into() {
+            Ok(bytes) if ok => Ok(TaskId(bytes)),
+            _ => Err(ValidationError::new(field, "a task id is task_ followed by 32 lower-case hex digits")),
         }
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.0).expect("a task id is ASCII: checked where it was made")
     }
 }
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TaskId").field(&self.as_str()).finish()
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        TaskId::parse("task_id", &text).map_err(|error| serde::de::Error::custom(error.message))
     }
 }
 
