@@ -10,9 +10,10 @@
 //! An error response the framework made itself (text, not JSON) is rewritten as a problem document here.
 //!
 //! It is a hand-written layer with a concrete future rather than `axum::middleware::from_fn`: that boxes a future
-//! and clones the route's service for every request, which cost more than a claim's store step. Nothing here
-//! formats or allocates for a request that succeeds at the default level, except a fresh request id; an audited
-//! call or a framework error finishes in one boxed future (docs/BENCHMARKS.md).
+//! and clones the route's service for every request, which cost more than a claim's store step. It also sets the
+//! body limit, which a layer of its own would have cost the same way. Nothing here formats or allocates for a
+//! request that succeeds at the default level, except a fresh request id and the limit's place among the request's
+//! extensions; an audited call or a framework error finishes in one boxed future (docs/BENCHMARKS.md).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,7 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
@@ -162,6 +163,9 @@ struct Seen {
 
 impl Seen {
     fn arriving(mut request: Request, state: &ApiState) -> (Seen, Request) {
+        // The body limit of every route (`MAX_BODY_BYTES`; a route may set its own within): set here rather than
+        // by a layer of its own, which would box a future and clone the route's service per request.
+        DefaultBodyLimit::max(state.max_body_bytes).apply(&mut request);
         let request_id = match request.headers().get(REQUEST_ID_HEADER) {
             Some(given) if given.len() <= MAX_GIVEN_ID && given.to_str().is_ok() => given.clone(),
             _ => fresh_request_id(),

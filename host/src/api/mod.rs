@@ -33,7 +33,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -135,7 +134,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics::metrics_get))
         .with_state(state.clone())
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(access::Observe::new(state))
 }
 
