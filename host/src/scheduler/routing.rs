@@ -217,22 +217,22 @@ impl Scheduler {
 
     /// The offer's tokens in the order to try them: the strategy's choice among the claims of agents below capacity,
     /// the rest of those, then the agents at capacity (a claim may take work at capacity; routing prefers not).
-    async fn in_preference_order(
+    async fn in_preference_order<'a>(
         &self,
         route: &Route,
         now_ms: u64,
-        claims: &[&WaitingClaim],
-    ) -> Result<Vec<String>, EngineError> {
+        claims: &[&'a WaitingClaim],
+    ) -> Result<Vec<&'a str>, EngineError> {
         let below: Vec<&WaitingClaim> =
             claims.iter().copied().filter(|c| c.numbers.in_flight < c.numbers.max_concurrent).collect();
-        let mut order: Vec<String> = Vec::with_capacity(claims.len());
+        let mut order: Vec<&str> = Vec::with_capacity(claims.len());
         if below.len() >= 2 {
             let chosen = self.choose(route, now_ms, &below).await?;
-            order.push(below[chosen].token.clone());
+            order.push(&below[chosen].token);
         }
         for claim in below.iter().chain(claims.iter().filter(|c| c.numbers.in_flight >= c.numbers.max_concurrent)) {
-            if !order.contains(&claim.token) {
-                order.push(claim.token.clone());
+            if !order.contains(&claim.token.as_str()) {
+                order.push(&claim.token);
             }
         }
         Ok(order)

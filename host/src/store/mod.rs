@@ -289,7 +289,7 @@ pub trait Store: Send + Sync + 'static {
     /// eligible and holding the capabilities); with `any_waiter`, then through any live waiting claim that can,
     /// longest-waiting first. So work that the strategy's choices cannot take goes to a waiting claim rather than
     /// waiting for the next claim to arrive.
-    async fn assign(&self, task_id: &TaskId, tokens: &[String], any_waiter: bool) -> StoreResult<Option<Assigned>>;
+    async fn assign(&self, task_id: &TaskId, tokens: &[&str], any_waiter: bool) -> StoreResult<Option<Assigned>>;
 
     /// The agent started the task (claimed → running).
     async fn start(&self, task_id: &TaskId, fence: &Fence) -> StoreResult<Task>;

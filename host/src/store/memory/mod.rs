@@ -1481,7 +1481,7 @@ impl Store for MemoryStore {
         routable
     }
 
-    async fn assign(&self, task_id: &TaskId, tokens: &[String], any_waiter: bool) -> StoreResult<Option<Assigned>> {
+    async fn assign(&self, task_id: &TaskId, tokens: &[&str], any_waiter: bool) -> StoreResult<Option<Assigned>> {
         self.transition(|tx| {
             let Some(record) = tx.state.tasks.get(task_id) else {
                 return Err(StoreError::TaskNotFound(task_id.clone()));
@@ -1492,7 +1492,7 @@ impl Store for MemoryStore {
             let signature = record.task.required_capabilities.clone();
             for token in tokens {
                 if let Some(task) = tx.assign_through(task_id, token) {
-                    return Ok(Some(Assigned { token: token.clone(), task }));
+                    return Ok(Some(Assigned { token: token.to_string(), task }));
                 }
             }
             if !any_waiter {

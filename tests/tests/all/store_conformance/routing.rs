@@ -17,13 +17,8 @@ pub(super) async fn a_waiter_token_routes_a_task_to_its_agent_once(h: Harness) {
     assert_eq!(h.offered(&task_id, 10).await, vec!["tok-1", "tok-2"], "oldest first");
     assert_eq!(h.offered(&task_id, 1).await, vec!["tok-1"], "limit");
     let mut rx = h.store.subscribe();
-    let granted = h
-        .store
-        .assign(&task_id, &["tok-1".to_string()], false)
-        .await
-        .map(|a| a.map(|a| a.task))
-        .expect("assign")
-        .expect("granted");
+    let granted =
+        h.store.assign(&task_id, &["tok-1"], false).await.map(|a| a.map(|a| a.task)).expect("assign").expect("granted");
     assert_eq!(
         (granted.status, granted.assigned_agent.as_deref(), granted.attempt),
         (TaskStatus::Claimed, Some("waiting"), 1)
@@ -36,7 +31,7 @@ pub(super) async fn a_waiter_token_routes_a_task_to_its_agent_once(h: Harness) {
 
     let second = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
     assert_eq!(
-        h.store.assign(&second, &["tok-1".to_string()], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
+        h.store.assign(&second, &["tok-1"], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
         None,
         "the token was used"
     );
@@ -48,7 +43,7 @@ pub(super) async fn a_waiter_token_routes_a_task_to_its_agent_once(h: Harness) {
     assert_eq!(h.store.withdraw_waiter("tok-1").await.expect("withdraw"), Withdrawn::Unused, "answered once");
     assert_eq!(h.store.withdraw_waiter("tok-2").await.expect("withdraw"), Withdrawn::Unused);
     assert_eq!(
-        h.store.assign(&second, &["tok-2".to_string()], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
+        h.store.assign(&second, &["tok-2"], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
         None,
         "a withdrawn token is dead"
     );
@@ -69,7 +64,7 @@ pub(super) async fn a_waiter_token_dies_when_its_claims_block_ends(h: Harness) {
     h.advance(1).await;
     assert!(h.offered(&task_id, 10).await.is_empty(), "dead once it ended");
     assert_eq!(
-        h.store.assign(&task_id, &["tok-old".to_string()], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
+        h.store.assign(&task_id, &["tok-old"], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
         None,
         "an expired token is not assigned"
     );
@@ -78,7 +73,7 @@ pub(super) async fn a_waiter_token_dies_when_its_claims_block_ends(h: Harness) {
     h.store.register_waiter(waiter("tok-new", "waiting", &["code"]), block).await.expect("waiter");
     let granted = h
         .store
-        .assign(&task_id, &["tok-new".to_string()], false)
+        .assign(&task_id, &["tok-new"], false)
         .await
         .map(|a| a.map(|a| a.task))
         .expect("assign")
@@ -96,25 +91,25 @@ pub(super) async fn assign_refuses_a_task_no_longer_pending_or_an_agent_no_longe
     assert_eq!(h.claim("puller").await.map(|t| t.task_id), Some(pulled.clone()));
     h.store.register_waiter(waiter("tok", "router", &["code"]), BLOCK).await.expect("waiter");
     assert_eq!(
-        h.store.assign(&pulled, &["tok".to_string()], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
+        h.store.assign(&pulled, &["tok"], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
         None,
         "taken by a pull first"
     );
     assert_eq!(
-        h.store.assign(&needs_debate, &["tok".to_string()], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
+        h.store.assign(&needs_debate, &["tok"], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
         None,
         "the waiter lacks debate"
     );
     h.store.set_paused("router", true).await.expect("pause");
     assert_eq!(
-        h.store.assign(&open, &["tok".to_string()], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
+        h.store.assign(&open, &["tok"], false).await.map(|a| a.map(|a| a.task)).expect("assign"),
         None,
         "a paused agent is not eligible"
     );
     h.store.set_paused("router", false).await.expect("resume");
     let granted = h
         .store
-        .assign(&open, &["tok".to_string()], false)
+        .assign(&open, &["tok"], false)
         .await
         .map(|a| a.map(|a| a.task))
         .expect("assign")
@@ -180,9 +175,7 @@ pub(super) async fn a_withdrawn_token_whose_task_was_cancelled_since_returns_not
     let id = h.submit(request("t")).await;
     let waiter = Waiter { token: "tok-cancel".into(), agent_id: "a".into(), capabilities: caps(&[]) };
     h.store.register_waiter(waiter, BLOCK).await.unwrap();
-    assert!(
-        h.store.assign(&id, &["tok-cancel".to_string()], false).await.map(|a| a.map(|a| a.task)).unwrap().is_some()
-    );
+    assert!(h.store.assign(&id, &["tok-cancel"], false).await.map(|a| a.map(|a| a.task)).unwrap().is_some());
     h.store.cancel(&id).await.unwrap();
     assert_eq!(h.store.withdraw_waiter("tok-cancel").await.unwrap(), Withdrawn::Unused);
 }
@@ -194,7 +187,7 @@ pub(super) async fn a_new_session_drops_the_old_sessions_waiters(h: Harness) {
     h.register_with(AgentRegistration { session_id: Some("s2".into()), ..registration("a", &[]) }).await;
     let id = h.submit(request("t")).await;
     assert!(
-        h.store.assign(&id, &["tok-old".to_string()], false).await.map(|a| a.map(|a| a.task)).unwrap().is_none(),
+        h.store.assign(&id, &["tok-old"], false).await.map(|a| a.map(|a| a.task)).unwrap().is_none(),
         "the old session's claim gets nothing"
     );
     assert_eq!(h.status(&id).await, TaskStatus::Pending);
@@ -210,7 +203,7 @@ pub(super) async fn a_claim_that_finds_nothing_registers_its_wait_in_the_same_st
     assert_eq!(h.stats().await.waiting_claims, 1);
     let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
     assert_eq!(h.offered(&task_id, 10).await, vec!["tok-claim"]);
-    let assigned = h.store.assign(&task_id, &["tok-claim".to_string()], false).await.expect("assign");
+    let assigned = h.store.assign(&task_id, &["tok-claim"], false).await.expect("assign");
     let assigned = assigned.expect("the claim takes it");
     assert_eq!((assigned.token.as_str(), assigned.task.assigned_agent.as_deref()), ("tok-claim", Some("waiting")));
     match h.store.withdraw_waiter("tok-claim").await.expect("withdraw") {
@@ -265,7 +258,7 @@ pub(super) async fn assign_falls_back_to_any_waiting_claim_when_the_choices_cann
     let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
     // The choice's claim ended between the offer and the assignment.
     assert_eq!(h.store.withdraw_waiter("tok-chosen").await.expect("withdraw"), Withdrawn::Unused);
-    let choices = ["tok-chosen".to_string()];
+    let choices = ["tok-chosen"];
     assert_eq!(h.store.assign(&task_id, &choices, false).await.expect("assign"), None, "no fallback asked");
     let assigned = h.store.assign(&task_id, &choices, true).await.expect("assign").expect("a waiting claim took it");
     assert_eq!((assigned.token.as_str(), assigned.task.assigned_agent.as_deref()), ("tok-other", Some("other")));
@@ -331,7 +324,7 @@ pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_c
 
     // Another task's routing consumes the first claim, and the third one's block ends.
     let other = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
-    let through = h.store.assign(&other, &["tok-1".to_string()], false).await.expect("assign").expect("granted");
+    let through = h.store.assign(&other, &["tok-1"], false).await.expect("assign").expect("granted");
     assert_eq!(through.token, "tok-1");
     h.advance(2_000).await;
     let mut claims: Vec<_> = offer.waiting.iter().collect();
@@ -351,7 +344,11 @@ pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_c
         assert!(!still, "a task no longer pending is gone");
     }
     assert_eq!(
-        h.store.assign(&task_id, &tokens(&claims), true).await.expect("assign").map(|a| a.token),
+        h.store
+            .assign(&task_id, &tokens(&claims).iter().map(String::as_str).collect::<Vec<_>>(), true)
+            .await
+            .expect("assign")
+            .map(|a| a.token),
         None,
         "whatever the hint said, assign hands it to no one"
     );
