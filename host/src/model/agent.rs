@@ -187,12 +187,19 @@ pub struct HeartbeatRequest {
     /// A status the agent reports (`starting`, `ready`, `busy`, `draining`, `failed`).
     #[serde(default)]
     pub status: Option<AgentStatus>,
-    /// The tasks the agent believes it holds: older leases missing here are released as undelivered.
-    #[serde(default)]
+    /// The tasks the agent believes it holds: older leases missing here are released as undelivered. An entry
+    /// that is not a task id names no lease, so it is left out, as an unknown id is (the heartbeat still counts).
+    #[serde(default, deserialize_with = "task_ids_held")]
     pub current_task_ids: Option<Vec<TaskId>>,
     /// The agent's session, checked against the live one.
     #[serde(default)]
     pub session_id: Option<String>,
+}
+
+/// `current_task_ids` as sent, without the entries that are not task ids.
+fn task_ids_held<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<TaskId>>, D::Error> {
+    let sent = Option::<Vec<String>>::deserialize(deserializer)?;
+    Ok(sent.map(|ids| ids.iter().filter_map(|id| TaskId::parse("current_task_ids", id).ok()).collect()))
 }
 
 impl HeartbeatRequest {
@@ -314,4 +321,22 @@ pub struct AgentFilter {
     pub capability: Option<String>,
     /// Only agents that could take work now (or only those that could not).
     pub available: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_leaves_out_what_is_not_a_task_id_and_still_counts() {
+        let held = "task_0123456789abcdef0123456789abcdef";
+        let body = format!(r#"{{"current_task_ids": ["not-a-task", "{held}", "task_XYZ"]}}"#);
+        let heartbeat: HeartbeatRequest = serde_json::from_str(&body).unwrap();
+        assert_eq!(heartbeat.current_task_ids, Some(vec![TaskId::parse("id", held).unwrap()]));
+        let none: HeartbeatRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(none.current_task_ids, None, "no list is not an empty list (which releases every lease)");
+        let empty: HeartbeatRequest = serde_json::from_str(r#"{"current_task_ids": []}"#).unwrap();
+        assert_eq!(empty.current_task_ids, Some(Vec::new()));
+        assert!(serde_json::from_str::<HeartbeatRequest>(r#"{"current_task_ids": "task_1"}"#).is_err());
+    }
 }
