@@ -265,6 +265,9 @@ impl UploadOptions {
 async fn multipart_upload(headers: &HeaderMap, body: Bytes) -> ApiResult<(Vec<u8>, Option<String>)> {
     let mut request = axum::extract::Request::new(axum::body::Body::from(body));
     *request.headers_mut() = headers.clone();
+    // The body was read within the route's limit already; without this the parser applies axum's own default
+    // (2 MiB) to the rebuilt request and refuses larger components as a malformed body.
+    DefaultBodyLimit::disable().apply(&mut request);
     let malformed = |e: &dyn std::fmt::Display| ApiError::invalid("body", format!("malformed multipart body: {e}"));
     let mut parts = Multipart::from_request(request, &()).await.map_err(|e| malformed(&e))?;
     let (mut component, mut manifest) = (None, None);

@@ -65,6 +65,42 @@ async fn a_multipart_upload_carries_its_manifest_and_a_bare_one_may_not_drop_it(
     server.stop().await;
 }
 
+/// `component` with a custom section of `extra` bytes appended: still a valid component (runtimes skip custom
+/// sections), as large as a test needs.
+fn padded(mut component: Vec<u8>, extra: usize) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"padding";
+    let mut section = Vec::new();
+    leb128(name.len(), &mut section);
+    section.extend_from_slice(name);
+    section.resize(section.len() + extra, 0);
+    component.push(0);
+    leb128(section.len(), &mut component);
+    component.extend_from_slice(&section);
+    component
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_larger_than_the_frameworks_default_limit_is_taken() {
+    // axum's own limit is 2 MiB; the server's is `PLUGIN_MAX_COMPONENT_MIB` (32 by default).
+    let server = TestServer::start().await;
+    let component = padded(guest_bytes("lowest_latency"), 3 * 1024 * 1024);
+    let (status, uploaded) = upload_multipart(&server, "big_strategy", component.clone(), None).await;
+    assert_eq!(status, 200, "{uploaded}");
+    assert_eq!(plugin(&server, "big_strategy").await["active"]["size"].as_u64(), Some(component.len() as u64));
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_plugin_prints_is_shown_with_it_and_its_call_counter_survives_a_swap() {
     let server = TestServer::start().await;
