@@ -100,7 +100,7 @@ const TOKEN_CACHE_LIMIT: usize = 10_000;
 /// Verifies and issues tokens.
 pub struct Authenticator {
     /// Verified tokens and their `exp`, so the hot path skips the HMAC (DESIGN §9); a lock held for one lookup.
-    cache: parking_lot::Mutex<std::collections::HashMap<String, (Caller, u64), foldhash::fast::RandomState>>,
+    cache: parking_lot::Mutex<crate::FastMap<String, (Caller, u64)>>,
     decoding: DecodingKey,
     /// The HS256 secret signs too; with a public key there is nothing to sign with.
     encoding: Option<EncodingKey>,

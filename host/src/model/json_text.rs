@@ -240,8 +240,8 @@ mod tests {
 
     #[test]
     fn a_string_needs_escaping_exactly_when_serde_json_would_escape_it() {
-        // Every byte value at every place of strings up to three words long, in a plain ASCII string and beside a
-        // multi-byte character (so each place of a word and of the tail is checked against the rule).
+        // Every ASCII byte value (the bytes JSON escapes are all ASCII) at every place of strings up to three words
+        // long: in ASCII, after a multi-byte character, and among bytes of 0x80 and above.
         let escapes = |text: &str| serde_json::to_string(text).unwrap() != format!("\"{text}\"");
         for len in 1..=24 {
             for at in 0..len {
@@ -252,6 +252,9 @@ mod tests {
                     assert_eq!(super::needs_escape(text.as_bytes()), escapes(&text), "{text:?}");
                     let wide = format!("é{text}");
                     assert_eq!(super::needs_escape(wide.as_bytes()), escapes(&wide), "{wide:?}");
+                    // Bytes of 0x80 and above beside the probe in every place of a word.
+                    let high = format!("{}{}{}", "ÿ".repeat(at), char::from(byte), "ÿ".repeat(len - at));
+                    assert_eq!(super::needs_escape(high.as_bytes()), escapes(&high), "{high:?}");
                 }
             }
         }

@@ -531,6 +531,38 @@ mod tests {
     }
 
     #[test]
+    fn a_task_id_is_task_and_32_lower_case_hex_digits_wherever_it_is_read() {
+        for _ in 0..100 {
+            let id = TaskId::generate();
+            let text = id.as_str();
+            assert!(text.len() == 37 && text.starts_with("task_"), "{text}");
+            assert!(text[5..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{text}");
+            assert_eq!(TaskId::parse("id", text).unwrap(), id);
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!((json.clone(), serde_json::from_str::<TaskId>(&json).unwrap()), (format!("\"{text}\""), id));
+        }
+        let good = "task_0123456789abcdef0123456789abcdef";
+        let wrong = [
+            "task_0123456789ABCDEF0123456789abcdef",
+            "task_0123456789abcdef0123456789abcde",
+            "task_0123456789abcdef0123456789abcdef0",
+            "Task_0123456789abcdef0123456789abcdef",
+            "task_0123456789abcdef0123456789abcdeg",
+            "task_0123456789abcdef0123456789abcdé",
+        ];
+        assert!(TaskId::parse("id", good).is_ok());
+        for text in wrong {
+            assert!(TaskId::parse("id", text).is_err(), "{text}");
+            assert!(serde_json::from_str::<TaskId>(&format!("\"{text}\"")).is_err(), "{text}");
+        }
+        // Ordered as their text is (the store's indexes order by it).
+        let mut ids: Vec<TaskId> = (0..50).map(|_| TaskId::generate()).collect();
+        ids.sort();
+        assert!(ids.windows(2).all(|pair| pair[0].as_str() < pair[1].as_str() || pair[0] == pair[1]));
+        assert_eq!(format!("{:?}", TaskId::parse("id", good).unwrap()), format!("TaskId({good:?})"));
+    }
+
+    #[test]
     fn the_fingerprint_is_the_sorted_json_it_always_was() {
         let request = SubmitRequest {
             task_type: "code".into(),

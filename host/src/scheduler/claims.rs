@@ -7,7 +7,6 @@
 //! its task delivered, never both and never neither: the slot is removed under the same lock a wake is sent under,
 //! so exactly one of the two sides sees it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -15,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Claim, ClaimOutcome, EngineError, MAX_BLOCK, Scheduler, policies};
+use crate::FastMap;
 use crate::model::{Completion, Fence, StoreError, Task, TaskId};
 use crate::store::{ClaimAnswer, ClaimRequest, WaitSpec, Waiter, Withdrawn};
 
@@ -38,9 +38,6 @@ pub(super) enum Wake {
 pub(super) struct Waiting {
     slots: Mutex<Slots>,
 }
-
-/// Seeded per map, several times faster than SipHash for the token and agent id every claim looks up.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Slots {

@@ -21,9 +21,7 @@ mod decisions;
 mod notifications;
 mod waiting;
 
-/// The store's hash maps: foldhash, seeded per map, hashes a task id several times faster than SipHash, and every
-/// request looks one up under the lock.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use crate::FastMap;
 
 use super::{
     Assigned, ClaimAnswer, ClaimRequest, Clock, Committed, Offer, Store, StoreConfig, Swept, WaitSpec, Waiter,
@@ -949,8 +947,7 @@ impl Tx<'_> {
     /// only the waiting groups that cover the signature.
     fn offer(&mut self, signature: &CapabilitySet, limit: usize, after: u64) -> Option<Offer> {
         let (now, cooldown) = (self.now, self.store.config.breaker_cooldown_ms);
-        // Room made at once: grown a claim at a time, the list was reallocated twice per offer of the built-ins' 8.
-        let mut waiting: Vec<WaitingClaim> = Vec::with_capacity(limit.min(64));
+        let mut waiting: Vec<WaitingClaim> = Vec::new();
         let mut at_capacity: Vec<WaitingClaim> = Vec::new();
         let mut cursor = after;
         // Judged a page at a time: claims of refused agents are skipped, not counted against the limit, and agents
@@ -1492,7 +1489,7 @@ impl Store for MemoryStore {
             let signature = record.task.required_capabilities.clone();
             for token in tokens {
                 if let Some(task) = tx.assign_through(task_id, token) {
-                    return Ok(Some(Assigned { token: token.to_string(), task }));
+                    return Ok(Some(Assigned { token: (*token).to_owned(), task }));
                 }
             }
             if !any_waiter {

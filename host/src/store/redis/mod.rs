@@ -690,7 +690,7 @@ impl Store for RedisStore {
 
     async fn assign(&self, task_id: &TaskId, tokens: &[&str], any_waiter: bool) -> StoreResult<Option<Assigned>> {
         let mut args = vec![task_id.to_string(), RedisStore::lease_ids(1).remove(0), u8::from(any_waiter).to_string()];
-        args.extend(tokens.iter().map(|token| token.to_string()));
+        args.extend(tokens.iter().map(|&token| token.to_owned()));
         let body = self.call(&self.scripts.assign, args).await?;
         let Some(token) = body.first().and_then(text) else { return Ok(None) };
         let task = decode::maybe_task(&body, 1)?

@@ -315,9 +315,9 @@ pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_c
     h.store.register_waiter(waiter("tok-3", "brief", &["code"]), brief).await.expect("register waiter");
     let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
     let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("three claims wait");
-    let tokens = |claims: &[&aragora_cp::store::WaitingClaim]| -> Vec<String> {
-        claims.iter().map(|claim| claim.token.clone()).collect()
-    };
+    fn tokens<'a>(claims: &[&'a aragora_cp::store::WaitingClaim]) -> Vec<&'a str> {
+        claims.iter().map(|claim| claim.token.as_str()).collect()
+    }
     let mut claims: Vec<_> = offer.waiting.iter().collect();
     assert!(h.store.still_offered(&task_id, &mut claims), "the task is pending");
     assert_eq!(tokens(&claims), ["tok-1", "tok-2", "tok-3"], "every claim still waits");
@@ -330,7 +330,7 @@ pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_c
     let mut claims: Vec<_> = offer.waiting.iter().collect();
     assert!(h.store.still_offered(&task_id, &mut claims), "the task is still pending");
     let kept = tokens(&claims);
-    assert!(kept.contains(&"tok-2".to_string()), "a live claim is kept: {kept:?}");
+    assert!(kept.contains(&"tok-2"), "a live claim is kept: {kept:?}");
     if exact {
         assert_eq!(kept, ["tok-2"], "the consumed claim and the one past its deadline are dropped");
     }
@@ -344,11 +344,7 @@ pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_c
         assert!(!still, "a task no longer pending is gone");
     }
     assert_eq!(
-        h.store
-            .assign(&task_id, &tokens(&claims).iter().map(String::as_str).collect::<Vec<_>>(), true)
-            .await
-            .expect("assign")
-            .map(|a| a.token),
+        h.store.assign(&task_id, &tokens(&claims), true).await.expect("assign").map(|a| a.token),
         None,
         "whatever the hint said, assign hands it to no one"
     );
