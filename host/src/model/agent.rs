@@ -187,8 +187,9 @@ pub struct HeartbeatRequest {
     /// A status the agent reports (`starting`, `ready`, `busy`, `draining`, `failed`).
     #[serde(default)]
     pub status: Option<AgentStatus>,
-    /// The tasks the agent believes it holds: older leases missing here are released as undelivered. An entry
-    /// that is not a task id names no lease, so it is left out, as an unknown id is (the heartbeat still counts).
+    /// The tasks the agent believes it holds: older leases missing here are released as undelivered.
+    // An entry that is not a task id names no lease, so it is left out, as an unknown id is ignored (the heartbeat
+    // still counts). A `//` comment: the API document takes the `///` text.
     #[serde(default, deserialize_with = "task_ids_held")]
     pub current_task_ids: Option<Vec<TaskId>>,
     /// The agent's session, checked against the live one.
@@ -337,6 +338,10 @@ mod tests {
         assert_eq!(none.current_task_ids, None, "no list is not an empty list (which releases every lease)");
         let empty: HeartbeatRequest = serde_json::from_str(r#"{"current_task_ids": []}"#).unwrap();
         assert_eq!(empty.current_task_ids, Some(Vec::new()));
+        let null: HeartbeatRequest = serde_json::from_str(r#"{"current_task_ids": null}"#).unwrap();
+        assert_eq!(null.current_task_ids, None);
         assert!(serde_json::from_str::<HeartbeatRequest>(r#"{"current_task_ids": "task_1"}"#).is_err());
+        assert!(serde_json::from_str::<HeartbeatRequest>(r#"{"current_task_ids": [1]}"#).is_err());
+        assert!(serde_json::from_str::<HeartbeatRequest>(r#"{"nope": 1}"#).is_err(), "unknown fields still refused");
     }
 }

@@ -255,6 +255,8 @@ mod tests {
                     // Bytes of 0x80 and above beside the probe in every place of a word.
                     let high = format!("{}{}{}", "ÿ".repeat(at), char::from(byte), "ÿ".repeat(len - at));
                     assert_eq!(super::needs_escape(high.as_bytes()), escapes(&high), "{high:?}");
+                    let odd = format!("a{high}");
+                    assert_eq!(super::needs_escape(odd.as_bytes()), escapes(&odd), "{odd:?}");
                 }
             }
         }

@@ -14,7 +14,8 @@ use super::{
 /// A task id: `task_` + 32 lower-case hex digits of a UUIDv7. Opaque: nothing orders by it.
 // Held inline (the id's length is fixed): the store keeps a task's id in several indexes and every answer copies
 // it, and a `String` made each of those copies an allocation. Every id is checked where it is made (`generate`,
-// `parse`, deserialising), so the bytes are always ASCII.
+// `parse`, deserialising), so the bytes are always ASCII. Opaque to clients; inside, the stores' indexes sort by it
+// as a tiebreak, and the bytes order as the text does.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
 #[schema(value_type = String)]
 pub struct TaskId([u8; TaskId::LEN]);
