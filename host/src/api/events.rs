@@ -22,7 +22,7 @@ use super::auth::{Caller, Permission};
 use super::errors::{ApiError, ApiResult};
 use super::extract::ApiQuery;
 use super::{ApiState, Prefixed};
-use crate::model::{Event, EventKind};
+use crate::model::{Event, EventKind, parse_event_id};
 
 /// Events replayed at most on a resume.
 pub const MAX_REPLAY: usize = 10_000;
@@ -63,7 +63,12 @@ impl Filter {
 /// A connection's position: replayed events first, then the live stream (skipping what the replay covered).
 struct Feed {
     backlog: VecDeque<SseEvent>,
-    replayed: HashSet<String>,
+    /// The newest store event this connection has covered, as (ms, seq): the resume point, then each replayed or
+    /// live event passed (sent or filtered out). A live event at or before it is skipped. Not a set of the replayed
+    /// ids: this server's reader of a shared store may be behind the point a client resumes from (a replay reads
+    /// the store directly, and the reader may be reconnecting), and then live events the client saw on an earlier
+    /// connection come again, ids the replay never held. Store event ids rise in stream order on every store.
+    covered: Option<(u64, u64)>,
     /// The replay goes on after this id: its last page was full, so the store holds more events than were read,
     /// and some of them may predate the live subscription. Read page by page as the client takes them.
     more_after: Option<String>,
@@ -84,8 +89,19 @@ impl Feed {
             if self.filter.accepts(&event) {
                 self.backlog.push_back(to_sse(&event));
             }
-            self.replayed.insert(event.id);
+            self.covers(&event);
         }
+    }
+
+    /// Whether the connection already covered `event`; if not, it does from now on. Events whose ids are not the
+    /// store's (a plugin registry's) are never covered: they are not resumable.
+    fn covers(&mut self, event: &Event) -> bool {
+        let Some(id) = parse_event_id(&event.id) else { return false };
+        if self.covered.is_some_and(|covered| id <= covered) {
+            return true;
+        }
+        self.covered = Some(id);
+        false
     }
 }
 
@@ -163,7 +179,7 @@ pub async fn events_stream(
     let asks_decisions = filter.types.as_ref().is_some_and(|types| types.contains(EventKind::Decision.as_str()));
     let mut feed = Feed {
         backlog: VecDeque::new(),
-        replayed: HashSet::new(),
+        covered: last_event_id.as_deref().and_then(parse_event_id),
         more_after: None,
         coordinator: state.coordinator.clone(),
         live,
@@ -209,7 +225,7 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
         };
         match received {
             Ok(event) => {
-                if feed.replayed.remove(&event.id) || !feed.filter.accepts(&event) {
+                if feed.covers(&event) || !feed.filter.accepts(&event) {
                     continue;
                 }
                 return Some((Ok(to_sse(&event)), feed));

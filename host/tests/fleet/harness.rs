@@ -619,6 +619,27 @@ impl Fleet {
         let snapshot = events.snapshot();
         let report = check_leases(&snapshot);
         assert_eq!(events.resets.load(Ordering::SeqCst), 0, "the event stream reset: the oracle would be blind");
+        if !report.violations.is_empty() {
+            // What the reader saw of the first few broken tasks, to tell a store's fault from a reader's.
+            eprintln!(
+                "event stream of server {reader_server}: {} reconnects",
+                events.reconnects.load(Ordering::SeqCst)
+            );
+            let mut tasks: Vec<&str> = report.violations.iter().filter_map(|v| v.split(':').next()).collect();
+            tasks.dedup();
+            for task in tasks.into_iter().take(3) {
+                for event in snapshot.iter().filter(|e| e.task_id.as_deref() == Some(task)) {
+                    eprintln!(
+                        "  {task} {} {} {} {:?} {}",
+                        event.id,
+                        event.kind.as_str(),
+                        event.server_id,
+                        event.agent_id,
+                        event.data
+                    );
+                }
+            }
+        }
         assert!(report.violations.is_empty(), "lease oracle: {}", first(&report.violations, 20));
         let completions = run.ledger.completions.lock().clone();
         let broken = check_outcome(&report, &acknowledged, &completions);

@@ -4,7 +4,7 @@
 //! pending again only through a revoke or requeue event (`task_released`, `task_retried`, `task_timeout`), so no
 //! two valid leases coexist and every re-claim follows a revoke. [`check_outcome`] ties the events to what the
 //! servers acknowledged over HTTP: every acknowledged task completed exactly once, by one lease, at the attempt
-//! the events counted.
+//! the events counted. Every event must come once: a repeated id is a broken rule of its own.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -103,6 +103,7 @@ async fn read_events(run: Arc<Run>, server: usize, log: Arc<EventLog>, opened: t
             }
         }
         log.reconnects.fetch_add(1, Ordering::SeqCst);
+        eprintln!("event stream of server {server}: broke after {last_id:?}; resuming");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -150,7 +151,12 @@ pub(crate) struct LeaseReport {
 pub(crate) fn check_leases(events: &[Event]) -> LeaseReport {
     let mut report =
         LeaseReport { tasks: HashMap::new(), violations: Vec::new(), servers: HashSet::new(), counts: BTreeMap::new() };
+    let mut ids = HashSet::new();
     for event in events {
+        if !ids.insert(event.id.as_str()) {
+            report.violations.push(format!("event {} ({}) delivered twice", event.id, event.kind.as_str()));
+            continue;
+        }
         report.servers.insert(event.server_id.clone());
         *report.counts.entry(event.kind.as_str().to_string()).or_default() += 1;
         let Some(task) = &event.task_id else { continue };
@@ -323,4 +329,9 @@ fn the_lease_oracle_catches_overlapping_leases_and_unrevoked_reclaims() {
     assert_eq!(check_leases(&twice).violations.len(), 1, "{:?}", check_leases(&twice).violations);
     let skipped_attempt = [event(1, TaskSubmitted, "d", 0), event(2, TaskClaimed, "d", 2)];
     assert_eq!(check_leases(&skipped_attempt).violations.len(), 1);
+    // A stream that repeats an event (as a resume once did) is caught as such, not only by what it breaks.
+    let repeated = [event(1, TaskSubmitted, "e", 0), event(2, TaskClaimed, "e", 1), event(2, TaskClaimed, "e", 1)];
+    let violations = check_leases(&repeated).violations;
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].contains("delivered twice"), "{violations:?}");
 }

@@ -563,6 +563,76 @@ async fn a_resume_further_behind_than_one_replay_page_misses_nothing() {
     server.stop().await;
 }
 
+/// A client may resume from a point this server's event reader has not reached yet: on a shared store the replay
+/// reads the store's buffer directly, while the reader that feeds the live stream may be reconnecting. Once the
+/// reader catches up, the events before the resume point must not come again on the live stream (they did: the
+/// stream skipped only the ids its own replay held, and the chaos test's lease oracle saw grants twice).
+#[tokio::test]
+async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
+    use aragora_cp::store::{RedisStore, Store};
+    use aragora_cp_tests::redis_server::{RedisServer, unique_prefix};
+    // A Redis of its own: the test refuses new connections on it for a while.
+    let redis = RedisServer::start();
+    let config = aragora_cp::config::Config::default();
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+        RedisStore::connect(&redis.url(), &unique_prefix("lagging"), config.store_config()).await.expect("redis"),
+    );
+    let server = TestServer::start_with_store(config, store).await;
+    let admin = server.admin();
+    let base = server.api("");
+    let submitted = server.api("/events?types=task_submitted");
+    let mut control = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+
+    let mut stream = server.client.get(&submitted).bearer_auth(&admin).send().await.unwrap();
+    let first = submit(&server, &base, &admin).await;
+    let (_, resume_id) = count_events_until(&mut stream, &first, 1).await;
+    drop(stream);
+
+    // The reader's connection dropped, and no new connection let in: it cannot follow the stream. The server's
+    // command connection stays open, so submits and replays go on.
+    let clients: String = redis::cmd("INFO").arg("clients").query_async(&mut control).await.unwrap();
+    let connected: usize = clients
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("connected_clients");
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(connected - 1).query_async(&mut control).await.unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut control).await.unwrap();
+    let reader = list.lines().find(|line| line.contains("cmd=xread")).expect("the event reader's connection");
+    let reader_id = reader.split(' ').find_map(|field| field.strip_prefix("id=")).unwrap().to_string();
+    let _: () = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&reader_id).query_async(&mut control).await.unwrap();
+    let missed = [submit(&server, &base, &admin).await, submit(&server, &base, &admin).await];
+
+    // Replayed from the store while the reader is away; then a new connection resumes after the last of them.
+    let replayed = server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &resume_id);
+    let mut replayed = replayed.send().await.unwrap();
+    let (count, ahead_id) = count_events_until(&mut replayed, &missed[1], 2).await;
+    assert_eq!(count, 2, "the replay holds the two events the reader missed");
+    drop(replayed);
+    let mut resumed =
+        server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &ahead_id).send().await.unwrap();
+
+    // The reader comes back and fans out what it missed; the resumed stream must go on with the next event only.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(10_000).query_async(&mut control).await.unwrap();
+    let back = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut control).await.unwrap();
+        if list.lines().any(|line| line.contains("cmd=xread") && !line.contains(&format!("id={reader_id} "))) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < back, "the event reader reconnects: {list}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let next = submit(&server, &base, &admin).await;
+    let mut seen = String::new();
+    let seen = read_until(&mut resumed, &mut seen, &next).await;
+    for task in &missed {
+        assert!(!seen.contains(task.as_str()), "{task} came again after the resume point: {seen}");
+    }
+    server.stop().await;
+}
+
 /// Reads SSE messages until one mentions `needle`; returns how many were read and the last id. Fails on a
 /// `reset`, or when `expected` messages do not arrive within 30 s.
 async fn count_events_until(response: &mut reqwest::Response, needle: &str, expected: usize) -> (usize, String) {
