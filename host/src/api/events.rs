@@ -60,7 +60,7 @@ impl Filter {
     }
 }
 
-/// A connection's position: replayed events first, then the live stream (skipping what the replay covered).
+/// A connection's position: replayed events first, then the live stream (skipping what the client already had).
 struct Feed {
     backlog: VecDeque<SseEvent>,
     /// The newest store event this connection has covered, as (ms, seq): the resume point, then each replayed or
@@ -89,19 +89,19 @@ impl Feed {
             if self.filter.accepts(&event) {
                 self.backlog.push_back(to_sse(&event));
             }
-            self.covers(&event);
+            self.advance(&event);
         }
     }
 
-    /// Whether the connection already covered `event`; if not, it does from now on. Events whose ids are not the
-    /// store's (a plugin registry's) are never covered: they are not resumable.
-    fn covers(&mut self, event: &Event) -> bool {
+    /// Moves the connection past `event`; false when it was past it already (the event came before). Events whose
+    /// ids are not the store's (a plugin registry's) always pass: they are not resumable.
+    fn advance(&mut self, event: &Event) -> bool {
         let Some(id) = parse_event_id(&event.id) else { return false };
         if self.covered.is_some_and(|covered| id <= covered) {
-            return true;
+            return false;
         }
         self.covered = Some(id);
-        false
+        true
     }
 }
 
@@ -179,7 +179,7 @@ pub async fn events_stream(
     let asks_decisions = filter.types.as_ref().is_some_and(|types| types.contains(EventKind::Decision.as_str()));
     let mut feed = Feed {
         backlog: VecDeque::new(),
-        covered: last_event_id.as_deref().and_then(parse_event_id),
+        covered: None,
         more_after: None,
         coordinator: state.coordinator.clone(),
         live,
@@ -190,7 +190,12 @@ pub async fn events_stream(
     if let Some(after) = &last_event_id {
         match state.coordinator.events_after(Some(after), MAX_REPLAY).await? {
             None => feed.backlog.push_back(reset("last_event_id_expired")),
-            Some(events) => feed.replay(events),
+            Some(events) => {
+                // Only a resume point the store knows counts: after a `reset` (an id too old, from another store
+                // or from the future) the client re-reads the state and takes every live event from then on.
+                feed.covered = parse_event_id(after);
+                feed.replay(events)
+            }
         }
     }
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
@@ -211,7 +216,7 @@ pub async fn events_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
-/// The next live event the connection takes, skipping what the replay covered.
+/// The next live event the connection takes, skipping what the client already had (see `Feed::covered`).
 async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed)> {
     loop {
         let received = tokio::select! {
@@ -225,7 +230,7 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
         };
         match received {
             Ok(event) => {
-                if feed.covers(&event) || !feed.filter.accepts(&event) {
+                if !feed.advance(&event) || !feed.filter.accepts(&event) {
                     continue;
                 }
                 return Some((Ok(to_sse(&event)), feed));

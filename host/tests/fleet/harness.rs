@@ -625,8 +625,12 @@ impl Fleet {
                 "event stream of server {reader_server}: {} reconnects",
                 events.reconnects.load(Ordering::SeqCst)
             );
-            let mut tasks: Vec<&str> = report.violations.iter().filter_map(|v| v.split(':').next()).collect();
-            tasks.dedup();
+            let mut tasks: Vec<&str> = Vec::new();
+            for task in report.violations.iter().filter_map(|v| v.split(':').next()) {
+                if !tasks.contains(&task) {
+                    tasks.push(task);
+                }
+            }
             for task in tasks.into_iter().take(3) {
                 for event in snapshot.iter().filter(|e| e.task_id.as_deref() == Some(task)) {
                     eprintln!(

@@ -154,7 +154,8 @@ pub(crate) fn check_leases(events: &[Event]) -> LeaseReport {
     let mut ids = HashSet::new();
     for event in events {
         if !ids.insert(event.id.as_str()) {
-            report.violations.push(format!("event {} ({}) delivered twice", event.id, event.kind.as_str()));
+            let task = event.task_id.as_deref().unwrap_or("-");
+            report.violations.push(format!("{task}: event {} ({}) delivered twice", event.id, event.kind.as_str()));
             continue;
         }
         report.servers.insert(event.server_id.clone());

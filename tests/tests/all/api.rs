@@ -590,6 +590,8 @@ async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
 
     // The reader's connection dropped, and no new connection let in: it cannot follow the stream. The server's
     // command connection stays open, so submits and replays go on.
+    let (_, limit): (String, String) =
+        redis::cmd("CONFIG").arg("GET").arg("maxclients").query_async(&mut control).await.unwrap();
     let clients: String = redis::cmd("INFO").arg("clients").query_async(&mut control).await.unwrap();
     let connected: usize = clients
         .lines()
@@ -603,6 +605,8 @@ async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
     let reader_id = reader.split(' ').find_map(|field| field.strip_prefix("id=")).unwrap().to_string();
     let _: () = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&reader_id).query_async(&mut control).await.unwrap();
     let missed = [submit(&server, &base, &admin).await, submit(&server, &base, &admin).await];
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut control).await.unwrap();
+    assert!(!list.contains("cmd=xread"), "the reader must stay away for the test to mean anything: {list}");
 
     // Replayed from the store while the reader is away; then a new connection resumes after the last of them.
     let replayed = server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &resume_id);
@@ -614,7 +618,7 @@ async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
         server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &ahead_id).send().await.unwrap();
 
     // The reader comes back and fans out what it missed; the resumed stream must go on with the next event only.
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(10_000).query_async(&mut control).await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(&limit).query_async(&mut control).await.unwrap();
     let back = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut control).await.unwrap();
@@ -700,6 +704,21 @@ async fn events_stream_with_ids_filters_by_type_and_resumes_after_an_id() {
     let mut text = String::new();
     read_until(&mut expired, &mut text, "event: reset").await;
     drop(expired);
+
+    // An id from the future (a typo, another store's clock) is unknown too: a reset, then every live event.
+    let mut future = server
+        .client
+        .get(server.api("/events"))
+        .bearer_auth(&admin)
+        .header("Last-Event-ID", "99999999999999-0")
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    read_until(&mut future, &mut text, "event: reset").await;
+    let third = submit(&server, &base, &admin).await;
+    read_until(&mut future, &mut text, &third).await;
+    drop(future);
 
     let response = server.client.get(server.api("/events?types=nonsense")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
