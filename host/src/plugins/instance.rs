@@ -265,7 +265,9 @@ impl<W: World> Sandbox<W> {
     /// Gives the next guest step its full fuel and a fresh deadline.
     fn arm(&self, store: &mut Store<HostState>) {
         store.set_fuel(self.limits.fuel).expect("fuel is enabled on the engine");
-        store.set_epoch_deadline(self.limits.deadline_ticks());
+        let ticks = self.limits.deadline_ticks();
+        store.set_epoch_deadline(ticks);
+        self.runtime.deadline_armed(ticks);
     }
 
     fn classify(&self, error: wasmtime::Error, store: &Store<HostState>) -> CallError {

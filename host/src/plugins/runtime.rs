@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -168,8 +168,8 @@ struct RuntimeInner {
     /// Compilation uses every core through wasmtime's parallel compilation; one at a time keeps a burst of uploads
     /// or file changes from starving the request path.
     compile_lock: Mutex<()>,
-    /// Held for its `Drop`, which stops the thread.
-    _ticker: EpochTicker,
+    /// Advances the epoch for call deadlines; its `Drop` stops the thread.
+    ticker: EpochTicker,
 }
 
 impl PluginRuntime {
@@ -187,13 +187,24 @@ impl PluginRuntime {
         let linker = sandbox::linker(&engine).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(PluginRuntime {
-            inner: Arc::new(RuntimeInner { engine, linker, options, compile_lock: Mutex::new(()), _ticker: ticker }),
+            inner: Arc::new(RuntimeInner { engine, linker, options, compile_lock: Mutex::new(()), ticker }),
         })
     }
 
     /// The engine every plugin version is compiled for.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Whether the epoch ticker is running. It rests a second after the last guest step's deadline (an idle server
+    /// does not wake a thousand times a second) and wakes when a step is armed.
+    pub fn epoch_ticking(&self) -> bool {
+        self.inner.ticker.ticking()
+    }
+
+    /// A guest step is armed with a deadline `ticks` epoch ticks away: the ticker must run until then.
+    pub(crate) fn deadline_armed(&self, ticks: u64) {
+        self.inner.ticker.armed(ticks);
     }
 
     pub(crate) fn linker(&self) -> &Linker<HostState> {
@@ -308,33 +319,92 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] so call deadlines fire; stopped and joined on drop.
+/// Ticks a ticker goes on after the last deadline it was told of before it rests: a second.
+const QUIET_TICKS: u64 = 1_000;
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a guest step may be running, so its deadline fires; stopped
+/// and joined on drop. It rests (parked, no wake-ups) once a second has passed beyond the last deadline any step was
+/// armed with: an idle server would otherwise wake a thousand times a second for nothing, which a laptop's battery
+/// and a busy host's other tenants both notice. Arming a step ([`EpochTicker::armed`]) wakes it first.
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    shared: Arc<TickerShared>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the ticker thread and the arming steps share.
+struct TickerShared {
+    stop: AtomicBool,
+    /// Ticks made so far: the clock deadlines are counted on.
+    ticks: AtomicU64,
+    /// The latest tick any armed step's deadline may reach.
+    needed_until: AtomicU64,
+    /// The thread is parked (or about to park); an arming step that finds it so unparks it.
+    resting: AtomicBool,
 }
 
 impl EpochTicker {
     fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let shared = Arc::new(TickerShared {
+            stop: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+            needed_until: AtomicU64::new(QUIET_TICKS),
+            resting: AtomicBool::new(false),
+        });
+        let ticker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                while !ticker.stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
+                    let now = ticker.ticks.fetch_add(1, Ordering::SeqCst) + 1;
+                    if now > ticker.needed_until.load(Ordering::SeqCst) + QUIET_TICKS {
+                        ticker.rest(now);
+                    }
                 }
             })
             .expect("spawn the epoch ticker thread");
-        EpochTicker { stop, thread: Some(thread) }
+        EpochTicker { shared, thread: Some(thread) }
+    }
+
+    /// A guest step was just armed with a deadline `ticks` away: the ticker runs at least until then.
+    fn armed(&self, ticks: u64) {
+        let shared = &self.shared;
+        shared.needed_until.fetch_max(shared.ticks.load(Ordering::SeqCst) + ticks, Ordering::SeqCst);
+        // After the deadline is published: either the ticker sees it before it parks, or this sees it resting.
+        if shared.resting.load(Ordering::SeqCst)
+            && shared.resting.swap(false, Ordering::SeqCst)
+            && let Some(thread) = &self.thread
+        {
+            thread.thread().unpark();
+        }
+    }
+
+    fn ticking(&self) -> bool {
+        !self.shared.resting.load(Ordering::SeqCst)
+    }
+}
+
+impl TickerShared {
+    /// Parks the ticker thread until a step is armed (or the ticker stops), unless one was armed meanwhile.
+    fn rest(&self, now: u64) {
+        self.resting.store(true, Ordering::SeqCst);
+        // Looked at again after `resting` is published (see `armed`): a step armed in between keeps it awake.
+        if now <= self.needed_until.load(Ordering::SeqCst) + QUIET_TICKS {
+            self.resting.store(false, Ordering::SeqCst);
+            return;
+        }
+        while self.resting.load(Ordering::SeqCst) && !self.stop.load(Ordering::Relaxed) {
+            std::thread::park();
+        }
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }

@@ -40,10 +40,10 @@ fn an_endless_loop_runs_out_of_fuel() {
     assert_eq!(plugin.stats.snapshot().failures, 1);
 }
 
-#[test]
-fn an_endless_loop_with_ample_fuel_hits_the_deadline() {
-    // Fuel practically unlimited (a runtime whose maxima allow it), so only the wall-clock deadline can stop the
-    // loop, however long the test machine keeps the epoch ticker waiting.
+/// The endless loop with fuel practically unlimited (on a runtime of its own whose maxima allow it) and a 5 ms
+/// deadline, so only the wall-clock deadline can stop it, however long the test machine keeps the epoch ticker
+/// waiting.
+fn spin_with_ample_fuel() -> (PluginRuntime, PluginVersion) {
     let maxima = CallLimits { fuel: u64::MAX / 2, ..CallLimits::server_maxima() };
     let runtime = PluginRuntime::new(RuntimeOptions {
         maxima,
@@ -54,9 +54,31 @@ fn an_endless_loop_with_ample_fuel_hits_the_deadline() {
     .unwrap();
     let manifest = Manifest::parse("[limits]\nfuel = 1000000000000\ndeadline_ms = 5\n").unwrap();
     let plugin = loader::load(&runtime, "spin", PluginSource::File, &guest_bytes("spin_forever"), manifest).unwrap();
+    (runtime, plugin)
+}
+
+#[test]
+fn an_endless_loop_with_ample_fuel_hits_the_deadline() {
+    let (_runtime, plugin) = spin_with_ample_fuel();
     assert_eq!(plugin.limits.deadline, Duration::from_millis(5));
     let outcome = plugin.select(ctx(1), &task("misbehave"), &three(), &[]);
     assert_eq!(outcome, Err(CallError::Deadline { deadline: Duration::from_millis(5) }));
+    still_serves(&plugin);
+}
+
+/// The epoch ticker rests when no call needs it (an idle server would otherwise wake a thousand times a second),
+/// and a call made while it rests still meets its deadline: arming the call wakes it.
+#[test]
+fn an_endless_loop_called_while_the_epoch_ticker_rests_still_hits_the_deadline() {
+    let (runtime, plugin) = spin_with_ample_fuel();
+    let resting_by = std::time::Instant::now() + Duration::from_secs(30);
+    while runtime.epoch_ticking() {
+        assert!(std::time::Instant::now() < resting_by, "the epoch ticker never rests");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let outcome = plugin.select(ctx(1), &task("misbehave"), &three(), &[]);
+    assert_eq!(outcome, Err(CallError::Deadline { deadline: Duration::from_millis(5) }));
+    assert!(runtime.epoch_ticking(), "a call wakes the ticker for its deadline and a while after");
     still_serves(&plugin);
 }
 
