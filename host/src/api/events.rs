@@ -3,7 +3,7 @@
 //! (its type) and the event as JSON (ids and small facts, never payloads). `?types=a,b` filters by type
 //! (`decision` events, one or more per routed task, go only to a stream that names them); an agent token sees
 //! only its own agent's events; comment lines keep idle connections open. Streams end when the server starts
-//! draining.
+//! draining, and when its event pump fell behind the store (the client resumes from its last id).
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -75,6 +75,10 @@ struct Feed {
     /// Where further replay pages come from.
     coordinator: std::sync::Arc<crate::coordinator::ControlPlaneCoordinator>,
     live: broadcast::Receiver<std::sync::Arc<Event>>,
+    /// Changes when the live stream missed store events (this server's event pump fell behind the store): the
+    /// connection then ends, and its client resumes from its last id, which the store's buffer replays (or
+    /// answers with a `reset` when that fell out of it).
+    gaps: tokio::sync::watch::Receiver<u64>,
     /// The decision events, for a stream that named them (they have a channel of their own: see `Filter`).
     decisions: Option<broadcast::Receiver<std::sync::Arc<Event>>>,
     filter: Filter,
@@ -176,6 +180,7 @@ pub async fn events_stream(
         .filter(|id| !id.is_empty());
     // Subscribe before reading the buffer, so nothing falls between the replay and the live stream.
     let live = state.coordinator.subscribe();
+    let gaps = state.coordinator.subscribe_gaps();
     let asks_decisions = filter.types.as_ref().is_some_and(|types| types.contains(EventKind::Decision.as_str()));
     let mut feed = Feed {
         backlog: VecDeque::new(),
@@ -183,6 +188,7 @@ pub async fn events_stream(
         more_after: None,
         coordinator: state.coordinator.clone(),
         live,
+        gaps,
         decisions: asks_decisions.then(|| state.coordinator.subscribe_decisions()),
         filter,
         draining: state.draining.clone(),
@@ -221,6 +227,7 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
     loop {
         let received = tokio::select! {
             _ = feed.draining.cancelled() => return None,
+            Ok(()) = feed.gaps.changed() => return None,
             received = feed.live.recv() => received,
             decided = next_decision(&mut feed.decisions) => match decided {
                 Some(event) => Ok(event),

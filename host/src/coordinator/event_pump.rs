@@ -25,6 +25,8 @@ pub(super) struct Consumers {
     pub subscribers: broadcast::Sender<Arc<Event>>,
     /// Store events as they came, for `wait_for_result`.
     pub task_waits: broadcast::Sender<StoreEvent>,
+    /// Counts the pump's falls behind the store (`ControlPlaneCoordinator::subscribe_gaps`).
+    pub stream_gaps: tokio::sync::watch::Sender<u64>,
     /// Stamps plugin events with this server and the store's time.
     pub store: Arc<dyn Store>,
     pub server_id: String,
@@ -44,9 +46,10 @@ pub(super) async fn run(
             received = store_events.recv() => match received {
                 Ok(event) => consumers.store_event(event),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "the event pump fell behind the store; claims look again, plugins resync");
+                    tracing::warn!(missed, "the event pump fell behind the store; claims look again, plugins resync, event streams end");
                     consumers.scheduler.events_missed();
                     let _ = consumers.fleet_plugins.send(FleetChange::Missed);
+                    consumers.stream_gaps.send_modify(|gaps| *gaps += 1);
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },

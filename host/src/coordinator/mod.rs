@@ -101,6 +101,9 @@ pub struct ControlPlaneCoordinator {
     /// Store events for `wait_for_result`, as the store handed them: a long poll reads a task id off the record
     /// rather than making the pump build every event's wire form while it waits.
     task_waits: broadcast::Sender<StoreEvent>,
+    /// Counts the times the event pump fell behind the store and missed events that [`subscribe`](Self::subscribe)
+    /// therefore never carried: a stream that sees it change ends, and its client resumes from the last id it had.
+    stream_gaps: tokio::sync::watch::Sender<u64>,
 }
 
 /// Store events a `wait_for_result` may fall behind by before it reads its task again instead.
@@ -176,6 +179,7 @@ impl ControlPlaneCoordinator {
             deliberation_wake: Arc::new(tokio::sync::Notify::new()),
             decision_events: broadcast::channel(4_096).0,
             task_waits: broadcast::channel(TASK_WAIT_BUFFER).0,
+            stream_gaps: tokio::sync::watch::channel(0).0,
         });
         let (fleet_changes, fleet_changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let decision_writer = decision_log::run_writer(
@@ -190,6 +194,7 @@ impl ControlPlaneCoordinator {
             fleet_plugins: fleet_changes,
             subscribers: events,
             task_waits: coordinator.task_waits.clone(),
+            stream_gaps: coordinator.stream_gaps.clone(),
             store: store.clone(),
             server_id: config.server_id.clone(),
         };
@@ -244,6 +249,12 @@ impl ControlPlaneCoordinator {
     /// Every event from now on: tasks, agents, policies, plugins.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
+    }
+
+    /// Changes each time [`subscribe`](Self::subscribe)'s stream missed store events (the event pump fell behind
+    /// the store): its readers cannot tell what they missed, so they should resume from the store's buffer.
+    pub fn subscribe_gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stream_gaps.subscribe()
     }
 
     /// This server's `decision` events from now on (one or more per routed task: a channel apart from
@@ -641,6 +652,7 @@ impl ControlPlaneCoordinator {
     /// it is then.
     pub async fn wait_for_result(&self, task_id: &TaskId, timeout: Duration) -> Result<Task, EngineError> {
         let mut events = self.task_waits.subscribe();
+        let mut gaps = self.stream_gaps.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let task = self.get_task(task_id).await?;
@@ -648,13 +660,18 @@ impl ControlPlaneCoordinator {
                 return Ok(task);
             }
             loop {
-                match tokio::time::timeout_at(deadline, events.recv()).await {
-                    Err(_) => return self.get_task(task_id).await,
-                    Ok(Ok(event)) if event.task_id() == Some(task_id.as_str()) => break,
-                    Ok(Ok(_)) => {}
-                    // Fell behind: re-read the task rather than trust the stream.
-                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(broadcast::error::RecvError::Closed)) => return self.get_task(task_id).await,
+                let received = tokio::select! {
+                    received = tokio::time::timeout_at(deadline, events.recv()) => Some(received),
+                    Ok(()) = gaps.changed() => None,
+                };
+                match received {
+                    Some(Err(_)) => return self.get_task(task_id).await,
+                    Some(Ok(Ok(event))) if event.task_id() == Some(task_id.as_str()) => break,
+                    Some(Ok(Ok(_))) => {}
+                    // Fell behind, or the pump did (this task's event may be among those it missed): re-read the
+                    // task rather than trust the stream.
+                    Some(Ok(Err(broadcast::error::RecvError::Lagged(_)))) | None => break,
+                    Some(Ok(Err(broadcast::error::RecvError::Closed))) => return self.get_task(task_id).await,
                 }
             }
         }

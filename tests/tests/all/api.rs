@@ -637,6 +637,40 @@ async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
     server.stop().await;
 }
 
+/// When this server's event pump falls behind the store (more events at once than its channel holds), the live
+/// stream has missed events it cannot name: the connection ends, so the client resumes from its last id and the
+/// store's buffer says what it missed (here, a `reset`: the buffer is as small as the channel). It used to go on
+/// silently past the gap.
+#[tokio::test]
+async fn a_stream_whose_event_pump_fell_behind_ends_so_the_client_resumes() {
+    let config = aragora_cp::config::Config { event_buffer: 16, ..Default::default() };
+    // A current-thread runtime (this test's): the pump cannot run while one batch's events go out.
+    let server = TestServer::start_with(config).await;
+    let admin = server.admin();
+    let base = server.api("");
+    let submitted = server.api("/events?types=task_submitted");
+    let mut stream = server.client.get(&submitted).bearer_auth(&admin).send().await.unwrap();
+    let first = submit(&server, &base, &admin).await;
+    let (_, resume_id) = count_events_until(&mut stream, &first, 1).await;
+    let tasks: Vec<Value> = (0..200).map(|_| json!({"task_type": "flood"})).collect();
+    let (status, body) = post(&server, &server.api("/tasks/batch"), &admin, json!({"tasks": tasks})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut text = String::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(chunk) = stream.chunk().await.expect("stream read") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream went on past the gap: {text}");
+    let last_id = text.lines().rev().find_map(|line| line.strip_prefix("id: ")).unwrap_or(&resume_id).to_string();
+    let request = server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &last_id);
+    let mut resumed = request.send().await.unwrap();
+    let mut text = String::new();
+    read_until(&mut resumed, &mut text, "event: reset").await;
+    server.stop().await;
+}
+
 /// Reads SSE messages until one mentions `needle`; returns how many were read and the last id. Fails on a
 /// `reset`, or when `expected` messages do not arrive within 30 s.
 async fn count_events_until(response: &mut reqwest::Response, needle: &str, expected: usize) -> (usize, String) {
