@@ -63,11 +63,12 @@ impl Filter {
 /// A connection's position: replayed events first, then the live stream (skipping what the client already had).
 struct Feed {
     backlog: VecDeque<SseEvent>,
-    /// The newest store event this connection has covered, as (ms, seq): the resume point, then each replayed or
-    /// live event passed (sent or filtered out). A live event at or before it is skipped. Not a set of the replayed
-    /// ids: this server's reader of a shared store may be behind the point a client resumes from (a replay reads
-    /// the store directly, and the reader may be reconnecting), and then live events the client saw on an earlier
-    /// connection come again, ids the replay never held. Store event ids rise in stream order on every store.
+    /// The newest store event this connection has covered, as (ms, seq): the resume point (when the store knows
+    /// it), then each replayed or live event passed (sent or filtered out). A live event at or before it is
+    /// skipped. Not a set of the replayed ids: this server's reader of a shared store may be behind the point a
+    /// client resumes from (a replay reads the store directly, and the reader may be reconnecting), and then live
+    /// events the client saw on an earlier connection come again, ids the replay never held. Store event ids rise
+    /// in stream order on every store.
     covered: Option<(u64, u64)>,
     /// The replay goes on after this id: its last page was full, so the store holds more events than were read,
     /// and some of them may predate the live subscription. Read page by page as the client takes them.
@@ -100,7 +101,7 @@ impl Feed {
     /// Moves the connection past `event`; false when it was past it already (the event came before). Events whose
     /// ids are not the store's (a plugin registry's) always pass: they are not resumable.
     fn advance(&mut self, event: &Event) -> bool {
-        let Some(id) = parse_event_id(&event.id) else { return false };
+        let Some(id) = parse_event_id(&event.id) else { return true };
         if self.covered.is_some_and(|covered| id <= covered) {
             return false;
         }
@@ -140,7 +141,8 @@ pub struct SseMessage {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[allow(dead_code, reason = "a schema for the OpenAPI document only: never built")]
 pub struct ResetNotice {
-    /// `last_event_id_expired` (the id fell out of the buffer) or `lagged` (this client fell behind).
+    /// `last_event_id_expired` (the store does not hold the id: it fell out of the buffer, or it is not one of its
+    /// ids) or `lagged` (this client fell behind).
     reason: String,
 }
 
@@ -149,9 +151,9 @@ pub struct ResetNotice {
     params(
         ("types" = Option<String>, Query, description = "Comma-separated event types, e.g. `task_completed,agent_offline`"),
         ("last_event_id" = Option<String>, Query, description = "Resume after this id (as the `Last-Event-ID` header)"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id; a `reset` event says it fell out of the buffer"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id; a `reset` event says the store does not hold it (it fell out of the buffer)"),
     ),
-    responses((status = 200, description = "Server-Sent Events: `id:` (opaque, for resume), `event:` (the type), `data:` the event as JSON (`Event`); comment lines every 15 s; the stream ends when the server drains; `event: reset` with `{\"reason\"}` when events were missed", content_type = "text/event-stream", body = SseMessage)),
+    responses((status = 200, description = "Server-Sent Events: `id:` (opaque, for resume), `event:` (the type), `data:` the event as JSON (`Event`); comment lines every 15 s; the stream ends when the server drains or fell behind the store's events (resume from the last id); `event: reset` with `{\"reason\"}` when events were missed", content_type = "text/event-stream", body = SseMessage)),
     security(("bearer" = ["controlplane:read"])))]
 pub async fn events_stream(
     State(state): State<ApiState>,
@@ -237,6 +239,11 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
         };
         match received {
             Ok(event) => {
+                // The pump sends what it received after a gap right after counting the gap, so an event may come
+                // in before the change is noticed by the `select!`: one from past the gap must not go out first.
+                if feed.gaps.has_changed().is_ok_and(|changed| changed) {
+                    return None;
+                }
                 if !feed.advance(&event) || !feed.filter.accepts(&event) {
                     continue;
                 }
@@ -293,7 +300,7 @@ pub async fn stream_info(caller: Caller) -> ApiResult<axum::Json<StreamInfo>> {
         transport: "sse",
         url: format!("{}/events", super::PREFIXES[0]),
         urls: super::PREFIXES.iter().map(|prefix| format!("{prefix}/events")).collect(),
-        resume: "send the last id received as the Last-Event-ID header (or ?last_event_id=); a `reset` event says it fell out of the buffer",
+        resume: "send the last id received as the Last-Event-ID header (or ?last_event_id=); a `reset` event says the store does not hold it (it fell out of the buffer)",
         filter: "?types=task_completed,task_failed (comma-separated event types); an agent token receives its own agent's events only",
         event_types: EventKind::ALL.iter().map(|kind| kind.as_str()).collect(),
         keep_alive_seconds: KEEP_ALIVE.as_secs(),

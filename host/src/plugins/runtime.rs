@@ -367,10 +367,15 @@ impl EpochTicker {
         EpochTicker { shared, thread: Some(thread) }
     }
 
-    /// A guest step was just armed with a deadline `ticks` away: the ticker runs at least until then.
+    /// A guest step was just armed with a deadline `ticks` away: the ticker runs at least until then. Called after
+    /// the store's deadline is set, so a `ticks` read late only makes the ticker run longer than needed.
     fn armed(&self, ticks: u64) {
         let shared = &self.shared;
-        shared.needed_until.fetch_max(shared.ticks.load(Ordering::SeqCst) + ticks, Ordering::SeqCst);
+        let until = shared.ticks.load(Ordering::SeqCst) + ticks;
+        // Most calls need no later tick than one before them: a read leaves the shared line unwritten.
+        if shared.needed_until.load(Ordering::SeqCst) < until {
+            shared.needed_until.fetch_max(until, Ordering::SeqCst);
+        }
         // After the deadline is published: either the ticker sees it before it parks, or this sees it resting.
         if shared.resting.load(Ordering::SeqCst)
             && shared.resting.swap(false, Ordering::SeqCst)

@@ -3,7 +3,7 @@
 //! what the plugin printed, and the call counters of `/metrics` survive a swap.
 
 use aragora_cp_tests::guest_bytes;
-use aragora_cp_tests::server::TestServer;
+use aragora_cp_tests::server::{TestServer, read_until};
 use serde_json::Value;
 
 const REGION_MANIFEST: &str = include_str!("../../../plugins/region_policy/region_policy.toml");
@@ -176,5 +176,24 @@ async fn replacing_a_builtin_must_be_asked_for() {
         "upload",
         "asked for, the upload replaces it"
     );
+    server.stop().await;
+}
+
+/// An upload's `plugin_loaded` event reaches the event stream. Its id is not the store's (plugin events are not
+/// resumable): a stream must pass it, whatever store events it passed before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_announced_on_the_event_stream() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let url = server.api("/events?types=plugin_loaded,task_submitted");
+    let mut stream = server.client.get(&url).bearer_auth(&admin).send().await.unwrap();
+    let task = Some(serde_json::json!({"task_type": "t"}));
+    assert_eq!(server.call(&admin, reqwest::Method::POST, "/tasks", task).await.0, 201);
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "event: task_submitted").await;
+    let (status, _) = server.put_component("announced", guest_bytes("lowest_latency")).await;
+    assert_eq!(status, 200);
+    let seen = read_until(&mut stream, &mut seen, "event: plugin_loaded").await;
+    assert!(seen.contains("announced"), "{seen}");
     server.stop().await;
 }
