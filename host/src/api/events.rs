@@ -151,7 +151,7 @@ pub struct ResetNotice {
     params(
         ("types" = Option<String>, Query, description = "Comma-separated event types, e.g. `task_completed,agent_offline`"),
         ("last_event_id" = Option<String>, Query, description = "Resume after this id (as the `Last-Event-ID` header)"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id; a `reset` event says the store does not hold it (it fell out of the buffer)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id; a `reset` event says the store does not hold it (too old, or not one of its ids)"),
     ),
     responses((status = 200, description = "Server-Sent Events: `id:` (opaque, for resume), `event:` (the type), `data:` the event as JSON (`Event`); comment lines every 15 s; the stream ends when the server drains or fell behind the store's events (resume from the last id); `event: reset` with `{\"reason\"}` when events were missed", content_type = "text/event-stream", body = SseMessage)),
     security(("bearer" = ["controlplane:read"])))]
@@ -181,8 +181,10 @@ pub async fn events_stream(
         .or(query.last_event_id)
         .filter(|id| !id.is_empty());
     // Subscribe before reading the buffer, so nothing falls between the replay and the live stream.
-    let live = state.coordinator.subscribe();
+    // Gaps first: one counted between the two subscriptions then ends the stream early, harmlessly, instead of
+    // going unsignalled while the live stream misses its events.
     let gaps = state.coordinator.subscribe_gaps();
+    let live = state.coordinator.subscribe();
     let asks_decisions = filter.types.as_ref().is_some_and(|types| types.contains(EventKind::Decision.as_str()));
     let mut feed = Feed {
         backlog: VecDeque::new(),
@@ -249,6 +251,10 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
                 }
                 return Some((Ok(to_sse(&event)), feed));
             }
+            // A gap as well: the client resumes from its last id rather than re-read everything.
+            Err(broadcast::error::RecvError::Lagged(_)) if feed.gaps.has_changed().is_ok_and(|changed| changed) => {
+                return None;
+            }
             Err(broadcast::error::RecvError::Lagged(_)) => return Some((Ok(reset("lagged")), feed)),
             Err(broadcast::error::RecvError::Closed) => return None,
         }
@@ -300,7 +306,7 @@ pub async fn stream_info(caller: Caller) -> ApiResult<axum::Json<StreamInfo>> {
         transport: "sse",
         url: format!("{}/events", super::PREFIXES[0]),
         urls: super::PREFIXES.iter().map(|prefix| format!("{prefix}/events")).collect(),
-        resume: "send the last id received as the Last-Event-ID header (or ?last_event_id=); a `reset` event says the store does not hold it (it fell out of the buffer)",
+        resume: "send the last id received as the Last-Event-ID header (or ?last_event_id=); a `reset` event says the store does not hold it (too old, or not one of its ids)",
         filter: "?types=task_completed,task_failed (comma-separated event types); an agent token receives its own agent's events only",
         event_types: EventKind::ALL.iter().map(|kind| kind.as_str()).collect(),
         keep_alive_seconds: KEEP_ALIVE.as_secs(),

@@ -193,7 +193,7 @@ async fn an_upload_is_announced_on_the_event_stream() {
     read_until(&mut stream, &mut seen, "event: task_submitted").await;
     let (status, _) = server.put_component("announced", guest_bytes("lowest_latency")).await;
     assert_eq!(status, 200);
-    let seen = read_until(&mut stream, &mut seen, "event: plugin_loaded").await;
-    assert!(seen.contains("announced"), "{seen}");
+    let seen = read_until(&mut stream, &mut seen, "\"announced\"").await;
+    assert!(seen.contains("event: plugin_loaded"), "{seen}");
     server.stop().await;
 }
