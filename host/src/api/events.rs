@@ -108,6 +108,11 @@ impl Feed {
         self.covered = Some(id);
         true
     }
+
+    /// Whether this server's event pump fell behind the store since the connection subscribed (see `gaps`).
+    fn missed_events(&self) -> bool {
+        self.gaps.has_changed().is_ok_and(|changed| changed)
+    }
 }
 
 fn to_sse(event: &Event) -> SseEvent {
@@ -243,7 +248,7 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
             Ok(event) => {
                 // The pump sends what it received after a gap right after counting the gap, so an event may come
                 // in before the change is noticed by the `select!`: one from past the gap must not go out first.
-                if feed.gaps.has_changed().is_ok_and(|changed| changed) {
+                if feed.missed_events() {
                     return None;
                 }
                 if !feed.advance(&event) || !feed.filter.accepts(&event) {
@@ -252,9 +257,7 @@ async fn next_live(mut feed: Feed) -> Option<(Result<SseEvent, Infallible>, Feed
                 return Some((Ok(to_sse(&event)), feed));
             }
             // A gap as well: the client resumes from its last id rather than re-read everything.
-            Err(broadcast::error::RecvError::Lagged(_)) if feed.gaps.has_changed().is_ok_and(|changed| changed) => {
-                return None;
-            }
+            Err(broadcast::error::RecvError::Lagged(_)) if feed.missed_events() => return None,
             Err(broadcast::error::RecvError::Lagged(_)) => return Some((Ok(reset("lagged")), feed)),
             Err(broadcast::error::RecvError::Closed) => return None,
         }

@@ -46,7 +46,7 @@ pub(super) async fn run(
             received = store_events.recv() => match received {
                 Ok(event) => consumers.store_event(event),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "the event pump fell behind the store; claims look again, plugins resync, event streams end");
+                    tracing::warn!(missed, "event pump lagged: claims recheck, plugins resync, event streams end");
                     consumers.scheduler.events_missed();
                     let _ = consumers.fleet_plugins.send(FleetChange::Missed);
                     consumers.stream_gaps.send_modify(|gaps| *gaps += 1);
