@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::fleet_plugins::FleetChange;
@@ -32,10 +32,17 @@ pub(super) struct Consumers {
     pub server_id: String,
 }
 
+/// What the pump reads: the store's events, and the count of those the store itself skipped
+/// ([`Store::skipped_events`]).
+pub(super) struct StoreFeed {
+    pub events: broadcast::Receiver<StoreEvent>,
+    pub skipped: watch::Receiver<u64>,
+}
+
 /// Pumps until `shutdown` fires or the store's stream closes.
 pub(super) async fn run(
     consumers: Consumers,
-    mut store_events: broadcast::Receiver<StoreEvent>,
+    mut store: StoreFeed,
     mut plugin_events: broadcast::Receiver<PluginEvent>,
     shutdown: CancellationToken,
 ) {
@@ -43,13 +50,20 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            received = store_events.recv() => match received {
-                Ok(event) => consumers.store_event(event),
+            received = store.events.recv() => match received {
+                Ok(event) => {
+                    // The store counts a gap before it sends the event after it: one look per event keeps the
+                    // gap in its place.
+                    if store.skipped.has_changed().unwrap_or(false) {
+                        store.skipped.mark_unchanged();
+                        tracing::warn!("the store skipped events: claims recheck, plugins resync, event streams end");
+                        consumers.missed();
+                    }
+                    consumers.store_event(event)
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "event pump lagged: claims recheck, plugins resync, event streams end");
-                    consumers.scheduler.events_missed();
-                    let _ = consumers.fleet_plugins.send(FleetChange::Missed);
-                    consumers.stream_gaps.send_modify(|gaps| *gaps += 1);
+                    consumers.missed();
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -68,6 +82,13 @@ pub(super) async fn run(
 }
 
 impl Consumers {
+    /// Store events went by unseen: whatever acts on them cannot tell which, so each starts again from the store.
+    fn missed(&self) {
+        self.scheduler.events_missed();
+        let _ = self.fleet_plugins.send(FleetChange::Missed);
+        self.stream_gaps.send_modify(|gaps| *gaps += 1);
+    }
+
     fn store_event(&self, event: StoreEvent) {
         self.scheduler.observe(&event);
         if let Some(change) = FleetChange::of(&event) {

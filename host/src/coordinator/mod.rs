@@ -156,7 +156,7 @@ impl ControlPlaneCoordinator {
             config.default_strategy.clone(),
         ));
         // Subscribe before the first sync, so a change landing in between is applied by the pump.
-        let store_events = store.subscribe();
+        let store_events = event_pump::StoreFeed { events: store.subscribe(), skipped: store.skipped_events() };
         let plugin_events = plugins.subscribe();
         if let Err(error) = fleet_plugins.sync_all().await {
             tracing::warn!(%error, "cannot read the fleet's plugin uploads at start-up; following changes only");

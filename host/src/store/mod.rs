@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AttemptResult, AuditCheckpoint, AuditEntry, AuditHead,
@@ -209,6 +209,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events from now on (every transition's events, from every server of the store).
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+
+    /// Changes each time [`subscribe`](Self::subscribe)'s events skipped some that the store will never send: a
+    /// shared store's reader that fell behind its stream's cap (the entries were trimmed before it read them).
+    /// Counted before the first event after the gap is sent, so a consumer that looks at it before acting on each
+    /// event sees the gap in its place. The memory store never skips (its receiver never changes).
+    fn skipped_events(&self) -> watch::Receiver<u64> {
+        watch::channel(0).1
+    }
 
     /// Events after `after` (or the oldest kept), at most `limit`; `None` when `after` fell out of the buffer.
     async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>>;

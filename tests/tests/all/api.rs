@@ -588,25 +588,9 @@ async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
     let (_, resume_id) = count_events_until(&mut stream, &first, 1).await;
     drop(stream);
 
-    // The reader's connection dropped, and no new connection let in: it cannot follow the stream. The server's
-    // command connection stays open, so submits and replays go on.
-    let (_, limit): (String, String) =
-        redis::cmd("CONFIG").arg("GET").arg("maxclients").query_async(&mut control).await.unwrap();
-    let clients: String = redis::cmd("INFO").arg("clients").query_async(&mut control).await.unwrap();
-    let connected: usize = clients
-        .lines()
-        .find_map(|line| line.strip_prefix("connected_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("connected_clients");
-    let _: () =
-        redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(connected - 1).query_async(&mut control).await.unwrap();
-    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut control).await.unwrap();
-    let reader = list.lines().find(|line| line.contains("cmd=xread")).expect("the event reader's connection");
-    let reader_id = reader.split(' ').find_map(|field| field.strip_prefix("id=")).unwrap().to_string();
-    let _: () = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&reader_id).query_async(&mut control).await.unwrap();
+    let away = ReaderAway::hold(&mut control).await;
     let missed = [submit(&server, &base, &admin).await, submit(&server, &base, &admin).await];
-    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut control).await.unwrap();
-    assert!(!list.contains("cmd=xread"), "the reader must stay away for the test to mean anything: {list}");
+    away.assert_still_away(&mut control).await;
 
     // Replayed from the store while the reader is away; then a new connection resumes after the last of them.
     let replayed = server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &resume_id);
@@ -618,16 +602,7 @@ async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
         server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &ahead_id).send().await.unwrap();
 
     // The reader comes back and fans out what it missed; the resumed stream must go on with the next event only.
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(&limit).query_async(&mut control).await.unwrap();
-    let back = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut control).await.unwrap();
-        if list.lines().any(|line| line.contains("cmd=xread") && !line.contains(&format!("id={reader_id} "))) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < back, "the event reader reconnects: {list}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    away.let_back(&mut control).await;
     let next = submit(&server, &base, &admin).await;
     let mut seen = String::new();
     let seen = read_until(&mut resumed, &mut seen, &next).await;
@@ -635,6 +610,110 @@ async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
         assert!(!seen.contains(task.as_str()), "{task} came again after the resume point: {seen}");
     }
     server.stop().await;
+}
+
+/// A Redis event reader kept away from the stream until the entries it had not read were trimmed (what the stream's
+/// cap does to a reader that falls too far behind) must not let an SSE stream go on as if nothing was missed: the
+/// reader counts the gap, the event pump ends every stream, and the client, resuming from its last id, is told
+/// `reset`. The stream used to go on silently with the oldest entry kept.
+#[tokio::test]
+async fn a_stream_whose_redis_event_reader_fell_behind_the_cap_ends_so_the_client_resumes() {
+    use aragora_cp::store::{RedisStore, Store};
+    use aragora_cp_tests::redis_server::{RedisServer, unique_prefix};
+    let redis = RedisServer::start();
+    let config = aragora_cp::config::Config::default();
+    let prefix = unique_prefix("trimmed");
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
+    let server = TestServer::start_with_store(config, store).await;
+    let admin = server.admin();
+    let base = server.api("");
+    let submitted = server.api("/events?types=task_submitted");
+    let mut control = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut stream = server.client.get(&submitted).bearer_auth(&admin).send().await.unwrap();
+    let first = submit(&server, &base, &admin).await;
+    let (_, resume_id) = count_events_until(&mut stream, &first, 1).await;
+
+    let away = ReaderAway::hold(&mut control).await;
+    let unread = [submit(&server, &base, &admin).await, submit(&server, &base, &admin).await];
+    let kept = submit(&server, &base, &admin).await;
+    // Exactly what the cap would leave of the stream here: its newest entry.
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(format!("{prefix}{{main}}:events"))
+        .arg("MAXLEN")
+        .arg(1)
+        .query_async(&mut control)
+        .await
+        .unwrap();
+    away.assert_still_away(&mut control).await;
+    away.let_back(&mut control).await;
+
+    let mut text = String::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(chunk) = stream.chunk().await.expect("stream read") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream went on past the trimmed events: {text}");
+    for task in unread.iter().chain([&kept]) {
+        assert!(!text.contains(task.as_str()), "{task} went out on a stream that missed events before it: {text}");
+    }
+    let request = server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &resume_id);
+    let mut resumed = request.send().await.unwrap();
+    let mut text = String::new();
+    read_until(&mut resumed, &mut text, "event: reset").await;
+    server.stop().await;
+}
+
+/// The event reader of a Redis store held away from its stream: its connection killed, and no new connection let
+/// in (`maxclients` at the count of the others). The server's command connection stays open, so submits and
+/// replays go on.
+struct ReaderAway {
+    limit: String,
+    reader_id: String,
+}
+
+impl ReaderAway {
+    async fn hold(control: &mut redis::aio::MultiplexedConnection) -> ReaderAway {
+        let (_, limit): (String, String) =
+            redis::cmd("CONFIG").arg("GET").arg("maxclients").query_async(control).await.unwrap();
+        let clients: String = redis::cmd("INFO").arg("clients").query_async(control).await.unwrap();
+        let connected: usize = clients
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("connected_clients");
+        let _: () =
+            redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(connected - 1).query_async(control).await.unwrap();
+        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(control).await.unwrap();
+        let reader = list.lines().find(|line| line.contains("cmd=xread")).expect("the event reader's connection");
+        let reader_id = reader.split(' ').find_map(|field| field.strip_prefix("id=")).unwrap().to_string();
+        let _: () = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&reader_id).query_async(control).await.unwrap();
+        ReaderAway { limit, reader_id }
+    }
+
+    /// The test means nothing if the reader came back meanwhile.
+    async fn assert_still_away(&self, control: &mut redis::aio::MultiplexedConnection) {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(control).await.unwrap();
+        assert!(!list.contains("cmd=xread"), "the reader must stay away for the test to mean anything: {list}");
+    }
+
+    /// Lets connections in again and waits until the reader reads the stream on a new one.
+    async fn let_back(self, control: &mut redis::aio::MultiplexedConnection) {
+        let _: () =
+            redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(&self.limit).query_async(control).await.unwrap();
+        let back = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let list: String = redis::cmd("CLIENT").arg("LIST").query_async(control).await.unwrap();
+            if list.lines().any(|line| line.contains("cmd=xread") && !line.contains(&format!("id={} ", self.reader_id)))
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < back, "the event reader reconnects: {list}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// When this server's event pump falls behind the store (more events at once than its channel holds), the live

@@ -4,14 +4,16 @@
 //! server's subscribers see its events a moment later, in the same order as every other server's.
 //!
 //! Falling behind the cap: every event carries a store-wide number `n`; a jump means entries were trimmed before
-//! this reader saw them. The reader then resyncs: it logs how many were lost and goes on from the oldest entry kept
-//! (clients that need the full history resume through `events_after`, which answers "gone" for a trimmed id).
+//! this reader saw them. The reader then counts the gap (`Store::skipped_events`) before it sends the first event
+//! after it, logs how many were lost and goes on from the oldest entry kept. The event pump treats the count like
+//! its own lag: waiting claims recheck, plugins resync, and SSE streams end so that their clients resume through
+//! `events_after`, which answers "gone" (a `reset`) for a trimmed id.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::connection::{Commands, Target};
 use super::decode;
@@ -30,14 +32,22 @@ const RETRY: Duration = Duration::from_millis(250);
 /// Longest pause between reconnection attempts.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Follows the stream from `start` (the last id before this store opened) until aborted, sending each event to
-/// `events`.
+/// Where the reader hands what it read.
+pub(super) struct Fanout {
+    /// Each event, in stream order.
+    pub events: broadcast::Sender<StoreEvent>,
+    /// Counts the reader's falls behind the cap.
+    pub skipped: watch::Sender<u64>,
+}
+
+/// Follows the stream from `start` (the last id before this store opened) until aborted, handing each event to
+/// `fanout`.
 pub(super) async fn follow(
     target: Target,
     mut connection: Commands,
     stream: String,
     start: (u64, u64, u64),
-    events: broadcast::Sender<StoreEvent>,
+    fanout: Fanout,
 ) {
     let (mut ms, mut seq, mut last_n) = start;
     let mut retry = RETRY;
@@ -86,14 +96,16 @@ pub(super) async fn follow(
                     if last_n != 0 && n > last_n + 1 {
                         tracing::warn!(
                             missed = n - last_n - 1,
-                            "redis event reader fell behind the stream cap; resynced"
+                            "redis event reader fell behind the stream cap; resynced, event streams end"
                         );
+                        // Before the next event goes out: a consumer must see the gap where it was.
+                        fanout.skipped.send_modify(|gaps| *gaps += 1);
                     }
                     last_n = n;
                     if let Some((m, s)) = parse_event_id(&event.id) {
                         (ms, seq) = (m, s);
                     }
-                    let _ = events.send(StoreEvent::Decoded(Arc::new(event)));
+                    let _ = fanout.events.send(StoreEvent::Decoded(Arc::new(event)));
                 }
                 Err(error) => {
                     tracing::error!(%error, "redis event reader skipped an unreadable entry");

@@ -77,6 +77,8 @@ pub struct RedisStore {
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
     events: broadcast::Sender<StoreEvent>,
+    /// Bumped by the reader when it fell behind the stream's cap ([`Store::skipped_events`]).
+    skipped: tokio::sync::watch::Sender<u64>,
     reader: JoinHandle<()>,
     clock: Mutex<ClockEstimate>,
 }
@@ -147,7 +149,14 @@ impl RedisStore {
         let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
         let stream = format!("{root}events");
         let start = stream_tail(&mut commands.clone(), &stream).await?;
-        let reader = tokio::spawn(events::follow(target.clone(), reader_connection, stream, start, events.clone()));
+        let skipped = tokio::sync::watch::channel(0).0;
+        let reader = tokio::spawn(events::follow(
+            target.clone(),
+            reader_connection,
+            stream,
+            start,
+            events::Fanout { events: events.clone(), skipped: skipped.clone() },
+        ));
         let store = RedisStore {
             target,
             root,
@@ -158,6 +167,7 @@ impl RedisStore {
             config_args,
             wait_replicas: config.wait_replicas,
             events,
+            skipped,
             reader,
             clock: Mutex::new(ClockEstimate { store_ms: 0, at: Instant::now(), pinned: false }),
         };
@@ -469,6 +479,10 @@ impl Store for RedisStore {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    fn skipped_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.skipped.subscribe()
     }
 
     async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>> {
