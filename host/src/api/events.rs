@@ -76,9 +76,9 @@ struct Feed {
     /// Where further replay pages come from.
     coordinator: std::sync::Arc<crate::coordinator::ControlPlaneCoordinator>,
     live: broadcast::Receiver<std::sync::Arc<Event>>,
-    /// Changes when the live stream missed store events (this server's event pump fell behind the store): the
-    /// connection then ends, and its client resumes from its last id, which the store's buffer replays (or
-    /// answers with a `reset` when that fell out of it).
+    /// Changes when the live stream missed store events (this server's event pump or the store's reader fell
+    /// behind): the connection then ends, and its client resumes from its last id, which the store's buffer replays
+    /// (or answers with a `reset` when that fell out of it).
     gaps: tokio::sync::watch::Receiver<u64>,
     /// The decision events, for a stream that named them (they have a channel of their own: see `Filter`).
     decisions: Option<broadcast::Receiver<std::sync::Arc<Event>>>,
@@ -109,7 +109,7 @@ impl Feed {
         true
     }
 
-    /// Whether this server's event pump fell behind the store since the connection subscribed (see `gaps`).
+    /// Whether the live stream missed store events since the connection subscribed (see `gaps`).
     fn missed_events(&self) -> bool {
         self.gaps.has_changed().is_ok_and(|changed| changed)
     }

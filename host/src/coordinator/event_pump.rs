@@ -25,7 +25,8 @@ pub(super) struct Consumers {
     pub subscribers: broadcast::Sender<Arc<Event>>,
     /// Store events as they came, for `wait_for_result`.
     pub task_waits: broadcast::Sender<StoreEvent>,
-    /// Counts the pump's falls behind the store (`ControlPlaneCoordinator::subscribe_gaps`).
+    /// Counts the store events the pump missed: its own falls behind, and the store's skips
+    /// (`ControlPlaneCoordinator::subscribe_gaps`).
     pub stream_gaps: tokio::sync::watch::Sender<u64>,
     /// Stamps plugin events with this server and the store's time.
     pub store: Arc<dyn Store>,
@@ -52,8 +53,9 @@ pub(super) async fn run(
             _ = shutdown.cancelled() => return,
             received = store.events.recv() => match received {
                 Ok(event) => {
-                    // The store counts a gap before it sends the event after it: one look per event keeps the
-                    // gap in its place.
+                    // The store counts a gap before it sends the event after it: one look per event sees the gap
+                    // no later than its place. One counted during a lag of the pump's still ends the streams again
+                    // here, since those that resumed from the lag may have gone on past it.
                     if store.skipped.has_changed().unwrap_or(false) {
                         store.skipped.mark_unchanged();
                         tracing::warn!("the store skipped events: claims recheck, plugins resync, event streams end");

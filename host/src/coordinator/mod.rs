@@ -252,7 +252,8 @@ impl ControlPlaneCoordinator {
     }
 
     /// Changes each time [`subscribe`](Self::subscribe)'s stream missed store events (the event pump fell behind
-    /// the store): its readers cannot tell what they missed, so they should resume from the store's buffer.
+    /// the store, or the store's reader skipped some): its readers cannot tell what they missed, so they should
+    /// resume from the store's buffer.
     pub fn subscribe_gaps(&self) -> tokio::sync::watch::Receiver<u64> {
         self.stream_gaps.subscribe()
     }

@@ -367,8 +367,8 @@ impl Scheduler {
         }
     }
 
-    /// Store events were missed (the pump fell behind): they may have been hand-offs to claims here, so every
-    /// claim looks again.
+    /// Store events were missed (the pump fell behind, or the store's reader did): they may have been hand-offs to
+    /// claims here, so every claim looks again.
     pub(crate) fn events_missed(&self) {
         self.waiting.wake_all();
     }

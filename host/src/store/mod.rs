@@ -213,7 +213,7 @@ pub trait Store: Send + Sync + 'static {
     /// Changes each time [`subscribe`](Self::subscribe)'s events skipped some that the store will never send: a
     /// shared store's reader that fell behind its stream's cap (the entries were trimmed before it read them).
     /// Counted before the first event after the gap is sent, so a consumer that looks at it before acting on each
-    /// event sees the gap in its place. The memory store never skips (its receiver never changes).
+    /// event sees the gap no later than its place. The memory store never skips (its channel is closed at once).
     fn skipped_events(&self) -> watch::Receiver<u64> {
         watch::channel(0).1
     }

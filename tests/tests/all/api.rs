@@ -648,22 +648,77 @@ async fn a_stream_whose_redis_event_reader_fell_behind_the_cap_ends_so_the_clien
     away.assert_still_away(&mut control).await;
     away.let_back(&mut control).await;
 
-    let mut text = String::new();
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        while let Some(chunk) = stream.chunk().await.expect("stream read") {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the stream went on past the trimmed events: {text}");
+    let (ended, text) = read_to_the_end(&mut stream, 20).await;
+    assert!(ended, "the stream went on past the trimmed events: {text}");
     for task in unread.iter().chain([&kept]) {
         assert!(!text.contains(task.as_str()), "{task} went out on a stream that missed events before it: {text}");
     }
+    // What the client does next, for completeness: its last id is gone with the trimmed entries.
     let request = server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &resume_id);
     let mut resumed = request.send().await.unwrap();
     let mut text = String::new();
     read_until(&mut resumed, &mut text, "event: reset").await;
     server.stop().await;
+}
+
+/// The Redis event reader judges gaps by the events' numbers, not by what it can decode: an entry it cannot read (a
+/// newer server's event type, in a rolling upgrade) keeps the numbering and ends no stream, while numbers going
+/// back (a Redis that lost the events it had sent: a restart that kept less, a failover to a replica behind) end
+/// every stream as a gap does.
+#[tokio::test]
+async fn the_redis_event_reader_counts_a_gap_by_the_numbers_not_by_what_it_can_read() {
+    use aragora_cp::store::{RedisStore, Store};
+    use aragora_cp_tests::redis_server::{RedisServer, unique_prefix};
+    let redis = RedisServer::start();
+    let config = aragora_cp::config::Config::default();
+    let prefix = unique_prefix("numbers");
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
+    let server = TestServer::start_with_store(config, store).await;
+    let admin = server.admin();
+    let base = server.api("");
+    let (events, count) = (format!("{prefix}{{main}}:events"), format!("{prefix}{{main}}:event-count"));
+    let mut control = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let submitted = server.api("/events?types=task_submitted");
+    let mut stream = server.client.get(&submitted).bearer_auth(&admin).send().await.unwrap();
+    let first = submit(&server, &base, &admin).await;
+    count_events_until(&mut stream, &first, 1).await;
+
+    let n: u64 = redis::cmd("INCR").arg(&count).query_async(&mut control).await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&events)
+        .arg("*")
+        .arg("n")
+        .arg(n)
+        .arg("type")
+        .arg("task_teleported")
+        .arg("data")
+        .arg("{}")
+        .query_async(&mut control)
+        .await
+        .unwrap();
+    let after_unreadable = submit(&server, &base, &admin).await;
+    count_events_until(&mut stream, &after_unreadable, 1).await;
+
+    // What a Redis that restarted without them leaves of the stream and its counter.
+    let _: i64 = redis::cmd("DEL").arg(&events).arg(&count).query_async(&mut control).await.unwrap();
+    let renumbered = submit(&server, &base, &admin).await;
+    let (ended, text) = read_to_the_end(&mut stream, 20).await;
+    assert!(ended, "the stream went on past the events Redis lost: {text}");
+    assert!(!text.contains(renumbered.as_str()), "an event from past the gap went out: {text}");
+    server.stop().await;
+}
+
+/// Reads an SSE response until the server ends it (`true`) or `secs` pass (`false`); what came meanwhile.
+async fn read_to_the_end(response: &mut reqwest::Response, secs: u64) -> (bool, String) {
+    let mut text = String::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(secs), async {
+        while let Some(chunk) = response.chunk().await.expect("stream read") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    (ended.is_ok(), text)
 }
 
 /// The event reader of a Redis store held away from its stream: its connection killed, and no new connection let
@@ -735,14 +790,8 @@ async fn a_stream_whose_event_pump_fell_behind_ends_so_the_client_resumes() {
     let tasks: Vec<Value> = (0..200).map(|_| json!({"task_type": "flood"})).collect();
     let (status, body) = post(&server, &server.api("/tasks/batch"), &admin, json!({"tasks": tasks})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let mut text = String::new();
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while let Some(chunk) = stream.chunk().await.expect("stream read") {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the stream went on past the gap: {text}");
+    let (ended, text) = read_to_the_end(&mut stream, 10).await;
+    assert!(ended, "the stream went on past the gap: {text}");
     assert!(!text.contains("id: "), "an event from past the gap went out before the stream ended: {text}");
     // Nothing went out after the first event: the client resumes from it, and the store no longer holds it.
     let request = server.client.get(&submitted).bearer_auth(&admin).header("Last-Event-ID", &resume_id);

@@ -11,7 +11,7 @@ use crate::model::{
     Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, DecisionRecord, Delivery,
     DeliveryStatus, Event, EventKind, HealthState, JsonText, PluginCandidate, PluginHistoryEntry, PluginRecord,
     Priority, Refusal, RolloutMode, ScheduleRecord, StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus,
-    Violation, ViolationStatus, rfc3339_ms,
+    Violation, ViolationStatus, parse_event_id, rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
@@ -37,7 +37,7 @@ pub(super) struct Reply {
     pub(super) body: StoreResult<Vec<Value>>,
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("redis: unexpected reply ({what})"))
 }
 
@@ -295,6 +295,16 @@ pub(super) fn health(value: &Value) -> StoreResult<AgentHealth> {
 }
 
 /// A stream entry `[id, [field, value, ...]]` as an event, with its store-wide number (`n`, for gap detection).
+/// A stream entry's place, read apart from the event it holds: its id's two numbers and its event number `n`
+/// (`None` when absent). An entry this build cannot decode (a newer server's event type) still has one.
+pub(super) fn event_place(entry: &Value) -> Option<((u64, u64), Option<u64>)> {
+    let parts = array(entry).ok()?;
+    let [id, fields] = parts else { return None };
+    let id = parse_event_id(&text(id)?)?;
+    let n = hash(fields).ok().and_then(|map| field(&map, "n").and_then(|n| n.parse().ok()));
+    Some((id, n))
+}
+
 pub(super) fn event(entry: &Value) -> StoreResult<(Event, u64)> {
     let parts = array(entry)?;
     let [id, fields] = parts else { return Err(corrupt("a stream entry is [id, fields]")) };

@@ -4,10 +4,11 @@
 //! server's subscribers see its events a moment later, in the same order as every other server's.
 //!
 //! Falling behind the cap: every event carries a store-wide number `n`; a jump means entries were trimmed before
-//! this reader saw them. The reader then counts the gap (`Store::skipped_events`) before it sends the first event
-//! after it, logs how many were lost and goes on from the oldest entry kept. The event pump treats the count like
-//! its own lag: waiting claims recheck, plugins resync, and SSE streams end so that their clients resume through
-//! `events_after`, which answers "gone" (a `reset`) for a trimmed id.
+//! this reader saw them (a number going back, that Redis lost events it had already sent). The reader then counts
+//! the gap (`Store::skipped_events`) before it sends the first event after it, logs it and goes on from the oldest
+//! entry kept. The event pump treats the count like its own lag: waiting claims recheck, plugins resync, and SSE
+//! streams end so that their clients resume through `events_after`, which answers "gone" (a `reset`) for an id the
+//! stream no longer holds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::connection::{Commands, Target};
 use super::decode;
-use crate::model::{StoreEvent, parse_event_id};
+use crate::model::StoreEvent;
 
 /// How long one `XREAD` blocks before it asks again (so a silently dead connection is noticed).
 const BLOCK_MS: u64 = 5_000;
@@ -91,30 +92,32 @@ pub(super) async fn follow(
             }
         };
         for entry in entries {
+            // The place first, apart from the event: an entry this build cannot decode still moves the reader on
+            // and keeps the numbering, so it is not taken for a gap.
+            let Some(((m, s), n)) = decode::event_place(entry) else {
+                tracing::error!("redis event reader skipped an entry without an id");
+                continue;
+            };
+            (ms, seq) = (m, s);
+            if let Some(n) = n {
+                if n != last_n + 1 {
+                    // Ahead: entries were trimmed before this reader read them. Behind: Redis lost events it had
+                    // sent (a restart that kept less, a failover to a replica that was behind).
+                    tracing::warn!(
+                        expected = last_n + 1,
+                        n,
+                        "redis event reader found a gap in the event numbers; event streams end"
+                    );
+                    // Before the next event goes out: a consumer must see the gap no later than its place.
+                    fanout.skipped.send_modify(|gaps| *gaps += 1);
+                }
+                last_n = n;
+            }
             match decode::event(entry) {
-                Ok((event, n)) => {
-                    if last_n != 0 && n > last_n + 1 {
-                        tracing::warn!(
-                            missed = n - last_n - 1,
-                            "redis event reader fell behind the stream cap; resynced, event streams end"
-                        );
-                        // Before the next event goes out: a consumer must see the gap where it was.
-                        fanout.skipped.send_modify(|gaps| *gaps += 1);
-                    }
-                    last_n = n;
-                    if let Some((m, s)) = parse_event_id(&event.id) {
-                        (ms, seq) = (m, s);
-                    }
+                Ok((event, _)) => {
                     let _ = fanout.events.send(StoreEvent::Decoded(Arc::new(event)));
                 }
-                Err(error) => {
-                    tracing::error!(%error, "redis event reader skipped an unreadable entry");
-                    if let Some(id) = decode::array(entry).ok().and_then(|p| p.first()).and_then(decode::text)
-                        && let Some((m, s)) = parse_event_id(&id)
-                    {
-                        (ms, seq) = (m, s);
-                    }
-                }
+                Err(error) => tracing::error!(%error, "redis event reader skipped an unreadable entry"),
             }
         }
     }

@@ -148,7 +148,7 @@ impl RedisStore {
         ];
         let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
         let stream = format!("{root}events");
-        let start = stream_tail(&mut commands.clone(), &stream).await?;
+        let start = stream_tail(&mut commands.clone(), &root).await?;
         let skipped = tokio::sync::watch::channel(0).0;
         let reader = tokio::spawn(events::follow(
             target.clone(),
@@ -423,23 +423,22 @@ fn first(body: &[Value]) -> StoreResult<&Value> {
 }
 
 /// The stream's last id and event number, where a new reader starts.
-async fn stream_tail(commands: &mut Commands, stream: &str) -> StoreResult<(u64, u64, u64)> {
-    let reply: Value = redis::cmd("XREVRANGE")
-        .arg(stream)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
+async fn stream_tail(commands: &mut Commands, root: &str) -> StoreResult<(u64, u64, u64)> {
+    // The counter too, read with the tail in one step: an empty stream (all of it trimmed, or none yet) still
+    // says which number comes next.
+    let reply: Value = redis::cmd("EVAL")
+        .arg("return {redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1), redis.call('GET', KEYS[2])}")
+        .arg(2)
+        .arg(format!("{root}events"))
+        .arg(format!("{root}event-count"))
         .query_async(commands)
         .await
         .map_err(unavailable)?;
-    match decode::array(&reply)?.first() {
-        None => Ok((0, 0, 0)),
-        Some(entry) => {
-            let (event, n) = decode::event(entry)?;
-            let (ms, seq) = parse_event_id(&event.id).unwrap_or((0, 0));
-            Ok((ms, seq, n))
-        }
+    let [tail, count] = decode::array(&reply)? else { return Err(decode::corrupt("the tail is [entries, count]")) };
+    let count = decode::text(count).and_then(|n| n.parse().ok()).unwrap_or(0);
+    match decode::array(tail)?.first().and_then(decode::event_place) {
+        Some(((ms, seq), n)) => Ok((ms, seq, n.unwrap_or(count))),
+        None => Ok((0, 0, count)),
     }
 }
 
