@@ -211,7 +211,8 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
 
     /// Changes each time [`subscribe`](Self::subscribe)'s events skipped some that the store will never send: a
-    /// shared store's reader that fell behind its stream's cap (the entries were trimmed before it read them).
+    /// shared store's reader that fell behind its stream's cap (the entries were trimmed before it read them), or
+    /// a store that lost events it had sent (a Redis restarted with less than it had, a failover to a replica behind).
     /// Counted before the first event after the gap is sent, so a consumer that looks at it before acting on each
     /// event sees the gap no later than its place. The memory store never skips (its channel is closed at once).
     fn skipped_events(&self) -> watch::Receiver<u64> {

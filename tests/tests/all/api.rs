@@ -569,23 +569,9 @@ async fn a_resume_further_behind_than_one_replay_page_misses_nothing() {
 /// stream skipped only the ids its own replay held, and the chaos test's lease oracle saw grants twice).
 #[tokio::test]
 async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
-    use aragora_cp::store::{RedisStore, Store};
-    use aragora_cp_tests::redis_server::{RedisServer, unique_prefix};
-    // A Redis of its own: the test refuses new connections on it for a while.
-    let redis = RedisServer::start();
-    let config = aragora_cp::config::Config::default();
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
-        RedisStore::connect(&redis.url(), &unique_prefix("lagging"), config.store_config()).await.expect("redis"),
-    );
-    let server = TestServer::start_with_store(config, store).await;
-    let admin = server.admin();
-    let base = server.api("");
-    let submitted = server.api("/events?types=task_submitted");
-    let mut control = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-
-    let mut stream = server.client.get(&submitted).bearer_auth(&admin).send().await.unwrap();
-    let first = submit(&server, &base, &admin).await;
-    let (_, resume_id) = count_events_until(&mut stream, &first, 1).await;
+    // The test refuses new connections on its Redis for a while.
+    let OnOwnRedis { server, admin, base, submitted, mut control, stream, first_id: resume_id, _redis, .. } =
+        OnOwnRedis::start("lagging").await;
     drop(stream);
 
     let away = ReaderAway::hold(&mut control).await;
@@ -618,21 +604,8 @@ async fn a_resume_ahead_of_a_lagging_event_reader_gets_no_event_twice() {
 /// `reset`. The stream used to go on silently with the oldest entry kept.
 #[tokio::test]
 async fn a_stream_whose_redis_event_reader_fell_behind_the_cap_ends_so_the_client_resumes() {
-    use aragora_cp::store::{RedisStore, Store};
-    use aragora_cp_tests::redis_server::{RedisServer, unique_prefix};
-    let redis = RedisServer::start();
-    let config = aragora_cp::config::Config::default();
-    let prefix = unique_prefix("trimmed");
-    let store: std::sync::Arc<dyn Store> =
-        std::sync::Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
-    let server = TestServer::start_with_store(config, store).await;
-    let admin = server.admin();
-    let base = server.api("");
-    let submitted = server.api("/events?types=task_submitted");
-    let mut control = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let mut stream = server.client.get(&submitted).bearer_auth(&admin).send().await.unwrap();
-    let first = submit(&server, &base, &admin).await;
-    let (_, resume_id) = count_events_until(&mut stream, &first, 1).await;
+    let OnOwnRedis { server, admin, base, submitted, prefix, mut control, mut stream, first_id: resume_id, _redis } =
+        OnOwnRedis::start("trimmed").await;
 
     let away = ReaderAway::hold(&mut control).await;
     let unread = [submit(&server, &base, &admin).await, submit(&server, &base, &admin).await];
@@ -667,22 +640,9 @@ async fn a_stream_whose_redis_event_reader_fell_behind_the_cap_ends_so_the_clien
 /// every stream as a gap does.
 #[tokio::test]
 async fn the_redis_event_reader_counts_a_gap_by_the_numbers_not_by_what_it_can_read() {
-    use aragora_cp::store::{RedisStore, Store};
-    use aragora_cp_tests::redis_server::{RedisServer, unique_prefix};
-    let redis = RedisServer::start();
-    let config = aragora_cp::config::Config::default();
-    let prefix = unique_prefix("numbers");
-    let store: std::sync::Arc<dyn Store> =
-        std::sync::Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
-    let server = TestServer::start_with_store(config, store).await;
-    let admin = server.admin();
-    let base = server.api("");
+    let OnOwnRedis { server, admin, base, prefix, mut control, mut stream, _redis, .. } =
+        OnOwnRedis::start("numbers").await;
     let (events, count) = (format!("{prefix}{{main}}:events"), format!("{prefix}{{main}}:event-count"));
-    let mut control = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let submitted = server.api("/events?types=task_submitted");
-    let mut stream = server.client.get(&submitted).bearer_auth(&admin).send().await.unwrap();
-    let first = submit(&server, &base, &admin).await;
-    count_events_until(&mut stream, &first, 1).await;
 
     let n: u64 = redis::cmd("INCR").arg(&count).query_async(&mut control).await.unwrap();
     let _: String = redis::cmd("XADD")
@@ -707,6 +667,44 @@ async fn the_redis_event_reader_counts_a_gap_by_the_numbers_not_by_what_it_can_r
     assert!(ended, "the stream went on past the events Redis lost: {text}");
     assert!(!text.contains(renumbered.as_str()), "an event from past the gap went out: {text}");
     server.stop().await;
+}
+
+/// A server on a Redis of its own (the tests that use it refuse connections on it, trim its stream or renumber its
+/// events), a connection to that Redis, and a stream of `task_submitted` events that carried one task's.
+struct OnOwnRedis {
+    server: TestServer,
+    admin: String,
+    base: String,
+    /// The stream's URL.
+    submitted: String,
+    /// The store's keys start with it.
+    prefix: String,
+    control: redis::aio::MultiplexedConnection,
+    stream: reqwest::Response,
+    /// The id of the one event the stream carried.
+    first_id: String,
+    /// Kept for the test's length (the test stops the server before it ends).
+    _redis: aragora_cp_tests::redis_server::RedisServer,
+}
+
+impl OnOwnRedis {
+    async fn start(name: &str) -> OnOwnRedis {
+        use aragora_cp::store::{RedisStore, Store};
+        use aragora_cp_tests::redis_server::{RedisServer, unique_prefix};
+        let redis = RedisServer::start();
+        let config = aragora_cp::config::Config::default();
+        let prefix = unique_prefix(name);
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+            RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"),
+        );
+        let server = TestServer::start_with_store(config, store).await;
+        let (admin, base, submitted) = (server.admin(), server.api(""), server.api("/events?types=task_submitted"));
+        let control = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let mut stream = server.client.get(&submitted).bearer_auth(&admin).send().await.unwrap();
+        let first = submit(&server, &base, &admin).await;
+        let (_, first_id) = count_events_until(&mut stream, &first, 1).await;
+        OnOwnRedis { server, admin, base, submitted, prefix, control, stream, first_id, _redis: redis }
+    }
 }
 
 /// Reads an SSE response until the server ends it (`true`) or `secs` pass (`false`); what came meanwhile.

@@ -294,7 +294,6 @@ pub(super) fn health(value: &Value) -> StoreResult<AgentHealth> {
     })
 }
 
-/// A stream entry `[id, [field, value, ...]]` as an event, with its store-wide number (`n`, for gap detection).
 /// A stream entry's place, read apart from the event it holds: its id's two numbers and its event number `n`
 /// (`None` when absent). An entry this build cannot decode (a newer server's event type) still has one.
 pub(super) fn event_place(entry: &Value) -> Option<((u64, u64), Option<u64>)> {
@@ -305,7 +304,8 @@ pub(super) fn event_place(entry: &Value) -> Option<((u64, u64), Option<u64>)> {
     Some((id, n))
 }
 
-pub(super) fn event(entry: &Value) -> StoreResult<(Event, u64)> {
+/// A stream entry `[id, [field, value, ...]]` as an event (its number is [`event_place`]'s).
+pub(super) fn event(entry: &Value) -> StoreResult<Event> {
     let parts = array(entry)?;
     let [id, fields] = parts else { return Err(corrupt("a stream entry is [id, fields]")) };
     let map = hash(fields)?;
@@ -319,7 +319,7 @@ pub(super) fn event(entry: &Value) -> StoreResult<(Event, u64)> {
         agent_id: non_empty("agent"),
         data: parse_json(&map, "data")?.unwrap_or(Json::Object(Map::new())),
     };
-    Ok((event, parsed(&map, "n")))
+    Ok(event)
 }
 
 /// A plugin record as `plugin_change`/`plugin_read` keep it (JSON), with its history entries.

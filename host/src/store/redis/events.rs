@@ -4,7 +4,7 @@
 //! server's subscribers see its events a moment later, in the same order as every other server's.
 //!
 //! Falling behind the cap: every event carries a store-wide number `n`; a jump means entries were trimmed before
-//! this reader saw them (a number going back, that Redis lost events it had already sent). The reader then counts
+//! this reader saw them (a number going back means Redis lost events it had already sent). The reader then counts
 //! the gap (`Store::skipped_events`) before it sends the first event after it, logs it and goes on from the oldest
 //! entry kept. The event pump treats the count like its own lag: waiting claims recheck, plugins resync, and SSE
 //! streams end so that their clients resume through `events_after`, which answers "gone" (a `reset`) for an id the
@@ -37,7 +37,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 pub(super) struct Fanout {
     /// Each event, in stream order.
     pub events: broadcast::Sender<StoreEvent>,
-    /// Counts the reader's falls behind the cap.
+    /// Counts the gaps in the event numbers (entries trimmed before they were read, or lost by Redis).
     pub skipped: watch::Sender<u64>,
 }
 
@@ -114,7 +114,7 @@ pub(super) async fn follow(
                 last_n = n;
             }
             match decode::event(entry) {
-                Ok((event, _)) => {
+                Ok(event) => {
                     let _ = fanout.events.send(StoreEvent::Decoded(Arc::new(event)));
                 }
                 Err(error) => tracing::error!(%error, "redis event reader skipped an unreadable entry"),

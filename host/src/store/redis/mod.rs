@@ -496,7 +496,7 @@ impl Store for RedisStore {
             return Ok(None);
         }
         let entries = body.get(1).map(decode::array).transpose()?.unwrap_or(&[]);
-        let events = entries.iter().map(|e| decode::event(e).map(|(event, _)| event)).collect::<StoreResult<_>>()?;
+        let events = entries.iter().map(decode::event).collect::<StoreResult<_>>()?;
         Ok(Some(if limit == 0 { Vec::new() } else { events }))
     }
 
