@@ -485,19 +485,38 @@ impl Store for RedisStore {
     }
 
     async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>> {
-        let after = match after {
+        let mut after = match after {
             None => String::new(),
             // An id that is no stream id was never issued: as memory, "not in the buffer".
             Some(id) if parse_event_id(id).is_none() => return Ok(None),
             Some(id) => id.to_string(),
         };
-        let body = self.call(&self.scripts.events_after, vec![after, limit.max(1).to_string()]).await?;
-        if text(first(&body)?).as_deref() != Some("kept") {
-            return Ok(None);
+        let mut events = Vec::new();
+        // An entry this build cannot decode (a newer server's event type, in a rolling upgrade) is passed over, as
+        // the reader passes it; the page is then filled from further on, since callers take a short page for the
+        // stream's end.
+        loop {
+            let body = self.call(&self.scripts.events_after, vec![after, limit.max(1).to_string()]).await?;
+            if text(first(&body)?).as_deref() != Some("kept") {
+                return Ok(None);
+            }
+            let entries = body.get(1).map(decode::array).transpose()?.unwrap_or(&[]);
+            for entry in entries {
+                match decode::event(entry) {
+                    Ok(event) => events.push(event),
+                    Err(error) => tracing::warn!(%error, "an event the replay cannot read was passed over"),
+                }
+            }
+            let last_place = entries.last().and_then(decode::event_place);
+            match last_place {
+                Some(((ms, seq), _)) if entries.len() >= limit.max(1) && events.len() < limit => {
+                    after = format!("{ms}-{seq}");
+                }
+                _ => break,
+            }
         }
-        let entries = body.get(1).map(decode::array).transpose()?.unwrap_or(&[]);
-        let events = entries.iter().map(decode::event).collect::<StoreResult<_>>()?;
-        Ok(Some(if limit == 0 { Vec::new() } else { events }))
+        events.truncate(limit);
+        Ok(Some(events))
     }
 
     async fn register(&self, registration: AgentRegistration) -> StoreResult<Registered> {
