@@ -660,8 +660,9 @@ async fn the_redis_event_reader_counts_a_gap_by_the_numbers_not_by_what_it_can_r
     let after_unreadable = submit(&server, &base, &admin).await;
     count_events_until(&mut stream, &after_unreadable, 1).await;
 
-    // What a Redis that restarted without them leaves of the stream and its counter.
-    let _: i64 = redis::cmd("DEL").arg(&events).arg(&count).query_async(&mut control).await.unwrap();
+    // Redis lost the events it had sent and numbers again from before them. (The stream is kept: a new one could
+    // start within the millisecond of the last id read, below it, and the reader would not see its first entry.)
+    let _: () = redis::cmd("SET").arg(&count).arg(1).query_async(&mut control).await.unwrap();
     let renumbered = submit(&server, &base, &admin).await;
     let (ended, text) = read_to_the_end(&mut stream, 20).await;
     assert!(ended, "the stream went on past the events Redis lost: {text}");

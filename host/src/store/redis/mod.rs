@@ -485,6 +485,7 @@ impl Store for RedisStore {
     }
 
     async fn events_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Option<Vec<Event>>> {
+        let from_oldest = after.is_none();
         let mut after = match after {
             None => String::new(),
             // An id that is no stream id was never issued: as memory, "not in the buffer".
@@ -496,25 +497,32 @@ impl Store for RedisStore {
         // the reader passes it; the page is then filled from further on, since callers take a short page for the
         // stream's end.
         loop {
-            let body = self.call(&self.scripts.events_after, vec![after, limit.max(1).to_string()]).await?;
+            let asked = limit.saturating_sub(events.len()).max(1);
+            let body = self.call(&self.scripts.events_after, vec![after, asked.to_string()]).await?;
             if text(first(&body)?).as_deref() != Some("kept") {
+                // Trimmed past the page's last entry while filling it: the caller's own id went first. One that
+                // asked from the oldest kept starts again there.
+                if from_oldest && !events.is_empty() {
+                    (events, after) = (Vec::new(), String::new());
+                    continue;
+                }
                 return Ok(None);
             }
             let entries = body.get(1).map(decode::array).transpose()?.unwrap_or(&[]);
             for entry in entries {
                 match decode::event(entry) {
                     Ok(event) => events.push(event),
-                    Err(error) => tracing::warn!(%error, "an event the replay cannot read was passed over"),
+                    // The reader logged it when it passed; callers that read the end of the stream again and again
+                    // (notification dispatch) would repeat it.
+                    Err(error) => tracing::debug!(%error, "an event the replay cannot read was passed over"),
                 }
             }
-            let last_place = entries.last().and_then(decode::event_place);
-            match last_place {
-                Some(((ms, seq), _)) if entries.len() >= limit.max(1) && events.len() < limit => {
-                    after = format!("{ms}-{seq}");
-                }
+            match entries.last().and_then(decode::event_place) {
+                Some(((ms, seq), _)) if entries.len() >= asked && events.len() < limit => after = format!("{ms}-{seq}"),
                 _ => break,
             }
         }
+        // A page of none still asks for one entry, to tell whether `after` is kept.
         events.truncate(limit);
         Ok(Some(events))
     }
