@@ -27,7 +27,7 @@ pub(super) struct Consumers {
     pub task_waits: broadcast::Sender<StoreEvent>,
     /// Counts the store events the pump missed: its own falls behind, and the store's skips
     /// (`ControlPlaneCoordinator::subscribe_gaps`).
-    pub stream_gaps: tokio::sync::watch::Sender<u64>,
+    pub stream_gaps: watch::Sender<u64>,
     /// Stamps plugin events with this server and the store's time.
     pub store: Arc<dyn Store>,
     pub server_id: String,

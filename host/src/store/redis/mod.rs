@@ -77,7 +77,7 @@ pub struct RedisStore {
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
     events: broadcast::Sender<StoreEvent>,
-    /// Bumped by the reader when it fell behind the stream's cap ([`Store::skipped_events`]).
+    /// Bumped by the reader at a gap in the event numbers ([`Store::skipped_events`]).
     skipped: tokio::sync::watch::Sender<u64>,
     reader: JoinHandle<()>,
     clock: Mutex<ClockEstimate>,
@@ -501,8 +501,8 @@ impl Store for RedisStore {
             let body = self.call(&self.scripts.events_after, vec![after, asked.to_string()]).await?;
             if text(first(&body)?).as_deref() != Some("kept") {
                 // Trimmed past the page's last entry while filling it: the caller's own id went first. One that
-                // asked from the oldest kept starts again there.
-                if from_oldest && !events.is_empty() {
+                // asked from the oldest kept starts again there (the first read from the oldest is never "gone").
+                if from_oldest {
                     (events, after) = (Vec::new(), String::new());
                     continue;
                 }
