@@ -670,6 +670,32 @@ async fn the_redis_event_reader_counts_a_gap_by_the_numbers_not_by_what_it_can_r
     server.stop().await;
 }
 
+/// A reader that starts on an empty stream whose counter is not zero (the stream deleted by hand, or lost while the
+/// counter was kept) numbers on from the counter: the first event it reads is no gap, and no stream ends for it.
+#[tokio::test]
+async fn a_redis_event_reader_starting_on_an_empty_stream_numbers_on_from_the_counter() {
+    use aragora_cp::store::{RedisStore, Store};
+    use aragora_cp_tests::redis_server::{RedisServer, unique_prefix};
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("empty-start");
+    let mut control = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () =
+        redis::cmd("SET").arg(format!("{prefix}{{main}}:event-count")).arg(41).query_async(&mut control).await.unwrap();
+    let config = aragora_cp::config::Config::default();
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(RedisStore::connect(&redis.url(), &prefix, config.store_config()).await.expect("redis"));
+    let server = TestServer::start_with_store(config, store).await;
+    let (admin, base) = (server.admin(), server.api(""));
+    let mut stream =
+        server.client.get(server.api("/events?types=task_submitted")).bearer_auth(&admin).send().await.unwrap();
+
+    let first = submit(&server, &base, &admin).await;
+    count_events_until(&mut stream, &first, 1).await;
+    let second = submit(&server, &base, &admin).await;
+    count_events_until(&mut stream, &second, 1).await;
+    server.stop().await;
+}
+
 /// A server on a Redis of its own (the tests that use it refuse connections on it, trim its stream or renumber its
 /// events), a connection to that Redis, and a stream of `task_submitted` events that carried one task's.
 struct OnOwnRedis {
