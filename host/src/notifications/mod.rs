@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    AttemptResult, Channel, Delivery, DeliveryMessage, Event, EventKind, Priority, StoreResult, TaskFacts, TaskId,
-    backoff_ms,
+    AttemptResult, Channel, Delivery, DeliveryMessage, Event, EventKind, LeasedDeliveries, Priority, StoreResult,
+    TaskFacts, TaskId, backoff_ms,
 };
 use crate::store::Store;
 
@@ -40,8 +40,10 @@ const DISPATCH_TICK: Duration = Duration::from_secs(1);
 const SEND_BATCH: usize = 16;
 /// How long a server owns a delivery it is sending: longer than an attempt may take.
 const LEASE_MS: u64 = 3 * send::SEND_TIMEOUT.as_millis() as u64;
-/// How often the sender looks for due deliveries when nothing woke it (retries come due; other servers enqueue).
-const SEND_POLL: Duration = Duration::from_millis(100);
+/// The longest a sender that leased nothing sleeps before it looks again, however far off the next due delivery is
+/// (or with none queued): deliveries another server enqueued reach this one's sender only by looking, and its own
+/// sender may be busy or dead. Retries and lease ends due sooner wake it when they come due.
+const SEND_IDLE_MAX: Duration = Duration::from_secs(1);
 
 /// The notification settings of a server.
 #[derive(Clone, Debug)]
@@ -176,31 +178,41 @@ async fn task_facts(store: &dyn Store, event: &Event, task_id: &str) -> StoreRes
 
 async fn run_sender(store: Arc<dyn Store>, sender: Sender, made: Arc<Notify>, shutdown: CancellationToken) {
     loop {
-        let sent = match send_due(store.as_ref(), &sender).await {
-            Ok(sent) => sent,
+        let idle = match send_due(store.as_ref(), &sender).await {
+            Ok(Sent { count: 0, next_due_in }) => Some(next_due_in.unwrap_or(SEND_IDLE_MAX).min(SEND_IDLE_MAX)),
+            Ok(_) => None,
             Err(error) => {
                 tracing::debug!(%error, "notification sender: will retry");
-                0
+                Some(SEND_IDLE_MAX)
             }
         };
-        if sent == 0 {
-            tokio::select! {
+        match idle {
+            Some(pause) => tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = made.notified() => {}
-                _ = tokio::time::sleep(SEND_POLL) => {}
-            }
-        } else if shutdown.is_cancelled() {
-            return;
+                _ = tokio::time::sleep(pause) => {}
+            },
+            None if shutdown.is_cancelled() => return,
+            None => {}
         }
     }
 }
 
-/// Leases the due deliveries (up to 16), sends them at once and records how each attempt ended; how
-/// many it sent.
-pub async fn send_due(store: &dyn Store, sender: &Sender) -> StoreResult<usize> {
-    let leased = store.claim_deliveries(SEND_BATCH, LEASE_MS).await?;
+/// What one round of [`send_due`] did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sent {
+    /// Deliveries sent (each attempt recorded, whatever its end).
+    pub count: usize,
+    /// How long until the next delivery left comes due, as the store answered when leasing (none queued: none).
+    pub next_due_in: Option<Duration>,
+}
+
+/// Leases the due deliveries (up to 16), sends them at once and records how each attempt ended.
+pub async fn send_due(store: &dyn Store, sender: &Sender) -> StoreResult<Sent> {
+    let LeasedDeliveries { leased, next_due_in_ms } = store.claim_deliveries(SEND_BATCH, LEASE_MS).await?;
+    let next_due_in = next_due_in_ms.map(Duration::from_millis);
     if leased.is_empty() {
-        return Ok(0);
+        return Ok(Sent { count: 0, next_due_in });
     }
     let channels: HashMap<String, Channel> = store.channels().await?.into_iter().map(|c| (c.id.clone(), c)).collect();
     let attempts = leased.iter().map(|delivery| async {
@@ -222,5 +234,5 @@ pub async fn send_due(store: &dyn Store, sender: &Sender) -> StoreResult<usize> 
         }
     });
     join_all(attempts).await;
-    Ok(leased.len())
+    Ok(Sent { count: leased.len(), next_due_in })
 }

@@ -20,9 +20,10 @@ use tokio::sync::{broadcast, watch};
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AttemptResult, AuditCheckpoint, AuditEntry, AuditHead,
     CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion, DecisionRecord, Delivery, DeliveryStatus,
-    Event, EventKind, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask,
-    NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance,
-    ScheduleRecord, StoreEvent, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
+    Event, EventKind, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest,
+    LeasedDeliveries, NewTask, NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered,
+    ScheduleAdvance, ScheduleRecord, StoreEvent, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation,
+    ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -443,8 +444,9 @@ pub trait Store: Send + Sync + 'static {
     async fn enqueue_deliveries(&self, from: Option<&str>, to: &str, deliveries: Vec<Delivery>) -> StoreResult<bool>;
 
     /// Leases up to `limit` due deliveries (pending and due, or sending past their lease) for `lease_ms`, each
-    /// counting one more attempt: a server that dies while sending leaves it to another once the lease ends.
-    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<Vec<Delivery>>;
+    /// counting one more attempt: a server that dies while sending leaves it to another once the lease ends. Also
+    /// answers when the next delivery left comes due, in the same step.
+    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<LeasedDeliveries>;
 
     /// Records how attempt `attempt` of a delivery ended, if it is still leased at that attempt (false when its
     /// lease ran out and another server took it).

@@ -32,8 +32,8 @@ use crate::model::{
     AuditHead, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Channel, ChannelFigures, CompactStr,
     Completion, DecisionRecord, Delivery, DeliveryStatus, Event, EventData, EventKind, EventRecord, FailKind,
     FailRequest, Fence, FleetStats, HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, JsonText,
-    MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginCandidate, PluginChange,
-    PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked,
+    LeasedDeliveries, MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginCandidate,
+    PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked,
     ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreEvent, StoreResult, Submitted, Task, TaskError,
     TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, parse_event_id, rfc3339_ms,
 };
@@ -2265,7 +2265,7 @@ impl Store for MemoryStore {
         self.transition(|tx| Ok(tx.state.notifications.enqueue(from, to, deliveries, tx.now)))
     }
 
-    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<Vec<Delivery>> {
+    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<LeasedDeliveries> {
         self.transition(|tx| Ok(tx.state.notifications.claim(limit, lease_ms, tx.now)))
     }
 

@@ -41,7 +41,8 @@ use crate::model::{
     StoreError, StoreEvent, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
 };
 use crate::model::{
-    AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, MAX_CHANNELS, SENT_KEPT,
+    AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, LeasedDeliveries, MAX_CHANNELS,
+    SENT_KEPT,
 };
 use crate::model::{DECISIONS_PER_TASK, DecisionRecord, RolloutMode};
 
@@ -1267,10 +1268,12 @@ impl Store for RedisStore {
         Ok(body.first().and_then(text).as_deref() == Some("1"))
     }
 
-    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<Vec<Delivery>> {
+    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<LeasedDeliveries> {
         let args = vec!["claim".into(), limit.to_string(), lease_ms.to_string()];
         let body = self.call(&self.scripts.notify_change, args).await?;
-        decode::array(first(&body)?)?.iter().map(decode::delivery).collect()
+        let leased = decode::array(first(&body)?)?.iter().map(decode::delivery).collect::<StoreResult<_>>()?;
+        let next_due_in_ms = body.get(1).and_then(text).and_then(|ms| ms.parse().ok());
+        Ok(LeasedDeliveries { leased, next_due_in_ms })
     }
 
     async fn finish_delivery(&self, id: &str, attempt: u32, result: AttemptResult) -> StoreResult<bool> {

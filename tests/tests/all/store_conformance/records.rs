@@ -1,7 +1,7 @@
 //! Counters, events, listings, deadlines, retention, plugin records and violations.
 
 use super::*;
-use aragora_cp::model::{AuditDetails, DECISIONS_PER_TASK};
+use aragora_cp::model::{AuditDetails, DECISIONS_PER_TASK, LeasedDeliveries};
 
 pub(super) async fn counters_match_the_tasks_and_agents_after_a_mixed_sequence(h: Harness) {
     h.register_with(AgentRegistration {
@@ -743,13 +743,17 @@ pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_o
     assert_eq!(h.store.deliveries(None, 10).await.expect("list").len(), 2);
 
     // Each delivery is leased to one claimant; a lease that runs out lets another take it, and the first one's
-    // late answer is refused.
-    let first = h.store.claim_deliveries(10, 1_000).await.expect("claim");
-    assert_eq!(first.len(), 2);
+    // late answer is refused. Every claim also tells when the next delivery left comes due (a lease's end counts).
+    let claim = || async { h.store.claim_deliveries(10, 1_000).await.expect("claim") };
+    let LeasedDeliveries { leased: first, next_due_in_ms } = claim().await;
+    assert_eq!((first.len(), next_due_in_ms), (2, Some(1_000)));
     assert!(first.iter().all(|d| d.status == DeliveryStatus::Sending && d.attempts == 1));
-    assert!(h.store.claim_deliveries(10, 1_000).await.expect("claim").is_empty(), "both are leased");
-    h.advance(1_001).await;
-    let again = h.store.claim_deliveries(10, 1_000).await.expect("claim");
+    h.advance(400).await;
+    let leased = claim().await;
+    assert!(leased.leased.is_empty(), "both are leased");
+    assert_eq!(leased.next_due_in_ms, Some(600), "the leases end in 600 ms");
+    h.advance(601).await;
+    let again = claim().await.leased;
     assert_eq!(again.len(), 2, "the leases ran out");
     let (a, b) = if again[0].channel_id == "chn_a" { (&again[0], &again[1]) } else { (&again[1], &again[0]) };
     assert_eq!(a.attempts, 2);
@@ -759,10 +763,10 @@ pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_o
     assert!(h.store.finish_delivery(&b.id, 2, failed(Some(500))).await.expect("retry later"));
     let pending = h.store.delivery(&b.id).await.expect("read").expect("exists");
     assert_eq!((pending.status, pending.last_status), (DeliveryStatus::Pending, Some(500)));
-    assert!(h.store.claim_deliveries(10, 1_000).await.expect("claim").is_empty(), "not due yet");
+    assert_eq!(claim().await, LeasedDeliveries { leased: vec![], next_due_in_ms: Some(500) }, "not due yet");
     h.advance(500).await;
-    let third = h.store.claim_deliveries(10, 1_000).await.expect("claim");
-    assert_eq!((third.len(), third[0].attempts), (1, 3));
+    let LeasedDeliveries { leased: third, next_due_in_ms } = claim().await;
+    assert_eq!((third.len(), third[0].attempts, next_due_in_ms), (1, 3, Some(1_000)));
     assert!(h.store.finish_delivery(&b.id, 3, failed(None)).await.expect("dead"));
     let dead = h.store.deliveries(Some(DeliveryStatus::Dead), 10).await.expect("dead letters");
     assert_eq!(dead.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [b.id.as_str()]);
@@ -776,7 +780,7 @@ pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_o
     assert_eq!(h.store.retry_delivery("1-0:chn_nope").await.expect("missing"), None);
     let retried = h.store.retry_delivery(&b.id).await.expect("retry").expect("exists");
     assert_eq!((retried.status, retried.attempts, retried.attempts_this_round()), (DeliveryStatus::Pending, 3, 0));
-    let fourth = h.store.claim_deliveries(10, 1_000).await.expect("claim");
+    let fourth = claim().await.leased;
     assert_eq!((fourth[0].attempts, fourth[0].attempts_this_round()), (4, 1));
     assert!(!h.store.finish_delivery(&b.id, 3, AttemptResult::Sent { status: 200 }).await.expect("stale"));
 
@@ -792,4 +796,5 @@ pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_o
     assert!(h.store.finish_delivery(&b.id, 4, failed(None)).await.expect("dead again"));
     let figures = h.store.notification_figures().await.expect("figures");
     assert_eq!(figures.keys().collect::<Vec<_>>(), ["chn_a", "chn_c"]);
+    assert_eq!(claim().await, LeasedDeliveries::default(), "nothing is queued, so nothing comes due");
 }

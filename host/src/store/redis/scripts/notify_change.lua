@@ -2,7 +2,7 @@
 --   put_channel id json max → 'ok'                 (the first channel moves the cursor to the newest event)
 --   delete_channel id → '1' | '0'
 --   enqueue from ('' = none) to count [id channel message]*count → '1' | '0' (the compare-and-set on the cursor)
---   claim limit lease_ms → the leased deliveries' hashes
+--   claim limit lease_ms → the leased deliveries' hashes, then ms until the next one left is due ('': none queued)
 --   finish id attempt outcome ('sent'|'retry'|'dead') http_status ('' = none) error delay_ms sent_kept dead_kept
 --     → '1' | '0' (the attempt's lease was lost)
 --   retry id → the delivery's hash | {} (no such delivery); `attempts` goes on counting (it fences reports), `base`
@@ -68,7 +68,9 @@ elseif op == 'claim' then
       redis.call('ZREM', K.notify_due, id)
     end
   end
-  return ok(claimed)
+  -- When the next one left comes due ('' when none is queued): the sender sleeps until then.
+  local next = redis.call('ZRANGE', K.notify_due, '0', '0', 'WITHSCORES')[2]
+  return ok(claimed, next and n2s(math.max(0, tonumber(next) - NOW)) or '')
 elseif op == 'finish' then
   local id, attempt, outcome, code, why = arg(2), arg(3), arg(4), arg(5), arg(6)
   local delay, sent_kept, dead_kept = tonumber(arg(7)), tonumber(arg(8)), tonumber(arg(9))
