@@ -51,8 +51,7 @@ pub use json_text::JsonText;
 pub(crate) use json_text::JsonWriter;
 pub use notification::{
     AttemptResult, Channel, ChannelFigures, ChannelFilter, ChannelKind, DEAD_KEPT, DEFAULT_EVENTS, Delivery,
-    DeliveryMessage, DeliveryStatus, LeasedDeliveries, MAX_CHANNELS, NewChannel, SENT_KEPT, TaskFacts, backoff_ms,
-    new_channel_id,
+    DeliveryMessage, DeliveryStatus, MAX_CHANNELS, NewChannel, SENT_KEPT, TaskFacts, backoff_ms, new_channel_id,
 };
 pub use outcome::{Completion, FailRequest, Fence, Submitted};
 pub use plugin::{

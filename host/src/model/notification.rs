@@ -376,17 +376,6 @@ impl Delivery {
     }
 }
 
-/// What a sender's lease of due deliveries got ([`Store::claim_deliveries`](crate::store::Store::claim_deliveries)).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LeasedDeliveries {
-    /// The deliveries leased, each counting one more attempt.
-    pub leased: Vec<Delivery>,
-    /// How long until the next delivery left in the queue comes due (0: one is due now), the leased ones' lease
-    /// ends included; none when the queue is empty. A sender that leased nothing sleeps that long, not a fixed
-    /// poll's.
-    pub next_due_in_ms: Option<u64>,
-}
-
 /// How an attempt ended, as the worker reports it to the store.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttemptResult {

@@ -23,10 +23,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{
-    AttemptResult, Channel, Delivery, DeliveryMessage, Event, EventKind, LeasedDeliveries, Priority, StoreResult,
-    TaskFacts, TaskId, backoff_ms,
+    AttemptResult, Channel, Delivery, DeliveryMessage, Event, EventKind, Priority, StoreResult, TaskFacts, TaskId,
+    backoff_ms,
 };
-use crate::store::Store;
+use crate::store::{Due, Store};
 
 pub use send::{Sender, check_url};
 
@@ -209,8 +209,8 @@ pub struct Sent {
 
 /// Leases the due deliveries (up to 16), sends them at once and records how each attempt ended.
 pub async fn send_due(store: &dyn Store, sender: &Sender) -> StoreResult<Sent> {
-    let LeasedDeliveries { leased, next_due_in_ms } = store.claim_deliveries(SEND_BATCH, LEASE_MS).await?;
-    let next_due_in = next_due_in_ms.map(Duration::from_millis);
+    let Due { items: leased, next_in_ms } = store.claim_deliveries(SEND_BATCH, LEASE_MS).await?;
+    let next_due_in = next_in_ms.map(Duration::from_millis);
     if leased.is_empty() {
         return Ok(Sent { count: 0, next_due_in });
     }

@@ -103,6 +103,8 @@ pub struct Scheduler {
     waiting: claims::Waiting,
     /// Dispatch denials already recorded by this server.
     dispatch_seen: policies::DispatchSeen,
+    /// A schedule was created or changed through this server: the schedule loop looks again at once.
+    schedules_changed: tokio::sync::Notify,
 }
 
 impl Scheduler {
@@ -116,6 +118,7 @@ impl Scheduler {
             routes: TaskTracker::new(),
             waiting: claims::Waiting::default(),
             dispatch_seen: policies::DispatchSeen::new(crate::model::VIOLATIONS_KEPT),
+            schedules_changed: tokio::sync::Notify::new(),
         })
     }
 

@@ -17,8 +17,13 @@ use crate::model::{
     new_schedule_id,
 };
 
-/// How often each server looks for due ticks (plus up to 50 ms of jitter, so servers do not race in step).
-const POLL: Duration = Duration::from_millis(200);
+/// The longest a server's loop sleeps between two looks for due ticks: a schedule created or changed through another
+/// server is found within it. A tick due sooner wakes the loop when it comes due, a change through this server at
+/// once.
+const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+
+/// Up to this much is added to each sleep, so that servers waking for the same tick do not race in step.
+const JITTER_MS: u64 = 50;
 
 /// Due schedules fired per pass.
 const FIRED_PER_PASS: usize = 100;
@@ -41,6 +46,7 @@ impl Scheduler {
             skipped: 0,
         };
         let stored = self.store.put_schedule(record, true).await?;
+        self.schedules_changed.notify_one();
         view(&stored)
     }
 
@@ -72,6 +78,7 @@ impl Scheduler {
             ..record
         };
         let stored = self.store.put_schedule(changed, timing_changed).await?;
+        self.schedules_changed.notify_one();
         view(&stored)
     }
 
@@ -80,35 +87,45 @@ impl Scheduler {
         if self.store.delete_schedule(id).await? { Ok(()) } else { Err(EngineError::ScheduleNotFound(id.to_string())) }
     }
 
-    /// Looks for due ticks five times a second (with jitter) until shutdown.
+    /// Fires due ticks until shutdown, sleeping until the next one comes due (at most `LOOK_AT_LEAST_EVERY`, with
+    /// jitter), or until a schedule changes through this server.
     pub async fn run_schedules(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            let wait = POLL + Duration::from_millis(rand::random::<u64>() % 50);
+            let next = self.fire_due_schedules().await.unwrap_or_else(|error| {
+                tracing::debug!(%error, "firing schedules: will retry");
+                None
+            });
+            let wait = next.map_or(LOOK_AT_LEAST_EVERY, |next| next.min(LOOK_AT_LEAST_EVERY))
+                + Duration::from_millis(rand::random::<u64>() % JITTER_MS);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = self.schedules_changed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
-            if let Err(error) = self.fire_due_schedules().await {
-                tracing::debug!(%error, "firing schedules: will retry");
+        }
+    }
+
+    /// Fires the ticks due now; how long until the next tick comes due, as far as the store and this pass's
+    /// firings tell (none: no schedule ticks).
+    pub async fn fire_due_schedules(&self) -> Result<Option<Duration>, EngineError> {
+        let due = self.store.due_schedules(FIRED_PER_PASS).await?;
+        let mut next_ms = due.next_in_ms.map(|ms| self.store.now_ms().saturating_add(ms));
+        for record in &due.items {
+            // A schedule this server could not move on (its definition unreadable here) is looked at again later.
+            if let Some(moved_to) = self.fire(record).await? {
+                next_ms = Some(next_ms.map_or(moved_to, |ms| ms.min(moved_to)));
             }
         }
+        Ok(next_ms.map(|ms| Duration::from_millis(ms.saturating_sub(self.store.now_ms()))))
     }
 
-    /// Fires the ticks due now; how many tasks this server made (replays of another server's included).
-    pub async fn fire_due_schedules(&self) -> Result<u64, EngineError> {
-        let mut made = 0;
-        for record in self.store.due_schedules(FIRED_PER_PASS).await? {
-            made += self.fire(&record).await?;
-        }
-        Ok(made)
-    }
-
-    /// Fires one due schedule's ticks and moves it on. A store outage stops the firing before anything moves (the
-    /// ticks stay due); a refused submit (a policy, a full queue) skips its tick with the reason on record.
-    async fn fire(&self, record: &ScheduleRecord) -> Result<u64, EngineError> {
-        let Some(from_ms) = record.next_run_ms else { return Ok(0) };
-        let Ok(definition) = definition(record) else { return Ok(0) };
-        let Ok(timing) = definition.spec.timing(definition.created_ms) else { return Ok(0) };
+    /// Fires one due schedule's ticks and moves it on: its next tick, when it moved it and it still ticks. A store
+    /// outage stops the firing before anything moves (the ticks stay due); a refused submit (a policy, a full
+    /// queue) skips its tick with the reason on record.
+    async fn fire(&self, record: &ScheduleRecord) -> Result<Option<u64>, EngineError> {
+        let Some(from_ms) = record.next_run_ms else { return Ok(None) };
+        let Ok(definition) = definition(record) else { return Ok(None) };
+        let Ok(timing) = definition.spec.timing(definition.created_ms) else { return Ok(None) };
         let now = self.store.now_ms().max(from_ms);
         let firing = timing.firing(from_ms, now, definition.spec.catch_up);
         let mut advance = ScheduleAdvance {
@@ -141,9 +158,9 @@ impl Scheduler {
                 }
             }
         }
-        let runs = advance.runs;
+        let next = advance.next_ms;
         self.store.advance_schedule(advance).await?;
-        Ok(runs)
+        Ok(next)
     }
 }
 

@@ -20,10 +20,9 @@ use tokio::sync::{broadcast, watch};
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AttemptResult, AuditCheckpoint, AuditEntry, AuditHead,
     CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion, DecisionRecord, Delivery, DeliveryStatus,
-    Event, EventKind, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest,
-    LeasedDeliveries, NewTask, NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered,
-    ScheduleAdvance, ScheduleRecord, StoreEvent, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation,
-    ViolationUpdate,
+    Event, EventKind, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask,
+    NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance,
+    ScheduleRecord, StoreEvent, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -140,6 +139,23 @@ pub struct WaitingClaim {
     pub numbers: CandidateNumbers,
     /// Its place in the waiting order (earlier = waiting longer); a cursor for a further offer.
     pub seq: u64,
+}
+
+/// What a look for due items found ([`Store::claim_deliveries`], [`Store::due_schedules`]): those due now, and how
+/// long until the next one left comes due, so that a background loop that found nothing sleeps until then instead
+/// of polling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Due<T> {
+    /// Due now (deliveries: leased, each counting one more attempt).
+    pub items: Vec<T>,
+    /// Milliseconds until the next item not among `items` comes due (0: one already is); none when there is none.
+    pub next_in_ms: Option<u64>,
+}
+
+impl<T> Default for Due<T> {
+    fn default() -> Self {
+        Due { items: Vec::new(), next_in_ms: None }
+    }
 }
 
 /// The claims a pending task may go to: the longest-waiting ones first, at most the strategy's `max_candidates`,
@@ -418,8 +434,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a schedule; whether it existed.
     async fn delete_schedule(&self, id: &str) -> StoreResult<bool>;
 
-    /// Schedules whose next tick is due at the store's clock, the most overdue first, at most `limit`.
-    async fn due_schedules(&self, limit: usize) -> StoreResult<Vec<ScheduleRecord>>;
+    /// Schedules whose next tick is due at the store's clock, the most overdue first, at most `limit`; and when the
+    /// next tick of the others comes due.
+    async fn due_schedules(&self, limit: usize) -> StoreResult<Due<ScheduleRecord>>;
 
     /// Applies a firing if the schedule's next tick is still `advance.from_ms`; whether it did (false: another
     /// server fired it first, or it was changed or deleted).
@@ -446,7 +463,7 @@ pub trait Store: Send + Sync + 'static {
     /// Leases up to `limit` due deliveries (pending and due, or sending past their lease) for `lease_ms`, each
     /// counting one more attempt: a server that dies while sending leaves it to another once the lease ends. Also
     /// answers when the next delivery left comes due, in the same step.
-    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<LeasedDeliveries>;
+    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<Due<Delivery>>;
 
     /// Records how attempt `attempt` of a delivery ended, if it is still leased at that attempt (false when its
     /// lease ran out and another server took it).

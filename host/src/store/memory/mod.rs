@@ -24,7 +24,7 @@ mod waiting;
 use crate::FastMap;
 
 use super::{
-    Assigned, ClaimAnswer, ClaimRequest, Clock, Committed, Offer, Store, StoreConfig, Swept, WaitSpec, Waiter,
+    Assigned, ClaimAnswer, ClaimRequest, Clock, Committed, Due, Offer, Store, StoreConfig, Swept, WaitSpec, Waiter,
     WaitingClaim, Withdrawn,
 };
 use crate::model::{
@@ -32,8 +32,8 @@ use crate::model::{
     AuditHead, BreakerState, CLAIM_WAITS_KEPT, CandidateNumbers, CapabilitySet, Channel, ChannelFigures, CompactStr,
     Completion, DecisionRecord, Delivery, DeliveryStatus, Event, EventData, EventKind, EventRecord, FailKind,
     FailRequest, Fence, FleetStats, HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, JsonText,
-    LeasedDeliveries, MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginCandidate,
-    PluginChange, PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked,
+    MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginCandidate, PluginChange,
+    PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked,
     ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreEvent, StoreResult, Submitted, Task, TaskError,
     TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, parse_event_id, rfc3339_ms,
 };
@@ -2215,13 +2215,14 @@ impl Store for MemoryStore {
         self.transition(|tx| Ok(tx.state.schedules.remove(id).is_some()))
     }
 
-    async fn due_schedules(&self, limit: usize) -> StoreResult<Vec<ScheduleRecord>> {
+    async fn due_schedules(&self, limit: usize) -> StoreResult<Due<ScheduleRecord>> {
         let state = self.lock()?;
         let now = self.clock.now_ms();
-        let mut due: Vec<&ScheduleRecord> =
-            state.schedules.values().filter(|s| s.next_run_ms.is_some_and(|next| next <= now)).collect();
-        due.sort_by_key(|s| (s.next_run_ms, s.id.clone()));
-        Ok(due.into_iter().take(limit).cloned().collect())
+        let mut ticking: Vec<&ScheduleRecord> = state.schedules.values().filter(|s| s.next_run_ms.is_some()).collect();
+        ticking.sort_by_key(|s| (s.next_run_ms, s.id.clone()));
+        let due = ticking.iter().take(limit).take_while(|s| s.next_run_ms.is_some_and(|next| next <= now)).count();
+        let next_in_ms = ticking.get(due).and_then(|s| s.next_run_ms).map(|next| next.saturating_sub(now));
+        Ok(Due { items: ticking.into_iter().take(due).cloned().collect(), next_in_ms })
     }
 
     async fn advance_schedule(&self, advance: ScheduleAdvance) -> StoreResult<bool> {
@@ -2265,7 +2266,7 @@ impl Store for MemoryStore {
         self.transition(|tx| Ok(tx.state.notifications.enqueue(from, to, deliveries, tx.now)))
     }
 
-    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<LeasedDeliveries> {
+    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<Due<Delivery>> {
         self.transition(|tx| Ok(tx.state.notifications.claim(limit, lease_ms, tx.now)))
     }
 

@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::model::{
-    AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, LeasedDeliveries, MAX_CHANNELS,
-    SENT_KEPT, StoreError, StoreResult,
+    AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, MAX_CHANNELS, SENT_KEPT, StoreError,
+    StoreResult,
 };
+use crate::store::Due;
 
 #[derive(Default)]
 pub(super) struct Notifications {
@@ -86,7 +87,7 @@ impl Notifications {
         true
     }
 
-    pub(super) fn claim(&mut self, limit: usize, lease_ms: u64, now: u64) -> LeasedDeliveries {
+    pub(super) fn claim(&mut self, limit: usize, lease_ms: u64, now: u64) -> Due<Delivery> {
         let due: Vec<(u64, String)> = self.due.iter().take_while(|(at, _)| *at <= now).take(limit).cloned().collect();
         let mut claimed = Vec::with_capacity(due.len());
         for key in due {
@@ -98,8 +99,8 @@ impl Notifications {
             self.due.insert((now + lease_ms, key.1));
             claimed.push(delivery.clone());
         }
-        let next_due_in_ms = self.due.first().map(|(at, _)| at.saturating_sub(now));
-        LeasedDeliveries { leased: claimed, next_due_in_ms }
+        let next_in_ms = self.due.first().map(|(at, _)| at.saturating_sub(now));
+        Due { items: claimed, next_in_ms }
     }
 
     pub(super) fn finish(&mut self, id: &str, attempt: u32, result: AttemptResult, now: u64) -> bool {

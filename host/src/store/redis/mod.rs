@@ -28,7 +28,7 @@ use self::connection::{Commands, Target, unavailable};
 use self::decode::{Reply, text};
 use self::scripts::Scripts;
 use super::{
-    Assigned, ClaimAnswer, ClaimRequest, Committed, Offer, Store, StoreConfig, Swept, WaitSpec, Waiter, Withdrawn,
+    Assigned, ClaimAnswer, ClaimRequest, Committed, Due, Offer, Store, StoreConfig, Swept, WaitSpec, Waiter, Withdrawn,
 };
 use crate::model::{
     Agent, CapabilitySet, Event, EventKind, FailKind, HeartbeatRequest, NewTask, Priority, Task, TaskId, TaskStatus,
@@ -41,8 +41,7 @@ use crate::model::{
     StoreError, StoreEvent, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
 };
 use crate::model::{
-    AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, LeasedDeliveries, MAX_CHANNELS,
-    SENT_KEPT,
+    AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, MAX_CHANNELS, SENT_KEPT,
 };
 use crate::model::{DECISIONS_PER_TASK, DecisionRecord, RolloutMode};
 
@@ -421,6 +420,12 @@ fn json_text(value: &impl serde::Serialize) -> String {
 
 fn first(body: &[Value]) -> StoreResult<&Value> {
     body.first().ok_or_else(|| StoreError::Unavailable("redis: a script answered nothing".into()))
+}
+
+/// The second value of a look for due items (`notify_change claim`, `schedule_read due`): ms until the next one
+/// left comes due, '' for none.
+fn next_in_ms(body: &[Value]) -> Option<u64> {
+    body.get(1).and_then(text).and_then(|ms| ms.parse().ok())
 }
 
 /// The stream's last id and event number, where a new reader starts.
@@ -1208,8 +1213,10 @@ impl Store for RedisStore {
         Ok(body.first().and_then(text).as_deref() == Some("1"))
     }
 
-    async fn due_schedules(&self, limit: usize) -> StoreResult<Vec<ScheduleRecord>> {
-        self.read_schedules(vec!["due".into(), limit.to_string()]).await
+    async fn due_schedules(&self, limit: usize) -> StoreResult<Due<ScheduleRecord>> {
+        let body = self.call(&self.scripts.schedule_read, vec!["due".into(), limit.to_string()]).await?;
+        let items = decode::array(first(&body)?)?.iter().map(decode::schedule).collect::<StoreResult<_>>()?;
+        Ok(Due { items, next_in_ms: next_in_ms(&body) })
     }
 
     async fn advance_schedule(&self, advance: ScheduleAdvance) -> StoreResult<bool> {
@@ -1268,12 +1275,11 @@ impl Store for RedisStore {
         Ok(body.first().and_then(text).as_deref() == Some("1"))
     }
 
-    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<LeasedDeliveries> {
+    async fn claim_deliveries(&self, limit: usize, lease_ms: u64) -> StoreResult<Due<Delivery>> {
         let args = vec!["claim".into(), limit.to_string(), lease_ms.to_string()];
         let body = self.call(&self.scripts.notify_change, args).await?;
-        let leased = decode::array(first(&body)?)?.iter().map(decode::delivery).collect::<StoreResult<_>>()?;
-        let next_due_in_ms = body.get(1).and_then(text).and_then(|ms| ms.parse().ok());
-        Ok(LeasedDeliveries { leased, next_due_in_ms })
+        let items = decode::array(first(&body)?)?.iter().map(decode::delivery).collect::<StoreResult<_>>()?;
+        Ok(Due { items, next_in_ms: next_in_ms(&body) })
     }
 
     async fn finish_delivery(&self, id: &str, attempt: u32, result: AttemptResult) -> StoreResult<bool> {

@@ -1,7 +1,8 @@
 //! Counters, events, listings, deadlines, retention, plugin records and violations.
 
 use super::*;
-use aragora_cp::model::{AuditDetails, DECISIONS_PER_TASK, LeasedDeliveries};
+use aragora_cp::model::{AuditDetails, DECISIONS_PER_TASK};
+use aragora_cp::store::Due;
 
 pub(super) async fn counters_match_the_tasks_and_agents_after_a_mixed_sequence(h: Harness) {
     h.register_with(AgentRegistration {
@@ -590,11 +591,16 @@ pub(super) async fn schedules_are_kept_listed_due_and_advanced_by_compare_and_se
     h.store.put_schedule(record("sched_a", Some(now + 1_000)), true).await.expect("put");
     h.store.put_schedule(record("sched_paused", None), true).await.expect("put");
     let ids = |records: Vec<ScheduleRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let store = &h.store;
+    let due = |limit| async move {
+        let Due { items, next_in_ms } = store.due_schedules(limit).await.expect("due");
+        (ids(items), next_in_ms)
+    };
     assert_eq!(ids(h.store.schedules().await.expect("list")), ["sched_a", "sched_b", "sched_paused"]);
-    assert!(h.store.due_schedules(10).await.expect("due").is_empty());
+    assert_eq!(due(10).await, (vec![], Some(1_000)), "nothing due; the next tick in a second");
     h.advance(6_000).await;
-    assert_eq!(ids(h.store.due_schedules(10).await.expect("due")), ["sched_a", "sched_b"], "most overdue first");
-    assert_eq!(ids(h.store.due_schedules(1).await.expect("due")), ["sched_a"]);
+    assert_eq!(due(10).await, (vec!["sched_a".into(), "sched_b".into()], None), "most overdue first");
+    assert_eq!(due(1).await, (vec!["sched_a".into()], Some(0)), "one more is due already");
 
     // Two servers fire sched_a's tick: the first compare-and-set moves it, the second finds it moved.
     let fired = ScheduleAdvance {
@@ -636,12 +642,12 @@ pub(super) async fn schedules_are_kept_listed_due_and_advanced_by_compare_and_se
     );
     let paused = h.store.put_schedule(ScheduleRecord { next_run_ms: None, ..changed }, true).await.expect("put");
     assert_eq!(paused.next_run_ms, None);
-    assert_eq!(ids(h.store.due_schedules(10).await.expect("due")), ["sched_b"], "a paused schedule is never due");
+    assert_eq!(due(10).await, (vec!["sched_b".into()], None), "a paused schedule is never due");
 
     assert!(h.store.delete_schedule("sched_b").await.expect("delete"));
     assert!(!h.store.delete_schedule("sched_b").await.expect("delete again"));
     assert_eq!(h.store.schedule("sched_b").await.expect("read"), None);
-    assert!(h.store.due_schedules(10).await.expect("due").is_empty());
+    assert_eq!(due(10).await, (vec![], None));
     let missing = ScheduleAdvance {
         id: "sched_b".into(),
         from_ms: now + 5_000,
@@ -745,15 +751,15 @@ pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_o
     // Each delivery is leased to one claimant; a lease that runs out lets another take it, and the first one's
     // late answer is refused. Every claim also tells when the next delivery left comes due (a lease's end counts).
     let claim = || async { h.store.claim_deliveries(10, 1_000).await.expect("claim") };
-    let LeasedDeliveries { leased: first, next_due_in_ms } = claim().await;
-    assert_eq!((first.len(), next_due_in_ms), (2, Some(1_000)));
+    let Due { items: first, next_in_ms } = claim().await;
+    assert_eq!((first.len(), next_in_ms), (2, Some(1_000)));
     assert!(first.iter().all(|d| d.status == DeliveryStatus::Sending && d.attempts == 1));
     h.advance(400).await;
     let leased = claim().await;
-    assert!(leased.leased.is_empty(), "both are leased");
-    assert_eq!(leased.next_due_in_ms, Some(600), "the leases end in 600 ms");
+    assert!(leased.items.is_empty(), "both are leased");
+    assert_eq!(leased.next_in_ms, Some(600), "the leases end in 600 ms");
     h.advance(601).await;
-    let again = claim().await.leased;
+    let again = claim().await.items;
     assert_eq!(again.len(), 2, "the leases ran out");
     let (a, b) = if again[0].channel_id == "chn_a" { (&again[0], &again[1]) } else { (&again[1], &again[0]) };
     assert_eq!(a.attempts, 2);
@@ -763,10 +769,10 @@ pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_o
     assert!(h.store.finish_delivery(&b.id, 2, failed(Some(500))).await.expect("retry later"));
     let pending = h.store.delivery(&b.id).await.expect("read").expect("exists");
     assert_eq!((pending.status, pending.last_status), (DeliveryStatus::Pending, Some(500)));
-    assert_eq!(claim().await, LeasedDeliveries { leased: vec![], next_due_in_ms: Some(500) }, "not due yet");
+    assert_eq!(claim().await, Due { items: vec![], next_in_ms: Some(500) }, "not due yet");
     h.advance(500).await;
-    let LeasedDeliveries { leased: third, next_due_in_ms } = claim().await;
-    assert_eq!((third.len(), third[0].attempts, next_due_in_ms), (1, 3, Some(1_000)));
+    let Due { items: third, next_in_ms } = claim().await;
+    assert_eq!((third.len(), third[0].attempts, next_in_ms), (1, 3, Some(1_000)));
     assert!(h.store.finish_delivery(&b.id, 3, failed(None)).await.expect("dead"));
     let dead = h.store.deliveries(Some(DeliveryStatus::Dead), 10).await.expect("dead letters");
     assert_eq!(dead.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [b.id.as_str()]);
@@ -780,7 +786,7 @@ pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_o
     assert_eq!(h.store.retry_delivery("1-0:chn_nope").await.expect("missing"), None);
     let retried = h.store.retry_delivery(&b.id).await.expect("retry").expect("exists");
     assert_eq!((retried.status, retried.attempts, retried.attempts_this_round()), (DeliveryStatus::Pending, 3, 0));
-    let fourth = claim().await.leased;
+    let fourth = claim().await.items;
     assert_eq!((fourth[0].attempts, fourth[0].attempts_this_round()), (4, 1));
     assert!(!h.store.finish_delivery(&b.id, 3, AttemptResult::Sent { status: 200 }).await.expect("stale"));
 
@@ -796,5 +802,5 @@ pub(super) async fn notification_deliveries_are_made_by_compare_and_set_leased_o
     assert!(h.store.finish_delivery(&b.id, 4, failed(None)).await.expect("dead again"));
     let figures = h.store.notification_figures().await.expect("figures");
     assert_eq!(figures.keys().collect::<Vec<_>>(), ["chn_a", "chn_c"]);
-    assert_eq!(claim().await, LeasedDeliveries::default(), "nothing is queued, so nothing comes due");
+    assert_eq!(claim().await, Due::default(), "nothing is queued, so nothing comes due");
 }

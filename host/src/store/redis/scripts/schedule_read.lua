@@ -1,5 +1,6 @@
 -- schedule_read(op, ...): one schedule (`one id`), every schedule (`all`), or those due now, the most overdue
--- first (`due limit`); each as its hash's field list. A read.
+-- first (`due limit`, then the ms until the next tick of the others, '' when none ticks); each as its hash's field
+-- list. A read.
 local op = arg(1)
 local ids
 if op == 'one' then
@@ -13,5 +14,9 @@ local records = {}
 for _, id in ipairs(ids) do
   local record = redis.call('HGETALL', skey(id))
   if #record > 0 then table.insert(records, record) end
+end
+if op == 'due' then
+  local next = redis.call('ZRANGE', K.schedules_due, n2s(#ids), n2s(#ids), 'WITHSCORES')[2]
+  return ok(records, next and n2s(math.max(0, tonumber(next) - NOW)) or '')
 end
 return ok(records)
