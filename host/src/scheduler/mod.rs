@@ -377,8 +377,10 @@ impl Scheduler {
     }
 
     /// Runs the deadline-driven sweeps until `shutdown` fires: sleeps to the store's earliest deadline (at least
-    /// 250 ms, with jitter), then ends timed-out attempts, requeues silent agents' work and makes backed-off tasks
-    /// claimable, 100 at a time, routing what became pending; every `CLEANUP_INTERVAL` it also applies retention.
+    /// 250 ms, with jitter, at most a second), then, if it has passed, ends timed-out attempts, requeues silent
+    /// agents' work and makes backed-off tasks claimable, 100 at a time, routing what became pending; every
+    /// `CLEANUP_INTERVAL` it also applies retention. A wait cut short at a second sweeps nothing (nothing was due):
+    /// a deadline set meanwhile is seen by the next look, so an idle server makes one store call a second here.
     pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
         let mut next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
         // After losing the store for over a second, agents could not heartbeat or renew leases meanwhile: give
@@ -413,8 +415,9 @@ impl Scheduler {
             if store_lost_at.is_some() {
                 continue;
             }
+            let due = next <= self.store.now_ms();
             // Backed-off work is never held back by an outage's grace: it only becomes claimable.
-            while let Ok(promoted) = self.store.promote_due(100).await {
+            while due && let Ok(promoted) = self.store.promote_due(100).await {
                 let full = promoted.len() == 100;
                 self.route_requeued(promoted);
                 if !full {
@@ -428,6 +431,9 @@ impl Scheduler {
                 let retention = self.config.task_retention.as_millis() as u64;
                 while matches!(self.store.housekeeping(retention, retention, 1000).await, Ok(1000)) {}
                 next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+            }
+            if !due {
+                continue;
             }
             while let Ok(swept) = self.store.sweep_timeouts(100).await {
                 self.route_requeued(swept.requeued);
