@@ -41,9 +41,14 @@ const SEND_BATCH: usize = 16;
 /// How long a server owns a delivery it is sending: longer than an attempt may take.
 const LEASE_MS: u64 = 3 * send::SEND_TIMEOUT.as_millis() as u64;
 /// The longest a sender that leased nothing sleeps before it looks again, however far off the next due delivery is
-/// (or with none queued): deliveries another server enqueued reach this one's sender only by looking, and its own
-/// sender may be busy or dead. Retries and lease ends due sooner wake it when they come due.
+/// (or with none queued): deliveries another server enqueued (or a person retried) reach this one's sender only by
+/// looking, and that server's sender may be busy or dead. Retries and lease ends due sooner wake it when they come
+/// due.
 const SEND_IDLE_MAX: Duration = Duration::from_secs(1);
+
+/// The shortest sleep of a sender that leased nothing: retries due at many different moments make it look at most
+/// ten times a second, as often as it once polled, not once per retry.
+const SEND_IDLE_MIN: Duration = Duration::from_millis(100);
 
 /// The notification settings of a server.
 #[derive(Clone, Debug)]
@@ -88,7 +93,11 @@ async fn run_dispatcher(store: Arc<dyn Store>, made: Arc<Notify>, shutdown: Canc
         match dispatch(store.as_ref()).await {
             Ok(0) => {}
             Ok(_) => made.notify_one(),
-            Err(error) => tracing::debug!(%error, "notification dispatch: will retry"),
+            Err(error) => {
+                tracing::debug!(%error, "notification dispatch: will retry");
+                // It may have made a stretch's deliveries before the error.
+                made.notify_one();
+            }
         }
         tokio::time::sleep(DISPATCH_PAUSE).await;
     }
@@ -179,7 +188,9 @@ async fn task_facts(store: &dyn Store, event: &Event, task_id: &str) -> StoreRes
 async fn run_sender(store: Arc<dyn Store>, sender: Sender, made: Arc<Notify>, shutdown: CancellationToken) {
     loop {
         let idle = match send_due(store.as_ref(), &sender).await {
-            Ok(Sent { count: 0, next_due_in }) => Some(next_due_in.unwrap_or(SEND_IDLE_MAX).min(SEND_IDLE_MAX)),
+            Ok(Sent { count: 0, next_due_in }) => {
+                Some(next_due_in.map_or(SEND_IDLE_MAX, |next| next.clamp(SEND_IDLE_MIN, SEND_IDLE_MAX)))
+            }
             Ok(_) => None,
             Err(error) => {
                 tracing::debug!(%error, "notification sender: will retry");

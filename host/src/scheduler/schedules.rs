@@ -22,6 +22,10 @@ use crate::model::{
 /// once.
 const LOOK_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 
+/// The shortest sleep between two looks: many schedules ticking at different moments (or more due ticks than a pass
+/// fires) make a server look at most five times a second, as often as it once polled, not once per tick.
+const LOOK_AT_MOST_EVERY: Duration = Duration::from_millis(200);
+
 /// Up to this much is added to each sleep, so that servers waking for the same tick do not race in step.
 const JITTER_MS: u64 = 50;
 
@@ -87,15 +91,15 @@ impl Scheduler {
         if self.store.delete_schedule(id).await? { Ok(()) } else { Err(EngineError::ScheduleNotFound(id.to_string())) }
     }
 
-    /// Fires due ticks until shutdown, sleeping until the next one comes due (at most `LOOK_AT_LEAST_EVERY`, with
-    /// jitter), or until a schedule changes through this server.
+    /// Fires due ticks until shutdown, sleeping until the next one comes due (between `LOOK_AT_MOST_EVERY` and
+    /// `LOOK_AT_LEAST_EVERY`, with jitter), or until a schedule changes through this server.
     pub async fn run_schedules(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             let next = self.fire_due_schedules().await.unwrap_or_else(|error| {
                 tracing::debug!(%error, "firing schedules: will retry");
                 None
             });
-            let wait = next.map_or(LOOK_AT_LEAST_EVERY, |next| next.min(LOOK_AT_LEAST_EVERY))
+            let wait = next.map_or(LOOK_AT_LEAST_EVERY, |next| next.clamp(LOOK_AT_MOST_EVERY, LOOK_AT_LEAST_EVERY))
                 + Duration::from_millis(rand::random::<u64>() % JITTER_MS);
             tokio::select! {
                 _ = shutdown.cancelled() => return,

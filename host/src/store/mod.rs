@@ -148,7 +148,8 @@ pub struct WaitingClaim {
 pub struct Due<T> {
     /// Due now (deliveries: leased, each counting one more attempt).
     pub items: Vec<T>,
-    /// Milliseconds until the next item not among `items` comes due (0: one already is); none when there is none.
+    /// Milliseconds until the next item not due now comes due (0: more are due than `items` holds); none when
+    /// there is none. Deliveries just leased count, at their lease's end.
     pub next_in_ms: Option<u64>,
 }
 

@@ -162,7 +162,8 @@ async fn schedules_are_paused_resumed_changed_and_deleted_by_their_creator_or_an
         (StatusCode::OK, json!(true), Value::Null)
     );
     clock.advance(2 * 24 * 3600 * 1000);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Longer than the schedule loop sleeps when nothing ticks, so it looks at least once meanwhile.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(schedule(&server, id).await["runs"], 0, "a paused schedule fires nothing");
     let (_, resumed) = server.call(&owner, Method::POST, &format!("{path}/resume"), None).await;
     assert_eq!(resumed["next_run_at"], "2027-01-18T01:00:00.000Z", "from its next future tick: {resumed}");

@@ -2218,11 +2218,15 @@ impl Store for MemoryStore {
     async fn due_schedules(&self, limit: usize) -> StoreResult<Due<ScheduleRecord>> {
         let state = self.lock()?;
         let now = self.clock.now_ms();
-        let mut ticking: Vec<&ScheduleRecord> = state.schedules.values().filter(|s| s.next_run_ms.is_some()).collect();
-        ticking.sort_by_key(|s| (s.next_run_ms, s.id.clone()));
-        let due = ticking.iter().take(limit).take_while(|s| s.next_run_ms.is_some_and(|next| next <= now)).count();
-        let next_in_ms = ticking.get(due).and_then(|s| s.next_run_ms).map(|next| next.saturating_sub(now));
-        Ok(Due { items: ticking.into_iter().take(due).cloned().collect(), next_in_ms })
+        let mut due: Vec<&ScheduleRecord> =
+            state.schedules.values().filter(|s| s.next_run_ms.is_some_and(|next| next <= now)).collect();
+        due.sort_by(|a, b| (a.next_run_ms, &a.id).cmp(&(b.next_run_ms, &b.id)));
+        let next_in_ms = if due.len() > limit {
+            Some(0)
+        } else {
+            state.schedules.values().filter_map(|s| s.next_run_ms).filter(|&next| next > now).min().map(|n| n - now)
+        };
+        Ok(Due { items: due.into_iter().take(limit).cloned().collect(), next_in_ms })
     }
 
     async fn advance_schedule(&self, advance: ScheduleAdvance) -> StoreResult<bool> {
