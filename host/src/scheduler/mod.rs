@@ -400,14 +400,14 @@ impl Scheduler {
                             "store is back after an outage: no timeout or offline sweeps for HEARTBEAT_TIMEOUT"
                         );
                     }
-                    next.unwrap_or(now + 1000)
+                    next
                 }
                 Err(_) => {
                     store_lost_at.get_or_insert_with(tokio::time::Instant::now);
-                    now + 1000
+                    None
                 }
             };
-            let wait_ms = next.saturating_sub(now).clamp(250, 1000) + rand::random::<u64>() % 50;
+            let wait_ms = next.map_or(1000, |at| at.saturating_sub(now).clamp(250, 1000)) + rand::random::<u64>() % 50;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
@@ -415,7 +415,7 @@ impl Scheduler {
             if store_lost_at.is_some() {
                 continue;
             }
-            let due = next <= self.store.now_ms();
+            let due = next.is_some_and(|at| at <= self.store.now_ms());
             // Backed-off work is never held back by an outage's grace: it only becomes claimable.
             while due && let Ok(promoted) = self.store.promote_due(100).await {
                 let full = promoted.len() == 100;
