@@ -376,11 +376,11 @@ impl Scheduler {
         self.waiting.wake_all();
     }
 
-    /// Runs the deadline-driven sweeps until `shutdown` fires: sleeps to the store's earliest deadline (at least
-    /// 250 ms, with jitter, at most a second), then, if it has passed, ends timed-out attempts, requeues silent
-    /// agents' work and makes backed-off tasks claimable, 100 at a time, routing what became pending; every
-    /// `CLEANUP_INTERVAL` it also applies retention. A wait cut short at a second sweeps nothing (nothing was due):
-    /// a deadline set meanwhile is seen by the next look, so an idle server makes one store call a second here.
+    /// Runs the deadline-driven sweeps until `shutdown` fires: looks at the store's earliest deadline and, once it
+    /// has passed, ends timed-out attempts, requeues silent agents' work and makes backed-off tasks claimable, 100 at
+    /// a time, routing what became pending; then sleeps to the deadline (at least 250 ms, with jitter, at most a
+    /// second, so one set meanwhile is seen soon). With no deadline passed it sweeps nothing: an idle server makes
+    /// one store call a second here. Every `CLEANUP_INTERVAL` it also applies retention.
     pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
         let mut next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
         // After losing the store for over a second, agents could not heartbeat or renew leases meanwhile: give
@@ -407,45 +407,53 @@ impl Scheduler {
                     None
                 }
             };
-            let wait_ms = next.map_or(1000, |at| at.saturating_sub(now).clamp(250, 1000)) + rand::random::<u64>() % 50;
+            if store_lost_at.is_none() {
+                let sweeps_allowed = tokio::time::Instant::now() >= sweeps_resume_at;
+                if sweeps_allowed && tokio::time::Instant::now() >= next_cleanup {
+                    let retention = self.config.task_retention.as_millis() as u64;
+                    while matches!(self.store.housekeeping(retention, retention, 1000).await, Ok(1000)) {}
+                    next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+                }
+                if next.is_some_and(|at| at <= self.store.now_ms()) {
+                    self.sweep_passed(sweeps_allowed).await;
+                }
+            }
+            // While the store is away, looked at again soon: a blip shorter than a second is no outage.
+            let wait_ms = match (next, store_lost_at) {
+                (_, Some(_)) => 250,
+                (Some(at), None) => at.saturating_sub(now).clamp(250, 1000),
+                (None, None) => 1000,
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait_ms + rand::random::<u64>() % 50)) => {}
             }
-            if store_lost_at.is_some() {
-                continue;
+        }
+    }
+
+    /// Sweeps what passed its deadline: backed-off tasks become claimable (even in an outage's grace: that only
+    /// makes work claimable), then, with `timeouts_too`, timed-out attempts end and silent agents go offline.
+    async fn sweep_passed(&self, timeouts_too: bool) {
+        while let Ok(promoted) = self.store.promote_due(100).await {
+            let full = promoted.len() == 100;
+            self.route_requeued(promoted);
+            if !full {
+                break;
             }
-            let due = next.is_some_and(|at| at <= self.store.now_ms());
-            // Backed-off work is never held back by an outage's grace: it only becomes claimable.
-            while due && let Ok(promoted) = self.store.promote_due(100).await {
-                let full = promoted.len() == 100;
-                self.route_requeued(promoted);
-                if !full {
-                    break;
-                }
+        }
+        if !timeouts_too {
+            return;
+        }
+        while let Ok(swept) = self.store.sweep_timeouts(100).await {
+            self.route_requeued(swept.requeued);
+            if swept.count < 100 {
+                break;
             }
-            if tokio::time::Instant::now() < sweeps_resume_at {
-                continue;
-            }
-            if tokio::time::Instant::now() >= next_cleanup {
-                let retention = self.config.task_retention.as_millis() as u64;
-                while matches!(self.store.housekeeping(retention, retention, 1000).await, Ok(1000)) {}
-                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
-            }
-            if !due {
-                continue;
-            }
-            while let Ok(swept) = self.store.sweep_timeouts(100).await {
-                self.route_requeued(swept.requeued);
-                if swept.count < 100 {
-                    break;
-                }
-            }
-            while let Ok(swept) = self.store.sweep_offline(100).await {
-                self.route_requeued(swept.requeued);
-                if swept.count < 100 {
-                    break;
-                }
+        }
+        while let Ok(swept) = self.store.sweep_offline(100).await {
+            self.route_requeued(swept.requeued);
+            if swept.count < 100 {
+                break;
             }
         }
     }

@@ -601,6 +601,9 @@ pub(super) async fn schedules_are_kept_listed_due_and_advanced_by_compare_and_se
     h.advance(6_000).await;
     assert_eq!(due(10).await, (vec!["sched_a".into(), "sched_b".into()], None), "most overdue first");
     assert_eq!(due(1).await, (vec!["sched_a".into()], Some(0)), "one more is due already");
+    h.store.put_schedule(record("sched_c", Some(now + 60_000)), true).await.expect("put");
+    assert_eq!(due(2).await, (vec!["sched_a".into(), "sched_b".into()], Some(54_000)), "every due one, then a later");
+    assert!(h.store.delete_schedule("sched_c").await.expect("delete"));
 
     // Two servers fire sched_a's tick: the first compare-and-set moves it, the second finds it moved.
     let fired = ScheduleAdvance {
