@@ -300,7 +300,14 @@ pub(super) fn event_place(entry: &Value) -> Option<((u64, u64), Option<u64>)> {
     let parts = array(entry).ok()?;
     let [id, fields] = parts else { return None };
     let id = parse_event_id(&text(id)?)?;
-    let n = hash(fields).ok().and_then(|map| field(&map, "n").and_then(|n| n.parse().ok()));
+    // Read where it stands (`n` is written first) rather than through `hash`, which would copy every field, the
+    // event's data included, once more for each event the reader passes.
+    let n = array(fields).ok().and_then(|pairs| {
+        pairs.chunks(2).find_map(|pair| match pair {
+            [Value::BulkString(name), value] if name.as_slice() == b"n" => text(value)?.parse().ok(),
+            _ => None,
+        })
+    });
     Some((id, n))
 }
 

@@ -350,7 +350,7 @@ impl RedisStore {
 
     async fn read_schedules(&self, args: Vec<String>) -> StoreResult<Vec<ScheduleRecord>> {
         let body = self.call(&self.scripts.schedule_read, args).await?;
-        decode::array(first(&body)?)?.iter().map(decode::schedule).collect()
+        schedules_in(&body)
     }
 
     fn lease_ids(count: usize) -> Vec<String> {
@@ -420,6 +420,11 @@ fn json_text(value: &impl serde::Serialize) -> String {
 
 fn first(body: &[Value]) -> StoreResult<&Value> {
     body.first().ok_or_else(|| StoreError::Unavailable("redis: a script answered nothing".into()))
+}
+
+/// The schedules a `schedule_read` answered.
+fn schedules_in(body: &[Value]) -> StoreResult<Vec<ScheduleRecord>> {
+    decode::array(first(body)?)?.iter().map(decode::schedule).collect()
 }
 
 /// The second value of a look for due items (`notify_change claim`, `schedule_read due`): ms until the next one
@@ -1215,8 +1220,7 @@ impl Store for RedisStore {
 
     async fn due_schedules(&self, limit: usize) -> StoreResult<Due<ScheduleRecord>> {
         let body = self.call(&self.scripts.schedule_read, vec!["due".into(), limit.to_string()]).await?;
-        let items = decode::array(first(&body)?)?.iter().map(decode::schedule).collect::<StoreResult<_>>()?;
-        Ok(Due { items, next_in_ms: next_in_ms(&body) })
+        Ok(Due { items: schedules_in(&body)?, next_in_ms: next_in_ms(&body) })
     }
 
     async fn advance_schedule(&self, advance: ScheduleAdvance) -> StoreResult<bool> {
