@@ -40,13 +40,10 @@ async fn servers_reload_a_lost_function_library_without_failing_a_request() {
     submitting.await.expect("submitters");
     let report = fleet.finish(TOTAL, &events, agents, 0).await;
     reader.abort();
-    for server in &fleet.servers {
-        assert!(
-            server.log().contains("the function library is gone"),
-            "server {} never reloaded the library (did the test flush it?); its log:\n{}",
-            server.index,
-            server.log()
-        );
-    }
+    // Each loss is met by whichever servers call in the moment before one of them has loaded the library again: at
+    // least one a loss, not necessarily every server (one that had no call in flight then never sees it gone).
+    let reloads: usize =
+        fleet.servers.iter().map(|server| server.log().matches("the function library is gone").count()).sum();
+    assert!(reloads >= LOSSES, "{reloads} reloads for {LOSSES} losses (did the test flush the library?)");
     eprintln!("library loss: {}", fleet.summary(&report, started));
 }
