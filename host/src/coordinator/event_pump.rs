@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::fleet_plugins::FleetChange;
-use crate::model::{Event, EventKind, StoreEvent, rfc3339_ms};
+use crate::model::{Event, EventKind, EventRecord, rfc3339_ms};
 use crate::plugins::PluginEvent;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
@@ -24,7 +24,7 @@ pub(super) struct Consumers {
     /// The coordinator's stream (`ControlPlaneCoordinator::subscribe`).
     pub subscribers: broadcast::Sender<Arc<Event>>,
     /// Store events as they came, for `wait_for_result`.
-    pub task_waits: broadcast::Sender<StoreEvent>,
+    pub task_waits: broadcast::Sender<EventRecord>,
     /// Counts the store events the pump missed: its own falls behind, and the store's skips
     /// (`ControlPlaneCoordinator::subscribe_gaps`).
     pub stream_gaps: watch::Sender<u64>,
@@ -36,7 +36,7 @@ pub(super) struct Consumers {
 /// What the pump reads: the store's events, and the count of those the store itself skipped
 /// ([`Store::skipped_events`]).
 pub(super) struct StoreFeed {
-    pub events: broadcast::Receiver<StoreEvent>,
+    pub events: broadcast::Receiver<EventRecord>,
     pub skipped: watch::Receiver<u64>,
 }
 
@@ -91,7 +91,7 @@ impl Consumers {
         self.stream_gaps.send_modify(|gaps| *gaps += 1);
     }
 
-    fn store_event(&self, event: StoreEvent) {
+    fn store_event(&self, event: EventRecord) {
         self.scheduler.observe(&event);
         if let Some(change) = FleetChange::of(&event) {
             let _ = self.fleet_plugins.send(change);
@@ -102,7 +102,7 @@ impl Consumers {
             let _ = self.task_waits.send(event.clone());
         }
         if self.subscribers.receiver_count() > 0 {
-            let _ = self.subscribers.send(event.to_event());
+            let _ = self.subscribers.send(Arc::new(event.to_event()));
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::sha256_hex;
-use crate::model::{EventKind, StoreEvent};
+use crate::model::{EventKind, EventRecord};
 use crate::model::{PluginAction, PluginChange, PluginRecord, RolloutMode, StoreError};
 use crate::plugins::manifest::Manifest;
 use crate::plugins::{LoadError, PluginRegistry, PluginSource};
@@ -384,8 +384,8 @@ pub enum FleetChange {
 
 impl FleetChange {
     /// The change a store event announces, if it is a `plugin_*` store event.
-    pub fn of(event: &StoreEvent) -> Option<FleetChange> {
-        if !is_fleet_plugin_event(event.kind()) {
+    pub fn of(event: &EventRecord) -> Option<FleetChange> {
+        if !is_fleet_plugin_event(event.kind) {
             return None;
         }
         event.str_field("name").map(|name| FleetChange::Named(name.to_string()))

@@ -32,9 +32,9 @@ use crate::model::{
     TaskStatus,
 };
 use crate::model::{
-    AgentFilter, AgentHealth, AuditEntry, AuditHead, Completion, FailRequest, Fence, FleetStats, HealthState,
-    HeartbeatOutcome, NewAuditEntry, PluginAction, PluginRecord, Priority, QueueFigures, Registered, Schedule,
-    ScheduleChange, ScheduleSpec, StoreError, StoreEvent, Submitted, TaskFilter, TaskPage, ViolationUpdate,
+    AgentFilter, AgentHealth, AuditEntry, AuditHead, Completion, EventRecord, FailRequest, Fence, FleetStats,
+    HealthState, HeartbeatOutcome, NewAuditEntry, PluginAction, PluginRecord, Priority, QueueFigures, Registered,
+    Schedule, ScheduleChange, ScheduleSpec, StoreError, Submitted, TaskFilter, TaskPage, ViolationUpdate,
 };
 use crate::model::{
     Channel, ChannelFigures, Delivery, DeliveryStatus, NewChannel, ValidationError, new_channel_id, rfc3339_ms,
@@ -100,7 +100,7 @@ pub struct ControlPlaneCoordinator {
     decision_events: broadcast::Sender<Arc<Event>>,
     /// Store events for `wait_for_result`, as the store handed them: a long poll reads a task id off the record
     /// rather than making the pump build every event's wire form while it waits.
-    task_waits: broadcast::Sender<StoreEvent>,
+    task_waits: broadcast::Sender<EventRecord>,
     /// Counts the times [`subscribe`](Self::subscribe) missed store events (the event pump fell behind the store, or
     /// the store's reader skipped some): a stream that sees it change ends, and its client resumes from its last id.
     stream_gaps: tokio::sync::watch::Sender<u64>,
@@ -667,7 +667,7 @@ impl ControlPlaneCoordinator {
                 };
                 match received {
                     Some(Err(_)) => return self.get_task(task_id).await,
-                    Some(Ok(Ok(event))) if event.task_id() == Some(task_id.as_str()) => break,
+                    Some(Ok(Ok(event))) if event.task() == Some(task_id.as_str()) => break,
                     Some(Ok(Ok(_))) => {}
                     // Fell behind, or the pump did (this task's event may be among those it missed): re-read the
                     // task rather than trust the stream.

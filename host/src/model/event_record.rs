@@ -3,8 +3,8 @@
 //! records — id and time as numbers, short ids inline, the hot kinds' data typed — so emitting one, keeping it for
 //! `Last-Event-ID` resumes and dropping it 10,000 events later allocate and free nothing (a `task_submitted`: only its
 //! capability list). An [`Event`], the wire type, is built from a record only where an event leaves the server
-//! (SSE, `events_after`, notifications, `wait_for_result`). The Redis store's events arrive decoded from its stream
-//! and travel as they came.
+//! (SSE, `events_after`, notifications). The Redis store's reader decodes its stream's entries into the same records
+//! (every server of a fleet reads every event of the fleet).
 
 use std::fmt;
 use std::sync::Arc;
@@ -184,88 +184,38 @@ impl EventRecord {
     }
 }
 
-/// An event on its way from a store to this server's consumers ([`Store::subscribe`](crate::store::Store::subscribe)).
-#[allow(
-    clippy::large_enum_variant,
-    reason = "not boxed: a record is copied into a channel slot in place of the per-event allocation it exists to avoid"
-)]
-#[derive(Clone, Debug)]
-pub enum StoreEvent {
-    /// Written by this process's memory store.
-    Record(EventRecord),
-    /// Read from a shared store's stream.
-    Decoded(Arc<Event>),
-}
-
-impl StoreEvent {
-    /// What happened.
-    pub fn kind(&self) -> EventKind {
-        match self {
-            StoreEvent::Record(record) => record.kind,
-            StoreEvent::Decoded(event) => event.kind,
-        }
-    }
-
-    /// The server whose request caused it.
-    pub fn server_id(&self) -> &str {
-        match self {
-            StoreEvent::Record(record) => &record.server_id,
-            StoreEvent::Decoded(event) => &event.server_id,
-        }
-    }
-
+impl EventRecord {
     /// The agent concerned.
-    pub fn agent_id(&self) -> Option<&str> {
-        match self {
-            StoreEvent::Record(record) => record.agent_id.as_ref().map(CompactStr::as_str),
-            StoreEvent::Decoded(event) => event.agent_id.as_deref(),
-        }
+    pub fn agent(&self) -> Option<&str> {
+        self.agent_id.as_ref().map(CompactStr::as_str)
     }
 
     /// The task concerned.
-    pub fn task_id(&self) -> Option<&str> {
-        match self {
-            StoreEvent::Record(record) => record.task_id.as_ref().map(CompactStr::as_str),
-            StoreEvent::Decoded(event) => event.task_id.as_deref(),
-        }
+    pub fn task(&self) -> Option<&str> {
+        self.task_id.as_ref().map(CompactStr::as_str)
     }
 
     /// A string field of `data`, whichever way it is kept.
     pub fn str_field(&self, name: &str) -> Option<&str> {
-        match self {
-            StoreEvent::Record(record) => record.data.str_field(name),
-            StoreEvent::Decoded(event) => event.data.get(name).and_then(Value::as_str),
-        }
+        self.data.str_field(name)
     }
 
     /// A boolean field of `data`, whichever way it is kept.
     pub fn bool_field(&self, name: &str) -> Option<bool> {
-        match self {
-            StoreEvent::Record(record) => record.data.bool_field(name),
-            StoreEvent::Decoded(event) => event.data.get(name).and_then(Value::as_bool),
-        }
+        self.data.bool_field(name)
     }
 
     /// The `required_capabilities` of `data` (only `task_submitted` events have them).
     pub fn required_capabilities(&self) -> impl Iterator<Item = &str> {
-        let (typed, json) = match self {
-            StoreEvent::Record(EventRecord { data: EventData::Submitted { required_capabilities, .. }, .. }) => {
+        let (typed, json) = match &self.data {
+            EventData::Submitted { required_capabilities, .. } => {
                 (Some(required_capabilities.iter().map(CompactStr::as_str)), None)
             }
-            StoreEvent::Record(EventRecord { data: EventData::Json(data), .. }) => (None, Some(&**data)),
-            StoreEvent::Record(_) => (None, None),
-            StoreEvent::Decoded(event) => (None, Some(&event.data)),
+            EventData::Json(data) => (None, Some(&**data)),
+            _ => (None, None),
         };
         let json = json.and_then(|data| data.get("required_capabilities")).and_then(Value::as_array);
         typed.into_iter().flatten().chain(json.into_iter().flatten().filter_map(Value::as_str))
-    }
-
-    /// The event as clients see it (shared, not copied, when it came decoded).
-    pub fn to_event(&self) -> Arc<Event> {
-        match self {
-            StoreEvent::Record(record) => Arc::new(record.to_event()),
-            StoreEvent::Decoded(event) => event.clone(),
-        }
     }
 }
 
@@ -299,7 +249,7 @@ mod tests {
         let caps = CapabilitySet::parse("required_capabilities", &["code".into(), "agent:a1".into()], 8).unwrap();
         let as_before = json!({"task_type": "review", "priority": Priority::High, "required_capabilities": caps});
         assert_eq!(submitted.to_value(), as_before);
-        let record = StoreEvent::Record(EventRecord {
+        let typed = EventRecord {
             ms: 1,
             seq: 0,
             kind: EventKind::TaskSubmitted,
@@ -308,9 +258,10 @@ mod tests {
             task_id: None,
             agent_id: None,
             data: submitted,
-        });
-        let decoded = StoreEvent::Decoded(record.to_event());
-        for event in [&record, &decoded] {
+        };
+        // The same event with its data kept as JSON (a shape the typed form does not take).
+        let json = EventRecord { data: EventData::Json(Arc::new(typed.data.to_value())), ..typed.clone() };
+        for event in [&typed, &json] {
             assert_eq!(event.required_capabilities().collect::<Vec<_>>(), ["agent:a1", "code"], "{event:?}");
             assert_eq!(event.str_field("priority"), Some("high"));
         }

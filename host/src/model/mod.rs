@@ -45,7 +45,7 @@ pub use deliberation::{
 pub use eligibility::{Refusal, Standing};
 pub use error::{StoreError, StoreResult};
 pub use event::{Event, EventKind};
-pub use event_record::{CompactStr, EventData, EventRecord, StoreEvent, parse_event_id};
+pub use event_record::{CompactStr, EventData, EventRecord, parse_event_id};
 pub use health::{AgentHealth, BreakerState, CandidateNumbers, HealthState, HealthVerdict};
 pub use json_text::JsonText;
 pub(crate) use json_text::JsonWriter;

@@ -27,8 +27,8 @@ pub use policies::PolicyDenied;
 
 use crate::config::Config;
 use crate::model::{
-    AgentRegistration, CapabilitySet, Completion, EventKind, FailRequest, Fence, NewTask, Priority, StoreError,
-    StoreEvent, SubmitRequest, Submitted, Task, TaskId, TaskStatus, ValidationError,
+    AgentRegistration, CapabilitySet, Completion, EventKind, EventRecord, FailRequest, Fence, NewTask, Priority,
+    StoreError, SubmitRequest, Submitted, Task, TaskId, TaskStatus, ValidationError,
 };
 use crate::plugins::PluginRegistry;
 use crate::store::Store;
@@ -343,10 +343,10 @@ impl Scheduler {
     /// Acts on one of the store's events (the coordinator's event pump hands each over, in order): a task routed
     /// by another server to a claim waiting here wakes that claim, and an agent that may take work again has its
     /// waiting and refused claims look again. Never blocks.
-    pub(crate) fn observe(&self, event: &StoreEvent) {
-        match event.kind() {
+    pub(crate) fn observe(&self, event: &EventRecord) {
+        match event.kind {
             // This server wakes the claims it routes to itself; another server's hand-off arrives here.
-            EventKind::TaskClaimed if event.server_id() != self.config.server_id => {
+            EventKind::TaskClaimed if *event.server_id != *self.config.server_id => {
                 if let Some(token) = event.str_field("waiter") {
                     // No claim waits on it here: not ours, or it withdrew already.
                     let _ = self.waiting.wake(token, claims::Wake::Look);
@@ -362,7 +362,7 @@ impl Scheduler {
             EventKind::AgentStatusChanged | EventKind::HealthChanged | EventKind::BreakerChanged
                 if may_take_work_again(event) =>
             {
-                if let Some(agent) = event.agent_id() {
+                if let Some(agent) = event.agent() {
                     self.waiting.wake_agent(agent);
                 }
             }
@@ -461,9 +461,9 @@ impl Scheduler {
 
 /// Whether an agent event means it may take work again: resumed, back from draining, failed or offline, no
 /// longer unhealthy, or its breaker no longer open.
-fn may_take_work_again(event: &StoreEvent) -> bool {
+fn may_take_work_again(event: &EventRecord) -> bool {
     let field = |name: &str| event.str_field(name);
-    match event.kind() {
+    match event.kind {
         EventKind::AgentStatusChanged => {
             event.bool_field("paused") == Some(false)
                 || matches!(field("from"), Some("draining" | "failed" | "offline" | "starting"))

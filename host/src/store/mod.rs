@@ -20,9 +20,9 @@ use tokio::sync::{broadcast, watch};
 use crate::model::{
     Agent, AgentFilter, AgentHealth, AgentRegistration, AttemptResult, AuditCheckpoint, AuditEntry, AuditHead,
     CandidateNumbers, CapabilitySet, Channel, ChannelFigures, Completion, DecisionRecord, Delivery, DeliveryStatus,
-    Event, EventKind, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, NewTask,
-    NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance,
-    ScheduleRecord, StoreEvent, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
+    Event, EventKind, EventRecord, FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, HeartbeatRequest,
+    NewTask, NewViolation, PluginChange, PluginRecord, Priority, QueueFigures, Refusal, Registered, ScheduleAdvance,
+    ScheduleRecord, StoreResult, Submitted, Task, TaskFilter, TaskId, TaskPage, Violation, ViolationUpdate,
 };
 
 pub use self::redis::RedisStore;
@@ -226,7 +226,7 @@ pub trait Store: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
 
     /// Events from now on (every transition's events, from every server of the store).
-    fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+    fn subscribe(&self) -> broadcast::Receiver<EventRecord>;
 
     /// Changes each time [`subscribe`](Self::subscribe)'s events skipped some that the store will never send: a
     /// shared store's reader that fell behind its stream's cap (the entries were trimmed before it read them), or

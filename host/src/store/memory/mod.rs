@@ -34,8 +34,8 @@ use crate::model::{
     FailRequest, Fence, FleetStats, HealthState, HealthVerdict, HeartbeatOutcome, HeartbeatRequest, JsonText,
     MAX_SCHEDULES, NewTask, NewViolation, PLUGIN_HISTORY, PluginAction, PluginCandidate, PluginChange,
     PluginHistoryEntry, PluginRecord, Priority, QueueFigures, Refusal, Registered, RevokeReason, Revoked,
-    ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreEvent, StoreResult, Submitted, Task, TaskError,
-    TaskFilter, TaskId, TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, parse_event_id, rfc3339_ms,
+    ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreResult, Submitted, Task, TaskError, TaskFilter, TaskId,
+    TaskPage, TaskStatus, VIOLATIONS_KEPT, Violation, ViolationUpdate, parse_event_id, rfc3339_ms,
 };
 use waiting::WaitingIndex;
 
@@ -212,7 +212,7 @@ pub struct MemoryStore {
     broken: AtomicBool,
     /// Held while a transition's events are sent, taken before its state lock is released (see `transition`).
     publishing: Mutex<()>,
-    events: broadcast::Sender<StoreEvent>,
+    events: broadcast::Sender<EventRecord>,
     /// Stamped on every event (shared, so an event copies a pointer rather than the string).
     server_id: Arc<str>,
     /// The decision log, under a lock of its own (no transition needs it).
@@ -292,7 +292,7 @@ impl MemoryStore {
         let publishing = self.publishing.lock();
         drop(state);
         for event in emitted {
-            let _ = self.events.send(StoreEvent::Record(event));
+            let _ = self.events.send(event);
         }
         drop(publishing);
         result
@@ -1110,7 +1110,7 @@ impl Store for MemoryStore {
         self.clock.now_ms()
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+    fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
         self.events.subscribe()
     }
 

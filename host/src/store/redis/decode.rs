@@ -1,17 +1,21 @@
 //! Decoding script replies into the model: the reply header every script returns (`{'ok'|'err', now, pinned, last
 //! event id, ...}`), task and agent hashes (field names as `scripts/lib.lua` writes them), and stream entries.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use redis::Value;
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
 use serde_json::{Map, Value as Json};
 
 use super::super::{ClaimAnswer, WaitingClaim};
 use crate::model::{
-    Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, DecisionRecord, Delivery,
-    DeliveryStatus, Event, EventKind, HealthState, JsonText, PluginCandidate, PluginHistoryEntry, PluginRecord,
-    Priority, Refusal, RolloutMode, ScheduleRecord, StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus,
-    Violation, ViolationStatus, parse_event_id, rfc3339_ms,
+    Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, CompactStr, DecisionRecord,
+    Delivery, DeliveryStatus, Event, EventData, EventKind, EventRecord, HealthState, JsonText, PluginCandidate,
+    PluginHistoryEntry, PluginRecord, Priority, Refusal, RolloutMode, ScheduleRecord, StoreError, StoreResult, Task,
+    TaskError, TaskId, TaskStatus, Violation, ViolationStatus, parse_event_id, rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
@@ -329,6 +333,130 @@ pub(super) fn event(entry: &Value) -> StoreResult<Event> {
     Ok(event)
 }
 
+/// A stream entry as the record this server's consumers read (decision 0025): what [`event`] decodes, without the
+/// copies. The fields are read where they stand, ids kept inline, the server's id shared with the entries before it
+/// from the same server (`servers`), and the data of the kinds every task's way emits typed when it has exactly the
+/// shape those kinds write (anything else stays JSON), so that `to_event` gives back what [`event`] gives. Every
+/// server of a fleet reads every event of the fleet: this is the work each of them does per event.
+pub(super) fn event_record(entry: &Value, servers: &mut ServerIds) -> StoreResult<EventRecord> {
+    let parts = array(entry)?;
+    let [id, fields] = parts else { return Err(corrupt("a stream entry is [id, fields]")) };
+    let (ms, seq) = str_of(id).and_then(parse_event_id).ok_or_else(|| corrupt("a stream entry's id"))?;
+    let (mut kind, mut time_ms, mut server, mut task_id, mut agent_id, mut data) = ("", 0, "", None, None, None);
+    for pair in array(fields)?.chunks(2) {
+        let [name, value] = pair else { continue };
+        let (Some(name), Some(value)) = (str_of(name), str_of(value)) else { continue };
+        let non_empty = || Some(value).filter(|v| !v.is_empty()).map(CompactStr::new);
+        match name {
+            "type" => kind = value,
+            "time" => time_ms = value.parse().unwrap_or_default(),
+            "server" => server = value,
+            "task" => task_id = non_empty(),
+            "agent" => agent_id = non_empty(),
+            "data" => data = Some(value),
+            _ => {}
+        }
+    }
+    let kind = EventKind::deserialize(kind.into_deserializer())
+        .map_err(|_: serde::de::value::Error| corrupt(format!("unknown value {kind}")))?;
+    let data = match data {
+        Some(text) => event_data(kind, text)?,
+        None => EventData::Json(Arc::new(Json::Object(Map::new()))),
+    };
+    Ok(EventRecord { ms, seq, kind, time_ms, server_id: servers.shared(server), task_id, agent_id, data })
+}
+
+/// The ids of the servers whose events a reader met last, to share rather than copy (a fleet has a few servers;
+/// each restart brings a new id, so only the most recent are kept).
+#[derive(Default)]
+pub(super) struct ServerIds(Vec<Arc<str>>);
+
+impl ServerIds {
+    const KEPT: usize = 16;
+
+    fn shared(&mut self, id: &str) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|known| &***known == id) {
+            return known.clone();
+        }
+        if self.0.len() == Self::KEPT {
+            self.0.remove(0);
+        }
+        self.0.push(Arc::from(id));
+        self.0.last().expect("just pushed").clone()
+    }
+}
+
+/// An event's data: typed for the hot kinds when it has exactly their shape (unknown or missing fields, another
+/// `via`, a status change from nothing keep it JSON, which is what the record would otherwise hold).
+fn event_data(kind: EventKind, text: &str) -> StoreResult<EventData> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Submitted<'a> {
+        #[serde(borrow)]
+        task_type: Cow<'a, str>,
+        priority: Priority,
+        #[serde(borrow)]
+        required_capabilities: Vec<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Claimed<'a> {
+        attempt: u32,
+        #[serde(borrow)]
+        via: Cow<'a, str>,
+        #[serde(borrow, default)]
+        waiter: Option<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct StatusChanged {
+        from: AgentStatus,
+        to: AgentStatus,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Completed {
+        unfenced: bool,
+    }
+    let typed = match kind {
+        EventKind::TaskSubmitted => serde_json::from_str::<Submitted>(text).ok().map(|d| EventData::Submitted {
+            task_type: CompactStr::new(&d.task_type),
+            priority: d.priority,
+            required_capabilities: d.required_capabilities.iter().map(|c| CompactStr::new(c)).collect(),
+        }),
+        EventKind::TaskClaimed => serde_json::from_str::<Claimed>(text).ok().and_then(|d| {
+            let via = match &*d.via {
+                "claim" => "claim",
+                "routed" => "routed",
+                _ => return None,
+            };
+            Some(EventData::Claimed { attempt: d.attempt, via, waiter: d.waiter.as_deref().map(CompactStr::new) })
+        }),
+        EventKind::AgentStatusChanged => serde_json::from_str::<StatusChanged>(text)
+            .ok()
+            .map(|d| EventData::StatusChanged { from: d.from, to: d.to }),
+        EventKind::TaskCompleted => {
+            serde_json::from_str::<Completed>(text).ok().map(|d| EventData::Completed { unfenced: d.unfenced })
+        }
+        _ => None,
+    };
+    match typed {
+        Some(data) => Ok(data),
+        None => serde_json::from_str(text)
+            .map(|data| EventData::Json(Arc::new(data)))
+            .map_err(|e| corrupt(format!("data: {e}"))),
+    }
+}
+
+/// A bulk or simple string as text, without a copy.
+fn str_of(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// A plugin record as `plugin_change`/`plugin_read` keep it (JSON), with its history entries.
 pub(super) fn plugin_record(record: &Value, history: &Value) -> StoreResult<PluginRecord> {
     #[derive(serde::Deserialize)]
@@ -489,4 +617,85 @@ pub(super) fn delivery(value: &Value) -> StoreResult<Delivery> {
         last_error: fields.get("error").cloned(),
         last_status: number("code").map(|code| code as u16),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
+        let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+        let fields = fields.iter().flat_map(|(name, value)| [bulk(name), bulk(value)]).collect();
+        Value::Array(vec![bulk(id), Value::Array(fields)])
+    }
+
+    fn event_of(kind: &str, task: &str, agent: &str, data: &str) -> Value {
+        let fields = [
+            ("n", "7"),
+            ("type", kind),
+            ("time", "1700000000123"),
+            ("server", "s-1"),
+            ("task", task),
+            ("agent", agent),
+            ("data", data),
+        ];
+        entry("1700000000123-4", &fields)
+    }
+
+    /// The reader's records are what the wire decoding gives, for the typed kinds in every shape the scripts write
+    /// and for shapes they must leave as JSON.
+    #[test]
+    fn a_record_read_from_the_stream_is_the_event_the_wire_decoding_gives() {
+        let task = "task_0123456789abcdef0123456789abcdef";
+        // (kind, task, agent, data, kept typed)
+        let cases = [
+            (
+                "task_submitted",
+                task,
+                "",
+                r#"{"priority":"high","required_capabilities":["code","x"],"task_type":"t"}"#,
+                true,
+            ),
+            ("task_submitted", task, "", r#"{"priority":"low","required_capabilities":[],"task_type":"t\"q"}"#, true),
+            ("task_claimed", task, "a1", r#"{"attempt":1,"via":"claim"}"#, true),
+            ("task_claimed", task, "a1", r#"{"attempt":2,"via":"routed","waiter":"w-9"}"#, true),
+            ("task_completed", task, "a1", r#"{"unfenced":false}"#, true),
+            ("agent_status_changed", "", "a1", r#"{"from":"ready","to":"busy"}"#, true),
+            // Left as JSON: a status change from nothing, a pause, an unknown `via`, a field more, other kinds.
+            ("agent_status_changed", "", "a1", r#"{"to":"ready"}"#, false),
+            ("agent_status_changed", "", "a1", r#"{"paused":true,"to":"busy"}"#, false),
+            ("task_claimed", task, "a1", r#"{"attempt":1,"via":"elsewhere"}"#, false),
+            ("task_completed", task, "a1", r#"{"unfenced":true,"extra":1}"#, false),
+            ("task_failed", task, "a1", r#"{"code":"boom","retry":false}"#, false),
+            ("agent_registered", "", "an-agent-id-longer-than-forty-six-bytes-to-be-shared", "{}", false),
+        ];
+        let mut servers = ServerIds::default();
+        for (kind, task, agent, data, kept_typed) in cases {
+            let entry = event_of(kind, task, agent, data);
+            let record = event_record(&entry, &mut servers).unwrap();
+            assert_eq!(!matches!(record.data, EventData::Json(_)), kept_typed, "{kind} {data}");
+            assert_eq!(record.to_event(), event(&entry).unwrap(), "{kind} {data}");
+        }
+    }
+
+    #[test]
+    fn records_of_one_server_share_its_id() {
+        let mut servers = ServerIds::default();
+        let first = event_record(&event_of("task_completed", "", "", "{}"), &mut servers).unwrap();
+        let second = event_record(&event_of("task_completed", "", "", "{}"), &mut servers).unwrap();
+        assert!(Arc::ptr_eq(&first.server_id, &second.server_id));
+        for i in 0..ServerIds::KEPT {
+            servers.shared(&format!("other-{i}"));
+        }
+        let later = event_record(&event_of("task_completed", "", "", "{}"), &mut servers).unwrap();
+        assert_eq!(&*later.server_id, "s-1");
+        assert!(!Arc::ptr_eq(&first.server_id, &later.server_id), "the oldest ids make way for new ones");
+    }
+
+    #[test]
+    fn an_entry_of_an_unknown_kind_or_without_an_id_is_refused() {
+        let mut servers = ServerIds::default();
+        assert!(event_record(&event_of("from_a_newer_server", "", "", "{}"), &mut servers).is_err());
+        assert!(event_record(&entry("not-an-id", &[("type", "task_completed")]), &mut servers).is_err());
+    }
 }

@@ -10,7 +10,6 @@
 //! streams end so that their clients resume through `events_after`, which answers "gone" (a `reset`) for an id the
 //! stream no longer holds.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
@@ -18,7 +17,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::connection::{Commands, Target};
 use super::decode;
-use crate::model::StoreEvent;
+use crate::model::EventRecord;
 
 /// How long one `XREAD` blocks before it asks again (so a silently dead connection is noticed).
 const BLOCK_MS: u64 = 5_000;
@@ -36,7 +35,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Where the reader hands what it read.
 pub(super) struct Fanout {
     /// Each event, in stream order.
-    pub events: broadcast::Sender<StoreEvent>,
+    pub events: broadcast::Sender<EventRecord>,
     /// Counts the gaps in the event numbers (entries trimmed before they were read, or lost by Redis).
     pub skipped: watch::Sender<u64>,
 }
@@ -54,6 +53,7 @@ pub(super) async fn follow(
     let mut retry = RETRY;
     // Following the stream (not between a lost connection and the next answer): for the log only.
     let mut live = true;
+    let mut servers = decode::ServerIds::default();
     loop {
         let reply: Result<Value, _> = redis::cmd("XREAD")
             .arg("COUNT")
@@ -113,9 +113,9 @@ pub(super) async fn follow(
                 }
                 last_n = n;
             }
-            match decode::event(entry) {
-                Ok(event) => {
-                    let _ = fanout.events.send(StoreEvent::Decoded(Arc::new(event)));
+            match decode::event_record(entry, &mut servers) {
+                Ok(record) => {
+                    let _ = fanout.events.send(record);
                 }
                 Err(error) => tracing::error!(%error, "redis event reader skipped an unreadable entry"),
             }

@@ -35,10 +35,10 @@ use crate::model::{
     parse_event_id,
 };
 use crate::model::{
-    AgentFilter, AgentHealth, AgentRegistration, AuditCheckpoint, AuditEntry, AuditHead, Completion, FailRequest,
-    Fence, FleetStats, GENESIS_HASH, HealthVerdict, HeartbeatOutcome, MAX_SCHEDULES, NewViolation, PluginAction,
-    PluginChange, PluginRecord, QueueFigures, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord,
-    StoreError, StoreEvent, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
+    AgentFilter, AgentHealth, AgentRegistration, AuditCheckpoint, AuditEntry, AuditHead, Completion, EventRecord,
+    FailRequest, Fence, FleetStats, GENESIS_HASH, HealthVerdict, HeartbeatOutcome, MAX_SCHEDULES, NewViolation,
+    PluginAction, PluginChange, PluginRecord, QueueFigures, Registered, RevokeReason, Revoked, ScheduleAdvance,
+    ScheduleRecord, StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
 };
 use crate::model::{
     AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, MAX_CHANNELS, SENT_KEPT,
@@ -76,7 +76,7 @@ pub struct RedisStore {
     config_args: Vec<String>,
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
-    events: broadcast::Sender<StoreEvent>,
+    events: broadcast::Sender<EventRecord>,
     /// Bumped by the reader at a gap in the event numbers ([`Store::skipped_events`]).
     skipped: tokio::sync::watch::Sender<u64>,
     reader: JoinHandle<()>,
@@ -487,7 +487,7 @@ impl Store for RedisStore {
         if clock.pinned { clock.store_ms } else { clock.store_ms + clock.at.elapsed().as_millis() as u64 }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+    fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
         self.events.subscribe()
     }
 

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aragora_cp::model::{
-    AgentFilter, AgentRegistration, AgentStatus, AuditEntry, AuditHead, Event, EventKind, FailKind, FailRequest, Fence,
-    GENESIS_HASH, HealthState, HealthVerdict, HeartbeatRequest, NewAuditEntry, Priority, Refusal, RevokeReason,
-    Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError, StoreEvent, SubmitRequest, TaskFilter, TaskId,
+    AgentFilter, AgentRegistration, AgentStatus, AuditEntry, AuditHead, Event, EventKind, EventRecord, FailKind,
+    FailRequest, Fence, GENESIS_HASH, HealthState, HealthVerdict, HeartbeatRequest, NewAuditEntry, Priority, Refusal,
+    RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord, Standing, StoreError, SubmitRequest, TaskFilter, TaskId,
     TaskStatus,
 };
 use aragora_cp::store::{ClaimRequest, WaitSpec, Waiter, Withdrawn};
@@ -172,11 +172,11 @@ pub(super) fn with_retries(task_type: &str, max_retries: u32) -> SubmitRequest {
 }
 
 /// Events received since the last call, without waiting (every transition publishes before it returns).
-pub(super) fn received(rx: &mut broadcast::Receiver<StoreEvent>) -> Vec<Event> {
+pub(super) fn received(rx: &mut broadcast::Receiver<EventRecord>) -> Vec<Event> {
     let mut events = Vec::new();
     loop {
         match rx.try_recv() {
-            Ok(event) => events.push(Event::clone(&event.to_event())),
+            Ok(event) => events.push(event.to_event()),
             Err(broadcast::error::TryRecvError::Empty) => return events,
             Err(other) => panic!("event subscription broke: {other:?}"),
         }
