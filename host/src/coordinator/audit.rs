@@ -103,17 +103,16 @@ async fn commit(store: &dyn Store, head: &mut Option<AuditHead>, batch: &[Pendin
 }
 
 /// One attempt: chains `batch` after the end this server knows (or reads it) and appends it if the log still ends
-/// there; `head` is the new end on success, unknown otherwise.
+/// there; `head` is the log's end after it either way (unknown when the store failed).
 async fn append(store: &dyn Store, head: &mut Option<AuditHead>, batch: &[Pending]) -> StoreResult<bool> {
     let end = match head.take() {
         Some(end) => end,
         None => store.audit_head().await?,
     };
     let (entries, last) = AuditEntry::chain_after(&end, batch.iter().map(|call| call.entry.clone()));
-    let appended = store.append_audit(end.seq, entries).await?;
-    if appended {
-        *head = Some(last);
-    }
+    let moved = store.append_audit(end.seq, entries).await?;
+    let appended = moved.is_none();
+    *head = Some(moved.unwrap_or(last));
     Ok(appended)
 }
 

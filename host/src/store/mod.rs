@@ -405,9 +405,10 @@ pub trait Store: Send + Sync + 'static {
     /// Where the audit log ends.
     async fn audit_head(&self) -> StoreResult<AuditHead>;
 
-    /// Appends `entries` (chained by the caller after `expected_seq`) if the log still ends at `expected_seq`;
-    /// whether it did (false: another server appended first; chain again from the new end).
-    async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<bool>;
+    /// Appends `entries` (chained by the caller after `expected_seq`) if the log still ends at `expected_seq`:
+    /// `None` when it did, else where the log ends now (another server appended first; chain again from there,
+    /// without a read of the end of one's own).
+    async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<Option<AuditHead>>;
 
     /// Audit entries with `from <= seq <= to`, ascending (at most 1,000; missing ones left out).
     async fn audit_entries(&self, from: u64, to: u64) -> StoreResult<Vec<AuditEntry>>;

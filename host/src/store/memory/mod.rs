@@ -2165,9 +2165,10 @@ impl Store for MemoryStore {
         Ok(self.audit()?.end())
     }
 
-    async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<bool> {
+    async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<Option<AuditHead>> {
         let entries = entries.into_iter().map(Box::new).collect();
-        Ok(self.audit()?.append(expected_seq, entries))
+        let mut audit = self.audit()?;
+        Ok(if audit.append(expected_seq, entries) { None } else { Some(audit.end()) })
     }
 
     async fn audit_entries(&self, from: u64, to: u64) -> StoreResult<Vec<AuditEntry>> {

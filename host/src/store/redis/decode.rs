@@ -12,10 +12,11 @@ use serde_json::{Map, Value as Json};
 
 use super::super::{ClaimAnswer, WaitingClaim};
 use crate::model::{
-    Agent, AgentHealth, AgentStatus, BreakerState, CandidateNumbers, CapabilitySet, CompactStr, DecisionRecord,
-    Delivery, DeliveryStatus, Event, EventData, EventKind, EventRecord, HealthState, JsonText, PluginCandidate,
-    PluginHistoryEntry, PluginRecord, Priority, Refusal, RolloutMode, ScheduleRecord, StoreError, StoreResult, Task,
-    TaskError, TaskId, TaskStatus, Violation, ViolationStatus, parse_event_id, rfc3339_ms,
+    Agent, AgentHealth, AgentStatus, AuditHead, BreakerState, CandidateNumbers, CapabilitySet, CompactStr,
+    DecisionRecord, Delivery, DeliveryStatus, Event, EventData, EventKind, EventRecord, GENESIS_HASH, HealthState,
+    JsonText, PluginCandidate, PluginHistoryEntry, PluginRecord, Priority, Refusal, RolloutMode, ScheduleRecord,
+    StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus, Violation, ViolationStatus, parse_event_id,
+    rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
@@ -313,6 +314,13 @@ pub(super) fn event_place(entry: &Value) -> Option<((u64, u64), Option<u64>)> {
         })
     });
     Some((id, n))
+}
+
+/// The audit log's end from `seq, hash` (nothing stored: the empty log's end).
+pub(super) fn audit_head(body: &[Value]) -> AuditHead {
+    let seq = body.first().and_then(text).and_then(|t| t.parse().ok()).unwrap_or(0);
+    let hash = body.get(1).and_then(text).filter(|h| !h.is_empty()).unwrap_or_else(|| GENESIS_HASH.to_string());
+    AuditHead { seq, hash }
 }
 
 /// A stream entry `[id, [field, value, ...]]` as an event (its number is [`event_place`]'s).

@@ -36,9 +36,9 @@ use crate::model::{
 };
 use crate::model::{
     AgentFilter, AgentHealth, AgentRegistration, AuditCheckpoint, AuditEntry, AuditHead, Completion, EventRecord,
-    FailRequest, Fence, FleetStats, GENESIS_HASH, HealthVerdict, HeartbeatOutcome, MAX_SCHEDULES, NewViolation,
-    PluginAction, PluginChange, PluginRecord, QueueFigures, Registered, RevokeReason, Revoked, ScheduleAdvance,
-    ScheduleRecord, StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
+    FailRequest, Fence, FleetStats, HealthVerdict, HeartbeatOutcome, MAX_SCHEDULES, NewViolation, PluginAction,
+    PluginChange, PluginRecord, QueueFigures, Registered, RevokeReason, Revoked, ScheduleAdvance, ScheduleRecord,
+    StoreError, StoreResult, Submitted, TaskFilter, TaskPage, Violation, ViolationUpdate,
 };
 use crate::model::{
     AttemptResult, Channel, ChannelFigures, DEAD_KEPT, Delivery, DeliveryStatus, MAX_CHANNELS, SENT_KEPT,
@@ -1130,13 +1130,11 @@ impl Store for RedisStore {
 
     async fn audit_head(&self) -> StoreResult<AuditHead> {
         let body = self.call(&self.scripts.audit_read, vec!["head".into()]).await?;
-        let seq = body.first().and_then(text).and_then(|t| t.parse().ok()).unwrap_or(0);
-        let hash = body.get(1).and_then(text).filter(|h| !h.is_empty()).unwrap_or_else(|| GENESIS_HASH.to_string());
-        Ok(AuditHead { seq, hash })
+        Ok(decode::audit_head(&body))
     }
 
-    async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<bool> {
-        let Some(last) = entries.last() else { return Ok(true) };
+    async fn append_audit(&self, expected_seq: u64, entries: Vec<AuditEntry>) -> StoreResult<Option<AuditHead>> {
+        let Some(last) = entries.last() else { return Ok(None) };
         let mut args = vec![expected_seq.to_string(), entries.len().to_string()];
         let end = last.hash.clone();
         for entry in &entries {
@@ -1145,7 +1143,10 @@ impl Store for RedisStore {
         }
         args.push(end);
         let body = self.call(&self.scripts.audit_append, args).await?;
-        Ok(body.first().and_then(text).as_deref() == Some("1"))
+        if body.first().and_then(text).as_deref() == Some("1") {
+            return Ok(None);
+        }
+        Ok(Some(decode::audit_head(body.get(1..).unwrap_or_default())))
     }
 
     async fn audit_entries(&self, from: u64, to: u64) -> StoreResult<Vec<AuditEntry>> {

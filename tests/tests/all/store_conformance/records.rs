@@ -680,13 +680,14 @@ pub(super) async fn audit_entries_append_by_compare_and_set_and_retention_leaves
     let genesis = h.store.audit_head().await.expect("head");
     assert_eq!(genesis, AuditHead { seq: 0, hash: GENESIS_HASH.into() });
     let first = chain(&genesis, vec![entry("a"), entry("b"), entry("c")]);
-    assert!(h.store.append_audit(0, first.clone()).await.expect("append"));
-    assert!(!h.store.append_audit(0, first.clone()).await.expect("append again"), "the end moved: refused");
+    assert_eq!(h.store.append_audit(0, first.clone()).await.expect("append"), None);
+    let moved = h.store.append_audit(0, first.clone()).await.expect("append again");
+    let head = AuditHead { seq: 3, hash: first[2].hash.clone() };
+    assert_eq!(moved, Some(head.clone()), "the end moved: refused, with where it ends now");
     h.advance(7_200_000).await;
-    let head = h.store.audit_head().await.expect("head");
-    assert_eq!(head, AuditHead { seq: 3, hash: first[2].hash.clone() });
+    assert_eq!(h.store.audit_head().await.expect("head"), head);
     let second = chain(&head, vec![entry("d"), entry("e")]);
-    assert!(h.store.append_audit(3, second.clone()).await.expect("append"));
+    assert_eq!(h.store.append_audit(3, second.clone()).await.expect("append"), None);
     let seqs = |entries: Vec<AuditEntry>| entries.into_iter().map(|e| e.seq).collect::<Vec<_>>();
     assert_eq!(seqs(h.store.audit_entries(1, 5).await.expect("read")), [1, 2, 3, 4, 5]);
     assert_eq!(h.store.audit_entries(2, 2).await.expect("read"), [first[1].clone()]);
@@ -710,7 +711,7 @@ pub(super) async fn audit_entries_append_by_compare_and_set_and_retention_leaves
     }
     // The chain goes on from the end, over the checkpoint.
     let third = chain(&h.store.audit_head().await.expect("head"), vec![entry("f")]);
-    assert!(h.store.append_audit(5, third).await.expect("append"));
+    assert_eq!(h.store.append_audit(5, third).await.expect("append"), None);
     assert_eq!(verify(h.store.as_ref(), Some(key)).await.expect("verify").checked, 3);
 }
 
