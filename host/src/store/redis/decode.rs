@@ -69,16 +69,31 @@ pub(super) fn number(value: &Value) -> StoreResult<u64> {
     text(value).and_then(|t| t.parse().ok()).ok_or_else(|| corrupt("expected a number"))
 }
 
+/// A hash's fields, borrowed from the reply they came in (a task's two dozen fields are read once each; copying
+/// them into owned strings first cost a pair of allocations per field on every task a claim or completion answers).
+pub(super) type Fields<'a> = HashMap<Cow<'a, str>, Cow<'a, str>>;
+
 /// A flat field/value list (HGETALL) as a map.
-pub(super) fn hash(value: &Value) -> StoreResult<HashMap<String, String>> {
+pub(super) fn hash(value: &Value) -> StoreResult<Fields<'_>> {
     let items = array(value)?;
     let mut map = HashMap::with_capacity(items.len() / 2);
     for pair in items.chunks(2) {
         if let [field, value] = pair {
-            map.insert(text(field).unwrap_or_default(), text(value).unwrap_or_default());
+            map.insert(text_ref(field).unwrap_or_default(), text_ref(value).unwrap_or_default());
         }
     }
     Ok(map)
+}
+
+/// [`text`] without a copy where the reply's bytes are already text.
+fn text_ref(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes)),
+        Value::SimpleString(s) => Some(Cow::Borrowed(s)),
+        Value::Int(n) => Some(Cow::Owned(n.to_string())),
+        Value::VerbatimString { text, .. } => Some(Cow::Borrowed(text)),
+        _ => None,
+    }
 }
 
 /// The header and body of a script reply.
@@ -121,30 +136,30 @@ pub(super) fn error(kind: &str, code: &str, message: String) -> StoreError {
     }
 }
 
-fn field<'a>(map: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    map.get(name).map(String::as_str)
+fn field<'a>(map: &'a Fields<'_>, name: &str) -> Option<&'a str> {
+    map.get(name).map(|value| &**value)
 }
 
-fn parsed<T: std::str::FromStr + Default>(map: &HashMap<String, String>, name: &str) -> T {
+fn parsed<T: std::str::FromStr + Default>(map: &Fields<'_>, name: &str) -> T {
     field(map, name).and_then(|v| v.parse().ok()).unwrap_or_default()
 }
 
-fn time(map: &HashMap<String, String>, name: &str) -> Option<String> {
+fn time(map: &Fields<'_>, name: &str) -> Option<String> {
     field(map, name).and_then(|v| v.parse::<u64>().ok()).map(rfc3339_ms)
 }
 
-fn parse_json(map: &HashMap<String, String>, name: &str) -> StoreResult<Option<Json>> {
+fn parse_json(map: &Fields<'_>, name: &str) -> StoreResult<Option<Json>> {
     field(map, name).map(|raw| serde_json::from_str(raw).map_err(|e| corrupt(format!("{name}: {e}")))).transpose()
 }
 
 /// A payload or result, kept as its stored text (checked, not parsed into a tree).
-fn json_text(map: &HashMap<String, String>, name: &str) -> StoreResult<Option<JsonText>> {
+fn json_text(map: &Fields<'_>, name: &str) -> StoreResult<Option<JsonText>> {
     field(map, name)
         .map(|raw| JsonText::parse(raw.to_string()).map_err(|e| corrupt(format!("{name}: {e}"))))
         .transpose()
 }
 
-fn object(map: &HashMap<String, String>, name: &str) -> StoreResult<Map<String, Json>> {
+fn object(map: &Fields<'_>, name: &str) -> StoreResult<Map<String, Json>> {
     match parse_json(map, name)? {
         Some(Json::Object(object)) => Ok(object),
         _ => Ok(Map::new()),
@@ -593,14 +608,14 @@ pub(super) fn violations(value: &Value) -> StoreResult<Vec<Violation>> {
 /// A schedule's hash (HGETALL).
 pub(super) fn schedule(value: &Value) -> StoreResult<ScheduleRecord> {
     let fields = hash(value)?;
-    let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+    let number = |name: &str| field(&fields, name).and_then(|v| v.parse::<u64>().ok());
     Ok(ScheduleRecord {
-        id: fields.get("id").cloned().ok_or_else(|| corrupt("schedule without id"))?,
-        definition: fields.get("def").cloned().ok_or_else(|| corrupt("schedule without definition"))?,
+        id: field(&fields, "id").map(str::to_string).ok_or_else(|| corrupt("schedule without id"))?,
+        definition: field(&fields, "def").map(str::to_string).ok_or_else(|| corrupt("schedule without definition"))?,
         next_run_ms: number("next"),
         last_run_ms: number("last"),
-        last_task_id: fields.get("last_task").cloned(),
-        last_error: fields.get("last_error").cloned(),
+        last_task_id: field(&fields, "last_task").map(str::to_string),
+        last_error: field(&fields, "last_error").map(str::to_string),
         runs: number("runs").unwrap_or(0),
         skipped: number("skipped").unwrap_or(0),
     })
@@ -609,20 +624,19 @@ pub(super) fn schedule(value: &Value) -> StoreResult<ScheduleRecord> {
 /// A notification delivery's hash (`notify_change.lua`'s fields).
 pub(super) fn delivery(value: &Value) -> StoreResult<Delivery> {
     let fields = hash(value)?;
-    let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
-    let status =
-        fields.get("status").and_then(|s| DeliveryStatus::parse(s)).ok_or_else(|| corrupt("delivery status"))?;
+    let number = |name: &str| field(&fields, name).and_then(|v| v.parse::<u64>().ok());
+    let status = field(&fields, "status").and_then(DeliveryStatus::parse).ok_or_else(|| corrupt("delivery status"))?;
     Ok(Delivery {
-        id: fields.get("id").cloned().ok_or_else(|| corrupt("delivery without id"))?,
-        channel_id: fields.get("channel").cloned().ok_or_else(|| corrupt("delivery without channel"))?,
-        message: fields.get("message").cloned().ok_or_else(|| corrupt("delivery without message"))?,
+        id: field(&fields, "id").map(str::to_string).ok_or_else(|| corrupt("delivery without id"))?,
+        channel_id: field(&fields, "channel").map(str::to_string).ok_or_else(|| corrupt("delivery without channel"))?,
+        message: field(&fields, "message").map(str::to_string).ok_or_else(|| corrupt("delivery without message"))?,
         status,
         attempts: number("attempts").unwrap_or(0) as u32,
         retried_at_attempt: number("base").unwrap_or(0) as u32,
         created_ms: number("created").unwrap_or(0),
         due_ms: number("due"),
         delivered_ms: number("delivered"),
-        last_error: fields.get("error").cloned(),
+        last_error: field(&fields, "error").map(str::to_string),
         last_status: number("code").map(|code| code as u16),
     })
 }

@@ -1417,7 +1417,7 @@ impl Store for RedisStore {
             } else if let Some(health) = field.strip_prefix("health:") {
                 entry(&mut stats.agents_by_health, health);
             } else {
-                match field.as_str() {
+                match &*field {
                     "total" => stats.total_agents = value,
                     "available" => stats.available_agents = value,
                     "open_breakers" => stats.open_breakers = value,
