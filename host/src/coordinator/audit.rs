@@ -1,6 +1,6 @@
 //! The audit log's writer. Calls are appended in batches (a group commit): every call waiting to be recorded goes
 //! into the next batch, which is chained from the log's end and appended with a compare-and-set, so servers
-//! sharing a store extend one chain; a server that loses the race reads the new end and chains its batch again.
+//! sharing a store extend one chain; a server that loses the race is told the new end and chains its batch again.
 //! Retention ([`run_retention`]) replaces entries older than `AUDIT_RETENTION` by a checkpoint signed with the audit
 //! key, from which [`verify`] checks the chain that follows.
 //!
@@ -88,7 +88,7 @@ async fn commit(store: &dyn Store, head: &mut Option<AuditHead>, batch: &[Pendin
     loop {
         match append(store, head, batch).await {
             Ok(true) => return true,
-            // Another server appended: read the new end and chain again.
+            // Another server appended: chain again from the end the refusal gave.
             Ok(false) => {}
             Err(error) => {
                 failures += 1;

@@ -143,7 +143,7 @@ pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// One event as the memory store keeps it.
+/// One event as a store hands it to this server's consumers (the memory store also keeps it for resumes).
 #[derive(Clone, Debug)]
 pub struct EventRecord {
     /// The id's milliseconds (`<ms>-<seq>`).

@@ -364,29 +364,32 @@ pub(super) fn event(entry: &Value) -> StoreResult<Event> {
 pub(super) fn event_record(entry: &Value, servers: &mut ServerIds) -> StoreResult<EventRecord> {
     let parts = array(entry)?;
     let [id, fields] = parts else { return Err(corrupt("a stream entry is [id, fields]")) };
-    let (ms, seq) = str_of(id).and_then(parse_event_id).ok_or_else(|| corrupt("a stream entry's id"))?;
-    let (mut kind, mut time_ms, mut server, mut task_id, mut agent_id, mut data) = ("", 0, "", None, None, None);
+    let id = text_ref(id).unwrap_or_default();
+    let (ms, seq) = parse_event_id(&id).ok_or_else(|| corrupt("a stream entry's id"))?;
+    let (mut kind, mut time_ms, mut server, mut task_id, mut agent_id, mut data) =
+        (Cow::Borrowed(""), 0, Cow::Borrowed(""), None, None, None);
     for pair in array(fields)?.chunks(2) {
         let [name, value] = pair else { continue };
-        let (Some(name), Some(value)) = (str_of(name), str_of(value)) else { continue };
-        let non_empty = || Some(value).filter(|v| !v.is_empty()).map(CompactStr::new);
-        match name {
+        // Read as `text` reads them (bytes that are not UTF-8 replaced, not dropped), as `event` does.
+        let (Some(name), Some(value)) = (text_ref(name), text_ref(value)) else { continue };
+        let non_empty = |value: &str| Some(value).filter(|v| !v.is_empty()).map(CompactStr::new);
+        match &*name {
             "type" => kind = value,
             "time" => time_ms = value.parse().unwrap_or_default(),
             "server" => server = value,
-            "task" => task_id = non_empty(),
-            "agent" => agent_id = non_empty(),
+            "task" => task_id = non_empty(&value),
+            "agent" => agent_id = non_empty(&value),
             "data" => data = Some(value),
             _ => {}
         }
     }
-    let kind = EventKind::deserialize(kind.into_deserializer())
+    let kind = EventKind::deserialize((*kind).into_deserializer())
         .map_err(|_: serde::de::value::Error| corrupt(format!("unknown value {kind}")))?;
     let data = match data {
-        Some(text) => event_data(kind, text)?,
+        Some(text) => event_data(kind, &text)?,
         None => EventData::Json(Arc::new(Json::Object(Map::new()))),
     };
-    Ok(EventRecord { ms, seq, kind, time_ms, server_id: servers.shared(server), task_id, agent_id, data })
+    Ok(EventRecord { ms, seq, kind, time_ms, server_id: servers.shared(&server), task_id, agent_id, data })
 }
 
 /// The ids of the servers whose events a reader met last, to share rather than copy (a fleet has a few servers;
@@ -409,15 +412,17 @@ impl ServerIds {
     }
 }
 
-/// An event's data: typed for the hot kinds when it has exactly their shape (unknown or missing fields, another
-/// `via`, a status change from nothing keep it JSON, which is what the record would otherwise hold).
+/// An event's data: typed for the hot kinds when it has exactly their shape, so that the typed form serialises back
+/// to the same JSON (unknown or missing fields, another `via`, a status change from nothing, a `null` waiter, a
+/// priority not in its usual spelling keep it JSON, which is what the record would otherwise hold).
 fn event_data(kind: EventKind, text: &str) -> StoreResult<EventData> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Submitted<'a> {
         #[serde(borrow)]
         task_type: Cow<'a, str>,
-        priority: Priority,
+        #[serde(borrow)]
+        priority: Cow<'a, str>,
         #[serde(borrow)]
         required_capabilities: Vec<Cow<'a, str>>,
     }
@@ -427,7 +432,8 @@ fn event_data(kind: EventKind, text: &str) -> StoreResult<EventData> {
         attempt: u32,
         #[serde(borrow)]
         via: Cow<'a, str>,
-        #[serde(borrow, default)]
+        /// Absent or a string: `null` must not read as absent, which is how the typed form writes it back.
+        #[serde(borrow, default, deserialize_with = "present")]
         waiter: Option<Cow<'a, str>>,
     }
     #[derive(serde::Deserialize)]
@@ -442,10 +448,14 @@ fn event_data(kind: EventKind, text: &str) -> StoreResult<EventData> {
         unfenced: bool,
     }
     let typed = match kind {
-        EventKind::TaskSubmitted => serde_json::from_str::<Submitted>(text).ok().map(|d| EventData::Submitted {
-            task_type: CompactStr::new(&d.task_type),
-            priority: d.priority,
-            required_capabilities: d.required_capabilities.iter().map(|c| CompactStr::new(c)).collect(),
+        EventKind::TaskSubmitted => serde_json::from_str::<Submitted>(text).ok().and_then(|d| {
+            // The spelling the typed form writes back, and no other ("High" and "2" parse as well).
+            let priority = d.priority.parse::<Priority>().ok().filter(|p| p.as_str() == d.priority)?;
+            Some(EventData::Submitted {
+                task_type: CompactStr::new(&d.task_type),
+                priority,
+                required_capabilities: d.required_capabilities.iter().map(|c| CompactStr::new(c)).collect(),
+            })
         }),
         EventKind::TaskClaimed => serde_json::from_str::<Claimed>(text).ok().and_then(|d| {
             let via = match &*d.via {
@@ -471,13 +481,9 @@ fn event_data(kind: EventKind, text: &str) -> StoreResult<EventData> {
     }
 }
 
-/// A bulk or simple string as text, without a copy.
-fn str_of(value: &Value) -> Option<&str> {
-    match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
+/// A field that, when present, is not `null`.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    <Cow<'de, str>>::deserialize(deserializer).map(Some)
 }
 
 /// A plugin record as `plugin_change`/`plugin_read` keep it (JSON), with its history entries.
@@ -687,6 +693,9 @@ mod tests {
             ("agent_status_changed", "", "a1", r#"{"to":"ready"}"#, false),
             ("agent_status_changed", "", "a1", r#"{"paused":true,"to":"busy"}"#, false),
             ("task_claimed", task, "a1", r#"{"attempt":1,"via":"elsewhere"}"#, false),
+            ("task_claimed", task, "a1", r#"{"attempt":1,"via":"claim","waiter":null}"#, false),
+            ("task_submitted", task, "", r#"{"priority":"High","required_capabilities":[],"task_type":"t"}"#, false),
+            ("task_submitted", task, "", r#"{"priority":2,"required_capabilities":[],"task_type":"t"}"#, false),
             ("task_completed", task, "a1", r#"{"unfenced":true,"extra":1}"#, false),
             ("task_failed", task, "a1", r#"{"code":"boom","retry":false}"#, false),
             ("agent_registered", "", "an-agent-id-longer-than-forty-six-bytes-to-be-shared", "{}", false),
@@ -698,6 +707,18 @@ mod tests {
             assert_eq!(!matches!(record.data, EventData::Json(_)), kept_typed, "{kind} {data}");
             assert_eq!(record.to_event(), event(&entry).unwrap(), "{kind} {data}");
         }
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_read_as_the_wire_decoding_reads_them() {
+        let Value::Array(mut parts) = event_of("task_failed", "", "", "{}") else { unreachable!() };
+        let Value::Array(fields) = &mut parts[1] else { unreachable!() };
+        fields[11] = Value::BulkString(b"agent-\xff".to_vec());
+        fields[13] = Value::BulkString(b"{\"code\":\"\xfe\"}".to_vec());
+        let entry = Value::Array(parts);
+        let record = event_record(&entry, &mut ServerIds::default()).unwrap();
+        assert_eq!(record.agent(), Some("agent-\u{fffd}"));
+        assert_eq!(record.to_event(), event(&entry).unwrap());
     }
 
     #[test]
