@@ -13,10 +13,9 @@ use serde_json::{Map, Value as Json};
 use super::super::{ClaimAnswer, WaitingClaim};
 use crate::model::{
     Agent, AgentHealth, AgentStatus, AuditHead, BreakerState, CandidateNumbers, CapabilitySet, CompactStr,
-    DecisionRecord, Delivery, DeliveryStatus, Event, EventData, EventKind, EventRecord, GENESIS_HASH, HealthState,
-    JsonText, PluginCandidate, PluginHistoryEntry, PluginRecord, Priority, Refusal, RolloutMode, ScheduleRecord,
-    StoreError, StoreResult, Task, TaskError, TaskId, TaskStatus, Violation, ViolationStatus, parse_event_id,
-    rfc3339_ms,
+    DecisionRecord, Delivery, DeliveryStatus, EventData, EventKind, EventRecord, GENESIS_HASH, HealthState, JsonText,
+    PluginCandidate, PluginHistoryEntry, PluginRecord, Priority, Refusal, RolloutMode, ScheduleRecord, StoreError,
+    StoreResult, Task, TaskError, TaskId, TaskStatus, Violation, ViolationStatus, parse_event_id, rfc3339_ms,
 };
 
 /// The conflict codes scripts return (`StoreError::Conflict` wants them `'static`).
@@ -338,29 +337,12 @@ pub(super) fn audit_head(body: &[Value]) -> AuditHead {
     AuditHead { seq, hash }
 }
 
-/// A stream entry `[id, [field, value, ...]]` as an event (its number is [`event_place`]'s).
-pub(super) fn event(entry: &Value) -> StoreResult<Event> {
-    let parts = array(entry)?;
-    let [id, fields] = parts else { return Err(corrupt("a stream entry is [id, fields]")) };
-    let map = hash(fields)?;
-    let non_empty = |name: &str| field(&map, name).filter(|v| !v.is_empty()).map(str::to_string);
-    let event = Event {
-        id: text(id).unwrap_or_default(),
-        kind: parse_enum::<EventKind>(field(&map, "type").unwrap_or_default())?,
-        time: rfc3339_ms(parsed(&map, "time")),
-        server_id: field(&map, "server").unwrap_or_default().to_string(),
-        task_id: non_empty("task"),
-        agent_id: non_empty("agent"),
-        data: parse_json(&map, "data")?.unwrap_or(Json::Object(Map::new())),
-    };
-    Ok(event)
-}
-
-/// A stream entry as the record this server's consumers read (decision 0025): what [`event`] decodes, without the
-/// copies. The fields are read where they stand, ids kept inline, the server's id shared with the entries before it
-/// from the same server (`servers`), and the data of the kinds every task's way emits typed when it has exactly the
-/// shape those kinds write (anything else stays JSON), so that `to_event` gives back what [`event`] gives. Every
-/// server of a fleet reads every event of the fleet: this is the work each of them does per event.
+/// A stream entry `[id, [field, value, ...]]` as the record this server's consumers read (decision 0025; its number
+/// is [`event_place`]'s): the fields read where they stand, ids kept inline, the server's id shared with the entries
+/// before it from the same server (`servers`), and the data of the kinds every task's way emits typed when it has
+/// exactly the shape those kinds write (anything else stays JSON), so that `to_event` gives back the stored event.
+/// Every server of a fleet reads every event of the fleet: this is the work each of them does per event. A replay
+/// (`events_after`) makes its wire events from the same records.
 pub(super) fn event_record(entry: &Value, servers: &mut ServerIds) -> StoreResult<EventRecord> {
     let parts = array(entry)?;
     let [id, fields] = parts else { return Err(corrupt("a stream entry is [id, fields]")) };
@@ -370,7 +352,7 @@ pub(super) fn event_record(entry: &Value, servers: &mut ServerIds) -> StoreResul
         (Cow::Borrowed(""), 0, Cow::Borrowed(""), None, None, None);
     for pair in array(fields)?.chunks(2) {
         let [name, value] = pair else { continue };
-        // Read as `text` reads them (bytes that are not UTF-8 replaced, not dropped), as `event` does.
+        // Read as `text` reads them: bytes that are not UTF-8 replaced, not dropped.
         let (Some(name), Some(value)) = (text_ref(name), text_ref(value)) else { continue };
         let non_empty = |value: &str| Some(value).filter(|v| !v.is_empty()).map(CompactStr::new);
         match &*name {
@@ -650,6 +632,7 @@ pub(super) fn delivery(value: &Value) -> StoreResult<Delivery> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Event;
 
     fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
         let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
@@ -670,10 +653,24 @@ mod tests {
         entry("1700000000123-4", &fields)
     }
 
-    /// The reader's records are what the wire decoding gives, for the typed kinds in every shape the scripts write
-    /// and for shapes they must leave as JSON.
+    /// The event clients see for an entry [`event_of`] writes: the stored fields and data, as they are.
+    fn stored(kind: &str, task: &str, agent: &str, data: &str) -> Event {
+        let id = |text: &str| Some(text.to_string()).filter(|t| !t.is_empty());
+        Event {
+            id: "1700000000123-4".into(),
+            kind: serde_json::from_value(Json::String(kind.into())).unwrap(),
+            time: rfc3339_ms(1_700_000_000_123),
+            server_id: "s-1".into(),
+            task_id: id(task),
+            agent_id: id(agent),
+            data: serde_json::from_str(data).unwrap(),
+        }
+    }
+
+    /// A record gives back the stored event, for the typed kinds in every shape the scripts write and for shapes
+    /// they must leave as JSON.
     #[test]
-    fn a_record_read_from_the_stream_is_the_event_the_wire_decoding_gives() {
+    fn a_record_read_from_the_stream_gives_back_the_stored_event() {
         let task = "task_0123456789abcdef0123456789abcdef";
         // (kind, task, agent, data, kept typed)
         let cases = [
@@ -705,20 +702,19 @@ mod tests {
             let entry = event_of(kind, task, agent, data);
             let record = event_record(&entry, &mut servers).unwrap();
             assert_eq!(!matches!(record.data, EventData::Json(_)), kept_typed, "{kind} {data}");
-            assert_eq!(record.to_event(), event(&entry).unwrap(), "{kind} {data}");
+            assert_eq!(record.to_event(), stored(kind, task, agent, data), "{kind} {data}");
         }
     }
 
     #[test]
-    fn bytes_that_are_not_text_read_as_the_wire_decoding_reads_them() {
+    fn bytes_that_are_not_text_are_replaced_not_dropped() {
         let Value::Array(mut parts) = event_of("task_failed", "", "", "{}") else { unreachable!() };
         let Value::Array(fields) = &mut parts[1] else { unreachable!() };
         fields[11] = Value::BulkString(b"agent-\xff".to_vec());
         fields[13] = Value::BulkString(b"{\"code\":\"\xfe\"}".to_vec());
         let entry = Value::Array(parts);
         let record = event_record(&entry, &mut ServerIds::default()).unwrap();
-        assert_eq!(record.agent(), Some("agent-\u{fffd}"));
-        assert_eq!(record.to_event(), event(&entry).unwrap());
+        assert_eq!(record.to_event(), stored("task_failed", "", "agent-\u{fffd}", "{\"code\":\"\u{fffd}\"}"));
     }
 
     #[test]

@@ -504,6 +504,7 @@ impl Store for RedisStore {
             Some(id) => id.to_string(),
         };
         let mut events = Vec::new();
+        let mut servers = decode::ServerIds::default();
         // An entry this build cannot decode (a newer server's event type, in a rolling upgrade) is passed over, as
         // the reader passes it; the page is then filled from further on, since callers take a short page for the
         // stream's end.
@@ -521,8 +522,8 @@ impl Store for RedisStore {
             }
             let entries = body.get(1).map(decode::array).transpose()?.unwrap_or(&[]);
             for entry in entries {
-                match decode::event(entry) {
-                    Ok(event) => events.push(event),
+                match decode::event_record(entry, &mut servers) {
+                    Ok(record) => events.push(record.to_event()),
                     // The reader logged it when it passed; callers that read the end of the stream again and again
                     // (notification dispatch) would repeat it.
                     Err(error) => tracing::debug!(%error, "an event the replay cannot read was passed over"),
