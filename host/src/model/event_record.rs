@@ -177,14 +177,12 @@ impl EventRecord {
             kind: self.kind,
             time: rfc3339_ms(self.time_ms),
             server_id: self.server_id.to_string(),
-            task_id: self.task_id.as_ref().map(|id| id.as_str().to_string()),
-            agent_id: self.agent_id.as_ref().map(|id| id.as_str().to_string()),
+            task_id: self.task().map(str::to_string),
+            agent_id: self.agent().map(str::to_string),
             data: self.data.to_value(),
         }
     }
-}
 
-impl EventRecord {
     /// The agent concerned.
     pub fn agent(&self) -> Option<&str> {
         self.agent_id.as_ref().map(CompactStr::as_str)

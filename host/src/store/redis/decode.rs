@@ -1,5 +1,6 @@
-//! Decoding script replies into the model: the reply header every script returns (`{'ok'|'err', now, pinned, last
-//! event id, ...}`), task and agent hashes (field names as `scripts/lib.lua` writes them), and stream entries.
+//! Decoding script replies into the model: the reply header every script returns (`{'ok'|'err', now, pinned,
+//! ...}`), task and agent hashes (field names as `scripts/lib.lua` writes them, read borrowed from the reply), and
+//! stream entries (as the compact records the server's consumers read).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
