@@ -60,6 +60,9 @@ pub struct Config {
     pub uploads_enabled: bool,
     /// Replicas each Redis write must reach before it is acknowledged (`REDIS_WAIT_REPLICAS`, 0).
     pub wait_replicas: u32,
+    /// Events written to Redis as separate fields, for servers of older builds sharing it
+    /// (`REDIS_EVENT_FORMAT=fields`; `compact` by default, decision 0030).
+    pub redis_event_fields: bool,
     /// Longest a store call may take before the request answers 503 `store_unavailable` (`STORE_TIMEOUT`, 2 s).
     pub store_timeout: Duration,
     /// Whether a report (start, progress, complete, fail) may name neither a lease nor an agent and apply to the
@@ -117,6 +120,7 @@ impl Default for Config {
             server_id: format!("cp-{:08x}", rand::random::<u32>()),
             uploads_enabled: true,
             wait_replicas: 0,
+            redis_event_fields: false,
             store_timeout: Duration::from_secs(2),
             allow_unfenced_reports: true,
             max_waiting_claims: 10_000,
@@ -158,6 +162,7 @@ impl Config {
         crate::store::StoreConfig {
             server_id: self.server_id.clone(),
             wait_replicas: self.wait_replicas,
+            event_fields: self.redis_event_fields,
             store_timeout_ms: self.store_timeout.as_millis() as u64,
             max_pending_tasks: self.max_pending_tasks,
             heartbeat_timeout_ms: self.heartbeat_timeout.as_millis() as u64,

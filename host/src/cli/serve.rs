@@ -218,6 +218,10 @@ pub struct ServeArgs {
     /// Replicas each Redis write must reach before it is acknowledged (0 = don't wait; standalone Redis only).
     #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
+    /// How Redis holds each event: `compact` (one field) or `fields` (one field per part, which servers of builds
+    /// before the compact form read: set it while such servers share the Redis, during a rolling upgrade).
+    #[arg(long, env = "REDIS_EVENT_FORMAT", value_enum, default_value_t = RedisEventFormat::Compact)]
+    pub redis_event_format: RedisEventFormat,
     /// Longest a store call may take; past it the request answers 503 `store_unavailable` with `Retry-After`.
     #[arg(long, env = "STORE_TIMEOUT", default_value_t = 2.0)]
     pub store_timeout: f64,
@@ -250,6 +254,15 @@ pub enum PolicySource {
     Auto,
     /// Folder and built-ins only.
     Inprocess,
+}
+
+/// `REDIS_EVENT_FORMAT` (decision 0030).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisEventFormat {
+    /// One field per event.
+    Compact,
+    /// One field per part of an event, as builds before the compact form write and read.
+    Fields,
 }
 
 /// The server's settings beyond the engine's `Config`.
@@ -374,6 +387,7 @@ impl ServeArgs {
             max_component_bytes: mebibytes("PLUGIN_MAX_COMPONENT_MIB", self.plugin_max_component_mib, 256)?,
             uploads_enabled: self.policy_source == PolicySource::Auto,
             wait_replicas: self.redis_wait_replicas,
+            redis_event_fields: self.redis_event_format == RedisEventFormat::Fields,
             store_timeout: seconds("STORE_TIMEOUT", self.store_timeout, 0.1)?,
             allow_unfenced_reports: self.allow_unfenced_complete,
             max_waiting_claims: positive("MAX_WAITING_CLAIMS", self.max_waiting_claims)?,

@@ -64,6 +64,10 @@ pub struct StoreConfig {
     pub store_timeout_ms: u64,
     /// Pending tasks past which a submit is refused (`MAX_PENDING_TASKS`; 0 = no limit).
     pub max_pending_tasks: u64,
+    /// Redis writes each event as separate fields, which servers of builds before the compact form can read
+    /// (`REDIS_EVENT_FORMAT=fields`, for a rolling upgrade); otherwise as one field (decision 0030). Every build
+    /// since reads both.
+    pub event_fields: bool,
 }
 
 impl Default for StoreConfig {
@@ -84,6 +88,7 @@ impl Default for StoreConfig {
             wait_replicas: 0,
             store_timeout_ms: 2_000,
             max_pending_tasks: 0,
+            event_fields: false,
         }
     }
 }

@@ -45,6 +45,57 @@ async fn stores_on_one_prefix_share_tasks_events_and_the_clock() {
     assert!(one.claim(&claim).await.expect("claim").is_empty(), "claimed exactly once across stores");
 }
 
+/// A server writing events in the form older builds read (`REDIS_EVENT_FORMAT=fields`, a rolling upgrade) and one
+/// writing the compact form share a prefix: each reads the other's events, live and in a replay, as the same events.
+#[tokio::test]
+async fn stores_writing_either_form_of_event_read_each_others_events() {
+    let prefix = unique_prefix("forms");
+    let url = shared_server().url();
+    let fields =
+        RedisStore::connect(&url, &prefix, StoreConfig { event_fields: true, ..test_config() }).await.expect("connect");
+    let compact = RedisStore::connect(&url, &prefix, test_config()).await.expect("connect");
+    assert!(fields.describe().contains("REDIS_EVENT_FORMAT=fields"), "{}", fields.describe());
+    assert!(!compact.describe().contains("REDIS_EVENT_FORMAT"), "{}", compact.describe());
+    let (mut to_fields, mut to_compact) = (fields.subscribe(), compact.subscribe());
+    let first = fields.submit(new_task("tester", request("by-fields")), 64).await.expect("submit").submitted.task_id;
+    let second = compact.submit(new_task("tester", request("by-compact")), 64).await.expect("submit").submitted.task_id;
+
+    let mut seen = Vec::new();
+    for events in [&mut to_fields, &mut to_compact] {
+        let mut read = Vec::new();
+        for _ in 0..2 {
+            let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("in time");
+            read.push(event.expect("event").to_event());
+        }
+        seen.push(read);
+    }
+    assert_eq!(seen[0], seen[1], "both read the same events");
+    let tasks: Vec<Option<&str>> = seen[0].iter().map(|e| e.task_id.as_deref()).collect();
+    assert_eq!(tasks, [Some(first.as_str()), Some(second.as_str())]);
+    let kinds: Vec<(EventKind, &serde_json::Value)> = seen[0].iter().map(|e| (e.kind, &e.data["task_type"])).collect();
+    assert_eq!(
+        kinds,
+        [(EventKind::TaskSubmitted, &"by-fields".into()), (EventKind::TaskSubmitted, &"by-compact".into())]
+    );
+    for store in [&fields, &compact] {
+        let replayed = store.events_after(None, 10).await.expect("read").expect("kept");
+        assert_eq!(replayed, seen[0], "a replay reads both forms too");
+    }
+
+    // The two entries are in the two forms.
+    let mut redis = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(format!("{prefix}{{main}}:events"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let names: Vec<Vec<&str>> =
+        entries.iter().map(|(_, fields)| fields.iter().step_by(2).map(String::as_str).collect()).collect();
+    assert_eq!(names, [vec!["n", "type", "time", "server", "task", "agent", "data"], vec!["e"]]);
+}
+
 #[tokio::test]
 async fn every_key_of_a_deployment_carries_the_one_hash_tag() {
     let prefix = unique_prefix("layout");

@@ -314,20 +314,35 @@ pub(super) fn health(value: &Value) -> StoreResult<AgentHealth> {
     })
 }
 
+/// The one field of a compact stream entry and the separator of its parts (decision 0030): `e` holds
+/// `n|type|time|server|task|agent|data`. Only the data, last, may contain the separator.
+const COMPACT_FIELD: &[u8] = b"e";
+const COMPACT_SEPARATOR: char = '|';
+
+/// The text of a compact entry's one field, when the entry is compact (an entry of separate fields is not).
+fn compact_text(fields: &[Value]) -> Option<Cow<'_, str>> {
+    match fields {
+        [Value::BulkString(name), value] if name.as_slice() == COMPACT_FIELD => text_ref(value),
+        _ => None,
+    }
+}
+
 /// A stream entry's place, read apart from the event it holds: its id's two numbers and its event number `n`
 /// (`None` when absent). An entry this build cannot decode (a newer server's event type) still has one.
 pub(super) fn event_place(entry: &Value) -> Option<((u64, u64), Option<u64>)> {
     let parts = array(entry).ok()?;
     let [id, fields] = parts else { return None };
     let id = parse_event_id(&text(id)?)?;
-    // Read where it stands (`n` is written first) rather than through `hash`, which would copy every field, the
-    // event's data included, once more for each event the reader passes.
-    let n = array(fields).ok().and_then(|pairs| {
-        pairs.chunks(2).find_map(|pair| match pair {
+    let fields = array(fields).ok()?;
+    let n = match compact_text(fields) {
+        Some(compact) => compact.split(COMPACT_SEPARATOR).next().and_then(|n| n.parse().ok()),
+        // Read where it stands (`n` is written first) rather than through `hash`, which would copy every field, the
+        // event's data included, once more for each event the reader passes.
+        None => fields.chunks(2).find_map(|pair| match pair {
             [Value::BulkString(name), value] if name.as_slice() == b"n" => text(value)?.parse().ok(),
             _ => None,
-        })
-    });
+        }),
+    };
     Some((id, n))
 }
 
@@ -338,8 +353,9 @@ pub(super) fn audit_head(body: &[Value]) -> AuditHead {
     AuditHead { seq, hash }
 }
 
-/// A stream entry `[id, [field, value, ...]]` as the record this server's consumers read (decision 0025; its number
-/// is [`event_place`]'s): the fields read where they stand, ids kept inline, the server's id shared with the entries
+/// A stream entry `[id, [field, value, ...]]`, compact (one field, decision 0030) or of separate fields, as the
+/// record this server's consumers read (decision 0025; its number is [`event_place`]'s): the parts read where they
+/// stand, ids kept inline, the server's id shared with the entries
 /// before it from the same server (`servers`), and the data of the kinds every task's way emits typed when it has
 /// exactly the shape those kinds write (anything else stays JSON), so that `to_event` gives back the stored event.
 /// Every server of a fleet reads every event of the fleet: this is the work each of them does per event. A replay
@@ -349,23 +365,43 @@ pub(super) fn event_record(entry: &Value, servers: &mut ServerIds) -> StoreResul
     let [id, fields] = parts else { return Err(corrupt("a stream entry is [id, fields]")) };
     let id = text_ref(id).unwrap_or_default();
     let (ms, seq) = parse_event_id(&id).ok_or_else(|| corrupt("a stream entry's id"))?;
-    let (mut kind, mut time_ms, mut server, mut task_id, mut agent_id, mut data) =
-        (Cow::Borrowed(""), 0, Cow::Borrowed(""), None, None, None);
-    for pair in array(fields)?.chunks(2) {
-        let [name, value] = pair else { continue };
-        // Read as `text` reads them: bytes that are not UTF-8 replaced, not dropped.
-        let (Some(name), Some(value)) = (text_ref(name), text_ref(value)) else { continue };
-        let non_empty = |value: &str| Some(value).filter(|v| !v.is_empty()).map(CompactStr::new);
-        match &*name {
-            "type" => kind = value,
-            "time" => time_ms = value.parse().unwrap_or_default(),
-            "server" => server = value,
-            "task" => task_id = non_empty(&value),
-            "agent" => agent_id = non_empty(&value),
-            "data" => data = Some(value),
-            _ => {}
+    let fields = array(fields)?;
+    // type, time, server, task, agent, data: borrowed from the compact field's text or from the fields themselves,
+    // read as `text` reads them (bytes that are not UTF-8 replaced, not dropped).
+    let compact = compact_text(fields);
+    let mut parts: [Option<Cow<'_, str>>; 6] = Default::default();
+    match &compact {
+        Some(text) => {
+            let mut split = text.splitn(parts.len() + 1, COMPACT_SEPARATOR).skip(1);
+            for part in &mut parts {
+                *part = split.next().map(Cow::Borrowed);
+            }
+            if parts[5].is_none() {
+                return Err(corrupt("a compact stream entry has seven parts"));
+            }
+        }
+        None => {
+            for pair in fields.chunks(2) {
+                let [name, value] = pair else { continue };
+                let (Some(name), Some(value)) = (text_ref(name), text_ref(value)) else { continue };
+                let place = match &*name {
+                    "type" => 0,
+                    "time" => 1,
+                    "server" => 2,
+                    "task" => 3,
+                    "agent" => 4,
+                    "data" => 5,
+                    _ => continue,
+                };
+                parts[place] = Some(value);
+            }
         }
     }
+    let [kind, time, server, task, agent, data] = parts;
+    let (kind, server) = (kind.unwrap_or_default(), server.unwrap_or_default());
+    let time_ms = time.and_then(|time| time.parse().ok()).unwrap_or_default();
+    let non_empty = |value: Option<Cow<'_, str>>| value.filter(|v| !v.is_empty()).map(|v| CompactStr::new(&v));
+    let (task_id, agent_id) = (non_empty(task), non_empty(agent));
     let kind = EventKind::deserialize((*kind).into_deserializer())
         .map_err(|_: serde::de::value::Error| corrupt(format!("unknown value {kind}")))?;
     let data = match data {
@@ -654,6 +690,12 @@ mod tests {
         entry("1700000000123-4", &fields)
     }
 
+    /// The same event as the compact entry the scripts write by default.
+    fn compact_of(kind: &str, task: &str, agent: &str, data: &str) -> Value {
+        let compact = format!("7|{kind}|1700000000123|s-1|{task}|{agent}|{data}");
+        entry("1700000000123-4", &[("e", &compact)])
+    }
+
     /// The event clients see for an entry [`event_of`] writes: the stored fields and data, as they are.
     fn stored(kind: &str, task: &str, agent: &str, data: &str) -> Event {
         let id = |text: &str| Some(text.to_string()).filter(|t| !t.is_empty());
@@ -697,14 +739,26 @@ mod tests {
             ("task_completed", task, "a1", r#"{"unfenced":true,"extra":1}"#, false),
             ("task_failed", task, "a1", r#"{"code":"boom","retry":false}"#, false),
             ("agent_registered", "", "an-agent-id-longer-than-forty-six-bytes-to-be-shared", "{}", false),
+            // The compact form's separator in the data, which comes last.
+            ("task_failed", task, "a1", r#"{"code":"a|b","error":"|"}"#, false),
         ];
         let mut servers = ServerIds::default();
         for (kind, task, agent, data, kept_typed) in cases {
-            let entry = event_of(kind, task, agent, data);
-            let record = event_record(&entry, &mut servers).unwrap();
-            assert_eq!(!matches!(record.data, EventData::Json(_)), kept_typed, "{kind} {data}");
-            assert_eq!(record.to_event(), stored(kind, task, agent, data), "{kind} {data}");
+            for entry in [event_of(kind, task, agent, data), compact_of(kind, task, agent, data)] {
+                let record = event_record(&entry, &mut servers).unwrap();
+                assert_eq!(!matches!(record.data, EventData::Json(_)), kept_typed, "{kind} {data}");
+                assert_eq!(record.to_event(), stored(kind, task, agent, data), "{kind} {data}");
+                assert_eq!(event_place(&entry), Some(((1_700_000_000_123, 4), Some(7))), "{kind} {data}");
+            }
         }
+    }
+
+    /// A compact entry cut short is refused, not read with its parts shifted; its number still counts.
+    #[test]
+    fn a_compact_entry_without_all_its_parts_is_refused() {
+        let short = entry("1700000000123-4", &[("e", "7|task_completed|1700000000123|s-1|")]);
+        assert!(event_record(&short, &mut ServerIds::default()).is_err());
+        assert_eq!(event_place(&short), Some(((1_700_000_000_123, 4), Some(7))));
     }
 
     #[test]
@@ -714,6 +768,13 @@ mod tests {
         fields[11] = Value::BulkString(b"agent-\xff".to_vec());
         fields[13] = Value::BulkString(b"{\"code\":\"\xfe\"}".to_vec());
         let entry = Value::Array(parts);
+        let record = event_record(&entry, &mut ServerIds::default()).unwrap();
+        assert_eq!(record.to_event(), stored("task_failed", "", "agent-\u{fffd}", "{\"code\":\"\u{fffd}\"}"));
+        let compact = b"7|task_failed|1700000000123|s-1||agent-\xff|{\"code\":\"\xfe\"}".to_vec();
+        let entry = Value::Array(vec![
+            Value::BulkString(b"1700000000123-4".to_vec()),
+            Value::Array(vec![Value::BulkString(b"e".to_vec()), Value::BulkString(compact)]),
+        ]);
         let record = event_record(&entry, &mut ServerIds::default()).unwrap();
         assert_eq!(record.to_event(), stored("task_failed", "", "agent-\u{fffd}", "{\"code\":\"\u{fffd}\"}"));
     }
@@ -736,6 +797,7 @@ mod tests {
     fn an_entry_of_an_unknown_kind_or_without_an_id_is_refused() {
         let mut servers = ServerIds::default();
         assert!(event_record(&event_of("from_a_newer_server", "", "", "{}"), &mut servers).is_err());
+        assert!(event_record(&compact_of("from_a_newer_server", "", "", "{}"), &mut servers).is_err());
         assert!(event_record(&entry("not-an-id", &[("type", "task_completed")]), &mut servers).is_err());
     }
 }

@@ -72,10 +72,12 @@ pub struct RedisStore {
     scripts: Scripts,
     /// Calls go by `FCALL` to the loaded function library (standalone Redis 7), else by EVALSHA.
     functions: AtomicBool,
-    /// ARGV[1..13] of every script.
+    /// ARGV[1..14] of every script.
     config_args: Vec<String>,
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
+    /// `REDIS_EVENT_FORMAT=fields`: the scripts write events as separate fields.
+    event_fields: bool,
     events: broadcast::Sender<EventRecord>,
     /// Bumped by the reader at a gap in the event numbers ([`Store::skipped_events`]).
     skipped: tokio::sync::watch::Sender<u64>,
@@ -145,6 +147,7 @@ impl RedisStore {
             config.breaker_window_ms.to_string(),
             config.breaker_cooldown_ms.to_string(),
             config.max_pending_tasks.to_string(),
+            if config.event_fields { "fields" } else { "compact" }.to_string(),
         ];
         let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
         let stream = format!("{root}events");
@@ -166,6 +169,7 @@ impl RedisStore {
             functions: AtomicBool::new(false),
             config_args,
             wait_replicas: config.wait_replicas,
+            event_fields: config.event_fields,
             events,
             skipped,
             reader,
@@ -479,7 +483,8 @@ impl Store for RedisStore {
         } else {
             "scripts by EVALSHA".to_string()
         };
-        format!("{}, prefix {}, {calls}", self.target.describe(), self.prefix)
+        let events = if self.event_fields { ", events as separate fields (REDIS_EVENT_FORMAT=fields)" } else { "" };
+        format!("{}, prefix {}, {calls}{events}", self.target.describe(), self.prefix)
     }
 
     fn now_ms(&self) -> u64 {

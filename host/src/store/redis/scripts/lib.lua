@@ -3,7 +3,7 @@
 -- run by EVALSHA as one atomic step.
 --
 -- Calling convention: KEYS[1] is the tagged prefix (`<prefix>{main}:`), so every key below is derived from it and
--- lives in one cluster slot. ARGV[1..13] is the store configuration (`config_args` in mod.rs); a body reads its
+-- lives in one cluster slot. ARGV[1..14] is the store configuration (`config_args` in mod.rs); a body reads its
 -- own arguments with `arg(i)`. Bodies never raise on a refused transition: they return `fail(...)`, so everything
 -- the script changed before the refusal stays consistent (a transition checks before it changes, like memory's).
 --
@@ -29,9 +29,10 @@ local function config(argv)
     breaker_window = tonumber(argv[11]),
     breaker_cooldown = tonumber(argv[12]),
     max_pending = tonumber(argv[13]), -- 0 = no limit
+    event_fields = argv[14] == 'fields', -- REDIS_EVENT_FORMAT: events as separate fields, for older readers
   }
 end
-local ARG_BASE = 13
+local ARG_BASE = 14
 -- Parsed configurations by server id (ARGV[1]): {the arguments parsed, the configuration}. Every server of a fleet
 -- calls the same library with its own id; ids change at every restart, so the memory starts again past a bound.
 local CONFIGS = {}
@@ -171,11 +172,19 @@ local function json(tbl)
   return cjson.encode(tbl)
 end
 
+-- An event is one field `e`, `n|type|time|server|task|agent|data` (decision 0030): every server of a fleet reads every
+-- entry, and each value of a reply costs Redis and each reader alike. Only the data, last, may hold a `|`.
 local function emit(kind, task, agent, data)
   local n = redis.call('INCR', K.event_count)
-  redis.call('XADD', K.events, 'MAXLEN', '~', CFG.event_buffer, '*',
-    'n', n2s(n), 'type', kind, 'time', NOW_S, 'server', CFG.server,
-    'task', task or '', 'agent', agent or '', 'data', data)
+  if CFG.event_fields then
+    redis.call('XADD', K.events, 'MAXLEN', '~', CFG.event_buffer, '*',
+      'n', n2s(n), 'type', kind, 'time', NOW_S, 'server', CFG.server,
+      'task', task or '', 'agent', agent or '', 'data', data)
+  else
+    redis.call('XADD', K.events, 'MAXLEN', '~', CFG.event_buffer, '*', 'e',
+      n2s(n) .. '|' .. kind .. '|' .. NOW_S .. '|' .. CFG.server .. '|' .. (task or '') .. '|' .. (agent or '') .. '|'
+        .. data)
+  end
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
