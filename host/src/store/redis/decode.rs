@@ -355,9 +355,9 @@ pub(super) fn audit_head(body: &[Value]) -> AuditHead {
 
 /// A stream entry `[id, [field, value, ...]]`, compact (one field, decision 0030) or of separate fields, as the
 /// record this server's consumers read (decision 0025; its number is [`event_place`]'s): the parts read where they
-/// stand, ids kept inline, the server's id shared with the entries
-/// before it from the same server (`servers`), and the data of the kinds every task's way emits typed when it has
-/// exactly the shape those kinds write (anything else stays JSON), so that `to_event` gives back the stored event.
+/// stand, ids kept inline, the server's id shared with the entries before it from the same server (`servers`), and
+/// the data of the kinds every task's way emits typed when it has exactly the shape those kinds write (anything else
+/// stays JSON), so that `to_event` gives back the stored event.
 /// Every server of a fleet reads every event of the fleet: this is the work each of them does per event. A replay
 /// (`events_after`) makes its wire events from the same records.
 pub(super) fn event_record(entry: &Value, servers: &mut ServerIds) -> StoreResult<EventRecord> {
