@@ -319,10 +319,10 @@ pub(super) fn health(value: &Value) -> StoreResult<AgentHealth> {
 const COMPACT_FIELD: &[u8] = b"e";
 const COMPACT_SEPARATOR: char = '|';
 
-/// The text of a compact entry's one field, when the entry is compact (an entry of separate fields is not).
-fn compact_text(fields: &[Value]) -> Option<Cow<'_, str>> {
+/// The value of a compact entry's one field, when the entry is compact (an entry of separate fields is not).
+fn compact_value(fields: &[Value]) -> Option<&Value> {
     match fields {
-        [Value::BulkString(name), value] if name.as_slice() == COMPACT_FIELD => text_ref(value),
+        [Value::BulkString(name), value] if name.as_slice() == COMPACT_FIELD => Some(value),
         _ => None,
     }
 }
@@ -333,16 +333,20 @@ pub(super) fn event_place(entry: &Value) -> Option<((u64, u64), Option<u64>)> {
     let parts = array(entry).ok()?;
     let [id, fields] = parts else { return None };
     let id = parse_event_id(&text(id)?)?;
-    let fields = array(fields).ok()?;
-    let n = match compact_text(fields) {
-        Some(compact) => compact.split(COMPACT_SEPARATOR).next().and_then(|n| n.parse().ok()),
+    let n = array(fields).ok().and_then(|fields| match compact_value(fields) {
+        // The digits before the first separator, read from the bytes: the rest (the data) is checked once, later.
+        Some(Value::BulkString(compact)) => {
+            let digits = compact.split(|&byte| byte == COMPACT_SEPARATOR as u8).next()?;
+            std::str::from_utf8(digits).ok()?.parse().ok()
+        }
+        Some(_) => None,
         // Read where it stands (`n` is written first) rather than through `hash`, which would copy every field, the
         // event's data included, once more for each event the reader passes.
         None => fields.chunks(2).find_map(|pair| match pair {
             [Value::BulkString(name), value] if name.as_slice() == b"n" => text(value)?.parse().ok(),
             _ => None,
         }),
-    };
+    });
     Some((id, n))
 }
 
@@ -368,7 +372,7 @@ pub(super) fn event_record(entry: &Value, servers: &mut ServerIds) -> StoreResul
     let fields = array(fields)?;
     // type, time, server, task, agent, data: borrowed from the compact field's text or from the fields themselves,
     // read as `text` reads them (bytes that are not UTF-8 replaced, not dropped).
-    let compact = compact_text(fields);
+    let compact = compact_value(fields).and_then(text_ref);
     let mut parts: [Option<Cow<'_, str>>; 6] = Default::default();
     match &compact {
         Some(text) => {

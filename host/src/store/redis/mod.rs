@@ -130,25 +130,17 @@ impl RedisStore {
                 "REDIS_WAIT_REPLICAS is supported with a standalone Redis and its replicas, not a cluster URL".into(),
             ));
         }
+        // An event holds the server's id among `|`-separated parts (decision 0030).
+        if config.server_id.contains('|') {
+            return Err(StoreError::Unavailable(format!(
+                "redis: the server id {:?} may not contain '|'",
+                config.server_id
+            )));
+        }
         let commands = target.commands(Duration::from_millis(config.store_timeout_ms.max(1))).await?;
         let reader_connection = target.blocking().await?;
         let root = format!("{prefix}{{main}}:");
-        let config_args = vec![
-            config.server_id.clone(),
-            config.heartbeat_timeout_ms.to_string(),
-            config.heartbeat_interval_ms.to_string(),
-            config.max_signatures.to_string(),
-            config.priority_aging_ms.map(|ms| ms.to_string()).unwrap_or_default(),
-            config.retry_backoff_base_ms.to_string(),
-            config.retry_backoff_max_ms.to_string(),
-            config.event_buffer.max(1).to_string(),
-            config.idempotency_ttl_ms.to_string(),
-            config.breaker_threshold.to_string(),
-            config.breaker_window_ms.to_string(),
-            config.breaker_cooldown_ms.to_string(),
-            config.max_pending_tasks.to_string(),
-            if config.event_fields { "fields" } else { "compact" }.to_string(),
-        ];
+        let config_args = config_args(&config);
         let (events, _) = broadcast::channel(config.event_buffer.clamp(16, 65_536));
         let stream = format!("{root}events");
         let start = stream_tail(&mut commands.clone(), &root).await?;
@@ -435,6 +427,25 @@ fn schedules_in(body: &[Value]) -> StoreResult<Vec<ScheduleRecord>> {
 /// left comes due, '' for none.
 fn next_in_ms(body: &[Value]) -> Option<u64> {
     body.get(1).and_then(text).and_then(|ms| ms.parse().ok())
+}
+/// ARGV[1..14] of every script: the configuration `config_of` in lib.lua reads (`ARG_BASE` values).
+pub(super) fn config_args(config: &StoreConfig) -> Vec<String> {
+    vec![
+        config.server_id.clone(),
+        config.heartbeat_timeout_ms.to_string(),
+        config.heartbeat_interval_ms.to_string(),
+        config.max_signatures.to_string(),
+        config.priority_aging_ms.map(|ms| ms.to_string()).unwrap_or_default(),
+        config.retry_backoff_base_ms.to_string(),
+        config.retry_backoff_max_ms.to_string(),
+        config.event_buffer.max(1).to_string(),
+        config.idempotency_ttl_ms.to_string(),
+        config.breaker_threshold.to_string(),
+        config.breaker_window_ms.to_string(),
+        config.breaker_cooldown_ms.to_string(),
+        config.max_pending_tasks.to_string(),
+        if config.event_fields { "fields" } else { "compact" }.to_string(),
+    ]
 }
 
 /// The stream's last id and event number, where a new reader starts.

@@ -209,4 +209,18 @@ mod tests {
         assert!(production.contains("NOW, PINNED = clock()"), "the clock itself stays");
         assert_eq!(LIB.lines().count() - production.lines().count(), 5, "the hook's three lines and two markers");
     }
+
+    /// The prelude reads its own arguments after `ARG_BASE` configuration values: one more or fewer from the host
+    /// would shift every script's arguments.
+    #[test]
+    fn the_host_passes_as_many_configuration_values_as_the_prelude_reads() {
+        let base: usize = LIB
+            .lines()
+            .find_map(|line| line.strip_prefix("local ARG_BASE = "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("lib.lua sets ARG_BASE");
+        let args = super::super::config_args(&crate::store::StoreConfig::default());
+        assert_eq!(args.len(), base);
+        assert_eq!(args.last().map(String::as_str), Some("compact"), "the last one is REDIS_EVENT_FORMAT");
+    }
 }
