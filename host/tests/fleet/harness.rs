@@ -151,7 +151,11 @@ impl Server {
 fn spawn_serve(index: usize, redis_url: &str, prefix: &str, dir: &Path) -> (Child, PathBuf) {
     let log = dir.join(format!("server-{index}.log"));
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open the server log");
+    // Server 1 of every fleet writes events as the builds before the compact form did (decision 0030), so each
+    // fleet test also runs the mixed fleet of a rolling upgrade: the others read its entries and it reads theirs.
+    let event_format = if index == 1 { "fields" } else { "compact" };
     let child = serve_command()
+        .env("REDIS_EVENT_FORMAT", event_format)
         .env("REDIS_URL", redis_url)
         .env("CONTROL_PLANE_PREFIX", prefix)
         .env("ARAGORA_JWT_SECRET", SECRET)

@@ -1,7 +1,8 @@
 //! Three servers, one Redis, 20,000 tasks: agents spread over the three servers claim (blocking), complete under
 //! their leases and heartbeat while submitters send batches through all three. Every task ends completed exactly
 //! once, and the event stream of one server carries the other servers' events and shows no two valid leases; a
-//! second server streams exactly the same events in the same order.
+//! second server streams exactly the same events in the same order. Server 1 writes its events in the older form
+//! (`REDIS_EVENT_FORMAT=fields`, as every fleet's server 1 does), the others in the compact one.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ async fn three_servers_on_one_redis_complete_every_task_exactly_once() {
     let _heavy = HEAVY.lock().await;
     let started = Instant::now();
     let mut fleet = Fleet::start(RedisServer::start(), 3, "fleet-three");
+    let forms: Vec<bool> = fleet.servers.iter().map(|s| s.log().contains("REDIS_EVENT_FORMAT=fields")).collect();
+    assert_eq!(forms, [false, true, false], "server 1 alone writes the older form, and says so at start-up");
     let (events, reader) = EventLog::follow(fleet.run.clone(), 0).await;
     let (other_events, other_reader) = EventLog::follow(fleet.run.clone(), 2).await;
     let agents = fleet.spawn_agents(agents(24, 3));

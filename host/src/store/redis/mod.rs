@@ -428,6 +428,7 @@ fn schedules_in(body: &[Value]) -> StoreResult<Vec<ScheduleRecord>> {
 fn next_in_ms(body: &[Value]) -> Option<u64> {
     body.get(1).and_then(text).and_then(|ms| ms.parse().ok())
 }
+
 /// ARGV[1..14] of every script: the configuration `config_of` in lib.lua reads (`ARG_BASE` values).
 pub(super) fn config_args(config: &StoreConfig) -> Vec<String> {
     vec![
