@@ -170,8 +170,10 @@ fn capabilities(text: &str) -> CapabilitySet {
     CapabilitySet::from_normalized(text.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect())
 }
 
+/// A unit variant of `T` from its serde name, read in place (no JSON string built for it).
 fn parse_enum<T: serde::de::DeserializeOwned>(value: &str) -> StoreResult<T> {
-    serde_json::from_value(Json::String(value.to_string())).map_err(|_| corrupt(format!("unknown value {value}")))
+    T::deserialize(value.into_deserializer())
+        .map_err(|_: serde::de::value::Error| corrupt(format!("unknown value {value}")))
 }
 
 fn task_id(text: &str) -> StoreResult<TaskId> {
@@ -406,8 +408,7 @@ pub(super) fn event_record(entry: &Value, servers: &mut ServerIds) -> StoreResul
     let time_ms = time.and_then(|time| time.parse().ok()).unwrap_or_default();
     let non_empty = |value: Option<Cow<'_, str>>| value.filter(|v| !v.is_empty()).map(|v| CompactStr::new(&v));
     let (task_id, agent_id) = (non_empty(task), non_empty(agent));
-    let kind = EventKind::deserialize((*kind).into_deserializer())
-        .map_err(|_: serde::de::value::Error| corrupt(format!("unknown value {kind}")))?;
+    let kind = parse_enum::<EventKind>(&kind)?;
     let data = match data {
         Some(text) => event_data(kind, &text)?,
         None => EventData::Json(Arc::new(Json::Object(Map::new()))),
