@@ -150,7 +150,10 @@ struct State {
     finished: BTreeSet<(u64, TaskId)>,
     /// Pending tasks by when they entered pending: the longest wait is the first.
     waiting_since: BTreeSet<(u64, TaskId)>,
-    agents: BTreeMap<String, AgentRecord>,
+    /// By id, in a hash table: every step of a task looks its agent up (an offer, each candidate's), and a tree's
+    /// lookups cost more with every agent registered; listings sort by id instead (docs/BENCHMARKS.md). Boxed for
+    /// the reason `tasks` is.
+    agents: FastMap<String, Box<AgentRecord>>,
     /// Agents by heartbeat expiry.
     expiry: BTreeSet<(u64, String)>,
     /// Claims waiting for routed work.
@@ -454,7 +457,11 @@ impl Tx<'_> {
     }
 
     fn agent(&mut self, agent_id: &str) -> StoreResult<&mut AgentRecord> {
-        self.state.agents.get_mut(agent_id).ok_or_else(|| StoreError::AgentNotFound(agent_id.to_string()))
+        self.state
+            .agents
+            .get_mut(agent_id)
+            .map(|record| &mut **record)
+            .ok_or_else(|| StoreError::AgentNotFound(agent_id.to_string()))
     }
 
     fn check_session(&mut self, agent_id: &str, session: Option<&str>) -> StoreResult<()> {
@@ -1196,7 +1203,7 @@ impl Store for MemoryStore {
                 };
                 tx.state.agents.insert(
                     id.clone(),
-                    AgentRecord {
+                    Box::new(AgentRecord {
                         agent,
                         last_heartbeat_ms: now,
                         last_assigned_ms: None,
@@ -1205,7 +1212,7 @@ impl Store for MemoryStore {
                         revocations: Vec::new(),
                         health: HealthRecord::default(),
                         breaker: Breaker::default(),
-                    },
+                    }),
                 );
                 tx.state.expiry.insert((now, id.clone()));
             }
@@ -1301,13 +1308,15 @@ impl Store for MemoryStore {
     async fn list_agents(&self, filter: &AgentFilter) -> StoreResult<Vec<Agent>> {
         let state = self.lock()?;
         let (now, cooldown) = (self.clock.now_ms(), self.config.breaker_cooldown_ms);
-        Ok(state
+        let mut agents: Vec<Agent> = state
             .agents
             .values()
             .filter(|r| filter.capability.as_ref().is_none_or(|c| r.agent.capabilities.contains(c)))
             .filter(|r| filter.available.is_none_or(|want| available(r, now, cooldown) == want))
             .map(|r| r.agent.clone())
-            .collect())
+            .collect();
+        agents.sort_unstable_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(agents)
     }
 
     async fn submit(&self, task: NewTask, offer_limit: usize) -> StoreResult<Committed> {
@@ -1834,7 +1843,7 @@ impl Store for MemoryStore {
                     removed += 1;
                 }
             }
-            let stale: Vec<String> = tx
+            let mut stale: Vec<String> = tx
                 .state
                 .agents
                 .iter()
@@ -1842,8 +1851,10 @@ impl Store for MemoryStore {
                     a.agent.status == AgentStatus::Offline && a.last_heartbeat_ms + agent_retention_ms <= now
                 })
                 .map(|(id, _)| id.clone())
-                .take(limit.saturating_sub(removed))
                 .collect();
+            // In id order, as listings: which ones a bounded sweep removes first does not depend on the table.
+            stale.sort_unstable();
+            stale.truncate(limit.saturating_sub(removed));
             for agent_id in stale {
                 tx.state.agents.remove(&agent_id);
                 tx.emit(EventKind::AgentUnregistered, None, Some(&agent_id), json!({"reason": "retention"}));
@@ -1923,7 +1934,8 @@ impl Store for MemoryStore {
 
     async fn all_health(&self) -> StoreResult<Vec<AgentHealth>> {
         self.transition(|tx| {
-            let ids: Vec<String> = tx.state.agents.keys().cloned().collect();
+            let mut ids: Vec<String> = tx.state.agents.keys().cloned().collect();
+            ids.sort_unstable();
             Ok(ids
                 .iter()
                 .filter_map(|id| {

@@ -306,6 +306,8 @@ pub(super) async fn list_agents_filters_by_capability_and_availability(h: Harnes
     assert_eq!(ids(h.store.list_agents(&available).await.expect("list")), vec!["auditor", "coder"]);
     let unavailable = AgentFilter { available: Some(false), ..AgentFilter::default() };
     assert_eq!(ids(h.store.list_agents(&unavailable).await.expect("list")), vec!["idle"]);
+    let health: Vec<String> = h.store.all_health().await.expect("health").into_iter().map(|a| a.agent_id).collect();
+    assert_eq!(health, vec!["auditor", "coder", "idle"], "every agent's health, by id");
 }
 
 pub(super) async fn operations_on_unknown_tasks_and_agents_are_not_found(h: Harness) {
