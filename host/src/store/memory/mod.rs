@@ -151,8 +151,8 @@ struct State {
     /// Pending tasks by when they entered pending: the longest wait is the first.
     waiting_since: BTreeSet<(u64, TaskId)>,
     /// By id, in a hash table: every step of a task looks its agent up (an offer, each candidate's), and a tree's
-    /// lookups cost more with every agent registered; listings sort by id instead (docs/BENCHMARKS.md). Boxed for
-    /// the reason `tasks` is.
+    /// lookups cost more with every agent registered; `list_agents`, `all_health` and the retention sweep sort by id
+    /// instead (docs/BENCHMARKS.md). Boxed for the reason `tasks` is.
     agents: FastMap<String, Box<AgentRecord>>,
     /// Agents by heartbeat expiry.
     expiry: BTreeSet<(u64, String)>,
@@ -362,11 +362,7 @@ impl Tx<'_> {
     }
 
     fn task(&mut self, task_id: &TaskId) -> StoreResult<&mut TaskRecord> {
-        self.state
-            .tasks
-            .get_mut(task_id)
-            .map(|record| &mut **record)
-            .ok_or_else(|| StoreError::TaskNotFound(task_id.clone()))
+        self.state.tasks.get_mut(task_id).map(Box::as_mut).ok_or_else(|| StoreError::TaskNotFound(task_id.clone()))
     }
 
     fn set_status(&mut self, task_id: &TaskId, status: TaskStatus) {
@@ -460,7 +456,7 @@ impl Tx<'_> {
         self.state
             .agents
             .get_mut(agent_id)
-            .map(|record| &mut **record)
+            .map(Box::as_mut)
             .ok_or_else(|| StoreError::AgentNotFound(agent_id.to_string()))
     }
 
@@ -1843,22 +1839,25 @@ impl Store for MemoryStore {
                     removed += 1;
                 }
             }
-            let mut stale: Vec<String> = tx
-                .state
-                .agents
-                .iter()
-                .filter(|(_, a)| {
-                    a.agent.status == AgentStatus::Offline && a.last_heartbeat_ms + agent_retention_ms <= now
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            // In id order, as listings: which ones a bounded sweep removes first does not depend on the table.
-            stale.sort_unstable();
-            stale.truncate(limit.saturating_sub(removed));
-            for agent_id in stale {
-                tx.state.agents.remove(&agent_id);
-                tx.emit(EventKind::AgentUnregistered, None, Some(&agent_id), json!({"reason": "retention"}));
-                removed += 1;
+            if removed < limit {
+                // In id order, as before: which ones a bounded sweep removes first does not depend on the table.
+                let mut stale: Vec<&String> = tx
+                    .state
+                    .agents
+                    .iter()
+                    .filter(|(_, a)| {
+                        a.agent.status == AgentStatus::Offline && a.last_heartbeat_ms + agent_retention_ms <= now
+                    })
+                    .map(|(id, _)| id)
+                    .collect();
+                stale.sort_unstable();
+                stale.truncate(limit - removed);
+                let stale: Vec<String> = stale.into_iter().cloned().collect();
+                for agent_id in stale {
+                    tx.state.agents.remove(&agent_id);
+                    tx.emit(EventKind::AgentUnregistered, None, Some(&agent_id), json!({"reason": "retention"}));
+                    removed += 1;
+                }
             }
             tx.state.idempotency.retain(|_, (_, _, expires)| *expires > now);
             Ok(removed)

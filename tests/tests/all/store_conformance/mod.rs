@@ -91,6 +91,7 @@ macro_rules! conformance {
                 matching::peek_and_claim_if_let_a_dispatch_policy_skip_a_task_that_keeps_its_place,
                 records::list_tasks_pages_newest_first_and_filters,
                 records::list_agents_filters_by_capability_and_availability,
+                records::agents_and_their_health_are_listed_by_id,
                 records::operations_on_unknown_tasks_and_agents_are_not_found,
                 agents::agent_failures_over_two_tasks_open_the_breaker_and_a_half_open_trial_closes_it,
                 agents::task_kind_failures_never_open_a_breaker,

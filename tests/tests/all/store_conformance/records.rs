@@ -306,8 +306,22 @@ pub(super) async fn list_agents_filters_by_capability_and_availability(h: Harnes
     assert_eq!(ids(h.store.list_agents(&available).await.expect("list")), vec!["auditor", "coder"]);
     let unavailable = AgentFilter { available: Some(false), ..AgentFilter::default() };
     assert_eq!(ids(h.store.list_agents(&unavailable).await.expect("list")), vec!["idle"]);
+}
+
+/// Agents come back by id, whatever order they registered in (routing's candidate list and the events a health read
+/// emits follow this order).
+pub(super) async fn agents_and_their_health_are_listed_by_id(h: Harness) {
+    let registered = ["m", "c", "q", "a", "x", "k", "e", "z", "g", "b", "t", "h"];
+    for id in registered {
+        h.register(&format!("agent-{id}"), &["code"]).await;
+    }
+    let mut expected: Vec<String> = registered.iter().map(|id| format!("agent-{id}")).collect();
+    expected.sort();
+    let listed: Vec<String> =
+        h.store.list_agents(&AgentFilter::default()).await.expect("list").into_iter().map(|a| a.agent_id).collect();
+    assert_eq!(listed, expected, "agents by id");
     let health: Vec<String> = h.store.all_health().await.expect("health").into_iter().map(|a| a.agent_id).collect();
-    assert_eq!(health, vec!["auditor", "coder", "idle"], "every agent's health, by id");
+    assert_eq!(health, expected, "every agent's health, by id");
 }
 
 pub(super) async fn operations_on_unknown_tasks_and_agents_are_not_found(h: Harness) {
