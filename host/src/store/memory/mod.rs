@@ -151,8 +151,8 @@ struct State {
     /// Pending tasks by when they entered pending: the longest wait is the first.
     waiting_since: BTreeSet<(u64, TaskId)>,
     /// By id, in a hash table: every step of a task looks its agent up (an offer, each candidate's), and a tree's
-    /// lookups cost more with every agent registered; `list_agents`, `all_health` and the retention sweep sort by id
-    /// instead (docs/BENCHMARKS.md). Boxed for the reason `tasks` is.
+    /// lookups cost more with every agent registered; `list_agents` and `all_health` sort by id, the retention sweep by
+    /// silence (docs/BENCHMARKS.md). Boxed for the reason `tasks` is.
     agents: FastMap<String, Box<AgentRecord>>,
     /// Agents by heartbeat expiry.
     expiry: BTreeSet<(u64, String)>,
@@ -1840,19 +1840,20 @@ impl Store for MemoryStore {
                 }
             }
             if removed < limit {
-                // In id order, as before: which ones a bounded sweep removes first does not depend on the table.
-                let mut stale: Vec<&String> = tx
+                // The longest silent first (ties by id), as Redis's offline index orders them: a bounded sweep
+                // removes the same agents on every store, and never keeps the stalest for later.
+                let mut stale: Vec<(u64, &String)> = tx
                     .state
                     .agents
                     .iter()
                     .filter(|(_, a)| {
                         a.agent.status == AgentStatus::Offline && a.last_heartbeat_ms + agent_retention_ms <= now
                     })
-                    .map(|(id, _)| id)
+                    .map(|(id, a)| (a.last_heartbeat_ms, id))
                     .collect();
                 stale.sort_unstable();
                 stale.truncate(limit - removed);
-                let stale: Vec<String> = stale.into_iter().cloned().collect();
+                let stale: Vec<String> = stale.into_iter().map(|(_, id)| id.clone()).collect();
                 for agent_id in stale {
                     tx.state.agents.remove(&agent_id);
                     tx.emit(EventKind::AgentUnregistered, None, Some(&agent_id), json!({"reason": "retention"}));

@@ -375,6 +375,41 @@ pub(super) async fn housekeeping_removes_old_terminal_tasks_and_long_offline_age
     assert_eq!(stats.tasks_by_status.get("pending").copied(), Some(1));
 }
 
+/// More agents due than one sweep removes: the ones silent longest go first, whatever their ids, so a bounded sweep
+/// never keeps an agent that has been gone for months while it removes one gone for an hour.
+pub(super) async fn a_bounded_housekeeping_removes_the_longest_offline_agents_first(h: Harness) {
+    // Ids in the opposite order to their silences: "a" falls silent last, "z" first.
+    for id in ["z", "m", "a"] {
+        h.register(id, &[]).await;
+    }
+    h.advance(10_000).await;
+    h.heartbeat("m").await;
+    h.heartbeat("a").await;
+    h.advance(10_000).await;
+    h.heartbeat("a").await;
+    h.advance(31_000).await;
+    h.store.sweep_offline(100).await.unwrap();
+    for id in ["z", "m", "a"] {
+        assert_eq!(h.agent(id).await.status, AgentStatus::Offline, "{id} fell silent");
+    }
+    h.advance(60_000).await;
+    let left = || async {
+        let mut left = Vec::new();
+        for id in ["a", "m", "z"] {
+            if h.store.get_agent(id).await.unwrap().is_some() {
+                left.push(id);
+            }
+        }
+        left
+    };
+    assert_eq!(h.store.housekeeping(60_000, 60_000, 1).await.unwrap(), 1);
+    assert_eq!(left().await, ["a", "m"], "the agent silent longest goes first");
+    assert_eq!(h.store.housekeeping(60_000, 60_000, 1).await.unwrap(), 1);
+    assert_eq!(left().await, ["a"]);
+    assert_eq!(h.store.housekeeping(60_000, 60_000, 1).await.unwrap(), 1);
+    assert!(left().await.is_empty());
+}
+
 pub(super) async fn plugin_changes_keep_versions_bytes_history_and_emit_events(h: Harness) {
     use aragora_cp::model::EventKind;
     use aragora_cp::model::{PluginAction, PluginChange, StoreError};
