@@ -375,39 +375,36 @@ pub(super) async fn housekeeping_removes_old_terminal_tasks_and_long_offline_age
     assert_eq!(stats.tasks_by_status.get("pending").copied(), Some(1));
 }
 
-/// More agents due than one sweep removes: the ones silent longest go first, whatever their ids, so a bounded sweep
-/// never keeps an agent that has been gone for months while it removes one gone for an hour.
+/// More agents due than one call removes: each call takes the longest silent first, ties by id, so every store removes
+/// the same agents in the same calls and reports them in the same order.
 pub(super) async fn a_bounded_housekeeping_removes_the_longest_offline_agents_first(h: Harness) {
-    // Ids in the opposite order to their silences: "a" falls silent last, "z" first.
-    for id in ["z", "m", "a"] {
+    // Silent since: "a" and "c" registration (a tie), "e" 5 s later, "b" 10 s, "d" 20 s. Neither id order nor its
+    // reverse is the order of their silences.
+    let agents = ["d", "b", "e", "a", "c"];
+    for id in agents {
         h.register(id, &[]).await;
     }
-    h.advance(10_000).await;
-    h.heartbeat("m").await;
-    h.heartbeat("a").await;
-    h.advance(10_000).await;
-    h.heartbeat("a").await;
-    h.advance(31_000).await;
+    for (after_ms, beating) in [(5_000, &["e", "b", "d"][..]), (5_000, &["b", "d"]), (10_000, &["d"])] {
+        h.advance(after_ms).await;
+        for id in beating {
+            h.heartbeat(id).await;
+        }
+    }
+    h.advance(h.config.heartbeat_timeout_ms + 1_000).await;
     h.store.sweep_offline(100).await.unwrap();
-    for id in ["z", "m", "a"] {
+    for id in agents {
         assert_eq!(h.agent(id).await.status, AgentStatus::Offline, "{id} fell silent");
     }
     h.advance(60_000).await;
-    let left = || async {
-        let mut left = Vec::new();
-        for id in ["a", "m", "z"] {
-            if h.store.get_agent(id).await.unwrap().is_some() {
-                left.push(id);
-            }
+    let mut left: Vec<&str> = agents.to_vec();
+    for gone in ["a", "c", "e", "b", "d"] {
+        assert_eq!(h.store.housekeeping(60_000, 60_000, 1).await.unwrap(), 1);
+        left.retain(|id| *id != gone);
+        for id in agents {
+            let kept = h.store.get_agent(id).await.unwrap().is_some();
+            assert_eq!(kept, left.contains(&id), "after {gone} went, {id} is kept: {kept}");
         }
-        left
-    };
-    assert_eq!(h.store.housekeeping(60_000, 60_000, 1).await.unwrap(), 1);
-    assert_eq!(left().await, ["a", "m"], "the agent silent longest goes first");
-    assert_eq!(h.store.housekeeping(60_000, 60_000, 1).await.unwrap(), 1);
-    assert_eq!(left().await, ["a"]);
-    assert_eq!(h.store.housekeeping(60_000, 60_000, 1).await.unwrap(), 1);
-    assert!(left().await.is_empty());
+    }
 }
 
 pub(super) async fn plugin_changes_keep_versions_bytes_history_and_emit_events(h: Harness) {
