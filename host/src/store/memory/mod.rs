@@ -1840,8 +1840,8 @@ impl Store for MemoryStore {
                 }
             }
             if removed < limit {
-                // The longest silent first (ties by id), as Redis's offline index orders them: a bounded sweep
-                // removes the same agents on every store, and never keeps the stalest for later.
+                // The longest silent first (ties by id), as Redis's offline index orders them: a bounded call
+                // removes the same agents, and reports them in the same order, on every store.
                 let mut stale: Vec<(u64, &String)> = tx
                     .state
                     .agents
