@@ -256,7 +256,7 @@ impl Harness {
     /// The tokens of the waiting claims the store offers for a pending task, in its order, at most `limit`.
     pub async fn offered(&self, task_id: &TaskId, limit: usize) -> Vec<String> {
         let offer = self.store.offer(task_id, limit, None).await.expect("offer");
-        offer.map(|offer| offer.waiting.into_iter().map(|claim| claim.token).collect()).unwrap_or_default()
+        offer.map(|offer| offer.waiting.into_iter().map(|claim| claim.token.to_string()).collect()).unwrap_or_default()
     }
 
     /// The counters.

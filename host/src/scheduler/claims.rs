@@ -7,6 +7,7 @@
 //! its task delivered, never both and never neither: the slot is removed under the same lock a wake is sent under,
 //! so exactly one of the two sides sees it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -39,26 +40,27 @@ pub(super) struct Waiting {
     slots: Mutex<Slots>,
 }
 
+/// Tokens and agent ids are shared between the indexes and the store, not copied: a claim opens a slot even when
+/// work is pending (the store step that finds none registers the wait), so every claim paid those copies.
 #[derive(Default)]
 struct Slots {
-    by_token: FastMap<String, (String, oneshot::Sender<Wake>)>,
-    by_agent: FastMap<String, Vec<String>>,
+    by_token: FastMap<Arc<str>, (Arc<str>, oneshot::Sender<Wake>)>,
+    by_agent: FastMap<Arc<str>, Vec<Arc<str>>>,
     /// Refused claims waiting for their agent to become eligible again.
     refused: FastMap<String, Vec<oneshot::Sender<()>>>,
 }
 
 impl Waiting {
     /// Opens a slot for `token`: what wakes it arrives on the receiver.
-    fn open(&self, token: &str, agent_id: &str) -> oneshot::Receiver<Wake> {
+    fn open(&self, token: &Arc<str>, agent_id: &str) -> oneshot::Receiver<Wake> {
         let (sender, receiver) = oneshot::channel();
         let mut slots = self.slots.lock();
-        slots.by_token.insert(token.to_string(), (agent_id.to_string(), sender));
-        match slots.by_agent.get_mut(agent_id) {
-            Some(tokens) => tokens.push(token.to_string()),
-            None => {
-                slots.by_agent.insert(agent_id.to_string(), vec![token.to_string()]);
-            }
-        }
+        let agent: Arc<str> = match slots.by_agent.get_key_value(agent_id) {
+            Some((agent, _)) => agent.clone(),
+            None => agent_id.into(),
+        };
+        slots.by_token.insert(token.clone(), (agent.clone(), sender));
+        slots.by_agent.entry(agent).or_default().push(token.clone());
         receiver
     }
 
@@ -96,7 +98,7 @@ impl Waiting {
     pub(super) fn wake_agent(&self, agent_id: &str) {
         let mut slots = self.slots.lock();
         for token in slots.by_agent.remove(agent_id).unwrap_or_default() {
-            if let Some((_, sender)) = slots.by_token.remove(&token) {
+            if let Some((_, sender)) = slots.by_token.remove(&*token) {
                 let _ = sender.send(Wake::Look);
             }
         }
@@ -108,7 +110,7 @@ impl Waiting {
     /// The claims of the agent at `address` (`agent:<id>`, lower-cased) look again: a task addressed to it was
     /// submitted, and no waiting claim is offered one (waits do not hold their agent's address).
     pub(super) fn wake_address(&self, address: &str) {
-        let agents: Vec<String> = {
+        let agents: Vec<Arc<str>> = {
             let slots = self.slots.lock();
             slots.by_agent.keys().filter(|agent| crate::model::address_of(agent) == address).cloned().collect()
         };
@@ -121,7 +123,7 @@ impl Waiting {
     pub(super) fn wake_all(&self) {
         let agents: Vec<String> = {
             let slots = self.slots.lock();
-            slots.by_agent.keys().chain(slots.refused.keys()).cloned().collect()
+            slots.by_agent.keys().map(|agent| agent.to_string()).chain(slots.refused.keys().cloned()).collect()
         };
         for agent in agents {
             self.wake_agent(&agent);
@@ -141,7 +143,7 @@ impl Waiting {
 
 fn forget(slots: &mut Slots, agent: &str, token: &str) {
     if let Some(tokens) = slots.by_agent.get_mut(agent) {
-        tokens.retain(|t| t != token);
+        tokens.retain(|t| &**t != token);
         if tokens.is_empty() {
             slots.by_agent.remove(agent);
         }
@@ -153,7 +155,7 @@ fn forget(slots: &mut Slots, agent: &str, token: &str) {
 /// stranded (decision 0004).
 struct PendingWait<'a> {
     scheduler: &'a Scheduler,
-    token: String,
+    token: Arc<str>,
     receiver: oneshot::Receiver<Wake>,
     armed: bool,
 }
@@ -296,7 +298,9 @@ impl Scheduler {
     }
 
     fn open_wait(&self, agent_id: &str) -> PendingWait<'_> {
-        let token = format!("{:032x}", rand::random::<u128>());
+        let mut hex = [0; 32];
+        hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex).expect("32 digits for 16 bytes");
+        let token: Arc<str> = std::str::from_utf8(&hex).expect("hex digits are ASCII").into();
         let receiver = self.waiting.open(&token, agent_id);
         PendingWait { scheduler: self, token, receiver, armed: true }
     }
@@ -389,7 +393,7 @@ impl Scheduler {
                 None => registered,
                 Some(narrowed) => narrowed.narrowed_to(&registered),
             };
-            let waiter = Waiter { token: wait.token.clone(), agent_id: request.agent_id.clone(), capabilities };
+            let waiter = Waiter { token: wait.token.to_string(), agent_id: request.agent_id.clone(), capabilities };
             self.store.register_waiter(waiter, remaining + WAITER_GRACE).await?;
             let tasks = self.claim_allowed(request).await?;
             if !tasks.is_empty() {

@@ -163,7 +163,7 @@ impl Scheduler {
         let has_dispatch_policies = !self.plugins.policies().is_empty();
         let mut offer = std::borrow::Cow::Borrowed(offer);
         loop {
-            let mut claims: Vec<&WaitingClaim> = offer.waiting.iter().filter(|c| !taken.contains(&c.token)).collect();
+            let mut claims: Vec<&WaitingClaim> = offer.waiting.iter().filter(|c| !taken.contains(&*c.token)).collect();
             // Under load most tasks are taken by a claim arriving between the submit and its routing, and the
             // offer's first claims by the routings before this one: the strategy chooses among what is left.
             if !self.store.still_offered(&route.task_id, &mut claims) {
@@ -231,7 +231,7 @@ impl Scheduler {
             order.push(&below[chosen].token);
         }
         for claim in below.iter().chain(claims.iter().filter(|c| c.numbers.in_flight >= c.numbers.max_concurrent)) {
-            if !order.contains(&claim.token.as_str()) {
+            if !order.contains(&&*claim.token) {
                 order.push(&claim.token);
             }
         }
@@ -242,7 +242,7 @@ impl Scheduler {
     async fn choose(&self, route: &Route, now_ms: u64, claims: &[&WaitingClaim]) -> Result<usize, EngineError> {
         let candidates: Vec<Candidate> = claims.iter().map(|c| convert::candidate(&c.numbers, now_ms)).collect();
         let details = if route.strategy.wants_details() {
-            let ids: Vec<String> = claims.iter().map(|c| c.agent_id.clone()).collect();
+            let ids: Vec<String> = claims.iter().map(|c| c.agent_id.to_string()).collect();
             let agents = self.store.agents_with_health(&ids).await?;
             let labels = &route.strategy.manifest.labels;
             ids.iter()
@@ -260,7 +260,7 @@ impl Scheduler {
             Vec::new()
         };
         let ctx = CallContext { now_ms, seed: seed_of(route.task_id.as_str()) };
-        let agent_ids: Vec<&str> = claims.iter().map(|c| c.agent_id.as_str()).collect();
+        let agent_ids: Vec<&str> = claims.iter().map(|c| &*c.agent_id).collect();
         let call = SelectionCall {
             stage: DecisionStage::Route,
             ctx,
@@ -279,12 +279,14 @@ impl Scheduler {
         claims: Vec<&'a WaitingClaim>,
     ) -> Result<Vec<&'a WaitingClaim>, EngineError> {
         let Some(task) = self.store.get_task(task_id).await? else { return Ok(Vec::new()) };
-        let ids: Vec<String> = claims.iter().map(|c| c.agent_id.clone()).collect();
+        let ids: Vec<String> = claims.iter().map(|c| c.agent_id.to_string()).collect();
         let agents = self.store.agents_with_health(&ids).await?;
         let now = self.store.now_ms();
         let mut allowed = Vec::with_capacity(claims.len());
         for claim in claims {
-            let Some((agent, _)) = agents.iter().find(|(agent, _)| agent.agent_id == claim.agent_id) else { continue };
+            let Some((agent, _)) = agents.iter().find(|(agent, _)| *agent.agent_id == *claim.agent_id) else {
+                continue;
+            };
             let denials = on_dispatch(&self.plugins, &task, agent, now);
             if denials.is_empty() {
                 allowed.push(claim);

@@ -111,8 +111,8 @@ pub struct ClaimRequest {
 /// waits on a single-use token that routing assigns a task through).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WaitSpec {
-    /// The single-use token (128 random bits, hex).
-    pub token: String,
+    /// The single-use token (128 random bits, hex), shared with the claim that waits on it.
+    pub token: std::sync::Arc<str>,
     /// How long it lives, store time: the claim's block and a grace. Past it the claim has withdrawn the token, or
     /// the server holding the claim died; an expired token is never offered nor assigned.
     pub lifetime: std::time::Duration,
@@ -137,9 +137,9 @@ pub struct ClaimAnswer {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WaitingClaim {
     /// The claim's waiter token.
-    pub token: String,
+    pub token: std::sync::Arc<str>,
     /// The waiting agent.
-    pub agent_id: String,
+    pub agent_id: std::sync::Arc<str>,
     /// Its load and history.
     pub numbers: CandidateNumbers,
     /// Its place in the waiting order (earlier = waiting longer); a cursor for a further offer.

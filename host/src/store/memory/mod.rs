@@ -928,7 +928,7 @@ impl Tx<'_> {
             self.state.consumed_until.pop_first();
             self.state.consumed.remove(&token);
         }
-        self.state.waiting.insert(wait.token, seq, until, agent_id.to_string(), capabilities);
+        self.state.waiting.insert(wait.token, seq, until, agent_id.into(), capabilities);
     }
 
     /// The numbers a strategy reads of a registered agent.
@@ -963,7 +963,7 @@ impl Tx<'_> {
             scanned += page.len();
             for (seq, token) in page {
                 let Some(claim) = self.state.waiting.get(&token) else { continue };
-                let Some(record) = self.state.agents.get(&claim.agent_id) else { continue };
+                let Some(record) = self.state.agents.get(&*claim.agent_id) else { continue };
                 if claim.until <= now || standing(record, now, cooldown).refusal().is_some() {
                     continue;
                 }
@@ -988,7 +988,7 @@ impl Tx<'_> {
             return None;
         }
         let (agent_id, claim_capabilities, until) = (claim.agent_id.clone(), claim.capabilities.clone(), claim.until);
-        let holds = &self.state.agents.get(&agent_id)?.agent.capabilities;
+        let holds = &self.state.agents.get(&*agent_id)?.agent.capabilities;
         let now = self.now;
         let record = self.state.tasks.get(task_id)?;
         // The waiter's capabilities may have been narrowed by the claim, never widened past the registration
@@ -1430,7 +1430,7 @@ impl Store for MemoryStore {
     async fn register_waiter(&self, waiter: Waiter, lifetime: std::time::Duration) -> StoreResult<()> {
         self.transition(|tx| {
             tx.agent(&waiter.agent_id)?;
-            let wait = WaitSpec { token: waiter.token, lifetime };
+            let wait = WaitSpec { token: waiter.token.into(), lifetime };
             tx.add_waiter(wait, &waiter.agent_id, waiter.capabilities);
             Ok(())
         })
@@ -1508,7 +1508,7 @@ impl Store for MemoryStore {
                 after = last;
                 for (_, token) in page {
                     if let Some(task) = tx.assign_through(task_id, &token) {
-                        return Ok(Some(Assigned { token, task }));
+                        return Ok(Some(Assigned { token: token.to_string(), task }));
                     }
                 }
             }

@@ -19,8 +19,8 @@ pub(super) struct WaitingRecord {
     pub seq: u64,
     /// When its token dies, store ms.
     pub until: u64,
-    /// The waiting agent.
-    pub agent_id: String,
+    /// The waiting agent (shared with the offers that name it).
+    pub agent_id: Arc<str>,
     /// The capabilities it claims with.
     pub capabilities: CapabilitySet,
     group: usize,
@@ -30,13 +30,14 @@ pub(super) struct WaitingRecord {
 #[derive(Default)]
 struct Group {
     capabilities: CapabilitySet,
-    queue: BTreeMap<u64, String>,
+    queue: BTreeMap<u64, Arc<str>>,
 }
 
-/// The waiting claims of the store.
+/// The waiting claims of the store. Tokens and agent ids are shared, not copied: every submit's offer names up to
+/// `max_candidates` claims, and copies of their strings were a sixteenth of a task's allocations.
 #[derive(Default)]
 pub(super) struct WaitingIndex {
-    by_token: super::FastMap<String, WaitingRecord>,
+    by_token: super::FastMap<Arc<str>, WaitingRecord>,
     /// Groups are kept when they empty: the sets agents claim with are few and come back.
     groups: Vec<Group>,
     group_of: super::FastMap<CapabilitySet, usize>,
@@ -58,10 +59,10 @@ impl WaitingIndex {
     /// Adds a waiting claim (replacing one on the same token).
     pub(super) fn insert(
         &mut self,
-        token: String,
+        token: Arc<str>,
         seq: u64,
         until: u64,
-        agent_id: String,
+        agent_id: Arc<str>,
         capabilities: CapabilitySet,
     ) {
         self.remove(&token);
@@ -88,8 +89,8 @@ impl WaitingIndex {
 
     /// Removes every claim of `agent_id` (its session was replaced, it went offline or unregistered).
     pub(super) fn remove_agent(&mut self, agent_id: &str) {
-        let tokens: Vec<String> =
-            self.by_token.iter().filter(|(_, w)| w.agent_id == agent_id).map(|(token, _)| token.clone()).collect();
+        let tokens: Vec<Arc<str>> =
+            self.by_token.iter().filter(|(_, w)| &*w.agent_id == agent_id).map(|(token, _)| token.clone()).collect();
         for token in tokens {
             self.remove(&token);
         }
@@ -97,9 +98,9 @@ impl WaitingIndex {
 
     /// Up to `limit` waiting claims whose capabilities cover `signature`, in waiting order, after the place
     /// `after`: (sequence, token). The caller judges them (expired, agent refused) and asks again after the last.
-    pub(super) fn covering(&mut self, signature: &CapabilitySet, after: u64, limit: usize) -> Vec<(u64, String)> {
+    pub(super) fn covering(&mut self, signature: &CapabilitySet, after: u64, limit: usize) -> Vec<(u64, Arc<str>)> {
         let groups = self.covering_groups(signature);
-        let mut found: Vec<(u64, String)> = Vec::with_capacity(limit.min(64));
+        let mut found: Vec<(u64, Arc<str>)> = Vec::with_capacity(limit.min(64));
         for &group in groups.iter() {
             let queue = &self.groups[group].queue;
             found.extend(queue.range(after.saturating_add(1)..).take(limit).map(|(seq, token)| (*seq, token.clone())));

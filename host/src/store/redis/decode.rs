@@ -281,8 +281,8 @@ pub(super) fn waiting_claims(value: &Value) -> StoreResult<Vec<WaitingClaim>> {
             let at = |i: usize| parts.get(i).and_then(text).unwrap_or_default();
             let number = |i: usize| at(i).parse::<u64>().unwrap_or(0);
             Ok(WaitingClaim {
-                token: at(0),
-                agent_id: at(1),
+                token: at(0).into(),
+                agent_id: at(1).into(),
                 seq: number(2),
                 numbers: CandidateNumbers {
                     in_flight: number(3) as u32,

@@ -368,7 +368,7 @@ impl RedisStore {
             request.capabilities.as_ref().map(caps).unwrap_or_default(),
             request.max_tasks.to_string(),
             request.session_id.clone().unwrap_or_default(),
-            wait.map(|w| w.token.clone()).unwrap_or_default(),
+            wait.map(|w| w.token.to_string()).unwrap_or_default(),
             wait.map(|w| w.lifetime.as_millis().to_string()).unwrap_or_default(),
             leases.len().to_string(),
         ];

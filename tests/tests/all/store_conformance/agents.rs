@@ -127,7 +127,7 @@ pub(super) async fn an_agent_that_reports_itself_busy_is_ready_again_at_its_next
     h.store.register_waiter(waiter("tok-other", "other", &["code"]), BLOCK).await.expect("waiter");
     let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
     let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("claims wait");
-    let reporter = offer.waiting.iter().find(|c| c.token == "tok-reporter").expect("offered");
+    let reporter = offer.waiting.iter().find(|c| &*c.token == "tok-reporter").expect("offered");
     assert_eq!(reporter.numbers.in_flight, 0, "its load is its leases, whatever it says");
 
     h.store.keep_alive("reporter").await.expect("keep alive");

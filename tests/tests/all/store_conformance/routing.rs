@@ -239,13 +239,13 @@ pub(super) async fn an_offer_lists_the_longest_waiting_first_agents_at_capacity_
     assert_eq!(h.offered(&task_id, 10).await, vec!["tok-first", "tok-second", "tok-full"]);
     assert_eq!(h.offered(&task_id, 2).await, vec!["tok-first", "tok-second"], "the limit keeps the best");
     let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("claims wait");
-    let full = offer.waiting.iter().find(|c| c.token == "tok-full").expect("offered");
-    assert_eq!((full.agent_id.as_str(), full.numbers.in_flight, full.numbers.max_concurrent), ("full", 1, 1));
+    let full = offer.waiting.iter().find(|c| &*c.token == "tok-full").expect("offered");
+    assert_eq!((&*full.agent_id, full.numbers.in_flight, full.numbers.max_concurrent), ("full", 1, 1));
     assert!(full.numbers.last_assigned_ms.is_some(), "its grant is a number, not a timestamp to parse");
     // A cursor in the waiting order: after the first claim's place come the paused agent's (skipped) and the second.
     let after = offer.waiting[0].seq;
     let rest = h.store.offer(&task_id, 10, Some(after)).await.expect("offer").expect("claims wait");
-    assert_eq!(rest.waiting.iter().map(|c| c.token.as_str()).collect::<Vec<_>>(), vec!["tok-second"]);
+    assert_eq!(rest.waiting.iter().map(|c| &*c.token).collect::<Vec<_>>(), vec!["tok-second"]);
 }
 
 /// Work the strategy's choices cannot take goes to any claim still waiting for it, not to the next claim to
@@ -316,7 +316,7 @@ pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_c
     let task_id = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
     let offer = h.store.offer(&task_id, 10, None).await.expect("offer").expect("three claims wait");
     fn tokens<'a>(claims: &[&'a aragora_cp::store::WaitingClaim]) -> Vec<&'a str> {
-        claims.iter().map(|claim| claim.token.as_str()).collect()
+        claims.iter().map(|claim| &*claim.token).collect()
     }
     let mut claims: Vec<_> = offer.waiting.iter().collect();
     assert!(h.store.still_offered(&task_id, &mut claims), "the task is pending");
