@@ -40,8 +40,8 @@ pub(super) struct Waiting {
     slots: Mutex<Slots>,
 }
 
-/// Tokens and agent ids are shared between the indexes and the store, not copied: a claim opens a slot even when
-/// work is pending (the store step that finds none registers the wait), so every claim paid those copies.
+/// A slot's token is the one the store registers (`WaitSpec`), and its agent id one shared by both indexes: every
+/// claim opens a slot, even one that then finds work (the store step that finds none registers the wait).
 #[derive(Default)]
 struct Slots {
     by_token: FastMap<Arc<str>, (Arc<str>, oneshot::Sender<Wake>)>,
@@ -298,9 +298,7 @@ impl Scheduler {
     }
 
     fn open_wait(&self, agent_id: &str) -> PendingWait<'_> {
-        let mut hex = [0; 32];
-        hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex).expect("32 digits for 16 bytes");
-        let token: Arc<str> = std::str::from_utf8(&hex).expect("hex digits are ASCII").into();
+        let token = waiter_token(rand::random());
         let receiver = self.waiting.open(&token, agent_id);
         PendingWait { scheduler: self, token, receiver, armed: true }
     }
@@ -445,6 +443,14 @@ impl Scheduler {
     }
 }
 
+/// A waiter token: 128 random bits as 32 lower-case hex digits (servers of a fleet share tokens through Redis, so
+/// the form stays the one every build writes).
+fn waiter_token(bits: u128) -> Arc<str> {
+    let mut digits = [0; 32];
+    hex::encode_to_slice(bits.to_be_bytes(), &mut digits).expect("32 digits for 16 bytes");
+    std::str::from_utf8(&digits).expect("hex digits are ASCII").into()
+}
+
 /// The store request of a claim.
 fn claim_request(claim: &Claim) -> ClaimRequest {
     ClaimRequest {
@@ -462,5 +468,17 @@ fn registration_hint(error: StoreError, agent_id: &str) -> StoreError {
             StoreError::AgentNotFound(format!("{agent_id} (register with POST /agents before claiming)"))
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::waiter_token;
+
+    #[test]
+    fn a_waiter_token_is_32_lower_case_hex_digits_of_its_bits() {
+        for bits in [0, 1, 0xabc, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
+            assert_eq!(&*waiter_token(bits), format!("{bits:032x}"));
+        }
     }
 }

@@ -284,7 +284,7 @@ impl Scheduler {
         let now = self.store.now_ms();
         let mut allowed = Vec::with_capacity(claims.len());
         for claim in claims {
-            let Some((agent, _)) = agents.iter().find(|(agent, _)| *agent.agent_id == *claim.agent_id) else {
+            let Some((agent, _)) = agents.iter().find(|(agent, _)| agent.agent_id == *claim.agent_id) else {
                 continue;
             };
             let denials = on_dispatch(&self.plugins, &task, agent, now);

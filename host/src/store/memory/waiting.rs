@@ -34,7 +34,7 @@ struct Group {
 }
 
 /// The waiting claims of the store. Tokens and agent ids are shared, not copied: every submit's offer names up to
-/// `max_candidates` claims, and copies of their strings were a sixteenth of a task's allocations.
+/// `max_candidates` claims (docs/BENCHMARKS.md, "Shared waiter tokens").
 #[derive(Default)]
 pub(super) struct WaitingIndex {
     by_token: super::FastMap<Arc<str>, WaitingRecord>,

@@ -279,10 +279,11 @@ pub(super) fn waiting_claims(value: &Value) -> StoreResult<Vec<WaitingClaim>> {
         .map(|claim| {
             let parts = array(claim)?;
             let at = |i: usize| parts.get(i).and_then(text).unwrap_or_default();
+            let shared = |i: usize| parts.get(i).and_then(text_ref).map_or_else(Default::default, |t| Arc::from(&*t));
             let number = |i: usize| at(i).parse::<u64>().unwrap_or(0);
             Ok(WaitingClaim {
-                token: at(0).into(),
-                agent_id: at(1).into(),
+                token: shared(0),
+                agent_id: shared(1),
                 seq: number(2),
                 numbers: CandidateNumbers {
                     in_flight: number(3) as u32,
