@@ -391,7 +391,7 @@ impl Scheduler {
                 None => registered,
                 Some(narrowed) => narrowed.narrowed_to(&registered),
             };
-            let waiter = Waiter { token: wait.token.to_string(), agent_id: request.agent_id.clone(), capabilities };
+            let waiter = Waiter { token: wait.token.clone(), agent_id: request.agent_id.clone(), capabilities };
             self.store.register_waiter(waiter, remaining + WAITER_GRACE).await?;
             let tasks = self.claim_allowed(request).await?;
             if !tasks.is_empty() {

@@ -69,7 +69,7 @@ impl Route {
 /// How a routing ended.
 enum Routed {
     /// The task went through this waiting claim's token.
-    Through(String),
+    Through(Arc<str>),
     /// No claim could take it (not the offer's, nor any other waiting): the offer is spent.
     NoClaim,
     /// The task was not placed, but the offer may still serve another task: the task was no longer pending (a
@@ -107,7 +107,7 @@ impl Scheduler {
     pub(super) fn spawn_routes(&self, routes: Vec<(Route, Arc<Offer>)>) {
         let Some(me) = self.me.upgrade() else { return };
         self.routes.spawn(async move {
-            let mut taken: HashSet<String> = HashSet::new();
+            let mut taken: HashSet<Arc<str>> = HashSet::new();
             // An offer whose claims are all gone (assign found none, not even another waiting claim, for a task
             // still pending) is spent.
             let mut spent: HashSet<usize> = HashSet::new();
@@ -159,7 +159,7 @@ impl Scheduler {
 
     /// Hands the task to one of the offer's claims (not those in `taken`, nor those the store knows are gone):
     /// the strategy's choice among the agents below capacity first.
-    async fn route(&self, route: &Route, offer: &Offer, taken: &HashSet<String>) -> Result<Routed, EngineError> {
+    async fn route(&self, route: &Route, offer: &Offer, taken: &HashSet<Arc<str>>) -> Result<Routed, EngineError> {
         let has_dispatch_policies = !self.plugins.policies().is_empty();
         let mut offer = std::borrow::Cow::Borrowed(offer);
         loop {

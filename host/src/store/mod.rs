@@ -187,7 +187,7 @@ pub struct Committed {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assigned {
     /// The token it went through (the claim to wake).
-    pub token: String,
+    pub token: std::sync::Arc<str>,
     /// The task, granted to the token's agent.
     pub task: Task,
 }
@@ -196,7 +196,7 @@ pub struct Assigned {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Waiter {
     /// Single-use token.
-    pub token: String,
+    pub token: std::sync::Arc<str>,
     /// The waiting agent.
     pub agent_id: String,
     /// The capabilities it claims with.

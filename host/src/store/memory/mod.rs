@@ -160,9 +160,9 @@ struct State {
     waiting: WaitingIndex,
     /// Tokens consumed by `assign`: the task and lease, answered at withdrawal, and when the entry may go (the
     /// token's own deadline: a claim that took its task from the wake-up never withdraws).
-    consumed: FastMap<String, (TaskId, String, u64)>,
+    consumed: FastMap<Arc<str>, (TaskId, String, u64)>,
     /// `consumed` by deadline, to drop entries nobody will withdraw.
-    consumed_until: BTreeSet<(u64, String)>,
+    consumed_until: BTreeSet<(u64, Arc<str>)>,
     idempotency: FastMap<(String, String), (TaskId, String, u64)>,
     /// The last `event_buffer` events, oldest first, for `events_after` (compact: dropping one frees nothing).
     events: VecDeque<EventRecord>,
@@ -980,7 +980,7 @@ impl Tx<'_> {
 
     /// Grants `task_id` through `token` if the task is pending and due, the token live, and its agent eligible
     /// and holding the task's capabilities.
-    fn assign_through(&mut self, task_id: &TaskId, token: &str) -> Option<Task> {
+    fn assign_through(&mut self, task_id: &TaskId, token: &str) -> Option<(Arc<str>, Task)> {
         let claim = self.state.waiting.get(token)?;
         if claim.until <= self.now {
             // Its claim is over: withdrawn by now, or its server died. Nobody would receive the task.
@@ -1000,14 +1000,14 @@ impl Tx<'_> {
         if !claimable || !self.eligible(&agent_id) {
             return None;
         }
-        self.state.waiting.remove(token);
+        let (token, _) = self.state.waiting.remove_entry(token)?;
         self.dequeue(task_id);
         self.touch(&agent_id);
-        let task = self.grant(task_id, &agent_id, "routed", Some(token));
+        let task = self.grant(task_id, &agent_id, "routed", Some(&token));
         let lease = task.lease_id.clone().unwrap_or_default();
-        self.state.consumed.insert(token.to_string(), (task_id.clone(), lease, until));
-        self.state.consumed_until.insert((until, token.to_string()));
-        Some(task)
+        self.state.consumed.insert(token.clone(), (task_id.clone(), lease, until));
+        self.state.consumed_until.insert((until, token.clone()));
+        Some((token, task))
     }
 
     fn insert_task(&mut self, new: NewTask) -> Submitted {
@@ -1430,7 +1430,7 @@ impl Store for MemoryStore {
     async fn register_waiter(&self, waiter: Waiter, lifetime: std::time::Duration) -> StoreResult<()> {
         self.transition(|tx| {
             tx.agent(&waiter.agent_id)?;
-            let wait = WaitSpec { token: waiter.token.into(), lifetime };
+            let wait = WaitSpec { token: waiter.token, lifetime };
             tx.add_waiter(wait, &waiter.agent_id, waiter.capabilities);
             Ok(())
         })
@@ -1441,11 +1441,11 @@ impl Store for MemoryStore {
             if tx.state.waiting.remove(token).is_some() {
                 return Ok(Withdrawn::Unused);
             }
-            match tx.state.consumed.remove(token) {
+            match tx.state.consumed.remove_entry(token) {
                 // Only while the grant still stands: a task cancelled, timed out or requeued since the hand-off
                 // is not the claim's to return.
-                Some((task_id, lease, until)) => {
-                    tx.state.consumed_until.remove(&(until, token.to_string()));
+                Some((token, (task_id, lease, until))) => {
+                    tx.state.consumed_until.remove(&(until, token));
                     match tx.state.tasks.get(&task_id) {
                         Some(record) if record.task.lease_id.as_deref() == Some(lease.as_str()) => {
                             Ok(Withdrawn::Assigned(Box::new(record.task.clone())))
@@ -1493,8 +1493,8 @@ impl Store for MemoryStore {
             }
             let signature = record.task.required_capabilities.clone();
             for token in tokens {
-                if let Some(task) = tx.assign_through(task_id, token) {
-                    return Ok(Some(Assigned { token: (*token).to_owned(), task }));
+                if let Some((token, task)) = tx.assign_through(task_id, token) {
+                    return Ok(Some(Assigned { token, task }));
                 }
             }
             if !any_waiter {
@@ -1507,8 +1507,8 @@ impl Store for MemoryStore {
                 let Some(last) = page.last().map(|(seq, _)| *seq) else { return Ok(None) };
                 after = last;
                 for (_, token) in page {
-                    if let Some(task) = tx.assign_through(task_id, &token) {
-                        return Ok(Some(Assigned { token: token.to_string(), task }));
+                    if let Some((token, task)) = tx.assign_through(task_id, &token) {
+                        return Ok(Some(Assigned { token, task }));
                     }
                 }
             }

@@ -82,9 +82,14 @@ impl WaitingIndex {
 
     /// Removes the claim waiting on `token`.
     pub(super) fn remove(&mut self, token: &str) -> Option<WaitingRecord> {
-        let record = self.by_token.remove(token)?;
+        self.remove_entry(token).map(|(_, record)| record)
+    }
+
+    /// Removes the claim waiting on `token`, answering the index's own token with it.
+    pub(super) fn remove_entry(&mut self, token: &str) -> Option<(Arc<str>, WaitingRecord)> {
+        let (token, record) = self.by_token.remove_entry(token)?;
         self.groups[record.group].queue.remove(&record.seq);
-        Some(record)
+        Some((token, record))
     }
 
     /// Removes every claim of `agent_id` (its session was replaced, it went offline or unregistered).

@@ -737,7 +737,7 @@ impl Store for RedisStore {
 
     async fn register_waiter(&self, waiter: Waiter, lifetime: Duration) -> StoreResult<()> {
         let lifetime = lifetime.as_millis().to_string();
-        let args = vec![waiter.token, waiter.agent_id, caps(&waiter.capabilities), lifetime];
+        let args = vec![waiter.token.to_string(), waiter.agent_id, caps(&waiter.capabilities), lifetime];
         self.call(&self.scripts.register_waiter, args).await.map(|_| ())
     }
 
@@ -764,7 +764,7 @@ impl Store for RedisStore {
         let Some(token) = body.first().and_then(text) else { return Ok(None) };
         let task = decode::maybe_task(&body, 1)?
             .ok_or_else(|| StoreError::Unavailable("redis: an assignment answered no task".into()))?;
-        Ok(Some(Assigned { token, task }))
+        Ok(Some(Assigned { token: token.into(), task }))
     }
 
     async fn start(&self, task_id: &TaskId, fence: &Fence) -> StoreResult<Task> {

@@ -205,7 +205,7 @@ pub(super) async fn a_claim_that_finds_nothing_registers_its_wait_in_the_same_st
     assert_eq!(h.offered(&task_id, 10).await, vec!["tok-claim"]);
     let assigned = h.store.assign(&task_id, &["tok-claim"], false).await.expect("assign");
     let assigned = assigned.expect("the claim takes it");
-    assert_eq!((assigned.token.as_str(), assigned.task.assigned_agent.as_deref()), ("tok-claim", Some("waiting")));
+    assert_eq!((&*assigned.token, assigned.task.assigned_agent.as_deref()), ("tok-claim", Some("waiting")));
     match h.store.withdraw_waiter("tok-claim").await.expect("withdraw") {
         Withdrawn::Assigned(task) => assert_eq!(task.lease_id, assigned.task.lease_id),
         Withdrawn::Unused => panic!("the token was consumed"),
@@ -261,7 +261,7 @@ pub(super) async fn assign_falls_back_to_any_waiting_claim_when_the_choices_cann
     let choices = ["tok-chosen"];
     assert_eq!(h.store.assign(&task_id, &choices, false).await.expect("assign"), None, "no fallback asked");
     let assigned = h.store.assign(&task_id, &choices, true).await.expect("assign").expect("a waiting claim took it");
-    assert_eq!((assigned.token.as_str(), assigned.task.assigned_agent.as_deref()), ("tok-other", Some("other")));
+    assert_eq!((&*assigned.token, assigned.task.assigned_agent.as_deref()), ("tok-other", Some("other")));
     let next = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
     assert_eq!(h.store.assign(&next, &[], true).await.expect("assign"), None, "nobody waits any more");
     assert_eq!(h.status(&next).await, TaskStatus::Pending);
@@ -325,7 +325,7 @@ pub(super) async fn an_offer_rechecked_before_routing_never_loses_a_claim_that_c
     // Another task's routing consumes the first claim, and the third one's block ends.
     let other = h.submit(request_for("routed", Priority::Normal, &["code"])).await;
     let through = h.store.assign(&other, &["tok-1"], false).await.expect("assign").expect("granted");
-    assert_eq!(through.token, "tok-1");
+    assert_eq!(&*through.token, "tok-1");
     h.advance(2_000).await;
     let mut claims: Vec<_> = offer.waiting.iter().collect();
     assert!(h.store.still_offered(&task_id, &mut claims), "the task is still pending");
