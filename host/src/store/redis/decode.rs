@@ -86,6 +86,11 @@ pub(super) fn hash(value: &Value) -> StoreResult<Fields<'_>> {
 }
 
 /// [`text`] without a copy where the reply's bytes are already text.
+/// A string reply as a shared string (a waiter token or agent id), made from the reply without a copy between.
+pub(super) fn shared_text(value: &Value) -> Option<Arc<str>> {
+    text_ref(value).map(|text| Arc::from(&*text))
+}
+
 fn text_ref(value: &Value) -> Option<Cow<'_, str>> {
     match value {
         Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes)),
@@ -279,7 +284,7 @@ pub(super) fn waiting_claims(value: &Value) -> StoreResult<Vec<WaitingClaim>> {
         .map(|claim| {
             let parts = array(claim)?;
             let at = |i: usize| parts.get(i).and_then(text).unwrap_or_default();
-            let shared = |i: usize| parts.get(i).and_then(text_ref).map_or_else(Default::default, |t| Arc::from(&*t));
+            let shared = |i: usize| parts.get(i).and_then(shared_text).unwrap_or_default();
             let number = |i: usize| at(i).parse::<u64>().unwrap_or(0);
             Ok(WaitingClaim {
                 token: shared(0),

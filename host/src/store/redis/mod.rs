@@ -761,10 +761,10 @@ impl Store for RedisStore {
         let mut args = vec![task_id.to_string(), RedisStore::lease_ids(1).remove(0), u8::from(any_waiter).to_string()];
         args.extend(tokens.iter().map(|&token| token.to_owned()));
         let body = self.call(&self.scripts.assign, args).await?;
-        let Some(token) = body.first().and_then(text) else { return Ok(None) };
+        let Some(token) = body.first().and_then(decode::shared_text) else { return Ok(None) };
         let task = decode::maybe_task(&body, 1)?
             .ok_or_else(|| StoreError::Unavailable("redis: an assignment answered no task".into()))?;
-        Ok(Some(Assigned { token: token.into(), task }))
+        Ok(Some(Assigned { token, task }))
     }
 
     async fn start(&self, task_id: &TaskId, fence: &Fence) -> StoreResult<Task> {
