@@ -2,8 +2,9 @@
 -- pending and due, token live, agent eligible and holding the capabilities); with any_waiter '1', then through any
 -- live waiting claim that can, longest-waiting first. Answers {token, task view}, or nothing.
 
--- Grants `id` through `token` if it can; answers whether it did.
-local function through(id, token, lease)
+-- Grants `id` through `token` if it can; answers whether it did. `t`: the task's `GRANT_FIELDS`, read by the caller
+-- (nothing here changes the task unless it grants).
+local function through(id, token, lease, t)
   local w = redis.call('HMGET', wkey(token), 'agent', 'caps', 'until')
   if not w[1] or redis.call('ZSCORE', K.waiters, token) == false then return false end
   local agent = w[1]
@@ -16,7 +17,6 @@ local function through(id, token, lease)
   local a = agent_row(agent)
   if not a.status then return false end
   -- The waiter's capabilities may have been narrowed by the claim, never widened past the registration.
-  local t = fields(tkey(id), GRANT_FIELDS)
   local claimable = t.status == 'pending' and (not t.avail or tonumber(t.avail) <= NOW)
       and subset(t.caps, cap_set(w[2])) and subset(t.caps, cap_set(a.caps))
   if not claimable then return false end
@@ -34,23 +34,22 @@ local function through(id, token, lease)
 end
 
 local id, lease, any_waiter = arg(1), arg(2), arg(3) == '1'
-local status = redis.call('HGET', tkey(id), 'status')
-if not status then return fail(no_task(id)) end
-if status ~= 'pending' then return ok() end
+local t = fields(tkey(id), GRANT_FIELDS)
+if not t.status then return fail(no_task(id)) end
+if t.status ~= 'pending' then return ok() end
 local i = 4
 while arg(i) do
-  if through(id, arg(i), lease) then return ok(arg(i), task_view(id)) end
+  if through(id, arg(i), lease, t) then return ok(arg(i), task_view(id)) end
   i = i + 1
 end
 if any_waiter then
-  local sig = redis.call('HGET', tkey(id), 'caps')
-  local after = 0
+  local after = '0'
   while true do
-    local page = covering(sig, after, 32)
+    local page = covering(t.caps, after, 32)
     if #page == 0 then break end
     after = page[#page][1]
     for _, entry in ipairs(page) do
-      if through(id, entry[2], lease) then return ok(entry[2], task_view(id)) end
+      if through(id, entry[2], lease, t) then return ok(entry[2], task_view(id)) end
     end
   end
 end

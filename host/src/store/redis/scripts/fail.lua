@@ -29,10 +29,9 @@ if retry then
   local retries = tonumber(redis.call('HGET', k, 'retries'))
   emit('task_retried', id, agent or nil, json({ error = message, kind = blame, retries = retries }))
 else
-  record_outcome_lease(id, kind)
+  local writes = outcome_writes(id, kind, nil, 'error', message, 'le_code', 'task_failed', 'le_msg', message)
   drop_lease(id, nil)
-  redis.call('HSET', k, 'error', message, 'le_code', 'task_failed', 'le_msg', message)
-  set_status(id, 'failed')
+  set_status(id, 'failed', nil, writes)
   emit('task_failed', id, agent or nil, json({ error = message, kind = blame }))
 end
 return ok(task_view(id))

@@ -452,13 +452,26 @@ local function no_agent(id) return err('agent_not_found', '', id) end
 -- ------------------------------------------------------------------------------------------------------------------
 -- Tasks
 
--- `t`, if the caller read the task already: its status, prio and finished.
-local function set_status(id, status, t)
+-- `t`, if the caller read the task already: its status, prio and finished. `writes`, if given: field/value pairs of
+-- the caller's to write in the same `HSET` as the status (one command per transition, not one per step).
+local function set_status(id, status, t, writes)
   local k = tkey(id)
   t = t or fields(k, { 'status', 'prio', 'finished' })
   local old = t.status
-  if old == status then return end
-  redis.call('HSET', k, 'status', status)
+  if old == status then
+    if writes then redis.call('HSET', k, unpack(writes)) end
+    return
+  end
+  writes = writes or {}
+  table.insert(writes, 'status')
+  table.insert(writes, status)
+  if TERMINAL[status] then
+    table.insert(writes, 'completed')
+    table.insert(writes, NOW_S)
+    table.insert(writes, 'finished')
+    table.insert(writes, NOW_S)
+  end
+  redis.call('HSET', k, unpack(writes))
   redis.call('HINCRBY', K.stats, 'status:' .. old, '-1')
   redis.call('HINCRBY', K.stats, 'status:' .. status, '1')
   local priority = PRIORITY[tonumber(t.prio)]
@@ -478,19 +491,17 @@ local function set_status(id, status, t)
     redis.call('HINCRBY', K.stats, 'prio:' .. priority, '1')
     redis.call('ZADD', K.pending_since, NOW_S, id)
   end
-  if TERMINAL[old] and t.finished then
+  if TERMINAL[status] then
+    redis.call('ZADD', K.finished, NOW_S, id)
+  elseif TERMINAL[old] and t.finished then
     redis.call('HDEL', k, 'finished')
     redis.call('ZREM', K.finished, id)
-  end
-  if TERMINAL[status] then
-    redis.call('HSET', k, 'completed', NOW_S, 'finished', NOW_S)
-    redis.call('ZADD', K.finished, NOW_S, id)
   end
 end
 
 -- The ready-set member: the sequence zero-padded, so equal scores order by sequence (FIFO), as memory's
 -- (score, seq, id) key does.
-local function member(seq, id) return string.format('%016d', tonumber(seq)) .. '|' .. id end
+local function member(seq, id) return string.rep('0', 16 - #seq) .. seq .. '|' .. id end
 local function member_id(m) return string.sub(m, 18) end
 
 -- `t`, if the caller has them: the task's avail, score, seq and caps.
@@ -567,15 +578,24 @@ end
 -- ------------------------------------------------------------------------------------------------------------------
 -- Agents
 
-local function set_agent_status(id, status)
+-- `writes`, if given: field/value pairs of the caller's for the agent's record, written in the same `HSET` as the
+-- status (or alone when the status does not change).
+local function set_agent_status(id, status, writes)
   mark(id)
   local old = agent_row(id).status
-  if old == status then return end
-  agent_set(id, 'status', status)
+  if old == status then
+    if writes then agent_set(id, unpack(writes)) end
+    return
+  end
+  writes = writes or {}
+  table.insert(writes, 'status')
+  table.insert(writes, status)
   if old == 'failed' then
     -- Whatever made it leave `failed`, a later healthy verdict must not undo a later fatal report.
-    agent_set(id, 'h_byprobe', '0')
+    table.insert(writes, 'h_byprobe')
+    table.insert(writes, '0')
   end
+  agent_set(id, unpack(writes))
   -- Offline agents are indexed by their last heartbeat, for retention without a scan.
   if status == 'offline' then
     redis.call('ZADD', K.offline, redis.call('HGET', K.beats, id) or NOW_S, id)
@@ -587,8 +607,9 @@ local function set_agent_status(id, status)
   emit('agent_status_changed', nil, id, change)
 end
 
--- Capacity decides between ready and busy. A caller that has just read the agent's status and max passes them.
-local function refresh_capacity(id, status, max)
+-- Capacity decides between ready and busy. A caller that has just read the agent's status and max passes them;
+-- `writes` (optional, see `set_agent_status`) go to the record in the same command either way.
+local function refresh_capacity(id, status, max, writes)
   mark(id)
   if not status then
     local a = agent_row(id)
@@ -596,9 +617,11 @@ local function refresh_capacity(id, status, max)
   end
   local at_capacity = redis.call('HLEN', lkey(id)) >= tonumber(max)
   if at_capacity and status == 'ready' then
-    set_agent_status(id, 'busy')
+    set_agent_status(id, 'busy', writes)
   elseif not at_capacity and status == 'busy' then
-    set_agent_status(id, 'ready')
+    set_agent_status(id, 'ready', writes)
+  elseif writes then
+    agent_set(id, unpack(writes))
   end
 end
 
@@ -844,27 +867,36 @@ local function grant(id, agent, via, lease, waiter, t)
   t = t or fields(k, GRANT_FIELDS)
   local attempt = (tonumber(t.attempt) or 0) + 1
   local deadline = n2s(NOW + tonumber(t.timeout) * 1000)
-  redis.call('HSET', k, 'attempt', n2s(attempt), 'lease', lease, 'agent', agent, 'claimed', NOW_S, 'unfenced', '0',
-    'deadline', deadline)
-  redis.call('HDEL', k, 'started', 'progress', 'rq_lease', 'rq_error')
+  -- A first attempt has nothing of an earlier one to clear: only a lease's holder starts, reports progress or fails.
+  if attempt > 1 then redis.call('HDEL', k, 'started', 'progress', 'rq_lease', 'rq_error') end
   redis.call('ZADD', K.leases, deadline, id)
-  set_status(id, 'claimed', t)
+  set_status(id, 'claimed', t, { 'attempt', n2s(attempt), 'lease', lease, 'agent', agent, 'claimed', NOW_S,
+    'unfenced', '0', 'deadline', deadline })
   mark(agent)
   redis.call('HSET', lkey(agent), id, NOW_S)
   local b = agent_row(agent)
+  local writes = { 'assigned', NOW_S }
   if b.b_state == 'half_open' and not b.b_trial then
-    agent_set(agent, 'assigned', NOW_S, 'b_trial', id)
-  else
-    agent_set(agent, 'assigned', NOW_S)
+    table.insert(writes, 'b_trial')
+    table.insert(writes, id)
   end
-  refresh_capacity(agent, b.status, b.max)
-  emit('task_claimed', id, agent, json({ attempt = attempt, via = via, waiter = waiter }))
+  refresh_capacity(agent, b.status, b.max, writes)
+  -- Built as text, as `set_agent_status` does, unless the token would need escaping (the host's never do).
+  local data
+  if waiter and string.find(waiter, '[%c"\\]') then
+    data = json({ attempt = attempt, via = via, waiter = waiter })
+  else
+    data = '{"attempt":' .. n2s(attempt) .. ',"via":"' .. via .. '"'
+      .. (waiter and (',"waiter":"' .. waiter .. '"}') or '}')
+  end
+  emit('task_claimed', id, agent, data)
 end
 
 -- Ends the current lease: off the deadline index and the holder's leases; a revocation is remembered on the task
 -- (to answer a late outcome with the right code) and queued for the holder's next heartbeat.
--- `t`, if the caller read the task already: its deadline, lease, agent and revoked.
-local function drop_lease(id, reason, t)
+-- `t`, if the caller read the task already: its deadline, lease, agent and revoked. `holder_writes` (optional):
+-- field/value pairs for the holder's record, written with its change of capacity in one command.
+local function drop_lease(id, reason, t, holder_writes)
   local k = tkey(id)
   t = t or fields(k, { 'deadline', 'lease', 'agent', 'revoked' })
   redis.call('HDEL', k, 'deadline', 'lease')
@@ -890,9 +922,11 @@ local function drop_lease(id, reason, t)
         agent_unset(holder, 'b_trial')
       end
       if reason then redis.call('RPUSH', revkey(holder), id .. ' ' .. reason) end
-      refresh_capacity(holder)
+      refresh_capacity(holder, nil, nil, holder_writes)
+      return
     end
   end
+  if holder_writes then agent_set(holder, unpack(holder_writes)) end
 end
 
 local function revoked_reason(history, lease)
@@ -1021,13 +1055,15 @@ local function mark_started(id)
   end
 end
 
--- Remembers the lease an outcome came under (none: unfenced), with the outcome's own field/value pairs (`...`) in
--- the same write. `t`, if the caller read the task already: its lease.
-local function record_outcome_lease(id, kind, t, ...)
-  local k = tkey(id)
-  local lease = (t or fields(k, { 'lease' })).lease
-  redis.call('HSET', k, 'unfenced', kind == 'none' and '1' or '0', 'outcome_lease', lease or '', ...)
-  if not lease then redis.call('HDEL', k, 'outcome_lease') end
+-- What remembers the lease an outcome came under (none: unfenced): field/value pairs for the status write that ends
+-- the task, with the outcome's own pairs (`...`). `t`, if the caller read the task already: its lease.
+local function outcome_writes(id, kind, t, ...)
+  local lease = (t or fields(tkey(id), { 'lease' })).lease
+  if not lease then
+    redis.call('HDEL', tkey(id), 'outcome_lease')
+    return { 'unfenced', kind == 'none' and '1' or '0', ... }
+  end
+  return { 'unfenced', kind == 'none' and '1' or '0', 'outcome_lease', lease, ... }
 end
 
 -- Completes a leased task (or answers a repeat of the same outcome). `reported` is the agent's own latency in ms
@@ -1042,15 +1078,15 @@ local function complete(id, kind, fence, result, reported)
   if stored then return nil end
   e = check_fence(id, kind, fence, t)
   if e then return e end
-  record_outcome_lease(id, kind, t, 'result', result)
+  local writes = outcome_writes(id, kind, t, 'result', result)
   local latency = tonumber(reported or '') or (t.claimed and math.max(NOW - tonumber(t.claimed), 0)) or nil
   local agent = t.agent or nil
   if agent then breaker_success(agent, id) end
-  drop_lease(id, nil, t)
-  set_status(id, 'completed', t)
+  -- The agent's counters, written with its status as the lease ends. None for an agent that is gone (unregistered
+  -- while it ran the task).
+  local counters = nil
   if agent then
     local a = agent_row(agent)
-    -- No counters for an agent that is gone (unregistered while it ran the task).
     if a.completed then
       local done = tonumber(a.completed) + 1
       -- Rolling: an exponentially weighted average (the first completion sets it outright).
@@ -1058,14 +1094,16 @@ local function complete(id, kind, fence, result, reported)
       if latency and done ~= 1 then
         avg = tonumber(a.latency) * (1 - LATENCY_SMOOTHING) + latency * LATENCY_SMOOTHING
       end
+      counters = { 'completed', n2s(done) }
       if avg then
-        agent_set(agent, 'completed', n2s(done), 'latency', string.format('%.17g', avg))
-      else
-        agent_set(agent, 'completed', n2s(done))
+        table.insert(counters, 'latency')
+        table.insert(counters, string.format('%.17g', avg))
       end
     end
   end
-  emit('task_completed', id, agent, json({ unfenced = kind == 'none' }))
+  drop_lease(id, nil, t, counters)
+  set_status(id, 'completed', t, writes)
+  emit('task_completed', id, agent, kind == 'none' and '{"unfenced":true}' or '{"unfenced":false}')
   return nil
 end
 
