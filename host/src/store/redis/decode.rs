@@ -85,12 +85,12 @@ pub(super) fn hash(value: &Value) -> StoreResult<Fields<'_>> {
     Ok(map)
 }
 
-/// [`text`] without a copy where the reply's bytes are already text.
 /// A string reply as a shared string (a waiter token or agent id), made from the reply without a copy between.
 pub(super) fn shared_text(value: &Value) -> Option<Arc<str>> {
     text_ref(value).map(|text| Arc::from(&*text))
 }
 
+/// [`text`] without a copy where the reply's bytes are already text.
 fn text_ref(value: &Value) -> Option<Cow<'_, str>> {
     match value {
         Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes)),
@@ -276,29 +276,37 @@ pub(super) fn claim_answer(value: &Value) -> StoreResult<ClaimAnswer> {
     Ok(ClaimAnswer { tasks: tasks(granted)?, refusal, waiting: text(waiting).as_deref() == Some("1"), promoted })
 }
 
-/// Waiting claims of an offer (lib.lua `offer`): each `{token, agent, seq, in flight, max, completed, failed,
-/// latency, last heartbeat, last assigned|'', health}`.
+/// Waiting claims of an offer (lib.lua `offer`): each `{token, agent, seq, in flight, last heartbeat, numbers}`, the
+/// numbers as `P agent-numbers` holds them (`status|paused|health|breaker|opened|trial|max|completed|failed|latency|
+/// last assigned`, docs/REDIS.md).
 pub(super) fn waiting_claims(value: &Value) -> StoreResult<Vec<WaitingClaim>> {
     array(value)?
         .iter()
         .map(|claim| {
             let parts = array(claim)?;
-            let at = |i: usize| parts.get(i).and_then(text).unwrap_or_default();
-            let shared = |i: usize| parts.get(i).and_then(shared_text).unwrap_or_default();
-            let number = |i: usize| at(i).parse::<u64>().unwrap_or(0);
+            let [token, agent, seq, in_flight, beat, numbers] = parts else {
+                return Err(corrupt("a waiting claim of an offer has six parts"));
+            };
+            let number = |value: &Value| text_ref(value).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+            let numbers = text_ref(numbers).unwrap_or_default();
+            let mut part = numbers.split('|');
+            let mut next = || part.next().unwrap_or_default();
+            let (_status, _paused, health, _breaker, _opened, _trial) =
+                (next(), next(), next(), next(), next(), next());
+            let (max, completed, failed, latency, assigned) = (next(), next(), next(), next(), next());
             Ok(WaitingClaim {
-                token: shared(0),
-                agent_id: shared(1),
-                seq: number(2),
+                token: shared_text(token).unwrap_or_default(),
+                agent_id: shared_text(agent).unwrap_or_default(),
+                seq: number(seq),
                 numbers: CandidateNumbers {
-                    in_flight: number(3) as u32,
-                    max_concurrent: number(4) as u32,
-                    completed: number(5),
-                    failed: number(6),
-                    avg_latency_ms: at(7).parse().unwrap_or(0.0),
-                    last_heartbeat_ms: number(8),
-                    last_assigned_ms: at(9).parse().ok(),
-                    health: parse_enum::<HealthState>(&at(10)).unwrap_or_default(),
+                    in_flight: number(in_flight) as u32,
+                    max_concurrent: max.parse().unwrap_or(0),
+                    completed: completed.parse().unwrap_or(0),
+                    failed: failed.parse().unwrap_or(0),
+                    avg_latency_ms: latency.parse().unwrap_or(0.0),
+                    last_heartbeat_ms: number(beat),
+                    last_assigned_ms: assigned.parse().ok(),
+                    health: parse_enum::<HealthState>(health).unwrap_or_default(),
                 },
             })
         })

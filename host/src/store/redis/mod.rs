@@ -72,7 +72,7 @@ pub struct RedisStore {
     scripts: Scripts,
     /// Calls go by `FCALL` to the loaded function library (standalone Redis 7), else by EVALSHA.
     functions: AtomicBool,
-    /// ARGV[1..14] of every script.
+    /// ARGV[1..2] of every script ([`config_args`]).
     config_args: Vec<String>,
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
@@ -429,10 +429,10 @@ fn next_in_ms(body: &[Value]) -> Option<u64> {
     body.get(1).and_then(text).and_then(|ms| ms.parse().ok())
 }
 
-/// ARGV[1..14] of every script: the configuration `config_of` in lib.lua reads (`ARG_BASE` values).
+/// ARGV[1..2] of every script: the server's id, then the rest of the configuration `config_of` in lib.lua reads,
+/// joined by `|` in this order (`ARG_BASE` values in all).
 pub(super) fn config_args(config: &StoreConfig) -> Vec<String> {
-    vec![
-        config.server_id.clone(),
+    let values = [
         config.heartbeat_timeout_ms.to_string(),
         config.heartbeat_interval_ms.to_string(),
         config.max_signatures.to_string(),
@@ -446,7 +446,8 @@ pub(super) fn config_args(config: &StoreConfig) -> Vec<String> {
         config.breaker_cooldown_ms.to_string(),
         config.max_pending_tasks.to_string(),
         if config.event_fields { "fields" } else { "compact" }.to_string(),
-    ]
+    ];
+    vec![config.server_id.clone(), values.join("|")]
 }
 
 /// The stream's last id and event number, where a new reader starts.

@@ -221,6 +221,8 @@ mod tests {
             .expect("lib.lua sets ARG_BASE");
         let args = super::super::config_args(&crate::store::StoreConfig::default());
         assert_eq!(args.len(), base);
-        assert_eq!(args.last().map(String::as_str), Some("compact"), "the last one is REDIS_EVENT_FORMAT");
+        let joined = args.last().expect("the configuration values");
+        assert_eq!(joined.split('|').count(), 13, "the thirteen values `config` in lib.lua reads");
+        assert!(joined.ends_with("|compact"), "the last one is REDIS_EVENT_FORMAT");
     }
 }

@@ -3,8 +3,8 @@
 -- run by EVALSHA as one atomic step.
 --
 -- Calling convention: KEYS[1] is the tagged prefix (`<prefix>{main}:`), so every key below is derived from it and
--- lives in one cluster slot. ARGV[1..14] is the store configuration (`config_args` in mod.rs); a body reads its
--- own arguments with `arg(i)`. Bodies never raise on a refused transition: they return `fail(...)`, so everything
+-- lives in one cluster slot. ARGV[1] is the server's id and ARGV[2] the rest of the store configuration in one value
+-- (`config_args` in mod.rs); a body reads its own arguments with `arg(i)`. Bodies never raise on a refused transition: they return `fail(...)`, so everything
 -- the script changed before the refusal stays consistent (a transition checks before it changes, like memory's).
 --
 -- The prelude is loaded once as a Redis function library (each body a function) or, on a Redis without functions,
@@ -14,52 +14,48 @@
 -- NOW_S: NOW as the decimal string every write of it uses (see `n2s`).
 local KEYS, ARGV, P, CFG, K, NOW, NOW_S, PINNED
 
-local function config(argv)
+-- The configuration from the server's id and its other values joined by `|` (in `config_args`' order). One value
+-- rather than thirteen: every argument of every call is made into a Lua string, which is most of what an argument
+-- costs, and an unchanged configuration is then recognised by one comparison.
+local function config(server, joined)
+  local v = {}
+  for value in string.gmatch(joined .. '|', '([^|]*)|') do v[#v + 1] = value end
   return {
-    server = argv[1],
-    heartbeat_timeout = tonumber(argv[2]),
-    heartbeat_interval = tonumber(argv[3]),
-    max_signatures = tonumber(argv[4]),
-    aging = tonumber(argv[5]), -- nil (ARGV '') = strict priority
-    backoff_base = tonumber(argv[6]),
-    backoff_max = tonumber(argv[7]),
-    event_buffer = argv[8],
-    idempotency_ttl = tonumber(argv[9]),
-    breaker_threshold = tonumber(argv[10]),
-    breaker_window = tonumber(argv[11]),
-    breaker_cooldown = tonumber(argv[12]),
-    max_pending = tonumber(argv[13]), -- 0 = no limit
-    event_fields = argv[14] == 'fields', -- REDIS_EVENT_FORMAT: events as separate fields, for older readers
+    server = server,
+    heartbeat_timeout = tonumber(v[1]),
+    heartbeat_interval = tonumber(v[2]),
+    max_signatures = tonumber(v[3]),
+    aging = tonumber(v[4]), -- nil ('') = strict priority
+    backoff_base = tonumber(v[5]),
+    backoff_max = tonumber(v[6]),
+    event_buffer = v[7],
+    idempotency_ttl = tonumber(v[8]),
+    breaker_threshold = tonumber(v[9]),
+    breaker_window = tonumber(v[10]),
+    breaker_cooldown = tonumber(v[11]),
+    max_pending = tonumber(v[12]), -- 0 = no limit
+    event_fields = v[13] == 'fields', -- REDIS_EVENT_FORMAT: events as separate fields, for older readers
   }
 end
-local ARG_BASE = 14
--- Parsed configurations by server id (ARGV[1]): {the arguments parsed, the configuration}. Every server of a fleet
+local ARG_BASE = 2
+-- Parsed configurations by server id (ARGV[1]): {the joined values parsed, the configuration}. Every server of a fleet
 -- calls the same library with its own id; ids change at every restart, so the memory starts again past a bound.
 local CONFIGS = {}
 local CONFIGS_KEPT = 64
 local configs_count = 0
 
--- The call's configuration: parsed again only when the server's arguments differ from the ones it last parsed (a
+-- The call's configuration: parsed again only when the server's values differ from the ones it last parsed (a
 -- loaded library outlives its calls; under EVALSHA every call starts afresh and parses).
 local function config_of(argv)
   local known = CONFIGS[argv[1]]
   if known then
-    local same = true
-    for i = 2, ARG_BASE do
-      if argv[i] ~= known[1][i] then
-        same = false
-        break
-      end
-    end
-    if same then return known[2] end
+    if known[1] == argv[2] then return known[2] end
   elseif configs_count >= CONFIGS_KEPT then
     CONFIGS, configs_count = {}, 0
   end
-  local args = {}
-  for i = 1, ARG_BASE do args[i] = argv[i] end
-  local parsed = config(argv)
+  local parsed = config(argv[1], argv[2])
   if not known then configs_count = configs_count + 1 end
-  CONFIGS[argv[1]] = { args, parsed }
+  CONFIGS[argv[1]] = { argv[2], parsed }
   return parsed
 end
 local function arg(i) return ARGV[ARG_BASE + i] end
@@ -425,6 +421,8 @@ local function agent_exists(id) return redis.call('EXISTS', akey(id)) == 1 end
 
 -- HMGET of any number of fields, in slices: Lua's `unpack` stops near 8,000 values.
 local function hmget_many(key, names)
+  if #names == 0 then return {} end
+  if #names <= 1000 then return redis.call('HMGET', key, unpack(names)) end
   local values = {}
   for first = 1, #names, 1000 do
     local got = redis.call('HMGET', key, unpack(names, first, math.min(first + 999, #names)))
@@ -719,8 +717,10 @@ local function breaker_success(id, task)
   end
 end
 
--- Expired waiter tokens a registration drops at most.
-local WAITER_SWEEP = '16'
+-- One registration in WAITER_SWEEP_EVERY (by the store sequence it draws) drops up to WAITER_SWEEP expired tokens:
+-- sixteen per registration on average, for one range read per eight registrations instead of one each.
+local WAITER_SWEEP_EVERY = 8
+local WAITER_SWEEP = '128'
 
 -- A waiter token is dead once its claim's block is over (`until`, store ms). Tokens written before expiries
 -- existed have none and stay live, as they always did.
@@ -746,16 +746,18 @@ end
 
 -- Registers a waiting claim: its token, ordered by the store sequence (in its capability set's index) and dead
 -- `lifetime` ms from now (the claim's block; `P waiters` is scored by that end). A server killed while claims block
--- leaves their tokens behind; a registration drops a few of the expired ones, so they neither pile up nor get
--- offered: one range read that finds nothing while none has expired.
+-- leaves their tokens behind; registrations drop the expired ones now and then (`WAITER_SWEEP_EVERY`), so they
+-- neither pile up nor take an offer's places (an offer skips expired tokens on its own).
 local function add_waiter(token, agent, caps, lifetime)
-  for _, old in ipairs(redis.call('ZRANGEBYSCORE', K.waiters, '-inf', NOW_S, 'LIMIT', '0', WAITER_SWEEP)) do
-    -- The record decides: a token registered by an older version is scored by its sequence, not its end.
-    if waiter_expired(redis.call('HGET', wkey(old), 'until')) then remove_waiter(old) end
+  local seq = redis.call('INCR', K.seq)
+  if seq % WAITER_SWEEP_EVERY == 0 then
+    for _, old in ipairs(redis.call('ZRANGEBYSCORE', K.waiters, '-inf', NOW_S, 'LIMIT', '0', WAITER_SWEEP)) do
+      -- The record decides: a token registered by an older version is scored by its sequence, not its end.
+      if waiter_expired(redis.call('HGET', wkey(old), 'until')) then remove_waiter(old) end
+    end
   end
   -- A live token is in `P waiters` until it is removed: one look instead of a removal for every fresh token.
   if redis.call('ZSCORE', K.waiters, token) then remove_waiter(token) end
-  local seq = redis.call('INCR', K.seq)
   local deadline, place = n2s(NOW + lifetime), n2s(seq)
   redis.call('ZADD', K.waiters, deadline, token)
   redis.call('ZADD', gkey(caps), place, token)
@@ -767,26 +769,35 @@ local function add_waiter(token, agent, caps, lifetime)
   redis.call('SADD', wskey(agent), token)
 end
 
--- Up to `limit` waiting claims whose capabilities cover `sig`, in waiting order, after the place `after`: pairs
--- {seq, token}, read only from the capability sets that cover the signature.
+-- Up to `limit` waiting claims whose capabilities cover `sig`, in waiting order, after the place `after` (a decimal
+-- string): {seq as text, token, seq as a number (only when pages of several sets were merged)}, read only from the
+-- capability sets that cover the signature. The places stay the text Redis gave: converting numbers is a large
+-- part of a script's own work.
 local function covering(sig, after, limit)
   local found = {}
+  local sets = 0
   for _, set in ipairs(redis.call('SMEMBERS', K.waiting_sets)) do
     if subset(sig, cap_set(set)) then
-      local page = redis.call('ZRANGEBYSCORE', gkey(set), '(' .. n2s(after), '+inf', 'WITHSCORES', 'LIMIT', '0',
+      local page = redis.call('ZRANGEBYSCORE', gkey(set), '(' .. after, '+inf', 'WITHSCORES', 'LIMIT', '0',
         n2s(limit))
       if #page == 0 and redis.call('EXISTS', gkey(set)) == 0 then redis.call('SREM', K.waiting_sets, set) end
-      for i = 1, #page, 2 do table.insert(found, { tonumber(page[i + 1]), page[i] }) end
+      if #page > 0 then sets = sets + 1 end
+      for i = 1, #page, 2 do found[#found + 1] = { page[i + 1], page[i] } end
     end
   end
-  table.sort(found, function(x, y) return x[1] < y[1] end)
-  while #found > limit do table.remove(found) end
+  -- One set's page is in waiting order already; pages of several are merged.
+  if sets > 1 then
+    for _, entry in ipairs(found) do entry[3] = tonumber(entry[1]) end
+    table.sort(found, function(x, y) return x[3] < y[3] end)
+    while #found > limit do table.remove(found) end
+  end
   return found
 end
 
 -- The offer for work of `sig`: up to `limit` live waiting claims of agents the rule allows, longest-waiting first,
--- agents at capacity after the others. Each: {token, agent, seq, then the numbers a strategy reads: in flight, max,
--- completed, failed, latency, last heartbeat, last assigned ('' if never), health}. Per page of claims one read
+-- agents at capacity after the others. Each: {token, agent, seq, in flight, last heartbeat, the agent's numbers as
+-- `P agent-numbers` holds them}: the rule reads the first seven of those numbers here, and the host parses the
+-- strategy's from the same text (they pass through Lua untouched). Per page of claims one read
 -- finds their agents (`P waiter-agents`) and one more their numbers (`P agent-numbers`: the rule's fields and the
 -- strategy's; an agent no call of this build has written yet is read from its record); per agent below capacity
 -- one read counts its tasks in flight; one read at the end gives every offered agent's last heartbeat.
@@ -815,43 +826,47 @@ local function offer(sig, limit, after)
         local w = redis.call('HMGET', wkey(token), 'until', 'agent')
         deadline, agent = w[1], w[2]
       end
-      if agent and not waiter_expired(deadline) then table.insert(live, { token, agent, entry[1] }) end
+      if agent and not waiter_expired(deadline) then live[#live + 1] = { token, agent, entry[1] } end
     end
     local agents = {}
     for i, claim in ipairs(live) do agents[i] = claim[2] end
     local numbers = hmget_many(K.agent_numbers, agents)
     for i, claim in ipairs(live) do
       local token, agent = claim[1], claim[2]
-      local status, paused, health, breaker, opened, trial, max, completed, failed, latency, assigned
-      if numbers[i] then
-        status, paused, health, breaker, opened, trial, max, completed, failed, latency, assigned = string.match(
-          numbers[i], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-        trial = trial == '1'
-      else
-        -- Not written since this build shared the Redis: the record itself.
-        local a = redis.call('HMGET', akey(agent), 'paused', 'status', 'h_status', 'b_state', 'b_opened', 'b_trial',
-          'max', 'completed', 'failed', 'latency', 'assigned')
-        paused, status, health, breaker, opened, trial = a[1], a[2], a[3], a[4], a[5], a[6]
-        max, completed, failed, latency, assigned = a[7], a[8], a[9], a[10], a[11] or ''
+      local text = numbers[i]
+      if not text then
+        -- Not written since this build shared the Redis: the record itself, in the same form.
+        local a = fields(akey(agent), AGENT_FIELDS)
+        text = a.status and a.max and numbers_of(a)
       end
-      if status and refusal_from(paused, status, health, breaker, opened, trial) == nil then
+      local status, paused, health, breaker, opened, trial, max
+      if text then
+        status, paused, health, breaker, opened, trial, max = string.match(text,
+          '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|')
+      end
+      if status and refusal_from(paused, status, health, breaker, opened, trial == '1') == nil then
         -- A ready one-slot agent holds nothing (`refresh_capacity` makes a ready agent busy at capacity before any
         -- step ends); otherwise count (an agent may report itself busy below capacity).
+        -- The counts go back as integers (Redis answers a Lua number as one) and the place as the text it was read
+        -- as: no number printed. Registration keeps max at 1 or more, so an agent holding nothing is below it.
         local in_flight = 0
         if not (max == '1' and status == 'ready') then in_flight = redis.call('HLEN', lkey(agent)) end
-        local offered = { token, agent, n2s(claim[3]), n2s(in_flight), max, completed, failed, latency, '0', assigned,
-          health }
-        if in_flight >= tonumber(max) then table.insert(full, offered) else table.insert(below, offered) end
+        local offered = { token, agent, claim[3], in_flight, '0', text }
+        if in_flight > 0 and in_flight >= tonumber(max) then
+          full[#full + 1] = offered
+        else
+          below[#below + 1] = offered
+        end
       end
     end
   end
-  for _, claim in ipairs(full) do table.insert(below, claim) end
+  for _, claim in ipairs(full) do below[#below + 1] = claim end
   while #below > limit do table.remove(below) end
   if #below > 0 then
     local agents = {}
     for i, claim in ipairs(below) do agents[i] = claim[2] end
     local beats = hmget_many(K.beats, agents)
-    for i, claim in ipairs(below) do claim[9] = beats[i] or '0' end
+    for i, claim in ipairs(below) do claim[5] = beats[i] or '0' end
   end
   return below
 end

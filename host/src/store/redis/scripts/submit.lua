@@ -114,7 +114,7 @@ for i, t in ipairs(tasks) do
     enqueue(t.id, queued)
     emit('task_submitted', t.id, nil, t.data)
     if offer_of[t.caps] == nil then
-      local claims = offer(t.caps, offer_limit, 0)
+      local claims = offer(t.caps, offer_limit, '0')
       if #claims > 0 then
         table.insert(offers, claims)
         offer_of[t.caps] = #offers
