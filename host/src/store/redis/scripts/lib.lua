@@ -4,8 +4,9 @@
 --
 -- Calling convention: KEYS[1] is the tagged prefix (`<prefix>{main}:`), so every key below is derived from it and
 -- lives in one cluster slot. ARGV[1] is the server's id and ARGV[2] the rest of the store configuration in one value
--- (`config_args` in mod.rs); a body reads its own arguments with `arg(i)`. Bodies never raise on a refused transition: they return `fail(...)`, so everything
--- the script changed before the refusal stays consistent (a transition checks before it changes, like memory's).
+-- (`config_args` in mod.rs); a body reads its own arguments with `arg(i)`. Bodies never raise on a refused
+-- transition: they return `fail(...)`, so everything the script changed before the refusal stays consistent (a
+-- transition checks before it changes, like memory's).
 --
 -- The prelude is loaded once as a Redis function library (each body a function) or, on a Redis without functions,
 -- run whole before its body by EVALSHA (scripts.rs). Either way a call starts with `begin` (at the end of this
@@ -717,10 +718,8 @@ local function breaker_success(id, task)
   end
 end
 
--- One registration in WAITER_SWEEP_EVERY (by the store sequence it draws) drops up to WAITER_SWEEP expired tokens:
--- sixteen per registration on average, for one range read per eight registrations instead of one each.
-local WAITER_SWEEP_EVERY = 8
-local WAITER_SWEEP = '128'
+-- Expired waiter tokens a registration drops at most.
+local WAITER_SWEEP = '16'
 
 -- A waiter token is dead once its claim's block is over (`until`, store ms). Tokens written before expiries
 -- existed have none and stay live, as they always did.
@@ -746,18 +745,17 @@ end
 
 -- Registers a waiting claim: its token, ordered by the store sequence (in its capability set's index) and dead
 -- `lifetime` ms from now (the claim's block; `P waiters` is scored by that end). A server killed while claims block
--- leaves their tokens behind; registrations drop the expired ones now and then (`WAITER_SWEEP_EVERY`), so they
--- neither pile up nor take an offer's places (an offer skips expired tokens on its own).
+-- leaves their tokens behind; a registration drops a few of the expired ones, so they neither pile up nor get
+-- offered: one range read that finds nothing while none has expired. (Sweeping at one registration in eight saved
+-- little, and a sample drawn from the store sequence, which submits share, could stop sweeping altogether.)
 local function add_waiter(token, agent, caps, lifetime)
-  local seq = redis.call('INCR', K.seq)
-  if seq % WAITER_SWEEP_EVERY == 0 then
-    for _, old in ipairs(redis.call('ZRANGEBYSCORE', K.waiters, '-inf', NOW_S, 'LIMIT', '0', WAITER_SWEEP)) do
-      -- The record decides: a token registered by an older version is scored by its sequence, not its end.
-      if waiter_expired(redis.call('HGET', wkey(old), 'until')) then remove_waiter(old) end
-    end
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', K.waiters, '-inf', NOW_S, 'LIMIT', '0', WAITER_SWEEP)) do
+    -- The record decides: a token registered by an older version is scored by its sequence, not its end.
+    if waiter_expired(redis.call('HGET', wkey(old), 'until')) then remove_waiter(old) end
   end
   -- A live token is in `P waiters` until it is removed: one look instead of a removal for every fresh token.
   if redis.call('ZSCORE', K.waiters, token) then remove_waiter(token) end
+  local seq = redis.call('INCR', K.seq)
   local deadline, place = n2s(NOW + lifetime), n2s(seq)
   redis.call('ZADD', K.waiters, deadline, token)
   redis.call('ZADD', gkey(caps), place, token)
