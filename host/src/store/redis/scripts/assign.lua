@@ -2,8 +2,8 @@
 -- pending and due, token live, agent eligible and holding the capabilities); with any_waiter '1', then through any
 -- live waiting claim that can, longest-waiting first. Answers {token, task view}, or nothing.
 
--- Grants `id` through `token` if it can; answers whether it did. `t`: the task's `GRANT_FIELDS`, read by the caller
--- (nothing here changes the task unless it grants).
+-- Grants `id` through `token` if it can; answers whether it did. `t`: the task's `GRANT_FIELDS`, read by the caller,
+-- which calls this only for a pending task (nothing here changes the task unless it grants).
 local function through(id, token, lease, t)
   local w = redis.call('HMGET', wkey(token), 'agent', 'caps', 'until')
   if not w[1] or redis.call('ZSCORE', K.waiters, token) == false then return false end
@@ -17,7 +17,7 @@ local function through(id, token, lease, t)
   local a = agent_row(agent)
   if not a.status then return false end
   -- The waiter's capabilities may have been narrowed by the claim, never widened past the registration.
-  local claimable = t.status == 'pending' and (not t.avail or tonumber(t.avail) <= NOW)
+  local claimable = (not t.avail or tonumber(t.avail) <= NOW)
       and subset(t.caps, cap_set(w[2])) and subset(t.caps, cap_set(a.caps))
   if not claimable then return false end
   -- An open breaker may be due to turn half-open: `eligible` makes that transition (with its event) first.
