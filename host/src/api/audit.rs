@@ -79,7 +79,7 @@ pub fn entry(state: &ApiState, call: AuditedCall, response: &Response) -> NewAud
     NewAuditEntry {
         time_ms: state.coordinator.now_ms(),
         actor,
-        action: format!("{} {}", call.method, call.route),
+        action: [call.method.as_str(), " ", &call.route].concat(),
         resource,
         request_id: call.request_id,
         outcome: if response.status().is_success() { "success" } else { "failure" }.to_string(),

@@ -209,7 +209,7 @@ pub async fn tasks_submit(
     caller.not_an_agent("submit tasks")?;
     merge_idempotency_key(&headers, &mut request)?;
     let submitted = state.coordinator.submit_task(request, &caller.sub).await?;
-    let made = Extension(AuditResource(format!("task:{}", submitted.task_id)));
+    let made = Extension(AuditResource(["task:", submitted.task_id.as_str()].concat()));
     let body = Json(SubmitAnswer { task_id: submitted.task_id });
     if submitted.replayed {
         let mut response = (StatusCode::OK, made, body).into_response();

@@ -35,7 +35,10 @@ pub const ADDRESS_PREFIX: &str = "agent:";
 
 /// The address capability of an agent: held by its claims alone (the Redis store's `address_of` mirrors it).
 pub fn address_of(agent_id: &str) -> String {
-    format!("{ADDRESS_PREFIX}{}", agent_id.to_ascii_lowercase())
+    let mut address = String::with_capacity(ADDRESS_PREFIX.len() + agent_id.len());
+    address.push_str(ADDRESS_PREFIX);
+    address.extend(agent_id.chars().map(|c| c.to_ascii_lowercase()));
+    address
 }
 
 /// A sorted, deduplicated set of capabilities.
@@ -63,7 +66,13 @@ impl CapabilitySet {
         let mut capabilities = raw
             .iter()
             .enumerate()
-            .map(|(i, c)| normalize_capability(&format!("{field}[{i}]"), c))
+            // The field's name with its index is written only for the error: a valid set allocates no names.
+            .map(|(i, c)| {
+                normalize_capability(field, c).map_err(|mut error| {
+                    error.field = format!("{field}[{i}]");
+                    error
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         capabilities.sort();
         capabilities.dedup();

@@ -108,6 +108,18 @@ impl ValidationError {
     }
 }
 
+/// 128 random bits as 32 lowercase hex digits (what `format!("{:032x}", …)` writes): lease and session ids. Written
+/// into a buffer: the formatter's padding and radix machinery cost a grant more than drawing the bits.
+pub fn random_hex_id() -> String {
+    hex_id(rand::random())
+}
+
+fn hex_id(bits: u128) -> String {
+    let mut digits = [0u8; 32];
+    hex::encode_to_slice(bits.to_be_bytes(), &mut digits).expect("32 digits for 16 bytes");
+    String::from_utf8(digits.to_vec()).expect("hex digits are ASCII")
+}
+
 /// Milliseconds since the Unix epoch, as stored; rendered with [`rfc3339_ms`].
 pub type Millis = u64;
 
@@ -159,4 +171,15 @@ pub(crate) fn check_json_size(field: &str, value: &impl serde::Serialize, limit:
         return Err(ValidationError::too_large(field, format!("{size} bytes, over the {limit}-byte limit")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_hex_id_is_what_the_formatter_writes() {
+        for bits in [0, 1, 0xabc, u128::MAX, u128::MAX / 3, 1 << 100, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
+            assert_eq!(super::hex_id(bits), format!("{bits:032x}"));
+        }
+        assert_ne!(super::random_hex_id(), super::random_hex_id());
+    }
 }

@@ -524,7 +524,7 @@ impl Tx<'_> {
     /// server holding that blocked claim wakes it (the router may run on another server).
     fn grant(&mut self, task_id: &TaskId, agent_id: &str, via: &'static str, waiter: Option<&str>) -> Task {
         let now = self.now;
-        let lease_id = format!("{:032x}", rand::rng().random::<u128>());
+        let lease_id = crate::model::random_hex_id();
         let record = self.state.tasks.get_mut(task_id).expect("task exists");
         record.task.attempt += 1;
         record.task.lease_id = Some(lease_id);
@@ -1175,8 +1175,7 @@ impl Store for MemoryStore {
                 health.status = HealthState::Unknown;
                 health.consecutive_failures = 0;
             } else {
-                let session_id =
-                    registration.session_id.clone().unwrap_or_else(|| format!("{:032x}", rand::rng().random::<u128>()));
+                let session_id = registration.session_id.clone().unwrap_or_else(crate::model::random_hex_id);
                 let agent = Agent {
                     agent_id: id.clone(),
                     capabilities: registration.capabilities.clone(),

@@ -350,8 +350,7 @@ impl RedisStore {
     }
 
     fn lease_ids(count: usize) -> Vec<String> {
-        let mut rng = rand::rng();
-        (0..count.min(MAX_GRANTS)).map(|_| format!("{:032x}", rng.random::<u128>())).collect()
+        (0..count.min(MAX_GRANTS)).map(|_| crate::model::random_hex_id()).collect()
     }
 
     fn seed() -> String {
@@ -558,7 +557,7 @@ impl Store for RedisStore {
     }
 
     async fn register(&self, registration: AgentRegistration) -> StoreResult<Registered> {
-        let fresh_session = format!("{:032x}", rand::rng().random::<u128>());
+        let fresh_session = crate::model::random_hex_id();
         let args = vec![
             registration.agent_id.clone(),
             caps(&registration.capabilities),
