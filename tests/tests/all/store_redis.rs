@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use aragora_cp::model::EventKind;
 use aragora_cp::model::StoreError;
-use aragora_cp::store::{ClaimRequest, RedisStore, Store, StoreConfig};
+use aragora_cp::model::{EventKind, Priority};
+use aragora_cp::store::{ClaimRequest, RedisStore, Store, StoreConfig, Waiter};
 use aragora_cp_tests::redis_server::{RedisServer, shared_cluster, shared_server, unique_prefix};
-use aragora_cp_tests::store_harness::{T0_MS, caps, new_task, registration, request, test_config};
+use aragora_cp_tests::store_harness::{T0_MS, caps, new_task, registration, request, request_for, test_config};
 
 #[tokio::test]
 async fn a_store_whose_redis_went_away_answers_unavailable() {
@@ -275,4 +275,38 @@ async fn a_replay_page_passes_over_an_entry_it_cannot_decode_and_is_still_full()
     let page = store.events_after(Some(&first), 2).await.expect("a page, not an error").expect("kept");
     let ids: Vec<Option<&str>> = page.iter().map(|e| e.task_id.as_deref()).collect();
     assert_eq!(ids, [Some(tasks[1].as_str()), Some(later[0].as_str())], "{page:?}");
+}
+
+/// An offer reads the rule's answer kept at the end of an agent's numbers (its gate), and judges numbers without one
+/// (written by a build before the gate, in a rolling upgrade) by the rule's own fields: a paused agent stays out
+/// either way, and a ready one is offered either way.
+#[tokio::test]
+async fn an_offer_judges_numbers_without_a_gate_by_the_rules_fields() {
+    let prefix = unique_prefix("gate");
+    let store = RedisStore::connect(&shared_server().url(), &prefix, test_config()).await.expect("connect");
+    for agent in ["ready", "paused"] {
+        store.register(registration(agent, &["code"])).await.expect("register");
+        let waiter =
+            Waiter { token: format!("tok-{agent}").into(), agent_id: agent.into(), capabilities: caps(&["code"]) };
+        store.register_waiter(waiter, Duration::from_secs(600)).await.expect("waiter");
+    }
+    store.set_paused("paused", true).await.expect("pause");
+    let task = new_task("tester", request_for("t", Priority::Normal, &["code"]));
+    let task_id = store.submit(task, 64).await.expect("submit").submitted.task_id;
+    let offered = async |store: &RedisStore| {
+        let offer = store.offer(&task_id, 10, None).await.expect("offer");
+        offer.map(|o| o.waiting.iter().map(|c| c.token.to_string()).collect::<Vec<_>>()).unwrap_or_default()
+    };
+    assert_eq!(offered(&store).await, ["tok-ready"]);
+
+    let mut redis =
+        redis::Client::open(shared_server().url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{prefix}{{main}}:agent-numbers");
+    for (agent, gate) in [("ready", "R"), ("paused", "-")] {
+        let text: String = redis::cmd("HGET").arg(&key).arg(agent).query_async(&mut redis).await.unwrap();
+        let (numbers, kept) = text.rsplit_once('|').expect("fields");
+        assert_eq!((kept, numbers.split('|').count()), (gate, 11), "{agent}: {text}");
+        let _: () = redis::cmd("HSET").arg(&key).arg(agent).arg(numbers).query_async(&mut redis).await.unwrap();
+    }
+    assert_eq!(offered(&store).await, ["tok-ready"], "the same answer from the fields");
 }

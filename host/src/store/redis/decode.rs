@@ -278,7 +278,7 @@ pub(super) fn claim_answer(value: &Value) -> StoreResult<ClaimAnswer> {
 
 /// Waiting claims of an offer (lib.lua `offer`): each `{token, agent, seq, in flight, last heartbeat, numbers}`, the
 /// numbers as `P agent-numbers` holds them (`status|paused|health|breaker|opened|trial|max|completed|failed|latency|
-/// last assigned`, docs/REDIS.md).
+/// last assigned|gate`, docs/REDIS.md; the gate is the offer's, and servers of older builds write no gate).
 pub(super) fn waiting_claims(value: &Value) -> StoreResult<Vec<WaitingClaim>> {
     array(value)?
         .iter()

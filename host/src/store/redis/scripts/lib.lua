@@ -240,26 +240,6 @@ local function agent_unset(id, ...)
   end
 end
 
--- An agent's numbers for routing, as one value in `P agent-numbers`, so that an offer reads a page of agents with one
--- command instead of one read of each record: what the eligibility rule looks at and what a strategy reads, in the
--- order `offer` parses. Every call that wrote an agent's record writes it again as it ends (`finish`).
-local function numbers_of(a)
-  return table.concat({ a.status, a.paused or '0', a.h_status or '', a.b_state or 'closed', a.b_opened or '0',
-    a.b_trial and '1' or '', a.max, a.completed or '0', a.failed or '0', a.latency or '0', a.assigned or '' }, '|')
-end
-
-local function write_numbers()
-  for id in pairs(AGENT_WRITES) do
-    local a = agent_row(id)
-    -- A record without its registration's fields (only ever a partial one) has no summary: offers read it.
-    if a.status and a.max then
-      redis.call('HSET', K.agent_numbers, id, numbers_of(a))
-    else
-      redis.call('HDEL', K.agent_numbers, id)
-    end
-  end
-end
-
 -- ------------------------------------------------------------------------------------------------------------------
 -- "May this agent take work?": the mirror of the model's rule (`model/eligibility.rs`, `Standing::refusal`), which
 -- the store conformance suite pins it to. A breaker open past its cooldown counts as half-open with no trial out;
@@ -282,6 +262,45 @@ end
 local function refusal_of(id)
   local a = agent_row(id)
   return refusal_from(a.paused, a.status, a.h_status, a.b_state, a.b_opened, a.b_trial)
+end
+
+-- The rule's answer kept with the numbers, last (the gate): `R` when it let the agent take work and the agent is ready
+-- with one slot (so it holds nothing), `A` when it let the agent take work otherwise, `-` when it refused or when its
+-- answer may change with time alone (a breaker that is not closed: its cooldown runs out). So an offer reads one
+-- byte of an agent it may offer instead of taking the rule's seven fields apart. The answer stays true until the
+-- record changes, and every change writes the numbers again. Servers of older builds write eleven fields; the last
+-- of those (last assigned) is never a letter, which is how the offer tells.
+local function gate_of(a)
+  if (a.b_state or 'closed') ~= 'closed' then return '-' end
+  if refusal_from(a.paused, a.status, a.h_status, a.b_state, a.b_opened, a.b_trial) ~= nil then return '-' end
+  if a.status == 'ready' and a.max == '1' then return 'R' end
+  return 'A'
+end
+
+-- What the offer compares a gate with: the bytes of `R`, `A` and `|` (spelled as numbers: while Redis loads a
+-- function library, its top level sees no Lua libraries); and the seventh field (max), which `A` leaves to read.
+local GATE_READY_ONE, GATE_ALLOWED, PIPE = 82, 65, 124
+local MAX_FIELD = '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|([^|]*)|'
+
+-- An agent's numbers for routing, as one value in `P agent-numbers`, so that an offer reads a page of agents with one
+-- command instead of one read of each record: what the eligibility rule looks at and what a strategy reads, in the
+-- order `offer` parses. Every call that wrote an agent's record writes it again as it ends (`finish`).
+local function numbers_of(a)
+  return table.concat({ a.status, a.paused or '0', a.h_status or '', a.b_state or 'closed', a.b_opened or '0',
+    a.b_trial and '1' or '', a.max, a.completed or '0', a.failed or '0', a.latency or '0', a.assigned or '',
+    gate_of(a) }, '|')
+end
+
+local function write_numbers()
+  for id in pairs(AGENT_WRITES) do
+    local a = agent_row(id)
+    -- A record without its registration's fields (only ever a partial one) has no summary: offers read it.
+    if a.status and a.max then
+      redis.call('HSET', K.agent_numbers, id, numbers_of(a))
+    else
+      redis.call('HDEL', K.agent_numbers, id)
+    end
+  end
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
@@ -794,11 +813,12 @@ end
 
 -- The offer for work of `sig`: up to `limit` live waiting claims of agents the rule allows, longest-waiting first,
 -- agents at capacity after the others. Each: {token, agent, seq, in flight, last heartbeat, the agent's numbers as
--- `P agent-numbers` holds them}: the rule reads the first seven of those numbers here, and the host parses the
--- strategy's from the same text (they pass through Lua untouched). Per page of claims one read
--- finds their agents (`P waiter-agents`) and one more their numbers (`P agent-numbers`: the rule's fields and the
--- strategy's; an agent no call of this build has written yet is read from its record); per agent below capacity
--- one read counts its tasks in flight; one read at the end gives every offered agent's last heartbeat.
+-- `P agent-numbers` holds them}: the gate at its end answers for the rule (else the rule reads the first
+-- seven numbers here), and the host parses the strategy's from the same text (they pass through Lua untouched).
+-- Per page of claims one read finds their agents (`P waiter-agents`) and one more their numbers (`P agent-numbers`:
+-- the rule's fields and the strategy's; an agent no call of this build has written yet is read from its record);
+-- per agent below capacity one read counts its tasks in flight; one read at the end gives every offered agent's
+-- last heartbeat.
 local function offer(sig, limit, after)
   local below, full = {}, {}
   local cursor = after
@@ -837,18 +857,27 @@ local function offer(sig, limit, after)
         local a = fields(akey(agent), AGENT_FIELDS)
         text = a.status and a.max and numbers_of(a)
       end
-      local status, paused, health, breaker, opened, trial, max
-      if text then
+      -- The gate (`gate_of`) answers for the rule; without one (an older build wrote the text, or the answer may
+      -- have changed since), the rule reads its seven fields.
+      local gate, allowed, holds_nothing, max = text and string.byte(text, -2) == PIPE and string.byte(text, -1)
+      if gate == GATE_READY_ONE then
+        allowed, holds_nothing = true, true
+      elseif gate == GATE_ALLOWED then
+        allowed, max = true, string.match(text, MAX_FIELD)
+      elseif text then
+        local status, paused, health, breaker, opened, trial
         status, paused, health, breaker, opened, trial, max = string.match(text,
           '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|')
+        allowed = status and refusal_from(paused, status, health, breaker, opened, trial == '1') == nil
+        holds_nothing = max == '1' and status == 'ready'
       end
-      if status and refusal_from(paused, status, health, breaker, opened, trial == '1') == nil then
+      if allowed then
         -- A ready one-slot agent holds nothing (`refresh_capacity` makes a ready agent busy at capacity before any
         -- step ends); otherwise count (an agent may report itself busy below capacity).
         -- The counts go back as integers (Redis answers a Lua number as one) and the place as the text it was read
         -- as: no number printed. Registration keeps max at 1 or more, so an agent holding nothing is below it.
         local in_flight = 0
-        if not (max == '1' and status == 'ready') then in_flight = redis.call('HLEN', lkey(agent)) end
+        if not holds_nothing then in_flight = redis.call('HLEN', lkey(agent)) end
         local offered = { token, agent, claim[3], in_flight, '0', text }
         if in_flight > 0 and in_flight >= tonumber(max) then
           full[#full + 1] = offered
