@@ -26,8 +26,8 @@ for i = 0, n - 1 do
   redis.call('XADD', stream, 'MAXLEN', '~', keep, id, 'd', record)
   if task ~= '' then
     local list = P .. 'decisions:task:' .. task
-    redis.call('RPUSH', list, id)
-    redis.call('LTRIM', list, -per_task, -1)
+    -- Trimmed only past its cap: most tasks have one decision.
+    if redis.call('RPUSH', list, id) > per_task then redis.call('LTRIM', list, -per_task, -1) end
     redis.call('PEXPIRE', list, ttl)
   end
   table.insert(ids, id)
