@@ -107,6 +107,9 @@ struct AgentRecord {
     revocations: Vec<Revoked>,
     health: HealthRecord,
     breaker: Breaker,
+    /// Its capabilities with its address (`model::address_of`): what a claim that does not narrow them matches tasks
+    /// on, kept so that a claim does not build the set.
+    claims_match: CapabilitySet,
 }
 
 #[derive(Default)]
@@ -884,6 +887,15 @@ impl Tx<'_> {
         }
     }
 
+    /// What the claim matches tasks on: its `capabilities` and the tasks addressed to its agent (a wait matches on
+    /// the capabilities alone).
+    fn claim_matching(&self, request: &ClaimRequest, capabilities: &CapabilitySet) -> CapabilitySet {
+        match &request.capabilities {
+            None => self.state.agents[&request.agent_id].claims_match.clone(),
+            Some(_) => capabilities.clone().with_address_of(&request.agent_id),
+        }
+    }
+
     /// Grants the best pending tasks the agent can take (priority, then FIFO), or registers `wait` when there are
     /// none. A claim keeps its agent alive first, so an offline or starting agent that claims is back.
     fn claim(&mut self, request: &ClaimRequest, wait: Option<WaitSpec>) -> StoreResult<ClaimAnswer> {
@@ -894,8 +906,7 @@ impl Tx<'_> {
         }
         let mut promoted = self.promote_due(usize::MAX);
         let capabilities = self.claim_capabilities(request);
-        // A claim also takes the tasks addressed to its agent; its wait does not (`model::address_of`).
-        let matching = capabilities.clone().with_address_of(&request.agent_id);
+        let matching = self.claim_matching(request, &capabilities);
         let mut granted = Vec::new();
         // Eligibility is checked before every grant: a half-open breaker lets one trial lease through.
         while granted.len() < request.max_tasks && (granted.is_empty() || self.eligible(&request.agent_id)) {
@@ -1153,6 +1164,7 @@ impl Store for MemoryStore {
                     restarted = true;
                 }
                 let record = tx.state.agents.get_mut(&id).expect("agent exists");
+                record.claims_match = registration.capabilities.clone().with_address_of(&id);
                 let agent = &mut record.agent;
                 agent.capabilities = registration.capabilities.clone();
                 agent.model = registration.model.clone();
@@ -1207,6 +1219,7 @@ impl Store for MemoryStore {
                         revocations: Vec::new(),
                         health: HealthRecord::default(),
                         breaker: Breaker::default(),
+                        claims_match: registration.capabilities.clone().with_address_of(&id),
                     }),
                 );
                 tx.state.expiry.insert((now, id.clone()));
@@ -1413,7 +1426,7 @@ impl Store for MemoryStore {
             tx.check_session(&request.agent_id, request.session_id.as_deref())?;
             tx.touch(&request.agent_id);
             let now = tx.now;
-            let capabilities = tx.claim_capabilities(request).with_address_of(&request.agent_id);
+            let capabilities = tx.claim_matching(request, &tx.claim_capabilities(request));
             let record = tx.task(task_id)?;
             let claimable = record.task.status == TaskStatus::Pending
                 && record.available_at_ms.is_none_or(|at| at <= now)
