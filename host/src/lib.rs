@@ -21,8 +21,9 @@
 //! next claim pulls it in priority order → the agent completes or fails it, fenced by its lease → the sweeper
 //! recovers timed-out attempts and silent agents' work. Every transition emits an event.
 
-/// The hash maps on every request's way (the store's indexes, a server's waiting claims, the token cache): foldhash,
-/// seeded per map, hashes a task id or a token several times faster than the standard library's SipHash.
+/// The hash maps on every request's way (the store's indexes, a server's waiting claims, the token cache, the request
+/// counters): foldhash, seeded per map, hashes a task id or a token several times faster than the standard library's
+/// SipHash.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub mod api;

@@ -3,7 +3,7 @@
 //! depth by priority, agents by status, claims waiting), and plugin call counters. Open unless
 //! `METRICS_TOKEN` is set, then that exact bearer token is required.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use axum::extract::State;
@@ -36,7 +36,7 @@ type RouteSeries = Vec<(Method, u16, Histogram)>;
 pub struct Metrics {
     /// Histograms by route template, then by method and status: a request finds its series by borrowing its
     /// route's text, so counting allocates only for a series' first request. The mutex is held to add to one.
-    requests: Mutex<HashMap<String, RouteSeries>>,
+    requests: Mutex<crate::FastMap<String, RouteSeries>>,
 }
 
 impl Metrics {
