@@ -269,7 +269,8 @@ end
 -- answer may change with time alone (a breaker that is not closed: its cooldown runs out). So an offer reads one
 -- byte of an agent it may offer instead of taking the rule's seven fields apart. The answer stays true until the
 -- record changes, and every change writes the numbers again. Servers of older builds write eleven fields; the last
--- of those (last assigned) is never a letter, which is how the offer tells.
+-- of those (last assigned) is never a letter, which is how the offer tells. The letters mean this build's rule: a
+-- build whose rule differs must use other letters, or its offers would trust answers this one wrote.
 local function gate_of(a)
   if (a.b_state or 'closed') ~= 'closed' then return '-' end
   if refusal_from(a.paused, a.status, a.h_status, a.b_state, a.b_opened, a.b_trial) ~= nil then return '-' end
@@ -850,15 +851,15 @@ local function offer(sig, limit, after)
     for i, claim in ipairs(live) do agents[i] = claim[2] end
     local numbers = hmget_many(K.agent_numbers, agents)
     for i, claim in ipairs(live) do
-      local token, agent = claim[1], claim[2]
+      local agent = claim[2]
       local text = numbers[i]
       if not text then
         -- Not written since this build shared the Redis: the record itself, in the same form.
         local a = fields(akey(agent), AGENT_FIELDS)
         text = a.status and a.max and numbers_of(a)
       end
-      -- The gate (`gate_of`) answers for the rule; without one (an older build wrote the text, or the answer may
-      -- have changed since), the rule reads its seven fields.
+      -- An `R` or `A` gate (`gate_of`) answers for the rule; with `-` (refused, or a breaker's cooldown may run out)
+      -- or none (an older build's text), the rule reads its seven fields.
       local gate, allowed, holds_nothing, max = text and string.byte(text, -2) == PIPE and string.byte(text, -1)
       if gate == GATE_READY_ONE then
         allowed, holds_nothing = true, true
@@ -878,11 +879,12 @@ local function offer(sig, limit, after)
         -- as: no number printed. Registration keeps max at 1 or more, so an agent holding nothing is below it.
         local in_flight = 0
         if not holds_nothing then in_flight = redis.call('HLEN', lkey(agent)) end
-        local offered = { token, agent, claim[3], in_flight, '0', text }
+        -- The claim's {token, agent, place} becomes its answer: no table per candidate besides.
+        claim[4], claim[5], claim[6] = in_flight, '0', text
         if in_flight > 0 and in_flight >= tonumber(max) then
-          full[#full + 1] = offered
+          full[#full + 1] = claim
         else
-          below[#below + 1] = offered
+          below[#below + 1] = claim
         end
       end
     end
