@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aragora_cp::model::StoreError;
-use aragora_cp::model::{EventKind, Priority};
+use aragora_cp::model::{AgentRegistration, EventKind, Priority};
 use aragora_cp::store::{ClaimRequest, RedisStore, Store, StoreConfig, Waiter};
 use aragora_cp_tests::redis_server::{RedisServer, shared_cluster, shared_server, unique_prefix};
 use aragora_cp_tests::store_harness::{T0_MS, caps, new_task, registration, request, request_for, test_config};
@@ -277,15 +277,22 @@ async fn a_replay_page_passes_over_an_entry_it_cannot_decode_and_is_still_full()
     assert_eq!(ids, [Some(tasks[1].as_str()), Some(later[0].as_str())], "{page:?}");
 }
 
-/// An offer reads the rule's answer kept at the end of an agent's numbers (its gate), and judges numbers without one
-/// (written by a build before the gate, in a rolling upgrade) by the rule's own fields: a paused agent stays out
-/// either way, and a ready one is offered either way.
+/// An offer reads the rule's answer kept at the end of an agent's numbers (its gate: `R` ready with one slot, `A`
+/// allowed otherwise, `-` refused), and judges numbers without one (written by a build before the gate, in a rolling
+/// upgrade) by the rule's own fields: the same claims are offered either way, with the same tasks in flight.
 #[tokio::test]
 async fn an_offer_judges_numbers_without_a_gate_by_the_rules_fields() {
     let prefix = unique_prefix("gate");
     let store = RedisStore::connect(&shared_server().url(), &prefix, test_config()).await.expect("connect");
-    for agent in ["ready", "paused"] {
-        store.register(registration(agent, &["code"])).await.expect("register");
+    store.register(registration("ready", &["code"])).await.expect("register");
+    let wide = AgentRegistration { max_concurrent_tasks: 2, ..registration("wide", &["code"]) };
+    store.register(wide).await.expect("register");
+    store.register(registration("paused", &["code"])).await.expect("register");
+    // One task held by the two-slot agent: still below capacity, and its numbers end with a last-assigned time.
+    store.submit(new_task("tester", request_for("held", Priority::Normal, &["code"])), 64).await.expect("submit");
+    let claim = ClaimRequest { agent_id: "wide".into(), capabilities: None, max_tasks: 1, session_id: None };
+    assert_eq!(store.claim(&claim).await.expect("claim").len(), 1);
+    for agent in ["ready", "wide", "paused"] {
         let waiter =
             Waiter { token: format!("tok-{agent}").into(), agent_id: agent.into(), capabilities: caps(&["code"]) };
         store.register_waiter(waiter, Duration::from_secs(600)).await.expect("waiter");
@@ -294,19 +301,20 @@ async fn an_offer_judges_numbers_without_a_gate_by_the_rules_fields() {
     let task = new_task("tester", request_for("t", Priority::Normal, &["code"]));
     let task_id = store.submit(task, 64).await.expect("submit").submitted.task_id;
     let offered = async |store: &RedisStore| {
-        let offer = store.offer(&task_id, 10, None).await.expect("offer");
-        offer.map(|o| o.waiting.iter().map(|c| c.token.to_string()).collect::<Vec<_>>()).unwrap_or_default()
+        let offer = store.offer(&task_id, 10, None).await.expect("offer").expect("claims wait");
+        offer.waiting.iter().map(|c| (c.token.to_string(), c.numbers.in_flight)).collect::<Vec<_>>()
     };
-    assert_eq!(offered(&store).await, ["tok-ready"]);
+    let expected = [("tok-ready".to_string(), 0), ("tok-wide".to_string(), 1)];
+    assert_eq!(offered(&store).await, expected);
 
     let mut redis =
         redis::Client::open(shared_server().url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let key = format!("{prefix}{{main}}:agent-numbers");
-    for (agent, gate) in [("ready", "R"), ("paused", "-")] {
+    for (agent, gate) in [("ready", "R"), ("wide", "A"), ("paused", "-")] {
         let text: String = redis::cmd("HGET").arg(&key).arg(agent).query_async(&mut redis).await.unwrap();
         let (numbers, kept) = text.rsplit_once('|').expect("fields");
         assert_eq!((kept, numbers.split('|').count()), (gate, 11), "{agent}: {text}");
         let _: () = redis::cmd("HSET").arg(&key).arg(agent).arg(numbers).query_async(&mut redis).await.unwrap();
     }
-    assert_eq!(offered(&store).await, ["tok-ready"], "the same answer from the fields");
+    assert_eq!(offered(&store).await, expected, "the same answer from the fields");
 }

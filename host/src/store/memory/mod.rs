@@ -891,7 +891,16 @@ impl Tx<'_> {
     /// the capabilities alone).
     fn claim_matching(&self, request: &ClaimRequest, capabilities: &CapabilitySet) -> CapabilitySet {
         match &request.capabilities {
-            None => self.state.agents[&request.agent_id].claims_match.clone(),
+            None => {
+                let record = &self.state.agents[&request.agent_id];
+                // Registration writes the two together; nothing else changes an agent's capabilities.
+                debug_assert_eq!(
+                    record.claims_match,
+                    record.agent.capabilities.clone().with_address_of(&request.agent_id),
+                    "claims_match follows the agent's capabilities"
+                );
+                record.claims_match.clone()
+            }
             Some(_) => capabilities.clone().with_address_of(&request.agent_id),
         }
     }
