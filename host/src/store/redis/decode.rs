@@ -287,7 +287,11 @@ pub(super) fn waiting_claims(value: &Value) -> StoreResult<Vec<WaitingClaim>> {
             let [token, agent, seq, in_flight, beat, numbers] = parts else {
                 return Err(corrupt("a waiting claim of an offer has six parts"));
             };
-            let number = |value: &Value| text_ref(value).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+            // Counts come as integers, places and heartbeats as the text Redis stored.
+            let number = |value: &Value| match value {
+                Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+                other => text_ref(other).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0),
+            };
             let numbers = text_ref(numbers).unwrap_or_default();
             let mut part = numbers.split('|');
             let mut next = || part.next().unwrap_or_default();

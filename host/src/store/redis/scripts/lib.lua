@@ -1100,7 +1100,8 @@ local function mark_started(id)
 end
 
 -- What remembers the lease an outcome came under (none: unfenced): field/value pairs for the status write that ends
--- the task, with the outcome's own pairs (`...`). `t`, if the caller read the task already: its lease.
+-- the task, with the outcome's own pairs (`...`). Without a lease it deletes an earlier outcome's lease itself (a
+-- write cannot). `t`, if the caller read the task already: its lease.
 local function outcome_writes(id, kind, t, ...)
   local lease = (t or fields(tkey(id), { 'lease' })).lease
   if not lease then
