@@ -24,7 +24,7 @@ pub(super) struct Consumers {
     /// The coordinator's stream (`ControlPlaneCoordinator::subscribe`).
     pub subscribers: broadcast::Sender<Arc<Event>>,
     /// Store events as they came, for `wait_for_result`.
-    pub task_waits: broadcast::Sender<EventRecord>,
+    pub task_waits: broadcast::Sender<Arc<EventRecord>>,
     /// Counts the store events the pump missed: its own falls behind, and the store's skips
     /// (`ControlPlaneCoordinator::subscribe_gaps`).
     pub stream_gaps: watch::Sender<u64>,
@@ -36,7 +36,7 @@ pub(super) struct Consumers {
 /// What the pump reads: the store's events, and the count of those the store itself skipped
 /// ([`Store::skipped_events`]).
 pub(super) struct StoreFeed {
-    pub events: broadcast::Receiver<EventRecord>,
+    pub events: broadcast::Receiver<Arc<EventRecord>>,
     pub skipped: watch::Receiver<u64>,
 }
 
@@ -91,12 +91,12 @@ impl Consumers {
         self.stream_gaps.send_modify(|gaps| *gaps += 1);
     }
 
-    fn store_event(&self, event: EventRecord) {
+    fn store_event(&self, event: Arc<EventRecord>) {
         self.scheduler.observe(&event);
         if let Some(change) = FleetChange::of(&event) {
             let _ = self.fleet_plugins.send(change);
         }
-        // No subscriber is the common case on a busy server, and then neither copy is made nor the wire form built.
+        // No subscriber is the common case on a busy server, and then the wire form is not built.
         // One that subscribes meanwhile misses nothing it could have had: a subscription before a check is counted.
         if self.task_waits.receiver_count() > 0 {
             let _ = self.task_waits.send(event.clone());

@@ -100,7 +100,7 @@ pub struct ControlPlaneCoordinator {
     decision_events: broadcast::Sender<Arc<Event>>,
     /// Store events for `wait_for_result`, as the store handed them: a long poll reads a task id off the record
     /// rather than making the pump build every event's wire form while it waits.
-    task_waits: broadcast::Sender<EventRecord>,
+    task_waits: broadcast::Sender<Arc<EventRecord>>,
     /// Counts the times [`subscribe`](Self::subscribe) missed store events (the event pump fell behind the store, or
     /// the store's reader skipped some): a stream that sees it change ends, and its client resumes from its last id.
     stream_gaps: tokio::sync::watch::Sender<u64>,

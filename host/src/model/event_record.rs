@@ -1,9 +1,9 @@
 //! Events as the stores hand them to this server's consumers: the event pump, and through it the scheduler, fleet
 //! plugins and the coordinator's stream (decision 0025). The memory store writes a transition's events as compact
-//! records — id and time as numbers, short ids inline, the hot kinds' data typed — so emitting one, keeping it for
-//! `Last-Event-ID` resumes and dropping it 10,000 events later allocate and free nothing (a `task_submitted`: only its
-//! capability list). An [`Event`], the wire type, is built from a record only where an event leaves the server
-//! (SSE, `events_after`, notifications). The Redis store's reader decodes its stream's entries into the same records
+//! records — id and time as numbers, short ids inline, the hot kinds' data typed — so an event is one allocation
+//! (a `task_submitted`: two, with its capability list), shared by the store's buffer of `Last-Event-ID` resumes, its
+//! channel and each consumer (`Arc<EventRecord>`). An [`Event`], the wire type, is built from a record only where an
+//! event leaves the server (SSE, `events_after`, notifications). The Redis store's reader decodes its stream's entries into the same records
 //! (every server of a fleet reads every event of the fleet).
 
 use std::fmt;

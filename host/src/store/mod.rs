@@ -12,6 +12,7 @@ pub mod open;
 pub mod redis;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -112,7 +113,7 @@ pub struct ClaimRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WaitSpec {
     /// The single-use token (128 random bits, hex), shared with the claim that waits on it.
-    pub token: std::sync::Arc<str>,
+    pub token: Arc<str>,
     /// How long it lives, store time: the claim's block and a grace. Past it the claim has withdrawn the token, or
     /// the server holding the claim died; an expired token is never offered nor assigned.
     pub lifetime: std::time::Duration,
@@ -137,9 +138,9 @@ pub struct ClaimAnswer {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WaitingClaim {
     /// The claim's waiter token.
-    pub token: std::sync::Arc<str>,
+    pub token: Arc<str>,
     /// The waiting agent.
-    pub agent_id: std::sync::Arc<str>,
+    pub agent_id: Arc<str>,
     /// Its load and history.
     pub numbers: CandidateNumbers,
     /// Its place in the waiting order (earlier = waiting longer); a cursor for a further offer.
@@ -180,14 +181,14 @@ pub struct Committed {
     /// The task id, and whether the submit was an idempotent replay (nothing new: nothing to route).
     pub submitted: Submitted,
     /// The waiting claims that could take it.
-    pub offer: Option<std::sync::Arc<Offer>>,
+    pub offer: Option<Arc<Offer>>,
 }
 
 /// A task assigned through a waiter token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assigned {
     /// The token it went through (the claim to wake).
-    pub token: std::sync::Arc<str>,
+    pub token: Arc<str>,
     /// The task, granted to the token's agent.
     pub task: Task,
 }
@@ -196,7 +197,7 @@ pub struct Assigned {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Waiter {
     /// Single-use token.
-    pub token: std::sync::Arc<str>,
+    pub token: Arc<str>,
     /// The waiting agent.
     pub agent_id: String,
     /// The capabilities it claims with.
@@ -231,7 +232,7 @@ pub trait Store: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
 
     /// Events from now on (every transition's events, from every server of the store).
-    fn subscribe(&self) -> broadcast::Receiver<EventRecord>;
+    fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>>;
 
     /// Changes each time [`subscribe`](Self::subscribe)'s events skipped some that the store will never send: a
     /// shared store's reader that fell behind its stream's cap (the entries were trimmed before it read them), or

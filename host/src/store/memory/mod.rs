@@ -167,8 +167,9 @@ struct State {
     /// `consumed` by deadline, to drop entries nobody will withdraw.
     consumed_until: BTreeSet<(u64, Arc<str>)>,
     idempotency: FastMap<(String, String), (TaskId, String, u64)>,
-    /// The last `event_buffer` events, oldest first, for `events_after` (compact: dropping one frees nothing).
-    events: VecDeque<EventRecord>,
+    /// The last `event_buffer` events, oldest first, for `events_after`: each shared with the channel's copy and
+    /// the transition's, so the buffer is a ring of pointers (see `emit_typed`).
+    events: VecDeque<Arc<EventRecord>>,
     event_seq: u64,
     last_event_ms: u64,
     stats: Counters,
@@ -218,7 +219,7 @@ pub struct MemoryStore {
     broken: AtomicBool,
     /// Held while a transition's events are sent, taken before its state lock is released (see `transition`).
     publishing: Mutex<()>,
-    events: broadcast::Sender<EventRecord>,
+    events: broadcast::Sender<Arc<EventRecord>>,
     /// Stamped on every event (shared, so an event copies a pointer rather than the string).
     server_id: Arc<str>,
     /// The decision log, under a lock of its own (no transition needs it).
@@ -325,7 +326,7 @@ struct Tx<'a> {
     state: &'a mut State,
     store: &'a MemoryStore,
     now: u64,
-    emitted: Vec<EventRecord>,
+    emitted: Vec<Arc<EventRecord>>,
     /// Tasks this transition put back to pending, claimable now: what the caller routes.
     requeued: Vec<TaskId>,
 }
@@ -347,7 +348,10 @@ impl Tx<'_> {
             state.last_event_ms = self.now.max(state.last_event_ms);
             state.event_seq = 0;
         }
-        let event = EventRecord {
+        // One allocation shared by the buffer, the channel and the event pump. Kept inline, each record (216 bytes)
+        // was copied into the buffer and into the channel's slot, out of both, and dropped from each: 3.5 % of a
+        // task's instructions (docs/BENCHMARKS.md, "Events shared, not copied").
+        let event = Arc::new(EventRecord {
             ms: state.last_event_ms,
             seq: state.event_seq,
             kind,
@@ -356,7 +360,7 @@ impl Tx<'_> {
             task_id: task_id.map(|t| CompactStr::new(t.as_str())),
             agent_id: agent_id.map(CompactStr::new),
             data,
-        };
+        });
         state.events.push_back(event.clone());
         while state.events.len() > self.store.config.event_buffer {
             state.events.pop_front();
@@ -1133,7 +1137,7 @@ impl Store for MemoryStore {
         self.clock.now_ms()
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
         self.events.subscribe()
     }
 
@@ -1153,7 +1157,7 @@ impl Store for MemoryStore {
                 }
             }
         };
-        Ok(Some(state.events.iter().skip(start).take(limit).map(EventRecord::to_event).collect()))
+        Ok(Some(state.events.iter().skip(start).take(limit).map(|event| event.to_event()).collect()))
     }
 
     async fn register(&self, registration: AgentRegistration) -> StoreResult<Registered> {
@@ -2283,7 +2287,7 @@ impl Store for MemoryStore {
 
     async fn put_channel(&self, channel: &Channel) -> StoreResult<()> {
         self.transition(|tx| {
-            let last_event = tx.state.events.back().map(EventRecord::id);
+            let last_event = tx.state.events.back().map(|event| event.id());
             tx.state.notifications.put_channel(channel, last_event.as_deref())
         })
     }

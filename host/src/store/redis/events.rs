@@ -10,6 +10,7 @@
 //! streams end so that their clients resume through `events_after`, which answers "gone" (a `reset`) for an id the
 //! stream no longer holds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
@@ -35,7 +36,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Where the reader hands what it read.
 pub(super) struct Fanout {
     /// Each event, in stream order.
-    pub events: broadcast::Sender<EventRecord>,
+    pub events: broadcast::Sender<Arc<EventRecord>>,
     /// Counts the gaps in the event numbers (entries trimmed before they were read, or lost by Redis).
     pub skipped: watch::Sender<u64>,
 }
@@ -115,7 +116,7 @@ pub(super) async fn follow(
             }
             match decode::event_record(entry, &mut servers) {
                 Ok(record) => {
-                    let _ = fanout.events.send(record);
+                    let _ = fanout.events.send(Arc::new(record));
                 }
                 Err(error) => tracing::error!(%error, "redis event reader skipped an unreadable entry"),
             }

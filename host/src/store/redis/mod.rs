@@ -78,7 +78,7 @@ pub struct RedisStore {
     wait_replicas: u32,
     /// `REDIS_EVENT_FORMAT=fields`: the scripts write events as separate fields.
     event_fields: bool,
-    events: broadcast::Sender<EventRecord>,
+    events: broadcast::Sender<Arc<EventRecord>>,
     /// Bumped by the reader at a gap in the event numbers ([`Store::skipped_events`]).
     skipped: tokio::sync::watch::Sender<u64>,
     reader: JoinHandle<()>,
@@ -504,7 +504,7 @@ impl Store for RedisStore {
         if clock.pinned { clock.store_ms } else { clock.store_ms + clock.at.elapsed().as_millis() as u64 }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
         self.events.subscribe()
     }
 

@@ -174,7 +174,7 @@ pub(super) fn with_retries(task_type: &str, max_retries: u32) -> SubmitRequest {
 }
 
 /// Events received since the last call, without waiting (every transition publishes before it returns).
-pub(super) fn received(rx: &mut broadcast::Receiver<EventRecord>) -> Vec<Event> {
+pub(super) fn received(rx: &mut broadcast::Receiver<Arc<EventRecord>>) -> Vec<Event> {
     let mut events = Vec::new();
     loop {
         match rx.try_recv() {
