@@ -1,9 +1,9 @@
 //! The one task that follows the store's events and this server's plugin events and hands each, in order, to
 //! whoever acts on it: the scheduler (wakes the claims an event concerns), fleet plugins (applies an upload or an
 //! enable/disable record), the coordinator's subscribers (SSE streams) and `wait_for_result`. One reader instead
-//! of one per consumer: an event costs one wake-up, however many consume it. A memory-store event arrives as a compact
-//! record, cheap to copy; its wire form ([`Event`]) is built only while someone is subscribed to the coordinator's
-//! stream (SSE), and then shared by all of them: `wait_for_result` reads the record.
+//! of one per consumer: an event costs one wake-up, however many consume it. An event arrives as a shared record
+//! (`Arc<EventRecord>`, from either store); its wire form ([`Event`]) is built only while someone is subscribed to
+//! the coordinator's stream (SSE), and then shared by all of them: `wait_for_result` reads the record.
 
 use std::sync::Arc;
 
@@ -98,11 +98,11 @@ impl Consumers {
         }
         // No subscriber is the common case on a busy server, and then the wire form is not built.
         // One that subscribes meanwhile misses nothing it could have had: a subscription before a check is counted.
-        if self.task_waits.receiver_count() > 0 {
-            let _ = self.task_waits.send(event.clone());
-        }
         if self.subscribers.receiver_count() > 0 {
             let _ = self.subscribers.send(Arc::new(event.to_event()));
+        }
+        if self.task_waits.receiver_count() > 0 {
+            let _ = self.task_waits.send(event);
         }
     }
 }

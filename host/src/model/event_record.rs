@@ -1,10 +1,11 @@
 //! Events as the stores hand them to this server's consumers: the event pump, and through it the scheduler, fleet
 //! plugins and the coordinator's stream (decision 0025). The memory store writes a transition's events as compact
-//! records — id and time as numbers, short ids inline, the hot kinds' data typed — so an event is one allocation
-//! (a `task_submitted`: two, with its capability list), shared by the store's buffer of `Last-Event-ID` resumes, its
-//! channel and each consumer (`Arc<EventRecord>`). An [`Event`], the wire type, is built from a record only where an
-//! event leaves the server (SSE, `events_after`, notifications). The Redis store's reader decodes its stream's entries into the same records
-//! (every server of a fleet reads every event of the fleet).
+//! records — id and time as numbers, short ids inline, the hot kinds' data typed — each allocated once and shared
+//! (`Arc<EventRecord>`) by the store's buffer of `Last-Event-ID` resumes, its channel and every consumer: a typed
+//! kind's event is that one allocation (a `task_submitted`'s capability list a second). An [`Event`], the wire type,
+//! is built from a record only where an event leaves the server (SSE, `events_after`, notifications). The Redis
+//! store's reader decodes its stream's entries into the same records (every server of a fleet reads every event of
+//! the fleet).
 
 use std::fmt;
 use std::sync::Arc;
@@ -65,8 +66,8 @@ pub enum EventData {
         task_type: CompactStr,
         /// Its priority.
         priority: Priority,
-        /// What an agent needs to take it: the one allocation a `task_submitted` makes (none when it is empty),
-        /// shared by the resume buffer's copy and the channel's.
+        /// What an agent needs to take it: a `task_submitted`'s one allocation besides its record (none when it
+        /// is empty).
         required_capabilities: Arc<[CompactStr]>,
     },
     /// `task_claimed`: `{"attempt", "via", "waiter"}` (the waiter token only for a routed grant).
@@ -90,7 +91,7 @@ pub enum EventData {
         /// Completed without the lease's fence.
         unfenced: bool,
     },
-    /// Any other kind's data (shared: the resume buffer and each reader of the channel hold a copy of the record).
+    /// Any other kind's data.
     Json(Arc<Value>),
 }
 

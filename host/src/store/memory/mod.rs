@@ -167,8 +167,8 @@ struct State {
     /// `consumed` by deadline, to drop entries nobody will withdraw.
     consumed_until: BTreeSet<(u64, Arc<str>)>,
     idempotency: FastMap<(String, String), (TaskId, String, u64)>,
-    /// The last `event_buffer` events, oldest first, for `events_after`: each shared with the channel's copy and
-    /// the transition's, so the buffer is a ring of pointers (see `emit_typed`).
+    /// The last `event_buffer` events, oldest first, for `events_after`: each shared with the channel and the
+    /// transition, so the buffer is a ring of pointers (see `emit_typed`).
     events: VecDeque<Arc<EventRecord>>,
     event_seq: u64,
     last_event_ms: u64,
@@ -337,7 +337,7 @@ impl Tx<'_> {
         self.emit_typed(kind, task_id, agent_id, EventData::Json(Arc::new(data)));
     }
 
-    /// Emits an event whose data is typed (the kinds every task's way emits): its record allocates nothing.
+    /// Emits an event whose data is typed (the kinds every task's way emits): one allocation, its record.
     fn emit_typed(&mut self, kind: EventKind, task_id: Option<&TaskId>, agent_id: Option<&str>, data: EventData) {
         let state = &mut *self.state;
         // `<=`, not `==` (conformance fix): an event at an earlier ms than the last one keeps the last ms and must

@@ -112,15 +112,13 @@ pub(super) async fn every_transition_emits_its_event_to_subscribers_and_the_log(
     use EventKind::*;
     let mut rx = h.store.subscribe();
     let mut seen = Vec::new();
-    let step = |rx: &mut broadcast::Receiver<std::sync::Arc<EventRecord>>,
-                seen: &mut Vec<Event>,
-                expected: &[EventKind],
-                what: &str| {
-        let events = received(rx);
-        assert_eq!(kinds(&events), expected, "{what}: {events:#?}");
-        seen.extend(events.iter().cloned());
-        events
-    };
+    let step =
+        |rx: &mut broadcast::Receiver<Arc<EventRecord>>, seen: &mut Vec<Event>, expected: &[EventKind], what: &str| {
+            let events = received(rx);
+            assert_eq!(kinds(&events), expected, "{what}: {events:#?}");
+            seen.extend(events.iter().cloned());
+            events
+        };
     h.register_with(AgentRegistration { session_id: Some("s1".into()), ..registration("agent", &[]) }).await;
     step(&mut rx, &mut seen, &[AgentRegistered], "register");
     let secret = json!({"secret": "p4yl0ad-must-not-leak"});
