@@ -108,16 +108,18 @@ impl ValidationError {
     }
 }
 
-/// 128 random bits as 32 lowercase hex digits (what `format!("{:032x}", …)` writes): lease and session ids. Written
-/// into a buffer: the formatter's padding and radix machinery cost a grant more than drawing the bits.
+/// 128 random bits as 32 lowercase hex digits: lease and session ids.
 pub fn random_hex_id() -> String {
-    hex_id(rand::random())
+    String::from_utf8(hex_digits(rand::random()).to_vec()).expect("hex digits are ASCII")
 }
 
-fn hex_id(bits: u128) -> String {
+/// `bits` as 32 lowercase hex digits, what `format!("{bits:032x}")` writes (lease, session and waiter ids, which
+/// servers of a fleet share through Redis, keep that form). Written into a buffer: the formatter's padding and radix
+/// machinery cost a grant more than drawing the bits.
+pub(crate) fn hex_digits(bits: u128) -> [u8; 32] {
     let mut digits = [0u8; 32];
     hex::encode_to_slice(bits.to_be_bytes(), &mut digits).expect("32 digits for 16 bytes");
-    String::from_utf8(digits.to_vec()).expect("hex digits are ASCII")
+    digits
 }
 
 /// Milliseconds since the Unix epoch, as stored; rendered with [`rfc3339_ms`].
@@ -178,7 +180,7 @@ mod tests {
     #[test]
     fn a_hex_id_is_what_the_formatter_writes() {
         for bits in [0, 1, 0xabc, u128::MAX, u128::MAX / 3, 1 << 100, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
-            assert_eq!(super::hex_id(bits), format!("{bits:032x}"));
+            assert_eq!(std::str::from_utf8(&super::hex_digits(bits)).unwrap(), format!("{bits:032x}"));
         }
         assert_ne!(super::random_hex_id(), super::random_hex_id());
     }

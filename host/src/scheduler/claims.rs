@@ -446,9 +446,7 @@ impl Scheduler {
 /// A waiter token: 128 random bits as 32 lower-case hex digits (servers of a fleet share tokens through Redis, so
 /// the form stays the one every build writes).
 fn waiter_token(bits: u128) -> Arc<str> {
-    let mut digits = [0; 32];
-    hex::encode_to_slice(bits.to_be_bytes(), &mut digits).expect("32 digits for 16 bytes");
-    std::str::from_utf8(&digits).expect("hex digits are ASCII").into()
+    std::str::from_utf8(&crate::model::hex_digits(bits)).expect("hex digits are ASCII").into()
 }
 
 /// The store request of a claim.
