@@ -112,7 +112,7 @@ pub async fn health_detailed(State(state): State<ApiState>, caller: Caller) -> A
         error: outcome.err(),
     };
     let started = std::time::Instant::now();
-    let store = coordinator.counters().await.map(|_| ()).map_err(|error| error.to_string());
+    let store = coordinator.check_store().await.map_err(|error| error.to_string());
     let store = check("store", started, store);
     let started = std::time::Instant::now();
     let plugins = coordinator.strategy_ready(&coordinator.config().default_strategy);

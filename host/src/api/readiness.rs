@@ -80,8 +80,8 @@ impl Readiness {
 
 async fn check(coordinator: &ControlPlaneCoordinator) -> String {
     let deadline = coordinator.config().store_timeout;
-    match tokio::time::timeout(deadline, coordinator.counters()).await {
-        Ok(Ok(_)) => "ok".to_string(),
+    match tokio::time::timeout(deadline, coordinator.check_store()).await {
+        Ok(Ok(())) => "ok".to_string(),
         Ok(Err(error)) => error.to_string(),
         Err(_) => format!("the store did not answer within STORE_TIMEOUT ({} ms)", deadline.as_millis()),
     }

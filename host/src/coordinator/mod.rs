@@ -360,9 +360,14 @@ impl ControlPlaneCoordinator {
         Ok(self.store.events_after(after, limit).await?)
     }
 
-    /// The store's counters as they are (`/metrics`, readiness).
+    /// The store's counters as they are (`/metrics`, `/stats`).
     pub async fn counters(&self) -> Result<FleetStats, EngineError> {
         Ok(self.store.stats().await?)
+    }
+
+    /// Whether the store answers (readiness, `/health/detailed`): a call whose cost does not grow with the fleet.
+    pub async fn check_store(&self) -> Result<(), EngineError> {
+        Ok(self.store.check().await?)
     }
 
     /// What waits in the queue and how long work waited for a claim (`/queue/metrics`).

@@ -2346,6 +2346,11 @@ impl Store for MemoryStore {
         })
     }
 
+    /// The lock, taken and let go: the counters here are counted by walking every agent under it.
+    async fn check(&self) -> StoreResult<()> {
+        self.lock().map(drop)
+    }
+
     async fn stats(&self) -> StoreResult<FleetStats> {
         let state = self.lock()?;
         let mut stats = FleetStats {
@@ -2395,7 +2400,7 @@ mod tests {
     #[tokio::test]
     async fn a_transition_that_panics_stops_the_store_instead_of_leaving_half_applied_state() {
         let store = MemoryStore::new(StoreConfig::default(), Arc::new(SystemClock::default()));
-        assert!(store.stats().await.is_ok(), "a sound store answers");
+        assert!(store.stats().await.is_ok() && store.check().await.is_ok(), "a sound store answers");
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _: StoreResult<()> = store.transition(|tx| {
                 tx.emit(EventKind::AgentOffline, None, Some("half"), json!({}));
@@ -2403,7 +2408,12 @@ mod tests {
             });
         }));
         assert!(panicked.is_err(), "the panic reached the caller");
-        for outcome in [store.stats().await.map(|_| ()), store.get_task(&TaskId::generate()).await.map(|_| ())] {
+        let later = [
+            store.stats().await.map(|_| ()),
+            store.check().await,
+            store.get_task(&TaskId::generate()).await.map(|_| ()),
+        ];
+        for outcome in later {
             assert!(matches!(outcome, Err(StoreError::Unavailable(_))), "every later call is refused: {outcome:?}");
         }
         let transition: StoreResult<()> = store.transition(|_| Ok(()));
