@@ -4,7 +4,8 @@
 //!
 //! Indexes keep every hot operation independent of the backlog: pending work is kept per capability signature in
 //! an ordered set by score (a claim looks only at the heads of the signatures its agent covers), leases are
-//! ordered by deadline and agents by heartbeat expiry (sweeps take from the front), delayed retries by due time.
+//! ordered by deadline and agents by heartbeat expiry (sweeps take from the front, correcting the early keys signs of
+//! life leave behind first), delayed retries by due time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -100,7 +101,11 @@ struct AgentRecord {
     last_heartbeat_ms: u64,
     /// `last_assigned_at` as store ms (strategies read ages, never timestamps).
     last_assigned_ms: Option<u64>,
+    /// When it goes offline without a sign of life, store ms.
     expiry_ms: u64,
+    /// Its key in the expiry index (`None`: off the index, offline until a sign of life): at or before `expiry_ms`,
+    /// moved on only when found early at the index's front ([`expiry_front`]), so a sign of life reorders nothing.
+    indexed_at: Option<u64>,
     /// Lease grant time per held task (for the heartbeat's `current_task_ids` rule).
     leases: BTreeMap<TaskId, u64>,
     /// Leases lost since the last heartbeat.
@@ -157,7 +162,8 @@ struct State {
     /// lookups cost more with every agent registered; `list_agents` and `all_health` sort by id, the retention sweep by
     /// silence (docs/BENCHMARKS.md). Boxed for the reason `tasks` is.
     agents: FastMap<String, Box<AgentRecord>>,
-    /// Agents by heartbeat expiry.
+    /// Agents by a key at or before their heartbeat expiry (`AgentRecord::indexed_at`), made exact at the front by
+    /// [`expiry_front`] before it is read; swept agents are off it.
     expiry: BTreeSet<(u64, String)>,
     /// Claims waiting for routed work.
     waiting: WaitingIndex,
@@ -483,11 +489,21 @@ impl Tx<'_> {
         let now = self.now;
         let timeout = self.store.config.heartbeat_timeout_ms;
         let record = self.state.agents.get_mut(agent_id).expect("agent exists");
-        self.state.expiry.remove(&(record.expiry_ms, agent_id.to_string()));
         record.last_heartbeat_ms = now;
         record.expiry_ms = now + timeout;
         record.agent.last_heartbeat = rfc3339_ms(now);
-        self.state.expiry.insert((now + timeout, agent_id.to_string()));
+        // Signs of life only move an expiry later (unless the clock went back): the index keeps the earlier key
+        // and `expiry_front` moves it when it comes to the front, once a heartbeat timeout instead of every touch.
+        match record.indexed_at {
+            Some(at) if at <= record.expiry_ms => {}
+            indexed => {
+                if let Some(at) = indexed {
+                    self.state.expiry.remove(&(at, agent_id.to_string()));
+                }
+                record.indexed_at = Some(record.expiry_ms);
+                self.state.expiry.insert((record.expiry_ms, agent_id.to_string()));
+            }
+        }
         if matches!(record.agent.status, AgentStatus::Offline | AgentStatus::Starting) {
             self.set_agent_status(agent_id, AgentStatus::Ready);
         }
@@ -1228,6 +1244,7 @@ impl Store for MemoryStore {
                         last_heartbeat_ms: now,
                         last_assigned_ms: None,
                         expiry_ms: now,
+                        indexed_at: None,
                         leases: BTreeMap::new(),
                         revocations: Vec::new(),
                         health: HealthRecord::default(),
@@ -1235,7 +1252,6 @@ impl Store for MemoryStore {
                         claims_match: registration.capabilities.clone().with_address_of(&id),
                     }),
                 );
-                tx.state.expiry.insert((now, id.clone()));
             }
             let status = tx.state.agents[&id].agent.status;
             tx.touch(&id);
@@ -1302,8 +1318,8 @@ impl Store for MemoryStore {
             tx.agent(agent_id)?;
             tx.lose_all(agent_id, "the agent unregistered");
             tx.remove_waiters_of(agent_id);
-            if let Some(record) = tx.state.agents.remove(agent_id) {
-                tx.state.expiry.remove(&(record.expiry_ms, agent_id.to_string()));
+            if let Some(at) = tx.state.agents.remove(agent_id).and_then(|record| record.indexed_at) {
+                tx.state.expiry.remove(&(at, agent_id.to_string()));
             }
             tx.emit(EventKind::AgentUnregistered, None, Some(agent_id), json!({}));
             Ok(std::mem::take(&mut tx.requeued))
@@ -1821,13 +1837,14 @@ impl Store for MemoryStore {
         self.transition(|tx| {
             let mut swept = 0;
             while swept < limit {
-                let Some((expiry, agent_id)) = tx.state.expiry.first().cloned() else { break };
+                let Some(expiry) = expiry_front(tx.state) else { break };
                 if expiry > tx.now {
                     break;
                 }
                 swept += 1;
                 // Off the expiry index until the agent shows a sign of life again.
-                tx.state.expiry.pop_first();
+                let (_, agent_id) = tx.state.expiry.pop_first().expect("the front was just read");
+                tx.state.agents.get_mut(&agent_id).expect("expiry_front keeps only agents").indexed_at = None;
                 tx.lose_all(&agent_id, "the agent stopped heartbeating");
                 tx.remove_waiters_of(&agent_id);
                 tx.set_agent_status(&agent_id, AgentStatus::Offline);
@@ -1880,7 +1897,9 @@ impl Store for MemoryStore {
                 stale.truncate(limit - removed);
                 let stale: Vec<String> = stale.into_iter().map(|(_, id)| id.clone()).collect();
                 for agent_id in stale {
-                    tx.state.agents.remove(&agent_id);
+                    if let Some(at) = tx.state.agents.remove(&agent_id).and_then(|record| record.indexed_at) {
+                        tx.state.expiry.remove(&(at, agent_id.clone()));
+                    }
                     tx.emit(EventKind::AgentUnregistered, None, Some(&agent_id), json!({"reason": "retention"}));
                     removed += 1;
                 }
@@ -1891,10 +1910,10 @@ impl Store for MemoryStore {
     }
 
     async fn next_deadline(&self) -> StoreResult<Option<u64>> {
-        let state = self.lock()?;
+        let mut state = self.lock()?;
         let candidates = [
             state.leases.first().map(|(at, _)| *at),
-            state.expiry.first().map(|(at, _)| *at),
+            expiry_front(&mut state),
             state.delayed.first().map(|(at, _)| *at),
         ];
         Ok(candidates.into_iter().flatten().min())
@@ -2384,6 +2403,24 @@ impl Store for MemoryStore {
         }
         stats.tasks_by_type = state.stats.tasks_by_type.clone();
         Ok(stats)
+    }
+}
+
+/// The earliest heartbeat expiry, once the index's front is true: agents found there early (a sign of life moved
+/// their expiry since) go to their expiry, entries of agents no longer registered go.
+fn expiry_front(state: &mut State) -> Option<u64> {
+    loop {
+        let (at, agent_id) = state.expiry.first()?;
+        match state.agents.get(agent_id.as_str()).map(|record| record.expiry_ms) {
+            Some(expiry) if expiry <= *at => return Some(*at),
+            expiry => {
+                let (_, agent_id) = state.expiry.pop_first().expect("the front was just read");
+                if let Some(expiry) = expiry {
+                    state.agents.get_mut(&agent_id).expect("just found").indexed_at = Some(expiry);
+                    state.expiry.insert((expiry, agent_id));
+                }
+            }
+        }
     }
 }
 

@@ -109,6 +109,7 @@ macro_rules! conformance {
                 lifecycle::complete_and_claim_finishes_one_task_and_grants_the_next_in_one_step,
                 lifecycle::complete_batch_answers_each_outcome_on_its_own,
                 records::housekeeping_removes_old_terminal_tasks_and_long_offline_agents_and_keeps_the_rest,
+                records::an_agent_offline_by_its_own_word_and_removed_for_retention_leaves_the_sweep_sound,
                 records::a_bounded_housekeeping_removes_the_longest_offline_agents_first,
                 agents::failures_of_a_single_task_never_open_a_breaker,
                 agents::a_failed_half_open_trial_opens_the_breaker_again,

@@ -375,6 +375,25 @@ pub(super) async fn housekeeping_removes_old_terminal_tasks_and_long_offline_age
     assert_eq!(stats.tasks_by_status.get("pending").copied(), Some(1));
 }
 
+/// An agent that said it is going offline (its own heartbeat, not the sweep) is still watched for silence; removed
+/// for retention before its expiry, it leaves nothing the next sweep would trip on.
+pub(super) async fn an_agent_offline_by_its_own_word_and_removed_for_retention_leaves_the_sweep_sound(h: Harness) {
+    h.register("leaving", &[]).await;
+    h.register("staying", &[]).await;
+    let offline = HeartbeatRequest { status: Some(AgentStatus::Offline), ..HeartbeatRequest::default() };
+    h.heartbeat_with("leaving", &offline).await;
+    h.advance(1_000).await;
+    h.heartbeat("staying").await;
+    assert_eq!(h.store.housekeeping(60_000, 500, 100).await.unwrap(), 1, "offline past the agents' retention");
+    assert!(h.store.get_agent("leaving").await.unwrap().is_none());
+    h.advance(h.config.heartbeat_timeout_ms + 1).await;
+    assert_eq!(h.store.sweep_offline(100).await.expect("the sweep answers").count, 1, "only the silent agent left");
+    assert_eq!(h.agent("staying").await.status, AgentStatus::Offline);
+    assert!(h.store.next_deadline().await.expect("next_deadline").is_none(), "nobody is watched any more");
+    h.register("leaving", &[]).await;
+    assert_eq!(h.agent("leaving").await.status, AgentStatus::Ready, "the store still serves");
+}
+
 /// More agents due than one call removes: each call takes the longest silent first, ties by id, so every store removes
 /// the same agents in the same calls and reports them in the same order.
 pub(super) async fn a_bounded_housekeeping_removes_the_longest_offline_agents_first(h: Harness) {
