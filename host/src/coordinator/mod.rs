@@ -360,7 +360,7 @@ impl ControlPlaneCoordinator {
         Ok(self.store.events_after(after, limit).await?)
     }
 
-    /// The store's counters as they are (`/metrics`, `/stats`).
+    /// The store's counters as they are (`/metrics`, `/stats`, the queue and fleet figures).
     pub async fn counters(&self) -> Result<FleetStats, EngineError> {
         Ok(self.store.stats().await?)
     }

@@ -409,8 +409,7 @@ pub trait Store: Send + Sync + 'static {
     async fn stats(&self) -> StoreResult<FleetStats>;
 
     /// Whether the store answers, by the cheapest call that shows it: readiness asks twice a second, so it must not
-    /// cost more with a larger fleet. By default a read of the counters (constant work where they are kept as they
-    /// change, as on Redis).
+    /// cost more with a larger fleet. By default a read of the counters.
     async fn check(&self) -> StoreResult<()> {
         self.stats().await.map(|_| ())
     }

@@ -1393,6 +1393,11 @@ impl Store for RedisStore {
         })
     }
 
+    /// The smallest script, the clock: it shows Redis answers and the library is loaded, whatever the data.
+    async fn check(&self) -> StoreResult<()> {
+        self.run(&self.scripts.now, Vec::new()).await.map(drop)
+    }
+
     async fn stats(&self) -> StoreResult<FleetStats> {
         let body = self.call(&self.scripts.stats, Vec::new()).await?;
         let tasks = decode::hash(first(&body)?)?;
