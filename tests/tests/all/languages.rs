@@ -37,14 +37,20 @@ async fn hot_loaded(name: &str, bytes: &[u8], manifest_text: &str) -> (TestServe
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let info = tokio::time::timeout(Duration::from_secs(60), active).await.expect("the plugin hot-loads");
+    // Compiling an interpreter's component takes seconds alone, and far longer beside other tests on two cores.
+    let info = tokio::time::timeout(Duration::from_secs(180), active).await.expect("the plugin hot-loads");
     assert_eq!(info["status"], "active", "{info}");
     (server, dir)
 }
 
+/// The example's own manifest, with room for a shared machine's pauses: these tests check what the plugin decides,
+/// not how fast. The example's 20 ms is a wall-clock deadline, and on a 2-core machine busy compiling other tests'
+/// 18 MiB components, a thread can wait longer than that for a core (a policy then denies, a strategy falls back).
 fn manifest_text(language: Language, name: &str) -> String {
     let folder = aragora_cp_tests::languages::project(language, name);
-    std::fs::read_to_string(folder.join(format!("{name}.toml"))).unwrap()
+    let text = std::fs::read_to_string(folder.join(format!("{name}.toml"))).unwrap();
+    assert!(text.contains("\ndeadline_ms = 20\n"), "the example's deadline changed; update this test:\n{text}");
+    text.replace("\ndeadline_ms = 20\n", "\ndeadline_ms = 2000\n")
 }
 
 async fn register(server: &TestServer, token: &str, agent_id: &str, cost: &str) {
@@ -285,7 +291,7 @@ async fn a_python_plugin_uploaded_to_one_server_of_a_redis_fleet_decides_on_anot
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let selection = tokio::time::timeout(Duration::from_secs(60), chosen).await.expect("the other server loads it");
+    let selection = tokio::time::timeout(Duration::from_secs(180), chosen).await.expect("the other server loads it");
     assert_eq!(
         (&selection["agent_id"], &selection["answered_by"]),
         (&json!("budget"), &json!("plugin")),
