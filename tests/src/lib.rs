@@ -1,7 +1,8 @@
 //! Shared support for the end-to-end tests: plugin runtimes with test-friendly limits, the guests built from
 //! `plugins/`, candidate builders, temporary plugin directories and polling helpers; in [`store_harness`], the
 //! store-agnostic harness of the store conformance suite and model test; in [`redis_server`], real `redis-server`
-//! processes (standalone and a 3-master cluster); in [`browser`], Chromium driven by playwright for the dashboard.
+//! processes (standalone and a 3-master cluster); in [`browser`], Chromium driven by playwright for the dashboard; in
+//! [`tls_server`], an HTTPS server with a test certificate.
 
 pub mod browser;
 pub mod languages;
@@ -10,6 +11,7 @@ pub mod receiver;
 pub mod redis_server;
 pub mod server;
 pub mod store_harness;
+pub mod tls_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -18,6 +18,7 @@ use crate::api::{self, ApiParts, ApiState, Authenticator, Permission};
 use crate::config::{Config, DecisionSettings};
 use crate::coordinator::ControlPlaneCoordinator;
 use crate::health::ProbeSettings;
+use crate::health::http_check::ProbeTrust;
 use crate::notifications::NotificationSettings;
 use crate::plugins::CallLimits;
 use crate::store::Store;
@@ -92,6 +93,9 @@ pub struct ServeArgs {
     /// host allows every port).
     #[arg(long, env = "PROBE_ALLOWED_HOSTS", value_delimiter = ',')]
     pub probe_allowed_hosts: Vec<String>,
+    /// PEM file of certificates that `https` health URLs may chain to, beside Mozilla's roots (a private CA).
+    #[arg(long, env = "PROBE_CA_FILE")]
+    pub probe_ca_file: Option<PathBuf>,
     /// Default timeout of a task attempt.
     #[arg(long, env = "TASK_TIMEOUT", default_value_t = 300.0)]
     pub task_timeout: f64,
@@ -423,6 +427,10 @@ impl ServeArgs {
                     .map(|h| h.trim().to_string())
                     .filter(|h| !h.is_empty())
                     .collect(),
+                trust: match &self.probe_ca_file {
+                    Some(path) => ProbeTrust::from_file(path).map_err(|message| error("PROBE_CA_FILE", message))?,
+                    None => ProbeTrust::public(),
+                },
             },
             ..Config::default()
         };
@@ -556,6 +564,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                  loopback addresses (Redis's too); write host:port"
             );
         }
+    }
+    if config.probes.trust.added() > 0 {
+        tracing::info!(
+            certificates = config.probes.trust.added(),
+            "PROBE_CA_FILE: https health checks trust these certificates beside Mozilla's roots"
+        );
     }
     if let Some(dir) = &config.plugins_dir
         && !dir.is_dir()
@@ -757,6 +771,10 @@ mod tests {
         assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(config.max_task_retries, 7);
         assert!(settings.bind.ip().is_loopback());
+        assert_eq!(config.probes.trust.added(), 0, "Mozilla's roots only");
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+        let (config, _) = serve_args(&["--probe-ca-file", ca]).validate().expect("valid");
+        assert_eq!(config.probes.trust.added(), 1);
     }
 
     #[test]
@@ -772,11 +790,17 @@ mod tests {
 
     #[test]
     fn validation_errors_name_the_variable() {
-        let cases: [(&[&str], &str); 4] = [
+        let cases: [(&[&str], &str); 6] = [
             (&["--bind", "nowhere"], "BIND"),
             (&["--heartbeat-interval", "40", "--heartbeat-timeout", "30"], "HEARTBEAT_TIMEOUT"),
             (&["--task-timeout=-1"], "TASK_TIMEOUT"),
             (&["--max-signatures", "0"], "MAX_SIGNATURES"),
+            (&["--probe-ca-file", "/nonexistent/ca.pem"], "PROBE_CA_FILE"),
+            // A PEM file, but of a key: no certificate to trust.
+            (
+                &["--probe-ca-file", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/localhost.key")],
+                "PROBE_CA_FILE",
+            ),
         ];
         for (args, variable) in cases {
             let error = serve_args(args).validate().expect_err("invalid");

@@ -2,12 +2,20 @@
 //! once and every address is checked before any connection; the connection goes to a checked address (never
 //! re-resolved); unspecified, link-local, cloud-metadata, IPv4-mapped, multicast and broadcast addresses are
 //! refused, and loopback unless the host (and port, for a `host:port` entry) is in `PROBE_ALLOWED_HOSTS`. No redirects are followed, no proxy is
-//! used, at most 4 KiB is read. Only `http://` is checked for now; `https://` reports an error saying so.
+//! used, at most 4 KiB is read. An `https://` check runs TLS over that same checked connection and verifies the
+//! certificate against the URL's host, trusting Mozilla's roots (compiled in, as for notifications) and the
+//! certificates of `PROBE_CA_FILE` ([`ProbeTrust`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use crate::plugins::bindings::HttpCheck;
 
@@ -104,6 +112,69 @@ pub fn split_entry(entry: &str) -> (&str, Option<u16>) {
     }
 }
 
+/// Whom an `https` check trusts: Mozilla's roots, and the certificates of `PROBE_CA_FILE` for agents whose health
+/// URLs are served under a private CA. Built once at start-up and shared by every check.
+#[derive(Clone)]
+pub struct ProbeTrust {
+    config: Arc<ClientConfig>,
+    /// Certificates added to Mozilla's roots.
+    added: usize,
+}
+
+impl ProbeTrust {
+    /// Mozilla's roots only.
+    pub fn public() -> Self {
+        Self::with_roots(Vec::new())
+    }
+
+    /// Mozilla's roots and every certificate of a PEM bundle; an error names what is wrong with the bundle.
+    pub fn with_pem(pem: &[u8]) -> Result<Self, String> {
+        let added = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| format!("not a PEM bundle of certificates: {error}"))?;
+        if added.is_empty() {
+            return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+        }
+        Ok(Self::with_roots(added))
+    }
+
+    /// [`ProbeTrust::with_pem`] of a file (`PROBE_CA_FILE`).
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let pem = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        Self::with_pem(&pem).map_err(|error| format!("{}: {error}", path.display()))
+    }
+
+    fn with_roots(added: Vec<CertificateDer<'static>>) -> Self {
+        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        // A certificate that cannot be a trust anchor is left out; the count says how many were taken.
+        let (taken, _) = roots.add_parsable_certificates(added);
+        // The provider is named rather than taken from the process default, which is ambiguous when two are built.
+        let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports rustls' default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        ProbeTrust { config: Arc::new(config), added: taken }
+    }
+
+    /// How many certificates beyond Mozilla's roots are trusted.
+    pub fn added(&self) -> usize {
+        self.added
+    }
+}
+
+impl Default for ProbeTrust {
+    fn default() -> Self {
+        Self::public()
+    }
+}
+
+impl std::fmt::Debug for ProbeTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeTrust").field("added", &self.added).finish_non_exhaustive()
+    }
+}
+
 fn failed(started: Instant, error: impl Into<String>) -> HttpCheck {
     HttpCheck {
         status: None,
@@ -113,25 +184,26 @@ fn failed(started: Instant, error: impl Into<String>) -> HttpCheck {
     }
 }
 
-/// GETs `url` within `timeout`; loopback targets only when the URL's host is in `allowed_hosts`.
-pub async fn check(url: &str, allowed_hosts: &[String], timeout: Duration) -> HttpCheck {
+/// GETs `url` within `timeout`; loopback targets only when the URL's host is in `allowed_hosts`; an `https` URL's
+/// certificate must chain to one of `trust`'s roots and name the URL's host.
+pub async fn check(url: &str, allowed_hosts: &[String], trust: &ProbeTrust, timeout: Duration) -> HttpCheck {
     let started = Instant::now();
-    match tokio::time::timeout(timeout, check_inner(url, allowed_hosts, started)).await {
+    match tokio::time::timeout(timeout, check_inner(url, allowed_hosts, trust, started)).await {
         Ok(result) => result,
         Err(_) => failed(started, format!("timed out after {timeout:?}")),
     }
 }
 
-async fn check_inner(url: &str, allowed_hosts: &[String], started: Instant) -> HttpCheck {
+async fn check_inner(url: &str, allowed_hosts: &[String], trust: &ProbeTrust, started: Instant) -> HttpCheck {
     let parsed = match url::Url::parse(url) {
         Ok(parsed) => parsed,
         Err(error) => return failed(started, format!("invalid URL: {error}")),
     };
-    match parsed.scheme() {
-        "http" => {}
-        "https" => return failed(started, "https health URLs are not checked yet (use http, or no health_url)"),
+    let tls = match parsed.scheme() {
+        "http" => false,
+        "https" => true,
         other => return failed(started, format!("scheme {other} is not http or https")),
-    }
+    };
     let Some(host) = parsed.host_str() else { return failed(started, "the URL has no host") };
     let port = parsed.port_or_known_default().unwrap_or(80);
     let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']').to_string();
@@ -149,7 +221,7 @@ async fn check_inner(url: &str, allowed_hosts: &[String], started: Instant) -> H
         }
     }
     let target = addresses[0];
-    let mut stream = match tokio::net::TcpStream::connect(target).await {
+    let stream = match tokio::net::TcpStream::connect(target).await {
         Ok(stream) => stream,
         Err(error) => return failed(started, format!("connect to {target}: {error}")),
     };
@@ -164,6 +236,22 @@ async fn check_inner(url: &str, allowed_hosts: &[String], started: Instant) -> H
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: aragora-cp-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
+    if !tls {
+        return exchange(stream, &request, started).await;
+    }
+    // The certificate must name the host of the URL (an address for an address), not the address connected to.
+    let name = match ServerName::try_from(host_for_lookup) {
+        Ok(name) => name,
+        Err(error) => return failed(started, format!("{host} is not a name TLS can verify: {error}")),
+    };
+    match TlsConnector::from(trust.config.clone()).connect(name, stream).await {
+        Ok(stream) => exchange(stream, &request, started).await,
+        Err(error) => failed(started, format!("TLS with {host}: {error}")),
+    }
+}
+
+/// Sends the request and reads the answer's status and the start of its body.
+async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin, request: &str, started: Instant) -> HttpCheck {
     if let Err(error) = stream.write_all(request.as_bytes()).await {
         return failed(started, format!("send: {error}"));
     }
@@ -179,6 +267,9 @@ async fn check_inner(url: &str, allowed_hosts: &[String], started: Instant) -> H
                     latency_ms = Some(started.elapsed().as_millis().min(u32::MAX as u128) as u32);
                 }
             }
+            // A TLS peer that closes without saying so (many do, having answered `Connection: close`) ends the
+            // answer like a plain close; a truncated head still fails below.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(error) => return failed(started, format!("read: {error}")),
         }
     }
@@ -227,5 +318,20 @@ mod tests {
         assert!(refused("127.0.0.1".parse().unwrap(), false).is_some());
         assert!(refused("127.0.0.1".parse().unwrap(), true).is_none());
         assert!(refused("93.184.216.34".parse().unwrap(), false).is_none());
+    }
+
+    const CA: &str = include_str!("../../tests/fixtures/tls/ca.pem");
+    const CERT: &str = include_str!("../../tests/fixtures/tls/localhost.pem");
+    const KEY: &str = include_str!("../../tests/fixtures/tls/localhost.key");
+
+    #[test]
+    fn a_ca_file_must_hold_certificates() {
+        let no_pem = ProbeTrust::with_pem(b"not a certificate").unwrap_err();
+        assert!(no_pem.contains("no PEM certificate"), "{no_pem}");
+        let key_only = ProbeTrust::with_pem(KEY.as_bytes()).unwrap_err();
+        assert!(key_only.contains("no PEM certificate"), "{key_only}");
+        let missing = ProbeTrust::from_file(Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert!(missing.contains("cannot read /nonexistent/ca.pem"), "{missing}");
+        assert_eq!(ProbeTrust::with_pem(format!("{CERT}{CA}").as_bytes()).unwrap().added(), 2);
     }
 }

@@ -36,6 +36,8 @@ pub struct ProbeSettings {
     pub concurrency: usize,
     /// Hosts whose loopback addresses the HTTP check may reach (`PROBE_ALLOWED_HOSTS`).
     pub allowed_hosts: Vec<String>,
+    /// Whom an `https` check trusts: Mozilla's roots and `PROBE_CA_FILE`'s certificates.
+    pub trust: http_check::ProbeTrust,
 }
 
 impl Default for ProbeSettings {
@@ -45,6 +47,7 @@ impl Default for ProbeSettings {
             timeout: Duration::from_secs(10),
             concurrency: 32,
             allowed_hosts: Vec::new(),
+            trust: http_check::ProbeTrust::public(),
         }
     }
 }
@@ -156,7 +159,10 @@ impl HealthMonitor {
         };
         let http = match &agent.health_url {
             // Half the probing budget: a blackholed URL must leave time for the probes to judge the failure.
-            Some(url) => Some(http_check::check(url, &self.settings.allowed_hosts, self.settings.timeout / 2).await),
+            Some(url) => {
+                let settings = &self.settings;
+                Some(http_check::check(url, &settings.allowed_hosts, &settings.trust, settings.timeout / 2).await)
+            }
             None => None,
         };
         let latency_ms = http.as_ref().and_then(|h| h.error.is_none().then_some(f64::from(h.latency_ms)));

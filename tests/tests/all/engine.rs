@@ -378,6 +378,80 @@ async fn probes_judge_agents_by_heartbeat_and_http_and_unhealthy_agents_get_no_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_check_verifies_the_certificate_against_its_roots_and_the_url_host() {
+    use aragora_cp::health::http_check::{ProbeTrust, check};
+    use aragora_cp_tests::tls_server::{TEST_CA, serve};
+    let timeout = Duration::from_secs(10);
+    let trust = ProbeTrust::with_pem(TEST_CA.as_bytes()).unwrap();
+    assert_eq!(trust.added(), 1);
+    for close_notify in [true, false] {
+        let port = serve("200 OK", close_notify).await;
+        let allowed = vec![format!("localhost:{port}")];
+        let answer = check(&format!("https://localhost:{port}/health"), &allowed, &trust, timeout).await;
+        assert_eq!(answer.error, None, "close_notify {close_notify}");
+        assert_eq!(answer.status, Some(200), "close_notify {close_notify}");
+        assert_eq!(answer.body_prefix, "all is ok\n", "close_notify {close_notify}");
+    }
+
+    let port = serve("200 OK", true).await;
+    let allowed = vec![format!("localhost:{port}"), format!("127.0.0.1:{port}")];
+    // Mozilla's roots alone do not know the test authority.
+    let untrusted = check(&format!("https://localhost:{port}/"), &allowed, &ProbeTrust::public(), timeout).await;
+    assert_eq!(untrusted.status, None);
+    let error = untrusted.error.expect("an untrusted certificate fails the check");
+    assert!(error.contains("TLS with localhost") && error.contains("UnknownIssuer"), "{error}");
+    // Trusted, but issued for `localhost`: the URL's host is what it must name, here an address.
+    let by_address = check(&format!("https://127.0.0.1:{port}/"), &allowed, &trust, timeout).await;
+    assert_eq!(by_address.status, None);
+    let error = by_address.error.expect("a certificate for another name fails the check");
+    assert!(error.contains("not valid for name \"127.0.0.1\""), "{error}");
+    // The address rules come first: loopback is refused unless allowed, before any handshake.
+    let refused = check(&format!("https://localhost:{port}/"), &[], &trust, timeout).await;
+    assert!(refused.error.expect("refused").contains("loopback"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_judge_an_https_health_url_by_its_answer_and_its_certificate() {
+    use aragora_cp::health::http_check::ProbeTrust;
+    use aragora_cp_tests::tls_server::{TEST_CA, serve};
+    let mut config = Config::default();
+    config.probes.allowed_hosts = vec!["localhost".into(), "127.0.0.1".into()];
+    config.probes.trust = ProbeTrust::with_pem(TEST_CA.as_bytes()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
+    let plugins = Arc::new(PluginRegistry::new(runtime(), config.server_id.clone()).unwrap());
+    plugins
+        .install(
+            "heartbeat_probe",
+            PluginSource::File,
+            &guest_bytes("heartbeat_probe"),
+            example_manifest("heartbeat_probe"),
+        )
+        .unwrap();
+    let cp = ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap();
+    let working = serve("200 OK", false).await;
+    let failing = serve("503 Service Unavailable", true).await;
+    for (agent, url) in [
+        ("up", format!("https://localhost:{working}/health")),
+        ("down", format!("https://localhost:{failing}/health")),
+        ("wrong-name", format!("https://127.0.0.1:{working}/health")),
+    ] {
+        let request = RegisterRequest { agent_id: agent.into(), health_url: Some(url), ..Default::default() };
+        cp.register_agent(request).await.unwrap();
+    }
+    assert_eq!(cp.probe_now().await, 3);
+
+    let up = cp.get_agent_health("up").await.unwrap();
+    assert_eq!(up.status.as_str(), "healthy", "{}", up.message);
+    let down = cp.get_agent_health("down").await.unwrap();
+    assert_eq!(down.status.as_str(), "unhealthy", "{}", down.message);
+    assert!(down.message.contains("503"), "{}", down.message);
+    let wrong_name = cp.get_agent_health("wrong-name").await.unwrap();
+    assert_eq!(wrong_name.status.as_str(), "unhealthy", "{}", wrong_name.message);
+    assert!(wrong_name.message.contains("not valid for name"), "{}", wrong_name.message);
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeued_work_reaches_a_claim_that_is_already_blocked() {
     let cp = coordinator(None).await;
     register(&cp, "first", &[]).await;
