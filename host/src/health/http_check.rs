@@ -1,8 +1,8 @@
 //! The host's HTTP check of an agent's `health_url` (DESIGN §5): an SSRF-safe GET. The URL's host is resolved
 //! once and every address is checked before any connection; the connection goes to a checked address (never
 //! re-resolved); unspecified, link-local, cloud-metadata, IPv4-mapped, multicast and broadcast addresses are
-//! refused, and loopback unless the host (and port, for a `host:port` entry) is in `PROBE_ALLOWED_HOSTS`. No redirects are followed, no proxy is
-//! used, at most 4 KiB is read. An `https://` check runs TLS over that same checked connection and verifies the
+//! refused, and loopback unless the host (and port, for a `host:port` entry) is in `PROBE_ALLOWED_HOSTS`. No
+//! redirects are followed, no proxy is used, at most 4 KiB is read. An `https://` check runs TLS over that same checked connection and verifies the
 //! certificate against the URL's host, trusting Mozilla's roots (compiled in, as for notifications) and the
 //! certificates of `PROBE_CA_FILE` ([`ProbeTrust`]).
 
@@ -135,7 +135,13 @@ impl ProbeTrust {
         if added.is_empty() {
             return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
         }
-        Ok(Self::with_roots(added))
+        let given = added.len();
+        let trust = Self::with_roots(added);
+        if trust.added < given {
+            // A CA file half taken would fail checks later with a less helpful "UnknownIssuer".
+            return Err(format!("{} of its {given} certificates cannot be trust anchors", given - trust.added));
+        }
+        Ok(trust)
     }
 
     /// [`ProbeTrust::with_pem`] of a file (`PROBE_CA_FILE`).
@@ -146,7 +152,7 @@ impl ProbeTrust {
 
     fn with_roots(added: Vec<CertificateDer<'static>>) -> Self {
         let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        // A certificate that cannot be a trust anchor is left out; the count says how many were taken.
+        // The count of certificates taken is what `with_pem` checks.
         let (taken, _) = roots.add_parsable_certificates(added);
         // The provider is named rather than taken from the process default, which is ambiguous when two are built.
         let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -207,6 +213,13 @@ async fn check_inner(url: &str, allowed_hosts: &[String], trust: &ProbeTrust, st
     let Some(host) = parsed.host_str() else { return failed(started, "the URL has no host") };
     let port = parsed.port_or_known_default().unwrap_or(80);
     let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    // The certificate must name the host of the URL (an address for an address), not the address connected to;
+    // a host TLS cannot verify fails before any traffic.
+    let server_name = match tls.then(|| ServerName::try_from(host_for_lookup.clone())) {
+        None => None,
+        Some(Ok(name)) => Some(name),
+        Some(Err(error)) => return failed(started, format!("{host} is not a name TLS can verify: {error}")),
+    };
     let addresses: Vec<SocketAddr> = match tokio::net::lookup_host((host_for_lookup.as_str(), port)).await {
         Ok(addresses) => addresses.collect(),
         Err(error) => return failed(started, format!("cannot resolve {host}: {error}")),
@@ -220,11 +233,20 @@ async fn check_inner(url: &str, allowed_hosts: &[String], trust: &ProbeTrust, st
             return failed(started, format!("refused address {} ({why})", address.ip()));
         }
     }
-    let target = addresses[0];
-    let stream = match tokio::net::TcpStream::connect(target).await {
-        Ok(stream) => stream,
-        Err(error) => return failed(started, format!("connect to {target}: {error}")),
-    };
+    // Every address was checked: the first that answers is used (`localhost` is often `::1` before `127.0.0.1`, and
+    // an agent may listen on one of them only).
+    let mut stream = None;
+    let mut refusals = Vec::new();
+    for target in &addresses {
+        match tokio::net::TcpStream::connect(target).await {
+            Ok(connected) => {
+                stream = Some(connected);
+                break;
+            }
+            Err(error) => refusals.push(format!("connect to {target}: {error}")),
+        }
+    }
+    let Some(stream) = stream else { return failed(started, refusals.join("; ")) };
     let path = match parsed.query() {
         Some(query) => format!("{}?{query}", parsed.path()),
         None => parsed.path().to_string(),
@@ -236,14 +258,7 @@ async fn check_inner(url: &str, allowed_hosts: &[String], trust: &ProbeTrust, st
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: aragora-cp-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
-    if !tls {
-        return exchange(stream, &request, started).await;
-    }
-    // The certificate must name the host of the URL (an address for an address), not the address connected to.
-    let name = match ServerName::try_from(host_for_lookup) {
-        Ok(name) => name,
-        Err(error) => return failed(started, format!("{host} is not a name TLS can verify: {error}")),
-    };
+    let Some(name) = server_name else { return exchange(stream, &request, started).await };
     match TlsConnector::from(trust.config.clone()).connect(name, stream).await {
         Ok(stream) => exchange(stream, &request, started).await,
         Err(error) => failed(started, format!("TLS with {host}: {error}")),
@@ -268,8 +283,12 @@ async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin, request: &str
                 }
             }
             // A TLS peer that closes without saying so (many do, having answered `Connection: close`) ends the
-            // answer like a plain close; a truncated head still fails below.
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            // answer like a plain close once its head is whole: what is cut off then is the body, of which the
+            // probes read a prefix. Cut inside the head, the answer is not one.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && latency_ms.is_some() => break,
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return failed(started, "the connection closed inside the answer's head");
+            }
             Err(error) => return failed(started, format!("read: {error}")),
         }
     }
@@ -333,5 +352,8 @@ mod tests {
         let missing = ProbeTrust::from_file(Path::new("/nonexistent/ca.pem")).unwrap_err();
         assert!(missing.contains("cannot read /nonexistent/ca.pem"), "{missing}");
         assert_eq!(ProbeTrust::with_pem(format!("{CERT}{CA}").as_bytes()).unwrap().added(), 2);
+        let garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let half = ProbeTrust::with_pem(format!("{CA}{garbled}").as_bytes()).unwrap_err();
+        assert_eq!(half, "1 of its 2 certificates cannot be trust anchors");
     }
 }
