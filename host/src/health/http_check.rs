@@ -1,10 +1,10 @@
 //! The host's HTTP check of an agent's `health_url` (DESIGN §5): an SSRF-safe GET. The URL's host is resolved
 //! once and every address is checked before any connection; the connection goes to a checked address (never
-//! re-resolved); unspecified, link-local, cloud-metadata, IPv4-mapped, multicast and broadcast addresses are
-//! refused, and loopback unless the host (and port, for a `host:port` entry) is in `PROBE_ALLOWED_HOSTS`. No
-//! redirects are followed, no proxy is used, at most 4 KiB is read. An `https://` check runs TLS over that same checked connection and verifies the
-//! certificate against the URL's host, trusting Mozilla's roots (compiled in, as for notifications) and the
-//! certificates of `PROBE_CA_FILE` ([`ProbeTrust`]).
+//! re-resolved), the first of them that answers; unspecified, link-local, cloud-metadata, IPv4-mapped, multicast
+//! and broadcast addresses are refused, and loopback unless the host (and port, for a `host:port` entry) is in
+//! `PROBE_ALLOWED_HOSTS`. No redirects are followed, no proxy is used, at most 4 KiB is read. An `https://` check
+//! runs TLS over that same checked connection and verifies the certificate against the URL's host, trusting
+//! Mozilla's roots (compiled in, as for notifications) and the certificates of `PROBE_CA_FILE` ([`ProbeTrust`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
