@@ -327,10 +327,8 @@ fn http_server(status: &'static str) -> u16 {
     port
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probes_judge_agents_by_heartbeat_and_http_and_unhealthy_agents_get_no_work() {
-    let mut config = Config::default();
-    config.probes.allowed_hosts = vec!["127.0.0.1".into()];
+/// A coordinator on the memory store with the built-in health probe, `heartbeat_probe`, built from `plugins/`.
+async fn probing_coordinator(config: Config) -> Arc<ControlPlaneCoordinator> {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
     let plugins = Arc::new(PluginRegistry::new(runtime(), config.server_id.clone()).unwrap());
     plugins
@@ -341,7 +339,14 @@ async fn probes_judge_agents_by_heartbeat_and_http_and_unhealthy_agents_get_no_w
             example_manifest("heartbeat_probe"),
         )
         .unwrap();
-    let cp = ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap();
+    ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_judge_agents_by_heartbeat_and_http_and_unhealthy_agents_get_no_work() {
+    let mut config = Config::default();
+    config.probes.allowed_hosts = vec!["127.0.0.1".into()];
+    let cp = probing_coordinator(config).await;
     let failing = http_server("503 Service Unavailable");
     let working = http_server("200 OK");
     for (agent, url) in [
@@ -417,17 +422,7 @@ async fn probes_judge_an_https_health_url_by_its_answer_and_its_certificate() {
     let mut config = Config::default();
     config.probes.allowed_hosts = vec!["localhost".into(), "127.0.0.1".into()];
     config.probes.trust = ProbeTrust::with_pem(TEST_CA.as_bytes()).unwrap();
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store_config(), Arc::new(SystemClock::default())));
-    let plugins = Arc::new(PluginRegistry::new(runtime(), config.server_id.clone()).unwrap());
-    plugins
-        .install(
-            "heartbeat_probe",
-            PluginSource::File,
-            &guest_bytes("heartbeat_probe"),
-            example_manifest("heartbeat_probe"),
-        )
-        .unwrap();
-    let cp = ControlPlaneCoordinator::with_parts(config, store, plugins).await.unwrap();
+    let cp = probing_coordinator(config).await;
     let working = serve("200 OK", false).await;
     let failing = serve("503 Service Unavailable", true).await;
     for (agent, url) in [
