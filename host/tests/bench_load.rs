@@ -89,7 +89,18 @@ async fn a_timed_run_completes_every_task_once_and_the_server_agrees() {
     assert_server_agrees(&server, &report.run_id, report.submitted).await;
 
     let json = serde_json::to_value(&report).unwrap();
-    for field in ["tasks_per_second", "submitted", "completed", "load_seconds", "drain_seconds", "window_seconds"] {
+    // The generator's CPU per task: here the server's too, as it runs in this process.
+    let per_task = report.process_cpu_seconds.unwrap() * 1e6 / report.completed as f64;
+    assert_eq!(report.process_cpu_per_task_us, Some(per_task));
+    for field in [
+        "tasks_per_second",
+        "submitted",
+        "completed",
+        "load_seconds",
+        "drain_seconds",
+        "window_seconds",
+        "process_cpu_per_task_us",
+    ] {
         assert!(json[field].is_number(), "{field} missing from {json}");
     }
     for kind in ["submit", "claim", "complete", "heartbeat"] {

@@ -96,6 +96,15 @@ pub struct ComparePoint {
     pub control_plane_tasks_per_second: f64,
     /// Median server CPU per task, µs.
     pub control_plane_cpu_per_task_us: Option<f64>,
+    /// The ceiling's.
+    pub ceiling_cpu_per_task_us: Option<f64>,
+    /// Control plane's CPU per task / the ceiling's: what a task costs us beyond the floor, which on a machine
+    /// shared with the load generator the tasks/s ratio shows only in part.
+    pub cpu_ratio: Option<f64>,
+    /// Median CPU per task of the load generator in the control plane's rounds, µs.
+    pub control_plane_load_cpu_per_task_us: Option<f64>,
+    /// The same in the ceiling's rounds.
+    pub ceiling_load_cpu_per_task_us: Option<f64>,
     /// Median Redis main-thread CPU per task, µs (`--redis`).
     pub control_plane_redis_cpu_per_task_us: Option<f64>,
     /// The ceiling's, in its Redis mode.
@@ -266,11 +275,20 @@ pub async fn run_compare(args: &CompareBenchArgs) -> anyhow::Result<CompareRepor
             }
             let ours_tps = median(ours.iter().map(|r| r.tasks_per_second).collect()).unwrap_or(0.0);
             let theirs_tps = median(theirs.iter().map(|r| r.tasks_per_second).collect());
+            let server_cpu =
+                |reports: &[LoadReport]| median(reports.iter().filter_map(|r| r.server_cpu_per_task_us).collect());
+            let load_cpu =
+                |reports: &[LoadReport]| median(reports.iter().filter_map(|r| r.process_cpu_per_task_us).collect());
+            let (ours_cpu, theirs_cpu) = (server_cpu(&ours), server_cpu(&theirs));
             points.push(ComparePoint {
                 agents,
                 submitters,
                 control_plane_tasks_per_second: ours_tps,
-                control_plane_cpu_per_task_us: median(ours.iter().filter_map(|r| r.server_cpu_per_task_us).collect()),
+                control_plane_cpu_per_task_us: ours_cpu,
+                ceiling_cpu_per_task_us: theirs_cpu,
+                cpu_ratio: ours_cpu.zip(theirs_cpu.filter(|c| *c > 0.0)).map(|(ours, theirs)| ours / theirs),
+                control_plane_load_cpu_per_task_us: load_cpu(&ours),
+                ceiling_load_cpu_per_task_us: load_cpu(&theirs),
                 control_plane_redis_cpu_per_task_us: median(redis_cpu(&ours)),
                 ceiling_redis_cpu_per_task_us: median(redis_cpu(&theirs)),
                 ceiling_tasks_per_second: theirs_tps,
@@ -299,7 +317,7 @@ fn print_compare(report: &CompareReport) {
         println!("control plane: {} servers on one Redis, the load spread over them", report.servers);
     }
     println!(
-        "{:<14} {:>6} {:>4} {:>5} {:>9} {:>15} {:>15} {:>15} {:>9} {:>10} {:>6}",
+        "{:<14} {:>6} {:>4} {:>5} {:>9} {:>15} {:>15} {:>15} {:>9} {:>9} {:>10} {:>6}",
         "target",
         "agents",
         "subs",
@@ -309,6 +327,7 @@ fn print_compare(report: &CompareReport) {
         "claim p50/p99",
         "complete p50/p99",
         "cpu/task",
+        "load/task",
         "redis/task",
         "oracle"
     );
@@ -317,7 +336,7 @@ fn print_compare(report: &CompareReport) {
         let l = &r.latency;
         let pair = |s: &super::load::LatencySummary| format!("{:.2}/{:.2}", s.p50_us / 1e3, s.p99_us / 1e3);
         println!(
-            "{:<14} {:>6} {:>4} {:>5} {:>9.0} {:>15} {:>15} {:>15} {:>9} {:>10} {:>6}",
+            "{:<14} {:>6} {:>4} {:>5} {:>9.0} {:>15} {:>15} {:>15} {:>9} {:>9} {:>10} {:>6}",
             run.target,
             run.agents,
             run.submitters,
@@ -326,7 +345,8 @@ fn print_compare(report: &CompareReport) {
             pair(&l.submit),
             pair(&l.claim),
             pair(&l.complete),
-            r.server_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
+            micros(r.server_cpu_per_task_us),
+            micros(r.process_cpu_per_task_us),
             r.redis.as_ref().map(|redis| format!("{:.0} µs", redis.cpu_per_task_us)).unwrap_or_default(),
             if r.oracle.passed { "ok" } else { "FAILED" }
         );
@@ -336,20 +356,45 @@ fn print_compare(report: &CompareReport) {
     }
     println!();
     println!(
-        "{:>6} {:>4} {:>12} {:>12} {:>14} {:>12} {:>14} {:>7}",
-        "agents", "subs", "cp tasks/s", "cp cpu/task", "cp redis/task", "ceiling", "ceil redis/task", "ratio"
+        "{:>6} {:>4} {:>12} {:>12} {:>14} {:>12} {:>14} {:>14} {:>7} {:>9}",
+        "agents",
+        "subs",
+        "cp tasks/s",
+        "cp cpu/task",
+        "cp redis/task",
+        "ceiling",
+        "ceil cpu/task",
+        "ceil redis/task",
+        "ratio",
+        "cpu ratio"
     );
     for p in &report.points {
         println!(
-            "{:>6} {:>4} {:>12.0} {:>12} {:>14} {:>12} {:>14} {:>7}",
+            "{:>6} {:>4} {:>12.0} {:>12} {:>14} {:>12} {:>14} {:>14} {:>7} {:>9}",
             p.agents,
             p.submitters,
             p.control_plane_tasks_per_second,
-            p.control_plane_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
-            p.control_plane_redis_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
+            micros(p.control_plane_cpu_per_task_us),
+            micros(p.control_plane_redis_cpu_per_task_us),
             p.ceiling_tasks_per_second.map(|t| format!("{t:.0}")).unwrap_or_default(),
-            p.ceiling_redis_cpu_per_task_us.map(|us| format!("{us:.0} µs")).unwrap_or_default(),
-            p.ratio.map(|r| format!("{r:.2}×")).unwrap_or_default()
+            micros(p.ceiling_cpu_per_task_us),
+            micros(p.ceiling_redis_cpu_per_task_us),
+            p.ratio.map(|r| format!("{r:.2}×")).unwrap_or_default(),
+            p.cpu_ratio.map(|r| format!("{r:.2}×")).unwrap_or_default()
         );
     }
+    if report.points.iter().any(|p| p.cpu_ratio.is_some()) {
+        println!();
+        println!(
+            "ratio: our tasks/s over the ceiling's; cpu ratio: our server's CPU per task over the ceiling's. On one"
+        );
+        println!(
+            "machine the load generator's CPU (load/task above) is shared by both, which pulls the ratio towards 1."
+        );
+    }
+}
+
+/// A figure in µs, or blank.
+fn micros(us: Option<f64>) -> String {
+    us.map(|us| format!("{us:.0} µs")).unwrap_or_default()
 }

@@ -781,6 +781,9 @@ pub struct LoadReport {
     /// CPU time (user + system) this process used over the window: the load generator's cost when the server runs
     /// elsewhere (the whole process's when, as in the tests, the server runs inside it).
     pub process_cpu_seconds: Option<f64>,
+    /// This process's CPU time per completed task, in µs: on one machine, what the load takes from the server's
+    /// share of the cores.
+    pub process_cpu_per_task_us: Option<f64>,
     /// CPU time (user + system) of the server process (`--server-pid`) over the window.
     pub server_cpu_seconds: Option<f64>,
     /// The server's CPU time per completed task, in µs.
@@ -970,6 +973,7 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
         errors_by_status,
         oracle,
         process_cpu_seconds: cpu,
+        process_cpu_per_task_us: cpu.filter(|_| completed > 0).map(|cpu| cpu * 1e6 / completed as f64),
         server_cpu_seconds: server_cpu,
         server_cpu_per_task_us: server_cpu.filter(|_| completed > 0).map(|cpu| cpu * 1e6 / completed as f64),
         redis: redis_before.zip(redis_after).map(|(before, after)| redis_figures::between(&before, &after, completed)),
@@ -1100,7 +1104,15 @@ pub fn print_report(r: &LoadReport) {
     }
     if let Some(cpu) = r.process_cpu_seconds {
         let wall = r.window_seconds;
-        println!("  this process used {cpu:.1} s of CPU over {wall:.1} s ({:.2} cores)", cpu / wall.max(1e-9));
+        let cores = cpu / wall.max(1e-9);
+        match r.process_cpu_per_task_us {
+            Some(per_task) => {
+                println!(
+                    "  this process used {cpu:.1} s of CPU over {wall:.1} s ({cores:.2} cores): {per_task:.0} µs per task"
+                )
+            }
+            None => println!("  this process used {cpu:.1} s of CPU over {wall:.1} s ({cores:.2} cores)"),
+        }
     }
     if let (Some(cpu), Some(per_task)) = (r.server_cpu_seconds, r.server_cpu_per_task_us) {
         println!("  the server used {cpu:.1} s of CPU: {per_task:.0} µs per task");
