@@ -98,10 +98,12 @@ pub struct ComparePoint {
     pub control_plane_cpu_per_task_us: Option<f64>,
     /// The ceiling's.
     pub ceiling_cpu_per_task_us: Option<f64>,
-    /// Control plane's CPU per task / the ceiling's: what a task costs us beyond the floor, which on a machine
-    /// shared with the load generator the tasks/s ratio shows only in part.
+    /// The ceiling's CPU per task / the control plane's, read like `ratio`: the ratio of tasks/s that CPU alone
+    /// would give. On a machine whose cores the load generator takes from either server, `ratio` lies between this
+    /// and 1, so it shows only part of what a task costs us beyond the floor.
     pub cpu_ratio: Option<f64>,
-    /// Median CPU per task of the load generator in the control plane's rounds, µs.
+    /// Median of the runs' `process_cpu_per_task_us` (the load generator's CPU per task) in the control plane's
+    /// rounds, µs.
     pub control_plane_load_cpu_per_task_us: Option<f64>,
     /// The same in the ceiling's rounds.
     pub ceiling_load_cpu_per_task_us: Option<f64>,
@@ -286,7 +288,7 @@ pub async fn run_compare(args: &CompareBenchArgs) -> anyhow::Result<CompareRepor
                 control_plane_tasks_per_second: ours_tps,
                 control_plane_cpu_per_task_us: ours_cpu,
                 ceiling_cpu_per_task_us: theirs_cpu,
-                cpu_ratio: ours_cpu.zip(theirs_cpu.filter(|c| *c > 0.0)).map(|(ours, theirs)| ours / theirs),
+                cpu_ratio: theirs_cpu.zip(ours_cpu.filter(|c| *c > 0.0)).map(|(theirs, ours)| theirs / ours),
                 control_plane_load_cpu_per_task_us: load_cpu(&ours),
                 ceiling_load_cpu_per_task_us: load_cpu(&theirs),
                 control_plane_redis_cpu_per_task_us: median(redis_cpu(&ours)),
@@ -386,10 +388,10 @@ fn print_compare(report: &CompareReport) {
     if report.points.iter().any(|p| p.cpu_ratio.is_some()) {
         println!();
         println!(
-            "ratio: our tasks/s over the ceiling's; cpu ratio: our server's CPU per task over the ceiling's. On one"
+            "ratio: our tasks/s over the ceiling's; cpu ratio: the ceiling's CPU per task over ours. On one machine"
         );
         println!(
-            "machine the load generator's CPU (load/task above) is shared by both, which pulls the ratio towards 1."
+            "the load generator (load/task above) takes cores from either server, which pulls the ratio towards 1."
         );
     }
 }

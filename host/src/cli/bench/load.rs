@@ -1105,14 +1105,8 @@ pub fn print_report(r: &LoadReport) {
     if let Some(cpu) = r.process_cpu_seconds {
         let wall = r.window_seconds;
         let cores = cpu / wall.max(1e-9);
-        match r.process_cpu_per_task_us {
-            Some(per_task) => {
-                println!(
-                    "  this process used {cpu:.1} s of CPU over {wall:.1} s ({cores:.2} cores): {per_task:.0} µs per task"
-                )
-            }
-            None => println!("  this process used {cpu:.1} s of CPU over {wall:.1} s ({cores:.2} cores)"),
-        }
+        let per_task = r.process_cpu_per_task_us.map(|us| format!(": {us:.0} µs per task")).unwrap_or_default();
+        println!("  this process used {cpu:.1} s of CPU over {wall:.1} s ({cores:.2} cores){per_task}");
     }
     if let (Some(cpu), Some(per_task)) = (r.server_cpu_seconds, r.server_cpu_per_task_us) {
         println!("  the server used {cpu:.1} s of CPU: {per_task:.0} µs per task");
