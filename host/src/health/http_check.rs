@@ -169,12 +169,6 @@ impl ProbeTrust {
     }
 }
 
-impl Default for ProbeTrust {
-    fn default() -> Self {
-        Self::public()
-    }
-}
-
 impl std::fmt::Debug for ProbeTrust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProbeTrust").field("added", &self.added).finish_non_exhaustive()

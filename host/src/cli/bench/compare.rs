@@ -349,7 +349,7 @@ fn print_compare(report: &CompareReport) {
             pair(&l.complete),
             micros(r.server_cpu_per_task_us),
             micros(r.process_cpu_per_task_us),
-            r.redis.as_ref().map(|redis| format!("{:.0} µs", redis.cpu_per_task_us)).unwrap_or_default(),
+            micros(r.redis.as_ref().map(|redis| redis.cpu_per_task_us)),
             if r.oracle.passed { "ok" } else { "FAILED" }
         );
         if let Some(redis) = &r.redis {
