@@ -19,6 +19,7 @@ end
 if removed < limit then
   local stale = redis.call('ZRANGEBYSCORE', K.offline, '-inf', NOW - agent_retention, 'LIMIT', 0, limit - removed)
   for _, id in ipairs(stale) do
+    mark(id)
     redis.call('DEL', akey(id), lkey(id), revkey(id), fkey(id), wskey(id))
     agent_changed(id)
     redis.call('ZREM', K.agents, id)

@@ -96,6 +96,7 @@ local function key_table(p)
     idem = p .. 'idem',
     idem_exp = p .. 'idem:exp',
     stats = p .. 'stats',
+    agent_stats = p .. 'agent-stats',
     events = p .. 'events',
     event_count = p .. 'event-count',
     test_clock = p .. 'test:clock',
@@ -304,12 +305,19 @@ local function write_numbers()
 end
 
 -- ------------------------------------------------------------------------------------------------------------------
--- Agent counters are read, not kept: `stats` counts every agent's standing when asked, as the memory store does
--- (decision 0031, step 1), so no transition pays for them.
+-- Agent counters: an agent's standing (what of it the counters count) is taken before the script first changes
+-- the agent and again at the end if the script wrote its record since, and only the counters whose part changed are
+-- written, so the counters follow every change without each step keeping them by hand, and a step that changes
+-- nothing they count writes none.
+
+-- Agent → {its standing when marked, how many times the call had written it then}.
+local MARKED = {}
+local MARKED_ORDER = {}
 
 -- What of agent `id` the counters count, from its row alone (the clock is the call's): {status, provider, health,
 -- capabilities, breaker not closed, available}, or false for an unknown agent. An eligible agent is available when
--- it is ready, since `refresh_capacity` makes a ready agent busy at capacity before any step ends.
+-- it is ready, since `refresh_capacity` makes a ready agent busy at capacity before any step ends (and `mark` reads
+-- before the step's first change, `finish` after its last).
 local function standing_of(id)
   local a = agent_row(id)
   if not a.status then return false end
@@ -326,8 +334,65 @@ local function cap_set(text)
   return set
 end
 
--- The end of every writing call: the changed agents' numbers for offers.
+-- Adds `by` to every counter a standing counts in.
+local function count_standing(s, by)
+  local S = K.agent_stats
+  redis.call('HINCRBY', S, 'total', by)
+  redis.call('HINCRBY', S, 'status:' .. s[1], by)
+  redis.call('HINCRBY', S, 'provider:' .. s[2], by)
+  redis.call('HINCRBY', S, 'health:' .. s[3], by)
+  for cap in pairs(cap_set(s[4])) do redis.call('HINCRBY', S, 'cap:' .. cap, by) end
+  if s[5] then redis.call('HINCRBY', S, 'open_breakers', by) end
+  if s[6] then redis.call('HINCRBY', S, 'available', by) end
+end
+
+-- Moves one count from `before`'s counter to `after`'s (prefixed names; equal values move nothing).
+local function recount(prefix, before, after)
+  if before == after then return end
+  redis.call('HINCRBY', K.agent_stats, prefix .. before, '-1')
+  redis.call('HINCRBY', K.agent_stats, prefix .. after, '1')
+end
+
+local function recount_flag(name, before, after)
+  if before == after then return end
+  redis.call('HINCRBY', K.agent_stats, name, after and '1' or '-1')
+end
+
+local function mark(id)
+  if MARKED[id] then return end
+  MARKED[id] = { standing_of(id), AGENT_WRITES[id] or 0 }
+  table.insert(MARKED_ORDER, id)
+end
+
 local function finish()
+  for _, id in ipairs(MARKED_ORDER) do
+    -- Unwritten since `mark`: the same row, the same counters.
+    if (AGENT_WRITES[id] or 0) ~= MARKED[id][2] then
+      local before, after = MARKED[id][1], standing_of(id)
+      if before and after then
+        recount('status:', before[1], after[1])
+        recount('provider:', before[2], after[2])
+        recount('health:', before[3], after[3])
+        if before[4] ~= after[4] then
+          local had, has = cap_set(before[4]), cap_set(after[4])
+          for cap in pairs(had) do
+            if not has[cap] then redis.call('HINCRBY', K.agent_stats, 'cap:' .. cap, '-1') end
+          end
+          for cap in pairs(has) do
+            if not had[cap] then redis.call('HINCRBY', K.agent_stats, 'cap:' .. cap, '1') end
+          end
+        end
+        recount_flag('open_breakers', before[5], after[5])
+        recount_flag('available', before[6], after[6])
+      elseif before then
+        count_standing(before, '-1')
+      elseif after then
+        count_standing(after, '1')
+      end
+    end
+  end
+  MARKED = {}
+  MARKED_ORDER = {}
   write_numbers()
   AGENT_WRITES = {}
 end
@@ -535,6 +600,7 @@ end
 -- `writes`, if given: field/value pairs of the caller's for the agent's record, written in the same `HSET` as the
 -- status (or alone when the status does not change).
 local function set_agent_status(id, status, writes)
+  mark(id)
   local old = agent_row(id).status
   if old == status then
     if writes then agent_set(id, unpack(writes)) end
@@ -563,6 +629,7 @@ end
 -- Capacity decides between ready and busy. A caller that has just read the agent's status and max passes them;
 -- `writes` (optional, see `set_agent_status`) go to the record in the same command either way.
 local function refresh_capacity(id, status, max, writes)
+  mark(id)
   if not status then
     local a = agent_row(id)
     status, max = a.status, a.max
@@ -580,6 +647,7 @@ end
 -- Keeps an agent alive: the small heartbeat writes (beats, expiry) apart from the record, and offline or starting
 -- becomes ready.
 local function touch(id)
+  mark(id)
   redis.call('HSET', K.beats, id, NOW_S)
   redis.call('ZADD', K.expiry, n2s(NOW + CFG.heartbeat_timeout), id)
   local a = agent_row(id)
@@ -609,6 +677,7 @@ end
 local function refusal(id)
   local a = agent_row(id)
   if a.b_state == 'open' and NOW >= tonumber(a.b_opened) + CFG.breaker_cooldown then
+    mark(id)
     agent_set(id, 'b_state', 'half_open')
     agent_unset(id, 'b_trial')
     emit('breaker_changed', nil, id, json({ from = 'open', to = 'half_open' }))
@@ -649,6 +718,7 @@ local function breaker_failure(id, task)
     open = true
   end
   if open then
+    mark(id)
     agent_set(id, 'b_state', 'open', 'b_opened', NOW_S)
     agent_unset(id, 'b_trial')
     emit('breaker_changed', nil, id, json({ from = from, to = 'open' }))
@@ -660,6 +730,7 @@ local function breaker_success(id, task)
   -- An unknown agent reads as no breaker at all.
   local a = agent_row(id)
   if a.b_state == 'half_open' and a.b_trial == task then
+    mark(id)
     agent_set(id, 'b_state', 'closed', 'b_opened', '0')
     agent_unset(id, 'b_trial')
     redis.call('DEL', fkey(id))
@@ -845,6 +916,7 @@ local function grant(id, agent, via, lease, waiter, t)
   redis.call('ZADD', K.leases, deadline, id)
   set_status(id, 'claimed', t, { 'attempt', n2s(attempt), 'lease', lease, 'agent', agent, 'claimed', NOW_S,
     'unfenced', '0', 'deadline', deadline })
+  mark(agent)
   redis.call('HSET', lkey(agent), id, NOW_S)
   local b = agent_row(agent)
   local writes = { 'assigned', NOW_S }
@@ -884,6 +956,8 @@ local function drop_lease(id, reason, t, holder_writes)
   end
   local holder = t.agent
   if holder and agent_row(holder).status then
+    -- Marked before the lease goes: the holder's counted standing is the one before this change.
+    mark(holder)
     if redis.call('HDEL', lkey(holder), id) == 1 then
       local b = agent_row(holder)
       if b.b_trial == id and b.b_state == 'half_open' then
@@ -1155,5 +1229,5 @@ local function begin(keys, argv)
     KEY_TABLES[P] = K
   end
   read_clock()
-  SEED, REQUEUED, AGENT_ROWS, AGENT_WRITES = 1, {}, {}, {}
+  SEED, REQUEUED, MARKED, MARKED_ORDER, AGENT_ROWS, AGENT_WRITES = 1, {}, {}, {}, {}, {}
 end

@@ -2,6 +2,7 @@
 -- verdict) and feeds its breaker.
 local id, verdict, message, latency = arg(1), arg(2), arg(3), arg(4)
 if not agent_exists(id) then return fail(no_agent(id)) end
+mark(id)
 local k = akey(id)
 local previous = redis.call('HGET', k, 'h_status')
 redis.call('HSET', k, 'h_status', verdict, 'h_check', NOW_S, 'h_message', message)

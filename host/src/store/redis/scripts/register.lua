@@ -13,6 +13,7 @@ if existing then
     remove_waiters_of(id)
     restarted = true
   end
+  mark(id)
   redis.call('HSET', k, 'caps', caps, 'model', model, 'provider', provider, 'metadata', metadata, 'max', max)
   if has_url then redis.call('HSET', k, 'health_url', url) else redis.call('HDEL', k, 'health_url') end
   if session ~= '' then redis.call('HSET', k, 'session', session) end
@@ -24,6 +25,8 @@ if existing then
   redis.call('HSET', k, 'h_byprobe', '0', 'h_status', 'unknown', 'h_fails', '0')
   agent_changed(id)
 else
+  -- Marked before it exists (it counts for nothing yet), so that the end of the script counts it.
+  mark(id)
   if session == '' then session = fresh end
   -- The fields every step reads first (lib.lua `AGENT_FIELDS`): a small hash finds a field by scanning from the start.
   redis.call('HSET', k, 'status', status, 'session', session, 'max', max, 'paused', '0', 'h_status', 'unknown',

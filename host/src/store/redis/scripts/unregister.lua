@@ -4,6 +4,7 @@ if not agent_exists(id) then return fail(no_agent(id)) end
 lose_all(id, 'the agent unregistered')
 remove_waiters_of(id)
 -- Taken out of the counters; nothing is added back once the record is gone.
+mark(id)
 redis.call('DEL', akey(id), lkey(id), revkey(id), fkey(id), wskey(id))
 agent_changed(id)
 redis.call('ZREM', K.agents, id)
