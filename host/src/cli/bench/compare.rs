@@ -381,8 +381,8 @@ fn print_compare(report: &CompareReport) {
             p.ceiling_tasks_per_second.map(|t| format!("{t:.0}")).unwrap_or_default(),
             micros(p.ceiling_cpu_per_task_us),
             micros(p.ceiling_redis_cpu_per_task_us),
-            p.ratio.map(|r| format!("{r:.2}×")).unwrap_or_default(),
-            p.cpu_ratio.map(|r| format!("{r:.2}×")).unwrap_or_default()
+            times(p.ratio),
+            times(p.cpu_ratio)
         );
     }
     if report.points.iter().any(|p| p.cpu_ratio.is_some()) {
@@ -399,4 +399,9 @@ fn print_compare(report: &CompareReport) {
 /// A figure in µs, or blank.
 fn micros(us: Option<f64>) -> String {
     us.map(|us| format!("{us:.0} µs")).unwrap_or_default()
+}
+
+/// A ratio, or blank.
+fn times(ratio: Option<f64>) -> String {
+    ratio.map(|r| format!("{r:.2}×")).unwrap_or_default()
 }

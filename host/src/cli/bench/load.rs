@@ -973,9 +973,9 @@ pub async fn run_load(args: &LoadBenchArgs, interrupt: &Interrupt) -> anyhow::Re
         errors_by_status,
         oracle,
         process_cpu_seconds: cpu,
-        process_cpu_per_task_us: cpu.filter(|_| completed > 0).map(|cpu| cpu * 1e6 / completed as f64),
+        process_cpu_per_task_us: per_task_us(cpu, completed),
         server_cpu_seconds: server_cpu,
-        server_cpu_per_task_us: server_cpu.filter(|_| completed > 0).map(|cpu| cpu * 1e6 / completed as f64),
+        server_cpu_per_task_us: per_task_us(server_cpu, completed),
         redis: redis_before.zip(redis_after).map(|(before, after)| redis_figures::between(&before, &after, completed)),
     })
 }
@@ -1024,6 +1024,11 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
         Output::Table => print_report(&report),
     }
     Ok(if report.oracle.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// CPU seconds spent over `completed` tasks, as µs per task (none when no task completed).
+fn per_task_us(cpu_seconds: Option<f64>, completed: u64) -> Option<f64> {
+    cpu_seconds.filter(|_| completed > 0).map(|cpu| cpu * 1e6 / completed as f64)
 }
 
 /// Prints the report for people, in the other benches' style.
